@@ -1,0 +1,49 @@
+package app
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hapbx/hapbx/proxy"
+)
+
+// Status is the body of GET /api/v1/status.
+type Status struct {
+	Node    string       `json:"node"`
+	Version string       `json:"version"`
+	Uptime  string       `json:"uptime"`
+	Routing string       `json:"routing"`
+	Proxy   proxy.Status `json:"proxy"`
+}
+
+func (d *daemon) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !d.proxy.Ready() {
+			http.Error(w, "SIP listeners down or draining\n", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(d.status())
+	})
+	return mux
+}
+
+func (d *daemon) status() Status {
+	return Status{
+		Node:    d.cfg.Node.Name,
+		Version: version,
+		Uptime:  time.Since(d.started).Round(time.Second).String(),
+		Routing: d.cfg.Routing,
+		Proxy:   d.proxy.Status(),
+	}
+}

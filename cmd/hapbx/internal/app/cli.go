@@ -1,0 +1,72 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"runtime"
+
+	"github.com/hapbx/hapbx/config"
+)
+
+// version is stamped at build time: -ldflags "-X .../app.version=v1.2.3".
+var version = "dev"
+
+const usage = `usage: hapbx <command> [flags]
+
+commands:
+  run -c FILE            run the proxy daemon
+  check-config -c FILE   validate FILE; exit 1 listing every problem
+  version                print the version
+`
+
+// Main runs the command in args and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "hapbx %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	case "check-config":
+		path, code := configFlag(cmd, rest, stderr)
+		if code != 0 {
+			return code
+		}
+		if _, err := config.Load(path); err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", path)
+		return 0
+	case "run":
+		path, code := configFlag(cmd, rest, stderr)
+		if code != 0 {
+			return code
+		}
+		return runDaemon(path, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "hapbx: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+}
+
+func configFlag(cmd string, args []string, stderr io.Writer) (string, int) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "/etc/hapbx/hapbx.yaml", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return "", 0
+		}
+		return "", 2
+	}
+	return *path, 0
+}

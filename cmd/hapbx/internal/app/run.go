@@ -1,0 +1,165 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/hapbx/hapbx/config"
+	"github.com/hapbx/hapbx/proxy"
+)
+
+// daemon is one running `hapbx run`.
+type daemon struct {
+	path    string
+	cfg     config.File
+	log     *zap.Logger
+	reg     *prometheus.Registry
+	proxy   *proxy.Proxy
+	router  *proxy.StaticRouter
+	started time.Time
+}
+
+func runDaemon(path string, stderr io.Writer) int {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: log: %v\n", path, err)
+		return 1
+	}
+	defer func() { _ = log.Sync() }()
+	d := &daemon{path: path, cfg: cfg, log: log.With(zap.String("node", cfg.Node.Name)), started: time.Now()}
+	if err := d.run(); err != nil {
+		d.log.Error("hapbx stopped with an error", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func (d *daemon) run() error {
+	d.reg = prometheus.NewRegistry()
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	d.router = proxy.NewStaticRouter(backendNames(d.cfg.Backends), d.cfg.Routing == config.RoutingBalance)
+	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.router, d.log.Named("proxy"), d.reg)
+	if err != nil {
+		return err
+	}
+	d.proxy = p
+
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+
+	var admin *http.Server
+	if d.cfg.Admin.Listen != "" {
+		ln, err := net.Listen("tcp", d.cfg.Admin.Listen)
+		if err != nil {
+			p.Close()
+			return fmt.Errorf("admin listen %s: %w", d.cfg.Admin.Listen, err)
+		}
+		admin = &http.Server{Handler: d.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("admin server stopped", zap.Error(err))
+			}
+		}()
+		d.log.Info("admin interface up", zap.String("listen", d.cfg.Admin.Listen))
+	}
+	d.log.Info("hapbx running", zap.String("version", version), zap.String("config", d.path))
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			d.reload()
+			continue
+		}
+		d.log.Info("stopping: draining transactions", zap.String("signal", sig.String()), zap.Duration("drain_timeout", d.cfg.SIP.DrainTimeout))
+		sctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			if s, ok := <-sigs; ok && s != syscall.SIGHUP {
+				d.log.Warn("second signal: stopping at once")
+				cancel()
+			}
+		}()
+		err := p.Shutdown(sctx)
+		cancel()
+		if admin != nil {
+			actx, acancel := context.WithTimeout(context.Background(), time.Second)
+			_ = admin.Shutdown(actx)
+			acancel()
+		}
+		if err != nil {
+			d.log.Warn("stopped before every transaction finished", zap.Error(err))
+		} else {
+			d.log.Info("stopped cleanly")
+		}
+		return nil
+	}
+	return nil
+}
+
+// reload re-reads the file on SIGHUP and applies the backend list. Other
+// changes need a restart; calls in progress are untouched either way.
+func (d *daemon) reload() {
+	cfg, err := config.Load(d.path)
+	if err != nil {
+		d.log.Error("reload refused: configuration invalid, keeping the running one", zap.String("config", d.path), zap.Error(err))
+		return
+	}
+	d.cfg.Backends = cfg.Backends
+	d.proxy.SetBackends(proxyBackends(cfg.Backends))
+	d.router.SetBackends(backendNames(cfg.Backends))
+	d.log.Info("reloaded backends", zap.Strings("backends", backendNames(cfg.Backends)))
+}
+
+func backendNames(bs []config.Backend) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = b.Name
+	}
+	return out
+}
+
+func proxyBackends(bs []config.Backend) []proxy.Backend {
+	out := make([]proxy.Backend, len(bs))
+	for i, b := range bs {
+		out[i] = proxy.Backend{Name: b.Name, Address: b.Address, Transport: b.Transport}
+	}
+	return out
+}
+
+func newLogger(c config.Log) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, err
+	}
+	zc := zap.NewProductionConfig()
+	if c.Format == "console" {
+		zc = zap.NewDevelopmentConfig()
+	}
+	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.Sampling = nil
+	zc.OutputPaths = []string{"stderr"}
+	return zc.Build()
+}

@@ -1,0 +1,318 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap/zapcore"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/hapbx/hapbx/proxy"
+)
+
+// File is the whole configuration file.
+type File struct {
+	Node     Node            `yaml:"node"`
+	SIP      proxy.Config    `yaml:"sip"`
+	Backends []Backend       `yaml:"backends"`
+	Routing  string          `yaml:"routing"`
+	Admin    Admin           `yaml:"admin"`
+	Log      Log             `yaml:"log"`
+}
+
+// Node names this hapbx instance.
+type Node struct {
+	Name string `yaml:"name"`
+}
+
+// Backend is one Asterisk node, in priority order.
+type Backend struct {
+	Name      string `yaml:"name"`
+	Address   string `yaml:"address"`
+	Transport string `yaml:"transport"`
+	AMI       *AMI   `yaml:"ami,omitempty"`
+}
+
+// AMI is how to reach a backend's Asterisk Manager Interface.
+type AMI struct {
+	Address    string `yaml:"address"`
+	Username   string `yaml:"username"`
+	SecretFile string `yaml:"secret_file"`
+}
+
+// Admin is the local HTTP interface: metrics, health and status.
+type Admin struct {
+	Listen    string `yaml:"listen"`
+	TokenFile string `yaml:"token_file"`
+}
+
+// Log selects the log level and encoding.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Routing modes.
+const (
+	RoutingActiveStandby = "active-standby"
+	RoutingBalance       = "balance"
+)
+
+// Default returns a File with every default filled in.
+func Default() File {
+	host, _ := os.Hostname()
+	return File{
+		Node:    Node{Name: host},
+		SIP:     proxy.DefaultConfig(),
+		Routing: RoutingActiveStandby,
+		Admin:   Admin{Listen: "127.0.0.1:9060"},
+		Log:     Log{Level: "info", Format: "json"},
+	}
+}
+
+// Error lists every problem found in one configuration file.
+type Error struct {
+	File     string
+	Problems []string // "field.path: reason"
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(e.File)
+		b.WriteString(": ")
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+// Load reads, decodes and validates the file at path. On any problem it
+// returns an *Error listing all of them.
+func Load(path string) (File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return File{}, fmt.Errorf("read config %s: %w", path, err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates data; name is used in error messages.
+func Parse(name string, data []byte) (File, error) {
+	f := Default()
+	var problems []string
+
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return File{}, &Error{File: name, Problems: []string{yamlProblem(err)}}
+	}
+	if len(root.Content) > 0 {
+		problems = append(problems, unknownKeys(root.Content[0], reflect.TypeOf(f), "")...)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			for _, m := range te.Errors {
+				if !strings.Contains(m, "not found in type") { // reported with its path above
+					problems = append(problems, m)
+				}
+			}
+		} else {
+			problems = append(problems, yamlProblem(err))
+		}
+	}
+	problems = append(problems, f.problems()...)
+	if len(problems) > 0 {
+		return File{}, &Error{File: name, Problems: problems}
+	}
+	return f, nil
+}
+
+func yamlProblem(err error) string {
+	return strings.TrimPrefix(err.Error(), "yaml: ")
+}
+
+// Validate checks a File assembled in code (not read from a file).
+func (f File) Validate() error {
+	if p := f.problems(); len(p) > 0 {
+		return &Error{File: "config", Problems: p}
+	}
+	return nil
+}
+
+func (f File) problems() []string {
+	var p []string
+	add := func(prefix string, err error) {
+		for _, e := range flatten(err) {
+			p = append(p, prefix+e.Error())
+		}
+	}
+	if strings.TrimSpace(f.Node.Name) == "" {
+		p = append(p, "node.name: must not be empty")
+	}
+	add("sip.", f.SIP.Validate())
+	if len(f.Backends) == 0 {
+		p = append(p, "backends: at least one backend is required")
+	}
+	seen := map[string]int{}
+	for i, b := range f.Backends {
+		at := fmt.Sprintf("backends[%d].", i)
+		if b.Name == "" {
+			p = append(p, at+"name: must not be empty")
+		} else if j, dup := seen[b.Name]; dup {
+			p = append(p, fmt.Sprintf("%sname: %q already used by backends[%d]", at, b.Name, j))
+		} else {
+			seen[b.Name] = i
+		}
+		if err := checkHostPort(b.Address); err != nil {
+			p = append(p, at+"address: "+err.Error())
+		}
+		switch b.Transport {
+		case "udp", "tcp", "tls":
+		case "":
+			p = append(p, at+"transport: must be udp, tcp or tls")
+		default:
+			p = append(p, fmt.Sprintf("%stransport: %q is not udp, tcp or tls", at, b.Transport))
+		}
+		if b.AMI != nil {
+			if err := checkHostPort(b.AMI.Address); err != nil {
+				p = append(p, at+"ami.address: "+err.Error())
+			}
+			if b.AMI.Username == "" {
+				p = append(p, at+"ami.username: must not be empty")
+			}
+			if b.AMI.SecretFile == "" {
+				p = append(p, at+"ami.secret_file: must not be empty")
+			} else if _, err := os.Stat(b.AMI.SecretFile); err != nil {
+				p = append(p, at+"ami.secret_file: "+err.Error())
+			}
+		}
+	}
+	switch f.Routing {
+	case RoutingActiveStandby, RoutingBalance:
+	default:
+		p = append(p, fmt.Sprintf("routing: %q is not %s or %s", f.Routing, RoutingActiveStandby, RoutingBalance))
+	}
+	if f.Admin.Listen != "" {
+		if err := checkHostPort(f.Admin.Listen); err != nil {
+			p = append(p, "admin.listen: "+err.Error())
+		}
+	}
+	if f.Admin.TokenFile != "" {
+		if _, err := os.Stat(f.Admin.TokenFile); err != nil {
+			p = append(p, "admin.token_file: "+err.Error())
+		}
+	}
+	if _, err := zapcore.ParseLevel(f.Log.Level); err != nil {
+		p = append(p, fmt.Sprintf("log.level: %q is not debug, info, warn or error", f.Log.Level))
+	}
+	switch f.Log.Format {
+	case "json", "console":
+	default:
+		p = append(p, fmt.Sprintf("log.format: %q is not json or console", f.Log.Format))
+	}
+	return p
+}
+
+// flatten undoes errors.Join so each problem gets its own line and prefix.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func checkHostPort(s string) error {
+	if s == "" {
+		return errors.New("must be host:port")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", s, err)
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port must be 1-65535", s)
+	}
+	return nil
+}
+
+// unknownKeys walks the YAML tree beside the Go type and reports every key
+// the type does not have, with its full path and line.
+func unknownKeys(n *yaml.Node, t reflect.Type, path string) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	var out []string
+	switch {
+	case n.Kind == yaml.MappingNode && t.Kind() == reflect.Struct:
+		fields := yamlFields(t)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			ft, ok := fields[k.Value]
+			if !ok {
+				out = append(out, fmt.Sprintf("%s: unknown key (line %d)", p, k.Line))
+				continue
+			}
+			out = append(out, unknownKeys(v, ft, p)...)
+		}
+	case n.Kind == yaml.SequenceNode && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array):
+		for i, c := range n.Content {
+			out = append(out, unknownKeys(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i))...)
+		}
+	case n.Kind == yaml.MappingNode && t.Kind() == reflect.Map:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			out = append(out, unknownKeys(n.Content[i+1], t.Elem(), path+"."+n.Content[i].Value)...)
+		}
+	}
+	return out
+}
+
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	m := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		tag := f.Tag.Get("yaml")
+		name, opts, _ := strings.Cut(tag, ",")
+		if name == "-" {
+			continue
+		}
+		if strings.Contains(opts, "inline") {
+			for k, v := range yamlFields(f.Type) {
+				m[k] = v
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		m[name] = f.Type
+	}
+	return m
+}

@@ -1,0 +1,12 @@
+// Package config loads hapbx's YAML configuration file into one typed tree,
+// fills in defaults and validates it.
+//
+// Every problem is reported at once, each as "FILE: field.path: reason", so an
+// operator fixes a file in one pass rather than one error per start. Unknown
+// keys are errors (a misspelt key would otherwise silently keep its default).
+//
+// Each component owns the Config struct of its own section (proxy.Config and
+// so on) with its defaults and Validate; this package assembles the sections,
+// checks what spans them (backend names, routing), and formats the errors. It
+// does not open sockets, read secrets at run time, or start anything.
+package config

@@ -1,0 +1,151 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the `sip:` section: listeners and forwarding behaviour.
+type Config struct {
+	// Listen holds transport URLs: udp://host:port, tcp://host:port, tls://host:port.
+	Listen []string `yaml:"listen"`
+	// Advertise is the host written into Via and Record-Route: the VIP in production.
+	Advertise string `yaml:"advertise"`
+	// TLS holds the certificate and key for tls:// listeners.
+	TLS TLSConfig `yaml:"tls"`
+	// HopTimeout is how long an initial request to a backend may go without any
+	// response (Asterisk sends 100 Trying at once) before the next backend is tried.
+	HopTimeout time.Duration `yaml:"hop_timeout"`
+	// RetryAfter is sent in the 503 given when no backend can take a request.
+	RetryAfter time.Duration `yaml:"retry_after"`
+	// DrainTimeout bounds how long a stop waits for transactions in flight.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// MaxMessageSize is the largest SIP message accepted; larger ones are dropped and counted.
+	MaxMessageSize int `yaml:"max_message_size"`
+}
+
+// TLSConfig names the PEM files of the TLS listeners.
+type TLSConfig struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// DefaultConfig returns the defaults documented in deploy/hapbx.example.yaml.
+func DefaultConfig() Config {
+	return Config{
+		Listen:         []string{"udp://0.0.0.0:5060", "tcp://0.0.0.0:5060"},
+		HopTimeout:     500 * time.Millisecond,
+		RetryAfter:     5 * time.Second,
+		DrainTimeout:   5 * time.Second,
+		MaxMessageSize: 65535,
+	}
+}
+
+// Listener is one parsed entry of Config.Listen.
+type Listener struct {
+	Transport string // udp, tcp or tls
+	Addr      netip.AddrPort
+}
+
+// Network returns the transport name as sipgo spells it.
+func (l Listener) Network() string { return l.Transport }
+
+func (l Listener) String() string { return l.Transport + "://" + l.Addr.String() }
+
+// ParseListen parses one transport URL such as "udp://127.0.0.1:5060".
+func ParseListen(s string) (Listener, error) {
+	scheme, hostport, ok := strings.Cut(s, "://")
+	if !ok {
+		return Listener{}, fmt.Errorf("%q: want udp://, tcp:// or tls:// followed by host:port", s)
+	}
+	switch scheme {
+	case "udp", "tcp", "tls":
+	default:
+		return Listener{}, fmt.Errorf("%q: transport %q is not udp, tcp or tls", s, scheme)
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return Listener{}, fmt.Errorf("%q: %w", s, err)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return Listener{}, fmt.Errorf("%q: host must be an IP address: %w", s, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return Listener{}, fmt.Errorf("%q: port must be 1-65535", s)
+	}
+	return Listener{Transport: scheme, Addr: netip.AddrPortFrom(ip, uint16(n))}, nil
+}
+
+// Listeners parses Listen; call Validate first.
+func (c Config) Listeners() ([]Listener, error) {
+	out := make([]Listener, 0, len(c.Listen))
+	for _, s := range c.Listen {
+		l, err := ParseListen(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// Validate reports every problem, each as "key: reason".
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(c.Listen) == 0 {
+		bad("listen: at least one listener is required")
+	}
+	hasTLS := false
+	seen := map[string]bool{}
+	for i, s := range c.Listen {
+		l, err := ParseListen(s)
+		if err != nil {
+			bad("listen[%d]: %v", i, err)
+			continue
+		}
+		if seen[l.String()] {
+			bad("listen[%d]: %q listed twice", i, s)
+		}
+		seen[l.String()] = true
+		hasTLS = hasTLS || l.Transport == "tls"
+	}
+	if c.Advertise == "" {
+		bad("advertise: must name the host written into Via and Record-Route (the VIP)")
+	} else if strings.ContainsAny(c.Advertise, ":/ ") && net.ParseIP(c.Advertise) == nil {
+		bad("advertise: %q must be an IP address or host name without a port", c.Advertise)
+	}
+	if hasTLS {
+		if c.TLS.Cert == "" {
+			bad("tls.cert: required by the tls:// listener")
+		} else if _, err := os.Stat(c.TLS.Cert); err != nil {
+			bad("tls.cert: %v", err)
+		}
+		if c.TLS.Key == "" {
+			bad("tls.key: required by the tls:// listener")
+		} else if _, err := os.Stat(c.TLS.Key); err != nil {
+			bad("tls.key: %v", err)
+		}
+	}
+	if c.HopTimeout <= 0 || c.HopTimeout > 32*time.Second {
+		bad("hop_timeout: %v must be between 1ms and 32s", c.HopTimeout)
+	}
+	if c.RetryAfter < time.Second {
+		bad("retry_after: %v must be at least 1s", c.RetryAfter)
+	}
+	if c.DrainTimeout <= 0 {
+		bad("drain_timeout: %v must be > 0", c.DrainTimeout)
+	}
+	if c.MaxMessageSize < 1024 || c.MaxMessageSize > 65535 {
+		bad("max_message_size: %d must be between 1024 and 65535", c.MaxMessageSize)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,373 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+)
+
+// forward runs one server transaction: it sends req to each target in turn
+// until one gives an answer worth relaying (RFC 3261 §16.6-16.7). Backends
+// are retried only while retry is set, nothing beyond 100 Trying has been
+// relayed and the caller has not cancelled.
+func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []target, retry bool) {
+	start := time.Now()
+	var (
+		cancelled = make(chan struct{})
+		once      sync.Once
+	)
+	if req.IsInvite() {
+		// Stop the caller's retransmissions while a backend is chosen.
+		p.reply(tx, req, 100, "Trying")
+		tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
+	}
+	for i, t := range targets {
+		more := retry && i < len(targets)-1
+		if p.try(req, tx, t, more, cancelled, start) {
+			return
+		}
+		select {
+		case <-cancelled:
+			return // sipgo has answered 487 to the caller
+		default:
+		}
+	}
+	p.replyUnavailable(tx, req)
+}
+
+type tryState struct {
+	gotAny      bool // any response, 100 included: a CANCEL may now be sent
+	provisional bool // a provisional beyond 100 was relayed: no more retry
+	cancelSent  bool
+}
+
+// try sends req to one target. It returns true when the transaction is
+// settled and false when the next target should be tried.
+func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more bool, cancelled <-chan struct{}, start time.Time) bool {
+	out := req.Clone()
+	p.prepare(out, req, t)
+	if t.backend != "" {
+		p.m.selected.WithLabelValues(t.backend).Inc()
+	}
+	dialTimeout := 5 * time.Second
+	if more {
+		dialTimeout = p.cfg.HopTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	clTx, err := p.cl.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
+	cancel()
+	if err != nil {
+		p.failed(t, "transport: "+err.Error())
+		if more {
+			p.m.retries.WithLabelValues(t.backend, "transport").Inc()
+			return false
+		}
+		p.replyUnavailable(tx, req)
+		return true
+	}
+
+	var st tryState
+	var hop <-chan time.Time
+	if more {
+		timer := time.NewTimer(p.cfg.HopTimeout)
+		defer timer.Stop()
+		hop = timer.C
+	}
+	for {
+		select {
+		case res := <-clTx.Responses():
+			if !st.gotAny {
+				st.gotAny = true
+				hop = nil
+				p.m.latency.WithLabelValues(string(req.Method)).Observe(time.Since(start).Seconds())
+			}
+			if isClosed(cancelled) && !st.cancelSent && req.IsInvite() {
+				p.sendCancel(out)
+				st.cancelSent = true
+			}
+			if res.StatusCode == 100 {
+				continue
+			}
+			if res.IsProvisional() {
+				st.provisional = true
+				p.relay(tx, req, res)
+				continue
+			}
+			if res.IsSuccess() {
+				if req.IsInvite() {
+					// RFC 6026: 2xx retransmissions come through the client
+					// transaction (Accepted state) and go upstream statelessly.
+					clTx.OnRetransmission(func(r *sip.Response) { p.relayStateless(req, r) })
+				}
+				p.relay(tx, req, res)
+				return true
+			}
+			if more && !st.provisional && !isClosed(cancelled) && (res.StatusCode == 503 || res.StatusCode == 408) {
+				p.failed(t, "response "+strconv.Itoa(res.StatusCode))
+				p.m.retries.WithLabelValues(t.backend, strconv.Itoa(res.StatusCode)).Inc()
+				return false
+			}
+			if t.backend != "" && (res.StatusCode == 401 || res.StatusCode == 407) {
+				p.challenged.put(req.CallID().Value(), t.backend)
+			}
+			if req.IsInvite() {
+				b, _ := req.Via().Params.Get("branch")
+				p.non2xx.put(b, "")
+			}
+			p.relay(tx, req, res)
+			return true
+
+		case <-clTx.Done():
+			err := clTx.Err()
+			timeout := errors.Is(err, sip.ErrTransactionTimeout)
+			reason := "transport"
+			if timeout {
+				reason = "timeout"
+			}
+			p.failed(t, reason+": "+errString(err))
+			if isClosed(cancelled) {
+				return true
+			}
+			if more && !st.provisional {
+				p.m.retries.WithLabelValues(t.backend, reason).Inc()
+				return false
+			}
+			if timeout {
+				p.reply(tx, req, 408, "Request Timeout")
+			} else {
+				p.replyUnavailable(tx, req)
+			}
+			return true
+
+		case <-hop:
+			// Not even 100 Trying: the backend is dead or hung. Give up on it
+			// without a CANCEL (none may be sent before a provisional).
+			clTx.Terminate()
+			p.failed(t, "no response within hop_timeout")
+			if isClosed(cancelled) {
+				return true
+			}
+			p.m.retries.WithLabelValues(t.backend, "hop_timeout").Inc()
+			return false
+
+		case <-cancelled:
+			cancelled = nil // seen; stop selecting on it
+			if st.gotAny && !st.cancelSent {
+				p.sendCancel(out)
+				st.cancelSent = true
+			}
+		}
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	if c == nil {
+		return true // nil only after the close was seen
+	}
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "terminated"
+	}
+	return err.Error()
+}
+
+// keepHeaders is a no-op build option: prepare has already set every header
+// and sipgo must not add its own Via.
+func keepHeaders(*sipgo.Client, *sip.Request) error { return nil }
+
+func (p *Proxy) failed(t target, reason string) {
+	if t.backend == "" {
+		return
+	}
+	p.log.Warn("backend failed a request", zap.String("backend", t.backend), zap.String("reason", reason))
+	if p.reporter != nil {
+		p.reporter.Suspect(t.backend, reason)
+	}
+}
+
+// prepare turns a copy of the received request into the one sent to t
+// (RFC 3261 §16.6): Max-Forwards, Record-Route, Via, destination.
+func (p *Proxy) prepare(out, in *sip.Request, t target) {
+	if mf := out.MaxForwards(); mf != nil {
+		mf.Dec()
+	} else {
+		m := sip.MaxForwardsHeader(69)
+		out.AppendHeader(&m)
+	}
+	if _, tagged := in.To().Params.Get("tag"); !tagged && dialogCreating(in.Method) {
+		inTr := strings.ToLower(in.Transport())
+		out.PrependHeader(p.recordRoute(inTr))
+		if inTr != t.transport {
+			// RFC 5658 double Record-Route: each side sees the interface it reaches.
+			out.PrependHeader(p.recordRoute(t.transport))
+		}
+	}
+	out.PrependHeader(&sip.ViaHeader{
+		ProtocolName:    "SIP",
+		ProtocolVersion: "2.0",
+		Transport:       strings.ToUpper(t.transport),
+		Host:            p.cfg.Advertise,
+		Port:            p.portFor[t.transport],
+		Params:          params("branch", branchPrefix+loopHash(in)+"."+sip.GenerateTagN(8)),
+	})
+	p.address(out, t)
+}
+
+// address sets where and how out is sent: from the SIP port for UDP, so
+// backends and NATs see one stable source.
+func (p *Proxy) address(out *sip.Request, t target) {
+	out.SetDestination(t.addr)
+	out.SetTransport(strings.ToUpper(t.transport))
+	out.Laddr = sip.Addr{}
+	if t.transport == "udp" {
+		if host, _, err := net.SplitHostPort(t.addr); err == nil {
+			if ip, err := netip.ParseAddr(host); err == nil {
+				if la, ok := p.udpLaddr[familyKey(ip)]; ok {
+					out.Laddr = la
+				}
+			}
+		}
+	}
+}
+
+func dialogCreating(m sip.RequestMethod) bool {
+	switch m {
+	case sip.INVITE, sip.SUBSCRIBE, sip.REFER, sip.NOTIFY:
+		return true
+	}
+	return false
+}
+
+func (p *Proxy) recordRoute(transport string) *sip.RecordRouteHeader {
+	return &sip.RecordRouteHeader{Address: sip.Uri{
+		Scheme:    "sip",
+		Host:      p.cfg.Advertise,
+		Port:      p.portFor[transport],
+		UriParams: params("transport", transport, "lr", ""),
+	}}
+}
+
+// relay sends a downstream response up through the server transaction, its
+// own Via removed (RFC 3261 §16.7 step 9).
+func (p *Proxy) relay(tx sip.ServerTransaction, req *sip.Request, res *sip.Response) {
+	p.upstream(req, res)
+	if err := tx.Respond(res); err != nil {
+		if res.IsSuccess() {
+			// The caller cancelled while the 2xx was on its way: the 2xx
+			// must still reach it, or the call is up on one side only.
+			p.relayStateless(req, res)
+			return
+		}
+		p.log.Debug("relay response failed", zap.Int("code", res.StatusCode), zap.Error(err))
+		return
+	}
+	p.m.responses.WithLabelValues(string(req.Method), itoa(res.StatusCode)).Inc()
+}
+
+func (p *Proxy) relayStateless(req *sip.Request, res *sip.Response) {
+	if v := res.Via(); v != nil && p.localHosts[strings.ToLower(v.Host)] {
+		p.upstream(req, res)
+	}
+	if err := p.srv.WriteResponse(res); err != nil {
+		p.log.Debug("stateless relay failed", zap.Int("code", res.StatusCode), zap.Error(err))
+		return
+	}
+	p.m.responses.WithLabelValues(string(req.Method), itoa(res.StatusCode)).Inc()
+}
+
+// upstream strips our Via and aims the response at the previous hop.
+func (p *Proxy) upstream(req *sip.Request, res *sip.Response) {
+	res.RemoveHeader("Via")
+	res.SetTransport(req.Transport())
+	if sip.IsReliable(req.Transport()) {
+		res.SetDestination(req.Source()) // the connection the request came on
+	} else {
+		res.SetDestination("") // from the Via we marked with received/rport
+	}
+}
+
+// sendCancel cancels the downstream INVITE out (RFC 3261 §9.1, §16.10).
+func (p *Proxy) sendCancel(out *sip.Request) {
+	c := sip.NewRequest(sip.CANCEL, *out.Recipient.Clone())
+	c.AppendHeader(out.Via().Clone())
+	for _, h := range out.GetHeaders("Route") {
+		c.AppendHeader(sip.HeaderClone(h))
+	}
+	mf := sip.MaxForwardsHeader(70)
+	c.AppendHeader(&mf)
+	c.AppendHeader(sip.HeaderClone(out.From()))
+	c.AppendHeader(sip.HeaderClone(out.To()))
+	c.AppendHeader(sip.HeaderClone(out.CallID()))
+	c.AppendHeader(&sip.CSeqHeader{SeqNo: out.CSeq().SeqNo, MethodName: sip.CANCEL})
+	c.SetBody(nil)
+	c.SetDestination(out.Destination())
+	c.SetTransport(out.Transport())
+	c.Laddr = out.Laddr
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	clTx, err := p.cl.TransactionRequest(ctx, c, sipgo.ClientRequestOption(keepHeaders))
+	cancel()
+	if err != nil {
+		p.log.Debug("CANCEL not sent", zap.Error(err))
+		return
+	}
+	go func() {
+		defer clTx.Terminate()
+		select {
+		case <-clTx.Responses():
+		case <-clTx.Done():
+		case <-time.After(32 * time.Second):
+		}
+	}()
+}
+
+// forwardAck forwards an ACK for a 2xx: its own transaction, end to end,
+// statelessly. The branch is derived from the incoming one so that a
+// retransmitted ACK keeps its branch.
+func (p *Proxy) forwardAck(req *sip.Request, t target) {
+	out := req.Clone()
+	if mf := out.MaxForwards(); mf != nil {
+		mf.Dec()
+	}
+	b, _ := req.Via().Params.Get("branch")
+	h := fnv.New64a()
+	h.Write([]byte(b))
+	out.PrependHeader(&sip.ViaHeader{
+		ProtocolName:    "SIP",
+		ProtocolVersion: "2.0",
+		Transport:       strings.ToUpper(t.transport),
+		Host:            p.cfg.Advertise,
+		Port:            p.portFor[t.transport],
+		Params:          params("branch", branchPrefix+"a"+strconv.FormatUint(h.Sum64(), 36)),
+	})
+	p.address(out, t)
+	if err := p.cl.WriteRequest(out, sipgo.ClientRequestOption(keepHeaders)); err != nil {
+		p.log.Debug("ACK not forwarded", zap.String("to", t.addr), zap.Error(err))
+	}
+}
+
+// params builds header parameters from key, value pairs.
+func params(kv ...string) sip.HeaderParams {
+	hp := make(sip.HeaderParams, 0, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		hp = append(hp, sip.HeaderKV{K: kv[i], V: kv[i+1]})
+	}
+	return hp
+}

@@ -1,0 +1,321 @@
+package proxy
+
+import (
+	"hash/fnv"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+)
+
+// target is one next hop.
+type target struct {
+	backend   string // backend name, "" for a phone or other UA
+	addr      string // host:port
+	transport string // udp, tcp or tls
+}
+
+type action int
+
+const (
+	actReply    action = iota // answer locally with code/reason
+	actForward                // stateful, to the one target
+	actBackends               // stateful, to the router's backends, with retry
+	actStateless              // ACK for a 2xx: forward statelessly to the target
+	actDrop                   // absorb silently (non-2xx ACK, stray ACK)
+)
+
+type decision struct {
+	act    action
+	code   int
+	reason string
+	target target
+}
+
+const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
+
+// handle is the entry point for every request sipgo hands over. It runs on
+// its own goroutine and must return only when the transaction is settled.
+func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
+	p.m.requests.WithLabelValues(string(req.Method)).Inc()
+	d := p.decide(req)
+	switch d.act {
+	case actDrop:
+	case actReply:
+		p.reply(tx, req, d.code, d.reason)
+	case actStateless:
+		p.forwardAck(req, d.target)
+	case actForward:
+		p.inflight.Add(1)
+		p.m.inflight.Inc()
+		p.forward(req, tx, []target{d.target}, false)
+		p.m.inflight.Dec()
+		p.inflight.Done()
+	case actBackends:
+		p.inflight.Add(1)
+		p.m.inflight.Inc()
+		targets := p.backendTargets(req)
+		if len(targets) == 0 {
+			p.replyUnavailable(tx, req)
+		} else {
+			p.forward(req, tx, targets, true)
+		}
+		p.m.inflight.Dec()
+		p.inflight.Done()
+	}
+}
+
+// decide applies RFC 3261 §16.3 request validation and §16.4 route
+// information preprocessing, then picks the next hop. It has no side effect
+// other than on req, so it is the unit the fuzz target drives.
+func (p *Proxy) decide(req *sip.Request) decision {
+	if miss := missingHeader(req); miss != "" {
+		p.m.malformed.WithLabelValues("missing_" + miss).Inc()
+		if req.IsAck() {
+			return decision{act: actDrop}
+		}
+		return decision{act: actReply, code: 400, reason: "Bad Request (missing " + miss + ")"}
+	}
+	if cs := req.CSeq(); cs.MethodName != req.Method && !(req.IsAck() && cs.MethodName == sip.ACK) {
+		p.m.malformed.WithLabelValues("cseq_method").Inc()
+		if req.IsAck() {
+			return decision{act: actDrop}
+		}
+		return decision{act: actReply, code: 400, reason: "Bad Request (CSeq method does not match)"}
+	}
+	markReceived(req)
+
+	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
+		if req.Method == sip.OPTIONS {
+			return decision{act: actReply, code: 200, reason: "OK"}
+		}
+		if req.IsAck() {
+			return decision{act: actDrop}
+		}
+		return decision{act: actReply, code: 483, reason: "Too Many Hops"}
+	}
+
+	for r := req.Route(); r != nil && p.isLocal(&r.Address); r = req.Route() {
+		req.RemoveHeader("Route")
+	}
+	if p.looped(req) {
+		if req.IsAck() {
+			return decision{act: actDrop}
+		}
+		return decision{act: actReply, code: 482, reason: "Loop Detected"}
+	}
+
+	_, toTagged := req.To().Params.Get("tag")
+	if req.IsAck() {
+		if branch, _ := req.Via().Params.Get("branch"); p.non2xx.has(branch) {
+			return decision{act: actDrop} // hop-by-hop ACK of a non-2xx we answered
+		}
+		if t, ok := p.nextHop(req); ok {
+			return decision{act: actStateless, target: t}
+		}
+		return decision{act: actDrop}
+	}
+	if req.IsCancel() {
+		// sipgo answers CANCELs that match a server transaction before we
+		// are called; one that reaches here matches nothing.
+		return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
+	}
+	if req.Route() != nil || toTagged {
+		if t, ok := p.nextHop(req); ok {
+			return decision{act: actForward, target: t}
+		}
+		if toTagged {
+			return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
+		}
+	}
+	// An initial request with no Route left.
+	if req.Method == sip.OPTIONS && req.Recipient.User == "" && p.isLocal(&req.Recipient) {
+		return decision{act: actReply, code: 200, reason: "OK"}
+	}
+	if p.fromBackend(req) != "" {
+		if !p.isLocal(&req.Recipient) {
+			if t, ok := p.nextHop(req); ok {
+				return decision{act: actForward, target: t}
+			}
+		}
+		return decision{act: actReply, code: 404, reason: "Not Found"}
+	}
+	if p.draining.Load() {
+		return decision{act: actReply, code: 503, reason: "Service Unavailable (shutting down)"}
+	}
+	return decision{act: actBackends}
+}
+
+func missingHeader(req *sip.Request) string {
+	switch {
+	case req.Via() == nil:
+		return "via"
+	case req.From() == nil:
+		return "from"
+	case req.To() == nil:
+		return "to"
+	case req.CallID() == nil:
+		return "call_id"
+	case req.CSeq() == nil:
+		return "cseq"
+	}
+	return ""
+}
+
+// markReceived adds received and rport to the top Via (RFC 3261 §18.2.1,
+// RFC 3581) so responses find a phone behind NAT.
+func markReceived(req *sip.Request) {
+	src := req.Source()
+	host, port, err := net.SplitHostPort(src)
+	if err != nil {
+		return
+	}
+	via := req.Via()
+	if via.Host != host {
+		setParam(&via.Params, "received", host)
+	}
+	if v, ok := via.Params.Get("rport"); ok && v == "" {
+		setParam(&via.Params, "rport", port)
+	}
+}
+
+func setParam(hp *sip.HeaderParams, k, v string) {
+	if *hp == nil {
+		*hp = sip.NewParams()
+	}
+	hp.Add(k, v)
+}
+
+// fromBackend returns the backend a request came from, by source address.
+func (p *Proxy) fromBackend(req *sip.Request) string {
+	host, _, err := net.SplitHostPort(req.Source())
+	if err != nil {
+		return ""
+	}
+	return p.backends.Load().byHost[host]
+}
+
+// nextHop is the top Route if any, else the Request-URI (loose routing).
+func (p *Proxy) nextHop(req *sip.Request) (target, bool) {
+	u := &req.Recipient
+	if r := req.Route(); r != nil {
+		u = &r.Address
+	} else if p.isLocal(u) {
+		return target{}, false
+	}
+	return uriTarget(u, req.Transport())
+}
+
+func uriTarget(u *sip.Uri, _ string) (target, bool) {
+	if u.Host == "" {
+		return target{}, false
+	}
+	tr := "udp"
+	if v, ok := u.UriParams.Get("transport"); ok && v != "" {
+		tr = strings.ToLower(v)
+	}
+	if u.IsEncrypted() {
+		tr = "tls"
+	}
+	switch tr {
+	case "udp", "tcp", "tls":
+	default:
+		return target{}, false
+	}
+	port := u.Port
+	if port == 0 {
+		port = 5060
+		if tr == "tls" {
+			port = 5061
+		}
+	}
+	return target{addr: net.JoinHostPort(strings.Trim(u.Host, "[]"), strconv.Itoa(port)), transport: tr}, true
+}
+
+// loopHash covers what changes when a request legitimately spirals
+// (RFC 3261 §16.6 step 8): a request that comes back with the same hash has
+// looped.
+func loopHash(req *sip.Request) string {
+	h := fnv.New64a()
+	h.Write([]byte(req.Recipient.String()))
+	if t, ok := req.From().Params.Get("tag"); ok {
+		h.Write([]byte(t))
+	}
+	h.Write([]byte{0})
+	if t, ok := req.To().Params.Get("tag"); ok {
+		h.Write([]byte(t))
+	}
+	h.Write([]byte{0})
+	h.Write([]byte(req.CallID().Value()))
+	h.Write([]byte(strconv.FormatUint(uint64(req.CSeq().SeqNo), 10)))
+	return strconv.FormatUint(h.Sum64(), 36)
+}
+
+func (p *Proxy) looped(req *sip.Request) bool {
+	var lh string
+	for _, h := range req.GetHeaders("Via") {
+		v, ok := h.(*sip.ViaHeader)
+		if !ok || !p.localHosts[strings.ToLower(v.Host)] {
+			continue
+		}
+		b, _ := v.Params.Get("branch")
+		rest, ok := strings.CutPrefix(b, branchPrefix)
+		if !ok {
+			continue
+		}
+		if lh == "" {
+			lh = loopHash(req)
+		}
+		if got, _, _ := strings.Cut(rest, "."); got == lh {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Proxy) backendTargets(req *sip.Request) []target {
+	set := p.backends.Load()
+	cid := req.CallID().Value()
+	var names []string
+	if b, ok := p.challenged.get(cid); ok {
+		names = append(names, b) // the authenticated re-send goes where the nonce is
+	}
+	if p.router != nil {
+		for _, n := range p.router.Candidates(cid) {
+			if len(names) == 0 || n != names[0] {
+				names = append(names, n)
+			}
+		}
+	}
+	out := make([]target, 0, len(names))
+	for _, n := range names {
+		if b, ok := set.byName[n]; ok {
+			out = append(out, target{backend: b.Name, addr: b.Address, transport: b.Transport})
+		}
+	}
+	return out
+}
+
+func (p *Proxy) reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	if code > 100 && req.To() != nil {
+		if _, ok := req.To().Params.Get("tag"); !ok {
+			res.To().Params.Add("tag", sip.GenerateTagN(10))
+		}
+	}
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	if err := tx.Respond(res); err != nil {
+		p.log.Debug("reply failed", zap.Int("code", code), zap.Error(err))
+		return
+	}
+	p.m.responses.WithLabelValues(string(req.Method), itoa(code)).Inc()
+}
+
+func (p *Proxy) replyUnavailable(tx sip.ServerTransaction, req *sip.Request) {
+	ra := sip.NewHeader("Retry-After", strconv.Itoa(int(p.cfg.RetryAfter.Seconds())))
+	p.reply(tx, req, 503, "Service Unavailable", ra)
+}

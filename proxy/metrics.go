@@ -1,0 +1,49 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests  *prometheus.CounterVec
+	responses *prometheus.CounterVec
+	inflight  prometheus.Gauge
+	latency   *prometheus.HistogramVec
+	selected  *prometheus.CounterVec
+	retries   *prometheus.CounterVec
+	malformed *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_requests_total",
+			Help: "SIP requests received, by method.",
+		}, []string{"method"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_responses_total",
+			Help: "SIP responses sent upstream (relayed or generated), by request method and status code.",
+		}, []string{"method", "code"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_proxy_transactions_in_flight",
+			Help: "Server transactions being forwarded now.",
+		}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hapbx_proxy_forward_latency_seconds",
+			Help:    "Time from receiving a request to the first response from the next hop, by method.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"method"}),
+		selected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_backend_selected_total",
+			Help: "Initial requests sent to each backend (retries included).",
+		}, []string{"backend"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_retries_total",
+			Help: "Initial requests moved to the next backend, by the backend that failed and why.",
+		}, []string{"backend", "reason"}),
+		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_malformed_total",
+			Help: "SIP messages rejected (400) or dropped as malformed or oversize, by reason.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed)
+	return m
+}

@@ -1,0 +1,317 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Proxy is the transaction-stateful SIP proxy in front of the backends.
+type Proxy struct {
+	cfg      Config
+	log      *zap.Logger
+	m        *metrics
+	router   Router
+	reporter FailureReporter
+
+	listeners  []Listener
+	portFor    map[string]int // transport -> listening port written into Via/Record-Route
+	localHosts map[string]bool
+	localPorts map[int]bool
+	udpLaddr   map[string]sip.Addr // listener address per IP family key, to send UDP from the SIP port
+
+	ua  *sipgo.UserAgent
+	srv *sipgo.Server
+	cl  *sipgo.Client
+
+	backends atomic.Pointer[backendSet]
+
+	challenged *ttlSet // Call-ID -> backend that answered 401/407
+	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
+
+	draining atomic.Bool
+	up       atomic.Bool
+	inflight sync.WaitGroup
+	closers  []func() error
+	serveWG  sync.WaitGroup
+}
+
+type backendSet struct {
+	list   []Backend
+	byName map[string]Backend
+	byHost map[string]string // IP -> backend name, to tell requests from Asterisk
+}
+
+func newBackendSet(bs []Backend) *backendSet {
+	s := &backendSet{list: append([]Backend(nil), bs...), byName: map[string]Backend{}, byHost: map[string]string{}}
+	for _, b := range bs {
+		s.byName[b.Name] = b
+		if host, _, err := net.SplitHostPort(b.Address); err == nil {
+			s.byHost[host] = b.Name
+		}
+	}
+	return s
+}
+
+// Option adds an optional collaborator.
+type Option func(*Proxy)
+
+// WithFailureReporter tells r about backends failing forwarded requests.
+func WithFailureReporter(r FailureReporter) Option { return func(p *Proxy) { p.reporter = r } }
+
+// New builds a proxy; Start opens its listeners.
+func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
+	ls, err := cfg.Listeners()
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{
+		cfg:        cfg,
+		log:        log,
+		m:          newMetrics(reg),
+		router:     router,
+		listeners:  ls,
+		portFor:    map[string]int{},
+		localHosts: map[string]bool{strings.ToLower(cfg.Advertise): true},
+		localPorts: map[int]bool{},
+		udpLaddr:   map[string]sip.Addr{},
+		challenged: newTTLSet(32*time.Second, 100000),
+		non2xx:     newTTLSet(32*time.Second, 100000),
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	for _, l := range ls {
+		if _, ok := p.portFor[l.Transport]; !ok {
+			p.portFor[l.Transport] = int(l.Addr.Port())
+		}
+		p.localPorts[int(l.Addr.Port())] = true
+		if !l.Addr.Addr().IsUnspecified() {
+			p.localHosts[l.Addr.Addr().String()] = true
+		}
+	}
+	p.backends.Store(newBackendSet(backends))
+	return p, nil
+}
+
+// SetBackends replaces the backend list (SIGHUP). Dialogs in progress are
+// routed by their Route headers and are not affected.
+func (p *Proxy) SetBackends(bs []Backend) {
+	p.backends.Store(newBackendSet(bs))
+	p.log.Info("backends replaced", zap.Int("count", len(bs)))
+}
+
+// Backends returns the current backend list.
+func (p *Proxy) Backends() []Backend { return p.backends.Load().list }
+
+// Start opens every listener and serves them until Close. It returns once
+// all listeners are bound, or the first bind error.
+func (p *Proxy) Start(ctx context.Context) error {
+	sipLog := slog.New(newSlogBridge(p.log.Named("sipgo"), p.m.malformed))
+	parser := sip.NewParser()
+	parser.MaxMessageLength = p.cfg.MaxMessageSize
+	var tlsConf *tls.Config
+	for _, l := range p.listeners {
+		if l.Transport == "tls" {
+			cert, err := tls.LoadX509KeyPair(p.cfg.TLS.Cert, p.cfg.TLS.Key)
+			if err != nil {
+				return fmt.Errorf("load TLS certificate %s: %w", p.cfg.TLS.Cert, err)
+			}
+			tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			break
+		}
+	}
+	uaOpts := []sipgo.UserAgentOption{
+		sipgo.WithUserAgent("hapbx"),
+		sipgo.WithUserAgentHostname(p.cfg.Advertise),
+		sipgo.WithUserAgentParser(parser),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)),
+		sipgo.WithUserAgentTransactionLayerOptions(
+			sip.WithTransactionLayerLogger(sipLog),
+			sip.WithTransactionLayerUnhandledResponseHandler(p.strayResponse),
+		),
+	}
+	if tlsConf != nil {
+		uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(tlsConf))
+	}
+	ua, err := sipgo.NewUA(uaOpts...)
+	if err != nil {
+		return fmt.Errorf("create SIP user agent: %w", err)
+	}
+	p.ua = ua
+	if p.srv, err = sipgo.NewServer(ua, sipgo.WithServerLogger(sipLog)); err != nil {
+		return fmt.Errorf("create SIP server: %w", err)
+	}
+	if p.cl, err = sipgo.NewClient(ua, sipgo.WithClientLogger(sipLog), sipgo.WithClientHostname(p.cfg.Advertise)); err != nil {
+		return fmt.Errorf("create SIP client: %w", err)
+	}
+	for _, m := range []sip.RequestMethod{sip.INVITE, sip.ACK, sip.BYE, sip.OPTIONS, sip.REGISTER,
+		sip.INFO, sip.UPDATE, sip.PRACK, sip.REFER, sip.SUBSCRIBE, sip.NOTIFY, sip.MESSAGE, sip.PUBLISH, sip.CANCEL} {
+		p.srv.OnRequest(m, p.handle)
+	}
+	p.srv.OnNoRoute(p.handle)
+
+	for _, l := range p.listeners {
+		if err := p.listen(ctx, l, tlsConf); err != nil {
+			p.Close()
+			return err
+		}
+	}
+	p.up.Store(true)
+	p.log.Info("SIP listeners up", zap.Strings("listen", p.cfg.Listen), zap.String("advertise", p.cfg.Advertise))
+	return nil
+}
+
+func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) error {
+	var lc net.ListenConfig
+	addr := l.Addr.String()
+	switch l.Transport {
+	case "udp":
+		conn, err := lc.ListenPacket(ctx, "udp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", l, err)
+		}
+		key := familyKey(l.Addr.Addr())
+		if _, ok := p.udpLaddr[key]; !ok {
+			local := conn.LocalAddr().(*net.UDPAddr)
+			p.udpLaddr[key] = sip.Addr{IP: local.IP, Port: local.Port, Hostname: local.IP.String()}
+		}
+		p.closers = append(p.closers, conn.Close)
+		p.serve(func() error { return p.srv.ServeUDP(conn) })
+	case "tcp", "tls":
+		ln, err := lc.Listen(ctx, "tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", l, err)
+		}
+		p.closers = append(p.closers, ln.Close)
+		if l.Transport == "tls" {
+			tln := tls.NewListener(ln, tlsConf)
+			p.serve(func() error { return p.srv.ServeTLS(tln) })
+		} else {
+			p.serve(func() error { return p.srv.ServeTCP(ln) })
+		}
+	}
+	return nil
+}
+
+func familyKey(a netip.Addr) string {
+	if a.Is4() || a.Is4In6() {
+		return "4"
+	}
+	return "6"
+}
+
+func (p *Proxy) serve(f func() error) {
+	p.serveWG.Add(1)
+	go func() {
+		defer p.serveWG.Done()
+		if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
+			p.log.Error("SIP listener stopped", zap.Error(err))
+		}
+	}()
+}
+
+// Ready reports whether the listeners are up and not draining.
+func (p *Proxy) Ready() bool { return p.up.Load() && !p.draining.Load() }
+
+// Shutdown stops taking new requests (new initial requests get 503; TCP/TLS
+// stop accepting connections), lets transactions in flight finish for up to
+// the drain timeout or until ctx ends, then closes everything.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.draining.Store(true)
+	done := make(chan struct{})
+	go func() { p.inflight.Wait(); close(done) }()
+	timer := time.NewTimer(p.cfg.DrainTimeout)
+	defer timer.Stop()
+	var err error
+	select {
+	case <-done:
+	case <-timer.C:
+		err = fmt.Errorf("drain: transactions still in flight after %v", p.cfg.DrainTimeout)
+	case <-ctx.Done():
+		err = fmt.Errorf("drain: %w", ctx.Err())
+	}
+	p.Close()
+	return err
+}
+
+// Close closes listeners and transports at once.
+func (p *Proxy) Close() {
+	p.up.Store(false)
+	for _, c := range p.closers {
+		_ = c()
+	}
+	p.closers = nil
+	if p.ua != nil {
+		_ = p.ua.Close()
+	}
+	p.serveWG.Wait()
+}
+
+// Status is the proxy part of /api/v1/status.
+type Status struct {
+	Listeners []string  `json:"listeners"`
+	Advertise string    `json:"advertise"`
+	Ready     bool      `json:"ready"`
+	Draining  bool      `json:"draining"`
+	Backends  []Backend `json:"backends"`
+}
+
+// Status reports listeners and backends.
+func (p *Proxy) Status() Status {
+	return Status{
+		Listeners: p.cfg.Listen,
+		Advertise: p.cfg.Advertise,
+		Ready:     p.Ready(),
+		Draining:  p.draining.Load(),
+		Backends:  p.Backends(),
+	}
+}
+
+// isLocal reports whether a URI names this proxy (advertise or a listen IP,
+// on one of its ports).
+func (p *Proxy) isLocal(u *sip.Uri) bool {
+	if !p.localHosts[strings.ToLower(strings.Trim(u.Host, "[]"))] {
+		return false
+	}
+	port := u.Port
+	if port == 0 {
+		port = 5060
+		if u.IsEncrypted() {
+			port = 5061
+		}
+	}
+	return p.localPorts[port]
+}
+
+func (p *Proxy) strayResponse(res *sip.Response) {
+	// Responses to transactions already gone: 2xx retransmissions after Timer M
+	// or late answers. Nothing can use them; count at debug level only.
+	p.log.Debug("response without transaction dropped", zap.Int("code", res.StatusCode), zap.String("call_id", callID(res)))
+}
+
+func callID(m sip.Message) string {
+	if h := m.CallID(); h != nil {
+		return h.Value()
+	}
+	return ""
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"hash/fnv"
+	"sync"
+	"time"
+)
+
+// Backend is one Asterisk the proxy can forward to.
+type Backend struct {
+	Name      string `json:"name"`
+	Address   string `json:"address"`   // host:port
+	Transport string `json:"transport"` // udp, tcp or tls
+}
+
+// Router chooses the backends for a new request: names in the order to try.
+// The first is the choice; the rest are for retry. key is the Call-ID.
+type Router interface {
+	Candidates(key string) []string
+}
+
+// FailureReporter is told when a backend fails a forwarded request
+// (timeout, 503, transport error), so health can probe it at once.
+type FailureReporter interface {
+	Suspect(backend, reason string)
+}
+
+// StaticRouter routes without health: active-standby tries the backends in
+// configured order; balance starts at a hash of the Call-ID.
+type StaticRouter struct {
+	mu      sync.RWMutex
+	names   []string
+	balance bool
+}
+
+var _ Router = (*StaticRouter)(nil)
+
+// NewStaticRouter returns a router over names in priority order.
+func NewStaticRouter(names []string, balance bool) *StaticRouter {
+	return &StaticRouter{names: append([]string(nil), names...), balance: balance}
+}
+
+// SetBackends replaces the list (SIGHUP).
+func (r *StaticRouter) SetBackends(names []string) {
+	r.mu.Lock()
+	r.names = append([]string(nil), names...)
+	r.mu.Unlock()
+}
+
+// Candidates implements Router.
+func (r *StaticRouter) Candidates(key string) []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	n := len(r.names)
+	if n == 0 {
+		return nil
+	}
+	start := 0
+	if r.balance {
+		h := fnv.New32a()
+		h.Write([]byte(key))
+		start = int(h.Sum32() % uint32(n))
+	}
+	out := make([]string, 0, n)
+	for i := 0; i < n; i++ {
+		out = append(out, r.names[(start+i)%n])
+	}
+	return out
+}
+
+// ttlSet remembers keys for a while: the backend that challenged a Call-ID
+// (so the authenticated re-send goes to the same Asterisk, which holds the
+// nonce) and INVITE branches answered with a non-2xx final (so their ACKs are
+// absorbed even after a reliable transport's transaction is gone).
+type ttlSet struct {
+	mu    sync.Mutex
+	ttl   time.Duration
+	max   int
+	items map[string]ttlItem
+	sweep time.Time
+}
+
+type ttlItem struct {
+	val     string
+	expires time.Time
+}
+
+func newTTLSet(ttl time.Duration, max int) *ttlSet {
+	return &ttlSet{ttl: ttl, max: max, items: make(map[string]ttlItem)}
+}
+
+func (s *ttlSet) put(key, val string) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.After(s.sweep) || len(s.items) >= s.max {
+		for k, it := range s.items {
+			if now.After(it.expires) {
+				delete(s.items, k)
+			}
+		}
+		s.sweep = now.Add(s.ttl / 4)
+	}
+	if len(s.items) >= s.max {
+		return // bounded: under a flood the oldest knowledge wins
+	}
+	s.items[key] = ttlItem{val: val, expires: now.Add(s.ttl)}
+}
+
+func (s *ttlSet) get(key string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	it, ok := s.items[key]
+	if !ok || time.Now().After(it.expires) {
+		return "", false
+	}
+	return it.val, true
+}
+
+func (s *ttlSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.items)
+}
+
+func (s *ttlSet) has(key string) bool {
+	_, ok := s.get(key)
+	return ok
+}
