@@ -24,6 +24,7 @@ require (
 	github.com/hashicorp/raft v1.8.0 // indirect
 	github.com/icholy/digest v1.2.0 // indirect
 	github.com/josharian/native v1.0.0 // indirect
+	github.com/kylelemons/godebug v1.1.0 // indirect
 	github.com/mattn/go-colorable v0.1.12 // indirect
 	github.com/mattn/go-isatty v0.0.14 // indirect
 	github.com/mdlayher/arp v0.0.0-20220512170110-6706a2966875 // indirect

@@ -19,12 +19,12 @@ import (
 
 // File is the whole configuration file.
 type File struct {
-	Node     Node            `yaml:"node"`
-	SIP      proxy.Config    `yaml:"sip"`
-	Backends []Backend       `yaml:"backends"`
-	Routing  string          `yaml:"routing"`
-	Admin    Admin           `yaml:"admin"`
-	Log      Log             `yaml:"log"`
+	Node     Node         `yaml:"node"`
+	SIP      proxy.Config `yaml:"sip"`
+	Backends []Backend    `yaml:"backends"`
+	Routing  string       `yaml:"routing"`
+	Admin    Admin        `yaml:"admin"`
+	Log      Log          `yaml:"log"`
 }
 
 // Node names this hapbx instance.

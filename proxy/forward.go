@@ -59,8 +59,10 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 	if t.backend != "" {
 		p.m.selected.WithLabelValues(t.backend).Inc()
 	}
+	// A backend gets hop_timeout to show any sign of life (Asterisk sends
+	// 100 Trying at once); phones and other UAs get the transaction timers.
 	dialTimeout := 5 * time.Second
-	if more {
+	if t.backend != "" {
 		dialTimeout = p.cfg.HopTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
@@ -78,7 +80,7 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 
 	var st tryState
 	var hop <-chan time.Time
-	if more {
+	if t.backend != "" {
 		timer := time.NewTimer(p.cfg.HopTimeout)
 		defer timer.Stop()
 		hop = timer.C
@@ -157,8 +159,10 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 			if isClosed(cancelled) {
 				return true
 			}
-			p.m.retries.WithLabelValues(t.backend, "hop_timeout").Inc()
-			return false
+			if more {
+				p.m.retries.WithLabelValues(t.backend, "hop_timeout").Inc()
+			}
+			return false // the next backend, or 503 when none is left
 
 		case <-cancelled:
 			cancelled = nil // seen; stop selecting on it

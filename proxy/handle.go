@@ -20,11 +20,11 @@ type target struct {
 type action int
 
 const (
-	actReply    action = iota // answer locally with code/reason
-	actForward                // stateful, to the one target
-	actBackends               // stateful, to the router's backends, with retry
-	actStateless              // ACK for a 2xx: forward statelessly to the target
-	actDrop                   // absorb silently (non-2xx ACK, stray ACK)
+	actReply     action = iota // answer locally with code/reason
+	actForward                 // stateful, to the one target
+	actBackends                // stateful, to the router's backends, with retry
+	actStateless               // ACK for a 2xx: forward statelessly to the target
+	actDrop                    // absorb silently (non-2xx ACK, stray ACK)
 )
 
 type decision struct {
@@ -127,7 +127,13 @@ func (p *Proxy) decide(req *sip.Request) decision {
 			return decision{act: actForward, target: t}
 		}
 		if toTagged {
-			return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
+			if p.fromBackend(req) != "" {
+				return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
+			}
+			// A UA that ignored Record-Route and Contact and sent an
+			// in-dialog request to the proxy's own address: its dialog is
+			// with a backend, the one the Call-ID maps to.
+			return decision{act: actBackends}
 		}
 	}
 	// An initial request with no Route left.

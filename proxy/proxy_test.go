@@ -1,0 +1,267 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/hapbx/hapbx/proxy/sipptest"
+)
+
+// Addresses of this package's tests; other packages use other 127.0.x.
+const (
+	proxyIP = "127.0.2.1"
+	phoneIP = "127.0.2.50"
+	be1IP   = "127.0.2.11"
+	be2IP   = "127.0.2.12"
+)
+
+type testProxy struct {
+	*Proxy
+	reg  *prometheus.Registry
+	port int
+	addr string
+}
+
+func startProxy(t *testing.T, backends []Backend, mutate func(*Config)) *testProxy {
+	t.Helper()
+	port := sipptest.FreePort(t, proxyIP)
+	cfg := DefaultConfig()
+	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port), fmt.Sprintf("tcp://%s:%d", proxyIP, port)}
+	cfg.Advertise = proxyIP
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	names := make([]string, len(backends))
+	for i, b := range backends {
+		names[i] = b.Name
+	}
+	p, err := New(cfg, backends, NewStaticRouter(names, false), zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return &testProxy{Proxy: p, reg: reg, port: port, addr: net.JoinHostPort(proxyIP, strconv.Itoa(port))}
+}
+
+func backendOn(t *testing.T, name, ip, transport string) (Backend, int) {
+	port := sipptest.FreePort(t, ip)
+	return Backend{Name: name, Address: net.JoinHostPort(ip, strconv.Itoa(port)), Transport: transport}, port
+}
+
+func scenario(name string) string {
+	p, _ := filepath.Abs(filepath.Join("testdata", name))
+	return p
+}
+
+// runCall drives calls from a SIPp phone through the proxy to a SIPp
+// backend and checks that both ends count every call successful.
+func runCall(t *testing.T, transport, uas, uac string, calls int) *testProxy {
+	sipptest.Require(t)
+	sippT := "u1"
+	if transport == "tcp" {
+		sippT = "t1"
+	}
+	be, bePort := backendOn(t, "asterisk1", be1IP, transport)
+	backend := sipptest.Start(t, be1IP, bePort, "-t", sippT, "-sf", scenario(uas), "-m", strconv.Itoa(calls))
+	sipptest.WaitListening(t, transport, be.Address, 3*time.Second)
+	p := startProxy(t, []Backend{be}, nil)
+
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-t", sippT, "-sf", scenario(uac),
+		"-s", "202", "-m", strconv.Itoa(calls), "-r", "10", "-timeout", "30s", "-timeout_error", p.addr)
+	if code := phone.Wait(40 * time.Second); code != 0 {
+		t.Fatalf("phone sipp exit %d\n%s", code, phone.Output())
+	}
+	if c := phone.Counts(); c.Successful != calls || c.Failed != 0 {
+		t.Fatalf("phone counts %+v, want %d successful\n%s", c, calls, phone.Output())
+	}
+	if code := backend.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("backend sipp exit %d\n%s", code, backend.Output())
+	}
+	if got := testutil.ToFloat64(p.m.selected.WithLabelValues("asterisk1")); got < float64(calls) {
+		t.Errorf("hapbx_proxy_backend_selected_total = %v, want >= %d", got, calls)
+	}
+	return p
+}
+
+func TestCallUDP(t *testing.T) { runCall(t, "udp", "uas_call.xml", "uac_call.xml", 5) }
+
+func TestCallTCP(t *testing.T) { runCall(t, "tcp", "uas_call.xml", "uac_call.xml", 5) }
+
+func TestCancelRingingCall(t *testing.T) { runCall(t, "udp", "uas_cancel.xml", "uac_cancel.xml", 3) }
+
+func TestBusyFromBackend(t *testing.T) { runCall(t, "udp", "uas_486.xml", "uac_busy.xml", 3) }
+
+func TestRegisterChallenged(t *testing.T) {
+	runCall(t, "udp", "uas_register.xml", "uac_register.xml", 3)
+}
+
+func Test2xxRetransmissionsRelayed(t *testing.T) {
+	p := runCall(t, "udp", "uas_call.xml", "uac_call_retrans.xml", 2)
+	// The backend retransmits its 200 at 0.5 s and 1 s while the phone
+	// withholds the ACK: each retransmission must reach the phone too.
+	if got := testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "200")); got < 4 {
+		t.Fatalf("200 responses to INVITE relayed = %v, want >= 4 (2 calls + retransmissions)", got)
+	}
+}
+
+// rawRequest sends one datagram from a fresh socket and returns the first
+// final (or the only) response text, or "" on timeout.
+func rawRequest(t *testing.T, to string, msg string, wait time.Duration) string {
+	t.Helper()
+	c, err := net.ListenPacket("udp", net.JoinHostPort(phoneIP, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	port := c.LocalAddr().(*net.UDPAddr).Port
+	msg = strings.ReplaceAll(msg, "PHONE", net.JoinHostPort(phoneIP, strconv.Itoa(port)))
+	msg = strings.ReplaceAll(msg, "\n", "\r\n")
+	dst, _ := net.ResolveUDPAddr("udp", to)
+	if _, err := c.WriteTo([]byte(msg), dst); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	deadline := time.Now().Add(wait)
+	for {
+		_ = c.SetReadDeadline(deadline)
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			return ""
+		}
+		if !bytes.HasPrefix(buf[:n], []byte("SIP/2.0 100 ")) {
+			return string(buf[:n])
+		}
+	}
+}
+
+func request(method, ruri string, maxForwards int, extra string) string {
+	return fmt.Sprintf(`%s %s SIP/2.0
+Via: SIP/2.0/UDP PHONE;branch=z9hG4bK%d;rport
+From: <sip:201@example.com>;tag=f1
+To: <%s>
+Call-ID: %d@test
+CSeq: 1 %s
+Max-Forwards: %d
+%sContent-Length: 0
+
+`, method, ruri, time.Now().UnixNano(), ruri, time.Now().UnixNano(), method, maxForwards, extra)
+}
+
+func statusLine(res string) string {
+	line, _, _ := strings.Cut(res, "\r\n")
+	return line
+}
+
+func TestLocalAnswersAndLimits(t *testing.T) {
+	// A backend that is never started: anything forwarded would fail.
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	p := startProxy(t, []Backend{be}, func(c *Config) { c.HopTimeout = 200 * time.Millisecond; c.RetryAfter = 7 * time.Second })
+	self := "sip:" + p.addr
+
+	cases := []struct {
+		name, msg, want string
+	}{
+		{"keepalive OPTIONS to the proxy", request("OPTIONS", self, 70, ""), "SIP/2.0 200 "},
+		{"OPTIONS with Max-Forwards 0", request("OPTIONS", "sip:202@"+p.addr, 0, ""), "SIP/2.0 200 "},
+		{"INVITE with Max-Forwards 0", request("INVITE", "sip:202@"+p.addr, 0, ""), "SIP/2.0 483 "},
+		{"INVITE, backend dead", request("INVITE", "sip:202@"+p.addr, 70, ""), "SIP/2.0 503 "},
+		{"CANCEL matching nothing", request("CANCEL", "sip:202@"+p.addr, 70, ""), "SIP/2.0 481 "},
+		{"CSeq method mismatch", strings.Replace(request("INFO", "sip:202@"+p.addr, 70, ""), "CSeq: 1 INFO", "CSeq: 1 BYE", 1), "SIP/2.0 400 "},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := rawRequest(t, p.addr, tc.msg, 3*time.Second)
+			if !strings.HasPrefix(res, tc.want) {
+				t.Fatalf("got %q, want %q", statusLine(res), tc.want)
+			}
+			if strings.HasPrefix(tc.want, "SIP/2.0 503") && !strings.Contains(res, "Retry-After: 7") {
+				t.Errorf("503 without Retry-After: 7\n%s", res)
+			}
+			if !strings.Contains(res, "received=") && !strings.Contains(res, "rport=") {
+				t.Errorf("response Via lacks rport/received:\n%s", res)
+			}
+		})
+	}
+	if got := testutil.ToFloat64(p.m.malformed.WithLabelValues("cseq_method")); got != 1 {
+		t.Errorf("malformed{cseq_method} = %v, want 1", got)
+	}
+}
+
+// TestTortureMessages sends every RFC 4475 torture message at a running
+// proxy: none may crash it, the broken ones are counted, and it still
+// answers afterwards.
+func TestTortureMessages(t *testing.T) {
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	p := startProxy(t, []Backend{be}, func(c *Config) { c.HopTimeout = 50 * time.Millisecond })
+	dst, _ := net.ResolveUDPAddr("udp", p.addr)
+	c, err := net.ListenPacket("udp", net.JoinHostPort(phoneIP, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	files, _ := filepath.Glob("testdata/torture/*/*.dat")
+	if len(files) < 40 {
+		t.Fatalf("torture corpus: %d files", len(files))
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.WriteTo(data, dst); err != nil {
+			t.Logf("%s: %v", f, err)
+		}
+	}
+	garbage := []byte("this is not SIP at all\r\n\r\n")
+	_, _ = c.WriteTo(garbage, dst)
+	time.Sleep(300 * time.Millisecond)
+	res := rawRequest(t, p.addr, request("OPTIONS", "sip:"+p.addr, 70, ""), 3*time.Second)
+	if !strings.HasPrefix(res, "SIP/2.0 200 ") {
+		t.Fatalf("proxy no longer answers after torture messages: %q", statusLine(res))
+	}
+	var total float64
+	for _, r := range []string{"parse", "oversize", "no_transaction_key", "missing_via", "missing_from", "missing_to", "missing_call_id", "missing_cseq", "cseq_method"} {
+		total += testutil.ToFloat64(p.m.malformed.WithLabelValues(r))
+	}
+	if total < 5 {
+		t.Errorf("hapbx_proxy_malformed_total = %v after the invalid torture messages and garbage, want >= 5", total)
+	}
+}
+
+func TestTLSPhoneToUDPBackend(t *testing.T) {
+	sipptest.Require(t)
+	dir := t.TempDir()
+	cert, key := writeSelfSigned(t, dir, proxyIP)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_message.xml"), "-m", "1")
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	tlsPort := sipptest.FreePort(t, proxyIP)
+	p := startProxy(t, []Backend{be}, func(c *Config) {
+		c.Listen = append(c.Listen, fmt.Sprintf("tls://%s:%d", proxyIP, tlsPort))
+		c.TLS = TLSConfig{Cert: cert, Key: key}
+	})
+	code := tlsMessage(t, cert, net.JoinHostPort(proxyIP, strconv.Itoa(tlsPort)))
+	if code != 200 {
+		t.Fatalf("MESSAGE over TLS: got %d, want 200", code)
+	}
+	if c := backend.Wait(10 * time.Second); c != 0 {
+		t.Fatalf("backend exit %d\n%s", c, backend.Output())
+	}
+	_ = p
+}

@@ -1,0 +1,199 @@
+// Package sipptest runs SIPp as a real SIP peer in tests: phones, trunks
+// and backends. It picks free loopback ports, starts and stops sipp, and
+// reads its final counts. Only tests import it.
+package sipptest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Require skips the test with a clear message when sipp is not installed.
+// CI installs it (Debian package sip-tester), so there it always runs.
+func Require(t testing.TB) string {
+	t.Helper()
+	path, err := exec.LookPath("sipp")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("sipp not on PATH in CI: install the Debian package sip-tester")
+		}
+		t.Skip("sipp not on PATH: install the Debian package sip-tester to run this test")
+	}
+	return path
+}
+
+var portMu sync.Mutex
+
+// FreePort returns a port on ip free for both UDP and TCP right now.
+func FreePort(t testing.TB, ip string) int {
+	t.Helper()
+	portMu.Lock()
+	defer portMu.Unlock()
+	for i := 0; i < 50; i++ {
+		u, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatalf("free port on %s: %v", ip, err)
+		}
+		port := u.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+		u.Close()
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port
+	}
+	t.Fatalf("no free UDP+TCP port on %s", ip)
+	return 0
+}
+
+// Proc is one running sipp.
+type Proc struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	out    bytes.Buffer
+	done   chan struct{}
+	err    error
+	Addr   string // ip:port it listens on
+	Dir    string
+	waited bool
+}
+
+// Start runs sipp with args in its own process group, listening on ip:port,
+// with stats and errors traced into a temp dir. The test's cleanup kills it.
+func Start(t testing.TB, ip string, port int, args ...string) *Proc {
+	t.Helper()
+	bin := Require(t)
+	dir := t.TempDir()
+	full := append([]string{"-i", ip, "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen"}, args...)
+	cmd := exec.Command(bin, full...)
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	p := &Proc{t: t, cmd: cmd, done: make(chan struct{}), Addr: net.JoinHostPort(ip, strconv.Itoa(port)), Dir: dir}
+	cmd.Stdout = &p.out
+	cmd.Stderr = &p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sipp %v: %v", full, err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.Kill)
+	return p
+}
+
+// Kill stops sipp at once (SIGKILL to its process group) and waits for it.
+func (p *Proc) Kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// Wait waits up to d for sipp to exit and returns its exit code.
+func (p *Proc) Wait(d time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		p.Kill()
+		p.t.Fatalf("sipp %s did not finish within %v\n%s", p.Addr, d, p.Output())
+	}
+	if p.err == nil {
+		return 0
+	}
+	if ee, ok := p.err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// Exited reports whether sipp has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Output is what sipp printed plus its error and screen traces.
+func (p *Proc) Output() string {
+	var b bytes.Buffer
+	b.Write(p.out.Bytes())
+	for _, pat := range []string{"*_errors.log", "*_screen.log"} {
+		files, _ := filepath.Glob(filepath.Join(p.Dir, pat))
+		for _, f := range files {
+			data, _ := os.ReadFile(f)
+			fmt.Fprintf(&b, "\n--- %s ---\n%s", f, tail(data, 4000))
+		}
+	}
+	return b.String()
+}
+
+// Counts are sipp's cumulative call counts from its final screen.
+type Counts struct {
+	Successful, Failed int
+}
+
+var (
+	reSuccess = regexp.MustCompile(`Successful call\s*\|\s*\d+\s*\|\s*(\d+)`)
+	reFailed  = regexp.MustCompile(`Failed call\s*\|\s*\d+\s*\|\s*(\d+)`)
+)
+
+// Counts reads the last screen sipp wrote.
+func (p *Proc) Counts() Counts {
+	text := p.Output()
+	var c Counts
+	if m := reSuccess.FindAllStringSubmatch(text, -1); len(m) > 0 {
+		c.Successful, _ = strconv.Atoi(m[len(m)-1][1])
+	}
+	if m := reFailed.FindAllStringSubmatch(text, -1); len(m) > 0 {
+		c.Failed, _ = strconv.Atoi(m[len(m)-1][1])
+	}
+	return c
+}
+
+// WaitListening waits until sipp has bound addr: over TCP until a
+// connection is accepted, over UDP until binding the port fails.
+func WaitListening(t testing.TB, network, addr string, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for ctx.Err() == nil {
+		if network == "tcp" {
+			if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+				c.Close()
+				return
+			}
+		} else {
+			c, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				return // in use: sipp has bound it
+			}
+			c.Close()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nothing listening on %s %s after %v", network, addr, d)
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
