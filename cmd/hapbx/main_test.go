@@ -1,0 +1,240 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hapbx/hapbx/proxy/sipptest"
+)
+
+const (
+	proxyIP = "127.0.3.1"
+	phoneIP = "127.0.3.50"
+	be1IP   = "127.0.3.11"
+	be2IP   = "127.0.3.12"
+)
+
+var hapbxBin string
+
+// TestMain builds the binary once; `make test` passes HAPBX_BIN instead.
+func TestMain(m *testing.M) {
+	if b := os.Getenv("HAPBX_BIN"); b != "" {
+		hapbxBin = b
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "hapbx-bin")
+	if err != nil {
+		panic(err)
+	}
+	hapbxBin = filepath.Join(dir, "hapbx")
+	out, err := exec.Command("go", "build", "-o", hapbxBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build hapbx: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(hapbxBin, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "hapbx ") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+}
+
+func TestCheckConfigListsEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("node: {name: p}\nsip: {listen: [\"udp://127.0.0.1:0\"], advertise: 127.0.0.1, hop_timeuot: 1s}\nbackends: [{name: a, address: \"x\", transport: sctp}]\nrouting: random\n"), 0o644)
+	cmd := exec.Command(hapbxBin, "check-config", "-c", bad)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want 1", err)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	for _, want := range []string{"sip.hop_timeuot: unknown key", "sip.listen[0]:", "backends[0].address:", "backends[0].transport:", "routing:"} {
+		found := false
+		for _, l := range lines {
+			if strings.HasPrefix(l, bad+": ") && strings.Contains(l, want) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no line %q in:\n%s", want, stderr.String())
+		}
+	}
+	good := filepath.Join("..", "..", "deploy", "hapbx.example.yaml")
+	if out, err := exec.Command(hapbxBin, "check-config", "-c", good).CombinedOutput(); err != nil {
+		t.Fatalf("example config: %v\n%s", err, out)
+	}
+}
+
+type daemon struct {
+	cmd    *exec.Cmd
+	log    bytes.Buffer
+	done   chan error
+	sip    string
+	admin  string
+	config string
+}
+
+func writeConfig(t *testing.T, path string, sipPort, adminPort int, backends ...string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s:%d\"]\n  advertise: %s\n  drain_timeout: 4s\nbackends:\n", proxyIP, sipPort, proxyIP)
+	for i, addr := range backends {
+		fmt.Fprintf(&b, "  - {name: asterisk%d, address: %q, transport: udp}\n", i+1, addr)
+	}
+	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:%d\"}\nlog: {level: info, format: json}\n", adminPort)
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startDaemon(t *testing.T, backends ...string) *daemon {
+	t.Helper()
+	d := &daemon{done: make(chan error, 1), config: filepath.Join(t.TempDir(), "hapbx.yaml")}
+	sipPort := sipptest.FreePort(t, proxyIP)
+	adminPort := sipptest.FreePort(t, "127.0.0.1")
+	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
+	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
+	writeConfig(t, d.config, sipPort, adminPort, backends...)
+	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
+	d.cmd.Stderr = &d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if res, err := http.Get(d.admin + "/healthz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return d
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("hapbx not healthy within 5s\n%s", d.log.String())
+	return nil
+}
+
+func (d *daemon) status(t *testing.T) map[string]any {
+	t.Helper()
+	res, err := http.Get(d.admin + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var s map[string]any
+	if err := json.NewDecoder(res.Body).Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func backendAddrs(s map[string]any) []string {
+	var out []string
+	for _, b := range s["proxy"].(map[string]any)["backends"].([]any) {
+		out = append(out, b.(map[string]any)["address"].(string))
+	}
+	return out
+}
+
+func TestSIGHUPReloadsBackends(t *testing.T) {
+	a1 := net.JoinHostPort(be1IP, strconv.Itoa(sipptest.FreePort(t, be1IP)))
+	a2 := net.JoinHostPort(be2IP, strconv.Itoa(sipptest.FreePort(t, be2IP)))
+	d := startDaemon(t, a1)
+	if got := backendAddrs(d.status(t)); len(got) != 1 || got[0] != a1 {
+		t.Fatalf("backends before reload: %v", got)
+	}
+	// A broken file is refused and the running list kept.
+	orig, _ := os.ReadFile(d.config)
+	os.WriteFile(d.config, []byte("backends: nope\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	if got := backendAddrs(d.status(t)); len(got) != 1 || got[0] != a1 {
+		t.Fatalf("a bad reload changed the backends: %v", got)
+	}
+	os.WriteFile(d.config, []byte(strings.Replace(string(orig), "backends:\n", fmt.Sprintf("backends:\n  - {name: asterisk0, address: %q, transport: udp}\n", a2), 1)), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		got := backendAddrs(d.status(t))
+		if len(got) == 2 && got[0] == a2 && got[1] == a1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backends after reload: %v\n%s", got, d.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(d.log.String(), "reload refused") {
+		t.Errorf("the refused reload was not logged:\n%s", d.log.String())
+	}
+}
+
+// TestSIGTERMDrains: a call ringing when SIGTERM arrives is still answered
+// and completes; a new call during the drain gets 503; hapbx exits 0 within
+// the drain bound.
+func TestSIGTERMDrains(t *testing.T) {
+	sipptest.Require(t)
+	bePort := sipptest.FreePort(t, be1IP)
+	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_slow.xml"), "-m", "1")
+	beAddr := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
+	sipptest.WaitListening(t, "udp", beAddr, 3*time.Second)
+	d := startDaemon(t, beAddr)
+
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_answered.xml"),
+		"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", d.sip)
+	time.Sleep(500 * time.Millisecond) // ringing now
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(200 * time.Millisecond)
+
+	late := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sn", "uac", "-s", "203", "-m", "1",
+		"-timeout", "5s", d.sip)
+	late.Wait(10 * time.Second)
+	if !strings.Contains(late.Output(), "503") {
+		t.Errorf("a new call during the drain did not get 503:\n%s", late.Output())
+	}
+	if code := phone.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("the call in flight at SIGTERM failed (exit %d)\n%s\n%s", code, phone.Output(), d.log.String())
+	}
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if err != nil {
+			t.Fatalf("hapbx exit: %v\n%s", err, d.log.String())
+		}
+		if el := time.Since(start); el > 6*time.Second {
+			t.Errorf("exit took %v, drain bound is 4s", el)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatalf("hapbx still running 8s after SIGTERM\n%s", d.log.String())
+	}
+	_ = backend
+}
+
+func scenarioPath(name string) string {
+	p, _ := filepath.Abs(filepath.Join("..", "..", "proxy", "testdata", name))
+	return p
+}

@@ -1,0 +1,156 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+node: {name: proxy1}
+sip:
+  listen: ["udp://127.0.0.1:5060", "tcp://127.0.0.1:5060"]
+  advertise: 127.0.0.1
+backends:
+  - {name: asterisk1, address: 127.0.0.11:5060, transport: udp}
+  - {name: asterisk2, address: 127.0.0.12:5060, transport: udp}
+routing: active-standby
+admin: {listen: 127.0.0.1:9060}
+log: {level: info, format: json}
+`
+
+func TestParseMinimalAppliesDefaults(t *testing.T) {
+	f, err := Parse("hapbx.yaml", []byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.SIP.HopTimeout != 500*time.Millisecond || f.SIP.DrainTimeout != 5*time.Second || f.SIP.MaxMessageSize != 65535 {
+		t.Errorf("defaults not applied: %+v", f.SIP)
+	}
+	if len(f.Backends) != 2 || f.Backends[1].Name != "asterisk2" {
+		t.Errorf("backends = %+v", f.Backends)
+	}
+}
+
+func TestParseDurations(t *testing.T) {
+	f, err := Parse("x", []byte(minimal+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(minimal, "advertise: 127.0.0.1", "advertise: 127.0.0.1\n  hop_timeout: 250ms\n  drain_timeout: 2s", 1)
+	if f, err = Parse("x", []byte(text)); err != nil {
+		t.Fatal(err)
+	}
+	if f.SIP.HopTimeout != 250*time.Millisecond || f.SIP.DrainTimeout != 2*time.Second {
+		t.Errorf("durations: %v %v", f.SIP.HopTimeout, f.SIP.DrainTimeout)
+	}
+}
+
+// Every bad input must produce its own line: FILE: field.path: reason.
+func TestParseListsEveryProblem(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "missing-secret")
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"unknown keys at every depth", `
+node: {name: p}
+sip: {listen: ["udp://127.0.0.1:5060"], advertise: 127.0.0.1, advertize: x}
+backends: [{name: a, address: "127.0.0.1:5060", transport: udp, prio: 1}]
+bogus: 1
+`, []string{"x.yaml: sip.advertize: unknown key (line 3)", "x.yaml: backends[0].prio: unknown key", "x.yaml: bogus: unknown key"}},
+		{"field errors", `
+node: {name: ""}
+sip: {listen: ["sctp://1.2.3.4:5", "udp://127.0.0.1:99999"], advertise: "", hop_timeout: 0s, max_message_size: 10}
+backends:
+  - {name: a, address: "127.0.0.11", transport: udp}
+  - {name: a, address: "127.0.0.12:5060", transport: xyz, ami: {address: "h:1", username: "", secret_file: "` + secret + `"}}
+routing: roundrobin
+admin: {listen: "nope"}
+log: {level: loud, format: xml}
+`, []string{
+			"x.yaml: node.name: must not be empty",
+			`x.yaml: sip.listen[0]: "sctp://1.2.3.4:5": transport "sctp" is not udp, tcp or tls`,
+			"x.yaml: sip.listen[1]:",
+			"x.yaml: sip.advertise: must name",
+			"x.yaml: sip.hop_timeout: 0s must be between",
+			"x.yaml: sip.max_message_size: 10 must be between",
+			"x.yaml: backends[0].address:",
+			`x.yaml: backends[1].name: "a" already used by backends[0]`,
+			`x.yaml: backends[1].transport: "xyz" is not udp, tcp or tls`,
+			"x.yaml: backends[1].ami.username: must not be empty",
+			"x.yaml: backends[1].ami.secret_file:",
+			`x.yaml: routing: "roundrobin" is not active-standby or balance`,
+			"x.yaml: admin.listen:",
+			`x.yaml: log.level: "loud"`,
+			`x.yaml: log.format: "xml"`,
+		}},
+		{"no backends", "node: {name: p}\nsip: {listen: [\"udp://127.0.0.1:5060\"], advertise: 127.0.0.1}\n",
+			[]string{"x.yaml: backends: at least one backend is required"}},
+		{"wrong type", minimal + "\nadmin: {listen: [1, 2]}\n", []string{"x.yaml: "}},
+		{"not yaml", "node: [", []string{"x.yaml: "}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("x.yaml", []byte(tc.yaml))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			got := err.Error()
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("missing %q in:\n%s", w, got)
+				}
+			}
+			for _, line := range strings.Split(got, "\n") {
+				if !strings.HasPrefix(line, "x.yaml: ") {
+					t.Errorf("line without the file name: %q", line)
+				}
+			}
+		})
+	}
+}
+
+func TestExampleConfigIsValid(t *testing.T) {
+	if _, err := Load(filepath.Join("..", "deploy", "hapbx.example.yaml")); err != nil {
+		t.Fatalf("deploy/hapbx.example.yaml: %v", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "nope.yaml") || !os.IsNotExist(unwrapAll(err)) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func unwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}
+
+// FuzzParse: whatever the file holds, Parse returns a value or an error,
+// never panics, and every error line names the file.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	f.Add([]byte("backends: [{name: a}]\nsip: {listen: [\"udp://[::1]:5060\"]}"))
+	f.Add([]byte("{}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, err := Parse("f.yaml", data)
+		if err == nil {
+			return
+		}
+		for _, line := range strings.Split(err.Error(), "\n") {
+			if !strings.HasPrefix(line, "f.yaml: ") {
+				t.Fatalf("error line without file: %q", line)
+			}
+		}
+	})
+}
