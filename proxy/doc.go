@@ -1,0 +1,48 @@
+// Package proxy is hapbx's transaction-stateful SIP proxy (RFC 3261 §16) in
+// front of the Asterisk backends, built on github.com/emiago/sipgo.
+//
+// What it does:
+//   - listens on UDP, TCP and TLS (config `sip.listen`); marks the top Via
+//     with received/rport (RFC 3581) so replies reach phones behind NAT;
+//   - validates requests (400 for missing Via/From/To/Call-ID/CSeq or a
+//     CSeq method that does not match), decrements Max-Forwards (483 at 0;
+//     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
+//     Via branch (482), pops its own Route headers and Record-Routes every
+//     dialog-creating request with `sip.advertise` (two entries when the
+//     transport changes, RFC 5658), so every in-dialog request passes it;
+//   - answers OPTIONS addressed to itself (keepalives of trunks and phones);
+//   - sends a new request from a phone or trunk to the backends a Router
+//     names, in order: a backend that stays silent for `sip.hop_timeout`
+//     (Asterisk answers 100 Trying at once), fails at the transport, or
+//     answers 408/503 is skipped for the next one inside the same server
+//     transaction, unless a provisional beyond 100 was already relayed or
+//     the caller cancelled; with none left the caller gets 503 with
+//     Retry-After. A request re-sent after a 401/407 challenge goes to the
+//     backend that issued the challenge (it holds the nonce);
+//   - forwards in-dialog requests and requests from a backend towards a
+//     phone by their Route / Request-URI, keeping no per-call state;
+//   - relays CANCEL downstream once a provisional was seen (sipgo answers
+//     the caller's CANCEL and the 487 itself), absorbs hop-by-hop ACKs of
+//     non-2xx finals, forwards 2xx ACKs statelessly end to end, and relays
+//     2xx retransmissions of INVITE (RFC 6026) statelessly upstream;
+//   - on Shutdown answers new initial requests 503 while transactions in
+//     flight finish, for at most `sip.drain_timeout`.
+//
+// What it does not: authenticate (Asterisk challenges; the proxy passes the
+// challenge through), probe backends (package health), pick the active
+// backend (package failover supplies the Router), store registrations
+// (package registrar) or touch media (package media).
+//
+// Config keys (section `sip`): listen, advertise, tls.cert, tls.key,
+// hop_timeout (500ms), retry_after (5s), drain_timeout (5s),
+// max_message_size (65535).
+//
+// Metrics: hapbx_proxy_requests_total{method},
+// hapbx_proxy_responses_total{method,code},
+// hapbx_proxy_transactions_in_flight,
+// hapbx_proxy_forward_latency_seconds{method},
+// hapbx_proxy_backend_selected_total{backend},
+// hapbx_proxy_retries_total{backend,reason},
+// hapbx_proxy_malformed_total{reason} (parse, oversize, no_transaction_key,
+// missing_<header>, cseq_method).
+package proxy
