@@ -28,6 +28,10 @@ type Config struct {
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// MaxMessageSize is the largest SIP message accepted; larger ones are dropped and counted.
 	MaxMessageSize int `yaml:"max_message_size"`
+	// MaxDialogs bounds the confirmed calls tracked for hang-up when their
+	// backend dies; DialogTTL forgets one with no in-dialog request for so long.
+	MaxDialogs int           `yaml:"max_dialogs"`
+	DialogTTL  time.Duration `yaml:"dialog_ttl"`
 }
 
 // TLSConfig names the PEM files of the TLS listeners.
@@ -44,6 +48,8 @@ func DefaultConfig() Config {
 		RetryAfter:     5 * time.Second,
 		DrainTimeout:   5 * time.Second,
 		MaxMessageSize: 65535,
+		MaxDialogs:     100000,
+		DialogTTL:      12 * time.Hour,
 	}
 }
 
@@ -146,6 +152,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxMessageSize < 1024 || c.MaxMessageSize > 65535 {
 		bad("max_message_size: %d must be between 1024 and 65535", c.MaxMessageSize)
+	}
+	if c.MaxDialogs < 1 {
+		bad("max_dialogs: %d must be at least 1", c.MaxDialogs)
+	}
+	if c.DialogTTL < time.Minute {
+		bad("dialog_ttl: %v must be at least 1m", c.DialogTTL)
 	}
 	return errors.Join(errs...)
 }

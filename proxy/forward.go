@@ -106,6 +106,11 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 				continue
 			}
 			if res.IsSuccess() {
+				if req.IsInvite() && t.backend != "" {
+					if _, tagged := req.To().Params.Get("tag"); !tagged {
+						p.dialogs.confirm(req, res, t.backend, p.isLocal)
+					}
+				}
 				if req.IsInvite() {
 					// RFC 6026: 2xx retransmissions come through the client
 					// transaction (Accepted state) and go upstream statelessly.

@@ -41,6 +41,11 @@ const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
 func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	p.m.requests.WithLabelValues(string(req.Method)).Inc()
 	d := p.decide(req)
+	if d.act == actForward || d.act == actBackends {
+		if _, tagged := req.To().Params.Get("tag"); tagged {
+			defer p.dialogs.seen(req) // after routing: a BYE may need its dialog
+		}
+	}
 	switch d.act {
 	case actDrop:
 	case actReply:
@@ -285,7 +290,9 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 	set := p.backends.Load()
 	cid := req.CallID().Value()
 	var names []string
-	if b, ok := p.challenged.get(cid); ok {
+	if b := p.dialogs.backendOf(req); b != "" {
+		names = append(names, b) // an in-dialog request that lost its route
+	} else if b, ok := p.challenged.get(cid); ok {
 		names = append(names, b) // the authenticated re-send goes where the nonce is
 	}
 	if p.router != nil {

@@ -40,6 +40,7 @@ type Proxy struct {
 
 	backends atomic.Pointer[backendSet]
 
+	dialogs    *dialogTable
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
 
@@ -95,6 +96,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		challenged: newTTLSet(32*time.Second, 100000),
 		non2xx:     newTTLSet(32*time.Second, 100000),
 	}
+	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
 	for _, o := range opts {
 		o(p)
 	}
@@ -272,6 +274,7 @@ type Status struct {
 	Ready     bool      `json:"ready"`
 	Draining  bool      `json:"draining"`
 	Backends  []Backend `json:"backends"`
+	Dialogs   int       `json:"dialogs"`
 }
 
 // Status reports listeners and backends.
@@ -282,6 +285,7 @@ func (p *Proxy) Status() Status {
 		Ready:     p.Ready(),
 		Draining:  p.draining.Load(),
 		Backends:  p.Backends(),
+		Dialogs:   p.dialogs.len(),
 	}
 }
 

@@ -265,3 +265,36 @@ func TestTLSPhoneToUDPBackend(t *testing.T) {
 	}
 	_ = p
 }
+
+// TestHangUpBackend: confirmed calls on a backend that is declared down get
+// a BYE from the proxy; each phone answers it and its scenario completes.
+func TestHangUpBackend(t *testing.T) {
+	sipptest.Require(t)
+	const calls = 3
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", strconv.Itoa(calls))
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	p := startProxy(t, []Backend{be}, nil)
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_wait_bye.xml"),
+		"-s", "202", "-m", strconv.Itoa(calls), "-r", "10", "-timeout", "20s", "-timeout_error", p.addr)
+	deadline := time.Now().Add(5 * time.Second)
+	for p.dialogs.len() < calls {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d dialogs confirmed, want %d\n%s", p.dialogs.len(), calls, phone.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	backend.Kill()
+	if n := p.HangUpBackend("asterisk1", "backend down"); n != calls {
+		t.Fatalf("HangUpBackend hung up %d dialogs, want %d", n, calls)
+	}
+	if code := phone.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("phone exit %d: BYE not received\n%s", code, phone.Output())
+	}
+	if got := testutil.ToFloat64(p.dialogs.ended.WithLabelValues("backend down")); got != calls {
+		t.Errorf("hapbx_dialogs_terminated_total = %v, want %d", got, calls)
+	}
+	if p.dialogs.len() != 0 {
+		t.Errorf("%d dialogs left", p.dialogs.len())
+	}
+}

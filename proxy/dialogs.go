@@ -1,0 +1,258 @@
+package proxy
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// dialog is what the proxy must know to hang up a confirmed call towards
+// the phone side when its backend dies: the phone's target and route set as
+// the backend would have used them, and the backend's CSeq space.
+type dialog struct {
+	callID   string
+	fromTag  string // caller's (phone side) tag
+	toTag    string // backend side's tag
+	backend  string
+	from     *sip.FromHeader // the BYE's From: the backend side (2xx To)
+	to       *sip.ToHeader   // the BYE's To: the phone side (INVITE From)
+	target   sip.Uri         // the phone's Contact
+	routes   []sip.Uri       // Record-Route entries between the proxy and the phone
+	dest     string          // where the INVITE came from: the phone's NATed address or connection
+	network  string
+	cseq     uint32 // highest CSeq the backend side has used
+	lastSeen time.Time
+}
+
+// dialogTable is bounded: at most max dialogs, each forgotten after ttl
+// without an in-dialog request (calls without session timers can outlive
+// any BYE we miss).
+type dialogTable struct {
+	mu     sync.Mutex
+	max    int
+	ttl    time.Duration
+	byID   map[string]*dialog
+	gauge  prometheus.Gauge
+	ended  *prometheus.CounterVec
+	sweepT time.Time
+}
+
+func newDialogTable(max int, ttl time.Duration, reg prometheus.Registerer) *dialogTable {
+	t := &dialogTable{
+		max:  max,
+		ttl:  ttl,
+		byID: make(map[string]*dialog),
+		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_proxy_dialogs",
+			Help: "Confirmed dialogs tracked per backend, for hang-up when a backend dies.",
+		}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_dialogs_terminated_total",
+			Help: "Dialogs the proxy hung up itself, by reason.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(t.gauge, t.ended)
+	return t
+}
+
+func dialogKey(callID, a, b string) string {
+	if a > b {
+		a, b = b, a
+	}
+	return callID + "\x00" + a + "\x00" + b
+}
+
+// confirm records the dialog set up by a 2xx to an initial INVITE.
+func (t *dialogTable) confirm(inv *sip.Request, res *sip.Response, backend string, isLocal func(*sip.Uri) bool) {
+	fromTag, _ := inv.From().Params.Get("tag")
+	toTag, _ := res.To().Params.Get("tag")
+	if fromTag == "" || toTag == "" {
+		return
+	}
+	d := &dialog{
+		callID:   inv.CallID().Value(),
+		fromTag:  fromTag,
+		toTag:    toTag,
+		backend:  backend,
+		from:     &sip.FromHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()},
+		to:       &sip.ToHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()},
+		dest:     inv.Source(),
+		network:  inv.Transport(),
+		lastSeen: time.Now(),
+	}
+	if c := inv.Contact(); c != nil {
+		d.target = *c.Address.Clone()
+	} else {
+		d.target = *inv.From().Address.Clone()
+	}
+	// Record-Route lists, top to bottom, the hops from the callee to the
+	// caller; the entries below the proxy's own lead to the phone.
+	below := false
+	for _, h := range res.GetHeaders("Record-Route") {
+		rr, ok := h.(*sip.RecordRouteHeader)
+		if !ok {
+			continue
+		}
+		if isLocal(&rr.Address) {
+			below = true
+			continue
+		}
+		if below {
+			d.routes = append(d.routes, *rr.Address.Clone())
+		}
+	}
+	key := dialogKey(d.callID, fromTag, toTag)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.sweepLocked(time.Now())
+	if _, exists := t.byID[key]; !exists && len(t.byID) >= t.max {
+		return // bounded: the dialog still works, it just is not hung up for us
+	}
+	t.byID[key] = d
+	t.gauge.Set(float64(len(t.byID)))
+}
+
+// seen notes an in-dialog request: it keeps the dialog alive, tracks the
+// backend side's CSeq, and forgets the dialog on BYE.
+func (t *dialogTable) seen(req *sip.Request) {
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	key := dialogKey(req.CallID().Value(), fromTag, toTag)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d, ok := t.byID[key]
+	if !ok {
+		return
+	}
+	if req.Method == sip.BYE {
+		delete(t.byID, key)
+		t.gauge.Set(float64(len(t.byID)))
+		return
+	}
+	d.lastSeen = time.Now()
+	if fromTag == d.toTag && req.CSeq().SeqNo > d.cseq {
+		d.cseq = req.CSeq().SeqNo
+	}
+}
+
+// backendOf returns the backend of a dialog known by Call-ID and tags.
+func (t *dialogTable) backendOf(req *sip.Request) string {
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d, ok := t.byID[dialogKey(req.CallID().Value(), fromTag, toTag)]; ok {
+		return d.backend
+	}
+	return ""
+}
+
+// take removes and returns every dialog on backend.
+func (t *dialogTable) take(backend string) []*dialog {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []*dialog
+	for k, d := range t.byID {
+		if d.backend == backend {
+			out = append(out, d)
+			delete(t.byID, k)
+		}
+	}
+	t.gauge.Set(float64(len(t.byID)))
+	return out
+}
+
+func (t *dialogTable) sweepLocked(now time.Time) {
+	if now.Before(t.sweepT) {
+		return
+	}
+	t.sweepT = now.Add(time.Minute)
+	for k, d := range t.byID {
+		if now.Sub(d.lastSeen) > t.ttl {
+			delete(t.byID, k)
+		}
+	}
+}
+
+func (t *dialogTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}
+
+// HangUpBackend sends a BYE towards the phone side of every confirmed
+// dialog on backend (declared down), so phones do not sit in silent calls.
+// It returns how many dialogs it hung up; the BYEs are sent in parallel and
+// it returns once all are sent, without waiting for their answers.
+func (p *Proxy) HangUpBackend(backend, reason string) int {
+	ds := p.dialogs.take(backend)
+	if len(ds) == 0 {
+		return 0
+	}
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, d := range ds {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(d *dialog) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			p.sendBye(d, reason)
+		}(d)
+	}
+	wg.Wait()
+	p.dialogs.ended.WithLabelValues(reason).Add(float64(len(ds)))
+	p.log.Warn("hung up calls of a dead backend", zap.String("backend", backend), zap.Int("dialogs", len(ds)), zap.String("reason", reason))
+	return len(ds)
+}
+
+func (p *Proxy) sendBye(d *dialog, reason string) {
+	bye := sip.NewRequest(sip.BYE, *d.target.Clone())
+	network := strings.ToLower(d.network)
+	bye.AppendHeader(&sip.ViaHeader{
+		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: strings.ToUpper(network),
+		Host: p.cfg.Advertise, Port: p.portFor[network],
+		Params: params("branch", branchPrefix+"b"+sip.GenerateTagN(12)),
+	})
+	for _, r := range d.routes {
+		bye.AppendHeader(&sip.RouteHeader{Address: r})
+	}
+	mf := sip.MaxForwardsHeader(70)
+	bye.AppendHeader(&mf)
+	bye.AppendHeader(d.from)
+	bye.AppendHeader(d.to)
+	cid := sip.CallIDHeader(d.callID)
+	bye.AppendHeader(&cid)
+	bye.AppendHeader(&sip.CSeqHeader{SeqNo: d.cseq + 1, MethodName: sip.BYE})
+	bye.AppendHeader(sip.NewHeader("Reason", `SIP;cause=503;text="`+reason+`"`))
+	bye.SetBody(nil)
+	t := target{addr: d.dest, transport: network}
+	if len(d.routes) > 0 {
+		if rt, ok := uriTarget(&d.routes[0], network); ok {
+			t = rt
+		}
+	}
+	p.address(bye, t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	clTx, err := p.cl.TransactionRequest(ctx, bye, sipgo.ClientRequestOption(keepHeaders))
+	if err != nil {
+		p.log.Warn("BYE to phone not sent", zap.String("call_id", d.callID), zap.Error(err))
+		return
+	}
+	go func() {
+		defer clTx.Terminate()
+		select {
+		case res := <-clTx.Responses():
+			p.log.Debug("BYE to phone answered", zap.String("call_id", d.callID), zap.String("code", strconv.Itoa(res.StatusCode)))
+		case <-clTx.Done():
+		}
+	}()
+}
