@@ -266,6 +266,11 @@ func (s DRBDState) Apply(e Event) DRBDState {
 			s.Disk = d
 		}
 	case "connection", "peer-device":
+		_, hasName := e.Fields["conn-name"]
+		_, hasID := e.Fields["peer-node-id"]
+		if !hasName && !hasID {
+			return s // no way to tell which peer: ignore rather than guess
+		}
 		i := s.peerIndex(e.Fields)
 		if e.Verb == "destroy" && e.Object == "connection" {
 			if i >= 0 {
@@ -280,7 +285,9 @@ func (s DRBDState) Apply(e Event) DRBDState {
 			}
 			s.Peers = append(s.Peers, p)
 			sort.SliceStable(s.Peers, func(a, b int) bool { return s.Peers[a].Name < s.Peers[b].Name })
-			i = s.peerIndex(e.Fields)
+			if i = s.peerIndex(e.Fields); i < 0 {
+				return s // unreachable: the peer was just added
+			}
 		}
 		p := &s.Peers[i]
 		if c, ok := e.Fields["connection"]; ok {
