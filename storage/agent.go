@@ -71,6 +71,9 @@ type Status struct {
 	// Service is "active", "inactive" or "unknown" as last checked.
 	Service string `json:"service"`
 	// SplitBrain is set from DRBD events/status until an operator clears it.
+	// EventsFollowing is true while `drbdsetup events2` delivers live
+	// changes (after its initial dump).
+	EventsFollowing  bool   `json:"events_following"`
 	SplitBrain       bool   `json:"split_brain"`
 	SplitBrainReason string `json:"split_brain_reason,omitempty"`
 	LastError        string `json:"last_error,omitempty"`
@@ -97,6 +100,7 @@ type Agent struct {
 	drbdState  DRBDState
 	service    string
 	splitBrain string // reason; "" when none
+	following  bool
 	lastErr    string
 	lastReport Report
 }
@@ -182,6 +186,7 @@ func (a *Agent) Status() Status {
 		DRBD:             a.drbdState,
 		Mounted:          mounted,
 		Service:          a.service,
+		EventsFollowing:  a.following,
 		SplitBrain:       a.splitBrain != "",
 		SplitBrainReason: a.splitBrain,
 		LastError:        a.lastErr,
@@ -499,8 +504,14 @@ func (a *Agent) events(ctx context.Context) error {
 		}
 		if ev.Verb == "exists" && ev.Object == "-" {
 			a.noteStandAlone(st, "events2")
+			a.mu.Lock()
+			a.following = true
+			a.mu.Unlock()
 		}
 	}
+	a.mu.Lock()
+	a.following = false
+	a.mu.Unlock()
 	return cmd.Wait()
 }
 

@@ -103,3 +103,19 @@ func (c Client) post(ctx context.Context, path string, body any) (Result, error)
 	}
 	return res, fmt.Errorf("agent %s %s: HTTP %d: %s", c.BaseURL, path, code, res.Error)
 }
+
+// ClearSplitBrain tells the agent an operator resolved the split brain.
+func (c Client) ClearSplitBrain(ctx context.Context) error {
+	var st Status
+	code, err := c.do(ctx, http.MethodPost, PathClearSplitBrain, nil, &st)
+	if err != nil {
+		return err
+	}
+	switch code {
+	case http.StatusOK:
+		return nil
+	case http.StatusUnauthorized:
+		return fmt.Errorf("agent %s clear split brain: %w", c.BaseURL, ErrUnauthorized)
+	}
+	return fmt.Errorf("agent %s clear split brain: HTTP %d", c.BaseURL, code)
+}

@@ -16,6 +16,9 @@ const (
 	PathStart  = "/agent/v1/start"
 	PathStop   = "/agent/v1/stop"
 	PathStatus = "/agent/v1/status"
+	// PathClearSplitBrain is the operator's acknowledgement of a resolved
+	// split brain (see Agent.ClearSplitBrain).
+	PathClearSplitBrain = "/agent/v1/clear-split-brain"
 )
 
 // Result is the JSON body of start and stop responses.
@@ -46,6 +49,7 @@ var codes = []struct {
 //	POST /agent/v1/start   body {"force":bool} (optional)  -> Result
 //	POST /agent/v1/stop                                     -> Result
 //	GET  /agent/v1/status                                   -> Status
+//	POST /agent/v1/clear-split-brain                        -> Status
 //
 // POSTs need `Authorization: Bearer <token>` with the token from
 // cfg.TokenFile (read on each request, so it can be rotated). Start and stop
@@ -70,6 +74,10 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST "+PathStop, a.authorized(func(w http.ResponseWriter, r *http.Request) {
 		rep, err := a.Stop(context.WithoutCancel(r.Context()))
 		a.writeResult(w, rep, err)
+	}))
+	mux.HandleFunc("POST "+PathClearSplitBrain, a.authorized(func(w http.ResponseWriter, r *http.Request) {
+		a.ClearSplitBrain()
+		writeJSON(w, http.StatusOK, a.Status())
 	}))
 	return mux
 }
