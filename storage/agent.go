@@ -239,7 +239,8 @@ func (a *Agent) ClearSplitBrain() {
 
 func (a *Agent) steps() []step { return []step{a.drbd, a.fs, a.svc} }
 
-// runStep runs op on s with the step's timeout and records it.
+// runStep runs op (start, stop or rollback, which stops) on s with the
+// step's timeout and records it.
 func (a *Agent) runStep(ctx context.Context, s step, op string, force bool) StepReport {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout())
 	defer cancel()
@@ -309,8 +310,7 @@ func (a *Agent) Start(ctx context.Context, opts StartOptions) (Report, error) {
 		// Roll back the failed step too: a service whose readiness timed
 		// out is running, a mount that timed out may still land.
 		for j := i; j >= 0; j-- {
-			rr := a.runStep(context.WithoutCancel(ctx), steps[j], "stop", false)
-			rr.Op = "rollback"
+			rr := a.runStep(context.WithoutCancel(ctx), steps[j], "rollback", false)
 			rep.Steps = append(rep.Steps, rr)
 			if rr.Error != "" {
 				err = errors.Join(err, fmt.Errorf("rollback %s: %s", steps[j].name(), rr.Error))
@@ -527,22 +527,33 @@ func (a *Agent) monitor(ctx context.Context) {
 		if a.Status().State != StateStarted || !a.op.TryLock() {
 			continue
 		}
-		svc := "active"
 		cctx, cancel := context.WithTimeout(ctx, a.monitorInterval)
 		var check ReadyChecker = a.svc.ready
 		if check == nil && a.cfg.Service.Unit != "" {
 			check = ReadyFunc(func(ctx context.Context) error { return unitActive(ctx, a.cfg.Service.Unit) })
 		}
+		var err error
 		if check != nil {
-			if err := check.Ready(cctx); err != nil {
-				svc = "inactive"
-				a.log.Error("started service fails its readiness check", zap.Error(err))
+			err = check.Ready(cctx)
+		}
+		if err == nil {
+			if m, merr := MountedAt(a.cfg.Filesystem.MountPoint); merr != nil || m == "" {
+				err = fmt.Errorf("%s not mounted on %s (%v)", a.cfg.Filesystem.Device, a.cfg.Filesystem.MountPoint, merr)
 			}
 		}
 		cancel()
+		if err != nil && ctx.Err() == nil {
+			// A started group that stopped serving is failed: the
+			// coordinator sees it in the status, and a new Start restarts
+			// what is missing (every start step is idempotent).
+			a.log.Error("started resource group no longer serves", zap.Error(err))
+			a.m.failures.WithLabelValues("monitor").Inc()
+			a.mu.Lock()
+			a.service = "inactive"
+			a.lastErr = "monitor: " + err.Error()
+			a.mu.Unlock()
+			a.setState(StateFailed)
+		}
 		a.op.Unlock()
-		a.mu.Lock()
-		a.service = svc
-		a.mu.Unlock()
 	}
 }

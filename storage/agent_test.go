@@ -278,3 +278,78 @@ func metric(t *testing.T, nd *node, name string) string {
 	}
 	return ""
 }
+
+// A started group whose service dies is reported failed by the monitor;
+// a new Start restarts only what is missing.
+func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
+	needRoot(t)
+	c := newCluster(t, "A", "B")
+	pa := freePort(t, "udp")
+	a := c.start("A", c.config("A", pa), pa)
+	ctx := context.Background()
+	if _, err := a.client.Start(ctx, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a.killService(c)
+	st := waitStatus(t, a, "service failure noticed", func(s Status) bool { return s.State == StateFailed })
+	if st.Service != "inactive" || !strings.Contains(st.LastError, "monitor") {
+		t.Fatalf("failure not reported: %+v", st)
+	}
+	if m := metric(t, a, `hapbx_storage_failures_total{step="monitor"}`); m != "1" {
+		t.Fatalf("monitor failures = %q, want 1", m)
+	}
+	if m := metric(t, a, "hapbx_storage_group_state"); m != "4" {
+		t.Fatalf("group state = %q, want 4 (failed)", m)
+	}
+	res, err := a.client.Start(ctx, StartOptions{})
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if err := sipOptionsReady(a.sipAddr)(ctx); err != nil || res.Status.State != StateStarted {
+		t.Fatalf("not restarted: %v %+v", err, res.Status)
+	}
+	if n := strings.Count(readFile(t, filepath.Join(c.stub, "calls.log")), "node=A drbdadm primary r0 exit=0"); n != 2 {
+		t.Fatalf("%d promotions, want 2 (start, restart)", n)
+	}
+}
+
+// PeerDisconnectFencer, the strategy without a fence command, waits until
+// the surviving node's DRBD shows the peer gone, plus the safety delay; it
+// fails while the peer stays connected.
+func TestPeerDisconnectFencer(t *testing.T) {
+	needRoot(t)
+	c := newCluster(t, "A", "B")
+	pb := freePort(t, "udp")
+	b := c.start("B", c.config("B", pb), pb)
+	ctx := context.Background()
+
+	f := PeerDisconnectFencer{State: b.client.DRBDState, Timeout: 300 * time.Millisecond, SafetyDelay: 200 * time.Millisecond, Poll: 20 * time.Millisecond}
+	if err := f.Fence(ctx); !errors.Is(err, ErrFenceFailed) || !strings.Contains(err.Error(), "Connected") {
+		t.Fatalf("fence with peer connected: %v, want ErrFenceFailed naming the connection", err)
+	}
+
+	f.Timeout = 3 * time.Second
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		os.Remove(filepath.Join(c.stub, "up.A")) // A's host dies
+	}()
+	t0 := time.Now()
+	if err := f.Fence(ctx); err != nil {
+		t.Fatalf("fence after A died: %v", err)
+	}
+	if d := time.Since(t0); d < 400*time.Millisecond {
+		t.Fatalf("returned after %s: did not wait for the loss (200ms) plus the safety delay (200ms)", d)
+	}
+	if st, _ := b.client.Status(ctx); st.Connection == ConnConnected {
+		t.Fatalf("fenced while B still sees A connected: %+v", st)
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

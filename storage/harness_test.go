@@ -259,7 +259,9 @@ func (c *cluster) config(n string, sipPort int) Config {
 	cfg.Service = ServiceConfig{
 		StartCommand: fmt.Sprintf("sipp -sf %s -i 127.0.0.1 -p %d -nostdin -m 1000000 >%s 2>&1 </dev/null & echo $! >%s; echo $! >>%s",
 			filepath.Join(filepath.Dir(c.bin), "uas_options.xml"), sipPort, filepath.Join(c.dir, "sipp-"+n+".log"), pid, filepath.Join(c.stub, "pids."+n)),
-		StopCommand: fmt.Sprintf("if [ -f %[1]s ]; then p=$(cat %[1]s); kill $p 2>/dev/null; while kill -0 $p 2>/dev/null; do sleep 0.01; done; rm -f %[1]s; fi", pid),
+		// SIPp was reparented to an init that may reap late: a zombie
+		// counts as gone.
+		StopCommand: fmt.Sprintf("if [ -f %[1]s ]; then p=$(cat %[1]s); kill $p 2>/dev/null; while [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; rm -f %[1]s; fi", pid),
 		Timeout:     5 * time.Second,
 	}
 	cfg.ReadyTimeout = 5 * time.Second

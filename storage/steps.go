@@ -114,12 +114,14 @@ func inSyscall(ctx context.Context, fn func() error) error {
 }
 
 func (s fsStep) start(ctx context.Context, _ bool) error {
+	flags, data := parseMountOptions(s.cfg.Options)
 	if m, err := MountedAt(s.cfg.MountPoint); err != nil {
 		return err
+	} else if m == s.cfg.Device || (m != "" && flags&unix.MS_BIND != 0) {
+		return nil // already mounted (a bind mount shows its origin's source)
 	} else if m != "" {
-		return nil
+		return fmt.Errorf("mount point %s already holds %s, not %s", s.cfg.MountPoint, m, s.cfg.Device)
 	}
-	flags, data := parseMountOptions(s.cfg.Options)
 	return inSyscall(ctx, func() error {
 		if err := unix.Mount(s.cfg.Device, s.cfg.MountPoint, s.cfg.Type, flags, data); err != nil {
 			return fmt.Errorf("mount %s on %s type %s options %q: %w", s.cfg.Device, s.cfg.MountPoint, s.cfg.Type, s.cfg.Options, err)
