@@ -332,18 +332,13 @@ func (a *Agent) precheck(ctx context.Context, opts StartOptions, rep *Report) er
 		a.log.Warn("operator forced start: skipping split-brain, peer-role, disk and fencing checks")
 		return nil
 	}
-	a.mu.Lock()
-	sb := a.splitBrain
-	a.mu.Unlock()
-	if sb != "" {
-		return fmt.Errorf("%w: %s", ErrSplitBrain, sb)
-	}
+	// Read afresh first: the read itself flags a StandAlone connection.
 	st, err := a.DRBDState(ctx)
 	if err != nil {
 		return fmt.Errorf("read DRBD state before promotion: %w", err)
 	}
 	a.mu.Lock()
-	sb = a.splitBrain
+	sb := a.splitBrain
 	a.mu.Unlock()
 	if sb != "" {
 		return fmt.Errorf("%w: %s", ErrSplitBrain, sb)

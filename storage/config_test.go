@@ -73,3 +73,10 @@ fence: {timeout: 0s, safety_delay: -1s}
 		})
 	}
 }
+
+func TestParseMountOptions(t *testing.T) {
+	flags, data := parseMountOptions("noatime, ro,size=1m,mode=0755,,defaults")
+	if flags != mountFlags["noatime"]|mountFlags["ro"] || data != "size=1m,mode=0755" {
+		t.Fatalf("flags %#x data %q", flags, data)
+	}
+}
