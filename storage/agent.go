@@ -459,7 +459,9 @@ func (a *Agent) followEvents(ctx context.Context) {
 // events runs one events2 stream to its end.
 func (a *Agent) events(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, a.cfg.DRBD.Drbdsetup, "events2", a.cfg.DRBD.Resource)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: an agent killed with SIGKILL must not leave the stream
+	// running (it would only notice at its next write).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	out, err := cmd.StdoutPipe()

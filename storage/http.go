@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -63,7 +64,8 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("POST "+PathStart, a.authorized(func(w http.ResponseWriter, r *http.Request) {
 		var opts StartOptions
 		if r.ContentLength != 0 {
-			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&opts); err != nil {
+			err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&opts)
+			if err != nil && !errors.Is(err, io.EOF) {
 				writeJSON(w, http.StatusBadRequest, Result{Error: fmt.Sprintf("bad start body: %v", err)})
 				return
 			}
