@@ -3,12 +3,15 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -351,5 +354,55 @@ func readFile(t *testing.T, p string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return string(b)
+}
+
+// The systemd path: `systemctl start UNIT`, ready when `systemctl
+// is-active UNIT` says active (no ReadyChecker wired), `systemctl stop UNIT`.
+// systemctl is a stand-in first on PATH that runs SIPp as the unit.
+func TestSystemdUnit(t *testing.T) {
+	needRoot(t)
+	c := newCluster(t, "A", "B")
+	pa := freePort(t, "udp")
+	cfg := c.config("A", pa)
+	cfg.Service = ServiceConfig{Unit: "asterisk.service", Timeout: 5 * time.Second}
+	sippCmd := fmt.Sprintf("sipp -sf %s -i 127.0.0.1 -p %d -nostdin", filepath.Join(filepath.Dir(c.bin), "uas_options.xml"), pa)
+	a := c.start("A", cfg, pa, childSIP+"=", "PATH="+c.bin+":"+os.Getenv("PATH"),
+		"SYSTEMCTL_STUB_DIR="+c.dir, "SYSTEMCTL_STUB_START="+sippCmd)
+	t.Cleanup(func() {
+		if p, err := strconv.Atoi(strings.TrimSpace(readFileIf(filepath.Join(c.dir, "asterisk.service.pid")))); err == nil {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+	ctx := context.Background()
+	if _, err := a.client.Start(ctx, StartOptions{}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	log := readFile(t, filepath.Join(c.dir, "systemctl.log"))
+	if !strings.Contains(log, " start asterisk.service") || !strings.Contains(log, " is-active asterisk.service") {
+		t.Fatalf("systemctl calls:\n%s", log)
+	}
+	// is-active is weaker than the production readiness check: allow SIPp
+	// its socket before asking it.
+	deadline := time.Now().Add(3 * time.Second)
+	for sipOptionsReady(fmt.Sprintf("127.0.0.1:%d", pa))(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("unit's SIPp never answered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := a.client.Stop(ctx); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	if !strings.Contains(readFile(t, filepath.Join(c.dir, "systemctl.log")), " stop asterisk.service") {
+		t.Fatal("systemctl stop not called")
+	}
+	if sipOptionsReady(fmt.Sprintf("127.0.0.1:%d", pa))(ctx) == nil {
+		t.Fatal("unit's SIPp still answers after stop")
+	}
+}
+
+func readFileIf(p string) string {
+	b, _ := os.ReadFile(p)
 	return string(b)
 }

@@ -58,9 +58,11 @@ func childAgent() int {
 	}
 	log, _ := zap.NewDevelopment()
 	reg := prometheus.NewRegistry()
-	a, err := New(cfg, log.Named("agent"), reg,
-		WithReadyChecker(sipOptionsReady(os.Getenv(childSIP))),
-		WithPollInterval(20*time.Millisecond, 300*time.Millisecond))
+	opts := []Option{WithPollInterval(20*time.Millisecond, 300*time.Millisecond)}
+	if os.Getenv(childSIP) != "" {
+		opts = append(opts, WithReadyChecker(sipOptionsReady(os.Getenv(childSIP))))
+	}
+	a, err := New(cfg, log.Named("agent"), reg, opts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -270,7 +272,7 @@ func (c *cluster) config(n string, sipPort int) Config {
 }
 
 // start runs node n's agent in its own mount namespace.
-func (c *cluster) start(n string, cfg Config, sipPort int) *node {
+func (c *cluster) start(n string, cfg Config, sipPort int, env ...string) *node {
 	t := c.t
 	t.Helper()
 	raw, err := yaml.Marshal(cfg)
@@ -295,6 +297,7 @@ func (c *cluster) start(n string, cfg Config, sipPort int) *node {
 	nd.cmd = exec.Command("unshare", "--mount", "--propagation", "private", exe, "-test.run=^$")
 	nd.cmd.Env = append(os.Environ(), childEnv+"=agent", childCfg+"="+cfgPath, childSIP+"="+nd.sipAddr, childListen+"="+listen,
 		"DRBD_STUB_DIR="+c.stub, "DRBD_STUB_NODE="+n, "DRBD_STUB_MOUNT="+c.mnt)
+	nd.cmd.Env = append(nd.cmd.Env, env...)
 	nd.cmd.Stdout, nd.cmd.Stderr = logf, logf
 	if err := nd.cmd.Start(); err != nil {
 		t.Fatal(err)
