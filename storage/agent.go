@@ -76,8 +76,9 @@ type Status struct {
 	EventsFollowing  bool   `json:"events_following"`
 	SplitBrain       bool   `json:"split_brain"`
 	SplitBrainReason string `json:"split_brain_reason,omitempty"`
-	LastError        string `json:"last_error,omitempty"`
-	LastReport       Report `json:"last_report"`
+	// LastError is the most recent error; it stays after a recovery.
+	LastError  string `json:"last_error,omitempty"`
+	LastReport Report `json:"last_report"`
 }
 
 // Agent runs the node's resource group: DRBD promotion, mount, service.
@@ -90,7 +91,7 @@ type Agent struct {
 	svc    *serviceStep
 	fencer Fencer
 
-	// MonitorInterval is how often Run re-checks the service and mount.
+	// monitorInterval is how often Run re-checks a started group.
 	monitorInterval time.Duration
 
 	op sync.Mutex // serialises Start and Stop
@@ -532,6 +533,14 @@ func (a *Agent) monitor(ctx context.Context) {
 		var err error
 		if check != nil {
 			err = check.Ready(cctx)
+		}
+		if err == nil {
+			a.mu.Lock()
+			role := a.drbdState.Role
+			a.mu.Unlock()
+			if role != RolePrimary {
+				err = fmt.Errorf("DRBD resource %s is %s, not Primary", a.cfg.DRBD.Resource, role)
+			}
 		}
 		if err == nil {
 			if m, merr := MountedAt(a.cfg.Filesystem.MountPoint); merr != nil || m == "" {
