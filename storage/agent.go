@@ -320,6 +320,11 @@ func (a *Agent) Start(ctx context.Context, opts StartOptions) (Report, error) {
 		a.setState(StateFailed)
 		return finish(err)
 	}
+	// Publish the new role now rather than when events2 reports it, so the
+	// status a caller reads next (and the monitor) is already right.
+	if _, err := a.DRBDState(ctx); err != nil {
+		a.log.Warn("drbdadm status after start failed", zap.Error(err))
+	}
 	a.setState(StateStarted)
 	a.mu.Lock()
 	a.service = "active"
@@ -387,6 +392,9 @@ func (a *Agent) Stop(ctx context.Context) (Report, error) {
 		if r.Error != "" {
 			err = errors.Join(err, fmt.Errorf("%w: %s stop: %s", ErrStepFailed, steps[i].name(), r.Error))
 		}
+	}
+	if _, serr := a.DRBDState(ctx); serr != nil {
+		a.log.Warn("drbdadm status after stop failed", zap.Error(serr))
 	}
 	rep.Duration = time.Since(rep.Started)
 	a.mu.Lock()
