@@ -39,8 +39,8 @@
 // failover coordinator uses them (with Client.DRBDState of the surviving
 // agent as StateFunc) when an agent is unreachable.
 //
-// While the group is started, Run re-checks readiness and the mount every
-// monitor interval; a group that stopped serving turns "failed" and a new
+// While the group is started, Run re-checks readiness, the DRBD role and the
+// mount every monitor interval (2 s); a group that stopped serving turns "failed" and a new
 // Start restarts what is missing (every start step is idempotent).
 //
 // Control API (Agent.Handler; served by Run on `listen` when set; Client is
