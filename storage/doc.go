@@ -1,0 +1,71 @@
+// Package storage is the node-local agent of a cold-standby PBX node: what
+// Heartbeat's haresources line
+//
+//	drbdisk::r0 Filesystem::/dev/drbd0::/replica::ext3 IPaddr::... asterisk
+//
+// did, but ordered, time-bounded, monitored and fenced.
+//
+// The resource group is three steps, started in this order and stopped in
+// reverse, each under its own timeout:
+//
+//  1. DRBD: `drbdadm primary RES` (`--force` only on an operator's forced
+//     start) / `drbdadm secondary RES`; state from `drbdadm status RES` and
+//     followed live with `drbdsetup events2 RES` (drbd-utils 9 formats).
+//  2. File system: mount(2)/umount(2) of device on mount point with type and
+//     options; state from /proc/self/mountinfo.
+//  3. Service: a systemd unit (`systemctl start|stop|is-active`) or start
+//     and stop commands; complete only when a ReadyChecker passes (the
+//     health package's SIP OPTIONS + AMI FullyBooted check in production).
+//
+// A failed start rolls back: the failed step and those before it are stopped
+// in reverse, and the report names the step and the reason.
+//
+// Never two primaries: unless the operator forces, Start refuses while DRBD
+// shows a peer Primary (ErrPeerPrimary), the local disk not UpToDate
+// (ErrDiskNotUpToDate) or an uncleared split brain (ErrSplitBrain), and
+// when the peer is not connected it fences the peer first (ErrFenceFailed
+// when that fails). A split brain is taken from events2 (the split-brain
+// helper call) and from a StandAlone connection (what DRBD does on an
+// unresolved split brain; the agent cannot tell it from an administrative
+// disconnect, so it treats both as split brain). It is logged at error
+// level, exported as hapbx_storage_split_brain and in the status, and blocks
+// automatic promotion until ClearSplitBrain (POST
+// /agent/v1/clear-split-brain) or a forced start.
+//
+// Fencing: CommandFencer runs a command (IPMI power-off, PDU, any script)
+// whose exit status decides; PeerDisconnectFencer, used when no command is
+// configured, waits until DRBD shows the peer disconnected plus a safety
+// delay. The agent uses them before promoting with a disconnected peer; the
+// failover coordinator uses them (with Client.DRBDState of the surviving
+// agent as StateFunc) when an agent is unreachable.
+//
+// While the group is started, Run re-checks readiness, the DRBD role and the
+// mount every monitor interval (2 s); a group that stopped serving turns "failed" and a new
+// Start restarts what is missing (every start step is idempotent).
+//
+// Control API (Agent.Handler; served by Run on `listen` when set; Client is
+// its Go client): POST /agent/v1/start {"force":bool}, POST /agent/v1/stop,
+// POST /agent/v1/clear-split-brain (all with `Authorization: Bearer
+// <token from token_file>`), GET /agent/v1/status (no token).
+//
+// Not here: choosing which node to start (the failover coordinator), agent
+// discovery (the cluster package), the VIP, DRBD configuration itself
+// (drbd.conf, connect/disconnect, resync), split-brain recovery.
+//
+// Config keys (the `agent:` section; defaults in DefaultConfig):
+//
+//	listen: 127.0.0.1:7790            control API address ("" = not served by Run)
+//	token_file: /etc/hapbx/agent.token
+//	drbd: {resource: r0, drbdadm: drbdadm, drbdsetup: drbdsetup, timeout: 10s}
+//	filesystem: {device: /dev/drbd0, mount_point: /replica, type: ext3, options: "", timeout: 30s}
+//	service: {unit: asterisk.service | start_command: ..., stop_command: ..., timeout: 30s}
+//	ready_timeout: 60s                readiness wait after the service started
+//	fence: {command: "", timeout: 30s, safety_delay: 5s}
+//
+// Metrics:
+//
+//	hapbx_storage_step_duration_seconds{step,op}  histogram; step drbd|filesystem|service, op start|stop|rollback
+//	hapbx_storage_group_state                     0 stopped, 1 starting, 2 started, 3 stopping, 4 failed
+//	hapbx_storage_failures_total{step}            drbd|filesystem|service|precheck|fence|monitor
+//	hapbx_storage_split_brain                     1 while a split brain is uncleared
+package storage
