@@ -3,6 +3,7 @@ package app
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,6 +36,10 @@ func (d *daemon) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status())
 	})
+	// Profiles for operators chasing CPU (admin.listen is loopback by default).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/heap", pprof.Index)
 	return mux
 }
 
