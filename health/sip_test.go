@@ -64,8 +64,8 @@ func TestSIPUpKillRestart(t *testing.T) {
 func TestSIPAliveCodes(t *testing.T) {
 	t.Parallel()
 	ip := sipptest.RandomIP()
-	notFound := sipptest.Start(t, ip, 0, 404, "udp")  // Asterisk's answer to a user-less OPTIONS
-	overload := sipptest.Start(t, ip, 0, 503, "udp")  // refuses service
+	notFound := sipptest.Start(t, ip, 0, 404, "udp") // Asterisk's answer to a user-less OPTIONS
+	overload := sipptest.Start(t, ip, 0, 503, "udp") // refuses service
 	cfg := sipOnly()
 	c, _ := run(t, cfg, []health.Target{
 		{Name: "404", Address: notFound.Addr()},
