@@ -305,6 +305,13 @@ func (c *AMIClient) action(s *amiSession, name string, fields ...AMIField) (AMIM
 	case res := <-ch:
 		return res, nil
 	case <-s.done:
+		// The reader hands over an answer before it stops (Asterisk hangs
+		// up right after "Authentication failed"): take it if it is there.
+		select {
+		case res := <-ch:
+			return res, nil
+		default:
+		}
 		return AMIMessage{}, fmt.Errorf("waiting for %s answer: %w", name, s.err)
 	case <-t.C:
 		return AMIMessage{}, fmt.Errorf("%s unanswered after %s: %w", name, c.cfg.Timeout, ErrProbeTimeout)

@@ -27,7 +27,6 @@ type Checker struct {
 	runCtx   context.Context // set while Run runs
 	finished bool            // Run has returned
 	wg       sync.WaitGroup  // backend loops
-	subWG    sync.WaitGroup  // subscriber pumps
 }
 
 // backend is one watched target. Fields below t are guarded by Checker.mu.
@@ -42,6 +41,7 @@ type backend struct {
 	since            time.Time
 	good, bad        int
 	lastSIP, lastAMI string
+	lastBad          string
 	cancel           context.CancelFunc
 }
 
@@ -78,8 +78,9 @@ func New(cfg Config, targets []Target, log *zap.Logger, reg prometheus.Registere
 	return c, nil
 }
 
-// Run probes until ctx ends, then stops every probe, closes the subscriber
-// channels once they are drained and returns nil. It may be called once.
+// Run probes until ctx ends, then stops every probe and returns nil. It may
+// be called once. Subscriber channels close after delivering what was
+// queued (or when their own ctx ends).
 func (c *Checker) Run(ctx context.Context) error {
 	c.mu.Lock()
 	if c.runCtx != nil || c.finished {
@@ -105,10 +106,9 @@ func (c *Checker) Run(ctx context.Context) error {
 	c.wg.Wait()
 	c.mu.Lock()
 	for s := range c.subs {
-		s.close()
+		s.close() // the pump delivers what is queued, then closes
 	}
 	c.mu.Unlock()
-	c.subWG.Wait()
 	return nil
 }
 
@@ -185,10 +185,8 @@ func (c *Checker) addLocked(t Target) *backend {
 			Timeout:      c.cfg.Timeout,
 			BackoffMin:   min(100*time.Millisecond, c.cfg.AMIBackoffMax),
 			BackoffMax:   c.cfg.AMIBackoffMax,
-			OnPing: func(rtt time.Duration, err error) {
-				if err == nil {
-					c.m.duration.WithLabelValues(name, CheckAMI).Observe(rtt.Seconds())
-				}
+			OnPing: func(rtt time.Duration, _ error) {
+				c.m.duration.WithLabelValues(name, CheckAMI).Observe(rtt.Seconds())
 			},
 			// Losing the session is news: probe now instead of at the next tick.
 			OnChange: func(AMIState) { b.poke() },
@@ -316,9 +314,16 @@ func (c *Checker) record(b *backend, ok bool, reason, lastSIP, lastAMI string) {
 			to = StateSuspect
 		}
 	}
-	if to != b.state {
+	if !ok {
+		b.lastBad = reason
+	}
+	switch {
+	case to != b.state:
 		c.transitionLocked(b, to, reason)
-	} else if to != StateUp {
+	case ok && to != StateUp:
+		// Rising: say how far, and why it was not up.
+		b.reason = fmt.Sprintf("%d of %d good probes; last failure: %s", b.good, c.cfg.Rise, b.lastBad)
+	case !ok:
 		b.reason = reason
 	}
 }
@@ -372,7 +377,8 @@ func (c *Checker) emitLocked(ch Change) {
 // Subscribe returns a channel that first carries the current status of
 // every backend (From equal to To), then every change in order. Nothing is
 // lost and a slow reader never delays probes (changes queue without
-// bound). The channel closes when ctx ends or after Run has returned.
+// bound). The channel closes when ctx ends, or once drained after Run has
+// returned.
 func (c *Checker) Subscribe(ctx context.Context) <-chan Change {
 	s := newSubscriber()
 	c.mu.Lock()
@@ -385,13 +391,11 @@ func (c *Checker) Subscribe(ctx context.Context) <-chan Change {
 	} else {
 		c.subs[s] = struct{}{}
 	}
-	c.subWG.Add(1)
 	c.mu.Unlock()
 	go s.pump(ctx, func() {
 		c.mu.Lock()
 		delete(c.subs, s)
 		c.mu.Unlock()
-		c.subWG.Done()
 	})
 	return s.out
 }

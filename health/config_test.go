@@ -86,11 +86,13 @@ func TestValidateTargets(t *testing.T) {
 		{Name: "a", Address: "127.0.0.1:5060"},
 		{Name: "a", Address: "127.0.0.1", Transport: "sctp"},
 		{Name: "", Address: "x:0", AMI: &AMITarget{Address: "nohost"}},
+		{Name: "d", Address: "127.0.0.1:5060", AMI: &AMITarget{Address: "127.0.0.1:5038", Username: "u", Secret: "pw\n"}},
 	}
 	err := validateTargets(ts)
 	for _, w := range []string{
 		"targets[1].name: duplicate", "targets[1].address:", "targets[1].transport:",
 		"targets[2].name: must not be empty", "targets[2].address:", "targets[2].ami.address:", "targets[2].ami.username:",
+		"targets[3].ami.secret: must not contain line breaks",
 	} {
 		if err == nil || !strings.Contains(err.Error(), w) {
 			t.Errorf("missing %q in %v", w, err)

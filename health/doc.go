@@ -44,7 +44,7 @@
 // Metrics:
 //
 //	hapbx_backend_up{backend}                               1 while up or suspect, else 0
-//	hapbx_health_probe_duration_seconds{backend,kind}       kind sip (every probe) or ami (answered pings)
+//	hapbx_health_probe_duration_seconds{backend,kind}       kind sip (every OPTIONS probe) or ami (every Ping)
 //	hapbx_health_transitions_total{backend,from,to}
 //
 // Test helpers, for tests only: health/amitest (an AMI server) and

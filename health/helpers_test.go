@@ -103,3 +103,19 @@ func sipOnly() health.Config {
 	cfg.Require = []string{health.CheckSIP}
 	return cfg
 }
+
+// waitState polls until name is in state `want`.
+func waitState(t testing.TB, c *health.Checker, name string, want health.State, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st, _ := c.State(name)
+		if st == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is %v, not %v, after %s", name, st, want, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

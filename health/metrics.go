@@ -20,7 +20,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"backend"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hapbx_health_probe_duration_seconds",
-			Help:    "Duration of health probes (kind sip: OPTIONS round trip or failure; kind ami: Ping round trip).",
+			Help:    "Duration of health probes (kind sip: OPTIONS round trip or failure; kind ami: Ping round trip or failure).",
 			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 12),
 		}, []string{"backend", "kind"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -71,11 +71,10 @@ func TestSIPAliveCodes(t *testing.T) {
 		{Name: "404", Address: notFound.Addr()},
 		{Name: "503", Address: overload.Addr()},
 	})
-	ch := watch(t, c)
-	waitFor(t, ch, "404", health.StateUp, 3*time.Second)
-	d := waitFor(t, ch, "503", health.StateDown, 3*time.Second)
-	if !strings.Contains(d.Reason, "answered 503") {
-		t.Errorf("reason %q", d.Reason)
+	waitState(t, c, "404", health.StateUp, 3*time.Second)
+	waitState(t, c, "503", health.StateDown, 3*time.Second)
+	if r := c.Snapshot()[1].Reason; !strings.Contains(r, "answered 503") {
+		t.Errorf("reason %q", r)
 	}
 }
 

@@ -135,3 +135,47 @@ func TestSetTargetsKeepsState(t *testing.T) {
 		t.Error("invalid targets accepted")
 	}
 }
+
+func TestReasons(t *testing.T) {
+	c, b := newIdle(t, 2, 2)
+	c.record(b, false, "sip: connection refused", "", "")
+	c.record(b, false, "sip: connection refused", "", "")
+	c.record(b, true, "probes answered", "", "")
+	if s := c.Snapshot()[0]; s.State != StateDown || s.Reason != "1 of 2 good probes; last failure: sip: connection refused" {
+		t.Errorf("rising reason: %+v", s)
+	}
+	c.record(b, true, "probes answered", "", "")
+	if s := c.Snapshot()[0]; s.State != StateUp || s.Reason != "probes answered" {
+		t.Errorf("up reason: %+v", s)
+	}
+}
+
+func TestSubscriptionClosesAfterRun(t *testing.T) {
+	c, b := newIdle(t, 1, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := c.Subscribe(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	c.record(b, false, "bad", "", "")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var got []State
+	for ch := range ch {
+		got = append(got, ch.To)
+	}
+	if len(got) < 2 || got[0] != StateUnknown || got[len(got)-1] != StateDown {
+		t.Errorf("delivered %v before closing, want the initial state and the change", got)
+	}
+	late := c.Subscribe(context.Background())
+	if first := <-late; first.Name != "b" || first.To != StateDown {
+		t.Errorf("late subscription starts with %+v", first)
+	}
+	if _, open := <-late; open {
+		t.Error("a subscription after Run ended is not closed")
+	}
+	if err := c.Run(context.Background()); err == nil {
+		t.Error("second Run accepted")
+	}
+}

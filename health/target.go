@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 )
 
 // Target is one backend to watch.
@@ -85,6 +86,12 @@ func validateTargets(ts []Target) error {
 			}
 			if t.AMI.Username == "" {
 				bad(k+".ami.username", "must not be empty")
+			}
+			if strings.ContainsAny(t.AMI.Username, "\r\n") {
+				bad(k+".ami.username", "must not contain line breaks")
+			}
+			if strings.ContainsAny(t.AMI.Secret, "\r\n") {
+				bad(k+".ami.secret", "must not contain line breaks (is the secret file's trailing newline trimmed?)")
 			}
 		}
 	}
