@@ -17,7 +17,8 @@
 //   - active-standby: the active backend is the first up backend in
 //     configuration order. With failback: true (Heartbeat's auto_failback)
 //     a returning preferred backend takes the role back; with false, the
-//     current active keeps it while it is up. A suspect active backend keeps
+//     current active keeps it while it is up (so at start, the first backend
+//     to come up keeps the role). A suspect active backend keeps
 //     the role (the next probes settle a suspicion within a fraction of a
 //     second) but Candidates lists it after the up backends meanwhile.
 //   - balance: rendezvous (highest random weight) hashing of the key (the

@@ -43,6 +43,13 @@ func TestFailoverWithRealChecker(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{}, 2)
 			go func() { _ = chk.Run(ctx); done <- struct{}{} }()
+			// Without failback, whichever backend rises first keeps the
+			// role; start the Selector once both are up so pbx1 gets it.
+			waitUntil(t, 3*time.Second, "both up in the checker", func() bool {
+				a, _ := chk.State("pbx1")
+				b, _ := chk.State("pbx2")
+				return a == health.StateUp && b == health.StateUp
+			})
 			go func() { _ = sel.Run(ctx, chk); done <- struct{}{} }()
 			t.Cleanup(func() { cancel(); <-done; <-done })
 			events := sel.Subscribe(ctx)
