@@ -210,7 +210,7 @@ func (s *Selector) electLocked(why string) {
 		return
 	}
 	s.active = next
-	if cur != "" {
+	if _, known := s.states[cur]; known && cur != "" {
 		s.m.active.WithLabelValues(cur).Set(0)
 	}
 	if next != "" {

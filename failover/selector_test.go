@@ -190,7 +190,8 @@ func TestBalanceDistributionAndStability(t *testing.T) {
 }
 
 func TestSetBackends(t *testing.T) {
-	s, _ := New(DefaultConfig(), []string{"a", "b"}, nil, nil)
+	reg := prometheus.NewRegistry()
+	s, _ := New(DefaultConfig(), []string{"a", "b"}, nil, reg)
 	s.Apply(health.Change{Name: "a", To: U})
 	s.Apply(health.Change{Name: "b", To: U})
 	if err := s.SetBackends([]string{"b", "c"}); err != nil {
@@ -198,6 +199,10 @@ func TestSetBackends(t *testing.T) {
 	}
 	if s.Active() != "b" || strings.Join(s.Candidates("x"), ",") != "b" {
 		t.Fatalf("after reload: active %q candidates %v", s.Active(), s.Candidates("x"))
+	}
+	n, err := testutilCount(reg)
+	if err != nil || n != 2 {
+		t.Errorf("hapbx_failover_active has %d series (%v), want 2 (b, c): a removed backend must not linger", n, err)
 	}
 	for _, bad := range [][]string{nil, {"a", "a"}, {""}} {
 		if err := s.SetBackends(bad); err == nil {
@@ -230,4 +235,15 @@ func read(t *testing.T, c prometheus.Metric) float64 {
 		return m.Gauge.GetValue()
 	}
 	return m.Counter.GetValue()
+}
+
+// testutilCount counts the hapbx_failover_active series in reg.
+func testutilCount(reg *prometheus.Registry) (int, error) {
+	mfs, err := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "hapbx_failover_active" {
+			return len(mf.GetMetric()), err
+		}
+	}
+	return 0, err
 }

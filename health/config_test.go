@@ -10,7 +10,7 @@ import (
 
 func TestConfigYAMLAndDefaults(t *testing.T) {
 	cfg := DefaultConfig()
-	in := "interval: 250ms\ntimeout: 200ms\nrise: 3\nfall: 1\nalive_codes: [2xx, '404']\nrequire: [sip]\n"
+	in := "interval: 250ms\ntimeout: 200ms\nrise: 3\nfall: 1\nalive_codes: [2xx, 404]\nrequire: [sip]\n"
 	if err := yaml.Unmarshal([]byte(in), &cfg); err != nil {
 		t.Fatal(err)
 	}

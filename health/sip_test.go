@@ -2,6 +2,7 @@ package health_test
 
 import (
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -114,4 +115,38 @@ func TestPassiveSuspect(t *testing.T) {
 	waitFor(t, ch, "pbx", health.StateDown, time.Second)
 	t.Logf("down %s after Suspect", time.Since(start).Round(time.Millisecond))
 	c.Suspect("nobody", "ignored") // unknown names are ignored
+}
+
+// A backend that swallows OPTIONS (a hung process whose socket is still
+// open): every probe times out on its own, none waits for another, and the
+// backend is down after fall probes; once a real SIPp answers on that
+// port, it is up again.
+func TestSIPBlackHole(t *testing.T) {
+	t.Parallel()
+	ip := sipptest.RandomIP()
+	hole, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			if _, _, err := hole.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	addr := hole.LocalAddr().String()
+	cfg := sipOnly()
+	c, _ := run(t, cfg, []health.Target{{Name: "hung", Address: addr}})
+	start := time.Now()
+	waitState(t, c, "hung", health.StateDown, cfg.Interval+time.Duration(cfg.Fall)*cfg.Timeout+time.Second)
+	t.Logf("down %s after start", time.Since(start).Round(time.Millisecond))
+	if r := c.Snapshot()[0].Reason; !strings.Contains(r, "timed out") {
+		t.Errorf("reason %q", r)
+	}
+	hole.Close()
+	port := hole.LocalAddr().(*net.UDPAddr).Port
+	sipptest.Start(t, ip, port, 200, "udp")
+	waitState(t, c, "hung", health.StateUp, 3*time.Second)
 }

@@ -31,7 +31,7 @@ func (t Target) transport() string {
 	if t.Transport == "" {
 		return "udp"
 	}
-	return t.Transport
+	return strings.ToLower(t.Transport)
 }
 
 func (t Target) equal(o Target) bool {
