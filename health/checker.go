@@ -113,8 +113,9 @@ func (c *Checker) Run(ctx context.Context) error {
 }
 
 // SetTargets replaces the watched backends (configuration reload).
-// Backends whose target is unchanged keep their state; changed ones restart
-// from unknown; removed ones are announced with a Change marked Removed.
+// Backends whose target is unchanged keep their state and their probes;
+// removed ones are announced with a Change marked Removed; a changed target
+// counts as removed and added again, starting from unknown.
 func (c *Checker) SetTargets(targets []Target) error {
 	if err := validateTargets(targets); err != nil {
 		return err
@@ -186,7 +187,7 @@ func (c *Checker) addLocked(t Target) *backend {
 			BackoffMin:   min(100*time.Millisecond, c.cfg.AMIBackoffMax),
 			BackoffMax:   c.cfg.AMIBackoffMax,
 			OnPing: func(rtt time.Duration, _ error) {
-				c.m.duration.WithLabelValues(name, CheckAMI).Observe(rtt.Seconds())
+				c.observe(b, CheckAMI, rtt)
 			},
 			// Losing the session is news: probe now instead of at the next tick.
 			OnChange: func(AMIState) { b.poke() },
@@ -246,6 +247,16 @@ func (c *Checker) loop(ctx context.Context, b *backend) {
 	}
 }
 
+// observe records a probe duration unless b was removed meanwhile (which
+// would bring back the series SetTargets dropped).
+func (c *Checker) observe(b *backend, kind string, d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.backends[b.t.Name] == b {
+		c.m.duration.WithLabelValues(b.t.Name, kind).Observe(d.Seconds())
+	}
+}
+
 // probe runs the required checks once and records the verdict.
 func (c *Checker) probe(ctx context.Context, b *backend) {
 	ok := true
@@ -254,7 +265,7 @@ func (c *Checker) probe(ctx context.Context, b *backend) {
 		start := time.Now()
 		code, err := sipProbe(ctx, b.t, c.cfg.Timeout)
 		d := time.Since(start)
-		c.m.duration.WithLabelValues(b.t.Name, CheckSIP).Observe(d.Seconds())
+		c.observe(b, CheckSIP, d)
 		switch {
 		case err != nil:
 			ok, reason = false, "sip: "+err.Error()
