@@ -3,6 +3,7 @@ package health_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -188,4 +189,39 @@ func TestCheckerNotBootedIsNotUp(t *testing.T) {
 	}
 	srv.SetBooted(true)
 	waitFor(t, ch, "pbx", health.StateUp, 3*time.Second)
+}
+
+// Something else on the manager port (here an SSH-like greeting) is a
+// protocol error, not a manager; WaitReady ends with ErrAMIClosed once Run
+// has returned.
+func TestAMIClientWrongBanner(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("SSH-2.0-OpenSSH_9.6\r\n"))
+			c.Close()
+		}
+	}()
+	c := health.NewAMIClient(health.AMIClientConfig{Address: ln.Addr().String(), Username: "u", Secret: "p"}, zaptest.NewLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	waitUntil(t, time.Second, "banner refused", func() bool { return strings.Contains(c.State().Err, "SSH-2.0") })
+	if c.Ready() {
+		t.Fatal("ready")
+	}
+	cancel()
+	<-done
+	if err := c.WaitReady(context.Background()); !errors.Is(err, health.ErrAMIClosed) {
+		t.Errorf("WaitReady after Run: %v", err)
+	}
 }
