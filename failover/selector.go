@@ -1,0 +1,294 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hapbx/hapbx/health"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// HealthSource delivers backend health changes; *health.Checker is one.
+// The channel must first carry the current state of every backend and
+// close when the source stops or ctx ends.
+type HealthSource interface {
+	Subscribe(ctx context.Context) <-chan health.Change
+}
+
+var _ HealthSource = (*health.Checker)(nil)
+
+// EventKind tells what an Event announces.
+type EventKind int
+
+// Event kinds.
+const (
+	// BackendDown: a backend that was routable (up or suspect) is not any
+	// more (down, removed or reconfigured). Its calls are lost; the proxy
+	// ends their dialogs.
+	BackendDown EventKind = iota + 1
+	// ActiveChanged: Active() now returns Backend ("" if none); Previous
+	// is what it returned before.
+	ActiveChanged
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case BackendDown:
+		return "backend-down"
+	case ActiveChanged:
+		return "active-changed"
+	}
+	return fmt.Sprintf("event(%d)", int(k))
+}
+
+// Event is one thing the Selector announces.
+type Event struct {
+	Kind     EventKind
+	Backend  string
+	Previous string
+	Reason   string
+	At       time.Time
+}
+
+// Selector is the one place that decides where new requests go.
+type Selector struct {
+	cfg Config
+	log *zap.Logger
+	m   *metrics
+
+	mu       sync.RWMutex
+	order    []string // priority order
+	states   map[string]health.State
+	active   string
+	lastReal string // last non-empty active, to count switches
+	subs     map[*subscriber]struct{}
+}
+
+// New returns a Selector over backends in priority order (the first is the
+// preferred one). All start unknown, hence unusable, until health says
+// otherwise. reg may be nil.
+func New(cfg Config, backends []string, log *zap.Logger, reg prometheus.Registerer) (*Selector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("failover config: %w", err)
+	}
+	if err := checkNames(backends); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Selector{
+		cfg:    cfg,
+		log:    log,
+		m:      m,
+		order:  slices.Clone(backends),
+		states: map[string]health.State{},
+		subs:   map[*subscriber]struct{}{},
+	}
+	for _, b := range backends {
+		s.states[b] = health.StateUnknown
+		m.active.WithLabelValues(b).Set(0)
+	}
+	return s, nil
+}
+
+func checkNames(backends []string) error {
+	if len(backends) == 0 {
+		return fmt.Errorf("no backends: %w", ErrInvalidBackends)
+	}
+	seen := map[string]bool{}
+	for i, b := range backends {
+		if b == "" {
+			return fmt.Errorf("backends[%d]: empty name: %w", i, ErrInvalidBackends)
+		}
+		if seen[b] {
+			return fmt.Errorf("backends[%d]: duplicate name %q: %w", i, b, ErrInvalidBackends)
+		}
+		seen[b] = true
+	}
+	return nil
+}
+
+// Run applies the changes of src until its channel closes or ctx ends.
+func (s *Selector) Run(ctx context.Context, src HealthSource) error {
+	for c := range src.Subscribe(ctx) {
+		s.Apply(c)
+	}
+	return nil
+}
+
+// Apply takes one health change into account. Changes for names the
+// Selector does not know are ignored.
+func (s *Selector) Apply(c health.Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev, ok := s.states[c.Name]
+	if !ok {
+		return
+	}
+	to := c.To
+	if c.Removed {
+		to = health.StateDown
+	}
+	s.states[c.Name] = to
+	if prev.Routable() && !to.Routable() {
+		s.log.Warn("backend lost", zap.String("backend", c.Name), zap.Stringer("state", to), zap.String("reason", c.Reason))
+		s.emitLocked(Event{Kind: BackendDown, Backend: c.Name, Reason: c.Reason, At: time.Now()})
+	}
+	s.electLocked(c.Name + " " + to.String() + ": " + c.Reason)
+}
+
+// SetBackends replaces the backend list (configuration reload). Known
+// backends keep their state; new ones start unknown; dropped ones count as
+// down.
+func (s *Selector) SetBackends(backends []string) error {
+	if err := checkNames(backends); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	states := map[string]health.State{}
+	for _, b := range backends {
+		st, ok := s.states[b]
+		if !ok {
+			st = health.StateUnknown
+			s.m.active.WithLabelValues(b).Set(0)
+		}
+		states[b] = st
+	}
+	for _, b := range s.order {
+		if _, keep := states[b]; keep {
+			continue
+		}
+		if s.states[b].Routable() {
+			s.emitLocked(Event{Kind: BackendDown, Backend: b, Reason: "removed from configuration", At: time.Now()})
+		}
+		s.m.active.DeleteLabelValues(b)
+	}
+	s.order, s.states = slices.Clone(backends), states
+	s.electLocked("configuration reloaded")
+	return nil
+}
+
+// electLocked recomputes the active backend. A suspect active backend keeps
+// the role (a switch costs more than a suspicion, which the next probes
+// settle within a fraction of a second); only losing it moves the role.
+func (s *Selector) electLocked(why string) {
+	cur := s.active
+	eligible := func(b string) bool {
+		st := s.states[b]
+		return st == health.StateUp || (st == health.StateSuspect && b == cur)
+	}
+	next := ""
+	if !s.cfg.Failback && cur != "" && eligible(cur) {
+		next = cur
+	} else {
+		for _, b := range s.order {
+			if eligible(b) {
+				next = b
+				break
+			}
+		}
+	}
+	if next == "" { // no up backend: a suspect one beats none
+		for _, b := range s.order {
+			if s.states[b] == health.StateSuspect {
+				next = b
+				break
+			}
+		}
+	}
+	if next == cur {
+		return
+	}
+	s.active = next
+	if _, known := s.states[cur]; known && cur != "" {
+		s.m.active.WithLabelValues(cur).Set(0)
+	}
+	if next != "" {
+		s.m.active.WithLabelValues(next).Set(1)
+		if s.lastReal != "" && s.lastReal != next {
+			s.m.switches.Inc()
+		}
+		s.lastReal = next
+	}
+	s.log.Info("active backend changed", zap.String("active", next), zap.String("previous", cur), zap.String("reason", why))
+	s.emitLocked(Event{Kind: ActiveChanged, Backend: next, Previous: cur, Reason: why, At: time.Now()})
+}
+
+// Active returns the active backend, or "" when none is usable. In balance
+// mode it names the backend active-standby would use (for status and for
+// requests that need one home, such as REGISTER).
+func (s *Selector) Active() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.active
+}
+
+// Candidates returns the backends to try for a new request, best first:
+// the chosen one (active-standby: the active backend; balance: the
+// rendezvous-hash winner for key, normally the Call-ID), then the other up
+// backends for retries, then suspect ones. Down and unknown backends are
+// never listed; an empty result means "answer 503".
+func (s *Selector) Candidates(key string) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var up, suspect []string
+	for _, b := range s.order {
+		switch s.states[b] {
+		case health.StateUp:
+			up = append(up, b)
+		case health.StateSuspect:
+			suspect = append(suspect, b)
+		}
+	}
+	if s.cfg.Routing == RoutingBalance {
+		hrwOrder(key, up)
+		hrwOrder(key, suspect)
+	} else {
+		moveFirst(up, s.active)
+		moveFirst(suspect, s.active)
+	}
+	return append(up, suspect...)
+}
+
+// moveFirst moves name to the front of list, keeping the others' order.
+func moveFirst(list []string, name string) {
+	i := slices.Index(list, name)
+	if i > 0 {
+		copy(list[1:i+1], list[:i])
+		list[0] = name
+	}
+}
+
+// Subscribe returns a channel of BackendDown and ActiveChanged events. It
+// first carries one ActiveChanged with the current active backend
+// (Previous equal to Backend). Events queue without bound; the channel
+// closes when ctx ends.
+func (s *Selector) Subscribe(ctx context.Context) <-chan Event {
+	sub := newSubscriber()
+	s.mu.Lock()
+	sub.q = append(sub.q, Event{Kind: ActiveChanged, Backend: s.active, Previous: s.active, Reason: "current", At: time.Now()})
+	s.subs[sub] = struct{}{}
+	s.mu.Unlock()
+	go sub.pump(ctx, func() {
+		s.mu.Lock()
+		delete(s.subs, sub)
+		s.mu.Unlock()
+	})
+	return sub.out
+}
+
+func (s *Selector) emitLocked(e Event) {
+	for sub := range s.subs {
+		sub.push(e)
+	}
+}

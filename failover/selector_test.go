@@ -1,0 +1,249 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hapbx/hapbx/health"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+const (
+	U = health.StateUp
+	S = health.StateSuspect
+	D = health.StateDown
+	N = health.StateUnknown
+)
+
+type step struct {
+	name       string
+	to         health.State
+	active     string
+	candidates string // comma-separated Candidates("") in active-standby
+}
+
+func TestActiveStandby(t *testing.T) {
+	tests := []struct {
+		name     string
+		failback bool
+		steps    []step
+	}{
+		{"nothing known", true, []step{{"b", N, "", ""}}},
+		{"preferred first", true, []step{{"b", U, "b", "b"}, {"a", U, "a", "a,b"}, {"c", U, "a", "a,b,c"}}},
+		{"failover and failback", true, []step{
+			{"a", U, "a", "a"}, {"b", U, "a", "a,b"},
+			{"a", S, "a", "b,a"}, // suspect keeps the role but is tried last
+			{"a", D, "b", "b"},
+			{"a", U, "a", "a,b"}, // failback
+		}},
+		{"no failback", false, []step{
+			{"a", U, "a", "a"}, {"b", U, "a", "a,b"},
+			{"a", D, "b", "b"},
+			{"a", U, "b", "b,a"}, // b stays while up
+			{"b", S, "b", "a,b"},
+			{"b", D, "a", "a"},
+			{"b", U, "a", "a,b"},
+		}},
+		{"suspect standby not preferred", true, []step{
+			{"a", U, "a", "a"}, {"b", U, "a", "a,b"}, {"c", U, "a", "a,b,c"},
+			{"b", S, "a", "a,c,b"}, {"a", D, "c", "c,b"},
+		}},
+		{"only suspect left", true, []step{
+			{"a", U, "a", "a"}, {"b", U, "a", "a,b"}, {"a", D, "b", "b"}, {"b", S, "b", "b"}, {"b", D, "", ""},
+			{"c", S, "c", "c"}, // a suspect backend beats none
+			{"a", U, "a", "a,c"},
+		}},
+		{"unknown never routed", true, []step{{"a", U, "a", "a"}, {"a", N, "", ""}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Failback = tt.failback
+			s, err := New(cfg, []string{"a", "b", "c"}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, st := range tt.steps {
+				s.Apply(health.Change{Name: st.name, To: st.to})
+				if got := s.Active(); got != st.active {
+					t.Fatalf("step %d (%s %v): active %q, want %q", i, st.name, st.to, got, st.active)
+				}
+				if got := strings.Join(s.Candidates("call-1"), ","); got != st.candidates {
+					t.Fatalf("step %d (%s %v): candidates %q, want %q", i, st.name, st.to, got, st.candidates)
+				}
+			}
+		})
+	}
+}
+
+func TestEventsAndMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, err := New(DefaultConfig(), []string{"a", "b"}, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := s.Subscribe(ctx)
+	for _, c := range []health.Change{
+		{Name: "a", To: U}, {Name: "b", To: U}, {Name: "a", To: S}, {Name: "a", To: D, Reason: "sip: refused"},
+		{Name: "zzz", To: U}, // unknown name: ignored
+		{Name: "a", To: U}, {Name: "b", Removed: true, To: D},
+	} {
+		s.Apply(c)
+	}
+	want := []string{
+		"active-changed  ", // initial: none
+		"active-changed a ",
+		"backend-down a ",
+		"active-changed b a",
+		"active-changed a b",
+		"backend-down b ",
+	}
+	for i, w := range want {
+		select {
+		case e := <-ev:
+			if got := fmt.Sprintf("%v %s %s", e.Kind, e.Backend, e.Previous); got != w {
+				t.Errorf("event %d = %q, want %q", i, got, w)
+			}
+		case <-time.After(time.Second):
+			t.Fatalf("event %d (%q) missing", i, w)
+		}
+	}
+	if v := read(t, s.m.switches); v != 2 {
+		t.Errorf("switches = %v, want 2 (a->b, b->a)", v)
+	}
+	if v := read(t, s.m.active.WithLabelValues("a")); v != 1 {
+		t.Errorf("active{a} = %v", v)
+	}
+	if v := read(t, s.m.active.WithLabelValues("b")); v != 0 {
+		t.Errorf("active{b} = %v", v)
+	}
+}
+
+func TestBalanceDistributionAndStability(t *testing.T) {
+	cfg := Config{Routing: RoutingBalance, Failback: true}
+	names := []string{"pbx1", "pbx2", "pbx3"}
+	s, err := New(cfg, names, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		s.Apply(health.Change{Name: n, To: U})
+	}
+	const keys = 30000
+	first := map[string]string{}
+	count := map[string]int{}
+	for i := range keys {
+		k := fmt.Sprintf("%08x-call@10.0.0.%d", i*7919, i%250)
+		c := s.Candidates(k)
+		if len(c) != 3 {
+			t.Fatalf("candidates %v", c)
+		}
+		if again := s.Candidates(k); !slices.Equal(c, again) {
+			t.Fatalf("unstable for %q: %v then %v", k, c, again)
+		}
+		first[k] = c[0]
+		count[c[0]]++
+	}
+	for _, n := range names {
+		if share := float64(count[n]) / keys; share < 0.30 || share > 0.37 {
+			t.Errorf("%s gets %.3f of the keys, want about 1/3 (%v)", n, share, count)
+		}
+	}
+
+	// pbx2 goes down: only its keys move, and they spread over the others.
+	s.Apply(health.Change{Name: "pbx2", To: D})
+	moved := map[string]int{}
+	for k, was := range first {
+		now := s.Candidates(k)[0]
+		if now == "pbx2" {
+			t.Fatal("down backend chosen")
+		}
+		if was != "pbx2" && now != was {
+			t.Fatalf("key %q moved from %s to %s although %s is up", k, was, now, was)
+		}
+		if was == "pbx2" {
+			moved[now]++
+		}
+	}
+	if moved["pbx1"] < count["pbx2"]/3 || moved["pbx3"] < count["pbx2"]/3 {
+		t.Errorf("pbx2's keys did not spread: %v", moved)
+	}
+	// Suspect ones go last but stay listed.
+	s.Apply(health.Change{Name: "pbx2", To: U})
+	s.Apply(health.Change{Name: "pbx1", To: S})
+	for k, was := range first {
+		c := s.Candidates(k)
+		if c[len(c)-1] != "pbx1" || len(c) != 3 {
+			t.Fatalf("suspect pbx1 not last: %v", c)
+		}
+		if was != "pbx1" && c[0] != was {
+			t.Fatalf("key %q: %v, want %s first", k, c, was)
+		}
+	}
+}
+
+func TestSetBackends(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, _ := New(DefaultConfig(), []string{"a", "b"}, nil, reg)
+	s.Apply(health.Change{Name: "a", To: U})
+	s.Apply(health.Change{Name: "b", To: U})
+	if err := s.SetBackends([]string{"b", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if s.Active() != "b" || strings.Join(s.Candidates("x"), ",") != "b" {
+		t.Fatalf("after reload: active %q candidates %v", s.Active(), s.Candidates("x"))
+	}
+	n, err := testutilCount(reg)
+	if err != nil || n != 2 {
+		t.Errorf("hapbx_failover_active has %d series (%v), want 2 (b, c): a removed backend must not linger", n, err)
+	}
+	for _, bad := range [][]string{nil, {"a", "a"}, {""}} {
+		if err := s.SetBackends(bad); err == nil {
+			t.Errorf("SetBackends(%q) accepted", bad)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	err := Config{Routing: "round-robin"}.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), `routing: unknown mode "round-robin"`) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := New(Config{Routing: "x"}, []string{"a"}, nil, nil); err == nil {
+		t.Fatal("New accepted a bad config")
+	}
+}
+
+// read returns a gauge's or counter's value.
+func read(t *testing.T, c prometheus.Metric) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Gauge != nil {
+		return m.Gauge.GetValue()
+	}
+	return m.Counter.GetValue()
+}
+
+// testutilCount counts the hapbx_failover_active series in reg.
+func testutilCount(reg *prometheus.Registry) (int, error) {
+	mfs, err := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "hapbx_failover_active" {
+			return len(mf.GetMetric()), err
+		}
+	}
+	return 0, err
+}

@@ -1,0 +1,52 @@
+// Package health watches the Asterisk backends and says, for each, whether
+// it is up, suspect, down or still unknown.
+//
+// What it does:
+//
+//   - Active SIP check: an OPTIONS on a socket of its own per probe (no
+//     transaction layer, so a lost probe never blocks the next), every
+//     interval, each with its own timeout. On UDP the socket is connected,
+//     so the ICMP port-unreachable that follows a killed Asterisk counts as
+//     a failure at once instead of after the timeout. Any final answer in
+//     alive_codes counts as good (by default 200-499: Asterisk answers 404
+//     to an OPTIONS without a user part).
+//   - Active AMI check (backends with AMI settings): one persistent manager
+//     session (AMIClient) that logs in, waits for Event: FullyBooted and
+//     pings every interval; an unanswered ping ends the session, which is
+//     re-opened with bounded exponential backoff. The check is good while
+//     the session is logged in, fully booted and answering.
+//   - Passive check: Checker.Suspect, called by the proxy when a forwarded
+//     request timed out, drew a 503 or hit a transport error.
+//   - State machine per backend, on the verdict of all required checks:
+//     unknown/down -> up after rise good probes; up -> suspect at the first
+//     bad probe (or a Suspect call); suspect -> up on the next good probe;
+//     anything -> down after fall consecutive bad probes. A suspect backend
+//     is probed every suspect_interval, so with the defaults a killed
+//     backend is down 100-600 ms after the kill. A Suspect call counts as
+//     one bad probe but never, alone, makes a backend down.
+//   - Changes go to subscribers (Subscribe), to a zap log line with the
+//     reason, and to metrics. Snapshot feeds /api/v1/status.
+//
+// What it does not do: pick the active backend (package failover), read
+// secret files (the caller passes the AMI secret), or retry requests.
+//
+// Configuration (section health:):
+//
+//	interval: 500ms          # between probes of one backend; also the AMI ping interval
+//	suspect_interval: 100ms  # between probes while a backend is suspect
+//	timeout: 400ms           # per probe: OPTIONS answer, AMI connect/banner/login/ping
+//	rise: 2                  # consecutive good probes to become up
+//	fall: 2                  # consecutive bad probes to become down
+//	alive_codes: [200-499]   # "404", "2xx" or "200-499" items
+//	require: [sip, ami]      # a backend without AMI settings needs sip only
+//	ami_backoff_max: 2s      # AMI reconnect backoff: 100ms doubling up to this
+//
+// Metrics:
+//
+//	hapbx_backend_up{backend}                               1 while up or suspect, else 0
+//	hapbx_health_probe_duration_seconds{backend,kind}       kind sip (every OPTIONS probe) or ami (every Ping)
+//	hapbx_health_transitions_total{backend,from,to}
+//
+// Test helpers, for tests only: health/amitest (an AMI server) and
+// health/sipptest (SIPp answering OPTIONS).
+package health
