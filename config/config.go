@@ -14,6 +14,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/proxy"
 )
 
@@ -22,9 +24,11 @@ type File struct {
 	Node     Node         `yaml:"node"`
 	SIP      proxy.Config `yaml:"sip"`
 	Backends []Backend    `yaml:"backends"`
-	Routing  string       `yaml:"routing"`
-	Admin    Admin        `yaml:"admin"`
-	Log      Log          `yaml:"log"`
+	// Failover holds the top-level keys routing and failback.
+	Failover failover.Config `yaml:",inline"`
+	Health   health.Config   `yaml:"health"`
+	Admin    Admin           `yaml:"admin"`
+	Log      Log             `yaml:"log"`
 }
 
 // Node names this hapbx instance.
@@ -59,21 +63,16 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
-// Routing modes.
-const (
-	RoutingActiveStandby = "active-standby"
-	RoutingBalance       = "balance"
-)
-
 // Default returns a File with every default filled in.
 func Default() File {
 	host, _ := os.Hostname()
 	return File{
-		Node:    Node{Name: host},
-		SIP:     proxy.DefaultConfig(),
-		Routing: RoutingActiveStandby,
-		Admin:   Admin{Listen: "127.0.0.1:9060"},
-		Log:     Log{Level: "info", Format: "json"},
+		Node:     Node{Name: host},
+		SIP:      proxy.DefaultConfig(),
+		Failover: failover.DefaultConfig(),
+		Health:   health.DefaultConfig(),
+		Admin:    Admin{Listen: "127.0.0.1:9060"},
+		Log:      Log{Level: "info", Format: "json"},
 	}
 }
 
@@ -198,11 +197,8 @@ func (f File) problems() []string {
 			}
 		}
 	}
-	switch f.Routing {
-	case RoutingActiveStandby, RoutingBalance:
-	default:
-		p = append(p, fmt.Sprintf("routing: %q is not %s or %s", f.Routing, RoutingActiveStandby, RoutingBalance))
-	}
+	add("", f.Failover.Validate())
+	add("health.", f.Health.Validate())
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {
 			p = append(p, "admin.listen: "+err.Error())

@@ -82,7 +82,7 @@ log: {level: loud, format: xml}
 			`x.yaml: backends[1].transport: "xyz" is not udp, tcp or tls`,
 			"x.yaml: backends[1].ami.username: must not be empty",
 			"x.yaml: backends[1].ami.secret_file:",
-			`x.yaml: routing: "roundrobin" is not active-standby or balance`,
+			`x.yaml: routing: unknown mode "roundrobin"`,
 			"x.yaml: admin.listen:",
 			`x.yaml: log.level: "loud"`,
 			`x.yaml: log.format: "xml"`,

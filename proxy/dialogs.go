@@ -29,6 +29,7 @@ type dialog struct {
 	network  string
 	cseq     uint32 // highest CSeq the backend side has used
 	lastSeen time.Time
+	ending   bool // a BYE is under way: never hang it up a second time
 }
 
 // dialogTable is bounded: at most max dialogs, each forgotten after ttl
@@ -142,6 +143,18 @@ func (t *dialogTable) seen(req *sip.Request) {
 	}
 }
 
+// ending marks the dialog of a BYE that is being forwarded, so a hang-up
+// racing with it does not send the phone a second BYE.
+func (t *dialogTable) ending(req *sip.Request) {
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	t.mu.Lock()
+	if d, ok := t.byID[dialogKey(req.CallID().Value(), fromTag, toTag)]; ok {
+		d.ending = true
+	}
+	t.mu.Unlock()
+}
+
 // backendOf returns the backend of a dialog known by Call-ID and tags.
 func (t *dialogTable) backendOf(req *sip.Request) string {
 	fromTag, _ := req.From().Params.Get("tag")
@@ -161,7 +174,9 @@ func (t *dialogTable) take(backend string) []*dialog {
 	var out []*dialog
 	for k, d := range t.byID {
 		if d.backend == backend {
-			out = append(out, d)
+			if !d.ending {
+				out = append(out, d)
+			}
 			delete(t.byID, k)
 		}
 	}

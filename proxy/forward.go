@@ -42,6 +42,12 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 		default:
 		}
 	}
+	if _, inDialog := req.To().Params.Get("tag"); inDialog {
+		// The backend of this dialog is gone. A 408 ends the dialog for the
+		// phone (RFC 3261 §12.2.1.2, §15.1.1) now rather than after 32 s.
+		p.reply(tx, req, 408, "Request Timeout")
+		return
+	}
 	p.replyUnavailable(tx, req)
 }
 

@@ -43,6 +43,9 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	d := p.decide(req)
 	if d.act == actForward || d.act == actBackends {
 		if _, tagged := req.To().Params.Get("tag"); tagged {
+			if req.Method == sip.BYE {
+				p.dialogs.ending(req)
+			}
 			defer p.dialogs.seen(req) // after routing: a BYE may need its dialog
 		}
 	}
@@ -129,6 +132,7 @@ func (p *Proxy) decide(req *sip.Request) decision {
 	}
 	if req.Route() != nil || toTagged {
 		if t, ok := p.nextHop(req); ok {
+			t.backend = p.backendAt(t.addr)
 			return decision{act: actForward, target: t}
 		}
 		if toTagged {
@@ -206,6 +210,18 @@ func (p *Proxy) fromBackend(req *sip.Request) string {
 		return ""
 	}
 	return p.backends.Load().byHost[host]
+}
+
+// backendAt names the backend listening at addr, if any: in-dialog
+// requests to a backend get the same hop timer and passive health report
+// as new ones.
+func (p *Proxy) backendAt(addr string) string {
+	for _, b := range p.backends.Load().list {
+		if b.Address == addr {
+			return b.Name
+		}
+	}
+	return ""
 }
 
 // nextHop is the top Route if any, else the Request-URI (loose routing).

@@ -151,6 +151,21 @@ func (d *daemon) status(t *testing.T) map[string]any {
 	return s
 }
 
+// waitActive waits until health has made a backend active.
+func (d *daemon) waitActive(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if a, _ := d.status(t)["active_backend"].(string); a == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("active backend is not %q after 5s: %v\n%s", want, d.status(t), d.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func backendAddrs(s map[string]any) []string {
 	var out []string
 	for _, b := range s["proxy"].(map[string]any)["backends"].([]any) {
@@ -198,10 +213,11 @@ func TestSIGHUPReloadsBackends(t *testing.T) {
 func TestSIGTERMDrains(t *testing.T) {
 	sipptest.Require(t)
 	bePort := sipptest.FreePort(t, be1IP)
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_slow.xml"), "-m", "1")
+	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_slow.xml"))
 	beAddr := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
 	sipptest.WaitListening(t, "udp", beAddr, 3*time.Second)
 	d := startDaemon(t, beAddr)
+	d.waitActive(t, "asterisk1")
 
 	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_answered.xml"),
 		"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", d.sip)

@@ -8,16 +8,19 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/proxy"
 )
 
 // Status is the body of GET /api/v1/status.
 type Status struct {
-	Node    string       `json:"node"`
-	Version string       `json:"version"`
-	Uptime  string       `json:"uptime"`
-	Routing string       `json:"routing"`
-	Proxy   proxy.Status `json:"proxy"`
+	Node    string          `json:"node"`
+	Version string          `json:"version"`
+	Uptime  string          `json:"uptime"`
+	Routing string          `json:"routing"`
+	Active  string          `json:"active_backend"`
+	Health  []health.Status `json:"backends_health"`
+	Proxy   proxy.Status    `json:"proxy"`
 }
 
 func (d *daemon) adminHandler() http.Handler {
@@ -48,7 +51,9 @@ func (d *daemon) status() Status {
 		Node:    d.cfg.Node.Name,
 		Version: version,
 		Uptime:  time.Since(d.started).Round(time.Second).String(),
-		Routing: d.cfg.Routing,
+		Routing: d.cfg.Failover.Routing,
+		Active:  d.selector.Active(),
+		Health:  d.health.Snapshot(),
 		Proxy:   d.proxy.Status(),
 	}
 }

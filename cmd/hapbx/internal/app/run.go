@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,18 +19,21 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/hapbx/hapbx/config"
+	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/proxy"
 )
 
 // daemon is one running `hapbx run`.
 type daemon struct {
-	path    string
-	cfg     config.File
-	log     *zap.Logger
-	reg     *prometheus.Registry
-	proxy   *proxy.Proxy
-	router  *proxy.StaticRouter
-	started time.Time
+	path     string
+	cfg      config.File
+	log      *zap.Logger
+	reg      *prometheus.Registry
+	proxy    *proxy.Proxy
+	health   *health.Checker
+	selector *failover.Selector
+	started  time.Time
 }
 
 func runDaemon(path string, stderr io.Writer) int {
@@ -56,8 +60,18 @@ func (d *daemon) run() error {
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	d.router = proxy.NewStaticRouter(backendNames(d.cfg.Backends), d.cfg.Routing == config.RoutingBalance)
-	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.router, d.log.Named("proxy"), d.reg)
+	targets, err := healthTargets(d.cfg.Backends)
+	if err != nil {
+		return err
+	}
+	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg); err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg); err != nil {
+		return fmt.Errorf("failover: %w", err)
+	}
+	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg,
+		proxy.WithFailureReporter(d.health))
 	if err != nil {
 		return err
 	}
@@ -68,6 +82,9 @@ func (d *daemon) run() error {
 	if err := p.Start(ctx); err != nil {
 		return err
 	}
+	go func() { _ = d.health.Run(ctx) }()
+	go func() { _ = d.selector.Run(ctx, d.health) }()
+	go d.hangUpDeadBackends(ctx)
 
 	var admin *http.Server
 	if d.cfg.Admin.Listen != "" {
@@ -127,10 +144,52 @@ func (d *daemon) reload() {
 		d.log.Error("reload refused: configuration invalid, keeping the running one", zap.String("config", d.path), zap.Error(err))
 		return
 	}
-	d.cfg.Backends = cfg.Backends
+	targets, err := healthTargets(cfg.Backends)
+	if err != nil {
+		d.log.Error("reload refused", zap.String("config", d.path), zap.Error(err))
+		return
+	}
+	// New backends are added to the proxy first and removed from it last,
+	// so the selector never names a backend the proxy cannot reach.
+	d.proxy.SetBackends(proxyBackends(append(append([]config.Backend(nil), cfg.Backends...), d.cfg.Backends...)))
+	if err := d.health.SetTargets(targets); err != nil {
+		d.log.Error("reload: health targets", zap.Error(err))
+	}
+	if err := d.selector.SetBackends(backendNames(cfg.Backends)); err != nil {
+		d.log.Error("reload: failover backends", zap.Error(err))
+	}
 	d.proxy.SetBackends(proxyBackends(cfg.Backends))
-	d.router.SetBackends(backendNames(cfg.Backends))
+	d.cfg.Backends = cfg.Backends
 	d.log.Info("reloaded backends", zap.Strings("backends", backendNames(cfg.Backends)))
+}
+
+// hangUpDeadBackends ends the calls of a backend declared down, so phones
+// do not sit in silent calls.
+func (d *daemon) hangUpDeadBackends(ctx context.Context) {
+	for ev := range d.selector.Subscribe(ctx) {
+		switch ev.Kind {
+		case failover.BackendDown:
+			go d.proxy.HangUpBackend(ev.Backend, "backend down")
+		case failover.ActiveChanged:
+			d.log.Warn("active backend changed", zap.String("active", ev.Backend), zap.String("previous", ev.Previous), zap.String("reason", ev.Reason))
+		}
+	}
+}
+
+// healthTargets reads each backend's AMI secret file.
+func healthTargets(bs []config.Backend) ([]health.Target, error) {
+	out := make([]health.Target, len(bs))
+	for i, b := range bs {
+		out[i] = health.Target{Name: b.Name, Address: b.Address, Transport: b.Transport}
+		if b.AMI != nil {
+			secret, err := os.ReadFile(b.AMI.SecretFile)
+			if err != nil {
+				return nil, fmt.Errorf("backends[%d].ami.secret_file: %w", i, err)
+			}
+			out[i].AMI = &health.AMITarget{Address: b.AMI.Address, Username: b.AMI.Username, Secret: strings.TrimRight(string(secret), "\r\n")}
+		}
+	}
+	return out, nil
 }
 
 func backendNames(bs []config.Backend) []string {
