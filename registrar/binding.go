@@ -93,6 +93,8 @@ func extract(cfg *Config, req *sip.Request, res *sip.Response, src Source, backe
 	}
 	u.aor = aor
 	u.backend = backend
+	src.Addr = netip.AddrPortFrom(src.Addr.Addr().Unmap(), src.Addr.Port())
+	src.Transport = strings.ToLower(src.Transport)
 
 	callID := ""
 	if h := req.CallID(); h != nil {
@@ -290,7 +292,7 @@ func contactKey(u *sip.Uri) string {
 	if len(u.UriParams) > 0 {
 		ps := make([]string, 0, len(u.UriParams))
 		for _, kv := range u.UriParams {
-			ps = append(ps, strings.ToLower(kv.K)+"="+kv.V)
+			ps = append(ps, strings.ToLower(kv.K)+"="+strings.ToLower(kv.V))
 		}
 		slices.Sort(ps)
 		for _, p := range ps {

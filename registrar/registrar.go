@@ -369,7 +369,7 @@ func (r *Registrar) Lookup(aor string) ([]Binding, error) {
 	if !ok {
 		return nil, ErrUnknownAOR
 	}
-	now := time.Now()
+	now := r.now()
 	r.mu.RLock()
 	e := r.tab.aors[key]
 	if e == nil {
@@ -463,7 +463,7 @@ func (r *Registrar) Count() (bindings, aors int) {
 
 // Bindings returns every live binding, for operators.
 func (r *Registrar) Bindings() []Binding {
-	now := time.Now()
+	now := r.now()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	out := make([]Binding, 0, r.tab.bindings)
