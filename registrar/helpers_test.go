@@ -9,6 +9,7 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -63,12 +64,11 @@ func newTest(t testing.TB, dir string, mod func(*Config)) (*Registrar, *fakeCloc
 		mod(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := New(cfg, "node-a", zaptest.NewLogger(t), reg)
+	clk := &fakeClock{t: t0}
+	r, err := newWithClock(cfg, "node-a", zaptest.NewLogger(t), reg, clk.now)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	clk := &fakeClock{t: t0}
-	r.now = clk.now
 	t.Cleanup(func() { _ = r.Close() })
 	return r, clk, reg
 }
@@ -106,3 +106,8 @@ Content-Length: 0
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// newAt builds a registrar on node-a whose clock stands still at at.
+func newAt(cfg Config, at time.Time, log *zap.Logger, reg prometheus.Registerer) (*Registrar, error) {
+	return newWithClock(cfg, "node-a", log, reg, func() time.Time { return at })
+}

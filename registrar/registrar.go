@@ -61,6 +61,10 @@ type Status struct {
 // store file is logged, counted, moved aside and the registrar starts empty;
 // only a store that cannot be opened at all (locked, no permission) fails.
 func New(cfg Config, node string, log *zap.Logger, reg prometheus.Registerer) (*Registrar, error) {
+	return newWithClock(cfg, node, log, reg, func() time.Time { return time.Now().UTC().Round(0) })
+}
+
+func newWithClock(cfg Config, node string, log *zap.Logger, reg prometheus.Registerer, now func() time.Time) (*Registrar, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("registrar config: %w", err)
 	}
@@ -79,7 +83,7 @@ func New(cfg Config, node string, log *zap.Logger, reg prometheus.Registerer) (*
 		node: node,
 		log:  log,
 		m:    m,
-		now:  func() time.Time { return time.Now().UTC().Round(0) },
+		now:  now,
 		tab:  newTable(cfg.Domains),
 	}
 	if cfg.DataDir != "" {

@@ -79,8 +79,15 @@ func openStore(dir string, now time.Time) (*store, *corruptError, error) {
 	return s, cerr, nil
 }
 
-func openBolt(path string) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+func openBolt(path string) (db *bolt.DB, err error) {
+	// bbolt panics on some damaged pages (the freelist is read in Open).
+	// The file handle it opened then leaks, once; the file is moved aside.
+	defer func() {
+		if p := recover(); p != nil {
+			db, err = nil, fmt.Errorf("bbolt panic: %v", p)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, err
 	}
