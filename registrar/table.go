@@ -67,9 +67,18 @@ func (e *aorEntry) find(ckey string) int {
 	return -1
 }
 
-// apply merges r into the table. It returns whether r was taken and, if it
-// replaced a live binding, that binding.
+// apply merges r into the table. It returns whether r was taken and
+// whether it replaced a live (not deleted, unexpired) binding.
+//
+// Records expired at now are refused, and an expired record held is no
+// obstacle: the state is the maximum over the unexpired inputs, whatever
+// their order, repetition or interleaving with purges. A tombstone outlives
+// every older version of its binding (it is kept max_expires), so an
+// expired tombstone can only "lose" to something already expired too.
 func (t *table) apply(r Record, ckey string, now time.Time) (taken bool, prevLive bool) {
+	if !r.Binding.Expires.After(now) {
+		return false, false
+	}
 	k, ok := t.key(r.Binding.AOR)
 	if !ok {
 		return false, false
@@ -82,13 +91,13 @@ func (t *table) apply(r Record, ckey string, now time.Time) (taken bool, prevLiv
 	i := e.find(ckey)
 	if i >= 0 {
 		old := e.recs[i].rec
-		if !r.wins(old) {
+		if old.Binding.Expires.After(now) && !r.wins(old) {
 			return false, false
 		}
 		t.count(e, old, -1)
 		e.recs[i].rec = r
 		t.count(e, r, +1)
-		return true, !old.Deleted
+		return true, !old.Deleted && old.Binding.Expires.After(now)
 	}
 	e.recs = append(e.recs, entry{rec: r, ckey: ckey})
 	t.count(e, r, +1)
