@@ -367,7 +367,10 @@ func (r *Registrar) Save(req *sip.Request, res *sip.Response, src Source, backen
 // Lookup returns the live bindings of aor (any spelling: "sip:201@host",
 // "sips:…", "<sip:201@host:5060;transport=udp>", or a bare user), best
 // first (highest q, then most recent). ErrUnknownAOR: never registered
-// (404); ErrNoBinding: registered before, nothing live now (480).
+// (404); ErrNoBinding: registered before, nothing live now (480). A user
+// part that is no AOR but a registered Contact's user (Asterisk dialling
+// the contact it stored, e.g. baresip's "203-0x55d8c1e0") yields the
+// bindings with that Contact user.
 func (r *Registrar) Lookup(aor string) ([]Binding, error) {
 	key, ok := r.tab.key(aor)
 	if !ok {
@@ -377,14 +380,39 @@ func (r *Registrar) Lookup(aor string) ([]Binding, error) {
 	r.mu.RLock()
 	e := r.tab.aors[key]
 	if e == nil {
+		out, err := r.lookupContactUser(aor, now)
 		r.mu.RUnlock()
-		return nil, ErrUnknownAOR
+		return out, err
 	}
 	var out []Binding
 	if e.live > 0 {
 		out = liveBindings(make([]Binding, 0, e.live), e, now)
 	}
 	r.mu.RUnlock()
+	if len(out) == 0 {
+		return nil, ErrNoBinding
+	}
+	return out, nil
+}
+
+// lookupContactUser serves a request URI carrying a Contact's user part
+// rather than the AOR's (Asterisk dialling a stored contact): only the
+// bindings with that Contact user are returned. Callers hold r.mu.
+func (r *Registrar) lookupContactUser(uri string, now time.Time) ([]Binding, error) {
+	user, _, ok := splitAOR(uri)
+	if !ok {
+		return nil, ErrUnknownAOR
+	}
+	e := r.tab.byContact(user)
+	if e == nil {
+		return nil, ErrUnknownAOR
+	}
+	var out []Binding
+	for _, en := range e.recs {
+		if en.cuser == user && !en.rec.Deleted && en.rec.Binding.Expires.After(now) {
+			out = append(out, en.rec.Binding)
+		}
+	}
 	if len(out) == 0 {
 		return nil, ErrNoBinding
 	}

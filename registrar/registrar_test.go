@@ -251,3 +251,35 @@ func TestMetricsRegistered(t *testing.T) {
 		t.Fatalf("%d series, want 9", n)
 	}
 }
+
+func TestLookupByContactUser(t *testing.T) {
+	r, clk, _ := newTest(t, "", func(c *Config) { c.Domains = []string{"pbx.example.com"} })
+	bs, err := r.Save(reqOf(t, baresipReq), resOf(t, baresipResNoContact),
+		Source{Addr: src("10.0.0.20:45123").Addr, Transport: "tcp", ConnID: "conn-7"}, "ast1")
+	if err != nil || len(bs) != 1 {
+		t.Fatal(bs, err)
+	}
+	// chan_sip dials the stored contact itself; pjsip with rewrite_contact
+	// keeps the user and puts the proxy's address in.
+	for _, uri := range []string{
+		"sip:203-0x55d8c1e0@10.0.0.20:45123;transport=tcp",
+		"sip:203-0x55d8c1e0@192.0.2.10:5060;transport=tcp",
+	} {
+		got, err := r.Lookup(uri)
+		if err != nil || len(got) != 1 || got[0].AOR != "sip:203@pbx.example.com" || got[0].Source.ConnID != "conn-7" {
+			t.Fatalf("Lookup(%q) = %+v, %v", uri, got, err)
+		}
+	}
+	if _, err := r.Lookup("sip:999-0x1@192.0.2.10"); !errors.Is(err, ErrUnknownAOR) {
+		t.Fatalf("unknown contact user: %v", err)
+	}
+	// Expired, then purged: the index entry goes with the binding.
+	clk.advance(301 * time.Second)
+	if _, err := r.Lookup("sip:203-0x55d8c1e0@192.0.2.10"); !errors.Is(err, ErrNoBinding) {
+		t.Fatalf("expired contact user: %v", err)
+	}
+	r.Purge()
+	if n := len(r.tab.byContactUser); n != 0 {
+		t.Fatalf("contact-user index keeps %d entries after purge", n)
+	}
+}

@@ -10,8 +10,9 @@ import (
 const forgetAfter = 24 * time.Hour
 
 type entry struct {
-	rec  Record
-	ckey string
+	rec   Record
+	ckey  string
+	cuser string // user part of the Contact URI
 }
 
 type aorEntry struct {
@@ -25,13 +26,18 @@ type aorEntry struct {
 type table struct {
 	domains  map[string]bool // nil: every domain is local
 	aors     map[string]*aorEntry
-	bindings int // live (not deleted) records, expired or not
+	// byContactUser finds an AOR from the user part of one of its Contacts
+	// when that differs from the AOR's user (baresip registers
+	// "203-0x55d8c1e0" for 203): Asterisk dialling a stored contact sends
+	// that user in the request URI. Cleaned by purge.
+	byContactUser map[string]string
+	bindings      int // live (not deleted) records, expired or not
 	liveAORs int // AORs with at least one live record
 	tombs    int
 }
 
 func newTable(domains []string) *table {
-	t := &table{aors: make(map[string]*aorEntry)}
+	t := &table{aors: make(map[string]*aorEntry), byContactUser: make(map[string]string)}
 	if len(domains) > 0 {
 		t.domains = make(map[string]bool, len(domains))
 		for _, d := range domains {
@@ -97,11 +103,33 @@ func (t *table) apply(r Record, ckey string, now time.Time) (taken bool, prevLiv
 		t.count(e, old, -1)
 		e.recs[i].rec = r
 		t.count(e, r, +1)
+		t.indexContactUser(k, r, e.recs[i].cuser)
 		return true, !old.Deleted && old.Binding.Expires.After(now)
 	}
-	e.recs = append(e.recs, entry{rec: r, ckey: ckey})
+	cuser, _, _ := splitAOR(r.Binding.Contact)
+	e.recs = append(e.recs, entry{rec: r, ckey: ckey, cuser: cuser})
 	t.count(e, r, +1)
+	t.indexContactUser(k, r, cuser)
 	return true, false
+}
+
+func (t *table) indexContactUser(key string, r Record, cuser string) {
+	if r.Deleted || cuser == "" {
+		return
+	}
+	if user, _, _ := splitAOR(r.Binding.AOR); cuser != user {
+		t.byContactUser[cuser] = key
+	}
+}
+
+// byContact resolves a user part that is not an AOR key through the
+// contact-user index; it returns the AOR entry or nil.
+func (t *table) byContact(cuser string) *aorEntry {
+	k, ok := t.byContactUser[cuser]
+	if !ok {
+		return nil
+	}
+	return t.aors[k]
 }
 
 func (t *table) count(e *aorEntry, r Record, d int) {
@@ -142,6 +170,21 @@ func (t *table) purge(now time.Time) []Record {
 		}
 		if now.Sub(e.emptySince) >= forgetAfter {
 			delete(t.aors, k)
+		}
+	}
+	for cu, k := range t.byContactUser {
+		e := t.aors[k]
+		keep := false
+		if e != nil {
+			for _, en := range e.recs {
+				if en.cuser == cu && !en.rec.Deleted {
+					keep = true
+					break
+				}
+			}
+		}
+		if !keep {
+			delete(t.byContactUser, cu)
 		}
 	}
 	return out
