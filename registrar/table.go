@@ -24,16 +24,16 @@ type aorEntry struct {
 // table is the binding state: AOR key -> records (bindings and tombstones).
 // It is not safe for concurrent use; the Registrar locks around it.
 type table struct {
-	domains  map[string]bool // nil: every domain is local
-	aors     map[string]*aorEntry
+	domains map[string]bool // nil: every domain is local
+	aors    map[string]*aorEntry
 	// byContactUser finds an AOR from the user part of one of its Contacts
 	// when that differs from the AOR's user (baresip registers
 	// "203-0x55d8c1e0" for 203): Asterisk dialling a stored contact sends
 	// that user in the request URI. Cleaned by purge.
 	byContactUser map[string]string
 	bindings      int // live (not deleted) records, expired or not
-	liveAORs int // AORs with at least one live record
-	tombs    int
+	liveAORs      int // AORs with at least one live record
+	tombs         int
 }
 
 func newTable(domains []string) *table {
