@@ -199,6 +199,13 @@ func (r *Registrar) flush() {
 	if r.store == nil {
 		return
 	}
+	// After Close the database is closed; Close did the last flush.
+	r.mu.RLock()
+	closed := r.closed
+	r.mu.RUnlock()
+	if closed {
+		return
+	}
 	if _, err := r.store.flush(); err != nil {
 		r.storeError(err, zap.String("path", r.store.path))
 	}
