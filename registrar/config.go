@@ -34,7 +34,7 @@ func DefaultConfig() Config {
 		MaxExpires:     3600 * time.Second,
 		DefaultExpires: 3600 * time.Second,
 		PurgeInterval:  10 * time.Second,
-		MaxBindings:    200000,
+		MaxBindings:    100000,
 	}
 }
 

@@ -46,7 +46,7 @@
 //	max_expires      3600s           cap on a stored binding's lifetime; tombstone lifetime
 //	default_expires  3600s           when neither 2xx nor REGISTER names one
 //	purge_interval   10s             expired bindings and tombstones dropped
-//	max_bindings     200000          new bindings beyond it: ErrFull (503); merges exempt
+//	max_bindings     100000          new bindings beyond it: ErrFull (503); merges exempt
 //	domains          []              local domains; empty means every domain
 //
 // Metrics:

@@ -2,11 +2,13 @@ package registrar
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
 )
 
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
@@ -281,5 +283,38 @@ func TestLookupByContactUser(t *testing.T) {
 	r.Purge()
 	if n := len(r.tab.byContactUser); n != 0 {
 		t.Fatalf("contact-user index keeps %d entries after purge", n)
+	}
+}
+
+func TestConfigYAML(t *testing.T) {
+	text := `
+data_dir: /srv/hapbx
+min_expires: 30s
+max_expires: 2h
+default_expires: 15m
+purge_interval: 500ms
+max_bindings: 5000
+domains: [pbx.example.com, 192.0.2.10]
+`
+	cfg := DefaultConfig()
+	if err := yaml.Unmarshal([]byte(text), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := Config{DataDir: "/srv/hapbx", MinExpires: 30 * time.Second, MaxExpires: 2 * time.Hour,
+		DefaultExpires: 15 * time.Minute, PurgeInterval: 500 * time.Millisecond, MaxBindings: 5000,
+		Domains: []string{"pbx.example.com", "192.0.2.10"}}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("decoded %+v, want %+v", cfg, want)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// Keys left out keep their defaults.
+	cfg = DefaultConfig()
+	if err := yaml.Unmarshal([]byte("max_bindings: 7\n"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxExpires != time.Hour || cfg.MaxBindings != 7 || cfg.DataDir != "/var/lib/hapbx" {
+		t.Fatalf("defaults lost: %+v", cfg)
 	}
 }
