@@ -67,11 +67,10 @@ type update struct {
 	listed  map[string]bool
 	hasList bool
 	isQuery bool // REGISTER without Contact: changes nothing
-	backend string
 }
 
 // extract turns a REGISTER and its 2xx into an update. It only reads the
-// messages; it neither stores nor clamps against the table's limits.
+// messages (and caps lifetimes at max_expires); the table decides the rest.
 func extract(cfg *Config, req *sip.Request, res *sip.Response, src Source, backend string, now time.Time) (update, error) {
 	var u update
 	if req == nil || res == nil {
@@ -92,7 +91,6 @@ func extract(cfg *Config, req *sip.Request, res *sip.Response, src Source, backe
 		return u, err
 	}
 	u.aor = aor
-	u.backend = backend
 	src.Addr = netip.AddrPortFrom(src.Addr.Addr().Unmap(), src.Addr.Port())
 	src.Transport = strings.ToLower(src.Transport)
 
@@ -102,6 +100,9 @@ func extract(cfg *Config, req *sip.Request, res *sip.Response, src Source, backe
 	}
 	if callID == "" {
 		return u, fmt.Errorf("%w: REGISTER for %s without Call-ID", ErrInvalid, aor)
+	}
+	if h := res.CallID(); h == nil || h.Value() != callID {
+		return u, fmt.Errorf("%w: response Call-ID does not match REGISTER %q for %s", ErrInvalid, callID, aor)
 	}
 	var cseq uint32
 	if h := req.CSeq(); h != nil {

@@ -167,6 +167,8 @@ Content-Length: 0
 
 `
 
+var queryRes = strings.ReplaceAll(starRes, "Call-ID: ZGQ5MmE3YzY4YjFhNDBlMDNhZmI2ZGZjNjcxMDc2ZTI", "Call-ID: query-1")
+
 func TestExtract(t *testing.T) {
 	type want struct {
 		aor       string
@@ -235,7 +237,7 @@ func TestExtract(t *testing.T) {
 		},
 		{
 			name: "query changes nothing",
-			req:  queryReq, res: starRes,
+			req:  queryReq, res: queryRes,
 			want: want{aor: "sip:201@pbx.example.com", query: true},
 		},
 		{
@@ -261,6 +263,11 @@ func TestExtract(t *testing.T) {
 		{
 			name: "not a REGISTER",
 			req:  strings.ReplaceAll(zoiperReq, "REGISTER sip:", "OPTIONS sip:"), res: zoiperRes,
+			want: want{err: ErrInvalid},
+		},
+		{
+			name: "response of another registration",
+			req:  zoiperReq, res: strings.ReplaceAll(zoiperRes, "Call-ID: ZGQ5", "Call-ID: XXQ5"),
 			want: want{err: ErrInvalid},
 		},
 		{

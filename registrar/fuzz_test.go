@@ -19,7 +19,7 @@ func crlf(s string) []byte {
 func FuzzExtract(f *testing.F) {
 	pairs := [][2]string{
 		{zoiperReq, zoiperRes}, {xliteReq, xliteRes}, {baresipReq, baresipResNoContact},
-		{multiReq, multiRes}, {starReq, starRes}, {queryReq, starRes},
+		{multiReq, multiRes}, {starReq, starRes}, {queryReq, queryRes},
 	}
 	for _, p := range pairs {
 		f.Add(crlf(p[0]), crlf(p[1]))
