@@ -134,25 +134,51 @@ func (r *Registrar) openAndLoad() error {
 	}
 	r.store = st
 	fix := make(map[string]pendingOp)
+	logged := 0
 	for k, e := range bad {
-		r.storeError(fmt.Errorf("registrar store %s: record %q dropped: %w", st.path, k, e), zap.String("path", st.path))
+		err := fmt.Errorf("registrar store %s: record %q dropped: %w", st.path, k, e)
+		if logged < 10 {
+			r.storeError(err, zap.String("path", st.path))
+			logged++
+		} else {
+			// Count every one, log a few: a badly damaged file must not
+			// flood the log.
+			r.m.storeErrors.Inc()
+			r.status.Errors++
+		}
 		fix[k] = pendingOp{del: true}
 	}
 	loaded, expired := 0, 0
-	for _, rec := range recs {
-		ck := contactKeyString(rec.Binding.Contact)
-		k := r.storeKey(rec.Binding.AOR, ck)
+	rekeyed := make(map[string][2]string)
+	for _, sr := range recs {
+		rec := sr.rec
 		if !rec.Binding.Expires.After(now) {
 			if !rec.Deleted {
 				r.tab.markKnown(rec.Binding.AOR, now)
 			}
-			fix[k] = pendingOp{del: true}
+			fix[sr.key] = pendingOp{del: true}
 			expired++
 			continue
+		}
+		ck := contactKeyString(rec.Binding.Contact)
+		if k := r.storeKey(rec.Binding.AOR, ck); k != sr.key {
+			// Keyed differently by an earlier configuration (domains):
+			// move it under the current key.
+			fix[sr.key] = pendingOp{del: true}
+			rekeyed[k] = [2]string{rec.Binding.AOR, ck}
 		}
 		r.clock.observe(rec.Version.Time)
 		if taken, _ := r.tab.apply(rec, ck, now); taken {
 			loaded++
+		}
+	}
+	for k, ac := range rekeyed {
+		// Write whichever record won under the current key.
+		ak, _ := r.tab.key(ac[0])
+		if e := r.tab.aors[ak]; e != nil {
+			if i := e.find(ac[1]); i >= 0 {
+				fix[k] = pendingOp{rec: e.recs[i].rec}
+			}
 		}
 	}
 	st.enqueue(fix)

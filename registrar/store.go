@@ -18,6 +18,12 @@ const storeFile = "registrar.db"
 
 var bucketRecords = []byte("records")
 
+// storedRecord is a record with the key it was found under.
+type storedRecord struct {
+	key string
+	rec Record
+}
+
 // pendingOp is the latest state of one key waiting to be written.
 type pendingOp struct {
 	rec Record
@@ -127,7 +133,7 @@ func moveAside(path string, reason error, now time.Time) (*corruptError, error) 
 // load reads every record. Records that do not decode are returned as bad
 // keys with their errors. A panic inside bbolt (it panics on damaged pages)
 // is turned into an error.
-func (s *store) load() (recs []Record, bad map[string]error, err error) {
+func (s *store) load() (recs []storedRecord, bad map[string]error, err error) {
 	bad = make(map[string]error)
 	defer func() {
 		if p := recover(); p != nil {
@@ -145,7 +151,7 @@ func (s *store) load() (recs []Record, bad map[string]error, err error) {
 				bad[string(k)] = derr
 				return nil
 			}
-			recs = append(recs, r)
+			recs = append(recs, storedRecord{key: string(k), rec: r})
 			return nil
 		})
 	})

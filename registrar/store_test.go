@@ -316,3 +316,42 @@ func TestDamagedLeafPages(t *testing.T) {
 		}
 	}
 }
+
+// TestReopenWithOtherDomains: records keyed under an earlier domains
+// setting are found and re-keyed, not duplicated or lost.
+func TestReopenWithOtherDomains(t *testing.T) {
+	dir := t.TempDir()
+	r, _, _ := newTest(t, dir, func(c *Config) { c.Domains = []string{"old.example.com"} })
+	req, res := register(t, "901", "sip:901@10.0.0.1:5060", "c901", 1, 600)
+	if _, err := r.Save(req, res, src("192.0.2.1:5060"), "ast1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second reopen reads what the first one rewrote
+		cfg := DefaultConfig()
+		cfg.DataDir = dir
+		cfg.Domains = []string{"pbx.example.com"}
+		r2, err := newAt(cfg, t0, zap.NewNop(), prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bs, err := r2.Lookup("sip:901@pbx.example.com"); err != nil || len(bs) != 1 {
+			t.Fatalf("after re-keying: %+v %v", bs, err)
+		}
+		if err := r2.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := bolt.Open(filepath.Join(dir, storeFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	n := 0
+	_ = db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
+	if n != 1 {
+		t.Fatalf("%d stored records, want 1", n)
+	}
+}
