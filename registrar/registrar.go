@@ -215,6 +215,8 @@ func (r *Registrar) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 			r.Purge()
+			// Also retries writes that failed earlier.
+			r.flush()
 		case <-kick:
 			r.flush()
 		}
