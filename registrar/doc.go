@@ -16,7 +16,9 @@
 //     before, nothing live: 480). An AOR whose domain is local (domains, or
 //     any domain when domains is empty) is keyed by its user part alone, so
 //     "sip:201@<proxy address>" from Asterisk finds "sip:201@pbx.example.com".
-//     An AOR with no record stays known for 24 h.
+//     An AOR with no record stays known for 24 h. A user part that is a
+//     registered Contact's user rather than an AOR's (Asterisk dialling the
+//     contact it stored, e.g. baresip's "203-0x55d8c1e0") finds that binding.
 //   - RefreshFromStore/RefreshResponse: with no backend up, answer a plain
 //     refresh of a held binding (same AOR, Call-ID, Contact and source,
 //     higher CSeq) with 200 and the remaining expiry; anything else is
