@@ -1,0 +1,61 @@
+// Package registrar is hapbx's binding cache: it keeps the phones'
+// registrations so that calls from any Asterisk reach the phone, and so that
+// phones stay registered while the Asterisk behind them is swapped.
+//
+// What it does:
+//   - Save: from a REGISTER and the backend's 2xx, store one Binding per
+//     Contact: AOR (sip:user@domain from To), Contact URI (from the 2xx,
+//     which is authoritative), received address/transport/connection id,
+//     Call-ID, CSeq, absolute expiry (Contact expires param, then Expires
+//     header, capped at max_expires), User-Agent, backend and q. Expires: 0
+//     and Contact: * remove; a Contact of the REGISTER missing from the 2xx,
+//     or a binding the same backend accepted earlier and no longer lists, is
+//     removed.
+//   - Lookup: the live bindings of an AOR in any spelling, best first;
+//     ErrUnknownAOR (never registered: 404) versus ErrNoBinding (registered
+//     before, nothing live: 480). An AOR whose domain is local (domains, or
+//     any domain when domains is empty) is keyed by its user part alone, so
+//     "sip:201@<proxy address>" from Asterisk finds "sip:201@pbx.example.com".
+//     An AOR with no record stays known for 24 h. A user part that is a
+//     registered Contact's user rather than an AOR's (Asterisk dialling the
+//     contact it stored, e.g. baresip's "203-0x55d8c1e0") finds that binding.
+//   - RefreshFromStore/RefreshResponse: with no backend up, answer a plain
+//     refresh of a held binding (same AOR, Call-ID, Contact and source,
+//     higher CSeq) with 200 and the remaining expiry; anything else is
+//     ErrNotRefreshable (503 + Retry-After).
+//   - Persistence in bbolt (data_dir/registrar.db): changes are queued in a
+//     map keyed by binding (bounded by the number of bindings, never
+//     blocking the SIP path) and written in one transaction per flush by
+//     Run; Close flushes. Expired records are dropped at load. A damaged
+//     file is logged with path and reason, counted, shown in Snapshot, moved
+//     to registrar.db.corrupt-<time>, and the registrar starts empty.
+//   - Replication-ready: every local change is a versioned Record (hybrid
+//     logical clock + node name; tombstones for removals, kept max_expires).
+//     Merge is last-writer-wins per AOR and Contact over unexpired records:
+//     idempotent, commutative, order-independent. Records gives the full
+//     state for push/pull; OnChange hands local changes to a broadcaster.
+//
+// What it does not: no SIP transport, no authentication (Asterisk
+// challenges), no forking or request routing (the proxy does that with the
+// bindings Lookup returns), no network replication (cluster carries the
+// Records), no GRUU/outbound flow tokens (RFC 5626 reg-id is kept in the
+// Contact but not interpreted), no Path headers.
+//
+// Config (`registrar:` section):
+//
+//	data_dir         /var/lib/hapbx  bbolt directory; "" keeps memory only
+//	min_expires      60s             TooBrief reports shorter requests (423)
+//	max_expires      3600s           cap on a stored binding's lifetime; tombstone lifetime
+//	default_expires  3600s           when neither 2xx nor REGISTER names one
+//	purge_interval   10s             expired bindings and tombstones dropped
+//	max_bindings     100000          new bindings beyond it: ErrFull (503); merges exempt
+//	domains          []              local domains; empty means every domain
+//
+// Metrics:
+//
+//	hapbx_registrar_bindings             gauge    bindings held (until purged)
+//	hapbx_registrar_aors                 gauge    AORs with at least one binding
+//	hapbx_registrar_changes_total{op}    counter  add, refresh, remove, store, merge
+//	hapbx_registrar_store_errors_total   counter  damaged file, bad record, failed write
+//	hapbx_registrar_purged_total         counter  bindings dropped on expiry
+package registrar
