@@ -86,7 +86,7 @@ func TestCheckConfigListsEveryProblem(t *testing.T) {
 
 type daemon struct {
 	cmd    *exec.Cmd
-	log    bytes.Buffer
+	log    sipptest.Buffer
 	done   chan error
 	sip    string
 	admin  string
@@ -100,6 +100,7 @@ func writeConfig(t *testing.T, path string, sipPort, adminPort int, backends ...
 		fmt.Fprintf(&b, "  - {name: asterisk%d, address: %q, transport: udp}\n", i+1, addr)
 	}
 	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:%d\"}\nlog: {level: info, format: json}\n", adminPort)
+	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(filepath.Dir(path), "data"))
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -113,28 +114,50 @@ func startDaemon(t *testing.T, backends ...string) *daemon {
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	writeConfig(t, d.config, sipPort, adminPort, backends...)
+	d.start(t)
+	return d
+}
+
+// start runs hapbx on d's config and waits until it is healthy.
+func (d *daemon) start(t *testing.T) {
+	t.Helper()
+	d.log.Reset()
+	d.done = make(chan error, 1)
 	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
 	d.cmd.Stderr = &d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { d.done <- d.cmd.Wait() }()
+	cmd, done := d.cmd, d.done
+	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = d.cmd.Process.Kill()
-		<-d.done
+		_ = cmd.Process.Kill()
+		err := <-done
+		done <- err
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if res, err := http.Get(d.admin + "/healthz"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
-				return d
+				return
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("hapbx not healthy within 5s\n%s", d.log.String())
-	return nil
+}
+
+// stop ends hapbx with SIGTERM and waits for it.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		d.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("hapbx did not stop\n%s", d.log.String())
+	}
 }
 
 func (d *daemon) status(t *testing.T) map[string]any {
@@ -253,4 +276,13 @@ func TestSIGTERMDrains(t *testing.T) {
 func scenarioPath(name string) string {
 	p, _ := filepath.Abs(filepath.Join("..", "..", "proxy", "testdata", name))
 	return p
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, x := range subs {
+		if !strings.Contains(s, x) {
+			return false
+		}
+	}
+	return true
 }
