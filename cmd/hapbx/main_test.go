@@ -93,7 +93,7 @@ type daemon struct {
 	config string
 }
 
-func writeConfig(t *testing.T, path string, sipPort, adminPort int, backends ...string) {
+func writeConfig(t testing.TB, path string, sipPort, adminPort int, backends ...string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s:%d\"]\n  advertise: %s\n  drain_timeout: 4s\nbackends:\n", proxyIP, sipPort, proxyIP)
 	for i, addr := range backends {
@@ -106,7 +106,7 @@ func writeConfig(t *testing.T, path string, sipPort, adminPort int, backends ...
 	}
 }
 
-func startDaemon(t *testing.T, backends ...string) *daemon {
+func startDaemon(t testing.TB, backends ...string) *daemon {
 	t.Helper()
 	d := &daemon{done: make(chan error, 1), config: filepath.Join(t.TempDir(), "hapbx.yaml")}
 	sipPort := sipptest.FreePort(t, proxyIP)
@@ -119,7 +119,7 @@ func startDaemon(t *testing.T, backends ...string) *daemon {
 }
 
 // start runs hapbx on d's config and waits until it is healthy.
-func (d *daemon) start(t *testing.T) {
+func (d *daemon) start(t testing.TB) {
 	t.Helper()
 	d.log.Reset()
 	d.done = make(chan error, 1)
@@ -149,7 +149,7 @@ func (d *daemon) start(t *testing.T) {
 }
 
 // stop ends hapbx with SIGTERM and waits for it.
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	t.Helper()
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -160,7 +160,7 @@ func (d *daemon) stop(t *testing.T) {
 	}
 }
 
-func (d *daemon) status(t *testing.T) map[string]any {
+func (d *daemon) status(t testing.TB) map[string]any {
 	t.Helper()
 	res, err := http.Get(d.admin + "/api/v1/status")
 	if err != nil {
@@ -175,7 +175,7 @@ func (d *daemon) status(t *testing.T) map[string]any {
 }
 
 // waitActive waits until health has made a backend active.
-func (d *daemon) waitActive(t *testing.T, want string) {
+func (d *daemon) waitActive(t testing.TB, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -13,7 +13,7 @@ const phone2IP = "127.0.3.51"
 
 // asterisks starts SIPp backends playing Asterisk (OPTIONS, REGISTER with
 // digest, calls) on be1IP and be2IP and returns them with their addresses.
-func asterisks(t *testing.T) (be1, be2 *sipptest.Proc, a1, a2 string) {
+func asterisks(t testing.TB) (be1, be2 *sipptest.Proc, a1, a2 string) {
 	p1, p2 := sipptest.FreePort(t, be1IP), sipptest.FreePort(t, be2IP)
 	be1 = sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_asterisk.xml"))
 	be2 = sipptest.Start(t, be2IP, p2, "-sf", scenarioPath("uas_asterisk.xml"))
@@ -26,7 +26,7 @@ func asterisks(t *testing.T) (be1, be2 *sipptest.Proc, a1, a2 string) {
 // registerPhone starts phone 201 on ip: it registers through hapbx (digest
 // challenged by the active backend), pauses for pause, then refreshes; it
 // answers calls with phone_answer.xml, or oocsf when given.
-func registerPhone(t *testing.T, d *daemon, ip string, pause time.Duration, oocsf string, extra ...string) *sipptest.Proc {
+func registerPhone(t testing.TB, d *daemon, ip string, pause time.Duration, oocsf string, extra ...string) *sipptest.Proc {
 	if oocsf == "" {
 		oocsf = "phone_answer.xml"
 	}
@@ -37,7 +37,7 @@ func registerPhone(t *testing.T, d *daemon, ip string, pause time.Duration, oocs
 	return ph
 }
 
-func (d *daemon) waitBindings(t *testing.T, n int) {
+func (d *daemon) waitBindings(t testing.TB, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -53,7 +53,7 @@ func (d *daemon) waitBindings(t *testing.T, n int) {
 
 // callPhone has a backend (a SIPp UAC on the backend's IP) dial
 // sip:201@<hapbx>, as Asterisk does with PJSIP/201@hapbx.
-func callPhone(t *testing.T, d *daemon, fromIP string) *sipptest.Proc {
+func callPhone(t testing.TB, d *daemon, fromIP string) *sipptest.Proc {
 	return sipptest.Start(t, fromIP, sipptest.FreePort(t, fromIP), "-sf", scenarioPath("uac_call.xml"),
 		"-s", "201", "-m", "1", "-timeout", "15s", "-timeout_error", d.sip)
 }

@@ -60,14 +60,15 @@ func FreePort(t testing.TB, ip string) int {
 
 // Proc is one running sipp.
 type Proc struct {
-	t      testing.TB
-	cmd    *exec.Cmd
-	out    Buffer
-	done   chan struct{}
-	err    error
-	Addr   string // ip:port it listens on
-	Dir    string
-	waited bool
+	t       testing.TB
+	cmd     *exec.Cmd
+	out     Buffer
+	done    chan struct{}
+	err     error
+	Addr    string // ip:port it listens on
+	Dir     string
+	Started time.Time // just before exec: sipp's trace times (Date_ms) count from about here
+	waited  bool
 }
 
 // Start runs sipp with args in its own process group, listening on ip:port,
@@ -83,6 +84,7 @@ func Start(t testing.TB, ip string, port int, args ...string) *Proc {
 	p := &Proc{t: t, cmd: cmd, done: make(chan struct{}), Addr: net.JoinHostPort(ip, strconv.Itoa(port)), Dir: dir}
 	cmd.Stdout = &p.out
 	cmd.Stderr = &p.out
+	p.Started = time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sipp %v: %v", full, err)
 	}
