@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +56,7 @@ type sock struct {
 type worker struct {
 	id     int
 	epfd   int
+	file   *os.File // epfd, registered with Go's netpoller
 	closed atomic.Bool
 	done   chan struct{}
 
@@ -79,7 +81,12 @@ func newWorker(id int) (*worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
+	}
 	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{})}
+	w.file = os.NewFile(uintptr(epfd), "media-epoll")
 	for i := range w.rxHdr {
 		w.rxIov[i] = unix.Iovec{Base: &w.rxBuf[i][0], Len: bufSize}
 		w.rxHdr[i].Hdr.Iov = &w.rxIov[i]
@@ -138,40 +145,54 @@ func (w *worker) removeLocked(s *sock) {
 	s.fd = -1
 }
 
-func (w *worker) close() {
+// close stops run (if started) and closes every socket left.
+func (w *worker) close(started bool) {
 	w.closed.Store(true)
-	<-w.done
 	w.mu.Lock()
 	for _, s := range w.socks {
 		w.removeLocked(s)
 	}
 	w.mu.Unlock()
-	unix.Close(w.epfd)
+	_ = w.file.Close() // wakes run's parked Read with an error
+	if started {
+		<-w.done
+	}
 }
 
-// run is the data path: wait for readable sockets, drain each with recvmmsg,
-// forward the valid datagrams with one sendmmsg.
+// run is the data path. The worker's epoll descriptor is itself registered
+// with Go's netpoller (through an os.File), so an idle worker parks as a
+// goroutine instead of blocking an OS thread in epoll_wait: a blocking
+// syscall loses its P after 20µs and costs futex hand-offs on every wake-up,
+// which profiling showed dominating CPU per packet at low packet rates.
+// On readiness it polls its epoll set without blocking, drains each ready
+// socket with recvmmsg and forwards with one sendmmsg per batch.
 func (w *worker) run() {
 	defer close(w.done)
-	for !w.closed.Load() {
-		n, err := unix.EpollWait(w.epfd, w.events[:], 100)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return
-		}
-		if n == 0 {
-			continue
-		}
-		w.mu.Lock()
-		for i := range n {
-			if s := w.socks[w.events[i].Fd]; s != nil {
-				w.drain(s)
-			}
-		}
-		w.mu.Unlock()
+	rc, err := w.file.SyscallConn()
+	if err != nil {
+		return
 	}
+	_ = rc.Read(func(fd uintptr) bool {
+		for {
+			if w.closed.Load() {
+				return true
+			}
+			n, err := unix.EpollWait(int(fd), w.events[:], 0)
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				return true
+			}
+			if n <= 0 {
+				return false // nothing ready: park until the netpoller says so
+			}
+			w.mu.Lock()
+			for i := range n {
+				if s := w.socks[w.events[i].Fd]; s != nil {
+					w.drain(s)
+				}
+			}
+			w.mu.Unlock()
+		}
+	})
 }
 
 func nanotime() int64 { return time.Now().UnixNano() }

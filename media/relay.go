@@ -69,6 +69,7 @@ type Relay struct {
 	workers  []*worker
 	next     int
 	closed   bool
+	started  bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
 }
@@ -101,9 +102,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 		w, err := newWorker(i)
 		if err != nil {
 			for _, w := range r.workers {
-				w.closed.Store(true)
-				close(w.done)
-				w.close()
+				w.close(false)
 			}
 			return nil, err
 		}
@@ -123,6 +122,9 @@ func (r *Relay) Address() netip.Addr { return r.addr }
 
 // Start launches the data-path workers and the idle sweeper.
 func (r *Relay) Start() {
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
 	for _, w := range r.workers {
 		go w.run()
 	}
@@ -154,7 +156,7 @@ func (r *Relay) Close() {
 	r.mu.Unlock()
 	r.wg.Wait()
 	for _, w := range r.workers {
-		w.close()
+		w.close(r.started)
 	}
 }
 
