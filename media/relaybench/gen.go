@@ -199,7 +199,7 @@ func Run(l Load) (Result, error) {
 	if l.OnWindow != nil {
 		l.OnWindow(false)
 	}
-	time.Sleep(300 * time.Millisecond) // let in-flight packets arrive
+	time.Sleep(time.Second) // let in-flight packets arrive (late ones still count, at their latency)
 	stop.Store(true)
 	swg.Wait()
 	wg.Wait()

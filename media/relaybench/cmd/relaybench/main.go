@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -28,9 +29,14 @@ func main() {
 		cfg.Ports = os.Getenv("RELAYBENCH_PORTS")
 		cfg.IdleTimeout = time.Hour
 		cfg.Workers, _ = strconv.Atoi(os.Getenv("RELAYBENCH_WORKERS"))
+		if path := os.Getenv("RELAYBENCH_CPUPROFILE"); path != "" {
+			f, err := os.Create(path)
+			fatal(err)
+			fatal(pprof.StartCPUProfile(f))
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
 		if err := relaybench.RunChild(cfg, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "relay child:", err)
-			os.Exit(1)
 		}
 		return
 	}
