@@ -148,6 +148,7 @@ func (r *Relay) Close() {
 		return
 	}
 	r.closed = true
+	started := r.started
 	close(r.stop)
 	for id, s := range r.sessions {
 		r.releaseLocked(s, "shutdown")
@@ -156,7 +157,7 @@ func (r *Relay) Close() {
 	r.mu.Unlock()
 	r.wg.Wait()
 	for _, w := range r.workers {
-		w.close(r.started)
+		w.close(started)
 	}
 }
 

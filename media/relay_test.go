@@ -449,3 +449,62 @@ func TestImportFreebindNonLocalAddress(t *testing.T) {
 		t.Fatalf("%d sessions, want 1", n)
 	}
 }
+
+// TestRelayConcurrentControlAndTraffic exercises every control-plane call
+// while media flows, for the race detector, and checks nothing leaks.
+func TestRelayConcurrentControlAndTraffic(t *testing.T) {
+	r, reg := newTestRelay(t, "32200-32399", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, _ := r.Anchor("steady", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("steady", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	done := make(chan struct{})
+	errc := make(chan error, 4)
+	for g := range 3 {
+		go func() {
+			for i := range 40 {
+				id := fmt.Sprintf("churn-%d-%d", g, i)
+				if _, err := r.Anchor(id, LegA, offer(netip.MustParseAddrPort("127.0.0.9:7000"), "")); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := r.Anchor(id, LegB, offer(netip.MustParseAddrPort("127.0.0.9:7002"), "a=sendonly\r\n")); err != nil {
+					errc <- err
+					return
+				}
+				_ = r.Snapshot()
+				_ = r.Export()
+				_, _ = reg.Gather()
+				if err := r.Release(id, "bye"); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	go func() {
+		defer close(done)
+		for range 100 {
+			a.sendRTP(forA)
+			b.sendRTP(forB)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	for range 3 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	mustRelay(t, a, forA, b, forB)
+	if err := r.Release("steady", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.pool.free(); n != r.pool.size() {
+		t.Fatalf("%d of %d port pairs free after all releases", n, r.pool.size())
+	}
+	if got := metricValue(t, reg, "hapbx_media_sessions", ""); got != 0 {
+		t.Fatalf("hapbx_media_sessions = %v", got)
+	}
+}
