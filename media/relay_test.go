@@ -508,3 +508,24 @@ func TestRelayConcurrentControlAndTraffic(t *testing.T) {
 		t.Fatalf("hapbx_media_sessions = %v", got)
 	}
 }
+
+// TestRelayLateOffer: INVITE without SDP, the offer in B's 200 OK and the
+// answer in A's ACK.
+func TestRelayLateOffer(t *testing.T) {
+	r, _ := newTestRelay(t, "32400-32499", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	offerToA, err := r.Anchor("late", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Snapshot()[0].State; st != StateOffered {
+		t.Fatalf("state %q after the 200 OK offer", st)
+	}
+	answerToB, err := r.Anchor("late", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, offerToA)), relayAP(sdpPort(t, answerToB))
+	mustRelay(t, b, forB, a, forA)
+	mustRelay(t, a, forA, b, forB)
+}
