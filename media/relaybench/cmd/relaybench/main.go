@@ -46,6 +46,7 @@ func main() {
 	mode := flag.String("mode", "both", "baseline, relay or both")
 	ports := flag.String("ports", "20000-30000", "relay port range")
 	workers := flag.Int("workers", 0, "relay data-path workers (0: GOMAXPROCS)")
+	procs := flag.Int("relay-procs", 0, "GOMAXPROCS of the relay child (0: Go's default)")
 	pps := flag.Int("pps", 50, "packets per second per direction")
 	size := flag.Int("size", 172, "datagram size")
 	flag.Parse()
@@ -67,7 +68,7 @@ func main() {
 			closeAll(phones)
 		}
 		if *mode == "relay" || *mode == "both" {
-			res, cpu, err := relayRun(ip, n, *ports, *workers, relaybench.Load{PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur})
+			res, cpu, err := relayRun(ip, n, *ports, *workers, *procs, relaybench.Load{PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur})
 			fatal(err)
 			perPkt := time.Duration(0)
 			if res.Sent > 0 {
@@ -79,7 +80,7 @@ func main() {
 	}
 }
 
-func relayRun(ip netip.Addr, n int, ports string, workers int, l relaybench.Load) (relaybench.Result, time.Duration, error) {
+func relayRun(ip netip.Addr, n int, ports string, workers, procs int, l relaybench.Load) (relaybench.Result, time.Duration, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return relaybench.Result{}, 0, err
@@ -87,6 +88,9 @@ func relayRun(ip netip.Addr, n int, ports string, workers int, l relaybench.Load
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), relaybench.ChildEnv+"=1", "RELAYBENCH_ADDR="+ip.String(), "RELAYBENCH_PORTS="+ports,
 		"RELAYBENCH_WORKERS="+strconv.Itoa(workers))
+	if procs > 0 {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(procs))
+	}
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outp, _ := cmd.StdoutPipe()
