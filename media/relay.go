@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Leg names a side of a call: A is where the dialog's initial INVITE came
@@ -326,14 +327,17 @@ func (r *Relay) bindPair(s *session, st *stream, l Leg, want int) (int, error) {
 		if err == nil {
 			err = err2
 		}
-		r.log.Warn("relay port pair unavailable", zap.Int("port", port), zap.Error(err))
-		if want != 0 {
-			r.pool.put(port)
+		r.pool.put(port)
+		switch {
+		case errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM):
+			// Out of descriptors or memory: as good as out of ports (503).
+			return 0, fmt.Errorf("%w: bind port pair %d: %w", ErrNoPorts, port, err)
+		case want != 0 || !errors.Is(err, unix.EADDRINUSE):
 			return 0, fmt.Errorf("bind port pair %d: %w", port, err)
 		}
-		// Someone else holds it: leave it out of the pool rotation for now by
-		// putting it back at the end of the FIFO.
-		r.pool.put(port)
+		// Another process holds it: it went back to the end of the FIFO; try
+		// the next pair.
+		r.log.Warn("relay port pair in use by another process", zap.Int("port", port), zap.Error(err))
 	}
 }
 

@@ -247,11 +247,11 @@ func TestRelayIdleTimeout(t *testing.T) {
 }
 
 func TestRelayActiveSessionNotIdle(t *testing.T) {
-	r, _ := newTestRelay(t, "31200-31299", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	r, _ := newTestRelay(t, "31200-31299", func(c *Config) { c.IdleTimeout = 600 * time.Millisecond })
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	o, _ := r.Anchor("busy", LegA, offer(a.addr(), ""))
 	ans, _ := r.Anchor("busy", LegB, offer(b.addr(), ""))
-	for range 20 { // 1 s of media, three idle timeouts long
+	for range 30 { // 1.5 s of media, more than two idle timeouts long
 		mustRelay(t, a, relayAP(sdpPort(t, ans)), b, relayAP(sdpPort(t, o)))
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -528,4 +528,32 @@ func TestRelayLateOffer(t *testing.T) {
 	forA, forB := relayAP(sdpPort(t, offerToA)), relayAP(sdpPort(t, answerToB))
 	mustRelay(t, b, forB, a, forA)
 	mustRelay(t, a, forA, b, forB)
+}
+
+// TestRelaySkipsPortsHeldElsewhere: a pair bound by another process is
+// skipped, not fatal; when every pair is held, Anchor says ErrNoPorts.
+func TestRelaySkipsPortsHeldElsewhere(t *testing.T) {
+	// 32500-32507: four pairs; hold the RTCP port of the first pair.
+	held, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("127.0.0.1"), Port: 32501})
+	if err != nil {
+		t.Skipf("port 32501 busy: %v", err)
+	}
+	defer held.Close()
+	r, _ := newTestRelay(t, "32500-32507", nil)
+	o, err := r.Anchor("c1", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := r.Snapshot()[0].Streams[0].Ports
+	if ports[0] == 32500 || ports[1] == 32500 {
+		t.Fatalf("got the held pair: %v", ports)
+	}
+	_ = o
+	// One pair left besides the held one: a second call (two pairs) cannot fit.
+	if _, err := r.Anchor("c2", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4002"), "")); !errors.Is(err, ErrNoPorts) {
+		t.Fatalf("got %v, want ErrNoPorts", err)
+	}
+	if len(r.Snapshot()) != 1 {
+		t.Fatal("failed call left a session")
+	}
 }
