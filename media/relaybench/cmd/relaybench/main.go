@@ -15,6 +15,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hapbx/hapbx/media"
@@ -62,9 +63,18 @@ func main() {
 				phones[i].SetDest(phones[i+1].Addr)
 				phones[i+1].SetDest(phones[i].Addr)
 			}
-			res, err := relaybench.Run(relaybench.Load{Phones: phones, PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur})
+			var g0, g1 time.Duration
+			res, err := relaybench.Run(relaybench.Load{Phones: phones, PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur,
+				OnWindow: func(start bool) {
+					if start {
+						g0 = selfCPU()
+					} else {
+						g1 = selfCPU()
+					}
+				}})
 			fatal(err)
-			fmt.Printf("calls=%d mode=baseline %s\n", n, res)
+			fmt.Printf("calls=%d mode=baseline %s gen_cpu_per_pkt=%s (generator send+receive per datagram, for comparison)\n",
+				n, res, perPacket(g1-g0, res.Sent))
 			closeAll(phones)
 		}
 		if *mode == "relay" || *mode == "both" {
@@ -142,6 +152,19 @@ func procCPU(pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func perPacket(cpu time.Duration, pkts uint64) time.Duration {
+	if pkts == 0 {
+		return 0
+	}
+	return cpu / time.Duration(pkts)
 }
 
 func mkPhones(ip netip.Addr, n int) []*relaybench.Phone {
