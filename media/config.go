@@ -53,11 +53,9 @@ func (c Config) Validate() error {
 		case a.IsUnspecified():
 			errs = append(errs, fmt.Errorf("address: %q must be a concrete address, it is advertised in SDP", c.Address))
 		}
-	} else if c.Enabled {
-		// The caller fills the SIP advertise address in; an empty value here
-		// after that means nothing to advertise.
-		errs = append(errs, errors.New("address: must be set when enabled"))
 	}
+	// An empty address is valid here: it defaults to the SIP advertise
+	// address, which the caller puts in before New (New rejects it empty).
 	if _, _, err := parsePorts(c.Ports); err != nil {
 		errs = append(errs, fmt.Errorf("ports: %w", err))
 	}

@@ -26,7 +26,14 @@ func TestConfigYAMLAndDefaults(t *testing.T) {
 		t.Fatalf("defaults %+v", d)
 	}
 	if err := d.Validate(); err != nil {
-		t.Fatalf("disabled defaults must validate: %v", err)
+		t.Fatalf("defaults must validate: %v", err)
+	}
+	d.Enabled = true // address left empty: defaults to the SIP advertise address
+	if err := d.Validate(); err != nil {
+		t.Fatalf("enabled without address must validate: %v", err)
+	}
+	if _, err := New(d, nil, nil); err == nil {
+		t.Fatal("New accepted an empty address")
 	}
 }
 
@@ -36,7 +43,6 @@ func TestConfigValidate(t *testing.T) {
 		mod  func(*Config)
 		want []string
 	}{
-		{"enabled without address", func(c *Config) { c.Enabled = true }, []string{"address: must be set when enabled"}},
 		{"bad address", func(c *Config) { c.Address = "pbx" }, []string{`address: "pbx" is not an IP address`}},
 		{"ipv6", func(c *Config) { c.Address = "::1" }, []string{"address: \"::1\" must be IPv4"}},
 		{"unspecified", func(c *Config) { c.Address = "0.0.0.0" }, []string{"address: \"0.0.0.0\" must be a concrete address"}},

@@ -82,7 +82,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 		return nil, err
 	}
 	if cfg.Address == "" {
-		return nil, errors.New("address: must be set")
+		return nil, errors.New("address: empty; pass the SIP advertise address when the config leaves it unset")
 	}
 	addr := netip.MustParseAddr(cfg.Address)
 	first, last, _ := parsePorts(cfg.Ports)
