@@ -453,7 +453,7 @@ func TestImportFreebindNonLocalAddress(t *testing.T) {
 // TestRelayConcurrentControlAndTraffic exercises every control-plane call
 // while media flows, for the race detector, and checks nothing leaks.
 func TestRelayConcurrentControlAndTraffic(t *testing.T) {
-	r, reg := newTestRelay(t, "32200-32399", nil)
+	r, reg := newTestRelay(t, "30200-30399", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	o, _ := r.Anchor("steady", LegA, offer(a.addr(), ""))
 	ans, _ := r.Anchor("steady", LegB, offer(b.addr(), ""))
@@ -512,7 +512,7 @@ func TestRelayConcurrentControlAndTraffic(t *testing.T) {
 // TestRelayLateOffer: INVITE without SDP, the offer in B's 200 OK and the
 // answer in A's ACK.
 func TestRelayLateOffer(t *testing.T) {
-	r, _ := newTestRelay(t, "32400-32499", nil)
+	r, _ := newTestRelay(t, "30400-30499", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	offerToA, err := r.Anchor("late", LegB, offer(b.addr(), ""))
 	if err != nil {
@@ -533,19 +533,19 @@ func TestRelayLateOffer(t *testing.T) {
 // TestRelaySkipsPortsHeldElsewhere: a pair bound by another process is
 // skipped, not fatal; when every pair is held, Anchor says ErrNoPorts.
 func TestRelaySkipsPortsHeldElsewhere(t *testing.T) {
-	// 32500-32507: four pairs; hold the RTCP port of the first pair.
-	held, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("127.0.0.1"), Port: 32501})
+	// 30500-30507: four pairs; hold the RTCP port of the first pair.
+	held, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("127.0.0.1"), Port: 30501})
 	if err != nil {
-		t.Skipf("port 32501 busy: %v", err)
+		t.Skipf("port 30501 busy: %v", err)
 	}
 	defer held.Close()
-	r, _ := newTestRelay(t, "32500-32507", nil)
+	r, _ := newTestRelay(t, "30500-30507", nil)
 	o, err := r.Anchor("c1", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ports := r.Snapshot()[0].Streams[0].Ports
-	if ports[0] == 32500 || ports[1] == 32500 {
+	if ports[0] == 30500 || ports[1] == 30500 {
 		t.Fatalf("got the held pair: %v", ports)
 	}
 	_ = o

@@ -62,7 +62,7 @@ func TestSIPpMediaThroughRelay(t *testing.T) {
 	if _, err := os.Stat(pcapG711a); err != nil {
 		t.Skip("needs " + pcapG711a + " (sip-tester)")
 	}
-	r, _ := newTestRelay(t, "32000-32099", nil)
+	r, _ := newTestRelay(t, "30000-30099", nil)
 	const ip = "127.0.0.1"
 	sipUAS := freePorts(t, ip, 1)
 	sipUAC := freePorts(t, ip, 1)

@@ -14,7 +14,7 @@ import (
 func TestRunThroughRelay(t *testing.T) {
 	cfg := media.DefaultConfig()
 	cfg.Address = "127.0.0.1"
-	cfg.Ports = "33000-33499"
+	cfg.Ports = "30600-30999"
 	r, err := media.New(cfg, zaptest.NewLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
