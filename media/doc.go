@@ -73,8 +73,12 @@
 //
 // # Idle timeout
 //
-// A session that relayed no packet in either direction for idle_timeout
-// (counted from its creation) is released. This includes calls on hold whose
+// An answered session (SDP seen from both legs) that relayed no packet in
+// either direction for idle_timeout, counted from its last packet or its last
+// Anchor (so a re-INVITE restarts the clock), is released. A session not yet
+// answered is only released after 5 minutes (or idle_timeout if longer):
+// a call may ring without early media, and the proxy releases it on CANCEL
+// or a final error anyway. This includes calls on hold whose
 // phones send no RTP and no RTCP; most phones keep sending RTCP while holding.
 //
 // # Replication

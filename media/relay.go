@@ -54,7 +54,13 @@ type session struct {
 	streams []*stream
 	seen    [2]bool
 	created time.Time
+	touched int64 // nanotime of the last Anchor; r.mu
 }
+
+// unansweredTimeout bounds a session that never saw SDP from both legs: a
+// call may ring without any packet for longer than idle_timeout, and the
+// proxy releases it on CANCEL or a final error anyway; this only stops leaks.
+const unansweredTimeout = 5 * time.Minute
 
 // Relay anchors RTP: it owns the port pool, the sessions and the data-path
 // workers. Methods are safe for concurrent use.
@@ -211,6 +217,7 @@ func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
 		r.sessions[callID] = s
 	}
 	s.seen[from] = true
+	s.touched = nanotime()
 	ports := make([]int, len(infos))
 	s.w.mu.Lock()
 	for i, in := range infos {
@@ -385,10 +392,13 @@ func (r *Relay) sweep() {
 		case <-t.C:
 		}
 		now := nanotime()
-		limit := int64(r.cfg.IdleTimeout)
 		r.mu.Lock()
 		for id, s := range r.sessions {
-			last := s.created.UnixNano()
+			limit := int64(r.cfg.IdleTimeout)
+			if !s.seen[LegA] || !s.seen[LegB] {
+				limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
+			}
+			last := max(s.created.UnixNano(), s.touched)
 			s.w.mu.Lock()
 			for _, st := range s.streams {
 				for l := range 2 {

@@ -231,6 +231,14 @@ func TestRelayIdleTimeout(t *testing.T) {
 	if _, err := r.Anchor("idle", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
 		t.Fatal(err)
 	}
+	// Ringing without early media is not idle: the callee has the offer's ports.
+	time.Sleep(700 * time.Millisecond)
+	if len(r.Snapshot()) != 1 {
+		t.Fatal("unanswered session ended by idle_timeout")
+	}
+	if _, err := r.Anchor("idle", LegB, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(3 * time.Second)
 	for len(r.Snapshot()) != 0 {
 		if time.Now().After(deadline) {
