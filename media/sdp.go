@@ -9,6 +9,9 @@ import (
 	"github.com/pion/sdp/v3"
 )
 
+// maxStreams caps the m= lines of one call (audio, video, a few more).
+const maxStreams = 8
+
 // streamInfo is what the relay needs from one m= line of a peer's SDP.
 type streamInfo struct {
 	rtp, rtcp netip.AddrPort // where the peer wants media; invalid when held or disabled
@@ -26,6 +29,10 @@ func parseSDP(body []byte) (*sdp.SessionDescription, []streamInfo, error) {
 	}
 	if len(sd.MediaDescriptions) == 0 {
 		return nil, nil, fmt.Errorf("%w: no m= line", ErrBadSDP)
+	}
+	if len(sd.MediaDescriptions) > maxStreams {
+		// Each m= line costs two port pairs: one body must not drain the pool.
+		return nil, nil, fmt.Errorf("%w: %d m= lines, at most %d", ErrBadSDP, len(sd.MediaDescriptions), maxStreams)
 	}
 	var sessAddr netip.Addr
 	if ci := sd.ConnectionInformation; ci != nil {

@@ -114,6 +114,7 @@ func TestParseSDPErrors(t *testing.T) {
 		"hostname":      base + "c=IN IP4 pbx.example.com\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
 		"bad rtcp attr": base + "c=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:x\r\n",
 		"binary":        "\x00\x01\x02",
+		"too many m=":   base + "c=IN IP4 10.0.0.1\r\nt=0 0\r\n" + strings.Repeat("m=audio 4000 RTP/AVP 0\r\n", 9),
 	} {
 		if _, _, err := parseSDP([]byte(body)); !errors.Is(err, ErrBadSDP) {
 			t.Errorf("%s: err = %v, want ErrBadSDP", name, err)
