@@ -95,7 +95,12 @@
 // No IPv6, no multicast, no ICE/DTLS-SRTP termination, no transcoding, no
 // RTP/RTCP multiplexing on one port (RFC 5761), no recording. It does not
 // parse SIP: the proxy decides which body goes with which leg and when a
-// session ends. Sessions are keyed by Call-ID only (no forking by from-tag).
+// session ends. Sessions are keyed by Call-ID only (no parallel forking by
+// to-tag): when the proxy retries the INVITE on the next backend it keeps the
+// session (the callee got the relay's B-facing ports already) and anchors the
+// new backend's answer, which moves leg B; it releases only when the caller
+// gets a final error. At most 8 m= lines per SDP (ErrBadSDP beyond), so one
+// body cannot drain the pool; an m= line with port 0 still reserves its ports.
 //
 // # Config keys (section media:)
 //
