@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -57,6 +59,7 @@ func (r *Relay) Export() []SessionRecord {
 	for _, s := range r.sessions {
 		out = append(out, r.recordLocked(s))
 	}
+	slices.SortFunc(out, func(a, b SessionRecord) int { return strings.Compare(a.CallID, b.CallID) })
 	return out
 }
 

@@ -310,6 +310,15 @@ func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 	// The old B socket is no longer latched: it is a stranger now.
 	b.sendRTP(forB)
 	mustNotReceive(t, a, 200*time.Millisecond)
+	// A codec change from A (PCMU only) keeps ports and passes codecs as they are.
+	cc, err := r.Anchor("hold", LegA, []byte(strings.Replace(string(offer(a.addr(), "")), "RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000", "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if relayAP(sdpPort(t, cc)) != forB || !strings.Contains(string(cc), "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000") || r.pool.free() != free {
+		t.Fatalf("codec change re-INVITE mangled:\n%s", cc)
+	}
+	mustRelay(t, a, forA, b2, forB)
 	// A re-INVITE from A with the same SDP keeps everything.
 	o2, _ := r.Anchor("hold", LegA, offer(a.addr(), ""))
 	if relayAP(sdpPort(t, o2)) != forB || r.pool.free() != free {

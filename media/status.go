@@ -2,6 +2,8 @@ package media
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -51,6 +53,7 @@ func (r *Relay) Snapshot() []SessionStatus {
 		s.w.mu.Unlock()
 		out = append(out, ss)
 	}
+	slices.SortFunc(out, func(a, b SessionStatus) int { return strings.Compare(a.CallID, b.CallID) })
 	return out
 }
 
