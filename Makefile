@@ -3,7 +3,7 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/hapbx/hapbx/cmd/hapbx/internal/app.version=$(VERSION)
 PKGS     := ./...
-FUZZTIME ?= 10s
+FUZZTIME ?= 6s
 
 .PHONY: build test unit lint fuzz bench demo clean
 
@@ -20,10 +20,15 @@ lint:
 unit: build
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-## fuzz: each network-facing fuzz target for a bounded time
+## fuzz: every fuzz target (parsers and handlers facing the network) for FUZZTIME each
+FUZZ_TARGETS := proxy:FuzzDecide config:FuzzParse health:FuzzReadAMIMessage health:FuzzSIPAnswer \
+	registrar:FuzzExtract registrar:FuzzDecodeRecord storage:FuzzParseStatus storage:FuzzParseEvent \
+	media:FuzzAnchorSDP media:FuzzValidRTP
 fuzz:
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzDecide$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./config -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s > /tmp/hapbx-fuzz.log 2>&1 || { cat /tmp/hapbx-fuzz.log; exit 1; }; \
+	  tail -1 /tmp/hapbx-fuzz.log; done
 
 ## test: what CI runs
 test: lint unit fuzz
@@ -35,6 +40,7 @@ bench: build
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench BackendFailover -benchtime 1x ./cmd/hapbx
 	$(GO) test -run '^$$' -bench DetectDown -benchtime 1x ./health/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./registrar/
+	$(GO) run ./media/relaybench/cmd/relaybench -calls 500,1000,2000 -duration 10s -warmup 2s
 
 ## demo: hapbx in front of two SIPp backends, a few calls through it
 demo: build

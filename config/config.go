@@ -16,6 +16,7 @@ import (
 
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/registrar"
 )
@@ -30,8 +31,10 @@ type File struct {
 	Health   health.Config   `yaml:"health"`
 	// Registrar holds the phones' bindings.
 	Registrar registrar.Config `yaml:"registrar"`
-	Admin     Admin            `yaml:"admin"`
-	Log       Log              `yaml:"log"`
+	// Media is the RTP relay that anchors calls' media on hapbx.
+	Media media.Config `yaml:"media"`
+	Admin Admin        `yaml:"admin"`
+	Log   Log          `yaml:"log"`
 }
 
 // Node names this hapbx instance.
@@ -75,6 +78,7 @@ func Default() File {
 		Failover:  failover.DefaultConfig(),
 		Health:    health.DefaultConfig(),
 		Registrar: registrar.DefaultConfig(),
+		Media:     media.DefaultConfig(),
 		Admin:     Admin{Listen: "127.0.0.1:9060"},
 		Log:       Log{Level: "info", Format: "json"},
 	}
@@ -94,7 +98,8 @@ func (e *Error) Error() string {
 		}
 		b.WriteString(e.File)
 		b.WriteString(": ")
-		b.WriteString(p)
+		// One line per problem: YAML's messages may quote multi-line values.
+		b.WriteString(strings.ReplaceAll(strings.TrimSpace(p), "\n", `\n`))
 	}
 	return b.String()
 }
@@ -204,6 +209,7 @@ func (f File) problems() []string {
 	add("", f.Failover.Validate())
 	add("health.", f.Health.Validate())
 	add("registrar.", f.Registrar.Validate())
+	add("media.", f.Media.Validate())
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {
 			p = append(p, "admin.listen: "+err.Error())

@@ -34,16 +34,23 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 	for i, t := range targets {
 		more := retry && i < len(targets)-1
 		if p.try(req, tx, t, more, cancelled, start) {
+			if isClosed(cancelled) {
+				p.releaseMedia(req, "cancel")
+			}
 			return
 		}
 		select {
 		case <-cancelled:
+			p.releaseMedia(req, "cancel")
 			return // sipgo has answered 487 to the caller
 		default:
 		}
 	}
 	if p.answerFromStore(tx, req) {
 		return // no backend took the REGISTER: a refresh the store can answer
+	}
+	if _, inDialog := req.To().Params.Get("tag"); !inDialog && req.IsInvite() {
+		p.releaseMedia(req, "no backend")
 	}
 	if _, inDialog := req.To().Params.Get("tag"); inDialog {
 		// The backend of this dialog is gone. A 408 ends the dialog for the
@@ -296,6 +303,12 @@ func (p *Proxy) recordRoute(transport string) *sip.RecordRouteHeader {
 // own Via removed (RFC 3261 §16.7 step 9).
 func (p *Proxy) relay(tx sip.ServerTransaction, req *sip.Request, res *sip.Response) {
 	p.upstream(req, res)
+	p.anchorResponse(req, res)
+	if req.IsInvite() && res.StatusCode >= 300 {
+		if _, inDialog := req.To().Params.Get("tag"); !inDialog {
+			p.releaseMedia(req, "final "+strconv.Itoa(res.StatusCode))
+		}
+	}
 	if err := tx.Respond(res); err != nil {
 		if res.IsSuccess() {
 			// The caller cancelled while the 2xx was on its way: the 2xx
@@ -312,6 +325,7 @@ func (p *Proxy) relay(tx sip.ServerTransaction, req *sip.Request, res *sip.Respo
 func (p *Proxy) relayStateless(req *sip.Request, res *sip.Response) {
 	if v := res.Via(); v != nil && p.localHosts[strings.ToLower(v.Host)] {
 		p.upstream(req, res)
+		p.anchorResponse(req, res)
 	}
 	if err := p.srv.WriteResponse(res); err != nil {
 		p.log.Debug("stateless relay failed", zap.Int("code", res.StatusCode), zap.Error(err))

@@ -53,6 +53,15 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	switch d.act {
+	case actForward, actBackends, actFork, actStateless:
+		if !p.anchorRequest(tx, req) {
+			return
+		}
+		if req.Method == sip.BYE {
+			defer p.releaseMedia(req, "bye")
+		}
+	}
+	switch d.act {
 	case actDrop:
 	case actReply:
 		p.reply(tx, req, d.code, d.reason)

@@ -28,6 +28,8 @@ type Proxy struct {
 	router   Router
 	reporter FailureReporter
 	reg      Registrar
+	media    MediaAnchor
+	callers  *ttlSet // Call-ID -> caller's From tag, to tell the legs of anchored calls
 
 	listeners  []Listener
 	portFor    map[string]int // transport -> listening port written into Via/Record-Route

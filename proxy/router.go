@@ -127,3 +127,9 @@ func (s *ttlSet) has(key string) bool {
 	_, ok := s.get(key)
 	return ok
 }
+
+func (s *ttlSet) del(key string) {
+	s.mu.Lock()
+	delete(s.items, key)
+	s.mu.Unlock()
+}

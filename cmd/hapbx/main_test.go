@@ -93,7 +93,7 @@ type daemon struct {
 	config string
 }
 
-func writeConfig(t testing.TB, path string, sipPort, adminPort int, backends ...string) {
+func writeConfig(t testing.TB, path string, sipPort, adminPort int, extra string, backends ...string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s:%d\"]\n  advertise: %s\n  drain_timeout: 4s\nbackends:\n", proxyIP, sipPort, proxyIP)
 	for i, addr := range backends {
@@ -101,6 +101,7 @@ func writeConfig(t testing.TB, path string, sipPort, adminPort int, backends ...
 	}
 	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:%d\"}\nlog: {level: info, format: json}\n", adminPort)
 	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(filepath.Dir(path), "data"))
+	b.WriteString(extra)
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -108,12 +109,18 @@ func writeConfig(t testing.TB, path string, sipPort, adminPort int, backends ...
 
 func startDaemon(t testing.TB, backends ...string) *daemon {
 	t.Helper()
+	return startDaemonWith(t, "", backends...)
+}
+
+// startDaemonWith appends extra YAML sections to the test configuration.
+func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
+	t.Helper()
 	d := &daemon{done: make(chan error, 1), config: filepath.Join(t.TempDir(), "hapbx.yaml")}
 	sipPort := sipptest.FreePort(t, proxyIP)
 	adminPort := sipptest.FreePort(t, "127.0.0.1")
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
-	writeConfig(t, d.config, sipPort, adminPort, backends...)
+	writeConfig(t, d.config, sipPort, adminPort, extra, backends...)
 	d.start(t)
 	return d
 }

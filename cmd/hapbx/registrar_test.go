@@ -140,7 +140,7 @@ func TestForkCancelsUnanswered(t *testing.T) {
 		t.Fatalf("forked call failed (exit %d)\n%s\n%s", code, call.Output(), d.log.String())
 	}
 	time.Sleep(500 * time.Millisecond)
-	out := ringer.Output()
+	out := ringer.Trace()
 	if !containsAll(out, "CANCEL sip:201@", "SIP/2.0 487") {
 		t.Fatalf("the unanswered phone got no CANCEL:\n%s", out)
 	}

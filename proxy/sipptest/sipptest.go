@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -104,6 +105,22 @@ func (p *Proc) Kill() {
 	<-p.done
 }
 
+// Stop ends sipp with SIGTERM, which makes it flush its trace files, and
+// waits up to 3 s before killing it.
+func (p *Proc) Stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(3 * time.Second):
+		p.Kill()
+	}
+}
+
 // Wait waits up to d for sipp to exit and returns its exit code.
 func (p *Proc) Wait(d time.Duration) int {
 	p.t.Helper()
@@ -171,6 +188,17 @@ func (l *Buffer) Reset() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.b.Reset()
+}
+
+// Trace returns sipp's whole -trace_msg log (empty without that flag).
+func (p *Proc) Trace() string {
+	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_messages.log"))
+	var b strings.Builder
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		b.Write(data)
+	}
+	return b.String()
 }
 
 // Counts are sipp's cumulative call counts from its final screen.

@@ -9,20 +9,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/registrar"
 )
 
 // Status is the body of GET /api/v1/status.
 type Status struct {
-	Node      string           `json:"node"`
-	Version   string           `json:"version"`
-	Uptime    string           `json:"uptime"`
-	Routing   string           `json:"routing"`
-	Active    string           `json:"active_backend"`
-	Health    []health.Status  `json:"backends_health"`
-	Proxy     proxy.Status     `json:"proxy"`
-	Registrar registrar.Status `json:"registrar"`
+	Node      string                `json:"node"`
+	Version   string                `json:"version"`
+	Uptime    string                `json:"uptime"`
+	Routing   string                `json:"routing"`
+	Active    string                `json:"active_backend"`
+	Health    []health.Status       `json:"backends_health"`
+	Proxy     proxy.Status          `json:"proxy"`
+	Registrar registrar.Status      `json:"registrar"`
+	Media     []media.SessionStatus `json:"media_sessions,omitempty"`
 }
 
 func (d *daemon) adminHandler() http.Handler {
@@ -58,5 +60,13 @@ func (d *daemon) status() Status {
 		Health:    d.health.Snapshot(),
 		Proxy:     d.proxy.Status(),
 		Registrar: d.bindings.Snapshot(),
+		Media:     d.mediaSnapshot(),
 	}
+}
+
+func (d *daemon) mediaSnapshot() []media.SessionStatus {
+	if d.relay == nil {
+		return nil
+	}
+	return d.relay.Snapshot()
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/registrar"
 )
@@ -35,6 +36,7 @@ type daemon struct {
 	health   *health.Checker
 	selector *failover.Selector
 	bindings *registrar.Registrar
+	relay    *media.Relay // nil unless media.enabled
 	started  time.Time
 }
 
@@ -82,8 +84,20 @@ func (d *daemon) run() error {
 			d.log.Error("registrar close", zap.Error(err))
 		}
 	}()
-	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg,
-		proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings))
+	opts := []proxy.Option{proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings)}
+	if d.cfg.Media.Enabled {
+		mc := d.cfg.Media
+		if mc.Address == "" {
+			mc.Address = d.cfg.SIP.Advertise
+		}
+		if d.relay, err = media.New(mc, d.log.Named("media"), d.reg); err != nil {
+			return fmt.Errorf("media: %w", err)
+		}
+		d.relay.Start()
+		defer d.relay.Close()
+		opts = append(opts, proxy.WithMediaAnchor(d.relay))
+	}
+	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...)
 	if err != nil {
 		return err
 	}
@@ -95,6 +109,9 @@ func (d *daemon) run() error {
 		return err
 	}
 	go func() { _ = d.bindings.Run(ctx) }()
+	if d.relay != nil {
+		go func() { _ = d.relay.Run(ctx) }()
+	}
 	go func() { _ = d.health.Run(ctx) }()
 	go func() { _ = d.selector.Run(ctx, d.health) }()
 	go d.hangUpDeadBackends(ctx)

@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/media"
+)
+
+// MediaAnchor rewrites SDP so that both sides send RTP to hapbx's relay.
+type MediaAnchor interface {
+	Anchor(callID string, from media.Leg, body []byte) ([]byte, error)
+	Release(callID, reason string) error
+}
+
+var _ MediaAnchor = (*media.Relay)(nil)
+
+// WithMediaAnchor anchors the media of every call on m.
+func WithMediaAnchor(m MediaAnchor) Option {
+	return func(p *Proxy) {
+		p.media = m
+		p.callers = newTTLSet(12*time.Hour, 200000)
+	}
+}
+
+func hasSDP(m sip.Message) bool {
+	if len(m.Body()) == 0 {
+		return false
+	}
+	for _, name := range []string{"Content-Type", "c"} {
+		if hs := m.GetHeaders(name); len(hs) > 0 {
+			return strings.HasPrefix(strings.ToLower(hs[0].Value()), "application/sdp")
+		}
+	}
+	return false
+}
+
+// requestLeg tells which side of its call req comes from: the caller (A)
+// sent the initial INVITE, whose From tag the proxy remembers.
+func (p *Proxy) requestLeg(req *sip.Request) (media.Leg, bool) {
+	fromTag, _ := req.From().Params.Get("tag")
+	if _, inDialog := req.To().Params.Get("tag"); !inDialog {
+		if req.IsInvite() {
+			p.callers.put(req.CallID().Value(), fromTag)
+		}
+		return media.LegA, true
+	}
+	caller, ok := p.callers.get(req.CallID().Value())
+	if !ok {
+		return media.LegA, false // a call hapbx did not anchor: leave it alone
+	}
+	if fromTag == caller {
+		return media.LegA, true
+	}
+	return media.LegB, true
+}
+
+// anchorRequest rewrites req's SDP in place before it is forwarded. It
+// returns false when the request was answered instead (503: no relay ports
+// left for a new call; calls in progress are not touched).
+func (p *Proxy) anchorRequest(tx sip.ServerTransaction, req *sip.Request) bool {
+	if p.media == nil || !hasSDP(req) {
+		return true
+	}
+	leg, ok := p.requestLeg(req)
+	if !ok {
+		return true
+	}
+	body, err := p.media.Anchor(req.CallID().Value(), leg, req.Body())
+	switch {
+	case err == nil:
+		req.SetBody(body)
+	case errors.Is(err, media.ErrNoPorts):
+		if _, inDialog := req.To().Params.Get("tag"); !inDialog && tx != nil {
+			p.log.Warn("no relay ports: new call refused", zap.String("call_id", callID(req)))
+			p.replyUnavailable(tx, req)
+			return false
+		}
+	default:
+		// An SDP the relay cannot parse: the call goes through un-anchored
+		// (counted in hapbx_media_sdp_errors_total) rather than failing.
+		p.log.Debug("SDP not anchored", zap.String("call_id", callID(req)), zap.Error(err))
+	}
+	return true
+}
+
+// anchorResponse rewrites the SDP of a response to req before it is relayed.
+func (p *Proxy) anchorResponse(req *sip.Request, res *sip.Response) {
+	if p.media == nil || !hasSDP(res) {
+		return
+	}
+	leg, ok := p.requestLeg(req)
+	if !ok {
+		return
+	}
+	if leg == media.LegA {
+		leg = media.LegB
+	} else {
+		leg = media.LegA
+	}
+	body, err := p.media.Anchor(res.CallID().Value(), leg, res.Body())
+	if err != nil {
+		p.log.Debug("SDP in response not anchored", zap.String("call_id", callID(res)), zap.Error(err))
+		return
+	}
+	res.SetBody(body)
+}
+
+// releaseMedia ends the relay session of a call that is over.
+func (p *Proxy) releaseMedia(req *sip.Request, reason string) {
+	if p.media == nil {
+		return
+	}
+	cid := req.CallID().Value()
+	if err := p.media.Release(cid, reason); err != nil && !errors.Is(err, media.ErrNoSession) {
+		p.log.Debug("media release", zap.String("call_id", cid), zap.Error(err))
+	}
+	p.callers.del(cid)
+}
