@@ -29,6 +29,10 @@ type File struct {
 	Health   health.Config   `yaml:"health"`
 	Admin    Admin           `yaml:"admin"`
 	Log      Log             `yaml:"log"`
+	// Cold is cold standby (failover mode cold); see config/cold.go.
+	Cold failover.ColdConfig `yaml:"cold"`
+	// Agent is a PBX node's storage agent (`hapbx agent`).
+	Agent AgentConfig `yaml:"agent"`
 }
 
 // Node names this hapbx instance.
@@ -42,6 +46,8 @@ type Backend struct {
 	Address   string `yaml:"address"`
 	Transport string `yaml:"transport"`
 	AMI       *AMI   `yaml:"ami,omitempty"`
+	// Agent is the node's storage agent, required in cold standby.
+	Agent *BackendAgent `yaml:"agent,omitempty"`
 }
 
 // AMI is how to reach a backend's Asterisk Manager Interface.
@@ -73,6 +79,8 @@ func Default() File {
 		Health:   health.DefaultConfig(),
 		Admin:    Admin{Listen: "127.0.0.1:9060"},
 		Log:      Log{Level: "info", Format: "json"},
+		Cold:     failover.DefaultColdConfig(),
+		Agent:    DefaultAgent(),
 	}
 }
 
@@ -198,6 +206,7 @@ func (f File) problems() []string {
 		}
 	}
 	add("", f.Failover.Validate())
+	p = append(p, f.coldProblems()...)
 	add("health.", f.Health.Validate())
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {
