@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/proxy"
 )
@@ -21,6 +22,8 @@ type Status struct {
 	Active  string          `json:"active_backend"`
 	Health  []health.Status `json:"backends_health"`
 	Proxy   proxy.Status    `json:"proxy"`
+	// Cold is the cold standby coordinator's view (nil in hot standby).
+	Cold *failover.ColdStatus `json:"cold,omitempty"`
 }
 
 func (d *daemon) adminHandler() http.Handler {
@@ -39,6 +42,7 @@ func (d *daemon) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status())
 	})
+	d.coldRoutes(mux)
 	// Profiles for operators chasing CPU (admin.listen is loopback by default).
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -55,5 +59,6 @@ func (d *daemon) status() Status {
 		Active:  d.selector.Active(),
 		Health:  d.health.Snapshot(),
 		Proxy:   d.proxy.Status(),
+		Cold:    d.coldStatus(),
 	}
 }

@@ -33,6 +33,7 @@ type daemon struct {
 	proxy    *proxy.Proxy
 	health   *health.Checker
 	selector *failover.Selector
+	cold     *failover.Coordinator // nil unless cold.enabled
 	started  time.Time
 }
 
@@ -70,6 +71,9 @@ func (d *daemon) run() error {
 	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg); err != nil {
 		return fmt.Errorf("failover: %w", err)
 	}
+	if err := d.setupCold(); err != nil {
+		return err
+	}
 	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg,
 		proxy.WithFailureReporter(d.health))
 	if err != nil {
@@ -85,6 +89,9 @@ func (d *daemon) run() error {
 	go func() { _ = d.health.Run(ctx) }()
 	go func() { _ = d.selector.Run(ctx, d.health) }()
 	go d.hangUpDeadBackends(ctx)
+	if d.cold != nil {
+		go func() { _ = d.cold.Run(ctx, d.health) }()
+	}
 
 	var admin *http.Server
 	if d.cfg.Admin.Listen != "" {
