@@ -115,6 +115,17 @@ func ParseAgent(name string, data []byte) (File, error) {
 			problems = append(problems, yamlProblem(err))
 		}
 	}
+	// The default unit gives way to start/stop commands the file sets.
+	var svc struct {
+		Agent struct {
+			Service map[string]any `yaml:"service"`
+		} `yaml:"agent"`
+	}
+	if yaml.Unmarshal(data, &svc) == nil {
+		if _, unit := svc.Agent.Service["unit"]; !unit && f.Agent.Service.StartCommand != "" {
+			f.Agent.Service.Unit = ""
+		}
+	}
 	if strings.TrimSpace(f.Node.Name) == "" {
 		problems = append(problems, "node.name: must not be empty")
 	}
