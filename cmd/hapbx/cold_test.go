@@ -42,6 +42,7 @@ func TestColdFailover(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("hapbx status:\n%s", out)
 	out, err = l.hapbx("status", "--json")
 	var js map[string]any
 	if err != nil || json.Unmarshal([]byte(out), &js) != nil || js["cold"] == nil {
@@ -61,6 +62,8 @@ func TestColdFailover(t *testing.T) {
 		t.Fatalf("last move: %+v", lm)
 	}
 	l.calls(3)
+	out, _ = l.hapbx("status")
+	t.Logf("hapbx status after the failover:\n%s", out)
 
 	calls := l.drbdCalls()
 	neverTwoPrimaries(t, calls)

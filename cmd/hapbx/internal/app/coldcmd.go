@@ -188,7 +188,12 @@ func printStatus(w io.Writer, st Status) {
 	}
 	fmt.Fprintln(tw, statusHeader)
 	for _, n := range c.Nodes {
-		fmt.Fprintln(tw, nodeRow(n.Name, n.Health, roleOf(n.Agent, n.Reachable, n.Name == c.Holder && n.Reachable), n.Agent, n.Error))
+		ag := n.Agent
+		if !n.Reachable {
+			// The last known state of an unreachable node would mislead.
+			ag = storage.Status{State: "?", DRBDRole: "?", Disk: "?", Mounted: "?", Service: "?"}
+		}
+		fmt.Fprintln(tw, nodeRow(n.Name, n.Health, roleOf(n.Agent, n.Reachable, n.Name == c.Holder && n.Reachable), ag, n.Error))
 	}
 	tw.Flush()
 	if l := c.Last; l != nil {
