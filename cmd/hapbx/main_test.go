@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -89,7 +90,7 @@ func TestCheckConfigListsEveryProblem(t *testing.T) {
 
 type daemon struct {
 	cmd    *exec.Cmd
-	log    bytes.Buffer
+	log    syncBuffer // written by the process's stderr copier while tests read it
 	done   chan error
 	sip    string
 	admin  string
@@ -256,4 +257,23 @@ func TestSIGTERMDrains(t *testing.T) {
 func scenarioPath(name string) string {
 	p, _ := filepath.Abs(filepath.Join("..", "..", "proxy", "testdata", name))
 	return p
+}
+
+// syncBuffer is a bytes.Buffer safe for the exec stderr copier writing
+// while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
 }
