@@ -112,16 +112,28 @@ type rig struct {
 // newRig: A holds the group (started, Primary, up in health), B is a
 // fit standby.
 func newRig(t *testing.T, fenceErr error, opts ...ColdOption) *rig {
+	return newRigFence(t, fenceErr, false, opts...)
+}
+
+// newRigFence: with peerWait, the nodes have no fence command and the
+// coordinator falls back to waiting for the DRBD disconnection.
+func newRigFence(t *testing.T, fenceErr error, peerWait bool, opts ...ColdOption) *rig {
 	r := &rig{j: &journal{}, hs: &fakeHealth{ch: make(chan health.Change, 64)}, leader: true}
 	r.a = &fakeAgent{name: "A", j: r.j, hs: r.hs, st: storage.Status{State: storage.StateStarted, DRBDRole: storage.RolePrimary, Disk: storage.DiskUpToDate}}
 	r.b = &fakeAgent{name: "B", j: r.j, hs: r.hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
 	cfg := DefaultColdConfig()
 	cfg.Enabled, cfg.PollInterval, cfg.UpTimeout = true, 20*time.Millisecond, 2*time.Second
 	opts = append([]ColdOption{WithLeader(func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.leader })}, opts...)
-	c, err := NewCoordinator(cfg, []ColdNode{
+	nodes := []ColdNode{
 		{Name: "A", Agent: r.a, Fence: fakeFence{"A", r.j, fenceErr}},
 		{Name: "B", Agent: r.b, Fence: fakeFence{"B", r.j, fenceErr}},
-	}, zaptest.NewLogger(t), nil, opts...)
+	}
+	if peerWait {
+		for i := range nodes {
+			nodes[i].Fence, nodes[i].FenceTimeout, nodes[i].SafetyDelay = nil, 300*time.Millisecond, 50*time.Millisecond
+		}
+	}
+	c, err := NewCoordinator(cfg, nodes, zaptest.NewLogger(t), nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,5 +287,36 @@ func TestColdConfigValidate(t *testing.T) {
 	}
 	if err := DefaultColdConfig().Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Without a fence command the old node counts as fenced only once the new
+// node's DRBD shows it disconnected (plus the safety delay).
+func TestColdPeerDisconnectFencing(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		peer    storage.PeerState
+		promote bool
+	}{
+		{"peer gone", storage.PeerState{Name: "a", Connection: "Connecting", Role: storage.RoleUnknown}, true},
+		{"peer still Primary", storage.PeerState{Name: "a", Connection: storage.ConnConnected, Role: storage.RolePrimary}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRigFence(t, nil, true)
+			r.a.mu.Lock()
+			r.a.unreachable = true
+			r.a.mu.Unlock()
+			r.b.mu.Lock()
+			r.b.st.DRBD.Peers = []storage.PeerState{tc.peer}
+			r.b.mu.Unlock()
+			r.hs.send("A", health.StateDown)
+			if tc.promote {
+				waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+				r.want(t, "stop A", "start B")
+				return
+			}
+			waitFor(t, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "fencing failed") })
+			r.want(t, "stop A")
+		})
 	}
 }

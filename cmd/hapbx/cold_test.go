@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +49,11 @@ func TestColdFailover(t *testing.T) {
 	var js map[string]any
 	if err != nil || json.Unmarshal([]byte(out), &js) != nil || js["cold"] == nil {
 		t.Fatalf("hapbx status --json: %v\n%s", err, out)
+	}
+
+	raw, err := exec.Command(hapbxBin, "status", "-c", a.cfgPath).CombinedOutput()
+	if err != nil || !strings.Contains(string(raw), "started") || !strings.Contains(string(raw), "hapbx-A") {
+		t.Fatalf("hapbx status with A's agent file: %v\n%s", err, raw)
 	}
 
 	killed := time.Now()
@@ -166,8 +173,19 @@ func TestColdSwitchover(t *testing.T) {
 	l.calls(2)
 	neverTwoPrimaries(t, l.drbdCalls())
 
-	// Without the admin token the API refuses.
 	if out, err := l.hapbx("takeover", "asterisk9"); err == nil || !strings.Contains(out, "unknown node") {
 		t.Fatalf("takeover of an unknown node: %v\n%s", err, out)
+	}
+	// Without the admin token the API refuses.
+	res, err := http.Post(l.proxy.admin+"/api/v1/cold/standby", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("standby without token: HTTP %d", res.StatusCode)
+	}
+	if s, _ := l.status(); s.Cold.Holder != "asterisk1" {
+		t.Fatalf("holder moved by an unauthorized request: %+v", s.Cold)
 	}
 }
