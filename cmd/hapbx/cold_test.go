@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -187,5 +189,44 @@ func TestColdSwitchover(t *testing.T) {
 	}
 	if s, _ := l.status(); s.Cold.Holder != "asterisk1" {
 		t.Fatalf("holder moved by an unauthorized request: %+v", s.Cold)
+	}
+}
+
+// TestColdHostDeathWithoutFenceCommand: no fence command is configured;
+// node A's host dies (agent, Asterisk and DRBD gone). The proxy counts A as
+// fenced only once B's DRBD shows it disconnected plus the safety delay,
+// then B takes over.
+func TestColdHostDeathWithoutFenceCommand(t *testing.T) {
+	l := newColdLab(t)
+	l.noFence = true
+	a, _ := l.addNode("A", false), l.addNode("B", false)
+	l.startProxy(false)
+	l.waitStatus("group on A", 15*time.Second, func(s coldStatus) bool { return s.Cold.Holder == "asterisk1" && s.Active == "asterisk1" })
+	l.crash(a)
+	// Still connected as far as B's DRBD knows: no promotion yet.
+	time.Sleep(1500 * time.Millisecond)
+	if i := findDRBD(l.drbdCalls(), "B", "drbdadm primary", 0); i >= 0 {
+		t.Fatal("B promoted while its DRBD still saw A Primary and connected")
+	}
+	gone := time.Now()
+	if err := os.Remove(filepath.Join(l.stub, "up.A")); err != nil { // the host is off now
+		t.Fatal(err)
+	}
+	s := l.waitStatus("group moved to B", 15*time.Second, func(s coldStatus) bool {
+		return s.Cold.Holder == "asterisk2" && s.Active == "asterisk2" && s.Cold.Last != nil && s.Cold.Last.To == "asterisk2" && !s.Cold.Last.StartedAt.IsZero()
+	})
+	if !s.Cold.Last.Fenced || s.Cold.Last.StartedAt.Sub(gone) < 300*time.Millisecond {
+		t.Fatalf("B started %v after A's host went, before the 300ms safety delay, or not fenced: %+v", s.Cold.Last.StartedAt.Sub(gone), s.Cold.Last)
+	}
+	l.calls(2)
+	calls := l.drbdCalls()
+	i := findDRBD(calls, "B", "drbdadm primary", 0)
+	if i < 0 || calls[i].roles["A"] != "Primary(down)" {
+		t.Fatalf("B's promotion: %+v", calls[i])
+	}
+	for _, c := range calls {
+		if c.roles["A"] == "Primary" && c.roles["B"] == "Primary" {
+			t.Fatalf("two primaries up at %+v", c)
+		}
 	}
 }
