@@ -64,13 +64,13 @@ var coldIPs = map[string]string{"A": be1IP, "B": be2IP}
 
 // coldLab is the two nodes, their shared DRBD stand-in state and the proxy.
 type coldLab struct {
-	t      testing.TB
-	dir    string
-	stub   string // DRBD_STUB_DIR
-	bin    string // storage/testdata/bin
-	mnt    string
-	nodes  map[string]*pbxNode
-	proxy  *daemon
+	t     testing.TB
+	dir   string
+	stub  string // DRBD_STUB_DIR
+	bin   string // storage/testdata/bin
+	mnt   string
+	nodes map[string]*pbxNode
+	proxy *daemon
 	// noFence: no fence commands anywhere; fencing waits for the DRBD
 	// disconnection (plus 300 ms on the proxy's side).
 	noFence bool
