@@ -394,7 +394,8 @@ func (c *Coordinator) poll(ctx context.Context) {
 		c.failover(ctx, holder, time.Now(), "retry after: "+c.Status().Blocked)
 		return
 	}
-	if holder == "" && len(holders) == 0 && all && c.cfg.InitialStart {
+	if holder == "" && len(holders) == 0 && all && c.cfg.InitialStart &&
+		(phase != PhaseBlocked || time.Since(c.lastTry()) >= retryBlocked) {
 		c.initialStart(ctx, sts)
 	}
 }
@@ -455,6 +456,9 @@ func (c *Coordinator) initialStart(ctx context.Context, sts map[string]NodeStatu
 		return
 	}
 	defer c.op.Unlock()
+	c.mu.Lock()
+	c.tried = time.Now()
+	c.mu.Unlock()
 	for _, n := range c.nodes {
 		ns := sts[n.Name]
 		if why := unfit(ns); why != "" {

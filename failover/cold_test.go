@@ -320,3 +320,17 @@ func TestColdPeerDisconnectFencing(t *testing.T) {
 		})
 	}
 }
+
+// The holder's agent reporting its group failed (its monitor saw Asterisk
+// stop serving) moves the group even before health says down.
+func TestColdAgentFailedMovesGroup(t *testing.T) {
+	r := newRig(t, nil)
+	r.a.mu.Lock()
+	r.a.st.State, r.a.st.LastError = storage.StateFailed, "monitor: sip: connection refused"
+	r.a.mu.Unlock()
+	waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+	r.want(t, "stop A", "start B")
+	if l := r.c.Status().Last; !strings.Contains(l.Reason, "agent reports the group failed") {
+		t.Fatalf("reason %q", l.Reason)
+	}
+}
