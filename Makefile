@@ -28,9 +28,13 @@ fuzz:
 ## test: what CI runs
 test: lint unit fuzz
 
-## bench: throughput and failover figures (prints them)
+## bench: throughput, failover and registrar figures (prints them)
 bench: build
 	HAPBX_BIN=$(CURDIR)/bin/hapbx ./deploy/bench/proxy-bench.sh
+	HAPBX_BIN=$(CURDIR)/bin/hapbx ./deploy/bench/register-bench.sh
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench BackendFailover -benchtime 1x ./cmd/hapbx
+	$(GO) test -run '^$$' -bench DetectDown -benchtime 1x ./health/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./registrar/
 
 ## demo: hapbx in front of two SIPp backends, a few calls through it
 demo: build

@@ -17,6 +17,7 @@ import (
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/registrar"
 )
 
 // File is the whole configuration file.
@@ -27,8 +28,10 @@ type File struct {
 	// Failover holds the top-level keys routing and failback.
 	Failover failover.Config `yaml:",inline"`
 	Health   health.Config   `yaml:"health"`
-	Admin    Admin           `yaml:"admin"`
-	Log      Log             `yaml:"log"`
+	// Registrar holds the phones' bindings.
+	Registrar registrar.Config `yaml:"registrar"`
+	Admin     Admin            `yaml:"admin"`
+	Log       Log              `yaml:"log"`
 	// Cold is cold standby (failover mode cold); see config/cold.go.
 	Cold failover.ColdConfig `yaml:"cold"`
 	// Agent is a PBX node's storage agent (`hapbx agent`).
@@ -73,14 +76,15 @@ type Log struct {
 func Default() File {
 	host, _ := os.Hostname()
 	return File{
-		Node:     Node{Name: host},
-		SIP:      proxy.DefaultConfig(),
-		Failover: failover.DefaultConfig(),
-		Health:   health.DefaultConfig(),
-		Admin:    Admin{Listen: "127.0.0.1:9060"},
-		Log:      Log{Level: "info", Format: "json"},
-		Cold:     failover.DefaultColdConfig(),
-		Agent:    DefaultAgent(),
+		Node:      Node{Name: host},
+		SIP:       proxy.DefaultConfig(),
+		Failover:  failover.DefaultConfig(),
+		Health:    health.DefaultConfig(),
+		Registrar: registrar.DefaultConfig(),
+		Admin:     Admin{Listen: "127.0.0.1:9060"},
+		Log:       Log{Level: "info", Format: "json"},
+		Cold:      failover.DefaultColdConfig(),
+		Agent:     DefaultAgent(),
 	}
 }
 
@@ -208,6 +212,7 @@ func (f File) problems() []string {
 	add("", f.Failover.Validate())
 	p = append(p, f.coldProblems()...)
 	add("health.", f.Health.Validate())
+	add("registrar.", f.Registrar.Validate())
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {
 			p = append(p, "admin.listen: "+err.Error())

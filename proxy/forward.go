@@ -42,6 +42,9 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 		default:
 		}
 	}
+	if p.answerFromStore(tx, req) {
+		return // no backend took the REGISTER: a refresh the store can answer
+	}
 	if _, inDialog := req.To().Params.Get("tag"); inDialog {
 		// The backend of this dialog is gone. A 408 ends the dialog for the
 		// phone (RFC 3261 §12.2.1.2, §15.1.1) now rather than after 32 s.
@@ -112,6 +115,9 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 				continue
 			}
 			if res.IsSuccess() {
+				if req.Method == sip.REGISTER && t.backend != "" {
+					p.saveBinding(req, res, t.backend)
+				}
 				if req.IsInvite() && t.backend != "" {
 					if _, tagged := req.To().Params.Get("tag"); !tagged {
 						p.dialogs.confirm(req, res, t.backend, p.isLocal)
@@ -221,6 +227,12 @@ func (p *Proxy) failed(t target, reason string) {
 // prepare turns a copy of the received request into the one sent to t
 // (RFC 3261 §16.6): Max-Forwards, Record-Route, Via, destination.
 func (p *Proxy) prepare(out, in *sip.Request, t target) {
+	if t.ruri != "" {
+		var u sip.Uri
+		if err := sip.ParseUri(strings.Trim(t.ruri, "<>"), &u); err == nil {
+			out.Recipient = u
+		}
+	}
 	if mf := out.MaxForwards(); mf != nil {
 		mf.Dec()
 	} else {

@@ -15,6 +15,7 @@ type target struct {
 	backend   string // backend name, "" for a phone or other UA
 	addr      string // host:port
 	transport string // udp, tcp or tls
+	ruri      string // new Request-URI (a phone's Contact), "" to keep it
 }
 
 type action int
@@ -25,13 +26,15 @@ const (
 	actBackends                // stateful, to the router's backends, with retry
 	actStateless               // ACK for a 2xx: forward statelessly to the target
 	actDrop                    // absorb silently (non-2xx ACK, stray ACK)
+	actFork                    // stateful, in parallel to every target (an AOR's contacts)
 )
 
 type decision struct {
-	act    action
-	code   int
-	reason string
-	target target
+	act     action
+	code    int
+	reason  string
+	target  target
+	targets []target // actFork
 }
 
 const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
@@ -61,12 +64,24 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p.forward(req, tx, []target{d.target}, false)
 		p.m.inflight.Dec()
 		p.inflight.Done()
+	case actFork:
+		p.inflight.Add(1)
+		p.m.inflight.Inc()
+		if len(d.targets) == 1 {
+			p.forward(req, tx, d.targets, false)
+		} else {
+			p.fork(req, tx, d.targets)
+		}
+		p.m.inflight.Dec()
+		p.inflight.Done()
 	case actBackends:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
 		targets := p.backendTargets(req)
 		if len(targets) == 0 {
-			p.replyUnavailable(tx, req)
+			if !p.answerFromStore(tx, req) {
+				p.replyUnavailable(tx, req)
+			}
 		} else {
 			p.forward(req, tx, targets, true)
 		}
@@ -129,6 +144,22 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		// sipgo answers CANCELs that match a server transaction before we
 		// are called; one that reaches here matches nothing.
 		return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
+	}
+	if req.Route() == nil && p.fromBackend(req) != "" {
+		// From Asterisk towards a phone: its AOR on our host, or a Contact
+		// the registrar knows (then sent to where the phone really is).
+		if targets, code, reason, ok := p.locate(req); ok {
+			if code != 0 {
+				if toTagged {
+					return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
+				}
+				return decision{act: actReply, code: code, reason: reason}
+			}
+			if toTagged {
+				return decision{act: actForward, target: targets[0]}
+			}
+			return decision{act: actFork, targets: targets}
+		}
 	}
 	if req.Route() != nil || toTagged {
 		if t, ok := p.nextHop(req); ok {

@@ -10,6 +10,9 @@ type metrics struct {
 	selected  *prometheus.CounterVec
 	retries   *prometheus.CounterVec
 	malformed *prometheus.CounterVec
+	// storeRefresh counts REGISTER refreshes answered from the binding store.
+	storeRefresh prometheus.Counter
+	forks        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -43,7 +46,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_malformed_total",
 			Help: "SIP messages rejected (400) or dropped as malformed or oversize, by reason.",
 		}, []string{"reason"}),
+		storeRefresh: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapbx_proxy_register_store_answers_total",
+			Help: "REGISTER refreshes answered 200 from the binding store because no backend could take them.",
+		}),
+		forks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapbx_proxy_forks_total",
+			Help: "Requests forked in parallel to several contacts of one AOR.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed)
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks)
 	return m
 }

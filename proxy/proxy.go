@@ -27,6 +27,7 @@ type Proxy struct {
 	m        *metrics
 	router   Router
 	reporter FailureReporter
+	reg      Registrar
 
 	listeners  []Listener
 	portFor    map[string]int // transport -> listening port written into Via/Record-Route

@@ -311,6 +311,7 @@ func (l *coldLab) startProxy(fenceFails bool) *daemon {
 			nd.backend, nd.sip, "http://"+nd.api, filepath.Join(l.dir, "agent.token"), l.fenceCommand(n, fenceFails))
 	}
 	fmt.Fprintf(&b, "cold: {enabled: true, poll_interval: 200ms, start_timeout: 20s, up_timeout: 10s}\n")
+	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(l.dir, "data"))
 	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:%d\", token_file: %q}\nlog: {level: debug, format: console}\n", adminPort, filepath.Join(l.dir, "admin.token"))
 	if err := os.WriteFile(d.config, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -325,7 +326,7 @@ func (l *coldLab) startProxy(fenceFails bool) *daemon {
 		_ = d.cmd.Process.Kill()
 		<-d.done
 		if t.Failed() {
-			t.Logf("hapbx log (tail):\n%s", tail(d.log.Bytes(), 12000))
+			t.Logf("hapbx log (tail):\n%s", tail([]byte(d.log.String()), 12000))
 		}
 	})
 	l.proxy = d

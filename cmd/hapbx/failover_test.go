@@ -14,7 +14,7 @@ import (
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
-func (d *daemon) backendState(t *testing.T, name string) string {
+func (d *daemon) backendState(t testing.TB, name string) string {
 	for _, b := range d.status(t)["backends_health"].([]any) {
 		m := b.(map[string]any)
 		if m["name"] == name {
@@ -25,7 +25,7 @@ func (d *daemon) backendState(t *testing.T, name string) string {
 	return ""
 }
 
-func (d *daemon) waitState(t *testing.T, name, state string, within time.Duration) time.Duration {
+func (d *daemon) waitState(t testing.TB, name, state string, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for d.backendState(t, name) != state {
@@ -80,7 +80,7 @@ func TestKillActiveBackendNoFailedCalls(t *testing.T) {
 }
 
 // metric returns one sample of /metrics by its full name and labels.
-func (d *daemon) metric(t *testing.T, series string) string {
+func (d *daemon) metric(t testing.TB, series string) string {
 	res, err := http.Get(d.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func (d *daemon) metric(t *testing.T, series string) string {
 }
 
 // longestRTT reads sipp's -trace_rtt file: date_ms;response_time_ms;rtd_no.
-func longestRTT(t *testing.T, dir string) (time.Duration, int) {
+func longestRTT(t testing.TB, dir string) (time.Duration, int) {
 	files, _ := filepath.Glob(filepath.Join(dir, "*_rtt.csv"))
 	var max float64
 	n := 0

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -90,26 +89,27 @@ func TestCheckConfigListsEveryProblem(t *testing.T) {
 
 type daemon struct {
 	cmd    *exec.Cmd
-	log    syncBuffer // written by the process's stderr copier while tests read it
+	log    sipptest.Buffer
 	done   chan error
 	sip    string
 	admin  string
 	config string
 }
 
-func writeConfig(t *testing.T, path string, sipPort, adminPort int, backends ...string) {
+func writeConfig(t testing.TB, path string, sipPort, adminPort int, backends ...string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s:%d\"]\n  advertise: %s\n  drain_timeout: 4s\nbackends:\n", proxyIP, sipPort, proxyIP)
 	for i, addr := range backends {
 		fmt.Fprintf(&b, "  - {name: asterisk%d, address: %q, transport: udp}\n", i+1, addr)
 	}
 	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:%d\"}\nlog: {level: info, format: json}\n", adminPort)
+	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(filepath.Dir(path), "data"))
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func startDaemon(t *testing.T, backends ...string) *daemon {
+func startDaemon(t testing.TB, backends ...string) *daemon {
 	t.Helper()
 	d := &daemon{done: make(chan error, 1), config: filepath.Join(t.TempDir(), "hapbx.yaml")}
 	sipPort := sipptest.FreePort(t, proxyIP)
@@ -117,31 +117,53 @@ func startDaemon(t *testing.T, backends ...string) *daemon {
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	writeConfig(t, d.config, sipPort, adminPort, backends...)
+	d.start(t)
+	return d
+}
+
+// start runs hapbx on d's config and waits until it is healthy.
+func (d *daemon) start(t testing.TB) {
+	t.Helper()
+	d.log.Reset()
+	d.done = make(chan error, 1)
 	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
 	d.cmd.Stderr = &d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { d.done <- d.cmd.Wait() }()
+	cmd, done := d.cmd, d.done
+	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = d.cmd.Process.Kill()
-		<-d.done
+		_ = cmd.Process.Kill()
+		err := <-done
+		done <- err
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if res, err := http.Get(d.admin + "/healthz"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
-				return d
+				return
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("hapbx not healthy within 5s\n%s", d.log.String())
-	return nil
 }
 
-func (d *daemon) status(t *testing.T) map[string]any {
+// stop ends hapbx with SIGTERM and waits for it.
+func (d *daemon) stop(t testing.TB) {
+	t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		d.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("hapbx did not stop\n%s", d.log.String())
+	}
+}
+
+func (d *daemon) status(t testing.TB) map[string]any {
 	t.Helper()
 	res, err := http.Get(d.admin + "/api/v1/status")
 	if err != nil {
@@ -156,7 +178,7 @@ func (d *daemon) status(t *testing.T) map[string]any {
 }
 
 // waitActive waits until health has made a backend active.
-func (d *daemon) waitActive(t *testing.T, want string) {
+func (d *daemon) waitActive(t testing.TB, want string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -259,21 +281,11 @@ func scenarioPath(name string) string {
 	return p
 }
 
-// syncBuffer is a bytes.Buffer safe for the exec stderr copier writing
-// while a test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
+func containsAll(s string, subs ...string) bool {
+	for _, x := range subs {
+		if !strings.Contains(s, x) {
+			return false
+		}
+	}
+	return true
 }

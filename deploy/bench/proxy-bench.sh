@@ -28,6 +28,7 @@ backends:
   - {name: asterisk1, address: "$BE1:5060", transport: udp}
   - {name: asterisk2, address: "$BE2:5060", transport: udp}
 routing: balance
+registrar: {data_dir: "$work/data"}
 admin: {listen: "127.0.0.1:19068"}
 log: {level: error, format: json}
 YAML

@@ -43,6 +43,7 @@ backends:
   - {name: asterisk1, address: "$BE1:5060", transport: udp}
   - {name: asterisk2, address: "$BE2:5060", transport: udp}
 routing: active-standby
+registrar: {data_dir: "$work/data"}
 admin: {listen: "127.0.0.1:19069"}
 log: {level: warn, format: console}
 YAML

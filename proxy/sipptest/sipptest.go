@@ -60,14 +60,15 @@ func FreePort(t testing.TB, ip string) int {
 
 // Proc is one running sipp.
 type Proc struct {
-	t      testing.TB
-	cmd    *exec.Cmd
-	out    bytes.Buffer
-	done   chan struct{}
-	err    error
-	Addr   string // ip:port it listens on
-	Dir    string
-	waited bool
+	t       testing.TB
+	cmd     *exec.Cmd
+	out     Buffer
+	done    chan struct{}
+	err     error
+	Addr    string // ip:port it listens on
+	Dir     string
+	Started time.Time // just before exec: sipp's trace times (Date_ms) count from about here
+	waited  bool
 }
 
 // Start runs sipp with args in its own process group, listening on ip:port,
@@ -83,6 +84,7 @@ func Start(t testing.TB, ip string, port int, args ...string) *Proc {
 	p := &Proc{t: t, cmd: cmd, done: make(chan struct{}), Addr: net.JoinHostPort(ip, strconv.Itoa(port)), Dir: dir}
 	cmd.Stdout = &p.out
 	cmd.Stderr = &p.out
+	p.Started = time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sipp %v: %v", full, err)
 	}
@@ -133,8 +135,8 @@ func (p *Proc) Exited() bool {
 // Output is what sipp printed plus its error and screen traces.
 func (p *Proc) Output() string {
 	var b bytes.Buffer
-	b.Write(p.out.Bytes())
-	for _, pat := range []string{"*_errors.log", "*_screen.log"} {
+	b.WriteString(p.out.String())
+	for _, pat := range []string{"*_errors.log", "*_screen.log", "*_messages.log"} {
 		files, _ := filepath.Glob(filepath.Join(p.Dir, pat))
 		for _, f := range files {
 			data, _ := os.ReadFile(f)
@@ -142,6 +144,33 @@ func (p *Proc) Output() string {
 		}
 	}
 	return b.String()
+}
+
+// Buffer collects a child process's output, which exec writes from its
+// own goroutine while the test reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *Buffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything written so far.
+func (l *Buffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Reset empties the buffer.
+func (l *Buffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
 }
 
 // Counts are sipp's cumulative call counts from its final screen.

@@ -11,17 +11,19 @@ import (
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/registrar"
 )
 
 // Status is the body of GET /api/v1/status.
 type Status struct {
-	Node    string          `json:"node"`
-	Version string          `json:"version"`
-	Uptime  string          `json:"uptime"`
-	Routing string          `json:"routing"`
-	Active  string          `json:"active_backend"`
-	Health  []health.Status `json:"backends_health"`
-	Proxy   proxy.Status    `json:"proxy"`
+	Node      string           `json:"node"`
+	Version   string           `json:"version"`
+	Uptime    string           `json:"uptime"`
+	Routing   string           `json:"routing"`
+	Active    string           `json:"active_backend"`
+	Health    []health.Status  `json:"backends_health"`
+	Proxy     proxy.Status     `json:"proxy"`
+	Registrar registrar.Status `json:"registrar"`
 	// Cold is the cold standby coordinator's view (nil in hot standby).
 	Cold *failover.ColdStatus `json:"cold,omitempty"`
 }
@@ -52,13 +54,14 @@ func (d *daemon) adminHandler() http.Handler {
 
 func (d *daemon) status() Status {
 	return Status{
-		Node:    d.cfg.Node.Name,
-		Version: version,
-		Uptime:  time.Since(d.started).Round(time.Second).String(),
-		Routing: d.cfg.Failover.Routing,
-		Active:  d.selector.Active(),
-		Health:  d.health.Snapshot(),
-		Proxy:   d.proxy.Status(),
-		Cold:    d.coldStatus(),
+		Node:      d.cfg.Node.Name,
+		Version:   version,
+		Uptime:    time.Since(d.started).Round(time.Second).String(),
+		Routing:   d.cfg.Failover.Routing,
+		Active:    d.selector.Active(),
+		Health:    d.health.Snapshot(),
+		Proxy:     d.proxy.Status(),
+		Registrar: d.bindings.Snapshot(),
+		Cold:      d.coldStatus(),
 	}
 }

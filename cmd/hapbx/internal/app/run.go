@@ -22,6 +22,7 @@ import (
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/registrar"
 )
 
 // daemon is one running `hapbx run`.
@@ -33,6 +34,7 @@ type daemon struct {
 	proxy    *proxy.Proxy
 	health   *health.Checker
 	selector *failover.Selector
+	bindings *registrar.Registrar
 	cold     *failover.Coordinator // nil unless cold.enabled
 	started  time.Time
 }
@@ -74,8 +76,18 @@ func (d *daemon) run() error {
 	if err := d.setupCold(); err != nil {
 		return err
 	}
+	// A damaged store is reported and set aside by the registrar, which then
+	// starts empty: phones re-register, calls keep working.
+	if d.bindings, err = registrar.New(d.cfg.Registrar, d.cfg.Node.Name, d.log.Named("registrar"), d.reg); err != nil {
+		return fmt.Errorf("registrar: %w", err)
+	}
+	defer func() {
+		if err := d.bindings.Close(); err != nil {
+			d.log.Error("registrar close", zap.Error(err))
+		}
+	}()
 	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg,
-		proxy.WithFailureReporter(d.health))
+		proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings))
 	if err != nil {
 		return err
 	}
@@ -86,6 +98,7 @@ func (d *daemon) run() error {
 	if err := p.Start(ctx); err != nil {
 		return err
 	}
+	go func() { _ = d.bindings.Run(ctx) }()
 	go func() { _ = d.health.Run(ctx) }()
 	go func() { _ = d.selector.Run(ctx, d.health) }()
 	go d.hangUpDeadBackends(ctx)

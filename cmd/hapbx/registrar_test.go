@@ -1,0 +1,150 @@
+package main
+
+import (
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hapbx/hapbx/proxy/sipptest"
+)
+
+const phone2IP = "127.0.3.51"
+
+// asterisks starts SIPp backends playing Asterisk (OPTIONS, REGISTER with
+// digest, calls) on be1IP and be2IP and returns them with their addresses.
+func asterisks(t testing.TB) (be1, be2 *sipptest.Proc, a1, a2 string) {
+	p1, p2 := sipptest.FreePort(t, be1IP), sipptest.FreePort(t, be2IP)
+	be1 = sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_asterisk.xml"))
+	be2 = sipptest.Start(t, be2IP, p2, "-sf", scenarioPath("uas_asterisk.xml"))
+	a1, a2 = net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
+	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
+	sipptest.WaitListening(t, "udp", a2, 3*time.Second)
+	return
+}
+
+// registerPhone starts phone 201 on ip: it registers through hapbx (digest
+// challenged by the active backend), pauses for pause, then refreshes; it
+// answers calls with phone_answer.xml, or oocsf when given.
+func registerPhone(t testing.TB, d *daemon, ip string, pause time.Duration, oocsf string, extra ...string) *sipptest.Proc {
+	if oocsf == "" {
+		oocsf = "phone_answer.xml"
+	}
+	args := append([]string{"-sf", scenarioPath("phone_register.xml"),
+		"-oocsf", scenarioPath(oocsf), "-m", "1", "-d", strconv.Itoa(int(pause.Milliseconds())),
+		"-timeout", "60s"}, extra...)
+	ph := sipptest.Start(t, ip, sipptest.FreePort(t, ip), append(args, d.sip)...)
+	return ph
+}
+
+func (d *daemon) waitBindings(t testing.TB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if got, _ := d.status(t)["registrar"].(map[string]any)["bindings"].(float64); int(got) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bindings != %d after 5s: %v\n%s", n, d.status(t)["registrar"], d.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// callPhone has a backend (a SIPp UAC on the backend's IP) dial
+// sip:201@<hapbx>, as Asterisk does with PJSIP/201@hapbx.
+func callPhone(t testing.TB, d *daemon, fromIP string) *sipptest.Proc {
+	return sipptest.Start(t, fromIP, sipptest.FreePort(t, fromIP), "-sf", scenarioPath("uac_call.xml"),
+		"-s", "201", "-m", "1", "-timeout", "15s", "-timeout_error", d.sip)
+}
+
+// TestRegisteredPhoneReachedFromOtherBackend: the phone registered through
+// asterisk1; asterisk1 dies; asterisk2 calls it and it rings at once,
+// without re-registering.
+func TestRegisteredPhoneReachedFromOtherBackend(t *testing.T) {
+	sipptest.Require(t)
+	be1, _, a1, a2 := asterisks(t)
+	d := startDaemon(t, a1, a2)
+	d.waitActive(t, "asterisk1")
+	d.waitState(t, "asterisk2", "up", 5*time.Second)
+	registerPhone(t, d, phoneIP, 30*time.Second, "")
+	d.waitBindings(t, 1)
+
+	be1.Kill()
+	d.waitState(t, "asterisk1", "down", 3*time.Second)
+	call := callPhone(t, d, be2IP)
+	if code := call.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("call from asterisk2 to 201 failed (exit %d)\n%s\n%s", code, call.Output(), d.log.String())
+	}
+}
+
+// TestRefreshAnsweredFromStore: with both backends dead, the phone's
+// registration refresh is answered 200 from hapbx's store.
+func TestRefreshAnsweredFromStore(t *testing.T) {
+	sipptest.Require(t)
+	be1, be2, a1, a2 := asterisks(t)
+	d := startDaemon(t, a1, a2)
+	d.waitActive(t, "asterisk1")
+	phone := registerPhone(t, d, phoneIP, 2500*time.Millisecond, "")
+	d.waitBindings(t, 1)
+	be1.Kill()
+	be2.Kill()
+	d.waitState(t, "asterisk1", "down", 3*time.Second)
+	d.waitState(t, "asterisk2", "down", 3*time.Second)
+	if code := phone.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("refresh with no backend up was not answered 200 (exit %d)\n%s\n%s", code, phone.Output(), d.log.String())
+	}
+	if got := d.metric(t, "hapbx_proxy_register_store_answers_total"); got != "1" {
+		t.Errorf("hapbx_proxy_register_store_answers_total = %s, want 1", got)
+	}
+}
+
+// TestBindingSurvivesRestart: hapbx restarts; the binding is still there
+// and a call from a backend reaches the phone.
+func TestBindingSurvivesRestart(t *testing.T) {
+	sipptest.Require(t)
+	_, _, a1, a2 := asterisks(t)
+	d := startDaemon(t, a1, a2)
+	d.waitActive(t, "asterisk1")
+	registerPhone(t, d, phoneIP, 30*time.Second, "")
+	d.waitBindings(t, 1)
+	d.stop(t)
+	d.start(t)
+	d.waitBindings(t, 1)
+	d.waitActive(t, "asterisk1")
+	call := callPhone(t, d, be1IP)
+	if code := call.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("call after restart failed (exit %d)\n%s\n%s", code, call.Output(), d.log.String())
+	}
+}
+
+// TestForkCancelsUnanswered: 201 is registered from two phones; a call
+// rings both; one answers; the other gets CANCEL (and answers 487).
+func TestForkCancelsUnanswered(t *testing.T) {
+	sipptest.Require(t)
+	phonePort := sipptest.FreePort(t, phoneIP)
+	first := "sip:201@" + net.JoinHostPort(phoneIP, strconv.Itoa(phonePort)) + ";transport=UDP"
+	p1 := sipptest.FreePort(t, be1IP)
+	sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_asterisk_two.xml"), "-set", "other", first)
+	a1 := net.JoinHostPort(be1IP, strconv.Itoa(p1))
+	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
+	d := startDaemon(t, a1)
+	d.waitActive(t, "asterisk1")
+	sipptest.Start(t, phoneIP, phonePort, "-sf", scenarioPath("phone_register.xml"),
+		"-oocsf", scenarioPath("phone_answer.xml"), "-m", "1", "-d", "30000", "-timeout", "60s", d.sip)
+	d.waitBindings(t, 1)
+	ringer := registerPhone(t, d, phone2IP, 30*time.Second, "uas_cancel.xml", "-trace_msg")
+	d.waitBindings(t, 2)
+	call := callPhone(t, d, be1IP)
+	if code := call.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("forked call failed (exit %d)\n%s\n%s", code, call.Output(), d.log.String())
+	}
+	time.Sleep(500 * time.Millisecond)
+	out := ringer.Output()
+	if !containsAll(out, "CANCEL sip:201@", "SIP/2.0 487") {
+		t.Fatalf("the unanswered phone got no CANCEL:\n%s", out)
+	}
+	if got := d.metric(t, "hapbx_proxy_forks_total"); got != "1" {
+		t.Errorf("hapbx_proxy_forks_total = %s, want 1", got)
+	}
+}

@@ -1,0 +1,420 @@
+package media
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Leg names a side of a call: A is where the dialog's initial INVITE came
+// from, B is the callee side.
+type Leg int
+
+const (
+	// LegA is the caller side.
+	LegA Leg = 0
+	// LegB is the callee side.
+	LegB Leg = 1
+)
+
+func (l Leg) String() string {
+	if l == LegA {
+		return "a"
+	}
+	return "b"
+}
+
+func (l Leg) other() Leg { return 1 - l }
+
+// Session states, as reported by Snapshot and carried in SessionRecord.
+const (
+	StateOffered  = "offered"  // SDP seen from one leg only
+	StateAnswered = "answered" // SDP seen from both legs
+)
+
+// stream is one m= line: a port pair facing each leg.
+type stream struct {
+	ports [2]int      // relay RTP port facing leg A, leg B (RTCP = +1)
+	socks [2][2]*sock // [leg][0 RTP, 1 RTCP]
+	stats [2][2]dirStats
+	hold  [2]bool
+}
+
+type session struct {
+	callID  string
+	w       *worker
+	streams []*stream
+	seen    [2]bool
+	created time.Time
+	touched int64 // nanotime of the last Anchor; r.mu
+}
+
+// unansweredTimeout bounds a session that never saw SDP from both legs: a
+// call may ring without any packet for longer than idle_timeout, and the
+// proxy releases it on CANCEL or a final error anyway; this only stops leaks.
+const unansweredTimeout = 5 * time.Minute
+
+// Relay anchors RTP: it owns the port pool, the sessions and the data-path
+// workers. Methods are safe for concurrent use.
+type Relay struct {
+	cfg  Config
+	addr netip.Addr
+	log  *zap.Logger
+	m    *metrics
+
+	mu       sync.Mutex
+	pool     *portPool
+	sessions map[string]*session
+	workers  []*worker
+	next     int
+	closed   bool
+	started  bool
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New validates cfg (cfg.Address must already hold the address to use),
+// registers the metrics on reg and returns a Relay; Start begins relaying.
+func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Address == "" {
+		return nil, errors.New("address: empty; pass the SIP advertise address when the config leaves it unset")
+	}
+	addr := netip.MustParseAddr(cfg.Address)
+	first, last, _ := parsePorts(cfg.Ports)
+	if log == nil {
+		log = zap.NewNop()
+	}
+	r := &Relay{
+		cfg: cfg, addr: addr, log: log,
+		pool:     newPortPool(first, last),
+		sessions: make(map[string]*session),
+		stop:     make(chan struct{}),
+	}
+	n := cfg.Workers
+	if n == 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	for i := range n {
+		w, err := newWorker(i)
+		if err != nil {
+			for _, w := range r.workers {
+				w.close(false)
+			}
+			return nil, err
+		}
+		r.workers = append(r.workers, w)
+	}
+	r.m = newMetrics(r)
+	if reg != nil {
+		if err := reg.Register(r.m); err != nil {
+			return nil, fmt.Errorf("register media metrics: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// Address is the relay address advertised in SDP.
+func (r *Relay) Address() netip.Addr { return r.addr }
+
+// Start launches the data-path workers and the idle sweeper.
+func (r *Relay) Start() {
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
+	for _, w := range r.workers {
+		go w.run()
+	}
+	r.wg.Add(1)
+	go r.sweep()
+}
+
+// Run starts the relay and closes it when ctx ends.
+func (r *Relay) Run(ctx context.Context) error {
+	r.Start()
+	<-ctx.Done()
+	r.Close()
+	return nil
+}
+
+// Close ends every session, closes all sockets and stops the workers.
+func (r *Relay) Close() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.closed = true
+	started := r.started
+	close(r.stop)
+	for id, s := range r.sessions {
+		r.releaseLocked(s, "shutdown")
+		delete(r.sessions, id)
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+	for _, w := range r.workers {
+		w.close(started)
+	}
+}
+
+// Anchor creates or updates the session of callID with an SDP body sent by
+// leg from, and returns the body rewritten for the other leg: relay address
+// and the relay ports facing that other leg. Use it for every SDP in either
+// direction: INVITE, 18x, 200, ACK (late offer), UPDATE, re-INVITE. A changed
+// endpoint (new address or port) updates where the relay sends and allows
+// that leg to be latched again; held streams keep their ports.
+// Errors: ErrBadSDP (pass the call un-anchored or answer 488), ErrNoPorts (503).
+func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
+	if from != LegA && from != LegB {
+		return nil, fmt.Errorf("anchor %q: leg %d is neither A nor B", callID, from)
+	}
+	sd, infos, err := parseSDP(body)
+	if err != nil {
+		r.m.sdpErrors.Inc()
+		return nil, fmt.Errorf("anchor %q from leg %s: %w", callID, from, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrClosed
+	}
+	s := r.sessions[callID]
+	created := false
+	if s == nil {
+		if r.cfg.MaxSessions > 0 && len(r.sessions) >= r.cfg.MaxSessions {
+			r.m.portExhausted.Inc()
+			return nil, fmt.Errorf("anchor %q: %w: max_sessions %d reached", callID, ErrNoPorts, r.cfg.MaxSessions)
+		}
+		s = &session{callID: callID, w: r.workers[r.next%len(r.workers)], created: time.Now()}
+		r.next++
+		created = true
+	}
+	for len(s.streams) < len(infos) {
+		st, err := r.newStream(s, [2]int{})
+		if err != nil {
+			if errors.Is(err, ErrNoPorts) {
+				r.m.portExhausted.Inc()
+			}
+			if created {
+				r.releaseLocked(s, "no_ports")
+			}
+			return nil, fmt.Errorf("anchor %q: %w", callID, err)
+		}
+		s.streams = append(s.streams, st)
+	}
+	if created {
+		r.sessions[callID] = s
+	}
+	s.seen[from] = true
+	s.touched = nanotime()
+	ports := make([]int, len(infos))
+	s.w.mu.Lock()
+	for i, in := range infos {
+		st := s.streams[i]
+		ports[i] = st.ports[from.other()]
+		st.hold[from] = in.hold
+		if in.disabled || in.hold {
+			continue
+		}
+		setHint(st.socks[from][0], in.rtp)
+		setHint(st.socks[from][1], in.rtcp)
+		st.stats[from][0].clock = in.clock
+	}
+	s.w.mu.Unlock()
+	out, err := rewriteSDP(sd, infos, r.addr, ports)
+	if err != nil {
+		r.m.sdpErrors.Inc()
+		return nil, fmt.Errorf("anchor %q from leg %s: %w", callID, from, err)
+	}
+	return out, nil
+}
+
+// setHint records the SDP endpoint of a socket's leg; a change clears the
+// latch so the next valid packet latches again. w.mu must be held.
+func setHint(k *sock, ap netip.AddrPort) {
+	raw := rawFromAddrPort(ap)
+	if k.hasHint && sameAddr(&k.hint, &raw) {
+		return
+	}
+	k.hint, k.hasHint = raw, true
+	k.latched = false
+}
+
+// newStream allocates (or, for Import, takes the given) two port pairs and
+// binds their four sockets on s's worker. r.mu must be held.
+func (r *Relay) newStream(s *session, want [2]int) (*stream, error) {
+	st := &stream{}
+	var got []int
+	undo := func() {
+		for _, l := range []Leg{LegA, LegB} {
+			for k := range 2 {
+				if so := st.socks[l][k]; so != nil {
+					s.w.mu.Lock()
+					s.w.removeLocked(so)
+					s.w.mu.Unlock()
+				}
+			}
+		}
+		for _, p := range got {
+			r.pool.put(p)
+		}
+	}
+	for _, l := range []Leg{LegA, LegB} {
+		port, err := r.bindPair(s, st, l, want[l])
+		if err != nil {
+			undo()
+			return nil, err
+		}
+		got = append(got, port)
+		st.ports[l] = port
+	}
+	for _, l := range []Leg{LegA, LegB} {
+		for k := range 2 {
+			st.socks[l][k].peer = st.socks[l.other()][k]
+			st.socks[l][k].stats = &st.stats[l][k]
+		}
+	}
+	for _, l := range []Leg{LegA, LegB} {
+		for k := range 2 {
+			if err := s.w.add(st.socks[l][k]); err != nil {
+				undo()
+				return nil, err
+			}
+		}
+	}
+	return st, nil
+}
+
+// bindPair takes a port pair from the pool (or the wanted one) and binds RTP
+// and RTCP sockets; ports some other process holds are skipped.
+func (r *Relay) bindPair(s *session, st *stream, l Leg, want int) (int, error) {
+	tries := r.pool.size()
+	for {
+		port := want
+		if want == 0 {
+			var ok bool
+			if port, ok = r.pool.get(); !ok || tries == 0 {
+				if ok {
+					r.pool.put(port)
+				}
+				return 0, fmt.Errorf("%w: range %s exhausted", ErrNoPorts, r.cfg.Ports)
+			}
+			tries--
+		} else if err := r.pool.take(want); err != nil {
+			return 0, err
+		}
+		fd1, err1 := openSock(r.addr, port)
+		fd2 := -1
+		var err2 error
+		if err1 == nil {
+			fd2, err2 = openSock(r.addr, port+1)
+		}
+		if err1 == nil && err2 == nil {
+			mk := func(fd, p int, rtcp bool) *sock {
+				return &sock{fd: fd, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter)}
+			}
+			st.socks[l][0], st.socks[l][1] = mk(fd1, port, false), mk(fd2, port+1, true)
+			return port, nil
+		}
+		if fd1 >= 0 && err1 == nil {
+			closeFD(fd1)
+		}
+		err := err1
+		if err == nil {
+			err = err2
+		}
+		r.pool.put(port)
+		switch {
+		case errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM):
+			// Out of descriptors or memory: as good as out of ports (503).
+			return 0, fmt.Errorf("%w: bind port pair %d: %w", ErrNoPorts, port, err)
+		case want != 0 || !errors.Is(err, unix.EADDRINUSE):
+			return 0, fmt.Errorf("bind port pair %d: %w", port, err)
+		}
+		// Another process holds it: it went back to the end of the FIFO; try
+		// the next pair.
+		r.log.Warn("relay port pair in use by another process", zap.Int("port", port), zap.Error(err))
+	}
+}
+
+// Release ends the session of callID (BYE, CANCEL, final error response) and
+// frees its ports. Releasing an unknown Call-ID returns ErrNoSession.
+func (r *Relay) Release(callID, reason string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sessions[callID]
+	if s == nil {
+		return fmt.Errorf("release %q: %w", callID, ErrNoSession)
+	}
+	delete(r.sessions, callID)
+	r.releaseLocked(s, reason)
+	return nil
+}
+
+func (r *Relay) releaseLocked(s *session, reason string) {
+	s.w.mu.Lock()
+	for _, st := range s.streams {
+		for l := range 2 {
+			for k := range 2 {
+				s.w.removeLocked(st.socks[l][k])
+			}
+		}
+	}
+	s.w.mu.Unlock()
+	for _, st := range s.streams {
+		r.pool.put(st.ports[LegA])
+		r.pool.put(st.ports[LegB])
+	}
+	r.log.Debug("media session released", zap.String("call_id", s.callID), zap.String("reason", reason))
+}
+
+// sweep ends sessions that relayed no packet for idle_timeout.
+func (r *Relay) sweep() {
+	defer r.wg.Done()
+	every := min(r.cfg.IdleTimeout/4, time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		now := nanotime()
+		r.mu.Lock()
+		for id, s := range r.sessions {
+			limit := int64(r.cfg.IdleTimeout)
+			if !s.seen[LegA] || !s.seen[LegB] {
+				limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
+			}
+			last := max(s.created.UnixNano(), s.touched)
+			s.w.mu.Lock()
+			for _, st := range s.streams {
+				for l := range 2 {
+					for k := range 2 {
+						last = max(last, st.socks[l][k].lastRx)
+					}
+				}
+			}
+			s.w.mu.Unlock()
+			if now-last > limit {
+				delete(r.sessions, id)
+				r.releaseLocked(s, "idle")
+				r.m.idleEnded.Inc()
+				r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))
+			}
+		}
+		r.mu.Unlock()
+	}
+}

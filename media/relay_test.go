@@ -1,0 +1,576 @@
+package media
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+)
+
+// portBase gives each test its own relay port range so parallel packages
+// and leftover sockets do not collide.
+func newTestRelay(t *testing.T, ports string, mod func(*Config)) (*Relay, *prometheus.Registry) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Enabled = true
+	cfg.Address = "127.0.0.1"
+	cfg.Ports = ports
+	cfg.Workers = 2
+	if mod != nil {
+		mod(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	r, err := New(cfg, zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(r.Close)
+	return r, reg
+}
+
+// phone is a real UDP peer on a loopback address.
+type phone struct {
+	t    *testing.T
+	conn *net.UDPConn
+	seq  uint16
+	ts   uint32
+	ssrc uint32
+}
+
+func newPhone(t *testing.T, ip string) *phone {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		t.Fatalf("listen %s: %v", ip, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &phone{t: t, conn: c, ssrc: uint32(time.Now().UnixNano())}
+}
+
+func (p *phone) addr() netip.AddrPort { return p.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func rtpPacket(seq uint16, ts, ssrc uint32, payload int) []byte {
+	b := make([]byte, 12+payload)
+	b[0], b[1] = 0x80, 8
+	binary.BigEndian.PutUint16(b[2:], seq)
+	binary.BigEndian.PutUint32(b[4:], ts)
+	binary.BigEndian.PutUint32(b[8:], ssrc)
+	return b
+}
+
+func (p *phone) sendRTP(to netip.AddrPort) {
+	p.t.Helper()
+	p.seq++
+	p.ts += 160
+	if _, err := p.conn.WriteToUDPAddrPort(rtpPacket(p.seq, p.ts, p.ssrc, 160), to); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// recv waits up to d for a datagram and returns its source; ok false on timeout.
+func (p *phone) recv(d time.Duration) (netip.AddrPort, []byte, bool) {
+	buf := make([]byte, 2048)
+	_ = p.conn.SetReadDeadline(time.Now().Add(d))
+	n, from, err := p.conn.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return netip.AddrPort{}, nil, false
+	}
+	return from, buf[:n], true
+}
+
+// expectFrom sends from src to dst until dstPhone gets a packet (the relay
+// may need a moment to register the socket) and checks the source.
+func mustRelay(t *testing.T, src *phone, to netip.AddrPort, dst *phone, wantFrom netip.AddrPort) {
+	t.Helper()
+	for range 20 {
+		src.sendRTP(to)
+		if from, _, ok := dst.recv(100 * time.Millisecond); ok {
+			if from != wantFrom {
+				t.Fatalf("packet arrived from %s, want relay %s", from, wantFrom)
+			}
+			return
+		}
+	}
+	t.Fatalf("no packet relayed from %s via %s to %s", src.addr(), to, dst.addr())
+}
+
+func mustNotReceive(t *testing.T, p *phone, d time.Duration) {
+	t.Helper()
+	if from, _, ok := p.recv(d); ok {
+		t.Fatalf("%s unexpectedly received a packet from %s", p.addr(), from)
+	}
+}
+
+func offer(ap netip.AddrPort, extra string) []byte {
+	return []byte(fmt.Sprintf("v=0\r\no=- 1 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\n%s",
+		ap.Addr(), ap.Addr(), ap.Port(), extra))
+}
+
+var mPort = regexp.MustCompile(`m=audio (\d+) `)
+
+func sdpPort(t *testing.T, body []byte) uint16 {
+	t.Helper()
+	m := mPort.FindSubmatch(body)
+	if m == nil {
+		t.Fatalf("no m=audio in %q", body)
+	}
+	p, _ := strconv.Atoi(string(m[1]))
+	return uint16(p)
+}
+
+func relayAP(port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+}
+
+func TestRelayBothWaysNATLatchAndStranger(t *testing.T) {
+	r, reg := newTestRelay(t, "31000-31099", nil)
+	a := newPhone(t, "127.0.0.2") // behind NAT: its SDP names another address
+	b := newPhone(t, "127.0.0.3")
+	stranger := newPhone(t, "127.0.0.4")
+
+	offerOut, err := r.Anchor("call-1", LegA, offer(netip.MustParseAddrPort("10.9.9.9:4000"), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(offerOut), "10.9.9.9") || !strings.Contains(string(offerOut), "c=IN IP4 127.0.0.1") {
+		t.Fatalf("offer not rewritten to the relay only:\n%s", offerOut)
+	}
+	answerOut, err := r.Anchor("call-1", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(answerOut), "127.0.0.3") {
+		t.Fatalf("answer leaks B's address:\n%s", answerOut)
+	}
+	relayForB := relayAP(sdpPort(t, offerOut))  // B sends here
+	relayForA := relayAP(sdpPort(t, answerOut)) // A sends here
+	if relayForA == relayForB {
+		t.Fatalf("both legs got port %s", relayForA)
+	}
+
+	// A -> B; A's real source (127.0.0.2) latches, not the SDP's 10.9.9.9.
+	mustRelay(t, a, relayForA, b, relayForB)
+	// B -> A arrives at A's real address.
+	mustRelay(t, b, relayForB, a, relayForA)
+
+	// A stranger sending to A's relay port is ignored and counted.
+	for range 5 {
+		stranger.sendRTP(relayForA)
+	}
+	mustNotReceive(t, b, 200*time.Millisecond)
+	mustNotReceive(t, stranger, 50*time.Millisecond)
+	// Non-RTP bytes from the latched phone are dropped too.
+	if _, err := a.conn.WriteToUDPAddrPort([]byte("hello, not rtp"), relayForA); err != nil {
+		t.Fatal(err)
+	}
+	mustNotReceive(t, b, 200*time.Millisecond)
+	// The genuine phone still gets through.
+	mustRelay(t, a, relayForA, b, relayForB)
+
+	snap := r.Snapshot()
+	if len(snap) != 1 || len(snap[0].Streams) != 1 {
+		t.Fatalf("snapshot: %+v", snap)
+	}
+	fa := snap[0].Streams[0].FromA
+	if fa.Stranger != 5 || fa.Invalid != 1 || fa.Latched != a.addr() || fa.Packets < 2 {
+		t.Fatalf("from A status = %+v; want 5 stranger, 1 invalid, latched %s", fa, a.addr())
+	}
+	if got := metricValue(t, reg, "hapbx_media_dropped_total", "stranger"); got != 5 {
+		t.Fatalf("hapbx_media_dropped_total{reason=stranger} = %v, want 5", got)
+	}
+	if snap[0].State != StateAnswered {
+		t.Fatalf("state %q", snap[0].State)
+	}
+	if err := r.Release("call-1", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	a.sendRTP(relayForA)
+	mustNotReceive(t, b, 200*time.Millisecond)
+	if err := r.Release("call-1", "bye"); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("second release: %v, want ErrNoSession", err)
+	}
+}
+
+// metricValue returns the sample of name whose first label is label ("" for none).
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			if len(m.Label) == 0 && label == "" || len(m.Label) > 0 && m.Label[0].GetValue() == label {
+				v := m.GetCounter().GetValue()
+				if m.Gauge != nil {
+					v = m.GetGauge().GetValue()
+				}
+				return v
+			}
+		}
+	}
+	t.Fatalf("metric %s{%s} not found", name, label)
+	return 0
+}
+
+func TestRelayIdleTimeout(t *testing.T) {
+	r, reg := newTestRelay(t, "31100-31199", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	if _, err := r.Anchor("idle", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
+		t.Fatal(err)
+	}
+	// Ringing without early media is not idle: the callee has the offer's ports.
+	time.Sleep(700 * time.Millisecond)
+	if len(r.Snapshot()) != 1 {
+		t.Fatal("unanswered session ended by idle_timeout")
+	}
+	if _, err := r.Anchor("idle", LegB, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for len(r.Snapshot()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("idle session still present after 3s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := metricValue(t, reg, "hapbx_media_idle_timeouts_total", ""); got != 1 {
+		t.Fatalf("idle timeouts = %v", got)
+	}
+	if n := r.pool.free(); n != r.pool.size() {
+		t.Fatalf("%d of %d port pairs free after idle release", n, r.pool.size())
+	}
+}
+
+func TestRelayActiveSessionNotIdle(t *testing.T) {
+	r, _ := newTestRelay(t, "31200-31299", func(c *Config) { c.IdleTimeout = 600 * time.Millisecond })
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, _ := r.Anchor("busy", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("busy", LegB, offer(b.addr(), ""))
+	for range 30 { // 1.5 s of media, more than two idle timeouts long
+		mustRelay(t, a, relayAP(sdpPort(t, ans)), b, relayAP(sdpPort(t, o)))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(r.Snapshot()) != 1 {
+		t.Fatal("session with media flowing was ended as idle")
+	}
+}
+
+func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
+	r, _ := newTestRelay(t, "31300-31399", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o1, _ := r.Anchor("hold", LegA, offer(a.addr(), ""))
+	ans1, _ := r.Anchor("hold", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans1)), relayAP(sdpPort(t, o1))
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	free := r.pool.free()
+
+	// B holds with a=sendonly (re-INVITE from B), then RFC 2543 style with c=0.0.0.0.
+	h, err := r.Anchor("hold", LegB, offer(b.addr(), "a=sendonly\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if relayAP(sdpPort(t, h)) != forA || !strings.Contains(string(h), "a=sendonly") {
+		t.Fatalf("hold changed the port or lost the direction:\n%s", h)
+	}
+	h0, err := r.Anchor("hold", LegB, offer(netip.MustParseAddrPort("0.0.0.0:"+strconv.Itoa(int(b.addr().Port()))), "a=inactive\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(h0), "c=IN IP4 0.0.0.0") {
+		t.Fatalf("c=0.0.0.0 hold not passed on:\n%s", h0)
+	}
+	if r.pool.free() != free {
+		t.Fatalf("hold changed free port pairs %d -> %d", free, r.pool.free())
+	}
+	// Resume from a new port of B: the relay must follow the new SDP endpoint.
+	b2 := newPhone(t, "127.0.0.3")
+	res, err := r.Anchor("hold", LegB, offer(b2.addr(), "a=sendrecv\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if relayAP(sdpPort(t, res)) != forA {
+		t.Fatal("resume changed the relay port")
+	}
+	mustRelay(t, a, forA, b2, forB)
+	mustRelay(t, b2, forB, a, forA)
+	// The old B socket is no longer latched: it is a stranger now.
+	b.sendRTP(forB)
+	mustNotReceive(t, a, 200*time.Millisecond)
+	// A codec change from A (PCMU only) keeps ports and passes codecs as they are.
+	cc, err := r.Anchor("hold", LegA, []byte(strings.Replace(string(offer(a.addr(), "")), "RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000", "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if relayAP(sdpPort(t, cc)) != forB || !strings.Contains(string(cc), "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000") || r.pool.free() != free {
+		t.Fatalf("codec change re-INVITE mangled:\n%s", cc)
+	}
+	mustRelay(t, a, forA, b2, forB)
+	// A re-INVITE from A with the same SDP keeps everything.
+	o2, _ := r.Anchor("hold", LegA, offer(a.addr(), ""))
+	if relayAP(sdpPort(t, o2)) != forB || r.pool.free() != free {
+		t.Fatal("identical re-INVITE changed ports")
+	}
+	mustRelay(t, b2, forB, a, forA)
+}
+
+func TestRelayRelatchAfterSilence(t *testing.T) {
+	r, _ := newTestRelay(t, "31400-31499", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
+	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
+	o, _ := r.Anchor("roam", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("roam", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	a2.sendRTP(forA) // latched source just spoke: a2 is a stranger
+	mustNotReceive(t, b, 150*time.Millisecond)
+	time.Sleep(400 * time.Millisecond) // a silent longer than relatch_after
+	mustRelay(t, a2, forA, b, forB)
+	mustRelay(t, b, forB, a2, forA) // B's media now goes to the new source
+}
+
+func TestRelayPortExhaustion(t *testing.T) {
+	// 31500-31503: two pairs, exactly one session with one stream.
+	r, reg := newTestRelay(t, "31500-31503", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, err := r.Anchor("first", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, _ := r.Anchor("first", LegB, offer(b.addr(), ""))
+	_, err = r.Anchor("second", LegA, offer(a.addr(), ""))
+	if !errors.Is(err, ErrNoPorts) {
+		t.Fatalf("second call: %v, want ErrNoPorts", err)
+	}
+	if len(r.Snapshot()) != 1 {
+		t.Fatal("failed anchor left a session behind")
+	}
+	mustRelay(t, a, relayAP(sdpPort(t, ans)), b, relayAP(sdpPort(t, o)))
+	mustRelay(t, b, relayAP(sdpPort(t, o)), a, relayAP(sdpPort(t, ans)))
+	if got := metricValue(t, reg, "hapbx_media_port_exhausted_total", ""); got != 1 {
+		t.Fatalf("port exhausted = %v", got)
+	}
+	// Once the first call ends, its ports serve the next one.
+	if err := r.Release("first", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Anchor("second", LegA, offer(a.addr(), "")); err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+}
+
+func TestRelayMaxSessions(t *testing.T) {
+	r, _ := newTestRelay(t, "31600-31699", func(c *Config) { c.MaxSessions = 1 })
+	if _, err := r.Anchor("one", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Anchor("two", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4002"), "")); !errors.Is(err, ErrNoPorts) {
+		t.Fatalf("got %v, want ErrNoPorts", err)
+	}
+	// Updates of the existing session are not new sessions.
+	if _, err := r.Anchor("one", LegB, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRelayBadSDP(t *testing.T) {
+	r, reg := newTestRelay(t, "31700-31799", nil)
+	for _, body := range []string{"", "garbage", "v=0\r\n", string(offer(netip.MustParseAddrPort("127.0.0.2:4000"), ""))[:40],
+		"v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"} {
+		if _, err := r.Anchor("bad", LegA, []byte(body)); !errors.Is(err, ErrBadSDP) {
+			t.Errorf("%q: got %v, want ErrBadSDP", body, err)
+		}
+	}
+	if got := metricValue(t, reg, "hapbx_media_sdp_errors_total", ""); got != 5 {
+		t.Fatalf("sdp errors = %v, want 5", got)
+	}
+	if len(r.Snapshot()) != 0 || r.pool.free() != r.pool.size() {
+		t.Fatal("bad SDP created a session or took ports")
+	}
+}
+
+func TestRelayExportImport(t *testing.T) {
+	r1, _ := newTestRelay(t, "31800-31899", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, _ := r1.Anchor("ha", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
+	ans, _ := r1.Anchor("ha", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	recs := r1.Export()
+	if len(recs) != 1 || recs[0].Streams[0].Latched[LegA] != a.addr() {
+		t.Fatalf("export: %+v", recs)
+	}
+	wire, err := recs[0].MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1.Close() // the active dies
+
+	r2, _ := newTestRelay(t, "31800-31899", nil)
+	var rec SessionRecord
+	if err := rec.UnmarshalBinary(wire); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Import(rec); err != nil {
+		t.Fatal(err)
+	}
+	// B -> A works at once: A's latched NAT address was carried over.
+	mustRelay(t, b, forB, a, forA)
+	mustRelay(t, a, forA, b, forB)
+	if st := r2.Snapshot(); len(st) != 1 || st[0].Streams[0].Ports != recs[0].Streams[0].Ports {
+		t.Fatalf("imported ports differ: %+v", st)
+	}
+	// A fresh call on the standby does not get the imported ports.
+	o2, err := r2.Anchor("new", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := sdpPort(t, o2); int(p) == rec.Streams[0].Ports[0] || int(p) == rec.Streams[0].Ports[1] {
+		t.Fatalf("new call got imported port %d", p)
+	}
+}
+
+func TestImportFreebindNonLocalAddress(t *testing.T) {
+	// 192.0.2.1 (TEST-NET-1) is not on this host, like a VIP the standby does
+	// not own yet; IP_FREEBIND must let Import bind it anyway.
+	cfg := DefaultConfig()
+	cfg.Address = "192.0.2.1"
+	cfg.Ports = "31900-31999"
+	cfg.Workers = 1
+	r, err := New(cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	defer r.Close()
+	rec := SessionRecord{CallID: "vip", State: StateAnswered, Streams: []StreamRecord{{Ports: [2]int{31910, 31912}}}}
+	if err := r.Import(rec); err != nil {
+		t.Fatalf("import on non-local address: %v", err)
+	}
+	if err := r.Import(SessionRecord{CallID: "clash", Streams: []StreamRecord{{Ports: [2]int{31910, 31914}}}}); err == nil {
+		t.Fatal("import of a port already in use succeeded")
+	}
+	if n := len(r.Snapshot()); n != 1 {
+		t.Fatalf("%d sessions, want 1", n)
+	}
+}
+
+// TestRelayConcurrentControlAndTraffic exercises every control-plane call
+// while media flows, for the race detector, and checks nothing leaks.
+func TestRelayConcurrentControlAndTraffic(t *testing.T) {
+	r, reg := newTestRelay(t, "30200-30399", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, _ := r.Anchor("steady", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("steady", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	done := make(chan struct{})
+	errc := make(chan error, 4)
+	for g := range 3 {
+		go func() {
+			for i := range 40 {
+				id := fmt.Sprintf("churn-%d-%d", g, i)
+				if _, err := r.Anchor(id, LegA, offer(netip.MustParseAddrPort("127.0.0.9:7000"), "")); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := r.Anchor(id, LegB, offer(netip.MustParseAddrPort("127.0.0.9:7002"), "a=sendonly\r\n")); err != nil {
+					errc <- err
+					return
+				}
+				_ = r.Snapshot()
+				_ = r.Export()
+				_, _ = reg.Gather()
+				if err := r.Release(id, "bye"); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	go func() {
+		defer close(done)
+		for range 100 {
+			a.sendRTP(forA)
+			b.sendRTP(forB)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	for range 3 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	mustRelay(t, a, forA, b, forB)
+	if err := r.Release("steady", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.pool.free(); n != r.pool.size() {
+		t.Fatalf("%d of %d port pairs free after all releases", n, r.pool.size())
+	}
+	if got := metricValue(t, reg, "hapbx_media_sessions", ""); got != 0 {
+		t.Fatalf("hapbx_media_sessions = %v", got)
+	}
+}
+
+// TestRelayLateOffer: INVITE without SDP, the offer in B's 200 OK and the
+// answer in A's ACK.
+func TestRelayLateOffer(t *testing.T) {
+	r, _ := newTestRelay(t, "30400-30499", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	offerToA, err := r.Anchor("late", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Snapshot()[0].State; st != StateOffered {
+		t.Fatalf("state %q after the 200 OK offer", st)
+	}
+	answerToB, err := r.Anchor("late", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, offerToA)), relayAP(sdpPort(t, answerToB))
+	mustRelay(t, b, forB, a, forA)
+	mustRelay(t, a, forA, b, forB)
+}
+
+// TestRelaySkipsPortsHeldElsewhere: a pair bound by another process is
+// skipped, not fatal; when every pair is held, Anchor says ErrNoPorts.
+func TestRelaySkipsPortsHeldElsewhere(t *testing.T) {
+	// 30500-30507: four pairs; hold the RTCP port of the first pair.
+	held, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("127.0.0.1"), Port: 30501})
+	if err != nil {
+		t.Skipf("port 30501 busy: %v", err)
+	}
+	defer held.Close()
+	r, _ := newTestRelay(t, "30500-30507", nil)
+	o, err := r.Anchor("c1", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := r.Snapshot()[0].Streams[0].Ports
+	if ports[0] == 30500 || ports[1] == 30500 {
+		t.Fatalf("got the held pair: %v", ports)
+	}
+	_ = o
+	// One pair left besides the held one: a second call (two pairs) cannot fit.
+	if _, err := r.Anchor("c2", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4002"), "")); !errors.Is(err, ErrNoPorts) {
+		t.Fatalf("got %v, want ErrNoPorts", err)
+	}
+	if len(r.Snapshot()) != 1 {
+		t.Fatal("failed call left a session")
+	}
+}

@@ -1,0 +1,141 @@
+package media
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+const pcapG711a = "/usr/share/sip-tester/g711a.pcap"
+
+// freePorts returns a port p such that p..p+n-1 are free UDP ports on ip.
+func freePorts(t *testing.T, ip string, n int) int {
+	t.Helper()
+	for range 50 {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := c.LocalAddr().(*net.UDPAddr).Port &^ 1
+		c.Close()
+		ok := true
+		var held []*net.UDPConn
+		for i := range n {
+			h, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip), Port: p + i})
+			if err != nil {
+				ok = false
+				break
+			}
+			held = append(held, h)
+		}
+		for _, h := range held {
+			h.Close()
+		}
+		if ok && p+n < 65536 {
+			return p
+		}
+	}
+	t.Fatal("no free UDP port block")
+	return 0
+}
+
+// TestSIPpMediaThroughRelay runs two real SIPp peers: a UAC that plays a
+// G.711 pcap (the caller, leg A) and a UAS that echoes RTP (the callee, leg
+// B). The relay is driven with the SDP bodies the scenarios exchange: the
+// UAS answers with the SDP the relay rewrote for A, so the UAC plays into
+// the relay, the relay forwards to the UAS's echo port, and the echo comes
+// back through the relay to wherever the UAC really sends from (latched:
+// the offer deliberately names a wrong port, as a NAT would).
+func TestSIPpMediaThroughRelay(t *testing.T) {
+	sipp, err := exec.LookPath("sipp")
+	if err != nil {
+		t.Skip("needs sipp (Debian package sip-tester) on PATH")
+	}
+	if _, err := os.Stat(pcapG711a); err != nil {
+		t.Skip("needs " + pcapG711a + " (sip-tester)")
+	}
+	r, _ := newTestRelay(t, "30000-30099", nil)
+	const ip = "127.0.0.1"
+	sipUAS := freePorts(t, ip, 1)
+	sipUAC := freePorts(t, ip, 1)
+	uasMedia := freePorts(t, ip, 4) // -rtp_echo binds mp and mp+2
+	uacMedia := freePorts(t, ip, 4)
+
+	// Leg A's offer as the UAC scenario sends it, but with the port a NAT
+	// would have rewritten away: the relay must latch the real source.
+	offerA := fmt.Sprintf("v=0\r\no=user1 53655765 2353687637 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-11,16\r\n", ip, ip, 9)
+	if _, err := r.Anchor("sipp-call", LegA, []byte(offerA)); err != nil {
+		t.Fatal(err)
+	}
+	answerB := fmt.Sprintf("v=0\r\no=user1 53655765 2353687637 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n", ip, ip, uasMedia)
+	toA, err := r.Anchor("sipp-call", LegB, []byte(answerB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayPortForA := sdpPort(t, toA)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	uas := exec.CommandContext(ctx, sipp, "-sf", filepath.Join("testdata", "uas_relay.xml"),
+		"-i", ip, "-p", strconv.Itoa(sipUAS), "-mi", ip, "-mp", strconv.Itoa(uasMedia), "-rtp_echo",
+		"-key", "relay_ip", ip, "-key", "relay_port", strconv.Itoa(int(relayPortForA)),
+		"-m", "1", "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err", "-error_file", filepath.Join(dir, "uas_err.log"))
+	var uasOut bytes.Buffer
+	uas.Stdout, uas.Stderr = &uasOut, &uasOut
+	if err := uas.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = uas.Process.Kill(); _ = uas.Wait() })
+	time.Sleep(300 * time.Millisecond) // let the UAS bind before the INVITE
+
+	uac := exec.CommandContext(ctx, sipp, "-sf", filepath.Join("testdata", "uac_media.xml"),
+		fmt.Sprintf("%s:%d", ip, sipUAS), "-s", "echo",
+		"-i", ip, "-p", strconv.Itoa(sipUAC), "-mi", ip, "-mp", strconv.Itoa(uacMedia),
+		"-key", "pcap", pcapG711a,
+		"-m", "1", "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err", "-error_file", filepath.Join(dir, "uac_err.log"))
+	out, err := uac.CombinedOutput()
+	if err != nil {
+		e1, _ := os.ReadFile(filepath.Join(dir, "uac_err.log"))
+		t.Fatalf("sipp UAC failed: %v\n%s\n%s\nUAS: %s", err, out, e1, uasOut.String())
+	}
+	if err := uas.Wait(); err != nil {
+		t.Fatalf("sipp UAS failed: %v\n%s", err, uasOut.String())
+	}
+
+	snap := r.Snapshot()
+	if len(snap) != 1 {
+		t.Fatalf("sessions: %+v", snap)
+	}
+	st := snap[0].Streams[0]
+	t.Logf("from A (UAC pcap): %+v", st.FromA)
+	t.Logf("from B (UAS echo): %+v", st.FromB)
+	if st.FromA.Packets < 50 || st.FromB.Packets < 50 {
+		t.Fatalf("media did not flow both ways: A->B %d, B->A %d packets", st.FromA.Packets, st.FromB.Packets)
+	}
+	if st.FromA.Latched.Port() == 9 || !st.FromA.Latched.IsValid() {
+		t.Fatalf("leg A not latched to its real source: %s", st.FromA.Latched)
+	}
+	if st.FromB.Latched != netip.AddrPortFrom(netip.MustParseAddr(ip), uint16(uasMedia)) {
+		t.Fatalf("leg B latched %s, want the UAS echo port %d", st.FromB.Latched, uasMedia)
+	}
+	if st.FromA.NoDest+st.FromB.NoDest+st.FromA.SendErrors+st.FromB.SendErrors != 0 {
+		t.Fatalf("packets dropped in the relay: %+v %+v", st.FromA, st.FromB)
+	}
+	// The echo of every relayed packet came back: loss is only what the pcap
+	// itself skips, the counts of both directions match closely.
+	if d := int64(st.FromA.Packets) - int64(st.FromB.Packets); d > 5 || d < -5 {
+		t.Fatalf("echo count differs: A->B %d, B->A %d", st.FromA.Packets, st.FromB.Packets)
+	}
+	if err := r.Release("sipp-call", "bye"); err != nil {
+		t.Fatal(err)
+	}
+}
