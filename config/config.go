@@ -102,7 +102,7 @@ func (e *Error) Error() string {
 		}
 		b.WriteString(e.File)
 		b.WriteString(": ")
-		b.WriteString(p)
+		b.WriteString(strings.ReplaceAll(p, "\n", `\n`)) // one line per problem, even when YAML quotes a newline
 	}
 	return b.String()
 }
