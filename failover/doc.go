@@ -45,6 +45,8 @@
 //   - moves the group on request (Switchover: hb_standby / hb_takeover),
 //     which requires a clean stop and never fences;
 //   - acts only while IsLeader (WithLeader) is true; followers only watch.
+//     Without WithLeader it always acts (hapbx run does so until the
+//     cluster package provides leadership: one cold proxy only).
 //
 // What it does not do: probe backends (package health), run DRBD, mounts or
 // services (storage's agent does), discover agents (configured addresses
