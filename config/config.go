@@ -35,6 +35,10 @@ type File struct {
 	Media media.Config `yaml:"media"`
 	Admin Admin        `yaml:"admin"`
 	Log   Log          `yaml:"log"`
+	// Cold is cold standby (failover mode cold); see config/cold.go.
+	Cold failover.ColdConfig `yaml:"cold"`
+	// Agent is a PBX node's storage agent (`hapbx agent`).
+	Agent AgentConfig `yaml:"agent"`
 }
 
 // Node names this hapbx instance.
@@ -48,6 +52,8 @@ type Backend struct {
 	Address   string `yaml:"address"`
 	Transport string `yaml:"transport"`
 	AMI       *AMI   `yaml:"ami,omitempty"`
+	// Agent is the node's storage agent, required in cold standby.
+	Agent *BackendAgent `yaml:"agent,omitempty"`
 }
 
 // AMI is how to reach a backend's Asterisk Manager Interface.
@@ -81,6 +87,8 @@ func Default() File {
 		Media:     media.DefaultConfig(),
 		Admin:     Admin{Listen: "127.0.0.1:9060"},
 		Log:       Log{Level: "info", Format: "json"},
+		Cold:      failover.DefaultColdConfig(),
+		Agent:     DefaultAgent(),
 	}
 }
 
@@ -207,6 +215,7 @@ func (f File) problems() []string {
 		}
 	}
 	add("", f.Failover.Validate())
+	p = append(p, f.coldProblems()...)
 	add("health.", f.Health.Validate())
 	add("registrar.", f.Registrar.Validate())
 	add("media.", f.Media.Validate())

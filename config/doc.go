@@ -9,4 +9,8 @@
 // so on) with its defaults and Validate; this package assembles the sections,
 // checks what spans them (backend names, routing), and formats the errors. It
 // does not open sockets, read secrets at run time, or start anything.
+//
+// Two kinds of file: the proxy's (`hapbx run`; Load/Parse) and a PBX
+// node's (`hapbx agent`; LoadAgent/ParseAgent: node, agent and log
+// sections; IsAgentFile tells them apart: agent: and no backends:).
 package config

@@ -25,16 +25,54 @@
 //     Call-ID) over the up backends: stable across proxies and restarts; a
 //     key moves only when its backend is lost, and comes back with it.
 //
-// What it does not do: probe backends (package health), drive promotions of
-// cold standbys (storage, later), or forward anything.
+// Cold standby (Coordinator, cold.go): one resource group (DRBD Primary,
+// file system, Asterisk) runs on one PBX node at a time, driven by each
+// node's storage agent (package storage). The Coordinator
+//
+//   - learns the holder from the agents' status (polled every
+//     poll_interval) and, with initial_start, starts the group on the first
+//     fit node when it runs nowhere (every agent answered, none Primary);
+//   - when the holder's backend goes from routable to down in health (or
+//     its agent reports the group failed), picks the next fit node (agent
+//     reachable, no split brain, disk UpToDate), asks the holder's agent to
+//     stop, and when that fails or the node stays Primary, fences the node
+//     (ColdNode.Fence, else storage.PeerDisconnectFencer on the new node's
+//     DRBD state); only then asks the new node's agent to start, and waits
+//     until health sees the backend up, so the Selector routes there;
+//   - never starts a node before the old one is stopped or fenced: a failed
+//     fencing, a split brain or no fit node blocks the move (retried every
+//     10 s; ColdStatus.Blocked says why);
+//   - moves the group on request (Switchover: hb_standby / hb_takeover),
+//     which requires a clean stop and never fences;
+//   - acts only while IsLeader (WithLeader) is true; followers only watch.
+//     Without WithLeader it always acts (hapbx run does so until the
+//     cluster package provides leadership: one cold proxy only).
+//
+// What it does not do: probe backends (package health), run DRBD, mounts or
+// services (storage's agent does), discover agents (configured addresses
+// until the cluster package does), or forward anything.
 //
 // Configuration:
 //
 //	routing: active-standby   # or balance
 //	failback: true
+//	cold:                     # ColdConfig
+//	  enabled: false          # true: cold standby
+//	  request_timeout: 2s
+//	  stop_timeout: 60s
+//	  start_timeout: 120s
+//	  up_timeout: 30s
+//	  poll_interval: 1s
+//	  initial_start: true
 //
 // Metrics:
 //
-//	hapbx_failover_active{backend}   1 for the active backend, else 0
-//	hapbx_failover_switches_total    times the active role moved between two backends
+//	hapbx_failover_active{backend}          1 for the active backend, else 0
+//	hapbx_failover_switches_total           times the active role moved between two backends
+//	hapbx_failover_cold_moves_total{result} resource group moves, ok|failed
+//	hapbx_failover_cold_fences_total{result} fencings by the coordinator, ok|failed
+//	hapbx_failover_cold_blocked             1 while automatic promotion is blocked
+//	hapbx_failover_cold_split_brain{node}   1 while a node's agent reports a split brain
+//	hapbx_failover_cold_move_seconds        backend down (or request) -> group started
+//	hapbx_failover_cold_overhead_seconds    that minus the service's own start-to-ready time
 package failover

@@ -14,7 +14,7 @@ import (
 
 // ReadyChecker tells whether the started service really serves. The
 // production check (SIP OPTIONS answered and AMI FullyBooted) lives in the
-// health package; the lead wires it in.
+// health package (health.ReadyCheck, wired by `hapbx agent`).
 type ReadyChecker interface {
 	Ready(ctx context.Context) error
 }

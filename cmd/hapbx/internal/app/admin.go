@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
@@ -25,6 +26,8 @@ type Status struct {
 	Proxy     proxy.Status          `json:"proxy"`
 	Registrar registrar.Status      `json:"registrar"`
 	Media     []media.SessionStatus `json:"media_sessions,omitempty"`
+	// Cold is the cold standby coordinator's view (nil in hot standby).
+	Cold *failover.ColdStatus `json:"cold,omitempty"`
 }
 
 func (d *daemon) adminHandler() http.Handler {
@@ -43,6 +46,7 @@ func (d *daemon) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status())
 	})
+	d.coldRoutes(mux)
 	// Profiles for operators chasing CPU (admin.listen is loopback by default).
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -61,6 +65,7 @@ func (d *daemon) status() Status {
 		Proxy:     d.proxy.Status(),
 		Registrar: d.bindings.Snapshot(),
 		Media:     d.mediaSnapshot(),
+		Cold:      d.coldStatus(),
 	}
 }
 

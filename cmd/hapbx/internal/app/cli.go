@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-
-	"github.com/hapbx/hapbx/config"
 )
 
 // version is stamped at build time: -ldflags "-X .../app.version=v1.2.3".
@@ -16,9 +14,13 @@ var version = "dev"
 const usage = `usage: hapbx <command> [flags]
 
 commands:
-  run -c FILE            run the proxy daemon
-  check-config -c FILE   validate FILE; exit 1 listing every problem
-  version                print the version
+  run -c FILE                run the proxy daemon
+  agent -c FILE              run a PBX node's storage agent (DRBD, file system, Asterisk)
+  status [-c FILE] [--json]  each node's role, health, DRBD, mount and service state
+  standby [-c FILE] [NODE]   cold standby: move the group off NODE (default: its holder)
+  takeover [-c FILE] [NODE]  cold standby: move the group to NODE (default: node.name)
+  check-config -c FILE       validate FILE (proxy or agent file); exit 1 listing every problem
+  version                    print the version
 `
 
 // Main runs the command in args and returns the process exit code.
@@ -37,7 +39,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if code != 0 {
 			return code
 		}
-		if _, err := config.Load(path); err != nil {
+		if _, _, err := loadAny(path); err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
@@ -49,6 +51,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 		return runDaemon(path, stderr)
+	case "agent":
+		path, code := configFlag(cmd, rest, stderr)
+		if code != 0 {
+			return code
+		}
+		return runAgent(path, stderr)
+	case "status":
+		return statusCmd(rest, stdout, stderr)
+	case "standby", "takeover":
+		return moveCmd(cmd, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -36,7 +36,8 @@ type daemon struct {
 	health   *health.Checker
 	selector *failover.Selector
 	bindings *registrar.Registrar
-	relay    *media.Relay // nil unless media.enabled
+	relay    *media.Relay          // nil unless media.enabled
+	cold     *failover.Coordinator // nil unless cold.enabled
 	started  time.Time
 }
 
@@ -73,6 +74,9 @@ func (d *daemon) run() error {
 	}
 	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg); err != nil {
 		return fmt.Errorf("failover: %w", err)
+	}
+	if err := d.setupCold(); err != nil {
+		return err
 	}
 	// A damaged store is reported and set aside by the registrar, which then
 	// starts empty: phones re-register, calls keep working.
@@ -115,6 +119,9 @@ func (d *daemon) run() error {
 	go func() { _ = d.health.Run(ctx) }()
 	go func() { _ = d.selector.Run(ctx, d.health) }()
 	go d.hangUpDeadBackends(ctx)
+	if d.cold != nil {
+		go func() { _ = d.cold.Run(ctx, d.health) }()
+	}
 
 	var admin *http.Server
 	if d.cfg.Admin.Listen != "" {

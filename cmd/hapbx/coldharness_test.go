@@ -1,0 +1,496 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hapbx/hapbx/health/amitest"
+	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/storage"
+)
+
+// The cold standby tests run two PBX "nodes" A and B on loopback: each is
+// a `hapbx agent` process under `unshare --mount` (its tmpfs "DRBD file
+// system" lives and dies with it) driving the drbdadm/drbdsetup stand-ins
+// of storage/testdata/bin (a shared two-node DRBD state in files, every
+// call logged), and an "Asterisk" started by the agent: SIPp answering
+// OPTIONS and calls, plus this test binary re-executed as an AMI server.
+// `fence-node X` stands in for an IPMI power-off of node X.
+
+const amiChildEnv = "HAPBX_TEST_AMI"
+
+// amiChild serves AMI (booted) on addr until killed.
+func amiChild(addr string) int {
+	srv, err := amitest.Start(addr, "hapbx", "amipw")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer srv.Close()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return 0
+}
+
+func needCold(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the agents mount a tmpfs in a private mount namespace (unshare --mount)")
+	}
+	for _, tool := range []string{"unshare", "flock"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s on PATH: %v", tool, err)
+		}
+	}
+	sipptest.Require(t)
+}
+
+var coldIPs = map[string]string{"A": be1IP, "B": be2IP}
+
+// coldLab is the two nodes, their shared DRBD stand-in state and the proxy.
+type coldLab struct {
+	t     testing.TB
+	dir   string
+	stub  string // DRBD_STUB_DIR
+	bin   string // storage/testdata/bin
+	mnt   string
+	nodes map[string]*pbxNode
+	proxy *daemon
+	// noFence: no fence commands anywhere; fencing waits for the DRBD
+	// disconnection (plus 300 ms on the proxy's side).
+	noFence bool
+}
+
+type pbxNode struct {
+	name    string // A or B
+	backend string // asterisk1 or asterisk2
+	sip     string
+	ami     string
+	api     string
+	cfgPath string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	client  storage.Client
+	env     []string
+}
+
+func newColdLab(t testing.TB) *coldLab {
+	t.Helper()
+	needCold(t)
+	bin, err := filepath.Abs(filepath.Join("..", "..", "storage", "testdata", "bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	l := &coldLab{t: t, dir: dir, stub: filepath.Join(dir, "drbd"), bin: bin, mnt: filepath.Join(dir, "replica"), nodes: map[string]*pbxNode{}}
+	for _, d := range []string{l.stub, l.mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.write("up.A", "1")
+	l.write("up.B", "1")
+	for name, content := range map[string]string{"agent.token": "agent-secret", "admin.token": "admin-secret", "ami.secret": "amipw"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(l.stub, "calls.log"))
+			t.Logf("calls.log:\n%s", b)
+		}
+	})
+	return l
+}
+
+func (l *coldLab) write(name, content string) {
+	l.t.Helper()
+	if err := os.WriteFile(filepath.Join(l.stub, name), []byte(content+"\n"), 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+func (l *coldLab) fenceCommand(n string, fail bool) string {
+	if l.noFence {
+		return ""
+	}
+	f := "0"
+	if fail {
+		f = "1"
+	}
+	return fmt.Sprintf("FENCE_FAIL=%s DRBD_STUB_DIR=%s %s %s", f, l.stub, filepath.Join(l.bin, "fence-node"), n)
+}
+
+func peerNode(n string) string {
+	if n == "A" {
+		return "B"
+	}
+	return "A"
+}
+
+// addNode writes node n's agent file and starts its agent.
+func (l *coldLab) addNode(n string, fenceFails bool) *pbxNode {
+	t := l.t
+	t.Helper()
+	ip := coldIPs[n]
+	nd := &pbxNode{name: n, backend: map[string]string{"A": "asterisk1", "B": "asterisk2"}[n],
+		sip:     net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip))),
+		ami:     "127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1")),
+		api:     "127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1")),
+		cfgPath: filepath.Join(l.dir, "agent-"+n+".yaml"),
+		logPath: filepath.Join(l.dir, "agent-"+n+".log"),
+	}
+	nd.client = storage.Client{BaseURL: "http://" + nd.api, Token: "agent-secret", HTTP: &http.Client{Timeout: 30 * time.Second}}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(nd.sip)
+	pids := filepath.Join(l.stub, "pids."+n)
+	svc := filepath.Join(l.stub, "svc."+n+".pids")
+	start := fmt.Sprintf("sipp -sf %s -i %s -p %s -nostdin -m 1000000 >%s 2>&1 </dev/null & echo $! >>%s; echo $! >%s; "+
+		"%s=%s %s -test.run='^$' >%s 2>&1 </dev/null & echo $! >>%s; echo $! >>%s",
+		scenarioPath("uas_call.xml"), host, port, filepath.Join(l.dir, "sipp-"+n+".log"), pids, svc,
+		amiChildEnv, nd.ami, exe, filepath.Join(l.dir, "ami-"+n+".log"), pids, svc)
+	// Zombies (reparented, reaped late) count as gone.
+	stop := fmt.Sprintf("if [ -f %[1]s ]; then for p in $(cat %[1]s); do kill $p 2>/dev/null; "+
+		"while [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; done; rm -f %[1]s; fi", svc)
+	cfg := fmt.Sprintf(`node: {name: %s}
+agent:
+  listen: %q
+  token_file: %q
+  drbd: {resource: r0, drbdadm: %q, drbdsetup: %q, timeout: 5s}
+  filesystem: {device: hapbx-%s, mount_point: %q, type: tmpfs, options: "size=1m,mode=0755", timeout: 5s}
+  service:
+    start_command: %q
+    stop_command: %q
+    timeout: 5s
+  ready_timeout: 10s
+  fence: {command: %q, timeout: 5s, safety_delay: 0s}
+  ready:
+    sip: %q
+    transport: udp
+    ami: {address: %q, username: hapbx, secret_file: %q}
+log: {level: debug, format: console}
+`, "node-"+strings.ToLower(n), nd.api, filepath.Join(l.dir, "agent.token"), filepath.Join(l.bin, "drbdadm"), filepath.Join(l.bin, "drbdsetup"),
+		n, l.mnt, start, stop, l.fenceCommand(peerNode(n), fenceFails), nd.sip, nd.ami, filepath.Join(l.dir, "ami.secret"))
+	if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(hapbxBin, "check-config", "-c", nd.cfgPath).CombinedOutput(); err != nil {
+		t.Fatalf("agent file: %v\n%s", err, out)
+	}
+	nd.env = append(os.Environ(), "DRBD_STUB_DIR="+l.stub, "DRBD_STUB_NODE="+n, "DRBD_STUB_MOUNT="+l.mnt)
+	l.nodes[n] = nd
+	l.startAgent(nd)
+	t.Cleanup(func() {
+		l.stopAgent(nd)
+		l.killService(nd)
+		if t.Failed() {
+			b, _ := os.ReadFile(nd.logPath)
+			t.Logf("agent %s log (tail):\n%s", n, tail(b, 6000))
+		}
+	})
+	return nd
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// startAgent (re)starts nd's agent in its own mount namespace and waits
+// until its API answers with the DRBD state followed.
+func (l *coldLab) startAgent(nd *pbxNode) {
+	t := l.t
+	t.Helper()
+	logf, err := os.OpenFile(nd.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	nd.cmd = exec.Command("unshare", "--mount", "--propagation", "private", hapbxBin, "agent", "-c", nd.cfgPath)
+	nd.cmd.Env = nd.env
+	nd.cmd.Stdout, nd.cmd.Stderr = logf, logf
+	if err := nd.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(l.stub, "pids."+nd.name), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err == nil {
+		fmt.Fprintln(f, nd.cmd.Process.Pid)
+		f.Close()
+	}
+	nd.exited = make(chan struct{})
+	go func(c *exec.Cmd, done chan struct{}) { _ = c.Wait(); close(done) }(nd.cmd, nd.exited)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := nd.client.Status(context.Background())
+		if err == nil && st.EventsFollowing && st.DRBDRole != storage.RoleUnknown {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(nd.logPath)
+			t.Fatalf("agent %s not up: %v\n%s", nd.name, err, tail(b, 4000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (l *coldLab) stopAgent(nd *pbxNode) {
+	if nd.cmd == nil {
+		return
+	}
+	_ = nd.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-nd.exited:
+	case <-time.After(3 * time.Second):
+		_ = nd.cmd.Process.Kill()
+		<-nd.exited
+	}
+}
+
+// killService SIGKILLs the node's SIPp and AMI server, as a crash would.
+func (l *coldLab) killService(nd *pbxNode) {
+	b, _ := os.ReadFile(filepath.Join(l.stub, "svc."+nd.name+".pids"))
+	for _, f := range strings.Fields(string(b)) {
+		if p, err := strconv.Atoi(f); err == nil && p > 0 {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+}
+
+// crash SIGKILLs node n's service and agent; its "kernel" keeps DRBD
+// Primary, as a hung or half-dead host would.
+func (l *coldLab) crash(nd *pbxNode) {
+	l.killService(nd)
+	_ = nd.cmd.Process.Kill()
+	<-nd.exited
+}
+
+// powerOn brings a fenced node back (up, Secondary) and restarts its agent.
+func (l *coldLab) powerOn(nd *pbxNode) {
+	l.write("up."+nd.name, "1")
+	l.write("role."+nd.name, storage.RoleSecondary)
+	_ = os.Remove(filepath.Join(l.stub, "pids."+nd.name))
+	l.startAgent(nd)
+}
+
+// startProxy runs `hapbx run` in cold mode in front of the nodes.
+func (l *coldLab) startProxy(fenceFails bool) *daemon {
+	t := l.t
+	t.Helper()
+	d := &daemon{done: make(chan error, 1), config: filepath.Join(l.dir, "hapbx.yaml")}
+	sipPort := sipptest.FreePort(t, proxyIP)
+	adminPort := sipptest.FreePort(t, "127.0.0.1")
+	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
+	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
+	var b strings.Builder
+	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\nbackends:\n", d.sip, proxyIP)
+	for _, n := range []string{"A", "B"} {
+		nd := l.nodes[n]
+		fmt.Fprintf(&b, "  - name: %s\n    address: %q\n    transport: udp\n    agent:\n      url: %q\n      token_file: %q\n      fence: {command: %q, timeout: 5s, safety_delay: 300ms}\n",
+			nd.backend, nd.sip, "http://"+nd.api, filepath.Join(l.dir, "agent.token"), l.fenceCommand(n, fenceFails))
+	}
+	fmt.Fprintf(&b, "cold: {enabled: true, poll_interval: 200ms, start_timeout: 20s, up_timeout: 10s}\n")
+	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(l.dir, "data"))
+	fmt.Fprintf(&b, "admin: {listen: \"127.0.0.1:%d\", token_file: %q}\nlog: {level: debug, format: console}\n", adminPort, filepath.Join(l.dir, "admin.token"))
+	if err := os.WriteFile(d.config, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
+	d.cmd.Stderr = &d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		if t.Failed() {
+			t.Logf("hapbx log (tail):\n%s", tail([]byte(d.log.String()), 12000))
+		}
+	})
+	l.proxy = d
+	return d
+}
+
+// coldStatus is the part of /api/v1/status the tests read.
+type coldStatus struct {
+	Active string `json:"active_backend"`
+	Cold   struct {
+		Holder  string `json:"holder"`
+		Phase   string `json:"phase"`
+		Blocked string `json:"blocked"`
+		Nodes   []struct {
+			Name      string         `json:"name"`
+			Health    string         `json:"health"`
+			Reachable bool           `json:"reachable"`
+			Agent     storage.Status `json:"agent"`
+		} `json:"nodes"`
+		Last *struct {
+			From, To     string
+			Fenced       bool
+			DownAt       time.Time     `json:"down_at"`
+			StoppedAt    time.Time     `json:"stopped_at"`
+			StartedAt    time.Time     `json:"started_at"`
+			UpAt         time.Time     `json:"up_at"`
+			ServiceReady time.Duration `json:"service_ready_ns"`
+			Overhead     time.Duration `json:"overhead_ns"`
+			Error        string
+		} `json:"last_move"`
+	} `json:"cold"`
+}
+
+func (l *coldLab) status() (coldStatus, error) {
+	var s coldStatus
+	res, err := http.Get(l.proxy.admin + "/api/v1/status")
+	if err != nil {
+		return s, err
+	}
+	defer res.Body.Close()
+	err = json.NewDecoder(res.Body).Decode(&s)
+	return s, err
+}
+
+func (l *coldLab) waitStatus(what string, within time.Duration, ok func(coldStatus) bool) coldStatus {
+	l.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		s, err := l.status()
+		if err == nil && ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s not reached within %v: last %+v %v", what, within, s, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// hapbx runs the CLI against the proxy's file.
+func (l *coldLab) hapbx(args ...string) (string, error) {
+	cmd := exec.Command(hapbxBin, append(args, "-c", l.proxy.config)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// calls places n calls through the proxy and fails the test unless all
+// succeed.
+func (l *coldLab) calls(n int) {
+	l.t.Helper()
+	phone := sipptest.Start(l.t, phoneIP, sipptest.FreePort(l.t, phoneIP), "-sf", scenarioPath("uac_call.xml"),
+		"-s", "202", "-m", strconv.Itoa(n), "-r", "20", "-timeout", "15s", "-timeout_error", l.proxy.sip)
+	if code := phone.Wait(20 * time.Second); code != 0 {
+		l.t.Fatalf("calls through the proxy failed (exit %d)\n%s", code, phone.Output())
+	}
+	if c := phone.Counts(); c.Successful != n || c.Failed != 0 {
+		l.t.Fatalf("calls: %+v, want %d successful\n%s", c, n, phone.Output())
+	}
+}
+
+// drbdCall is one line of the stand-ins' calls.log.
+type drbdCall struct {
+	node, what string
+	exit       int
+	roles      map[string]string
+}
+
+func (l *coldLab) drbdCalls() []drbdCall {
+	l.t.Helper()
+	f, err := os.Open(filepath.Join(l.stub, "calls.log"))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer f.Close()
+	var out []drbdCall
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 4 {
+			l.t.Fatalf("bad calls.log line %q", sc.Text())
+		}
+		c := drbdCall{node: strings.TrimPrefix(fs[1], "node="), roles: map[string]string{}}
+		var what []string
+		in := true
+		for _, w := range fs[2:] {
+			switch {
+			case strings.HasPrefix(w, "exit="):
+				c.exit, _ = strconv.Atoi(strings.TrimPrefix(w, "exit="))
+				in = false
+			case in:
+				what = append(what, w)
+			case strings.HasPrefix(w, "A=") || strings.HasPrefix(w, "B="):
+				c.roles[w[:1]] = w[2:]
+			}
+		}
+		c.what = strings.Join(what, " ")
+		out = append(out, c)
+	}
+	return out
+}
+
+// neverTwoPrimaries replays calls.log: after every successful promotion,
+// demotion or fencing at most one powered-on node is Primary, and the
+// roles recorded with each call agree.
+func neverTwoPrimaries(t testing.TB, calls []drbdCall) {
+	t.Helper()
+	primary := map[string]bool{}
+	for _, c := range calls {
+		if c.exit == 0 {
+			switch {
+			case strings.HasPrefix(c.what, "drbdadm primary"):
+				primary[c.node] = true
+			case strings.HasPrefix(c.what, "drbdadm secondary"):
+				delete(primary, c.node)
+			case strings.HasPrefix(c.what, "fence "):
+				delete(primary, strings.TrimPrefix(c.what, "fence "))
+			}
+		}
+		if len(primary) > 1 {
+			t.Fatalf("two primaries after %+v", c)
+		}
+		if c.roles["A"] == storage.RolePrimary && c.roles["B"] == storage.RolePrimary {
+			t.Fatalf("calls.log records both nodes Primary and up at %+v", c)
+		}
+	}
+}
+
+func findDRBD(calls []drbdCall, node, prefix string, exit int) int {
+	for i, c := range calls {
+		if c.node == node && strings.HasPrefix(c.what, prefix) && c.exit == exit {
+			return i
+		}
+	}
+	return -1
+}
+
+func lastDRBD(calls []drbdCall, node, prefix string, exit int) int {
+	for i := len(calls) - 1; i >= 0; i-- {
+		c := calls[i]
+		if c.node == node && strings.HasPrefix(c.what, prefix) && c.exit == exit {
+			return i
+		}
+	}
+	return -1
+}

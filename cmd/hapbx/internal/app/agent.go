@@ -1,0 +1,105 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/config"
+	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/storage"
+)
+
+// runAgent is `hapbx agent`: the storage agent of a PBX node. Its control
+// API (and /metrics) is served on agent.listen; the proxy reaches it by the
+// address configured in its backends[].agent.url.
+//
+// TODO(cluster): the agent is to join the proxies' cluster with the same
+// key and be discovered there; until the cluster package lands, the proxy
+// has its address in its configuration.
+//
+// On SIGTERM the agent exits and leaves the group as it is: restarting the
+// agent must not stop Asterisk. `hapbx standby` moves the group first.
+func runAgent(path string, stderr io.Writer) int {
+	cfg, err := config.LoadAgent(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: log: %v\n", path, err)
+		return 1
+	}
+	defer func() { _ = log.Sync() }()
+	log = log.With(zap.String("node", cfg.Node.Name))
+	if err := agentMain(cfg, log); err != nil {
+		log.Error("hapbx agent stopped with an error", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func agentMain(cfg config.File, log *zap.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	target := health.Target{Name: cfg.Node.Name, Address: cfg.Agent.Ready.SIP, Transport: cfg.Agent.Ready.Transport}
+	if m := cfg.Agent.Ready.AMI; m != nil {
+		secret, err := os.ReadFile(m.SecretFile)
+		if err != nil {
+			return fmt.Errorf("agent.ready.ami.secret_file: %w", err)
+		}
+		target.AMI = &health.AMITarget{Address: m.Address, Username: m.Username, Secret: strings.TrimRight(string(secret), "\r\n")}
+	}
+	hc := health.DefaultConfig()
+	hc.Timeout = cfg.Agent.Ready.Timeout
+	ready, err := health.NewReadyCheck(target, hc, 200*time.Millisecond, log.Named("ready"))
+	if err != nil {
+		return fmt.Errorf("agent.ready: %w", err)
+	}
+	scfg := cfg.Agent.Config
+	listen := scfg.Listen
+	scfg.Listen = "" // served below, with /metrics
+	agent, err := storage.New(scfg, log.Named("agent"), reg, storage.WithReadyChecker(ready))
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() { _ = ready.Run(ctx) }()
+	if listen != "" {
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return fmt.Errorf("agent listen %s: %w", listen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.Handle("/", agent.Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("agent API stopped", zap.Error(err))
+				stop()
+			}
+		}()
+		defer srv.Close()
+	}
+	log.Info("hapbx agent running", zap.String("version", version), zap.String("listen", listen),
+		zap.String("resource", scfg.DRBD.Resource), zap.String("mount_point", scfg.Filesystem.MountPoint))
+	return agent.Run(ctx)
+}

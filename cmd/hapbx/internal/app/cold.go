@@ -1,0 +1,152 @@
+package app
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/storage"
+)
+
+// setupCold builds the cold standby coordinator when cold.enabled. Agents
+// are reached at backends[].agent.url (until the cluster package discovers
+// them); leadership is this proxy's own until the cluster decides it.
+func (d *daemon) setupCold() error {
+	if !d.cfg.Cold.Enabled {
+		return nil
+	}
+	nodes := make([]failover.ColdNode, len(d.cfg.Backends))
+	for i, b := range d.cfg.Backends {
+		tok, err := os.ReadFile(b.Agent.TokenFile)
+		if err != nil {
+			return fmt.Errorf("backends[%d].agent.token_file: %w", i, err)
+		}
+		n := failover.ColdNode{
+			Name: b.Name,
+			// No overall client timeout: a group start may take minutes;
+			// the coordinator bounds each call with its context.
+			Agent:        storage.Client{BaseURL: b.Agent.URL, Token: strings.TrimSpace(string(tok)), HTTP: &http.Client{}},
+			FenceTimeout: b.Agent.Fence.Timeout,
+			SafetyDelay:  b.Agent.Fence.SafetyDelay,
+		}
+		if b.Agent.Fence.Command != "" {
+			n.Fence = storage.CommandFencer{Command: b.Agent.Fence.Command, Timeout: b.Agent.Fence.Timeout}
+		}
+		nodes[i] = n
+	}
+	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg)
+	if err != nil {
+		return fmt.Errorf("cold: %w", err)
+	}
+	d.cold = c
+	return nil
+}
+
+func (d *daemon) coldStatus() *failover.ColdStatus {
+	if d.cold == nil {
+		return nil
+	}
+	st := d.cold.Status()
+	return &st
+}
+
+// moveRequest is the body of POST /api/v1/cold/standby and /takeover.
+type moveRequest struct {
+	// Node: for standby, the node to give the group up (default: the
+	// holder); for takeover, the node to take it (required).
+	Node string `json:"node"`
+}
+
+// moveResponse is their answer.
+type moveResponse struct {
+	Report failover.MoveReport `json:"report"`
+	Error  string              `json:"error,omitempty"`
+}
+
+// coldRoutes adds the manual switchover endpoints (Heartbeat's hb_standby
+// and hb_takeover). They need the bearer token of admin.token_file; with
+// none configured they are refused.
+func (d *daemon) coldRoutes(mux *http.ServeMux) {
+	handle := func(takeover bool) http.HandlerFunc {
+		return d.adminAuthorized(func(w http.ResponseWriter, r *http.Request) {
+			var req moveRequest
+			if r.ContentLength != 0 {
+				if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+					writeJSON(w, http.StatusBadRequest, moveResponse{Error: "bad body: " + err.Error()})
+					return
+				}
+			}
+			if d.cold == nil {
+				writeJSON(w, http.StatusConflict, moveResponse{Error: "cold standby is not enabled (cold.enabled)"})
+				return
+			}
+			to := ""
+			switch {
+			case takeover && req.Node == "":
+				writeJSON(w, http.StatusBadRequest, moveResponse{Error: "takeover: node is required"})
+				return
+			case takeover:
+				to = req.Node
+			case req.Node != "" && req.Node != d.cold.Holder():
+				writeJSON(w, http.StatusOK, moveResponse{Report: failover.MoveReport{From: req.Node, Manual: true, Reason: "does not hold the group; nothing to do"}})
+				return
+			}
+			d.log.Warn("operator switchover", zap.Bool("takeover", takeover), zap.String("node", req.Node))
+			rep, err := d.cold.Switchover(context.WithoutCancel(r.Context()), to)
+			code := http.StatusOK
+			res := moveResponse{Report: rep}
+			if err != nil {
+				res.Error = err.Error()
+				code = http.StatusConflict
+				if errors.Is(err, failover.ErrUnknownNode) {
+					code = http.StatusNotFound
+				}
+			}
+			writeJSON(w, code, res)
+		})
+	}
+	mux.HandleFunc("POST /api/v1/cold/standby", handle(false))
+	mux.HandleFunc("POST /api/v1/cold/takeover", handle(true))
+}
+
+// adminAuthorized checks the bearer token of admin.token_file, read on
+// each request so it can be rotated; no token file means no POSTs.
+func (d *daemon) adminAuthorized(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if d.cfg.Admin.TokenFile == "" {
+			writeJSON(w, http.StatusForbidden, moveResponse{Error: "admin.token_file is not set: state-changing calls are disabled"})
+			return
+		}
+		want, err := os.ReadFile(d.cfg.Admin.TokenFile)
+		tok := strings.TrimSpace(string(want))
+		if err != nil || tok == "" {
+			writeJSON(w, http.StatusServiceUnavailable, moveResponse{Error: "admin.token_file unusable"})
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(tok)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hapbx-admin"`)
+			writeJSON(w, http.StatusUnauthorized, moveResponse{Error: "unauthorized"})
+			return
+		}
+		next(w, r)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// waitTimeout bounds the CLI's wait for a switchover.
+const waitTimeout = 10 * time.Minute

@@ -1,0 +1,336 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/storage"
+)
+
+// The coordinator's ordering, against fake agents that record what they
+// are asked; the real agents are exercised end to end in cmd/hapbx.
+
+type journal struct {
+	mu    sync.Mutex
+	steps []string
+}
+
+func (j *journal) add(s string) { j.mu.Lock(); j.steps = append(j.steps, s); j.mu.Unlock() }
+func (j *journal) get() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return append([]string(nil), j.steps...)
+}
+
+type fakeAgent struct {
+	name string
+	j    *journal
+	hs   *fakeHealth
+
+	mu          sync.Mutex
+	st          storage.Status
+	unreachable bool
+	stopKeeps   bool // stop "succeeds" but DRBD stays Primary
+}
+
+func (a *fakeAgent) Status(ctx context.Context) (storage.Status, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.unreachable {
+		return storage.Status{}, errors.New("connection refused")
+	}
+	return a.st, nil
+}
+
+func (a *fakeAgent) Start(ctx context.Context, _ storage.StartOptions) (storage.Result, error) {
+	a.j.add("start " + a.name)
+	a.mu.Lock()
+	if a.unreachable {
+		a.mu.Unlock()
+		return storage.Result{}, errors.New("connection refused")
+	}
+	a.st.State, a.st.DRBDRole = storage.StateStarted, storage.RolePrimary
+	st := a.st
+	a.mu.Unlock()
+	a.hs.send(a.name, health.StateUp)
+	return storage.Result{Status: st, Report: storage.Report{Steps: []storage.StepReport{{Step: "service", ReadyAfter: 5 * time.Millisecond}}}}, nil
+}
+
+func (a *fakeAgent) Stop(ctx context.Context) (storage.Result, error) {
+	a.j.add("stop " + a.name)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.unreachable {
+		return storage.Result{}, errors.New("connection refused")
+	}
+	a.st.State = storage.StateStopped
+	if !a.stopKeeps {
+		a.st.DRBDRole = storage.RoleSecondary
+	}
+	return storage.Result{Status: a.st}, nil
+}
+
+type fakeFence struct {
+	name string
+	j    *journal
+	err  error
+}
+
+func (f fakeFence) Fence(context.Context) error {
+	if f.err != nil {
+		f.j.add("fence " + f.name + " failed")
+		return f.err
+	}
+	f.j.add("fence " + f.name)
+	return nil
+}
+
+type fakeHealth struct{ ch chan health.Change }
+
+func (h *fakeHealth) Subscribe(ctx context.Context) <-chan health.Change { return h.ch }
+func (h *fakeHealth) send(name string, to health.State) {
+	h.ch <- health.Change{Name: name, To: to, Reason: "test", At: time.Now()}
+}
+
+type rig struct {
+	j      *journal
+	hs     *fakeHealth
+	a, b   *fakeAgent
+	c      *Coordinator
+	leader bool
+	mu     sync.Mutex
+}
+
+// newRig: A holds the group (started, Primary, up in health), B is a
+// fit standby.
+func newRig(t *testing.T, fenceErr error, opts ...ColdOption) *rig {
+	return newRigFence(t, fenceErr, false, opts...)
+}
+
+// newRigFence: with peerWait, the nodes have no fence command and the
+// coordinator falls back to waiting for the DRBD disconnection.
+func newRigFence(t *testing.T, fenceErr error, peerWait bool, opts ...ColdOption) *rig {
+	r := &rig{j: &journal{}, hs: &fakeHealth{ch: make(chan health.Change, 64)}, leader: true}
+	r.a = &fakeAgent{name: "A", j: r.j, hs: r.hs, st: storage.Status{State: storage.StateStarted, DRBDRole: storage.RolePrimary, Disk: storage.DiskUpToDate}}
+	r.b = &fakeAgent{name: "B", j: r.j, hs: r.hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
+	cfg := DefaultColdConfig()
+	cfg.Enabled, cfg.PollInterval, cfg.UpTimeout = true, 20*time.Millisecond, 2*time.Second
+	opts = append([]ColdOption{WithLeader(func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.leader })}, opts...)
+	nodes := []ColdNode{
+		{Name: "A", Agent: r.a, Fence: fakeFence{"A", r.j, fenceErr}},
+		{Name: "B", Agent: r.b, Fence: fakeFence{"B", r.j, fenceErr}},
+	}
+	if peerWait {
+		for i := range nodes {
+			nodes[i].Fence, nodes[i].FenceTimeout, nodes[i].SafetyDelay = nil, 300*time.Millisecond, 50*time.Millisecond
+		}
+	}
+	c, err := NewCoordinator(cfg, nodes, zaptest.NewLogger(t), nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.c = c
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx, r.hs); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	r.hs.send("A", health.StateUp)
+	r.hs.send("B", health.StateDown)
+	waitFor(t, "holder A learnt", func() bool { return c.Holder() == "A" && c.Status().Nodes[0].Health == "up" })
+	return r
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 3s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (r *rig) want(t *testing.T, steps ...string) {
+	t.Helper()
+	if got := r.j.get(); strings.Join(got, ", ") != strings.Join(steps, ", ") {
+		t.Fatalf("steps %q, want %q", got, steps)
+	}
+}
+
+func TestColdDownHolderStoppedThenStandbyStarted(t *testing.T) {
+	r := newRig(t, nil)
+	r.hs.send("A", health.StateDown)
+	waitFor(t, "B holds and is up", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Phase == PhaseIdle && s.Last != nil })
+	r.want(t, "stop A", "start B")
+	if l := r.c.Status().Last; l.Fenced || l.From != "A" || l.To != "B" || l.UpAt.IsZero() || l.ServiceReady != 5*time.Millisecond {
+		t.Fatalf("report %+v", l)
+	}
+}
+
+func TestColdUnreachableHolderFencedFirst(t *testing.T) {
+	r := newRig(t, nil)
+	r.a.mu.Lock()
+	r.a.unreachable = true
+	r.a.mu.Unlock()
+	r.hs.send("A", health.StateDown)
+	waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Phase == PhaseIdle && s.Last != nil })
+	r.want(t, "stop A", "fence A", "start B")
+	if !r.c.Status().Last.Fenced {
+		t.Fatal("report does not say fenced")
+	}
+}
+
+func TestColdStopLeavingPrimaryIsFenced(t *testing.T) {
+	r := newRig(t, nil)
+	r.a.mu.Lock()
+	r.a.stopKeeps = true
+	r.a.mu.Unlock()
+	r.hs.send("A", health.StateDown)
+	waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil })
+	r.want(t, "stop A", "fence A", "start B")
+}
+
+func TestColdFenceFailureBlocks(t *testing.T) {
+	r := newRig(t, errors.New("BMC unreachable"))
+	r.a.mu.Lock()
+	r.a.unreachable = true
+	r.a.mu.Unlock()
+	r.hs.send("A", health.StateDown)
+	waitFor(t, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "fencing failed") })
+	time.Sleep(100 * time.Millisecond) // polls must not retry at once
+	r.want(t, "stop A", "fence A failed")
+	if s := r.c.Status(); s.Holder != "A" || s.Phase != PhaseBlocked {
+		t.Fatalf("status %+v", s)
+	}
+}
+
+func TestColdSplitBrainBlocksBeforeTouchingA(t *testing.T) {
+	r := newRig(t, nil)
+	r.b.mu.Lock()
+	r.b.st.SplitBrain, r.b.st.SplitBrainReason = true, "events2: StandAlone"
+	r.b.mu.Unlock()
+	r.hs.send("A", health.StateDown)
+	waitFor(t, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "split brain") })
+	r.want(t)
+}
+
+func TestColdNotLeaderDoesNothing(t *testing.T) {
+	r := newRig(t, nil)
+	r.mu.Lock()
+	r.leader = false
+	r.mu.Unlock()
+	r.hs.send("A", health.StateDown)
+	time.Sleep(150 * time.Millisecond)
+	r.want(t)
+	if _, err := r.c.Switchover(context.Background(), "B"); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("switchover as follower: %v", err)
+	}
+}
+
+func TestColdSwitchoverNeverFences(t *testing.T) {
+	r := newRig(t, nil)
+	r.a.mu.Lock()
+	r.a.unreachable = true
+	r.a.mu.Unlock()
+	if _, err := r.c.Switchover(context.Background(), "B"); err == nil {
+		t.Fatal("switchover with A's agent unreachable succeeded")
+	}
+	r.want(t, "stop A")
+	r.a.mu.Lock()
+	r.a.unreachable = false
+	r.a.mu.Unlock()
+	rep, err := r.c.Switchover(context.Background(), "")
+	if err != nil || rep.To != "B" || rep.UpAt.IsZero() {
+		t.Fatalf("switchover: %+v %v", rep, err)
+	}
+	r.want(t, "stop A", "stop A", "start B")
+	if _, err := r.c.Switchover(context.Background(), "C"); !errors.Is(err, ErrUnknownNode) {
+		t.Fatalf("unknown node: %v", err)
+	}
+}
+
+func TestColdInitialStartOnFirstFitNode(t *testing.T) {
+	j := &journal{}
+	hs := &fakeHealth{ch: make(chan health.Change, 64)}
+	a := &fakeAgent{name: "A", j: j, hs: hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: "Outdated"}}
+	b := &fakeAgent{name: "B", j: j, hs: hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
+	cfg := DefaultColdConfig()
+	cfg.Enabled, cfg.PollInterval = true, 20*time.Millisecond
+	c, err := NewCoordinator(cfg, []ColdNode{{Name: "A", Agent: a}, {Name: "B", Agent: b}}, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = c.Run(ctx, hs) }()
+	waitFor(t, "B started", func() bool { return c.Holder() == "B" && c.Status().Phase == PhaseIdle })
+	if got := fmt.Sprint(j.get()); got != "[start B]" {
+		t.Fatalf("steps %s", got)
+	}
+}
+
+func TestColdConfigValidate(t *testing.T) {
+	c := DefaultColdConfig()
+	c.StartTimeout, c.PollInterval = 0, -1
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "start_timeout: must be > 0") || !strings.Contains(err.Error(), "poll_interval: must be > 0") {
+		t.Fatalf("validate: %v", err)
+	}
+	if err := DefaultColdConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Without a fence command the old node counts as fenced only once the new
+// node's DRBD shows it disconnected (plus the safety delay).
+func TestColdPeerDisconnectFencing(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		peer    storage.PeerState
+		promote bool
+	}{
+		{"peer gone", storage.PeerState{Name: "a", Connection: "Connecting", Role: storage.RoleUnknown}, true},
+		{"peer still Primary", storage.PeerState{Name: "a", Connection: storage.ConnConnected, Role: storage.RolePrimary}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRigFence(t, nil, true)
+			r.a.mu.Lock()
+			r.a.unreachable = true
+			r.a.mu.Unlock()
+			r.b.mu.Lock()
+			r.b.st.DRBD.Peers = []storage.PeerState{tc.peer}
+			r.b.mu.Unlock()
+			r.hs.send("A", health.StateDown)
+			if tc.promote {
+				waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+				r.want(t, "stop A", "start B")
+				return
+			}
+			waitFor(t, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "fencing failed") })
+			r.want(t, "stop A")
+		})
+	}
+}
+
+// The holder's agent reporting its group failed (its monitor saw Asterisk
+// stop serving) moves the group even before health says down.
+func TestColdAgentFailedMovesGroup(t *testing.T) {
+	r := newRig(t, nil)
+	r.a.mu.Lock()
+	r.a.st.State, r.a.st.LastError = storage.StateFailed, "monitor: sip: connection refused"
+	r.a.mu.Unlock()
+	waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+	r.want(t, "stop A", "start B")
+	if l := r.c.Status().Last; !strings.Contains(l.Reason, "agent reports the group failed") {
+		t.Fatalf("reason %q", l.Reason)
+	}
+}
