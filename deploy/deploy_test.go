@@ -622,7 +622,7 @@ func TestSIPpGenUsers(t *testing.T) {
 	if string(data) != want {
 		t.Errorf("gen-users.sh output:\n%s\nwant:\n%s", data, want)
 	}
-	for _, bad := range [][]string{{}, {"-n", "0"}, {"-n", "100001"}, {"-n", "x"}, {"-n", "2", "-a", "iax"}} {
+	for _, bad := range [][]string{{}, {"-n", "0"}, {"-n", "100001"}, {"-n", "x"}, {"-n", "2", "-a", "iax"}, {"-n", "1", "-p", "a]b"}, {"-n", "1", "-d", "a;b"}} {
 		if err := exec.Command("sh", append([]string{filepath.Join("sipp", "gen-users.sh")}, bad...)...).Run(); err == nil {
 			t.Errorf("gen-users.sh %q: exit 0, want a usage error", bad)
 		}

@@ -39,8 +39,9 @@ if [ "$count" -lt 1 ] || [ "$count" -gt 100000 ]; then
 	echo "gen-users.sh: -n must be 1..100000 (the registrar's default max_bindings)" >&2
 	exit 2
 fi
-case $domain in *[\;\ ]* | '') echo "gen-users.sh: bad -d domain" >&2; exit 2 ;; esac
-case $prefix in *[\;\ ]*) echo "gen-users.sh: -p must not contain ; or spaces" >&2; exit 2 ;; esac
+# ; separates CSV fields; a space or ] would end SIPp's [authentication ...] keyword.
+case $domain in *[\;\ \]]* | '') echo "gen-users.sh: bad -d domain" >&2; exit 2 ;; esac
+case $prefix in *[\;\ \]]*) echo "gen-users.sh: -p must not contain ;, ] or spaces" >&2; exit 2 ;; esac
 
 last=$((first + count - 1))
 case $kind in
