@@ -48,6 +48,7 @@ type Cluster struct {
 	transferring atomic.Bool
 	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
 	inflight     atomic.Int32
+	alive        atomic.Int64 // members alive, self included (from memberlist events)
 	wake         chan struct{}
 
 	subMu sync.Mutex
@@ -263,7 +264,6 @@ func (c *Cluster) startMemberlist() error {
 		return fmt.Errorf("cluster: memberlist on %s: %w", c.cfg.Bind, err)
 	}
 	c.ml.Store(ml)
-	c.m.members.Set(1)
 	return nil
 }
 
@@ -714,7 +714,7 @@ type events Cluster
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	c := (*Cluster)(e)
-	c.memberCount()
+	c.memberCount(1)
 	if n.Name == c.cfg.Name {
 		return
 	}
@@ -730,14 +730,14 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	c := (*Cluster)(e)
-	c.memberCount()
+	c.memberCount(-1)
 	c.log.Warn("member down", zap.String("member", n.Name))
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) { (*Cluster)(e).poke() }
 
-func (c *Cluster) memberCount() {
-	if c.ml.Load() != nil {
-		c.m.members.Set(float64(c.ml.Load().NumMembers()))
-	}
+// memberCount runs inside memberlist's event callbacks, which hold its node lock: it
+// must not call back into memberlist (NumMembers would deadlock).
+func (c *Cluster) memberCount(delta int64) {
+	c.m.members.Set(float64(c.alive.Add(delta)))
 }
