@@ -1,0 +1,164 @@
+// Package cluster replaces Heartbeat for hapbx: it keeps membership of the proxies and a
+// witness, elects exactly one VIP holder by consensus, moves the VIP, and carries the
+// proxies' shared state. It knows nothing of SIP.
+//
+// # Parts
+//
+//   - Membership: hashicorp/memberlist (SWIM gossip), always encrypted with the keyring
+//     of secret_file (AES-GCM; first key encrypts, all decrypt). A node with a wrong key
+//     cannot join and logs "cannot join the cluster" at error level with the hint
+//     "gossip key does not match the peers' (check secret_file)"; the peers log the
+//     decryption failures with the same hint. Joining retries with exponential backoff
+//     (100 ms .. timing.join_retry_max) and keeps re-joining lost peers afterwards.
+//     memberlist's and raft's loggers are bridged to zap (logbridge.go).
+//   - Leadership: hashicorp/raft with a static voter set (every entry of peers: the
+//     proxies and the witness), bootstrapped identically on every node when data_dir is
+//     empty. Term, vote and log live in data_dir (raft-boltdb v2 on bbolt): a voter that
+//     forgot its vote could vote twice in a term. Transport: raft.NewTCPTransport on
+//     peers[self].raft.
+//   - The VIP (type VIP): netlink add/remove, then a gratuitous ARP (request and reply)
+//     for IPv4 or an unsolicited overriding neighbour advertisement for IPv6, sent at once
+//     and repeated vip.garp_count-1 times every vip.garp_interval. A VIP left on the
+//     interface by a crash is removed in Start before the node joins.
+//   - Shared state: named channels (RegisterState) of opaque records; see below.
+//   - Published values: Publish(key, value) on the raft leader goes through the raft log
+//     (consistent, persisted, replicated to all voters); Get reads the local copy. Meant
+//     for the failover coordinator's active-backend decision, not for bulk data.
+//
+// # Who holds the VIP
+//
+// A node holds the VIP iff it is a proxy, it is the raft leader, its quorum lease is
+// fresh, it reaches at least one of ping_targets (when configured) and it is not
+// handing leadership over. The quorum lease: every timing.leader_lease/4 the leader
+// issues raft's VerifyLeader (a heartbeat round); the lease is fresh while the issue
+// time of the newest successful round is less than timing.leader_lease ago. This check
+// runs in its own goroutine, outside raft's main loop, so a raft loop stuck on a disk
+// write also drops the VIP. raft's own LeaderLeaseTimeout is set to the same value.
+//
+// A witness that wins an election, a leader that lost its ping targets, and (with
+// failback: true) a leader that sees an alive, ping-healthy proxy of higher priority,
+// release the VIP first and then transfer raft leadership to the best proxy (highest
+// priority, then lowest name; priorities are gossiped in memberlist node metadata).
+// With failback: false the current holder keeps the VIP when a higher-priority proxy
+// returns.
+//
+// # Timing argument (why there are never two holders)
+//
+// Defaults: heartbeat_timeout H = 250 ms, election_timeout = 250 ms, leader_lease
+// L = 100 ms, lease check tick = L/4 = 25 ms. Validate demands L <= H/2.
+//
+// Let t be the issue time of the holder's newest successful VerifyLeader. Success means
+// a majority of voters received a heartbeat sent after t, so each of them set its
+// "last contact" to a time >= t. The holder drops the VIP at the latest at
+// t + L + tick (+ the netlink call, ~1 ms) = t + 126 ms.
+//
+// A new leader needs (pre-)votes from a majority, which shares at least one voter X with
+// the majority that acknowledged t. X refuses (pre-)votes while it knows a leader, and
+// forgets the leader only when its heartbeat timer finds no contact for H; if X is the
+// candidate itself, it does not start an election before H without contact. So no new
+// leader exists before t + H = t + 250 ms: at least 124 ms after the old holder released
+// the VIP. The margin absorbs scheduling and GC pauses of the old holder up to ~120 ms;
+// a holder whose whole process or machine is frozen longer (SIGSTOP, VM pause) cannot
+// run its lease check; this library has no fencing for that case.
+//
+// The one raft path that bypasses the "I have a leader" refusal is leadership transfer
+// (TimeoutNow). hapbx only starts a transfer after releasing the VIP itself (failback,
+// ping loss, Close); a witness never holds it.
+//
+// Failover time after the holder dies: the followers' timers fire between H and 3H after
+// the last heartbeat (raft re-arms a random [H, 2H) timer), then one pre-vote and one vote
+// round trip and an fsync; if the witness wins, one leadership transfer follows (a few
+// ms). Then a VerifyLeader round and the VIP add. Measured in network namespaces: see
+// TestFailoverFigures (HAPBX_BENCH=1); typically 0.3–0.8 s.
+//
+// # Failure cases
+//
+//   - Holder dies (power, SIGKILL): the other proxy and the witness elect the other
+//     proxy within about 0.3–0.8 s; it adds the VIP and sends gratuitous ARP, so clients'
+//     ARP entries follow at once (TestFailoverSIGKILL). If only the hapbx process died and
+//     the host lives, the address stays on its interface until hapbx restarts (Start
+//     removes it) — deploy the systemd unit with
+//     ExecStopPost=-/usr/sbin/ip addr del <vip> dev <interface> so a crashed process does
+//     not leave a second owner answering ARP.
+//   - Pair cut apart, both see the witness: the holder keeps its quorum with the witness
+//     and keeps the VIP; the witness refuses the other proxy's pre-votes (it has a
+//     leader), so nothing moves and terms do not inflate. Shared-state broadcasts
+//     between the two stop; a full push runs when they see each other again
+//     (TestPartition).
+//   - Holder cut from everyone: its lease runs out and it releases the VIP after at most
+//     L + tick; the others elect a new holder after at least H (TestPartition samples
+//     every 50 ms in both namespaces: never two holders). Healed, the old holder becomes
+//     a follower; failback decides whether it takes the VIP back.
+//   - Witness dies: the two proxies keep a quorum of 2 of 3; nothing moves. A second
+//     failure then leaves no quorum: restore the witness.
+//   - Two nodes die: the survivor has no quorum and holds no VIP (released within L if it
+//     held it). The service is down until a second voter returns: that is the price of
+//     never having two holders. There is no manual override in this package.
+//   - Holder loses its ping targets: it releases the VIP and hands leadership to a proxy
+//     that reaches them; if none does, no node holds the VIP.
+//
+// # Shared state
+//
+// RegisterState(name, src) adds a channel; Broadcast(name, record) sends one change:
+// records up to 1100 bytes through memberlist's TransmitLimitedQueue (UDP gossip,
+// retransmitted ~3 times; piggybacks on gossip every timing.gossip_interval), larger
+// ones over TCP to each member. When memberlist reports a member up (join, restart,
+// healed partition), every node pushes the full Snapshot of every channel to it over
+// memberlist's encrypted TCP stream in chunks of at most 1 MiB (memberlist refuses
+// encrypted stream messages above 20 MiB, so its push/pull LocalState is not used for
+// bulk state). Records can arrive twice and out of order: StateSource.Apply must be
+// idempotent and resolve conflicts (version/expiry in the record). 100k records of
+// 300 bytes reach a joining node in well under a second on a veth LAN
+// (TestStateSyncOnJoin). Gossip throughput is a few hundred records per second; a
+// missed broadcast is repaired only by the next full push.
+//
+// # What it does not do
+//
+// No fencing/STONITH; no dynamic voter changes (peers is the bootstrap configuration:
+// changing it means wiping data_dir on every node); the raft TCP port is neither
+// encrypted nor authenticated, so it must only be reachable on the cluster LAN
+// (firewall it); no ICMP ping (targets are TCP connects, a refusal counts as reached).
+//
+// # Configuration (section cluster:)
+//
+//	name: node1                  # default: host name; must be listed in peers
+//	bind: 0.0.0.0:7946           # memberlist UDP+TCP
+//	advertise: ""                # default: peers[self].gossip
+//	raft_bind: ""                # default: 0.0.0.0:<port of peers[self].raft>
+//	peers:                       # all voters, identical on every node
+//	  - {name: node1, gossip: 192.168.1.11:7946, raft: 192.168.1.11:7947}
+//	  - {name: node2, gossip: 192.168.1.12:7946, raft: 192.168.1.12:7947}
+//	  - {name: witness, gossip: 192.168.1.20:7946, raft: 192.168.1.20:7947}
+//	secret_file: /etc/hapbx/cluster.key  # base64 16/24/32-byte keys, one per line
+//	priority: 100
+//	failback: false
+//	data_dir: /var/lib/hapbx/cluster
+//	ping_targets: []             # host:port, e.g. [192.168.1.1:80]
+//	ping_interval: 1s
+//	ping_timeout: 500ms
+//	timing:
+//	  heartbeat_timeout: 250ms
+//	  election_timeout: 250ms
+//	  leader_lease: 100ms        # <= heartbeat_timeout/2
+//	  probe_interval: 200ms      # memberlist
+//	  probe_timeout: 100ms
+//	  suspicion_mult: 3
+//	  gossip_interval: 50ms
+//	  push_pull_interval: 15s
+//	  join_retry_max: 5s
+//	vip:                         # ignored by a witness
+//	  address: 192.168.1.13/24
+//	  interface: eth0
+//	  garp_count: 3
+//	  garp_interval: 200ms
+//
+// # Metrics
+//
+//	hapbx_cluster_vip_held                       gauge, 1 while the VIP is on our interface
+//	hapbx_cluster_members                        gauge, alive memberlist members incl. self
+//	hapbx_cluster_leader_changes_total           counter, raft leader changes seen
+//	hapbx_cluster_quorum                         gauge, 1 with a fresh lease (leader) or a known leader (follower)
+//	hapbx_cluster_raft_leader                    gauge, 1 while raft leader
+//	hapbx_cluster_garp_sent_total                counter, VIP announcements sent
+//	hapbx_cluster_state_records_received_total   counter, shared-state records applied from peers
+package cluster
