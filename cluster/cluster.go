@@ -196,7 +196,11 @@ func (c *Cluster) startRaft() error {
 	rc.LocalID = raft.ServerID(c.cfg.Name)
 	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
 	rc.ElectionTimeout = c.cfg.Timing.ElectionTimeout
-	rc.LeaderLeaseTimeout = c.cfg.Timing.LeaderLease
+	// raft's own lease only makes a leader step down; it is not what protects the VIP
+	// (the VerifyLeader lease in leaderLoop is). Set to the maximum raft allows so a
+	// leader whose acknowledgements are merely late (CPU starvation, a slow fsync on a
+	// follower) does not step down and force a new election.
+	rc.LeaderLeaseTimeout = c.cfg.Timing.HeartbeatTimeout
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.LogOutput = bridge
 	rc.LogLevel = "INFO"
@@ -418,23 +422,45 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 
 		// A leader that must not hold the VIP (witness, lost ping targets) or that should
 		// fail back hands leadership to the best proxy.
-		if leaseOK && !c.transferring.Load() && now.Sub(lastTransfer) > 4*c.cfg.Timing.ElectionTimeout {
-			if target, ok := c.transferTarget(); ok {
+		if isLeader && !c.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
+			if targets := c.transferTargets(); len(targets) > 0 {
 				lastTransfer = now
 				c.transferring.Store(true)
 				c.setHolding(false) // release before anyone else can be elected
-				c.log.Info("handing raft leadership over", zap.String("to", target.Name))
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
 					defer c.poke()
 					defer c.transferring.Store(false)
-					err := c.r.LeadershipTransferToServer(raft.ServerID(target.Name), raft.ServerAddress(target.Raft)).Error()
-					if err != nil {
-						c.log.Warn("leadership transfer failed", zap.String("to", target.Name), zap.Error(err))
-					}
+					c.transfer(targets)
 				}()
 			}
+		}
+	}
+}
+
+// transfer hands raft leadership to the first target that answers a direct memberlist
+// ping: right after an election the previous leader is often dead but not yet declared
+// so by memberlist, and a transfer to it would only time out.
+func (c *Cluster) transfer(targets []Peer) {
+	ml := c.ml.Load()
+	for _, p := range targets {
+		addr, err := net.ResolveUDPAddr("udp", p.Gossip)
+		if err != nil {
+			continue
+		}
+		if _, err := ml.Ping(p.Name, addr); err != nil {
+			c.log.Info("not handing leadership to an unresponsive proxy", zap.String("to", p.Name), zap.Error(err))
+			continue
+		}
+		c.log.Info("handing raft leadership over", zap.String("to", p.Name))
+		err = c.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
+		if err == nil {
+			return
+		}
+		c.log.Warn("leadership transfer failed", zap.String("to", p.Name), zap.Error(err))
+		if c.r.State() != raft.Leader {
+			return
 		}
 	}
 }
@@ -446,32 +472,49 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// transferTarget picks the proxy this leader should hand over to, if any.
-func (c *Cluster) transferTarget() (Peer, bool) {
-	best, bestPrio := "", 0
+// transferTargets lists, best first, the proxies this leader should hand over to; empty
+// when it should keep leadership.
+func (c *Cluster) transferTargets() []Peer {
+	var cands []Member
 	for _, m := range c.Members() {
 		if m.Name == c.cfg.Name || m.State != "alive" || m.Role != RoleProxy.String() || !m.PingOK {
 			continue
 		}
-		if best == "" || m.Priority > bestPrio || (m.Priority == bestPrio && m.Name < best) {
-			best, bestPrio = m.Name, m.Priority
+		cands = append(cands, m)
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].Priority != cands[j].Priority {
+			return cands[i].Priority > cands[j].Priority
 		}
-	}
-	if best == "" {
-		return Peer{}, false
-	}
+		return cands[i].Name < cands[j].Name
+	})
 	switch {
 	case c.role == RoleWitness, !c.pingOK.Load():
-	case c.cfg.Failback && bestPrio > c.cfg.Priority:
+	case c.cfg.Failback && cands[0].Priority > c.cfg.Priority:
+		// Only proxies that outrank us.
+		n := 0
+		for _, m := range cands {
+			if m.Priority > c.cfg.Priority {
+				cands[n] = m
+				n++
+			}
+		}
+		cands = cands[:n]
 	default:
-		return Peer{}, false
+		return nil
 	}
-	for _, p := range c.cfg.Peers {
-		if p.Name == best {
-			return p, true
+	var out []Peer
+	for _, m := range cands {
+		for _, p := range c.cfg.Peers {
+			if p.Name == m.Name {
+				out = append(out, p)
+			}
 		}
 	}
-	return Peer{}, false
+	return out
 }
 
 func (c *Cluster) setHolding(hold bool) {

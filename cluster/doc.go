@@ -33,7 +33,9 @@
 // issues raft's VerifyLeader (a heartbeat round); the lease is fresh while the issue
 // time of the newest successful round is less than timing.leader_lease ago. This check
 // runs in its own goroutine, outside raft's main loop, so a raft loop stuck on a disk
-// write also drops the VIP. raft's own LeaderLeaseTimeout is set to the same value.
+// write also drops the VIP. raft's own LeaderLeaseTimeout (which only makes raft step
+// down) is set to heartbeat_timeout, the maximum raft allows, so late acknowledgements
+// under CPU starvation cost the VIP for a moment but not a whole new election.
 //
 // A witness that wins an election, a leader that lost its ping targets, and (with
 // failback: true) a leader that sees an alive, ping-healthy proxy of higher priority,

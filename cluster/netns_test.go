@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -193,6 +194,18 @@ func TestFailoverFigures(t *testing.T) {
 		d := l.measureKill(h)
 		ds = append(ds, d)
 		t.Logf("rep %d: SIGKILL %s -> VIP on %s in %s", i+1, h, other(h), d.Round(time.Millisecond))
+		if d > time.Second && os.Getenv("HAPBX_BENCH_DEBUG") != "" {
+			for _, n := range []string{other(h), "w"} {
+				b, _ := os.ReadFile(filepath.Join(l.dir, n+".log"))
+				var lines []string
+				for _, ln := range strings.Split(string(b), "\n") {
+					if !strings.Contains(ln, "failed to heartbeat") && !strings.Contains(ln, "appendEntries") && !strings.Contains(ln, "DEBUG") {
+						lines = append(lines, ln)
+					}
+				}
+				t.Logf("---- %s ----\n%s", n, strings.Join(lines[max(0, len(lines)-60):], "\n"))
+			}
+		}
 		l.start(l.nodeConfig(h, 100, false), 0, 0)
 		l.waitStable(15*time.Second, "n1", "n2", "w")
 		time.Sleep(500 * time.Millisecond)
