@@ -393,7 +393,7 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 		isLeader := c.r.State() == raft.Leader
 		c.m.isLeader.Set(b2f(isLeader))
 		now := time.Now()
-		if isLeader && c.inflight.Load() < 2 {
+		if isLeader && c.inflight.Load() < 4 {
 			c.inflight.Add(1)
 			issued := now
 			go func() {

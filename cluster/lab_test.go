@@ -42,6 +42,7 @@ type lab struct {
 	mu      sync.Mutex
 	procs   map[string]*nodeProc
 	handles map[string]*netlink.Handle
+	mod     func(*Config) // applied to every node config, if set
 }
 
 type nodeProc struct {
@@ -83,7 +84,7 @@ func labPreClean() {
 		pids, _ := exec.Command("ip", "netns", "pids", f[0]).Output()
 		for _, p := range strings.Fields(string(pids)) {
 			var pid int
-			if _, err := fmt.Sscan(p, &pid); err == nil && pid > 1 {
+			if _, err := fmt.Sscan(p, &pid); err == nil && pid > 1 && pid != os.Getpid() {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
@@ -170,6 +171,9 @@ func (l *lab) nodeConfig(n string, prio int, failback bool) Config {
 	c.Failback = failback
 	c.DataDir = filepath.Join(l.dir, "data-"+n)
 	c.VIP = VIPConfig{Address: labVIP + "/24", Interface: labIf, GARPCount: 3, GARPInterval: 100 * time.Millisecond}
+	if l.mod != nil {
+		l.mod(&c)
+	}
 	return c
 }
 
@@ -446,11 +450,11 @@ func (l *lab) cut(n string, peers ...string) {
 		rules += "  iifname \"" + labIf + "\" drop\n }\n chain out { type filter hook output priority 0; policy accept;\n  oifname \"" + labIf + "\" drop\n }\n}\n"
 	} else {
 		for _, p := range peers {
-			rules += "  ip saddr " + labNodes[p] + " drop\n"
+			rules += "  ip saddr " + ipOf(p) + " drop\n"
 		}
 		rules += " }\n chain out { type filter hook output priority 0; policy accept;\n"
 		for _, p := range peers {
-			rules += "  ip daddr " + labNodes[p] + " drop\n"
+			rules += "  ip daddr " + ipOf(p) + " drop\n"
 		}
 		rules += " }\n}\n"
 	}
@@ -459,6 +463,13 @@ func (l *lab) cut(n string, peers ...string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		l.t.Fatalf("nft in %s: %v\n%s\n%s", n, err, out, rules)
 	}
+}
+
+func ipOf(n string) string {
+	if n == "cl" {
+		return "10.213.0.100"
+	}
+	return labNodes[n]
 }
 
 func (l *lab) heal(n string) {
