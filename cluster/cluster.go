@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -54,6 +55,13 @@ type Cluster struct {
 	subMu sync.Mutex
 	subs  []chan bool
 
+	// Copies of memberlist's nodes taken in its event callbacks: the *Node pointers
+	// memberlist.Members returns are mutated by memberlist without a lock we can take.
+	memMu  sync.RWMutex
+	nodes  map[string]memberlist.Node
+	states map[string]string
+	upAt   map[string]time.Time // when a member last became alive
+
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	started bool
@@ -95,7 +103,8 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer) (*Cl
 	}
 	log = log.With(zap.String("node", cfg.Name), zap.Stringer("role", role))
 	c := &Cluster{cfg: cfg, role: role, log: log, m: newMetrics(reg), fsm: newKVFSM(), keyring: kr,
-		chans: map[string]*channel{}, wake: make(chan struct{}, 1)}
+		chans: map[string]*channel{}, wake: make(chan struct{}, 1),
+		nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}}
 	if role == RoleProxy {
 		c.vip, err = newVIP(cfg.VIP, log, c.m)
 		if err != nil {
@@ -188,14 +197,22 @@ func (c *Cluster) startRaft() error {
 	if bind == "" {
 		bind = net.JoinHostPort("0.0.0.0", strconv.Itoa(adv.Port))
 	}
-	c.trans, err = raft.NewTCPTransport(bind, adv, 3, 2*time.Second, bridge)
+	// raft's TCP transport (as raft.NewTCPTransport builds it) over a stream layer that
+	// authenticates peers with the gossip keys.
+	stream, err := newAuthLayer(bind, adv, c.keyring.GetKeys(), c.keyring.GetPrimaryKey())
 	if err != nil {
 		return fmt.Errorf("cluster: raft transport on %s: %w", bind, err)
 	}
+	c.trans = raft.NewNetworkTransport(stream, 3, 2*time.Second, bridge)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.cfg.Name)
 	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
 	rc.ElectionTimeout = c.cfg.Timing.ElectionTimeout
+	if c.role == RoleWitness {
+		// After a split vote between the witness and a proxy, the proxy retries first,
+		// at a higher term, and wins: the witness would only hand leadership over anyway.
+		rc.ElectionTimeout *= 2
+	}
 	// raft's own lease only makes a leader step down; it is not what protects the VIP
 	// (the VerifyLeader lease in leaderLoop is). Set to the maximum raft allows so a
 	// leader whose acknowledgements are merely late (CPU starvation, a slow fsync on a
@@ -281,9 +298,9 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 	for {
 		var missing []string
 		alive := map[string]bool{}
-		for _, n := range c.ml.Load().Members() {
-			if n.State == memberlist.StateAlive {
-				alive[n.Name] = true
+		for _, m := range c.Members() {
+			if m.State == "alive" {
+				alive[m.Name] = true
 			}
 		}
 		for _, p := range c.cfg.Peers {
@@ -494,10 +511,15 @@ func (c *Cluster) transferTargets() []Peer {
 	switch {
 	case c.role == RoleWitness, !c.pingOK.Load():
 	case c.cfg.Failback && cands[0].Priority > c.cfg.Priority:
-		// Only proxies that outrank us.
+		// Only proxies that outrank us and have been up for failback_delay (a proxy
+		// that just restarted is still catching up raft's log; a transfer to it would
+		// time out after the VIP was already released).
+		c.memMu.RLock()
+		upAt := maps.Clone(c.upAt)
+		c.memMu.RUnlock()
 		n := 0
 		for _, m := range cands {
-			if m.Priority > c.cfg.Priority {
+			if m.Priority > c.cfg.Priority && time.Since(upAt[m.Name]) >= c.cfg.FailbackDelay {
 				cands[n] = m
 				n++
 			}
@@ -581,28 +603,45 @@ func (c *Cluster) pingLoop(ctx context.Context) {
 	}
 }
 
-// Members lists the members memberlist knows, this node included, sorted by name.
+// Members lists the members memberlist has reported, this node included, sorted by name.
 func (c *Cluster) Members() []Member {
-	if c.ml.Load() == nil {
-		return nil
-	}
-	var out []Member
-	for _, n := range c.ml.Load().Members() {
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	out := make([]Member, 0, len(c.nodes))
+	for name, n := range c.nodes {
 		var meta nodeMeta
 		_ = json.Unmarshal(n.Meta, &meta)
-		st := "alive"
-		switch n.State {
-		case memberlist.StateSuspect:
-			st = "suspect"
-		case memberlist.StateDead:
-			st = "dead"
-		case memberlist.StateLeft:
-			st = "left"
-		}
-		out = append(out, Member{Name: n.Name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: st})
+		out = append(out, Member{Name: name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: c.states[name]})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// aliveNodes returns copies of the other alive members, for direct sends.
+func (c *Cluster) aliveNodes() []*memberlist.Node {
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	var out []*memberlist.Node
+	for name, n := range c.nodes {
+		if name != c.cfg.Name && c.states[name] == "alive" {
+			n := n
+			out = append(out, &n)
+		}
+	}
+	return out
+}
+
+// record copies n; called from memberlist's event callbacks (under its node lock).
+func (c *Cluster) record(n *memberlist.Node, state string) {
+	cp := memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port,
+		Meta: append([]byte(nil), n.Meta...)}
+	c.memMu.Lock()
+	if state == "alive" && c.states[n.Name] != "alive" {
+		c.upAt[n.Name] = time.Now()
+	}
+	c.nodes[n.Name] = cp
+	c.states[n.Name] = state
+	c.memMu.Unlock()
 }
 
 // Publish stores key=value through the raft log (strongly consistent, replicated to all
@@ -757,6 +796,7 @@ type events Cluster
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	c := (*Cluster)(e)
+	c.record(n, "alive")
 	c.memberCount(1)
 	if n.Name == c.cfg.Name {
 		return
@@ -767,17 +807,27 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	has := len(c.chans) > 0
 	c.chMu.RUnlock()
 	if has && !c.closed.Load() {
-		go c.pushState(n)
+		cp := memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}
+		go c.pushState(&cp)
 	}
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	c := (*Cluster)(e)
+	st := "dead"
+	if n.State == memberlist.StateLeft {
+		st = "left"
+	}
+	c.record(n, st)
 	c.memberCount(-1)
-	c.log.Warn("member down", zap.String("member", n.Name))
+	c.log.Warn("member down", zap.String("member", n.Name), zap.String("state", st))
 }
 
-func (e *events) NotifyUpdate(n *memberlist.Node) { (*Cluster)(e).poke() }
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	c := (*Cluster)(e)
+	c.record(n, "alive")
+	c.poke()
+}
 
 // memberCount runs inside memberlist's event callbacks, which hold its node lock: it
 // must not call back into memberlist (NumMembers would deadlock).

@@ -98,6 +98,9 @@ type Config struct {
 	Priority int `yaml:"priority"`
 	// Failback: hand the VIP back to a higher-priority proxy when it returns.
 	Failback bool `yaml:"failback"`
+	// FailbackDelay: how long a higher-priority proxy must have been up before the VIP
+	// is handed back to it.
+	FailbackDelay time.Duration `yaml:"failback_delay"`
 	// DataDir keeps raft's term, vote, log and snapshots across restarts.
 	DataDir string `yaml:"data_dir"`
 	// PingTargets: host:port list; a node that reaches none of them must not hold the VIP.
@@ -116,13 +119,14 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		Name:         host,
-		Bind:         "0.0.0.0:7946",
-		Priority:     100,
-		Failback:     false,
-		DataDir:      "/var/lib/hapbx/cluster",
-		PingInterval: 1 * time.Second,
-		PingTimeout:  500 * time.Millisecond,
+		Name:          host,
+		Bind:          "0.0.0.0:7946",
+		Priority:      100,
+		Failback:      false,
+		FailbackDelay: 2 * time.Second,
+		DataDir:       "/var/lib/hapbx/cluster",
+		PingInterval:  1 * time.Second,
+		PingTimeout:   500 * time.Millisecond,
 		Timing: Timing{
 			HeartbeatTimeout: 250 * time.Millisecond,
 			ElectionTimeout:  250 * time.Millisecond,
@@ -225,6 +229,9 @@ func (c Config) validate(role Role) error {
 	}
 	if c.DataDir == "" {
 		add("data_dir: must be set (raft must remember its term and vote)")
+	}
+	if c.FailbackDelay < 0 {
+		add("failback_delay: must be >= 0")
 	}
 	t := c.Timing
 	for _, d := range []struct {

@@ -14,8 +14,11 @@
 //   - Leadership: hashicorp/raft with a static voter set (every entry of peers: the
 //     proxies and the witness), bootstrapped identically on every node when data_dir is
 //     empty. Term, vote and log live in data_dir (raft-boltdb v2 on bbolt): a voter that
-//     forgot its vote could vote twice in a term. Transport: raft.NewTCPTransport on
-//     peers[self].raft.
+//     forgot its vote could vote twice in a term. Transport: raft's NetworkTransport
+//     over TCP on peers[self].raft (what raft.NewTCPTransport builds), with a stream
+//     layer that makes both ends prove, by HMAC challenge-response, that they hold a key
+//     of secret_file (raftauth.go): a host that merely reaches the port cannot vote or
+//     append entries. Raft traffic is authenticated at connect, not encrypted.
 //   - The VIP (type VIP): netlink add/remove, then a gratuitous ARP (request and reply)
 //     for IPv4 or an unsolicited overriding neighbour advertisement for IPv6, sent at once
 //     and repeated vip.garp_count-1 times every vip.garp_interval. A VIP left on the
@@ -38,7 +41,8 @@
 // under CPU starvation cost the VIP for a moment but not a whole new election.
 //
 // A witness that wins an election, a leader that lost its ping targets, and (with
-// failback: true) a leader that sees an alive, ping-healthy proxy of higher priority,
+// failback: true) a leader that sees a ping-healthy proxy of higher priority alive for
+// failback_delay,
 // release the VIP first and then transfer raft leadership to the best proxy (highest
 // priority, then lowest name; priorities are gossiped in memberlist node metadata).
 // With failback: false the current holder keeps the VIP when a higher-priority proxy
@@ -117,9 +121,9 @@
 // # What it does not do
 //
 // No fencing/STONITH; no dynamic voter changes (peers is the bootstrap configuration:
-// changing it means wiping data_dir on every node); the raft TCP port is neither
-// encrypted nor authenticated, so it must only be reachable on the cluster LAN
-// (firewall it); no ICMP ping (targets are TCP connects, a refusal counts as reached).
+// changing it means wiping data_dir on every node); raft traffic is authenticated per
+// connection but not encrypted (keep the raft port on the cluster LAN); no ICMP ping
+// (targets are TCP connects, a refusal counts as reached).
 //
 // # Configuration (section cluster:)
 //
@@ -134,6 +138,7 @@
 //	secret_file: /etc/hapbx/cluster.key  # base64 16/24/32-byte keys, one per line
 //	priority: 100
 //	failback: false
+//	failback_delay: 2s           # a returning proxy must be up this long first
 //	data_dir: /var/lib/hapbx/cluster
 //	ping_targets: []             # host:port, e.g. [192.168.1.1:80]
 //	ping_interval: 1s

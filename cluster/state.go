@@ -75,10 +75,7 @@ func (c *Cluster) Broadcast(name string, record []byte) error {
 		c.bq.QueueBroadcast(simpleBroadcast(msg))
 		return nil
 	}
-	for _, n := range c.ml.Load().Members() {
-		if n.Name == c.cfg.Name {
-			continue
-		}
+	for _, n := range c.aliveNodes() {
 		go func(n *memberlist.Node) {
 			if err := c.ml.Load().SendReliable(n, msg); err != nil {
 				c.log.Warn("state record not sent", zap.String("channel", name), zap.String("to", n.Name), zap.Error(err))
