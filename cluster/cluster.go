@@ -35,7 +35,6 @@ type Cluster struct {
 
 	keyring *memberlist.Keyring
 	ml      atomic.Pointer[memberlist.Memberlist]
-	bq      *memberlist.TransmitLimitedQueue
 	r       *raft.Raft
 	trans   *raft.NetworkTransport
 	store   *raftboltdb.BoltStore
@@ -61,6 +60,10 @@ type Cluster struct {
 	nodes  map[string]memberlist.Node
 	states map[string]string
 	upAt   map[string]time.Time // when a member last became alive
+
+	obMu     sync.Mutex
+	outboxes map[string]*outbox
+	runCtx   context.Context // set in Start, before memberlist runs
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -104,7 +107,7 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer) (*Cl
 	log = log.With(zap.String("node", cfg.Name), zap.Stringer("role", role))
 	c := &Cluster{cfg: cfg, role: role, log: log, m: newMetrics(reg), fsm: newKVFSM(), keyring: kr,
 		chans: map[string]*channel{}, wake: make(chan struct{}, 1),
-		nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}}
+		outboxes: map[string]*outbox{}, nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}}
 	if role == RoleProxy {
 		c.vip, err = newVIP(cfg.VIP, log, c.m)
 		if err != nil {
@@ -147,13 +150,14 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 	if len(c.cfg.PingTargets) > 0 && c.role == RoleProxy {
 		c.pingOK.Store(reachable(ctx, c.cfg.PingTargets, c.cfg.PingTimeout))
 	}
+	ctx, c.cancel = context.WithCancel(ctx)
+	c.runCtx = ctx
 	if err := c.startRaft(); err != nil {
 		return err
 	}
 	if err := c.startMemberlist(); err != nil {
 		return err
 	}
-	ctx, c.cancel = context.WithCancel(ctx)
 	c.wg.Add(3)
 	go c.joinLoop(ctx)
 	go c.leaderLoop(ctx)
@@ -274,12 +278,6 @@ func (c *Cluster) startMemberlist() error {
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
 	mc.LogOutput = logBridge{c.log.Named("memberlist")}
-	c.bq = &memberlist.TransmitLimitedQueue{NumNodes: func() int {
-		if c.ml.Load() == nil {
-			return 1
-		}
-		return c.ml.Load().NumMembers()
-	}, RetransmitMult: 3}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("cluster: memberlist on %s: %w", c.cfg.Bind, err)
@@ -617,6 +615,14 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// node returns a copy of member name and whether it is alive.
+func (c *Cluster) node(name string) (*memberlist.Node, bool) {
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	n, ok := c.nodes[name]
+	return &n, ok && c.states[name] == "alive"
+}
+
 // aliveNodes returns copies of the other alive members, for direct sends.
 func (c *Cluster) aliveNodes() []*memberlist.Node {
 	c.memMu.RLock()
@@ -783,9 +789,9 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	return b
 }
 func (d *delegate) NotifyMsg(b []byte) { (*Cluster)(d).handleMsg(b) }
-func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.bq.GetBroadcasts(overhead, limit)
-}
+
+// GetBroadcasts: nothing rides on gossip packets; see Broadcast.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 
 // LocalState carries nothing: full state goes by chunked TCP pushes on join (pushState),
 // because memberlist's push/pull is capped at 20 MiB and runs on a timer as well.
@@ -808,7 +814,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	c.chMu.RUnlock()
 	if has && !c.closed.Load() {
 		cp := memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}
-		go c.pushState(&cp)
+		go func() { _ = c.pushState(&cp) }()
 	}
 }
 

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"net"
@@ -209,4 +210,47 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s", d, what)
+}
+
+// Figures: gossip throughput of Broadcast (records of 300 bytes) between witnesses on
+// loopback. HAPBX_BENCH=1 to run.
+func TestBroadcastFigures(t *testing.T) {
+	if os.Getenv("HAPBX_BENCH") != "1" {
+		t.Skip("figures: set HAPBX_BENCH=1")
+	}
+	k := writeKey(t, t.TempDir(), 1)
+	cfgs := loopbackTrio(t, [3]string{k, k, k})
+	var nodes []*Cluster
+	var srcs []*countingSource
+	for _, cfg := range cfgs {
+		c := startNode(t, cfg, zap.NewNop())
+		src := newCountingSource(0, 0)
+		if err := c.RegisterState("test", src); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		nodes, srcs = append(nodes, c), append(srcs, src)
+	}
+	waitFor(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].aliveNodes()) == 2 })
+	for _, n := range []int{200, 2000, 100000} {
+		base := srcs[1].count()
+		t0 := time.Now()
+		for i := 0; i < n; i++ {
+			r := make([]byte, 300)
+			binary.BigEndian.PutUint64(r, uint64(1_000_000*n+i))
+			if err := nodes[0].Broadcast("test", r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for srcs[1].count() < base+n && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		got := srcs[1].count() - base
+		d := time.Since(t0)
+		t.Logf("burst of %d broadcasts: %d arrived in %s (%.0f records/s)", n, got, d.Round(time.Millisecond), float64(got)/d.Seconds())
+	}
 }
