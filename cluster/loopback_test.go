@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -88,8 +89,17 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	cfgs := loopbackTrio(t, [3]string{k, k, k})
 	var nodes []*Cluster
 	var srcs []*countingSource
+	reg := prometheus.NewRegistry()
 	for i, cfg := range cfgs {
-		c := startNode(t, cfg, zap.NewNop())
+		var c *Cluster
+		if i == 0 {
+			var err error
+			if c, err = New(cfg, RoleWitness, zap.NewNop(), reg); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			c = startNode(t, cfg, zap.NewNop())
+		}
 		src := newCountingSource(0, 0)
 		if i == 0 {
 			src = newCountingSource(50, 0) // w0 owns 50 records; the others get them on join
@@ -164,6 +174,30 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	if n := len(nodes[2].Members()); n != 3 {
 		t.Fatalf("members %d", n)
 	}
+	waitFor(t, 2*time.Second, "metrics of w0", func() bool {
+		return gauge(t, reg, "hapbx_cluster_members") == 3 && gauge(t, reg, "hapbx_cluster_quorum") == 1 &&
+			gauge(t, reg, "hapbx_cluster_vip_held") == 0 && gauge(t, reg, "hapbx_cluster_leader_changes_total") >= 1 &&
+			gauge(t, reg, "hapbx_cluster_state_records_received_total") == 2
+	})
+}
+
+// gauge reads a gauge's or counter's value from reg (-1 if absent).
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name || len(mf.GetMetric()) == 0 {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		if m.GetGauge() != nil {
+			return m.GetGauge().GetValue()
+		}
+		return m.GetCounter().GetValue()
+	}
+	return -1
 }
 
 func TestWrongKeyIsReported(t *testing.T) {

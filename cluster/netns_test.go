@@ -117,6 +117,31 @@ func TestPartition(t *testing.T) {
 	})
 }
 
+// Witness dies: nothing moves. Then the twin dies too: the survivor has no quorum and
+// must give the VIP up.
+func TestWitnessThenTwinDie(t *testing.T) {
+	l := newLab(t)
+	h := l.startTrio(100, 100, false)
+	l.killNode("w")
+	seq := l.watchNoSplit(2 * time.Second)
+	if !slices.Equal(compact(seq), []string{h}) {
+		t.Fatalf("witness died: VIP should stay on %s; seen %v", h, seq)
+	}
+	l.killNode(other(h))
+	t0 := time.Now()
+	for time.Since(t0) < 3*time.Second && l.hasVIP(h) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if l.hasVIP(h) {
+		t.Fatalf("%s alone (1 of 3 voters) still holds the VIP", h)
+	}
+	t.Logf("%s alone released the VIP %s after the second death", h, time.Since(t0).Round(time.Millisecond))
+	waitFor(t, time.Second, "the lone survivor's status without quorum and VIP", func() bool {
+		s := l.status(h)
+		return !s.Quorum && !s.VIPHeld
+	})
+}
+
 // ping_targets: a holder that cannot reach its ping targets gives the VIP to the twin.
 func TestPingTargets(t *testing.T) {
 	l := newLab(t)

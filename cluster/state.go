@@ -127,6 +127,9 @@ func (c *Cluster) outboxFor(peer string) *outbox {
 		return o
 	}
 	o := &outbox{pending: map[string][][]byte{}, kick: make(chan struct{}, 1)}
+	if c.runCtx.Err() != nil {
+		return o // shutting down: nobody drains it, and wg must not grow during Wait
+	}
 	c.outboxes[peer] = o
 	c.wg.Add(1)
 	go c.sendLoop(peer, o)
