@@ -207,7 +207,7 @@ func (c *Cluster) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("cluster: raft transport on %s: %w", bind, err)
 	}
-	c.trans = raft.NewNetworkTransport(stream, 3, 2*time.Second, bridge)
+	c.trans = raft.NewNetworkTransport(stream, 3, c.rpcTimeout(), bridge)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.cfg.Name)
 	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
@@ -385,6 +385,21 @@ func (c *Cluster) poke() {
 	}
 }
 
+func (c *Cluster) leaseTick() time.Duration {
+	return max(c.cfg.Timing.LeaderLease/4, 5*time.Millisecond)
+}
+
+// rpcTimeout bounds every raft RPC, heartbeats included (I/O deadline from the moment
+// the request is sent). A VerifyLeader round can be satisfied by a heartbeat that was
+// already in flight when the round was issued; the bound says how much earlier than the
+// issue time that heartbeat can have reached the follower. See doc.go, timing argument:
+// heartbeat_timeout - leader_lease - tick - rpcTimeout is the safety margin, kept at
+// heartbeat_timeout/10.
+func (c *Cluster) rpcTimeout() time.Duration {
+	t := c.cfg.Timing
+	return t.HeartbeatTimeout - t.LeaderLease - c.leaseTick() - t.HeartbeatTimeout/10
+}
+
 // leaderLoop decides, every tick and whenever raft's leadership changes, whether this
 // node may hold the VIP: it must be a proxy, the raft leader, reach its ping targets,
 // not be handing leadership over, and hold a quorum lease: a VerifyLeader round issued
@@ -393,7 +408,7 @@ func (c *Cluster) poke() {
 func (c *Cluster) leaderLoop(ctx context.Context) {
 	defer c.wg.Done()
 	lease := c.cfg.Timing.LeaderLease
-	tick := time.NewTicker(max(lease/4, 5*time.Millisecond))
+	tick := time.NewTicker(c.leaseTick())
 	defer tick.Stop()
 	leaderCh := c.r.LeaderCh()
 	var lastTransfer time.Time

@@ -53,19 +53,26 @@
 // Defaults: heartbeat_timeout H = 250 ms, election_timeout = 250 ms, leader_lease
 // L = 100 ms, lease check tick = L/4 = 25 ms. Validate demands L <= H/2.
 //
+// Every raft RPC, heartbeats included, has an I/O deadline of rpc = H - L - tick - H/10
+// (= 100 ms) from the moment it is sent.
+//
 // Let t be the issue time of the holder's newest successful VerifyLeader. Success means
-// a majority of voters received a heartbeat sent after t, so each of them set its
-// "last contact" to a time >= t. The holder drops the VIP at the latest at
-// t + L + tick (+ the netlink call, ~1 ms) = t + 126 ms.
+// a majority of voters (the holder included) acknowledged a heartbeat that was sent after
+// t, or that was already in flight at t and so was sent after t - rpc. Each of those
+// voters therefore set its "last contact" to a time >= t - rpc. The holder drops the VIP
+// at the latest at t + L + tick (+ the netlink call, ~1 ms) = t + 125 ms.
 //
 // A new leader needs (pre-)votes from a majority, which shares at least one voter X with
 // the majority that acknowledged t. X refuses (pre-)votes while it knows a leader, and
 // forgets the leader only when its heartbeat timer finds no contact for H; if X is the
 // candidate itself, it does not start an election before H without contact. So no new
-// leader exists before t + H = t + 250 ms: at least 124 ms after the old holder released
-// the VIP. The margin absorbs scheduling and GC pauses of the old holder up to ~120 ms;
-// a holder whose whole process or machine is frozen longer (SIGSTOP, VM pause) cannot
-// run its lease check; this library has no fencing for that case.
+// leader exists before t - rpc + H = t + 150 ms, at least 25 ms after the old holder
+// released the VIP, even in the worst case of a 100 ms heartbeat round trip straddling
+// t. In the usual case (round trips well under a millisecond) t - rpc is really ~t and
+// the margin is ~125 ms, absorbing scheduling and GC pauses of the old holder. A holder
+// whose whole process or machine is frozen longer (SIGSTOP, VM pause) cannot run its
+// lease check; this library has no fencing for that case. Validate enforces L <= H/2,
+// which keeps rpc >= 0.275 H > 0.
 //
 // The one raft path that bypasses the "I have a leader" refusal is leadership transfer
 // (TimeoutNow). hapbx only starts a transfer after releasing the VIP itself (failback,
