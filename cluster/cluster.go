@@ -698,19 +698,20 @@ func (c *Cluster) OnPublish(fn func(key string, value []byte)) {
 
 // Status is a snapshot of the node's view, for `hapbx status`.
 type Status struct {
-	Name       string   `json:"name"`
-	Role       string   `json:"role"`
-	RaftState  string   `json:"raft_state"`
-	Leader     string   `json:"leader"`
-	Term       string   `json:"term"`
-	VIP        string   `json:"vip,omitempty"`
-	VIPHeld    bool     `json:"vip_held"`
-	Quorum     bool     `json:"quorum"`
-	PingOK     bool     `json:"ping_ok"`
-	Priority   int      `json:"priority"`
-	Failback   bool     `json:"failback"`
-	Members    []Member `json:"members"`
-	LastLeader string   `json:"last_contact"`
+	Name      string   `json:"name"`
+	Role      string   `json:"role"`
+	RaftState string   `json:"raft_state"`
+	Leader    string   `json:"leader"`
+	Term      string   `json:"term"`
+	VIP       string   `json:"vip,omitempty"`
+	VIPHeld   bool     `json:"vip_held"`
+	Quorum    bool     `json:"quorum"`
+	PingOK    bool     `json:"ping_ok"`
+	Priority  int      `json:"priority"`
+	Failback  bool     `json:"failback"`
+	Members   []Member `json:"members"`
+	// LastContact is raft's time since a follower last heard the leader ("0" on the leader).
+	LastContact string `json:"last_contact"`
 }
 
 // Status returns the node's view; marshal it with encoding/json.
@@ -726,7 +727,7 @@ func (c *Cluster) Status() Status {
 		s.Leader = string(id)
 		st := c.r.Stats()
 		s.Term = st["term"]
-		s.LastLeader = st["last_contact"]
+		s.LastContact = st["last_contact"]
 	}
 	return s
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +25,17 @@ type helperSpec struct {
 	Expect     int    // print STATE_COMPLETE when this many distinct records are known
 	StatusFile string // Status JSON written here every 50 ms
 	LogFile    string
+	// BroadcastEvery > 0: broadcast a new record (ids IDBase, IDBase+1, ...) this often
+	// and write helperCounts to CountFile.
+	BroadcastEvery time.Duration
+	IDBase         uint64
+	WatchBase      uint64 // count the records seen with ids in [WatchBase, WatchBase+1e6)
+	CountFile      string
+}
+
+type helperCounts struct {
+	Own     int `json:"own"`     // records this node broadcast
+	Watched int `json:"watched"` // records seen from the watched range
 }
 
 // countingSource is a StateSource whose records carry an 8-byte id.
@@ -68,6 +80,29 @@ func (s *countingSource) Apply(recs [][]byte) {
 		s.fired = true
 		close(s.done)
 	}
+}
+
+// produce creates record id as this node's own (part of its Snapshot from now on).
+func (s *countingSource) produce(id uint64) []byte {
+	r := make([]byte, 300)
+	binary.BigEndian.PutUint64(r, id)
+	s.mu.Lock()
+	s.own = append(s.own, r)
+	s.seen[id] = struct{}{}
+	s.mu.Unlock()
+	return r
+}
+
+func (s *countingSource) countRange(lo, hi uint64) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for id := range s.seen {
+		if id >= lo && id < hi {
+			n++
+		}
+	}
+	return n
 }
 
 func (s *countingSource) count() int {
@@ -149,6 +184,24 @@ func runHelper(path string) error {
 		case <-ctx.Done():
 		}
 	}()
+	var own atomic.Int64
+	if spec.BroadcastEvery > 0 {
+		go func() {
+			bt := time.NewTicker(spec.BroadcastEvery)
+			defer bt.Stop()
+			for id := spec.IDBase; ; id++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-bt.C:
+				}
+				if err := c.Broadcast("test", src.produce(id)); err != nil {
+					log.Error("broadcast", zap.Error(err))
+				}
+				own.Add(1)
+			}
+		}()
+	}
 	tk := time.NewTicker(50 * time.Millisecond)
 	defer tk.Stop()
 	for {
@@ -156,6 +209,12 @@ func runHelper(path string) error {
 		case <-ctx.Done():
 			return c.Close()
 		case <-tk.C:
+			if spec.CountFile != "" {
+				b, _ := json.Marshal(helperCounts{Own: int(own.Load()), Watched: src.countRange(spec.WatchBase, spec.WatchBase+1e6)})
+				if os.WriteFile(spec.CountFile+".tmp", b, 0o600) == nil {
+					_ = os.Rename(spec.CountFile+".tmp", spec.CountFile)
+				}
+			}
 			st, _ := json.Marshal(c.Status())
 			tmp := spec.StatusFile + ".tmp"
 			if os.WriteFile(tmp, st, 0o600) == nil {

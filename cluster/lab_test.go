@@ -43,6 +43,9 @@ type lab struct {
 	procs   map[string]*nodeProc
 	handles map[string]*netlink.Handle
 	mod     func(*Config) // applied to every node config, if set
+	// broadcast: n1 and n2 broadcast a record every 50 ms (ids 1e6.. and 2e6..) and
+	// each counts what it has of the other's.
+	broadcast bool
 }
 
 type nodeProc struct {
@@ -188,6 +191,14 @@ func (l *lab) start(cfg Config, records, expect int) *nodeProc {
 	}
 	spec := helperSpec{Cfg: cfg, Role: role, Records: records, Expect: expect,
 		StatusFile: filepath.Join(l.dir, n+".status"), LogFile: filepath.Join(l.dir, n+".log")}
+	if l.broadcast && role == RoleProxy {
+		spec.BroadcastEvery = 50 * time.Millisecond
+		spec.IDBase, spec.WatchBase = 1_000_000, 2_000_000
+		if n == "n2" {
+			spec.IDBase, spec.WatchBase = 2_000_000, 1_000_000
+		}
+		spec.CountFile = filepath.Join(l.dir, n+".count")
+	}
 	_ = os.Remove(spec.StatusFile)
 	b, _ := json.Marshal(spec)
 	specPath := filepath.Join(l.dir, n+".spec.json")
@@ -345,6 +356,28 @@ func (l *lab) status(n string) Status {
 		_ = json.Unmarshal(b, &s)
 	}
 	return s
+}
+
+func (l *lab) counts(n string) helperCounts {
+	var c helperCounts
+	if b, err := os.ReadFile(filepath.Join(l.dir, n+".count")); err == nil {
+		_ = json.Unmarshal(b, &c)
+	}
+	return c
+}
+
+// waitFullyReplicated waits until each of n1 and n2 has every record the other had
+// broadcast at the time of the call.
+func (l *lab) waitFullyReplicated(within time.Duration) {
+	l.t.Helper()
+	w1, w2 := l.counts("n2").Own, l.counts("n1").Own
+	if w1 == 0 || w2 == 0 {
+		l.t.Fatalf("nothing broadcast: n1 %+v n2 %+v", l.counts("n1"), l.counts("n2"))
+	}
+	waitFor(l.t, within, "all broadcast records on both proxies", func() bool {
+		return l.counts("n1").Watched >= w1 && l.counts("n2").Watched >= w2
+	})
+	l.t.Logf("replicated: n1 has %d of n2's records, n2 %d of n1's", l.counts("n1").Watched, l.counts("n2").Watched)
 }
 
 // waitStable waits until every named node reports a raft leader and quorum.

@@ -72,8 +72,10 @@ func TestFailoverSIGKILL(t *testing.T) {
 // (b) partitions: never two holders; a holder cut from everyone releases the VIP.
 func TestPartition(t *testing.T) {
 	l := newLab(t)
+	l.broadcast = true
 	h := l.startTrio(100, 100, false)
 	tw := other(h)
+	l.waitFullyReplicated(5 * time.Second)
 
 	t.Run("pair cut, both see the witness", func(t *testing.T) {
 		l.cut("n1", "n2")
@@ -88,6 +90,8 @@ func TestPartition(t *testing.T) {
 		l.heal("n2")
 		l.watchNoSplit(2 * time.Second)
 		l.waitStable(10*time.Second, "n1", "n2", "w")
+		// Records broadcast while the pair was cut reach the other side after the heal.
+		l.waitFullyReplicated(5 * time.Second)
 	})
 
 	t.Run("holder cut from everyone", func(t *testing.T) {
@@ -114,6 +118,7 @@ func TestPartition(t *testing.T) {
 		if hs := l.holders(); len(hs) != 1 {
 			t.Fatalf("holders after heal: %v", hs)
 		}
+		l.waitFullyReplicated(5 * time.Second)
 	})
 }
 
