@@ -46,6 +46,7 @@ type Cluster struct {
 	holding      atomic.Bool
 	quorum       atomic.Bool
 	transferring atomic.Bool
+	lastVIPErr   time.Time    // only touched by setHolding's callers' goroutine (leaderLoop)
 	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
 	inflight     atomic.Int32
 	alive        atomic.Int64 // members alive, self included (from memberlist events)
@@ -558,7 +559,11 @@ func (c *Cluster) setHolding(hold bool) {
 	}
 	if hold {
 		if err := c.vip.Acquire(); err != nil {
-			c.log.Error("cannot take the VIP", zap.Error(err))
+			// Retried every lease tick: log once a second, not forty times.
+			if time.Since(c.lastVIPErr) > time.Second {
+				c.log.Error("cannot take the VIP", zap.Error(err))
+				c.lastVIPErr = time.Now()
+			}
 			return
 		}
 	} else if err := c.vip.Release(); err != nil {
