@@ -153,6 +153,14 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 	}
 	ctx, c.cancel = context.WithCancel(ctx)
 	c.runCtx = ctx
+	// A voter forgets in memory whom it follows when it restarts, and would grant a vote
+	// at once. Staying silent for one heartbeat timeout keeps the timing argument true
+	// for a voter that restarts right after acknowledging the holder (doc.go).
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(c.cfg.Timing.HeartbeatTimeout):
+	}
 	if err := c.startRaft(); err != nil {
 		return err
 	}

@@ -74,6 +74,10 @@
 // lease check; this library has no fencing for that case. Validate enforces L <= H/2,
 // which keeps rpc >= 0.275 H > 0.
 //
+// A voter that restarts forgets whom it followed and would grant votes at once; Start
+// therefore waits H before it starts raft, so a vote it grants comes at least H after
+// any acknowledgement it gave in its previous life.
+//
 // The one raft path that bypasses the "I have a leader" refusal is leadership transfer
 // (TimeoutNow). hapbx only starts a transfer after releasing the VIP itself (failback,
 // ping loss, Close); a witness never holds it.
