@@ -222,9 +222,10 @@ func (c *Cluster) startRaft() error {
 	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
 	rc.ElectionTimeout = c.cfg.Timing.ElectionTimeout
 	if c.role == RoleWitness {
-		// After a split vote between the witness and a proxy, the proxy retries first,
-		// at a higher term, and wins: the witness would only hand leadership over anyway.
-		rc.ElectionTimeout *= 2
+		// A witness whose pre-vote was refused waits long before it tries again, so it
+		// rarely collides with a proxy's election (split vote): it would only hand
+		// leadership over anyway. Its first attempt still comes after H like everyone's.
+		rc.ElectionTimeout *= 4
 	}
 	// raft's own lease only makes a leader step down; it is not what protects the VIP
 	// (the VerifyLeader lease in leaderLoop is). Set to the maximum raft allows so a
