@@ -124,8 +124,8 @@ func (c *Cluster) VIP() *VIP { return c.vip }
 
 // Start removes a stale VIP, opens the raft stores, bootstraps the static voter set if
 // the data dir is new, starts raft and memberlist and keeps joining the peers in the
-// background. It returns once the node is listening; ctx ends the background work as
-// Close does.
+// background. It returns once the node is listening (after waiting one
+// heartbeat_timeout first, see doc.go); ctx ends the background work as Close does.
 func (c *Cluster) Start(ctx context.Context) (err error) {
 	if c.started {
 		return errors.New("cluster: Start called twice")

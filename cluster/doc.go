@@ -85,8 +85,12 @@
 // Failover time after the holder dies: the followers' timers fire between H and 3H after
 // the last heartbeat (raft re-arms a random [H, 2H) timer), then one pre-vote and one vote
 // round trip and an fsync; if the witness wins, one leadership transfer follows (a few
-// ms). Then a VerifyLeader round and the VIP add. Measured in network namespaces: see
-// TestFailoverFigures (HAPBX_BENCH=1); typically 0.3–0.8 s.
+// ms). Then a VerifyLeader round and the VIP add. When the surviving proxy and the
+// witness time out within a few ms of each other, each refuses the other's pre-vote
+// (it still knows the dead leader) and the proxy retries after a random
+// [election_timeout, 2x) wait: that is the tail. Measured in network namespaces on a
+// shared, loaded 2-core machine (TestFailoverFigures, HAPBX_BENCH=1): median 0.55-0.7 s,
+// most runs' max 0.7-1.1 s, single outliers up to ~2 s.
 //
 // # Failure cases
 //
