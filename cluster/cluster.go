@@ -77,6 +77,9 @@ type nodeMeta struct {
 	Role     string `json:"r"`
 	Priority int    `json:"p"`
 	PingOK   bool   `json:"ok"`
+	// State: the node has registered state channels; others send it records only then
+	// (a witness usually has none and is spared the full pushes).
+	State bool `json:"s,omitempty"`
 }
 
 // Member is a memberlist member as seen by this node.
@@ -652,13 +655,19 @@ func (c *Cluster) node(name string) (*memberlist.Node, bool) {
 	return &n, ok && c.states[name] == "alive"
 }
 
-// aliveNodes returns copies of the other alive members, for direct sends.
+// stateful reports whether a member announced state channels in its metadata.
+func stateful(n *memberlist.Node) bool {
+	var meta nodeMeta
+	return json.Unmarshal(n.Meta, &meta) == nil && meta.State
+}
+
+// aliveNodes returns copies of the other alive members that take state records.
 func (c *Cluster) aliveNodes() []*memberlist.Node {
 	c.memMu.RLock()
 	defer c.memMu.RUnlock()
 	var out []*memberlist.Node
 	for name, n := range c.nodes {
-		if name != c.cfg.Name && c.states[name] == "alive" {
+		if name != c.cfg.Name && c.states[name] == "alive" && stateful(&n) {
 			n := n
 			out = append(out, &n)
 		}
@@ -812,7 +821,10 @@ type delegate Cluster
 
 func (d *delegate) NodeMeta(limit int) []byte {
 	c := (*Cluster)(d)
-	b, _ := json.Marshal(nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.pingOK.Load()})
+	c.chMu.RLock()
+	hasState := len(c.chans) > 0
+	c.chMu.RUnlock()
+	b, _ := json.Marshal(nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.pingOK.Load(), State: hasState})
 	if len(b) > limit {
 		return nil
 	}
@@ -842,7 +854,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	c.chMu.RLock()
 	has := len(c.chans) > 0
 	c.chMu.RUnlock()
-	if has && !c.closed.Load() {
+	if has && stateful(n) && !c.closed.Load() {
 		cp := memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}
 		go func() { _ = c.pushState(&cp) }()
 	}
