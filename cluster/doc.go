@@ -121,7 +121,8 @@
 // # Shared state
 //
 // RegisterState(name, src) adds a channel; Broadcast(name, record) queues one change
-// for every other alive member. Each peer has an outbox drained by its own goroutine
+// for every other alive member that has state channels itself (announced in its
+// memberlist metadata; a witness normally has none). Each peer has an outbox drained by its own goroutine
 // into one message per channel over memberlist's encrypted TCP stream (chunks of at most
 // 1 MiB: memberlist refuses encrypted stream messages above 20 MiB, which is also why
 // its push/pull LocalState is not used for bulk state). When memberlist reports a member
