@@ -33,7 +33,8 @@ type VIP struct {
 	garpDone chan struct{}
 }
 
-// NewVIP checks the configuration; it touches no interface yet. reg may be nil.
+// NewVIP checks the configuration; it touches no interface yet. Used alone it exports
+// no metrics (the Cluster registers hapbx_cluster_vip_held for its own VIP).
 func NewVIP(cfg VIPConfig, log *zap.Logger) (*VIP, error) {
 	return newVIP(cfg, log, newMetrics(nil))
 }
