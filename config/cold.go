@@ -1,13 +1,9 @@
 package config
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
-	"reflect"
 	"strings"
 	"time"
 
@@ -94,26 +90,9 @@ func LoadAgent(path string) (File, error) {
 
 // ParseAgent decodes and validates a PBX node's file.
 func ParseAgent(name string, data []byte) (File, error) {
-	f := Default()
-	var problems []string
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return File{}, &Error{File: name, Problems: []string{yamlProblem(err)}}
-	}
-	if len(root.Content) > 0 {
-		problems = append(problems, unknownKeys(root.Content[0], reflect.TypeOf(f), "")...)
-	}
-	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		var te *yaml.TypeError
-		if errors.As(err, &te) {
-			for _, m := range te.Errors {
-				if !strings.Contains(m, "not found in type") {
-					problems = append(problems, m)
-				}
-			}
-		} else {
-			problems = append(problems, yamlProblem(err))
-		}
+	f, problems, err := decode(name, data)
+	if err != nil {
+		return File{}, err
 	}
 	// The default unit gives way to start/stop commands the file sets.
 	var svc struct {

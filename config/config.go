@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/media"
@@ -35,6 +36,9 @@ type File struct {
 	Media media.Config `yaml:"media"`
 	Admin Admin        `yaml:"admin"`
 	Log   Log          `yaml:"log"`
+	// Cluster is the proxy pair (and witness): membership, the VIP and its
+	// holder, replicated state. Off unless cluster.peers is set.
+	Cluster cluster.Config `yaml:"cluster"`
 	// Cold is cold standby (failover mode cold); see config/cold.go.
 	Cold failover.ColdConfig `yaml:"cold"`
 	// Agent is a PBX node's storage agent (`hapbx agent`).
@@ -85,6 +89,7 @@ func Default() File {
 		Health:    health.DefaultConfig(),
 		Registrar: registrar.DefaultConfig(),
 		Media:     media.DefaultConfig(),
+		Cluster:   clusterDefaults(),
 		Admin:     Admin{Listen: "127.0.0.1:9060"},
 		Log:       Log{Level: "info", Format: "json"},
 		Cold:      failover.DefaultColdConfig(),
@@ -124,18 +129,32 @@ func Load(path string) (File, error) {
 
 // Parse decodes and validates data; name is used in error messages.
 func Parse(name string, data []byte) (File, error) {
+	f, problems, err := decode(name, data)
+	if err != nil {
+		return File{}, err
+	}
+	problems = append(problems, f.problems()...)
+	if len(problems) > 0 {
+		return File{}, &Error{File: name, Problems: problems}
+	}
+	return f, nil
+}
+
+// decode fills a default File from data and returns the decoding problems
+// (unknown keys with their paths, type errors); err only when data is not
+// YAML at all. Each kind of file (proxy, agent, witness) then checks the
+// sections it uses.
+func decode(name string, data []byte) (File, []string, error) {
 	f := Default()
 	var problems []string
-
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return File{}, &Error{File: name, Problems: []string{yamlProblem(err)}}
+		return File{}, nil, &Error{File: name, Problems: []string{yamlProblem(err)}}
 	}
 	if len(root.Content) > 0 {
 		problems = append(problems, unknownKeys(root.Content[0], reflect.TypeOf(f), "")...)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+	if err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&f); err != nil && !errors.Is(err, io.EOF) {
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
 			for _, m := range te.Errors {
@@ -147,11 +166,7 @@ func Parse(name string, data []byte) (File, error) {
 			problems = append(problems, yamlProblem(err))
 		}
 	}
-	problems = append(problems, f.problems()...)
-	if len(problems) > 0 {
-		return File{}, &Error{File: name, Problems: problems}
-	}
-	return f, nil
+	return f, problems, nil
 }
 
 func yamlProblem(err error) string {
@@ -219,6 +234,9 @@ func (f File) problems() []string {
 	add("health.", f.Health.Validate())
 	add("registrar.", f.Registrar.Validate())
 	add("media.", f.Media.Validate())
+	if f.ClusterEnabled() {
+		add("cluster.", f.ClusterConfig().Validate())
+	}
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {
 			p = append(p, "admin.listen: "+err.Error())
@@ -331,4 +349,75 @@ func yamlFields(t reflect.Type) map[string]reflect.Type {
 		m[name] = f.Type
 	}
 	return m
+}
+
+func clusterDefaults() cluster.Config {
+	c := cluster.DefaultConfig()
+	c.Name = "" // node.name unless set
+	return c
+}
+
+// ClusterEnabled reports whether this node is part of a proxy cluster.
+func (f File) ClusterEnabled() bool { return len(f.Cluster.Peers) > 0 }
+
+// ClusterConfig is the cluster section with the node's name filled in.
+func (f File) ClusterConfig() cluster.Config {
+	c := f.Cluster
+	if c.Name == "" {
+		c.Name = f.Node.Name
+	}
+	return c
+}
+
+// IsWitnessFile reports whether data is a witness's file: a cluster
+// section and neither backends nor an agent.
+func IsWitnessFile(data []byte) bool {
+	var top map[string]yaml.Node
+	if yaml.Unmarshal(data, &top) != nil {
+		return false
+	}
+	_, c := top["cluster"]
+	_, b := top["backends"]
+	_, a := top["agent"]
+	return c && !b && !a
+}
+
+// LoadWitness reads and validates a witness's file: node, cluster (no VIP
+// needed), admin and log.
+func LoadWitness(path string) (File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return File{}, fmt.Errorf("read config %s: %w", path, err)
+	}
+	return ParseWitness(path, data)
+}
+
+// ParseWitness decodes and validates a witness's file.
+func ParseWitness(name string, data []byte) (File, error) {
+	f, problems, err := decode(name, data)
+	if err != nil {
+		return File{}, err
+	}
+	if strings.TrimSpace(f.Node.Name) == "" {
+		problems = append(problems, "node.name: must not be empty")
+	}
+	if !f.ClusterEnabled() {
+		problems = append(problems, "cluster.peers: a witness needs the voters (proxies and itself)")
+	} else {
+		for _, e := range flatten(f.ClusterConfig().ValidateWitness()) {
+			problems = append(problems, "cluster."+e.Error())
+		}
+	}
+	if f.Admin.Listen != "" {
+		if err := checkHostPort(f.Admin.Listen); err != nil {
+			problems = append(problems, "admin.listen: "+err.Error())
+		}
+	}
+	if _, err := zapcore.ParseLevel(f.Log.Level); err != nil {
+		problems = append(problems, fmt.Sprintf("log.level: %q is not debug, info, warn or error", f.Log.Level))
+	}
+	if len(problems) > 0 {
+		return File{}, &Error{File: name, Problems: problems}
+	}
+	return f, nil
 }

@@ -51,6 +51,17 @@ func (s *session) state() string {
 	return StateOffered
 }
 
+// Record returns the record of one session, to replicate a change.
+func (r *Relay) Record(callID string) (SessionRecord, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sessions[callID]
+	if s == nil {
+		return SessionRecord{}, false
+	}
+	return r.recordLocked(s), true
+}
+
 // Export returns a record of every session, for replication to a standby.
 func (r *Relay) Export() []SessionRecord {
 	r.mu.Lock()
@@ -101,6 +112,13 @@ func (r *Relay) Import(rec SessionRecord) error {
 	defer r.mu.Unlock()
 	if r.closed {
 		return ErrClosed
+	}
+	if rec.State == StateReleased {
+		if old := r.sessions[rec.CallID]; old != nil {
+			delete(r.sessions, rec.CallID)
+			r.releaseLocked(old, "released_by_peer")
+		}
+		return nil
 	}
 	if old := r.sessions[rec.CallID]; old != nil {
 		delete(r.sessions, rec.CallID)

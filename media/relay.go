@@ -38,6 +38,8 @@ func (l Leg) other() Leg { return 1 - l }
 const (
 	StateOffered  = "offered"  // SDP seen from one leg only
 	StateAnswered = "answered" // SDP seen from both legs
+	// StateReleased marks a record that ends the session on a standby.
+	StateReleased = "released"
 )
 
 // stream is one m= line: a port pair facing each leg.

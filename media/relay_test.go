@@ -574,3 +574,43 @@ func TestRelaySkipsPortsHeldElsewhere(t *testing.T) {
 		t.Fatal("failed call left a session")
 	}
 }
+
+// TestRecordAndReleasedImport: Record gives the one session a change is
+// about; importing a released record ends the session on the standby and
+// frees its ports; an unknown released record is a no-op.
+func TestRecordAndReleasedImport(t *testing.T) {
+	r1, _ := newTestRelay(t, "31900-31949", nil)
+	r2, _ := newTestRelay(t, "31950-31999", nil)
+	if _, ok := r1.Record("none"); ok {
+		t.Fatal("Record of an unknown call")
+	}
+	if _, err := r1.Anchor("c1", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := r1.Record("c1")
+	if !ok || rec.CallID != "c1" || len(rec.Streams) != 1 {
+		t.Fatalf("Record: %+v %v", rec, ok)
+	}
+	// The standby has its own port range in this test: rebase the ports.
+	rec.Streams[0].Ports = [2]int{31950, 31952}
+	if err := r2.Import(rec); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r2.Snapshot()); n != 1 {
+		t.Fatalf("standby sessions after import: %d", n)
+	}
+	if err := r2.Import(SessionRecord{CallID: "c1", State: StateReleased}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r2.Snapshot()); n != 0 {
+		t.Fatalf("standby sessions after released record: %d", n)
+	}
+	if err := r2.Import(SessionRecord{CallID: "unknown", State: StateReleased}); err != nil {
+		t.Fatalf("released record of an unknown call: %v", err)
+	}
+	// The ports are free again: importing the same ports succeeds.
+	rec.State = StateAnswered
+	if err := r2.Import(rec); err != nil {
+		t.Fatalf("ports not freed by the released record: %v", err)
+	}
+}

@@ -12,12 +12,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Proxy is the transaction-stateful SIP proxy in front of the backends.
@@ -185,7 +187,9 @@ func (p *Proxy) Start(ctx context.Context) error {
 }
 
 func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) error {
-	var lc net.ListenConfig
+	// IP_FREEBIND lets a listener on the VIP bind before the VIP is on this
+	// host: it receives the moment the cluster adds the address.
+	lc := net.ListenConfig{Control: freebind}
 	addr := l.Addr.String()
 	switch l.Transport {
 	case "udp":
@@ -322,3 +326,21 @@ func callID(m sip.Message) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func freebind(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if strings.HasSuffix(network, "6") {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("IP_FREEBIND on %s: %w", address, serr)
+	}
+	return nil
+}

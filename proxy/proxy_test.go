@@ -298,3 +298,21 @@ func TestHangUpBackend(t *testing.T) {
 		t.Errorf("%d dialogs left", p.dialogs.len())
 	}
 }
+
+// TestListenBeforeVIP: a listener on an address this host does not have
+// yet (the VIP before the cluster adds it) binds thanks to IP_FREEBIND.
+// Nothing is sent: 192.0.2.0/24 is TEST-NET and only bound here.
+func TestListenBeforeVIP(t *testing.T) {
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	cfg := DefaultConfig()
+	cfg.Listen = []string{"udp://192.0.2.77:15060", "tcp://192.0.2.77:15060"}
+	cfg.Advertise = "192.0.2.77"
+	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), zaptest.NewLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatalf("listen on a VIP not yet present: %v", err)
+	}
+	p.Close()
+}

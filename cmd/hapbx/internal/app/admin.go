@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/media"
@@ -26,6 +27,8 @@ type Status struct {
 	Proxy     proxy.Status          `json:"proxy"`
 	Registrar registrar.Status      `json:"registrar"`
 	Media     []media.SessionStatus `json:"media_sessions,omitempty"`
+	// Cluster is membership, quorum and the VIP holder (nil when alone).
+	Cluster *cluster.Status `json:"cluster,omitempty"`
 	// Cold is the cold standby coordinator's view (nil in hot standby).
 	Cold *failover.ColdStatus `json:"cold,omitempty"`
 }
@@ -66,6 +69,7 @@ func (d *daemon) status() Status {
 		Registrar: d.bindings.Snapshot(),
 		Media:     d.mediaSnapshot(),
 		Cold:      d.coldStatus(),
+		Cluster:   d.clusterStatus(),
 	}
 }
 

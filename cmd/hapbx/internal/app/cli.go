@@ -16,10 +16,11 @@ const usage = `usage: hapbx <command> [flags]
 commands:
   run -c FILE                run the proxy daemon
   agent -c FILE              run a PBX node's storage agent (DRBD, file system, Asterisk)
+  witness -c FILE            run the cluster's third voter (never holds the VIP)
   status [-c FILE] [--json]  each node's role, health, DRBD, mount and service state
   standby [-c FILE] [NODE]   cold standby: move the group off NODE (default: its holder)
   takeover [-c FILE] [NODE]  cold standby: move the group to NODE (default: node.name)
-  check-config -c FILE       validate FILE (proxy or agent file); exit 1 listing every problem
+  check-config -c FILE       validate FILE (proxy, agent or witness file); exit 1 listing every problem
   version                    print the version
 `
 
@@ -57,6 +58,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 		return runAgent(path, stderr)
+	case "witness":
+		path, code := configFlag(cmd, rest, stderr)
+		if code != 0 {
+			return code
+		}
+		return runWitness(path, stderr)
 	case "status":
 		return statusCmd(rest, stdout, stderr)
 	case "standby", "takeover":

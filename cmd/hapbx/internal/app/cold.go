@@ -19,7 +19,7 @@ import (
 
 // setupCold builds the cold standby coordinator when cold.enabled. Agents
 // are reached at backends[].agent.url (until the cluster package discovers
-// them); leadership is this proxy's own until the cluster decides it.
+// them); only the VIP holder acts (every proxy when not clustered).
 func (d *daemon) setupCold() error {
 	if !d.cfg.Cold.Enabled {
 		return nil
@@ -43,7 +43,7 @@ func (d *daemon) setupCold() error {
 		}
 		nodes[i] = n
 	}
-	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg)
+	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg, failover.WithLeader(d.isLeader))
 	if err != nil {
 		return fmt.Errorf("cold: %w", err)
 	}

@@ -72,6 +72,10 @@ func loadAny(path string) (config.File, bool, error) {
 		f, err := config.ParseAgent(path, data)
 		return f, true, err
 	}
+	if config.IsWitnessFile(data) {
+		f, err := config.ParseWitness(path, data)
+		return f, false, err
+	}
 	f, err := config.Parse(path, data)
 	return f, false, err
 }

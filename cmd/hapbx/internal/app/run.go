@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
@@ -38,6 +39,7 @@ type daemon struct {
 	bindings *registrar.Registrar
 	relay    *media.Relay          // nil unless media.enabled
 	cold     *failover.Coordinator // nil unless cold.enabled
+	cluster  *cluster.Cluster      // nil unless cluster.peers is set
 	started  time.Time
 }
 
@@ -75,6 +77,9 @@ func (d *daemon) run() error {
 	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg); err != nil {
 		return fmt.Errorf("failover: %w", err)
 	}
+	if err := d.setupCluster(); err != nil {
+		return err
+	}
 	if err := d.setupCold(); err != nil {
 		return err
 	}
@@ -99,7 +104,14 @@ func (d *daemon) run() error {
 		}
 		d.relay.Start()
 		defer d.relay.Close()
-		opts = append(opts, proxy.WithMediaAnchor(d.relay))
+		if d.cluster != nil {
+			opts = append(opts, proxy.WithMediaAnchor(replicatedRelay{Relay: d.relay, c: d.cluster, log: d.log}))
+		} else {
+			opts = append(opts, proxy.WithMediaAnchor(d.relay))
+		}
+	}
+	if err := d.replicate(); err != nil {
+		return fmt.Errorf("cluster: %w", err)
 	}
 	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...)
 	if err != nil {
@@ -111,6 +123,19 @@ func (d *daemon) run() error {
 	defer stop()
 	if err := p.Start(ctx); err != nil {
 		return err
+	}
+	// Listeners first: they receive on the VIP the moment the cluster adds it.
+	if err := d.startCluster(ctx); err != nil {
+		p.Close()
+		return err
+	}
+	if d.cluster != nil {
+		// Closing releases the VIP; it runs after the drain below.
+		defer func() {
+			if err := d.cluster.Close(); err != nil {
+				d.log.Warn("cluster close", zap.Error(err))
+			}
+		}()
 	}
 	go func() { _ = d.bindings.Run(ctx) }()
 	if d.relay != nil {
@@ -208,6 +233,7 @@ func (d *daemon) hangUpDeadBackends(ctx context.Context) {
 		case failover.BackendDown:
 			go d.proxy.HangUpBackend(ev.Backend, "backend down")
 		case failover.ActiveChanged:
+			d.publishActive(ev.Backend)
 			d.log.Warn("active backend changed", zap.String("active", ev.Backend), zap.String("previous", ev.Previous), zap.String("reason", ev.Reason))
 		}
 	}

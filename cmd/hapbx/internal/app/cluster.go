@@ -1,0 +1,191 @@
+package app
+
+import (
+	"context"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/cluster"
+	"github.com/hapbx/hapbx/media"
+	"github.com/hapbx/hapbx/registrar"
+)
+
+// State channels carried between the proxies.
+const (
+	chanRegistrar = "registrar"
+	chanMedia     = "media"
+	keyActive     = "active_backend"
+)
+
+// setupCluster joins the proxy pair when cluster.peers is set: memberlist
+// membership, raft leadership (the VIP holder), and the replication of
+// registrations and media sessions. Without it this proxy is alone and
+// always the leader.
+func (d *daemon) setupCluster() error {
+	if !d.cfg.ClusterEnabled() {
+		return nil
+	}
+	c, err := cluster.New(d.cfg.ClusterConfig(), cluster.RoleProxy, d.log.Named("cluster"), d.reg)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	d.cluster = c
+	return nil
+}
+
+// isLeader is true on the VIP holder, or on a proxy without a cluster.
+func (d *daemon) isLeader() bool {
+	return d.cluster == nil || d.cluster.IsLeader()
+}
+
+// replicate registers the state channels; call before cluster Start.
+func (d *daemon) replicate() error {
+	if d.cluster == nil {
+		return nil
+	}
+	if err := d.cluster.RegisterState(chanRegistrar, registrarState{r: d.bindings, log: d.log}); err != nil {
+		return err
+	}
+	d.bindings.OnChange(func(rec registrar.Record) {
+		b, err := rec.MarshalBinary()
+		if err != nil {
+			return
+		}
+		if err := d.cluster.Broadcast(chanRegistrar, b); err != nil {
+			d.log.Debug("registrar record not broadcast", zap.Error(err))
+		}
+	})
+	if d.relay != nil {
+		if err := d.cluster.RegisterState(chanMedia, mediaState{r: d.relay, log: d.log}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publishActive makes the leader's active-backend decision known to all.
+func (d *daemon) publishActive(name string) {
+	if d.cluster == nil || !d.cluster.IsLeader() {
+		return
+	}
+	if err := d.cluster.Publish(keyActive, []byte(name)); err != nil {
+		d.log.Debug("active backend not published", zap.Error(err))
+	}
+}
+
+func (d *daemon) startCluster(ctx context.Context) error {
+	if d.cluster == nil {
+		return nil
+	}
+	if err := d.cluster.Start(ctx); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	return nil
+}
+
+func (d *daemon) clusterStatus() *cluster.Status {
+	if d.cluster == nil {
+		return nil
+	}
+	st := d.cluster.Status()
+	return &st
+}
+
+// registrarState carries registrar records: a full snapshot for a proxy
+// that joins, merged idempotently in any order.
+type registrarState struct {
+	r   *registrar.Registrar
+	log *zap.Logger
+}
+
+func (s registrarState) Snapshot() [][]byte {
+	recs := s.r.Records()
+	out := make([][]byte, 0, len(recs))
+	for _, r := range recs {
+		if b, err := r.MarshalBinary(); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (s registrarState) Apply(raw [][]byte) {
+	recs := make([]registrar.Record, 0, len(raw))
+	for _, b := range raw {
+		r, err := registrar.DecodeRecord(b)
+		if err != nil {
+			s.log.Warn("bad registrar record from peer", zap.Error(err))
+			continue
+		}
+		recs = append(recs, r)
+	}
+	if _, err := s.r.Merge(recs); err != nil {
+		s.log.Warn("registrar merge", zap.Error(err))
+	}
+}
+
+// mediaState carries relay sessions, so the twin can relay a call's media
+// on the same ports the moment the VIP arrives.
+type mediaState struct {
+	r   *media.Relay
+	log *zap.Logger
+}
+
+func (s mediaState) Snapshot() [][]byte {
+	recs := s.r.Export()
+	out := make([][]byte, 0, len(recs))
+	for _, r := range recs {
+		if b, err := r.MarshalBinary(); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (s mediaState) Apply(raw [][]byte) {
+	for _, b := range raw {
+		var rec media.SessionRecord
+		if err := rec.UnmarshalBinary(b); err != nil {
+			s.log.Warn("bad media record from peer", zap.Error(err))
+			continue
+		}
+		if err := s.r.Import(rec); err != nil {
+			s.log.Warn("media session not imported", zap.String("call_id", rec.CallID), zap.Error(err))
+		}
+	}
+}
+
+// replicatedRelay is the proxy's media anchor when clustered: every change
+// of a session is broadcast to the twin.
+type replicatedRelay struct {
+	*media.Relay
+	c   *cluster.Cluster
+	log *zap.Logger
+}
+
+func (r replicatedRelay) Anchor(callID string, from media.Leg, body []byte) ([]byte, error) {
+	out, err := r.Relay.Anchor(callID, from, body)
+	if err == nil {
+		if rec, ok := r.Record(callID); ok {
+			r.send(rec)
+		}
+	}
+	return out, err
+}
+
+func (r replicatedRelay) Release(callID, reason string) error {
+	err := r.Relay.Release(callID, reason)
+	r.send(media.SessionRecord{CallID: callID, State: media.StateReleased})
+	return err
+}
+
+func (r replicatedRelay) send(rec media.SessionRecord) {
+	b, err := rec.MarshalBinary()
+	if err != nil {
+		return
+	}
+	if err := r.c.Broadcast(chanMedia, b); err != nil {
+		r.log.Debug("media record not broadcast", zap.Error(err))
+	}
+}
