@@ -65,7 +65,7 @@ type Selector struct {
 	states   map[string]health.State
 	active   string
 	lastReal string // last non-empty active, to count switches
-	subs     map[*subscriber]struct{}
+	subs     map[*health.Queue[Event]]struct{}
 }
 
 // New returns a Selector over backends in priority order (the first is the
@@ -91,7 +91,7 @@ func New(cfg Config, backends []string, log *zap.Logger, reg prometheus.Register
 		m:      m,
 		order:  slices.Clone(backends),
 		states: map[string]health.State{},
-		subs:   map[*subscriber]struct{}{},
+		subs:   map[*health.Queue[Event]]struct{}{},
 	}
 	for _, b := range backends {
 		s.states[b] = health.StateUnknown
@@ -274,21 +274,21 @@ func moveFirst(list []string, name string) {
 // (Previous equal to Backend). Events queue without bound; the channel
 // closes when ctx ends.
 func (s *Selector) Subscribe(ctx context.Context) <-chan Event {
-	sub := newSubscriber()
+	sub := health.NewQueue[Event]()
 	s.mu.Lock()
-	sub.q = append(sub.q, Event{Kind: ActiveChanged, Backend: s.active, Previous: s.active, Reason: "current", At: time.Now()})
+	sub.Push(Event{Kind: ActiveChanged, Backend: s.active, Previous: s.active, Reason: "current", At: time.Now()})
 	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
-	go sub.pump(ctx, func() {
+	go sub.Pump(ctx, func() {
 		s.mu.Lock()
 		delete(s.subs, sub)
 		s.mu.Unlock()
 	})
-	return sub.out
+	return sub.Out()
 }
 
 func (s *Selector) emitLocked(e Event) {
 	for sub := range s.subs {
-		sub.push(e)
+		sub.Push(e)
 	}
 }

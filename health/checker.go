@@ -23,7 +23,7 @@ type Checker struct {
 	mu       sync.Mutex
 	order    []string
 	backends map[string]*backend
-	subs     map[*subscriber]struct{}
+	subs     map[*Queue[Change]]struct{}
 	runCtx   context.Context // set while Run runs
 	finished bool            // Run has returned
 	wg       sync.WaitGroup  // backend loops
@@ -68,7 +68,7 @@ func New(cfg Config, targets []Target, log *zap.Logger, reg prometheus.Registere
 		log:      log,
 		m:        m,
 		backends: map[string]*backend{},
-		subs:     map[*subscriber]struct{}{},
+		subs:     map[*Queue[Change]]struct{}{},
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -106,7 +106,7 @@ func (c *Checker) Run(ctx context.Context) error {
 	c.wg.Wait()
 	c.mu.Lock()
 	for s := range c.subs {
-		s.close() // the pump delivers what is queued, then closes
+		s.Close() // the pump delivers what is queued, then closes
 	}
 	c.mu.Unlock()
 	return nil
@@ -381,7 +381,7 @@ func (c *Checker) transitionLocked(b *backend, to State, reason string) {
 
 func (c *Checker) emitLocked(ch Change) {
 	for s := range c.subs {
-		s.push(ch)
+		s.Push(ch)
 	}
 }
 
@@ -391,7 +391,7 @@ func (c *Checker) emitLocked(ch Change) {
 // bound). The channel closes when ctx ends, or once drained after Run has
 // returned.
 func (c *Checker) Subscribe(ctx context.Context) <-chan Change {
-	s := newSubscriber()
+	s := NewQueue[Change]()
 	c.mu.Lock()
 	for _, name := range c.order {
 		b := c.backends[name]
@@ -403,12 +403,12 @@ func (c *Checker) Subscribe(ctx context.Context) <-chan Change {
 		c.subs[s] = struct{}{}
 	}
 	c.mu.Unlock()
-	go s.pump(ctx, func() {
+	go s.Pump(ctx, func() {
 		c.mu.Lock()
 		delete(c.subs, s)
 		c.mu.Unlock()
 	})
-	return s.out
+	return s.Out()
 }
 
 // Snapshot returns the status of every backend in target order.

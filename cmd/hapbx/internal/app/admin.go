@@ -6,8 +6,6 @@ import (
 	"net/http/pprof"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
@@ -35,7 +33,7 @@ type Status struct {
 
 func (d *daemon) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	mux.Handle("GET /metrics", metricsHandler(d.reg))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if !d.proxy.Ready() {
 			http.Error(w, "SIP listeners down or draining\n", http.StatusServiceUnavailable)

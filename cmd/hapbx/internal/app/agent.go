@@ -2,10 +2,8 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -13,9 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/config"
@@ -54,8 +49,7 @@ func runAgent(path string, stderr io.Writer) int {
 }
 
 func agentMain(cfg config.File, log *zap.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 
 	target := health.Target{Name: cfg.Node.Name, Address: cfg.Agent.Ready.SIP, Transport: cfg.Agent.Ready.Transport}
 	if m := cfg.Agent.Ready.AMI; m != nil {
@@ -83,20 +77,13 @@ func agentMain(cfg config.File, log *zap.Logger) error {
 	defer stop()
 	go func() { _ = ready.Run(ctx) }()
 	if listen != "" {
-		ln, err := net.Listen("tcp", listen)
-		if err != nil {
-			return fmt.Errorf("agent listen %s: %w", listen, err)
-		}
 		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.Handle("GET /metrics", metricsHandler(reg))
 		mux.Handle("/", agent.Handler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("agent API stopped", zap.Error(err))
-				stop()
-			}
-		}()
+		srv, err := serveHTTP(listen, "agent API", mux, log, stop)
+		if err != nil {
+			return err
+		}
 		defer srv.Close()
 	}
 	log.Info("hapbx agent running", zap.String("version", version), zap.String("listen", listen),

@@ -2,10 +2,8 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -14,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -64,8 +61,7 @@ func runDaemon(path string, stderr io.Writer) int {
 }
 
 func (d *daemon) run() error {
-	d.reg = prometheus.NewRegistry()
-	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.reg = newRegistry()
 
 	targets, err := healthTargets(d.cfg.Backends)
 	if err != nil {
@@ -150,18 +146,10 @@ func (d *daemon) run() error {
 
 	var admin *http.Server
 	if d.cfg.Admin.Listen != "" {
-		ln, err := net.Listen("tcp", d.cfg.Admin.Listen)
-		if err != nil {
+		if admin, err = serveHTTP(d.cfg.Admin.Listen, "admin interface", d.adminHandler(), d.log, nil); err != nil {
 			p.Close()
-			return fmt.Errorf("admin listen %s: %w", d.cfg.Admin.Listen, err)
+			return err
 		}
-		admin = &http.Server{Handler: d.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				d.log.Error("admin server stopped", zap.Error(err))
-			}
-		}()
-		d.log.Info("admin interface up", zap.String("listen", d.cfg.Admin.Listen))
 	}
 	d.log.Info("hapbx running", zap.String("version", version), zap.String("config", d.path))
 

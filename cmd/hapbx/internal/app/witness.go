@@ -2,18 +2,12 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/cluster"
@@ -35,25 +29,18 @@ func runWitness(path string, stderr io.Writer) int {
 	}
 	defer func() { _ = log.Sync() }()
 	log = log.With(zap.String("node", cfg.Node.Name))
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if cfg.Admin.Listen != "" {
-		ln, err := net.Listen("tcp", cfg.Admin.Listen)
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metricsHandler(reg))
+		srv, err := serveHTTP(cfg.Admin.Listen, "admin interface", mux, log, nil)
 		if err != nil {
-			log.Error("admin listen", zap.String("listen", cfg.Admin.Listen), zap.Error(err))
+			log.Error("witness admin", zap.Error(err))
 			return 1
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("admin server stopped", zap.Error(err))
-			}
-		}()
 		defer srv.Close()
 	}
 	log.Info("witness running", zap.String("version", version), zap.String("config", path))
