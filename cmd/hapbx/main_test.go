@@ -296,3 +296,34 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// TestStatusCommand: `hapbx status` shows at a glance the backends with
+// their health, the active one, the cluster, registrations and dialogs;
+// --json gives the API's document.
+func TestStatusCommand(t *testing.T) {
+	sipptest.Require(t)
+	p1 := sipptest.FreePort(t, be1IP)
+	sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
+	a1 := net.JoinHostPort(be1IP, strconv.Itoa(p1))
+	a2 := net.JoinHostPort(be2IP, strconv.Itoa(sipptest.FreePort(t, be2IP))) // nothing there: down
+	d := startDaemon(t, a1, a2)
+	d.waitActive(t, "asterisk1")
+	d.waitState(t, "asterisk2", "down", 5*time.Second)
+	out, err := exec.Command(hapbxBin, "status", "-c", d.config).CombinedOutput()
+	if err != nil {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"active backend asterisk1", "cluster: none", "registrations: 0 bindings", "dialogs: 0", "asterisk1", "up", "asterisk2", "down"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	js, err := exec.Command(hapbxBin, "status", "-c", d.config, "--json").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(js, &doc); err != nil || doc["active_backend"] != "asterisk1" {
+		t.Fatalf("status --json: %v %v\n%s", err, doc["active_backend"], js)
+	}
+}

@@ -175,6 +175,19 @@ func nodeRow(name, healthState, role string, st storage.Status, note string) str
 
 func printStatus(w io.Writer, st Status) {
 	fmt.Fprintf(w, "proxy %s  routing %s  active backend %s\n", st.Node, st.Routing, dash(st.Active))
+	if c := st.Cluster; c != nil {
+		holder := c.Leader
+		fmt.Fprintf(w, "cluster: VIP %s held by %s (here: %v)  quorum %v  raft %s\n", dash(c.VIP), dash(holder), c.VIPHeld, c.Quorum, c.RaftState)
+		var ms []string
+		for _, m := range c.Members {
+			ms = append(ms, m.Name+"="+m.State)
+		}
+		fmt.Fprintf(w, "members: %s\n", strings.Join(ms, " "))
+	} else {
+		fmt.Fprintln(w, "cluster: none (single proxy)")
+	}
+	fmt.Fprintf(w, "registrations: %d bindings, %d AORs  dialogs: %d  media sessions: %d\n",
+		st.Registrar.Bindings, st.Registrar.AORs, st.Proxy.Dialogs, len(st.Media))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if st.Cold == nil {
 		fmt.Fprintln(w, "failover mode: hot")
