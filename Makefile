@@ -23,7 +23,7 @@ unit: build
 ## fuzz: every fuzz target (parsers and handlers facing the network) for FUZZTIME each
 FUZZ_TARGETS := proxy:FuzzDecide config:FuzzParse health:FuzzReadAMIMessage health:FuzzSIPAnswer \
 	registrar:FuzzExtract registrar:FuzzDecodeRecord storage:FuzzParseStatus storage:FuzzParseEvent \
-	media:FuzzAnchorSDP media:FuzzValidRTP
+	media:FuzzAnchorSDP media:FuzzValidRTP cluster:FuzzDecodeMessage
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 	  echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
