@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -176,6 +177,13 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 			return true
 
 		case <-hop:
+			if _, inDialog := req.To().Params.Get("tag"); inDialog && p.routable(t.backend) {
+				// An in-dialog request belongs to this backend: no other can
+				// take it. Wait while it is merely slow; give up only once
+				// health has declared it down.
+				hop = time.After(p.cfg.HopTimeout)
+				continue
+			}
 			// Not even 100 Trying: the backend is dead or hung. Give up on it
 			// without a CANCEL (none may be sent before a provisional).
 			clTx.Terminate()
@@ -215,6 +223,15 @@ func errString(err error) string {
 		return "terminated"
 	}
 	return err.Error()
+}
+
+// routable reports whether the router still offers backend for new calls
+// (up or suspect, not down).
+func (p *Proxy) routable(backend string) bool {
+	if p.router == nil {
+		return true
+	}
+	return slices.Contains(p.router.Candidates(""), backend)
 }
 
 // keepHeaders is a no-op build option: prepare has already set every header

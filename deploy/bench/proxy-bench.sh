@@ -33,7 +33,10 @@ admin: {listen: "127.0.0.1:19068"}
 log: {level: error, format: json}
 YAML
 "$BIN" run -c "$work/hapbx.yaml" 2>"$work/hapbx.log" & hpid=$!; pids+=($hpid)
-for _ in $(seq 50); do curl -fs http://127.0.0.1:19068/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+# Ready when health has both backends up (rise: two probes each).
+for _ in $(seq 100); do
+  [ "$(curl -fs http://127.0.0.1:19068/api/v1/status 2>/dev/null | grep -c '"state": "up"')" = 2 ] && break; sleep 0.1
+done
 tck=$(getconf CLK_TCK)
 cpu() { awk -v t="$tck" '{printf "%.3f", ($14+$15)/t}' /proc/$hpid/stat; }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -61,6 +62,13 @@ func runDaemon(path string, stderr io.Writer) int {
 }
 
 func (d *daemon) run() error {
+	// hapbx's live heap is small (tens of MB) while every SIP message it
+	// parses allocates: with Go's default GOGC=100 the collector took about
+	// 30% of the proxy's CPU at 3000 calls/s (pprof). GOGC in the
+	// environment still wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 	d.reg = newRegistry()
 
 	targets, err := healthTargets(d.cfg.Backends)
