@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
@@ -121,7 +123,7 @@ func Test2xxRetransmissionsRelayed(t *testing.T) {
 }
 
 // rawRequest sends one datagram from a fresh socket and returns the first
-// final (or the only) response text, or "" on timeout.
+// final response text, or "" on timeout.
 func rawRequest(t *testing.T, to string, msg string, wait time.Duration) string {
 	t.Helper()
 	c, err := net.ListenPacket("udp", net.JoinHostPort(phoneIP, "0"))
@@ -144,7 +146,7 @@ func rawRequest(t *testing.T, to string, msg string, wait time.Duration) string 
 		if err != nil {
 			return ""
 		}
-		if !bytes.HasPrefix(buf[:n], []byte("SIP/2.0 100 ")) {
+		if !bytes.HasPrefix(buf[:n], []byte("SIP/2.0 1")) {
 			return string(buf[:n])
 		}
 	}
@@ -315,4 +317,77 @@ func TestListenBeforeVIP(t *testing.T) {
 		t.Fatalf("listen on a VIP not yet present: %v", err)
 	}
 	p.Close()
+}
+
+// TestLoopDetected: a request that comes back carrying the proxy's own Via
+// with the same loop hash (nothing changed on the way) is refused 482; one
+// whose Request-URI changed (a legitimate spiral) is not treated as a loop.
+func TestLoopDetected(t *testing.T) {
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	p := startProxy(t, []Backend{be}, func(c *Config) { c.HopTimeout = 200 * time.Millisecond })
+	ruri := "sip:202@" + p.addr
+	msg := request("INVITE", ruri, 70, "")
+	parsed, err := sip.NewParser().ParseSIP([]byte(strings.ReplaceAll(strings.ReplaceAll(msg, "PHONE", phoneIP+":5999"), "\n", "\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := loopHash(parsed.(*sip.Request))
+	ownVia := fmt.Sprintf("Via: SIP/2.0/UDP %s:%d;branch=%s%s.abc\n", proxyIP, p.port, branchPrefix, h)
+	looped := strings.Replace(msg, "From:", ownVia+"From:", 1)
+	if res := rawRequest(t, p.addr, looped, 3*time.Second); !strings.HasPrefix(res, "SIP/2.0 482 ") {
+		t.Fatalf("looped request: got %q, want 482", statusLine(res))
+	}
+	spiral := strings.Replace(looped, "INVITE "+ruri, "INVITE sip:203@"+p.addr, 1)
+	if res := rawRequest(t, p.addr, spiral, 3*time.Second); strings.HasPrefix(res, "SIP/2.0 482 ") {
+		t.Fatalf("a spiral (changed Request-URI) was refused as a loop")
+	}
+}
+
+// TestMediaPortsExhausted: with relay ports for one call only, a second new
+// call gets 503 while the first keeps its relay session.
+func TestMediaPortsExhausted(t *testing.T) {
+	sipptest.Require(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	mc := media.DefaultConfig()
+	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, "23600-23603" // two port pairs: one call
+	relay, err := media.New(mc, zaptest.NewLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay.Start()
+	t.Cleanup(relay.Close)
+
+	port := sipptest.FreePort(t, proxyIP)
+	cfg := DefaultConfig()
+	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
+	cfg.Advertise = proxyIP
+	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), zaptest.NewLogger(t), prometheus.NewRegistry(), WithMediaAnchor(relay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	addr := net.JoinHostPort(proxyIP, strconv.Itoa(port))
+	// rawRequest turns every \n into \r\n, the body's included.
+	sdp := "v=0\no=- 1 1 IN IP4 10.9.9.9\ns=-\nc=IN IP4 10.9.9.9\nt=0 0\nm=audio 40000 RTP/AVP 0\n"
+	invite := func() string {
+		m := request("INVITE", "sip:202@"+addr, 70, "Content-Type: application/sdp\n")
+		n := len(strings.ReplaceAll(sdp, "\n", "\r\n"))
+		return strings.Replace(m, "Content-Length: 0\n\n", fmt.Sprintf("Content-Length: %d\n\n", n), 1) + sdp
+	}
+	first := rawRequest(t, addr, invite(), 5*time.Second)
+	if !strings.HasPrefix(first, "SIP/2.0 200 ") || !strings.Contains(first, "c=IN IP4 "+proxyIP) {
+		t.Fatalf("first call: %q (want 200 with the relay's SDP)\n%s", statusLine(first), first)
+	}
+	second := rawRequest(t, addr, invite(), 5*time.Second)
+	if !strings.HasPrefix(second, "SIP/2.0 503 ") {
+		t.Fatalf("second call with no relay ports left: got %q, want 503", statusLine(second))
+	}
+	if n := len(relay.Snapshot()); n != 1 {
+		t.Fatalf("relay sessions: %d, want the first call's 1", n)
+	}
 }
