@@ -655,3 +655,28 @@ func WaitFor(d time.Duration, what string, cond func() bool) error {
 	}
 	return nil
 }
+
+// Watch samples both proxies' namespaces every 50 ms for d. It returns the
+// holder sequence seen (deduplicated; "-" for none) and an error at the first
+// sample with two holders.
+func (l *Lab) Watch(d time.Duration) ([]string, error) {
+	var seq []string
+	end := time.Now().Add(d)
+	for {
+		hs := l.Holders()
+		if len(hs) > 1 {
+			return append(seq, strings.Join(hs, "+")), fmt.Errorf("split brain: %v hold the VIP at %s", hs, time.Now().Format("15:04:05.000"))
+		}
+		cur := "-"
+		if len(hs) == 1 {
+			cur = hs[0]
+		}
+		if len(seq) == 0 || seq[len(seq)-1] != cur {
+			seq = append(seq, cur)
+		}
+		if time.Now().After(end) {
+			return seq, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -126,3 +126,116 @@ func TestVIPFailoverSIGKILL(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// Issue 5 (b): proxy1 and proxy2 cut apart while both reach the witness:
+// sampled every 50 ms in both namespaces, never two holders; the holder keeps
+// the VIP and keeps answering; after the heal the cluster is whole again.
+func TestPairCut(t *testing.T) {
+	l := newLab(t, Options{})
+	h := upWithBackends(t, l)
+	pr := newProber(t, l)
+	if err := l.Cut("proxy1", "proxy2"); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := l.Watch(4 * time.Second)
+	t.Logf("pair cut, holders seen every 50 ms: %v", seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs := l.Holders(); len(hs) != 1 {
+		t.Fatalf("holders with the pair cut: %v", hs)
+	}
+	if code, err := pr.Ask(time.Second); err != nil || code != 200 {
+		t.Errorf("OPTIONS through the VIP with the pair cut: %d %v", code, err)
+	}
+	if !slices.Equal(seq, []string{h}) {
+		t.Logf("note: the VIP moved while cut (allowed, never doubled): %v", seq)
+	}
+	l.Heal("proxy1", "proxy2")
+	seq, err = l.Watch(2 * time.Second)
+	t.Logf("healed, holders seen: %v", seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitStable(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if hs := l.Holders(); len(hs) != 1 {
+		t.Fatalf("holders after the heal: %v", hs)
+	}
+}
+
+// Issue 5 (c): with failback, proxy1 (priority 200) takes the VIP back when it
+// returns after a SIGKILL; never two holders on the way.
+func TestFailback(t *testing.T) {
+	l := newLab(t, Options{Failback: true})
+	upWithBackends(t, l)
+	if _, err := l.WaitHolder("proxy1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pr := newProber(t, l)
+	f, err := l.KillHolder(pr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SIGKILL proxy1 -> VIP on proxy2 after %s", f.VIP.Round(time.Millisecond))
+	t0 := time.Now()
+	if err := l.StartProxy("proxy1"); err != nil {
+		t.Fatal(err)
+	}
+	var seq []string
+	for time.Since(t0) < 15*time.Second && !slices.Equal(l.Holders(), []string{"proxy1"}) {
+		s, err := l.Watch(100 * time.Millisecond)
+		seq = append(seq, s...)
+		if err != nil {
+			t.Fatalf("%v; seen %v", err, slices.Compact(seq))
+		}
+	}
+	if !slices.Equal(l.Holders(), []string{"proxy1"}) {
+		t.Fatalf("proxy1 did not take the VIP back within 15 s; seen %v", slices.Compact(seq))
+	}
+	t.Logf("failback to proxy1 %s after its restart; holders seen %v", time.Since(t0).Round(time.Millisecond), slices.Compact(seq))
+	if code, err := pr.Ask(time.Second); err != nil || code != 200 {
+		t.Errorf("OPTIONS through the VIP after the failback: %d %v", code, err)
+	}
+}
+
+// Issue 5 (d): a phone registered through proxy1 is reached through proxy2
+// after proxy1 dies: pbx2 calls sip:201@VIP and the phone answers.
+func TestPhoneReachedAfterProxyDies(t *testing.T) {
+	l := newLab(t, Options{Failback: true})
+	upWithBackends(t, l)
+	if _, err := l.WaitHolder("proxy1", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	phone, err := l.Sipp("phones", "phone201", 5070, "-sf", l.Scenario("phone_register.xml"),
+		"-oocsf", l.Scenario("phone_answer.xml"), "-m", "1", "-d", "60000", "-timeout", "90s", VIP+":5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range Proxies {
+		if err := WaitFor(5*time.Second, "201's binding on "+p, func() bool {
+			s, err := l.Status(p)
+			return err == nil && s.Registrar.Bindings == 1
+		}); err != nil {
+			t.Fatalf("%v\n%s", err, phone.Log(3000))
+		}
+	}
+	pr := newProber(t, l)
+	f, err := l.KillHolder(pr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SIGKILL %s -> VIP on %s after %s", f.Killed, f.Twin, f.VIP.Round(time.Millisecond))
+	call, err := l.Sipp("pbx2", "call201", 5061, "-sf", l.Scenario("uac_call.xml"), "-s", "201", "-m", "1",
+		"-timeout", "10s", "-timeout_error", VIP+":5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := call.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("call from pbx2 to 201 through %s failed (exit %d)\n%s\n%s", f.Twin, code, call.Log(3000), phone.Log(3000))
+	}
+	if phone.Exited() {
+		t.Fatalf("the phone ended early:\n%s", phone.Log(3000))
+	}
+}
