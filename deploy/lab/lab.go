@@ -403,13 +403,22 @@ func (p *Proc) Exited() bool {
 	}
 }
 
-// Log returns the last n bytes of p's output.
+// Log returns the last n bytes of p's output and of sipp's error and screen traces.
 func (p *Proc) Log(n int) string {
-	b, _ := os.ReadFile(p.LogPath)
-	if len(b) > n {
-		b = b[len(b)-n:]
+	var out strings.Builder
+	errs, _ := filepath.Glob(filepath.Join(p.Dir, "*_errors.log"))
+	msgs, _ := filepath.Glob(filepath.Join(p.Dir, "*_messages.log"))
+	errs = append(errs, msgs...)
+	screens, _ := filepath.Glob(filepath.Join(p.Dir, "*_screen.log"))
+	files := append(errs, screens...)
+	for _, f := range append([]string{p.LogPath}, files...) {
+		b, _ := os.ReadFile(f)
+		if len(b) > n {
+			b = b[len(b)-n:]
+		}
+		fmt.Fprintf(&out, "--- %s ---\n%s\n", filepath.Base(f), b)
 	}
-	return string(b)
+	return out.String()
 }
 
 // InNS runs f on a thread switched into namespace ns: sockets f creates stay
