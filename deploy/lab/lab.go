@@ -125,6 +125,9 @@ func New(opt Options) (l *Lab, err error) {
 	if opt.Bin == "" {
 		opt.Bin = filepath.Join(opt.Root, "bin", "hapbx")
 	}
+	if opt.Bin, err = filepath.Abs(opt.Bin); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(opt.Bin); err != nil {
 		return nil, fmt.Errorf("hapbx binary %s: %w (run make build)", opt.Bin, err)
 	}
