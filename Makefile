@@ -50,7 +50,7 @@ demo: build
 ## e2e: as root, the lab's end-to-end suite with assertions (issue 5 and the demo scenario);
 ## `make test` runs the same tests (with -race) through `unit`
 e2e: build
-	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 5m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies' ./deploy/lab
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 5m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
 
 clean:
 	rm -rf bin
