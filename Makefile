@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/hapbx/hapbx/cmd/hapbx/internal/app.version=$(VER
 PKGS     := ./...
 FUZZTIME ?= 6s
 
-.PHONY: build test unit lint fuzz bench demo clean
+.PHONY: build test unit lint fuzz bench demo e2e clean
 
 ## build: bin/hapbx, statically linked, version stamped
 build:
@@ -42,9 +42,15 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./registrar/
 	$(GO) run ./media/relaybench/cmd/relaybench -calls 500,1000,2000 -duration 10s -warmup 2s
 
-## demo: hapbx in front of two SIPp backends, a few calls through it
+## demo: as root, the namespace lab (deploy/lab): two proxies sharing a VIP, a witness, two PBX,
+## SIPp phones registering and calling; kills and cuts one after another, prints one table
 demo: build
 	./deploy/demo/demo.sh
+
+## e2e: as root, the lab's end-to-end suite with assertions (issue 5 and the demo scenario);
+## `make test` runs the same tests (with -race) through `unit`
+e2e: build
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 5m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
 
 clean:
 	rm -rf bin

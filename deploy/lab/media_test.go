@@ -1,0 +1,87 @@
+package lab
+
+import (
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+const pcapG711a = "/usr/share/sip-tester/g711a.pcap"
+
+// Issue 8.2: media anchored on the proxies; the VIP holder is SIGKILLed in the
+// middle of a call while the phone plays G.711 to a backend that echoes it.
+// Audio resumes through the new holder (on the same VIP ports, from the
+// replicated session) within 1 s, and the call still hangs up normally.
+func TestMediaSurvivesVIPFailover(t *testing.T) {
+	if _, err := os.Stat(pcapG711a); err != nil {
+		t.Skip("needs " + pcapG711a + " (Debian package sip-tester)")
+	}
+	l := newLab(t, Options{Media: true})
+	for _, be := range Backends {
+		if _, err := l.StartBackend(be, "-mi", Hosts[be], "-mp", "6000", "-rtp_echo"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Up(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := l.WaitHolder("", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitFor(5*time.Second, "an active backend", func() bool {
+		s, err := l.Status(h)
+		return err == nil && s.Active != ""
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tw := Twin(h)
+	phone, err := l.Sipp("phones", "mediaphone", 5090, "-sf", l.Scenario("uac_media_long.xml"), "-s", "202", "-m", "1",
+		"-mi", Hosts["phones"], "-mp", "7000", "-key", "pcap", pcapG711a, "-timeout", "30s", "-timeout_error", VIP+":5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(dir string) string { return `hapbx_media_packets_total{dir="` + dir + `"}` }
+	if err := WaitFor(5*time.Second, "RTP relayed both ways by "+h, func() bool {
+		return l.Metric(h, key("a_to_b")) > 20 && l.Metric(h, key("b_to_a")) > 20
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, phone.Log(3000))
+	}
+	if err := WaitFor(2*time.Second, "the media session replicated to "+tw, func() bool {
+		s, err := l.Status(tw)
+		return err == nil && len(s.Media) == 1
+	}); err != nil {
+		t.Fatal(err)
+	}
+	base := l.Metric(tw, key("a_to_b")) + l.Metric(tw, key("b_to_a"))
+	t0 := time.Now()
+	l.KillProxy(h)
+	var gap time.Duration
+	for time.Since(t0) < 3*time.Second {
+		if l.Metric(tw, key("a_to_b"))+l.Metric(tw, key("b_to_a")) > base {
+			gap = time.Since(t0)
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if gap == 0 {
+		t.Fatalf("no RTP relayed by %s within 3 s of SIGKILL of %s", tw, h)
+	}
+	time.Sleep(500 * time.Millisecond)
+	ab, ba := l.Metric(tw, key("a_to_b")), l.Metric(tw, key("b_to_a"))
+	t.Logf("SIGKILL %s mid-call: %s relays RTP after %s (audio gap); then %v phone->backend, %v backend->phone packets in 0.5 s",
+		h, tw, gap.Round(time.Millisecond), ab, ba)
+	if gap > time.Second {
+		t.Errorf("audio gap %s, want <= 1s", gap)
+	}
+	if ab < 10 || ba < 10 {
+		t.Errorf("media not flowing both ways through %s: a_to_b=%v b_to_a=%v", tw, ab, ba)
+	}
+	if code := phone.Wait(30 * time.Second); code != 0 {
+		t.Fatalf("the call did not hang up normally (sipp exit %d)\n%s", code, phone.Log(3000))
+	}
+	if n, _ := strconv.Atoi(strconv.FormatFloat(l.Metric(tw, "hapbx_media_sessions"), 'f', 0, 64)); n != 0 {
+		t.Errorf("%d relay sessions left on %s after BYE", n, tw)
+	}
+}
