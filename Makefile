@@ -37,7 +37,8 @@ test: lint unit fuzz
 bench: build
 	HAPBX_BIN=$(CURDIR)/bin/hapbx ./deploy/bench/proxy-bench.sh
 	HAPBX_BIN=$(CURDIR)/bin/hapbx ./deploy/bench/register-bench.sh
-	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench BackendFailover -benchtime 1x ./cmd/hapbx
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench 'BackendFailover|ColdFailover' -benchtime 1x ./cmd/hapbx
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench VIPFailover -benchtime 1x ./deploy/lab
 	$(GO) test -run '^$$' -bench DetectDown -benchtime 1x ./health/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./registrar/
 	$(GO) run ./media/relaybench/cmd/relaybench -calls 500,1000,2000 -duration 10s -warmup 2s
