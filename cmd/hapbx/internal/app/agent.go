@@ -29,23 +29,7 @@ import (
 // On SIGTERM the agent exits and leaves the group as it is: restarting the
 // agent must not stop Asterisk. `hapbx standby` moves the group first.
 func runAgent(path string, stderr io.Writer) int {
-	cfg, err := config.LoadAgent(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	log, err := newLogger(cfg.Log)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: log: %v\n", path, err)
-		return 1
-	}
-	defer func() { _ = log.Sync() }()
-	log = log.With(zap.String("node", cfg.Node.Name))
-	if err := agentMain(cfg, log); err != nil {
-		log.Error("hapbx agent stopped with an error", zap.Error(err))
-		return 1
-	}
-	return 0
+	return command("hapbx agent", path, config.LoadAgent, stderr, agentMain)
 }
 
 func agentMain(cfg config.File, log *zap.Logger) error {

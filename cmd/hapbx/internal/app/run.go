@@ -42,23 +42,10 @@ type daemon struct {
 }
 
 func runDaemon(path string, stderr io.Writer) int {
-	cfg, err := config.Load(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
-	}
-	log, err := newLogger(cfg.Log)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: log: %v\n", path, err)
-		return 1
-	}
-	defer func() { _ = log.Sync() }()
-	d := &daemon{path: path, cfg: cfg, log: log.With(zap.String("node", cfg.Node.Name)), started: time.Now()}
-	if err := d.run(); err != nil {
-		d.log.Error("hapbx stopped with an error", zap.Error(err))
-		return 1
-	}
-	return 0
+	return command("hapbx", path, config.Load, stderr, func(cfg config.File, log *zap.Logger) error {
+		d := &daemon{path: path, cfg: cfg, log: log, started: time.Now()}
+		return d.run()
+	})
 }
 
 func (d *daemon) run() error {

@@ -3,6 +3,7 @@ package app
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/config"
 )
 
 // newRegistry is the metrics registry every command hands its components:
@@ -44,4 +47,28 @@ func serveHTTP(addr, what string, h http.Handler, log *zap.Logger, onError func(
 	}()
 	log.Info(what+" up", zap.String("listen", addr))
 	return srv, nil
+}
+
+// command runs one long-running command (run, agent, witness): it loads
+// its file with load, builds the logger the file asks for, tagged with the
+// node's name, and runs main; the exit code is 1 on any error.
+func command(what, path string, load func(string) (config.File, error), stderr io.Writer,
+	main func(config.File, *zap.Logger) error) int {
+	cfg, err := load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log, err := newLogger(cfg.Log)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: log: %v\n", path, err)
+		return 1
+	}
+	defer func() { _ = log.Sync() }()
+	log = log.With(zap.String("node", cfg.Node.Name))
+	if err := main(cfg, log); err != nil {
+		log.Error(what+" stopped with an error", zap.Error(err))
+		return 1
+	}
+	return 0
 }
