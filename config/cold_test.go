@@ -198,3 +198,40 @@ func TestAgentFileWithCluster(t *testing.T) {
 		t.Errorf("an agent asked for a VIP:\n%v", err)
 	}
 }
+
+// TestAgentExampleClusterBlock: the commented cluster: block of
+// deploy/hapbx-agent.example.yaml, uncommented, is a valid agent file once
+// agent.listen names the node's address (a loopback listen is refused).
+func TestAgentExampleClusterBlock(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "agent.token")
+	if err := os.WriteFile(tok, []byte("x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join("..", "deploy", "hapbx-agent.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(raw), "/etc/hapbx/agent.token", tok, 1)
+	i := strings.Index(text, "\n# cluster:\n")
+	if i < 0 {
+		t.Fatal("no commented cluster: block")
+	}
+	var b strings.Builder
+	b.WriteString(text[:i+1])
+	for _, line := range strings.Split(text[i+1:], "\n") {
+		b.WriteString(strings.TrimPrefix(line, "# ") + "\n")
+	}
+	text = b.String()
+	if _, err := ParseAgent("agent.yaml", []byte(text)); err == nil || !strings.Contains(err.Error(), "agent.listen: 127.0.0.1:7790 is a loopback address") {
+		t.Fatalf("loopback listen with a cluster: %v", err)
+	}
+	text = strings.Replace(text, "listen: 127.0.0.1:7790", "listen: 192.168.1.11:7790", 1)
+	f, err := ParseAgent("agent.yaml", []byte(text))
+	if err != nil {
+		t.Fatalf("uncommented cluster block:\n%v", err)
+	}
+	if u, _ := f.AgentURL(); !f.ClusterEnabled() || len(f.Cluster.Peers) != 3 || u != "http://192.168.1.11:7790" {
+		t.Fatalf("cluster %+v url %q", f.Cluster, u)
+	}
+}
