@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -139,7 +140,8 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	acfg := agentConfig(t, cfgs, "pbx1", k)
 	api := "http://127.0.0.11:7790"
-	a, err := New(acfg, RoleAgent, zap.New(core), nil, WithAgentInfo("asterisk1", api))
+	reg := prometheus.NewRegistry()
+	a, err := New(acfg, RoleAgent, zap.New(core), reg, WithAgentInfo("asterisk1", api))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,8 +172,11 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 				n++
 			}
 		}
-		return n == 4
+		return n == 4 && gauge(t, reg, "hapbx_cluster_members") == 4
 	})
+	if v := gauge(t, reg, "hapbx_cluster_quorum"); v != -1 {
+		t.Fatalf("an agent exports hapbx_cluster_quorum (%v)", v)
+	}
 	if st := a.Status(); st.Role != "agent" || st.VIPHeld || st.RaftState != "" || a.IsLeader() {
 		t.Fatalf("agent status %+v", st)
 	}

@@ -119,7 +119,17 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 		return nil, err
 	}
 	log = log.With(zap.String("node", cfg.Name), zap.Stringer("role", role))
-	c := &Cluster{cfg: cfg, role: role, log: log, m: newMetrics(reg), fsm: newKVFSM(), keyring: kr, agent: o.agent,
+	var m *metrics
+	if role == RoleAgent {
+		// An agent has no quorum, leader or VIP: a constant 0 would read as an outage.
+		m = newMetrics(nil)
+		if reg != nil {
+			reg.MustRegister(m.members)
+		}
+	} else {
+		m = newMetrics(reg)
+	}
+	c := &Cluster{cfg: cfg, role: role, log: log, m: m, fsm: newKVFSM(), keyring: kr, agent: o.agent,
 		chans: map[string]*channel{}, wake: make(chan struct{}, 1),
 		outboxes: map[string]*outbox{}, nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}}
 	if role == RoleProxy {

@@ -205,4 +205,6 @@
 //	hapbx_cluster_raft_leader                    gauge, 1 while raft leader
 //	hapbx_cluster_garp_sent_total                counter, VIP announcements sent
 //	hapbx_cluster_state_records_received_total   counter, shared-state records applied from peers
+//
+// An agent exports hapbx_cluster_members only.
 package cluster
