@@ -34,6 +34,7 @@ type Cluster struct {
 	fsm  *kvFSM
 
 	keyring *memberlist.Keyring
+	agent   AgentInfo // RoleAgent: what the metadata announces
 	ml      atomic.Pointer[memberlist.Memberlist]
 	r       *raft.Raft
 	trans   *raft.NetworkTransport
@@ -80,6 +81,10 @@ type nodeMeta struct {
 	// State: the node has registered state channels; others send it records only then
 	// (a witness usually has none and is spared the full pushes).
 	State bool `json:"s,omitempty"`
+	// Backend and API: set by an agent (role "agent"): the backend it serves and the
+	// URL of its control API.
+	Backend string `json:"b,omitempty"`
+	API     string `json:"api,omitempty"`
 }
 
 // Member is a memberlist member as seen by this node.
@@ -90,16 +95,21 @@ type Member struct {
 	Priority int    `json:"priority"`
 	PingOK   bool   `json:"ping_ok"`
 	State    string `json:"state"`
+	// Backend and API are set for agents (Role "agent").
+	Backend string `json:"backend,omitempty"`
+	API     string `json:"api,omitempty"`
 }
 
 // New checks cfg and prepares a node of the given role; nothing listens until Start.
-// reg may be nil (no metrics exported).
-func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer) (*Cluster, error) {
-	var err error
-	if role == RoleWitness {
-		err = cfg.ValidateWitness()
-	} else {
-		err = cfg.Validate()
+// reg may be nil (no metrics exported). RoleAgent needs WithAgentInfo.
+func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Cluster, error) {
+	var o options
+	for _, fn := range opts {
+		fn(&o)
+	}
+	err := cfg.validate(role)
+	if err == nil && role == RoleAgent {
+		err = checkAgentInfo(o.agent)
 	}
 	if err != nil {
 		return nil, err
@@ -109,7 +119,17 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer) (*Cl
 		return nil, err
 	}
 	log = log.With(zap.String("node", cfg.Name), zap.Stringer("role", role))
-	c := &Cluster{cfg: cfg, role: role, log: log, m: newMetrics(reg), fsm: newKVFSM(), keyring: kr,
+	var m *metrics
+	if role == RoleAgent {
+		// An agent has no quorum, leader or VIP: a constant 0 would read as an outage.
+		m = newMetrics(nil)
+		if reg != nil {
+			reg.MustRegister(m.members)
+		}
+	} else {
+		m = newMetrics(reg)
+	}
+	c := &Cluster{cfg: cfg, role: role, log: log, m: m, fsm: newKVFSM(), keyring: kr, agent: o.agent,
 		chans: map[string]*channel{}, wake: make(chan struct{}, 1),
 		outboxes: map[string]*outbox{}, nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}}
 	if role == RoleProxy {
@@ -139,6 +159,9 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 			c.shutdown()
 		}
 	}()
+	if c.role == RoleAgent {
+		return c.startAgent(ctx)
+	}
 	if c.vip != nil {
 		// A crash may have left the VIP behind; we must not answer for it before raft
 		// says so.
@@ -186,6 +209,9 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 func (c *Cluster) advertise() string {
 	if c.cfg.Advertise != "" {
 		return c.cfg.Advertise
+	}
+	if c.role == RoleAgent {
+		return "" // memberlist takes bind's address (or a private one for 0.0.0.0)
 	}
 	return c.cfg.self().Gossip
 }
@@ -312,10 +338,11 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 		for _, m := range c.Members() {
 			if m.State == "alive" {
 				alive[m.Name] = true
+				alive[m.Addr] = true // an agent may list voters by address only
 			}
 		}
 		for _, p := range c.cfg.Peers {
-			if p.Name != c.cfg.Name && !alive[p.Name] {
+			if p.Name != c.cfg.Name && !alive[p.Name] && !alive[p.Gossip] {
 				missing = append(missing, p.Gossip)
 			}
 		}
@@ -641,7 +668,8 @@ func (c *Cluster) Members() []Member {
 	for name, n := range c.nodes {
 		var meta nodeMeta
 		_ = json.Unmarshal(n.Meta, &meta)
-		out = append(out, Member{Name: name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: c.states[name]})
+		out = append(out, Member{Name: name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: c.states[name],
+			Backend: meta.Backend, API: meta.API})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -655,10 +683,12 @@ func (c *Cluster) node(name string) (*memberlist.Node, bool) {
 	return &n, ok && c.states[name] == "alive"
 }
 
-// stateful reports whether a member announced state channels in its metadata.
+// stateful reports whether a member announced state channels in its metadata. An agent
+// never gets state, whatever it announces: registrations and media sessions are the
+// proxies' business.
 func stateful(n *memberlist.Node) bool {
 	var meta nodeMeta
-	return json.Unmarshal(n.Meta, &meta) == nil && meta.State
+	return json.Unmarshal(n.Meta, &meta) == nil && meta.State && meta.Role != RoleAgent.String()
 }
 
 // aliveNodes returns copies of the other alive members that take state records.
@@ -691,6 +721,9 @@ func (c *Cluster) record(n *memberlist.Node, state string) {
 // Publish stores key=value through the raft log (strongly consistent, replicated to all
 // voters, witness included). Only the raft leader can publish: ErrNotLeader elsewhere.
 func (c *Cluster) Publish(key string, value []byte) error {
+	if c.role == RoleAgent {
+		return fmt.Errorf("publish %q: an agent is not a voter: %w", key, ErrNotLeader)
+	}
 	if c.r == nil || c.closed.Load() {
 		return ErrClosed
 	}
@@ -824,7 +857,11 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	c.chMu.RLock()
 	hasState := len(c.chans) > 0
 	c.chMu.RUnlock()
-	b, _ := json.Marshal(nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.pingOK.Load(), State: hasState})
+	meta := nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.pingOK.Load(), State: hasState}
+	if c.role == RoleAgent {
+		meta = nodeMeta{Role: c.role.String(), Backend: c.agent.Backend, API: c.agent.API}
+	}
+	b, _ := json.Marshal(meta)
 	if len(b) > limit {
 		return nil
 	}

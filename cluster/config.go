@@ -22,18 +22,26 @@ const (
 	RoleProxy Role = iota
 	// RoleWitness votes in raft but never holds the VIP and never stays raft leader.
 	RoleWitness
+	// RoleAgent is a PBX node's storage agent: a memberlist member only (same gossip
+	// keyring), never a raft voter, never the VIP holder, never sent shared state. Its
+	// metadata tells the proxies which backend it serves and where its API answers.
+	RoleAgent
 )
 
-// String returns "proxy" or "witness".
+// String returns "proxy", "witness" or "agent".
 func (r Role) String() string {
-	if r == RoleWitness {
+	switch r {
+	case RoleWitness:
 		return "witness"
+	case RoleAgent:
+		return "agent"
 	}
 	return "proxy"
 }
 
-// Peer is one raft voter of the static cluster. Every node lists every voter, itself
-// included, identically: the list is the raft bootstrap configuration.
+// Peer is one raft voter of the static cluster. Every voter lists every voter, itself
+// included, identically: the list is the raft bootstrap configuration. An agent lists
+// the voters it joins (name optional, raft ignored).
 type Peer struct {
 	// Name is the node name (memberlist name and raft server ID).
 	Name string `yaml:"name"`
@@ -177,7 +185,15 @@ func (c Config) Validate() error { return c.validate(RoleProxy) }
 // ValidateWitness is Validate for a witness: the VIP and ping targets are not needed.
 func (c Config) ValidateWitness() error { return c.validate(RoleWitness) }
 
+// ValidateAgent is Validate for an agent: only name, bind, advertise, peers (the voters'
+// gossip addresses to join), secret_file and the memberlist timing are used; raft,
+// data_dir, priority, failback, ping and VIP keys are ignored.
+func (c Config) ValidateAgent() error { return c.validate(RoleAgent) }
+
 func (c Config) validate(role Role) error {
+	if role == RoleAgent {
+		return c.validateAgent()
+	}
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.Name == "" {
@@ -293,6 +309,57 @@ func (c Config) validate(role Role) error {
 				add("ping_timeout: must be > 0")
 			}
 		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) validateAgent() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if c.Name == "" {
+		add("name: must not be empty")
+	}
+	if c.Bind == "" {
+		add("bind: must not be empty")
+	} else if err := checkHostPort("bind", c.Bind, false); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Advertise != "" {
+		if err := checkHostPort("advertise", c.Advertise, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(c.Peers) == 0 {
+		add("peers: list the voters' gossip addresses to join (the proxies and the witness)")
+	}
+	for i, p := range c.Peers {
+		k := fmt.Sprintf("peers[%d]", i)
+		if p.Name != "" && p.Name == c.Name {
+			add("%s.name: %q is this agent's own name: an agent is not a voter and needs a name no voter has", k, p.Name)
+		}
+		if err := checkHostPort(k+".gossip", p.Gossip, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.SecretFile == "" {
+		add("secret_file: must be set (gossip is always encrypted)")
+	}
+	t := c.Timing
+	for _, d := range []struct {
+		k string
+		v time.Duration
+	}{{"timing.probe_interval", t.ProbeInterval}, {"timing.probe_timeout", t.ProbeTimeout},
+		{"timing.gossip_interval", t.GossipInterval}, {"timing.push_pull_interval", t.PushPullInterval},
+		{"timing.join_retry_max", t.JoinRetryMax}} {
+		if d.v <= 0 {
+			add("%s: must be > 0", d.k)
+		}
+	}
+	if t.ProbeTimeout > t.ProbeInterval && t.ProbeInterval > 0 {
+		add("timing.probe_timeout: %s must not exceed timing.probe_interval %s", t.ProbeTimeout, t.ProbeInterval)
+	}
+	if t.SuspicionMult < 1 {
+		add("timing.suspicion_mult: must be >= 1")
 	}
 	return errors.Join(errs...)
 }

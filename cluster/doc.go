@@ -1,6 +1,7 @@
 // Package cluster replaces Heartbeat for hapbx: it keeps membership of the proxies and a
 // witness, elects exactly one VIP holder by consensus, moves the VIP, and carries the
-// proxies' shared state. It knows nothing of SIP.
+// proxies' shared state. The PBX nodes' storage agents join as plain members so the
+// proxies find them. It knows nothing of SIP.
 //
 // # Parts
 //
@@ -24,6 +25,19 @@
 //     and repeated vip.garp_count-1 times every vip.garp_interval. A VIP left on the
 //     interface by a crash is removed in Start before the node joins.
 //   - Shared state: named channels (RegisterState) of opaque records; see below.
+//   - Agents (RoleAgent, `hapbx agent` with a cluster: section): memberlist members
+//     with the same keyring, so a wrong key cannot join either and says so the same
+//     way. Never raft servers (not in peers, no raft transport, no data_dir), never VIP
+//     holders or leadership transfer targets (transfers go to role "proxy" members
+//     only), never sent shared state (RegisterState is refused on an agent, and
+//     Broadcast and full pushes skip members of role "agent" whatever their metadata
+//     says). An agent's metadata (JSON, well under memberlist's 512 bytes, checked by
+//     New) carries {"r":"agent","b":BACKEND,"api":URL}, given by WithAgentInfo. A proxy
+//     reads them with Agents(): name, backend, API URL, alive. An agent joins the
+//     gossip addresses of its peers (names optional) with the same backoff and keeps
+//     re-joining; it starts at once (no heartbeat_timeout of silence: it casts no
+//     vote). Its arrival or death changes no quorum, term or leader
+//     (TestAgentJoinsWithoutVoting).
 //   - Published values: Publish(key, value) on the raft leader goes through the raft log
 //     (consistent, persisted, replicated to all voters); Get reads the local copy. Meant
 //     for the failover coordinator's active-backend decision, not for bulk data.
@@ -145,6 +159,11 @@
 //
 // # Configuration (section cluster:)
 //
+// For an agent only name, bind, advertise (default: bind's address), peers[].gossip,
+// secret_file and the memberlist timing keys (probe_*, suspicion_mult, gossip_interval,
+// push_pull_interval, join_retry_max) are used and checked (ValidateAgent); the
+// proxies' peers list can be copied as is.
+//
 //	name: node1                  # default: host name; must be listed in peers
 //	bind: 0.0.0.0:7946           # memberlist UDP+TCP
 //	advertise: ""                # default: peers[self].gossip
@@ -180,10 +199,12 @@
 // # Metrics
 //
 //	hapbx_cluster_vip_held                       gauge, 1 while the VIP is on our interface
-//	hapbx_cluster_members                        gauge, alive memberlist members incl. self
+//	hapbx_cluster_members                        gauge, alive memberlist members incl. self and agents
 //	hapbx_cluster_leader_changes_total           counter, raft leader changes seen
 //	hapbx_cluster_quorum                         gauge, 1 with a fresh lease (leader) or a known leader (follower)
 //	hapbx_cluster_raft_leader                    gauge, 1 while raft leader
 //	hapbx_cluster_garp_sent_total                counter, VIP announcements sent
 //	hapbx_cluster_state_records_received_total   counter, shared-state records applied from peers
+//
+// An agent exports hapbx_cluster_members only.
 package cluster

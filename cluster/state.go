@@ -45,6 +45,9 @@ func (c *Cluster) RegisterState(name string, src StateSource) error {
 	if name == "" || len(name) > 255 {
 		return fmt.Errorf("cluster: state channel name %q must be 1..255 bytes", name)
 	}
+	if c.role == RoleAgent {
+		return fmt.Errorf("cluster: state channel %q: an agent carries no shared state", name)
+	}
 	c.chMu.Lock()
 	defer c.chMu.Unlock()
 	if _, dup := c.chans[name]; dup {

@@ -1,7 +1,10 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -21,6 +24,11 @@ import (
 type AgentConfig struct {
 	storage.Config `yaml:",inline"`
 	Ready          AgentReady `yaml:"ready"`
+	// URL is where proxies reach this agent's control API, announced in the
+	// cluster when the file has a cluster: section. Default: http:// and
+	// listen, or, when listen is on all addresses, the host of
+	// cluster.advertise (else cluster.bind) with listen's port.
+	URL string `yaml:"url"`
 }
 
 // AgentReady is where the local Asterisk answers.
@@ -42,10 +50,11 @@ func DefaultAgent() AgentConfig {
 }
 
 // BackendAgent is how the proxy reaches a backend's storage agent in cold
-// standby (until the cluster package discovers agents itself) and how it
-// fences that node when its agent cannot stop the group.
+// standby and how it fences that node when its agent cannot stop the group.
 type BackendAgent struct {
-	// URL of the agent's control API, e.g. http://192.168.1.11:7790.
+	// URL of the agent's control API, e.g. http://192.168.1.11:7790. Empty
+	// with a cluster: the URL the agent announces when it joins (its
+	// node.name must be this backend's name); set, it overrides that.
 	URL string `yaml:"url"`
 	// TokenFile holds the agent's bearer token.
 	TokenFile string `yaml:"token_file"`
@@ -78,8 +87,9 @@ func IsAgentFile(data []byte) bool {
 	return agent && !backends
 }
 
-// LoadAgent reads and validates a PBX node's file: node, agent and log
-// sections (other sections are ignored but must be known keys).
+// LoadAgent reads and validates a PBX node's file: node, agent, log and,
+// when it joins the proxies' cluster, cluster (other sections are ignored
+// but must be known keys).
 func LoadAgent(path string) (File, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -109,6 +119,18 @@ func ParseAgent(name string, data []byte) (File, error) {
 		problems = append(problems, "node.name: must not be empty")
 	}
 	problems = append(problems, f.Agent.problems()...)
+	if f.ClusterEnabled() {
+		for _, e := range flatten(f.ClusterConfig().ValidateAgent()) {
+			problems = append(problems, "cluster."+e.Error())
+		}
+		if _, err := f.AgentURL(); err != nil {
+			problems = append(problems, err.Error())
+		}
+	} else if f.Agent.URL != "" {
+		if err := checkAgentURL(f.Agent.URL); err != nil {
+			problems = append(problems, "agent.url: "+err.Error())
+		}
+	}
 	if _, err := zapcore.ParseLevel(f.Log.Level); err != nil {
 		problems = append(problems, fmt.Sprintf("log.level: %q is not debug, info, warn or error", f.Log.Level))
 	}
@@ -119,6 +141,56 @@ func ParseAgent(name string, data []byte) (File, error) {
 		return File{}, &Error{File: name, Problems: problems}
 	}
 	return f, nil
+}
+
+func checkAgentURL(s string) error {
+	if u, err := url.Parse(s); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an http:// or https:// URL", s)
+	}
+	return nil
+}
+
+// AgentURL is the URL an agent announces to the cluster: agent.url, else
+// derived from agent.listen (see AgentConfig.URL). A loopback listen
+// address is refused while the cluster gossips on another address: the
+// proxies could not reach it.
+func (f File) AgentURL() (string, error) {
+	if f.Agent.URL != "" {
+		if err := checkAgentURL(f.Agent.URL); err != nil {
+			return "", fmt.Errorf("agent.url: %w", err)
+		}
+		return strings.TrimRight(f.Agent.URL, "/"), nil
+	}
+	if f.Agent.Listen == "" {
+		return "", errors.New("agent.listen: must be set to join the cluster: the proxies reach the agent's API there")
+	}
+	host, port, err := net.SplitHostPort(f.Agent.Listen)
+	if err != nil {
+		return "", fmt.Errorf("agent.listen: %q is not host:port", f.Agent.Listen)
+	}
+	// The address other cluster members reach this node at.
+	var gossip netip.Addr
+	for _, a := range []string{f.Cluster.Advertise, f.Cluster.Bind} {
+		if h, _, err := net.SplitHostPort(a); err == nil {
+			if ip, err := netip.ParseAddr(h); err == nil && !ip.IsUnspecified() {
+				gossip = ip
+				break
+			}
+		}
+	}
+	ip, err := netip.ParseAddr(host)
+	switch {
+	case host != "" && err != nil: // a host name
+		return "http://" + net.JoinHostPort(host, port), nil
+	case host != "" && !ip.IsUnspecified():
+		if ip.IsLoopback() && !(gossip.IsValid() && gossip.IsLoopback()) {
+			return "", fmt.Errorf("agent.listen: %s is a loopback address the proxies cannot reach: listen on the node's address (or set agent.url)", f.Agent.Listen)
+		}
+		return "http://" + net.JoinHostPort(host, port), nil
+	case gossip.IsValid():
+		return "http://" + net.JoinHostPort(gossip.String(), port), nil
+	}
+	return "", fmt.Errorf("agent.url: must be set: agent.listen %s is on all addresses and neither cluster.advertise nor cluster.bind names this node's address", f.Agent.Listen)
 }
 
 func (a AgentConfig) problems() []string {
@@ -167,12 +239,17 @@ func (f File) coldProblems() []string {
 		at := fmt.Sprintf("backends[%d].agent", i)
 		if b.Agent == nil {
 			if f.Cold.Enabled {
-				p = append(p, at+": required with cold.enabled (url and token_file of the node's storage agent)")
+				p = append(p, at+": required with cold.enabled (token_file of the node's storage agent, and its url unless the agent joins the cluster)")
 			}
 			continue
 		}
-		if u, err := url.Parse(b.Agent.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			p = append(p, fmt.Sprintf("%s.url: %q is not an http:// or https:// URL", at, b.Agent.URL))
+		switch {
+		case b.Agent.URL == "" && !f.ClusterEnabled():
+			p = append(p, at+".url: must be set without a cluster (with one, agents that join it are found by their node name)")
+		case b.Agent.URL != "":
+			if err := checkAgentURL(b.Agent.URL); err != nil {
+				p = append(p, at+".url: "+err.Error())
+			}
 		}
 		if b.Agent.TokenFile == "" {
 			p = append(p, at+".token_file: must not be empty")

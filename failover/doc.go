@@ -45,12 +45,22 @@
 //   - moves the group on request (Switchover: hb_standby / hb_takeover),
 //     which requires a clean stop and never fences;
 //   - acts only while IsLeader (WithLeader) is true; followers only watch.
-//     Without WithLeader it always acts (hapbx run does so until the
-//     cluster package provides leadership: one cold proxy only).
+//     Without WithLeader it always acts. hapbx run passes the cluster's VIP
+//     leadership (always true for a proxy without a cluster: one cold proxy
+//     only).
+//
+// Agents are reached through ColdNode.Agent. hapbx run gives each node a
+// storage.Client at backends[].agent.url, or, when that is empty and the
+// proxy is clustered, an Agent that looks up on every call the URL
+// announced by the alive cluster member of role agent whose backend is the
+// node's name (cluster.Agents). An agent that has not joined, or has been
+// declared dead, answers with an error: the node counts as unreachable,
+// exactly like an agent that does not answer, so the initial start waits
+// for every agent and a move fences the old node first.
 //
 // What it does not do: probe backends (package health), run DRBD, mounts or
-// services (storage's agent does), discover agents (configured addresses
-// until the cluster package does), or forward anything.
+// services (storage's agent does), discover agents itself (the caller's
+// Agent does), or forward anything.
 //
 // Configuration:
 //

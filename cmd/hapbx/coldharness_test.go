@@ -74,6 +74,9 @@ type coldLab struct {
 	// noFence: no fence commands anywhere; fencing waits for the DRBD
 	// disconnection (plus 300 ms on the proxy's side).
 	noFence bool
+	// cluster, when set (newLabCluster), makes the proxy a cluster voter
+	// and the agents join: the proxy's file then has no agent urls.
+	cluster *labCluster
 }
 
 type pbxNode struct {
@@ -189,8 +192,8 @@ agent:
     transport: udp
     ami: {address: %q, username: hapbx, secret_file: %q}
 log: {level: debug, format: console}
-`, "node-"+strings.ToLower(n), nd.api, filepath.Join(l.dir, "agent.token"), filepath.Join(l.bin, "drbdadm"), filepath.Join(l.bin, "drbdsetup"),
-		n, l.mnt, start, stop, l.fenceCommand(peerNode(n), fenceFails), nd.sip, nd.ami, filepath.Join(l.dir, "ami.secret"))
+%s`, l.agentNodeName(nd), nd.api, filepath.Join(l.dir, "agent.token"), filepath.Join(l.bin, "drbdadm"), filepath.Join(l.bin, "drbdsetup"),
+		n, l.mnt, start, stop, l.fenceCommand(peerNode(n), fenceFails), nd.sip, nd.ami, filepath.Join(l.dir, "ami.secret"), l.agentCluster(nd))
 	if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -307,8 +310,15 @@ func (l *coldLab) startProxy(fenceFails bool) *daemon {
 	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\nbackends:\n", d.sip, proxyIP)
 	for _, n := range []string{"A", "B"} {
 		nd := l.nodes[n]
-		fmt.Fprintf(&b, "  - name: %s\n    address: %q\n    transport: udp\n    agent:\n      url: %q\n      token_file: %q\n      fence: {command: %q, timeout: 5s, safety_delay: 300ms}\n",
-			nd.backend, nd.sip, "http://"+nd.api, filepath.Join(l.dir, "agent.token"), l.fenceCommand(n, fenceFails))
+		url := fmt.Sprintf("url: %q\n      ", "http://"+nd.api)
+		if l.cluster != nil {
+			url = "" // announced by the agent in the cluster
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    address: %q\n    transport: udp\n    agent:\n      %stoken_file: %q\n      fence: {command: %q, timeout: 5s, safety_delay: 300ms}\n",
+			nd.backend, nd.sip, url, filepath.Join(l.dir, "agent.token"), l.fenceCommand(n, fenceFails))
+	}
+	if l.cluster != nil {
+		b.WriteString(l.cluster.proxySection(l.dir))
 	}
 	fmt.Fprintf(&b, "cold: {enabled: true, poll_interval: 200ms, start_timeout: 20s, up_timeout: 10s}\n")
 	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(l.dir, "data"))
@@ -344,6 +354,7 @@ type coldStatus struct {
 			Name      string         `json:"name"`
 			Health    string         `json:"health"`
 			Reachable bool           `json:"reachable"`
+			Error     string         `json:"error"`
 			Agent     storage.Status `json:"agent"`
 		} `json:"nodes"`
 		Last *struct {

@@ -13,18 +13,17 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/storage"
 )
 
 // runAgent is `hapbx agent`: the storage agent of a PBX node. Its control
-// API (and /metrics) is served on agent.listen; the proxy reaches it by the
-// address configured in its backends[].agent.url.
-//
-// TODO(cluster): the agent is to join the proxies' cluster with the same
-// key and be discovered there; until the cluster package lands, the proxy
-// has its address in its configuration.
+// API (and /metrics) is served on agent.listen. With a cluster: section it
+// joins the proxies' cluster (same gossip key, memberlist only) and
+// announces its node name and API URL there, so a proxy finds it without
+// backends[].agent.url; without one, the proxy needs that url.
 //
 // On SIGTERM the agent exits and leaves the group as it is: restarting the
 // agent must not stop Asterisk. `hapbx standby` moves the group first.
@@ -69,6 +68,25 @@ func agentMain(cfg config.File, log *zap.Logger) error {
 			return err
 		}
 		defer srv.Close()
+	}
+	// Joined after the API answers: a proxy that sees the agent can use it.
+	if cfg.ClusterEnabled() {
+		api, err := cfg.AgentURL()
+		if err != nil {
+			return err
+		}
+		c, err := cluster.New(cfg.ClusterConfig(), cluster.RoleAgent, log.Named("cluster"), reg, cluster.WithAgentInfo(cfg.Node.Name, api))
+		if err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		if err := c.Start(ctx); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		defer func() {
+			if err := c.Close(); err != nil {
+				log.Warn("cluster close", zap.Error(err))
+			}
+		}()
 	}
 	log.Info("hapbx agent running", zap.String("version", version), zap.String("listen", listen),
 		zap.String("resource", scfg.DRBD.Resource), zap.String("mount_point", scfg.Filesystem.MountPoint))

@@ -9,17 +9,20 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/storage"
 )
 
 // setupCold builds the cold standby coordinator when cold.enabled. Agents
-// are reached at backends[].agent.url (until the cluster package discovers
-// them); only the VIP holder acts (every proxy when not clustered).
+// are reached at backends[].agent.url when set, else at the URL the
+// backend's agent announces in the cluster; only the VIP holder acts
+// (every proxy when not clustered). Call after setupCluster.
 func (d *daemon) setupCold() error {
 	if !d.cfg.Cold.Enabled {
 		return nil
@@ -30,11 +33,19 @@ func (d *daemon) setupCold() error {
 		if err != nil {
 			return fmt.Errorf("backends[%d].agent.token_file: %w", i, err)
 		}
+		// No overall client timeout: a group start may take minutes; the
+		// coordinator bounds each call with its context.
+		client := storage.Client{BaseURL: b.Agent.URL, Token: strings.TrimSpace(string(tok)), HTTP: &http.Client{}}
+		var agent failover.Agent = client
+		if b.Agent.URL == "" {
+			if d.cluster == nil {
+				return fmt.Errorf("backends[%d].agent.url: must be set without a cluster", i)
+			}
+			agent = &clusterAgent{backend: b.Name, client: client, agents: d.cluster.Agents, log: d.log.Named("cold")}
+		}
 		n := failover.ColdNode{
-			Name: b.Name,
-			// No overall client timeout: a group start may take minutes;
-			// the coordinator bounds each call with its context.
-			Agent:        storage.Client{BaseURL: b.Agent.URL, Token: strings.TrimSpace(string(tok)), HTTP: &http.Client{}},
+			Name:         b.Name,
+			Agent:        agent,
 			FenceTimeout: b.Agent.Fence.Timeout,
 			SafetyDelay:  b.Agent.Fence.SafetyDelay,
 		}
@@ -49,6 +60,80 @@ func (d *daemon) setupCold() error {
 	}
 	d.cold = c
 	return nil
+}
+
+// errAgentNotJoined: no alive cluster member is the backend's agent.
+var errAgentNotJoined = errors.New("agent has not joined the cluster")
+
+// clusterAgent reaches a backend's agent at the API URL it announces in
+// the cluster, looked up on every call: an agent that restarts elsewhere
+// or changes its address is followed. One that has not joined (or was
+// declared dead) is unreachable, which the coordinator treats like any
+// unreachable agent: fence before starting the group elsewhere.
+type clusterAgent struct {
+	backend string
+	client  storage.Client // without BaseURL
+	agents  func() []cluster.AgentInfo
+	log     *zap.Logger
+
+	mu   sync.Mutex
+	last string // URL last used, to log changes
+}
+
+var _ failover.Agent = (*clusterAgent)(nil)
+
+func (a *clusterAgent) resolve() (storage.Client, error) {
+	// Several alive agents claiming one backend is a configuration error;
+	// the first by member name is used, deterministically on every proxy.
+	var found []cluster.AgentInfo
+	for _, ag := range a.agents() {
+		if ag.Alive && ag.Backend == a.backend {
+			found = append(found, ag)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(found) == 0 {
+		if a.last != "" {
+			a.log.Warn("cold standby: agent gone from the cluster", zap.String("backend", a.backend), zap.String("last_url", a.last))
+			a.last = ""
+		}
+		return storage.Client{}, fmt.Errorf("backend %s: %w (no alive member with node name %q)", a.backend, errAgentNotJoined, a.backend)
+	}
+	if found[0].API != a.last {
+		a.log.Info("cold standby: agent found in the cluster", zap.String("backend", a.backend), zap.String("member", found[0].Name), zap.String("url", found[0].API))
+		if len(found) > 1 {
+			a.log.Error("cold standby: several agents announce the same backend; using the first", zap.String("backend", a.backend), zap.Any("agents", found))
+		}
+		a.last = found[0].API
+	}
+	c := a.client
+	c.BaseURL = found[0].API
+	return c, nil
+}
+
+func (a *clusterAgent) Status(ctx context.Context) (storage.Status, error) {
+	c, err := a.resolve()
+	if err != nil {
+		return storage.Status{}, err
+	}
+	return c.Status(ctx)
+}
+
+func (a *clusterAgent) Start(ctx context.Context, opts storage.StartOptions) (storage.Result, error) {
+	c, err := a.resolve()
+	if err != nil {
+		return storage.Result{}, err
+	}
+	return c.Start(ctx, opts)
+}
+
+func (a *clusterAgent) Stop(ctx context.Context) (storage.Result, error) {
+	c, err := a.resolve()
+	if err != nil {
+		return storage.Result{}, err
+	}
+	return c.Stop(ctx)
 }
 
 func (d *daemon) coldStatus() *failover.ColdStatus {

@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/storage"
@@ -180,6 +181,10 @@ func printStatus(w io.Writer, st Status) {
 		fmt.Fprintf(w, "cluster: VIP %s held by %s (here: %v)  quorum %v  raft %s\n", dash(c.VIP), dash(holder), c.VIPHeld, c.Quorum, c.RaftState)
 		var ms []string
 		for _, m := range c.Members {
+			if m.Role == cluster.RoleAgent.String() {
+				ms = append(ms, m.Name+"(agent)="+m.State)
+				continue
+			}
 			ms = append(ms, m.Name+"="+m.State)
 		}
 		fmt.Fprintf(w, "members: %s\n", strings.Join(ms, " "))

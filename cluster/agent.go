@@ -1,0 +1,88 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"sort"
+
+	"github.com/hashicorp/memberlist"
+	"go.uber.org/zap"
+)
+
+// AgentInfo is a PBX node's storage agent as the cluster knows it: what it announces in
+// its memberlist metadata, and whether memberlist holds it alive.
+type AgentInfo struct {
+	// Name is the agent's memberlist name (its cluster.name).
+	Name string `json:"name"`
+	// Backend is the backend the agent serves, as the proxies' backends[].name.
+	Backend string `json:"backend"`
+	// API is the base URL of its control API, e.g. http://192.168.1.11:7790.
+	API string `json:"api"`
+	// Addr is its gossip address.
+	Addr string `json:"addr,omitempty"`
+	// Alive is false once memberlist declared it dead or it left.
+	Alive bool `json:"alive"`
+}
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	agent AgentInfo
+}
+
+// WithAgentInfo is required for RoleAgent: the backend the agent serves and the URL at
+// which proxies reach its control API. Both ride in the memberlist metadata, which
+// memberlist limits to 512 bytes (New checks).
+func WithAgentInfo(backend, api string) Option {
+	return func(o *options) { o.agent = AgentInfo{Backend: backend, API: api} }
+}
+
+func checkAgentInfo(a AgentInfo) error {
+	if a.Backend == "" {
+		return fmt.Errorf("cluster: an agent needs its backend name (WithAgentInfo)")
+	}
+	u, err := url.Parse(a.API)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("cluster: agent API %q is not an http:// or https:// URL", a.API)
+	}
+	b, _ := json.Marshal(nodeMeta{Role: RoleAgent.String(), Backend: a.Backend, API: a.API})
+	if len(b) > memberlist.MetaMaxSize {
+		return fmt.Errorf("cluster: agent metadata is %d bytes, memberlist allows %d: shorten the backend name or API URL", len(b), memberlist.MetaMaxSize)
+	}
+	return nil
+}
+
+// startAgent runs an agent: memberlist only. No raft, no VIP, no silence before joining
+// (it casts no vote, so the restart argument of doc.go does not concern it).
+func (c *Cluster) startAgent(ctx context.Context) error {
+	ctx, c.cancel = context.WithCancel(ctx)
+	c.runCtx = ctx
+	if err := c.startMemberlist(); err != nil {
+		return err
+	}
+	c.wg.Add(1)
+	go c.joinLoop(ctx)
+	c.log.Info("cluster started as agent", zap.String("bind", c.cfg.Bind), zap.String("backend", c.agent.Backend), zap.String("api", c.agent.API))
+	return nil
+}
+
+// Agents lists the storage agents that have joined (alive or not, since this node
+// started), sorted by name. A proxy's cold-standby coordinator reaches each backend's
+// agent at the API of the alive entry whose Backend is the backend's name.
+func (c *Cluster) Agents() []AgentInfo {
+	c.memMu.RLock()
+	defer c.memMu.RUnlock()
+	var out []AgentInfo
+	for name, n := range c.nodes {
+		var meta nodeMeta
+		if json.Unmarshal(n.Meta, &meta) != nil || meta.Role != RoleAgent.String() {
+			continue
+		}
+		out = append(out, AgentInfo{Name: name, Backend: meta.Backend, API: meta.API, Addr: n.Address(), Alive: c.states[name] == "alive"})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
