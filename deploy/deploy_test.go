@@ -7,11 +7,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -22,7 +25,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
+	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
@@ -267,25 +273,12 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 // ---------------------------------------------------------------------------
 // Grafana dashboard
 
-// notYetOnMain lists metrics the dashboard shows that other branches are
-// adding (cluster, media). Remove each name once its package is merged:
-// TestDashboardMetricsExist logs "ALLOW-LIST STALE" for names it now finds in
-// the Go sources.
-var notYetOnMain = map[string]string{
-	// TODO(cluster): remove when the cluster package lands on main.
-	"hapbx_cluster_vip_held":             "cluster",
-	"hapbx_cluster_members":              "cluster",
-	"hapbx_cluster_leader_changes_total": "cluster",
-	"hapbx_cluster_quorum":               "cluster",
-	"hapbx_cluster_raft_leader":          "cluster",
-	"hapbx_cluster_garp_sent_total":      "cluster",
-	// TODO(media): remove when the media package lands on main.
-	"hapbx_media_sessions":             "media",
-	"hapbx_media_packets_total":        "media",
-	"hapbx_media_dropped_total":        "media",
-	"hapbx_media_sdp_errors_total":     "media",
-	"hapbx_media_port_exhausted_total": "media",
-}
+// notYetOnMain lists metrics the dashboard shows that a branch not merged
+// yet adds, with the branch's name. Empty while every metric the dashboard
+// queries is registered on main; an entry whose metric is registered fails
+// TestDashboardMetricsExist (ALLOW-LIST STALE), so the list cannot hide a
+// typo for long.
+var notYetOnMain = map[string]string{}
 
 // dashboardMustShow is what the dashboard is for: each of these metrics has a
 // panel.
@@ -523,7 +516,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 	for _, m := range names {
 		switch {
 		case have[m] && notYetOnMain[m] != "":
-			t.Logf("ALLOW-LIST STALE: %s is now registered in the Go sources; remove it from notYetOnMain", m)
+			t.Errorf("ALLOW-LIST STALE: %s is now registered in the Go sources; remove it from notYetOnMain", m)
 		case have[m]:
 		case notYetOnMain[m] != "":
 			t.Logf("allow-listed, not on this branch yet (%s): %s", notYetOnMain[m], m)
@@ -731,14 +724,23 @@ func sippCommands(md string) []string {
 // ---------------------------------------------------------------------------
 // Example configurations
 
-var classicPairProxies = []string{
-	"examples/classic-pair/proxy1.yaml",
-	"examples/classic-pair/proxy2.yaml",
-}
+const classicDir = "examples/classic-pair"
+
+var (
+	classicPairProxies = []string{classicDir + "/proxy1.yaml", classicDir + "/proxy2.yaml"}
+	classicPairAgents  = []string{classicDir + "/agent-asterisk1.yaml", classicDir + "/agent-asterisk2.yaml"}
+	classicPairWitness = classicDir + "/witness.yaml"
+)
+
+// stubKey is what every stub secret file holds: a valid gossip key (32
+// bytes, base64), so it also serves as cluster.secret_file.
+var stubKey = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32)) + "\n"
 
 // withSecretStubs copies the config at path to a temp dir, with every
 // *_file path pointing at an existing file there: the examples name
 // /etc/hapbx/... files that exist on a deployed node, not on a build host.
+// A stub is named after the path it replaces (etc_hapbx_agent.token), so
+// tests can still compare which file two configurations name.
 func withSecretStubs(t *testing.T, path string) string {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -750,7 +752,7 @@ func withSecretStubs(t *testing.T, path string) string {
 	data = re.ReplaceAllFunc(data, func(m []byte) []byte {
 		sub := re.FindSubmatch(m)
 		stub := filepath.Join(dir, strings.ReplaceAll(strings.TrimPrefix(string(sub[2]), "/"), "/", "_"))
-		if err := os.WriteFile(stub, []byte("secret\n"), 0o600); err != nil {
+		if err := os.WriteFile(stub, []byte(stubKey), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return append(append([]byte{}, sub[1]...), stub...)
@@ -762,13 +764,126 @@ func withSecretStubs(t *testing.T, path string) string {
 	return out
 }
 
-func TestClassicPairConfigLoads(t *testing.T) {
-	var names []string
+// hostOf returns the host of host:port (the string itself when it has no port).
+func hostOf(t *testing.T, hostport string) string {
+	t.Helper()
+	h, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		t.Errorf("%q: %v", hostport, err)
+		return hostport
+	}
+	return h
+}
+
+// TestExampleDocumentsDefaults: deploy/hapbx.example.yaml says every key
+// shows its default; for the cluster, cold and media sections that is
+// checked against the packages' DefaultConfig. It loads without any
+// secret file (the cluster is off, so its key file is not needed).
+func TestExampleDocumentsDefaults(t *testing.T) {
+	f, err := config.Load("hapbx.example.yaml")
+	if err != nil {
+		t.Fatalf("hapbx.example.yaml must load on a host without /etc/hapbx:\n%v", err)
+	}
+	if f.ClusterEnabled() || f.Cold.Enabled || f.Media.Enabled {
+		t.Errorf("cluster %v, cold %v, media %v: the reference file shows the defaults (all off)", f.ClusterEnabled(), f.Cold.Enabled, f.Media.Enabled)
+	}
+	want := cluster.DefaultConfig()
+	want.Name = "" // node.name unless set
+	got := f.Cluster
+	for _, c := range []*cluster.Config{&want, &got} {
+		if len(c.Peers) == 0 {
+			c.Peers = nil
+		}
+		if len(c.PingTargets) == 0 {
+			c.PingTargets = nil
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("cluster: section differs from cluster.DefaultConfig():\n got  %+v\n want %+v", got, want)
+	}
+	if f.Cold != failover.DefaultColdConfig() {
+		t.Errorf("cold: section %+v, failover.DefaultColdConfig() %+v", f.Cold, failover.DefaultColdConfig())
+	}
+	if f.Media != media.DefaultConfig() {
+		t.Errorf("media: section %+v, media.DefaultConfig() %+v", f.Media, media.DefaultConfig())
+	}
+}
+
+// TestExampleClusterEnabled: the example's commented peers list and VIP,
+// put in place of the defaults, make a valid clustered proxy file.
+func TestExampleClusterEnabled(t *testing.T) {
+	data, err := os.ReadFile("hapbx.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	peers := regexp.MustCompile(`(?m)^  peers: \[\]\n  # (peers:.*)\n((?:  #   - .*\n)+)`)
+	m := peers.FindStringSubmatch(text)
+	if m == nil {
+		t.Fatal("cluster: no `peers: []` followed by a commented example list")
+	}
+	text = strings.Replace(text, m[0], "  "+m[1]+"\n"+strings.ReplaceAll(m[2], "  #   - ", "    - "), 1)
+	// Keys shown empty with their example beside them: `key: ""  # example: VALUE`.
+	for _, key := range []string{"secret_file", "address"} {
+		re := regexp.MustCompile(`(?m)^(  +` + key + `: )"" +# example: ([^\s;]+).*$`)
+		if len(re.FindAllString(text, -1)) != 1 {
+			t.Fatalf("cluster: want exactly one `%s: \"\"  # example: VALUE` line", key)
+		}
+		text = re.ReplaceAllString(text, "${1}${2}")
+	}
+	f, err := config.Parse("hapbx.example.yaml (cluster on)", []byte(text))
+	if err != nil {
+		t.Fatalf("the example with its cluster example filled in:\n%v", err)
+	}
+	if !f.ClusterEnabled() || len(f.Cluster.Peers) != 3 || f.Cluster.VIP.Address == "" {
+		t.Fatalf("cluster %+v", f.Cluster)
+	}
+	if !slices.ContainsFunc(f.Cluster.Peers, func(p cluster.Peer) bool { return p.Name == f.Node.Name }) {
+		t.Errorf("example peers %+v do not list node.name %q", f.Cluster.Peers, f.Node.Name)
+	}
+	if !strings.HasPrefix(f.Cluster.VIP.Address, f.SIP.Advertise+"/") {
+		t.Errorf("example vip.address %s is not sip.advertise %s", f.Cluster.VIP.Address, f.SIP.Advertise)
+	}
+}
+
+// classicPair is the classic pair loaded: proxies, agents and witness,
+// with stub secret files.
+type classicPair struct {
+	proxies []config.File
+	agents  []config.File
+	witness config.File
+}
+
+func loadClassicPair(t *testing.T) classicPair {
+	t.Helper()
+	var cp classicPair
 	for _, f := range classicPairProxies {
 		cfg, err := config.Load(withSecretStubs(t, f))
 		if err != nil {
 			t.Fatalf("%s:\n%v", f, err)
 		}
+		cp.proxies = append(cp.proxies, cfg)
+	}
+	for _, f := range classicPairAgents {
+		cfg, err := config.LoadAgent(withSecretStubs(t, f))
+		if err != nil {
+			t.Fatalf("%s:\n%v", f, err)
+		}
+		cp.agents = append(cp.agents, cfg)
+	}
+	w, err := config.LoadWitness(withSecretStubs(t, classicPairWitness))
+	if err != nil {
+		t.Fatalf("%s:\n%v", classicPairWitness, err)
+	}
+	cp.witness = w
+	return cp
+}
+
+func TestClassicPairConfigLoads(t *testing.T) {
+	cp := loadClassicPair(t)
+	var names []string
+	for i, cfg := range cp.proxies {
+		f := classicPairProxies[i]
 		names = append(names, cfg.Node.Name)
 		if cfg.SIP.Advertise != "192.168.1.13" {
 			t.Errorf("%s: sip.advertise %q, want the VIP 192.168.1.13", f, cfg.SIP.Advertise)
@@ -780,6 +895,17 @@ func TestClassicPairConfigLoads(t *testing.T) {
 			if strings.HasSuffix(b.Address, ":5060") {
 				t.Errorf("%s: backend %s on :5060 collides with hapbx's own listener on the same host", f, b.Name)
 			}
+			if b.AMI == nil {
+				t.Errorf("%s: backend %s has no ami: a hung Asterisk would go unnoticed", f, b.Name)
+			}
+			switch {
+			case b.Agent == nil:
+				t.Errorf("%s: backend %s has no agent: block (cold standby needs it)", f, b.Name)
+			case b.Agent.URL != "":
+				t.Errorf("%s: backend %s agent.url %q: the agents join the cluster and announce it; a fixed url overrides discovery", f, b.Name, b.Agent.URL)
+			case !strings.Contains(b.Agent.Fence.Command, b.Name+"-bmc"):
+				t.Errorf("%s: backend %s fence.command %q does not power off %s", f, b.Name, b.Agent.Fence.Command, b.Name)
+			}
 		}
 		if cfg.Failover.Routing != "active-standby" || cfg.Failover.Failback {
 			t.Errorf("%s: routing %q failback %v, want active-standby without failback (auto_failback off)",
@@ -788,95 +914,247 @@ func TestClassicPairConfigLoads(t *testing.T) {
 		if cfg.Registrar.DataDir != "/var/lib/hapbx" {
 			t.Errorf("%s: registrar.data_dir %q: keep it on the local disk (/var/lib/hapbx), never on /replica", f, cfg.Registrar.DataDir)
 		}
+		cl := cfg.ClusterConfig()
+		if !cfg.ClusterEnabled() || cl.Name != cfg.Node.Name {
+			t.Errorf("%s: cluster enabled %v, name %q: want on, named node.name %q", f, cfg.ClusterEnabled(), cl.Name, cfg.Node.Name)
+		}
+		if cl.VIP.Address != "192.168.1.13/24" || cl.VIP.Interface != "eth0" {
+			t.Errorf("%s: cluster.vip %+v, want 192.168.1.13/24 on eth0 (IPaddr::192.168.1.13/24/eth0)", f, cl.VIP)
+		}
+		if cl.Failback || len(cl.PingTargets) == 0 {
+			t.Errorf("%s: cluster.failback %v, ping_targets %q: want auto_failback off and ha.cf's ping node", f, cl.Failback, cl.PingTargets)
+		}
+		if !cfg.Cold.Enabled || !cfg.Media.Enabled || cfg.Admin.TokenFile == "" {
+			t.Errorf("%s: cold %v, media %v, admin.token_file %q: the classic pair runs cold standby, anchors media, allows hapbx standby",
+				f, cfg.Cold.Enabled, cfg.Media.Enabled, cfg.Admin.TokenFile)
+		}
+		if _, err := cluster.LoadKeyring(cl.SecretFile); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 	if len(names) == 2 && names[0] == names[1] {
 		t.Errorf("both proxies are named %q", names[0])
 	}
+	p1, p2 := cp.proxies[0].Cluster, cp.proxies[1].Cluster
+	if p1.Priority <= p2.Priority {
+		t.Errorf("cluster.priority %d (asterisk1) <= %d (asterisk2): asterisk1 is the preferred node", p1.Priority, p2.Priority)
+	}
+	// Every voter lists the same voters (raft's bootstrap configuration)
+	// and names the same key file.
+	voters := map[string]cluster.Config{
+		classicPairProxies[0]: p1, classicPairProxies[1]: p2, classicPairWitness: cp.witness.Cluster,
+	}
+	for f, c := range voters {
+		if !slices.Equal(c.Peers, p1.Peers) {
+			t.Errorf("%s: cluster.peers %+v differ from %s's %+v", f, c.Peers, classicPairProxies[0], p1.Peers)
+		}
+		if filepath.Base(c.SecretFile) != filepath.Base(p1.SecretFile) {
+			t.Errorf("%s: cluster.secret_file %s, proxy1 %s: the same key on every voter", f, c.SecretFile, p1.SecretFile)
+		}
+	}
+	var peerNames []string
+	for _, p := range p1.Peers {
+		peerNames = append(peerNames, p.Name)
+	}
+	if !slices.Equal(peerNames, []string{"asterisk1", "asterisk2", "witness"}) {
+		t.Errorf("cluster.peers names %q, want asterisk1 asterisk2 witness", peerNames)
+	}
+	if cp.witness.Node.Name != "witness" || cp.witness.ClusterConfig().DataDir == "" {
+		t.Errorf("witness: node %q, data_dir %q", cp.witness.Node.Name, cp.witness.ClusterConfig().DataDir)
+	}
+}
+
+// TestClassicPairAgents: one agent file per PBX node, each found by the
+// proxies (node.name = a backend name, URL on the backend's host), joining
+// the voters without clashing with the proxy on the same host, running
+// haresources' r0 / drbd0 / replica / ext3 / asterisk group and fencing the
+// other node.
+func TestClassicPairAgents(t *testing.T) {
+	cp := loadClassicPair(t)
+	proxy := cp.proxies[0]
+	backends := map[string]config.Backend{}
+	for _, b := range proxy.Backends {
+		backends[b.Name] = b
+	}
+	voters := map[string]cluster.Peer{}
+	for _, p := range proxy.Cluster.Peers {
+		voters[p.Name] = p
+	}
+	seen := map[string]bool{}
+	for i, a := range cp.agents {
+		f := classicPairAgents[i]
+		name := a.Node.Name
+		b, ok := backends[name]
+		if !ok || seen[name] {
+			t.Errorf("%s: node.name %q is not a backend name of the proxies, or used twice", f, name)
+			continue
+		}
+		seen[name] = true
+		if want := "agent-" + name + ".yaml"; filepath.Base(f) != want {
+			t.Errorf("%s holds node %s: name it %s", f, name, want)
+		}
+		host := hostOf(t, b.Address)
+		url, err := a.AgentURL()
+		if err != nil || hostOf(t, strings.TrimPrefix(url, "http://")) != host {
+			t.Errorf("%s: announced URL %q (%v): want one on the backend's host %s", f, url, err, host)
+		}
+		if _, port, _ := net.SplitHostPort(b.Address); a.Agent.Ready.SIP != "127.0.0.1:"+port {
+			t.Errorf("%s: agent.ready.sip %s, want the local Asterisk on the backend's port %s", f, a.Agent.Ready.SIP, port)
+		}
+		if a.Agent.Ready.AMI == nil {
+			t.Errorf("%s: agent.ready.ami missing: readiness would not wait for FullyBooted", f)
+		}
+		s := a.Agent.Config
+		if s.DRBD.Resource != "r0" || s.Filesystem.Device != "/dev/drbd0" || s.Filesystem.MountPoint != "/replica" ||
+			s.Filesystem.Type != "ext3" || s.Service.Unit != "asterisk.service" {
+			t.Errorf("%s: group %s %s %s %s %s, want drbddisk::r0 Filesystem::/dev/drbd0::/replica::ext3 asterisk",
+				f, s.DRBD.Resource, s.Filesystem.Device, s.Filesystem.MountPoint, s.Filesystem.Type, s.Service.Unit)
+		}
+		var fenced []string
+		for other := range backends {
+			if strings.Contains(s.Fence.Command, other+"-bmc") {
+				fenced = append(fenced, other)
+			}
+		}
+		if len(fenced) != 1 || fenced[0] == name {
+			t.Errorf("%s: fence.command %q powers off %q: it must power off the peer, never this node", f, s.Fence.Command, fenced)
+		}
+		if filepath.Base(s.TokenFile) != filepath.Base(b.Agent.TokenFile) {
+			t.Errorf("%s: agent.token_file %s, proxies present %s", f, s.TokenFile, b.Agent.TokenFile)
+		}
+		c := a.ClusterConfig()
+		if !a.ClusterEnabled() {
+			t.Errorf("%s: no cluster: section: the proxies have no agent url and would never find it", f)
+			continue
+		}
+		if _, voter := voters[c.Name]; voter {
+			t.Errorf("%s: cluster.name %q is a voter's name", f, c.Name)
+		}
+		if filepath.Base(c.SecretFile) != filepath.Base(proxy.Cluster.SecretFile) {
+			t.Errorf("%s: cluster.secret_file %s, proxies %s: a different key cannot join", f, c.SecretFile, proxy.Cluster.SecretFile)
+		}
+		gossip := c.Advertise
+		if gossip == "" {
+			gossip = c.Bind
+		}
+		if hostOf(t, gossip) != host {
+			t.Errorf("%s: gossip address %s is not the node's address %s", f, gossip, host)
+		}
+		for _, p := range c.Peers {
+			v, ok := voters[p.Name]
+			if !ok || v.Gossip != p.Gossip {
+				t.Errorf("%s: cluster.peers entry %+v is not one of the voters %+v", f, p, proxy.Cluster.Peers)
+			}
+			if hostOf(t, p.Gossip) == host && p.Gossip[strings.LastIndex(p.Gossip, ":"):] == gossip[strings.LastIndex(gossip, ":"):] {
+				t.Errorf("%s: gossip %s: the proxy on this host already uses %s", f, gossip, p.Gossip)
+			}
+		}
+		if len(c.Peers) != len(voters) {
+			t.Errorf("%s: joins %d voters, want all %d", f, len(c.Peers), len(voters))
+		}
+	}
+	if len(seen) != len(backends) {
+		t.Errorf("agent files for %v, backends %v: one agent per PBX node", seen, backends)
+	}
 }
 
 // TestClassicPairCheckConfigBinary runs the real `hapbx check-config` (the
-// Makefile's unit target sets HAPBX_BIN) on the examples.
+// Makefile's unit target sets HAPBX_BIN) on every example file.
 func TestClassicPairCheckConfigBinary(t *testing.T) {
 	bin := os.Getenv("HAPBX_BIN")
 	if bin == "" {
-		t.Skip("HAPBX_BIN not set (make unit sets it); TestClassicPairConfigLoads covers config.Load")
+		t.Skip("HAPBX_BIN not set (make unit sets it); TestClassicPairConfigLoads and TestClassicPairAgents cover config.Load/LoadAgent/LoadWitness")
 	}
-	for _, f := range append([]string{"hapbx.example.yaml"}, classicPairProxies...) {
+	files := []string{"hapbx.example.yaml", "hapbx-agent.example.yaml", classicPairWitness}
+	files = append(append(files, classicPairProxies...), classicPairAgents...)
+	for _, f := range files {
 		out, err := exec.Command(bin, "check-config", "-c", withSecretStubs(t, f)).CombinedOutput()
-		if err != nil {
+		if err != nil || !bytes.HasSuffix(bytes.TrimSpace(out), []byte(": ok")) {
 			t.Errorf("hapbx check-config %s: %v\n%s", f, err, out)
 		}
 	}
-}
-
-// futureMarker opens a commented-out block for code not on main yet.
-const futureMarker = "# ---- NOT YET ACTIVE"
-
-// futureKeyLine is a commented-out YAML line of a "NOT YET ACTIVE" block.
-var futureKeyLine = regexp.MustCompile(`^(\s*)# ( *(?:[a-z_]+:(?: |$)|- ).*)$`)
-
-// uncommentFuture returns data with the commented YAML of every NOT YET
-// ACTIVE block (or of the whole file, when all is set) uncommented.
-func uncommentFuture(data []byte, all bool) []byte {
-	var out bytes.Buffer
-	in := all
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.Contains(line, futureMarker) {
-			in = true
-		} else if in && !all && regexp.MustCompile(`^\s*# -{10,}$`).MatchString(line) {
-			in = false
+	// Without the stubs, the only complaints are the missing secret files.
+	for _, f := range append(classicPairProxies, classicPairAgents...) {
+		out, err := exec.Command(bin, "check-config", "-c", f).CombinedOutput()
+		if err == nil {
+			t.Errorf("hapbx check-config %s passed without /etc/hapbx: the test would not notice an unchecked secret file", f)
 		}
-		if m := futureKeyLine.FindStringSubmatch(line); in && m != nil {
-			line = m[1] + m[2]
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if !strings.Contains(line, "/etc/hapbx/") || !strings.Contains(line, "no such file") {
+				t.Errorf("hapbx check-config %s: %s", f, line)
+			}
 		}
-		out.WriteString(line + "\n")
 	}
-	return out.Bytes()
 }
 
-// TestClassicPairFutureBlocks checks the commented-out sections for code not
-// on main yet: each block names its TODO, and uncommented it is valid YAML
-// with the keys the cluster and cold branches read.
-func TestClassicPairFutureBlocks(t *testing.T) {
-	files := append(append([]string{}, classicPairProxies...), "examples/classic-pair/agent.yaml", "examples/classic-pair/witness.yaml")
-	for _, f := range files {
-		data, err := os.ReadFile(f)
+// TestClassicPairNothingPending: the classic pair is complete: no blocks
+// left commented out for code "not yet" on main, and MIGRATION.md names
+// only files that are here.
+func TestClassicPairNothingPending(t *testing.T) {
+	entries, err := os.ReadDir(classicDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := regexp.MustCompile(`(?i)not yet|TODO\(|interim|being merged`)
+	files := map[string][]byte{}
+	keys := map[string]bool{} // every key the example files use
+	var collect func(n *yaml.Node)
+	collect = func(n *yaml.Node) {
+		for i, c := range n.Content {
+			if n.Kind == yaml.MappingNode && i%2 == 0 {
+				keys[c.Value] = true
+			}
+			collect(c)
+		}
+	}
+	var yamls []string
+	for _, e := range entries {
+		path := filepath.Join(classicDir, e.Name())
+		data, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		blocks := strings.Count(string(data), futureMarker)
-		todos := regexp.MustCompile(`TODO\((cluster|cold)\)`).FindAllString(string(data), -1)
-		if blocks == 0 || len(todos) < blocks {
-			t.Errorf("%s: %d NOT YET ACTIVE blocks, %d TODO(cluster|cold) markers: each block needs its TODO", f, blocks, len(todos))
-		}
-		whole := strings.HasSuffix(f, "agent.yaml") || strings.HasSuffix(f, "witness.yaml")
-		var tree map[string]any
-		if err := yaml.Unmarshal(uncommentFuture(data, whole), &tree); err != nil {
-			t.Errorf("%s uncommented is not YAML: %v\n%s", f, err, uncommentFuture(data, whole))
-			continue
-		}
-		var want []string
-		switch {
-		case strings.HasSuffix(f, "agent.yaml"):
-			want = []string{"node", "agent", "log"}
-		case strings.HasSuffix(f, "witness.yaml"):
-			want = []string{"node", "cluster", "log"}
-		default:
-			want = []string{"cluster", "cold", "sip", "backends"}
-			for i, b := range tree["backends"].([]any) {
-				if _, ok := b.(map[string]any)["agent"]; !ok {
-					t.Errorf("%s: backends[%d] has no agent block", f, i)
-				}
+		files[path] = data
+		if strings.HasSuffix(e.Name(), ".yaml") {
+			yamls = append(yamls, e.Name())
+			var root yaml.Node
+			if err := yaml.Unmarshal(data, &root); err != nil {
+				t.Fatalf("%s: %v", path, err)
 			}
-			vip, _ := tree["cluster"].(map[string]any)["vip"].(map[string]any)
-			if vip["address"] != "192.168.1.13/24" || vip["interface"] != "eth0" {
-				t.Errorf("%s: cluster.vip %v, want 192.168.1.13/24 on eth0", f, vip)
+			collect(&root)
+		}
+	}
+	// A comment that starts with one of those keys is a commented-out
+	// setting: "# cold:", "#   - {name: ...", "#   agent:".
+	commentedKey := regexp.MustCompile(`^\s*#\s*(?:-\s*)?\{?([a-z_]+):(?:\s|$)`)
+	for path, data := range files {
+		for n, line := range strings.Split(string(data), "\n") {
+			if pending.MatchString(line) {
+				t.Errorf("%s:%d: %q: nothing is pending any more", path, n+1, line)
+			}
+			if m := commentedKey.FindStringSubmatch(line); m != nil && keys[m[1]] && strings.HasSuffix(path, ".yaml") {
+				t.Errorf("%s:%d: %q: commented-out configuration", path, n+1, line)
 			}
 		}
-		for _, k := range want {
-			if _, ok := tree[k]; !ok {
-				t.Errorf("%s uncommented has no %s: section", f, k)
-			}
+	}
+	want := []string{"agent-asterisk1.yaml", "agent-asterisk2.yaml", "proxy1.yaml", "proxy2.yaml", "witness.yaml"}
+	if !slices.Equal(yamls, want) {
+		t.Errorf("classic-pair holds %q, the tests check %q", yamls, want)
+	}
+	md, err := os.ReadFile(filepath.Join(classicDir, "MIGRATION.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{}
+	for _, m := range regexp.MustCompile("`([a-z0-9-]+\\.yaml)`").FindAllStringSubmatch(string(md), -1) {
+		named[m[1]] = true
+		if !slices.Contains(want, m[1]) {
+			t.Errorf("MIGRATION.md names %s, which is not in %s", m[1], classicDir)
+		}
+	}
+	for _, f := range want {
+		if !named[f] {
+			t.Errorf("MIGRATION.md does not say where %s goes", f)
 		}
 	}
 }
