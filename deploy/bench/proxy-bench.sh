@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${HAPBX_BIN:-bin/hapbx}
 SCEN=$PWD/proxy/testdata
+BENCHDIR=$PWD/deploy/bench
 RATES=${RATES:-"500 1000 2000 3000 4000"}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-6}
 PROXY=127.0.8.1 BE1=127.0.8.11 BE2=127.0.8.12 DIRECT=127.0.8.13 PHONE=127.0.8.50
@@ -18,7 +19,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 
-uas() { (cd "$work" && exec sipp -i "$1" -p 5060 -sf "$SCEN/uas_call.xml" -nostdin -max_socket 60000 >/dev/null 2>&1) & pids+=($!); }
+uas() { (cd "$work" && exec sipp -i "$1" -p 5060 -sf "$BENCHDIR/uas_bench.xml" -nostdin -max_socket 60000 >/dev/null 2>&1) & pids+=($!); }
 uas "$BE1"; uas "$BE2"; uas "$DIRECT"
 
 cat >"$work/hapbx.yaml" <<YAML
