@@ -111,6 +111,17 @@ const clusterSection = `cluster:
   vip: {address: 10.0.0.13/24, interface: eth0}
 `
 
+// withKey points the section's secret_file at a valid key in a temp dir:
+// check-config reads the key.
+func withKey(t *testing.T, section string) string {
+	t.Helper()
+	key := filepath.Join(t.TempDir(), "cluster.key")
+	if err := os.WriteFile(key, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return strings.ReplaceAll(section, "/etc/hapbx/cluster.key", key)
+}
+
 func TestBackendAgentURLFromCluster(t *testing.T) {
 	tok := filepath.Join(t.TempDir(), "agent.token")
 	if err := os.WriteFile(tok, []byte("x\n"), 0o600); err != nil {
@@ -128,7 +139,7 @@ func TestBackendAgentURLFromCluster(t *testing.T) {
 	if strings.Contains(err.Error(), "backends[1]") {
 		t.Fatalf("explicit url refused: %v", err)
 	}
-	f, err := Parse("x.yaml", []byte(text+clusterSection))
+	f, err := Parse("x.yaml", []byte(text+withKey(t, clusterSection)))
 	if err != nil {
 		t.Fatalf("no url with a cluster: %v", err)
 	}

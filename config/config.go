@@ -236,6 +236,7 @@ func (f File) problems() []string {
 	add("media.", f.Media.Validate())
 	if f.ClusterEnabled() {
 		add("cluster.", f.ClusterConfig().Validate())
+		p = append(p, keyringProblems(f.Cluster.SecretFile)...)
 	}
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {
@@ -407,6 +408,7 @@ func ParseWitness(name string, data []byte) (File, error) {
 		for _, e := range flatten(f.ClusterConfig().ValidateWitness()) {
 			problems = append(problems, "cluster."+e.Error())
 		}
+		problems = append(problems, keyringProblems(f.Cluster.SecretFile)...)
 	}
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {
@@ -420,4 +422,16 @@ func ParseWitness(name string, data []byte) (File, error) {
 		return File{}, &Error{File: name, Problems: problems}
 	}
 	return f, nil
+}
+
+// keyringProblems checks the gossip key file now rather than when the
+// cluster starts: a node with a missing or wrong key cannot join.
+func keyringProblems(path string) []string {
+	if path == "" {
+		return nil // reported by the cluster section's own validation
+	}
+	if _, err := cluster.LoadKeyring(path); err != nil {
+		return []string{"cluster.secret_file: " + err.Error()}
+	}
+	return nil
 }

@@ -154,3 +154,33 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The cluster key file is checked by check-config, not only at start.
+func TestClusterSecretFileChecked(t *testing.T) {
+	dir := t.TempDir()
+	withCluster := func(secret string) string {
+		return minimal + `
+cluster:
+  peers:
+    - {name: proxy1, gossip: "127.0.0.1:7946", raft: "127.0.0.1:7947"}
+    - {name: proxy2, gossip: "127.0.0.2:7946", raft: "127.0.0.2:7947"}
+    - {name: witness, gossip: "127.0.0.3:7946", raft: "127.0.0.3:7947"}
+  secret_file: ` + secret + `
+  vip: {address: 10.0.0.13/24, interface: eth0}
+`
+	}
+	missing := filepath.Join(dir, "missing.key")
+	if _, err := Parse("x.yaml", []byte(withCluster(missing))); err == nil || !strings.Contains(err.Error(), "x.yaml: cluster.secret_file:") {
+		t.Fatalf("missing key file: %v", err)
+	}
+	bad := filepath.Join(dir, "bad.key")
+	os.WriteFile(bad, []byte("not base64 !!\n"), 0o600)
+	if _, err := Parse("x.yaml", []byte(withCluster(bad))); err == nil || !strings.Contains(err.Error(), "cluster.secret_file:") {
+		t.Fatalf("bad key file: %v", err)
+	}
+	good := filepath.Join(dir, "good.key")
+	os.WriteFile(good, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600)
+	if _, err := Parse("x.yaml", []byte(withCluster(good))); err != nil {
+		t.Fatalf("good key file: %v", err)
+	}
+}

@@ -831,6 +831,12 @@ func TestExampleClusterEnabled(t *testing.T) {
 		}
 		text = re.ReplaceAllString(text, "${1}${2}")
 	}
+	// check-config reads the key: point it at a valid one.
+	key := filepath.Join(t.TempDir(), "cluster.key")
+	if err := os.WriteFile(key, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text = regexp.MustCompile(`(?m)^(  secret_file: ).*$`).ReplaceAllString(text, "${1}"+key)
 	f, err := config.Parse("hapbx.example.yaml (cluster on)", []byte(text))
 	if err != nil {
 		t.Fatalf("the example with its cluster example filled in:\n%v", err)
