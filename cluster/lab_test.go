@@ -248,6 +248,10 @@ func (l *lab) killNode(n string) {
 	l.mu.Unlock()
 	if p != nil {
 		p.kill()
+		// What ExecStopPost (`hapbx release-vip`) does on a real host: a
+		// SIGKILLed process cannot remove the VIP it held, and a host that
+		// keeps it would answer ARP for it beside the new holder.
+		_ = exec.Command("ip", "-n", nsName(n), "addr", "del", labVIP+"/24", "dev", labIf).Run()
 	}
 }
 

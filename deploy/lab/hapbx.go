@@ -111,12 +111,15 @@ func (l *Lab) waitAdmin(h string) error {
 	return err
 }
 
-// KillProxy SIGKILLs proxy p and then does what the systemd unit's
-// ExecStopPost does on a real host: removes a VIP the dead process left on
-// the interface (a dead host would not answer for it either).
+// KillProxy SIGKILLs proxy p and then runs what the systemd unit's
+// ExecStopPost runs on a real host, `hapbx release-vip`: it removes a VIP
+// the dead process left on the interface (a dead host would not answer for
+// it either).
 func (l *Lab) KillProxy(p string) {
 	l.Kill(p)
-	_ = run("ip", "-n", NS(p), "addr", "del", VIP+"/24", "dev", If)
+	if err := run("ip", "netns", "exec", NS(p), l.opt.Bin, "release-vip", "-c", l.configPath(p)); err != nil {
+		_ = run("ip", "-n", NS(p), "addr", "del", VIP+"/24", "dev", If)
+	}
 }
 
 // StopProxy ends proxy p with SIGTERM (it releases the VIP itself).

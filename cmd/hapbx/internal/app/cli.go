@@ -17,6 +17,7 @@ commands:
   run -c FILE                run the proxy daemon
   agent -c FILE              run a PBX node's storage agent (DRBD, file system, Asterisk)
   witness -c FILE            run the cluster's third voter (never holds the VIP)
+  release-vip -c FILE        remove the VIP from this host if present (systemd ExecStopPost)
   status [-c FILE] [--json]  each node's role, health, DRBD, mount and service state
   standby [-c FILE] [NODE]   cold standby: move the group off NODE (default: its holder)
   takeover [-c FILE] [NODE]  cold standby: move the group to NODE (default: node.name)
@@ -58,6 +59,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 		return runAgent(path, stderr)
+	case "release-vip":
+		path, code := configFlag(cmd, rest, stderr)
+		if code != 0 {
+			return code
+		}
+		return releaseVIP(path, stdout, stderr)
 	case "witness":
 		path, code := configFlag(cmd, rest, stderr)
 		if code != 0 {

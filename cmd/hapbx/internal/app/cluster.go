@@ -3,10 +3,12 @@ package app
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/cluster"
+	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/registrar"
 )
@@ -188,4 +190,40 @@ func (r replicatedRelay) send(rec media.SessionRecord) {
 	if err := r.c.Broadcast(chanMedia, b); err != nil {
 		r.log.Debug("media record not broadcast", zap.Error(err))
 	}
+}
+
+// releaseVIP is `hapbx release-vip -c FILE`: the clean-up systemd runs after
+// hapbx exits (ExecStopPost), crashes included. A SIGKILLed hapbx cannot
+// remove the VIP itself, and a host that keeps it answers ARP for it while
+// the twin holds it.
+func releaseVIP(path string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if !cfg.ClusterEnabled() || cfg.Cluster.VIP.Address == "" {
+		fmt.Fprintf(stdout, "%s: no VIP configured\n", path)
+		return 0
+	}
+	v, err := cluster.NewVIP(cfg.Cluster.VIP, zap.NewNop())
+	if err != nil {
+		fmt.Fprintln(stderr, "release-vip:", err)
+		return 1
+	}
+	held, err := v.Held()
+	if err != nil {
+		fmt.Fprintln(stderr, "release-vip:", err)
+		return 1
+	}
+	if !held {
+		fmt.Fprintf(stdout, "VIP %s not on %s\n", cfg.Cluster.VIP.Address, cfg.Cluster.VIP.Interface)
+		return 0
+	}
+	if err := v.Release(); err != nil {
+		fmt.Fprintln(stderr, "release-vip:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "VIP %s removed from %s\n", cfg.Cluster.VIP.Address, cfg.Cluster.VIP.Interface)
+	return 0
 }
