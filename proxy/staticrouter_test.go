@@ -48,4 +48,3 @@ func (r *StaticRouter) Candidates(key string) []string {
 	}
 	return out
 }
-
