@@ -19,8 +19,27 @@
 //     the caller cancelled; with none left the caller gets 503 with
 //     Retry-After. A request re-sent after a 401/407 challenge goes to the
 //     backend that issued the challenge (it holds the nonce);
-//   - forwards in-dialog requests and requests from a backend towards a
-//     phone by their Route / Request-URI, keeping no per-call state;
+//   - forwards in-dialog requests by their Route / Request-URI; an in-dialog
+//     request to a backend waits while the backend is merely slow and gets
+//     408 only once health has declared it down (RFC 3261 §15.1.1: the
+//     phone's call is over either way);
+//   - locates phones for requests from a backend (a Registrar, package
+//     registrar): an AOR on the proxy's own host (Asterisk dialling
+//     PJSIP/201@hapbx) or a registered Contact goes to the address and
+//     connection the phone's REGISTER came from, not the Contact host (often
+//     private, behind NAT); an AOR with several contacts is forked in
+//     parallel with RFC 3261 §16.7 response choice and CANCEL of the other
+//     branches; unknown AOR 404, no live binding 480;
+//   - stores a binding when a backend accepts a REGISTER, and answers a
+//     REGISTER refresh from the store when no backend can take it (503 with
+//     Retry-After for anything else);
+//   - tracks confirmed dialogs per backend (bounded: max_dialogs,
+//     dialog_ttl) and, told that a backend is down (HangUpBackend), sends
+//     each of its calls' phones a BYE;
+//   - anchors media when given a MediaAnchor (package media): the SDP of
+//     every request and response is rewritten through the relay, the legs
+//     told apart by the caller's From tag; a new call with no relay ports
+//     left gets 503, an SDP the relay cannot parse passes un-anchored;
 //   - relays CANCEL downstream once a provisional was seen (sipgo answers
 //     the caller's CANCEL and the 487 itself), absorbs hop-by-hop ACKs of
 //     non-2xx finals, forwards 2xx ACKs statelessly end to end, and relays
@@ -29,13 +48,16 @@
 //     flight finish, for at most `sip.drain_timeout`.
 //
 // What it does not: authenticate (Asterisk challenges; the proxy passes the
-// challenge through), probe backends (package health), pick the active
-// backend (package failover supplies the Router), store registrations
-// (package registrar) or touch media (package media).
+// challenge through), probe backends (package health; a FailureReporter is
+// told of failed requests), pick the active backend (package failover
+// supplies the Router), keep the bindings (package registrar) or relay RTP
+// (package media).
 //
 // Config keys (section `sip`): listen, advertise, tls.cert, tls.key,
 // hop_timeout (500ms), retry_after (5s), drain_timeout (5s),
-// max_message_size (65535).
+// max_message_size (65535), max_dialogs (100000), dialog_ttl (12h).
+// Listeners bind with IP_FREEBIND, so a listener on the VIP binds before the
+// cluster adds the address.
 //
 // Metrics: hapbx_proxy_requests_total{method},
 // hapbx_proxy_responses_total{method,code},
@@ -44,5 +66,7 @@
 // hapbx_proxy_backend_selected_total{backend},
 // hapbx_proxy_retries_total{backend,reason},
 // hapbx_proxy_malformed_total{reason} (parse, oversize, no_transaction_key,
-// missing_<header>, cseq_method).
+// missing_<header>, cseq_method), hapbx_proxy_register_store_answers_total,
+// hapbx_proxy_forks_total, hapbx_proxy_dialogs,
+// hapbx_dialogs_terminated_total{reason}.
 package proxy
