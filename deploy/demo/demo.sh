@@ -3,7 +3,8 @@
 # iproute2 and nftables when missing, builds hapbx and the lab driver, and
 # runs the network-namespace lab of deploy/lab: two hapbx proxies sharing
 # the VIP 10.214.0.100 with a witness, two PBX nodes (SIPp playing
-# Asterisk), 20 SIPp phones registering through the VIP and calls at a
+# Asterisk with an AMI server, and a `hapbx agent` reporting DRBD stand-in
+# state; hot standby), 20 SIPp phones registering through the VIP and calls at a
 # steady bounded rate. Then, one after another: kill the active PBX, kill
 # the VIP holder, bring it back, cut the pair apart, restore everything.
 # Prints ONE table. Everything (namespaces hlab-*, links, processes) is

@@ -1,7 +1,7 @@
 // Command demo is `make demo` (issue 7.1): it runs hapbx's network-namespace
 // lab (deploy/lab) as root — two proxies sharing a VIP, a witness, two PBX
-// backends, SIPp phones registering and calling through the VIP — then kills
-// the active PBX, kills the VIP holder, brings it back, cuts the two proxies
+// backends (SIPp with an AMI server, each with a hapbx agent), SIPp phones
+// registering and calling through the VIP — then kills the active PBX, kills the VIP holder, brings it back, cuts the two proxies
 // apart and restores everything, and prints one table. Without root it says
 // so in one line and exits 1. Ctrl-C removes everything it made.
 //
@@ -18,6 +18,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == lab.AMIServerCommand {
+		// Hidden: the lab runs this binary as each SIPp backend's AMI server.
+		os.Exit(lab.AMIServerMain(os.Args[2:], os.Stderr))
+	}
 	bin := flag.String("bin", "bin/hapbx", "hapbx binary")
 	root := flag.String("root", ".", "repository root (SIPp scenarios)")
 	rate := flag.Int("rate", 20, "new calls per second (bounded: 6 s of calls per event)")

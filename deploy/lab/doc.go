@@ -11,8 +11,8 @@
 //	hlab-proxy1   10.214.0.1   hapbx run (priority 100, or 200 with failback)
 //	hlab-proxy2   10.214.0.2   hapbx run
 //	hlab-witness  10.214.0.3   hapbx witness
-//	hlab-pbx1     10.214.0.11  backend pbx1 (preferred)
-//	hlab-pbx2     10.214.0.12  backend pbx2 (hot standby)
+//	hlab-pbx1     10.214.0.11  backend pbx1 (preferred): SIPp UAS :5060, AMI :5038, hapbx agent :7790
+//	hlab-pbx2     10.214.0.12  backend pbx2 (hot standby): the same
 //	hlab-phones   10.214.0.50  SIPp phones and callers, the OPTIONS prober
 //	VIP           10.214.0.100/24 on hlab0 of the raft leader
 //
@@ -26,6 +26,17 @@
 // A SIGKILLed proxy's VIP is removed from its interface right after the kill, as
 // the systemd unit's ExecStopPost does (on a dead host nothing answers for it).
 //
-// What it does not do: cold standby (DRBD, `hapbx agent`) — the backends are hot
-// standby; TCP/TLS transports; IPv6.
+// Beside each SIPp backend runs an AMI server (AMIServerMain: health/amitest's
+// protocol, run as the hidden AMIServerCommand subcommand of Options.Self, the
+// demo driver or this package's test binary); the proxies' backends have ami:
+// settings and health requires sip and ami. Each PBX namespace also runs
+// `hapbx agent` (agent.go): it joins the cluster with the lab's key and reports
+// DRBD (the stand-ins of storage/testdata/bin), a tmpfs mount point in its own
+// mount namespace and its service (start_command/stop_command run SIPp and the
+// AMI server); the scenario's table ends with the agents' view. With a real
+// asterisk the lab configures neither AMI nor agents.
+//
+// What it does not do: cold standby — the proxies do not enable cold:, so no
+// agent is asked to start its group and both PBXs run hot; TCP/TLS transports;
+// IPv6.
 package lab

@@ -35,10 +35,19 @@ func (l *Lab) ProxyConfig(p string) string {
 	fmt.Fprintf(&b, "sip:\n  listen: [\"udp://%s:%d\"]\n  advertise: %s\n  drain_timeout: 2s\n", VIP, SIPPort, VIP)
 	b.WriteString("backends:\n")
 	for _, be := range Backends {
-		fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp}\n", be, Hosts[be], SIPPort)
+		if l.withAMI() {
+			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp, ami: {address: \"%s\", username: %s, secret_file: %q}}\n",
+				be, Hosts[be], SIPPort, amiAddr(be), AMIUser, filepath.Join(l.opt.Dir, "ami.secret"))
+		} else {
+			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp}\n", be, Hosts[be], SIPPort)
+		}
 	}
 	b.WriteString("routing: active-standby\nfailback: true\n")
-	b.WriteString("health: {require: [sip]}\n")
+	if l.withAMI() {
+		b.WriteString("health: {require: [sip, ami]}\n")
+	} else {
+		b.WriteString("health: {require: [sip]}\n")
+	}
 	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(data, "registrar"))
 	if l.opt.Media {
 		b.WriteString("media: {enabled: true, ports: \"20000-20999\"}\n")
@@ -186,10 +195,16 @@ func (l *Lab) Sipp(h, name string, port int, args ...string) (*Proc, error) {
 // StartBackend runs the PBX on host be: asterisk with deploy/asterisk's
 // configs when Options.Asterisk names one (hook; not exercised where no
 // asterisk exists), else a SIPp UAS playing Asterisk (scenario: uas_lab.xml
-// accepts every phone's digest REGISTER; extra args are passed to sipp).
+// accepts every phone's digest REGISTER; extra args are passed to sipp)
+// with the lab's AMI server (AMIServerMain) on port AMIPort beside it.
 func (l *Lab) StartBackend(be string, extra ...string) (*Proc, error) {
 	if l.opt.Asterisk != "" {
 		return l.startAsterisk(be)
+	}
+	if l.withAMI() {
+		if _, err := l.startAMI(be); err != nil {
+			return nil, err
+		}
 	}
 	args := append([]string{"-sf", l.Scenario("uas_lab.xml")}, extra...)
 	p, err := l.Sipp(be, be, SIPPort, args...)

@@ -71,6 +71,8 @@ type Report struct {
 	// Holders is the VIP holder sequence seen over the whole run ("-": none).
 	Holders []string
 	Samples int
+	// Agents is the PBX agents' view at the end ("" without agents).
+	Agents string
 }
 
 // watcher samples the VIP holders every 50 ms until stopped.
@@ -133,18 +135,40 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 			return rep, err
 		}
 	}
-	o.Logf("backends pbx1, pbx2 up (SIPp playing Asterisk)")
+	if l.withAMI() {
+		o.Logf("backends pbx1, pbx2 up (SIPp playing Asterisk, AMI on :%d)", AMIPort)
+	} else {
+		o.Logf("backends pbx1, pbx2 up")
+	}
 	if _, err := l.Up(); err != nil {
 		return rep, err
 	}
 	holder, _ := l.WaitHolder("", time.Second)
+	var st Status
 	if err := WaitFor(10*time.Second, "an active backend on the holder", func() bool {
-		s, err := l.Status(holder)
-		return err == nil && s.Active == "pbx1"
+		st, err = l.Status(holder)
+		_, ami := st.BackendChecks("pbx1")
+		return err == nil && st.Active == "pbx1" && (!l.withAMI() || ami != "")
 	}); err != nil {
 		return rep, err
 	}
-	o.Logf("cluster up: %s holds the VIP %s, witness voting, pbx1 active", holder, VIP)
+	sip, ami := st.BackendChecks("pbx1")
+	o.Logf("cluster up: %s holds the VIP %s, witness voting, pbx1 active (sip: %s; ami: %s)", holder, VIP, sip, ami)
+	if l.withAgents() {
+		for _, be := range Backends {
+			if err := l.StartAgent(be); err != nil {
+				return rep, err
+			}
+		}
+		if err := WaitFor(10*time.Second, "both agents in the cluster", func() bool {
+			s, err := l.Status(holder)
+			return err == nil && s.AliveMembers() >= 3+len(Backends)
+		}); err != nil {
+			return rep, err
+		}
+		o.Logf("hapbx agents of pbx1, pbx2 joined the cluster; %s", l.AgentsLine())
+		defer func() { rep.Agents = l.AgentsLine() }()
+	}
 	w := l.watch()
 	defer func() {
 		if w != nil {
@@ -193,7 +217,7 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 			}
 			killedPBX = s.Active
 			t0 := time.Now()
-			l.Kill(killedPBX)
+			l.KillBackend(killedPBX)
 			err = WaitFor(5*time.Second, killedPBX+" down on "+h, func() bool {
 				s, err := l.Status(h)
 				return err == nil && s.BackendState(killedPBX) == "down"
@@ -379,5 +403,8 @@ func (r Report) Table() string {
 	}
 	fmt.Fprintf(&b, "VIP holders sampled every 50 ms in both proxy namespaces: %d samples, %d with two holders; sequence %v\n",
 		r.Samples, r.Splits, r.Holders)
+	if r.Agents != "" {
+		b.WriteString(r.Agents + "\n")
+	}
 	return b.String()
 }
