@@ -5,23 +5,26 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
-// The PBX nodes' storage agents (`hapbx agent`), one per PBX namespace, in
-// hot standby: they join the proxies' cluster with the same key (memberlist
-// only) and report their resource group — DRBD through the drbdadm and
-// drbdsetup stand-ins of storage/testdata/bin (a two-node DRBD kept in files
-// under Dir/drbd, node A = pbx1, B = pbx2), a tmpfs mount point in the
-// agent's own private mount namespace (`unshare --mount`), and the PBX as
-// its service (start_command/stop_command run SIPp and the AMI server). The
-// proxies are not in cold standby, so nothing asks an agent to start its
-// group: the lab runs both PBXs itself and the agents show DRBD Secondary,
-// nothing mounted.
+// The PBX nodes' storage agents (`hapbx agent`), one per PBX namespace: they
+// join the proxies' cluster with the same key (memberlist only) and run their
+// resource group — DRBD through the drbdadm and drbdsetup stand-ins of
+// storage/testdata/bin (a two-node DRBD kept in files under Dir/drbd, node A =
+// pbx1, B = pbx2), a tmpfs mount point in the agent's own private mount
+// namespace (`unshare --mount`), and the PBX as its service
+// (start_command/stop_command run SIPp and the AMI server). In hot standby
+// nothing asks an agent to start: the lab runs both PBXs itself. In cold
+// standby (Options.Cold) the leader proxy does.
 const (
 	// AgentPort is each agent's control API (and /metrics) on its host's address.
 	AgentPort = 7790
+	// agentToken is the agents' bearer token (Dir/agent.token).
+	agentToken = "lab-agent-token"
 )
 
 var agentNode = map[string]string{"pbx1": "A", "pbx2": "B"}
@@ -38,6 +41,10 @@ func (l *Lab) withAgents() bool {
 	_, err := runOut("sh", "-c", "command -v unshare && command -v flock")
 	return err == nil
 }
+
+// cold reports whether the PBXs are in cold standby (Options.Cold, and the
+// agents can run here).
+func (l *Lab) cold() bool { return l.opt.Cold && l.withAgents() }
 
 func (l *Lab) stubBin() string { return filepath.Join(l.opt.Root, "storage", "testdata", "bin") }
 func (l *Lab) stubDir() string { return filepath.Join(l.opt.Dir, "drbd") }
@@ -82,7 +89,7 @@ func (l *Lab) StartAgent(be string) error {
 	files := map[string]string{
 		filepath.Join(l.stubDir(), "up.A"):            "1",
 		filepath.Join(l.stubDir(), "up.B"):            "1",
-		filepath.Join(l.opt.Dir, "agent.token"):       "lab-agent-token",
+		filepath.Join(l.opt.Dir, "agent.token"):       agentToken,
 		filepath.Join(l.opt.Dir, "agent-"+be+".yaml"): l.AgentConfig(be),
 	}
 	if _, err := l.amiSecretFile(); err != nil {
@@ -111,6 +118,21 @@ func (l *Lab) StartAgent(be string) error {
 		return fmt.Errorf("%s exited:\n%s", name, p.Log(3000))
 	}
 	return err
+}
+
+// KillService SIGKILLs the PBX processes (SIPp, AMI server) that backend
+// be's agent started as its service: the PBX crashes, its agent lives.
+func (l *Lab) KillService(be string) error {
+	b, err := os.ReadFile(filepath.Join(l.stubDir(), "svc-"+be+".pids"))
+	if err != nil {
+		return fmt.Errorf("%s's service pids: %w", be, err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	return nil
 }
 
 // AgentState is the part of an agent's /agent/v1/status the lab reads.
@@ -156,5 +178,9 @@ func (l *Lab) AgentsLine() string {
 		parts = append(parts, fmt.Sprintf("%s group %s, DRBD %s/%s peer %s %s, mounted %s, service %s",
 			be, s.State, s.DRBDRole, s.Disk, s.PeerRole, s.Connection, m, s.Service))
 	}
-	return "agents (hot standby, not asked to start): " + strings.Join(parts, "; ")
+	mode := "agents (hot standby, not asked to start): "
+	if l.cold() {
+		mode = "agents (cold standby): "
+	}
+	return mode + strings.Join(parts, "; ")
 }

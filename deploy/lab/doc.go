@@ -30,13 +30,19 @@
 // protocol, run as the hidden AMIServerCommand subcommand of Options.Self, the
 // demo driver or this package's test binary); the proxies' backends have ami:
 // settings and health requires sip and ami. Each PBX namespace also runs
-// `hapbx agent` (agent.go): it joins the cluster with the lab's key and reports
-// DRBD (the stand-ins of storage/testdata/bin), a tmpfs mount point in its own
-// mount namespace and its service (start_command/stop_command run SIPp and the
-// AMI server); the scenario's table ends with the agents' view. With a real
-// asterisk the lab configures neither AMI nor agents.
+// `hapbx agent` (agent.go) under `unshare --mount`: it joins the cluster with
+// the lab's key and runs its resource group — DRBD through the stand-ins of
+// storage/testdata/bin (state in Dir/drbd), a tmpfs mounted in its own mount
+// namespace, and SIPp plus the AMI server as its service (start_command/
+// stop_command). The scenario's table ends with the agents' view.
 //
-// What it does not do: cold standby — the proxies do not enable cold:, so no
-// agent is asked to start its group and both PBXs run hot; TCP/TLS transports;
-// IPv6.
+// Hot standby (default Options): the lab runs both PBXs itself and the agents
+// are never asked to start. Cold standby (Options.Cold, the demo's default):
+// the proxies enable cold:, the leader has pbx1's agent start its group, and
+// killing the active PBX (its service processes; the agent lives) is a cold
+// failover to pbx2 with no failback. With a real asterisk the lab configures
+// neither AMI nor agents.
+//
+// What it does not do: fencing commands (the agents wait a safety delay);
+// a dead PBX host (only its PBX dies); TCP/TLS transports; IPv6.
 package lab

@@ -35,14 +35,23 @@ func (l *Lab) ProxyConfig(p string) string {
 	fmt.Fprintf(&b, "sip:\n  listen: [\"udp://%s:%d\"]\n  advertise: %s\n  drain_timeout: 2s\n", VIP, SIPPort, VIP)
 	b.WriteString("backends:\n")
 	for _, be := range Backends {
-		if l.withAMI() {
+		if l.cold() {
+			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp, ami: {address: \"%s\", username: %s, secret_file: %q},\n"+
+				"     agent: {token_file: %q, fence: {safety_delay: 300ms}}}\n",
+				be, Hosts[be], SIPPort, amiAddr(be), AMIUser, filepath.Join(l.opt.Dir, "ami.secret"), filepath.Join(l.opt.Dir, "agent.token"))
+		} else if l.withAMI() {
 			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp, ami: {address: \"%s\", username: %s, secret_file: %q}}\n",
 				be, Hosts[be], SIPPort, amiAddr(be), AMIUser, filepath.Join(l.opt.Dir, "ami.secret"))
 		} else {
 			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp}\n", be, Hosts[be], SIPPort)
 		}
 	}
-	b.WriteString("routing: active-standby\nfailback: true\n")
+	if l.cold() {
+		b.WriteString("routing: active-standby\nfailback: false\n")
+		b.WriteString("cold: {enabled: true, poll_interval: 200ms, start_timeout: 20s, up_timeout: 10s}\n")
+	} else {
+		b.WriteString("routing: active-standby\nfailback: true\n")
+	}
 	if l.withAMI() {
 		b.WriteString("health: {require: [sip, ami]}\n")
 	} else {
@@ -74,6 +83,14 @@ func (l *Lab) WitnessConfig() string {
 
 // WriteConfigs writes proxy1.yaml, proxy2.yaml and witness.yaml into Dir.
 func (l *Lab) WriteConfigs() error {
+	if l.withAMI() {
+		if _, err := l.amiSecretFile(); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(l.opt.Dir, "agent.token"), []byte(agentToken+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	files := map[string]string{"witness": l.WitnessConfig()}
 	for _, p := range Proxies {
 		files[p] = l.ProxyConfig(p)

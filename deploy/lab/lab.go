@@ -74,6 +74,11 @@ type Options struct {
 	// (with the configs of deploy/asterisk). Default: $HAPBX_ASTERISK, else
 	// `asterisk` on PATH, else SIPp.
 	Asterisk string
+	// Cold puts the PBXs in cold standby: the proxies enable cold: and
+	// every backend's hapbx agent runs its group (DRBD stand-in promotion,
+	// tmpfs mount, SIPp and AMI as the service); only one PBX runs at a time.
+	// Needs the agents (withAgents).
+	Cold bool
 	// Self is the binary that runs AMIServerMain as its AMIServerCommand
 	// subcommand (the AMI server beside each SIPp backend). Default: this
 	// program (os.Executable), which must then dispatch that subcommand.

@@ -130,12 +130,18 @@ func (w *watcher) end() (seq []string, splits, samples int) {
 // with its own SIPp caller, so failed calls are counted per event.
 func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 	o.defaults()
+	cold := l.cold()
 	for _, be := range Backends {
+		if cold {
+			break // the agents run the PBXs
+		}
 		if _, err := l.StartBackend(be); err != nil {
 			return rep, err
 		}
 	}
-	if l.withAMI() {
+	if cold {
+		o.Logf("cold standby: the PBXs run under their hapbx agents (SIPp playing Asterisk, AMI on :%d)", AMIPort)
+	} else if l.withAMI() {
 		o.Logf("backends pbx1, pbx2 up (SIPp playing Asterisk, AMI on :%d)", AMIPort)
 	} else {
 		o.Logf("backends pbx1, pbx2 up")
@@ -144,8 +150,15 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 		return rep, err
 	}
 	holder, _ := l.WaitHolder("", time.Second)
+	if cold {
+		for _, be := range Backends {
+			if err := l.StartAgent(be); err != nil {
+				return rep, err
+			}
+		}
+	}
 	var st Status
-	if err := WaitFor(10*time.Second, "an active backend on the holder", func() bool {
+	if err := WaitFor(30*time.Second, "an active backend on the holder", func() bool {
 		st, err = l.Status(holder)
 		_, ami := st.BackendChecks("pbx1")
 		return err == nil && st.Active == "pbx1" && (!l.withAMI() || ami != "")
@@ -156,6 +169,9 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 	o.Logf("cluster up: %s holds the VIP %s, witness voting, pbx1 active (sip: %s; ami: %s)", holder, VIP, sip, ami)
 	if l.withAgents() {
 		for _, be := range Backends {
+			if cold {
+				break
+			}
 			if err := l.StartAgent(be); err != nil {
 				return rep, err
 			}
@@ -217,6 +233,24 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 			}
 			killedPBX = s.Active
 			t0 := time.Now()
+			if cold {
+				if err := l.KillService(killedPBX); err != nil {
+					return 0, "", "", err
+				}
+				err = WaitFor(5*time.Second, killedPBX+" down on "+h, func() bool {
+					s, err := l.Status(h)
+					return err == nil && s.BackendState(killedPBX) == "down"
+				})
+				d := time.Since(t0)
+				if err == nil {
+					err = WaitFor(30*time.Second, Twin2(killedPBX)+" active (cold failover)", func() bool {
+						s, err := l.Status(h)
+						return err == nil && s.Active == Twin2(killedPBX) && s.BackendState(Twin2(killedPBX)) == "up"
+					})
+				}
+				return d, "health: " + killedPBX + " down", fmt.Sprintf("%s's PBX killed; cold failover: %s promoted, mounted, started in %s",
+					killedPBX, Twin2(killedPBX), ms(time.Since(t0))), err
+			}
 			l.KillBackend(killedPBX)
 			err = WaitFor(5*time.Second, killedPBX+" down on "+h, func() bool {
 				s, err := l.Status(h)
@@ -251,6 +285,18 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 		{"restore everything", func() (time.Duration, string, string, error) {
 			t0 := time.Now()
 			l.Heal("proxy1", "proxy2")
+			if cold {
+				// No failback in cold standby: moving the group is an outage.
+				err := WaitFor(15*time.Second, "cluster whole, "+Twin2(killedPBX)+" still active", func() bool {
+					h := l.Holders()
+					if len(h) != 1 {
+						return false
+					}
+					s, err := l.Status(h[0])
+					return err == nil && s.Active == Twin2(killedPBX) && l.WaitStable(0) == nil
+				})
+				return time.Since(t0), "whole, " + Twin2(killedPBX) + " active", "pair healed; cold: no failback to " + killedPBX, err
+			}
 			if _, err := l.StartBackend(killedPBX); err != nil {
 				return 0, "", "", err
 			}
