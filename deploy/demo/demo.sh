@@ -2,10 +2,13 @@
 # hapbx demo (`make demo`), as root on a Debian machine: installs SIPp,
 # iproute2 and nftables when missing, builds hapbx and the lab driver, and
 # runs the network-namespace lab of deploy/lab: two hapbx proxies sharing
-# the VIP 10.214.0.100 with a witness, two PBX nodes (SIPp playing
-# Asterisk), 20 SIPp phones registering through the VIP and calls at a
-# steady bounded rate. Then, one after another: kill the active PBX, kill
-# the VIP holder, bring it back, cut the pair apart, restore everything.
+# the VIP 10.214.0.100 with a witness, two PBX nodes (SIPp playing Asterisk
+# with an AMI server, each run by a `hapbx agent` in cold standby: DRBD
+# stand-ins, a tmpfs mount; pass -cold=false for hot standby), 20 SIPp
+# phones registering through the VIP and calls at a steady bounded rate.
+# Then, one after another: kill the active PBX (a cold failover: pbx2's
+# agent promotes, mounts, starts), kill the VIP holder, bring it back, cut
+# the pair apart, restore everything.
 # Prints ONE table. Everything (namespaces hlab-*, links, processes) is
 # removed at the end, on failure and on Ctrl-C.
 set -euo pipefail

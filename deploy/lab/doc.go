@@ -11,8 +11,8 @@
 //	hlab-proxy1   10.214.0.1   hapbx run (priority 100, or 200 with failback)
 //	hlab-proxy2   10.214.0.2   hapbx run
 //	hlab-witness  10.214.0.3   hapbx witness
-//	hlab-pbx1     10.214.0.11  backend pbx1 (preferred)
-//	hlab-pbx2     10.214.0.12  backend pbx2 (hot standby)
+//	hlab-pbx1     10.214.0.11  backend pbx1 (preferred): SIPp UAS :5060, AMI :5038, hapbx agent :7790
+//	hlab-pbx2     10.214.0.12  backend pbx2 (hot standby): the same
 //	hlab-phones   10.214.0.50  SIPp phones and callers, the OPTIONS prober
 //	VIP           10.214.0.100/24 on hlab0 of the raft leader
 //
@@ -26,6 +26,23 @@
 // A SIGKILLed proxy's VIP is removed from its interface right after the kill, as
 // the systemd unit's ExecStopPost does (on a dead host nothing answers for it).
 //
-// What it does not do: cold standby (DRBD, `hapbx agent`) — the backends are hot
-// standby; TCP/TLS transports; IPv6.
+// Beside each SIPp backend runs an AMI server (AMIServerMain: health/amitest's
+// protocol, run as the hidden AMIServerCommand subcommand of Options.Self, the
+// demo driver or this package's test binary); the proxies' backends have ami:
+// settings and health requires sip and ami. Each PBX namespace also runs
+// `hapbx agent` (agent.go) under `unshare --mount`: it joins the cluster with
+// the lab's key and runs its resource group — DRBD through the stand-ins of
+// storage/testdata/bin (state in Dir/drbd), a tmpfs mounted in its own mount
+// namespace, and SIPp plus the AMI server as its service (start_command/
+// stop_command). The scenario's table ends with the agents' view.
+//
+// Hot standby (default Options): the lab runs both PBXs itself and the agents
+// are never asked to start. Cold standby (Options.Cold, the demo's default):
+// the proxies enable cold:, the leader has pbx1's agent start its group, and
+// killing the active PBX (its service processes; the agent lives) is a cold
+// failover to pbx2 with no failback. With a real asterisk the lab configures
+// neither AMI nor agents.
+//
+// What it does not do: fencing commands (the agents wait a safety delay);
+// a dead PBX host (only its PBX dies); TCP/TLS transports; IPv6.
 package lab

@@ -35,10 +35,28 @@ func (l *Lab) ProxyConfig(p string) string {
 	fmt.Fprintf(&b, "sip:\n  listen: [\"udp://%s:%d\"]\n  advertise: %s\n  drain_timeout: 2s\n", VIP, SIPPort, VIP)
 	b.WriteString("backends:\n")
 	for _, be := range Backends {
-		fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp}\n", be, Hosts[be], SIPPort)
+		if l.cold() {
+			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp, ami: {address: \"%s\", username: %s, secret_file: %q},\n"+
+				"     agent: {token_file: %q, fence: {safety_delay: 300ms}}}\n",
+				be, Hosts[be], SIPPort, amiAddr(be), AMIUser, filepath.Join(l.opt.Dir, "ami.secret"), filepath.Join(l.opt.Dir, "agent.token"))
+		} else if l.withAMI() {
+			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp, ami: {address: \"%s\", username: %s, secret_file: %q}}\n",
+				be, Hosts[be], SIPPort, amiAddr(be), AMIUser, filepath.Join(l.opt.Dir, "ami.secret"))
+		} else {
+			fmt.Fprintf(&b, "  - {name: %s, address: \"%s:%d\", transport: udp}\n", be, Hosts[be], SIPPort)
+		}
 	}
-	b.WriteString("routing: active-standby\nfailback: true\n")
-	b.WriteString("health: {require: [sip]}\n")
+	if l.cold() {
+		b.WriteString("routing: active-standby\nfailback: false\n")
+		b.WriteString("cold: {enabled: true, poll_interval: 200ms, start_timeout: 20s, up_timeout: 10s}\n")
+	} else {
+		b.WriteString("routing: active-standby\nfailback: true\n")
+	}
+	if l.withAMI() {
+		b.WriteString("health: {require: [sip, ami]}\n")
+	} else {
+		b.WriteString("health: {require: [sip]}\n")
+	}
 	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(data, "registrar"))
 	if l.opt.Media {
 		b.WriteString("media: {enabled: true, ports: \"20000-20999\"}\n")
@@ -65,6 +83,14 @@ func (l *Lab) WitnessConfig() string {
 
 // WriteConfigs writes proxy1.yaml, proxy2.yaml and witness.yaml into Dir.
 func (l *Lab) WriteConfigs() error {
+	if l.withAMI() {
+		if _, err := l.amiSecretFile(); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(l.opt.Dir, "agent.token"), []byte(agentToken+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	files := map[string]string{"witness": l.WitnessConfig()}
 	for _, p := range Proxies {
 		files[p] = l.ProxyConfig(p)
@@ -186,10 +212,16 @@ func (l *Lab) Sipp(h, name string, port int, args ...string) (*Proc, error) {
 // StartBackend runs the PBX on host be: asterisk with deploy/asterisk's
 // configs when Options.Asterisk names one (hook; not exercised where no
 // asterisk exists), else a SIPp UAS playing Asterisk (scenario: uas_lab.xml
-// accepts every phone's digest REGISTER; extra args are passed to sipp).
+// accepts every phone's digest REGISTER; extra args are passed to sipp)
+// with the lab's AMI server (AMIServerMain) on port AMIPort beside it.
 func (l *Lab) StartBackend(be string, extra ...string) (*Proc, error) {
 	if l.opt.Asterisk != "" {
 		return l.startAsterisk(be)
+	}
+	if l.withAMI() {
+		if _, err := l.startAMI(be); err != nil {
+			return nil, err
+		}
 	}
 	args := append([]string{"-sf", l.Scenario("uas_lab.xml")}, extra...)
 	p, err := l.Sipp(be, be, SIPPort, args...)

@@ -74,6 +74,15 @@ type Options struct {
 	// (with the configs of deploy/asterisk). Default: $HAPBX_ASTERISK, else
 	// `asterisk` on PATH, else SIPp.
 	Asterisk string
+	// Cold puts the PBXs in cold standby: the proxies enable cold: and
+	// every backend's hapbx agent runs its group (DRBD stand-in promotion,
+	// tmpfs mount, SIPp and AMI as the service); only one PBX runs at a time.
+	// Needs the agents (withAgents).
+	Cold bool
+	// Self is the binary that runs AMIServerMain as its AMIServerCommand
+	// subcommand (the AMI server beside each SIPp backend). Default: this
+	// program (os.Executable), which must then dispatch that subcommand.
+	Self string
 	// Logf receives progress lines; nil: silent.
 	Logf func(format string, args ...any)
 	// Signals: Close the lab and exit(130) on SIGINT/SIGTERM/SIGHUP.
@@ -139,6 +148,11 @@ func New(opt Options) (l *Lab, err error) {
 			opt.Asterisk = p
 		}
 	}
+	if opt.Self == "" {
+		if opt.Self, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("lab: the AMI server binary: %w", err)
+		}
+	}
 	l = &Lab{opt: opt, procs: map[string]*Proc{}, handles: map[string]*netlink.Handle{}, clients: map[string]*http.Client{}}
 	if l.opt.Dir == "" {
 		d, err := os.MkdirTemp("", "hlab-")
@@ -150,9 +164,10 @@ func New(opt Options) (l *Lab, err error) {
 	if opt.Signals {
 		l.catchSignals()
 	}
+	built := l // a failed step returns a nil *Lab: close what was built
 	defer func() {
 		if err != nil {
-			l.Close()
+			built.Close()
 		}
 	}()
 	PreClean()
@@ -585,6 +600,8 @@ type Status struct {
 	Health []struct {
 		Name  string `json:"name"`
 		State string `json:"state"`
+		SIP   string `json:"sip"`
+		AMI   string `json:"ami"`
 	} `json:"backends_health"`
 	Media   []json.RawMessage `json:"media_sessions"`
 	Cluster *struct {
@@ -606,6 +623,16 @@ func (s Status) BackendState(name string) string {
 		}
 	}
 	return ""
+}
+
+// BackendChecks is the last SIP and AMI check results of backend name.
+func (s Status) BackendChecks(name string) (sip, ami string) {
+	for _, h := range s.Health {
+		if h.Name == name {
+			return h.SIP, h.AMI
+		}
+	}
+	return "", ""
 }
 
 // AliveMembers counts cluster members seen alive.

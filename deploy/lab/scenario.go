@@ -71,6 +71,8 @@ type Report struct {
 	// Holders is the VIP holder sequence seen over the whole run ("-": none).
 	Holders []string
 	Samples int
+	// Agents is the PBX agents' view at the end ("" without agents).
+	Agents string
 }
 
 // watcher samples the VIP holders every 50 ms until stopped.
@@ -128,23 +130,61 @@ func (w *watcher) end() (seq []string, splits, samples int) {
 // with its own SIPp caller, so failed calls are counted per event.
 func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 	o.defaults()
+	cold := l.cold()
 	for _, be := range Backends {
+		if cold {
+			break // the agents run the PBXs
+		}
 		if _, err := l.StartBackend(be); err != nil {
 			return rep, err
 		}
 	}
-	o.Logf("backends pbx1, pbx2 up (SIPp playing Asterisk)")
+	if cold {
+		o.Logf("cold standby: the PBXs run under their hapbx agents (SIPp playing Asterisk, AMI on :%d)", AMIPort)
+	} else if l.withAMI() {
+		o.Logf("backends pbx1, pbx2 up (SIPp playing Asterisk, AMI on :%d)", AMIPort)
+	} else {
+		o.Logf("backends pbx1, pbx2 up")
+	}
 	if _, err := l.Up(); err != nil {
 		return rep, err
 	}
 	holder, _ := l.WaitHolder("", time.Second)
-	if err := WaitFor(10*time.Second, "an active backend on the holder", func() bool {
-		s, err := l.Status(holder)
-		return err == nil && s.Active == "pbx1"
+	if cold {
+		for _, be := range Backends {
+			if err := l.StartAgent(be); err != nil {
+				return rep, err
+			}
+		}
+	}
+	var st Status
+	if err := WaitFor(30*time.Second, "an active backend on the holder", func() bool {
+		st, err = l.Status(holder)
+		_, ami := st.BackendChecks("pbx1")
+		return err == nil && st.Active == "pbx1" && (!l.withAMI() || ami != "")
 	}); err != nil {
 		return rep, err
 	}
-	o.Logf("cluster up: %s holds the VIP %s, witness voting, pbx1 active", holder, VIP)
+	sip, ami := st.BackendChecks("pbx1")
+	o.Logf("cluster up: %s holds the VIP %s, witness voting, pbx1 active (sip: %s; ami: %s)", holder, VIP, sip, ami)
+	if l.withAgents() {
+		for _, be := range Backends {
+			if cold {
+				break
+			}
+			if err := l.StartAgent(be); err != nil {
+				return rep, err
+			}
+		}
+		if err := WaitFor(10*time.Second, "both agents in the cluster", func() bool {
+			s, err := l.Status(holder)
+			return err == nil && s.AliveMembers() >= 3+len(Backends)
+		}); err != nil {
+			return rep, err
+		}
+		o.Logf("hapbx agents of pbx1, pbx2 joined the cluster; %s", l.AgentsLine())
+		defer func() { rep.Agents = l.AgentsLine() }()
+	}
 	w := l.watch()
 	defer func() {
 		if w != nil {
@@ -193,7 +233,25 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 			}
 			killedPBX = s.Active
 			t0 := time.Now()
-			l.Kill(killedPBX)
+			if cold {
+				if err := l.KillService(killedPBX); err != nil {
+					return 0, "", "", err
+				}
+				err = WaitFor(5*time.Second, killedPBX+" down on "+h, func() bool {
+					s, err := l.Status(h)
+					return err == nil && s.BackendState(killedPBX) == "down"
+				})
+				d := time.Since(t0)
+				if err == nil {
+					err = WaitFor(30*time.Second, Twin2(killedPBX)+" active (cold failover)", func() bool {
+						s, err := l.Status(h)
+						return err == nil && s.Active == Twin2(killedPBX) && s.BackendState(Twin2(killedPBX)) == "up"
+					})
+				}
+				return d, "health: " + killedPBX + " down", fmt.Sprintf("%s's PBX killed; cold failover: %s promoted, mounted, started in %s",
+					killedPBX, Twin2(killedPBX), ms(time.Since(t0))), err
+			}
+			l.KillBackend(killedPBX)
 			err = WaitFor(5*time.Second, killedPBX+" down on "+h, func() bool {
 				s, err := l.Status(h)
 				return err == nil && s.BackendState(killedPBX) == "down"
@@ -227,6 +285,18 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 		{"restore everything", func() (time.Duration, string, string, error) {
 			t0 := time.Now()
 			l.Heal("proxy1", "proxy2")
+			if cold {
+				// No failback in cold standby: moving the group is an outage.
+				err := WaitFor(15*time.Second, "cluster whole, "+Twin2(killedPBX)+" still active", func() bool {
+					h := l.Holders()
+					if len(h) != 1 {
+						return false
+					}
+					s, err := l.Status(h[0])
+					return err == nil && s.Active == Twin2(killedPBX) && l.WaitStable(0) == nil
+				})
+				return time.Since(t0), "whole, " + Twin2(killedPBX) + " active", "pair healed; cold: no failback to " + killedPBX, err
+			}
 			if _, err := l.StartBackend(killedPBX); err != nil {
 				return 0, "", "", err
 			}
@@ -379,5 +449,8 @@ func (r Report) Table() string {
 	}
 	fmt.Fprintf(&b, "VIP holders sampled every 50 ms in both proxy namespaces: %d samples, %d with two holders; sequence %v\n",
 		r.Samples, r.Splits, r.Holders)
+	if r.Agents != "" {
+		b.WriteString(r.Agents + "\n")
+	}
 	return b.String()
 }
