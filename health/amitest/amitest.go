@@ -6,8 +6,10 @@
 // "booted", and can be switched to stuck (it keeps accepting and reading but
 // answers nothing) or closed.
 //
-// Only tests import it. It parses on its own, so that it does not share the
-// code of the client under test.
+// Tests import it, and so does the lab (deploy/lab), where it stands in for
+// Asterisk's manager on the PBX nodes of `make demo`; production code does
+// not. It parses on its own, so that it does not share the code of the
+// client under test.
 package amitest
 
 import (
