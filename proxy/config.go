@@ -24,6 +24,10 @@ type Config struct {
 	HopTimeout time.Duration `yaml:"hop_timeout"`
 	// RetryAfter is sent in the 503 given when no backend can take a request.
 	RetryAfter time.Duration `yaml:"retry_after"`
+	// NoBackendWait holds a new request that finds no healthy backend for up
+	// to this long, in case one comes up (a cold standby being started, a
+	// backend passing its rise probes) before answering 503. 0 answers at once.
+	NoBackendWait time.Duration `yaml:"no_backend_wait"`
 	// DrainTimeout bounds how long a stop waits for transactions in flight.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// MaxMessageSize is the largest SIP message accepted; larger ones are dropped and counted.
@@ -46,6 +50,7 @@ func DefaultConfig() Config {
 		Listen:         []string{"udp://0.0.0.0:5060", "tcp://0.0.0.0:5060"},
 		HopTimeout:     500 * time.Millisecond,
 		RetryAfter:     5 * time.Second,
+		NoBackendWait:  3 * time.Second,
 		DrainTimeout:   5 * time.Second,
 		MaxMessageSize: 65535,
 		MaxDialogs:     100000,
@@ -146,6 +151,9 @@ func (c Config) Validate() error {
 	}
 	if c.RetryAfter < time.Second {
 		bad("retry_after: %v must be at least 1s", c.RetryAfter)
+	}
+	if c.NoBackendWait < 0 || c.NoBackendWait > 32*time.Second {
+		bad("no_backend_wait: %v must be between 0 and 32s", c.NoBackendWait)
 	}
 	if c.DrainTimeout <= 0 {
 		bad("drain_timeout: %v must be > 0", c.DrainTimeout)

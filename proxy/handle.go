@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
@@ -86,14 +87,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	case actBackends:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
-		targets := p.backendTargets(req)
-		if len(targets) == 0 {
-			if !p.answerFromStore(tx, req) {
-				p.replyUnavailable(tx, req)
-			}
-		} else {
-			p.forward(req, tx, targets, true)
-		}
+		p.toBackends(tx, req)
 		p.m.inflight.Dec()
 		p.inflight.Done()
 	}
@@ -365,6 +359,57 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 		}
 	}
 	return out
+}
+
+// toBackends sends a new request to the router's backends. With none
+// healthy, a REGISTER refresh the store can answer is answered from it;
+// anything else waits up to no_backend_wait for a backend, then gets 503.
+func (p *Proxy) toBackends(tx sip.ServerTransaction, req *sip.Request) {
+	targets := p.backendTargets(req)
+	if len(targets) == 0 {
+		if p.answerFromStore(tx, req) {
+			return
+		}
+		if targets = p.awaitBackend(tx, req); len(targets) == 0 {
+			p.replyUnavailable(tx, req)
+			return
+		}
+	}
+	p.forward(req, tx, targets, true)
+}
+
+// awaitBackend holds a new request that found no healthy backend for up to
+// no_backend_wait, polling the router, so that a call placed while a cold
+// standby starts is set up late rather than refused. An INVITE gets its
+// 100 Trying first (no retransmissions meanwhile); the caller's CANCEL, a
+// drain or an in-dialog request end the wait at once.
+func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request) []target {
+	if p.cfg.NoBackendWait <= 0 || p.draining.Load() {
+		return nil
+	}
+	if _, inDialog := req.To().Params.Get("tag"); inDialog {
+		return nil
+	}
+	if req.IsInvite() {
+		p.reply(tx, req, 100, "Trying")
+	}
+	deadline := time.NewTimer(p.cfg.NoBackendWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if t := p.backendTargets(req); len(t) > 0 {
+				p.m.held.Inc()
+				return t
+			}
+		case <-tx.Done():
+			return nil
+		case <-deadline.C:
+			return nil
+		}
+	}
 }
 
 func (p *Proxy) reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {

@@ -13,6 +13,7 @@ type metrics struct {
 	// storeRefresh counts REGISTER refreshes answered from the binding store.
 	storeRefresh prometheus.Counter
 	forks        prometheus.Counter
+	held         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -54,7 +55,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_forks_total",
 			Help: "Requests forked in parallel to several contacts of one AOR.",
 		}),
+		held: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapbx_proxy_held_requests_total",
+			Help: "New requests that found no healthy backend, waited (sip.no_backend_wait) and were then routed.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks)
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held)
 	return m
 }

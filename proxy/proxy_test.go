@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -389,5 +390,58 @@ func TestMediaPortsExhausted(t *testing.T) {
 	}
 	if n := len(relay.Snapshot()); n != 1 {
 		t.Fatalf("relay sessions: %d, want the first call's 1", n)
+	}
+}
+
+// switchRouter offers no backend until on is set: a cold standby starting.
+type switchRouter struct {
+	on   atomic.Bool
+	name string
+}
+
+func (r *switchRouter) Candidates(string) []string {
+	if r.on.Load() {
+		return []string{r.name}
+	}
+	return nil
+}
+
+// TestNoBackendWaitHoldsNewCall: a call placed while no backend is healthy
+// is held and set up once one comes up (here 300 ms later), not refused.
+func TestNoBackendWaitHoldsNewCall(t *testing.T) {
+	sipptest.Require(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	port := sipptest.FreePort(t, proxyIP)
+	cfg := DefaultConfig()
+	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
+	cfg.Advertise = proxyIP
+	router := &switchRouter{name: be.Name}
+	reg := prometheus.NewRegistry()
+	p, err := New(cfg, []Backend{be}, router, zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	time.AfterFunc(300*time.Millisecond, func() { router.on.Store(true) })
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
+		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", net.JoinHostPort(proxyIP, strconv.Itoa(port)))
+	if code := phone.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("held call failed (exit %d)\n%s", code, phone.Output())
+	}
+	if got := testutil.ToFloat64(p.m.held); got != 1 {
+		t.Errorf("hapbx_proxy_held_requests_total = %v, want 1", got)
+	}
+	backend.Wait(5 * time.Second)
+
+	// With the wait off, a call with no backend is refused at once.
+	router.on.Store(false)
+	p.cfg.NoBackendWait = 0
+	if res := rawRequest(t, net.JoinHostPort(proxyIP, strconv.Itoa(port)), request("INVITE", "sip:202@"+proxyIP, 70, ""), 3*time.Second); !strings.HasPrefix(res, "SIP/2.0 503 ") {
+		t.Fatalf("no backend, no wait: got %q, want 503", statusLine(res))
 	}
 }
