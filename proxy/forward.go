@@ -32,20 +32,29 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 		p.reply(tx, req, 100, "Trying")
 		tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 	}
-	for i, t := range targets {
-		more := retry && i < len(targets)-1
-		if p.try(req, tx, t, more, cancelled, start) {
-			if isClosed(cancelled) {
-				p.releaseMedia(req, "cancel")
+	tried := map[string]bool{}
+	for len(targets) > 0 {
+		for i, t := range targets {
+			tried[t.backend] = true
+			more := retry && i < len(targets)-1
+			if p.try(req, tx, t, more, cancelled, start) {
+				if isClosed(cancelled) {
+					p.releaseMedia(req, "cancel")
+				}
+				return
 			}
-			return
+			select {
+			case <-cancelled:
+				p.releaseMedia(req, "cancel")
+				return // sipgo has answered 487 to the caller
+			default:
+			}
 		}
-		select {
-		case <-cancelled:
-			p.releaseMedia(req, "cancel")
-			return // sipgo has answered 487 to the caller
-		default:
+		if !retry {
+			break
 		}
+		// Every backend tried has failed: wait for another to come up.
+		targets = p.awaitBackend(tx, req, tried)
 	}
 	if p.answerFromStore(tx, req) {
 		return // no backend took the REGISTER: a refresh the store can answer

@@ -370,7 +370,7 @@ func (p *Proxy) toBackends(tx sip.ServerTransaction, req *sip.Request) {
 		if p.answerFromStore(tx, req) {
 			return
 		}
-		if targets = p.awaitBackend(tx, req); len(targets) == 0 {
+		if targets = p.awaitBackend(tx, req, nil); len(targets) == 0 {
 			p.replyUnavailable(tx, req)
 			return
 		}
@@ -378,12 +378,12 @@ func (p *Proxy) toBackends(tx sip.ServerTransaction, req *sip.Request) {
 	p.forward(req, tx, targets, true)
 }
 
-// awaitBackend holds a new request that found no healthy backend for up to
-// no_backend_wait, polling the router, so that a call placed while a cold
-// standby starts is set up late rather than refused. An INVITE gets its
+// awaitBackend holds a new request that found no healthy backend (none not
+// in tried) for up to no_backend_wait, polling the router, so that a call
+// placed while a cold standby starts is set up late rather than refused. An INVITE gets its
 // 100 Trying first (no retransmissions meanwhile); the caller's CANCEL, a
 // drain or an in-dialog request end the wait at once.
-func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request) []target {
+func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool) []target {
 	if p.cfg.NoBackendWait <= 0 || p.draining.Load() {
 		return nil
 	}
@@ -400,9 +400,15 @@ func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request) []targe
 	for {
 		select {
 		case <-tick.C:
-			if t := p.backendTargets(req); len(t) > 0 {
+			var fresh []target
+			for _, t := range p.backendTargets(req) {
+				if !tried[t.backend] {
+					fresh = append(fresh, t)
+				}
+			}
+			if len(fresh) > 0 {
 				p.m.held.Inc()
-				return t
+				return fresh
 			}
 		case <-tx.Done():
 			return nil

@@ -174,7 +174,11 @@ func statusLine(res string) string {
 func TestLocalAnswersAndLimits(t *testing.T) {
 	// A backend that is never started: anything forwarded would fail.
 	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
-	p := startProxy(t, []Backend{be}, func(c *Config) { c.HopTimeout = 200 * time.Millisecond; c.RetryAfter = 7 * time.Second })
+	p := startProxy(t, []Backend{be}, func(c *Config) {
+		c.HopTimeout = 200 * time.Millisecond
+		c.RetryAfter = 7 * time.Second
+		c.NoBackendWait = 100 * time.Millisecond
+	})
 	self := "sip:" + p.addr
 
 	cases := []struct {
