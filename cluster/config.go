@@ -194,21 +194,8 @@ func (c Config) validate(role Role) error {
 	if role == RoleAgent {
 		return c.validateAgent()
 	}
-	var errs []error
+	errs := c.memberProblems()
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if c.Name == "" {
-		add("name: must not be empty")
-	}
-	if c.Bind == "" {
-		add("bind: must not be empty")
-	} else if err := checkHostPort("bind", c.Bind, false); err != nil {
-		errs = append(errs, err)
-	}
-	if c.Advertise != "" {
-		if err := checkHostPort("advertise", c.Advertise, true); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	if c.RaftBind != "" {
 		if err := checkHostPort("raft_bind", c.RaftBind, false); err != nil {
 			errs = append(errs, err)
@@ -240,9 +227,6 @@ func (c Config) validate(role Role) error {
 	if c.Name != "" && len(c.Peers) > 0 && !self {
 		add("peers: this node %q is not listed", c.Name)
 	}
-	if c.SecretFile == "" {
-		add("secret_file: must be set (gossip is always encrypted)")
-	}
 	if c.DataDir == "" {
 		add("data_dir: must be set (raft must remember its term and vote)")
 	}
@@ -254,9 +238,7 @@ func (c Config) validate(role Role) error {
 		k string
 		v time.Duration
 	}{{"timing.heartbeat_timeout", t.HeartbeatTimeout}, {"timing.election_timeout", t.ElectionTimeout},
-		{"timing.leader_lease", t.LeaderLease}, {"timing.probe_interval", t.ProbeInterval},
-		{"timing.probe_timeout", t.ProbeTimeout}, {"timing.gossip_interval", t.GossipInterval},
-		{"timing.push_pull_interval", t.PushPullInterval}, {"timing.join_retry_max", t.JoinRetryMax}} {
+		{"timing.leader_lease", t.LeaderLease}} {
 		if d.v <= 0 {
 			add("%s: must be > 0", d.k)
 		}
@@ -274,12 +256,6 @@ func (c Config) validate(role Role) error {
 	// can exist, i.e. lease + check slack must stay clearly below the heartbeat timeout.
 	if t.LeaderLease > 0 && t.HeartbeatTimeout > 0 && t.LeaderLease*2 > t.HeartbeatTimeout {
 		add("timing.leader_lease: %s must be at most half of timing.heartbeat_timeout (%s) so a cut-off holder releases the VIP before a new leader is elected", t.LeaderLease, t.HeartbeatTimeout)
-	}
-	if t.ProbeTimeout > t.ProbeInterval && t.ProbeInterval > 0 {
-		add("timing.probe_timeout: %s must not exceed timing.probe_interval %s", t.ProbeTimeout, t.ProbeInterval)
-	}
-	if t.SuspicionMult < 1 {
-		add("timing.suspicion_mult: must be >= 1")
 	}
 	if role == RoleProxy {
 		if c.VIP.Address == "" {
@@ -314,6 +290,26 @@ func (c Config) validate(role Role) error {
 }
 
 func (c Config) validateAgent() error {
+	errs := c.memberProblems()
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(c.Peers) == 0 {
+		add("peers: list the voters' gossip addresses to join (the proxies and the witness)")
+	}
+	for i, p := range c.Peers {
+		k := fmt.Sprintf("peers[%d]", i)
+		if p.Name != "" && p.Name == c.Name {
+			add("%s.name: %q is this agent's own name: an agent is not a voter and needs a name no voter has", k, p.Name)
+		}
+		if err := checkHostPort(k+".gossip", p.Gossip, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// memberProblems checks what every member needs to gossip, voter or
+// agent: its name and addresses, the key file, memberlist's timing.
+func (c Config) memberProblems() []error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.Name == "" {
@@ -326,18 +322,6 @@ func (c Config) validateAgent() error {
 	}
 	if c.Advertise != "" {
 		if err := checkHostPort("advertise", c.Advertise, true); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(c.Peers) == 0 {
-		add("peers: list the voters' gossip addresses to join (the proxies and the witness)")
-	}
-	for i, p := range c.Peers {
-		k := fmt.Sprintf("peers[%d]", i)
-		if p.Name != "" && p.Name == c.Name {
-			add("%s.name: %q is this agent's own name: an agent is not a voter and needs a name no voter has", k, p.Name)
-		}
-		if err := checkHostPort(k+".gossip", p.Gossip, true); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -361,7 +345,7 @@ func (c Config) validateAgent() error {
 	if t.SuspicionMult < 1 {
 		add("timing.suspicion_mult: must be >= 1")
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func (c Config) self() Peer {
