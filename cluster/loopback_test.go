@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,30 +13,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hapbx/hapbx/proxy/sipptest"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// freePort returns a port free for TCP and UDP on 127.0.0.1 at the time of the call.
+// freePort returns a port on 127.0.0.1 free for TCP and UDP, reserved for
+// this test process.
 func freePort(t *testing.T) int {
 	t.Helper()
-	for i := 0; i < 20; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
+	return sipptest.FreePort(t, "127.0.0.1")
 }
 
 func writeKey(t *testing.T, dir string, b byte) string {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -12,39 +11,17 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
 const pcapG711a = "/usr/share/sip-tester/g711a.pcap"
 
-// freePorts returns a port p such that p..p+n-1 are free UDP ports on ip.
+// freePorts returns an even port p such that p..p+n-1 are free UDP ports on
+// ip, reserved for this test process.
 func freePorts(t *testing.T, ip string, n int) int {
 	t.Helper()
-	for range 50 {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := c.LocalAddr().(*net.UDPAddr).Port &^ 1
-		c.Close()
-		ok := true
-		var held []*net.UDPConn
-		for i := range n {
-			h, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip), Port: p + i})
-			if err != nil {
-				ok = false
-				break
-			}
-			held = append(held, h)
-		}
-		for _, h := range held {
-			h.Close()
-		}
-		if ok && p+n < 65536 {
-			return p
-		}
-	}
-	t.Fatal("no free UDP port block")
-	return 0
+	return sipptest.FreePorts(t, ip, n)
 }
 
 // TestSIPpMediaThroughRelay runs two real SIPp peers: a UAC that plays a

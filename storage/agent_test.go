@@ -22,7 +22,7 @@ import (
 func TestFailoverNeverTwoPrimaries(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa, pb := freePort(t, "udp"), freePort(t, "udp")
+	pa, pb := freePort(t), freePort(t)
 	a := c.start("A", c.config("A", pa), pa)
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
@@ -101,7 +101,7 @@ func TestFenceFailureBlocksPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "B") // A's host is dead, its last known role Primary
 	c.write("role.A", RolePrimary)
-	pb := freePort(t, "udp")
+	pb := freePort(t)
 	cfg := c.config("B", pb)
 	cfg.Fence.Command = c.fenceCommand("A", true)
 	b := c.start("B", cfg, pb)
@@ -131,7 +131,7 @@ func TestFenceFailureBlocksPromotion(t *testing.T) {
 func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t, "udp")
+	pb := freePort(t)
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
@@ -186,7 +186,7 @@ func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 func TestFailedMountRollsBack(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t, "udp")
+	pa := freePort(t)
 	cfg := c.config("A", pa)
 	cfg.Filesystem.Type = "hapbxnosuchfs"
 	a := c.start("A", cfg, pa)
@@ -223,7 +223,7 @@ func TestFailedMountRollsBack(t *testing.T) {
 func TestNotReadyRollsBack(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa, elsewhere := freePort(t, "udp"), freePort(t, "udp")
+	pa, elsewhere := freePort(t), freePort(t)
 	cfg := c.config("A", pa)
 	cfg.ReadyTimeout = 500 * time.Millisecond
 	a := c.start("A", cfg, elsewhere) // the readiness check probes a port nothing answers
@@ -241,7 +241,7 @@ func TestNotReadyRollsBack(t *testing.T) {
 func TestControlAPIAuth(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t, "udp")
+	pa := freePort(t)
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	for _, tok := range []string{"", "wrong"} {
@@ -287,7 +287,7 @@ func metric(t *testing.T, nd *node, name string) string {
 func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t, "udp")
+	pa := freePort(t)
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	if _, err := a.client.Start(ctx, StartOptions{}); err != nil {
@@ -322,7 +322,7 @@ func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
 func TestPeerDisconnectFencer(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t, "udp")
+	pb := freePort(t)
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
@@ -363,7 +363,7 @@ func readFile(t *testing.T, p string) string {
 func TestSystemdUnit(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t, "udp")
+	pa := freePort(t)
 	cfg := c.config("A", pa)
 	cfg.Service = ServiceConfig{Unit: "asterisk.service", Timeout: 5 * time.Second}
 	sippCmd := fmt.Sprintf("sipp -sf %s -i 127.0.0.1 -p %d -nostdin", filepath.Join(filepath.Dir(c.bin), "uas_options.xml"), pa)

@@ -17,7 +17,7 @@ import (
 func TestStartFigures(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t, "udp")
+	pa := freePort(t)
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	const runs = 10

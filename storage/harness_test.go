@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hapbx/hapbx/proxy/sipptest"
+
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -140,24 +142,11 @@ func randHex() string {
 	return hex.EncodeToString(b)
 }
 
-func freePort(t *testing.T, network string) int {
+// freePort returns a port on 127.0.0.1 free for UDP and TCP, reserved for
+// this test process.
+func freePort(t *testing.T) int {
 	t.Helper()
-	switch network {
-	case "udp":
-		c, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port
-	default:
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
+	return sipptest.FreePort(t, "127.0.0.1")
 }
 
 // cluster is the shared DRBD stand-in state of node A and node B.
@@ -287,7 +276,7 @@ func (c *cluster) start(n string, cfg Config, sipPort int, env ...string) *node 
 	if err != nil {
 		t.Fatal(err)
 	}
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	nd := &node{name: n, cfg: cfg, sipAddr: fmt.Sprintf("127.0.0.1:%d", sipPort), base: "http://" + listen, logPath: filepath.Join(c.dir, "agent-"+n+".log")}
 	nd.client = Client{BaseURL: nd.base, Token: c.token, HTTP: &http.Client{Timeout: 30 * time.Second}}
 	logf, err := os.Create(nd.logPath)

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	proxysipp "github.com/hapbx/hapbx/proxy/sipptest"
 )
 
 //go:embed testdata/options-uas.xml
@@ -50,24 +52,11 @@ func Need(tb testing.TB) {
 // not collide.
 func RandomIP() string { return "127.0.0." + strconv.Itoa(2+rand.IntN(253)) }
 
-// FreePort returns a port free for both UDP and TCP on ip right now.
+// FreePort returns a port free for both UDP and TCP on ip, reserved for
+// this test process (see the proxy's sipptest.FreePort).
 func FreePort(tb testing.TB, ip string) int {
 	tb.Helper()
-	for range 50 {
-		u, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
-		if err != nil {
-			tb.Fatalf("find a free port on %s: %v", ip, err)
-		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
-		u.Close()
-		if err == nil {
-			l.Close()
-			return port
-		}
-	}
-	tb.Fatalf("no free UDP+TCP port on %s", ip)
-	return 0
+	return proxysipp.FreePort(tb, ip)
 }
 
 // Start runs sipp on ip:port (port 0: a free one) answering every OPTIONS

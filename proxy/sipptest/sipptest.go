@@ -34,31 +34,6 @@ func Require(t testing.TB) string {
 	return path
 }
 
-var portMu sync.Mutex
-
-// FreePort returns a port on ip free for both UDP and TCP right now.
-func FreePort(t testing.TB, ip string) int {
-	t.Helper()
-	portMu.Lock()
-	defer portMu.Unlock()
-	for i := 0; i < 50; i++ {
-		u, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
-		if err != nil {
-			t.Fatalf("free port on %s: %v", ip, err)
-		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
-		u.Close()
-		if err != nil {
-			continue
-		}
-		l.Close()
-		return port
-	}
-	t.Fatalf("no free UDP+TCP port on %s", ip)
-	return 0
-}
-
 // Proc is one running sipp.
 type Proc struct {
 	t       testing.TB
