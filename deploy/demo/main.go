@@ -1,6 +1,7 @@
 // Command demo is `make demo` (issue 7.1): it runs hapbx's network-namespace
 // lab (deploy/lab) as root — two proxies sharing a VIP, a witness, two PBX
-// backends (SIPp with an AMI server, run by hapbx agents in cold standby;
+// backends (a real asterisk when one is on PATH or $HAPBX_ASTERISK names
+// one, else SIPp with an AMI server; run by hapbx agents in cold standby;
 // -cold=false: both run, hot standby), SIPp phones
 // registering and calling through the VIP — then kills the active PBX, kills the VIP holder, brings it back, cuts the two proxies
 // apart and restores everything, and prints one table. Without root it says

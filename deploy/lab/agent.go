@@ -17,7 +17,8 @@ import (
 // storage/testdata/bin (a two-node DRBD kept in files under Dir/drbd, node A =
 // pbx1, B = pbx2), a tmpfs mount point in the agent's own private mount
 // namespace (`unshare --mount`), and the PBX as its service
-// (start_command/stop_command run SIPp and the AMI server). In hot standby
+// (start_command/stop_command run SIPp and the AMI server, or asterisk with
+// Options.Asterisk). In hot standby
 // nothing asks an agent to start: the lab runs both PBXs itself. In cold
 // standby (Options.Cold) the leader proxy does.
 const (
@@ -30,7 +31,7 @@ const (
 var agentNode = map[string]string{"pbx1": "A", "pbx2": "B"}
 
 // withAgents reports whether the lab runs agents: they need the stand-ins
-// (repository root), unshare, and the lab's own SIPp backends.
+// (repository root), unshare, and an AMI for their readiness check.
 func (l *Lab) withAgents() bool {
 	if !l.withAMI() {
 		return false
@@ -50,15 +51,19 @@ func (l *Lab) stubBin() string { return filepath.Join(l.opt.Root, "storage", "te
 func (l *Lab) stubDir() string { return filepath.Join(l.opt.Dir, "drbd") }
 
 // AgentConfig is the `hapbx agent` file of PBX host be.
-func (l *Lab) AgentConfig(be string) string {
+func (l *Lab) AgentConfig(be string) (string, error) {
 	secret := filepath.Join(l.opt.Dir, "ami.secret")
 	pids := filepath.Join(l.stubDir(), "svc-"+be+".pids")
-	start := fmt.Sprintf("sipp -sf %s -i %s -p %d -nostdin >%s 2>&1 </dev/null & echo $! >%s; "+
-		"%s %s -listen %s -user %s -secret-file %s >%s 2>&1 </dev/null & echo $! >>%s",
-		l.Scenario("uas_lab.xml"), Hosts[be], SIPPort, filepath.Join(l.opt.Dir, "svc-"+be+"-sipp.log"), pids,
-		l.opt.Self, AMIServerCommand, amiAddr(be), AMIUser, secret, filepath.Join(l.opt.Dir, "svc-"+be+"-ami.log"), pids)
+	start, err := l.pbxStartCommand(be, pids)
+	if err != nil {
+		return "", err
+	}
 	stop := fmt.Sprintf("if [ -f %[1]s ]; then for p in $(cat %[1]s); do kill $p 2>/dev/null; "+
 		"while [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; done; rm -f %[1]s; fi", pids)
+	ready := 10 * time.Second
+	if l.opt.Asterisk != "" {
+		ready = 30 * time.Second // a real Asterisk loads its modules first
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "node: {name: %s}\n", be)
 	fmt.Fprintf(&b, "agent:\n  listen: \"%s:%d\"\n  token_file: %q\n", Hosts[be], AgentPort, filepath.Join(l.opt.Dir, "agent.token"))
@@ -66,15 +71,15 @@ func (l *Lab) AgentConfig(be string) string {
 		filepath.Join(l.stubBin(), "drbdadm"), filepath.Join(l.stubBin(), "drbdsetup"))
 	fmt.Fprintf(&b, "  filesystem: {device: hlab-%s, mount_point: %q, type: tmpfs, options: \"size=1m,mode=0755\", timeout: 5s}\n",
 		be, filepath.Join(l.opt.Dir, "replica"))
-	fmt.Fprintf(&b, "  service:\n    start_command: %q\n    stop_command: %q\n    timeout: 5s\n", start, stop)
-	b.WriteString("  ready_timeout: 10s\n  fence: {safety_delay: 1s}\n")
+	fmt.Fprintf(&b, "  service:\n    start_command: %q\n    stop_command: %q\n    timeout: 10s\n", start, stop)
+	fmt.Fprintf(&b, "  ready_timeout: %s\n  fence: {safety_delay: 1s}\n", ready)
 	fmt.Fprintf(&b, "  ready:\n    sip: \"%s:%d\"\n    transport: udp\n    ami: {address: %q, username: %s, secret_file: %q}\n",
 		Hosts[be], SIPPort, amiAddr(be), AMIUser, secret)
 	b.WriteString("log: {level: info, format: json}\n")
 	fmt.Fprintf(&b, "cluster:\n  bind: \"%s:7946\"\n", Hosts[be])
 	b.WriteString(l.peersYAML())
 	fmt.Fprintf(&b, "  secret_file: %q\n", l.Key)
-	return b.String()
+	return b.String(), nil
 }
 
 // StartAgent runs `hapbx agent` for PBX host be in its namespace, under
@@ -86,14 +91,18 @@ func (l *Lab) StartAgent(be string) error {
 			return err
 		}
 	}
+	if _, err := l.amiSecretFile(); err != nil {
+		return err
+	}
+	conf, err := l.AgentConfig(be)
+	if err != nil {
+		return err
+	}
 	files := map[string]string{
 		filepath.Join(l.stubDir(), "up.A"):            "1",
 		filepath.Join(l.stubDir(), "up.B"):            "1",
 		filepath.Join(l.opt.Dir, "agent.token"):       agentToken,
-		filepath.Join(l.opt.Dir, "agent-"+be+".yaml"): l.AgentConfig(be),
-	}
-	if _, err := l.amiSecretFile(); err != nil {
-		return err
+		filepath.Join(l.opt.Dir, "agent-"+be+".yaml"): conf,
 	}
 	for p, c := range files {
 		if err := os.WriteFile(p, []byte(strings.TrimSuffix(c, "\n")+"\n"), 0o600); err != nil {
@@ -120,7 +129,7 @@ func (l *Lab) StartAgent(be string) error {
 	return err
 }
 
-// KillService SIGKILLs the PBX processes (SIPp, AMI server) that backend
+// KillService SIGKILLs the PBX processes (asterisk, or SIPp and the AMI server) that backend
 // be's agent started as its service: the PBX crashes, its agent lives.
 func (l *Lab) KillService(be string) error {
 	b, err := os.ReadFile(filepath.Join(l.stubDir(), "svc-"+be+".pids"))

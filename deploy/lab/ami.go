@@ -68,9 +68,9 @@ func (l *Lab) amiSecretFile() (string, error) {
 // amiAddr is where backend be's AMI server listens.
 func amiAddr(be string) string { return fmt.Sprintf("%s:%d", Hosts[be], AMIPort) }
 
-// withAMI reports whether the backends have an AMI (the lab's own server
-// beside SIPp; a real asterisk's manager is not configured by the lab).
-func (l *Lab) withAMI() bool { return l.opt.Asterisk == "" && l.opt.Self != "" }
+// withAMI reports whether the backends have an AMI: a real asterisk's
+// manager (manager.conf), or the lab's own server beside SIPp.
+func (l *Lab) withAMI() bool { return l.opt.Asterisk != "" || l.opt.Self != "" }
 
 // startAMI runs the AMI server of backend be in its namespace and waits
 // until it accepts connections.

@@ -13,7 +13,7 @@ import (
 //
 //	go test -run '^$' -bench VIPFailover -benchtime 1x ./deploy/lab
 func BenchmarkVIPFailover(b *testing.B) {
-	l := newLab(b, Options{})
+	l := newLab(b, Options{SIPpBackends: true})
 	upWithBackends(b, l)
 	pr := newProber(b, l)
 	for range b.N {

@@ -11,7 +11,7 @@
 //	hlab-proxy1   10.214.0.1   hapbx run (priority 100, or 200 with failback)
 //	hlab-proxy2   10.214.0.2   hapbx run
 //	hlab-witness  10.214.0.3   hapbx witness
-//	hlab-pbx1     10.214.0.11  backend pbx1 (preferred): SIPp UAS :5060, AMI :5038, hapbx agent :7790
+//	hlab-pbx1     10.214.0.11  backend pbx1 (preferred): SIPp UAS or asterisk :5060, AMI :5038, hapbx agent :7790
 //	hlab-pbx2     10.214.0.12  backend pbx2 (hot standby): the same
 //	hlab-phones   10.214.0.50  SIPp phones and callers, the OPTIONS prober
 //	VIP           10.214.0.100/24 on hlab0 of the raft leader
@@ -40,8 +40,18 @@
 // are never asked to start. Cold standby (Options.Cold, the demo's default):
 // the proxies enable cold:, the leader has pbx1's agent start its group, and
 // killing the active PBX (its service processes; the agent lives) is a cold
-// failover to pbx2 with no failback. With a real asterisk the lab configures
-// neither AMI nor agents.
+// failover to pbx2 with no failback.
+//
+// With a real asterisk (Options.Asterisk: $HAPBX_ASTERISK or `asterisk` on
+// PATH) the PBXs are `asterisk -f -C ...` with the operators' files of
+// deploy/asterisk rendered for the lab (AsteriskConfigs: the lab's addresses,
+// an account per lab phone, manager.conf's AMI account with the lab's
+// secret); the proxies and agents log in to that AMI, and the callers'
+// INVITEs to the echo extension 600 are challenged and authenticated as
+// phones' are. Tests that rely on SIPp's behaviour set Options.SIPpBackends.
+// Where no asterisk exists, TestE2EAsteriskStandIn runs this mode against a
+// stand-in (asterisk_standin_test.go) that reads the rendered files and
+// serves SIP (SIPp, challenging INVITEs) and AMI from them.
 //
 // What it does not do: fencing commands (the agents wait a safety delay);
 // a dead PBX host (only its PBX dies); TCP/TLS transports; IPv6.

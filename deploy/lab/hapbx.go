@@ -210,13 +210,25 @@ func (l *Lab) Sipp(h, name string, port int, args ...string) (*Proc, error) {
 }
 
 // StartBackend runs the PBX on host be: asterisk with deploy/asterisk's
-// configs when Options.Asterisk names one (hook; not exercised where no
-// asterisk exists), else a SIPp UAS playing Asterisk (scenario: uas_lab.xml
-// accepts every phone's digest REGISTER; extra args are passed to sipp)
-// with the lab's AMI server (AMIServerMain) on port AMIPort beside it.
+// configs (AsteriskConfigs) when Options.Asterisk names one, else a SIPp UAS
+// playing Asterisk (scenario: uas_lab.xml accepts every phone's digest
+// REGISTER; extra args are passed to sipp) with the lab's AMI server
+// (AMIServerMain) on port AMIPort beside it. It returns once the PBX listens
+// for SIP and AMI.
 func (l *Lab) StartBackend(be string, extra ...string) (*Proc, error) {
 	if l.opt.Asterisk != "" {
-		return l.startAsterisk(be)
+		conf, err := l.writeAsterisk(be)
+		if err != nil {
+			return nil, err
+		}
+		p, err := l.Start(NS(be), be, l.opt.Asterisk, "-f", "-C", conf)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.waitUDP(be, SIPPort, p); err != nil {
+			return nil, err
+		}
+		return p, l.waitTCP(be, AMIPort, p)
 	}
 	if l.withAMI() {
 		if _, err := l.startAMI(be); err != nil {
@@ -231,50 +243,18 @@ func (l *Lab) StartBackend(be string, extra ...string) (*Proc, error) {
 	return p, l.waitUDP(be, SIPPort, p)
 }
 
-// startAsterisk runs `asterisk -f` in the namespace with a config dir built
-// from deploy/asterisk (bind address rewritten to the host's address).
-func (l *Lab) startAsterisk(be string) (*Proc, error) {
-	etc := filepath.Join(l.opt.Dir, "asterisk-"+be)
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		return nil, err
-	}
-	src := filepath.Join(l.opt.Root, "deploy", "asterisk")
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range ents {
-		if !strings.HasSuffix(e.Name(), ".conf") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(etc, e.Name()), b, 0o644); err != nil {
-			return nil, err
-		}
-	}
-	run := filepath.Join(etc, "run")
-	ast := fmt.Sprintf("[directories]\nastetcdir => %s\nastrundir => %s\nastlogdir => %s\nastspooldir => %s\nastdbdir => %s\n",
-		etc, run, run, run, run)
-	if err := os.WriteFile(filepath.Join(etc, "asterisk.conf"), []byte(ast), 0o644); err != nil {
-		return nil, err
-	}
-	p, err := l.Start(NS(be), be, l.opt.Asterisk, "-f", "-C", filepath.Join(etc, "asterisk.conf"))
-	if err != nil {
-		return nil, err
-	}
-	return p, l.waitUDP(be, SIPPort, p)
-}
-
 // waitUDP waits until something in host h's namespace has bound UDP port.
-func (l *Lab) waitUDP(h string, port int, p *Proc) error {
-	err := WaitFor(5*time.Second, fmt.Sprintf("%s listening on udp %d", h, port), func() bool {
+func (l *Lab) waitUDP(h string, port int, p *Proc) error { return l.waitListen(h, "-Hlun", port, p) }
+
+// waitTCP waits until something in host h's namespace listens on TCP port.
+func (l *Lab) waitTCP(h string, port int, p *Proc) error { return l.waitListen(h, "-Hltn", port, p) }
+
+func (l *Lab) waitListen(h, ssFlags string, port int, p *Proc) error {
+	err := WaitFor(15*time.Second, fmt.Sprintf("%s listening on port %d (ss %s)", h, port, ssFlags), func() bool {
 		if p.Exited() {
 			return true
 		}
-		out, _ := runOut("ip", "netns", "exec", NS(h), "ss", "-Hlun", "sport", "= :"+strconv.Itoa(port))
+		out, _ := runOut("ip", "netns", "exec", NS(h), "ss", ssFlags, "sport", "= :"+strconv.Itoa(port))
 		return strings.TrimSpace(out) != ""
 	})
 	if p.Exited() {

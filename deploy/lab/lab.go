@@ -74,6 +74,10 @@ type Options struct {
 	// (with the configs of deploy/asterisk). Default: $HAPBX_ASTERISK, else
 	// `asterisk` on PATH, else SIPp.
 	Asterisk string
+	// SIPpBackends runs SIPp backends even where an asterisk is available,
+	// for tests that rely on SIPp's behaviour (any extension answered at
+	// once, RTP echo).
+	SIPpBackends bool
 	// Cold puts the PBXs in cold standby: the proxies enable cold: and
 	// every backend's hapbx agent runs its group (DRBD stand-in promotion,
 	// tmpfs mount, SIPp and AMI as the service); only one PBX runs at a time.
@@ -140,10 +144,12 @@ func New(opt Options) (l *Lab, err error) {
 	if _, err := os.Stat(opt.Bin); err != nil {
 		return nil, fmt.Errorf("hapbx binary %s: %w (run make build)", opt.Bin, err)
 	}
-	if opt.Asterisk == "" {
+	if opt.SIPpBackends {
+		opt.Asterisk = ""
+	} else if opt.Asterisk == "" {
 		opt.Asterisk = os.Getenv("HAPBX_ASTERISK")
 	}
-	if opt.Asterisk == "" {
+	if opt.Asterisk == "" && !opt.SIPpBackends {
 		if p, err := exec.LookPath("asterisk"); err == nil {
 			opt.Asterisk = p
 		}

@@ -19,6 +19,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == AMIServerCommand {
 		os.Exit(AMIServerMain(os.Args[2:], os.Stderr)) // a backend's AMI (Options.Self)
 	}
+	if len(os.Args) > 1 && os.Args[1] == asteriskStandInCommand {
+		os.Exit(asteriskStandInMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	hapbxBin = os.Getenv("HAPBX_BIN")
 	if hapbxBin == "" && Check() == nil {
 		dir, err := os.MkdirTemp("", "hlab-bin")
@@ -105,7 +108,7 @@ func newProber(t testing.TB, l *Lab) *Prober {
 // Issue 5 (a): SIGKILL of the VIP holder; the twin has the VIP within 1.5 s and
 // answers the client's next transaction through the VIP.
 func TestVIPFailoverSIGKILL(t *testing.T) {
-	l := newLab(t, Options{})
+	l := newLab(t, Options{SIPpBackends: true})
 	upWithBackends(t, l)
 	pr := newProber(t, l)
 	f, err := l.KillHolder(pr, 5*time.Second)
@@ -134,7 +137,7 @@ func TestVIPFailoverSIGKILL(t *testing.T) {
 // sampled every 50 ms in both namespaces, never two holders; the holder keeps
 // the VIP and keeps answering; after the heal the cluster is whole again.
 func TestPairCut(t *testing.T) {
-	l := newLab(t, Options{})
+	l := newLab(t, Options{SIPpBackends: true})
 	h := upWithBackends(t, l)
 	pr := newProber(t, l)
 	if err := l.Cut("proxy1", "proxy2"); err != nil {
@@ -171,7 +174,7 @@ func TestPairCut(t *testing.T) {
 // Issue 5 (c): with failback, proxy1 (priority 200) takes the VIP back when it
 // returns after a SIGKILL; never two holders on the way.
 func TestFailback(t *testing.T) {
-	l := newLab(t, Options{Failback: true})
+	l := newLab(t, Options{Failback: true, SIPpBackends: true})
 	upWithBackends(t, l)
 	if _, err := l.WaitHolder("proxy1", 10*time.Second); err != nil {
 		t.Fatal(err)
@@ -206,7 +209,7 @@ func TestFailback(t *testing.T) {
 // Issue 5 (d): a phone registered through proxy1 is reached through proxy2
 // after proxy1 dies: pbx2 calls sip:201@VIP and the phone answers.
 func TestPhoneReachedAfterProxyDies(t *testing.T) {
-	l := newLab(t, Options{Failback: true})
+	l := newLab(t, Options{Failback: true, SIPpBackends: true})
 	upWithBackends(t, l)
 	if _, err := l.WaitHolder("proxy1", 10*time.Second); err != nil {
 		t.Fatal(err)

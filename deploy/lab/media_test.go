@@ -17,7 +17,7 @@ func TestMediaSurvivesVIPFailover(t *testing.T) {
 	if _, err := os.Stat(pcapG711a); err != nil {
 		t.Skip("needs " + pcapG711a + " (Debian package sip-tester)")
 	}
-	l := newLab(t, Options{Media: true})
+	l := newLab(t, Options{Media: true, SIPpBackends: true})
 	for _, be := range Backends {
 		if _, err := l.StartBackend(be, "-mi", Hosts[be], "-mp", "6000", "-rtp_echo"); err != nil {
 			t.Fatal(err)

@@ -139,10 +139,14 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 			return rep, err
 		}
 	}
+	pbx := "SIPp playing Asterisk"
+	if l.opt.Asterisk != "" {
+		pbx = "asterisk " + l.opt.Asterisk + " with deploy/asterisk's configs"
+	}
 	if cold {
-		o.Logf("cold standby: the PBXs run under their hapbx agents (SIPp playing Asterisk, AMI on :%d)", AMIPort)
+		o.Logf("cold standby: the PBXs run under their hapbx agents (%s, AMI on :%d)", pbx, AMIPort)
 	} else if l.withAMI() {
-		o.Logf("backends pbx1, pbx2 up (SIPp playing Asterisk, AMI on :%d)", AMIPort)
+		o.Logf("backends pbx1, pbx2 up (%s, AMI on :%d)", pbx, AMIPort)
 	} else {
 		o.Logf("backends pbx1, pbx2 up")
 	}
@@ -342,7 +346,7 @@ func ms(d time.Duration) string {
 // o.EventAfter, waits for the caller to finish and measures.
 func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Duration, string, string, error)) (Event, error) {
 	ev := Event{Name: name, NewCalls: -1}
-	caller, err := l.Sipp("phones", fmt.Sprintf("calls%d", n), 5080+n, "-sf", l.Scenario("uac_call_ha.xml"), "-s", "300",
+	caller, err := l.Sipp("phones", fmt.Sprintf("calls%d", n), 5080+n, "-sf", l.Scenario("uac_call_lab.xml"), "-s", EchoExtension,
 		"-r", strconv.Itoa(o.Rate), "-m", strconv.Itoa(o.Calls), "-l", strconv.Itoa(4*o.Rate),
 		"-timeout", "60s", "-trace_rtt", "-rtt_freq", "1", VIP+":5060")
 	if err != nil {

@@ -1,0 +1,182 @@
+package lab
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// Real Asterisk as the lab's PBX (Options.Asterisk): each PBX namespace runs
+// `asterisk -f -C DIR/asterisk.conf` with the operators' files of
+// deploy/asterisk, rendered for the lab's addresses and phones. Its own
+// manager (manager.conf) is the AMI the proxies' health check and the agents'
+// readiness check log in to, exactly as on a deployed node.
+const (
+	// EchoExtension is what the lab's callers dial: Answer() and Echo() in
+	// deploy/asterisk's [phones] context; the SIPp backends answer anything.
+	EchoExtension = "600"
+	// PhoneUser and PhoneSecret are the digest credentials every lab phone
+	// uses (testdata/phones_register.xml, uac_call_lab.xml): one SIPp
+	// instance cannot take credentials per phone from its -inf file.
+	PhoneUser   = "phones"
+	PhoneSecret = "secretphones"
+)
+
+// Addresses in deploy/asterisk's files and what they stand for in the lab.
+var asteriskExampleAddrs = map[string]string{
+	"192.0.2.10": VIP,
+	"192.0.2.11": Hosts["proxy1"],
+	"192.0.2.12": Hosts["proxy2"],
+}
+
+// exampleAccount matches a section of one of deploy/asterisk's example phone
+// accounts ([201](phone), [202](phone-auth), ...): the lab writes its own.
+var exampleAccount = regexp.MustCompile(`^\[[0-9]+\]`)
+
+// AsteriskConfigs renders the configuration of PBX host be from
+// deploy/asterisk: pjsip.conf and manager.conf with the lab's VIP, proxy
+// and host addresses, an account for every lab phone (testdata/phones.csv)
+// instead of the examples, the lab's AMI secret; extensions.conf as
+// shipped; and the files a node has anyway (asterisk.conf with the
+// directories under etc, modules.conf, logger.conf). File name -> content.
+func (l *Lab) AsteriskConfigs(be, etc string) (map[string]string, error) {
+	src := filepath.Join(l.opt.Root, "deploy", "asterisk")
+	read := func(name string) (string, error) {
+		b, err := os.ReadFile(filepath.Join(src, name))
+		if err != nil {
+			return "", fmt.Errorf("lab: asterisk config: %w", err)
+		}
+		s := string(b)
+		for ex, addr := range asteriskExampleAddrs {
+			s = strings.ReplaceAll(s, ex, addr)
+		}
+		return s, nil
+	}
+	pjsip, err := read("pjsip.conf")
+	if err != nil {
+		return nil, err
+	}
+	phones, err := l.labPhones()
+	if err != nil {
+		return nil, err
+	}
+	pjsip = strings.Replace(pjsip, "bind=0.0.0.0:5060", fmt.Sprintf("bind=%s:%d", Hosts[be], SIPPort), 1)
+	pjsip = dropSections(pjsip, exampleAccount)
+	var b strings.Builder
+	b.WriteString(strings.TrimRight(pjsip, "\n"))
+	b.WriteString("\n\n; The lab's phones (testdata/phones.csv), one shared digest user.\n")
+	for _, ext := range phones {
+		fmt.Fprintf(&b, "\n[%[1]s](phone)\naors=%[1]s\nauth=%[1]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n[%[1]s](phone-aor)\n[%[1]s](phone-auth)\nusername=%[2]s\npassword=%[3]s\n",
+			ext, PhoneUser, PhoneSecret)
+	}
+	manager, err := read("manager.conf")
+	if err != nil {
+		return nil, err
+	}
+	secret, err := os.ReadFile(filepath.Join(l.opt.Dir, "ami.secret"))
+	if err != nil {
+		return nil, fmt.Errorf("lab: AMI secret: %w", err)
+	}
+	manager = strings.Replace(manager, "bindaddr = 0.0.0.0", "bindaddr = "+Hosts[be], 1)
+	manager = strings.Replace(manager, "secret = change-me-ami", "secret = "+strings.TrimSpace(string(secret)), 1)
+	// The agent checks readiness from the node itself, on the node's address.
+	manager = strings.Replace(manager, "permit = 127.0.0.1/255.255.255.255",
+		"permit = 127.0.0.1/255.255.255.255\npermit = "+Hosts[be]+"/255.255.255.255", 1)
+	if !strings.Contains(manager, "\n["+AMIUser+"]") {
+		return nil, fmt.Errorf("lab: deploy/asterisk/manager.conf has no [%s] account", AMIUser)
+	}
+	ext, err := read("extensions.conf")
+	if err != nil {
+		return nil, err
+	}
+	run := filepath.Join(etc, "run")
+	return map[string]string{
+		"pjsip.conf":      b.String(),
+		"manager.conf":    manager,
+		"extensions.conf": ext,
+		"asterisk.conf": fmt.Sprintf("[directories]\nastetcdir => %[1]s\nastrundir => %[2]s\nastlogdir => %[2]s\nastspooldir => %[2]s\nastdbdir => %[2]s\n"+
+			"\n[options]\nverbose = 1\n", etc, run),
+		// chan_pjsip only: chan_sip would fight it for port 5060.
+		"modules.conf": "[modules]\nautoload = yes\nnoload => chan_sip.so\n",
+		"logger.conf":  "[general]\n\n[logfiles]\nconsole => notice,warning,error\n",
+	}, nil
+}
+
+// dropSections removes every section whose header line matches re, with
+// its body, from an Asterisk .conf file.
+func dropSections(conf string, re *regexp.Regexp) string {
+	var out []string
+	skip := false
+	for _, line := range strings.Split(conf, "\n") {
+		if strings.HasPrefix(line, "[") {
+			skip = re.MatchString(line)
+		}
+		if !skip {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// labPhones lists the phones' extensions from testdata/phones.csv.
+func (l *Lab) labPhones() ([]string, error) {
+	f, err := os.Open(l.Scenario("phones.csv"))
+	if err != nil {
+		return nil, fmt.Errorf("lab: phones: %w", err)
+	}
+	defer f.Close()
+	var exts []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line == "SEQUENTIAL" || line == "RANDOM" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		exts = append(exts, strings.TrimSuffix(strings.SplitN(line, ";", 2)[0], ";"))
+	}
+	return exts, sc.Err()
+}
+
+// writeAsterisk renders backend be's configuration into Dir/asterisk-<be>
+// and returns the path of its asterisk.conf.
+func (l *Lab) writeAsterisk(be string) (string, error) {
+	if _, err := l.amiSecretFile(); err != nil {
+		return "", err
+	}
+	etc := filepath.Join(l.opt.Dir, "asterisk-"+be)
+	if err := os.MkdirAll(filepath.Join(etc, "run"), 0o755); err != nil {
+		return "", err
+	}
+	files, err := l.AsteriskConfigs(be, etc)
+	if err != nil {
+		return "", err
+	}
+	for name, c := range files {
+		if err := os.WriteFile(filepath.Join(etc, name), []byte(c), 0o644); err != nil {
+			return "", err
+		}
+	}
+	return filepath.Join(etc, "asterisk.conf"), nil
+}
+
+// pbxStartCommand is the shell command an agent's service runs to start
+// backend be's PBX in the background, its pids appended to pids: asterisk,
+// or SIPp and the lab's AMI server.
+func (l *Lab) pbxStartCommand(be, pids string) (string, error) {
+	if l.opt.Asterisk != "" {
+		conf, err := l.writeAsterisk(be)
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s -f -C %s >%s 2>&1 </dev/null & echo $! >%s",
+			l.opt.Asterisk, conf, filepath.Join(l.opt.Dir, "svc-"+be+"-asterisk.log"), pids), nil
+	}
+	secret := filepath.Join(l.opt.Dir, "ami.secret")
+	return fmt.Sprintf("sipp -sf %s -i %s -p %d -nostdin >%s 2>&1 </dev/null & echo $! >%s; "+
+		"%s %s -listen %s -user %s -secret-file %s >%s 2>&1 </dev/null & echo $! >>%s",
+		l.Scenario("uas_lab.xml"), Hosts[be], SIPPort, filepath.Join(l.opt.Dir, "svc-"+be+"-sipp.log"), pids,
+		l.opt.Self, AMIServerCommand, amiAddr(be), AMIUser, secret, filepath.Join(l.opt.Dir, "svc-"+be+"-ami.log"), pids), nil
+}
