@@ -332,15 +332,7 @@ func TestE2EAsteriskStandIn(t *testing.T) {
 		t.Skip("a real asterisk is available: TestE2E and TestE2ECold run against it")
 	}
 	l := newLab(t, Options{Cold: true, Asterisk: asteriskStandIn(t)})
-	if !l.cold() {
-		t.Skip("cold standby needs unshare and flock on PATH and storage/testdata/bin")
-	}
-	rep, err := l.RunScenario(ScenarioOptions{Logf: t.Logf})
-	t.Logf("\n%s", rep.Table())
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkScenario(t, rep, time.Second, true)
+	runCold(t, l)
 	for _, be := range Backends {
 		b, err := os.ReadFile(filepath.Join(l.Dir(), "asterisk-"+be, "run", "standin.calls"))
 		if err != nil || !strings.Contains(string(b), "asterisk -f -C "+filepath.Join(l.Dir(), "asterisk-"+be, "asterisk.conf")) {

@@ -37,15 +37,7 @@ func TestE2E(t *testing.T) {
 // DRBD primary, mounted and serving. Everything else as in TestE2E.
 func TestE2ECold(t *testing.T) {
 	l := newLab(t, Options{Cold: true})
-	if !l.cold() {
-		t.Skip("cold standby needs unshare and flock on PATH and storage/testdata/bin")
-	}
-	rep, err := l.RunScenario(ScenarioOptions{Logf: t.Logf})
-	t.Logf("\n%s", rep.Table())
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkScenario(t, rep, time.Second, true)
+	rep := runCold(t, l)
 	if d := rep.Events[0].NewCalls; d < 0 || d > 10*time.Second {
 		t.Errorf("cold failover: first new call after %s, want <= 10s", d)
 	}
@@ -60,6 +52,21 @@ func TestE2ECold(t *testing.T) {
 	if a2.DRBDRole != "Primary" || a2.Mounted == "" || a2.State != "started" || a2.Service != "active" {
 		t.Errorf("pbx2's agent after the failover: %+v, want started, Primary, mounted, service active", a2)
 	}
+}
+
+// runCold runs the scenario on l, in cold standby, with TestE2E's checks.
+func runCold(t *testing.T, l *Lab) Report {
+	t.Helper()
+	if !l.cold() {
+		t.Skip("cold standby needs unshare and flock on PATH and storage/testdata/bin")
+	}
+	rep, err := l.RunScenario(ScenarioOptions{Logf: t.Logf})
+	t.Logf("\n%s", rep.Table())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkScenario(t, rep, time.Second, true)
+	return rep
 }
 
 func checkScenario(t *testing.T, rep Report, vipMax time.Duration, cold bool) {
