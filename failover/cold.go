@@ -177,13 +177,13 @@ func WithLeader(isLeader func() bool) ColdOption {
 type Coordinator struct {
 	cfg      ColdConfig
 	log      *zap.Logger
-	nodes    []ColdNode
 	isLeader func() bool
 	m        *coldMetrics
 
 	op sync.Mutex // one move at a time
 
 	mu      sync.Mutex
+	nodes   []ColdNode // replaced whole by SetNodes, never changed in place
 	holder  string
 	phase   string
 	blocked string
@@ -209,14 +209,7 @@ func NewCoordinator(cfg ColdConfig, nodes []ColdNode, log *zap.Logger, reg prome
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cold config: %w", err)
 	}
-	names := make([]string, len(nodes))
-	for i, n := range nodes {
-		names[i] = n.Name
-		if n.Agent == nil {
-			return nil, fmt.Errorf("cold node %q: no agent: %w", n.Name, ErrInvalidBackends)
-		}
-	}
-	if err := checkNames(names); err != nil {
+	if err := checkNodes(nodes); err != nil {
 		return nil, err
 	}
 	if log == nil {
@@ -237,8 +230,50 @@ func NewCoordinator(cfg ColdConfig, nodes []ColdNode, log *zap.Logger, reg prome
 	return c, nil
 }
 
+// SetNodes replaces the nodes (a configuration reload), after any move in
+// progress has ended. The node that holds the resource group cannot be
+// removed: move its group first.
+func (c *Coordinator) SetNodes(nodes []ColdNode) error {
+	if err := checkNodes(nodes); err != nil {
+		return err
+	}
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.holder != "" && !slices.ContainsFunc(nodes, func(n ColdNode) bool { return n.Name == c.holder }) {
+		return fmt.Errorf("cold node %q holds the resource group and cannot be removed: %w", c.holder, ErrInvalidBackends)
+	}
+	c.nodes = slices.Clone(nodes)
+	for name := range c.status {
+		if !slices.ContainsFunc(nodes, func(n ColdNode) bool { return n.Name == name }) {
+			delete(c.status, name)
+		}
+	}
+	return nil
+}
+
+// checkNodes rejects nodes without an agent and duplicate or empty names.
+func checkNodes(nodes []ColdNode) error {
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		names[i] = n.Name
+		if n.Agent == nil {
+			return fmt.Errorf("cold node %q: no agent: %w", n.Name, ErrInvalidBackends)
+		}
+	}
+	return checkNames(names)
+}
+
+// nodeList is the current nodes; the slice is never modified afterwards.
+func (c *Coordinator) nodeList() []ColdNode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes
+}
+
 func (c *Coordinator) node(name string) (ColdNode, bool) {
-	for _, n := range c.nodes {
+	for _, n := range c.nodeList() {
 		if n.Name == name {
 			return n, true
 		}
@@ -361,7 +396,7 @@ func (c *Coordinator) poll(ctx context.Context) {
 	// group is (being) started.
 	var holders []string
 	all := true
-	for _, n := range c.nodes {
+	for _, n := range c.nodeList() {
 		ns := sts[n.Name]
 		if !ns.Reachable {
 			all = false
@@ -411,10 +446,11 @@ func holds(s storage.Status) bool {
 }
 
 func (c *Coordinator) readAll(ctx context.Context) map[string]NodeStatus {
-	out := make(map[string]NodeStatus, len(c.nodes))
+	nodes := c.nodeList()
+	out := make(map[string]NodeStatus, len(nodes))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, n := range c.nodes {
+	for _, n := range nodes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -458,8 +494,9 @@ func (c *Coordinator) initialStart(ctx context.Context, sts map[string]NodeStatu
 	defer c.op.Unlock()
 	c.mu.Lock()
 	c.tried = time.Now()
+	nodes := c.nodes
 	c.mu.Unlock()
-	for _, n := range c.nodes {
+	for _, n := range nodes {
 		ns := sts[n.Name]
 		if why := unfit(ns); why != "" {
 			c.log.Warn("cold standby: initial start: node unfit", zap.String("node", n.Name), zap.String("why", why))
@@ -491,10 +528,11 @@ func unfit(ns NodeStatus) string {
 // candidate is the first fit node other than from, after it in order
 // (wrapping), so two nodes alternate.
 func (c *Coordinator) candidate(ctx context.Context, from string) (ColdNode, NodeStatus, error) {
-	i := slices.IndexFunc(c.nodes, func(n ColdNode) bool { return n.Name == from })
+	nodes := c.nodeList()
+	i := slices.IndexFunc(nodes, func(n ColdNode) bool { return n.Name == from })
 	var whys []error
-	for k := 1; k <= len(c.nodes); k++ {
-		n := c.nodes[(i+k+len(c.nodes))%len(c.nodes)]
+	for k := 1; k <= len(nodes); k++ {
+		n := nodes[(i+k+len(nodes))%len(nodes)]
 		if n.Name == from {
 			continue
 		}

@@ -334,3 +334,27 @@ func TestColdAgentFailedMovesGroup(t *testing.T) {
 		t.Fatalf("reason %q", l.Reason)
 	}
 }
+
+// A reload (SIGHUP) replaces the nodes: a third node C added in place of B
+// is the one a failover now starts; removing the holder is refused.
+func TestColdSetNodes(t *testing.T) {
+	r := newRig(t, nil)
+	c := &fakeAgent{name: "C", j: r.j, hs: r.hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
+	if err := r.c.SetNodes([]ColdNode{{Name: "B", Agent: r.b}}); !errors.Is(err, ErrInvalidBackends) || !strings.Contains(err.Error(), `"A" holds`) {
+		t.Fatalf("removing the holder A: %v", err)
+	}
+	if err := r.c.SetNodes([]ColdNode{{Name: "A", Agent: r.a}, {Name: "C", Agent: c}, {Name: "C", Agent: c}}); !errors.Is(err, ErrInvalidBackends) {
+		t.Fatalf("duplicate node: %v", err)
+	}
+	if err := r.c.SetNodes([]ColdNode{{Name: "A", Agent: r.a, Fence: fakeFence{"A", r.j, nil}}, {Name: "C", Agent: c}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "status lists A and C", func() bool {
+		s := r.c.Status()
+		return len(s.Nodes) == 2 && s.Nodes[1].Name == "C" && s.Nodes[1].Reachable
+	})
+	r.hs.send("C", health.StateDown)
+	r.hs.send("A", health.StateDown)
+	waitFor(t, "C holds", func() bool { s := r.c.Status(); return s.Holder == "C" && s.Last != nil && s.Last.To == "C" })
+	r.want(t, "stop A", "start C")
+}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -228,5 +229,56 @@ func TestColdHostDeathWithoutFenceCommand(t *testing.T) {
 		if c.roles["A"] == "Primary" && c.roles["B"] == "Primary" {
 			t.Fatalf("two primaries up at %+v", c)
 		}
+	}
+}
+
+// TestColdSIGHUPUpdatesNodes: a reload in cold standby changes the
+// coordinator's nodes with the backend list (B removed: status lists only
+// A), and is refused whole when it would drop the node holding the group.
+func TestColdSIGHUPUpdatesNodes(t *testing.T) {
+	l := newColdLab(t)
+	l.addNode("A", false)
+	l.addNode("B", false)
+	d := l.startProxy(false)
+	l.waitStatus("group on A", 15*time.Second, func(s coldStatus) bool { return s.Cold.Holder == "asterisk1" && len(s.Cold.Nodes) == 2 })
+	full, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := func(drop string) {
+		t.Helper()
+		var out []string
+		skip := false
+		for _, line := range strings.Split(string(full), "\n") {
+			if strings.HasPrefix(line, "  - name: ") {
+				skip = line == "  - name: "+drop
+			} else if !strings.HasPrefix(line, "    ") {
+				skip = false
+			}
+			if !skip {
+				out = append(out, line)
+			}
+		}
+		if err := os.WriteFile(d.config, []byte(strings.Join(out, "\n")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reload("asterisk2")
+	l.waitStatus("only asterisk1 left", 5*time.Second, func(s coldStatus) bool {
+		return len(s.Cold.Nodes) == 1 && s.Cold.Nodes[0].Name == "asterisk1"
+	})
+	reload("asterisk1")
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(d.log.String(), "reload refused: cold standby nodes") {
+		if time.Now().After(deadline) {
+			t.Fatal("removing the holder asterisk1 was not refused in the log")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s, err := l.status(); err != nil || s.Cold.Holder != "asterisk1" || len(s.Cold.Nodes) != 1 || s.Active != "asterisk1" {
+		t.Fatalf("after the refused reload: %+v %v", s, err)
 	}
 }

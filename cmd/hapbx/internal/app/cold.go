@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/cluster"
+	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/storage"
 )
@@ -27,11 +28,26 @@ func (d *daemon) setupCold() error {
 	if !d.cfg.Cold.Enabled {
 		return nil
 	}
-	nodes := make([]failover.ColdNode, len(d.cfg.Backends))
-	for i, b := range d.cfg.Backends {
+	nodes, err := d.coldNodes(d.cfg.Backends)
+	if err != nil {
+		return err
+	}
+	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg, failover.WithLeader(d.isLeader))
+	if err != nil {
+		return fmt.Errorf("cold: %w", err)
+	}
+	d.cold = c
+	return nil
+}
+
+// coldNodes builds the coordinator's nodes from the backends' agent:
+// settings (token files read now).
+func (d *daemon) coldNodes(backends []config.Backend) ([]failover.ColdNode, error) {
+	nodes := make([]failover.ColdNode, len(backends))
+	for i, b := range backends {
 		tok, err := os.ReadFile(b.Agent.TokenFile)
 		if err != nil {
-			return fmt.Errorf("backends[%d].agent.token_file: %w", i, err)
+			return nil, fmt.Errorf("backends[%d].agent.token_file: %w", i, err)
 		}
 		// No overall client timeout: a group start may take minutes; the
 		// coordinator bounds each call with its context.
@@ -39,7 +55,7 @@ func (d *daemon) setupCold() error {
 		var agent failover.Agent = client
 		if b.Agent.URL == "" {
 			if d.cluster == nil {
-				return fmt.Errorf("backends[%d].agent.url: must be set without a cluster", i)
+				return nil, fmt.Errorf("backends[%d].agent.url: must be set without a cluster", i)
 			}
 			agent = &clusterAgent{backend: b.Name, client: client, agents: d.cluster.Agents, log: d.log.Named("cold")}
 		}
@@ -54,12 +70,7 @@ func (d *daemon) setupCold() error {
 		}
 		nodes[i] = n
 	}
-	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg, failover.WithLeader(d.isLeader))
-	if err != nil {
-		return fmt.Errorf("cold: %w", err)
-	}
-	d.cold = c
-	return nil
+	return nodes, nil
 }
 
 // errAgentNotJoined: no alive cluster member is the backend's agent.

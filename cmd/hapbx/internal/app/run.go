@@ -181,8 +181,9 @@ func (d *daemon) run() error {
 	return nil
 }
 
-// reload re-reads the file on SIGHUP and applies the backend list. Other
-// changes need a restart; calls in progress are untouched either way.
+// reload re-reads the file on SIGHUP and applies the backend list (in cold
+// standby also to the coordinator's nodes). Other changes need a restart;
+// calls in progress are untouched either way.
 func (d *daemon) reload() {
 	cfg, err := config.Load(d.path)
 	if err != nil {
@@ -193,6 +194,18 @@ func (d *daemon) reload() {
 	if err != nil {
 		d.log.Error("reload refused", zap.String("config", d.path), zap.Error(err))
 		return
+	}
+	if d.cold != nil {
+		// Cold standby first: it refuses to drop the node holding the
+		// group, and then nothing else may change either.
+		nodes, err := d.coldNodes(cfg.Backends)
+		if err == nil {
+			err = d.cold.SetNodes(nodes)
+		}
+		if err != nil {
+			d.log.Error("reload refused: cold standby nodes", zap.String("config", d.path), zap.Error(err))
+			return
+		}
 	}
 	// New backends are added to the proxy first and removed from it last,
 	// so the selector never names a backend the proxy cannot reach.
