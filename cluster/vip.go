@@ -92,20 +92,25 @@ func (v *VIP) Acquire() error {
 		close(done)
 		return fmt.Errorf("vip: interface %q: %w", v.cfg.Interface, err)
 	}
-	if err := v.announce(ifi); err != nil {
+	// The socket is opened here, on the caller's thread: it stays in the caller's
+	// network namespace for the repeats sent from another goroutine (and thread).
+	an, err := v.openAnnouncer(ifi)
+	if err != nil {
+		close(done)
 		v.log.Warn("VIP announcement failed", zap.Error(err))
+		return nil // the address is there; neighbours learn it when they next ask
 	}
+	v.announce(an)
 	go func() {
 		defer close(done)
+		defer an.Close()
 		for i := 1; i < v.cfg.GARPCount; i++ {
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(v.cfg.GARPInterval):
 			}
-			if err := v.announce(ifi); err != nil {
-				v.log.Warn("VIP announcement failed", zap.Error(err))
-			}
+			v.announce(an)
 		}
 	}()
 	return nil
@@ -162,64 +167,101 @@ func (v *VIP) Held() (bool, error) {
 	return false, nil
 }
 
-func (v *VIP) announce(ifi *net.Interface) error {
-	var err error
-	if v.prefix.Addr().Is4() {
-		err = sendGARP(ifi, v.prefix.Addr())
-	} else {
-		err = sendUnsolicitedNA(ifi, v.prefix.Addr())
-	}
-	if err == nil {
-		v.m.garpSent.Inc()
-	}
-	return err
+// announcer sends one announcement of the VIP per call over a socket kept open
+// for all of them.
+type announcer interface {
+	announce() error
+	Close() error
 }
 
-// sendGARP broadcasts an ARP request and an ARP reply whose sender and target are both
+func (v *VIP) openAnnouncer(ifi *net.Interface) (announcer, error) {
+	if v.prefix.Addr().Is4() {
+		return openGARP(ifi, v.prefix.Addr())
+	}
+	return openUnsolicitedNA(ifi, v.prefix.Addr())
+}
+
+func (v *VIP) announce(an announcer) {
+	if err := an.announce(); err != nil {
+		v.log.Warn("VIP announcement failed", zap.Error(err))
+		return
+	}
+	v.m.garpSent.Inc()
+}
+
+// garp broadcasts an ARP request and an ARP reply whose sender and target are both
 // the VIP: hosts and switches that have the address cached update it to our MAC (Linux
 // applies a gratuitous ARP even within its neighbour locktime).
-func sendGARP(ifi *net.Interface, ip netip.Addr) error {
-	c, err := packet.Listen(ifi, packet.Raw, int(ethernet.EtherTypeARP), nil)
-	if err != nil {
-		return fmt.Errorf("garp: raw socket on %s: %w", ifi.Name, err)
-	}
-	defer c.Close()
+type garp struct {
+	c      *packet.Conn
+	ifi    string
+	frames [][]byte
+}
+
+func openGARP(ifi *net.Interface, ip netip.Addr) (*garp, error) {
+	g := &garp{ifi: ifi.Name}
 	for _, op := range []arp.Operation{arp.OperationRequest, arp.OperationReply} {
 		p, err := arp.NewPacket(op, ifi.HardwareAddr, ip, ethernet.Broadcast, ip)
 		if err != nil {
-			return fmt.Errorf("garp: %w", err)
+			return nil, fmt.Errorf("garp: %w", err)
 		}
 		pb, err := p.MarshalBinary()
 		if err != nil {
-			return fmt.Errorf("garp: %w", err)
+			return nil, fmt.Errorf("garp: %w", err)
 		}
 		f := &ethernet.Frame{Destination: ethernet.Broadcast, Source: ifi.HardwareAddr, EtherType: ethernet.EtherTypeARP, Payload: pb}
 		fb, err := f.MarshalBinary()
 		if err != nil {
-			return fmt.Errorf("garp: %w", err)
+			return nil, fmt.Errorf("garp: %w", err)
 		}
-		if _, err := c.WriteTo(fb, &packet.Addr{HardwareAddr: ethernet.Broadcast}); err != nil {
-			return fmt.Errorf("garp: send on %s: %w", ifi.Name, err)
+		g.frames = append(g.frames, fb)
+	}
+	c, err := packet.Listen(ifi, packet.Raw, int(ethernet.EtherTypeARP), nil)
+	if err != nil {
+		return nil, fmt.Errorf("garp: raw socket on %s: %w", ifi.Name, err)
+	}
+	g.c = c
+	return g, nil
+}
+
+func (g *garp) announce() error {
+	for _, fb := range g.frames {
+		if _, err := g.c.WriteTo(fb, &packet.Addr{HardwareAddr: ethernet.Broadcast}); err != nil {
+			return fmt.Errorf("garp: send on %s: %w", g.ifi, err)
 		}
 	}
 	return nil
 }
 
-// sendUnsolicitedNA sends an unsolicited, overriding neighbour advertisement for ip to
-// all nodes (RFC 4861 7.2.6).
-func sendUnsolicitedNA(ifi *net.Interface, ip netip.Addr) error {
-	c, _, err := ndp.Listen(ifi, ndp.LinkLocal)
+func (g *garp) Close() error { return g.c.Close() }
+
+// unsolicitedNA sends an unsolicited, overriding neighbour advertisement for the VIP
+// to all nodes (RFC 4861 7.2.6), from the VIP itself: it is added without DAD and so
+// usable at once, whereas the interface's link-local address may still be tentative
+// (a link that just came up), and a tentative address cannot be a source.
+type unsolicitedNA struct {
+	c   *ndp.Conn
+	ifi string
+	m   *ndp.NeighborAdvertisement
+}
+
+func openUnsolicitedNA(ifi *net.Interface, ip netip.Addr) (*unsolicitedNA, error) {
+	c, _, err := ndp.Listen(ifi, ndp.Addr(ip.String()))
 	if err != nil {
-		return fmt.Errorf("unsolicited NA: listen on %s: %w", ifi.Name, err)
+		return nil, fmt.Errorf("unsolicited NA: listen on %s: %w", ifi.Name, err)
 	}
-	defer c.Close()
-	m := &ndp.NeighborAdvertisement{
+	return &unsolicitedNA{c: c, ifi: ifi.Name, m: &ndp.NeighborAdvertisement{
 		Override:      true,
 		TargetAddress: ip,
 		Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: ifi.HardwareAddr}},
-	}
-	if err := c.WriteTo(m, nil, netip.IPv6LinkLocalAllNodes()); err != nil {
-		return fmt.Errorf("unsolicited NA: send on %s: %w", ifi.Name, err)
+	}}, nil
+}
+
+func (n *unsolicitedNA) announce() error {
+	if err := n.c.WriteTo(n.m, nil, netip.IPv6LinkLocalAllNodes()); err != nil {
+		return fmt.Errorf("unsolicited NA: send on %s: %w", n.ifi, err)
 	}
 	return nil
 }
+
+func (n *unsolicitedNA) Close() error { return n.c.Close() }
