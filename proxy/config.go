@@ -28,8 +28,14 @@ type Config struct {
 	// to this long, in case one comes up (a cold standby being started, a
 	// backend passing its rise probes) before answering 503. 0 answers at once.
 	NoBackendWait time.Duration `yaml:"no_backend_wait"`
-	// DrainTimeout bounds how long a stop waits for transactions in flight.
+	// DrainTimeout bounds how long a stop waits for transactions in flight;
+	// those still pending then get 503 (and their downstream INVITE a CANCEL).
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// TimerC bounds how long a proxied INVITE may ring (RFC 3261 §16.6 step
+	// 11): reset by every provisional response; when it fires the INVITE is
+	// cancelled downstream, and the caller gets the 487 (or 408 when the
+	// callee no longer answers at all). RFC 3261 wants more than 3 minutes.
+	TimerC time.Duration `yaml:"timer_c"`
 	// MaxMessageSize is the largest SIP message accepted; larger ones are dropped and counted.
 	MaxMessageSize int `yaml:"max_message_size"`
 	// MaxDialogs bounds the confirmed calls tracked for hang-up when their
@@ -52,6 +58,7 @@ func DefaultConfig() Config {
 		RetryAfter:     5 * time.Second,
 		NoBackendWait:  3 * time.Second,
 		DrainTimeout:   5 * time.Second,
+		TimerC:         181 * time.Second,
 		MaxMessageSize: 65535,
 		MaxDialogs:     100000,
 		DialogTTL:      12 * time.Hour,
@@ -157,6 +164,9 @@ func (c Config) Validate() error {
 	}
 	if c.DrainTimeout <= 0 {
 		bad("drain_timeout: %v must be > 0", c.DrainTimeout)
+	}
+	if c.TimerC <= 0 {
+		bad("timer_c: %v must be > 0", c.TimerC)
 	}
 	if c.MaxMessageSize < 1024 || c.MaxMessageSize > 65535 {
 		bad("max_message_size: %d must be between 1024 and 65535", c.MaxMessageSize)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -28,11 +27,7 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 	if req.IsInvite() {
 		p.reply(tx, req, 100, "Trying")
 	}
-	cancelled := make(chan struct{})
-	var once sync.Once
-	if req.IsInvite() {
-		tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
-	}
+	cancelled := watchCancel(tx, req)
 
 	type branch struct {
 		out         *sip.Request
@@ -84,6 +79,16 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 		answered bool
 		first    = true
 	)
+	// Timer C (RFC 3261 §16.6 step 11) for the whole response context,
+	// reset by any provisional; after a CANCEL, the guard within which the
+	// branches must end.
+	var timerC, guard <-chan time.Time
+	var tc *time.Timer
+	defer func() {
+		if tc != nil {
+			tc.Stop()
+		}
+	}()
 	cancelOthers := func(except int) {
 		for j, b := range branches {
 			if j == except || b.done || b.cancelSent {
@@ -94,6 +99,16 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 				b.cancelSent = true
 			}
 		}
+		if guard == nil {
+			guard = time.After(p.cancelGuard)
+		}
+	}
+	terminate := func() {
+		for _, b := range branches {
+			if !b.done && b.clTx != nil {
+				b.clTx.Terminate()
+			}
+		}
 	}
 	for live > 0 {
 		select {
@@ -101,6 +116,24 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 			cancelled = nil
 			answered = true // sipgo has answered 487
 			cancelOthers(-1)
+		case <-timerC:
+			timerC = nil
+			p.m.timerC.Inc()
+			p.log.Info("timer C fired: cancelling the forked INVITE", zap.String("call_id", callID(req)), zap.Duration("timer_c", p.cfg.TimerC))
+			cancelOthers(-1)
+		case <-guard:
+			terminate()
+			if !answered {
+				p.reply(tx, req, 408, "Request Timeout")
+			}
+			return
+		case <-p.abort:
+			if !answered {
+				cancelOthers(-1)
+				p.reply(tx, req, 503, "Service Unavailable (shutting down)")
+			}
+			terminate()
+			return
 		case ev := <-events:
 			b := branches[ev.i]
 			if ev.res == nil {
@@ -116,6 +149,14 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 			}
 			if res.IsProvisional() {
 				b.provisional = true
+				if req.IsInvite() && !answered && guard == nil {
+					if tc == nil {
+						tc = time.NewTimer(p.cfg.TimerC)
+					} else {
+						tc.Reset(p.cfg.TimerC)
+					}
+					timerC = tc.C
+				}
 				if answered && !b.cancelSent {
 					p.sendCancel(b.out) // the call was taken elsewhere or cancelled
 					b.cancelSent = true

@@ -21,16 +21,17 @@ import (
 // until one gives an answer worth relaying (RFC 3261 §16.6-16.7). Backends
 // are retried only while retry is set, nothing beyond 100 Trying has been
 // relayed and the caller has not cancelled.
-func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []target, retry bool) {
+//
+// cancelled is closed when the caller cancels (watchCancel); nil: forward
+// watches itself.
+func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []target, retry bool, cancelled <-chan struct{}) {
 	start := time.Now()
-	var (
-		cancelled = make(chan struct{})
-		once      sync.Once
-	)
+	if cancelled == nil {
+		cancelled = watchCancel(tx, req)
+	}
 	if req.IsInvite() {
 		// Stop the caller's retransmissions while a backend is chosen.
 		p.reply(tx, req, 100, "Trying")
-		tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) })
 	}
 	tried := map[string]bool{}
 	for len(targets) > 0 {
@@ -54,7 +55,11 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 			break
 		}
 		// Every backend tried has failed: wait for another to come up.
-		targets = p.awaitBackend(tx, req, tried)
+		targets = p.awaitBackend(tx, req, tried, cancelled)
+		if isClosed(cancelled) {
+			p.releaseMedia(req, "cancel")
+			return // sipgo has answered 487 to the caller
+		}
 	}
 	if p.answerFromStore(tx, req) {
 		return // no backend took the REGISTER: a refresh the store can answer
@@ -69,6 +74,20 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 		return
 	}
 	p.replyUnavailable(tx, req)
+}
+
+// watchCancel returns a channel closed when the caller CANCELs the INVITE
+// of tx (never closed for other methods).
+func watchCancel(tx sip.ServerTransaction, req *sip.Request) <-chan struct{} {
+	c := make(chan struct{})
+	if !req.IsInvite() {
+		return c
+	}
+	var once sync.Once
+	if !tx.OnCancel(func(*sip.Request) { once.Do(func() { close(c) }) }) {
+		once.Do(func() { close(c) }) // already cancelled (or ended)
+	}
+	return c
 }
 
 type tryState struct {
@@ -111,6 +130,22 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 		defer timer.Stop()
 		hop = timer.C
 	}
+	// Timer C (RFC 3261 §16.6 step 11, §16.8) and, once a CANCEL is out,
+	// the guard within which the downstream must end the INVITE.
+	var timerC, guard <-chan time.Time
+	var tc *time.Timer
+	defer func() {
+		if tc != nil {
+			tc.Stop()
+		}
+	}()
+	cancelDownstream := func() {
+		if !st.cancelSent {
+			p.sendCancel(out)
+			st.cancelSent = true
+			guard = time.After(p.cancelGuard)
+		}
+	}
 	for {
 		select {
 		case res := <-clTx.Responses():
@@ -119,15 +154,22 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 				hop = nil
 				p.m.latency.WithLabelValues(string(req.Method)).Observe(time.Since(start).Seconds())
 			}
-			if isClosed(cancelled) && !st.cancelSent && req.IsInvite() {
-				p.sendCancel(out)
-				st.cancelSent = true
+			if isClosed(cancelled) && req.IsInvite() {
+				cancelDownstream()
 			}
 			if res.StatusCode == 100 {
 				continue
 			}
 			if res.IsProvisional() {
 				st.provisional = true
+				if req.IsInvite() && !st.cancelSent {
+					if tc == nil {
+						tc = time.NewTimer(p.cfg.TimerC)
+					} else {
+						tc.Reset(p.cfg.TimerC)
+					}
+					timerC = tc.C
+				}
 				p.relay(tx, req, res)
 				continue
 			}
@@ -207,10 +249,37 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 
 		case <-cancelled:
 			cancelled = nil // seen; stop selecting on it
-			if st.gotAny && !st.cancelSent {
-				p.sendCancel(out)
-				st.cancelSent = true
+			if st.gotAny && req.IsInvite() {
+				cancelDownstream()
 			}
+
+		case <-timerC:
+			// Rung too long: cancel; the callee's 487 ends the call.
+			timerC = nil
+			p.m.timerC.Inc()
+			p.log.Info("timer C fired: cancelling the INVITE", zap.String("call_id", callID(req)), zap.String("to", t.addr), zap.Duration("timer_c", p.cfg.TimerC))
+			cancelDownstream()
+
+		case <-guard:
+			// The CANCEL went unanswered by a final response: the callee is
+			// gone. End the caller's transaction ourselves.
+			clTx.Terminate()
+			p.failed(t, "no final response after CANCEL")
+			if !isClosed(cancelled) {
+				p.reply(tx, req, 408, "Request Timeout")
+			}
+			return true
+
+		case <-p.abort:
+			// The drain has timed out: settle the transaction now.
+			if st.gotAny && req.IsInvite() && !st.cancelSent {
+				p.sendCancel(out)
+			}
+			clTx.Terminate()
+			if !isClosed(cancelled) {
+				p.reply(tx, req, 503, "Service Unavailable (shutting down)")
+			}
+			return true
 		}
 	}
 }
@@ -272,14 +341,6 @@ func (p *Proxy) prepare(out, in *sip.Request, t target) {
 		m := sip.MaxForwardsHeader(69)
 		out.AppendHeader(&m)
 	}
-	if _, tagged := in.To().Params.Get("tag"); !tagged && dialogCreating(in.Method) {
-		inTr := strings.ToLower(in.Transport())
-		out.PrependHeader(p.recordRoute(inTr))
-		if inTr != t.transport {
-			// RFC 5658 double Record-Route: each side sees the interface it reaches.
-			out.PrependHeader(p.recordRoute(t.transport))
-		}
-	}
 	out.PrependHeader(&sip.ViaHeader{
 		ProtocolName:    "SIP",
 		ProtocolVersion: "2.0",
@@ -288,6 +349,17 @@ func (p *Proxy) prepare(out, in *sip.Request, t target) {
 		Port:            p.portFor[t.transport],
 		Params:          params("branch", branchPrefix+loopHash(in)+"."+sip.GenerateTagN(8)),
 	})
+	// Record-Route after the Via: at the top, so before any earlier
+	// Record-Route values (§16.6 step 4), and never between two Via rows
+	// (UAs that copy the Via rows into a response would lose the rest).
+	if _, tagged := in.To().Params.Get("tag"); !tagged && dialogCreating(in.Method) {
+		inTr := strings.ToLower(in.Transport())
+		out.PrependHeader(p.recordRoute(inTr))
+		if inTr != t.transport {
+			// RFC 5658 double Record-Route: each side sees the interface it reaches.
+			out.PrependHeader(p.recordRoute(t.transport))
+		}
+	}
 	p.address(out, t)
 }
 

@@ -71,14 +71,14 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	case actForward:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
-		p.forward(req, tx, []target{d.target}, false)
+		p.forward(req, tx, []target{d.target}, false, nil)
 		p.m.inflight.Dec()
 		p.inflight.Done()
 	case actFork:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
 		if len(d.targets) == 1 {
-			p.forward(req, tx, d.targets, false)
+			p.forward(req, tx, d.targets, false, nil)
 		} else {
 			p.fork(req, tx, d.targets)
 		}
@@ -365,17 +365,22 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 // healthy, a REGISTER refresh the store can answer is answered from it;
 // anything else waits up to no_backend_wait for a backend, then gets 503.
 func (p *Proxy) toBackends(tx sip.ServerTransaction, req *sip.Request) {
+	cancelled := watchCancel(tx, req)
 	targets := p.backendTargets(req)
 	if len(targets) == 0 {
 		if p.answerFromStore(tx, req) {
 			return
 		}
-		if targets = p.awaitBackend(tx, req, nil); len(targets) == 0 {
+		if targets = p.awaitBackend(tx, req, nil, cancelled); len(targets) == 0 {
+			if isClosed(cancelled) {
+				p.releaseMedia(req, "cancel")
+				return // sipgo has answered 487: nothing may go downstream
+			}
 			p.replyUnavailable(tx, req)
 			return
 		}
 	}
-	p.forward(req, tx, targets, true)
+	p.forward(req, tx, targets, true, cancelled)
 }
 
 // awaitBackend holds a new request that found no healthy backend (none not
@@ -383,7 +388,7 @@ func (p *Proxy) toBackends(tx sip.ServerTransaction, req *sip.Request) {
 // placed while a cold standby starts is set up late rather than refused. An INVITE gets its
 // 100 Trying first (no retransmissions meanwhile); the caller's CANCEL, a
 // drain or an in-dialog request end the wait at once.
-func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool) []target {
+func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool, cancelled <-chan struct{}) []target {
 	if p.cfg.NoBackendWait <= 0 || p.draining.Load() {
 		return nil
 	}
@@ -410,7 +415,14 @@ func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried m
 				p.m.held.Inc()
 				return fresh
 			}
+			if p.draining.Load() {
+				return nil // stopping: answer 503 now, not after the wait
+			}
+		case <-cancelled:
+			return nil
 		case <-tx.Done():
+			return nil
+		case <-p.abort:
 			return nil
 		case <-deadline.C:
 			return nil

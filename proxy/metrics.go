@@ -14,6 +14,7 @@ type metrics struct {
 	storeRefresh prometheus.Counter
 	forks        prometheus.Counter
 	held         prometheus.Counter
+	timerC       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -59,7 +60,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_held_requests_total",
 			Help: "New requests that found no healthy backend, waited (sip.no_backend_wait) and were then routed.",
 		}),
+		timerC: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapbx_proxy_timer_c_total",
+			Help: "Proxied INVITEs cancelled because they rang longer than sip.timer_c (RFC 3261 Timer C).",
+		}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held)
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC)
 	return m
 }

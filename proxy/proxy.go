@@ -50,10 +50,17 @@ type Proxy struct {
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
 
 	draining atomic.Bool
-	up       atomic.Bool
-	inflight sync.WaitGroup
-	closers  []func() error
-	serveWG  sync.WaitGroup
+	// abort is closed when the drain times out: pending transactions then
+	// answer 503 and cancel downstream.
+	abort     chan struct{}
+	abortOnce sync.Once
+	// cancelGuard: after a CANCEL (or Timer C) the downstream has this long
+	// to send its final response before the caller gets 408 (64*T1).
+	cancelGuard time.Duration
+	up          atomic.Bool
+	inflight    sync.WaitGroup
+	closers     []func() error
+	serveWG     sync.WaitGroup
 }
 
 type backendSet struct {
@@ -89,17 +96,19 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		return nil, err
 	}
 	p := &Proxy{
-		cfg:        cfg,
-		log:        log,
-		m:          newMetrics(reg),
-		router:     router,
-		listeners:  ls,
-		portFor:    map[string]int{},
-		localHosts: map[string]bool{strings.ToLower(cfg.Advertise): true},
-		localPorts: map[int]bool{},
-		udpLaddr:   map[string]sip.Addr{},
-		challenged: newTTLSet(32*time.Second, 100000),
-		non2xx:     newTTLSet(32*time.Second, 100000),
+		cfg:         cfg,
+		log:         log,
+		m:           newMetrics(reg),
+		router:      router,
+		listeners:   ls,
+		portFor:     map[string]int{},
+		localHosts:  map[string]bool{strings.ToLower(cfg.Advertise): true},
+		localPorts:  map[int]bool{},
+		udpLaddr:    map[string]sip.Addr{},
+		challenged:  newTTLSet(32*time.Second, 100000),
+		non2xx:      newTTLSet(32*time.Second, 100000),
+		abort:       make(chan struct{}),
+		cancelGuard: 64 * sip.T1,
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
 	for _, o := range opts {
@@ -242,7 +251,8 @@ func (p *Proxy) Ready() bool { return p.up.Load() && !p.draining.Load() }
 
 // Shutdown stops taking new requests (new initial requests get 503; TCP/TLS
 // stop accepting connections), lets transactions in flight finish for up to
-// the drain timeout or until ctx ends, then closes everything.
+// the drain timeout or until ctx ends, answers 503 to those still pending
+// (cancelling their INVITEs downstream), then closes everything.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.draining.Store(true)
 	done := make(chan struct{})
@@ -256,6 +266,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		err = fmt.Errorf("drain: transactions still in flight after %v", p.cfg.DrainTimeout)
 	case <-ctx.Done():
 		err = fmt.Errorf("drain: %w", ctx.Err())
+	}
+	if err != nil {
+		// Those still pending answer 503 (their INVITEs are cancelled
+		// downstream) before the transports close under them.
+		p.abortOnce.Do(func() { close(p.abort) })
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+		}
 	}
 	p.Close()
 	return err

@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/hapbx/hapbx/proxy/sipptest"
+)
+
+// startWithRouter starts a UDP proxy over backends with router and cfg
+// changed by mutate.
+func startWithRouter(t *testing.T, backends []Backend, router Router, mutate func(*Config)) *testProxy {
+	t.Helper()
+	port := sipptest.FreePort(t, proxyIP)
+	cfg := DefaultConfig()
+	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
+	cfg.Advertise = proxyIP
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	reg := prometheus.NewRegistry()
+	p, err := New(cfg, backends, router, zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return &testProxy{Proxy: p, reg: reg, port: port, addr: net.JoinHostPort(proxyIP, strconv.Itoa(port))}
+}
+
+func inviteFinals(p *testProxy, code int) float64 {
+	return testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", strconv.Itoa(code)))
+}
+
+// TestCancelWhileHeld: a call held for want of a healthy backend
+// (no_backend_wait) and cancelled by the caller meanwhile must never reach a
+// backend that comes up afterwards: the callee would ring with nobody on the
+// line, and no CANCEL would ever follow.
+func TestCancelWhileHeld(t *testing.T) {
+	sipptest.Require(t)
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	watch, err := net.ListenPacket("udp", be.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	router := &switchRouter{name: be.Name}
+	p := startWithRouter(t, []Backend{be}, router, func(c *Config) { c.NoBackendWait = 5 * time.Second })
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_cancel_held.xml"),
+		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
+	if code := phone.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("phone: exit %d\n%s", code, phone.Output())
+	}
+	router.on.Store(true) // the backend comes up within the held call's wait
+	_ = watch.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
+	buf := make([]byte, 4096)
+	if n, _, err := watch.ReadFrom(buf); err == nil {
+		t.Fatalf("the cancelled call reached the backend:\n%s", buf[:n])
+	}
+	if got := testutil.ToFloat64(p.m.held); got != 0 {
+		t.Errorf("hapbx_proxy_held_requests_total = %v, want 0", got)
+	}
+}
+
+// TestTimerCCancelsLongRinging: a callee that rings longer than timer_c is
+// cancelled by the proxy (RFC 3261 §16.8) and the caller gets its 487.
+func TestTimerCCancelsLongRinging(t *testing.T) {
+	sipptest.Require(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_cancel.xml"), "-m", "1")
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	p := startWithRouter(t, []Backend{be}, NewStaticRouter([]string{be.Name}, false), func(c *Config) { c.TimerC = time.Second })
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
+		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
+	if code := phone.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("phone: exit %d\n%s", code, phone.Output())
+	}
+	if code := backend.Wait(5 * time.Second); code != 0 {
+		t.Fatalf("backend (rings until CANCEL, then 487): exit %d\n%s", code, backend.Output())
+	}
+	if got := testutil.ToFloat64(p.m.timerC); got != 1 {
+		t.Errorf("hapbx_proxy_timer_c_total = %v, want 1", got)
+	}
+	if got := inviteFinals(p, 487); got != 1 {
+		t.Errorf("487 relayed to the caller %v times, want 1", got)
+	}
+}
+
+// TestTimerCCalleeGone: the callee rang and then went silent; after Timer C
+// its CANCEL goes unanswered, and the caller gets 408 once the guard
+// expires instead of ringing forever.
+func TestTimerCCalleeGone(t *testing.T) {
+	sipptest.Require(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_ring_deaf.xml"), "-m", "1")
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	p := startWithRouter(t, []Backend{be}, NewStaticRouter([]string{be.Name}, false), func(c *Config) { c.TimerC = 500 * time.Millisecond })
+	p.cancelGuard = time.Second
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
+		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
+	if code := phone.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("phone: exit %d\n%s", code, phone.Output())
+	}
+	if got := inviteFinals(p, 408); got != 1 {
+		t.Errorf("408 to the caller %v times, want 1", got)
+	}
+}
+
+// TestDrainTimeoutAnswers503: a call still ringing when the drain times
+// out gets 503 and its downstream INVITE a CANCEL, rather than a proxy that
+// vanishes under it.
+func TestDrainTimeoutAnswers503(t *testing.T) {
+	sipptest.Require(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_cancel_noack.xml"), "-m", "1")
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	p := startWithRouter(t, []Backend{be}, NewStaticRouter([]string{be.Name}, false), func(c *Config) { c.DrainTimeout = 500 * time.Millisecond })
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
+		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "180")) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 180 relayed\n%s", phone.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.Shutdown(context.Background()); err == nil {
+		t.Errorf("Shutdown with a call in flight past the drain: no error")
+	}
+	if code := phone.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("phone (wants 503): exit %d\n%s", code, phone.Output())
+	}
+	if got := inviteFinals(p, 503); got != 1 {
+		t.Errorf("503 to the caller %v times, want 1", got)
+	}
+	if code := backend.Wait(5 * time.Second); code != 0 {
+		t.Fatalf("backend (wants the CANCEL): exit %d\n%s", code, backend.Output())
+	}
+}
