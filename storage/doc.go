@@ -72,11 +72,12 @@
 // fence: the initial start, a start through the agent API or by an older
 // proxy; an invalid peer_down is refused by the API with 400 and ignored
 // by Agent.Start) the agent fences as before. An older agent ignores the
-// field and fences as before: slower, never less safe. A split brain (StandAlone, or the
-// split-brain helper) still blocks every automatic start, word or not:
-// stopping or fencing the old node does not reconcile diverged data, and
-// a stale UpToDate disk after a replication-link loss is DRBD's own fencing
-// policy's concern (resource-and-stonith), not the agent's.
+// field and fences as before: slower, never less safe. A split brain
+// (StandAlone, or the split-brain helper) still blocks every automatic
+// start, word or not: stopping or fencing the old node does not reconcile
+// diverged data, and a stale UpToDate disk after a replication-link loss is
+// DRBD's own fencing policy's concern (resource-and-stonith), not the
+// agent's.
 //
 // While the group is started, Run re-checks readiness, the DRBD role and the
 // mount every monitor interval (2 s); a group that stopped serving turns "failed" and a new
