@@ -506,7 +506,7 @@ func (c *Coordinator) initialStart(ctx context.Context, sts map[string]NodeStatu
 		c.mu.Lock()
 		c.holder = n.Name
 		c.mu.Unlock()
-		c.start(ctx, n, rep)
+		c.start(ctx, n, rep, nil)
 		return
 	}
 	c.setBlocked("initial start: no node can take the group (see nodes)")
@@ -624,11 +624,17 @@ func (c *Coordinator) move(ctx context.Context, from, to string, rep *MoveReport
 	log := c.log.With(zap.String("from", from), zap.String("to", target.Name), zap.Bool("manual", rep.Manual))
 	log.Warn("cold standby: moving the resource group", zap.String("reason", rep.Reason))
 
+	// down is what the new node's agent is told about from, so that it
+	// does not fence it a second time (nil: from neither stopped nor
+	// fenced, or no from: the agent decides alone).
+	var down *storage.PeerDown
 	if from != "" {
 		old, _ := c.node(from)
 		c.setPhase(PhaseStopping)
 		stopped, serr := c.stop(ctx, old)
-		if !stopped {
+		if stopped {
+			down = &storage.PeerDown{Node: from, How: storage.PeerStopped}
+		} else {
 			if !mayFence {
 				err = fmt.Errorf("stop %s: %w", from, serr)
 				c.setPhase(PhaseIdle)
@@ -643,6 +649,7 @@ func (c *Coordinator) move(ctx context.Context, from, to string, rep *MoveReport
 				return err
 			}
 			c.m.fences.WithLabelValues("ok").Inc()
+			down = fencedHow(old)
 			rep.Fenced = true
 			log.Warn("cold standby: old node fenced")
 		}
@@ -651,7 +658,7 @@ func (c *Coordinator) move(ctx context.Context, from, to string, rep *MoveReport
 	c.mu.Lock()
 	c.holder = target.Name
 	c.mu.Unlock()
-	if err = c.start(ctx, target, rep); err != nil {
+	if err = c.start(ctx, target, rep, down); err != nil {
 		return err
 	}
 	c.m.moves.WithLabelValues("ok").Inc()
@@ -690,13 +697,25 @@ func (c *Coordinator) fence(ctx context.Context, old, target ColdNode) error {
 	return f.Fence(ctx)
 }
 
-// start asks target's agent to start the group and waits until health
-// marks the backend up.
-func (c *Coordinator) start(ctx context.Context, target ColdNode, rep *MoveReport) error {
+// fencedHow is what the new node's agent is told after fence(old)
+// succeeded: a fence command counts as fenced; the default disconnection
+// wait says so, with its safety delay, so an agent with a longer one (or
+// with a fence command of its own) still does its part.
+func fencedHow(old ColdNode) *storage.PeerDown {
+	if old.Fence != nil {
+		return &storage.PeerDown{Node: old.Name, How: storage.PeerFenced}
+	}
+	return &storage.PeerDown{Node: old.Name, How: storage.PeerDisconnected, SafetyDelay: old.SafetyDelay}
+}
+
+// start asks target's agent to start the group, telling it what was done
+// to the old holder (down, nil when nothing), and waits until health marks
+// the backend up.
+func (c *Coordinator) start(ctx context.Context, target ColdNode, rep *MoveReport, down *storage.PeerDown) error {
 	c.setPhase(PhaseStarting)
 	rep.StartAt = time.Now()
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
-	res, err := target.Agent.Start(sctx, storage.StartOptions{})
+	res, err := target.Agent.Start(sctx, storage.StartOptions{PeerDown: down})
 	cancel()
 	if err != nil {
 		err = fmt.Errorf("start %s: %w", target.Name, err)

@@ -38,7 +38,19 @@ type fakeAgent struct {
 	mu          sync.Mutex
 	st          storage.Status
 	unreachable bool
-	stopKeeps   bool // stop "succeeds" but DRBD stays Primary
+	stopKeeps   bool                   // stop "succeeds" but DRBD stays Primary
+	starts      []storage.StartOptions // as asked, in order
+}
+
+// startOpts is what the last Start was asked with.
+func (a *fakeAgent) startOpts(t *testing.T) storage.StartOptions {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.starts) == 0 {
+		t.Fatalf("agent %s never asked to start", a.name)
+	}
+	return a.starts[len(a.starts)-1]
 }
 
 func (a *fakeAgent) Status(ctx context.Context) (storage.Status, error) {
@@ -50,9 +62,10 @@ func (a *fakeAgent) Status(ctx context.Context) (storage.Status, error) {
 	return a.st, nil
 }
 
-func (a *fakeAgent) Start(ctx context.Context, _ storage.StartOptions) (storage.Result, error) {
+func (a *fakeAgent) Start(ctx context.Context, opts storage.StartOptions) (storage.Result, error) {
 	a.j.add("start " + a.name)
 	a.mu.Lock()
+	a.starts = append(a.starts, opts)
 	if a.unreachable {
 		a.mu.Unlock()
 		return storage.Result{}, errors.New("connection refused")
@@ -357,4 +370,95 @@ func TestColdSetNodes(t *testing.T) {
 	r.hs.send("A", health.StateDown)
 	waitFor(t, "C holds", func() bool { s := r.c.Status(); return s.Holder == "C" && s.Last != nil && s.Last.To == "C" })
 	r.want(t, "stop A", "start C")
+}
+
+// The new node's agent is told what was done to the old holder, so that it
+// does not fence it a second time: stopped after a clean stop, fenced after
+// a fence command, the disconnection wait with its safety delay without
+// one; nothing when nothing was done (initial start).
+func TestColdStartCarriesPeerDown(t *testing.T) {
+	t.Run("stopped", func(t *testing.T) {
+		r := newRig(t, nil)
+		r.hs.send("A", health.StateDown)
+		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		r.want(t, "stop A", "start B")
+		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerStopped})
+	})
+	t.Run("fenced", func(t *testing.T) {
+		r := newRig(t, nil)
+		r.a.mu.Lock()
+		r.a.unreachable = true
+		r.a.mu.Unlock()
+		r.hs.send("A", health.StateDown)
+		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		r.want(t, "stop A", "fence A", "start B")
+		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerFenced})
+	})
+	t.Run("stop left Primary, fenced", func(t *testing.T) {
+		r := newRig(t, nil)
+		r.a.mu.Lock()
+		r.a.stopKeeps = true
+		r.a.mu.Unlock()
+		r.hs.send("A", health.StateDown)
+		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		r.want(t, "stop A", "fence A", "start B")
+		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerFenced})
+	})
+	t.Run("disconnection wait", func(t *testing.T) {
+		r := newRigFence(t, nil, true)
+		r.a.mu.Lock()
+		r.a.unreachable = true
+		r.a.mu.Unlock()
+		r.b.mu.Lock()
+		r.b.st.DRBD.Peers = []storage.PeerState{{Name: "a", Connection: "Connecting", Role: storage.RoleUnknown}}
+		r.b.mu.Unlock()
+		r.hs.send("A", health.StateDown)
+		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		r.want(t, "stop A", "start B")
+		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerDisconnected, SafetyDelay: 50 * time.Millisecond})
+	})
+	t.Run("switchover", func(t *testing.T) {
+		r := newRig(t, nil)
+		if _, err := r.c.Switchover(context.Background(), "B"); err != nil {
+			t.Fatal(err)
+		}
+		r.want(t, "stop A", "start B")
+		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerStopped})
+	})
+	t.Run("initial start", func(t *testing.T) {
+		j := &journal{}
+		hs := &fakeHealth{ch: make(chan health.Change, 64)}
+		a := &fakeAgent{name: "A", j: j, hs: hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
+		b := &fakeAgent{name: "B", j: j, hs: hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
+		cfg := DefaultColdConfig()
+		cfg.Enabled, cfg.PollInterval = true, 20*time.Millisecond
+		c, err := NewCoordinator(cfg, []ColdNode{{Name: "A", Agent: a, Fence: fakeFence{"A", j, nil}}, {Name: "B", Agent: b}}, zaptest.NewLogger(t), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { _ = c.Run(ctx, hs); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		waitFor(t, "A started", func() bool { return c.Holder() == "A" && c.Status().Phase == PhaseIdle })
+		if got := fmt.Sprint(j.get()); got != "[start A]" {
+			t.Fatalf("steps %s", got)
+		}
+		wantDown(t, a.startOpts(t), nil)
+	})
+}
+
+func wantDown(t *testing.T, got storage.StartOptions, want *storage.PeerDown) {
+	t.Helper()
+	if got.Force {
+		t.Fatal("the coordinator forced a start")
+	}
+	switch {
+	case want == nil && got.PeerDown != nil:
+		t.Fatalf("start carries PeerDown %+v although the old holder was neither stopped nor fenced", *got.PeerDown)
+	case want != nil && got.PeerDown == nil:
+		t.Fatalf("start carries no PeerDown, want %+v", *want)
+	case want != nil && *got.PeerDown != *want:
+		t.Fatalf("start carries PeerDown %+v, want %+v", *got.PeerDown, *want)
+	}
 }

@@ -37,8 +37,10 @@
 //     reachable, no split brain, disk UpToDate), asks the holder's agent to
 //     stop, and when that fails or the node stays Primary, fences the node
 //     (ColdNode.Fence, else storage.PeerDisconnectFencer on the new node's
-//     DRBD state); only then asks the new node's agent to start, and waits
-//     until health sees the backend up, so the Selector routes there;
+//     DRBD state); only then asks the new node's agent to start, telling
+//     it which node was stopped or fenced and how (storage.PeerDown, so its
+//     agent does not fence that node a second time), and waits until
+//     health sees the backend up, so the Selector routes there;
 //   - never starts a node before the old one is stopped or fenced: a failed
 //     fencing, a split brain or no fit node blocks the move (retried every
 //     10 s; ColdStatus.Blocked says why);

@@ -22,6 +22,55 @@ type StartOptions struct {
 	// --force` and skip the split-brain, peer-role, disk-state and fencing
 	// checks. DRBD itself still refuses a second primary while connected.
 	Force bool `json:"force"`
+	// PeerDown is the failover coordinator's word that it already made the
+	// old holder give up the disk, so the agent need not fence it again.
+	// Nil (an operator's start, an older proxy) keeps the agent's own
+	// fencing. The split-brain, peer-role and disk checks always run.
+	PeerDown *PeerDown `json:"peer_down,omitempty"`
+}
+
+// How the coordinator made the old holder give up the disk (PeerDown.How).
+const (
+	// PeerStopped: the peer's agent stopped its group and answered with
+	// its DRBD Secondary.
+	PeerStopped = "stopped"
+	// PeerFenced: the peer's fence command (power off) exited 0.
+	PeerFenced = "fenced"
+	// PeerDisconnected: the coordinator, having no fence command, waited
+	// until this node's DRBD showed the peer disconnected and not Primary,
+	// plus PeerDown.SafetyDelay (a PeerDisconnectFencer).
+	PeerDisconnected = "disconnected"
+)
+
+// PeerDown says which node the coordinator stopped or fenced, and how,
+// right before asking this node to start (see the package doc for when the
+// agent trusts it).
+type PeerDown struct {
+	// Node is the old holder's backend name (for logs: it need not be its
+	// DRBD connection name).
+	Node string `json:"node"`
+	// How is PeerStopped, PeerFenced or PeerDisconnected.
+	How string `json:"how"`
+	// SafetyDelay is, for PeerDisconnected, the delay the coordinator
+	// waited after seeing the disconnection.
+	SafetyDelay time.Duration `json:"safety_delay_ns,omitempty"`
+}
+
+// Validate reports a PeerDown the agent cannot act on.
+func (p PeerDown) Validate() error {
+	var errs []error
+	if p.Node == "" {
+		errs = append(errs, errors.New("peer_down.node: must not be empty"))
+	}
+	switch p.How {
+	case PeerStopped, PeerFenced, PeerDisconnected:
+	default:
+		errs = append(errs, fmt.Errorf("peer_down.how: must be %s, %s or %s, got %q", PeerStopped, PeerFenced, PeerDisconnected, p.How))
+	}
+	if p.SafetyDelay < 0 {
+		errs = append(errs, fmt.Errorf("peer_down.safety_delay_ns: must be >= 0, got %s", p.SafetyDelay))
+	}
+	return errors.Join(errs...)
 }
 
 // StepReport is the outcome of one step of a start, stop or rollback.
@@ -273,7 +322,8 @@ func (a *Agent) runStep(ctx context.Context, s step, op string, force bool) Step
 // Start promotes DRBD, mounts the file system and starts the service, in
 // that order. Unless opts.Force, it first refuses when a split brain is
 // uncleared, when DRBD shows a peer Primary or the local disk not UpToDate,
-// and fences the peer when it is not connected. A failed step rolls back
+// and fences the peer when it is not connected, unless opts.PeerDown says
+// the coordinator already did (see peerFencer). A failed step rolls back
 // the steps already run, in reverse. The report says what happened.
 func (a *Agent) Start(ctx context.Context, opts StartOptions) (Report, error) {
 	a.op.Lock()
@@ -360,8 +410,20 @@ func (a *Agent) precheck(ctx context.Context, opts StartOptions, rep *Report) er
 		// arbitrates the promotion.
 		return nil
 	}
+	fencer, why := a.peerFencer(st, opts.PeerDown)
+	if fencer == nil {
+		rep.Steps = append(rep.Steps, StepReport{Step: "fence", Op: "skipped"})
+		a.log.Info("peer not connected: not fencing it again, the coordinator did",
+			zap.String("peer", st.Peer().Name), zap.String("connection", st.Peer().Connection),
+			zap.String("node", opts.PeerDown.Node), zap.String("how", opts.PeerDown.How))
+		return nil
+	}
+	if why != "" {
+		a.log.Warn("peer not connected: fencing it despite the coordinator's word", zap.String("why", why),
+			zap.String("node", opts.PeerDown.Node), zap.String("how", opts.PeerDown.How))
+	}
 	t0 := time.Now()
-	err = a.fencer.Fence(ctx)
+	err = fencer.Fence(ctx)
 	r := StepReport{Step: "fence", Op: "start", Duration: time.Since(t0)}
 	if err != nil {
 		a.m.failures.WithLabelValues("fence").Inc()
@@ -375,6 +437,49 @@ func (a *Agent) precheck(ctx context.Context, opts StartOptions, rep *Report) er
 	rep.Steps = append(rep.Steps, r)
 	a.log.Warn("peer not connected: fenced before promotion", zap.String("peer", st.Peer().Name), zap.String("connection", st.Peer().Connection))
 	return nil
+}
+
+// peerFencer is what still has to run before promoting with a peer not
+// connected (and not Primary, checked before): nil when the coordinator's
+// pd already covers it, else the agent's fencer (or, for a shorter
+// disconnection wait than ours, the rest of our safety delay). why says
+// why a pd given was not enough.
+func (a *Agent) peerFencer(st DRBDState, pd *PeerDown) (Fencer, string) {
+	if pd == nil {
+		return a.fencer, ""
+	}
+	if err := pd.Validate(); err != nil {
+		return a.fencer, err.Error()
+	}
+	// The word covers one node; DRBD names its peers by connection name,
+	// which the coordinator does not know. With exactly one peer not
+	// connected (two-node DRBD), that peer is the node it stopped or
+	// fenced: the coordinator only does so to the node that held the group.
+	var gone int
+	for _, p := range st.Peers {
+		if p.Connection != ConnConnected {
+			gone++
+		}
+	}
+	if gone != 1 {
+		return a.fencer, fmt.Sprintf("%d DRBD peers not connected; the word covers one", gone)
+	}
+	switch pd.How {
+	case PeerStopped, PeerFenced:
+		return nil, ""
+	}
+	// PeerDisconnected: the coordinator ran the same wait as our
+	// PeerDisconnectFencer; never wait less in total than our own safety
+	// delay, and never replace a fence command (a power-off) by a wait.
+	pf, ok := a.fencer.(PeerDisconnectFencer)
+	if !ok {
+		return a.fencer, "a disconnection wait does not replace this agent's fence command"
+	}
+	if pd.SafetyDelay >= pf.SafetyDelay {
+		return nil, ""
+	}
+	pf.SafetyDelay -= pd.SafetyDelay
+	return pf, fmt.Sprintf("the coordinator waited %s of this agent's safety delay %s", pd.SafetyDelay, pf.SafetyDelay+pd.SafetyDelay)
 }
 
 // Stop stops the service, unmounts and demotes DRBD, in that order. Every

@@ -24,10 +24,11 @@
 // shows a peer Primary (ErrPeerPrimary), the local disk not UpToDate
 // (ErrDiskNotUpToDate) or an uncleared split brain (ErrSplitBrain), and
 // when the peer is not connected it fences the peer first (ErrFenceFailed
-// when that fails). A split brain is taken from events2 (the split-brain
-// helper call) and from a StandAlone connection (what DRBD does on an
-// unresolved split brain; the agent cannot tell it from an administrative
-// disconnect, so it treats both as split brain). It is logged at error
+// when that fails) unless the coordinator says it already did (below). A
+// split brain is taken from events2 (the split-brain helper call) and from
+// a StandAlone connection (what DRBD does on an unresolved split brain; the
+// agent cannot tell it from an administrative disconnect, so it treats both
+// as split brain). It is logged at error
 // level, exported as hapbx_storage_split_brain and in the status, and blocks
 // automatic promotion until ClearSplitBrain (POST
 // /agent/v1/clear-split-brain) or a forced start.
@@ -39,12 +40,52 @@
 // failover coordinator uses them (with Client.DRBDState of the surviving
 // agent as StateFunc) when an agent is unreachable.
 //
+// Who fences, once. In a failover the coordinator (the leader proxy, one
+// move at a time) first stops the old holder's group, or, when its agent
+// cannot confirm the group stopped with DRBD Secondary, fences the old node
+// (its fence command, else the disconnection wait on the new node's DRBD).
+// Only then does it ask the new node to start, and it says in the start
+// request what it did: StartOptions.PeerDown, JSON "peer_down":{"node":
+// "asterisk1", "how": "stopped"|"fenced"|"disconnected", "safety_delay_ns":
+// N}. The agent then skips its own fencing, which would fence the same node
+// a second time (and with the default, no fence command, wait safety_delay
+// again). It trusts the word only as far as its own DRBD view agrees:
+//
+//   - The split-brain, peer-Primary and disk checks run first, with or
+//     without the word: while DRBD shows a peer Primary the start is
+//     refused (ErrPeerPrimary) whatever the coordinator says.
+//   - The word covers one node, and DRBD names peers by connection name,
+//     not backend name: it is used only when exactly one DRBD peer is not
+//     connected (two-node DRBD); with more, the agent fences as before.
+//   - "stopped" and "fenced" replace the agent's fencing: the old holder's
+//     agent answered Secondary, or its power-off exited 0, moments before,
+//     and only the leader starts a group, after such a stop or fence.
+//   - "disconnected" is the coordinator's PeerDisconnectFencer, the same
+//     wait as the agent's own: it counts towards the agent's safety_delay
+//     (the agent waits the rest), and it never replaces a fence command
+//     configured on the agent, which is stronger (it can stop a cut-off
+//     peer that keeps writing; a wait cannot). A peer cut off but still
+//     writing defeats that wait whoever runs it; DRBD then reports a split
+//     brain on reconnection, which blocks automatic promotion (below).
+//
+// Without the word (a start not preceded by the coordinator's stop or
+// fence: the initial start, a start through the agent API or by an older
+// proxy; an invalid peer_down is refused by the API with 400 and ignored
+// by Agent.Start) the agent fences as before. An older agent ignores the
+// field and fences as before: slower, never less safe. A split brain
+// (StandAlone, or the split-brain helper) still blocks every automatic
+// start, word or not: stopping or fencing the old node does not reconcile
+// diverged data, and a stale UpToDate disk after a replication-link loss is
+// DRBD's own fencing policy's concern (resource-and-stonith), not the
+// agent's.
+//
 // While the group is started, Run re-checks readiness, the DRBD role and the
 // mount every monitor interval (2 s); a group that stopped serving turns "failed" and a new
 // Start restarts what is missing (every start step is idempotent).
 //
 // Control API (Agent.Handler; served by Run on `listen` when set; Client is
-// its Go client): POST /agent/v1/start {"force":bool}, POST /agent/v1/stop,
+// its Go client): POST /agent/v1/start {"force":bool, "peer_down":{...}},
+// POST /agent/v1/stop,
 // POST /agent/v1/clear-split-brain (all with `Authorization: Bearer
 // <token from token_file>`), GET /agent/v1/status (no token).
 //

@@ -47,7 +47,8 @@ var codes = []struct {
 
 // Handler serves the control API:
 //
-//	POST /agent/v1/start   body {"force":bool} (optional)  -> Result
+//	POST /agent/v1/start   body (optional)                 -> Result
+//	    {"force":bool, "peer_down":{"node":str, "how":"stopped"|"fenced"|"disconnected", "safety_delay_ns":int}}
 //	POST /agent/v1/stop                                     -> Result
 //	GET  /agent/v1/status                                   -> Status
 //	POST /agent/v1/clear-split-brain                        -> Status
@@ -66,6 +67,12 @@ func (a *Agent) Handler() http.Handler {
 		if r.ContentLength != 0 {
 			err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&opts)
 			if err != nil && !errors.Is(err, io.EOF) {
+				writeJSON(w, http.StatusBadRequest, Result{Error: fmt.Sprintf("bad start body: %v", err)})
+				return
+			}
+		}
+		if opts.PeerDown != nil {
+			if err := opts.PeerDown.Validate(); err != nil {
 				writeJSON(w, http.StatusBadRequest, Result{Error: fmt.Sprintf("bad start body: %v", err)})
 				return
 			}

@@ -44,6 +44,9 @@ func TestHandlerRejects(t *testing.T) {
 	if code, body := do("POST", PathStart, "s3cret", "{force:"); code != http.StatusBadRequest || !strings.Contains(body, "bad start body") {
 		t.Fatalf("bad body: %d %s", code, body)
 	}
+	if code, body := do("POST", PathStart, "s3cret", `{"peer_down":{"node":"a","how":"rebooted"}}`); code != http.StatusBadRequest || !strings.Contains(body, "peer_down.how") {
+		t.Fatalf("bad peer_down: %d %s", code, body)
+	}
 	if code, _ := do("GET", PathStart, "s3cret", ""); code != http.StatusMethodNotAllowed {
 		t.Fatalf("GET start: %d, want 405", code)
 	}
