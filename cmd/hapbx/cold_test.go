@@ -82,6 +82,9 @@ func TestColdFailover(t *testing.T) {
 	if fence < 0 || bPrimary < 0 || bPrimary < fence {
 		t.Fatalf("B promoted (call %d) before A was fenced (call %d)", bPrimary, fence)
 	}
+	if i := findDRBD(calls, "B", "fence A", 0); i >= 0 {
+		t.Fatalf("B's agent fenced A again (call %d) after the proxy had fenced it (call %d)", i, fence)
+	}
 	st, err := b.client.Status(t.Context())
 	if err != nil || st.State != "started" || st.Mounted != "hapbx-B" || st.DRBDRole != "Primary" {
 		t.Fatalf("B after failover: %+v %v", st, err)

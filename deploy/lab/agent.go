@@ -72,7 +72,9 @@ func (l *Lab) AgentConfig(be string) (string, error) {
 	fmt.Fprintf(&b, "  filesystem: {device: hlab-%s, mount_point: %q, type: tmpfs, options: \"size=1m,mode=0755\", timeout: 5s}\n",
 		be, filepath.Join(l.opt.Dir, "replica"))
 	fmt.Fprintf(&b, "  service:\n    start_command: %q\n    stop_command: %q\n    timeout: 10s\n", start, stop)
-	fmt.Fprintf(&b, "  ready_timeout: %s\n  fence: {safety_delay: 1s}\n", ready)
+	// The same safety delay as the proxies' (ProxyConfig): after their wait
+	// the agent has none left.
+	fmt.Fprintf(&b, "  ready_timeout: %s\n  fence: {safety_delay: 300ms}\n", ready)
 	fmt.Fprintf(&b, "  ready:\n    sip: \"%s:%d\"\n    transport: udp\n    ami: {address: %q, username: %s, secret_file: %q}\n",
 		Hosts[be], SIPPort, amiAddr(be), AMIUser, secret)
 	b.WriteString("log: {level: info, format: json}\n")
