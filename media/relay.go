@@ -324,7 +324,7 @@ func (r *Relay) bindPair(s *session, st *stream, l Leg, want int) (int, error) {
 		}
 		if err1 == nil && err2 == nil {
 			mk := func(fd, p int, rtcp bool) *sock {
-				return &sock{fd: fd, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter)}
+				return &sock{fd: fd, cfd: -1, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter)}
 			}
 			st.socks[l][0], st.socks[l][1] = mk(fd1, port, false), mk(fd2, port+1, true)
 			return port, nil
