@@ -709,3 +709,49 @@ func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
 		t.Fatalf("port %d still connected to %v after release", forA.Port(), got)
 	}
 }
+
+// TestRelayConnectedPeerGoneAndBack checks the connected socket when the
+// latched peer's port closes (the kernel reports ICMP port unreachable on a
+// connected socket, and the data path reads it) and a phone opens that
+// address again: the relay relays to it again over the same connected socket.
+func TestRelayConnectedPeerGoneAndBack(t *testing.T) {
+	r, reg := newTestRelay(t, "32000-32099", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, err := r.Anchor("gone", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := r.Anchor("gone", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	if got := udpPeers(t, forA.Port()); len(got) != 1 || got[0] != a.addr() {
+		t.Fatalf("port %d connected to %v, want [%s]", forA.Port(), got, a.addr())
+	}
+	addrA := a.addr()
+	a.conn.Close()
+	for range 10 {
+		b.sendRTP(forB)
+		time.Sleep(5 * time.Millisecond)
+	}
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addrA))
+	if err != nil {
+		t.Skipf("cannot rebind %s after closing it: %v", addrA, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	a2 := &phone{t: t, conn: c, ssrc: 7}
+	mustRelay(t, b, forB, a2, forA)
+	mustRelay(t, a2, forA, b, forB)
+	// The ICMP errors were read off the connected socket and did not close it.
+	if got := udpPeers(t, forA.Port()); len(got) != 1 || got[0] != addrA {
+		t.Fatalf("port %d connected to %v, want [%s]", forA.Port(), got, addrA)
+	}
+	for _, reason := range []string{"stranger", "not_rtp"} {
+		if got := metricValue(t, reg, "hapbx_media_dropped_total", reason); got != 0 {
+			t.Fatalf("hapbx_media_dropped_total{reason=%s} = %v, want 0", reason, got)
+		}
+	}
+}
