@@ -73,6 +73,7 @@ type worker struct {
 	file   *os.File // epfd, registered with Go's netpoller
 	closed atomic.Bool
 	done   chan struct{}
+	budget *connBudget // shared by the Relay's workers
 
 	mu    sync.Mutex
 	socks map[int32]*sock
@@ -91,7 +92,24 @@ type worker struct {
 	txName unix.RawSockaddrInet4
 }
 
-func newWorker(id int) (*worker, error) {
+// connBudget bounds the connected sockets of all workers of a Relay, so
+// they never take the descriptors the port range needs for its bound sockets.
+type connBudget struct {
+	max  int64
+	used atomic.Int64
+}
+
+// newConnBudget leaves room under RLIMIT_NOFILE for one socket per port of
+// the range plus 1024 for everything else in the process.
+func newConnBudget(ports int) *connBudget {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return &connBudget{}
+	}
+	return &connBudget{max: max(int64(lim.Cur)-int64(ports)-1024, 0)}
+}
+
+func newWorker(id int, budget *connBudget) (*worker, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -100,7 +118,7 @@ func newWorker(id int) (*worker, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
 	}
-	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{})}
+	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{}), budget: budget}
 	w.file = os.NewFile(uintptr(epfd), "media-epoll")
 	for i := range w.rxHdr {
 		w.rxIov[i] = unix.Iovec{Base: &w.rxBuf[i][0], Len: bufSize}
@@ -326,9 +344,9 @@ func (w *worker) forward(s *sock, n int, now int64) {
 // kernel delivers a datagram to the connected socket when it comes from the
 // peer and to k.fd otherwise, so strangers still reach the data path, are
 // counted, and can take the leg over after relatch_after of silence, when
-// this is called again for the new source. On any failure k keeps sending
-// through k.fd with the address, as before, and the attempt is repeated
-// after connRetry. w.mu must be held.
+// this is called again for the new source. When the descriptor budget is
+// spent or on any failure k keeps sending through k.fd with the address, as
+// before, and the attempt is repeated after connRetry. w.mu must be held.
 func (w *worker) connectLocked(k *sock, now int64) {
 	k.connTo, k.connAt = k.latch, now
 	if k.cfd >= 0 {
@@ -337,13 +355,19 @@ func (w *worker) connectLocked(k *sock, now int64) {
 		}
 		w.closeConnLocked(k)
 	}
+	if w.budget.used.Add(1) > w.budget.max {
+		w.budget.used.Add(-1)
+		return
+	}
 	fd, err := openConnected(k.fd, &k.latch)
 	if err != nil {
+		w.budget.used.Add(-1)
 		return
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		_ = unix.Close(fd)
+		w.budget.used.Add(-1)
 		return
 	}
 	k.cfd = fd
@@ -361,6 +385,7 @@ func (w *worker) closeConnLocked(k *sock) {
 	}
 	_ = unix.Close(k.cfd)
 	k.cfd = -1
+	w.budget.used.Add(-1)
 }
 
 // openConnected opens a socket on the address and port of the bound socket

@@ -107,8 +107,9 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 	if n == 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
+	budget := newConnBudget(last - first + 1)
 	for i := range n {
-		w, err := newWorker(i)
+		w, err := newWorker(i, budget)
 		if err != nil {
 			for _, w := range r.workers {
 				w.close(false)

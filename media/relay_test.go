@@ -708,6 +708,9 @@ func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
 	if got := udpPeers(t, forA.Port()); len(got) != 0 {
 		t.Fatalf("port %d still connected to %v after release", forA.Port(), got)
 	}
+	if got := r.workers[0].budget.used.Load(); got != 0 {
+		t.Fatalf("%d connected sockets still counted after release", got)
+	}
 }
 
 // TestRelayConnectedPeerGoneAndBack checks the connected socket when the
@@ -753,5 +756,39 @@ func TestRelayConnectedPeerGoneAndBack(t *testing.T) {
 		if got := metricValue(t, reg, "hapbx_media_dropped_total", reason); got != 0 {
 			t.Fatalf("hapbx_media_dropped_total{reason=%s} = %v, want 0", reason, got)
 		}
+	}
+}
+
+// TestRelayConnBudgetSpent checks the fallback when the descriptor budget
+// for connected sockets is spent: the relay sends from the bound socket with
+// the address, in both directions.
+func TestRelayConnBudgetSpent(t *testing.T) {
+	r, _ := newTestRelay(t, "32100-32199", nil)
+	if b := r.workers[0].budget; b.max < 1000 {
+		t.Fatalf("budget %d connected sockets; want room for at least 1000 under RLIMIT_NOFILE", b.max)
+	}
+	for _, w := range r.workers {
+		w.budget.max = 0
+	}
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, err := r.Anchor("budget", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := r.Anchor("budget", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	mustRelay(t, a, forA, b, forB)
+	for _, p := range []uint16{forA.Port(), forB.Port()} {
+		if got := udpPeers(t, p); len(got) != 0 {
+			t.Fatalf("port %d connected to %v with no budget", p, got)
+		}
+	}
+	if got := r.workers[0].budget.used.Load(); got != 0 {
+		t.Fatalf("budget used %d, want 0", got)
 	}
 }
