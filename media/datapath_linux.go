@@ -30,10 +30,17 @@ const (
 
 var dropNames = [nDrops]string{"stranger", "not_rtp", "no_destination", "send_error"}
 
-// sock is one relay UDP socket: the RTP or RTCP port of one stream facing one leg.
+// sock is one relay UDP port: the RTP or RTCP port of one stream facing one
+// leg. fd is bound to the port and never connected: it receives everything
+// the connected descriptor does not, i.e. the latched peer before the first
+// send back to it, and strangers. Once the relay sends to a latched peer, cfd
+// (a second socket on the same port, connected to that peer) carries the
+// traffic with the peer: the kernel keeps its route and the sender's address
+// (see connectLocked).
 // All fields but fd/port/leg/rtcp are owned by w.mu.
 type sock struct {
 	fd   int
+	cfd  int // connected to connTo; -1 when none
 	port int
 	leg  Leg
 	rtcp bool
@@ -48,7 +55,14 @@ type sock struct {
 	lastLatc int64 // nanotime of the last packet from the latched source
 	stats    *dirStats
 	relatch  int64 // ns of silence from the latched source before another may take over
+
+	connTo unix.RawSockaddrInet4 // the address cfd is connected to (or failed to connect to)
+	connAt int64                 // nanotime of the last connectLocked; 0: never
 }
+
+// connRetry spaces attempts to open a connected socket that failed (out of
+// descriptors, address not local yet), so a failing attempt costs nothing per packet.
+const connRetry = int64(time.Second)
 
 // worker owns an epoll instance and every socket registered with it. One
 // mutex per worker serialises its data path against control-plane changes;
@@ -59,6 +73,7 @@ type worker struct {
 	file   *os.File // epfd, registered with Go's netpoller
 	closed atomic.Bool
 	done   chan struct{}
+	budget *connBudget // shared by the Relay's workers
 
 	mu    sync.Mutex
 	socks map[int32]*sock
@@ -71,12 +86,30 @@ type worker struct {
 	rxIov  [batch]unix.Iovec
 	rxName [batch]unix.RawSockaddrInet4
 	rxBuf  [batch][bufSize]byte
-	txHdr  [batch]unix.Mmsghdr
+	txHdr  [batch]unix.Mmsghdr // to txName, from the unconnected socket
+	txHdrC [batch]unix.Mmsghdr // no address, from the connected socket
 	txIov  [batch]unix.Iovec
 	txName unix.RawSockaddrInet4
 }
 
-func newWorker(id int) (*worker, error) {
+// connBudget bounds the connected sockets of all workers of a Relay, so
+// they never take the descriptors the port range needs for its bound sockets.
+type connBudget struct {
+	max  int64
+	used atomic.Int64
+}
+
+// newConnBudget leaves room under RLIMIT_NOFILE for one socket per port of
+// the range plus 1024 for everything else in the process.
+func newConnBudget(ports int) *connBudget {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return &connBudget{}
+	}
+	return &connBudget{max: max(int64(lim.Cur)-int64(ports)-1024, 0)}
+}
+
+func newWorker(id int, budget *connBudget) (*worker, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -85,7 +118,7 @@ func newWorker(id int) (*worker, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
 	}
-	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{})}
+	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{}), budget: budget}
 	w.file = os.NewFile(uintptr(epfd), "media-epoll")
 	for i := range w.rxHdr {
 		w.rxIov[i] = unix.Iovec{Base: &w.rxBuf[i][0], Len: bufSize}
@@ -96,6 +129,8 @@ func newWorker(id int) (*worker, error) {
 		w.txHdr[i].Hdr.Iovlen = 1
 		w.txHdr[i].Hdr.Name = (*byte)(unsafe.Pointer(&w.txName))
 		w.txHdr[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+		w.txHdrC[i].Hdr.Iov = &w.txIov[i]
+		w.txHdrC[i].Hdr.Iovlen = 1
 	}
 	return w, nil
 }
@@ -134,7 +169,11 @@ func (w *worker) add(s *sock) error {
 // removeLocked unregisters and closes s; w.mu must be held so the data path
 // never reads a closed (and possibly reused) descriptor.
 func (w *worker) removeLocked(s *sock) {
-	if s == nil || s.fd < 0 {
+	if s == nil {
+		return
+	}
+	w.closeConnLocked(s)
+	if s.fd < 0 {
 		return
 	}
 	if w.socks[int32(s.fd)] == s {
@@ -186,8 +225,9 @@ func (w *worker) run() {
 			}
 			w.mu.Lock()
 			for i := range n {
-				if s := w.socks[w.events[i].Fd]; s != nil {
-					w.drain(s)
+				fd := w.events[i].Fd
+				if s := w.socks[fd]; s != nil {
+					w.drain(s, int(fd))
 				}
 			}
 			w.mu.Unlock()
@@ -197,14 +237,22 @@ func (w *worker) run() {
 
 func nanotime() int64 { return time.Now().UnixNano() }
 
-func (w *worker) drain(s *sock) {
-	for {
+// drain reads fd (s.fd or s.cfd) until it is empty.
+func (w *worker) drain(s *sock, fd int) {
+	for retried := false; ; {
 		for i := range w.rxHdr {
 			w.rxHdr[i].Hdr.Namelen = unix.SizeofSockaddrInet4
 			w.rxHdr[i].Hdr.Flags = 0
 		}
-		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&w.rxHdr[0])), batch, unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&w.rxHdr[0])), batch, unix.MSG_DONTWAIT, 0, 0)
 		if e != 0 {
+			// A connected socket reports an ICMP error (the peer's port
+			// closed) once, in place of the datagrams queued behind it:
+			// read those now rather than on the next wake-up.
+			if e == unix.ECONNREFUSED && !retried {
+				retried = true
+				continue
+			}
 			return // EAGAIN: drained; anything else: try again on the next wake-up
 		}
 		n := int(r)
@@ -256,9 +304,17 @@ func (w *worker) forward(s *sock, n int, now int64) {
 		return
 	}
 	p := s.peer
+	fd, hdr := p.fd, &w.txHdr
 	switch {
 	case p.latched:
-		w.txName = p.latch
+		if p.connAt == 0 || !sameAddr(&p.connTo, &p.latch) || p.cfd < 0 && now-p.connAt > connRetry {
+			w.connectLocked(p, now)
+		}
+		if p.cfd >= 0 && sameAddr(&p.connTo, &p.latch) {
+			fd, hdr = p.cfd, &w.txHdrC
+		} else {
+			w.txName = p.latch
+		}
 	case p.hasHint:
 		w.txName = p.hint
 	default:
@@ -267,7 +323,7 @@ func (w *worker) forward(s *sock, n int, now int64) {
 		return
 	}
 	for sent := 0; sent < k; {
-		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(p.fd), uintptr(unsafe.Pointer(&w.txHdr[sent])), uintptr(k-sent), unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdr[sent])), uintptr(k-sent), unix.MSG_DONTWAIT, 0, 0)
 		if e != 0 {
 			// Count the one that failed and go on: an ICMP error reported on
 			// one datagram must not drop the rest of the batch.
@@ -278,6 +334,102 @@ func (w *worker) forward(s *sock, n int, now int64) {
 		}
 		sent += int(r)
 	}
+}
+
+// connectLocked points k.cfd at k.latch, opening it if needed. A connected
+// UDP socket keeps its route, so a send needs no address and no route
+// lookup, and the kernel finds it for the peer's datagrams by the full
+// address pair. It shares k's port with the unconnected k.fd (SO_REUSEPORT
+// only while binding, so no other socket can join the port afterwards): the
+// kernel delivers a datagram to the connected socket when it comes from the
+// peer and to k.fd otherwise, so strangers still reach the data path, are
+// counted, and can take the leg over after relatch_after of silence, when
+// this is called again for the new source. When the descriptor budget is
+// spent or on any failure k keeps sending through k.fd with the address, as
+// before, and the attempt is repeated after connRetry. w.mu must be held.
+func (w *worker) connectLocked(k *sock, now int64) {
+	k.connTo, k.connAt = k.latch, now
+	if k.cfd >= 0 {
+		if connectRaw(k.cfd, &k.latch) == nil {
+			return
+		}
+		w.closeConnLocked(k)
+	}
+	if w.budget.used.Add(1) > w.budget.max {
+		w.budget.used.Add(-1)
+		return
+	}
+	fd, err := openConnected(k.fd, &k.latch)
+	if err != nil {
+		w.budget.used.Add(-1)
+		return
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		_ = unix.Close(fd)
+		w.budget.used.Add(-1)
+		return
+	}
+	k.cfd = fd
+	w.socks[int32(fd)] = k
+}
+
+// closeConnLocked closes k.cfd; datagrams from the peer go to k.fd again.
+func (w *worker) closeConnLocked(k *sock) {
+	if k.cfd < 0 {
+		return
+	}
+	if w.socks[int32(k.cfd)] == k {
+		delete(w.socks, int32(k.cfd))
+		_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, k.cfd, nil)
+	}
+	_ = unix.Close(k.cfd)
+	k.cfd = -1
+	w.budget.used.Add(-1)
+}
+
+// openConnected opens a socket on the address and port of the bound socket
+// fd, connected to peer. Both sockets carry SO_REUSEPORT only while the new
+// one binds.
+func openConnected(fd int, peer *unix.RawSockaddrInet4) (int, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return -1, fmt.Errorf("getsockname: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		return -1, fmt.Errorf("setsockopt SO_REUSEPORT: %w", err)
+	}
+	defer func() { _ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 0) }()
+	c, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	err = unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	if err == nil {
+		err = unix.SetsockoptInt(c, unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+	}
+	if err == nil {
+		err = unix.Bind(c, sa)
+	}
+	if err == nil {
+		err = unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEPORT, 0)
+	}
+	if err == nil {
+		err = connectRaw(c, peer)
+	}
+	if err != nil {
+		_ = unix.Close(c)
+		return -1, fmt.Errorf("connected socket to %s: %w", addrPortFromRaw(peer), err)
+	}
+	return c, nil
+}
+
+func connectRaw(fd int, sa *unix.RawSockaddrInet4) error {
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(sa)), unix.SizeofSockaddrInet4)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 func rawFromAddrPort(ap netip.AddrPort) unix.RawSockaddrInet4 {

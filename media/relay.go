@@ -107,8 +107,9 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 	if n == 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
+	budget := newConnBudget(last - first + 1)
 	for i := range n {
-		w, err := newWorker(i)
+		w, err := newWorker(i, budget)
 		if err != nil {
 			for _, w := range r.workers {
 				w.close(false)
@@ -324,7 +325,7 @@ func (r *Relay) bindPair(s *session, st *stream, l Leg, want int) (int, error) {
 		}
 		if err1 == nil && err2 == nil {
 			mk := func(fd, p int, rtcp bool) *sock {
-				return &sock{fd: fd, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter)}
+				return &sock{fd: fd, cfd: -1, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter)}
 			}
 			st.socks[l][0], st.socks[l][1] = mk(fd1, port, false), mk(fd2, port+1, true)
 			return port, nil

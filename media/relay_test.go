@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -612,5 +613,182 @@ func TestRecordAndReleasedImport(t *testing.T) {
 	rec.State = StateAnswered
 	if err := r2.Import(rec); err != nil {
 		t.Fatalf("ports not freed by the released record: %v", err)
+	}
+}
+
+// udpPeers lists the remote addresses of the connected IPv4 UDP sockets
+// bound to port (from /proc/net/udp, so it sees the kernel's view).
+func udpPeers(t *testing.T, port uint16) []netip.AddrPort {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		t.Skipf("needs /proc/net/udp: %v", err)
+	}
+	var out []netip.AddrPort
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 3 || !strings.HasSuffix(f[1], fmt.Sprintf(":%04X", port)) || f[2] == "00000000:0000" {
+			continue
+		}
+		ip, errIP := strconv.ParseUint(f[2][:8], 16, 32)
+		p, errP := strconv.ParseUint(f[2][9:], 16, 16)
+		if errIP != nil || errP != nil {
+			t.Fatalf("bad /proc/net/udp line %q", line)
+		}
+		// /proc shows the address as a host-order (little-endian) word.
+		out = append(out, netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(ip), byte(ip >> 8), byte(ip >> 16), byte(ip >> 24)}), uint16(p)))
+	}
+	return out
+}
+
+// TestRelayConnectedSocketKeepsStrangersAndRelatch checks the connected
+// socket the relay opens towards a latched peer: it exists once the relay
+// sends to that peer, strangers are still dropped and counted, and after
+// relatch_after of silence a new source takes over, the connected socket
+// follows it and the old source becomes a stranger.
+func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
+	r, reg := newTestRelay(t, "31900-31999", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
+	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
+	stranger := newPhone(t, "127.0.0.4")
+	o, err := r.Anchor("conn", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := r.Anchor("conn", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	if got := udpPeers(t, forA.Port()); len(got) != 0 {
+		t.Fatalf("port %d connected to %v before the relay sent to A", forA.Port(), got)
+	}
+	mustRelay(t, b, forB, a, forA)
+	if got := udpPeers(t, forA.Port()); len(got) != 1 || got[0] != a.addr() {
+		t.Fatalf("port %d connected to %v, want [%s]", forA.Port(), got, a.addr())
+	}
+	for range 3 {
+		stranger.sendRTP(forA)
+	}
+	mustNotReceive(t, b, 200*time.Millisecond)
+	mustRelay(t, a, forA, b, forB) // keeps the latch fresh; B is latched now, so B's port connects
+	if got := udpPeers(t, forB.Port()); len(got) != 1 || got[0] != b.addr() {
+		t.Fatalf("port %d connected to %v, want [%s]", forB.Port(), got, b.addr())
+	}
+	a2.sendRTP(forA) // latched source just spoke: a2 is a stranger too
+	mustNotReceive(t, b, 200*time.Millisecond)
+	if got := metricValue(t, reg, "hapbx_media_dropped_total", "stranger"); got != 4 {
+		t.Fatalf("hapbx_media_dropped_total{reason=stranger} = %v, want 4", got)
+	}
+
+	time.Sleep(400 * time.Millisecond) // a silent longer than relatch_after
+	mustRelay(t, a2, forA, b, forB)
+	mustRelay(t, b, forB, a2, forA)
+	if got := udpPeers(t, forA.Port()); len(got) != 1 || got[0] != a2.addr() {
+		t.Fatalf("after relatch port %d connected to %v, want [%s]", forA.Port(), got, a2.addr())
+	}
+	a.sendRTP(forA) // the old source is a stranger now
+	mustNotReceive(t, b, 200*time.Millisecond)
+	if got := metricValue(t, reg, "hapbx_media_dropped_total", "stranger"); got != 5 {
+		t.Fatalf("hapbx_media_dropped_total{reason=stranger} = %v, want 5", got)
+	}
+	fa := r.Snapshot()[0].Streams[0].FromA
+	if fa.Latched != a2.addr() || fa.Stranger != 5 {
+		t.Fatalf("from A status = %+v; want latched %s, 5 stranger", fa, a2.addr())
+	}
+
+	// Another socket cannot take the port: SO_REUSEPORT was only set while binding.
+	if c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(forA)); err == nil {
+		c.Close()
+		t.Fatalf("could bind relay port %s", forA)
+	}
+	if err := r.Release("conn", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if got := udpPeers(t, forA.Port()); len(got) != 0 {
+		t.Fatalf("port %d still connected to %v after release", forA.Port(), got)
+	}
+	if got := r.workers[0].budget.used.Load(); got != 0 {
+		t.Fatalf("%d connected sockets still counted after release", got)
+	}
+}
+
+// TestRelayConnectedPeerGoneAndBack checks the connected socket when the
+// latched peer's port closes (the kernel reports ICMP port unreachable on a
+// connected socket, and the data path reads it) and a phone opens that
+// address again: the relay relays to it again over the same connected socket.
+func TestRelayConnectedPeerGoneAndBack(t *testing.T) {
+	r, reg := newTestRelay(t, "32000-32099", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, err := r.Anchor("gone", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := r.Anchor("gone", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	if got := udpPeers(t, forA.Port()); len(got) != 1 || got[0] != a.addr() {
+		t.Fatalf("port %d connected to %v, want [%s]", forA.Port(), got, a.addr())
+	}
+	addrA := a.addr()
+	a.conn.Close()
+	for range 10 {
+		b.sendRTP(forB)
+		time.Sleep(5 * time.Millisecond)
+	}
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addrA))
+	if err != nil {
+		t.Skipf("cannot rebind %s after closing it: %v", addrA, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	a2 := &phone{t: t, conn: c, ssrc: 7}
+	mustRelay(t, b, forB, a2, forA)
+	mustRelay(t, a2, forA, b, forB)
+	// The ICMP errors were read off the connected socket and did not close it.
+	if got := udpPeers(t, forA.Port()); len(got) != 1 || got[0] != addrA {
+		t.Fatalf("port %d connected to %v, want [%s]", forA.Port(), got, addrA)
+	}
+	for _, reason := range []string{"stranger", "not_rtp"} {
+		if got := metricValue(t, reg, "hapbx_media_dropped_total", reason); got != 0 {
+			t.Fatalf("hapbx_media_dropped_total{reason=%s} = %v, want 0", reason, got)
+		}
+	}
+}
+
+// TestRelayConnBudgetSpent checks the fallback when the descriptor budget
+// for connected sockets is spent: the relay sends from the bound socket with
+// the address, in both directions.
+func TestRelayConnBudgetSpent(t *testing.T) {
+	r, _ := newTestRelay(t, "32100-32199", nil)
+	if b := r.workers[0].budget; b.max < 1000 {
+		t.Fatalf("budget %d connected sockets; want room for at least 1000 under RLIMIT_NOFILE", b.max)
+	}
+	for _, w := range r.workers {
+		w.budget.max = 0
+	}
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, err := r.Anchor("budget", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := r.Anchor("budget", LegB, offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	mustRelay(t, a, forA, b, forB)
+	for _, p := range []uint16{forA.Port(), forB.Port()} {
+		if got := udpPeers(t, p); len(got) != 0 {
+			t.Fatalf("port %d connected to %v with no budget", p, got)
+		}
+	}
+	if got := r.workers[0].budget.used.Load(); got != 0 {
+		t.Fatalf("budget used %d, want 0", got)
 	}
 }

@@ -73,27 +73,36 @@ func main() {
 					}
 				}})
 			fatal(err)
-			fmt.Printf("calls=%d mode=baseline %s gen_cpu_per_pkt=%s (generator send+receive per datagram, for comparison)\n",
-				n, res, perPacket(g1-g0, res.Sent))
+			fmt.Printf("calls=%d mode=baseline %s offered=%.0f%% gen_cpu_per_pkt=%s (generator send+receive per datagram, for comparison)\n",
+				n, res, offered(res, n, *pps), perPacket(g1-g0, res.Sent))
 			closeAll(phones)
 		}
 		if *mode == "relay" || *mode == "both" {
-			res, cpu, err := relayRun(ip, n, *ports, *workers, *procs, relaybench.Load{PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur})
+			res, cpu, gen, err := relayRun(ip, n, *ports, *workers, *procs, relaybench.Load{PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur})
 			fatal(err)
-			perPkt := time.Duration(0)
-			if res.Sent > 0 {
-				perPkt = cpu / time.Duration(res.Sent)
-			}
-			fmt.Printf("calls=%d mode=relay    %s relay_cpu=%s (%.0f%% of a core) relay_cpu_per_pkt=%s\n",
-				n, res, cpu.Round(time.Millisecond), 100*cpu.Seconds()/res.Elapsed.Seconds(), perPkt)
+			fmt.Printf("calls=%d mode=relay    %s offered=%.0f%% relay_cpu=%s (%.0f%% of a core) relay_cpu_per_pkt=%s gen_cpu_per_pkt=%s\n",
+				n, res, offered(res, n, *pps), cpu.Round(time.Millisecond), 100*cpu.Seconds()/res.Elapsed.Seconds(), perPacket(cpu, res.Sent), perPacket(gen, res.Sent))
 		}
 	}
 }
 
-func relayRun(ip netip.Addr, n int, ports string, workers, procs int, l relaybench.Load) (relaybench.Result, time.Duration, error) {
+// offered is the share of the nominal load (2 directions x pps per call) the
+// generator managed to send: below 100% the box could not generate the load,
+// and loss and latency describe a lighter one.
+func offered(res relaybench.Result, calls, pps int) float64 {
+	want := float64(2*calls*pps) * res.Elapsed.Seconds()
+	if want == 0 {
+		return 0
+	}
+	return 100 * float64(res.Sent) / want
+}
+
+// relayRun returns the result, the relay child's CPU time and the
+// generator's own CPU time over the measured window.
+func relayRun(ip netip.Addr, n int, ports string, workers, procs int, l relaybench.Load) (relaybench.Result, time.Duration, time.Duration, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return relaybench.Result{}, 0, err
+		return relaybench.Result{}, 0, 0, err
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), relaybench.ChildEnv+"=1", "RELAYBENCH_ADDR="+ip.String(), "RELAYBENCH_PORTS="+ports,
@@ -105,7 +114,7 @@ func relayRun(ip netip.Addr, n int, ports string, workers, procs int, l relayben
 	in, _ := cmd.StdinPipe()
 	outp, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
-		return relaybench.Result{}, 0, err
+		return relaybench.Result{}, 0, 0, err
 	}
 	defer func() { in.Close(); _ = cmd.Wait() }()
 	phones := mkPhones(ip, n)
@@ -118,30 +127,33 @@ func relayRun(ip netip.Addr, n int, ports string, workers, procs int, l relayben
 	sc := bufio.NewScanner(outp)
 	for i := 0; i < len(phones); i += 2 {
 		if !sc.Scan() {
-			return relaybench.Result{}, 0, fmt.Errorf("relay child stopped after %d calls", i/2)
+			return relaybench.Result{}, 0, 0, fmt.Errorf("relay child stopped after %d calls", i/2)
 		}
 		var id string
 		var pa, pb int
 		if _, err := fmt.Sscanf(sc.Text(), "%s %d %d", &id, &pa, &pb); err != nil {
-			return relaybench.Result{}, 0, fmt.Errorf("relay child said %q", sc.Text())
+			return relaybench.Result{}, 0, 0, fmt.Errorf("relay child said %q", sc.Text())
 		}
 		phones[i].SetDest(netip.AddrPortFrom(ip, uint16(pa)))
 		phones[i+1].SetDest(netip.AddrPortFrom(ip, uint16(pb)))
 	}
-	var c0, c1 time.Duration
+	var c0, c1, g0, g1 time.Duration
 	l.Phones = phones
 	l.OnWindow = func(start bool) {
 		if start {
-			c0 = procCPU(cmd.Process.Pid)
+			c0, g0 = procCPU(cmd.Process.Pid), selfCPU()
 		} else {
-			c1 = procCPU(cmd.Process.Pid)
+			c1, g1 = procCPU(cmd.Process.Pid), selfCPU()
 		}
 	}
 	res, err := relaybench.Run(l)
-	return res, c1 - c0, err
+	return res, c1 - c0, g1 - g0, err
 }
 
-// procCPU reads utime+stime of pid from /proc (clock ticks of 10 ms).
+// procCPU reads utime+stime of pid from /proc (clock ticks of 10 ms). With
+// tick-based accounting the softirq a send runs on loopback (delivery into
+// the receiving socket and its wake-up) is charged to the sending process,
+// for the relay and for the generator alike.
 func procCPU(pid int) time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
