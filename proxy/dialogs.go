@@ -17,19 +17,22 @@ import (
 // the phone side when its backend dies: the phone's target and route set as
 // the backend would have used them, and the backend's CSeq space.
 type dialog struct {
-	callID   string
-	fromTag  string // caller's (phone side) tag
-	toTag    string // backend side's tag
-	backend  string
-	from     *sip.FromHeader // the BYE's From: the backend side (2xx To)
-	to       *sip.ToHeader   // the BYE's To: the phone side (INVITE From)
-	target   sip.Uri         // the phone's Contact
-	routes   []sip.Uri       // Record-Route entries between the proxy and the phone
-	dest     string          // where the INVITE came from: the phone's NATed address or connection
-	network  string
-	cseq     uint32 // highest CSeq the backend side has used
-	lastSeen time.Time
-	ending   bool // a BYE is under way: never hang it up a second time
+	callID  string
+	fromTag string // caller's (phone side) tag
+	toTag   string // backend side's tag
+	backend string
+	// backendTag is the backend side's tag: the 2xx To tag for a call from
+	// a phone, the INVITE From tag for a call from the backend to a phone.
+	backendTag string
+	from       *sip.FromHeader // the BYE's From: the backend side
+	to         *sip.ToHeader   // the BYE's To: the phone side
+	target     sip.Uri         // the phone's Contact
+	routes     []sip.Uri       // Record-Route entries between the proxy and the phone
+	dest       string          // the phone's NATed address or connection
+	network    string
+	cseq       uint32 // highest CSeq the backend side has used
+	lastSeen   time.Time
+	ending     bool // a BYE is under way: never hang it up a second time
 }
 
 // dialogTable is bounded: at most max dialogs, each forgotten after ttl
@@ -42,6 +45,7 @@ type dialogTable struct {
 	byID   map[string]*dialog
 	gauge  prometheus.Gauge
 	ended  *prometheus.CounterVec
+	full   prometheus.Counter
 	sweepT time.Time
 }
 
@@ -58,8 +62,12 @@ func newDialogTable(max int, ttl time.Duration, reg prometheus.Registerer) *dial
 			Name: "hapbx_dialogs_terminated_total",
 			Help: "Dialogs the proxy hung up itself, by reason.",
 		}, []string{"reason"}),
+		full: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapbx_proxy_dialogs_untracked_total",
+			Help: "Confirmed dialogs not tracked because sip.max_dialogs was reached: they are not hung up when their backend dies.",
+		}),
 	}
-	reg.MustRegister(t.gauge, t.ended)
+	reg.MustRegister(t.gauge, t.ended, t.full)
 	return t
 }
 
@@ -78,15 +86,16 @@ func (t *dialogTable) confirm(inv *sip.Request, res *sip.Response, backend strin
 		return
 	}
 	d := &dialog{
-		callID:   inv.CallID().Value(),
-		fromTag:  fromTag,
-		toTag:    toTag,
-		backend:  backend,
-		from:     &sip.FromHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()},
-		to:       &sip.ToHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()},
-		dest:     inv.Source(),
-		network:  inv.Transport(),
-		lastSeen: time.Now(),
+		callID:     inv.CallID().Value(),
+		fromTag:    fromTag,
+		toTag:      toTag,
+		backend:    backend,
+		backendTag: toTag,
+		from:       &sip.FromHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()},
+		to:         &sip.ToHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()},
+		dest:       inv.Source(),
+		network:    inv.Transport(),
+		lastSeen:   time.Now(),
 	}
 	if c := inv.Contact(); c != nil {
 		d.target = *c.Address.Clone()
@@ -109,11 +118,62 @@ func (t *dialogTable) confirm(inv *sip.Request, res *sip.Response, backend strin
 			d.routes = append(d.routes, *rr.Address.Clone())
 		}
 	}
-	key := dialogKey(d.callID, fromTag, toTag)
+	t.add(d)
+}
+
+// confirmInbound records the dialog set up by a 2xx to an INVITE that
+// backend sent to a phone (Asterisk dialling PJSIP/201@hapbx): the phone is
+// the callee, reached at dest over network.
+func (t *dialogTable) confirmInbound(inv *sip.Request, res *sip.Response, backend, dest, network string, isLocal func(*sip.Uri) bool) {
+	fromTag, _ := inv.From().Params.Get("tag")
+	toTag, _ := res.To().Params.Get("tag")
+	if fromTag == "" || toTag == "" {
+		return
+	}
+	d := &dialog{
+		callID:     inv.CallID().Value(),
+		fromTag:    fromTag,
+		toTag:      toTag,
+		backend:    backend,
+		backendTag: fromTag,
+		from:       &sip.FromHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()},
+		to:         &sip.ToHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()},
+		dest:       dest,
+		network:    network,
+		cseq:       inv.CSeq().SeqNo,
+		lastSeen:   time.Now(),
+	}
+	if c := res.Contact(); c != nil {
+		d.target = *c.Address.Clone()
+	} else {
+		d.target = *res.To().Address.Clone()
+	}
+	// The entries above the proxy's own lead from it to the phone; the
+	// caller's route set lists them in reverse (RFC 3261 §12.1.2).
+	var above []sip.Uri
+	for _, h := range res.GetHeaders("Record-Route") {
+		rr, ok := h.(*sip.RecordRouteHeader)
+		if !ok {
+			continue
+		}
+		if isLocal(&rr.Address) {
+			break
+		}
+		above = append(above, *rr.Address.Clone())
+	}
+	for i := len(above) - 1; i >= 0; i-- {
+		d.routes = append(d.routes, above[i])
+	}
+	t.add(d)
+}
+
+func (t *dialogTable) add(d *dialog) {
+	key := dialogKey(d.callID, d.fromTag, d.toTag)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.sweepLocked(time.Now())
 	if _, exists := t.byID[key]; !exists && len(t.byID) >= t.max {
+		t.full.Inc()
 		return // bounded: the dialog still works, it just is not hung up for us
 	}
 	t.byID[key] = d
@@ -138,7 +198,7 @@ func (t *dialogTable) seen(req *sip.Request) {
 		return
 	}
 	d.lastSeen = time.Now()
-	if fromTag == d.toTag && req.CSeq().SeqNo > d.cseq {
+	if fromTag == d.backendTag && req.CSeq().SeqNo > d.cseq {
 		d.cseq = req.CSeq().SeqNo
 	}
 }

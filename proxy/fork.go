@@ -181,6 +181,9 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 				if !answered {
 					answered = true
 					cancelOthers(ev.i)
+					if from := p.fromBackend(req); from != "" && req.IsInvite() {
+						p.dialogs.confirmInbound(req, res, from, targets[ev.i].addr, targets[ev.i].transport, p.isLocal)
+					}
 				}
 				continue
 			}

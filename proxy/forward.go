@@ -177,9 +177,11 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 				if req.Method == sip.REGISTER && t.backend != "" {
 					p.saveBinding(req, res, t.backend)
 				}
-				if req.IsInvite() && t.backend != "" {
-					if _, tagged := req.To().Params.Get("tag"); !tagged {
+				if _, tagged := req.To().Params.Get("tag"); req.IsInvite() && !tagged {
+					if t.backend != "" {
 						p.dialogs.confirm(req, res, t.backend, p.isLocal)
+					} else if from := p.fromBackend(req); from != "" {
+						p.dialogs.confirmInbound(req, res, from, t.addr, t.transport, p.isLocal)
 					}
 				}
 				if req.IsInvite() {
@@ -190,10 +192,14 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 				p.relay(tx, req, res)
 				return true
 			}
-			if more && !st.provisional && !isClosed(cancelled) && (res.StatusCode == 503 || res.StatusCode == 408) {
+			if res.StatusCode == 503 || res.StatusCode == 408 {
+				// Suspect at once (an immediate probe), also when no other
+				// backend is left to try.
 				p.failed(t, "response "+strconv.Itoa(res.StatusCode))
-				p.m.retries.WithLabelValues(t.backend, strconv.Itoa(res.StatusCode)).Inc()
-				return false
+				if more && !st.provisional && !isClosed(cancelled) {
+					p.m.retries.WithLabelValues(t.backend, strconv.Itoa(res.StatusCode)).Inc()
+					return false
+				}
 			}
 			if t.backend != "" && (res.StatusCode == 401 || res.StatusCode == 407) {
 				p.challenged.put(req.CallID().Value(), t.backend)

@@ -222,10 +222,13 @@ func markReceived(req *sip.Request) {
 		return
 	}
 	via := req.Via()
-	if via.Host != host {
+	rport, hasRport := via.Params.Get("rport")
+	// RFC 3261 §18.2.1: received when the sent-by host differs; RFC 3581
+	// §4: with rport, always both.
+	if via.Host != host || hasRport {
 		setParam(&via.Params, "received", host)
 	}
-	if v, ok := via.Params.Get("rport"); ok && v == "" {
+	if hasRport && rport == "" {
 		setParam(&via.Params, "rport", port)
 	}
 }
@@ -342,7 +345,7 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 	var names []string
 	if b := p.dialogs.backendOf(req); b != "" {
 		names = append(names, b) // an in-dialog request that lost its route
-	} else if b, ok := p.challenged.get(cid); ok {
+	} else if b, ok := p.challenged.get(cid); ok && p.routable(b) {
 		names = append(names, b) // the authenticated re-send goes where the nonce is
 	}
 	if p.router != nil {

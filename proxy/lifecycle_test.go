@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,5 +146,43 @@ func TestDrainTimeoutAnswers503(t *testing.T) {
 	}
 	if code := backend.Wait(5 * time.Second); code != 0 {
 		t.Fatalf("backend (wants the CANCEL): exit %d\n%s", code, backend.Output())
+	}
+}
+
+// alternateRouter puts a different backend first for every request: what
+// balance mode does across Call-IDs, here even within one.
+type alternateRouter struct {
+	names []string
+	n     atomic.Int64
+}
+
+func (r *alternateRouter) Candidates(string) []string {
+	i := int(r.n.Add(1)) % len(r.names)
+	return append(append([]string(nil), r.names[i:]...), r.names[:i]...)
+}
+
+// TestChallengedResendSameBackend: the REGISTER answering a 401 goes to the
+// backend that issued the nonce, even when the router would start with the
+// other one; that one would only challenge it again.
+func TestChallengedResendSameBackend(t *testing.T) {
+	sipptest.Require(t)
+	be1, p1 := backendOn(t, "asterisk1", be1IP, "udp")
+	be2, p2 := backendOn(t, "asterisk2", be2IP, "udp")
+	s1 := sipptest.Start(t, be1IP, p1, "-sf", scenario("uas_register.xml"), "-m", "1")
+	s2 := sipptest.Start(t, be2IP, p2, "-sf", scenario("uas_register.xml"), "-m", "1")
+	sipptest.WaitListening(t, "udp", be1.Address, 3*time.Second)
+	sipptest.WaitListening(t, "udp", be2.Address, 3*time.Second)
+	p := startWithRouter(t, []Backend{be1, be2}, &alternateRouter{names: []string{be1.Name, be2.Name}}, nil)
+	for i := 0; i < 2; i++ {
+		phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_register.xml"),
+			"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
+		if code := phone.Wait(15 * time.Second); code != 0 {
+			t.Fatalf("registration %d (exit %d): its authenticated re-send went elsewhere\n%s", i+1, code, phone.Output())
+		}
+	}
+	for _, s := range []*sipptest.Proc{s1, s2} {
+		if code := s.Wait(5 * time.Second); code != 0 {
+			t.Fatalf("backend %s (one challenge, then 200): exit %d\n%s", s.Addr, code, s.Output())
+		}
 	}
 }

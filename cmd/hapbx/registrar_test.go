@@ -3,6 +3,7 @@ package main
 import (
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +147,35 @@ func TestForkCancelsUnanswered(t *testing.T) {
 	}
 	if got := d.metric(t, "hapbx_proxy_forks_total"); got != "1" {
 		t.Errorf("hapbx_proxy_forks_total = %s, want 1", got)
+	}
+}
+
+// TestInboundCallHungUpWhenBackendDies: asterisk1 calls the registered
+// phone (sip:201@hapbx) and the phone answers; asterisk1 dies (its caller
+// never sends BYE). hapbx hangs the call up towards the phone, as it does
+// for calls placed by phones, so the phone does not sit in a silent call.
+func TestInboundCallHungUpWhenBackendDies(t *testing.T) {
+	sipptest.Require(t)
+	be1, _, a1, a2 := asterisks(t)
+	d := startDaemon(t, a1, a2)
+	d.waitActive(t, "asterisk1")
+	phone := registerPhone(t, d, phoneIP, 30*time.Second, "", "-trace_msg")
+	d.waitBindings(t, 1)
+
+	call := sipptest.Start(t, be1IP, sipptest.FreePort(t, be1IP), "-sf", scenarioPath("uac_answered.xml"),
+		"-s", "201", "-m", "1", "-timeout", "15s", "-timeout_error", d.sip)
+	if code := call.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("asterisk1's call to 201 (exit %d)\n%s\n%s", code, call.Output(), d.log.String())
+	}
+	be1.Kill()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(phone.Trace(), "BYE sip:201@") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no BYE reached the phone after asterisk1 died\n%s\n%s", phone.Trace(), d.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if tr := phone.Trace(); !strings.Contains(tr, "cause=503") {
+		t.Errorf("the phone's BYE has no Reason: cause=503\n%s", tr)
 	}
 }
