@@ -641,6 +641,11 @@ func (c *Cluster) setHolding(hold bool) bool {
 
 func (c *Cluster) setHoldingLocked(hold bool) bool {
 	if c.holding.Load() == hold {
+		if hold && c.releaseFails > 0 {
+			// Entitled to the VIP again before a removal succeeded: the streak ends.
+			c.log.Warn("keeping the VIP that could not be removed", zap.Int("failed_attempts", c.releaseFails))
+			c.releaseFails = 0
+		}
 		return true
 	}
 	if hold {
@@ -709,7 +714,7 @@ func (c *Cluster) notify(v bool) {
 }
 
 // LeaderCh returns a new channel that receives true when this node takes the VIP and
-// false when it gives it up. Only the latest value is kept if the reader lags.
+// false when the address is gone from its interface. Only the latest value is kept if the reader lags.
 func (c *Cluster) LeaderCh() <-chan bool {
 	ch := make(chan bool, 1)
 	c.subMu.Lock()
@@ -719,7 +724,8 @@ func (c *Cluster) LeaderCh() <-chan bool {
 }
 
 // IsLeader reports whether this node holds the VIP, i.e. is the acting leader that
-// should run the failover coordinator. A witness never is.
+// should run the failover coordinator. A witness never is. It stays true while a
+// removal of the VIP keeps failing: the address is still ours (see doc.go).
 func (c *Cluster) IsLeader() bool { return c.holding.Load() }
 
 func (c *Cluster) pingLoop(ctx context.Context) {
