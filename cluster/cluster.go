@@ -714,7 +714,8 @@ func (c *Cluster) notify(v bool) {
 }
 
 // LeaderCh returns a new channel that receives true when this node takes the VIP and
-// false when the address is gone from its interface. Only the latest value is kept if the reader lags.
+// false when the address is gone from its interface. Only the latest value is kept if
+// the reader lags.
 func (c *Cluster) LeaderCh() <-chan bool {
 	ch := make(chan bool, 1)
 	c.subMu.Lock()
@@ -947,7 +948,7 @@ func (c *Cluster) shutdown() {
 	if c.vip != nil {
 		c.vipMu.Lock()
 		c.vipStopped = true
-		// Unconditional, unlike setHolding: Start may fail after a partial Acquire.
+		// Unconditional, whatever holding says: the last chance before the process exits.
 		if err := c.vip.Release(); err != nil {
 			c.log.Error("VIP not removed on shutdown", zap.Error(err))
 		} else if c.holding.Swap(false) {
