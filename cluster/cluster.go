@@ -30,7 +30,8 @@ type Cluster struct {
 	role Role
 	log  *zap.Logger
 	m    *metrics
-	vip  *VIP
+	vip  vipAddr // nil on a witness and an agent; changed only under vipMu
+	pub  *VIP    // what VIP() hands out; the same object as vip outside tests
 	fsm  *kvFSM
 
 	keyring *memberlist.Keyring
@@ -43,15 +44,27 @@ type Cluster struct {
 	chMu  sync.RWMutex
 	chans map[string]*channel
 
-	pingOK       atomic.Bool
+	pingOK atomic.Bool
+	// vipMu serialises every change of the VIP (leader loop, Close, shutdown): one
+	// Acquire or Release at a time, and none after Close decided to let go.
+	vipMu sync.Mutex
+	// holding: the VIP is on our interface as far as we know (written under vipMu). A
+	// failed Release leaves it true: the address is still there.
 	holding      atomic.Bool
+	vipStopped   bool      // under vipMu: Close began, Acquire is refused
+	lastVIPErr   time.Time // under vipMu
+	releaseFails int       // under vipMu: failed Release attempts in the current streak
+	holdGen      atomic.Uint64
 	quorum       atomic.Bool
 	transferring atomic.Bool
-	lastVIPErr   time.Time    // only touched by setHolding's callers' goroutine (leaderLoop)
 	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
 	inflight     atomic.Int32
 	alive        atomic.Int64 // members alive, self included (from memberlist events)
 	wake         chan struct{}
+	metaWake     chan struct{} // asks metaLoop to re-announce our node metadata
+
+	repMu     sync.Mutex
+	republish map[string]func() []byte // RepublishOnTakeover
 
 	subMu sync.Mutex
 	subs  []chan bool
@@ -85,6 +98,9 @@ type nodeMeta struct {
 	// URL of its control API.
 	Backend string `json:"b,omitempty"`
 	API     string `json:"api,omitempty"`
+	// VIP: the node has the VIP on its interface (a proxy; set from the same state as
+	// its IsLeader, re-announced on every change).
+	VIP bool `json:"v,omitempty"`
 }
 
 // Member is a memberlist member as seen by this node.
@@ -98,6 +114,17 @@ type Member struct {
 	// Backend and API are set for agents (Role "agent").
 	Backend string `json:"backend,omitempty"`
 	API     string `json:"api,omitempty"`
+	// VIPHeld: the member announces it has the VIP on its interface (for this node
+	// itself: its own current state, not the gossiped one).
+	VIPHeld bool `json:"vip_held"`
+}
+
+// vipAddr is what the Cluster needs of its VIP (*VIP); a test substitutes a fake to
+// inject failures.
+type vipAddr interface {
+	Acquire() error
+	Release() error
+	Held() (bool, error)
 }
 
 // New checks cfg and prepares a node of the given role; nothing listens until Start.
@@ -130,20 +157,21 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 		m = newMetrics(reg)
 	}
 	c := &Cluster{cfg: cfg, role: role, log: log, m: m, fsm: newKVFSM(), keyring: kr, agent: o.agent,
-		chans: map[string]*channel{}, wake: make(chan struct{}, 1),
+		chans: map[string]*channel{}, wake: make(chan struct{}, 1), metaWake: make(chan struct{}, 1), republish: map[string]func() []byte{},
 		outboxes: map[string]*outbox{}, nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}}
 	if role == RoleProxy {
-		c.vip, err = newVIP(cfg.VIP, log, c.m)
+		c.pub, err = newVIP(cfg.VIP, log, c.m)
 		if err != nil {
 			return nil, err
 		}
+		c.vip = c.pub
 	}
 	c.pingOK.Store(true)
 	return c, nil
 }
 
 // VIP returns the node's VIP manager (nil on a witness).
-func (c *Cluster) VIP() *VIP { return c.vip }
+func (c *Cluster) VIP() *VIP { return c.pub }
 
 // Start removes a stale VIP, opens the raft stores, bootstraps the static voter set if
 // the data dir is new, starts raft and memberlist and keeps joining the peers in the
@@ -193,10 +221,11 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 	if err := c.startMemberlist(); err != nil {
 		return err
 	}
-	c.wg.Add(3)
+	c.wg.Add(4)
 	go c.joinLoop(ctx)
 	go c.leaderLoop(ctx)
 	go c.observe(ctx)
+	go c.metaLoop(ctx)
 	if len(c.cfg.PingTargets) > 0 && c.role == RoleProxy {
 		c.wg.Add(1)
 		go c.pingLoop(ctx)
@@ -488,6 +517,7 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 		}
 		c.m.quorum.Set(b2f(c.quorum.Load()))
 		hold := c.role == RoleProxy && leaseOK && c.pingOK.Load() && !c.transferring.Load()
+		// A failed Release leaves holding true, so it is tried again here every tick.
 		c.setHolding(hold)
 
 		// A leader that must not hold the VIP (witness, lost ping targets) or that should
@@ -495,8 +525,13 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 		if isLeader && !c.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
 			if targets := c.transferTargets(); len(targets) > 0 {
 				lastTransfer = now
+				// Release before anyone else can be elected. A transfer while the address
+				// is still on our interface would make two holders at once: keep
+				// leadership and try again later.
+				if !c.setHolding(false) {
+					continue
+				}
 				c.transferring.Store(true)
-				c.setHolding(false) // release before anyone else can be elected
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
@@ -592,25 +627,78 @@ func (c *Cluster) transferTargets() []Peer {
 	return out
 }
 
-func (c *Cluster) setHolding(hold bool) {
-	if c.vip == nil || c.holding.Load() == hold {
-		return
+// setHolding adds or removes the VIP so that holding becomes hold, and reports whether
+// it now is. Called by the leader loop every tick, so a failed Acquire or Release is
+// retried on the next one.
+func (c *Cluster) setHolding(hold bool) bool {
+	if c.vip == nil {
+		return !hold
+	}
+	c.vipMu.Lock()
+	defer c.vipMu.Unlock()
+	return c.setHoldingLocked(hold)
+}
+
+func (c *Cluster) setHoldingLocked(hold bool) bool {
+	if c.holding.Load() == hold {
+		if hold && c.releaseFails > 0 {
+			// Entitled to the VIP again before a removal succeeded: the streak ends.
+			c.log.Warn("keeping the VIP that could not be removed", zap.Int("failed_attempts", c.releaseFails))
+			c.releaseFails = 0
+		}
+		return true
 	}
 	if hold {
+		if c.vipStopped {
+			return false
+		}
 		if err := c.vip.Acquire(); err != nil {
 			// Retried every lease tick: log once a second, not forty times.
 			if time.Since(c.lastVIPErr) > time.Second {
 				c.log.Error("cannot take the VIP", zap.Error(err))
 				c.lastVIPErr = time.Now()
 			}
-			return
+			return false
 		}
 	} else if err := c.vip.Release(); err != nil {
-		// Still flag it released: raft is the arbiter, and Release is retried on Close.
-		c.log.Error("cannot remove the VIP", zap.Error(err))
+		// Only the kernel can say the address is gone; until then we still hold it,
+		// whatever raft says, and say so (IsLeader, Status, node metadata).
+		if held, herr := c.vip.Held(); herr != nil || held {
+			c.releaseFails++
+			c.m.releaseFailures.Inc()
+			if c.releaseFails == 1 {
+				c.log.Error("cannot remove the VIP; retrying every lease tick", zap.Error(err))
+			} else {
+				c.log.Debug("VIP removal failed again", zap.Int("attempts", c.releaseFails), zap.Error(err))
+			}
+			return false
+		}
+	}
+	if !hold && c.releaseFails > 0 {
+		c.log.Warn("VIP removed after failed attempts", zap.Int("failed_attempts", c.releaseFails))
+		c.releaseFails = 0
 	}
 	c.holding.Store(hold)
+	if hold {
+		c.takeover(c.holdGen.Add(1))
+	} else {
+		c.holdGen.Add(1)
+	}
 	c.notify(hold)
+	c.pokeMeta()
+	return true
+}
+
+// stopVIP refuses every later Acquire and removes the VIP (one attempt); it reports
+// whether the VIP is off our interface.
+func (c *Cluster) stopVIP() bool {
+	if c.vip == nil {
+		return true
+	}
+	c.vipMu.Lock()
+	defer c.vipMu.Unlock()
+	c.vipStopped = true
+	return c.setHoldingLocked(false)
 }
 
 func (c *Cluster) notify(v bool) {
@@ -626,7 +714,8 @@ func (c *Cluster) notify(v bool) {
 }
 
 // LeaderCh returns a new channel that receives true when this node takes the VIP and
-// false when it gives it up. Only the latest value is kept if the reader lags.
+// false when the address is gone from its interface. Only the latest value is kept if
+// the reader lags.
 func (c *Cluster) LeaderCh() <-chan bool {
 	ch := make(chan bool, 1)
 	c.subMu.Lock()
@@ -636,7 +725,8 @@ func (c *Cluster) LeaderCh() <-chan bool {
 }
 
 // IsLeader reports whether this node holds the VIP, i.e. is the acting leader that
-// should run the failover coordinator. A witness never is.
+// should run the failover coordinator. A witness never is. It stays true while a
+// removal of the VIP keeps failing: the address is still ours (see doc.go).
 func (c *Cluster) IsLeader() bool { return c.holding.Load() }
 
 func (c *Cluster) pingLoop(ctx context.Context) {
@@ -652,10 +742,31 @@ func (c *Cluster) pingLoop(ctx context.Context) {
 		ok := reachable(ctx, c.cfg.PingTargets, c.cfg.PingTimeout)
 		if ok != c.pingOK.Swap(ok) {
 			c.log.Warn("ping targets", zap.Bool("reachable", ok), zap.Strings("targets", c.cfg.PingTargets))
-			if err := c.ml.Load().UpdateNode(time.Second); err != nil {
-				c.log.Debug("meta update not confirmed", zap.Error(err))
-			}
+			c.pokeMeta()
 			c.poke()
+		}
+	}
+}
+
+func (c *Cluster) pokeMeta() {
+	select {
+	case c.metaWake <- struct{}{}:
+	default:
+	}
+}
+
+// metaLoop re-announces our node metadata (ping state, VIP held) when it changes, off
+// the leader loop: UpdateNode waits for the broadcast to go out.
+func (c *Cluster) metaLoop(ctx context.Context) {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.metaWake:
+		}
+		if err := c.ml.Load().UpdateNode(time.Second); err != nil {
+			c.log.Debug("meta update not confirmed", zap.Error(err))
 		}
 	}
 }
@@ -668,8 +779,12 @@ func (c *Cluster) Members() []Member {
 	for name, n := range c.nodes {
 		var meta nodeMeta
 		_ = json.Unmarshal(n.Meta, &meta)
-		out = append(out, Member{Name: name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: c.states[name],
-			Backend: meta.Backend, API: meta.API})
+		m := Member{Name: name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: c.states[name],
+			Backend: meta.Backend, API: meta.API, VIPHeld: meta.VIP}
+		if name == c.cfg.Name {
+			m.VIPHeld = c.holding.Load()
+		}
+		out = append(out, m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -754,18 +869,26 @@ func (c *Cluster) OnPublish(fn func(key string, value []byte)) {
 
 // Status is a snapshot of the node's view, for `hapbx status`.
 type Status struct {
-	Name      string   `json:"name"`
-	Role      string   `json:"role"`
-	RaftState string   `json:"raft_state"`
-	Leader    string   `json:"leader"`
-	Term      string   `json:"term"`
-	VIP       string   `json:"vip,omitempty"`
-	VIPHeld   bool     `json:"vip_held"`
-	Quorum    bool     `json:"quorum"`
-	PingOK    bool     `json:"ping_ok"`
-	Priority  int      `json:"priority"`
-	Failback  bool     `json:"failback"`
-	Members   []Member `json:"members"`
+	Name      string `json:"name"`
+	Role      string `json:"role"`
+	RaftState string `json:"raft_state"`
+	// Leader is the raft leader. It is not necessarily the VIP holder: a leader whose
+	// lease lapsed, that lost its ping targets or that hands over does not hold it, and
+	// a witness never does. See VIPHolders.
+	Leader string `json:"leader"`
+	Term   string `json:"term"`
+	VIP    string `json:"vip,omitempty"`
+	// VIPHeld: this node has the VIP on its interface.
+	VIPHeld bool `json:"vip_held"`
+	// VIPHolders: the alive members that announce having the VIP on their interface
+	// (this node from its own state), sorted: normally one, none while it moves, two
+	// only if a removal failed (logged on that node).
+	VIPHolders []string `json:"vip_holders"`
+	Quorum     bool     `json:"quorum"`
+	PingOK     bool     `json:"ping_ok"`
+	Priority   int      `json:"priority"`
+	Failback   bool     `json:"failback"`
+	Members    []Member `json:"members"`
 	// LastContact is raft's time since a follower last heard the leader ("0" on the leader).
 	LastContact string `json:"last_contact"`
 }
@@ -776,6 +899,12 @@ func (c *Cluster) Status() Status {
 		PingOK: c.pingOK.Load(), Priority: c.cfg.Priority, Failback: c.cfg.Failback, Members: c.Members()}
 	if c.vip != nil {
 		s.VIP = c.cfg.VIP.Address
+	}
+	s.VIPHolders = []string{}
+	for _, m := range s.Members {
+		if m.VIPHeld && (m.State == "alive" || m.Name == c.cfg.Name) {
+			s.VIPHolders = append(s.VIPHolders, m.Name)
+		}
 	}
 	if c.r != nil {
 		s.RaftState = c.r.State().String()
@@ -788,17 +917,23 @@ func (c *Cluster) Status() Status {
 	return s
 }
 
-// Close hands leadership over if this node leads (so the peer takes over at once rather
-// than after the timeouts), releases the VIP and stops everything.
+// Close releases the VIP (no Acquire can follow, whatever the leader loop is doing),
+// hands leadership over if this node leads (so the peer takes over at once rather than
+// after the timeouts) and stops everything. If the VIP cannot be removed there is no
+// hand-over: it would make the peer a second holder at once.
 func (c *Cluster) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	released := c.stopVIP()
 	if c.r != nil && c.r.State() == raft.Leader {
-		c.transferring.Store(true)
-		c.setHolding(false)
-		if err := c.r.LeadershipTransfer().Error(); err != nil {
-			c.log.Info("no leadership hand-over on close", zap.Error(err))
+		if released {
+			c.transferring.Store(true)
+			if err := c.r.LeadershipTransfer().Error(); err != nil {
+				c.log.Info("no leadership hand-over on close", zap.Error(err))
+			}
+		} else {
+			c.log.Error("no leadership hand-over on close: the VIP is still on our interface")
 		}
 	}
 	c.shutdown()
@@ -811,10 +946,15 @@ func (c *Cluster) shutdown() {
 	}
 	c.wg.Wait()
 	if c.vip != nil {
+		c.vipMu.Lock()
+		c.vipStopped = true
+		// Unconditional, whatever holding says: the last chance before the process exits.
 		if err := c.vip.Release(); err != nil {
 			c.log.Error("VIP not removed on shutdown", zap.Error(err))
+		} else if c.holding.Swap(false) {
+			c.notify(false)
 		}
-		c.holding.Store(false)
+		c.vipMu.Unlock()
 	}
 	if c.r != nil {
 		if err := c.r.Shutdown().Error(); err != nil {
@@ -857,7 +997,8 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	c.chMu.RLock()
 	hasState := len(c.chans) > 0
 	c.chMu.RUnlock()
-	meta := nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.pingOK.Load(), State: hasState}
+	meta := nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.pingOK.Load(), State: hasState,
+		VIP: c.holding.Load()}
 	if c.role == RoleAgent {
 		meta = nodeMeta{Role: c.role.String(), Backend: c.agent.Backend, API: c.agent.API}
 	}

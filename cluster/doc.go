@@ -23,7 +23,10 @@
 //   - The VIP (type VIP): netlink add/remove, then a gratuitous ARP (request and reply)
 //     for IPv4 or an unsolicited overriding neighbour advertisement for IPv6, sent at once
 //     and repeated vip.garp_count-1 times every vip.garp_interval. A VIP left on the
-//     interface by a crash is removed in Start before the node joins.
+//     interface by a crash is removed in Start before the node joins
+//     (TestStaleVIPRemovedAtStart). Only one VIP change runs at a time: the leader
+//     loop, Close and the final shutdown take the same lock, and once Close has begun
+//     no Acquire can follow (TestCloseSerializesVIP).
 //   - Shared state: named channels (RegisterState) of opaque records; see below.
 //   - Agents (RoleAgent, `hapbx agent` with a cluster: section): memberlist members
 //     with the same keyring, so a wrong key cannot join either and says so the same
@@ -39,8 +42,15 @@
 //     vote). Its arrival or death changes no quorum, term or leader
 //     (TestAgentJoinsWithoutVoting).
 //   - Published values: Publish(key, value) on the raft leader goes through the raft log
-//     (consistent, persisted, replicated to all voters); Get reads the local copy. Meant
-//     for the failover coordinator's active-backend decision, not for bulk data.
+//     (consistent, persisted, replicated to all voters); Get reads the local copy (what
+//     this node has applied: committed values, possibly one commit behind the leader);
+//     Watch(key) delivers the current value and every later committed change, snapshot
+//     restores included (latest value only if the reader lags). Meant for the failover
+//     coordinator's active-backend decision, not for bulk data. A new leader does not
+//     know the app's decision; RepublishOnTakeover(key, fn) makes a proxy publish fn()
+//     each time it takes the VIP, after a raft barrier (so it compares against
+//     everything earlier leaders committed) and only if the value differs, retried
+//     while it holds the VIP (TestRepublishOnTakeover).
 //
 // # Who holds the VIP
 //
@@ -61,6 +71,23 @@
 // priority, then lowest name; priorities are gossiped in memberlist node metadata).
 // With failback: false the current holder keeps the VIP when a higher-priority proxy
 // returns.
+//
+// "Holds" means the address is on the interface as far as the node knows: IsLeader,
+// LeaderCh, Status.vip_held and the node's gossiped metadata ("v") all follow the
+// Acquire/Release outcome, not the raft decision. A removal that fails leaves the node
+// holding: the leader loop retries it every lease tick until the kernel confirms the
+// address is gone, logs "cannot remove the VIP" at error level once per streak of
+// failures and counts every failed attempt in hapbx_cluster_vip_release_failures_total.
+// Meanwhile the node starts no leadership transfer (failback, ping loss, Close): that
+// would knowingly make a second holder. If raft elects the other proxy anyway (this
+// node lost its quorum), both hold the address until the removal succeeds; the timing
+// argument below assumes removals succeed (TestReleaseFailureRetried).
+//
+// Status.leader is the raft leader; Status.vip_holders lists the alive members whose
+// metadata says they hold the VIP (this node from its own state): normally one, none
+// while the VIP moves or while the leader may not hold it (lease lapsed, ping targets
+// lost, witness), two only with a failing removal. Metadata travels by gossip, so
+// another node's entry lags by a gossip round or so (TestStatusVIPHolders).
 //
 // # Timing argument (why there are never two holders)
 //
@@ -131,6 +158,10 @@
 //     never having two holders. There is no manual override in this package.
 //   - Holder loses its ping targets: it releases the VIP and hands leadership to a proxy
 //     that reaches them; if none does, no node holds the VIP.
+//   - Removing the VIP fails (netlink error): the node keeps reporting it holds the VIP,
+//     retries every lease tick and logs/counts it (see Who holds the VIP); no hand-over
+//     starts from it. On Close the removal is tried once more in shutdown; after that
+//     only ExecStopPost (hapbx release-vip) can remove it.
 //
 // # Shared state
 //
@@ -204,6 +235,7 @@
 //	hapbx_cluster_quorum                         gauge, 1 with a fresh lease (leader) or a known leader (follower)
 //	hapbx_cluster_raft_leader                    gauge, 1 while raft leader
 //	hapbx_cluster_garp_sent_total                counter, VIP announcements sent
+//	hapbx_cluster_vip_release_failures_total     counter, failed VIP removal attempts (retried each tick)
 //	hapbx_cluster_state_records_received_total   counter, shared-state records applied from peers
 //
 // An agent exports hapbx_cluster_members only.

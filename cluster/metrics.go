@@ -10,6 +10,8 @@ type metrics struct {
 	isLeader      prometheus.Gauge
 	garpSent      prometheus.Counter
 	syncRecords   prometheus.Counter
+	// releaseFailures counts failed VIP removals (each retry counts).
+	releaseFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,9 +30,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Gratuitous ARPs / unsolicited neighbour advertisements sent for the VIP."}),
 		syncRecords: prometheus.NewCounter(prometheus.CounterOpts{Name: "hapbx_cluster_state_records_received_total",
 			Help: "Shared-state records received from peers (broadcasts and full syncs)."}),
+		releaseFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "hapbx_cluster_vip_release_failures_total",
+			Help: "Failed attempts to remove the VIP from our interface (retried every lease tick until it is gone)."}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.vipHeld, m.members, m.leaderChanges, m.quorum, m.isLeader, m.garpSent, m.syncRecords} {
+		for _, c := range []prometheus.Collector{m.vipHeld, m.members, m.leaderChanges, m.quorum, m.isLeader, m.garpSent, m.syncRecords, m.releaseFailures} {
 			reg.MustRegister(c)
 		}
 	}

@@ -277,3 +277,48 @@ func TestFailoverFigures(t *testing.T) {
 	med := (ds[4] + ds[5]) / 2
 	t.Logf("failover over 10 SIGKILLs: median %s, max %s (target <= 1s)", med.Round(time.Millisecond), ds[9].Round(time.Millisecond))
 }
+
+// A VIP left on the interface (a crash) is removed by Start before the node joins:
+// n1 starts alone, so it cannot become leader, and the address must disappear while
+// Start still waits (before READY), and stay gone.
+func TestStaleVIPRemovedAtStart(t *testing.T) {
+	l := newLab(t)
+	sh(t, "ip", "-n", nsName("n1"), "addr", "add", labVIP+"/24", "dev", labIf)
+	if !l.hasVIP("n1") {
+		t.Fatal("could not put the stale VIP on n1")
+	}
+	p := l.start(l.nodeConfig("n1", 100, false), 0, 0)
+	goneBeforeReady := false
+	deadline := time.Now().Add(10 * time.Second)
+	for !p.ready.Load() && time.Now().Before(deadline) {
+		if !l.hasVIP("n1") {
+			goneBeforeReady = !p.ready.Load()
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitFor(t, 10*time.Second, "n1 to start", p.ready.Load)
+	if l.hasVIP("n1") {
+		t.Fatal("the stale VIP is still on n1 after Start")
+	}
+	if !goneBeforeReady {
+		t.Fatal("the stale VIP was not removed before Start returned")
+	}
+	l.watchNoSplit(500 * time.Millisecond)
+	if l.hasVIP("n1") {
+		t.Fatal("n1 took the VIP without a quorum")
+	}
+	waitFor(t, 2*time.Second, "n1's status", func() bool { return l.status("n1").Name == "n1" })
+	if s := l.status("n1"); s.VIPHeld || len(s.VIPHolders) != 0 {
+		t.Fatalf("n1 status: vip_held %v vip_holders %v", s.VIPHeld, s.VIPHolders)
+	}
+	b, err := os.ReadFile(filepath.Join(l.dir, "n1.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(b)
+	stale, removed, started := strings.Index(log, "stale VIP found at start"), strings.Index(log, "VIP removed"), strings.Index(log, "cluster started")
+	if stale < 0 || removed < stale || started < removed {
+		t.Fatalf("log order: stale at %d, removed at %d, started at %d:\n%s", stale, removed, started, log)
+	}
+}

@@ -1,0 +1,96 @@
+package cluster
+
+import (
+	"bytes"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Watch returns a channel that receives key's value as committed through the raft log
+// and applied on this node: the current value at once if there is one, then every
+// change (Publish by whichever node leads, or a snapshot restore). Only the latest value
+// is kept if the reader lags; read it with Get at any time as well.
+func (c *Cluster) Watch(key string) <-chan []byte { return c.fsm.watch(key) }
+
+// RepublishOnTakeover makes this node publish key=current() each time it takes the
+// VIP, before or right after it starts acting as the leader: a new holder learns every
+// entry committed by earlier leaders first (raft barrier), then publishes current()
+// unless the committed value already equals it, retrying while it keeps the VIP.
+// current must be cheap and must not block; nil means nothing to publish. Call before
+// Start; a second call for the same key replaces the first.
+func (c *Cluster) RepublishOnTakeover(key string, current func() []byte) {
+	c.repMu.Lock()
+	c.republish[key] = current
+	c.repMu.Unlock()
+}
+
+// takeover starts the re-publication for hold generation gen (called under vipMu when
+// the VIP was just added; c.wg is held by the leader loop, so Add is safe).
+func (c *Cluster) takeover(gen uint64) {
+	c.repMu.Lock()
+	n := len(c.republish)
+	c.repMu.Unlock()
+	if n == 0 || c.r == nil || c.runCtx == nil {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.republishAll(gen)
+	}()
+}
+
+// republishAll runs until every registered key is published or this node no longer
+// holds the VIP it took in generation gen.
+func (c *Cluster) republishAll(gen uint64) {
+	ctx := c.runCtx
+	retry := c.cfg.Timing.HeartbeatTimeout
+	current := func() bool { return c.holdGen.Load() == gen && c.holding.Load() && ctx.Err() == nil }
+	for current() {
+		if err := c.r.Barrier(2 * time.Second).Error(); err != nil {
+			c.log.Debug("barrier before re-publishing failed", zap.Error(err))
+		} else if c.republishOnce(current) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
+		}
+	}
+}
+
+// republishOnce publishes what differs from the committed values; true when all match.
+// A value the app publishes meanwhile wins: the loop compares again after each Publish.
+func (c *Cluster) republishOnce(current func() bool) bool {
+	c.repMu.Lock()
+	fns := make(map[string]func() []byte, len(c.republish))
+	for k, fn := range c.republish {
+		fns[k] = fn
+	}
+	c.repMu.Unlock()
+	for key, fn := range fns {
+		for i := 0; ; i++ {
+			if !current() {
+				return false
+			}
+			v := fn()
+			if v == nil {
+				break
+			}
+			if old, ok := c.Get(key); ok && bytes.Equal(old, v) {
+				break
+			}
+			if i == 3 {
+				return false // the value keeps changing: next round
+			}
+			if err := c.Publish(key, v); err != nil {
+				c.log.Warn("re-publish after takeover failed", zap.String("key", key), zap.Error(err))
+				return false
+			}
+			c.log.Info("re-published after takeover", zap.String("key", key), zap.ByteString("value", v))
+		}
+	}
+	return true
+}
