@@ -203,6 +203,47 @@ func TestLookupOrderAndDomains(t *testing.T) {
 	}
 }
 
+// An INVITE from Asterisk to sip:201@<proxy address> must reach the phone
+// registered as sip:201@pbx.example.com when domains is set.
+func TestLookupLocalHosts(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DataDir = ""
+	cfg.Domains = []string{"pbx.example.com"}
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		want error
+	}{
+		{"without local hosts", nil, ErrUnknownAOR},
+		{"with local hosts", []Option{WithLocalHosts("proxy1.example.net"), WithLocalHosts("192.0.2.10", "2001:db8::10")}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := newWithClock(cfg, "node-a", nil, nil, func() time.Time { return t0 }, tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = r.Close() })
+			req, res := register(t, "201", "sip:201@203.0.113.7:5062", "c1", 1, 3600)
+			if _, err := r.Save(req, res, src("203.0.113.7:5062"), "ast1"); err != nil {
+				t.Fatal(err)
+			}
+			for _, uri := range []string{"sip:201@192.0.2.10", "sip:201@192.0.2.10:5060;transport=udp", "sip:201@[2001:db8::10]:5060", "sip:201@proxy1.example.net"} {
+				bs, err := r.Lookup(uri)
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("Lookup(%q) = %v, %v; want error %v", uri, bs, err, tc.want)
+				}
+				if tc.want == nil && (len(bs) != 1 || bs[0].Contact != "sip:201@203.0.113.7:5062") {
+					t.Fatalf("Lookup(%q) = %+v", uri, bs)
+				}
+			}
+			// Still not every domain.
+			if _, err := r.Lookup("sip:201@198.51.100.9"); !errors.Is(err, ErrUnknownAOR) {
+				t.Fatalf("foreign address: %v", err)
+			}
+		})
+	}
+}
+
 func TestTooBrief(t *testing.T) {
 	r, _, _ := newTest(t, "", nil)
 	req, _ := register(t, "201", "sip:201@10.0.0.1", "c", 1, 30)
