@@ -35,22 +35,18 @@ func TestFailoverWithRealChecker(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Selector and Checker start together, as in hapbx run: whichever
+			// backend rises first, pbx1 (preferred) must be active once
+			// both have a verdict, with or without failback.
 			sel, err := failover.New(failover.Config{Routing: failover.RoutingActiveStandby, Failback: failback},
-				[]string{"pbx1", "pbx2"}, log.Named("failover"), nil)
+				[]string{"pbx1", "pbx2"}, log.Named("failover"), nil, failover.WithStartupSettle(failover.StartupSettle(hcfg)))
 			if err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{}, 2)
-			go func() { _ = chk.Run(ctx); done <- struct{}{} }()
-			// Without failback, whichever backend rises first keeps the
-			// role; start the Selector once both are up so pbx1 gets it.
-			waitUntil(t, 3*time.Second, "both up in the checker", func() bool {
-				a, _ := chk.State("pbx1")
-				b, _ := chk.State("pbx2")
-				return a == health.StateUp && b == health.StateUp
-			})
 			go func() { _ = sel.Run(ctx, chk); done <- struct{}{} }()
+			go func() { _ = chk.Run(ctx); done <- struct{}{} }()
 			t.Cleanup(func() { cancel(); <-done; <-done })
 			events := sel.Subscribe(ctx)
 

@@ -60,18 +60,51 @@ type Selector struct {
 	log *zap.Logger
 	m   *metrics
 
+	settle time.Duration    // startup settling time, see WithStartupSettle
+	now    func() time.Time // time.Now; tests replace it
+
 	mu       sync.RWMutex
 	order    []string // priority order
 	states   map[string]health.State
 	active   string
 	lastReal string // last non-empty active, to count switches
 	subs     map[*health.Queue[Event]]struct{}
+	// Startup: the settling window opens at the first Run or Apply and
+	// ends (settled) once every backend has a first verdict or the window
+	// has passed. Until then the active role goes to the preferred up
+	// backend whatever failback says.
+	settleBy time.Time
+	settled  bool
+}
+
+// SelectorOption configures a Selector.
+type SelectorOption func(*Selector)
+
+// WithStartupSettle sets the startup settling time (default
+// StartupSettle(health.DefaultConfig())). With failback: false the rule
+// "the active backend stays while it is up" holds only once startup has
+// settled: until every backend has a first health verdict (up or down), or
+// until d has passed since the Selector's first Run or Apply, the active
+// backend is the highest-priority up one, so a standby whose first probes
+// happen to answer a few milliseconds earlier does not keep the role for
+// good. d bounds how long a dead or slow preferred backend can still take
+// the role back; d <= 0 settles at once (the first backend up keeps it).
+func WithStartupSettle(d time.Duration) SelectorOption {
+	return func(s *Selector) { s.settle = d }
+}
+
+// StartupSettle returns the settling time that fits a health configuration:
+// the time a live backend needs for its Rise good probes (the first probe
+// at once, then one every Interval, each answered within Timeout), plus one
+// Interval of slack for backends whose probes start a little later.
+func StartupSettle(h health.Config) time.Duration {
+	return time.Duration(max(h.Rise, 1))*h.Interval + h.Timeout
 }
 
 // New returns a Selector over backends in priority order (the first is the
 // preferred one). All start unknown, hence unusable, until health says
 // otherwise. reg may be nil.
-func New(cfg Config, backends []string, log *zap.Logger, reg prometheus.Registerer) (*Selector, error) {
+func New(cfg Config, backends []string, log *zap.Logger, reg prometheus.Registerer, opts ...SelectorOption) (*Selector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("failover config: %w", err)
 	}
@@ -92,6 +125,11 @@ func New(cfg Config, backends []string, log *zap.Logger, reg prometheus.Register
 		order:  slices.Clone(backends),
 		states: map[string]health.State{},
 		subs:   map[*health.Queue[Event]]struct{}{},
+		settle: StartupSettle(health.DefaultConfig()),
+		now:    time.Now,
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	for _, b := range backends {
 		s.states[b] = health.StateUnknown
@@ -119,6 +157,9 @@ func checkNames(backends []string) error {
 
 // Run applies the changes of src until its channel closes or ctx ends.
 func (s *Selector) Run(ctx context.Context, src HealthSource) error {
+	s.mu.Lock()
+	s.openSettleLocked()
+	s.mu.Unlock()
 	for c := range src.Subscribe(ctx) {
 		s.Apply(c)
 	}
@@ -130,6 +171,7 @@ func (s *Selector) Run(ctx context.Context, src HealthSource) error {
 func (s *Selector) Apply(c health.Change) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.openSettleLocked()
 	prev, ok := s.states[c.Name]
 	if !ok {
 		return
@@ -178,17 +220,55 @@ func (s *Selector) SetBackends(backends []string) error {
 	return nil
 }
 
+// openSettleLocked starts the startup settling window, once.
+func (s *Selector) openSettleLocked() {
+	if s.settleBy.IsZero() {
+		s.settleBy = s.now().Add(s.settle)
+	}
+}
+
+// settledLocked reports whether startup had settled before the change
+// being applied: the settling window has passed, or an earlier change gave
+// every backend a first verdict (noteVerdictsLocked). The change that gives
+// the last first verdict is still elected as at startup, so the preferred
+// backend wins when it is the last to answer. It latches, so backends added
+// later by SetBackends do not reopen it.
+func (s *Selector) settledLocked() bool {
+	if !s.settled && !s.settleBy.IsZero() && !s.now().Before(s.settleBy) {
+		s.settled = true
+	}
+	return s.settled
+}
+
+// noteVerdictsLocked ends startup once no backend is unknown any more.
+func (s *Selector) noteVerdictsLocked() {
+	if s.settled {
+		return
+	}
+	for _, st := range s.states {
+		if st == health.StateUnknown {
+			return
+		}
+	}
+	s.settled = true
+}
+
 // electLocked recomputes the active backend. A suspect active backend keeps
 // the role (a switch costs more than a suspicion, which the next probes
 // settle within a fraction of a second); only losing it moves the role.
+// Without failback the active backend also keeps the role while it is up,
+// but only once startup has settled (see WithStartupSettle): before, the
+// preferred up backend takes it, and such a move is not counted as a switch.
 func (s *Selector) electLocked(why string) {
 	cur := s.active
 	eligible := func(b string) bool {
 		st := s.states[b]
 		return st == health.StateUp || (st == health.StateSuspect && b == cur)
 	}
+	settled := s.settledLocked()
+	defer s.noteVerdictsLocked()
 	next := ""
-	if !s.cfg.Failback && cur != "" && eligible(cur) {
+	if !s.cfg.Failback && settled && cur != "" && eligible(cur) {
 		next = cur
 	} else {
 		for _, b := range s.order {
@@ -215,7 +295,7 @@ func (s *Selector) electLocked(why string) {
 	}
 	if next != "" {
 		s.m.active.WithLabelValues(next).Set(1)
-		if s.lastReal != "" && s.lastReal != next {
+		if s.lastReal != "" && s.lastReal != next && settled {
 			s.m.switches.Inc()
 		}
 		s.lastReal = next

@@ -64,7 +64,9 @@ func TestActiveStandby(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := DefaultConfig()
 			cfg.Failback = tt.failback
-			s, err := New(cfg, []string{"a", "b", "c"}, nil, nil)
+			// Settled at once: these cases are about steady state (c never
+			// gets a verdict); TestStartupSettle covers startup.
+			s, err := New(cfg, []string{"a", "b", "c"}, nil, nil, WithStartupSettle(0))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,6 +80,102 @@ func TestActiveStandby(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Without failback, "stay where you are" holds only after startup: the
+// standby whose first probes answer first must not keep the role for good.
+func TestStartupSettle(t *testing.T) {
+	const settle = 2 * time.Second
+	type tstep struct {
+		name   string // "" advances the clock by wait
+		to     health.State
+		wait   time.Duration
+		active string
+	}
+	tests := []struct {
+		name     string
+		failback bool
+		backends []string
+		steps    []tstep
+		switches float64
+	}{
+		{"standby up first, preferred 10ms later", false, []string{"a", "b"}, []tstep{
+			{name: "b", to: U, active: "b"}, // served at once
+			{wait: 10 * time.Millisecond},
+			{name: "a", to: U, active: "a"}, // every backend has a verdict: the preferred one
+			{name: "a", to: D, active: "b"},
+			{name: "a", to: U, active: "b"}, // after a failover: stay
+		}, 1},
+		{"last verdict is a down", false, []string{"a", "b", "c"}, []tstep{
+			{name: "c", to: U, active: "c"},
+			{name: "b", to: U, active: "b"},
+			{name: "a", to: D, active: "b"}, // settled on b
+			{name: "a", to: U, active: "b"},
+		}, 0},
+		{"dead preferred does not hold startup", false, []string{"a", "b"}, []tstep{
+			{name: "b", to: U, active: "b"},
+			{wait: settle},
+			{name: "a", to: U, active: "b"}, // too late: settled by time
+		}, 0},
+		{"just inside the window", false, []string{"a", "b"}, []tstep{
+			{name: "b", to: U, active: "b"},
+			{wait: settle - time.Millisecond},
+			{name: "a", to: U, active: "a"},
+		}, 0},
+		{"settled stays settled after reload", false, []string{"a", "b"}, []tstep{
+			{name: "b", to: U, active: "b"},
+			{name: "a", to: D, active: "b"},
+			{name: "reload"}, // adds c, unknown
+			{name: "a", to: U, active: "b"},
+		}, 0},
+		{"failback unchanged", true, []string{"a", "b"}, []tstep{
+			{name: "b", to: U, active: "b"},
+			{wait: settle},
+			{name: "a", to: U, active: "a"}, // a real failback
+		}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Failback = tt.failback
+			s, err := New(cfg, tt.backends, nil, nil, WithStartupSettle(settle))
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			s.now = func() time.Time { return now }
+			for i, st := range tt.steps {
+				switch st.name {
+				case "":
+					now = now.Add(st.wait)
+					continue
+				case "reload":
+					if err := s.SetBackends(append(slices.Clone(tt.backends), "c")); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				s.Apply(health.Change{Name: st.name, To: st.to})
+				if got := s.Active(); got != st.active {
+					t.Fatalf("step %d (%s %v): active %q, want %q", i, st.name, st.to, got, st.active)
+				}
+			}
+			if v := read(t, s.m.switches); v != tt.switches {
+				t.Errorf("switches = %v, want %v (startup moves are not switches)", v, tt.switches)
+			}
+		})
+	}
+}
+
+func TestStartupSettleDefault(t *testing.T) {
+	h := health.DefaultConfig()
+	if got, want := StartupSettle(h), 1400*time.Millisecond; got != want {
+		t.Fatalf("StartupSettle(defaults) = %s, want %s (rise 2 x 500ms + 400ms timeout)", got, want)
+	}
+	s, _ := New(DefaultConfig(), []string{"a"}, nil, nil)
+	if s.settle != StartupSettle(h) {
+		t.Fatalf("default settle %s", s.settle)
 	}
 }
 

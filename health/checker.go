@@ -13,6 +13,10 @@ import (
 	"go.uber.org/zap"
 )
 
+// amiNotConfigured is Status.AMI for a backend that require: [ami] cannot
+// apply to because it has no AMI settings.
+const amiNotConfigured = "not configured: no ami settings, only SIP is checked"
+
 // Checker probes every backend and keeps its state.
 type Checker struct {
 	cfg   Config
@@ -34,6 +38,7 @@ type backend struct {
 	t          Target
 	requireSIP bool
 	ami        *AMIClient // nil unless AMI is required
+	noAMI      bool       // require lists ami but the target has no AMI settings
 	kick       chan struct{}
 
 	state            State
@@ -171,10 +176,19 @@ func (c *Checker) addLocked(t Target) *backend {
 			b.requireSIP = true
 		case CheckAMI:
 			requireAMI = t.AMI != nil
+			b.noAMI = t.AMI == nil
 		}
 	}
 	if !b.requireSIP && !requireAMI {
 		b.requireSIP = true // "require: [ami]" on a backend without AMI
+	}
+	if b.noAMI {
+		// AMI is optional per backend (the example configuration has
+		// backends without it), so this is no error; but "require: ami"
+		// quietly meaning "sip only" would hide a forgotten ami: block.
+		b.lastAMI = amiNotConfigured
+		c.log.Warn("health requires ami but the backend has no ami settings: AMI is not checked, only SIP",
+			zap.String("backend", t.Name), zap.Strings("require", c.cfg.Require))
 	}
 	if requireAMI {
 		name := t.Name
@@ -277,6 +291,9 @@ func (c *Checker) probe(ctx context.Context, b *backend) {
 			lastSIP = "answered " + strconv.Itoa(code) + " in " + d.Round(10*time.Microsecond).String()
 		}
 	}
+	if b.noAMI {
+		lastAMI = amiNotConfigured
+	}
 	if b.ami != nil {
 		st := b.ami.State()
 		lastAMI = st.Reason()
@@ -342,7 +359,8 @@ func (c *Checker) record(b *backend, ok bool, reason, lastSIP, lastAMI string) {
 // Suspect is the passive check: the proxy calls it when a request forwarded
 // to the backend timed out, drew a 503 or hit a transport error. An up
 // backend becomes suspect at once (one strike towards fall, never enough
-// alone to make it down) and every backend is probed at once.
+// alone to make it down) and is probed at once; the other backends keep
+// their schedule.
 func (c *Checker) Suspect(name, reason string) {
 	c.mu.Lock()
 	b := c.backends[name]

@@ -38,7 +38,8 @@
 //	rise: 2                  # consecutive good probes to become up
 //	fall: 2                  # consecutive bad probes to become down
 //	alive_codes: [200-499]   # "404", "2xx" or "200-499" items
-//	require: [sip, ami]      # a backend without AMI settings needs sip only
+//	require: [sip, ami]      # a backend without AMI settings needs sip only:
+//	                         # warned once when it is added, status ami "not configured"
 //	ami_backoff_max: 2s      # AMI reconnect backoff: 100ms doubling up to this
 //
 // Metrics:

@@ -53,6 +53,8 @@ type Status struct {
 	Reason    string    `json:"reason"`
 	Since     time.Time `json:"since"`
 	// SIP and AMI describe the last result of each check ("" when not run).
+	// AMI starts with "not configured" when require lists ami but the
+	// backend has no AMI settings: only SIP is checked then.
 	SIP string `json:"sip,omitempty"`
 	AMI string `json:"ami,omitempty"`
 }

@@ -325,8 +325,8 @@ func TestExtract(t *testing.T) {
 }
 
 func TestSplitAORAndKey(t *testing.T) {
-	any := newTable(nil)
-	own := newTable([]string{"pbx.example.com", "192.0.2.1"})
+	any := newTable(nil, []string{"192.0.2.10"})
+	own := newTable([]string{"pbx.example.com", "192.0.2.1"}, nil)
 	cases := []struct {
 		in             string
 		anyKey, ownKey string
@@ -348,6 +348,32 @@ func TestSplitAORAndKey(t *testing.T) {
 		k2, ok2 := own.key(tc.in)
 		if ok1 != tc.ok || ok2 != tc.ok || k1 != tc.anyKey || k2 != tc.ownKey {
 			t.Errorf("key(%q) = %q,%v / %q,%v; want %q / %q, %v", tc.in, k1, ok1, k2, ok2, tc.anyKey, tc.ownKey, tc.ok)
+		}
+	}
+}
+
+// The proxy's own addresses count as local domains when domains is set:
+// Asterisk sends "sip:201@<proxy address>" to reach a phone.
+func TestLocalHostsKey(t *testing.T) {
+	tab := newTable([]string{"pbx.example.com"},
+		[]string{"192.0.2.10", "[2001:DB8::0001]", "Proxy1.Example.net", "0.0.0.0", "::", "fe80::1%eth0", " "})
+	cases := []struct{ in, want string }{
+		{"sip:201@pbx.example.com", "201"},
+		{"sip:201@192.0.2.10", "201"},
+		{"sip:201@192.0.2.10:5060;transport=udp", "201"},
+		{"sip:201@[2001:db8::1]:5060", "201"},
+		{"sip:201@[2001:0db8:0:0::1]", "201"},
+		{"sip:201@[::ffff:192.0.2.10]", "201"},
+		{"sip:201@proxy1.example.NET", "201"},
+		{"sip:201@[fe80::1]", "201"},
+		{"sip:201@192.0.2.11", "201@192.0.2.11"},
+		{"sip:201@0.0.0.0", "201@0.0.0.0"}, // unspecified: nobody's address
+		{"sip:201@[::]", "201@[::]"},
+		{"sip:201@Other.org", "201@other.org"},
+	}
+	for _, tc := range cases {
+		if got, ok := tab.key(tc.in); !ok || got != tc.want {
+			t.Errorf("key(%q) = %q, %v; want %q", tc.in, got, ok, tc.want)
 		}
 	}
 }

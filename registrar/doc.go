@@ -13,9 +13,12 @@
 //     removed.
 //   - Lookup: the live bindings of an AOR in any spelling, best first;
 //     ErrUnknownAOR (never registered: 404) versus ErrNoBinding (registered
-//     before, nothing live: 480). An AOR whose domain is local (domains, or
-//     any domain when domains is empty) is keyed by its user part alone, so
+//     before, nothing live: 480). An AOR whose domain is local (domains plus
+//     the proxy's own hosts given with WithLocalHosts, or any domain when
+//     domains is empty) is keyed by its user part alone, so
 //     "sip:201@<proxy address>" from Asterisk finds "sip:201@pbx.example.com".
+//     The caller passes the advertised host, the listen addresses and the
+//     VIPs to New with WithLocalHosts; IP addresses match in any spelling.
 //     An AOR with no record stays known for 24 h. A user part that is a
 //     registered Contact's user rather than an AOR's (Asterisk dialling the
 //     contact it stored, e.g. baresip's "203-0x55d8c1e0") finds that binding.
@@ -49,7 +52,9 @@
 //	default_expires  3600s           when neither 2xx nor REGISTER names one
 //	purge_interval   10s             expired bindings and tombstones dropped
 //	max_bindings     100000          new bindings beyond it: ErrFull (503); merges exempt
-//	domains          []              local domains; empty means every domain
+//	domains          []              local domains; empty means every domain.
+//	                                 With domains set, the proxy's own hosts
+//	                                 (WithLocalHosts) are local too.
 //
 // Metrics:
 //

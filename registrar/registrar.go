@@ -56,15 +56,38 @@ type Status struct {
 	Store      StoreStatus `json:"store"`
 }
 
+// Option configures a Registrar.
+type Option func(*options)
+
+type options struct {
+	localHosts []string
+}
+
+// WithLocalHosts adds the proxy's own host names and addresses (advertised
+// host, listen addresses, VIPs) to the local domains when cfg.Domains is
+// set, so that "sip:201@<proxy address>", which Asterisk sends to reach a
+// phone registered as "sip:201@pbx.example.com", finds it. IPv6 addresses
+// may be given with or without brackets; unspecified addresses (0.0.0.0,
+// ::) are ignored, so pass the addresses of the interfaces instead. Without
+// cfg.Domains every domain is local already and the hosts change nothing.
+// Hosts can be given more than once; they are merged.
+func WithLocalHosts(hosts ...string) Option {
+	return func(o *options) { o.localHosts = append(o.localHosts, hosts...) }
+}
+
 // New builds a registrar for node (the name used in record versions; must
 // be unique in the cluster), loading bindings from cfg.DataDir. A damaged
 // store file is logged, counted, moved aside and the registrar starts empty;
 // only a store that cannot be opened at all (locked, no permission) fails.
-func New(cfg Config, node string, log *zap.Logger, reg prometheus.Registerer) (*Registrar, error) {
-	return newWithClock(cfg, node, log, reg, func() time.Time { return time.Now().UTC().Round(0) })
+func New(cfg Config, node string, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Registrar, error) {
+	return newWithClock(cfg, node, log, reg, func() time.Time { return time.Now().UTC().Round(0) }, opts...)
 }
 
-func newWithClock(cfg Config, node string, log *zap.Logger, reg prometheus.Registerer, now func() time.Time) (*Registrar, error) {
+func newWithClock(cfg Config, node string, log *zap.Logger, reg prometheus.Registerer, now func() time.Time, opts ...Option) (*Registrar, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("registrar config: %w", err)
 	}
@@ -84,7 +107,7 @@ func newWithClock(cfg Config, node string, log *zap.Logger, reg prometheus.Regis
 		log:  log,
 		m:    m,
 		now:  now,
-		tab:  newTable(cfg.Domains),
+		tab:  newTable(cfg.Domains, o.localHosts),
 	}
 	if cfg.DataDir != "" {
 		if err := r.openAndLoad(); err != nil {

@@ -3,6 +3,7 @@ package registrar
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -149,7 +150,7 @@ func TestSaveBackendListIsAuthoritative(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The phone rebooted with a new port; ast1 replaced the old contact
-	// (max_contacts=1) and lists only the new one.
+	// (max_contacts reached, remove_existing) and lists only the new one.
 	req, res = register(t, "205", "sip:205@10.1.1.1:5070", "new", 1, 600)
 	bs, err := r.Save(req, res, src("198.51.100.1:5070"), "ast1")
 	if err != nil || len(bs) != 1 || bs[0].Contact != "sip:205@10.1.1.1:5070" {
@@ -163,6 +164,60 @@ func TestSaveBackendListIsAuthoritative(t *testing.T) {
 	req, res = register(t, "205", "sip:205@10.1.1.1:5070", "new", 2, 600)
 	if bs, _ = r.Save(req, res, src("198.51.100.1:5070"), "ast1"); len(bs) != 2 {
 		t.Fatalf("ast2's binding dropped by ast1's list: %+v", bs)
+	}
+}
+
+// Several devices of one extension on one backend (deploy/asterisk's
+// max_contacts=5): Asterisk's 200 lists every contact of the AOR, so all
+// stay bound for parallel ringing; a contact Asterisk evicted (the one
+// expiring soonest once max_contacts is reached) is missing from the next 200 and goes here
+// too: the backend is the authority.
+func TestSaveSeveralDevicesOneBackend(t *testing.T) {
+	r, _, _ := newTest(t, "", nil)
+	dev := func(i int) string { return "sip:206@10.2.0." + itoa(i) + ":5060" }
+	save := func(i int, listed ...int) []Binding {
+		t.Helper()
+		req, _ := register(t, "206", dev(i), "dev"+itoa(i), 1, 600)
+		var cs []string
+		for _, l := range listed {
+			cs = append(cs, "<"+dev(l)+">;expires=600")
+		}
+		res := resOf(t, `
+SIP/2.0 200 OK
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-dev`+itoa(i)+`;rport=5060
+From: <sip:206@pbx.example.com>;tag=f1
+To: <sip:206@pbx.example.com>;tag=as1
+Call-ID: dev`+itoa(i)+`
+CSeq: 1 REGISTER
+Contact: `+strings.Join(cs, ", ")+`
+Content-Length: 0
+
+`)
+		bs, err := r.Save(req, res, src("203.0.113.9:"+itoa(40000+i)), "ast1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bs
+	}
+	contactsOf := func(bs []Binding) []string {
+		var out []string
+		for _, b := range bs {
+			out = append(out, b.Contact)
+		}
+		slices.Sort(out)
+		return out
+	}
+	save(1, 1)
+	if got := contactsOf(save(2, 1, 2)); !slices.Equal(got, []string{dev(1), dev(2)}) {
+		t.Fatalf("two devices: %q", got)
+	}
+	// max_contacts reached (say 2): Asterisk removed dev1, the one expiring soonest.
+	if got := contactsOf(save(3, 2, 3)); !slices.Equal(got, []string{dev(2), dev(3)}) {
+		t.Fatalf("after the backend evicted dev1: %q", got)
+	}
+	bs, err := r.Lookup("sip:206@pbx.example.com")
+	if err != nil || !slices.Equal(contactsOf(bs), []string{dev(2), dev(3)}) {
+		t.Fatalf("Lookup = %+v, %v", bs, err)
 	}
 }
 
@@ -200,6 +255,47 @@ func TestLookupOrderAndDomains(t *testing.T) {
 	// Another domain is another AOR.
 	if _, err := r.Lookup("sip:204@elsewhere.org"); !errors.Is(err, ErrUnknownAOR) {
 		t.Fatalf("foreign domain: %v", err)
+	}
+}
+
+// An INVITE from Asterisk to sip:201@<proxy address> must reach the phone
+// registered as sip:201@pbx.example.com when domains is set.
+func TestLookupLocalHosts(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DataDir = ""
+	cfg.Domains = []string{"pbx.example.com"}
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		want error
+	}{
+		{"without local hosts", nil, ErrUnknownAOR},
+		{"with local hosts", []Option{WithLocalHosts("proxy1.example.net"), WithLocalHosts("192.0.2.10", "2001:db8::10")}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := newWithClock(cfg, "node-a", nil, nil, func() time.Time { return t0 }, tc.opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = r.Close() })
+			req, res := register(t, "201", "sip:201@203.0.113.7:5062", "c1", 1, 3600)
+			if _, err := r.Save(req, res, src("203.0.113.7:5062"), "ast1"); err != nil {
+				t.Fatal(err)
+			}
+			for _, uri := range []string{"sip:201@192.0.2.10", "sip:201@192.0.2.10:5060;transport=udp", "sip:201@[2001:db8::10]:5060", "sip:201@proxy1.example.net"} {
+				bs, err := r.Lookup(uri)
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("Lookup(%q) = %v, %v; want error %v", uri, bs, err, tc.want)
+				}
+				if tc.want == nil && (len(bs) != 1 || bs[0].Contact != "sip:201@203.0.113.7:5062") {
+					t.Fatalf("Lookup(%q) = %+v", uri, bs)
+				}
+			}
+			// Still not every domain.
+			if _, err := r.Lookup("sip:201@198.51.100.9"); !errors.Is(err, ErrUnknownAOR) {
+				t.Fatalf("foreign address: %v", err)
+			}
+		})
 	}
 }
 

@@ -1,7 +1,9 @@
 package registrar
 
 import (
+	"net/netip"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -36,15 +38,39 @@ type table struct {
 	tombs         int
 }
 
-func newTable(domains []string) *table {
+// newTable keys AORs in domains, and in localHosts (the proxy's own
+// addresses and names), by their user part. Empty domains makes every
+// domain local, whatever localHosts says.
+func newTable(domains, localHosts []string) *table {
 	t := &table{aors: make(map[string]*aorEntry), byContactUser: make(map[string]string)}
 	if len(domains) > 0 {
-		t.domains = make(map[string]bool, len(domains))
-		for _, d := range domains {
-			t.domains[lowerASCII(d)] = true
+		t.domains = make(map[string]bool, len(domains)+len(localHosts))
+		for _, d := range slices.Concat(domains, localHosts) {
+			if h := hostKey(d); h != "" {
+				t.domains[h] = true
+			}
 		}
 	}
 	return t
+}
+
+// hostKey is the spelling of a host used to decide whether it is local:
+// lower case, IPv6 without brackets or zone, IPv4-mapped addresses as IPv4,
+// so "[2001:DB8::0001]" in a Request-URI matches "2001:db8::1" given by the
+// caller. Unspecified addresses (0.0.0.0, ::) are nobody's: "".
+func hostKey(h string) string {
+	h = strings.TrimSpace(h)
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		h = h[1 : len(h)-1]
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		a = a.Unmap().WithZone("")
+		if a.IsUnspecified() {
+			return ""
+		}
+		return a.String()
+	}
+	return lowerASCII(h)
 }
 
 // key maps any AOR spelling to the table key: the user part for local
@@ -57,11 +83,10 @@ func (t *table) key(aor string) (string, bool) {
 	if host == "" {
 		return user, true
 	}
-	host = lowerASCII(host)
-	if t.domains == nil || t.domains[host] {
+	if t.domains == nil || t.domains[hostKey(host)] {
 		return user, true
 	}
-	return user + "@" + host, true
+	return user + "@" + lowerASCII(host), true
 }
 
 func (e *aorEntry) find(ckey string) int {
