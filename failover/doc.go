@@ -9,16 +9,21 @@
 //     error), then suspect ones. Down and unknown backends are never listed;
 //     an empty list means "answer 503".
 //   - Active(): the active backend in active-standby mode.
-//   - Subscribe(ctx): BackendDown events (a routable backend was lost; the
-//     proxy ends its dialogs) and ActiveChanged events.
+//   - Subscribe(ctx): BackendDown events (health lost a routable backend;
+//     the proxy ends its dialogs), BackendRemoved events (a reload dropped
+//     it; it still runs, its calls go on) and ActiveChanged events.
 //
 // Routing modes:
 //
 //   - active-standby: the active backend is the first up backend in
 //     configuration order. With failback: true (Heartbeat's auto_failback)
 //     a returning preferred backend takes the role back; with false, the
-//     current active keeps it while it is up (so at start, the first backend
-//     to come up keeps the role). A suspect active backend keeps
+//     current active keeps it while it is up. That stickiness starts once
+//     start-up has settled (every backend has a first verdict, or
+//     WithStartupSettle's time, rise probes long, has passed): until then
+//     the highest-priority up backend is chosen, so the standby answering
+//     its first probes a few milliseconds earlier does not keep the role
+//     for good. A suspect active backend keeps
 //     the role (the next probes settle a suspicion within a fraction of a
 //     second) but Candidates lists it after the up backends meanwhile.
 //   - balance: rendezvous (highest random weight) hashing of the key (the

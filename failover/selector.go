@@ -27,12 +27,15 @@ type EventKind int
 // Event kinds.
 const (
 	// BackendDown: a backend that was routable (up or suspect) is not any
-	// more (down, removed or reconfigured). Its calls are lost; the proxy
-	// ends their dialogs.
+	// more (health declared it down). Its calls are lost; the proxy ends
+	// their dialogs.
 	BackendDown EventKind = iota + 1
 	// ActiveChanged: Active() now returns Backend ("" if none); Previous
 	// is what it returned before.
 	ActiveChanged
+	// BackendRemoved: a backend left the configuration (reload). New calls
+	// no longer go there, but it still runs: its calls in progress go on.
+	BackendRemoved
 )
 
 func (k EventKind) String() string {
@@ -41,6 +44,8 @@ func (k EventKind) String() string {
 		return "backend-down"
 	case ActiveChanged:
 		return "active-changed"
+	case BackendRemoved:
+		return "backend-removed"
 	}
 	return fmt.Sprintf("event(%d)", int(k))
 }
@@ -182,8 +187,12 @@ func (s *Selector) Apply(c health.Change) {
 	}
 	s.states[c.Name] = to
 	if prev.Routable() && !to.Routable() {
+		kind := BackendDown
+		if c.Removed {
+			kind = BackendRemoved // reconfigured away, not dead: its calls go on
+		}
 		s.log.Warn("backend lost", zap.String("backend", c.Name), zap.Stringer("state", to), zap.String("reason", c.Reason))
-		s.emitLocked(Event{Kind: BackendDown, Backend: c.Name, Reason: c.Reason, At: time.Now()})
+		s.emitLocked(Event{Kind: kind, Backend: c.Name, Reason: c.Reason, At: time.Now()})
 	}
 	s.electLocked(c.Name + " " + to.String() + ": " + c.Reason)
 }
@@ -211,7 +220,7 @@ func (s *Selector) SetBackends(backends []string) error {
 			continue
 		}
 		if s.states[b].Routable() {
-			s.emitLocked(Event{Kind: BackendDown, Backend: b, Reason: "removed from configuration", At: time.Now()})
+			s.emitLocked(Event{Kind: BackendRemoved, Backend: b, Reason: "removed from configuration", At: time.Now()})
 		}
 		s.m.active.DeleteLabelValues(b)
 	}

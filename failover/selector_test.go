@@ -201,7 +201,7 @@ func TestEventsAndMetrics(t *testing.T) {
 		"backend-down a ",
 		"active-changed b a",
 		"active-changed a b",
-		"backend-down b ",
+		"backend-removed b ", // a reload dropped it: not dead, its calls go on
 	}
 	for i, w := range want {
 		select {
@@ -292,8 +292,20 @@ func TestSetBackends(t *testing.T) {
 	s, _ := New(DefaultConfig(), []string{"a", "b"}, nil, reg)
 	s.Apply(health.Change{Name: "a", To: U})
 	s.Apply(health.Change{Name: "b", To: U})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := s.Subscribe(ctx)
 	if err := s.SetBackends([]string{"b", "c"}); err != nil {
 		t.Fatal(err)
+	}
+	for e := range ev {
+		if e.Backend != "a" || e.Kind == ActiveChanged {
+			continue
+		}
+		if e.Kind != BackendRemoved {
+			t.Fatalf("a dropped by a reload: event %v, want backend-removed (its calls must not be hung up)", e.Kind)
+		}
+		break
 	}
 	if s.Active() != "b" || strings.Join(s.Candidates("x"), ",") != "b" {
 		t.Fatalf("after reload: active %q candidates %v", s.Active(), s.Candidates("x"))

@@ -182,6 +182,9 @@ func TestColdSwitchover(t *testing.T) {
 	if out, err := l.hapbx("takeover", "asterisk9"); err == nil || !strings.Contains(out, "unknown node") {
 		t.Fatalf("takeover of an unknown node: %v\n%s", err, out)
 	}
+	if out, err := l.hapbx("takeover"); err == nil || !strings.Contains(out, "one of asterisk1, asterisk2") {
+		t.Fatalf("takeover without a node: %v\n%s", err, out)
+	}
 	// Without the admin token the API refuses.
 	res, err := http.Post(l.proxy.admin+"/api/v1/cold/standby", "application/json", strings.NewReader("{}"))
 	if err != nil {

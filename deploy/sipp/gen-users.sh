@@ -58,7 +58,7 @@ pjsip)
 	seq "$first" "$last" | awk -v p="$prefix" '{
 		printf "[%s]\ntype=endpoint\ncontext=loadtest\ndisallow=all\nallow=ulaw,alaw\nauth=%s-auth\naors=%s\nrewrite_contact=yes\nrtp_symmetric=yes\n\n", $1, $1, $1
 		printf "[%s-auth]\ntype=auth\nauth_type=userpass\nusername=%s\npassword=%s%s\n\n", $1, $1, p, $1
-		printf "[%s]\ntype=aor\nmax_contacts=1\nremove_existing=yes\n\n", $1 }'
+		printf "[%s]\ntype=aor\nmax_contacts=5\nremove_existing=yes\n\n", $1 }'
 	;;
 *)
 	echo "gen-users.sh: -a must be sip or pjsip" >&2

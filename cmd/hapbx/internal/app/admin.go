@@ -16,15 +16,18 @@ import (
 
 // Status is the body of GET /api/v1/status.
 type Status struct {
-	Node      string                `json:"node"`
-	Version   string                `json:"version"`
-	Uptime    string                `json:"uptime"`
-	Routing   string                `json:"routing"`
-	Active    string                `json:"active_backend"`
-	Health    []health.Status       `json:"backends_health"`
-	Proxy     proxy.Status          `json:"proxy"`
-	Registrar registrar.Status      `json:"registrar"`
-	Media     []media.SessionStatus `json:"media_sessions,omitempty"`
+	Node    string `json:"node"`
+	Version string `json:"version"`
+	Uptime  string `json:"uptime"`
+	Routing string `json:"routing"`
+	Active  string `json:"active_backend"`
+	// LeaderActive is the active backend the VIP holder decided, as
+	// replicated to every proxy (absent without a cluster).
+	LeaderActive string                `json:"leader_active_backend,omitempty"`
+	Health       []health.Status       `json:"backends_health"`
+	Proxy        proxy.Status          `json:"proxy"`
+	Registrar    registrar.Status      `json:"registrar"`
+	Media        []media.SessionStatus `json:"media_sessions,omitempty"`
 	// Cluster is membership, quorum and the VIP holder (nil when alone).
 	Cluster *cluster.Status `json:"cluster,omitempty"`
 	// Cold is the cold standby coordinator's view (nil in hot standby).
@@ -57,17 +60,18 @@ func (d *daemon) adminHandler() http.Handler {
 
 func (d *daemon) status() Status {
 	return Status{
-		Node:      d.cfg.Node.Name,
-		Version:   version,
-		Uptime:    time.Since(d.started).Round(time.Second).String(),
-		Routing:   d.cfg.Failover.Routing,
-		Active:    d.selector.Active(),
-		Health:    d.health.Snapshot(),
-		Proxy:     d.proxy.Status(),
-		Registrar: d.bindings.Snapshot(),
-		Media:     d.mediaSnapshot(),
-		Cold:      d.coldStatus(),
-		Cluster:   d.clusterStatus(),
+		Node:         d.cfg.Node.Name,
+		Version:      version,
+		Uptime:       time.Since(d.started).Round(time.Second).String(),
+		Routing:      d.cfg.Failover.Routing,
+		Active:       d.selector.Active(),
+		LeaderActive: d.leaderActive(),
+		Health:       d.health.Snapshot(),
+		Proxy:        d.proxy.Status(),
+		Registrar:    d.bindings.Snapshot(),
+		Media:        d.mediaSnapshot(),
+		Cold:         d.coldStatus(),
+		Cluster:      d.clusterStatus(),
 	}
 }
 

@@ -32,8 +32,26 @@ func (d *daemon) setupCluster() error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	// A new VIP holder makes its own active-backend decision the one all
+	// proxies read (the previous holder's may be stale or missing).
+	c.RepublishOnTakeover(keyActive, func() []byte {
+		if a := d.selector.Active(); a != "" {
+			return []byte(a)
+		}
+		return nil
+	})
 	d.cluster = c
 	return nil
+}
+
+// leaderActive is the active backend as the VIP holder last published it
+// ("" without a cluster or before any decision).
+func (d *daemon) leaderActive() string {
+	if d.cluster == nil {
+		return ""
+	}
+	b, _ := d.cluster.Get(keyActive)
+	return string(b)
 }
 
 // isLeader is true on the VIP holder, or on a proxy without a cluster.

@@ -177,8 +177,15 @@ func nodeRow(name, healthState, role string, st storage.Status, note string) str
 func printStatus(w io.Writer, st Status) {
 	fmt.Fprintf(w, "proxy %s  routing %s  active backend %s\n", st.Node, st.Routing, dash(st.Active))
 	if c := st.Cluster; c != nil {
-		holder := c.Leader
-		fmt.Fprintf(w, "cluster: VIP %s held by %s (here: %v)  quorum %v  raft %s\n", dash(c.VIP), dash(holder), c.VIPHeld, c.Quorum, c.RaftState)
+		holders := strings.Join(c.VIPHolders, ",")
+		if len(c.VIPHolders) > 1 {
+			holders += " (MORE THAN ONE: a VIP removal is failing, see the logs)"
+		}
+		fmt.Fprintf(w, "cluster: VIP %s held by %s (here: %v)  raft leader %s  quorum %v  raft %s\n",
+			dash(c.VIP), dash(holders), c.VIPHeld, dash(c.Leader), c.Quorum, c.RaftState)
+		if st.LeaderActive != "" && st.LeaderActive != st.Active {
+			fmt.Fprintf(w, "active backend decided by the VIP holder: %s (this proxy's own view: %s)\n", st.LeaderActive, dash(st.Active))
+		}
 		var ms []string
 		for _, m := range c.Members {
 			if m.Role == cluster.RoleAgent.String() {
@@ -262,7 +269,12 @@ func moveCmd(cmd string, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if cmd == "takeover" && node == "" {
-		node = cfg.Node.Name
+		var names []string
+		for _, b := range cfg.Backends {
+			names = append(names, b.Name)
+		}
+		fmt.Fprintf(stderr, "hapbx takeover: name the PBX node to take the resource group (one of %s)\n", strings.Join(names, ", "))
+		return 2
 	}
 	if cfg.Admin.Listen == "" || cfg.Admin.TokenFile == "" {
 		fmt.Fprintf(stderr, "%s: admin.listen and admin.token_file must be set for hapbx %s\n", path, cmd)

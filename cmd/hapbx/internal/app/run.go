@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -65,7 +66,8 @@ func (d *daemon) run() error {
 	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg); err != nil {
 		return fmt.Errorf("health: %w", err)
 	}
-	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg); err != nil {
+	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg,
+		failover.WithStartupSettle(failover.StartupSettle(d.cfg.Health))); err != nil {
 		return fmt.Errorf("failover: %w", err)
 	}
 	if err := d.setupCluster(); err != nil {
@@ -76,7 +78,8 @@ func (d *daemon) run() error {
 	}
 	// A damaged store is reported and set aside by the registrar, which then
 	// starts empty: phones re-register, calls keep working.
-	if d.bindings, err = registrar.New(d.cfg.Registrar, d.cfg.Node.Name, d.log.Named("registrar"), d.reg); err != nil {
+	if d.bindings, err = registrar.New(d.cfg.Registrar, d.cfg.Node.Name, d.log.Named("registrar"), d.reg,
+		registrar.WithLocalHosts(d.localHosts()...)); err != nil {
 		return fmt.Errorf("registrar: %w", err)
 	}
 	defer func() {
@@ -228,11 +231,32 @@ func (d *daemon) hangUpDeadBackends(ctx context.Context) {
 		switch ev.Kind {
 		case failover.BackendDown:
 			go d.proxy.HangUpBackend(ev.Backend, "backend down")
+		case failover.BackendRemoved:
+			// Still running: its calls go on; only new ones go elsewhere.
+			d.log.Info("backend removed from the configuration; its calls in progress continue", zap.String("backend", ev.Backend))
 		case failover.ActiveChanged:
 			d.publishActive(ev.Backend)
 			d.log.Warn("active backend changed", zap.String("active", ev.Backend), zap.String("previous", ev.Previous), zap.String("reason", ev.Reason))
 		}
 	}
+}
+
+// localHosts are the addresses phones and Asterisk use for this proxy:
+// the advertised host, the specific listen addresses and the VIP. The
+// registrar treats them as local domains (INVITE sip:201@<VIP>).
+func (d *daemon) localHosts() []string {
+	hosts := []string{d.cfg.SIP.Advertise}
+	if ls, err := d.cfg.SIP.Listeners(); err == nil {
+		for _, l := range ls {
+			hosts = append(hosts, l.Addr.Addr().String())
+		}
+	}
+	if d.cfg.ClusterEnabled() {
+		if p, err := netip.ParsePrefix(d.cfg.ClusterConfig().VIP.Address); err == nil {
+			hosts = append(hosts, p.Addr().String())
+		}
+	}
+	return hosts
 }
 
 // healthTargets reads each backend's AMI secret file.
