@@ -91,9 +91,9 @@ func IsAgentFile(data []byte) bool {
 // when it joins the proxies' cluster, cluster (other sections are ignored
 // but must be known keys).
 func LoadAgent(path string) (File, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return File{}, fmt.Errorf("read config %s: %w", path, err)
+		return File{}, err
 	}
 	return ParseAgent(path, data)
 }

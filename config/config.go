@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"reflect"
@@ -101,7 +102,12 @@ func Default() File {
 type Error struct {
 	File     string
 	Problems []string // "field.path: reason"
+	// Err is the cause when the file could not be read at all.
+	Err error
 }
+
+// Unwrap returns the read error, if any.
+func (e *Error) Unwrap() error { return e.Err }
 
 func (e *Error) Error() string {
 	var b strings.Builder
@@ -120,9 +126,9 @@ func (e *Error) Error() string {
 // Load reads, decodes and validates the file at path. On any problem it
 // returns an *Error listing all of them.
 func Load(path string) (File, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return File{}, fmt.Errorf("read config %s: %w", path, err)
+		return File{}, err
 	}
 	return Parse(path, data)
 }
@@ -159,7 +165,7 @@ func decode(name string, data []byte) (File, []string, error) {
 		if errors.As(err, &te) {
 			for _, m := range te.Errors {
 				if !strings.Contains(m, "not found in type") { // reported with its path above
-					problems = append(problems, m)
+					problems = append(problems, typeProblem(&root, m))
 				}
 			}
 		} else {
@@ -167,6 +173,64 @@ func decode(name string, data []byte) (File, []string, error) {
 		}
 	}
 	return f, problems, nil
+}
+
+// typeProblem puts the key path in front of a YAML type error ("line 5:
+// cannot unmarshal !!str `fast` into time.Duration"), found from its line.
+func typeProblem(root *yaml.Node, msg string) string {
+	var line int
+	if _, err := fmt.Sscanf(msg, "line %d:", &line); err != nil || len(root.Content) == 0 {
+		return msg
+	}
+	if p := pathAtLine(root.Content[0], line, ""); p != "" {
+		return p + ": " + msg
+	}
+	return msg
+}
+
+// pathAtLine returns the key path of the value that starts on line (the
+// deepest one), or "".
+func pathAtLine(n *yaml.Node, line int, path string) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			if deeper := pathAtLine(v, line, p); deeper != "" {
+				return deeper
+			}
+			if v.Line == line || k.Line == line && (v.Kind == yaml.ScalarNode || v.Kind == yaml.AliasNode) {
+				return p
+			}
+		}
+	case yaml.SequenceNode:
+		// Into mappings only: a scalar item's error names the list (a list
+		// where a string belongs reports on the list's own line).
+		for i, c := range n.Content {
+			if deeper := pathAtLine(c, line, fmt.Sprintf("%s[%d]", path, i)); deeper != "" {
+				return deeper
+			}
+		}
+	}
+	return ""
+}
+
+// ReadFile reads a configuration file; a failure is an *Error naming it
+// ("FILE: cannot read the file: reason") that unwraps to the OS error.
+func ReadFile(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		reason := err
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			reason = pe.Err
+		}
+		return nil, &Error{File: path, Problems: []string{"cannot read the file: " + reason.Error()}, Err: err}
+	}
+	return data, nil
 }
 
 func yamlProblem(err error) string {
@@ -386,9 +450,9 @@ func IsWitnessFile(data []byte) bool {
 // LoadWitness reads and validates a witness's file: node, cluster (no VIP
 // needed), admin and log.
 func LoadWitness(path string) (File, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
-		return File{}, fmt.Errorf("read config %s: %w", path, err)
+		return File{}, err
 	}
 	return ParseWitness(path, data)
 }

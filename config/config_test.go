@@ -184,3 +184,24 @@ cluster:
 		t.Fatalf("good key file: %v", err)
 	}
 }
+
+// TestTypeErrorsHavePaths: a value of the wrong type is reported as
+// FILE: field.path: reason like every other problem, also inside lists;
+// an unreadable file is FILE: reason too.
+func TestTypeErrorsHavePaths(t *testing.T) {
+	in := "node: {name: p1}\nsip:\n  listen: [\"udp://127.0.0.1:5060\"]\n  advertise: 127.0.0.1\n  hop_timeout: fast\n" +
+		"backends:\n  - {name: a1, address: \"127.0.0.1:5070\", transport: udp}\n  - name: a2\n    address: [1, 2]\n"
+	_, err := Parse("x.yaml", []byte(in))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{"x.yaml: sip.hop_timeout: line 5: cannot unmarshal", "x.yaml: backends[1].address: line 9: cannot unmarshal"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+	missing := filepath.Join(t.TempDir(), "nope.yaml")
+	if _, err := Load(missing); err == nil || !strings.HasPrefix(err.Error(), missing+": cannot read the file: ") {
+		t.Errorf("missing file: %v", err)
+	}
+}

@@ -241,6 +241,9 @@ func (p *Proxy) serve(f func() error) {
 	go func() {
 		defer p.serveWG.Done()
 		if err := f(); err != nil && !errors.Is(err, net.ErrClosed) {
+			// A listener that died leaves the proxy deaf on it: /healthz
+			// must say so, so the pair's monitoring sees it.
+			p.up.Store(false)
 			p.log.Error("SIP listener stopped", zap.Error(err))
 		}
 	}()

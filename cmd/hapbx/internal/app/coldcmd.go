@@ -65,9 +65,9 @@ func localURL(listen string) string {
 }
 
 func loadAny(path string) (config.File, bool, error) {
-	data, err := os.ReadFile(path)
+	data, err := config.ReadFile(path)
 	if err != nil {
-		return config.File{}, false, fmt.Errorf("read config %s: %w", path, err)
+		return config.File{}, false, err
 	}
 	if config.IsAgentFile(data) {
 		f, err := config.ParseAgent(path, data)

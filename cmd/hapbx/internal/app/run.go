@@ -162,9 +162,13 @@ func (d *daemon) run() error {
 		d.log.Info("stopping: draining transactions", zap.String("signal", sig.String()), zap.Duration("drain_timeout", d.cfg.SIP.DrainTimeout))
 		sctx, cancel := context.WithCancel(context.Background())
 		go func() {
-			if s, ok := <-sigs; ok && s != syscall.SIGHUP {
+			for s := range sigs {
+				if s == syscall.SIGHUP {
+					continue // no reload while stopping; keep waiting for a second stop signal
+				}
 				d.log.Warn("second signal: stopping at once")
 				cancel()
+				return
 			}
 		}()
 		err := p.Shutdown(sctx)
