@@ -406,3 +406,31 @@ func readFileIf(p string) string {
 	b, _ := os.ReadFile(p)
 	return string(b)
 }
+
+// An agent whose local disk is not UpToDate (Outdated after it was
+// disconnected while the peer wrote) refuses an automatic start before
+// asking DRBD; the operator's forced start still goes through.
+func TestOutdatedDiskRefusesPromotion(t *testing.T) {
+	needRoot(t)
+	c := newCluster(t, "A", "B")
+	pb := freePort(t)
+	b := c.start("B", c.config("B", pb), pb)
+	ctx := context.Background()
+
+	c.write("disk.B", "Outdated")
+	waitStatus(t, b, "disk Outdated seen", func(s Status) bool { return s.Disk == "Outdated" })
+	res, err := b.client.Start(ctx, StartOptions{})
+	if !errors.Is(err, ErrDiskNotUpToDate) {
+		t.Fatalf("automatic start on an Outdated disk: %v (code %q), want ErrDiskNotUpToDate", err, res.Code)
+	}
+	if i := findCall(c.calls(), "B", "drbdadm primary", 0); i >= 0 {
+		t.Fatal("B asked DRBD for primary on an Outdated disk")
+	}
+	if _, err := b.client.Start(ctx, StartOptions{Force: true}); err != nil {
+		t.Fatalf("forced start: %v", err)
+	}
+	if findCall(c.calls(), "B", "drbdadm primary --force r0", 0) < 0 {
+		t.Fatal("forced start did not run drbdadm primary --force")
+	}
+	assertNeverTwoPrimaries(t, c.calls())
+}
