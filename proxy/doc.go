@@ -17,8 +17,20 @@
 //     answers 408/503 is skipped for the next one inside the same server
 //     transaction, unless a provisional beyond 100 was already relayed or
 //     the caller cancelled; with none left the caller gets 503 with
-//     Retry-After. A request re-sent after a 401/407 challenge goes to the
-//     backend that issued the challenge (it holds the nonce);
+//     Retry-After. A 408/503 or silence always marks the backend suspect
+//     (an immediate probe). A request re-sent after a 401/407 challenge goes
+//     to the backend that issued the challenge (it holds the nonce) while
+//     that backend is routable. hop_timeout applies to every new request,
+//     not only INVITE: Asterisk answers REGISTER, OPTIONS and the rest at
+//     once too, and a backend that does not is treated as failing;
+//   - holds a new request that finds no healthy backend for up to
+//     `sip.no_backend_wait` (100 Trying first), so calls placed during a
+//     cold failover are set up late rather than refused; the caller's
+//     CANCEL, a drain or the deadline end the wait;
+//   - runs Timer C (`sip.timer_c`, RFC 3261 §16.8) on every proxied INVITE
+//     and fork: reset by provisionals, it cancels a call that rings too
+//     long; a CANCEL answered by no final response within 64*T1 ends the
+//     caller's transaction with 408;
 //   - forwards in-dialog requests by their Route / Request-URI; an in-dialog
 //     request to a backend waits while the backend is merely slow and gets
 //     408 only once health has declared it down (RFC 3261 §15.1.1: the
@@ -33,19 +45,25 @@
 //   - stores a binding when a backend accepts a REGISTER, and answers a
 //     REGISTER refresh from the store when no backend can take it (503 with
 //     Retry-After for anything else);
-//   - tracks confirmed dialogs per backend (bounded: max_dialogs,
+//   - tracks confirmed dialogs per backend, both calls placed by phones and
+//     calls a backend placed to registered phones (bounded: max_dialogs,
 //     dialog_ttl) and, told that a backend is down (HangUpBackend), sends
 //     each of its calls' phones a BYE;
 //   - anchors media when given a MediaAnchor (package media): the SDP of
 //     every request and response is rewritten through the relay, the legs
 //     told apart by the caller's From tag; a new call with no relay ports
 //     left gets 503, an SDP the relay cannot parse passes un-anchored;
-//   - relays CANCEL downstream once a provisional was seen (sipgo answers
-//     the caller's CANCEL and the 487 itself), absorbs hop-by-hop ACKs of
-//     non-2xx finals, forwards 2xx ACKs statelessly end to end, and relays
-//     2xx retransmissions of INVITE (RFC 6026) statelessly upstream;
+//   - relays CANCEL downstream once a provisional was seen, absorbs
+//     hop-by-hop ACKs of non-2xx finals, forwards 2xx ACKs statelessly end
+//     to end, and relays 2xx retransmissions of INVITE (RFC 6026)
+//     statelessly upstream. Deviation from §16.10, owed to sipgo's
+//     transaction layer: the caller's CANCEL is answered 200 and its INVITE
+//     487 by sipgo at once, not by relaying the callee's 487; a 2xx that
+//     crosses the CANCEL is still relayed to the caller (statelessly), who
+//     must ACK and BYE it as RFC 3261 requires of a UAC;
 //   - on Shutdown answers new initial requests 503 while transactions in
-//     flight finish, for at most `sip.drain_timeout`.
+//     flight finish, for at most `sip.drain_timeout`; those still pending
+//     then get 503 and their downstream INVITEs a CANCEL.
 //
 // What it does not: authenticate (Asterisk challenges; the proxy passes the
 // challenge through), probe backends (package health; a FailureReporter is
@@ -54,8 +72,9 @@
 // (package media).
 //
 // Config keys (section `sip`): listen, advertise, tls.cert, tls.key,
-// hop_timeout (500ms), retry_after (5s), drain_timeout (5s),
-// max_message_size (65535), max_dialogs (100000), dialog_ttl (12h).
+// hop_timeout (500ms), retry_after (5s), no_backend_wait (3s),
+// drain_timeout (5s), timer_c (3m1s), max_message_size (65535),
+// max_dialogs (100000), dialog_ttl (12h).
 // Listeners bind with IP_FREEBIND, so a listener on the VIP binds before the
 // cluster adds the address.
 //
@@ -67,6 +86,7 @@
 // hapbx_proxy_retries_total{backend,reason},
 // hapbx_proxy_malformed_total{reason} (parse, oversize, no_transaction_key,
 // missing_<header>, cseq_method), hapbx_proxy_register_store_answers_total,
-// hapbx_proxy_forks_total, hapbx_proxy_dialogs,
-// hapbx_dialogs_terminated_total{reason}.
+// hapbx_proxy_forks_total, hapbx_proxy_held_requests_total,
+// hapbx_proxy_timer_c_total, hapbx_proxy_dialogs,
+// hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason}.
 package proxy
