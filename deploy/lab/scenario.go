@@ -346,7 +346,7 @@ func ms(d time.Duration) string {
 // o.EventAfter, waits for the caller to finish and measures.
 func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Duration, string, string, error)) (Event, error) {
 	ev := Event{Name: name, NewCalls: -1}
-	caller, err := l.Sipp("phones", fmt.Sprintf("calls%d", n), 5080+n, "-sf", l.Scenario("uac_call_lab.xml"), "-s", EchoExtension,
+	caller, err := l.Sipp("phones", fmt.Sprintf("calls%d", n), 5080+n, "-sf", l.Scenario("uac_call_lab.xml"), "-inf", l.Scenario("calls.csv"),
 		"-r", strconv.Itoa(o.Rate), "-m", strconv.Itoa(o.Calls), "-l", strconv.Itoa(4*o.Rate),
 		"-timeout", "60s", "-trace_rtt", "-rtt_freq", "1", VIP+":5060")
 	if err != nil {
