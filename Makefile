@@ -37,7 +37,7 @@ test: lint unit fuzz
 bench: build
 	HAPBX_BIN=$(CURDIR)/bin/hapbx ./deploy/bench/proxy-bench.sh
 	HAPBX_BIN=$(CURDIR)/bin/hapbx ./deploy/bench/register-bench.sh
-	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench 'BackendFailover|ColdFailover' -benchtime 1x ./cmd/hapbx
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench 'BackendFailover|ColdFailover|ClusterIdleCPU|JoinSync' -benchtime 1x ./cmd/hapbx
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench VIPFailover -benchtime 1x ./deploy/lab
 	$(GO) test -run '^$$' -bench DetectDown -benchtime 1x ./health/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./registrar/

@@ -482,17 +482,25 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 	leaderCh := c.r.LeaderCh()
 	var lastTransfer time.Time
 	for {
+		// A wake (an acknowledged VerifyLeader, a finished transfer) only
+		// re-evaluates the lease. Verifying on it too made every answer
+		// start the next round at once: an idle leader spun at network round
+		// trip speed, most of a core. Verifications go out on the tick (and
+		// when leadership changes), which is what the lease is sized for.
+		verify := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			verify = true
 		case <-leaderCh:
+			verify = true
 		case <-c.wake:
 		}
 		isLeader := c.r.State() == raft.Leader
 		c.m.isLeader.Set(b2f(isLeader))
 		now := time.Now()
-		if isLeader && c.inflight.Load() < 4 {
+		if isLeader && verify && c.inflight.Load() < 4 {
 			c.inflight.Add(1)
 			issued := now
 			go func() {

@@ -123,7 +123,7 @@ func BenchmarkLookup100kParallel(b *testing.B) {
 // BenchmarkStoreWrite measures bbolt write throughput: 100k bindings queued
 // then flushed in batches as the flusher does (fsync per batch).
 func BenchmarkStoreWrite(b *testing.B) {
-	for _, batch := range []int{1, 100, 10_000} {
+	for _, batch := range []int{1, 100, 10_000, benchBindings} {
 		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
 			now := time.Now().UTC().Round(0)
 			recs := benchRecords(benchBindings, now)

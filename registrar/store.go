@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -216,9 +217,17 @@ func (s *store) write(batch map[string]pendingOp) (err error) {
 			err = fmt.Errorf("bbolt panic: %v", p)
 		}
 	}()
+	// In key order: bbolt inserts into sorted leaves, and random order makes
+	// a large batch (a joining proxy's full state) quadratic in memmove.
+	keys := make([]string, 0, len(batch))
+	for k := range batch {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketRecords)
-		for k, op := range batch {
+		for _, k := range keys {
+			op := batch[k]
 			if op.del {
 				if err := b.Delete([]byte(k)); err != nil {
 					return err
