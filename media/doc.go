@@ -10,10 +10,16 @@
 // Relay.Anchor takes any SDP body one leg sent (INVITE, 18x, 200, ACK late
 // offer, UPDATE, re-INVITE, in either direction) and returns it rewritten for
 // the other leg: o=, c= (session and media level), m= port and a=rtcp point at
-// the relay address and the ports facing the receiver; codecs and direction
-// attributes are left alone; a=candidate lines are removed (ICE would bypass
-// the relay). Held streams (c=0.0.0.0) keep 0.0.0.0 so hold still means hold;
-// disabled streams (port 0) stay disabled. Re-INVITEs reuse the session's
+// the relay address and the ports facing the receiver (o= of any address
+// type, IPv6 included, becomes IN IP4 relay); codecs and direction
+// attributes are left alone; ICE attributes (a=candidate, ice-ufrag, ice-pwd,
+// ice-options, ice-lite, remote-candidates, end-of-candidates) are removed at
+// session and media level: the relay is the media endpoint of both legs and
+// candidates naming a phone would route around it. Held streams (c=0.0.0.0)
+// keep 0.0.0.0 so hold still means hold, but their m= port and a=rtcp name
+// the relay's port pair, which a held stream keeps; disabled streams (port 0)
+// stay disabled, lose a=rtcp and have their c= pointed at the relay, so no
+// phone address or port reaches the other leg. Re-INVITEs reuse the session's
 // ports: hold, resume, codec change and new remote ports never allocate or
 // leak. Relay.Release ends a session on BYE, CANCEL or a final error.
 //
