@@ -19,7 +19,11 @@
 // keep 0.0.0.0 so hold still means hold, but their m= port and a=rtcp name
 // the relay's port pair, which a held stream keeps; disabled streams (port 0)
 // stay disabled, lose a=rtcp and have their c= pointed at the relay, so no
-// phone address or port reaches the other leg. Re-INVITEs reuse the session's
+// phone address or port reaches the other leg. a=rtcp-mux (and
+// rtcp-mux-only) is removed in both directions: RFC 5761 muxes RTP and RTCP
+// only when offer and answer both carry it, so each phone then sends RTCP to
+// the relay's separate RTCP port, where it is relayed; RTCP arriving on an RTP
+// port is dropped (reason "not_rtp"). Re-INVITEs reuse the session's
 // ports: hold, resume, codec change and new remote ports never allocate or
 // leak. Relay.Release ends a session on BYE, CANCEL or a final error.
 //
@@ -125,7 +129,9 @@
 // # What it does not do
 //
 // No IPv6, no multicast, no ICE/DTLS-SRTP termination, no transcoding, no
-// RTP/RTCP multiplexing on one port (RFC 5761), no recording. It does not
+// RTP/RTCP multiplexing on one port (RFC 5761: a=rtcp-mux is removed from
+// SDP instead, so a phone that offers only mux, a=rtcp-mux-only, fails to
+// negotiate), no recording. It does not
 // parse SIP: the proxy decides which body goes with which leg and when a
 // session ends. Sessions are keyed by Call-ID only (no parallel forking by
 // to-tag): when the proxy retries the INVITE on the next backend it keeps the

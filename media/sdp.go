@@ -174,7 +174,10 @@ var iceAttrs = map[string]bool{
 // still means hold on the other side, but their m= port and a=rtcp name the
 // relay's port pair, which the session keeps. Disabled (port 0) lines stay
 // disabled, lose a=rtcp and have their c= pointed at the relay. ICE
-// attributes are removed everywhere. Codecs are untouched.
+// attributes are removed everywhere. a=rtcp-mux is removed so both legs send
+// RTCP to the separate RTCP port the relay listens on: RFC 5761 uses mux only
+// when offer and answer both carry it, and the relay drops RTCP arriving on
+// an RTP port. Codecs are untouched.
 func rewriteSDP(sd *sdp.SessionDescription, infos []streamInfo, relay netip.Addr, ports []int) ([]byte, error) {
 	ip := relay.String()
 	// The origin's address only names the session's creator: any type
@@ -226,11 +229,11 @@ func rewriteSDP(sd *sdp.SessionDescription, infos []streamInfo, relay netip.Addr
 	return out, nil
 }
 
-// dropAttrs removes ICE attributes in place.
+// dropAttrs removes ICE attributes and a=rtcp-mux(-only) in place.
 func dropAttrs(attrs []sdp.Attribute) []sdp.Attribute {
 	out := attrs[:0]
 	for _, a := range attrs {
-		if iceAttrs[a.Key] {
+		if iceAttrs[a.Key] || a.Key == "rtcp-mux" || a.Key == "rtcp-mux-only" {
 			continue
 		}
 		out = append(out, a)

@@ -158,7 +158,7 @@ func FuzzAnchorSDP(f *testing.F) {
 		}
 		for i, md := range back.MediaDescriptions {
 			for _, a := range append(md.Attributes, back.Attributes...) {
-				if iceAttrs[a.Key] {
+				if iceAttrs[a.Key] || a.Key == "rtcp-mux" {
 					t.Fatalf("m= line %d keeps a=%s\n%q", i, a.Key, out)
 				}
 				if a.Key == "rtcp" && (infos[i].disabled || !strings.HasPrefix(a.Value+" ", strconv.Itoa(ports[i]+1)+" ")) {
@@ -298,5 +298,29 @@ func TestRewriteHeldAndDisabledLeaveNoPhoneAddress(t *testing.T) {
 	}
 	if strings.Count(s, "a=rtcp:") != 1 {
 		t.Errorf("a=rtcp left on the disabled stream:\n%s", s)
+	}
+}
+
+// TestRewriteStripsRTCPMux: the relay drops RTCP on its RTP ports, so a
+// rewritten offer or answer must not let the peers agree on RFC 5761 mux.
+func TestRewriteStripsRTCPMux(t *testing.T) {
+	body := "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n" +
+		"m=audio 4000 RTP/AVP 0\r\na=rtcp:4000\r\na=rtcp-mux\r\na=rtcp-mux-only\r\na=sendrecv\r\n"
+	sd, infos, err := parseSDP([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := rewriteSDP(sd, infos, netip.MustParseAddr("203.0.113.5"), []int{20000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	if strings.Contains(s, "a=rtcp-mux") {
+		t.Errorf("a=rtcp-mux passed on:\n%s", s)
+	}
+	for _, want := range []string{"m=audio 20000 RTP/AVP 0\r\n", "a=rtcp:20001\r\n", "a=sendrecv\r\n"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("rewritten SDP lacks %q:\n%s", want, s)
+		}
 	}
 }
