@@ -46,6 +46,7 @@ type sock struct {
 	rtcp bool
 	w    *worker
 	peer *sock // the socket facing the other leg; packets received here leave through it
+	rtp  *sock // on an RTCP socket: the RTP socket of the same stream and leg; else nil
 
 	hint     unix.RawSockaddrInet4 // where the SDP of this leg says to send
 	hasHint  bool
@@ -280,7 +281,7 @@ func (w *worker) forward(s *sock, n int, now int64) {
 		if !s.latched {
 			s.latch, s.latched = *src, true
 		} else if !sameAddr(&s.latch, src) {
-			if now-s.lastLatc < s.relatch {
+			if now-s.lastLatc < s.relatch || !s.rtpAllowsRelatch(src, now) {
 				st.stranger++
 				w.drops[dropStranger]++
 				continue
@@ -334,6 +335,19 @@ func (w *worker) forward(s *sock, n int, now int64) {
 		}
 		sent += int(r)
 	}
+}
+
+// rtpAllowsRelatch tells whether src may take over the RTCP socket s whose
+// latched source went silent. RTCP comes only every 2.5-7.5 s (RFC 3550), so
+// its own silence says little: the RTP and RTCP ports are one stream, and
+// RTCP moves only when the leg's RTP has been silent for relatch_after too,
+// or when RTP already moved to src's host. RTP sockets are not restricted.
+func (s *sock) rtpAllowsRelatch(src *unix.RawSockaddrInet4, now int64) bool {
+	r := s.rtp
+	if r == nil || !r.latched || now-r.lastLatc >= s.relatch {
+		return true
+	}
+	return r.latch.Addr == src.Addr
 }
 
 // connectLocked points k.cfd at k.latch, opening it if needed. A connected

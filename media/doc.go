@@ -34,15 +34,25 @@
 // arriving at a relay socket latches its source address, and from then on the
 // relay accepts packets on that socket only from that source and sends the
 // other leg's media back to it, which traverses NAT. Packets from any other
-// source are dropped and counted (reason "stranger"): nobody can hijack a
-// latched leg. Re-latching is allowed only
+// source are dropped and counted (reason "stranger"). Re-latching is allowed
+// only
 //   - when an SDP from that leg (re-INVITE, UPDATE) changes the leg's
 //     endpoint (address or port): the latch is cleared and the next valid
 //     packet latches, or
 //   - when the latched source has been silent for relatch_after (default 5s):
 //     a phone whose NAT binding changed, or that roamed, recovers on its own.
+//     RTP and RTCP of a leg are one stream: since RTCP is sent only every
+//     2.5-7.5s (RFC 3550), the RTCP port may re-latch only when the leg's RTP
+//     has also been silent for relatch_after, or when the leg's RTP has
+//     already re-latched to the new source's host.
 //
-// A stranger may therefore take a leg only in those windows.
+// A stranger can therefore take a leg only in these windows: before the
+// leg's first valid packet (from the moment the relay's port is in an SDP
+// until the phone sends; also after an SDP change cleared the latch), and
+// after the leg has sent nothing on that port (and, for RTCP, on its RTP
+// port) for relatch_after, e.g. on hold without RTCP. A stranger that wins
+// such a race receives the other leg's media until the phone's next SDP
+// change or the stranger's own silence.
 // Datagrams that are not RTP (version 2, complete header, CSRC, extension and
 // padding lengths) on an RTP port, or not RTCP (version 2, length multiple of
 // 4, type 192-223) on an RTCP port, are dropped (reason "not_rtp").

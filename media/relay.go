@@ -287,6 +287,7 @@ func (r *Relay) newStream(s *session, want [2]int) (*stream, error) {
 			st.socks[l][k].peer = st.socks[l.other()][k]
 			st.socks[l][k].stats = &st.stats[l][k]
 		}
+		st.socks[l][1].rtp = st.socks[l][0]
 	}
 	for _, l := range []Leg{LegA, LegB} {
 		for k := range 2 {

@@ -792,3 +792,70 @@ func TestRelayConnBudgetSpent(t *testing.T) {
 		t.Fatalf("budget used %d, want 0", got)
 	}
 }
+
+// rtcpRR is a minimal RTCP receiver report (no report blocks).
+var rtcpRR = []byte{0x80, 201, 0, 1, 0, 0, 0, 7}
+
+func sendRTCP(t *testing.T, p *phone, to netip.AddrPort) {
+	t.Helper()
+	if _, err := p.conn.WriteToUDPAddrPort(rtcpRR, to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRelayRTCPRelatchFollowsRTP: RTCP comes every few seconds, so a
+// stranger must not take a leg's RTCP port while the leg's RTP is flowing,
+// even when the RTCP socket itself has been silent for relatch_after. Once
+// RTP moved to a new host, RTCP from that host is taken at once; once the
+// whole leg is silent, anyone may re-latch (roaming).
+func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
+	const relatch = 300 * time.Millisecond
+	r, _ := newTestRelay(t, "32200-32299", func(c *Config) { c.RelatchAfter = relatch })
+	a, b, bRTCP := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3"), newPhone(t, "127.0.0.3")
+	stranger := newPhone(t, "127.0.0.4")
+	a2, a2RTCP := newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.5")
+	o, err := r.Anchor("rtcp", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := r.Anchor("rtcp", LegB, offer(b.addr(), fmt.Sprintf("a=rtcp:%d IN IP4 127.0.0.3\r\n", bRTCP.addr().Port())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	rtcpForA := relayAP(forA.Port() + 1)
+	mustRelay(t, a, forA, b, forB)
+	sendRTCP(t, a, rtcpForA) // A's RTCP latches
+	if _, _, ok := bRTCP.recv(time.Second); !ok {
+		t.Fatal("A's RTCP not relayed to B's RTCP address")
+	}
+
+	// A's RTP keeps flowing for longer than relatch_after; its RTCP does not.
+	for end := time.Now().Add(relatch + 100*time.Millisecond); time.Now().Before(end); {
+		a.sendRTP(forA)
+		time.Sleep(20 * time.Millisecond)
+	}
+	sendRTCP(t, stranger, rtcpForA)
+	mustNotReceive(t, bRTCP, 200*time.Millisecond)
+	if st := r.Snapshot()[0].Streams[0].FromA.Stranger; st != 1 {
+		t.Fatalf("stranger drops from A = %d, want the stranger's RTCP", st)
+	}
+
+	// A roams to 127.0.0.5: its RTP re-latches after the silence, and RTCP
+	// from the same host follows at once, while a stranger still cannot.
+	time.Sleep(relatch + 100*time.Millisecond)
+	mustRelay(t, a2, forA, b, forB)
+	sendRTCP(t, stranger, rtcpForA)
+	mustNotReceive(t, bRTCP, 200*time.Millisecond)
+	sendRTCP(t, a2RTCP, rtcpForA)
+	if _, _, ok := bRTCP.recv(time.Second); !ok {
+		t.Fatal("RTCP from the host RTP re-latched to was not relayed")
+	}
+
+	// The whole leg silent: a new source may take RTCP over.
+	time.Sleep(relatch + 100*time.Millisecond)
+	sendRTCP(t, stranger, rtcpForA)
+	if _, _, ok := bRTCP.recv(time.Second); !ok {
+		t.Fatal("RTCP not re-latched after the leg's RTP and RTCP were silent")
+	}
+}
