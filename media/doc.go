@@ -115,7 +115,14 @@
 //
 // Per stream and direction the relay counts packets, bytes, RTCP packets,
 // loss from RTP sequence gaps (RFC 3550 A.1/A.3) and interarrival jitter
-// (RFC 3550 A.8, clock rate from the SDP), shown by Relay.Snapshot.
+// (RFC 3550 A.8, clock rate from the SDP), shown by Relay.Snapshot. The same
+// figures feed metrics without per-call labels: loss is added to
+// hapbx_media_lost_packets_total{leg} as it grows (a late packet lowers RFC
+// 3550 loss, the counter keeps its high-water mark; a new SSRC or sequence
+// restart starts afresh), and each RTP direction's jitter is observed once
+// in hapbx_media_jitter_seconds{leg} when its session ends (release, idle
+// timeout, shutdown), so a call in progress shows up there only at its end.
+// Both are plain increments in the worker, nothing is allocated per packet.
 //
 // # Idle timeout
 //
@@ -166,6 +173,8 @@
 //	hapbx_media_packets_total{dir}             a_to_b, b_to_a (RTP+RTCP relayed)
 //	hapbx_media_bytes_total                    bytes relayed
 //	hapbx_media_dropped_total{reason}          stranger, not_rtp, no_destination, send_error
+//	hapbx_media_lost_packets_total{leg}        RTP lost on the way to the relay (sequence gaps), by sending leg a, b
+//	hapbx_media_jitter_seconds{leg}            histogram, per RTP direction at session end, by sending leg a, b
 //	hapbx_media_sdp_errors_total               SDP that could not be parsed or anchored
 //	hapbx_media_port_exhausted_total           anchors refused: no ports or max_sessions
 //	hapbx_media_idle_timeouts_total            sessions ended by idle_timeout

@@ -11,7 +11,7 @@ type metrics struct {
 	portExhausted prometheus.Counter
 	idleEnded     prometheus.Counter
 
-	sessions, packets, bytes, dropped *prometheus.Desc
+	sessions, packets, bytes, dropped, lost, jitter *prometheus.Desc
 }
 
 func newMetrics(r *Relay) *metrics {
@@ -27,6 +27,10 @@ func newMetrics(r *Relay) *metrics {
 		packets:  prometheus.NewDesc("hapbx_media_packets_total", "RTP and RTCP packets relayed, by direction.", []string{"dir"}, nil),
 		bytes:    prometheus.NewDesc("hapbx_media_bytes_total", "RTP and RTCP bytes relayed.", nil, nil),
 		dropped:  prometheus.NewDesc("hapbx_media_dropped_total", "Packets received but not relayed, by reason.", []string{"reason"}, nil),
+		lost: prometheus.NewDesc("hapbx_media_lost_packets_total",
+			"RTP packets lost before reaching the relay (RFC 3550 sequence gaps), by the leg that sent them.", []string{"leg"}, nil),
+		jitter: prometheus.NewDesc("hapbx_media_jitter_seconds",
+			"RFC 3550 interarrival jitter of each RTP stream direction, observed when its session ends, by the leg that sent it.", []string{"leg"}, nil),
 	}
 }
 
@@ -38,6 +42,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.packets
 	ch <- m.bytes
 	ch <- m.dropped
+	ch <- m.lost
+	ch <- m.jitter
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
@@ -50,6 +56,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	var pkts [2]uint64
 	var bytes uint64
 	var drops [nDrops]uint64
+	var lost [2]uint64
+	var jitCount [2][len(jitterBuckets) + 1]uint64
+	var jitSum [2]float64
 	for _, w := range m.r.workers {
 		w.mu.Lock()
 		pkts[0] += w.pkts[0]
@@ -58,7 +67,25 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		for i := range drops {
 			drops[i] += w.drops[i]
 		}
+		for l := range 2 {
+			lost[l] += w.lost[l]
+			jitSum[l] += w.jitSum[l]
+			for i := range jitCount[l] {
+				jitCount[l][i] += w.jitCount[l][i]
+			}
+		}
 		w.mu.Unlock()
+	}
+	for _, l := range []Leg{LegA, LegB} {
+		ch <- prometheus.MustNewConstMetric(m.lost, prometheus.CounterValue, float64(lost[l]), l.String())
+		var cum uint64
+		buckets := make(map[float64]uint64, len(jitterBuckets))
+		for i, ub := range jitterBuckets {
+			cum += jitCount[l][i]
+			buckets[ub] = cum
+		}
+		cum += jitCount[l][len(jitterBuckets)]
+		ch <- prometheus.MustNewConstHistogram(m.jitter, cum, jitSum[l], buckets, l.String())
 	}
 	ch <- prometheus.MustNewConstMetric(m.sessions, prometheus.GaugeValue, float64(n))
 	ch <- prometheus.MustNewConstMetric(m.packets, prometheus.CounterValue, float64(pkts[LegA]), "a_to_b")

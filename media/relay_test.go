@@ -859,3 +859,75 @@ func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 		t.Fatal("RTCP not re-latched after the leg's RTP and RTCP were silent")
 	}
 }
+
+// histogram returns the sample count and sum of histogram name{leg}.
+func histogram(t *testing.T, reg *prometheus.Registry, name, leg string) (uint64, float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			if len(m.Label) > 0 && m.Label[0].GetValue() == leg {
+				return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	t.Fatalf("histogram %s{leg=%q} not found", name, leg)
+	return 0, 0
+}
+
+// TestRelayLossAndJitterMetrics: sequence gaps count as lost packets of the
+// sending leg, a late packet does not make the counter go back, a new SSRC
+// starts afresh, and each RTP direction's jitter is observed at release.
+func TestRelayLossAndJitterMetrics(t *testing.T) {
+	r, reg := newTestRelay(t, "32300-32399", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, _ := r.Anchor("loss", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("loss", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	send := func(seq uint16, ssrc uint32) {
+		t.Helper()
+		if _, err := a.conn.WriteToUDPAddrPort(rtpPacket(seq, uint32(seq)*160, ssrc, 160), forA); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := b.recv(time.Second); !ok {
+			t.Fatalf("packet seq %d not relayed", seq)
+		}
+	}
+	base := a.seq
+	send(base+4, a.ssrc) // base+1..base+3 lost
+	send(base+2, a.ssrc) // late: RFC 3550 loss drops to 2, the counter stays
+	send(base+7, a.ssrc) // base+5, base+6 lost
+	// RFC 3550 cumulative loss is now 4 (base+1, +3, +5, +6); the counter
+	// added only growth beyond its high-water mark of 3, so it reads 4 too.
+	if got := metricValue(t, reg, "hapbx_media_lost_packets_total", "a"); got != 4 {
+		t.Fatalf("lost{leg=a} = %v, want 4", got)
+	}
+	// A new SSRC (e.g. after a re-INVITE) restarts the statistics: its gaps add.
+	send(1000, 99)
+	send(1003, 99)
+	if got := metricValue(t, reg, "hapbx_media_lost_packets_total", "a"); got != 6 {
+		t.Fatalf("lost{leg=a} after a new SSRC = %v, want 6", got)
+	}
+	if got := metricValue(t, reg, "hapbx_media_lost_packets_total", "b"); got != 0 {
+		t.Fatalf("lost{leg=b} = %v, want 0", got)
+	}
+	if n, _ := histogram(t, reg, "hapbx_media_jitter_seconds", "a"); n != 0 {
+		t.Fatalf("jitter observed before release: %d", n)
+	}
+	if err := r.Release("loss", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	for _, leg := range []string{"a", "b"} {
+		if n, sum := histogram(t, reg, "hapbx_media_jitter_seconds", leg); n != 1 || sum < 0 {
+			t.Fatalf("jitter{leg=%s}: %d samples (sum %v), want 1", leg, n, sum)
+		}
+	}
+}
