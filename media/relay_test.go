@@ -931,3 +931,39 @@ func TestRelayLossAndJitterMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardDoesNotAllocate: the per-packet path, loss counting included,
+// allocates nothing.
+func TestForwardDoesNotAllocate(t *testing.T) {
+	r, _ := newTestRelay(t, "32400-32499", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	if _, err := r.Anchor("alloc", LegA, offer(a.addr(), "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Anchor("alloc", LegB, offer(b.addr(), "")); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	s := r.sessions["alloc"]
+	r.mu.Unlock()
+	w, k := s.w, s.streams[0].socks[LegA][0]
+	src := rawFromAddrPort(a.addr())
+	pkt := rtpPacket(0, 0, 5, 160)
+	seq := uint16(0)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	allocs := testing.AllocsPerRun(200, func() {
+		seq += 2 // a gap each time: loss is counted on every packet
+		binary.BigEndian.PutUint16(pkt[2:], seq)
+		binary.BigEndian.PutUint32(pkt[4:], uint32(seq)*160)
+		n := copy(w.rxBuf[0][:], pkt)
+		w.rxHdr[0].Len, w.rxHdr[0].Hdr.Flags, w.rxName[0] = uint32(n), 0, src
+		w.forward(k, 1, nanotime())
+	})
+	if allocs != 0 {
+		t.Fatalf("forward allocates %v times per packet", allocs)
+	}
+	if w.lost[LegA] == 0 {
+		t.Fatal("no loss counted: the test did not reach the loss path")
+	}
+}
