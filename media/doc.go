@@ -178,9 +178,15 @@
 //	hapbx_media_sdp_errors_total               SDP that could not be parsed or anchored
 //	hapbx_media_port_exhausted_total           anchors refused: no ports or max_sessions
 //	hapbx_media_idle_timeouts_total            sessions ended by idle_timeout
+//	hapbx_media_updates_refused_total{reason}  bad_sdp, no_ports: SDP for a call with a session
+//	                                           (re-INVITE, UPDATE) not anchored; session kept as it was
 //
 // # Errors
 //
 // ErrNoPorts (answer 503; running sessions are untouched), ErrBadSDP (pass
-// the call un-anchored or answer 488), ErrNoSession, ErrClosed.
+// the call un-anchored or answer 488), ErrNoSession, ErrClosed. When the
+// Call-ID already has a session, ErrBadSDP and ErrNoPorts also match
+// ErrSessionKept: the session was left unchanged, and the proxy answers the
+// re-INVITE or UPDATE 488 so the call keeps its relayed media (forwarded
+// raw, the body would move the media off the relay).
 package media

@@ -10,12 +10,13 @@ type metrics struct {
 	sdpErrors     prometheus.Counter
 	portExhausted prometheus.Counter
 	idleEnded     prometheus.Counter
+	updateRefused *prometheus.CounterVec
 
 	sessions, packets, bytes, dropped, lost, jitter *prometheus.Desc
 }
 
 func newMetrics(r *Relay) *metrics {
-	return &metrics{
+	m := &metrics{
 		r: r,
 		sdpErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hapbx_media_sdp_errors_total", Help: "SDP bodies that could not be parsed or anchored."}),
@@ -23,6 +24,10 @@ func newMetrics(r *Relay) *metrics {
 			Name: "hapbx_media_port_exhausted_total", Help: "Anchors refused for lack of ports or max_sessions."}),
 		idleEnded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hapbx_media_idle_timeouts_total", Help: "Sessions ended by idle_timeout."}),
+		updateRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_media_updates_refused_total",
+			Help: "SDP of a call with a relay session (re-INVITE, UPDATE) that could not be anchored; the session was kept unchanged. By reason: bad_sdp, no_ports."},
+			[]string{"reason"}),
 		sessions: prometheus.NewDesc("hapbx_media_sessions", "Relay sessions in progress.", nil, nil),
 		packets:  prometheus.NewDesc("hapbx_media_packets_total", "RTP and RTCP packets relayed, by direction.", []string{"dir"}, nil),
 		bytes:    prometheus.NewDesc("hapbx_media_bytes_total", "RTP and RTCP bytes relayed.", nil, nil),
@@ -32,12 +37,17 @@ func newMetrics(r *Relay) *metrics {
 		jitter: prometheus.NewDesc("hapbx_media_jitter_seconds",
 			"RFC 3550 interarrival jitter of each RTP stream direction, observed when its session ends, by the leg that sent it.", []string{"leg"}, nil),
 	}
+	for _, reason := range []string{"bad_sdp", "no_ports"} {
+		m.updateRefused.WithLabelValues(reason)
+	}
+	return m
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.sdpErrors.Describe(ch)
 	m.portExhausted.Describe(ch)
 	m.idleEnded.Describe(ch)
+	m.updateRefused.Describe(ch)
 	ch <- m.sessions
 	ch <- m.packets
 	ch <- m.bytes
@@ -50,6 +60,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.sdpErrors.Collect(ch)
 	m.portExhausted.Collect(ch)
 	m.idleEnded.Collect(ch)
+	m.updateRefused.Collect(ch)
 	m.r.mu.Lock()
 	n := len(m.r.sessions)
 	m.r.mu.Unlock()

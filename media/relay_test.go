@@ -967,3 +967,35 @@ func TestForwardDoesNotAllocate(t *testing.T) {
 		t.Fatal("no loss counted: the test did not reach the loss path")
 	}
 }
+
+// TestRelayFailedUpdateKeepsSession: a bad or unaffordable SDP for a call
+// that has a session says so with ErrSessionKept and changes nothing; for a
+// new call it does not.
+func TestRelayFailedUpdateKeepsSession(t *testing.T) {
+	r, reg := newTestRelay(t, "32500-32503", nil) // two pairs: one stream
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	v6 := []byte("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+	if _, err := r.Anchor("kept", LegA, v6); !errors.Is(err, ErrBadSDP) || errors.Is(err, ErrSessionKept) {
+		t.Fatalf("new call, bad SDP: %v, want ErrBadSDP only", err)
+	}
+	o, _ := r.Anchor("kept", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("kept", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	if _, err := r.Anchor("kept", LegB, v6); !errors.Is(err, ErrBadSDP) || !errors.Is(err, ErrSessionKept) {
+		t.Fatalf("re-offer, bad SDP: %v, want ErrBadSDP and ErrSessionKept", err)
+	}
+	video := offer(b.addr(), "m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n")
+	if _, err := r.Anchor("kept", LegB, video); !errors.Is(err, ErrNoPorts) || !errors.Is(err, ErrSessionKept) {
+		t.Fatalf("re-offer with a stream beyond the ports: %v, want ErrNoPorts and ErrSessionKept", err)
+	}
+	if _, err := r.Anchor("other", LegA, offer(a.addr(), "")); !errors.Is(err, ErrNoPorts) || errors.Is(err, ErrSessionKept) {
+		t.Fatalf("new call, no ports: %v, want ErrNoPorts only", err)
+	}
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	for _, reason := range []string{"bad_sdp", "no_ports"} {
+		if got := metricValue(t, reg, "hapbx_media_updates_refused_total", reason); got != 1 {
+			t.Fatalf("updates refused{%s} = %v, want 1", reason, got)
+		}
+	}
+}
