@@ -46,6 +46,7 @@ type sock struct {
 	rtcp bool
 	w    *worker
 	peer *sock // the socket facing the other leg; packets received here leave through it
+	rtp  *sock // on an RTCP socket: the RTP socket of the same stream and leg; else nil
 
 	hint     unix.RawSockaddrInet4 // where the SDP of this leg says to send
 	hasHint  bool
@@ -55,6 +56,11 @@ type sock struct {
 	lastLatc int64 // nanotime of the last packet from the latched source
 	stats    *dirStats
 	relatch  int64 // ns of silence from the latched source before another may take over
+
+	// Loss already added to the worker's counter, and stats.received when it
+	// was: received only grows until the stats restart (new SSRC or
+	// sequence), which resets this watermark too.
+	lostSeen, lostRecv uint64
 
 	connTo unix.RawSockaddrInet4 // the address cfd is connected to (or failed to connect to)
 	connAt int64                 // nanotime of the last connectLocked; 0: never
@@ -80,6 +86,11 @@ type worker struct {
 	pkts  [2]uint64 // accepted RTP+RTCP packets by source leg
 	bytes uint64
 	drops [nDrops]uint64
+	lost  [2]uint64 // RTP packets lost (sequence gaps) by source leg
+	// Interarrival jitter of each RTP direction at its release, by source
+	// leg: per-bucket (not cumulative) counts for jitterBuckets and the sum.
+	jitCount [2][len(jitterBuckets) + 1]uint64
+	jitSum   [2]float64
 
 	events [maxEvents]unix.EpollEvent
 	rxHdr  [batch]unix.Mmsghdr
@@ -176,6 +187,7 @@ func (w *worker) removeLocked(s *sock) {
 	if s.fd < 0 {
 		return
 	}
+	w.observeJitterLocked(s)
 	if w.socks[int32(s.fd)] == s {
 		delete(w.socks, int32(s.fd))
 		_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
@@ -280,7 +292,7 @@ func (w *worker) forward(s *sock, n int, now int64) {
 		if !s.latched {
 			s.latch, s.latched = *src, true
 		} else if !sameAddr(&s.latch, src) {
-			if now-s.lastLatc < s.relatch {
+			if now-s.lastLatc < s.relatch || !s.rtpAllowsRelatch(src, now) {
 				st.stranger++
 				w.drops[dropStranger]++
 				continue
@@ -294,6 +306,7 @@ func (w *worker) forward(s *sock, n int, now int64) {
 			st.packets++
 			st.bytes += uint64(len(b))
 			st.rtpSeen(b, now)
+			w.countLossLocked(s)
 		}
 		w.pkts[s.leg]++
 		w.bytes += uint64(len(b))
@@ -334,6 +347,52 @@ func (w *worker) forward(s *sock, n int, now int64) {
 		}
 		sent += int(r)
 	}
+}
+
+// countLossLocked adds what the RTP socket s lost since its last packet to
+// the worker's counter. RFC 3550 loss goes down when a late packet arrives,
+// and a counter cannot: only growth beyond the highest value seen is added.
+func (w *worker) countLossLocked(s *sock) {
+	st := s.stats
+	if st.received <= s.lostRecv { // the stats restarted (new SSRC or sequence)
+		s.lostSeen = 0
+	}
+	s.lostRecv = st.received
+	if l := st.lost(); l > s.lostSeen {
+		w.lost[s.leg] += l - s.lostSeen
+		s.lostSeen = l
+	}
+}
+
+// jitterBuckets are the upper bounds, in seconds, of hapbx_media_jitter_seconds.
+var jitterBuckets = [...]float64{.001, .0025, .005, .01, .02, .03, .05, .1, .2, .5}
+
+// observeJitterLocked records the jitter of the RTP socket s, which is being
+// closed, if it relayed any RTP. w.mu must be held.
+func (w *worker) observeJitterLocked(s *sock) {
+	if s.rtcp || s.stats == nil || !s.stats.started {
+		return
+	}
+	j := s.stats.jitterMs() / 1000
+	i := 0
+	for i < len(jitterBuckets) && j > jitterBuckets[i] {
+		i++
+	}
+	w.jitCount[s.leg][i]++
+	w.jitSum[s.leg] += j
+}
+
+// rtpAllowsRelatch tells whether src may take over the RTCP socket s whose
+// latched source went silent. RTCP comes only every 2.5-7.5 s (RFC 3550), so
+// its own silence says little: the RTP and RTCP ports are one stream, and
+// RTCP moves only when the leg's RTP has been silent for relatch_after too,
+// or when RTP already moved to src's host. RTP sockets are not restricted.
+func (s *sock) rtpAllowsRelatch(src *unix.RawSockaddrInet4, now int64) bool {
+	r := s.rtp
+	if r == nil || !r.latched || now-r.lastLatc >= s.relatch {
+		return true
+	}
+	return r.latch.Addr == src.Addr
 }
 
 // connectLocked points k.cfd at k.latch, opening it if needed. A connected

@@ -10,10 +10,20 @@
 // Relay.Anchor takes any SDP body one leg sent (INVITE, 18x, 200, ACK late
 // offer, UPDATE, re-INVITE, in either direction) and returns it rewritten for
 // the other leg: o=, c= (session and media level), m= port and a=rtcp point at
-// the relay address and the ports facing the receiver; codecs and direction
-// attributes are left alone; a=candidate lines are removed (ICE would bypass
-// the relay). Held streams (c=0.0.0.0) keep 0.0.0.0 so hold still means hold;
-// disabled streams (port 0) stay disabled. Re-INVITEs reuse the session's
+// the relay address and the ports facing the receiver (o= of any address
+// type, IPv6 included, becomes IN IP4 relay); codecs and direction
+// attributes are left alone; ICE attributes (a=candidate, ice-ufrag, ice-pwd,
+// ice-options, ice-lite, remote-candidates, end-of-candidates) are removed at
+// session and media level: the relay is the media endpoint of both legs and
+// candidates naming a phone would route around it. Held streams (c=0.0.0.0)
+// keep 0.0.0.0 so hold still means hold, but their m= port and a=rtcp name
+// the relay's port pair, which a held stream keeps; disabled streams (port 0)
+// stay disabled, lose a=rtcp and have their c= pointed at the relay, so no
+// phone address or port reaches the other leg. a=rtcp-mux (and
+// rtcp-mux-only) is removed in both directions: RFC 5761 muxes RTP and RTCP
+// only when offer and answer both carry it, so each phone then sends RTCP to
+// the relay's separate RTCP port, where it is relayed; RTCP arriving on an RTP
+// port is dropped (reason "not_rtp"). Re-INVITEs reuse the session's
 // ports: hold, resume, codec change and new remote ports never allocate or
 // leak. Relay.Release ends a session on BYE, CANCEL or a final error.
 //
@@ -24,15 +34,25 @@
 // arriving at a relay socket latches its source address, and from then on the
 // relay accepts packets on that socket only from that source and sends the
 // other leg's media back to it, which traverses NAT. Packets from any other
-// source are dropped and counted (reason "stranger"): nobody can hijack a
-// latched leg. Re-latching is allowed only
+// source are dropped and counted (reason "stranger"). Re-latching is allowed
+// only
 //   - when an SDP from that leg (re-INVITE, UPDATE) changes the leg's
 //     endpoint (address or port): the latch is cleared and the next valid
 //     packet latches, or
 //   - when the latched source has been silent for relatch_after (default 5s):
 //     a phone whose NAT binding changed, or that roamed, recovers on its own.
+//     RTP and RTCP of a leg are one stream: since RTCP is sent only every
+//     2.5-7.5s (RFC 3550), the RTCP port may re-latch only when the leg's RTP
+//     has also been silent for relatch_after, or when the leg's RTP has
+//     already re-latched to the new source's host.
 //
-// A stranger may therefore take a leg only in those windows.
+// A stranger can therefore take a leg only in these windows: before the
+// leg's first valid packet (from the moment the relay's port is in an SDP
+// until the phone sends; also after an SDP change cleared the latch), and
+// after the leg has sent nothing on that port (and, for RTCP, on its RTP
+// port) for relatch_after, e.g. on hold without RTCP. A stranger that wins
+// such a race receives the other leg's media until the phone's next SDP
+// change or the stranger's own silence.
 // Datagrams that are not RTP (version 2, complete header, CSRC, extension and
 // padding lengths) on an RTP port, or not RTCP (version 2, length multiple of
 // 4, type 192-223) on an RTCP port, are dropped (reason "not_rtp").
@@ -95,7 +115,14 @@
 //
 // Per stream and direction the relay counts packets, bytes, RTCP packets,
 // loss from RTP sequence gaps (RFC 3550 A.1/A.3) and interarrival jitter
-// (RFC 3550 A.8, clock rate from the SDP), shown by Relay.Snapshot.
+// (RFC 3550 A.8, clock rate from the SDP), shown by Relay.Snapshot. The same
+// figures feed metrics without per-call labels: loss is added to
+// hapbx_media_lost_packets_total{leg} as it grows (a late packet lowers RFC
+// 3550 loss, the counter keeps its high-water mark; a new SSRC or sequence
+// restart starts afresh), and each RTP direction's jitter is observed once
+// in hapbx_media_jitter_seconds{leg} when its session ends (release, idle
+// timeout, shutdown), so a call in progress shows up there only at its end.
+// Both are plain increments in the worker, nothing is allocated per packet.
 //
 // # Idle timeout
 //
@@ -119,7 +146,9 @@
 // # What it does not do
 //
 // No IPv6, no multicast, no ICE/DTLS-SRTP termination, no transcoding, no
-// RTP/RTCP multiplexing on one port (RFC 5761), no recording. It does not
+// RTP/RTCP multiplexing on one port (RFC 5761: a=rtcp-mux is removed from
+// SDP instead, so a phone that offers only mux, a=rtcp-mux-only, fails to
+// negotiate), no recording. It does not
 // parse SIP: the proxy decides which body goes with which leg and when a
 // session ends. Sessions are keyed by Call-ID only (no parallel forking by
 // to-tag): when the proxy retries the INVITE on the next backend it keeps the
@@ -144,12 +173,20 @@
 //	hapbx_media_packets_total{dir}             a_to_b, b_to_a (RTP+RTCP relayed)
 //	hapbx_media_bytes_total                    bytes relayed
 //	hapbx_media_dropped_total{reason}          stranger, not_rtp, no_destination, send_error
+//	hapbx_media_lost_packets_total{leg}        RTP lost on the way to the relay (sequence gaps), by sending leg a, b
+//	hapbx_media_jitter_seconds{leg}            histogram, per RTP direction at session end, by sending leg a, b
 //	hapbx_media_sdp_errors_total               SDP that could not be parsed or anchored
 //	hapbx_media_port_exhausted_total           anchors refused: no ports or max_sessions
 //	hapbx_media_idle_timeouts_total            sessions ended by idle_timeout
+//	hapbx_media_updates_refused_total{reason}  bad_sdp, no_ports: SDP for a call with a session
+//	                                           (re-INVITE, UPDATE) not anchored; session kept as it was
 //
 // # Errors
 //
 // ErrNoPorts (answer 503; running sessions are untouched), ErrBadSDP (pass
-// the call un-anchored or answer 488), ErrNoSession, ErrClosed.
+// the call un-anchored or answer 488), ErrNoSession, ErrClosed. When the
+// Call-ID already has a session, ErrBadSDP and ErrNoPorts also match
+// ErrSessionKept: the session was left unchanged, and the proxy answers the
+// re-INVITE or UPDATE 488 so the call keeps its relayed media (forwarded
+// raw, the body would move the media off the relay).
 package media

@@ -177,7 +177,9 @@ func (r *Relay) Close() {
 // direction: INVITE, 18x, 200, ACK (late offer), UPDATE, re-INVITE. A changed
 // endpoint (new address or port) updates where the relay sends and allows
 // that leg to be latched again; held streams keep their ports.
-// Errors: ErrBadSDP (pass the call un-anchored or answer 488), ErrNoPorts (503).
+// Errors: ErrBadSDP (pass the call un-anchored or answer 488), ErrNoPorts (503);
+// either also matches ErrSessionKept when callID already has a session, which
+// is then left unchanged (answer 488 so the call keeps its relayed media).
 func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
 	if from != LegA && from != LegB {
 		return nil, fmt.Errorf("anchor %q: leg %d is neither A nor B", callID, from)
@@ -185,6 +187,13 @@ func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
 	sd, infos, err := parseSDP(body)
 	if err != nil {
 		r.m.sdpErrors.Inc()
+		r.mu.Lock()
+		kept := r.sessions[callID] != nil
+		r.mu.Unlock()
+		if kept {
+			r.m.updateRefused.WithLabelValues("bad_sdp").Inc()
+			return nil, fmt.Errorf("anchor %q from leg %s: %w (%w)", callID, from, err, ErrSessionKept)
+		}
 		return nil, fmt.Errorf("anchor %q from leg %s: %w", callID, from, err)
 	}
 	r.mu.Lock()
@@ -211,8 +220,12 @@ func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
 			}
 			if created {
 				r.releaseLocked(s, "no_ports")
+				return nil, fmt.Errorf("anchor %q: %w", callID, err)
 			}
-			return nil, fmt.Errorf("anchor %q: %w", callID, err)
+			// Streams added so far stay with the session until it ends;
+			// what it relays is unchanged.
+			r.m.updateRefused.WithLabelValues("no_ports").Inc()
+			return nil, fmt.Errorf("anchor %q: %w (%w)", callID, err, ErrSessionKept)
 		}
 		s.streams = append(s.streams, st)
 	}
@@ -287,6 +300,7 @@ func (r *Relay) newStream(s *session, want [2]int) (*stream, error) {
 			st.socks[l][k].peer = st.socks[l.other()][k]
 			st.socks[l][k].stats = &st.stats[l][k]
 		}
+		st.socks[l][1].rtp = st.socks[l][0]
 	}
 	for _, l := range []Leg{LegA, LegB} {
 		for k := range 2 {

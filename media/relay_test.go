@@ -792,3 +792,210 @@ func TestRelayConnBudgetSpent(t *testing.T) {
 		t.Fatalf("budget used %d, want 0", got)
 	}
 }
+
+// rtcpRR is a minimal RTCP receiver report (no report blocks).
+var rtcpRR = []byte{0x80, 201, 0, 1, 0, 0, 0, 7}
+
+func sendRTCP(t *testing.T, p *phone, to netip.AddrPort) {
+	t.Helper()
+	if _, err := p.conn.WriteToUDPAddrPort(rtcpRR, to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRelayRTCPRelatchFollowsRTP: RTCP comes every few seconds, so a
+// stranger must not take a leg's RTCP port while the leg's RTP is flowing,
+// even when the RTCP socket itself has been silent for relatch_after. Once
+// RTP moved to a new host, RTCP from that host is taken at once; once the
+// whole leg is silent, anyone may re-latch (roaming).
+func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
+	const relatch = 300 * time.Millisecond
+	r, _ := newTestRelay(t, "32200-32299", func(c *Config) { c.RelatchAfter = relatch })
+	a, b, bRTCP := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3"), newPhone(t, "127.0.0.3")
+	stranger := newPhone(t, "127.0.0.4")
+	a2, a2RTCP := newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.5")
+	o, err := r.Anchor("rtcp", LegA, offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := r.Anchor("rtcp", LegB, offer(b.addr(), fmt.Sprintf("a=rtcp:%d IN IP4 127.0.0.3\r\n", bRTCP.addr().Port())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	rtcpForA := relayAP(forA.Port() + 1)
+	mustRelay(t, a, forA, b, forB)
+	sendRTCP(t, a, rtcpForA) // A's RTCP latches
+	if _, _, ok := bRTCP.recv(time.Second); !ok {
+		t.Fatal("A's RTCP not relayed to B's RTCP address")
+	}
+
+	// A's RTP keeps flowing for longer than relatch_after; its RTCP does not.
+	for end := time.Now().Add(relatch + 100*time.Millisecond); time.Now().Before(end); {
+		a.sendRTP(forA)
+		time.Sleep(20 * time.Millisecond)
+	}
+	sendRTCP(t, stranger, rtcpForA)
+	mustNotReceive(t, bRTCP, 200*time.Millisecond)
+	if st := r.Snapshot()[0].Streams[0].FromA.Stranger; st != 1 {
+		t.Fatalf("stranger drops from A = %d, want the stranger's RTCP", st)
+	}
+
+	// A roams to 127.0.0.5: its RTP re-latches after the silence, and RTCP
+	// from the same host follows at once, while a stranger still cannot.
+	time.Sleep(relatch + 100*time.Millisecond)
+	mustRelay(t, a2, forA, b, forB)
+	sendRTCP(t, stranger, rtcpForA)
+	mustNotReceive(t, bRTCP, 200*time.Millisecond)
+	sendRTCP(t, a2RTCP, rtcpForA)
+	if _, _, ok := bRTCP.recv(time.Second); !ok {
+		t.Fatal("RTCP from the host RTP re-latched to was not relayed")
+	}
+
+	// The whole leg silent: a new source may take RTCP over.
+	time.Sleep(relatch + 100*time.Millisecond)
+	sendRTCP(t, stranger, rtcpForA)
+	if _, _, ok := bRTCP.recv(time.Second); !ok {
+		t.Fatal("RTCP not re-latched after the leg's RTP and RTCP were silent")
+	}
+}
+
+// histogram returns the sample count and sum of histogram name{leg}.
+func histogram(t *testing.T, reg *prometheus.Registry, name, leg string) (uint64, float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			if len(m.Label) > 0 && m.Label[0].GetValue() == leg {
+				return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	t.Fatalf("histogram %s{leg=%q} not found", name, leg)
+	return 0, 0
+}
+
+// TestRelayLossAndJitterMetrics: sequence gaps count as lost packets of the
+// sending leg, a late packet does not make the counter go back, a new SSRC
+// starts afresh, and each RTP direction's jitter is observed at release.
+func TestRelayLossAndJitterMetrics(t *testing.T) {
+	r, reg := newTestRelay(t, "32300-32399", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	o, _ := r.Anchor("loss", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("loss", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	send := func(seq uint16, ssrc uint32) {
+		t.Helper()
+		if _, err := a.conn.WriteToUDPAddrPort(rtpPacket(seq, uint32(seq)*160, ssrc, 160), forA); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := b.recv(time.Second); !ok {
+			t.Fatalf("packet seq %d not relayed", seq)
+		}
+	}
+	base := a.seq
+	send(base+4, a.ssrc) // base+1..base+3 lost
+	send(base+2, a.ssrc) // late: RFC 3550 loss drops to 2, the counter stays
+	send(base+7, a.ssrc) // base+5, base+6 lost
+	// RFC 3550 cumulative loss is now 4 (base+1, +3, +5, +6); the counter
+	// added only growth beyond its high-water mark of 3, so it reads 4 too.
+	if got := metricValue(t, reg, "hapbx_media_lost_packets_total", "a"); got != 4 {
+		t.Fatalf("lost{leg=a} = %v, want 4", got)
+	}
+	// A new SSRC (e.g. after a re-INVITE) restarts the statistics: its gaps add.
+	send(1000, 99)
+	send(1003, 99)
+	if got := metricValue(t, reg, "hapbx_media_lost_packets_total", "a"); got != 6 {
+		t.Fatalf("lost{leg=a} after a new SSRC = %v, want 6", got)
+	}
+	if got := metricValue(t, reg, "hapbx_media_lost_packets_total", "b"); got != 0 {
+		t.Fatalf("lost{leg=b} = %v, want 0", got)
+	}
+	if n, _ := histogram(t, reg, "hapbx_media_jitter_seconds", "a"); n != 0 {
+		t.Fatalf("jitter observed before release: %d", n)
+	}
+	if err := r.Release("loss", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	for _, leg := range []string{"a", "b"} {
+		if n, sum := histogram(t, reg, "hapbx_media_jitter_seconds", leg); n != 1 || sum < 0 {
+			t.Fatalf("jitter{leg=%s}: %d samples (sum %v), want 1", leg, n, sum)
+		}
+	}
+}
+
+// TestForwardDoesNotAllocate: the per-packet path, loss counting included,
+// allocates nothing.
+func TestForwardDoesNotAllocate(t *testing.T) {
+	r, _ := newTestRelay(t, "32400-32499", nil)
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	if _, err := r.Anchor("alloc", LegA, offer(a.addr(), "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Anchor("alloc", LegB, offer(b.addr(), "")); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	s := r.sessions["alloc"]
+	r.mu.Unlock()
+	w, k := s.w, s.streams[0].socks[LegA][0]
+	src := rawFromAddrPort(a.addr())
+	pkt := rtpPacket(0, 0, 5, 160)
+	seq := uint16(0)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	allocs := testing.AllocsPerRun(200, func() {
+		seq += 2 // a gap each time: loss is counted on every packet
+		binary.BigEndian.PutUint16(pkt[2:], seq)
+		binary.BigEndian.PutUint32(pkt[4:], uint32(seq)*160)
+		n := copy(w.rxBuf[0][:], pkt)
+		w.rxHdr[0].Len, w.rxHdr[0].Hdr.Flags, w.rxName[0] = uint32(n), 0, src
+		w.forward(k, 1, nanotime())
+	})
+	if allocs != 0 {
+		t.Fatalf("forward allocates %v times per packet", allocs)
+	}
+	if w.lost[LegA] == 0 {
+		t.Fatal("no loss counted: the test did not reach the loss path")
+	}
+}
+
+// TestRelayFailedUpdateKeepsSession: a bad or unaffordable SDP for a call
+// that has a session says so with ErrSessionKept and changes nothing; for a
+// new call it does not.
+func TestRelayFailedUpdateKeepsSession(t *testing.T) {
+	r, reg := newTestRelay(t, "32500-32503", nil) // two pairs: one stream
+	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
+	v6 := []byte("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+	if _, err := r.Anchor("kept", LegA, v6); !errors.Is(err, ErrBadSDP) || errors.Is(err, ErrSessionKept) {
+		t.Fatalf("new call, bad SDP: %v, want ErrBadSDP only", err)
+	}
+	o, _ := r.Anchor("kept", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("kept", LegB, offer(b.addr(), ""))
+	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
+	if _, err := r.Anchor("kept", LegB, v6); !errors.Is(err, ErrBadSDP) || !errors.Is(err, ErrSessionKept) {
+		t.Fatalf("re-offer, bad SDP: %v, want ErrBadSDP and ErrSessionKept", err)
+	}
+	video := offer(b.addr(), "m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n")
+	if _, err := r.Anchor("kept", LegB, video); !errors.Is(err, ErrNoPorts) || !errors.Is(err, ErrSessionKept) {
+		t.Fatalf("re-offer with a stream beyond the ports: %v, want ErrNoPorts and ErrSessionKept", err)
+	}
+	if _, err := r.Anchor("other", LegA, offer(a.addr(), "")); !errors.Is(err, ErrNoPorts) || errors.Is(err, ErrSessionKept) {
+		t.Fatalf("new call, no ports: %v, want ErrNoPorts only", err)
+	}
+	mustRelay(t, a, forA, b, forB)
+	mustRelay(t, b, forB, a, forA)
+	for _, reason := range []string{"bad_sdp", "no_ports"} {
+		if got := metricValue(t, reg, "hapbx_media_updates_refused_total", reason); got != 1 {
+			t.Fatalf("updates refused{%s} = %v, want 1", reason, got)
+		}
+	}
+}

@@ -159,49 +159,84 @@ func clockRate(md *sdp.MediaDescription) uint32 {
 	return 8000
 }
 
-// rewriteSDP points every active m= line of sd at relay:ports[i] (RTCP at +1)
-// and replaces the origin and connection addresses, so the receiver of the
-// result sees only the relay. Held (c=0.0.0.0) and disabled (port 0) lines are
-// kept as they are so hold still means hold on the other side. ICE candidates
-// are removed: they would let the peers bypass the relay. Codecs are untouched.
+// iceAttrs are the ICE (RFC 8839) attributes rewriteSDP removes: the relay
+// is the media endpoint for both legs, and candidates naming a phone would
+// let the other side route around it.
+var iceAttrs = map[string]bool{
+	"candidate": true, "remote-candidates": true, "end-of-candidates": true,
+	"ice-ufrag": true, "ice-pwd": true, "ice-options": true, "ice-lite": true,
+	"ice-mismatch": true, "ice-pacing": true,
+}
+
+// rewriteSDP points every m= line of sd at relay:ports[i] (RTCP at +1) and
+// replaces the origin and connection addresses, so the receiver of the
+// result sees only the relay. Held (c=0.0.0.0) lines keep 0.0.0.0 so hold
+// still means hold on the other side, but their m= port and a=rtcp name the
+// relay's port pair, which the session keeps. Disabled (port 0) lines stay
+// disabled, lose a=rtcp and have their c= pointed at the relay. ICE
+// attributes are removed everywhere. a=rtcp-mux is removed so both legs send
+// RTCP to the separate RTCP port the relay listens on: RFC 5761 uses mux only
+// when offer and answer both carry it, and the relay drops RTCP arriving on
+// an RTP port. Codecs are untouched.
 func rewriteSDP(sd *sdp.SessionDescription, infos []streamInfo, relay netip.Addr, ports []int) ([]byte, error) {
 	ip := relay.String()
-	if sd.Origin.AddressType == "IP4" || sd.Origin.AddressType == "" {
-		sd.Origin.NetworkType, sd.Origin.AddressType, sd.Origin.UnicastAddress = "IN", "IP4", ip
-	}
+	// The origin's address only names the session's creator: any type
+	// (IP6 included) becomes the relay's so no phone address is left.
+	sd.Origin.NetworkType, sd.Origin.AddressType, sd.Origin.UnicastAddress = "IN", "IP4", ip
 	if ci := sd.ConnectionInformation; ci != nil && ci.Address != nil {
 		if a, err := netip.ParseAddr(ci.Address.Address); err != nil || !a.IsUnspecified() {
 			ci.Address.Address = ip
 		}
 	}
+	sd.Attributes = dropAttrs(sd.Attributes)
+	sess := sd.Attributes[:0]
+	for _, a := range sd.Attributes {
+		if a.Key != "rtcp" { // RFC 3605 allows it per m= line only: nothing to point it at
+			sess = append(sess, a)
+		}
+	}
+	sd.Attributes = sess
 	for i, md := range sd.MediaDescriptions {
 		in := infos[i]
-		if in.disabled || in.hold {
-			continue
+		if !in.disabled {
+			md.MediaName.Port = sdp.RangedPort{Value: ports[i]}
 		}
-		md.MediaName.Port = sdp.RangedPort{Value: ports[i]}
-		if md.ConnectionInformation != nil && md.ConnectionInformation.Address != nil {
-			md.ConnectionInformation.Address.Address = ip
+		if ci := md.ConnectionInformation; ci != nil && ci.Address != nil {
+			if a, err := netip.ParseAddr(ci.Address.Address); err != nil || !a.IsUnspecified() {
+				ci.Address.Address = ip
+			}
 		}
-		attrs := md.Attributes[:0]
-		for _, a := range md.Attributes {
-			switch a.Key {
-			case "candidate", "remote-candidates", "end-of-candidates":
-				continue
-			case "rtcp":
+		attrs := dropAttrs(md.Attributes)
+		md.Attributes = attrs[:0]
+		for _, a := range attrs {
+			if a.Key == "rtcp" {
+				if in.disabled {
+					continue // port 0: no RTCP either
+				}
 				if strings.Contains(a.Value, " ") {
 					a.Value = strconv.Itoa(ports[i]+1) + " IN IP4 " + ip
 				} else {
 					a.Value = strconv.Itoa(ports[i] + 1)
 				}
 			}
-			attrs = append(attrs, a)
+			md.Attributes = append(md.Attributes, a)
 		}
-		md.Attributes = attrs
 	}
 	out, err := sd.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("%w: marshal: %w", ErrBadSDP, err)
 	}
 	return out, nil
+}
+
+// dropAttrs removes ICE attributes and a=rtcp-mux(-only) in place.
+func dropAttrs(attrs []sdp.Attribute) []sdp.Attribute {
+	out := attrs[:0]
+	for _, a := range attrs {
+		if iceAttrs[a.Key] || a.Key == "rtcp-mux" || a.Key == "rtcp-mux-only" {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package media
 import (
 	"errors"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -129,6 +130,8 @@ func FuzzAnchorSDP(f *testing.F) {
 	f.Add([]byte("v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n"))
 	f.Add([]byte("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4 10.0.0.2\r\na=rtcp:4001\r\n"))
 	f.Add([]byte("garbage"))
+	f.Add([]byte(heldAndDisabled))
+	f.Add([]byte("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\na=ice-lite\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp-mux\r\na=rtcp:4000\r\nm=audio 0 RTP/AVP 0\r\na=rtcp:9 IN IP4 10.0.0.1\r\n"))
 	relay := netip.MustParseAddr("203.0.113.5")
 	f.Fuzz(func(t *testing.T, body []byte) {
 		sd, infos, err := parseSDP(body)
@@ -150,12 +153,26 @@ func FuzzAnchorSDP(f *testing.F) {
 		if err := back.Unmarshal(out); err != nil {
 			t.Fatalf("rewritten SDP does not parse: %v\n%q", err, out)
 		}
+		if back.Origin.UnicastAddress != relay.String() {
+			t.Fatalf("origin %q is not the relay\n%q", back.Origin.UnicastAddress, out)
+		}
 		for i, md := range back.MediaDescriptions {
-			if infos[i].disabled || infos[i].hold {
+			for _, a := range append(md.Attributes, back.Attributes...) {
+				if iceAttrs[a.Key] || a.Key == "rtcp-mux" {
+					t.Fatalf("m= line %d keeps a=%s\n%q", i, a.Key, out)
+				}
+				if a.Key == "rtcp" && (infos[i].disabled || !strings.HasPrefix(a.Value+" ", strconv.Itoa(ports[i]+1)+" ")) {
+					t.Fatalf("m= line %d a=rtcp:%s, want port %d (none if disabled)\n%q", i, a.Value, ports[i]+1, out)
+				}
+			}
+			if infos[i].disabled {
 				continue
 			}
 			if md.MediaName.Port.Value != ports[i] {
 				t.Fatalf("m= line %d port %d, want %d", i, md.MediaName.Port.Value, ports[i])
+			}
+			if infos[i].hold {
+				continue
 			}
 			ci := md.ConnectionInformation
 			if ci == nil {
@@ -218,5 +235,92 @@ func TestRTPStatsLossAndJitter(t *testing.T) {
 	}
 	if j := d.jitterMs(); j < 1 || j > 3 {
 		t.Errorf("jitter = %.2f ms, want about 2 ms", j)
+	}
+}
+
+// heldAndDisabled has a held audio stream and a disabled video stream that
+// both still name the phone in a=rtcp, ICE attributes and c=, and an IPv6
+// origin: none of it may reach the other leg.
+const heldAndDisabled = "v=0\r\n" +
+	"o=bob 1 2 IN IP6 2001:db8::7\r\n" +
+	"s=-\r\n" +
+	"c=IN IP4 0.0.0.0\r\n" +
+	"t=0 0\r\n" +
+	"a=ice-ufrag:F7gI\r\n" +
+	"a=ice-pwd:x9cml/YzichV2+XlhiMu8g\r\n" +
+	"a=ice-options:trickle\r\n" +
+	"m=audio 49170 RTP/AVP 0\r\n" +
+	"a=rtcp:49171 IN IP4 192.168.1.20\r\n" +
+	"a=candidate:1 1 UDP 2130706431 192.168.1.20 49170 typ host\r\n" +
+	"a=candidate:2 1 UDP 1694498815 198.51.100.9 61000 typ srflx raddr 192.168.1.20 rport 49170\r\n" +
+	"a=remote-candidates:1 198.51.100.9 61000\r\n" +
+	"a=ice-ufrag:m1\r\n" +
+	"a=ice-pwd:m1pwdm1pwdm1pwdm1pwdm1\r\n" +
+	"a=end-of-candidates\r\n" +
+	"a=sendonly\r\n" +
+	"m=video 0 RTP/AVP 96\r\n" +
+	"c=IN IP4 192.168.1.20\r\n" +
+	"a=rtcp:51373 IN IP4 192.168.1.20\r\n" +
+	"a=candidate:1 1 UDP 2130706431 192.168.1.20 51372 typ host\r\n" +
+	"a=rtpmap:96 H264/90000\r\n"
+
+func TestRewriteHeldAndDisabledLeaveNoPhoneAddress(t *testing.T) {
+	sd, infos, err := parseSDP([]byte(heldAndDisabled))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !infos[0].hold || !infos[1].disabled {
+		t.Fatalf("infos = %+v, want held audio and disabled video", infos)
+	}
+	out, err := rewriteSDP(sd, infos, netip.MustParseAddr("203.0.113.5"), []int{20000, 20004})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	for _, leak := range []string{"192.168.1.20", "198.51.100.9", "2001:db8", "49170", "49171", "51373", "a=candidate", "a=ice-", "a=remote-candidates", "a=end-of-candidates"} {
+		if strings.Contains(s, leak) {
+			t.Errorf("rewritten SDP still holds %q:\n%s", leak, s)
+		}
+	}
+	for _, want := range []string{
+		"o=bob 1 2 IN IP4 203.0.113.5\r\n",
+		"c=IN IP4 0.0.0.0\r\n", // hold still means hold
+		"m=audio 20000 RTP/AVP 0\r\n",
+		"a=rtcp:20001 IN IP4 203.0.113.5\r\n",
+		"a=sendonly\r\n",
+		"m=video 0 RTP/AVP 96\r\n",
+		"c=IN IP4 203.0.113.5\r\n",
+		"a=rtpmap:96 H264/90000\r\n",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("rewritten SDP lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Count(s, "a=rtcp:") != 1 {
+		t.Errorf("a=rtcp left on the disabled stream:\n%s", s)
+	}
+}
+
+// TestRewriteStripsRTCPMux: the relay drops RTCP on its RTP ports, so a
+// rewritten offer or answer must not let the peers agree on RFC 5761 mux.
+func TestRewriteStripsRTCPMux(t *testing.T) {
+	body := "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n" +
+		"m=audio 4000 RTP/AVP 0\r\na=rtcp:4000\r\na=rtcp-mux\r\na=rtcp-mux-only\r\na=sendrecv\r\n"
+	sd, infos, err := parseSDP([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := rewriteSDP(sd, infos, netip.MustParseAddr("203.0.113.5"), []int{20000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	if strings.Contains(s, "a=rtcp-mux") {
+		t.Errorf("a=rtcp-mux passed on:\n%s", s)
+	}
+	for _, want := range []string{"m=audio 20000 RTP/AVP 0\r\n", "a=rtcp:20001\r\n", "a=sendrecv\r\n"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("rewritten SDP lacks %q:\n%s", want, s)
+		}
 	}
 }

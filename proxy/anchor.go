@@ -60,8 +60,11 @@ func (p *Proxy) requestLeg(req *sip.Request) (media.Leg, bool) {
 }
 
 // anchorRequest rewrites req's SDP in place before it is forwarded. It
-// returns false when the request was answered instead (503: no relay ports
-// left for a new call; calls in progress are not touched).
+// returns false when the request was answered instead: 503 when no relay
+// ports are left for a new call; 488 for a re-INVITE or UPDATE of an
+// anchored call whose SDP the relay cannot take (bad SDP, no ports for an
+// added stream), so the call keeps its relayed media instead of moving off
+// the relay with the raw body.
 func (p *Proxy) anchorRequest(tx sip.ServerTransaction, req *sip.Request) bool {
 	if p.media == nil || !hasSDP(req) {
 		return true
@@ -71,11 +74,18 @@ func (p *Proxy) anchorRequest(tx sip.ServerTransaction, req *sip.Request) bool {
 		return true
 	}
 	body, err := p.media.Anchor(req.CallID().Value(), leg, req.Body())
+	_, inDialog := req.To().Params.Get("tag")
 	switch {
 	case err == nil:
 		req.SetBody(body)
+	case inDialog && tx != nil && errors.Is(err, media.ErrSessionKept):
+		// Counted in hapbx_media_updates_refused_total{reason}.
+		p.log.Info("re-offer not anchorable: 488, the call keeps its relayed media",
+			zap.String("call_id", callID(req)), zap.String("method", string(req.Method)), zap.Error(err))
+		p.reply(tx, req, 488, "Not Acceptable Here")
+		return false
 	case errors.Is(err, media.ErrNoPorts):
-		if _, inDialog := req.To().Params.Get("tag"); !inDialog && tx != nil {
+		if !inDialog && tx != nil {
 			p.log.Warn("no relay ports: new call refused", zap.String("call_id", callID(req)))
 			p.replyUnavailable(tx, req)
 			return false

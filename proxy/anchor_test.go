@@ -1,0 +1,108 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/hapbx/hapbx/media"
+	"github.com/hapbx/hapbx/proxy/sipptest"
+)
+
+// TestMediaReofferNotAnchorable488: a re-INVITE of an anchored call whose
+// SDP the relay cannot take (IPv6, or a new stream with no ports left) is
+// answered 488 and the call keeps its relay session; forwarded raw, it would
+// have moved the call's media off the relay.
+func TestMediaReofferNotAnchorable488(t *testing.T) {
+	sipptest.Require(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
+	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	mc := media.DefaultConfig()
+	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, "23610-23613" // two port pairs: one stream
+	mreg := prometheus.NewRegistry()
+	relay, err := media.New(mc, zaptest.NewLogger(t), mreg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay.Start()
+	t.Cleanup(relay.Close)
+
+	port := sipptest.FreePort(t, proxyIP)
+	cfg := DefaultConfig()
+	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
+	cfg.Advertise = proxyIP
+	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), zaptest.NewLogger(t), prometheus.NewRegistry(), WithMediaAnchor(relay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	addr := net.JoinHostPort(proxyIP, strconv.Itoa(port))
+	withSDP := func(m, sdp string) string {
+		n := len(strings.ReplaceAll(sdp, "\n", "\r\n")) // rawRequest turns \n into \r\n
+		return strings.Replace(m, "Content-Length: 0\n\n", fmt.Sprintf("Content-Type: application/sdp\nContent-Length: %d\n\n", n), 1) + sdp
+	}
+	const good = "v=0\no=- 1 1 IN IP4 10.9.9.9\ns=-\nc=IN IP4 10.9.9.9\nt=0 0\nm=audio 40000 RTP/AVP 0\n"
+	invite := request("INVITE", "sip:202@"+addr, 70, "")
+	first := rawRequest(t, addr, withSDP(invite, good), 5*time.Second)
+	if !strings.HasPrefix(first, "SIP/2.0 200 ") {
+		t.Fatalf("call: %q, want 200\n%s", statusLine(first), first)
+	}
+	toTag := regexp.MustCompile(`(?m)^To:.*;tag=([^;\r\n]+)`).FindStringSubmatch(first)
+	if toTag == nil {
+		t.Fatalf("no To tag in %q", first)
+	}
+	before := relay.Snapshot()
+	if len(before) != 1 {
+		t.Fatalf("relay sessions: %d, want 1", len(before))
+	}
+	reinvite := func(cseq int, sdp string) string {
+		m := strings.Replace(invite, "To: <sip:202@"+addr+">", "To: <sip:202@"+addr+">;tag="+toTag[1], 1)
+		m = strings.Replace(m, "CSeq: 1 INVITE", fmt.Sprintf("CSeq: %d INVITE", cseq), 1)
+		m = regexp.MustCompile(`branch=z9hG4bK\d+`).ReplaceAllString(m, fmt.Sprintf("branch=z9hG4bKre%d", cseq))
+		return withSDP(m, sdp)
+	}
+	for i, sdp := range map[string]string{
+		"ipv6":        "v=0\no=- 1 2 IN IP6 2001:db8::9\ns=-\nc=IN IP6 2001:db8::9\nt=0 0\nm=audio 40000 RTP/AVP 0\n",
+		"added video": good + "m=video 40002 RTP/AVP 96\na=rtpmap:96 H264/90000\n", // no ports left for it
+	} {
+		res := rawRequest(t, addr, reinvite(2+len(i), sdp), 5*time.Second)
+		if !strings.HasPrefix(res, "SIP/2.0 488 ") {
+			t.Fatalf("re-INVITE (%s): got %q, want 488", i, statusLine(res))
+		}
+	}
+	after := relay.Snapshot()
+	if len(after) != 1 || after[0].CallID != before[0].CallID || len(after[0].Streams) < 1 || after[0].Streams[0].Ports != before[0].Streams[0].Ports {
+		t.Fatalf("relay session changed: before %+v, after %+v", before, after)
+	}
+	if got := testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")); got != 2 {
+		t.Fatalf("488 responses = %v, want 2", got)
+	}
+	mfs, err := mreg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() == "hapbx_media_updates_refused_total" {
+			for _, m := range mf.Metric {
+				refused[m.Label[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if refused["bad_sdp"] != 1 || refused["no_ports"] != 1 {
+		t.Fatalf("hapbx_media_updates_refused_total = %v, want bad_sdp 1, no_ports 1", refused)
+	}
+}
