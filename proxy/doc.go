@@ -52,7 +52,10 @@
 //   - anchors media when given a MediaAnchor (package media): the SDP of
 //     every request and response is rewritten through the relay, the legs
 //     told apart by the caller's From tag; a new call with no relay ports
-//     left gets 503, an SDP the relay cannot parse passes un-anchored;
+//     left gets 503, an SDP the relay cannot parse passes un-anchored; a
+//     re-INVITE or UPDATE of an anchored call whose SDP the relay cannot
+//     take gets 488 and the call keeps its anchored media
+//     (hapbx_media_updates_refused_total);
 //   - relays CANCEL downstream once a provisional was seen, absorbs
 //     hop-by-hop ACKs of non-2xx finals, forwards 2xx ACKs statelessly end
 //     to end, and relays 2xx retransmissions of INVITE (RFC 6026)
