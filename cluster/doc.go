@@ -64,6 +64,11 @@
 // down) is set to heartbeat_timeout, the maximum raft allows, so late acknowledgements
 // under CPU starvation cost the VIP for a moment but not a whole new election.
 //
+// ping_targets are Heartbeat's ping nodes on top of the witness, not instead of it: a
+// proxy that cannot reach any of them may not hold the VIP, but they cast no vote. Two
+// proxies cut apart that both still reach the gateway would each count it, so a pair
+// with ping targets alone cannot agree; raft needs the third voter (New refuses fewer).
+//
 // A witness that wins an election, a leader that lost its ping targets, and (with
 // failback: true) a leader that sees a ping-healthy proxy of higher priority alive for
 // failback_delay,
