@@ -125,7 +125,8 @@ func (r *Relay) Export() []SessionRecord {
 // Refresh is the VIP holder's periodic replication step. It returns the
 // records of the sessions whose replicated content (endpoints, latches,
 // hold, state, caller tag; not counters) changed since the previous Refresh,
-// typically a latch learned from the first packets, and a keep-alive for all
+// typically a latch learned from the first packets, plus a released record
+// for each session idle_timeout ended since, and a keep-alive for all
 // others. It also adopts replicas as this relay's own sessions: only the
 // holder calls Refresh, so from now on idle_timeout applies to them,
 // counted from now. r.mu is held while the records are built.
@@ -146,6 +147,12 @@ func (r *Relay) Refresh() (changed []SessionRecord, alive []AliveSession) {
 		}
 		alive = append(alive, AliveSession{CallID: s.callID, Version: s.version})
 	}
+	for _, id := range r.idleGone {
+		if r.sessions[id] == nil {
+			changed = append(changed, ReleasedRecord(id))
+		}
+	}
+	r.idleGone = nil
 	slices.SortFunc(changed, func(a, b SessionRecord) int { return strings.Compare(a.CallID, b.CallID) })
 	slices.SortFunc(alive, func(a, b AliveSession) int { return strings.Compare(a.CallID, b.CallID) })
 	return changed, alive

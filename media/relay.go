@@ -84,6 +84,10 @@ type tombstone struct {
 	at      int64
 }
 
+// maxIdleGone bounds the idle-ended sessions kept for the next Refresh (a
+// proxy that never holds the VIP never calls it; replicas expire anyway).
+const maxIdleGone = 100_000
+
 // pendingTagTTL bounds a caller tag whose call never got anchored (bad SDP).
 const pendingTagTTL = time.Minute
 
@@ -114,6 +118,7 @@ type Relay struct {
 	wg       sync.WaitGroup
 
 	pendingTags map[string]pendingTag // r.mu
+	idleGone    []string              // sessions the sweep ended since the last Refresh; r.mu
 	tombs       map[string]tombstone  // r.mu
 	// refreshEvery is how often the VIP holder calls Refresh; replicaTTL
 	// how long a replica lives without hearing from the holder.
@@ -488,6 +493,9 @@ func (r *Relay) sweep() {
 			if now-last > limit {
 				delete(r.sessions, id)
 				r.releaseLocked(s, "idle")
+				if len(r.idleGone) < maxIdleGone {
+					r.idleGone = append(r.idleGone, id)
+				}
 				r.m.idleEnded.Inc()
 				r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))
 			}

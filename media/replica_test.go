@@ -257,3 +257,27 @@ func TestImportVersionsKeepSocketsAndCounters(t *testing.T) {
 		t.Fatalf("counter did not continue: %d -> %d", before, got)
 	}
 }
+
+// TestRefreshReportsIdleReleases: a session idle_timeout ended on the holder
+// is announced as released by the next Refresh, so the standby does not keep
+// it until its replica lifetime runs out.
+func TestRefreshReportsIdleReleases(t *testing.T) {
+	r, _ := newTestRelay(t, "32650-32699", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	if _, err := r.Anchor("quiet", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Anchor("quiet", LegB, offer(netip.MustParseAddrPort("10.2.2.2:6000"), "")); err != nil {
+		t.Fatal(err)
+	}
+	if changed, _ := r.Refresh(); len(changed) != 1 || changed[0].State != StateAnswered {
+		t.Fatalf("first Refresh: %+v", changed)
+	}
+	waitGone(t, r, "quiet", 3*time.Second)
+	changed, alive := r.Refresh()
+	if len(changed) != 1 || changed[0].CallID != "quiet" || changed[0].State != StateReleased || changed[0].Version == 0 || len(alive) != 0 {
+		t.Fatalf("Refresh after idle release: changed %+v alive %+v", changed, alive)
+	}
+	if changed, _ := r.Refresh(); len(changed) != 0 {
+		t.Fatalf("idle release reported twice: %+v", changed)
+	}
+}
