@@ -23,7 +23,7 @@ const (
 	// unchanged media sessions (media.KeepAlive); a peer that does not know
 	// the channel drops them.
 	chanMediaAlive = "media-alive"
-	keyActive     = "active_backend"
+	keyActive      = "active_backend"
 )
 
 // setupCluster joins the proxy pair when cluster.peers is set: memberlist
