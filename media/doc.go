@@ -121,7 +121,7 @@
 // changes on the holder (max(previous+1, Unix ns), so it keeps growing on a
 // new holder). Import ignores a record not newer than the session it has,
 // and one older than a released record of the same Call-ID (remembered for
-// a few minutes); a newer record with the same ports updates endpoints and
+// at least a minute); a newer record with the same ports updates endpoints and
 // latches in place, keeping sockets and counters. Version 0 (a peer without
 // versions) always applies. ReleasedRecord makes the record that ends a
 // session on the standby.
