@@ -106,6 +106,7 @@
 // a call may ring without early media, and the proxy releases it on CANCEL
 // or a final error anyway. This includes calls on hold whose
 // phones send no RTP and no RTCP; most phones keep sending RTCP while holding.
+// Sessions a standby imported follow the replica rules (see Replication).
 //
 // # Replication
 //
