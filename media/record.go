@@ -94,7 +94,8 @@ func nextVersion(prev uint64) uint64 {
 
 // ReleasedRecord is the record that ends callID on a standby. Its version
 // (the current time) outranks every record of the session made before, so a
-// stale record reordered behind it cannot bring the session back.
+// stale record reordered behind it cannot bring the session back; with
+// clocks not in sync, raise it above the session's last version.
 func ReleasedRecord(callID string) SessionRecord {
 	return SessionRecord{CallID: callID, State: StateReleased, Version: nextVersion(0)}
 }
@@ -147,9 +148,9 @@ func (r *Relay) Refresh() (changed []SessionRecord, alive []AliveSession) {
 		}
 		alive = append(alive, AliveSession{CallID: s.callID, Version: s.version})
 	}
-	for _, id := range r.idleGone {
-		if r.sessions[id] == nil {
-			changed = append(changed, ReleasedRecord(id))
+	for _, rel := range r.idleGone {
+		if r.sessions[rel.CallID] == nil {
+			changed = append(changed, rel)
 		}
 	}
 	r.idleGone = nil

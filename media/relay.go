@@ -118,7 +118,7 @@ type Relay struct {
 	wg       sync.WaitGroup
 
 	pendingTags map[string]pendingTag // r.mu
-	idleGone    []string              // sessions the sweep ended since the last Refresh; r.mu
+	idleGone    []SessionRecord       // released records of sessions the sweep ended since the last Refresh; r.mu
 	tombs       map[string]tombstone  // r.mu
 	// refreshEvery is how often the VIP holder calls Refresh; replicaTTL
 	// how long a replica lives without hearing from the holder.
@@ -494,7 +494,9 @@ func (r *Relay) sweep() {
 				delete(r.sessions, id)
 				r.releaseLocked(s, "idle")
 				if len(r.idleGone) < maxIdleGone {
-					r.idleGone = append(r.idleGone, id)
+					rel := ReleasedRecord(id)
+					rel.Version = max(rel.Version, s.version+1)
+					r.idleGone = append(r.idleGone, rel)
 				}
 				r.m.idleEnded.Inc()
 				r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))

@@ -284,8 +284,14 @@ func (r replicatedRelay) Anchor(callID string, from media.Leg, body []byte) ([]b
 }
 
 func (r replicatedRelay) Release(callID, reason string) error {
+	rel := media.ReleasedRecord(callID)
+	if cur, ok := r.Record(callID); ok {
+		// Outrank the session's last record even if this clock is behind the
+		// previous holder's, whose versions the session carries.
+		rel.Version = max(rel.Version, cur.Version+1)
+	}
 	err := r.Relay.Release(callID, reason)
-	r.send(media.ReleasedRecord(callID))
+	r.send(rel)
 	return err
 }
 

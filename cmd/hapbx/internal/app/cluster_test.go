@@ -158,3 +158,35 @@ func TestMediaRefreshReplicatesLatchAndKeepsReplica(t *testing.T) {
 		t.Fatal("standby kept the call after the holder released it")
 	}
 }
+
+// TestMediaReleaseOutranksAheadClock: a session that came from a previous
+// holder whose clock ran ahead carries versions above this holder's clock;
+// its release must still end it on the standby.
+func TestMediaReleaseOutranksAheadClock(t *testing.T) {
+	holder := testRelay(t, "127.0.0.1", "32700-32749", time.Minute)
+	standby := testRelay(t, "127.0.0.5", "32700-32749", time.Minute)
+	log := zaptest.NewLogger(t)
+	pipe := &statePipe{sent: map[string]int{}, chans: map[string]cluster.StateSource{
+		chanMedia:      mediaState{r: standby, log: log},
+		chanMediaAlive: mediaAliveState{r: standby, log: log},
+	}}
+	rr := replicatedRelay{Relay: holder, c: pipe, log: log}
+	ahead := uint64(time.Now().Add(time.Hour).UnixNano())
+	rec := media.SessionRecord{CallID: "ahead", State: media.StateAnswered, Version: ahead,
+		Streams: []media.StreamRecord{{Ports: [2]int{32740, 32742}}}}
+	if err := holder.Import(rec); err != nil { // this proxy was the standby then
+		t.Fatal(err)
+	}
+	if recs, _ := refreshMediaOnce(holder, pipe, log); recs != 1 {
+		t.Fatalf("takeover refresh sent %d records, want 1", recs)
+	}
+	if _, ok := standbyLatch(standby, "ahead"); !ok {
+		t.Fatal("standby did not get the session")
+	}
+	if err := rr.Release("ahead", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := standbyLatch(standby, "ahead"); ok {
+		t.Fatal("release ignored by the standby: its version is below the session's")
+	}
+}
