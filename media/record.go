@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // SessionRecord is what a standby needs to recreate a session with the same
@@ -17,6 +19,39 @@ type SessionRecord struct {
 	Address netip.Addr     `json:"address"`
 	Created time.Time      `json:"created"`
 	Streams []StreamRecord `json:"streams"`
+	// CallerTag is the From tag of the caller (leg A), so the twin's proxy
+	// can tell the legs of in-dialog requests apart after a failover.
+	CallerTag string `json:"caller_tag,omitempty"`
+	// Version grows with every change of the session's replicated content on
+	// the holder (max(previous+1, Unix nanoseconds), so it keeps growing on a
+	// new holder). Import ignores a record not newer than what it has; 0 is a
+	// record from a peer without versions and always applies.
+	Version uint64 `json:"version,omitempty"`
+}
+
+// AliveSession names a session the VIP holder still has, unchanged since
+// the record of Version.
+type AliveSession struct {
+	CallID  string `json:"c"`
+	Version uint64 `json:"v"`
+}
+
+// KeepAlive is the holder's periodic "still there" for sessions whose
+// content did not change since the last Refresh: a standby keeps a replica
+// only while it hears about it (see Relay.Refresh, Relay.KeepAlive).
+type KeepAlive struct {
+	Sessions []AliveSession `json:"alive"`
+}
+
+// MarshalBinary encodes the keep-alive as JSON.
+func (k KeepAlive) MarshalBinary() ([]byte, error) { return json.Marshal(k) }
+
+// UnmarshalBinary decodes a keep-alive produced by MarshalBinary.
+func (k *KeepAlive) UnmarshalBinary(b []byte) error {
+	if err := json.Unmarshal(b, k); err != nil {
+		return fmt.Errorf("decode media keep-alive: %w", err)
+	}
+	return nil
 }
 
 // StreamRecord is one m= line; index 0 of each array is leg A, 1 is leg B.
@@ -51,6 +86,20 @@ func (s *session) state() string {
 	return StateOffered
 }
 
+// nextVersion keeps versions growing on one holder and, with clocks in
+// sync, across a takeover.
+func nextVersion(prev uint64) uint64 {
+	return max(prev+1, uint64(time.Now().UnixNano()))
+}
+
+// ReleasedRecord is the record that ends callID on a standby. Its version
+// (the current time) outranks every record of the session made before, so a
+// stale record reordered behind it cannot bring the session back; with
+// clocks not in sync, raise it above the session's last version.
+func ReleasedRecord(callID string) SessionRecord {
+	return SessionRecord{CallID: callID, State: StateReleased, Version: nextVersion(0)}
+}
+
 // Record returns the record of one session, to replicate a change.
 func (r *Relay) Record(callID string) (SessionRecord, bool) {
 	r.mu.Lock()
@@ -74,8 +123,109 @@ func (r *Relay) Export() []SessionRecord {
 	return out
 }
 
+// Refresh is the VIP holder's periodic replication step. It returns the
+// records of the sessions whose replicated content (endpoints, latches,
+// hold, state, caller tag; not counters) changed since the previous Refresh,
+// typically a latch learned from the first packets, plus a released record
+// for each session idle_timeout ended since, and a keep-alive for all
+// others. It also adopts replicas as this relay's own sessions: only the
+// holder calls Refresh, so from now on idle_timeout applies to them,
+// counted from now. r.mu is held while the records are built.
+func (r *Relay) Refresh() (changed []SessionRecord, alive []AliveSession) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := nanotime()
+	for _, s := range r.sessions {
+		if s.replica {
+			s.replica = false
+			s.touched = now
+		}
+		rec := r.recordLocked(s)
+		if rec.Version != s.reported {
+			s.reported = rec.Version
+			changed = append(changed, rec)
+			continue
+		}
+		alive = append(alive, AliveSession{CallID: s.callID, Version: s.version})
+	}
+	for _, rel := range r.idleGone {
+		if r.sessions[rel.CallID] == nil {
+			changed = append(changed, rel)
+		}
+	}
+	r.idleGone = nil
+	slices.SortFunc(changed, func(a, b SessionRecord) int { return strings.Compare(a.CallID, b.CallID) })
+	slices.SortFunc(alive, func(a, b AliveSession) int { return strings.Compare(a.CallID, b.CallID) })
+	return changed, alive
+}
+
+// KeepAlive applies the holder's keep-alive on a standby: each named replica
+// lives on for another replica lifetime. It returns how many named sessions
+// this relay lacks or has at an older version (a record was lost; the next
+// change or full sync repairs it).
+func (r *Relay) KeepAlive(ka KeepAlive) (stale int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := nanotime()
+	for _, a := range ka.Sessions {
+		s := r.sessions[a.CallID]
+		if s == nil {
+			stale++
+			continue
+		}
+		s.heard = now
+		if s.version < a.Version {
+			stale++
+		}
+	}
+	return stale
+}
+
+// SetCallerTag remembers the From tag of callID's caller (leg A); it is
+// replicated with the session (SessionRecord.CallerTag). It may come before
+// the call's first Anchor.
+func (r *Relay) SetCallerTag(callID, tag string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.sessions[callID]; s != nil {
+		s.callerTag = tag
+		return
+	}
+	if len(r.pendingTags) < maxPendingTags {
+		r.pendingTags[callID] = pendingTag{tag: tag, at: nanotime()}
+	}
+}
+
+// CallerTag returns the caller's From tag of callID's session, set locally
+// or carried by a replicated record.
+func (r *Relay) CallerTag(callID string) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.sessions[callID]; s != nil && s.callerTag != "" {
+		return s.callerTag, true
+	}
+	return "", false
+}
+
+// recordLocked returns s's record; it bumps s's version when the content
+// differs from the last record made. r.mu must be held.
 func (r *Relay) recordLocked(s *session) SessionRecord {
-	rec := SessionRecord{CallID: s.callID, State: s.state(), Address: r.addr, Created: s.created}
+	rec := r.contentLocked(s)
+	if !sameContent(rec, s.last) {
+		s.version = nextVersion(s.version)
+		s.last = rec
+	}
+	rec.Version = s.version
+	return rec
+}
+
+func sameContent(a, b SessionRecord) bool {
+	return a.CallID == b.CallID && a.State == b.State && a.Address == b.Address &&
+		a.CallerTag == b.CallerTag && slices.Equal(a.Streams, b.Streams)
+}
+
+func (r *Relay) contentLocked(s *session) SessionRecord {
+	rec := SessionRecord{CallID: s.callID, State: s.state(), Address: r.addr, Created: s.created, CallerTag: s.callerTag}
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	for _, st := range s.streams {
@@ -103,24 +253,50 @@ func endpoints(k *sock) (hint, latched netip.AddrPort) {
 	return hint, latched
 }
 
-// Import recreates a session from a record with the same relay ports, bound
-// on this relay's address (the VIP; IP_FREEBIND lets a standby bind it before
-// the address is local). An existing session of the same Call-ID is replaced.
+// Import applies a record from the VIP holder: it recreates the session
+// with the same relay ports, bound on this relay's address (the VIP;
+// IP_FREEBIND lets a standby bind it before the address is local), or
+// updates an existing one in place when its ports are unchanged, keeping its
+// sockets and counters. A record not newer (Version) than the session's is
+// ignored; so is one older than a released record of the same Call-ID.
 // Latched sources are restored so media resumes without waiting for a packet.
+// The session is a replica: it lives as long as records or keep-alives keep
+// coming, not by idle_timeout, until packets arrive (this relay holds the
+// VIP) or Refresh adopts it.
 func (r *Relay) Import(rec SessionRecord) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return ErrClosed
 	}
+	now := nanotime()
+	old := r.sessions[rec.CallID]
 	if rec.State == StateReleased {
-		if old := r.sessions[rec.CallID]; old != nil {
+		if rec.Version != 0 {
+			if tb, ok := r.tombs[rec.CallID]; !ok || tb.version < rec.Version {
+				r.tombs[rec.CallID] = tombstone{version: rec.Version, at: now}
+			}
+		}
+		if old != nil && (rec.Version == 0 || old.version <= rec.Version) {
 			delete(r.sessions, rec.CallID)
 			r.releaseLocked(old, "released_by_peer")
 		}
 		return nil
 	}
-	if old := r.sessions[rec.CallID]; old != nil {
+	if rec.Version != 0 {
+		if tb, ok := r.tombs[rec.CallID]; ok && rec.Version <= tb.version {
+			return nil
+		}
+	}
+	if old != nil {
+		if rec.Version != 0 && rec.Version <= old.version {
+			old.heard = now
+			return nil
+		}
+		if samePorts(old, rec) {
+			r.updateLocked(old, rec, now)
+			return nil
+		}
 		delete(r.sessions, rec.CallID)
 		r.releaseLocked(old, "replaced_by_import")
 	}
@@ -133,12 +309,6 @@ func (r *Relay) Import(rec SessionRecord) error {
 	if s.created.IsZero() {
 		s.created = time.Now()
 	}
-	switch rec.State {
-	case StateAnswered:
-		s.seen = [2]bool{true, true}
-	default:
-		s.seen[LegA] = true
-	}
 	for i, sr := range rec.Streams {
 		st, err := r.newStream(s, sr.Ports)
 		if err != nil {
@@ -146,27 +316,86 @@ func (r *Relay) Import(rec SessionRecord) error {
 			return fmt.Errorf("import %q stream %d ports %v: %w", rec.CallID, i, sr.Ports, err)
 		}
 		s.streams = append(s.streams, st)
-		s.w.mu.Lock()
+	}
+	r.updateLocked(s, rec, now)
+	r.sessions[rec.CallID] = s
+	return nil
+}
+
+// samePorts: rec keeps every stream of s on the same ports (it may add
+// streams), so s can be updated without rebinding.
+func samePorts(s *session, rec SessionRecord) bool {
+	if len(rec.Streams) < len(s.streams) {
+		return false
+	}
+	for i, st := range s.streams {
+		if st.ports != rec.Streams[i].Ports {
+			return false
+		}
+	}
+	return true
+}
+
+// updateLocked sets s's replicated content from rec, binding the streams rec
+// adds, and makes s a replica heard from now. r.mu must be held.
+func (r *Relay) updateLocked(s *session, rec SessionRecord, now int64) {
+	switch rec.State {
+	case StateAnswered:
+		s.seen = [2]bool{true, true}
+	default:
+		s.seen[LegA] = true
+	}
+	if rec.CallerTag != "" {
+		s.callerTag = rec.CallerTag
+	}
+	for i := len(s.streams); i < len(rec.Streams); i++ {
+		st, err := r.newStream(s, rec.Streams[i].Ports)
+		if err != nil {
+			r.log.Warn("replicated stream not bound", zap.String("call_id", rec.CallID), zap.Int("stream", i),
+				zap.Ints("ports", rec.Streams[i].Ports[:]), zap.Error(err))
+			break
+		}
+		s.streams = append(s.streams, st)
+	}
+	s.w.mu.Lock()
+	for i, st := range s.streams {
+		sr := rec.Streams[i]
 		st.hold = sr.Hold
 		for l := range 2 {
 			restore(st.socks[l][0], sr.SDP[l], sr.Latched[l])
 			restore(st.socks[l][1], sr.SDPRTCP[l], sr.LatchedRTCP[l])
 			st.stats[l][0].clock = sr.Clock[l]
 		}
-		s.w.mu.Unlock()
 	}
-	r.sessions[rec.CallID] = s
-	return nil
+	s.w.mu.Unlock()
+	// The content as this relay sees it, so a later Export or Refresh
+	// carries the holder's version unless something changes here.
+	s.last = r.contentLocked(s)
+	s.version = rec.Version
+	if !s.replica {
+		s.replica, s.replicaSince = true, now
+	}
+	s.heard = now
 }
 
+// restore sets a socket's SDP endpoint and latched source to the holder's:
+// an invalid address clears them (the holder's latch was reset by a new SDP).
+// w.mu must be held.
 func restore(k *sock, hint, latched netip.AddrPort) {
 	if hint.IsValid() && hint.Addr().Is4() {
 		k.hint, k.hasHint = rawFromAddrPort(hint), true
+	} else {
+		k.hasHint = false
 	}
 	if latched.IsValid() && latched.Addr().Is4() {
-		k.latch, k.latched = rawFromAddrPort(latched), true
-		// Treat the restored source as just heard from so a stranger cannot
-		// take the leg over right after failover.
-		k.lastLatc = nanotime()
+		raw := rawFromAddrPort(latched)
+		if !k.latched || !sameAddr(&k.latch, &raw) {
+			k.latch, k.latched = raw, true
+			// Treat the restored source as just heard from so a stranger
+			// cannot take the leg over right after failover.
+			k.lastLatc = nanotime()
+		}
+	} else {
+		k.latched = false
 	}
 }

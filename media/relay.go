@@ -56,8 +56,43 @@ type session struct {
 	streams []*stream
 	seen    [2]bool
 	created time.Time
-	touched int64 // nanotime of the last Anchor; r.mu
+	touched int64 // nanotime of the last Anchor or of the adoption by Refresh; r.mu
+
+	// Replication, all under r.mu.
+	callerTag string        // From tag of leg A, so the twin's proxy can tell the legs apart
+	version   uint64        // of the replicated content in last (see recordLocked)
+	last      SessionRecord // content of the last record made, to detect changes
+	reported  uint64        // version the last Refresh reported
+	// replica: imported from the VIP holder and not relaying here yet. It
+	// lives as long as the holder's records or keep-alives keep coming
+	// (heard), not by idle_timeout: a standby receives no packets.
+	replica      bool
+	replicaSince int64 // nanotime replica was set
+	heard        int64 // nanotime of the last record or keep-alive from the holder
 }
+
+// pendingTag is a caller tag set before the first Anchor of its call.
+type pendingTag struct {
+	tag string
+	at  int64
+}
+
+// tombstone remembers a released session's version, so a stale record
+// reordered behind the release cannot bring the session back.
+type tombstone struct {
+	version uint64
+	at      int64
+}
+
+// maxIdleGone bounds the idle-ended sessions kept for the next Refresh (a
+// proxy that never holds the VIP never calls it; replicas expire anyway).
+const maxIdleGone = 100_000
+
+// pendingTagTTL bounds a caller tag whose call never got anchored (bad SDP).
+const pendingTagTTL = time.Minute
+
+// maxPendingTags bounds pendingTags against a flood of unanchorable INVITEs.
+const maxPendingTags = 100_000
 
 // unansweredTimeout bounds a session that never saw SDP from both legs: a
 // call may ring without any packet for longer than idle_timeout, and the
@@ -81,7 +116,25 @@ type Relay struct {
 	started  bool
 	stop     chan struct{}
 	wg       sync.WaitGroup
+
+	pendingTags map[string]pendingTag // r.mu
+	idleGone    []SessionRecord       // released records of sessions the sweep ended since the last Refresh; r.mu
+	tombs       map[string]tombstone  // r.mu
+	// refreshEvery is how often the VIP holder calls Refresh; replicaTTL
+	// how long a replica lives without hearing from the holder.
+	refreshEvery time.Duration
+	replicaTTL   time.Duration
 }
+
+// RefreshPeriod derives the replication refresh period from idle_timeout:
+// a third of it, within [1s, 20s].
+func RefreshPeriod(idle time.Duration) time.Duration {
+	return min(max(idle/3, time.Second), 20*time.Second)
+}
+
+// replicaRefreshes is how many refresh periods a replica survives without
+// any record or keep-alive from the holder.
+const replicaRefreshes = 4
 
 // New validates cfg (cfg.Address must already hold the address to use),
 // registers the metrics on reg and returns a Relay; Start begins relaying.
@@ -99,10 +152,14 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 	}
 	r := &Relay{
 		cfg: cfg, addr: addr, log: log,
-		pool:     newPortPool(first, last),
-		sessions: make(map[string]*session),
-		stop:     make(chan struct{}),
+		pool:        newPortPool(first, last),
+		sessions:    make(map[string]*session),
+		stop:        make(chan struct{}),
+		pendingTags: make(map[string]pendingTag),
+		tombs:       make(map[string]tombstone),
 	}
+	r.refreshEvery = RefreshPeriod(cfg.IdleTimeout)
+	r.replicaTTL = replicaRefreshes * r.refreshEvery
 	n := cfg.Workers
 	if n == 0 {
 		n = runtime.GOMAXPROCS(0)
@@ -129,6 +186,10 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 
 // Address is the relay address advertised in SDP.
 func (r *Relay) Address() netip.Addr { return r.addr }
+
+// RefreshPeriod is how often the VIP holder should call Refresh and
+// broadcast its result; a replica is dropped after 4 periods without news.
+func (r *Relay) RefreshPeriod() time.Duration { return r.refreshEvery }
 
 // Start launches the data-path workers and the idle sweeper.
 func (r *Relay) Start() {
@@ -211,6 +272,10 @@ func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
 		s = &session{callID: callID, w: r.workers[r.next%len(r.workers)], created: time.Now()}
 		r.next++
 		created = true
+		if p, ok := r.pendingTags[callID]; ok {
+			s.callerTag = p.tag
+			delete(r.pendingTags, callID)
+		}
 	}
 	for len(s.streams) < len(infos) {
 		st, err := r.newStream(s, [2]int{})
@@ -411,25 +476,54 @@ func (r *Relay) sweep() {
 		now := nanotime()
 		r.mu.Lock()
 		for id, s := range r.sessions {
-			limit := int64(r.cfg.IdleTimeout)
-			if !s.seen[LegA] || !s.seen[LegB] {
-				limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
-			}
-			last := max(s.created.UnixNano(), s.touched)
+			rx := int64(0)
 			s.w.mu.Lock()
 			for _, st := range s.streams {
 				for l := range 2 {
 					for k := range 2 {
-						last = max(last, st.socks[l][k].lastRx)
+						rx = max(rx, st.socks[l][k].lastRx)
 					}
 				}
 			}
 			s.w.mu.Unlock()
+			if s.replica && rx > s.replicaSince {
+				// Packets reach this replica: this proxy holds the VIP now.
+				s.replica = false
+			}
+			if s.replica {
+				if now-s.heard > int64(r.replicaTTL) {
+					delete(r.sessions, id)
+					r.releaseLocked(s, "replica_expired")
+					r.log.Info("replicated media session not refreshed by the VIP holder, released",
+						zap.String("call_id", id), zap.Duration("silent", time.Duration(now-s.heard)))
+				}
+				continue
+			}
+			limit := int64(r.cfg.IdleTimeout)
+			if !s.seen[LegA] || !s.seen[LegB] {
+				limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
+			}
+			last := max(s.created.UnixNano(), s.touched, s.heard, rx)
 			if now-last > limit {
 				delete(r.sessions, id)
 				r.releaseLocked(s, "idle")
+				if len(r.idleGone) < maxIdleGone {
+					rel := ReleasedRecord(id)
+					rel.Version = max(rel.Version, s.version+1)
+					r.idleGone = append(r.idleGone, rel)
+				}
 				r.m.idleEnded.Inc()
 				r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))
+			}
+		}
+		for id, p := range r.pendingTags {
+			if now-p.at > int64(pendingTagTTL) {
+				delete(r.pendingTags, id)
+			}
+		}
+		for id, tb := range r.tombs {
+			if now-tb.at > int64(max(r.replicaTTL, pendingTagTTL)) {
+				delete(r.tombs, id)
 			}
 		}
 		r.mu.Unlock()

@@ -19,6 +19,16 @@ type MediaAnchor interface {
 
 var _ MediaAnchor = (*media.Relay)(nil)
 
+// callerTags is implemented by an anchor that keeps the caller's From tag
+// with the session and replicates it, so the twin proxy can tell the legs of
+// a call apart after a failover (its own callers map lacks the call).
+type callerTags interface {
+	SetCallerTag(callID, tag string)
+	CallerTag(callID string) (string, bool)
+}
+
+var _ callerTags = (*media.Relay)(nil)
+
 // WithMediaAnchor anchors the media of every call on m.
 func WithMediaAnchor(m MediaAnchor) Option {
 	return func(p *Proxy) {
@@ -46,10 +56,21 @@ func (p *Proxy) requestLeg(req *sip.Request) (media.Leg, bool) {
 	if _, inDialog := req.To().Params.Get("tag"); !inDialog {
 		if req.IsInvite() {
 			p.callers.put(req.CallID().Value(), fromTag)
+			if ct, ok := p.media.(callerTags); ok {
+				ct.SetCallerTag(req.CallID().Value(), fromTag)
+			}
 		}
 		return media.LegA, true
 	}
 	caller, ok := p.callers.get(req.CallID().Value())
+	if !ok {
+		// Anchored by the twin before a failover: the relay has it.
+		if ct, isCT := p.media.(callerTags); isCT {
+			if caller, ok = ct.CallerTag(req.CallID().Value()); ok {
+				p.callers.put(req.CallID().Value(), caller)
+			}
+		}
+	}
 	if !ok {
 		return media.LegA, false // a call hapbx did not anchor: leave it alone
 	}

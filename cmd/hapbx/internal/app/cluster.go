@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -17,7 +19,11 @@ import (
 const (
 	chanRegistrar = "registrar"
 	chanMedia     = "media"
-	keyActive     = "active_backend"
+	// chanMediaAlive carries the VIP holder's periodic keep-alives of
+	// unchanged media sessions (media.KeepAlive); a peer that does not know
+	// the channel drops them.
+	chanMediaAlive = "media-alive"
+	keyActive      = "active_backend"
 )
 
 // setupCluster joins the proxy pair when cluster.peers is set: memberlist
@@ -80,6 +86,9 @@ func (d *daemon) replicate() error {
 		if err := d.cluster.RegisterState(chanMedia, mediaState{r: d.relay, log: d.log}); err != nil {
 			return err
 		}
+		if err := d.cluster.RegisterState(chanMediaAlive, mediaAliveState{r: d.relay, log: d.log}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -101,7 +110,64 @@ func (d *daemon) startCluster(ctx context.Context) error {
 	if err := d.cluster.Start(ctx); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	if d.relay != nil {
+		go refreshMedia(ctx, d.relay, d.cluster, d.isLeader, d.log)
+	}
 	return nil
+}
+
+// broadcaster is the part of the cluster the media replication uses.
+type broadcaster interface {
+	Broadcast(name string, record []byte) error
+}
+
+// refreshMedia is the VIP holder's periodic media replication: records
+// sent right after Anchor carry no latched source yet, and a standby keeps a
+// replica only while it hears about it. Every proxy runs it; only the
+// holder broadcasts (and, by calling Refresh, adopts its replicas).
+func refreshMedia(ctx context.Context, r *media.Relay, c broadcaster, isLeader func() bool, log *zap.Logger) {
+	t := time.NewTicker(r.RefreshPeriod())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if isLeader() {
+			refreshMediaOnce(r, c, log)
+		}
+	}
+}
+
+// keepAliveChunk bounds one keep-alive message (about 70 bytes a session).
+const keepAliveChunk = 2000
+
+// refreshMediaOnce broadcasts the sessions changed since the last refresh
+// and keep-alives for the rest.
+func refreshMediaOnce(r *media.Relay, c broadcaster, log *zap.Logger) (records, alive int) {
+	changed, live := r.Refresh()
+	for _, rec := range changed {
+		b, err := rec.MarshalBinary()
+		if err != nil {
+			continue
+		}
+		if err := c.Broadcast(chanMedia, b); err != nil {
+			log.Debug("media record not broadcast", zap.Error(err))
+			return 0, 0
+		}
+	}
+	for chunk := range slices.Chunk(live, keepAliveChunk) {
+		b, err := media.KeepAlive{Sessions: chunk}.MarshalBinary()
+		if err != nil {
+			continue
+		}
+		if err := c.Broadcast(chanMediaAlive, b); err != nil {
+			log.Debug("media keep-alive not broadcast", zap.Error(err))
+			return len(changed), 0
+		}
+	}
+	return len(changed), len(live)
 }
 
 func (d *daemon) clusterStatus() *cluster.Status {
@@ -176,11 +242,34 @@ func (s mediaState) Apply(raw [][]byte) {
 	}
 }
 
+// mediaAliveState carries the holder's keep-alives: each keeps the named
+// replicas for another replica lifetime. Nothing to push to a joining node
+// (the media channel's full sync carries the sessions).
+type mediaAliveState struct {
+	r   *media.Relay
+	log *zap.Logger
+}
+
+func (s mediaAliveState) Snapshot() [][]byte { return nil }
+
+func (s mediaAliveState) Apply(raw [][]byte) {
+	for _, b := range raw {
+		var ka media.KeepAlive
+		if err := ka.UnmarshalBinary(b); err != nil {
+			s.log.Warn("bad media keep-alive from peer", zap.Error(err))
+			continue
+		}
+		if stale := s.r.KeepAlive(ka); stale > 0 {
+			s.log.Debug("media keep-alive names sessions missing or outdated here", zap.Int("sessions", stale))
+		}
+	}
+}
+
 // replicatedRelay is the proxy's media anchor when clustered: every change
 // of a session is broadcast to the twin.
 type replicatedRelay struct {
 	*media.Relay
-	c   *cluster.Cluster
+	c   broadcaster
 	log *zap.Logger
 }
 
@@ -195,8 +284,14 @@ func (r replicatedRelay) Anchor(callID string, from media.Leg, body []byte) ([]b
 }
 
 func (r replicatedRelay) Release(callID, reason string) error {
+	rel := media.ReleasedRecord(callID)
+	if cur, ok := r.Record(callID); ok {
+		// Outrank the session's last record even if this clock is behind the
+		// previous holder's, whose versions the session carries.
+		rel.Version = max(rel.Version, cur.Version+1)
+	}
 	err := r.Relay.Release(callID, reason)
-	r.send(media.SessionRecord{CallID: callID, State: media.StateReleased})
+	r.send(rel)
 	return err
 }
 
