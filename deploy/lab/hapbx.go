@@ -59,7 +59,11 @@ func (l *Lab) ProxyConfig(p string) string {
 	}
 	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(data, "registrar"))
 	if l.opt.Media {
-		b.WriteString("media: {enabled: true, ports: \"20000-20999\"}\n")
+		if l.opt.MediaIdleTimeout > 0 {
+			fmt.Fprintf(&b, "media: {enabled: true, ports: \"20000-20999\", idle_timeout: %s}\n", l.opt.MediaIdleTimeout)
+		} else {
+			b.WriteString("media: {enabled: true, ports: \"20000-20999\"}\n")
+		}
 	}
 	fmt.Fprintf(&b, "admin: {listen: %q}\nlog: {level: info, format: json}\n", AdminAddr)
 	fmt.Fprintf(&b, "cluster:\n  name: %s\n  bind: \"%s:7946\"\n", p, Hosts[p])

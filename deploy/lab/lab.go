@@ -68,6 +68,9 @@ type Options struct {
 	Dir string
 	// Media enables media anchoring on both proxies.
 	Media bool
+	// MediaIdleTimeout is the proxies' media.idle_timeout when Media is set
+	// (0: hapbx's default, 60 s).
+	MediaIdleTimeout time.Duration
 	// Failback makes proxy1 (priority 200) take the VIP back when it returns.
 	Failback bool
 	// Asterisk names an asterisk binary to run as the backends instead of SIPp

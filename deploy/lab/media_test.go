@@ -20,7 +20,11 @@ func TestMediaSurvivesVIPFailover(t *testing.T) {
 		}
 		t.Skip("needs " + pcapG711a + " (Debian package sip-tester)")
 	}
-	l := newLab(t, Options{Media: true, SIPpBackends: true})
+	// A short idle_timeout, and the holder killed after the call has run
+	// longer than it: the twin's replica lives on the holder's refreshes,
+	// not on packets it cannot see before it holds the VIP.
+	const idle = 2 * time.Second
+	l := newLab(t, Options{Media: true, SIPpBackends: true, MediaIdleTimeout: idle})
 	for _, be := range Backends {
 		if _, err := l.StartBackend(be, "-mi", Hosts[be], "-mp", "6000", "-rtp_echo"); err != nil {
 			t.Fatal(err)
@@ -56,6 +60,10 @@ func TestMediaSurvivesVIPFailover(t *testing.T) {
 		return err == nil && len(s.Media) == 1
 	}); err != nil {
 		t.Fatal(err)
+	}
+	time.Sleep(idle + 500*time.Millisecond) // the call is now older than idle_timeout
+	if s, err := l.Status(tw); err != nil || len(s.Media) != 1 {
+		t.Fatalf("%s dropped the replicated session of a call older than idle_timeout (%v): %+v", tw, err, s.Media)
 	}
 	base := l.Metric(tw, key("a_to_b")) + l.Metric(tw, key("b_to_a"))
 	t0 := time.Now()
