@@ -84,3 +84,73 @@ func received(trace string) string {
 	}
 	return b.String()
 }
+
+var reMPort = regexp.MustCompile(`(?m)^\s*m=audio (\d+) `)
+
+// TestMediaHoldResume: a SIPp phone puts its call through hapbx on hold
+// (re-INVITE a=sendonly) and resumes it (a=sendrecv) while playing G.711 to
+// a SIPp backend that echoes. The session is updated, never duplicated:
+// one relay session the whole call, every SDP each side receives names only
+// hapbx and the same relay port, the hold reaches the backend, media still
+// flows after the resume, and nothing is left after BYE.
+func TestMediaHoldResume(t *testing.T) {
+	sipptest.Require(t)
+	if _, err := os.Stat(pcapG711a); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s missing in CI: the Debian package sip-tester ships it", pcapG711a)
+		}
+		t.Skip("needs " + pcapG711a + " (Debian package sip-tester)")
+	}
+	bePort := sipptest.FreePort(t, be1IP)
+	beMedia := sipptest.FreePort(t, be1IP)
+	be := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_media_hold.xml"), "-mi", be1IP,
+		"-mp", strconv.Itoa(beMedia), "-rtp_echo", "-trace_msg")
+	a1 := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
+	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
+	d := startDaemonWith(t, "media: {enabled: true, ports: \"23100-23199\"}\n", a1)
+	d.waitActive(t, "asterisk1")
+
+	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_media_hold.xml"),
+		"-s", "202", "-m", "1", "-mi", phoneIP, "-mp", strconv.Itoa(sipptest.FreePort(t, phoneIP)),
+		"-key", "pcap", pcapG711a, "-trace_msg", "-timeout", "20s", "-timeout_error", d.sip)
+	maxSessions := 0.0
+	for !phone.Exited() {
+		if n, err := strconv.ParseFloat(d.metric(t, "hapbx_media_sessions"), 64); err == nil && n > maxSessions {
+			maxSessions = n
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code := phone.Wait(5 * time.Second); code != 0 {
+		t.Fatalf("hold/resume call failed (exit %d)\n%s\n%s", code, phone.Output(), d.log.String())
+	}
+	be.Stop() // flushes its message trace
+	if maxSessions != 1 {
+		t.Errorf("relay sessions peaked at %v during the call, want 1 (a re-INVITE must update, not add)", maxSessions)
+	}
+	afterResume, _ := strconv.ParseFloat(d.metric(t, `hapbx_media_packets_total{dir="b_to_a"}`), 64)
+	if afterResume < 100 {
+		t.Errorf("only %v packets relayed back to the phone over the call", afterResume)
+	}
+	for name, p := range map[string]*sipptest.Proc{"backend": be, "phone": phone} {
+		got := received(p.Trace())
+		addrs := sdpAddrs(got)
+		ports := map[string]bool{}
+		for _, m := range reMPort.FindAllStringSubmatch(got, -1) {
+			ports[m[1]] = true
+		}
+		if len(addrs) != 3 || len(ports) != 1 {
+			t.Errorf("%s received %d SDP bodies with m= ports %v, want 3 (call, hold, resume) on one relay port", name, len(addrs), ports)
+		}
+		for _, a := range addrs {
+			if a != proxyIP {
+				t.Errorf("%s received SDP naming %s, want only hapbx (%s)", name, a, proxyIP)
+			}
+		}
+		if name == "backend" && !strings.Contains(got, "a=sendonly") {
+			t.Errorf("the hold (a=sendonly) did not reach the backend")
+		}
+	}
+	if n, _ := strconv.ParseFloat(d.metric(t, "hapbx_media_sessions"), 64); n != 0 {
+		t.Errorf("%v relay sessions left after BYE", n)
+	}
+}
