@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"encoding/json"
 	"os"
 	"strconv"
 	"testing"
@@ -44,6 +45,18 @@ func TestMediaSurvivesVIPFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	tw := Twin(h)
+	// A real NAT in front of the phone: its RTP leaves port 7000 (what its
+	// SDP says) and reaches the VIP from 17000. The relay must latch onto
+	// 17000; conntrack takes the echo back to 7000.
+	for _, args := range [][]string{
+		{"add", "table", "ip", "hlabnat"},
+		{"add", "chain", "ip", "hlabnat", "post", "{ type nat hook postrouting priority 100; }"},
+		{"add", "rule", "ip", "hlabnat", "post", "udp", "sport", "7000", "snat", "to", Hosts["phones"] + ":17000"},
+	} {
+		if err := run(append([]string{"ip", "netns", "exec", NS("phones"), "nft"}, args...)...); err != nil {
+			t.Fatalf("nft %v: %v", args, err)
+		}
+	}
 	phone, err := l.Sipp("phones", "mediaphone", 5090, "-sf", l.Scenario("uac_media_long.xml"), "-s", "202", "-m", "1",
 		"-mi", Hosts["phones"], "-mp", "7000", "-key", "pcap", pcapG711a, "-timeout", "30s", "-timeout_error", VIP+":5060")
 	if err != nil {
@@ -54,6 +67,17 @@ func TestMediaSurvivesVIPFailover(t *testing.T) {
 		return l.Metric(h, key("a_to_b")) > 20 && l.Metric(h, key("b_to_a")) > 20
 	}); err != nil {
 		t.Fatalf("%v\n%s", err, phone.Log(3000))
+	}
+	var sess struct {
+		Streams []struct {
+			FromA struct{ SDP, Latched string } `json:"from_a"`
+		} `json:"streams"`
+	}
+	if s, err := l.Status(h); err != nil || len(s.Media) != 1 || json.Unmarshal(s.Media[0], &sess) != nil || len(sess.Streams) == 0 {
+		t.Fatalf("%s's media session: %v %+v", h, err, s.Media)
+	}
+	if a := sess.Streams[0].FromA; a.SDP != Hosts["phones"]+":7000" || a.Latched != Hosts["phones"]+":17000" {
+		t.Fatalf("phone leg behind NAT: SDP %s latched %s, want SDP :7000 latched :17000 (the NATed source)", a.SDP, a.Latched)
 	}
 	if err := WaitFor(2*time.Second, "the media session replicated to "+tw, func() bool {
 		s, err := l.Status(tw)
