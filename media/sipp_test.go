@@ -15,8 +15,6 @@ import (
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
-const pcapG711a = "/usr/share/sip-tester/g711a.pcap"
-
 // freePorts returns an even port p such that p..p+n-1 are free UDP ports on
 // ip, reserved for this test process.
 func freePorts(t *testing.T, ip string, n int) int {
@@ -33,12 +31,7 @@ func freePorts(t *testing.T, ip string, n int) int {
 // the offer deliberately names a wrong port, as a NAT would).
 func TestSIPpMediaThroughRelay(t *testing.T) {
 	sipp := sipptest.Require(t) // fails in CI, which installs it
-	if _, err := os.Stat(pcapG711a); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing in CI: the Debian package sip-tester ships it", pcapG711a)
-		}
-		t.Skip("needs " + pcapG711a + " (sip-tester)")
-	}
+	pcapG711a := sipptest.RequirePCAP(t)
 	r, _ := newTestRelay(t, "30000-30099", nil)
 	const ip = "127.0.0.1"
 	sipUAS := freePorts(t, ip, 1)

@@ -1,20 +1,15 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/zap/zaptest"
 
-	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
@@ -27,29 +22,10 @@ func TestMediaReofferNotAnchorable488(t *testing.T) {
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
 	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
 	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
-	mc := media.DefaultConfig()
-	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, "23610-23613" // two port pairs: one stream
 	mreg := prometheus.NewRegistry()
-	relay, err := media.New(mc, zaptest.NewLogger(t), mreg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay.Start()
-	t.Cleanup(relay.Close)
-
-	port := sipptest.FreePort(t, proxyIP)
-	cfg := DefaultConfig()
-	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
-	cfg.Advertise = proxyIP
-	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), zaptest.NewLogger(t), prometheus.NewRegistry(), WithMediaAnchor(relay))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	addr := net.JoinHostPort(proxyIP, strconv.Itoa(port))
+	relay := startRelay(t, "23610-23613", mreg) // two port pairs: one stream
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay))
+	addr := p.addr
 	withSDP := func(m, sdp string) string {
 		n := len(strings.ReplaceAll(sdp, "\n", "\r\n")) // rawRequest turns \n into \r\n
 		return strings.Replace(m, "Content-Length: 0\n\n", fmt.Sprintf("Content-Type: application/sdp\nContent-Length: %d\n\n", n), 1) + sdp

@@ -78,25 +78,27 @@ func dialogKey(callID, a, b string) string {
 	return callID + "\x00" + a + "\x00" + b
 }
 
-// confirm records the dialog set up by a 2xx to an initial INVITE.
-func (t *dialogTable) confirm(inv *sip.Request, res *sip.Response, backend string, isLocal func(*sip.Uri) bool) {
+// newDialog is the part of a dialog confirmed by a 2xx to inv that does not
+// depend on who is the phone; nil without both tags.
+func newDialog(inv *sip.Request, res *sip.Response, backend string) *dialog {
 	fromTag, _ := inv.From().Params.Get("tag")
 	toTag, _ := res.To().Params.Get("tag")
 	if fromTag == "" || toTag == "" {
+		return nil
+	}
+	return &dialog{callID: inv.CallID().Value(), fromTag: fromTag, toTag: toTag, backend: backend, lastSeen: time.Now()}
+}
+
+// confirm records the dialog set up by a 2xx to an initial INVITE.
+func (t *dialogTable) confirm(inv *sip.Request, res *sip.Response, backend string, isLocal func(*sip.Uri) bool) {
+	d := newDialog(inv, res, backend)
+	if d == nil {
 		return
 	}
-	d := &dialog{
-		callID:     inv.CallID().Value(),
-		fromTag:    fromTag,
-		toTag:      toTag,
-		backend:    backend,
-		backendTag: toTag,
-		from:       &sip.FromHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()},
-		to:         &sip.ToHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()},
-		dest:       inv.Source(),
-		network:    inv.Transport(),
-		lastSeen:   time.Now(),
-	}
+	d.backendTag = d.toTag
+	d.from = &sip.FromHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()}
+	d.to = &sip.ToHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()}
+	d.dest, d.network = inv.Source(), inv.Transport()
 	if c := inv.Contact(); c != nil {
 		d.target = *c.Address.Clone()
 	} else {
@@ -125,24 +127,15 @@ func (t *dialogTable) confirm(inv *sip.Request, res *sip.Response, backend strin
 // backend sent to a phone (Asterisk dialling PJSIP/201@hapbx): the phone is
 // the callee, reached at dest over network.
 func (t *dialogTable) confirmInbound(inv *sip.Request, res *sip.Response, backend, dest, network string, isLocal func(*sip.Uri) bool) {
-	fromTag, _ := inv.From().Params.Get("tag")
-	toTag, _ := res.To().Params.Get("tag")
-	if fromTag == "" || toTag == "" {
+	d := newDialog(inv, res, backend)
+	if d == nil {
 		return
 	}
-	d := &dialog{
-		callID:     inv.CallID().Value(),
-		fromTag:    fromTag,
-		toTag:      toTag,
-		backend:    backend,
-		backendTag: fromTag,
-		from:       &sip.FromHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()},
-		to:         &sip.ToHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()},
-		dest:       dest,
-		network:    network,
-		cseq:       inv.CSeq().SeqNo,
-		lastSeen:   time.Now(),
-	}
+	d.backendTag = d.fromTag
+	d.from = &sip.FromHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()}
+	d.to = &sip.ToHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()}
+	d.dest, d.network = dest, network
+	d.cseq = inv.CSeq().SeqNo
 	if c := res.Contact(); c != nil {
 		d.target = *c.Address.Clone()
 	} else {

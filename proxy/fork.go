@@ -83,12 +83,8 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 	// reset by any provisional; after a CANCEL, the guard within which the
 	// branches must end.
 	var timerC, guard <-chan time.Time
-	var tc *time.Timer
-	defer func() {
-		if tc != nil {
-			tc.Stop()
-		}
-	}()
+	var tc ringTimer
+	defer tc.stop()
 	cancelOthers := func(except int) {
 		for j, b := range branches {
 			if j == except || b.done || b.cancelSent {
@@ -150,12 +146,7 @@ func (p *Proxy) fork(req *sip.Request, tx sip.ServerTransaction, targets []targe
 			if res.IsProvisional() {
 				b.provisional = true
 				if req.IsInvite() && !answered && guard == nil {
-					if tc == nil {
-						tc = time.NewTimer(p.cfg.TimerC)
-					} else {
-						tc.Reset(p.cfg.TimerC)
-					}
-					timerC = tc.C
+					timerC = tc.restart(p.cfg.TimerC)
 				}
 				if answered && !b.cancelSent {
 					p.sendCancel(b.out) // the call was taken elsewhere or cancelled

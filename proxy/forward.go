@@ -133,12 +133,8 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 	// Timer C (RFC 3261 §16.6 step 11, §16.8) and, once a CANCEL is out,
 	// the guard within which the downstream must end the INVITE.
 	var timerC, guard <-chan time.Time
-	var tc *time.Timer
-	defer func() {
-		if tc != nil {
-			tc.Stop()
-		}
-	}()
+	var tc ringTimer
+	defer tc.stop()
 	cancelDownstream := func() {
 		if !st.cancelSent {
 			p.sendCancel(out)
@@ -163,12 +159,7 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 			if res.IsProvisional() {
 				st.provisional = true
 				if req.IsInvite() && !st.cancelSent {
-					if tc == nil {
-						tc = time.NewTimer(p.cfg.TimerC)
-					} else {
-						tc.Reset(p.cfg.TimerC)
-					}
-					timerC = tc.C
+					timerC = tc.restart(p.cfg.TimerC)
 				}
 				p.relay(tx, req, res)
 				continue
@@ -287,6 +278,25 @@ func (p *Proxy) try(req *sip.Request, tx sip.ServerTransaction, t target, more b
 			}
 			return true
 		}
+	}
+}
+
+// ringTimer is RFC 3261's Timer C of one INVITE or fork: created by the first
+// provisional, restarted by each later one.
+type ringTimer struct{ t *time.Timer }
+
+func (c *ringTimer) restart(d time.Duration) <-chan time.Time {
+	if c.t == nil {
+		c.t = time.NewTimer(d)
+	} else {
+		c.t.Reset(d)
+	}
+	return c.t.C
+}
+
+func (c *ringTimer) stop() {
+	if c.t != nil {
+		c.t.Stop()
 	}
 }
 

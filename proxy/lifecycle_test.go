@@ -2,16 +2,13 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
@@ -20,23 +17,7 @@ import (
 // changed by mutate.
 func startWithRouter(t *testing.T, backends []Backend, router Router, mutate func(*Config)) *testProxy {
 	t.Helper()
-	port := sipptest.FreePort(t, proxyIP)
-	cfg := DefaultConfig()
-	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
-	cfg.Advertise = proxyIP
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	reg := prometheus.NewRegistry()
-	p, err := New(cfg, backends, router, zaptest.NewLogger(t), reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	return &testProxy{Proxy: p, reg: reg, port: port, addr: net.JoinHostPort(proxyIP, strconv.Itoa(port))}
+	return startProxyWith(t, []string{"udp"}, backends, router, mutate)
 }
 
 func inviteFinals(p *testProxy, code int) float64 {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -37,21 +36,33 @@ type testProxy struct {
 	addr string
 }
 
+// startProxy starts a proxy on UDP and TCP over backends in configured
+// order (StaticRouter).
 func startProxy(t *testing.T, backends []Backend, mutate func(*Config)) *testProxy {
+	t.Helper()
+	names := make([]string, len(backends))
+	for i, b := range backends {
+		names[i] = b.Name
+	}
+	return startProxyWith(t, []string{"udp", "tcp"}, backends, NewStaticRouter(names, false), mutate)
+}
+
+// startProxyWith starts a proxy listening on transports (one port), routing
+// through router, with cfg changed by mutate and the options given.
+func startProxyWith(t *testing.T, transports []string, backends []Backend, router Router, mutate func(*Config), opts ...Option) *testProxy {
 	t.Helper()
 	port := sipptest.FreePort(t, proxyIP)
 	cfg := DefaultConfig()
-	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port), fmt.Sprintf("tcp://%s:%d", proxyIP, port)}
+	cfg.Listen = nil
+	for _, tr := range transports {
+		cfg.Listen = append(cfg.Listen, fmt.Sprintf("%s://%s:%d", tr, proxyIP, port))
+	}
 	cfg.Advertise = proxyIP
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	names := make([]string, len(backends))
-	for i, b := range backends {
-		names[i] = b.Name
-	}
-	p, err := New(cfg, backends, NewStaticRouter(names, false), zaptest.NewLogger(t), reg)
+	p, err := New(cfg, backends, router, zaptest.NewLogger(t), reg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +71,20 @@ func startProxy(t *testing.T, backends []Backend, mutate func(*Config)) *testPro
 	}
 	t.Cleanup(p.Close)
 	return &testProxy{Proxy: p, reg: reg, port: port, addr: net.JoinHostPort(proxyIP, strconv.Itoa(port))}
+}
+
+// startRelay starts a media relay on proxyIP over ports ("lo-hi").
+func startRelay(t *testing.T, ports string, reg prometheus.Registerer) *media.Relay {
+	t.Helper()
+	mc := media.DefaultConfig()
+	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, ports
+	relay, err := media.New(mc, zaptest.NewLogger(t), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay.Start()
+	t.Cleanup(relay.Close)
+	return relay
 }
 
 func backendOn(t *testing.T, name, ip, transport string) (Backend, int) {
@@ -125,37 +150,16 @@ func Test2xxRetransmissionsRelayed(t *testing.T) {
 
 // rawRequest sends one datagram from a fresh socket and returns the first
 // final response text, or "" on timeout.
+// rawRequest sends msg from phoneIP to `to` and returns the first final
+// response (sipptest.Exchange).
 func rawRequest(t *testing.T, to string, msg string, wait time.Duration) string {
 	t.Helper()
-	c, err := net.ListenPacket("udp", net.JoinHostPort(phoneIP, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	port := c.LocalAddr().(*net.UDPAddr).Port
-	msg = strings.ReplaceAll(msg, "PHONE", net.JoinHostPort(phoneIP, strconv.Itoa(port)))
-	msg = strings.ReplaceAll(msg, "\n", "\r\n")
-	dst, _ := net.ResolveUDPAddr("udp", to)
-	if _, err := c.WriteTo([]byte(msg), dst); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 65535)
-	deadline := time.Now().Add(wait)
-	for {
-		_ = c.SetReadDeadline(deadline)
-		n, _, err := c.ReadFrom(buf)
-		if err != nil {
-			return ""
-		}
-		if !bytes.HasPrefix(buf[:n], []byte("SIP/2.0 1")) {
-			return string(buf[:n])
-		}
-	}
+	return sipptest.Exchange(t, phoneIP, to, msg, wait)
 }
 
 func request(method, ruri string, maxForwards int, extra string) string {
 	return fmt.Sprintf(`%s %s SIP/2.0
-Via: SIP/2.0/UDP PHONE;branch=z9hG4bK%d;rport
+Via: SIP/2.0/UDP PEER;branch=z9hG4bK%d;rport
 From: <sip:201@example.com>;tag=f1
 To: <%s>
 Call-ID: %d@test
@@ -334,7 +338,7 @@ func TestLoopDetected(t *testing.T) {
 	p := startProxy(t, []Backend{be}, func(c *Config) { c.HopTimeout = 200 * time.Millisecond })
 	ruri := "sip:202@" + p.addr
 	msg := request("INVITE", ruri, 70, "")
-	parsed, err := sip.NewParser().ParseSIP([]byte(strings.ReplaceAll(strings.ReplaceAll(msg, "PHONE", phoneIP+":5999"), "\n", "\r\n")))
+	parsed, err := sip.NewParser().ParseSIP([]byte(strings.ReplaceAll(strings.ReplaceAll(msg, "PEER", phoneIP+":5999"), "\n", "\r\n")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,28 +361,8 @@ func TestMediaPortsExhausted(t *testing.T) {
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
 	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
 	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
-	mc := media.DefaultConfig()
-	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, "23600-23603" // two port pairs: one call
-	relay, err := media.New(mc, zaptest.NewLogger(t), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay.Start()
-	t.Cleanup(relay.Close)
-
-	port := sipptest.FreePort(t, proxyIP)
-	cfg := DefaultConfig()
-	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
-	cfg.Advertise = proxyIP
-	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), zaptest.NewLogger(t), prometheus.NewRegistry(), WithMediaAnchor(relay))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	addr := net.JoinHostPort(proxyIP, strconv.Itoa(port))
+	relay := startRelay(t, "23600-23603", prometheus.NewRegistry()) // two port pairs: one call
+	addr := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay)).addr
 	// rawRequest turns every \n into \r\n, the body's included.
 	sdp := "v=0\no=- 1 1 IN IP4 10.9.9.9\ns=-\nc=IN IP4 10.9.9.9\nt=0 0\nm=audio 40000 RTP/AVP 0\n"
 	invite := func() string {
@@ -419,23 +403,11 @@ func TestNoBackendWaitHoldsNewCall(t *testing.T) {
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
 	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
 	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
-	port := sipptest.FreePort(t, proxyIP)
-	cfg := DefaultConfig()
-	cfg.Listen = []string{fmt.Sprintf("udp://%s:%d", proxyIP, port)}
-	cfg.Advertise = proxyIP
 	router := &switchRouter{name: be.Name}
-	reg := prometheus.NewRegistry()
-	p, err := New(cfg, []Backend{be}, router, zaptest.NewLogger(t), reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, router, nil)
 	time.AfterFunc(300*time.Millisecond, func() { router.on.Store(true) })
 	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
-		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", net.JoinHostPort(proxyIP, strconv.Itoa(port)))
+		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
 	if code := phone.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("held call failed (exit %d)\n%s", code, phone.Output())
 	}
@@ -447,7 +419,7 @@ func TestNoBackendWaitHoldsNewCall(t *testing.T) {
 	// With the wait off, a call with no backend is refused at once.
 	router.on.Store(false)
 	p.cfg.NoBackendWait = 0
-	if res := rawRequest(t, net.JoinHostPort(proxyIP, strconv.Itoa(port)), request("INVITE", "sip:202@"+proxyIP, 70, ""), 3*time.Second); !strings.HasPrefix(res, "SIP/2.0 503 ") {
+	if res := rawRequest(t, p.addr, request("INVITE", "sip:202@"+proxyIP, 70, ""), 3*time.Second); !strings.HasPrefix(res, "SIP/2.0 503 ") {
 		t.Fatalf("no backend, no wait: got %q, want 503", statusLine(res))
 	}
 }

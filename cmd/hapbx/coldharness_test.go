@@ -326,19 +326,7 @@ func (l *coldLab) startProxy(fenceFails bool) *daemon {
 	if err := os.WriteFile(d.config, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
-	d.cmd.Stderr = &d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = d.cmd.Process.Kill()
-		<-d.done
-		if t.Failed() {
-			t.Logf("hapbx log (tail):\n%s", tail([]byte(d.log.String()), 12000))
-		}
-	})
+	d.start(t)
 	l.proxy = d
 	return d
 }

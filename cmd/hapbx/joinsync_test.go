@@ -196,40 +196,8 @@ func (l *joinLab) startProxy(i int) *daemon {
 	if err := os.WriteFile(d.config, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
-	d.cmd.Stderr = &d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	cmd, done := d.cmd, d.done
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		err := <-done
-		done <- err
-		if t.Failed() {
-			t.Logf("%s log (tail):\n%s", p.Name, tail([]byte(d.log.String()), 8000))
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if res, err := http.Get(d.admin + "/healthz"); err == nil {
-			res.Body.Close()
-			if res.StatusCode == 200 {
-				return d
-			}
-		}
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("%s exited: %v\n%s", p.Name, err, d.log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not healthy within 30s\n%s", p.Name, tail([]byte(d.log.String()), 8000))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	d.start(t)
+	return d
 }
 
 // joinStatus is the part of /api/v1/status read here.

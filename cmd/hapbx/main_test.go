@@ -128,7 +128,9 @@ func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
 	return d
 }
 
-// start runs hapbx on d's config and waits until it is healthy.
+// start runs hapbx on d's config and waits until it is healthy (up to 30 s:
+// a proxy loading a large registrar store takes a while); it fails at once
+// if hapbx exits.
 func (d *daemon) start(t testing.TB) {
 	t.Helper()
 	d.log.Reset()
@@ -144,18 +146,29 @@ func (d *daemon) start(t testing.TB) {
 		_ = cmd.Process.Kill()
 		err := <-done
 		done <- err
+		if t.Failed() {
+			t.Logf("hapbx %s log (tail):\n%s", d.config, tail([]byte(d.log.String()), 8000))
+		}
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
 		if res, err := http.Get(d.admin + "/healthz"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
 				return
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("hapbx %s exited: %v\n%s", d.config, err, d.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hapbx not healthy within 30s\n%s", tail([]byte(d.log.String()), 8000))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("hapbx not healthy within 5s\n%s", d.log.String())
 }
 
 // stop ends hapbx with SIGTERM and waits for it.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"net"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,8 +10,6 @@ import (
 
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
-
-const pcapG711a = "/usr/share/sip-tester/g711a.pcap"
 
 var reConn = regexp.MustCompile(`(?m)^\s*c=IN IP4 (\S+)`)
 
@@ -31,9 +28,7 @@ func sdpAddrs(trace string) []string {
 // names only hapbx.
 func TestMediaAnchored(t *testing.T) {
 	sipptest.Require(t)
-	if _, err := os.Stat(pcapG711a); err != nil {
-		t.Skip("needs " + pcapG711a + " (Debian package sip-tester)")
-	}
+	pcapG711a := sipptest.RequirePCAP(t)
 	bePort := sipptest.FreePort(t, be1IP)
 	beMedia := sipptest.FreePort(t, be1IP)
 	be := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_call.xml"), "-mi", be1IP,
@@ -95,12 +90,7 @@ var reMPort = regexp.MustCompile(`(?m)^\s*m=audio (\d+) `)
 // flows after the resume, and nothing is left after BYE.
 func TestMediaHoldResume(t *testing.T) {
 	sipptest.Require(t)
-	if _, err := os.Stat(pcapG711a); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing in CI: the Debian package sip-tester ships it", pcapG711a)
-		}
-		t.Skip("needs " + pcapG711a + " (Debian package sip-tester)")
-	}
+	pcapG711a := sipptest.RequirePCAP(t)
 	bePort := sipptest.FreePort(t, be1IP)
 	beMedia := sipptest.FreePort(t, be1IP)
 	be := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_media_hold.xml"), "-mi", be1IP,

@@ -180,35 +180,6 @@ func TestInboundCallHungUpWhenBackendDies(t *testing.T) {
 	}
 }
 
-// sipExchange sends one request over UDP from ip to hapbx and returns the
-// first final response ("" after wait). PEER in msg becomes the local
-// address.
-func sipExchange(t *testing.T, ip, to, msg string, wait time.Duration) string {
-	t.Helper()
-	c, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	msg = strings.ReplaceAll(strings.ReplaceAll(msg, "PEER", c.LocalAddr().String()), "\n", "\r\n")
-	dst, _ := net.ResolveUDPAddr("udp", to)
-	if _, err := c.WriteTo([]byte(msg), dst); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	deadline := time.Now().Add(wait)
-	for {
-		_ = c.SetReadDeadline(deadline)
-		n, _, err := c.ReadFrom(buf)
-		if err != nil {
-			return ""
-		}
-		if res := string(buf[:n]); !strings.HasPrefix(res, "SIP/2.0 1") {
-			return res
-		}
-	}
-}
-
 // TestLocationAndSurvivalAnswers: through the whole daemon, a call from a
 // backend to an extension nobody registered gets 404; with every backend
 // dead, an unknown phone's REGISTER gets 503 with Retry-After (a known
@@ -220,7 +191,7 @@ func TestLocationAndSurvivalAnswers(t *testing.T) {
 	d.waitActive(t, "asterisk1")
 	invite := "INVITE sip:999@" + d.sip + " SIP/2.0\nVia: SIP/2.0/UDP PEER;branch=z9hG4bKloc1;rport\nMax-Forwards: 70\n" +
 		"From: <sip:100@" + be1IP + ">;tag=a1\nTo: <sip:999@" + d.sip + ">\nCall-ID: loc-1\nCSeq: 1 INVITE\nContact: <sip:100@PEER>\nContent-Length: 0\n\n"
-	if res := sipExchange(t, be1IP, d.sip, invite, 3*time.Second); !strings.HasPrefix(res, "SIP/2.0 404 ") {
+	if res := sipptest.Exchange(t, be1IP, d.sip, invite, 3*time.Second); !strings.HasPrefix(res, "SIP/2.0 404 ") {
 		t.Fatalf("asterisk1 calling unregistered 999: %q, want 404", res)
 	}
 	be1.Kill()
@@ -229,7 +200,7 @@ func TestLocationAndSurvivalAnswers(t *testing.T) {
 	d.waitState(t, "asterisk2", "down", 3*time.Second)
 	register := "REGISTER sip:" + d.sip + " SIP/2.0\nVia: SIP/2.0/UDP PEER;branch=z9hG4bKreg1;rport\nMax-Forwards: 70\n" +
 		"From: <sip:555@" + d.sip + ">;tag=p1\nTo: <sip:555@" + d.sip + ">\nCall-ID: reg-1\nCSeq: 1 REGISTER\nContact: <sip:555@PEER>\nExpires: 300\nContent-Length: 0\n\n"
-	res := sipExchange(t, phoneIP, d.sip, register, 10*time.Second)
+	res := sipptest.Exchange(t, phoneIP, d.sip, register, 10*time.Second)
 	if !strings.HasPrefix(res, "SIP/2.0 503 ") || !strings.Contains(res, "Retry-After:") {
 		t.Fatalf("unknown REGISTER with no backend: %q, want 503 with Retry-After", res)
 	}

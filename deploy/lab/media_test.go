@@ -2,25 +2,19 @@ package lab
 
 import (
 	"encoding/json"
-	"os"
 	"strconv"
 	"testing"
 	"time"
-)
 
-const pcapG711a = "/usr/share/sip-tester/g711a.pcap"
+	"github.com/hapbx/hapbx/proxy/sipptest"
+)
 
 // Issue 8.2: media anchored on the proxies; the VIP holder is SIGKILLed in the
 // middle of a call while the phone plays G.711 to a backend that echoes it.
 // Audio resumes through the new holder (on the same VIP ports, from the
 // replicated session) within 1 s, and the call still hangs up normally.
 func TestMediaSurvivesVIPFailover(t *testing.T) {
-	if _, err := os.Stat(pcapG711a); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing in CI: the Debian package sip-tester ships it", pcapG711a)
-		}
-		t.Skip("needs " + pcapG711a + " (Debian package sip-tester)")
-	}
+	pcapG711a := sipptest.RequirePCAP(t)
 	// A short idle_timeout, and the holder killed after the call has run
 	// longer than it: the twin's replica lives on the holder's refreshes,
 	// not on packets it cannot see before it holds the VIP.

@@ -4,7 +4,6 @@
 package sipptest
 
 import (
-	"bytes"
 	_ "embed"
 	"fmt"
 	"math/rand/v2"
@@ -88,39 +87,28 @@ func (u *UAS) Restart() {
 	if u.Transport == "tcp" {
 		t = "t1"
 	}
-	// waitBound checks a UDP port by trying to bind it itself, which can
-	// make sipp's own bind fail with EADDRINUSE in the same instant: start
-	// again then (the port is reserved for this process, so nobody else
-	// holds it for long).
-	for attempt := 1; ; attempt++ {
-		dir := u.tb.TempDir()
-		cmd := exec.Command("sipp", "-sf", u.file, "-i", u.IP, "-p", strconv.Itoa(u.Port),
-			"-t", t, "-nostdin", "-max_socket", "64")
-		cmd.Dir = dir // sipp writes its error and trace files next to it
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		out, err := os.Create(filepath.Join(dir, "sipp.out"))
-		if err != nil {
-			u.tb.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			u.tb.Fatalf("start sipp: %v", err)
-		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); out.Close(); close(done) }()
-		u.mu.Lock()
-		u.cmd, u.done = cmd, done
-		u.mu.Unlock()
-		if u.waitBound(done) {
-			return
-		}
+	dir := u.tb.TempDir()
+	cmd := exec.Command("sipp", "-sf", u.file, "-i", u.IP, "-p", strconv.Itoa(u.Port),
+		"-t", t, "-nostdin", "-max_socket", "64")
+	cmd.Dir = dir // sipp writes its error and trace files next to it
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := os.Create(filepath.Join(dir, "sipp.out"))
+	if err != nil {
+		u.tb.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		u.tb.Fatalf("start sipp: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); out.Close(); close(done) }()
+	u.mu.Lock()
+	u.cmd, u.done = cmd, done
+	u.mu.Unlock()
+	if !u.waitBound(done) {
 		u.Kill()
 		b, _ := os.ReadFile(out.Name())
-		if attempt < 5 && bytes.Contains(b, []byte("Address already in use")) {
-			time.Sleep(20 * time.Millisecond)
-			continue
-		}
-		u.tb.Fatalf("sipp did not bind %s/%s within 3s (attempt %d); output:\n%s", u.Addr(), u.Transport, attempt, b)
+		u.tb.Fatalf("sipp did not bind %s/%s within 3s; output:\n%s", u.Addr(), u.Transport, b)
 	}
 }
 
@@ -133,21 +121,13 @@ func (u *UAS) waitBound(done chan struct{}) bool {
 			return false
 		default:
 		}
-		var err error
 		if u.Transport == "tcp" {
-			var c net.Conn
-			c, err = net.DialTimeout("tcp", u.Addr(), 100*time.Millisecond)
-			if err == nil {
+			if c, err := net.DialTimeout("tcp", u.Addr(), 100*time.Millisecond); err == nil {
 				c.Close()
 				return true
 			}
-		} else {
-			var c net.PacketConn
-			c, err = net.ListenPacket("udp", u.Addr())
-			if err != nil { // address in use: sipp has it
-				return true
-			}
-			c.Close()
+		} else if proxysipp.UDPBound(u.Addr()) {
+			return true
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -211,12 +212,8 @@ func WaitListening(t testing.TB, network, addr string, d time.Duration) {
 				c.Close()
 				return
 			}
-		} else {
-			c, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				return // in use: sipp has bound it
-			}
-			c.Close()
+		} else if UDPBound(addr) {
+			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -228,4 +225,78 @@ func tail(b []byte, n int) []byte {
 		return b[len(b)-n:]
 	}
 	return b
+}
+
+// G711aPCAP is the G.711 a-law pcap the Debian package sip-tester ships,
+// for SIPp's play_pcap_audio.
+const G711aPCAP = "/usr/share/sip-tester/g711a.pcap"
+
+// RequirePCAP returns G711aPCAP; without it the test fails in CI (which
+// installs sip-tester) and skips with a clear message elsewhere.
+func RequirePCAP(tb testing.TB) string {
+	tb.Helper()
+	if _, err := os.Stat(G711aPCAP); err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("%s missing in CI: the Debian package sip-tester ships it", G711aPCAP)
+		}
+		tb.Skip("needs " + G711aPCAP + " (Debian package sip-tester)")
+	}
+	return G711aPCAP
+}
+
+// Exchange sends msg over UDP from a free port on fromIP to `to` and returns
+// the first final response ("" when none came within wait). "PEER" in msg
+// becomes the sender's address; "\n" becomes "\r\n" (the body's too).
+func Exchange(tb testing.TB, fromIP, to, msg string, wait time.Duration) string {
+	tb.Helper()
+	c, err := net.ListenPacket("udp", net.JoinHostPort(fromIP, strconv.Itoa(FreePort(tb, fromIP))))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	msg = strings.ReplaceAll(strings.ReplaceAll(msg, "PEER", c.LocalAddr().String()), "\n", "\r\n")
+	dst, err := net.ResolveUDPAddr("udp", to)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := c.WriteTo([]byte(msg), dst); err != nil {
+		tb.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	deadline := time.Now().Add(wait)
+	for {
+		_ = c.SetReadDeadline(deadline)
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			return ""
+		}
+		if res := string(buf[:n]); !strings.HasPrefix(res, "SIP/2.0 1") {
+			return res
+		}
+	}
+}
+
+// UDPBound reports whether some socket of this network namespace is bound to
+// the IPv4 address addr ("ip:port"), read from /proc/net/udp. Unlike trying
+// to bind it, looking cannot make the process starting up (sipp) fail its
+// own bind with EADDRINUSE.
+func UDPBound(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return false
+	}
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().As4()
+	// The kernel prints the address as the host-order (little-endian) value
+	// of the network-order bytes, and the port in plain hex.
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 1 && f[1] == want {
+			return true
+		}
+	}
+	return false
 }
