@@ -15,10 +15,6 @@ import (
 // manager (manager.conf) is the AMI the proxies' health check and the agents'
 // readiness check log in to, exactly as on a deployed node.
 const (
-	// EchoExtension is what the lab's callers dial by turns with the other
-	// phones (testdata/calls.csv): Answer() and Echo() in deploy/asterisk's
-	// [phones] context; the SIPp backends answer anything.
-	EchoExtension = "600"
 	// PhoneUser and PhoneSecret are the digest credentials every lab phone
 	// uses (testdata/phones_register.xml, uac_call_lab.xml): one SIPp
 	// instance cannot take credentials per phone from its -inf file.
