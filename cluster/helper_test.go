@@ -62,13 +62,13 @@ func newCountingSource(own, want int) *countingSource {
 	return s
 }
 
-func (s *countingSource) Snapshot() [][]byte {
+func (s *countingSource) StateSnapshot() [][]byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([][]byte(nil), s.own...)
 }
 
-func (s *countingSource) Apply(recs [][]byte) {
+func (s *countingSource) ApplyState(recs [][]byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range recs {
@@ -81,6 +81,9 @@ func (s *countingSource) Apply(recs [][]byte) {
 		close(s.done)
 	}
 }
+
+// StateChanges: the tests broadcast with Cluster.Broadcast themselves.
+func (s *countingSource) StateChanges(func([]byte) error, func() bool) {}
 
 // produce creates record id as this node's own (part of its Snapshot from now on).
 func (s *countingSource) produce(id uint64) []byte {

@@ -15,13 +15,18 @@ import (
 // bindings, media sessions, ...). The cluster moves opaque records; it never looks inside.
 //
 // Records may arrive more than once and in any order (a full sync can overtake or trail
-// a live broadcast), so Apply must be idempotent and resolve conflicts itself, e.g. by a
-// version or expiry carried in the record (last writer wins).
+// a live broadcast), so ApplyState must be idempotent and resolve conflicts itself, e.g.
+// by a version or expiry carried in the record (last writer wins).
 type StateSource interface {
-	// Snapshot returns the full local state, pushed to a node that joins.
-	Snapshot() [][]byte
-	// Apply merges records received from a peer. Calls for one channel are serialised.
-	Apply(records [][]byte)
+	// StateSnapshot returns the full local state, pushed to a node that joins.
+	StateSnapshot() [][]byte
+	// ApplyState merges records received from a peer. Calls for one channel are
+	// serialised.
+	ApplyState(records [][]byte)
+	// StateChanges is called once, by RegisterState: the source passes every record
+	// that changes locally to send (Broadcast on its channel; it does not block), and
+	// may ask holder whether this node holds the VIP (the holder's records rule).
+	StateChanges(send func(record []byte) error, holder func() bool)
 }
 
 const (
@@ -49,11 +54,15 @@ func (c *Cluster) RegisterState(name string, src StateSource) error {
 		return fmt.Errorf("cluster: state channel %q: an agent carries no shared state", name)
 	}
 	c.chMu.Lock()
-	defer c.chMu.Unlock()
-	if _, dup := c.chans[name]; dup {
+	_, dup := c.chans[name]
+	if !dup {
+		c.chans[name] = &channel{name: name, src: src}
+	}
+	c.chMu.Unlock()
+	if dup {
 		return fmt.Errorf("cluster: state channel %q registered twice", name)
 	}
-	c.chans[name] = &channel{name: name, src: src}
+	src.StateChanges(func(rec []byte) error { return c.Broadcast(name, rec) }, c.IsLeader)
 	return nil
 }
 
@@ -64,7 +73,8 @@ func (c *Cluster) RegisterState(name string, src StateSource) error {
 // a send fails or an outbox overflows, the batch is dropped and the peer gets the full
 // state again (retried every second while it is alive); a peer that comes back from
 // dead gets it anyway. Records are therefore delivered at least once to every peer that
-// stays or comes back, possibly after newer ones: see StateSource.
+// stays or comes back, possibly after newer ones: see StateSource. Sources call it
+// through the send function StateChanges hands them.
 //
 // (memberlist's TransmitLimitedQueue was tried first: UDP gossip retransmits a record a
 // fixed number of times and lost ~10% of a 2000-record burst on loopback.)
@@ -294,7 +304,7 @@ func (c *Cluster) handleMsg(b []byte) {
 		return
 	}
 	ch.mu.Lock()
-	ch.src.Apply(recs)
+	ch.src.ApplyState(recs)
 	ch.mu.Unlock()
 	c.m.syncRecords.Add(float64(len(recs)))
 }
@@ -308,7 +318,7 @@ func (c *Cluster) pushState(node *memberlist.Node) error {
 	}
 	c.chMu.RUnlock()
 	for _, ch := range chans {
-		recs := ch.src.Snapshot()
+		recs := ch.src.StateSnapshot()
 		if len(recs) == 0 {
 			continue
 		}
