@@ -2,10 +2,48 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 )
+
+// Publish stores key=value through the raft log (strongly consistent, replicated to all
+// voters, witness included). Only the raft leader can publish: ErrNotLeader elsewhere.
+func (c *Cluster) Publish(key string, value []byte) error {
+	if c.role == RoleAgent {
+		return fmt.Errorf("publish %q: an agent is not a voter: %w", key, ErrNotLeader)
+	}
+	if c.r == nil || c.closed.Load() {
+		return ErrClosed
+	}
+	b, err := json.Marshal(kvCommand{Key: key, Value: value})
+	if err != nil {
+		return err
+	}
+	if err := c.r.Apply(b, 2*time.Second).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return fmt.Errorf("publish %q: %w", key, ErrNotLeader)
+		}
+		return fmt.Errorf("publish %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get returns the last published value of key this node has applied (may trail the
+// leader by a commit on followers).
+func (c *Cluster) Get(key string) ([]byte, bool) { return c.fsm.get(key) }
+
+// OnPublish sets a callback run after a published key is applied on this node.
+// Set it before Start; it must not block.
+func (c *Cluster) OnPublish(fn func(key string, value []byte)) {
+	c.fsm.mu.Lock()
+	c.fsm.onChange = fn
+	c.fsm.mu.Unlock()
+}
 
 // Watch returns a channel that receives key's value as committed through the raft log
 // and applied on this node: the current value at once if there is one, then every
