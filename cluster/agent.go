@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"sort"
 
 	"github.com/hashicorp/memberlist"
 	"go.uber.org/zap"
@@ -65,7 +64,7 @@ func (c *Cluster) startAgent(ctx context.Context) error {
 	}
 	c.wg.Add(1)
 	go c.joinLoop(ctx)
-	c.log.Info("cluster started as agent", zap.String("bind", c.cfg.Bind), zap.String("backend", c.agent.Backend), zap.String("api", c.agent.API))
+	c.log.Info("cluster started as agent", zap.String("bind", c.cfg.Bind), zap.String("backend", c.mem.agent.Backend), zap.String("api", c.mem.agent.API))
 	return nil
 }
 
@@ -73,16 +72,11 @@ func (c *Cluster) startAgent(ctx context.Context) error {
 // started), sorted by name. A proxy's cold-standby coordinator reaches each backend's
 // agent at the API of the alive entry whose Backend is the backend's name.
 func (c *Cluster) Agents() []AgentInfo {
-	c.memMu.RLock()
-	defer c.memMu.RUnlock()
 	var out []AgentInfo
-	for name, n := range c.nodes {
-		var meta nodeMeta
-		if json.Unmarshal(n.Meta, &meta) != nil || meta.Role != RoleAgent.String() {
-			continue
+	for _, m := range c.Members() {
+		if m.Role == RoleAgent.String() {
+			out = append(out, AgentInfo{Name: m.Name, Backend: m.Backend, API: m.API, Addr: m.Addr, Alive: m.State == "alive"})
 		}
-		out = append(out, AgentInfo{Name: name, Backend: meta.Backend, API: meta.API, Addr: n.Address(), Alive: c.states[name] == "alive"})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }

@@ -7,70 +7,27 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
 // Cluster is one node: memberlist membership and state gossip, a raft voter, and (for a
-// proxy) the VIP it holds while it is the leader with a fresh quorum lease.
+// proxy) the VIP it holds while it is the leader with a fresh quorum lease. Each concern
+// keeps its state in its own part, declared in its file.
 type Cluster struct {
 	cfg  Config
 	role Role
 	log  *zap.Logger
 	m    *metrics
-	vip  vipAddr // nil on a witness and an agent; changed only under vipMu
-	pub  *VIP    // what VIP() hands out; the same object as vip outside tests
-	fsm  *kvFSM
 
-	keyring *memberlist.Keyring
-	agent   AgentInfo // RoleAgent: what the metadata announces
-	ml      atomic.Pointer[memberlist.Memberlist]
-	r       *raft.Raft
-	trans   *raft.NetworkTransport
-	store   *raftboltdb.BoltStore
+	mem   membership // membership.go
+	lead  leadership // leadership.go: raft and the quorum lease
+	hold  vipHolding // leadership.go: the VIP on our interface
+	state channels   // state.go
+	kv    published  // publish.go
 
-	chMu  sync.RWMutex
-	chans map[string]*channel
-
-	pingOK atomic.Bool
-	// vipMu serialises every change of the VIP (leader loop, Close, shutdown): one
-	// Acquire or Release at a time, and none after Close decided to let go.
-	vipMu sync.Mutex
-	// holding: the VIP is on our interface as far as we know (written under vipMu). A
-	// failed Release leaves it true: the address is still there.
-	holding      atomic.Bool
-	vipStopped   bool      // under vipMu: Close began, Acquire is refused
-	lastVIPErr   time.Time // under vipMu
-	releaseFails int       // under vipMu: failed Release attempts in the current streak
-	holdGen      atomic.Uint64
-	quorum       atomic.Bool
-	transferring atomic.Bool
-	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
-	inflight     atomic.Int32
-	alive        atomic.Int64 // members alive, self included (from memberlist events)
-	wake         chan struct{}
-	metaWake     chan struct{} // asks metaLoop to re-announce our node metadata
-
-	repMu     sync.Mutex
-	republish map[string]func() []byte // RepublishOnTakeover
-
-	subMu sync.Mutex
-	subs  []chan bool
-
-	// Copies of memberlist's nodes taken in its event callbacks: the *Node pointers
-	// memberlist.Members returns are mutated by memberlist without a lock we can take.
-	memMu  sync.RWMutex
-	nodes  map[string]memberlist.Node
-	states map[string]string
-	upAt   map[string]time.Time // when a member last became alive
-
-	obMu     sync.Mutex
-	outboxes map[string]*outbox
-	runCtx   context.Context // set in Start, before memberlist runs
-
+	runCtx  context.Context // set in Start, before memberlist runs
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	started bool
@@ -106,22 +63,23 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 	} else {
 		m = newMetrics(reg)
 	}
-	c := &Cluster{cfg: cfg, role: role, log: log, m: m, fsm: newKVFSM(), keyring: kr, agent: o.agent,
-		chans: map[string]*channel{}, wake: make(chan struct{}, 1), metaWake: make(chan struct{}, 1), republish: map[string]func() []byte{},
-		outboxes: map[string]*outbox{}, nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}}
+	c := &Cluster{cfg: cfg, role: role, log: log, m: m}
+	c.mem.init(kr, o.agent)
+	c.lead.init()
+	c.state.init()
+	c.kv.init()
 	if role == RoleProxy {
-		c.pub, err = newVIP(cfg.VIP, log, c.m)
+		c.hold.pub, err = newVIP(cfg.VIP, log, c.m)
 		if err != nil {
 			return nil, err
 		}
-		c.vip = c.pub
+		c.hold.vip = c.hold.pub
 	}
-	c.pingOK.Store(true)
 	return c, nil
 }
 
 // VIP returns the node's VIP manager (nil on a witness).
-func (c *Cluster) VIP() *VIP { return c.pub }
+func (c *Cluster) VIP() *VIP { return c.hold.pub }
 
 // Start removes a stale VIP, opens the raft stores, bootstraps the static voter set if
 // the data dir is new, starts raft and memberlist and keeps joining the peers in the
@@ -140,20 +98,20 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 	if c.role == RoleAgent {
 		return c.startAgent(ctx)
 	}
-	if c.vip != nil {
+	if c.hold.vip != nil {
 		// A crash may have left the VIP behind; we must not answer for it before raft
 		// says so.
-		if held, herr := c.vip.Held(); herr != nil {
+		if held, herr := c.hold.vip.Held(); herr != nil {
 			return herr
 		} else if held {
 			c.log.Warn("stale VIP found at start, removing it")
 		}
-		if err := c.vip.Release(); err != nil {
+		if err := c.hold.vip.Release(); err != nil {
 			return err
 		}
 	}
 	if len(c.cfg.PingTargets) > 0 && c.role == RoleProxy {
-		c.pingOK.Store(reachable(ctx, c.cfg.PingTargets, c.cfg.PingTimeout))
+		c.lead.pingOK.Store(reachable(ctx, c.cfg.PingTargets, c.cfg.PingTimeout))
 	}
 	ctx, c.cancel = context.WithCancel(ctx)
 	c.runCtx = ctx
@@ -223,9 +181,9 @@ type Status struct {
 
 // Status returns the node's view; marshal it with encoding/json.
 func (c *Cluster) Status() Status {
-	s := Status{Name: c.cfg.Name, Role: c.role.String(), VIPHeld: c.holding.Load(), Quorum: c.quorum.Load(),
-		PingOK: c.pingOK.Load(), Priority: c.cfg.Priority, Failback: c.cfg.Failback, Members: c.Members()}
-	if c.vip != nil {
+	s := Status{Name: c.cfg.Name, Role: c.role.String(), VIPHeld: c.hold.holding.Load(), Quorum: c.lead.quorum.Load(),
+		PingOK: c.lead.pingOK.Load(), Priority: c.cfg.Priority, Failback: c.cfg.Failback, Members: c.Members()}
+	if c.hold.vip != nil {
 		s.VIP = c.cfg.VIP.Address
 	}
 	s.VIPHolders = []string{}
@@ -234,11 +192,11 @@ func (c *Cluster) Status() Status {
 			s.VIPHolders = append(s.VIPHolders, m.Name)
 		}
 	}
-	if c.r != nil {
-		s.RaftState = c.r.State().String()
-		_, id := c.r.LeaderWithID()
+	if c.lead.r != nil {
+		s.RaftState = c.lead.r.State().String()
+		_, id := c.lead.r.LeaderWithID()
 		s.Leader = string(id)
-		st := c.r.Stats()
+		st := c.lead.r.Stats()
 		s.Term = st["term"]
 		s.LastContact = st["last_contact"]
 	}
@@ -254,10 +212,10 @@ func (c *Cluster) Close() error {
 		return nil
 	}
 	released := c.stopVIP()
-	if c.r != nil && c.r.State() == raft.Leader {
+	if c.lead.r != nil && c.lead.r.State() == raft.Leader {
 		if released {
-			c.transferring.Store(true)
-			if err := c.r.LeadershipTransfer().Error(); err != nil {
+			c.lead.transferring.Store(true)
+			if err := c.lead.r.LeadershipTransfer().Error(); err != nil {
 				c.log.Info("no leadership hand-over on close", zap.Error(err))
 			}
 		} else {
@@ -273,31 +231,31 @@ func (c *Cluster) shutdown() {
 		c.cancel()
 	}
 	c.wg.Wait()
-	if c.vip != nil {
-		c.vipMu.Lock()
-		c.vipStopped = true
+	if c.hold.vip != nil {
+		c.hold.mu.Lock()
+		c.hold.stopped = true
 		// Unconditional, whatever holding says: the last chance before the process exits.
-		if err := c.vip.Release(); err != nil {
+		if err := c.hold.vip.Release(); err != nil {
 			c.log.Error("VIP not removed on shutdown", zap.Error(err))
-		} else if c.holding.Swap(false) {
-			c.notify(false)
+		} else if c.hold.holding.Swap(false) {
+			c.hold.notify(false)
 		}
-		c.vipMu.Unlock()
+		c.hold.mu.Unlock()
 	}
-	if c.r != nil {
-		if err := c.r.Shutdown().Error(); err != nil {
+	if c.lead.r != nil {
+		if err := c.lead.r.Shutdown().Error(); err != nil {
 			c.log.Warn("raft shutdown", zap.Error(err))
 		}
 	}
-	if c.ml.Load() != nil {
-		_ = c.ml.Load().Leave(500 * time.Millisecond)
-		_ = c.ml.Load().Shutdown()
+	if c.mem.ml.Load() != nil {
+		_ = c.mem.ml.Load().Leave(500 * time.Millisecond)
+		_ = c.mem.ml.Load().Shutdown()
 	}
-	if c.trans != nil {
-		_ = c.trans.Close()
+	if c.lead.trans != nil {
+		_ = c.lead.trans.Close()
 	}
-	if c.store != nil {
-		_ = c.store.Close()
+	if c.lead.store != nil {
+		_ = c.lead.store.Close()
 	}
 	c.log.Info("cluster stopped")
 }

@@ -3,18 +3,57 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.uber.org/zap"
 )
+
+// leadership is the raft voter and the quorum lease the VIP depends on.
+type leadership struct {
+	r     *raft.Raft
+	trans *raft.NetworkTransport
+	store *raftboltdb.BoltStore
+	wake  chan struct{} // re-evaluates the lease at once (leaderLoop)
+
+	pingOK       atomic.Bool // ping targets reached (true without targets)
+	quorum       atomic.Bool
+	transferring atomic.Bool
+	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
+	inflight     atomic.Int32
+}
+
+func (l *leadership) init() {
+	l.wake = make(chan struct{}, 1)
+	l.pingOK.Store(true)
+}
+
+// vipHolding is the VIP on our interface and who is told when that changes.
+type vipHolding struct {
+	vip vipAddr // nil on a witness and an agent; changed only under mu
+	pub *VIP    // what VIP() hands out; the same object as vip outside tests
+	// mu serialises every change of the VIP (leader loop, Close, shutdown): one
+	// Acquire or Release at a time, and none after Close decided to let go.
+	mu sync.Mutex
+	// holding: the VIP is on our interface as far as we know (written under mu). A
+	// failed Release leaves it true: the address is still there.
+	holding      atomic.Bool
+	gen          atomic.Uint64 // hold generation: bumped on every take and release
+	stopped      bool          // under mu: Close began, Acquire is refused
+	lastErr      time.Time     // under mu
+	releaseFails int           // under mu: failed Release attempts in the current streak
+
+	subMu sync.Mutex
+	subs  []chan bool // LeaderCh
+}
 
 // vipAddr is what the Cluster needs of its VIP (*VIP); a test substitutes a fake to
 // inject failures.
@@ -33,7 +72,7 @@ func (c *Cluster) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("cluster: raft store in %s: %w", c.cfg.DataDir, err)
 	}
-	c.store = store
+	c.lead.store = store
 	snaps, err := raft.NewFileSnapshotStore(c.cfg.DataDir, 2, bridge)
 	if err != nil {
 		return fmt.Errorf("cluster: raft snapshots in %s: %w", c.cfg.DataDir, err)
@@ -49,11 +88,11 @@ func (c *Cluster) startRaft() error {
 	}
 	// raft's TCP transport (as raft.NewTCPTransport builds it) over a stream layer that
 	// authenticates peers with the gossip keys.
-	stream, err := newAuthLayer(bind, adv, c.keyring.GetKeys(), c.keyring.GetPrimaryKey())
+	stream, err := newAuthLayer(bind, adv, c.mem.keyring.GetKeys(), c.mem.keyring.GetPrimaryKey())
 	if err != nil {
 		return fmt.Errorf("cluster: raft transport on %s: %w", bind, err)
 	}
-	c.trans = raft.NewNetworkTransport(stream, 3, c.rpcTimeout(), bridge)
+	c.lead.trans = raft.NewNetworkTransport(stream, 3, c.rpcTimeout(), bridge)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.cfg.Name)
 	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
@@ -86,12 +125,12 @@ func (c *Cluster) startRaft() error {
 		for _, p := range c.cfg.Peers {
 			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.Name), Address: raft.ServerAddress(p.Raft)})
 		}
-		if err := raft.BootstrapCluster(rc, store, store, snaps, c.trans, conf); err != nil {
+		if err := raft.BootstrapCluster(rc, store, store, snaps, c.lead.trans, conf); err != nil {
 			return fmt.Errorf("cluster: bootstrap raft in %s: %w", c.cfg.DataDir, err)
 		}
 		c.log.Info("raft bootstrapped with the static voter set", zap.Int("voters", len(conf.Servers)))
 	}
-	c.r, err = raft.NewRaft(rc, c.fsm, store, store, snaps, c.trans)
+	c.lead.r, err = raft.NewRaft(rc, c.kv.fsm, store, store, snaps, c.lead.trans)
 	if err != nil {
 		return fmt.Errorf("cluster: start raft: %w", err)
 	}
@@ -106,8 +145,8 @@ func (c *Cluster) observe(ctx context.Context) {
 		_, ok := o.Data.(raft.LeaderObservation)
 		return ok
 	})
-	c.r.RegisterObserver(ob)
-	defer c.r.DeregisterObserver(ob)
+	c.lead.r.RegisterObserver(ob)
+	defer c.lead.r.DeregisterObserver(ob)
 	var last raft.ServerID
 	for {
 		select {
@@ -120,14 +159,15 @@ func (c *Cluster) observe(ctx context.Context) {
 				c.log.Info("raft leader", zap.String("leader", string(lo.LeaderID)))
 				last = lo.LeaderID
 			}
-			c.poke()
+			c.lead.poke()
 		}
 	}
 }
 
-func (c *Cluster) poke() {
+// poke makes leaderLoop re-evaluate the lease at once.
+func (l *leadership) poke() {
 	select {
-	case c.wake <- struct{}{}:
+	case l.wake <- struct{}{}:
 	default:
 	}
 }
@@ -157,7 +197,7 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 	lease := c.cfg.Timing.LeaderLease
 	tick := time.NewTicker(c.leaseTick())
 	defer tick.Stop()
-	leaderCh := c.r.LeaderCh()
+	leaderCh := c.lead.r.LeaderCh()
 	var lastTransfer time.Time
 	for {
 		// A wake (an acknowledged VerifyLeader, a finished transfer) only
@@ -173,42 +213,42 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 			verify = true
 		case <-leaderCh:
 			verify = true
-		case <-c.wake:
+		case <-c.lead.wake:
 		}
-		isLeader := c.r.State() == raft.Leader
+		isLeader := c.lead.r.State() == raft.Leader
 		c.m.isLeader.Set(b2f(isLeader))
 		now := time.Now()
-		if isLeader && verify && c.inflight.Load() < 4 {
-			c.inflight.Add(1)
+		if isLeader && verify && c.lead.inflight.Load() < 4 {
+			c.lead.inflight.Add(1)
 			issued := now
 			go func() {
-				defer c.inflight.Add(-1)
-				if c.r.VerifyLeader().Error() == nil {
+				defer c.lead.inflight.Add(-1)
+				if c.lead.r.VerifyLeader().Error() == nil {
 					for {
-						old := c.lastAck.Load()
-						if issued.UnixNano() <= old || c.lastAck.CompareAndSwap(old, issued.UnixNano()) {
+						old := c.lead.lastAck.Load()
+						if issued.UnixNano() <= old || c.lead.lastAck.CompareAndSwap(old, issued.UnixNano()) {
 							break
 						}
 					}
-					c.poke()
+					c.lead.poke()
 				}
 			}()
 		}
-		leaseOK := isLeader && now.Sub(time.Unix(0, c.lastAck.Load())) < lease
+		leaseOK := isLeader && now.Sub(time.Unix(0, c.lead.lastAck.Load())) < lease
 		if isLeader {
-			c.quorum.Store(leaseOK)
+			c.lead.quorum.Store(leaseOK)
 		} else {
-			addr, _ := c.r.LeaderWithID()
-			c.quorum.Store(addr != "")
+			addr, _ := c.lead.r.LeaderWithID()
+			c.lead.quorum.Store(addr != "")
 		}
-		c.m.quorum.Set(b2f(c.quorum.Load()))
-		hold := c.role == RoleProxy && leaseOK && c.pingOK.Load() && !c.transferring.Load()
+		c.m.quorum.Set(b2f(c.lead.quorum.Load()))
+		hold := c.role == RoleProxy && leaseOK && c.lead.pingOK.Load() && !c.lead.transferring.Load()
 		// A failed Release leaves holding true, so it is tried again here every tick.
 		c.setHolding(hold)
 
 		// A leader that must not hold the VIP (witness, lost ping targets) or that should
 		// fail back hands leadership to the best proxy.
-		if isLeader && !c.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
+		if isLeader && !c.lead.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
 			if targets := c.transferTargets(); len(targets) > 0 {
 				lastTransfer = now
 				// Release before anyone else can be elected. A transfer while the address
@@ -217,12 +257,12 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 				if !c.setHolding(false) {
 					continue
 				}
-				c.transferring.Store(true)
+				c.lead.transferring.Store(true)
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
-					defer c.poke()
-					defer c.transferring.Store(false)
+					defer c.lead.poke()
+					defer c.lead.transferring.Store(false)
 					c.transfer(targets)
 				}()
 			}
@@ -234,7 +274,7 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 // ping: right after an election the previous leader is often dead but not yet declared
 // so by memberlist, and a transfer to it would only time out.
 func (c *Cluster) transfer(targets []Peer) {
-	ml := c.ml.Load()
+	ml := c.mem.ml.Load()
 	for _, p := range targets {
 		addr, err := net.ResolveUDPAddr("udp", p.Gossip)
 		if err != nil {
@@ -245,12 +285,12 @@ func (c *Cluster) transfer(targets []Peer) {
 			continue
 		}
 		c.log.Info("handing raft leadership over", zap.String("to", p.Name))
-		err = c.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
+		err = c.lead.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
 		if err == nil {
 			return
 		}
 		c.log.Warn("leadership transfer failed", zap.String("to", p.Name), zap.Error(err))
-		if c.r.State() != raft.Leader {
+		if c.lead.r.State() != raft.Leader {
 			return
 		}
 	}
@@ -283,14 +323,12 @@ func (c *Cluster) transferTargets() []Peer {
 		return cands[i].Name < cands[j].Name
 	})
 	switch {
-	case c.role == RoleWitness, !c.pingOK.Load():
+	case c.role == RoleWitness, !c.lead.pingOK.Load():
 	case c.cfg.Failback && cands[0].Priority > c.cfg.Priority:
 		// Only proxies that outrank us and have been up for failback_delay (a proxy
 		// that just restarted is still catching up raft's log; a transfer to it would
 		// time out after the VIP was already released).
-		c.memMu.RLock()
-		upAt := maps.Clone(c.upAt)
-		c.memMu.RUnlock()
+		upAt := c.mem.upSince()
 		n := 0
 		for _, m := range cands {
 			if m.Priority > c.cfg.Priority && time.Since(upAt[m.Name]) >= c.cfg.FailbackDelay {
@@ -317,80 +355,81 @@ func (c *Cluster) transferTargets() []Peer {
 // it now is. Called by the leader loop every tick, so a failed Acquire or Release is
 // retried on the next one.
 func (c *Cluster) setHolding(hold bool) bool {
-	if c.vip == nil {
+	if c.hold.vip == nil {
 		return !hold
 	}
-	c.vipMu.Lock()
-	defer c.vipMu.Unlock()
+	c.hold.mu.Lock()
+	defer c.hold.mu.Unlock()
 	return c.setHoldingLocked(hold)
 }
 
 func (c *Cluster) setHoldingLocked(hold bool) bool {
-	if c.holding.Load() == hold {
-		if hold && c.releaseFails > 0 {
+	if c.hold.holding.Load() == hold {
+		if hold && c.hold.releaseFails > 0 {
 			// Entitled to the VIP again before a removal succeeded: the streak ends.
-			c.log.Warn("keeping the VIP that could not be removed", zap.Int("failed_attempts", c.releaseFails))
-			c.releaseFails = 0
+			c.log.Warn("keeping the VIP that could not be removed", zap.Int("failed_attempts", c.hold.releaseFails))
+			c.hold.releaseFails = 0
 		}
 		return true
 	}
 	if hold {
-		if c.vipStopped {
+		if c.hold.stopped {
 			return false
 		}
-		if err := c.vip.Acquire(); err != nil {
+		if err := c.hold.vip.Acquire(); err != nil {
 			// Retried every lease tick: log once a second, not forty times.
-			if time.Since(c.lastVIPErr) > time.Second {
+			if time.Since(c.hold.lastErr) > time.Second {
 				c.log.Error("cannot take the VIP", zap.Error(err))
-				c.lastVIPErr = time.Now()
+				c.hold.lastErr = time.Now()
 			}
 			return false
 		}
-	} else if err := c.vip.Release(); err != nil {
+	} else if err := c.hold.vip.Release(); err != nil {
 		// Only the kernel can say the address is gone; until then we still hold it,
 		// whatever raft says, and say so (IsLeader, Status, node metadata).
-		if held, herr := c.vip.Held(); herr != nil || held {
-			c.releaseFails++
+		if held, herr := c.hold.vip.Held(); herr != nil || held {
+			c.hold.releaseFails++
 			c.m.releaseFailures.Inc()
-			if c.releaseFails == 1 {
+			if c.hold.releaseFails == 1 {
 				c.log.Error("cannot remove the VIP; retrying every lease tick", zap.Error(err))
 			} else {
-				c.log.Debug("VIP removal failed again", zap.Int("attempts", c.releaseFails), zap.Error(err))
+				c.log.Debug("VIP removal failed again", zap.Int("attempts", c.hold.releaseFails), zap.Error(err))
 			}
 			return false
 		}
 	}
-	if !hold && c.releaseFails > 0 {
-		c.log.Warn("VIP removed after failed attempts", zap.Int("failed_attempts", c.releaseFails))
-		c.releaseFails = 0
+	if !hold && c.hold.releaseFails > 0 {
+		c.log.Warn("VIP removed after failed attempts", zap.Int("failed_attempts", c.hold.releaseFails))
+		c.hold.releaseFails = 0
 	}
-	c.holding.Store(hold)
+	c.hold.holding.Store(hold)
 	if hold {
-		c.takeover(c.holdGen.Add(1))
+		c.takeover(c.hold.gen.Add(1))
 	} else {
-		c.holdGen.Add(1)
+		c.hold.gen.Add(1)
 	}
-	c.notify(hold)
-	c.pokeMeta()
+	c.hold.notify(hold)
+	c.mem.pokeMeta()
 	return true
 }
 
 // stopVIP refuses every later Acquire and removes the VIP (one attempt); it reports
 // whether the VIP is off our interface.
 func (c *Cluster) stopVIP() bool {
-	if c.vip == nil {
+	if c.hold.vip == nil {
 		return true
 	}
-	c.vipMu.Lock()
-	defer c.vipMu.Unlock()
-	c.vipStopped = true
+	c.hold.mu.Lock()
+	defer c.hold.mu.Unlock()
+	c.hold.stopped = true
 	return c.setHoldingLocked(false)
 }
 
-func (c *Cluster) notify(v bool) {
-	c.subMu.Lock()
-	defer c.subMu.Unlock()
-	for _, ch := range c.subs {
+// notify tells every LeaderCh whether the VIP is held now.
+func (h *vipHolding) notify(v bool) {
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	for _, ch := range h.subs {
 		select {
 		case <-ch:
 		default:
@@ -404,16 +443,16 @@ func (c *Cluster) notify(v bool) {
 // the reader lags.
 func (c *Cluster) LeaderCh() <-chan bool {
 	ch := make(chan bool, 1)
-	c.subMu.Lock()
-	c.subs = append(c.subs, ch)
-	c.subMu.Unlock()
+	c.hold.subMu.Lock()
+	c.hold.subs = append(c.hold.subs, ch)
+	c.hold.subMu.Unlock()
 	return ch
 }
 
 // IsLeader reports whether this node holds the VIP, i.e. is the acting leader that
 // should run the failover coordinator. A witness never is. It stays true while a
 // removal of the VIP keeps failing: the address is still ours (see doc.go).
-func (c *Cluster) IsLeader() bool { return c.holding.Load() }
+func (c *Cluster) IsLeader() bool { return c.hold.holding.Load() }
 
 func (c *Cluster) pingLoop(ctx context.Context) {
 	defer c.wg.Done()
@@ -426,10 +465,10 @@ func (c *Cluster) pingLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		ok := reachable(ctx, c.cfg.PingTargets, c.cfg.PingTimeout)
-		if ok != c.pingOK.Swap(ok) {
+		if ok != c.lead.pingOK.Swap(ok) {
 			c.log.Warn("ping targets", zap.Bool("reachable", ok), zap.Strings("targets", c.cfg.PingTargets))
-			c.pokeMeta()
-			c.poke()
+			c.mem.pokeMeta()
+			c.lead.poke()
 		}
 	}
 }

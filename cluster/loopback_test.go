@@ -256,7 +256,7 @@ func TestBroadcastFigures(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		nodes, srcs = append(nodes, c), append(srcs, src)
 	}
-	waitFor(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].aliveNodes()) == 2 })
+	waitFor(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].mem.aliveNodes(nodes[0].cfg.Name)) == 2 })
 	for _, n := range []int{200, 2000, 100000} {
 		base := srcs[1].count()
 		t0 := time.Now()

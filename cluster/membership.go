@@ -4,15 +4,39 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 	"go.uber.org/zap"
 )
+
+// membership is memberlist and what its event callbacks reported.
+type membership struct {
+	keyring  *memberlist.Keyring
+	agent    AgentInfo // RoleAgent: what the metadata announces
+	ml       atomic.Pointer[memberlist.Memberlist]
+	alive    atomic.Int64  // members alive, self included (from memberlist events)
+	metaWake chan struct{} // asks metaLoop to re-announce our node metadata
+
+	// Copies of memberlist's nodes taken in its event callbacks: the *Node pointers
+	// memberlist.Members returns are mutated by memberlist without a lock we can take.
+	mu     sync.RWMutex
+	nodes  map[string]memberlist.Node
+	states map[string]string
+	upAt   map[string]time.Time // when a member last became alive
+}
+
+func (m *membership) init(kr *memberlist.Keyring, agent AgentInfo) {
+	m.keyring, m.agent, m.metaWake = kr, agent, make(chan struct{}, 1)
+	m.nodes, m.states, m.upAt = map[string]memberlist.Node{}, map[string]string{}, map[string]time.Time{}
+}
 
 // nodeMeta is gossiped with each member (memberlist limits it to 512 bytes).
 type nodeMeta struct {
@@ -59,7 +83,7 @@ func (c *Cluster) startMemberlist() error {
 	ah, ap, _ := net.SplitHostPort(c.advertise())
 	mc.AdvertiseAddr = ah
 	mc.AdvertisePort, _ = strconv.Atoi(ap)
-	mc.Keyring = c.keyring
+	mc.Keyring = c.mem.keyring
 	mc.GossipVerifyIncoming = true
 	mc.GossipVerifyOutgoing = true
 	mc.EnableCompression = false // LAN; LZW would dominate a 30 MB full sync
@@ -78,7 +102,7 @@ func (c *Cluster) startMemberlist() error {
 	if err != nil {
 		return fmt.Errorf("cluster: memberlist on %s: %w", c.cfg.Bind, err)
 	}
-	c.ml.Store(ml)
+	c.mem.ml.Store(ml)
 	return nil
 }
 
@@ -105,7 +129,7 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 		}
 		wait := backoff
 		if len(missing) > 0 {
-			n, err := c.ml.Load().Join(missing)
+			n, err := c.mem.ml.Load().Join(missing)
 			switch {
 			case n > 0:
 				if !joined {
@@ -148,9 +172,10 @@ func joinHint(err error) string {
 	return ""
 }
 
-func (c *Cluster) pokeMeta() {
+// pokeMeta asks metaLoop to re-announce our node metadata.
+func (m *membership) pokeMeta() {
 	select {
-	case c.metaWake <- struct{}{}:
+	case m.metaWake <- struct{}{}:
 	default:
 	}
 }
@@ -163,9 +188,9 @@ func (c *Cluster) metaLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-c.metaWake:
+		case <-c.mem.metaWake:
 		}
-		if err := c.ml.Load().UpdateNode(time.Second); err != nil {
+		if err := c.mem.ml.Load().UpdateNode(time.Second); err != nil {
 			c.log.Debug("meta update not confirmed", zap.Error(err))
 		}
 	}
@@ -173,16 +198,16 @@ func (c *Cluster) metaLoop(ctx context.Context) {
 
 // Members lists the members memberlist has reported, this node included, sorted by name.
 func (c *Cluster) Members() []Member {
-	c.memMu.RLock()
-	defer c.memMu.RUnlock()
-	out := make([]Member, 0, len(c.nodes))
-	for name, n := range c.nodes {
+	c.mem.mu.RLock()
+	defer c.mem.mu.RUnlock()
+	out := make([]Member, 0, len(c.mem.nodes))
+	for name, n := range c.mem.nodes {
 		var meta nodeMeta
 		_ = json.Unmarshal(n.Meta, &meta)
-		m := Member{Name: name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: c.states[name],
+		m := Member{Name: name, Addr: n.Address(), Role: meta.Role, Priority: meta.Priority, PingOK: meta.PingOK, State: c.mem.states[name],
 			Backend: meta.Backend, API: meta.API, VIPHeld: meta.VIP}
 		if name == c.cfg.Name {
-			m.VIPHeld = c.holding.Load()
+			m.VIPHeld = c.hold.holding.Load()
 		}
 		out = append(out, m)
 	}
@@ -191,11 +216,11 @@ func (c *Cluster) Members() []Member {
 }
 
 // node returns a copy of member name and whether it is alive.
-func (c *Cluster) node(name string) (*memberlist.Node, bool) {
-	c.memMu.RLock()
-	defer c.memMu.RUnlock()
-	n, ok := c.nodes[name]
-	return &n, ok && c.states[name] == "alive"
+func (m *membership) node(name string) (*memberlist.Node, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	n, ok := m.nodes[name]
+	return &n, ok && m.states[name] == "alive"
 }
 
 // stateful reports whether a member announced state channels in its metadata. An agent
@@ -206,13 +231,14 @@ func stateful(n *memberlist.Node) bool {
 	return json.Unmarshal(n.Meta, &meta) == nil && meta.State && meta.Role != RoleAgent.String()
 }
 
-// aliveNodes returns copies of the other alive members that take state records.
-func (c *Cluster) aliveNodes() []*memberlist.Node {
-	c.memMu.RLock()
-	defer c.memMu.RUnlock()
+// aliveNodes returns copies of the alive members other than self that take state
+// records.
+func (m *membership) aliveNodes(self string) []*memberlist.Node {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
 	var out []*memberlist.Node
-	for name, n := range c.nodes {
-		if name != c.cfg.Name && c.states[name] == "alive" && stateful(&n) {
+	for name, n := range m.nodes {
+		if name != self && m.states[name] == "alive" && stateful(&n) {
 			n := n
 			out = append(out, &n)
 		}
@@ -221,16 +247,23 @@ func (c *Cluster) aliveNodes() []*memberlist.Node {
 }
 
 // record copies n; called from memberlist's event callbacks (under its node lock).
-func (c *Cluster) record(n *memberlist.Node, state string) {
+func (m *membership) record(n *memberlist.Node, state string) {
 	cp := memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port,
 		Meta: append([]byte(nil), n.Meta...)}
-	c.memMu.Lock()
-	if state == "alive" && c.states[n.Name] != "alive" {
-		c.upAt[n.Name] = time.Now()
+	m.mu.Lock()
+	if state == "alive" && m.states[n.Name] != "alive" {
+		m.upAt[n.Name] = time.Now()
 	}
-	c.nodes[n.Name] = cp
-	c.states[n.Name] = state
-	c.memMu.Unlock()
+	m.nodes[n.Name] = cp
+	m.states[n.Name] = state
+	m.mu.Unlock()
+}
+
+// upSince returns when each member last became alive.
+func (m *membership) upSince() map[string]time.Time {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return maps.Clone(m.upAt)
 }
 
 // delegate and events are the memberlist callbacks, as distinct method sets on Cluster.
@@ -238,13 +271,11 @@ type delegate Cluster
 
 func (d *delegate) NodeMeta(limit int) []byte {
 	c := (*Cluster)(d)
-	c.chMu.RLock()
-	hasState := len(c.chans) > 0
-	c.chMu.RUnlock()
-	meta := nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.pingOK.Load(), State: hasState,
-		VIP: c.holding.Load()}
+	hasState := c.state.registered()
+	meta := nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.lead.pingOK.Load(), State: hasState,
+		VIP: c.hold.holding.Load()}
 	if c.role == RoleAgent {
-		meta = nodeMeta{Role: c.role.String(), Backend: c.agent.Backend, API: c.agent.API}
+		meta = nodeMeta{Role: c.role.String(), Backend: c.mem.agent.Backend, API: c.mem.agent.API}
 	}
 	b, _ := json.Marshal(meta)
 	if len(b) > limit {
@@ -268,17 +299,14 @@ type events Cluster
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	c := (*Cluster)(e)
-	c.record(n, "alive")
+	c.mem.record(n, "alive")
 	c.memberCount(1)
 	if n.Name == c.cfg.Name {
 		return
 	}
 	c.log.Info("member up", zap.String("member", n.Name), zap.String("addr", n.Address()))
-	c.poke()
-	c.chMu.RLock()
-	has := len(c.chans) > 0
-	c.chMu.RUnlock()
-	if has && stateful(n) && !c.closed.Load() {
+	c.lead.poke()
+	if c.state.registered() && stateful(n) && !c.closed.Load() {
 		cp := memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}
 		go func() { _ = c.pushState(&cp) }()
 	}
@@ -290,19 +318,19 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	if n.State == memberlist.StateLeft {
 		st = "left"
 	}
-	c.record(n, st)
+	c.mem.record(n, st)
 	c.memberCount(-1)
 	c.log.Warn("member down", zap.String("member", n.Name), zap.String("state", st))
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) {
 	c := (*Cluster)(e)
-	c.record(n, "alive")
-	c.poke()
+	c.mem.record(n, "alive")
+	c.lead.poke()
 }
 
 // memberCount runs inside memberlist's event callbacks, which hold its node lock: it
 // must not call back into memberlist (NumMembers would deadlock).
 func (c *Cluster) memberCount(delta int64) {
-	c.m.members.Set(float64(c.alive.Add(delta)))
+	c.m.members.Set(float64(c.mem.alive.Add(delta)))
 }

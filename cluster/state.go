@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,6 +40,40 @@ const (
 	syncChunkBytes = 1 << 20
 )
 
+// channels are the registered state channels and the per-peer outboxes.
+type channels struct {
+	mu    sync.RWMutex
+	chans map[string]*channel
+
+	obMu     sync.Mutex
+	outboxes map[string]*outbox
+}
+
+func (s *channels) init() {
+	s.chans, s.outboxes = map[string]*channel{}, map[string]*outbox{}
+}
+
+// get returns the channel called name, nil if none.
+func (s *channels) get(name string) *channel {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.chans[name]
+}
+
+// registered reports whether any channel is registered.
+func (s *channels) registered() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.chans) > 0
+}
+
+// list returns every registered channel.
+func (s *channels) list() []*channel {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Collect(maps.Values(s.chans))
+}
+
 type channel struct {
 	name string
 	src  StateSource
@@ -53,12 +89,12 @@ func (c *Cluster) RegisterState(name string, src StateSource) error {
 	if c.role == RoleAgent {
 		return fmt.Errorf("cluster: state channel %q: an agent carries no shared state", name)
 	}
-	c.chMu.Lock()
-	_, dup := c.chans[name]
+	c.state.mu.Lock()
+	_, dup := c.state.chans[name]
 	if !dup {
-		c.chans[name] = &channel{name: name, src: src}
+		c.state.chans[name] = &channel{name: name, src: src}
 	}
-	c.chMu.Unlock()
+	c.state.mu.Unlock()
 	if dup {
 		return fmt.Errorf("cluster: state channel %q registered twice", name)
 	}
@@ -79,17 +115,14 @@ func (c *Cluster) RegisterState(name string, src StateSource) error {
 // (memberlist's TransmitLimitedQueue was tried first: UDP gossip retransmits a record a
 // fixed number of times and lost ~10% of a 2000-record burst on loopback.)
 func (c *Cluster) Broadcast(name string, record []byte) error {
-	c.chMu.RLock()
-	_, ok := c.chans[name]
-	c.chMu.RUnlock()
-	if !ok {
+	if c.state.get(name) == nil {
 		return fmt.Errorf("%w: %q", ErrUnknownChannel, name)
 	}
 	if c.runCtx == nil || c.closed.Load() {
 		return ErrClosed
 	}
 	rec := append([]byte(nil), record...)
-	for _, n := range c.aliveNodes() {
+	for _, n := range c.mem.aliveNodes(c.cfg.Name) {
 		c.outboxFor(n.Name).add(name, rec)
 	}
 	return nil
@@ -134,16 +167,16 @@ func (o *outbox) take() (map[string][][]byte, []string, bool) {
 }
 
 func (c *Cluster) outboxFor(peer string) *outbox {
-	c.obMu.Lock()
-	defer c.obMu.Unlock()
-	if o := c.outboxes[peer]; o != nil {
+	c.state.obMu.Lock()
+	defer c.state.obMu.Unlock()
+	if o := c.state.outboxes[peer]; o != nil {
 		return o
 	}
 	o := &outbox{pending: map[string][][]byte{}, kick: make(chan struct{}, 1)}
 	if c.runCtx.Err() != nil {
 		return o // shutting down: nobody drains it, and wg must not grow during Wait
 	}
-	c.outboxes[peer] = o
+	c.state.outboxes[peer] = o
 	c.wg.Add(1)
 	go c.sendLoop(peer, o)
 	return o
@@ -158,7 +191,7 @@ func (c *Cluster) sendLoop(peer string, o *outbox) {
 		case <-o.kick:
 		}
 		pending, order, overflow := o.take()
-		node, alive := c.node(peer)
+		node, alive := c.mem.node(peer)
 		if !alive {
 			continue // it gets the full state when it comes back
 		}
@@ -180,7 +213,7 @@ func (c *Cluster) sendLoop(peer string, o *outbox) {
 
 func (c *Cluster) sendRecords(node *memberlist.Node, ch string, recs [][]byte) error {
 	for _, m := range encodeChunks(ch, recs) {
-		if err := c.ml.Load().SendReliable(node, m); err != nil {
+		if err := c.mem.ml.Load().SendReliable(node, m); err != nil {
 			return err
 		}
 	}
@@ -190,7 +223,7 @@ func (c *Cluster) sendRecords(node *memberlist.Node, ch string, recs [][]byte) e
 // resync pushes the full state to peer, retrying every second while it is alive.
 func (c *Cluster) resync(peer string) {
 	for {
-		node, alive := c.node(peer)
+		node, alive := c.mem.node(peer)
 		if !alive || c.pushState(node) == nil {
 			return
 		}
@@ -296,9 +329,7 @@ func (c *Cluster) handleMsg(b []byte) {
 		c.log.Warn("dropping malformed state message", zap.Int("bytes", len(b)), zap.Error(err))
 		return
 	}
-	c.chMu.RLock()
-	ch := c.chans[name]
-	c.chMu.RUnlock()
+	ch := c.state.get(name)
 	if ch == nil {
 		c.log.Debug("state for an unregistered channel dropped", zap.String("channel", name), zap.Int("records", len(recs)))
 		return
@@ -311,20 +342,14 @@ func (c *Cluster) handleMsg(b []byte) {
 
 // pushState sends every channel's full state to node over TCP in bounded chunks.
 func (c *Cluster) pushState(node *memberlist.Node) error {
-	c.chMu.RLock()
-	chans := make([]*channel, 0, len(c.chans))
-	for _, ch := range c.chans {
-		chans = append(chans, ch)
-	}
-	c.chMu.RUnlock()
-	for _, ch := range chans {
+	for _, ch := range c.state.list() {
 		recs := ch.src.StateSnapshot()
 		if len(recs) == 0 {
 			continue
 		}
 		chunks := encodeChunks(ch.name, recs)
 		for i, m := range chunks {
-			if err := c.ml.Load().SendReliable(node, m); err != nil {
+			if err := c.mem.ml.Load().SendReliable(node, m); err != nil {
 				c.log.Warn("full state sync failed", zap.String("channel", ch.name), zap.String("to", node.Name),
 					zap.Int("chunk", i), zap.Int("chunks", len(chunks)), zap.Error(err))
 				return err
