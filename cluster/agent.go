@@ -10,6 +10,20 @@ import (
 	"go.uber.org/zap"
 )
 
+// Agents (RoleAgent, `hapbx agent` with a cluster: section): memberlist members
+// with the same keyring, so a wrong key cannot join either and says so the same
+// way. Never raft servers (not in peers, no raft transport, no data_dir), never VIP
+// holders or leadership transfer targets (transfers go to role "proxy" members
+// only), never sent shared state (RegisterState is refused on an agent, and
+// Broadcast and full pushes skip members of role "agent" whatever their metadata
+// says). An agent's metadata (JSON, well under memberlist's 512 bytes, checked by
+// New) carries {"r":"agent","b":BACKEND,"api":URL}, given by WithAgentInfo. A proxy
+// reads them with Agents(): name, backend, API URL, alive. An agent joins the
+// gossip addresses of its peers (names optional) with the same backoff and keeps
+// re-joining; it starts at once (no heartbeat_timeout of silence: it casts no
+// vote). Its arrival or death changes no quorum, term or leader
+// (TestAgentJoinsWithoutVoting).
+
 // AgentInfo is a PBX node's storage agent as the cluster knows it: what it announces in
 // its memberlist metadata, and whether memberlist holds it alive.
 type AgentInfo struct {
@@ -55,7 +69,7 @@ func checkAgentInfo(a AgentInfo) error {
 }
 
 // startAgent runs an agent: memberlist only. No raft, no VIP, no silence before joining
-// (it casts no vote, so the restart argument of doc.go does not concern it).
+// (it casts no vote, so the restart argument in leadership.go does not concern it).
 func (c *Cluster) startAgent(ctx context.Context) error {
 	ctx, c.cancel = context.WithCancel(ctx)
 	c.runCtx = ctx

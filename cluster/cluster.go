@@ -84,7 +84,7 @@ func (c *Cluster) VIP() *VIP { return c.hold.pub }
 // Start removes a stale VIP, opens the raft stores, bootstraps the static voter set if
 // the data dir is new, starts raft and memberlist and keeps joining the peers in the
 // background. It returns once the node is listening (after waiting one
-// heartbeat_timeout first, see doc.go); ctx ends the background work as Close does.
+// heartbeat_timeout first, see the timing argument in leadership.go); ctx ends the background work as Close does.
 func (c *Cluster) Start(ctx context.Context) (err error) {
 	if c.started {
 		return errors.New("cluster: Start called twice")
@@ -117,7 +117,7 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 	c.runCtx = ctx
 	// A voter forgets in memory whom it follows when it restarts, and would grant a vote
 	// at once. Staying silent for one heartbeat timeout keeps the timing argument true
-	// for a voter that restarts right after acknowledging the holder (doc.go).
+	// for a voter that restarts right after acknowledging the holder (timing argument, leadership.go).
 	select {
 	case <-ctx.Done():
 		return ctx.Err()

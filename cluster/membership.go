@@ -17,6 +17,14 @@ import (
 	"go.uber.org/zap"
 )
 
+// Membership: hashicorp/memberlist (SWIM gossip), always encrypted with the keyring
+// of secret_file (AES-GCM; first key encrypts, all decrypt). A node with a wrong key
+// cannot join and logs "cannot join the cluster" at error level with the hint
+// "gossip key does not match the peers' (check secret_file)"; the peers log the
+// decryption failures with the same hint. Joining retries with exponential backoff
+// (100 ms .. timing.join_retry_max) and keeps re-joining lost peers afterwards.
+// memberlist's and raft's loggers are bridged to zap (logbridge.go).
+
 // membership is memberlist and what its event callbacks reported.
 type membership struct {
 	keyring  *memberlist.Keyring

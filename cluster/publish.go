@@ -13,6 +13,17 @@ import (
 	"go.uber.org/zap"
 )
 
+// Published values: Publish(key, value) on the raft leader goes through the raft log
+// (consistent, persisted, replicated to all voters); Get reads the local copy (what
+// this node has applied: committed values, possibly one commit behind the leader);
+// Watch(key) delivers the current value and every later committed change, snapshot
+// restores included (latest value only if the reader lags). Meant for the failover
+// coordinator's active-backend decision, not for bulk data. A new leader does not
+// know the app's decision; RepublishOnTakeover(key, fn) makes a proxy publish fn()
+// each time it takes the VIP, after a raft barrier (so it compares against
+// everything earlier leaders committed) and only if the value differs, retried
+// while it holds the VIP (TestRepublishOnTakeover).
+
 // published is the raft-replicated key/value map and what to re-publish on takeover.
 type published struct {
 	fsm       *kvFSM
