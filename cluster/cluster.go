@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -63,23 +64,20 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 	} else {
 		m = newMetrics(reg)
 	}
-	c := &Cluster{cfg: cfg, role: role, log: log, m: m}
-	c.mem.init(kr, o.agent)
-	c.lead.init()
-	c.state.init()
-	c.kv.init()
+	c := &Cluster{cfg: cfg, role: role, log: log, m: m,
+		mem: membership{keyring: kr, agent: o.agent, metaWake: make(chan struct{}, 1),
+			nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}},
+		lead:  leadership{wake: make(chan struct{}, 1)},
+		state: channels{chans: map[string]*channel{}, outboxes: map[string]*outbox{}},
+		kv:    published{fsm: newKVFSM(), republish: map[string]func() []byte{}}}
+	c.lead.pingOK.Store(true)
 	if role == RoleProxy {
-		c.hold.pub, err = newVIP(cfg.VIP, log, c.m)
-		if err != nil {
+		if c.hold.vip, err = newVIP(cfg.VIP, log, c.m); err != nil {
 			return nil, err
 		}
-		c.hold.vip = c.hold.pub
 	}
 	return c, nil
 }
-
-// VIP returns the node's VIP manager (nil on a witness).
-func (c *Cluster) VIP() *VIP { return c.hold.pub }
 
 // Start removes a stale VIP, opens the raft stores, bootstraps the static voter set if
 // the data dir is new, starts raft and memberlist and keeps joining the peers in the

@@ -3,32 +3,15 @@
 // proxies' shared state. The PBX nodes' storage agents join as plain members so the
 // proxies find them. It knows nothing of SIP.
 //
-// One file per concern, each owning its part of the node's state:
+// One file per concern, each owning its part of the node's state and saying how it works:
 //
-//   - membership.go: hashicorp/memberlist (SWIM gossip), always encrypted with the
-//     keyring of secret_file (AES-GCM; first key encrypts, all decrypt). A wrong key
-//     cannot join and says so ("cannot join the cluster", hint "gossip key does not match
-//     the peers' (check secret_file)"). Joining retries with exponential backoff
-//     (100 ms .. timing.join_retry_max) and keeps re-joining lost peers. Members,
-//     Agents; the node metadata (role, priority, ping state, VIP held, state channels).
-//   - leadership.go: hashicorp/raft with a static voter set (every entry of peers: the
-//     proxies and the witness), bootstrapped identically on every node when data_dir is
-//     empty, persisted in data_dir (raft-boltdb v2), over TCP authenticated by HMAC
-//     challenge-response with a key of secret_file (raftauth.go; not encrypted). The
-//     quorum lease that decides who holds the VIP, leadership transfer (failback, ping
-//     targets, witness), why there are never two holders and the failure cases: IsLeader,
-//     LeaderCh, Status.
-//   - vip.go: the VIP (type VIP): netlink add/remove, then gratuitous ARP (IPv4) or an
-//     unsolicited neighbour advertisement (IPv6), repeated vip.garp_count times.
-//   - state.go: named state channels (RegisterState) of opaque records, each owned by
-//     its user through StateSource (StateSnapshot, ApplyState, StateChanges); pushed in
-//     full to a member that comes up, changes broadcast over memberlist's TCP stream.
-//   - publish.go: small values through the raft log (Publish, Get, Watch,
-//     RepublishOnTakeover), for the failover coordinator's active-backend decision.
-//   - agent.go: storage agents (RoleAgent, `hapbx agent` with a cluster: section):
-//     memberlist members with the same keyring, never raft servers, VIP holders or state
-//     receivers; their metadata {"r":"agent","b":BACKEND,"api":URL} (WithAgentInfo) is
-//     what a proxy reads with Agents().
+//   - membership.go: memberlist membership, encrypted with secret_file; node metadata.
+//   - leadership.go: raft with a static voter set, the quorum lease that decides who
+//     holds the VIP, hand-overs, why there are never two holders, the failure cases.
+//   - vip.go: adding, removing and announcing the VIP.
+//   - state.go: state channels of opaque records (RegisterState, StateSource).
+//   - publish.go: small values through the raft log (Publish, Watch, RepublishOnTakeover).
+//   - agent.go: storage agents as members without a vote (RoleAgent, Agents).
 //
 // # What it does not do
 //

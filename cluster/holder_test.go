@@ -109,7 +109,7 @@ func proxyTrio(t *testing.T, fv *fakeVIP, log *zap.Logger, reg prometheus.Regist
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.hold.vip = fv // the public VIP() keeps the real, untouched one
+	p.hold.vip = fv
 	if prep != nil {
 		prep(p)
 	}

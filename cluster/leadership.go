@@ -156,15 +156,9 @@ type leadership struct {
 	inflight     atomic.Int32
 }
 
-func (l *leadership) init() {
-	l.wake = make(chan struct{}, 1)
-	l.pingOK.Store(true)
-}
-
 // vipHolding is the VIP on our interface and who is told when that changes.
 type vipHolding struct {
-	vip vipAddr // nil on a witness and an agent; changed only under mu
-	pub *VIP    // what VIP() hands out; the same object as vip outside tests
+	vip vipAddr // nil on a witness and an agent; a test substitutes a fake
 	// mu serialises every change of the VIP (leader loop, Close, shutdown): one
 	// Acquire or Release at a time, and none after Close decided to let go.
 	mu sync.Mutex

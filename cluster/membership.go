@@ -41,11 +41,6 @@ type membership struct {
 	upAt   map[string]time.Time // when a member last became alive
 }
 
-func (m *membership) init(kr *memberlist.Keyring, agent AgentInfo) {
-	m.keyring, m.agent, m.metaWake = kr, agent, make(chan struct{}, 1)
-	m.nodes, m.states, m.upAt = map[string]memberlist.Node{}, map[string]string{}, map[string]time.Time{}
-}
-
 // nodeMeta is gossiped with each member (memberlist limits it to 512 bytes).
 type nodeMeta struct {
 	Role     string `json:"r"`

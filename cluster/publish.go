@@ -31,10 +31,6 @@ type published struct {
 	republish map[string]func() []byte // RepublishOnTakeover
 }
 
-func (p *published) init() {
-	p.fsm, p.republish = newKVFSM(), map[string]func() []byte{}
-}
-
 // takeoverFuncs returns a copy of what RepublishOnTakeover registered.
 func (p *published) takeoverFuncs() map[string]func() []byte {
 	p.mu.Lock()
@@ -67,14 +63,6 @@ func (c *Cluster) Publish(key string, value []byte) error {
 // Get returns the last published value of key this node has applied (may trail the
 // leader by a commit on followers).
 func (c *Cluster) Get(key string) ([]byte, bool) { return c.kv.fsm.get(key) }
-
-// OnPublish sets a callback run after a published key is applied on this node.
-// Set it before Start; it must not block.
-func (c *Cluster) OnPublish(fn func(key string, value []byte)) {
-	c.kv.fsm.mu.Lock()
-	c.kv.fsm.onChange = fn
-	c.kv.fsm.mu.Unlock()
-}
 
 // Watch returns a channel that receives key's value as committed through the raft log
 // and applied on this node: the current value at once if there is one, then every

@@ -17,11 +17,12 @@ import (
 //
 // RegisterState(name, src) adds a channel; Broadcast(name, record) queues one change
 // for every other alive member that has state channels itself (announced in its
-// memberlist metadata; a witness normally has none). Each peer has an outbox drained by its own goroutine
-// into one message per channel over memberlist's encrypted TCP stream (chunks of at most
+// memberlist metadata; a witness normally has none). Each peer has an outbox drained by
+// its own goroutine, so a slow or dead peer delays nobody else, into one message per
+// channel over memberlist's encrypted TCP stream (chunks of at most
 // 1 MiB: memberlist refuses encrypted stream messages above 20 MiB, which is also why
 // its push/pull LocalState is not used for bulk state). When memberlist reports a member
-// up (join, restart, healed partition), every node pushes the full Snapshot of every
+// up (join, restart, healed partition), every node pushes the full StateSnapshot of every
 // channel to it the same way. A failed send or an overflowing outbox (200k records)
 // drops the batch and resends the full state to that peer, retried every second while
 // it is alive. So records arrive at least once, possibly twice and out of order:
@@ -65,10 +66,6 @@ type channels struct {
 
 	obMu     sync.Mutex
 	outboxes map[string]*outbox
-}
-
-func (s *channels) init() {
-	s.chans, s.outboxes = map[string]*channel{}, map[string]*outbox{}
 }
 
 // get returns the channel called name, nil if none.
@@ -120,18 +117,9 @@ func (c *Cluster) RegisterState(name string, src StateSource) error {
 	return nil
 }
 
-// Broadcast queues one changed record of a channel for every other alive member. Each
-// peer has an outbox drained by its own goroutine: whatever accumulated is sent as one
-// message over memberlist's encrypted TCP stream (in 1 MiB chunks), so a burst costs a
-// few connections, not one per record, and a slow or dead peer delays nobody else. When
-// a send fails or an outbox overflows, the batch is dropped and the peer gets the full
-// state again (retried every second while it is alive); a peer that comes back from
-// dead gets it anyway. Records are therefore delivered at least once to every peer that
-// stays or comes back, possibly after newer ones: see StateSource. Sources call it
-// through the send function StateChanges hands them.
-//
-// (memberlist's TransmitLimitedQueue was tried first: UDP gossip retransmits a record a
-// fixed number of times and lost ~10% of a 2000-record burst on loopback.)
+// Broadcast queues one changed record of channel name for every other alive member
+// that takes state, through its outbox (see Shared state above: at least once, in any
+// order). Sources call it through the send function StateChanges hands them.
 func (c *Cluster) Broadcast(name string, record []byte) error {
 	if c.state.get(name) == nil {
 		return fmt.Errorf("%w: %q", ErrUnknownChannel, name)

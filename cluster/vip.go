@@ -18,13 +18,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The VIP (type VIP): netlink add/remove, then a gratuitous ARP (request and reply)
-// for IPv4 or an unsolicited overriding neighbour advertisement for IPv6, sent at once
-// and repeated vip.garp_count-1 times every vip.garp_interval. A VIP left on the
-// interface by a crash is removed in Start before the node joins
-// (TestStaleVIPRemovedAtStart). Only one VIP change runs at a time: the leader
-// loop, Close and the final shutdown take the same lock, and once Close has begun
-// no Acquire can follow (TestCloseSerializesVIP).
+// A VIP left on the interface by a crash is removed in Start before the node joins
+// (TestStaleVIPRemovedAtStart). Only one VIP change runs at a time: the leader loop,
+// Close and the final shutdown take the same lock, and once Close has begun no Acquire
+// can follow (TestCloseSerializesVIP).
 
 // VIP adds and removes the virtual address on a local link and announces it to the
 // segment (gratuitous ARP for IPv4, unsolicited neighbour advertisement for IPv6). It

@@ -452,7 +452,7 @@ func (r *Relay) Release(callID, reason string) error {
 		r.releaseLocked(s, reason)
 	}
 	r.mu.Unlock()
-	out.sendRecord(rel)
+	_ = out.put(rel)
 	if s == nil {
 		return fmt.Errorf("release %q: %w", callID, ErrNoSession)
 	}

@@ -1,18 +1,13 @@
 package media
 
 import (
+	"encoding"
 	"encoding/json"
 	"slices"
 	"time"
 
 	"go.uber.org/zap"
 )
-
-// The relay is a state channel of the proxies' cluster (StateSnapshot,
-// ApplyState, StateChanges): sessions travel as SessionRecords, so the twin
-// can relay a call's media on the same ports the moment the VIP arrives.
-// The same channel carries the holder's keep-alives (a KeepAlive message);
-// both proxies run the same release, so the two kinds need no version tag.
 
 // outlet is where this relay's changes go, from StateChanges. A nil outlet
 // (no cluster) sends nothing.
@@ -38,8 +33,8 @@ func (r *Relay) StateSnapshot() [][]byte {
 	return out
 }
 
-// wireMessage is either a SessionRecord or a KeepAlive: a keep-alive is the
-// message whose "alive" list is present. One decode serves both.
+// wireMessage is either a SessionRecord or a KeepAlive (its "alive" list is
+// present): one channel, one decode; both proxies run the same release.
 type wireMessage struct {
 	SessionRecord
 	Alive []AliveSession `json:"alive"`
@@ -84,30 +79,26 @@ func (r *Relay) StateChanges(send func([]byte) error, holder func() bool) {
 // replicate sends callID's current record after a change by Anchor.
 func (r *Relay) replicate(callID string) {
 	r.mu.Lock()
-	out, s := r.out, r.sessions[callID]
-	var rec SessionRecord
-	if out != nil && s != nil {
-		rec = r.recordLocked(s)
-	}
+	out := r.out
 	r.mu.Unlock()
-	if out != nil && s != nil {
-		out.sendRecord(rec)
+	if rec, ok := r.Record(callID); ok && out != nil {
+		_ = out.put(rec)
 	}
 }
 
-func (o *outlet) sendRecord(rec SessionRecord) error {
+// put sends a SessionRecord or a KeepAlive.
+func (o *outlet) put(v encoding.BinaryMarshaler) error {
 	if o == nil {
 		return nil
 	}
-	b, err := rec.MarshalBinary()
+	b, err := v.MarshalBinary()
+	if err == nil {
+		err = o.send(b)
+	}
 	if err != nil {
-		return nil
+		o.log.Debug("media state not broadcast", zap.Error(err))
 	}
-	if err := o.send(b); err != nil {
-		o.log.Debug("media record not broadcast", zap.Error(err))
-		return err
-	}
-	return nil
+	return err
 }
 
 // refreshLoop is the VIP holder's periodic replication: records sent right
@@ -136,17 +127,12 @@ func (r *Relay) refreshLoop(out *outlet) {
 func (r *Relay) refreshOnce(out *outlet) (records, alive int) {
 	changed, live := r.Refresh()
 	for _, rec := range changed {
-		if out.sendRecord(rec) != nil {
+		if out.put(rec) != nil {
 			return 0, 0
 		}
 	}
 	for chunk := range slices.Chunk(live, keepAliveChunk) {
-		b, err := KeepAlive{Sessions: chunk}.MarshalBinary()
-		if err != nil {
-			continue
-		}
-		if err := out.send(b); err != nil {
-			out.log.Debug("media keep-alive not broadcast", zap.Error(err))
+		if out.put(KeepAlive{Sessions: chunk}) != nil {
 			return len(changed), 0
 		}
 	}
