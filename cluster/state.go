@@ -92,11 +92,12 @@ func (s *channels) list() []*channel {
 type channel struct {
 	name string
 	src  StateSource
-	mu   sync.Mutex // serialises Apply
+	mu   sync.Mutex // serialises ApplyState
 }
 
-// RegisterState adds a named state channel. Register every channel before Start so the
-// first full sync includes it; records for a channel unknown here are dropped.
+// RegisterState adds a named state channel and hands src its outlet (StateChanges).
+// Register every channel before Start so the first full sync includes it; records for a
+// channel unknown here are dropped.
 func (c *Cluster) RegisterState(name string, src StateSource) error {
 	if name == "" || len(name) > 255 {
 		return fmt.Errorf("cluster: state channel name %q must be 1..255 bytes", name)
