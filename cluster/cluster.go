@@ -113,9 +113,8 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 	}
 	ctx, c.cancel = context.WithCancel(ctx)
 	c.runCtx = ctx
-	// A voter forgets in memory whom it follows when it restarts, and would grant a vote
-	// at once. Staying silent for one heartbeat timeout keeps the timing argument true
-	// for a voter that restarts right after acknowledging the holder (timing argument, leadership.go).
+	// Silence for one heartbeat timeout: a restarted voter forgot whom it followed (see
+	// the timing argument in leadership.go).
 	select {
 	case <-ctx.Done():
 		return ctx.Err()

@@ -22,42 +22,18 @@
 //
 // # Configuration (section cluster:)
 //
+// Keys, annotated with their defaults, in deploy/hapbx.example.yaml (DefaultConfig):
+// name, bind, advertise, raft_bind, peers[] {name, gossip, raft}, secret_file,
+// priority, failback, failback_delay, data_dir, ping_targets, ping_interval,
+// ping_timeout, timing {heartbeat_timeout, election_timeout, leader_lease (at most
+// heartbeat_timeout/2), probe_interval, probe_timeout, suspicion_mult,
+// gossip_interval, push_pull_interval, join_retry_max}, vip {address, interface,
+// garp_count, garp_interval} (ignored by a witness).
+//
 // For an agent only name, bind, advertise (default: bind's address), peers[].gossip,
 // secret_file and the memberlist timing keys (probe_*, suspicion_mult, gossip_interval,
 // push_pull_interval, join_retry_max) are used and checked (ValidateAgent); the
 // proxies' peers list can be copied as is.
-//
-//	name: node1                  # default: host name; must be listed in peers
-//	bind: 0.0.0.0:7946           # memberlist UDP+TCP
-//	advertise: ""                # default: peers[self].gossip
-//	raft_bind: ""                # default: 0.0.0.0:<port of peers[self].raft>
-//	peers:                       # all voters, identical on every node
-//	  - {name: node1, gossip: 192.168.1.11:7946, raft: 192.168.1.11:7947}
-//	  - {name: node2, gossip: 192.168.1.12:7946, raft: 192.168.1.12:7947}
-//	  - {name: witness, gossip: 192.168.1.20:7946, raft: 192.168.1.20:7947}
-//	secret_file: /etc/hapbx/cluster.key  # base64 16/24/32-byte keys, one per line
-//	priority: 100
-//	failback: false
-//	failback_delay: 2s           # a returning proxy must be up this long first
-//	data_dir: /var/lib/hapbx/cluster
-//	ping_targets: []             # host:port, e.g. [192.168.1.1:80]
-//	ping_interval: 1s
-//	ping_timeout: 500ms
-//	timing:
-//	  heartbeat_timeout: 250ms
-//	  election_timeout: 250ms
-//	  leader_lease: 100ms        # <= heartbeat_timeout/2
-//	  probe_interval: 200ms      # memberlist
-//	  probe_timeout: 100ms
-//	  suspicion_mult: 3
-//	  gossip_interval: 50ms
-//	  push_pull_interval: 15s
-//	  join_retry_max: 5s
-//	vip:                         # ignored by a witness
-//	  address: 192.168.1.13/24
-//	  interface: eth0
-//	  garp_count: 3
-//	  garp_interval: 200ms
 //
 // # Metrics
 //

@@ -222,10 +222,7 @@ func (c *Cluster) startRaft() error {
 		// leadership over anyway. Its first attempt still comes after H like everyone's.
 		rc.ElectionTimeout *= 4
 	}
-	// raft's own lease only makes a leader step down; it is not what protects the VIP
-	// (the VerifyLeader lease in leaderLoop is). Set to the maximum raft allows so a
-	// leader whose acknowledgements are merely late (CPU starvation, a slow fsync on a
-	// follower) does not step down and force a new election.
+	// Not what protects the VIP (see "Who holds the VIP" above): the maximum raft allows.
 	rc.LeaderLeaseTimeout = c.cfg.Timing.HeartbeatTimeout
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.LogOutput = bridge
@@ -295,22 +292,16 @@ func (c *Cluster) leaseTick() time.Duration {
 	return max(c.cfg.Timing.LeaderLease/4, 5*time.Millisecond)
 }
 
-// rpcTimeout bounds every raft RPC, heartbeats included (I/O deadline from the moment
-// the request is sent). A VerifyLeader round can be satisfied by a heartbeat that was
-// already in flight when the round was issued; the bound says how much earlier than the
-// issue time that heartbeat can have reached the follower. See the timing argument at the top of this file:
-// heartbeat_timeout - leader_lease - tick - rpcTimeout is the safety margin, kept at
-// heartbeat_timeout/10.
+// rpcTimeout bounds every raft RPC, heartbeats included: how much earlier than a
+// VerifyLeader round a heartbeat that satisfies it can have reached the follower (see
+// the timing argument above; the margin is kept at heartbeat_timeout/10).
 func (c *Cluster) rpcTimeout() time.Duration {
 	t := c.cfg.Timing
 	return t.HeartbeatTimeout - t.LeaderLease - c.leaseTick() - t.HeartbeatTimeout/10
 }
 
 // leaderLoop decides, every tick and whenever raft's leadership changes, whether this
-// node may hold the VIP: it must be a proxy, the raft leader, reach its ping targets,
-// not be handing leadership over, and hold a quorum lease: a VerifyLeader round issued
-// less than LeaderLease ago must have succeeded. The lease is checked here, outside the
-// raft goroutine, so a stuck raft loop also drops the VIP.
+// node may hold the VIP (see "Who holds the VIP" above).
 func (c *Cluster) leaderLoop(ctx context.Context) {
 	defer c.wg.Done()
 	lease := c.cfg.Timing.LeaderLease
