@@ -81,7 +81,10 @@ func (r *Relay) replicate(callID string) {
 	r.mu.Lock()
 	out := r.out
 	r.mu.Unlock()
-	if rec, ok := r.Record(callID); ok && out != nil {
+	if out == nil {
+		return
+	}
+	if rec, ok := r.Record(callID); ok {
 		_ = out.put(rec)
 	}
 }
