@@ -46,6 +46,9 @@ type countingSource struct {
 	done  chan struct{}
 	want  int
 	fired bool
+
+	send   func([]byte) error // from StateChanges
+	holder func() bool
 }
 
 func newCountingSource(own, want int) *countingSource {
@@ -82,8 +85,12 @@ func (s *countingSource) ApplyState(recs [][]byte) {
 	}
 }
 
-// StateChanges: the tests broadcast with Cluster.Broadcast themselves.
-func (s *countingSource) StateChanges(func([]byte) error, func() bool) {}
+// StateChanges keeps the outlet RegisterState hands over; most tests call Broadcast.
+func (s *countingSource) StateChanges(send func([]byte) error, holder func() bool) {
+	s.mu.Lock()
+	s.send, s.holder = send, holder
+	s.mu.Unlock()
+}
 
 // produce creates record id as this node's own (part of its Snapshot from now on).
 func (s *countingSource) produce(id uint64) []byte {

@@ -146,8 +146,11 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	if err := nodes[1].Broadcast("test", rec); err != nil {
 		t.Fatal(err)
 	}
-	if err := nodes[1].Broadcast("test", big); err != nil {
+	if err := srcs[1].send(big); err != nil { // the outlet RegisterState handed over
 		t.Fatal(err)
+	}
+	if srcs[1].holder() {
+		t.Fatal("a witness's state channel is told it holds the VIP")
 	}
 	if err := nodes[1].Broadcast("nope", rec); !errors.Is(err, ErrUnknownChannel) {
 		t.Fatalf("unknown channel: %v", err)
