@@ -75,10 +75,7 @@ type Agent interface {
 	Stop(ctx context.Context) (storage.Result, error)
 }
 
-var (
-	_ Agent = storage.Client{}
-	_ Agent = (*storage.AnnouncedClient)(nil)
-)
+var _ Agent = storage.Client{}
 
 // ColdNode is one PBX node: its backend name (as health and the Selector
 // know it), its agent and how to fence it.

@@ -155,13 +155,11 @@
 // outranks the session's last one, even one a previous holder with a clock
 // ahead made; the standby keeps it as a tombstone.
 //
-// Cluster: the relay is a state channel of package cluster (StateSnapshot,
-// ApplyState, StateChanges over opaque bytes, in replicate.go). Once
-// StateChanges is called, Anchor and Release send the session's record, and
-// the refresh below runs on the VIP holder; the keep-alives ride the same
-// channel.
+// Cluster: the relay is a state channel of package cluster (replicate.go):
+// once StateChanges is called, Anchor and Release send the session's record
+// and the VIP holder runs the refresh below on the same channel.
 //
-// Refresh: the VIP holder calls Relay.Refresh every Relay.RefreshPeriod
+// Refresh: the VIP holder calls Relay.Refresh every RefreshPeriod
 // (idle_timeout/3, within [1s, 20s]; 20s by default) and broadcasts what it
 // returns: the records of sessions whose content changed since the previous
 // Refresh (in practice the latches learned from the first packets, which

@@ -188,10 +188,6 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 // Address is the relay address advertised in SDP.
 func (r *Relay) Address() netip.Addr { return r.addr }
 
-// RefreshPeriod is how often the VIP holder should call Refresh and
-// broadcast its result; a replica is dropped after 4 periods without news.
-func (r *Relay) RefreshPeriod() time.Duration { return r.refreshEvery }
-
 // Start launches the data-path workers and the idle sweeper.
 func (r *Relay) Start() {
 	r.mu.Lock()

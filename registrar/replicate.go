@@ -2,10 +2,6 @@ package registrar
 
 import "go.uber.org/zap"
 
-// The registrar is a state channel of the proxies' cluster: StateSnapshot,
-// ApplyState and StateChanges carry Records as opaque bytes (MarshalBinary,
-// DecodeRecord). Merge makes ApplyState idempotent and order-independent.
-
 // StateSnapshot returns every unexpired record, encoded: the full state for a
 // proxy that joins.
 func (r *Registrar) StateSnapshot() [][]byte {

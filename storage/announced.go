@@ -8,14 +8,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// Announced is a storage agent as the proxies' cluster reports it (the same
-// fields as cluster.AgentInfo, so one converts to the other).
+// Announced is a storage agent as the proxies' cluster reports it: the
+// fields of cluster.AgentInfo, so one converts to the other.
 type Announced struct {
-	Name    string // its cluster member name
-	Backend string // the backend it serves
-	API     string // base URL of its control API
-	Addr    string // its gossip address
-	Alive   bool
+	Name, Backend, API, Addr string
+	Alive                    bool
 }
 
 // AnnouncedClient reaches a backend's agent at the API URL it announces in
