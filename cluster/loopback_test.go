@@ -146,8 +146,11 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	if err := nodes[1].Broadcast("test", rec); err != nil {
 		t.Fatal(err)
 	}
-	if err := nodes[1].Broadcast("test", big); err != nil {
+	if err := srcs[1].send(big); err != nil { // the outlet RegisterState handed over
 		t.Fatal(err)
+	}
+	if srcs[1].holder() {
+		t.Fatal("a witness's state channel is told it holds the VIP")
 	}
 	if err := nodes[1].Broadcast("nope", rec); !errors.Is(err, ErrUnknownChannel) {
 		t.Fatalf("unknown channel: %v", err)
@@ -256,7 +259,7 @@ func TestBroadcastFigures(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		nodes, srcs = append(nodes, c), append(srcs, src)
 	}
-	waitFor(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].aliveNodes()) == 2 })
+	waitFor(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].mem.aliveNodes(nodes[0].cfg.Name)) == 2 })
 	for _, n := range []int{200, 2000, 100000} {
 		base := srcs[1].count()
 		t0 := time.Now()

@@ -38,6 +38,9 @@
 //     Merge is last-writer-wins per AOR and Contact over unexpired records:
 //     idempotent, commutative, order-independent. Records gives the full
 //     state for push/pull; OnChange hands local changes to a broadcaster.
+//     StateSnapshot, ApplyState and StateChanges (replicate.go) offer the
+//     same as opaque bytes: the registrar is a state channel of package
+//     cluster, which it does not import.
 //
 // What it does not: no SIP transport, no authentication (Asterisk
 // challenges), no forking or request routing (the proxy does that with the
