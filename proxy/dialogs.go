@@ -310,7 +310,7 @@ func (p *Proxy) sendBye(d *dialog, reason string) {
 	p.address(bye, t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	clTx, err := p.cl.TransactionRequest(ctx, bye, sipgo.ClientRequestOption(keepHeaders))
+	clTx, err := p.wire.TransactionRequest(ctx, bye, sipgo.ClientRequestOption(keepHeaders))
 	if err != nil {
 		p.log.Warn("BYE to phone not sent", zap.String("call_id", d.callID), zap.Error(err))
 		return

@@ -68,28 +68,19 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p.reply(tx, req, d.code, d.reason)
 	case actStateless:
 		p.forwardAck(req, d.target)
-	case actForward:
+	case actForward, actFork, actBackends:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
-		p.forward(req, tx, []target{d.target}, false, nil)
-		p.m.inflight.Dec()
-		p.inflight.Done()
-	case actFork:
-		p.inflight.Add(1)
-		p.m.inflight.Inc()
-		if len(d.targets) == 1 {
+		defer p.inflight.Done()
+		defer p.m.inflight.Dec()
+		switch d.act {
+		case actForward:
+			p.forward(req, tx, []target{d.target}, false, nil)
+		case actFork:
 			p.forward(req, tx, d.targets, false, nil)
-		} else {
-			p.fork(req, tx, d.targets)
+		case actBackends:
+			p.toBackends(tx, req)
 		}
-		p.m.inflight.Dec()
-		p.inflight.Done()
-	case actBackends:
-		p.inflight.Add(1)
-		p.m.inflight.Inc()
-		p.toBackends(tx, req)
-		p.m.inflight.Dec()
-		p.inflight.Done()
 	}
 }
 
