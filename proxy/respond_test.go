@@ -140,6 +140,7 @@ type harness struct {
 	p        *Proxy
 	w        *fakeWire
 	caller   *fakeServerTx
+	brs      []*fakeClientTx
 	finished chan struct{}
 }
 
@@ -156,243 +157,142 @@ func wait[T any](h *harness, c <-chan T, what string) T {
 	}
 }
 
-func (h *harness) branch() *fakeClientTx { h.t.Helper(); return wait(h, h.w.txs, "branch sent") }
-
-// cancelOf checks that the next CANCEL sent downstream is for br.
-func (h *harness) cancelOf(br *fakeClientTx) {
+// br is the i-th branch the proxy sent, waiting for it if need be.
+func (h *harness) br(i int) *fakeClientTx {
 	h.t.Helper()
-	c := wait(h, h.w.cancels, "CANCEL sent")
-	want, _ := br.req.Via().Params.Get("branch")
-	if got, _ := c.Via().Params.Get("branch"); got != want {
-		h.t.Errorf("CANCEL for branch %s, want %s", got, want)
+	for len(h.brs) <= i {
+		h.brs = append(h.brs, wait(h, h.w.txs, "branch sent"))
 	}
+	return h.brs[i]
 }
 
-// callerGets checks the caller's next stateful responses.
-func (h *harness) callerGets(codes ...int) {
-	h.t.Helper()
-	for _, code := range codes {
-		if res := wait(h, h.caller.got, "response to the caller"); res.StatusCode != code {
-			h.t.Fatalf("caller got %d, want %d", res.StatusCode, code)
+// step is one move of the downstream side or one check of what the proxy did.
+type step func(h *harness)
+
+// answer: branch i sends codes.
+func answer(i int, codes ...int) step {
+	return func(h *harness) {
+		for _, c := range codes {
+			h.br(i).answer(c)
 		}
 	}
 }
 
-func (h *harness) statelessGets(code int) {
-	h.t.Helper()
-	if res := wait(h, h.w.stateless, "stateless response"); res.StatusCode != code {
-		h.t.Fatalf("stateless %d, want %d", res.StatusCode, code)
+// timesOut: branch i's transaction times out.
+func timesOut(i int) step { return func(h *harness) { h.br(i).end(sip.ErrTransactionTimeout) } }
+
+// caller: the caller's next stateful responses are codes.
+func caller(codes ...int) step {
+	return func(h *harness) {
+		h.t.Helper()
+		for _, code := range codes {
+			if res := wait(h, h.caller.got, "response to the caller"); res.StatusCode != code {
+				h.t.Fatalf("caller got %d, want %d", res.StatusCode, code)
+			}
+		}
 	}
 }
 
-func (h *harness) ends() { h.t.Helper(); wait(h, h.finished, "end of the transaction") }
+// stateless: the next response sent statelessly upstream is code.
+func stateless(code int) step {
+	return func(h *harness) {
+		if res := wait(h, h.w.stateless, "stateless response"); res.StatusCode != code {
+			h.t.Fatalf("stateless %d, want %d", res.StatusCode, code)
+		}
+	}
+}
+
+// cancelled: the next CANCEL sent downstream is branch i's.
+func cancelled(i int) step {
+	return func(h *harness) {
+		c := wait(h, h.w.cancels, "CANCEL sent")
+		want, _ := h.br(i).req.Via().Params.Get("branch")
+		if got, _ := c.Via().Params.Get("branch"); got != want {
+			h.t.Errorf("CANCEL for branch %s, want %s", got, want)
+		}
+	}
+}
+
+// terminated: the proxy ended branch i's transaction.
+func terminated(i int) step { return func(h *harness) { wait(h, h.br(i).done, "branch terminated") } }
+
+// retransmits: a 2xx retransmission of branch i goes up statelessly.
+func retransmits(i int) step {
+	return func(h *harness) {
+		br := h.br(i)
+		br.mu.Lock()
+		hook := br.retrans
+		br.mu.Unlock()
+		if hook == nil {
+			h.t.Fatal("no 2xx retransmission hook")
+		}
+		hook(br.response(200))
+		stateless(200)(h)
+	}
+}
+
+// counts: the proxy's metric m reads want.
+func counts(m func(*Proxy) prometheus.Collector, want float64) step {
+	return func(h *harness) {
+		if got := testutil.ToFloat64(m(h.p)); got != want {
+			h.t.Errorf("metric = %v, want %v", got, want)
+		}
+	}
+}
+
+var (
+	callerCancels step = func(h *harness) { h.caller.cancel() }
+	drainAborts   step = func(h *harness) { h.p.abortOnce.Do(func() { close(h.p.abort) }) }
+	ends          step = func(h *harness) { wait(h, h.finished, "end of the transaction") }
+)
 
 func TestResponseContext(t *testing.T) {
-	be1 := target{backend: "asterisk1", addr: "127.0.0.11:5060", transport: "udp"}
-	be2 := target{backend: "asterisk2", addr: "127.0.0.12:5060", transport: "udp"}
-	phone1 := target{addr: "127.0.0.51:5060", transport: "udp", ruri: "sip:201@127.0.0.51"}
-	phone2 := target{addr: "127.0.0.52:5060", transport: "udp", ruri: "sip:201@127.0.0.52"}
+	bes := []target{{backend: "asterisk1", addr: "127.0.0.11:5060", transport: "udp"}, {backend: "asterisk2", addr: "127.0.0.12:5060", transport: "udp"}}
+	phones := []target{{addr: "127.0.0.51:5060", transport: "udp", ruri: "sip:201@127.0.0.51"}, {addr: "127.0.0.52:5060", transport: "udp", ruri: "sip:201@127.0.0.52"}}
+	fast := func(p *Proxy) { p.cfg.TimerC, p.cancelGuard = time.Millisecond, time.Millisecond }
 	cases := []struct {
 		name    string
-		targets []target
+		targets []target // several without retry: a fork
 		retry   bool
-		cfg     func(*Config)
-		play    func(h *harness)
-		// nothing is sent to the caller or downstream beyond what play checked
-	}{{
-		name: "180 then 200", targets: []target{be1},
-		play: func(h *harness) {
-			br := h.branch()
-			br.answer(100)
-			br.answer(180)
-			br.answer(200)
-			h.callerGets(180, 200)
-			h.ends()
-			if n := h.p.dialogs.len(); n != 1 {
-				h.t.Errorf("%d dialogs tracked, want 1", n)
-			}
-			br.mu.Lock()
-			retrans := br.retrans
-			br.mu.Unlock()
-			if retrans == nil {
-				h.t.Fatal("no 2xx retransmission hook")
-			}
-			retrans(br.response(200))
-			h.statelessGets(200)
-		},
-	}, {
-		name: "503 retries the next backend", targets: []target{be1, be2}, retry: true,
-		play: func(h *harness) {
-			h.branch().answer(503)
-			br := h.branch()
-			br.answer(180)
-			br.answer(200)
-			h.callerGets(180, 200)
-			h.ends()
-			if got := testutil.ToFloat64(h.p.m.retries.WithLabelValues("asterisk1", "503")); got != 1 {
-				h.t.Errorf("retries{asterisk1,503} = %v, want 1", got)
-			}
-		},
-	}, {
-		name: "no retry after a relayed 180", targets: []target{be1, be2}, retry: true,
-		play: func(h *harness) {
-			br := h.branch()
-			br.answer(180)
-			br.answer(503)
-			h.callerGets(180, 503)
-			h.ends()
-		},
-	}, {
-		name: "silent backend skipped", targets: []target{be1, be2}, retry: true,
-		cfg: func(c *Config) { c.HopTimeout = time.Millisecond },
-		play: func(h *harness) {
-			silent := h.branch()
-			br := h.branch()
-			wait(h, silent.done, "silent branch terminated")
-			br.answer(100)
-			br.answer(200)
-			h.callerGets(200)
-			h.ends()
-		},
-	}, {
-		name: "486 then 200 on another branch", targets: []target{phone1, phone2},
-		play: func(h *harness) {
-			b1, b2 := h.branch(), h.branch()
-			b1.answer(486)
-			b2.answer(180)
-			b2.answer(200)
-			h.callerGets(180, 200)
-			h.ends()
-		},
-	}, {
-		name: "200 cancels the other branch", targets: []target{phone1, phone2},
-		play: func(h *harness) {
-			b1, b2 := h.branch(), h.branch()
-			b1.answer(180)
-			h.callerGets(180)
-			b2.answer(200)
-			h.callerGets(200)
-			h.cancelOf(b1)
-			b1.answer(487)
-			h.ends()
-		},
-	}, {
-		name: "6xx cancels the others", targets: []target{phone1, phone2},
-		play: func(h *harness) {
-			b1, b2 := h.branch(), h.branch()
-			b1.answer(180)
-			h.callerGets(180)
-			b2.answer(603)
-			h.cancelOf(b1)
-			b1.answer(487)
-			h.callerGets(603)
-			h.ends()
-		},
-	}, {
-		name: "best of the finals", targets: []target{phone1, phone2},
-		play: func(h *harness) {
-			b1, b2 := h.branch(), h.branch()
-			b1.answer(486)
-			b2.answer(503)
-			h.callerGets(486)
-			h.ends()
-		},
-	}, {
-		name: "a forked 503 becomes 500", targets: []target{phone1, phone2},
-		play: func(h *harness) {
-			b1, b2 := h.branch(), h.branch()
-			b1.answer(503)
-			b2.end(sip.ErrTransactionTimeout)
-			h.callerGets(500)
-			h.ends()
-		},
-	}, {
-		name: "CANCEL crossing a 200", targets: []target{be1},
-		play: func(h *harness) {
-			br := h.branch()
-			br.answer(180)
-			h.callerGets(180)
-			h.caller.cancel()
-			h.cancelOf(br)
-			br.answer(200)
-			h.statelessGets(200)
-			h.ends()
-		},
-	}, {
-		name: "CANCEL cancels every branch", targets: []target{phone1, phone2},
-		play: func(h *harness) {
-			b1, b2 := h.branch(), h.branch()
-			b1.answer(180)
-			h.callerGets(180)
-			h.caller.cancel()
-			h.cancelOf(b1)
-			b2.answer(180) // its first response: now it may be cancelled
-			h.cancelOf(b2)
-			b1.answer(487)
-			b2.answer(487)
-			h.ends()
-		},
-	}, {
-		name: "Timer C", targets: []target{be1},
-		cfg: func(c *Config) { c.TimerC = time.Millisecond },
-		play: func(h *harness) {
-			br := h.branch()
-			br.answer(180)
-			h.callerGets(180)
-			h.cancelOf(br)
-			br.answer(487)
-			h.callerGets(487)
-			h.ends()
-			if got := testutil.ToFloat64(h.p.m.timerC); got != 1 {
-				h.t.Errorf("timer_c_total = %v, want 1", got)
-			}
-		},
-	}, {
-		name: "Timer C on a fork, callee gone", targets: []target{phone1, phone2},
-		cfg: func(c *Config) { c.TimerC = time.Millisecond },
-		play: func(h *harness) {
-			h.p.cancelGuard = time.Millisecond
-			b1, b2 := h.branch(), h.branch()
-			b1.answer(180)
-			h.callerGets(180)
-			h.cancelOf(b1)
-			h.callerGets(408)
-			h.ends()
-			wait(h, b1.done, "ringing branch terminated")
-			wait(h, b2.done, "silent branch terminated")
-		},
-	}, {
-		name: "drain", targets: []target{be1},
-		play: func(h *harness) {
-			br := h.branch()
-			br.answer(180)
-			h.callerGets(180)
-			h.p.abortOnce.Do(func() { close(h.p.abort) })
-			h.cancelOf(br)
-			h.callerGets(503)
-			h.ends()
-		},
-	}, {
-		name: "transaction timeout", targets: []target{be1},
-		play: func(h *harness) {
-			br := h.branch()
-			br.answer(100)
-			br.end(sip.ErrTransactionTimeout)
-			h.callerGets(408)
-			h.ends()
-		},
-	}}
+		tune    func(*Proxy)
+		play    []step
+	}{
+		{name: "180 then 200", targets: bes[:1], play: []step{answer(0, 100, 180, 200), caller(180, 200), ends,
+			counts(func(p *Proxy) prometheus.Collector { return p.dialogs.gauge }, 1), retransmits(0)}},
+		{name: "503 retries the next backend", targets: bes, retry: true, play: []step{answer(0, 503), answer(1, 180, 200), caller(180, 200), ends,
+			counts(func(p *Proxy) prometheus.Collector { return p.m.retries.WithLabelValues("asterisk1", "503") }, 1)}},
+		{name: "no retry after a relayed 180", targets: bes, retry: true, play: []step{answer(0, 180, 503), caller(180, 503), ends}},
+		{name: "silent backend skipped", targets: bes, retry: true, tune: func(p *Proxy) { p.cfg.HopTimeout = time.Millisecond },
+			play: []step{terminated(0), answer(1, 100, 200), caller(200), ends}},
+		{name: "486 then 200 on another branch", targets: phones, play: []step{answer(0, 486), answer(1, 180, 200), caller(180, 200), ends}},
+		{name: "200 cancels the other branch", targets: phones, play: []step{answer(0, 180), caller(180), answer(1, 200), caller(200),
+			cancelled(0), answer(0, 487), ends}},
+		{name: "6xx cancels the others", targets: phones, play: []step{answer(0, 180), caller(180), answer(1, 603), cancelled(0),
+			answer(0, 487), caller(603), ends}},
+		{name: "best of the finals", targets: phones, play: []step{answer(0, 486), answer(1, 503), caller(486), ends}},
+		{name: "a forked 503 becomes 500", targets: phones, play: []step{answer(0, 503), timesOut(1), caller(500), ends}},
+		{name: "CANCEL crossing a 200", targets: bes[:1], play: []step{answer(0, 180), caller(180), callerCancels, cancelled(0),
+			answer(0, 200), stateless(200), ends}},
+		{name: "CANCEL cancels every branch once it may", targets: phones, play: []step{answer(0, 180), caller(180), callerCancels,
+			cancelled(0), answer(1, 180), cancelled(1), answer(0, 487), answer(1, 487), ends}},
+		{name: "Timer C", targets: bes[:1], tune: fast, play: []step{answer(0, 180), caller(180), cancelled(0), answer(0, 487), caller(487), ends,
+			counts(func(p *Proxy) prometheus.Collector { return p.m.timerC }, 1)}},
+		{name: "Timer C on a fork, callee gone", targets: phones, tune: fast, play: []step{answer(0, 180), caller(180), cancelled(0),
+			caller(408), ends, terminated(0), terminated(1)}},
+		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
+		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), timesOut(0), caller(408), ends}},
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()
 			cfg.Listen, cfg.Advertise, cfg.NoBackendWait = []string{"udp://127.0.0.1:5060"}, "127.0.0.1", 0
-			if tc.cfg != nil {
-				tc.cfg(&cfg)
-			}
-			p, err := New(cfg, []Backend{{Name: "asterisk1", Address: be1.addr, Transport: "udp"}, {Name: "asterisk2", Address: be2.addr, Transport: "udp"}},
+			p, err := New(cfg, []Backend{{Name: "asterisk1", Address: bes[0].addr, Transport: "udp"}, {Name: "asterisk2", Address: bes[1].addr, Transport: "udp"}},
 				nil, zaptest.NewLogger(t), prometheus.NewRegistry())
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.tune != nil {
+				tc.tune(p)
 			}
 			w := &fakeWire{txs: make(chan *fakeClientTx, 8), cancels: make(chan *sip.Request, 8), stateless: make(chan *sip.Response, 8)}
 			p.wire = w
@@ -403,8 +303,10 @@ func TestResponseContext(t *testing.T) {
 				defer close(h.finished)
 				p.forward(req, h.caller, slices.Clone(tc.targets), tc.retry, nil)
 			}()
-			h.callerGets(100) // the proxy's own Trying
-			tc.play(h)
+			caller(100)(h) // the proxy's own Trying
+			for _, s := range tc.play {
+				s(h)
+			}
 			select {
 			case res := <-h.caller.got:
 				t.Errorf("caller also got %d", res.StatusCode)
