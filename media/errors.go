@@ -15,7 +15,7 @@ var (
 	// forwarding the body raw would move it off.
 	ErrSessionKept = sessionKeptError{}
 	// ErrNoSession means the Call-ID has no relay session.
-	ErrNoSession = noSessionError{}
+	ErrNoSession = errors.New("media: no such session")
 	// ErrClosed means the relay has been closed.
 	ErrClosed = errors.New("media: relay closed")
 )
@@ -25,18 +25,13 @@ var (
 type (
 	noPortsError     struct{}
 	sessionKeptError struct{}
-	noSessionError   struct{}
 )
 
 func (noPortsError) Error() string     { return "media: no free relay ports" }
 func (sessionKeptError) Error() string { return "media: relay session kept unchanged" }
-func (noSessionError) Error() string   { return "media: no such session" }
 
 // NoPorts marks ErrNoPorts.
 func (noPortsError) NoPorts() {}
 
 // SessionKept marks ErrSessionKept.
 func (sessionKeptError) SessionKept() {}
-
-// NoSession marks ErrNoSession.
-func (noSessionError) NoSession() {}

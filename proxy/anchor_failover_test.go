@@ -19,7 +19,6 @@ var (
 	_ callerTags       = (*media.Relay)(nil)
 	_ NoPortsError     = media.ErrNoPorts
 	_ SessionKeptError = media.ErrSessionKept
-	_ NoSessionError   = media.ErrNoSession
 )
 
 func parseRequest(t *testing.T, method, fromTag, toTag string) *sip.Request {

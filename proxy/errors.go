@@ -2,21 +2,14 @@ package proxy
 
 import "errors"
 
-// The collaborators' errors the proxy answers differently, recognised by a
-// marker method (the implementation's sentinel has it), so that the proxy
-// imports neither the registrar nor the relay.
+// Errors of a MediaAnchor the proxy answers differently, recognised by a
+// marker method of the implementation's sentinel, so that the proxy does not
+// import the relay.
 type (
-	// UnknownAORError from a Locator: the AOR was never registered (404).
-	UnknownAORError interface{ UnknownAOR() }
-	// NoBindingError from a Locator: the AOR has no live binding (480).
-	NoBindingError interface{ NoBinding() }
-	// NoPortsError from a MediaAnchor: no relay ports are left (503 to a new call).
+	// NoPortsError: no relay ports are left (503 to a new call).
 	NoPortsError interface{ NoPorts() }
-	// SessionKeptError from a MediaAnchor: the call's relay session was
-	// left unchanged (488 to its re-offer).
+	// SessionKeptError: the call's session was left unchanged (488 to its re-offer).
 	SessionKeptError interface{ SessionKept() }
-	// NoSessionError from MediaAnchor.Release: the call was not anchored.
-	NoSessionError interface{ NoSession() }
 )
 
 // is reports whether err's chain holds an error with the marker M.

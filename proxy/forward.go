@@ -20,13 +20,13 @@ import (
 // targets without retry are tried at once (an AOR's contacts), otherwise
 // one after the other until one gives an answer worth relaying. Backends
 // are retried only while retry is set, nothing beyond 100 Trying has been
-// relayed and the caller has not cancelled.
-//
-// cancelled is closed when the caller cancels (watchCancel); nil: forward
-// watches itself.
-func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []target, retry bool, cancelled <-chan struct{}) {
-	if cancelled == nil {
-		cancelled = watchCancel(tx, req)
+// relayed and the caller has not cancelled; with none healthy (retry), a
+// REGISTER refresh the store can answer is answered from it, anything
+// else waits up to no_backend_wait for a backend.
+func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []target, retry bool) {
+	cancelled := watchCancel(tx, req)
+	if len(targets) == 0 && p.answerFromStore(tx, req) {
+		return
 	}
 	if req.IsInvite() {
 		// Stop the caller's retransmissions while a backend is chosen.
@@ -62,27 +62,27 @@ func (p *Proxy) respond(req *sip.Request, tx sip.ServerTransaction, targets []ta
 	start := time.Now()
 	if !retry && len(targets) > 1 {
 		p.m.forks.Inc()
-		rc := p.newResponseContext(req, tx, cancelled, start)
-		rc.forked = true
+		rc := &responseContext{p: p, req: req, tx: tx, cancelled: cancelled, start: start, forked: true}
 		return rc.run(targets) == settled
 	}
 	tried := map[string]bool{}
-	for len(targets) > 0 {
+	for {
 		for i, t := range targets {
 			tried[t.backend] = true
-			rc := p.newResponseContext(req, tx, cancelled, start)
-			rc.more = retry && i < len(targets)-1
+			rc := &responseContext{p: p, req: req, tx: tx, cancelled: cancelled, start: start, more: retry && i < len(targets)-1}
 			if rc.run([]target{t}) == settled || isClosed(cancelled) {
 				return true
 			}
 		}
+		// Every backend tried has failed (or none is healthy): wait for
+		// another to come up.
 		if !retry {
-			break
+			return false
 		}
-		// Every backend tried has failed: wait for another to come up.
-		targets = p.awaitBackend(tx, req, tried, cancelled)
+		if targets = p.awaitBackend(tx, req, tried, cancelled); len(targets) == 0 {
+			return false
+		}
 	}
-	return false
 }
 
 // watchCancel returns a channel closed when the caller CANCELs the INVITE
@@ -156,14 +156,7 @@ func (p *Proxy) prepare(out, in *sip.Request, t target) {
 		m := sip.MaxForwardsHeader(69)
 		out.AppendHeader(&m)
 	}
-	out.PrependHeader(&sip.ViaHeader{
-		ProtocolName:    "SIP",
-		ProtocolVersion: "2.0",
-		Transport:       strings.ToUpper(t.transport),
-		Host:            p.cfg.Advertise,
-		Port:            p.portFor[t.transport],
-		Params:          params("branch", branchPrefix+loopHash(in)+"."+sip.GenerateTagN(8)),
-	})
+	out.PrependHeader(p.via(t.transport, loopHash(in)+"."+sip.GenerateTagN(8)))
 	// Record-Route after the Via: at the top, so before any earlier
 	// Record-Route values (§16.6 step 4), and never between two Via rows
 	// (UAs that copy the Via rows into a response would lose the rest).
@@ -303,18 +296,17 @@ func (p *Proxy) forwardAck(req *sip.Request, t target) {
 	b, _ := req.Via().Params.Get("branch")
 	h := fnv.New64a()
 	h.Write([]byte(b))
-	out.PrependHeader(&sip.ViaHeader{
-		ProtocolName:    "SIP",
-		ProtocolVersion: "2.0",
-		Transport:       strings.ToUpper(t.transport),
-		Host:            p.cfg.Advertise,
-		Port:            p.portFor[t.transport],
-		Params:          params("branch", branchPrefix+"a"+strconv.FormatUint(h.Sum64(), 36)),
-	})
+	out.PrependHeader(p.via(t.transport, "a"+strconv.FormatUint(h.Sum64(), 36)))
 	p.address(out, t)
 	if err := p.wire.WriteRequest(out, sipgo.ClientRequestOption(keepHeaders)); err != nil {
 		p.log.Debug("ACK not forwarded", zap.String("to", t.addr), zap.Error(err))
 	}
+}
+
+// via is the proxy's own Via over transport, its branch marked as ours.
+func (p *Proxy) via(transport, branch string) *sip.ViaHeader {
+	return &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: strings.ToUpper(transport),
+		Host: p.cfg.Advertise, Port: p.portFor[transport], Params: params("branch", branchPrefix+branch)}
 }
 
 // params builds header parameters from key, value pairs.

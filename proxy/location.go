@@ -12,8 +12,8 @@ import (
 type Locator interface {
 	// Reach calls each with the Contact, received address and transport of
 	// every live binding of uri (an AOR, or a registered Contact), best
-	// first. Errors: UnknownAORError, NoBindingError.
-	Reach(uri string, each func(contact string, from netip.AddrPort, transport string)) error
+	// first; registered is false when uri was never registered.
+	Reach(uri string, each func(contact string, from netip.AddrPort, transport string)) (registered bool, err error)
 }
 
 // BindingRecorder keeps the phones' bindings: filled from the backends' 2xx
@@ -78,7 +78,7 @@ func (p *Proxy) locate(req *sip.Request) (targets []target, code int, reason str
 	}
 	ruri := req.Recipient.String()
 	local := p.isLocal(&req.Recipient)
-	err := p.reg.Reach(ruri, func(contact string, from netip.AddrPort, transport string) {
+	registered, err := p.reg.Reach(ruri, func(contact string, from netip.AddrPort, transport string) {
 		if !local && !sameContact(contact, &req.Recipient) {
 			return
 		}
@@ -89,24 +89,17 @@ func (p *Proxy) locate(req *sip.Request) (targets []target, code int, reason str
 		targets = append(targets, t)
 	})
 	switch {
-	case is[UnknownAORError](err):
-		if local {
-			return nil, 404, "Not Found", true
-		}
-		return nil, 0, "", false
-	case is[NoBindingError](err):
-		if local {
-			return nil, 480, "Temporarily Unavailable", true
-		}
-		return nil, 0, "", false
 	case err != nil:
 		p.log.Warn("location lookup failed", zap.String("ruri", ruri), zap.Error(err))
 		return nil, 500, "Server Internal Error", true
-	}
-	if len(targets) == 0 {
+	case len(targets) > 0:
+		return targets, 0, "", true
+	case !local:
 		return nil, 0, "", false
+	case !registered:
+		return nil, 404, "Not Found", true
 	}
-	return targets, 0, "", true
+	return nil, 480, "Temporarily Unavailable", true
 }
 
 // sameContact compares a stored Contact with a Request-URI by user, host

@@ -24,27 +24,25 @@ import (
 
 // Proxy is the transaction-stateful SIP proxy in front of the backends.
 type Proxy struct {
-	cfg      Config
-	log      *zap.Logger
-	m        *metrics
-	backends atomic.Pointer[backendSet]
-	peers
-	addressing
-	memory
-	stack
-	lifecycle
+	cfg        Config
+	log        *zap.Logger
+	m          *metrics
+	backends   atomic.Pointer[backendSet]
+	peers      // the collaborators it asks
+	addressing // where it listens and what names it
+	memory     // what it keeps beyond one transaction
+	stack      // sipgo
+	lifecycle  // up, drain, stop
 }
 
-// peers are the collaborators the proxy asks; all but the router optional.
 type peers struct {
-	router   Router
+	router   Router // the only one required
 	reporter FailureReporter
 	reg      Registrar
 	media    MediaAnchor
 	callers  *ttlSet // Call-ID -> caller's From tag, to tell the legs of anchored calls
 }
 
-// addressing is where the proxy listens and what addresses name it.
 type addressing struct {
 	listeners  []Listener
 	portFor    map[string]int // transport -> listening port written into Via/Record-Route
@@ -53,36 +51,31 @@ type addressing struct {
 	udpLaddr   map[string]sip.Addr // listener address per IP family key, to send UDP from the SIP port
 }
 
-// memory is what the proxy keeps beyond one transaction.
 type memory struct {
 	dialogs    *dialogTable
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
 }
 
-// stack is sipgo: the server that hands requests to handle and the wire
-// every message leaves by.
 type stack struct {
 	ua   *sipgo.UserAgent
-	srv  *sipgo.Server
-	wire wire
+	srv  *sipgo.Server // hands requests to handle
+	wire wire          // every message leaves by it
 }
 
 // wire sends requests (statefully or not) and stateless responses: sipgo's
-// client and server, or a test's fakes.
+// client and server (sipgoWire), or a test's fakes.
 type wire interface {
 	TransactionRequest(ctx context.Context, req *sip.Request, options ...sipgo.ClientRequestOption) (sip.ClientTransaction, error)
 	WriteRequest(req *sip.Request, options ...sipgo.ClientRequestOption) error
 	WriteResponse(res *sip.Response) error
 }
 
-// sipgoWire is the wire of a started proxy.
 type sipgoWire struct {
 	*sipgo.Client
 	*sipgo.Server
 }
 
-// lifecycle is the proxy's up, drain and stop state.
 type lifecycle struct {
 	up       atomic.Bool
 	draining atomic.Bool

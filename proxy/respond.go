@@ -24,21 +24,19 @@ type responseContext struct {
 	more      bool // one branch, and another target to retry after it
 	forked    bool // several branches at once
 
-	branches []*branch
-	live     int
-	events   chan branchEvent
-	quit     chan struct{} // closed when the context is over
-
-	gotAny      bool // any response, 100 included
-	provisional bool // a provisional beyond 100 went up: no retry
-	took        bool // a 2xx went up
-	best        *sip.Response
-	lost        bool // a branch ended without a final response
-	timedOut    bool // ... by a timeout
-	timerC      ringTimer
-	ringing     <-chan time.Time // Timer C (RFC 3261 §16.6 step 11, §16.8)
-	guard       <-chan time.Time // after a CANCEL: the downstream's time to end the INVITE
-	hop         <-chan time.Time // a backend's time to show a sign of life
+	branches    []*branch
+	live        int
+	events      chan func() outcome // a branch's news, handled on the context's goroutine
+	quit        chan struct{}       // closed when the context is over
+	gotAny      bool                // any response, 100 included
+	provisional bool                // a provisional beyond 100 went up: no retry
+	took        bool                // a 2xx went up
+	best        *sip.Response       // the best final so far (RFC 3261 §16.7 step 6)
+	lost        bool                // a branch ended without a final response
+	timedOut    bool                // ... by a timeout
+	ringing     <-chan time.Time    // Timer C (RFC 3261 §16.6 step 11, §16.8), reset by provisionals
+	guard       <-chan time.Time    // after a CANCEL: the downstream's time to end the INVITE
+	hop         <-chan time.Time    // a backend's time to show a sign of life
 }
 
 // branch is one client transaction of a response context.
@@ -51,13 +49,6 @@ type branch struct {
 	done       bool
 }
 
-// branchEvent is a response of a branch, or its end (res nil) with err.
-type branchEvent struct {
-	b   *branch
-	res *sip.Response
-	err error
-}
-
 // outcome is how a response context ended for forward.
 type outcome int
 
@@ -67,37 +58,22 @@ const (
 	next            // try the next target
 )
 
-func (p *Proxy) newResponseContext(req *sip.Request, tx sip.ServerTransaction, cancelled <-chan struct{}, start time.Time) *responseContext {
-	return &responseContext{p: p, req: req, tx: tx, cancelled: cancelled, start: start,
-		events: make(chan branchEvent, 16), quit: make(chan struct{})}
-}
-
 // run sends req to targets at once and waits until the transaction is
 // settled or, with one target, until the next one should be tried.
 func (rc *responseContext) run(targets []target) outcome {
+	rc.events, rc.quit = make(chan func() outcome, 16), make(chan struct{})
 	defer close(rc.quit)
-	defer rc.timerC.stop()
 	p, req := rc.p, rc.req
 	for _, t := range targets {
 		if o := rc.send(t); o != pending {
 			return o
 		}
 	}
-	if rc.live == 0 {
-		p.reply(rc.tx, req, 480, "Temporarily Unavailable")
-		return settled
-	}
 	for rc.live > 0 {
 		o := pending
 		select {
-		case ev := <-rc.events:
-			switch {
-			case ev.b.done:
-			case ev.res == nil:
-				o = rc.ended(ev.b, ev.err)
-			default:
-				o = rc.response(ev.b, ev.res)
-			}
+		case news := <-rc.events:
+			o = news()
 		case <-rc.hop:
 			o = rc.hopExpired(rc.branches[0]) // backends are tried one at a time
 		case <-rc.cancelled:
@@ -117,11 +93,14 @@ func (rc *responseContext) run(targets []target) outcome {
 			return rc.settle()
 		case <-p.abort:
 			// The drain has timed out: settle the transaction now.
-			if !rc.over() {
+			answer := !rc.over()
+			if answer {
 				rc.cancelAll(nil)
+			}
+			rc.terminate("") // before the callee's 487 comes back to be ACKed
+			if answer {
 				p.reply(rc.tx, req, 503, "Service Unavailable (shutting down)")
 			}
-			rc.terminate("")
 			return settled
 		}
 		if o != pending {
@@ -150,14 +129,10 @@ func (rc *responseContext) send(t target) outcome {
 	case err != nil && rc.forked:
 		p.log.Debug("fork branch not sent", zap.String("to", t.addr), zap.Error(err))
 		return pending
+	case err != nil && rc.giveUp(t, "transport", "transport: "+err.Error()):
+		return next
 	case err != nil:
-		p.failed(t, "transport: "+err.Error())
-		if rc.more {
-			p.m.retries.WithLabelValues(t.backend, "transport").Inc()
-			return next
-		}
-		p.replyUnavailable(rc.tx, req)
-		return settled
+		return rc.settle()
 	}
 	b := &branch{t: t, out: out, clTx: clTx}
 	rc.branches = append(rc.branches, b)
@@ -172,20 +147,19 @@ func (rc *responseContext) send(t target) outcome {
 // report hands b's responses and its end to the context until its final
 // response or the context's end.
 func (rc *responseContext) report(b *branch) {
-	for {
-		var ev branchEvent
+	for final := false; !final; {
+		var news func() outcome
 		select {
 		case res := <-b.clTx.Responses():
-			ev = branchEvent{b: b, res: res}
+			final = !res.IsProvisional()
+			news = func() outcome { return rc.response(b, res) }
 		case <-b.clTx.Done():
-			ev = branchEvent{b: b, err: b.clTx.Err()}
+			final = true
+			news = func() outcome { return rc.ended(b, b.clTx.Err()) }
 		}
 		select {
-		case rc.events <- ev:
+		case rc.events <- news:
 		case <-rc.quit:
-			return
-		}
-		if ev.res == nil || !ev.res.IsProvisional() {
 			return
 		}
 	}
@@ -197,6 +171,9 @@ func (rc *responseContext) over() bool { return rc.took || isClosed(rc.cancelled
 
 func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 	p, req := rc.p, rc.req
+	if b.done {
+		return pending // terminated meanwhile
+	}
 	if !rc.gotAny {
 		rc.gotAny = true
 		rc.hop = nil
@@ -210,7 +187,7 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 		if res.StatusCode > 100 && !rc.over() {
 			rc.provisional = true
 			if req.IsInvite() && rc.guard == nil {
-				rc.ringing = rc.timerC.restart(p.cfg.TimerC)
+				rc.ringing = time.After(p.cfg.TimerC)
 			}
 			p.relay(rc.tx, req, res)
 		}
@@ -222,14 +199,8 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 		rc.success(b, res)
 		return pending
 	}
-	if res.StatusCode == 503 || res.StatusCode == 408 {
-		// Suspect at once (an immediate probe), also when no other
-		// backend is left to try.
-		p.failed(b.t, "response "+itoa(res.StatusCode))
-		if rc.more && !rc.provisional && !isClosed(rc.cancelled) {
-			p.m.retries.WithLabelValues(b.t.backend, itoa(res.StatusCode)).Inc()
-			return next
-		}
+	if (res.StatusCode == 503 || res.StatusCode == 408) && rc.giveUp(b.t, itoa(res.StatusCode), "response "+itoa(res.StatusCode)) {
+		return next
 	}
 	if b.t.backend != "" && (res.StatusCode == 401 || res.StatusCode == 407) {
 		p.challenged.put(req.CallID().Value(), b.t.backend)
@@ -275,6 +246,9 @@ func (rc *responseContext) success(b *branch, res *sip.Response) {
 
 // ended handles b's transaction ending without a final response.
 func (rc *responseContext) ended(b *branch, err error) outcome {
+	if b.done {
+		return pending
+	}
 	b.done = true
 	rc.live--
 	timeout := errors.Is(err, sip.ErrTransactionTimeout)
@@ -282,13 +256,22 @@ func (rc *responseContext) ended(b *branch, err error) outcome {
 	if timeout {
 		reason = "timeout"
 	}
-	rc.p.failed(b.t, reason+": "+errString(err))
 	rc.lost, rc.timedOut = true, rc.timedOut || timeout
-	if rc.more && !rc.provisional && !isClosed(rc.cancelled) {
-		rc.p.m.retries.WithLabelValues(b.t.backend, reason).Inc()
+	if rc.giveUp(b.t, reason, reason+": "+errString(err)) {
 		return next
 	}
 	return pending
+}
+
+// giveUp reports the failure of t (a backend is suspected at once, also
+// when none is left to try) and whether to retry the next target.
+func (rc *responseContext) giveUp(t target, label, reason string) bool {
+	rc.p.failed(t, reason)
+	if !rc.more || rc.provisional || isClosed(rc.cancelled) {
+		return false
+	}
+	rc.p.m.retries.WithLabelValues(t.backend, label).Inc()
+	return true
 }
 
 // hopExpired handles a backend that sent not even 100 Trying within
@@ -303,15 +286,12 @@ func (rc *responseContext) hopExpired(b *branch) outcome {
 		return pending
 	}
 	// The backend is dead or hung. Give up on it without a CANCEL (none may
-	// be sent before a provisional).
-	rc.terminate("no response within hop_timeout")
-	if isClosed(rc.cancelled) {
-		return settled
+	// be sent before a provisional): the next backend, or 503 when none is left.
+	rc.terminate("")
+	if rc.giveUp(b.t, "hop_timeout", "no response within hop_timeout") || !isClosed(rc.cancelled) {
+		return next
 	}
-	if rc.more {
-		p.m.retries.WithLabelValues(b.t.backend, "hop_timeout").Inc()
-	}
-	return next // the next backend, or 503 when none is left
+	return settled
 }
 
 // settle answers the caller once every branch has ended without a 2xx:
@@ -397,23 +377,4 @@ func better(a, b *sip.Response) bool {
 		return true
 	}
 	return ac < bc
-}
-
-// ringTimer is RFC 3261's Timer C of one response context: created by the
-// first provisional, restarted by each later one.
-type ringTimer struct{ t *time.Timer }
-
-func (c *ringTimer) restart(d time.Duration) <-chan time.Time {
-	if c.t == nil {
-		c.t = time.NewTimer(d)
-	} else {
-		c.t.Reset(d)
-	}
-	return c.t.C
-}
-
-func (c *ringTimer) stop() {
-	if c.t != nil {
-		c.t.Stop()
-	}
 }

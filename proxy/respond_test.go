@@ -301,7 +301,7 @@ func TestResponseContext(t *testing.T) {
 			req.SetSource("127.0.0.9:5060")
 			go func() {
 				defer close(h.finished)
-				p.forward(req, h.caller, slices.Clone(tc.targets), tc.retry, nil)
+				p.forward(req, h.caller, slices.Clone(tc.targets), tc.retry)
 			}()
 			caller(100)(h) // the proxy's own Trying
 			for _, s := range tc.play {

@@ -466,13 +466,21 @@ func (r *Registrar) Lookup(aor string) ([]Binding, error) {
 }
 
 // Reach calls each with the Contact, received address and transport of
-// every live binding of uri, best first, with Lookup's errors.
-func (r *Registrar) Reach(uri string, each func(contact string, from netip.AddrPort, transport string)) error {
+// every live binding of uri, best first (see Lookup). registered is false
+// for a uri never registered (ErrUnknownAOR), true with no call of each
+// for one with no live binding (ErrNoBinding).
+func (r *Registrar) Reach(uri string, each func(contact string, from netip.AddrPort, transport string)) (registered bool, err error) {
 	bs, err := r.Lookup(uri)
 	for _, b := range bs {
 		each(b.Contact, b.Source.Addr, b.Source.Transport)
 	}
-	return err
+	switch {
+	case errors.Is(err, ErrUnknownAOR):
+		return false, nil
+	case errors.Is(err, ErrNoBinding):
+		return true, nil
+	}
+	return true, err
 }
 
 // lookupContactUser serves a request URI carrying a Contact's user part
