@@ -357,7 +357,7 @@ func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Du
 	detect, what, note, evErr := event()
 	ev.Detect, ev.Detected, ev.Note = detect, what, note
 	if code := caller.Wait(90 * time.Second); code < 0 {
-		return ev, fmt.Errorf("caller did not finish within 90 s")
+		return ev, fmt.Errorf("caller did not finish within 90 s or died by a signal; its output: %s", caller.LogPath)
 	}
 	ev.Calls, ev.Failed = sippCounts(caller)
 	for _, c := range sippRTT(caller) {
