@@ -27,6 +27,7 @@ func TestE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkScenario(t, rep, vipMax, false)
+	checkAsteriskLogs(t, l)
 }
 
 // TestE2ECold is the demo's default scenario (`make demo`): the PBXs in cold
@@ -66,6 +67,7 @@ func runCold(t *testing.T, l *Lab) Report {
 		t.Fatal(err)
 	}
 	checkScenario(t, rep, time.Second, true)
+	checkAsteriskLogs(t, l)
 	return rep
 }
 

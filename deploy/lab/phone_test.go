@@ -210,6 +210,44 @@ func (p *testPhone) ack(res *sip.Response, ruri string) {
 	p.send(append(lines, route...), "")
 }
 
+// answer makes the phone a callee: it answers every INVITE to it with 200
+// and an SDP for rtp, every BYE with 200, until the test ends; the INVITEs
+// it got are counted in invites.
+func (p *testPhone) answer(rtp net.PacketConn, invites chan<- *sip.Request) {
+	go func() {
+		for m := range p.msgs {
+			req, ok := m.(*sip.Request)
+			if !ok || (req.Method != sip.INVITE && req.Method != sip.BYE) {
+				continue
+			}
+			var res *sip.Response
+			if req.Method == sip.INVITE {
+				res = sip.NewResponseFromRequest(req, 200, "OK", []byte(sdpOffer(rtp)))
+				res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+				if to := res.To(); to != nil && !to.Params.Has("tag") {
+					to.Params.Add("tag", p.tag)
+				}
+				res.AppendHeader(sip.NewHeader("Contact", p.contact))
+				select {
+				case invites <- req:
+				default:
+				}
+			} else {
+				res = sip.NewResponseFromRequest(req, 200, "OK", nil)
+			}
+			via := req.Via()
+			if via == nil {
+				continue
+			}
+			port := via.Port
+			if port == 0 {
+				port = 5060
+			}
+			_, _ = p.conn.WriteTo([]byte(res.String()), &net.UDPAddr{IP: net.ParseIP(via.Host), Port: port})
+		}
+	}()
+}
+
 // sdpOffer is a PCMU offer for RTP on rtp's port.
 func sdpOffer(rtp net.PacketConn) string {
 	addr := rtp.LocalAddr().(*net.UDPAddr)
@@ -274,7 +312,8 @@ func echoRTP(rtp net.PacketConn, dst *net.UDPAddr, n int) (received int) {
 // 401 challenge and keep their binding; a wrong password gets no 2xx and no
 // binding; a call without credentials is challenged, never answered; a call
 // to the echo extension 600 is challenged, answered, and its RTP goes both
-// ways through hapbx's relay; health has Asterisk's OPTIONS 200 and its AMI
+// ways through hapbx's relay; a call to another phone is Asterisk dialling
+// it through hapbx (Dial to the hapbx endpoint/peer), and the phone answers; health has Asterisk's OPTIONS 200 and its AMI
 // (login, FullyBooted) ready. Needs a real Asterisk ($HAPBX_ASTERISK).
 func TestE2EAsteriskPhones(t *testing.T) {
 	if os.Getenv("HAPBX_ASTERISK") == "" {
@@ -406,12 +445,78 @@ func asteriskPhones(t *testing.T, chanSIP bool) {
 			t.Errorf("BYE answered %d", bye.StatusCode)
 		}
 	})
+	t.Run("Asterisk dials a phone through hapbx", func(t *testing.T) {
+		// 201 calls 202: the dialplan's Dial to the hapbx endpoint sends an
+		// INVITE for 202 to the VIP; hapbx finds 202's binding and the
+		// phone answers.
+		caller, callee := phones[0], phones[1]
+		invites := make(chan *sip.Request, 4)
+		callee.answer(listenRTP(t), invites)
+		rtp := listenRTP(t)
+		ruri, to := "sip:202@"+VIP, "<sip:202@"+VIP+">"
+		caller.callID, caller.tag = randHex(8)+"@hlab-phone", randHex(4)
+		offer := sdpOffer(rtp)
+		res := caller.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp"}, offer, nil)
+		caller.ack(res, ruri)
+		if res.StatusCode != 401 && res.StatusCode != 407 {
+			t.Fatalf("INVITE without credentials answered %d, want 401", res.StatusCode)
+		}
+		res = caller.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp", caller.authorization(res, "INVITE", ruri)}, offer, nil)
+		if res.StatusCode != 200 {
+			t.Fatalf("call 201 -> 202 answered %d, want 200 (Asterisk dialling 202 through hapbx)", res.StatusCode)
+		}
+		target := ruri
+		if c := res.Contact(); c != nil {
+			target = c.Address.String()
+		}
+		caller.ack(res, target)
+		select {
+		case inv := <-invites:
+			t.Logf("202 got INVITE %s from hapbx (Via %s)", inv.Recipient.String(), inv.Via().Host)
+		default:
+			t.Errorf("call answered but phone 202 never got an INVITE")
+		}
+		if bye := caller.transaction("BYE", target, res.To().Value(), routeSet(res), "", nil); bye.StatusCode != 200 {
+			t.Errorf("BYE answered %d", bye.StatusCode)
+		}
+	})
+	checkAsteriskLogs(t, l)
 	if t.Failed() {
 		for _, be := range Backends {
 			if b, err := os.ReadFile(filepath.Join(l.Dir(), be+".log")); err == nil {
 				t.Logf("---- %s log ----\n%s", be, b)
 			}
 		}
+	}
+}
+
+// checkAsteriskLogs fails the test for every ERROR line the lab's PBXs
+// logged (started by the lab: Dir/pbxN.log; by the agents:
+// Dir/svc-pbxN-asterisk.log): deploy/asterisk's files must start clean.
+func checkAsteriskLogs(t *testing.T, l *Lab) {
+	t.Helper()
+	if l.opt.Asterisk == "" {
+		return
+	}
+	var logs []string
+	for _, be := range Backends {
+		logs = append(logs, filepath.Join(l.Dir(), be+".log"), filepath.Join(l.Dir(), "svc-"+be+"-asterisk.log"))
+	}
+	read := 0
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		read++
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "ERROR[") {
+				t.Errorf("%s: %s", filepath.Base(f), line)
+			}
+		}
+	}
+	if read == 0 {
+		t.Errorf("no Asterisk log found in %s", l.Dir())
 	}
 }
 
