@@ -76,7 +76,7 @@ demo: build asterisk-mode
 ## e2e: as root, the lab's end-to-end suite with assertions (issue 5 and the demo scenario);
 ## `make test` runs the same tests (with -race) through `lab`
 e2e: build asterisk-mode
-	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 5m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 10m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
 
 clean:
 	rm -rf bin
