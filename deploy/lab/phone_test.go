@@ -428,6 +428,21 @@ func asteriskPhones(t *testing.T, chanSIP bool) {
 			target = c.Address.String()
 		}
 		p.ack(res, target)
+		// Asterisk retransmits its 200 until the ACK reaches it (RFC 3261
+		// §13.3.1.4): a 200 seen again means the ACK was lost on the way.
+		retrans := 0
+		for wait := time.After(1200 * time.Millisecond); ; {
+			select {
+			case m := <-p.msgs:
+				if r, ok := m.(*sip.Response); ok && r.StatusCode == 200 && r.CSeq() != nil && r.CSeq().SeqNo == res.CSeq().SeqNo {
+					retrans++
+				}
+				continue
+			case <-wait:
+			}
+			break
+		}
+		t.Logf("echo 600: 200 OK retransmitted %d times in the 1.2 s after the ACK", retrans)
 		dst, err := sdpTarget(string(res.Body()))
 		if err != nil {
 			t.Fatal(err)
