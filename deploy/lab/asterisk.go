@@ -72,38 +72,30 @@ func (l *Lab) AsteriskConfigs(be, etc string) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The driver's file, bound to the node's address, with the lab's phones
+	// instead of the examples.
+	conf, bind := "pjsip.conf", "bind="
+	note := "one shared digest user"
+	account := "\n[%[1]s](phone)\naors=%[1]s\nauth=%[1]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n[%[1]s](phone-aor)\n[%[1]s](phone-auth)\nusername=%[2]s\npassword=%[3]s\n"
 	if l.opt.ChanSIP {
-		sipConf, err := read("sip.conf")
-		if err != nil {
-			return nil, err
-		}
-		sipConf = strings.Replace(sipConf, "udpbindaddr=0.0.0.0:5060", fmt.Sprintf("udpbindaddr=%s:%d", Hosts[be], SIPPort), 1)
-		sipConf = dropSections(sipConf, exampleAccount)
-		var b strings.Builder
-		b.WriteString(strings.TrimRight(sipConf, "\n"))
-		b.WriteString("\n\n; The lab's phones (testdata/phones.csv): chan_sip takes the peer's name as the digest user.\n")
-		for _, ext := range phones {
-			fmt.Fprintf(&b, "\n[%[1]s](phone)\nsecret=%[2]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n", ext, PhoneSecret)
-		}
-		files["sip.conf"] = b.String()
+		conf, bind = "sip.conf", "udpbindaddr="
+		note = "chan_sip takes the peer's name as the digest user"
+		account = "\n[%[1]s](phone)\nsecret=%[3]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n"
 		modules = chanSIPModules(modules)
 		files["extensions.conf"] = chanSIPGlobals(files["extensions.conf"])
-	} else {
-		pjsip, err := read("pjsip.conf")
-		if err != nil {
-			return nil, err
-		}
-		pjsip = strings.Replace(pjsip, "bind=0.0.0.0:5060", fmt.Sprintf("bind=%s:%d", Hosts[be], SIPPort), 1)
-		pjsip = dropSections(pjsip, exampleAccount)
-		var b strings.Builder
-		b.WriteString(strings.TrimRight(pjsip, "\n"))
-		b.WriteString("\n\n; The lab's phones (testdata/phones.csv), one shared digest user.\n")
-		for _, ext := range phones {
-			fmt.Fprintf(&b, "\n[%[1]s](phone)\naors=%[1]s\nauth=%[1]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n[%[1]s](phone-aor)\n[%[1]s](phone-auth)\nusername=%[2]s\npassword=%[3]s\n",
-				ext, PhoneUser, PhoneSecret)
-		}
-		files["pjsip.conf"] = b.String()
 	}
+	text, err := read(conf)
+	if err != nil {
+		return nil, err
+	}
+	text = strings.Replace(text, bind+"0.0.0.0:5060", fmt.Sprintf("%s%s:%d", bind, Hosts[be], SIPPort), 1)
+	var b strings.Builder
+	b.WriteString(strings.TrimRight(dropSections(text, exampleAccount), "\n"))
+	fmt.Fprintf(&b, "\n\n; The lab's phones (testdata/phones.csv), %s.\n", note)
+	for _, ext := range phones {
+		fmt.Fprintf(&b, account, ext, PhoneUser, PhoneSecret)
+	}
+	files[conf] = b.String()
 	manager, err := read("manager.conf")
 	if err != nil {
 		return nil, err

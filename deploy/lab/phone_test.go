@@ -248,6 +248,31 @@ func (p *testPhone) answer(rtp net.PacketConn, invites chan<- *sip.Request) {
 	}()
 }
 
+// call places an authenticated call to ext with offer: the INVITE is
+// challenged (401/407, acknowledged), resent with credentials and must be
+// answered 200, which is acknowledged end to end. It returns the 200 and
+// the dialog's remote target.
+func (p *testPhone) call(ext, offer string) (*sip.Response, string) {
+	p.t.Helper()
+	ruri, to := "sip:"+ext+"@"+VIP, "<sip:"+ext+"@"+VIP+">"
+	p.callID, p.tag = randHex(8)+"@hlab-phone", randHex(4)
+	res := p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp"}, offer, nil)
+	p.ack(res, ruri)
+	if res.StatusCode != 401 && res.StatusCode != 407 {
+		p.t.Fatalf("INVITE %s without credentials answered %d, want a challenge", ext, res.StatusCode)
+	}
+	res = p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp", p.authorization(res, "INVITE", ruri)}, offer, nil)
+	if res.StatusCode != 200 {
+		p.t.Fatalf("INVITE %s with credentials answered %d, want 200", ext, res.StatusCode)
+	}
+	target := ruri
+	if c := res.Contact(); c != nil {
+		target = c.Address.String()
+	}
+	p.ack(res, target)
+	return res, target
+}
+
 // sdpOffer is a PCMU offer for RTP on rtp's port.
 func sdpOffer(rtp net.PacketConn) string {
 	addr := rtp.LocalAddr().(*net.UDPAddr)
@@ -411,23 +436,7 @@ func asteriskPhones(t *testing.T, chanSIP bool) {
 	t.Run("echo 600 through the relay", func(t *testing.T) {
 		p := phones[1]
 		rtp := listenRTP(t)
-		ruri, to := "sip:600@"+VIP, "<sip:600@"+VIP+">"
-		p.callID, p.tag = randHex(8)+"@hlab-phone", randHex(4)
-		offer := sdpOffer(rtp)
-		res := p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp"}, offer, nil)
-		p.ack(res, ruri)
-		if res.StatusCode != 401 && res.StatusCode != 407 {
-			t.Fatalf("INVITE without credentials answered %d, want 401", res.StatusCode)
-		}
-		res = p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp", p.authorization(res, "INVITE", ruri)}, offer, nil)
-		if res.StatusCode != 200 {
-			t.Fatalf("INVITE with credentials answered %d, want 200", res.StatusCode)
-		}
-		target := ruri
-		if c := res.Contact(); c != nil {
-			target = c.Address.String()
-		}
-		p.ack(res, target)
+		res, target := p.call("600", sdpOffer(rtp))
 		// Asterisk retransmits its 200 until the ACK reaches it (RFC 3261
 		// §13.3.1.4): a 200 seen again means the ACK was lost on the way.
 		retrans := 0
@@ -467,24 +476,7 @@ func asteriskPhones(t *testing.T, chanSIP bool) {
 		caller, callee := phones[0], phones[1]
 		invites := make(chan *sip.Request, 4)
 		callee.answer(listenRTP(t), invites)
-		rtp := listenRTP(t)
-		ruri, to := "sip:202@"+VIP, "<sip:202@"+VIP+">"
-		caller.callID, caller.tag = randHex(8)+"@hlab-phone", randHex(4)
-		offer := sdpOffer(rtp)
-		res := caller.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp"}, offer, nil)
-		caller.ack(res, ruri)
-		if res.StatusCode != 401 && res.StatusCode != 407 {
-			t.Fatalf("INVITE without credentials answered %d, want 401", res.StatusCode)
-		}
-		res = caller.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp", caller.authorization(res, "INVITE", ruri)}, offer, nil)
-		if res.StatusCode != 200 {
-			t.Fatalf("call 201 -> 202 answered %d, want 200 (Asterisk dialling 202 through hapbx)", res.StatusCode)
-		}
-		target := ruri
-		if c := res.Contact(); c != nil {
-			target = c.Address.String()
-		}
-		caller.ack(res, target)
+		res, target := caller.call("202", sdpOffer(listenRTP(t)))
 		select {
 		case inv := <-invites:
 			t.Logf("202 got INVITE %s from hapbx (Via %s)", inv.Recipient.String(), inv.Via().Host)
