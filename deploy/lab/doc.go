@@ -51,11 +51,13 @@
 // Options.ChanSIP chan_sip with sip.conf (modules.conf and extensions.conf
 // switched as their comments say). The proxies and agents log in to that
 // AMI, and the callers' INVITEs are challenged and authenticated as
-// phones' are. TestE2E and TestE2ECold run the scenario on it (chan_pjsip:
-// the SIPp phones share one digest user, which chan_sip refuses);
+// phones' are. TestE2E and TestE2ECold run the scenario on chan_pjsip,
+// TestE2EChanSIP and TestE2EColdChanSIP on chan_sip (one SIPp per phone
+// there: chan_sip takes the peer's name as the digest user, and the one
+// SIPp of pjsip mode shares a user among its phones);
 // TestE2EAsteriskPhones checks, on both drivers, what Asterisk does
-// through hapbx with Go softphones of their own credentials; all three
-// fail on an ERROR line in Asterisk's log. Tests that rely on SIPp's
+// through hapbx with Go softphones of their own credentials; all of them
+// fail on an ERROR line in Asterisk's start-up log. Tests that rely on SIPp's
 // behaviour set Options.SIPpBackends. Where no asterisk exists,
 // TestE2EAsteriskStandIn runs this mode against a stand-in
 // (asterisk_standin_test.go) that reads the rendered files and serves SIP

@@ -341,17 +341,24 @@ func echoRTP(rtp net.PacketConn, dst *net.UDPAddr, n int) (received int) {
 // it through hapbx (Dial to the hapbx endpoint/peer), and the phone answers; health has Asterisk's OPTIONS 200 and its AMI
 // (login, FullyBooted) ready. Needs a real Asterisk ($HAPBX_ASTERISK).
 func TestE2EAsteriskPhones(t *testing.T) {
-	if os.Getenv("HAPBX_ASTERISK") == "" {
-		if _, err := exec.LookPath("asterisk"); err != nil {
-			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH): TestE2EAsteriskStandIn runs the stand-in instead")
-		}
-	}
+	requireAsterisk(t)
 	for _, chanSIP := range []bool{false, true} {
 		name := "chan_pjsip"
 		if chanSIP {
 			name = "chan_sip"
 		}
 		t.Run(name, func(t *testing.T) { asteriskPhones(t, chanSIP) })
+	}
+}
+
+// requireAsterisk skips a test that needs a real Asterisk where there is
+// none.
+func requireAsterisk(t *testing.T) {
+	t.Helper()
+	if os.Getenv("HAPBX_ASTERISK") == "" {
+		if _, err := exec.LookPath("asterisk"); err != nil {
+			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH): TestE2EAsteriskStandIn runs the stand-in instead")
+		}
 	}
 }
 
