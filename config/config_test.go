@@ -155,11 +155,9 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// The cluster key file is checked by check-config, not only at start.
-func TestClusterSecretFileChecked(t *testing.T) {
-	dir := t.TempDir()
-	withCluster := func(secret string) string {
-		return minimal + `
+// withCluster is minimal with a cluster whose gossip key is the file secret.
+func withCluster(secret string) string {
+	return minimal + `
 cluster:
   peers:
     - {name: proxy1, gossip: "127.0.0.1:7946", raft: "127.0.0.1:7947"}
@@ -168,7 +166,11 @@ cluster:
   secret_file: ` + secret + `
   vip: {address: 10.0.0.13/24, interface: eth0}
 `
-	}
+}
+
+// The cluster key file is checked by check-config, not only at start.
+func TestClusterSecretFileChecked(t *testing.T) {
+	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.key")
 	if _, err := Parse("x.yaml", []byte(withCluster(missing))); err == nil || !strings.Contains(err.Error(), "x.yaml: cluster.secret_file:") {
 		t.Fatalf("missing key file: %v", err)
@@ -204,15 +206,7 @@ func TestDialogSecretFileChecked(t *testing.T) {
 	dir := t.TempDir()
 	keyring := filepath.Join(dir, "gossip.key")
 	os.WriteFile(keyring, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600)
-	cluster := minimal + `
-cluster:
-  peers:
-    - {name: proxy1, gossip: "127.0.0.1:7946", raft: "127.0.0.1:7947"}
-    - {name: proxy2, gossip: "127.0.0.2:7946", raft: "127.0.0.2:7947"}
-    - {name: witness, gossip: "127.0.0.3:7946", raft: "127.0.0.3:7947"}
-  secret_file: ` + keyring + `
-  vip: {address: 10.0.0.13/24, interface: eth0}
-`
+	cluster := withCluster(keyring)
 	short := filepath.Join(dir, "short.key")
 	os.WriteFile(short, []byte("tooshort\n"), 0o600)
 	cases := []struct {
