@@ -824,7 +824,7 @@ func TestExampleClusterEnabled(t *testing.T) {
 	}
 	text = strings.Replace(text, m[0], "  "+m[1]+"\n"+strings.ReplaceAll(m[2], "  #   - ", "    - "), 1)
 	// Keys shown empty with their example beside them: `key: ""  # example: VALUE`.
-	for _, key := range []string{"secret_file", "address"} {
+	for _, key := range []string{"secret_file", "address", "dialog_secret_file"} {
 		re := regexp.MustCompile(`(?m)^(  +` + key + `: )"" +# example: ([^\s;]+).*$`)
 		if len(re.FindAllString(text, -1)) != 1 {
 			t.Fatalf("cluster: want exactly one `%s: \"\"  # example: VALUE` line", key)
@@ -837,6 +837,8 @@ func TestExampleClusterEnabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	text = regexp.MustCompile(`(?m)^(  secret_file: ).*$`).ReplaceAllString(text, "${1}"+key)
+	// Any 16 bytes or more make a dialog token key.
+	text = regexp.MustCompile(`(?m)^(  dialog_secret_file: ).*$`).ReplaceAllString(text, "${1}"+key)
 	f, err := config.Parse("hapbx.example.yaml (cluster on)", []byte(text))
 	if err != nil {
 		t.Fatalf("the example with its cluster example filled in:\n%v", err)
@@ -957,6 +959,11 @@ func TestClassicPairConfigLoads(t *testing.T) {
 		if filepath.Base(c.SecretFile) != filepath.Base(p1.SecretFile) {
 			t.Errorf("%s: cluster.secret_file %s, proxy1 %s: the same key on every voter", f, c.SecretFile, p1.SecretFile)
 		}
+	}
+	// Both proxies key the dialog tokens alike, or the twin that takes the
+	// VIP refuses the calls in progress.
+	if d1, d2 := cp.proxies[0].SIP.DialogSecretFile, cp.proxies[1].SIP.DialogSecretFile; d1 == "" || filepath.Base(d1) != filepath.Base(d2) {
+		t.Errorf("sip.dialog_secret_file %q and %q: both proxies need the same file", d1, d2)
 	}
 	var peerNames []string
 	for _, p := range p1.Peers {

@@ -307,7 +307,12 @@ func (l *coldLab) startProxy(fenceFails bool) *daemon {
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	var b strings.Builder
-	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\nbackends:\n", d.sip, proxyIP)
+	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\n", d.sip, proxyIP)
+	if l.cluster != nil {
+		// Required with a cluster; the gossip key file serves (>= 16 bytes).
+		fmt.Fprintf(&b, "  dialog_secret_file: %q\n", l.cluster.key)
+	}
+	b.WriteString("backends:\n")
 	for _, n := range []string{"A", "B"} {
 		nd := l.nodes[n]
 		url := fmt.Sprintf("url: %q\n      ", "http://"+nd.api)

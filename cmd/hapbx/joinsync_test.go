@@ -184,7 +184,8 @@ func (l *joinLab) startProxy(i int) *daemon {
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1"))
 	rc := l.registrarConfig(p.Name)
 	var b strings.Builder
-	fmt.Fprintf(&b, "node: {name: %s}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\n  drain_timeout: 2s\n", p.Name, d.sip, ip)
+	// dialog_secret_file is required with a cluster; the gossip key serves.
+	fmt.Fprintf(&b, "node: {name: %s}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\n  drain_timeout: 2s\n  dialog_secret_file: %q\n", p.Name, d.sip, ip, l.key)
 	fmt.Fprintf(&b, "backends:\n  - {name: asterisk1, address: %q, transport: udp}\n", l.backend)
 	fmt.Fprintf(&b, "registrar: {data_dir: %q, domains: [%s]}\n", rc.DataDir, joinDomain)
 	fmt.Fprintf(&b, "admin: {listen: %q}\nlog: {level: info, format: json}\n", strings.TrimPrefix(d.admin, "http://"))
