@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 func validAgentConfig() Config {
@@ -100,7 +102,7 @@ func TestAgentInfoRequired(t *testing.T) {
 func agentConfig(t *testing.T, cfgs []Config, name, key string) Config {
 	c := DefaultConfig()
 	c.Name = name
-	c.Bind = "127.0.0.1:" + strconv.Itoa(freePort(t))
+	c.Bind = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	c.SecretFile = key
 	c.DataDir = ""
 	for i, v := range cfgs {

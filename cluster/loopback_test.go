@@ -13,20 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
-
-// freePort returns a port on 127.0.0.1 free for TCP and UDP, reserved for
-// this test process.
-func freePort(t *testing.T) int {
-	t.Helper()
-	return sipptest.FreePort(t, "127.0.0.1")
-}
 
 func writeKey(t *testing.T, dir string, b byte) string {
 	k := make([]byte, 32)
@@ -46,8 +39,8 @@ func loopbackTrio(t *testing.T, keys [3]string) []Config {
 	dir := t.TempDir()
 	var peers []Peer
 	for i := 0; i < 3; i++ {
-		peers = append(peers, Peer{Name: "w" + strconv.Itoa(i), Gossip: "127.0.0.1:" + strconv.Itoa(freePort(t)),
-			Raft: "127.0.0.1:" + strconv.Itoa(freePort(t))})
+		peers = append(peers, Peer{Name: "w" + strconv.Itoa(i), Gossip: "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")),
+			Raft: "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))})
 	}
 	var cfgs []Config
 	for i := 0; i < 3; i++ {

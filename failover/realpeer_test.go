@@ -8,7 +8,7 @@ import (
 
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -23,9 +23,9 @@ func TestFailoverWithRealChecker(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			ip := sipptest.RandomIP()
-			pbx1 := sipptest.Start(t, ip, 0, 200, "udp")
-			pbx2 := sipptest.Start(t, ip, 0, 200, "udp")
+			ip := testkit.RandomIP()
+			pbx1 := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
+			pbx2 := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
 			hcfg := health.DefaultConfig()
 			hcfg.Require = []string{health.CheckSIP}
 			log := zaptest.NewLogger(t)

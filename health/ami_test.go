@@ -10,7 +10,7 @@ import (
 
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/health/amitest"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -122,7 +122,7 @@ func TestAMIClientStuckAndNoServer(t *testing.T) {
 // backend is down within 2 s, and comes back when AMI recovers.
 func TestCheckerAMIStuckWhileSIPAnswers(t *testing.T) {
 	t.Parallel()
-	uas := sipptest.Start(t, sipptest.RandomIP(), 0, 200, "udp")
+	uas := testkit.StartOptionsUAS(t, testkit.RandomIP(), 0, 200, "udp")
 	srv := amitest.New(t, "hapbx", "pw")
 	c, reg := run(t, health.DefaultConfig(), []health.Target{{
 		Name: "pbx", Address: uas.Addr(),
@@ -153,9 +153,9 @@ func TestCheckerAMIStuckWhileSIPAnswers(t *testing.T) {
 // settings needs only SIP even when both are required.
 func TestCheckerSIPDeadWhileAMIAnswers(t *testing.T) {
 	t.Parallel()
-	ip := sipptest.RandomIP()
-	uas := sipptest.Start(t, ip, 0, 200, "udp")
-	plain := sipptest.Start(t, ip, 0, 200, "udp")
+	ip := testkit.RandomIP()
+	uas := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
+	plain := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
 	srv := amitest.New(t, "hapbx", "pw")
 	c, _ := run(t, health.DefaultConfig(), []health.Target{
 		{Name: "pbx", Address: uas.Addr(), AMI: &health.AMITarget{Address: srv.Addr(), Username: "hapbx", Secret: "pw"}},
@@ -176,7 +176,7 @@ func TestCheckerSIPDeadWhileAMIAnswers(t *testing.T) {
 // A manager that never says FullyBooted keeps the backend from going up.
 func TestCheckerNotBootedIsNotUp(t *testing.T) {
 	t.Parallel()
-	uas := sipptest.Start(t, sipptest.RandomIP(), 0, 200, "udp")
+	uas := testkit.StartOptionsUAS(t, testkit.RandomIP(), 0, 200, "udp")
 	srv := amitest.New(t, "hapbx", "pw")
 	srv.SetBooted(false)
 	c, _ := run(t, health.DefaultConfig(), []health.Target{{

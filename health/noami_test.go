@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -26,8 +26,8 @@ func TestRequireAMIWithoutAMISettings(t *testing.T) {
 	cfg.Timeout = 50 * time.Millisecond
 	// Nothing answers SIP there: probes fail fast, which is fine; what is
 	// checked is what the status says about AMI.
-	ip := sipptest.RandomIP()
-	addr := net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip)))
+	ip := testkit.RandomIP()
+	addr := net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip)))
 	targets := []health.Target{
 		{Name: "pbx1", Address: addr, AMI: &health.AMITarget{Address: addr, Username: "u", Secret: "s"}},
 		{Name: "pbx2", Address: addr},

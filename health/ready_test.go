@@ -8,15 +8,15 @@ import (
 
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/health/amitest"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap/zaptest"
 )
 
 // The agent's readiness: SIP answered AND AMI FullyBooted, each alone is
 // not enough.
 func TestReadyCheckNeedsSIPAndFullyBooted(t *testing.T) {
-	ip := sipptest.RandomIP()
-	uas := sipptest.Start(t, ip, 0, 404, "udp") // Asterisk's 404 to a user-less OPTIONS is alive
+	ip := testkit.RandomIP()
+	uas := testkit.StartOptionsUAS(t, ip, 0, 404, "udp") // Asterisk's 404 to a user-less OPTIONS is alive
 	srv := amitest.New(t, "hapbx", "pw")
 	srv.SetBooted(false)
 	cfg := health.DefaultConfig()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -12,15 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
-
-// freePorts returns an even port p such that p..p+n-1 are free UDP ports on
-// ip, reserved for this test process.
-func freePorts(t *testing.T, ip string, n int) int {
-	t.Helper()
-	return sipptest.FreePorts(t, ip, n)
-}
 
 // TestSIPpMediaThroughRelay runs two real SIPp peers: a UAC that plays a
 // G.711 pcap (the caller, leg A) and a UAS that echoes RTP (the callee, leg
@@ -30,14 +24,14 @@ func freePorts(t *testing.T, ip string, n int) int {
 // back through the relay to wherever the UAC really sends from (latched:
 // the offer deliberately names a wrong port, as a NAT would).
 func TestSIPpMediaThroughRelay(t *testing.T) {
-	sipp := sipptest.Require(t) // fails in CI, which installs it
-	pcapG711a := sipptest.RequirePCAP(t)
+	sipp := testkit.RequireSIPp(t) // fails in CI, which installs it
+	pcapG711a := testkit.RequirePCAP(t)
 	r, _ := newTestRelay(t, "30000-30099", nil)
 	const ip = "127.0.0.1"
-	sipUAS := freePorts(t, ip, 1)
-	sipUAC := freePorts(t, ip, 1)
-	uasMedia := freePorts(t, ip, 4) // -rtp_echo binds mp and mp+2
-	uacMedia := freePorts(t, ip, 4)
+	sipUAS := testkit.FreePorts(t, ip, 1)
+	sipUAC := testkit.FreePorts(t, ip, 1)
+	uasMedia := testkit.FreePorts(t, ip, 4) // -rtp_echo binds mp and mp+2
+	uacMedia := testkit.FreePorts(t, ip, 4)
 
 	// Leg A's offer as the UAC scenario sends it, but with the port a NAT
 	// would have rewritten away: the relay must latch the real source.
@@ -65,7 +59,7 @@ func TestSIPpMediaThroughRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = uas.Process.Kill(); _ = uas.Wait() })
-	time.Sleep(300 * time.Millisecond) // let the UAS bind before the INVITE
+	testkit.WaitListening(t, "udp", net.JoinHostPort(ip, strconv.Itoa(sipUAS)), 5*time.Second) // the UAS bound before the INVITE
 
 	uac := exec.CommandContext(ctx, sipp, "-sf", filepath.Join("testdata", "uac_media.xml"),
 		fmt.Sprintf("%s:%d", ip, sipUAS), "-s", "echo",

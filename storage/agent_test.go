@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // Node A runs the group; its service and agent are SIGKILLed; B refuses
@@ -22,7 +24,7 @@ import (
 func TestFailoverNeverTwoPrimaries(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa, pb := freePort(t), freePort(t)
+	pa, pb := testkit.FreePort(t, "127.0.0.1"), testkit.FreePort(t, "127.0.0.1")
 	a := c.start("A", c.config("A", pa), pa)
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
@@ -101,7 +103,7 @@ func TestFenceFailureBlocksPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "B") // A's host is dead, its last known role Primary
 	c.write("role.A", RolePrimary)
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("B", pb)
 	cfg.Fence.Command = c.fenceCommand("A", true)
 	b := c.start("B", cfg, pb)
@@ -131,7 +133,7 @@ func TestFenceFailureBlocksPromotion(t *testing.T) {
 func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
@@ -186,7 +188,7 @@ func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 func TestFailedMountRollsBack(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("A", pa)
 	cfg.Filesystem.Type = "hapbxnosuchfs"
 	a := c.start("A", cfg, pa)
@@ -223,7 +225,7 @@ func TestFailedMountRollsBack(t *testing.T) {
 func TestNotReadyRollsBack(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa, elsewhere := freePort(t), freePort(t)
+	pa, elsewhere := testkit.FreePort(t, "127.0.0.1"), testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("A", pa)
 	cfg.ReadyTimeout = 500 * time.Millisecond
 	a := c.start("A", cfg, elsewhere) // the readiness check probes a port nothing answers
@@ -241,7 +243,7 @@ func TestNotReadyRollsBack(t *testing.T) {
 func TestControlAPIAuth(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	for _, tok := range []string{"", "wrong"} {
@@ -287,7 +289,7 @@ func metric(t *testing.T, nd *node, name string) string {
 func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	if _, err := a.client.Start(ctx, StartOptions{}); err != nil {
@@ -322,7 +324,7 @@ func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
 func TestPeerDisconnectFencer(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
@@ -363,7 +365,7 @@ func readFile(t *testing.T, p string) string {
 func TestSystemdUnit(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("A", pa)
 	cfg.Service = ServiceConfig{Unit: "asterisk.service", Timeout: 5 * time.Second}
 	sippCmd := fmt.Sprintf("sipp -sf %s -i 127.0.0.1 -p %d -nostdin", filepath.Join(filepath.Dir(c.bin), "uas_options.xml"), pa)
@@ -413,7 +415,7 @@ func readFileIf(p string) string {
 func TestOutdatedDiskRefusesPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 

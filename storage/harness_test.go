@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -140,13 +140,6 @@ func randHex() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// freePort returns a port on 127.0.0.1 free for UDP and TCP, reserved for
-// this test process.
-func freePort(t *testing.T) int {
-	t.Helper()
-	return sipptest.FreePort(t, "127.0.0.1")
 }
 
 // cluster is the shared DRBD stand-in state of node A and node B.
@@ -276,7 +269,7 @@ func (c *cluster) start(n string, cfg Config, sipPort int, env ...string) *node 
 	if err != nil {
 		t.Fatal(err)
 	}
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1"))
 	nd := &node{name: n, cfg: cfg, sipAddr: fmt.Sprintf("127.0.0.1:%d", sipPort), base: "http://" + listen, logPath: filepath.Join(c.dir, "agent-"+n+".log")}
 	nd.client = Client{BaseURL: nd.base, Token: c.token, HTTP: &http.Client{Timeout: 30 * time.Second}}
 	logf, err := os.Create(nd.logPath)

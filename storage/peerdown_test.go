@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // stepOps lists a report's steps as "step/op".
@@ -46,7 +48,7 @@ func countCalls(calls []call, node, what string, exit int) int {
 func TestPeerDownSkipsFenceCommand(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "B") // A is off
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
@@ -128,7 +130,7 @@ func TestPeerDownSkipsSafetyDelay(t *testing.T) {
 	needRoot(t)
 	const delay = 3 * time.Second
 	c := newCluster(t, "B") // A is off
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("B", pb)
 	cfg.Fence = FenceConfig{Timeout: 5 * time.Second, SafetyDelay: delay}
 	b := c.start("B", cfg, pb)

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health/amitest"
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/storage"
 )
 
@@ -57,7 +57,7 @@ func needCold(t testing.TB) {
 			t.Skipf("needs %s on PATH: %v", tool, err)
 		}
 	}
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 }
 
 var coldIPs = map[string]string{"A": be1IP, "B": be2IP}
@@ -154,9 +154,9 @@ func (l *coldLab) addNode(n string, fenceFails bool) *pbxNode {
 	t.Helper()
 	ip := coldIPs[n]
 	nd := &pbxNode{name: n, backend: map[string]string{"A": "asterisk1", "B": "asterisk2"}[n],
-		sip:     net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip))),
-		ami:     "127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1")),
-		api:     "127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1")),
+		sip:     net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip))),
+		ami:     "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")),
+		api:     "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")),
 		cfgPath: filepath.Join(l.dir, "agent-"+n+".yaml"),
 		logPath: filepath.Join(l.dir, "agent-"+n+".log"),
 	}
@@ -302,8 +302,8 @@ func (l *coldLab) startProxy(fenceFails bool) *daemon {
 	t := l.t
 	t.Helper()
 	d := &daemon{done: make(chan error, 1), config: filepath.Join(l.dir, "hapbx.yaml")}
-	sipPort := sipptest.FreePort(t, proxyIP)
-	adminPort := sipptest.FreePort(t, "127.0.0.1")
+	sipPort := testkit.FreePort(t, proxyIP)
+	adminPort := testkit.FreePort(t, "127.0.0.1")
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	var b strings.Builder
@@ -398,7 +398,7 @@ func (l *coldLab) hapbx(args ...string) (string, error) {
 // succeed.
 func (l *coldLab) calls(n int) {
 	l.t.Helper()
-	phone := sipptest.Start(l.t, phoneIP, sipptest.FreePort(l.t, phoneIP), "-sf", scenarioPath("uac_call.xml"),
+	phone := testkit.StartSIPp(l.t, phoneIP, testkit.FreePort(l.t, phoneIP), "-sf", scenarioPath("uac_call.xml"),
 		"-s", "202", "-m", strconv.Itoa(n), "-r", "20", "-timeout", "15s", "-timeout_error", l.proxy.sip)
 	if code := phone.Wait(20 * time.Second); code != 0 {
 		l.t.Fatalf("calls through the proxy failed (exit %d)\n%s", code, phone.Output())

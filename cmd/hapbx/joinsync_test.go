@@ -20,7 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/cluster"
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/registrar"
 )
 
@@ -73,10 +73,10 @@ func newJoinLab(t testing.TB) *joinLab {
 	}
 	for _, v := range []struct{ name, ip string }{{"pa", joinAIP}, {"pb", joinBIP}, {"w", joinWIP}} {
 		l.peers = append(l.peers, cluster.Peer{Name: v.name,
-			Gossip: net.JoinHostPort(v.ip, strconv.Itoa(sipptest.FreePort(t, v.ip))),
-			Raft:   net.JoinHostPort(v.ip, strconv.Itoa(sipptest.FreePort(t, v.ip)))})
+			Gossip: net.JoinHostPort(v.ip, strconv.Itoa(testkit.FreePort(t, v.ip))),
+			Raft:   net.JoinHostPort(v.ip, strconv.Itoa(testkit.FreePort(t, v.ip)))})
 	}
-	l.backend = net.JoinHostPort(joinBackIP, strconv.Itoa(sipptest.FreePort(t, joinBackIP)))
+	l.backend = net.JoinHostPort(joinBackIP, strconv.Itoa(testkit.FreePort(t, joinBackIP)))
 	// A proxy killed by the test leaves the VIP on lo: remove it last.
 	t.Cleanup(func() { _ = exec.Command("ip", "addr", "del", joinVIP, "dev", "lo").Run() })
 	w := l.peers[2]
@@ -180,8 +180,8 @@ func (l *joinLab) startProxy(i int) *daemon {
 	p := l.peers[i]
 	ip, _, _ := net.SplitHostPort(p.Gossip)
 	d := &daemon{done: make(chan error, 1), config: filepath.Join(l.dir, p.Name+".yaml")}
-	d.sip = net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip)))
-	d.admin = "http://127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1"))
+	d.sip = net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip)))
+	d.admin = "http://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	rc := l.registrarConfig(p.Name)
 	var b strings.Builder
 	fmt.Fprintf(&b, "node: {name: %s}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\n  drain_timeout: 2s\n", p.Name, d.sip, ip)

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 const (
@@ -89,7 +89,7 @@ func TestCheckConfigListsEveryProblem(t *testing.T) {
 
 type daemon struct {
 	cmd    *exec.Cmd
-	log    sipptest.Buffer
+	log    testkit.Buffer
 	done   chan error
 	sip    string
 	admin  string
@@ -119,8 +119,8 @@ func startDaemon(t testing.TB, backends ...string) *daemon {
 func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
 	t.Helper()
 	d := &daemon{done: make(chan error, 1), config: filepath.Join(t.TempDir(), "hapbx.yaml")}
-	sipPort := sipptest.FreePort(t, proxyIP)
-	adminPort := sipptest.FreePort(t, "127.0.0.1")
+	sipPort := testkit.FreePort(t, proxyIP)
+	adminPort := testkit.FreePort(t, "127.0.0.1")
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	writeConfig(t, d.config, sipPort, adminPort, extra, backends...)
@@ -221,8 +221,8 @@ func backendAddrs(s map[string]any) []string {
 }
 
 func TestSIGHUPReloadsBackends(t *testing.T) {
-	a1 := net.JoinHostPort(be1IP, strconv.Itoa(sipptest.FreePort(t, be1IP)))
-	a2 := net.JoinHostPort(be2IP, strconv.Itoa(sipptest.FreePort(t, be2IP)))
+	a1 := net.JoinHostPort(be1IP, strconv.Itoa(testkit.FreePort(t, be1IP)))
+	a2 := net.JoinHostPort(be2IP, strconv.Itoa(testkit.FreePort(t, be2IP)))
 	d := startDaemon(t, a1)
 	if got := backendAddrs(d.status(t)); len(got) != 1 || got[0] != a1 {
 		t.Fatalf("backends before reload: %v", got)
@@ -257,22 +257,22 @@ func TestSIGHUPReloadsBackends(t *testing.T) {
 // and completes; a new call during the drain gets 503; hapbx exits 0 within
 // the drain bound.
 func TestSIGTERMDrains(t *testing.T) {
-	sipptest.Require(t)
-	bePort := sipptest.FreePort(t, be1IP)
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_slow.xml"))
+	testkit.RequireSIPp(t)
+	bePort := testkit.FreePort(t, be1IP)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenarioPath("uas_slow.xml"))
 	beAddr := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
-	sipptest.WaitListening(t, "udp", beAddr, 3*time.Second)
+	testkit.WaitListening(t, "udp", beAddr, 3*time.Second)
 	d := startDaemon(t, beAddr)
 	d.waitActive(t, "asterisk1")
 
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_answered.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_answered.xml"),
 		"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", d.sip)
 	time.Sleep(500 * time.Millisecond) // ringing now
 	start := time.Now()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	time.Sleep(200 * time.Millisecond)
 
-	late := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sn", "uac", "-s", "203", "-m", "1",
+	late := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sn", "uac", "-s", "203", "-m", "1",
 		"-timeout", "5s", d.sip)
 	late.Wait(10 * time.Second)
 	if !strings.Contains(late.Output(), "503") {
@@ -314,11 +314,11 @@ func containsAll(s string, subs ...string) bool {
 // their health, the active one, the cluster, registrations and dialogs;
 // --json gives the API's document.
 func TestStatusCommand(t *testing.T) {
-	sipptest.Require(t)
-	p1 := sipptest.FreePort(t, be1IP)
-	sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
+	testkit.RequireSIPp(t)
+	p1 := testkit.FreePort(t, be1IP)
+	testkit.StartSIPp(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
 	a1 := net.JoinHostPort(be1IP, strconv.Itoa(p1))
-	a2 := net.JoinHostPort(be2IP, strconv.Itoa(sipptest.FreePort(t, be2IP))) // nothing there: down
+	a2 := net.JoinHostPort(be2IP, strconv.Itoa(testkit.FreePort(t, be2IP))) // nothing there: down
 	d := startDaemon(t, a1, a2)
 	d.waitActive(t, "asterisk1")
 	d.waitState(t, "asterisk2", "down", 5*time.Second)
