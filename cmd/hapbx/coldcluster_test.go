@@ -154,5 +154,5 @@ func TestColdAgentsJoinCluster(t *testing.T) {
 		return false
 	})
 	l.calls(2)
-	neverTwoPrimaries(t, l.drbdCalls())
+	testkit.NeverTwoPrimaries(t, l.drbd.Calls())
 }
