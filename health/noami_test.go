@@ -55,13 +55,7 @@ func TestRequireAMIWithoutAMISettings(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	deadline := time.Now().Add(3 * time.Second)
-	for st, _ := c.State("pbx2"); st != health.StateDown; st, _ = c.State("pbx2") {
-		if time.Now().After(deadline) {
-			t.Fatal("pbx2 not down within 3s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitState(t, c, "pbx2", health.StateDown, 3*time.Second)
 	// A reload with the same targets must not warn again.
 	if err := c.SetTargets(targets); err != nil {
 		t.Fatal(err)

@@ -65,10 +65,7 @@ func TestMediaReofferNotAnchorable488(t *testing.T) {
 	}
 	// The counter moves right after the response is sent: it may lag the
 	// phone's receipt by a moment.
-	deadline := time.Now().Add(2 * time.Second)
-	for testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")) < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Poll(2*time.Second, func() bool { return testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")) >= 2 })
 	if got := testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")); got != 2 {
 		t.Fatalf("488 responses = %v, want 2", got)
 	}

@@ -109,12 +109,8 @@ func TestDrainTimeoutAnswers503(t *testing.T) {
 	p := startWithRouter(t, []Backend{be}, NewStaticRouter([]string{be.Name}, false), func(c *Config) { c.DrainTimeout = 500 * time.Millisecond })
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
 		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "180")) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no 180 relayed\n%s", phone.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool { return testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "180")) >= 1 }) {
+		t.Fatalf("no 180 relayed\n%s", phone.Output())
 	}
 	if err := p.Shutdown(context.Background()); err == nil {
 		t.Errorf("Shutdown with a call in flight past the drain: no error")

@@ -290,12 +290,8 @@ func TestHangUpBackend(t *testing.T) {
 	p := startProxy(t, []Backend{be}, nil)
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_wait_bye.xml"),
 		"-s", "202", "-m", strconv.Itoa(calls), "-r", "10", "-timeout", "20s", "-timeout_error", p.addr)
-	deadline := time.Now().Add(5 * time.Second)
-	for p.dialogs.len() < calls {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d dialogs confirmed, want %d\n%s", p.dialogs.len(), calls, phone.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool { return p.dialogs.len() >= calls }) {
+		t.Fatalf("%d dialogs confirmed, want %d\n%s", p.dialogs.len(), calls, phone.Output())
 	}
 	backend.Kill()
 	if n := p.HangUpBackend("asterisk1", "backend down"); n != calls {

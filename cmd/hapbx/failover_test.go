@@ -28,11 +28,8 @@ func (d *daemon) backendState(t testing.TB, name string) string {
 func (d *daemon) waitState(t testing.TB, name, state string, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for d.backendState(t, name) != state {
-		if time.Since(start) > within {
-			t.Fatalf("%s not %s within %v: %v\n%s", name, state, within, d.status(t), d.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(within, func() bool { return d.backendState(t, name) == state }) {
+		t.Fatalf("%s not %s within %v: %v\n%s", name, state, within, d.status(t), d.log.String())
 	}
 	return time.Since(start)
 }
@@ -138,15 +135,11 @@ func TestCallsOnDeadBackendGetBye(t *testing.T) {
 	const calls = 5
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_wait_bye.xml"),
 		"-s", "202", "-m", strconv.Itoa(calls), "-r", "20", "-timeout", "30s", "-timeout_error", d.sip)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if n, _ := d.status(t)["proxy"].(map[string]any)["dialogs"].(float64); int(n) == calls {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("calls not confirmed: %v\n%s", d.status(t), phone.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool {
+		n, _ := d.status(t)["proxy"].(map[string]any)["dialogs"].(float64)
+		return int(n) == calls
+	}) {
+		t.Fatalf("calls not confirmed: %v\n%s", d.status(t), phone.Output())
 	}
 	killed := time.Now()
 	be1.Kill()

@@ -223,17 +223,15 @@ func joinStatusOf(d *daemon) (joinStatus, error) {
 
 func (l *joinLab) waitJoin(d *daemon, what string, within time.Duration, ok func(joinStatus) bool) joinStatus {
 	l.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		s, err := joinStatusOf(d)
-		if err == nil && ok(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			l.t.Fatalf("%s not reached within %v: last registrar %+v cluster %+v err %v", what, within, s.Registrar, s.Cluster, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var s joinStatus
+	var err error
+	if !testkit.Poll(within, func() bool {
+		s, err = joinStatusOf(d)
+		return err == nil && ok(s)
+	}) {
+		l.t.Fatalf("%s not reached within %v: last registrar %+v cluster %+v err %v", what, within, s.Registrar, s.Cluster, err)
 	}
+	return s
 }
 
 // joinSync runs the scenario with n bindings: A starts with them in its
@@ -257,23 +255,20 @@ func joinSync(t testing.TB, n int) time.Duration {
 	b := l.startProxy(1)
 	healthy := time.Since(start)
 	var last joinStatus
-	deadline := start.Add(60 * time.Second)
-	for {
-		s, err := joinStatusOf(b)
-		if err == nil {
-			last = s
-			if s.Registrar.Bindings > n {
-				t.Fatalf("pb counts %d bindings, more than the %d pa has", s.Registrar.Bindings, n)
-			}
-			if s.Registrar.Bindings == n {
-				break
-			}
+	var err error
+	if !testkit.Poll(60*time.Second-time.Since(start), func() bool {
+		var s joinStatus
+		if s, err = joinStatusOf(b); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pb has %d of %d bindings 60 s after its start (err %v); registrar %+v cluster %+v",
-				last.Registrar.Bindings, n, err, last.Registrar, last.Cluster)
+		last = s
+		if s.Registrar.Bindings > n {
+			t.Fatalf("pb counts %d bindings, more than the %d pa has", s.Registrar.Bindings, n)
 		}
-		time.Sleep(10 * time.Millisecond)
+		return s.Registrar.Bindings == n
+	}) {
+		t.Fatalf("pb has %d of %d bindings 60 s after its start (err %v); registrar %+v cluster %+v",
+			last.Registrar.Bindings, n, err, last.Registrar, last.Cluster)
 	}
 	took := time.Since(start)
 	t.Logf("pb healthy %v after exec, has all %d bindings %v after exec", healthy.Round(time.Millisecond), n, took.Round(time.Millisecond))

@@ -150,12 +150,11 @@ func (d *daemon) start(t testing.TB) {
 			t.Logf("hapbx %s log (tail):\n%s", d.config, tail([]byte(d.log.String()), 8000))
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	if !testkit.Poll(30*time.Second, func() bool {
 		if res, err := http.Get(d.admin + "/healthz"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
-				return
+				return true
 			}
 		}
 		select {
@@ -164,10 +163,9 @@ func (d *daemon) start(t testing.TB) {
 			t.Fatalf("hapbx %s exited: %v\n%s", d.config, err, d.log.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hapbx not healthy within 30s\n%s", tail([]byte(d.log.String()), 8000))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("hapbx not healthy within 30s\n%s", tail([]byte(d.log.String()), 8000))
 	}
 }
 
@@ -200,15 +198,8 @@ func (d *daemon) status(t testing.TB) map[string]any {
 // waitActive waits until health has made a backend active.
 func (d *daemon) waitActive(t testing.TB, want string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if a, _ := d.status(t)["active_backend"].(string); a == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("active backend is not %q after 5s: %v\n%s", want, d.status(t), d.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool { a, _ := d.status(t)["active_backend"].(string); return a == want }) {
+		t.Fatalf("active backend is not %q after 5s: %v\n%s", want, d.status(t), d.log.String())
 	}
 }
 
@@ -237,16 +228,12 @@ func TestSIGHUPReloadsBackends(t *testing.T) {
 	}
 	os.WriteFile(d.config, []byte(strings.Replace(string(orig), "backends:\n", fmt.Sprintf("backends:\n  - {name: asterisk0, address: %q, transport: udp}\n", a2), 1)), 0o644)
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		got := backendAddrs(d.status(t))
-		if len(got) == 2 && got[0] == a2 && got[1] == a1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backends after reload: %v\n%s", got, d.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	var got []string
+	if !testkit.Poll(3*time.Second, func() bool {
+		got = backendAddrs(d.status(t))
+		return len(got) == 2 && got[0] == a2 && got[1] == a1
+	}) {
+		t.Fatalf("backends after reload: %v\n%s", got, d.log.String())
 	}
 	if !strings.Contains(d.log.String(), "reload refused") {
 		t.Errorf("the refused reload was not logged:\n%s", d.log.String())

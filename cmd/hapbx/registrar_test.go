@@ -40,15 +40,11 @@ func registerPhone(t testing.TB, d *daemon, ip string, pause time.Duration, oocs
 
 func (d *daemon) waitBindings(t testing.TB, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if got, _ := d.status(t)["registrar"].(map[string]any)["bindings"].(float64); int(got) == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bindings != %d after 5s: %v\n%s", n, d.status(t)["registrar"], d.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool {
+		got, _ := d.status(t)["registrar"].(map[string]any)["bindings"].(float64)
+		return int(got) == n
+	}) {
+		t.Fatalf("bindings != %d after 5s: %v\n%s", n, d.status(t)["registrar"], d.log.String())
 	}
 }
 
@@ -140,7 +136,7 @@ func TestForkCancelsUnanswered(t *testing.T) {
 	if code := call.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("forked call failed (exit %d)\n%s\n%s", code, call.Output(), d.log.String())
 	}
-	time.Sleep(500 * time.Millisecond)
+	testkit.Poll(5*time.Second, func() bool { return containsAll(ringer.Trace(), "CANCEL sip:201@", "SIP/2.0 487") })
 	out := ringer.Trace()
 	if !containsAll(out, "CANCEL sip:201@", "SIP/2.0 487") {
 		t.Fatalf("the unanswered phone got no CANCEL:\n%s", out)
@@ -168,12 +164,8 @@ func TestInboundCallHungUpWhenBackendDies(t *testing.T) {
 		t.Fatalf("asterisk1's call to 201 (exit %d)\n%s\n%s", code, call.Output(), d.log.String())
 	}
 	be1.Kill()
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(phone.Trace(), "BYE sip:201@") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no BYE reached the phone after asterisk1 died\n%s\n%s", phone.Trace(), d.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool { return strings.Contains(phone.Trace(), "BYE sip:201@") }) {
+		t.Fatalf("no BYE reached the phone after asterisk1 died\n%s\n%s", phone.Trace(), d.log.String())
 	}
 	if tr := phone.Trace(); !strings.Contains(tr, "cause=503") {
 		t.Errorf("the phone's BYE has no Reason: cause=503\n%s", tr)

@@ -18,10 +18,9 @@ type Process struct {
 }
 
 // StartGroup starts cmd in its own process group, so that Kill and Stop
-// reach whatever it forks too, and killed with this thread (Pdeathsig) if
-// the test binary dies first.
+// reach whatever it forks too.
 func StartGroup(cmd *exec.Cmd) (*Process, error) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return Watch(cmd)
 }
 

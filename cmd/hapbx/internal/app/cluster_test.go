@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/hapbx/hapbx/cluster"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
 )
 
@@ -114,19 +115,13 @@ func TestMediaRefreshReplicatesLatchAndKeepsReplica(t *testing.T) {
 	pkt := make([]byte, 172)
 	pkt[0], pkt[1] = 0x80, 8
 	aAddr := a.LocalAddr().(*net.UDPAddr).AddrPort()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	testkit.Eventually(t, 3*time.Second, "holder latched A", func() bool {
 		if _, err := a.WriteToUDPAddrPort(pkt, forA); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
-		if s := holder.Snapshot(); len(s) == 1 && s[0].Streams[0].FromA.Latched == aAddr {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("holder did not latch A")
-		}
-	}
+		s := holder.Snapshot()
+		return len(s) == 1 && s[0].Streams[0].FromA.Latched == aAddr
+	})
 	if got, _ := standbyLatch(standby, "call"); got.IsValid() {
 		t.Fatalf("standby latched %s before any refresh", got)
 	}
