@@ -269,7 +269,7 @@ func TestColdSIGHUPUpdatesNodes(t *testing.T) {
 		if err := os.WriteFile(d.config, []byte(strings.Join(out, "\n")), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		if err := d.proc.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -251,7 +251,7 @@ func (l *coldLab) powerOn(nd *pbxNode) {
 func (l *coldLab) startProxy(fenceFails bool) *daemon {
 	t := l.t
 	t.Helper()
-	d := &daemon{done: make(chan error, 1), config: filepath.Join(l.dir, "hapbx.yaml")}
+	d := &daemon{config: filepath.Join(l.dir, "hapbx.yaml")}
 	sipPort := testkit.FreePort(t, proxyIP)
 	adminPort := testkit.FreePort(t, "127.0.0.1")
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))

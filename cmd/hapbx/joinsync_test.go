@@ -179,7 +179,7 @@ func (l *joinLab) startProxy(i int) *daemon {
 	t.Helper()
 	p := l.peers[i]
 	ip, _, _ := net.SplitHostPort(p.Gossip)
-	d := &daemon{done: make(chan error, 1), config: filepath.Join(l.dir, p.Name+".yaml")}
+	d := &daemon{config: filepath.Join(l.dir, p.Name+".yaml")}
 	d.sip = net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip)))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	rc := l.registrarConfig(p.Name)

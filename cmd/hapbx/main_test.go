@@ -88,9 +88,8 @@ func TestCheckConfigListsEveryProblem(t *testing.T) {
 }
 
 type daemon struct {
-	cmd    *exec.Cmd
+	proc   *testkit.Process
 	log    testkit.Buffer
-	done   chan error
 	sip    string
 	admin  string
 	config string
@@ -118,7 +117,7 @@ func startDaemon(t testing.TB, backends ...string) *daemon {
 // startDaemonWith appends extra YAML sections to the test configuration.
 func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
 	t.Helper()
-	d := &daemon{done: make(chan error, 1), config: filepath.Join(t.TempDir(), "hapbx.yaml")}
+	d := &daemon{config: filepath.Join(t.TempDir(), "hapbx.yaml")}
 	sipPort := testkit.FreePort(t, proxyIP)
 	adminPort := testkit.FreePort(t, "127.0.0.1")
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
@@ -134,18 +133,15 @@ func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
 func (d *daemon) start(t testing.TB) {
 	t.Helper()
 	d.log.Reset()
-	d.done = make(chan error, 1)
-	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
-	d.cmd.Stderr = &d.log
-	if err := d.cmd.Start(); err != nil {
+	cmd := exec.Command(hapbxBin, "run", "-c", d.config)
+	cmd.Stderr = &d.log
+	p, err := testkit.Watch(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	cmd, done := d.cmd, d.done
-	go func() { done <- cmd.Wait() }()
+	d.proc = p
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		err := <-done
-		done <- err
+		p.Kill()
 		if t.Failed() {
 			t.Logf("hapbx %s log (tail):\n%s", d.config, tail([]byte(d.log.String()), 8000))
 		}
@@ -157,11 +153,8 @@ func (d *daemon) start(t testing.TB) {
 				return true
 			}
 		}
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("hapbx %s exited: %v\n%s", d.config, err, d.log.String())
-		default:
+		if p.Exited() {
+			t.Fatalf("hapbx %s exited (%d)\n%s", d.config, p.ExitCode(), d.log.String())
 		}
 		return false
 	}) {
@@ -172,10 +165,9 @@ func (d *daemon) start(t testing.TB) {
 // stop ends hapbx with SIGTERM and waits for it.
 func (d *daemon) stop(t testing.TB) {
 	t.Helper()
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	_ = d.proc.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-d.done:
-		d.done <- err
+	case <-d.proc.Done:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("hapbx did not stop\n%s", d.log.String())
 	}
@@ -221,13 +213,13 @@ func TestSIGHUPReloadsBackends(t *testing.T) {
 	// A broken file is refused and the running list kept.
 	orig, _ := os.ReadFile(d.config)
 	os.WriteFile(d.config, []byte("backends: nope\n"), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.proc.Cmd.Process.Signal(syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond)
 	if got := backendAddrs(d.status(t)); len(got) != 1 || got[0] != a1 {
 		t.Fatalf("a bad reload changed the backends: %v", got)
 	}
 	os.WriteFile(d.config, []byte(strings.Replace(string(orig), "backends:\n", fmt.Sprintf("backends:\n  - {name: asterisk0, address: %q, transport: udp}\n", a2), 1)), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.proc.Cmd.Process.Signal(syscall.SIGHUP)
 	var got []string
 	if !testkit.Poll(3*time.Second, func() bool {
 		got = backendAddrs(d.status(t))
@@ -256,7 +248,7 @@ func TestSIGTERMDrains(t *testing.T) {
 		"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", d.sip)
 	time.Sleep(500 * time.Millisecond) // ringing now
 	start := time.Now()
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.proc.Cmd.Process.Signal(syscall.SIGTERM)
 	time.Sleep(200 * time.Millisecond)
 
 	late := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sn", "uac", "-s", "203", "-m", "1",
@@ -269,10 +261,9 @@ func TestSIGTERMDrains(t *testing.T) {
 		t.Fatalf("the call in flight at SIGTERM failed (exit %d)\n%s\n%s", code, phone.Output(), d.log.String())
 	}
 	select {
-	case err := <-d.done:
-		d.done <- err
-		if err != nil {
-			t.Fatalf("hapbx exit: %v\n%s", err, d.log.String())
+	case <-d.proc.Done:
+		if code := d.proc.ExitCode(); code != 0 {
+			t.Fatalf("hapbx exit %d\n%s", code, d.log.String())
 		}
 		if el := time.Since(start); el > 6*time.Second {
 			t.Errorf("exit took %v, drain bound is 4s", el)
