@@ -5,11 +5,24 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"sort"
 
 	"github.com/hashicorp/memberlist"
 	"go.uber.org/zap"
 )
+
+// Agents (RoleAgent, `hapbx agent` with a cluster: section): memberlist members
+// with the same keyring, so a wrong key cannot join either and says so the same
+// way. Never raft servers (not in peers, no raft transport, no data_dir), never VIP
+// holders or leadership transfer targets (transfers go to role "proxy" members
+// only), never sent shared state (RegisterState is refused on an agent, and
+// Broadcast and full pushes skip members of role "agent" whatever their metadata
+// says). An agent's metadata (JSON, well under memberlist's 512 bytes, checked by
+// New) carries {"r":"agent","b":BACKEND,"api":URL}, given by WithAgentInfo. A proxy
+// reads them with Agents(): name, backend, API URL, alive. An agent joins the
+// gossip addresses of its peers (names optional) with the same backoff and keeps
+// re-joining; it starts at once (no heartbeat_timeout of silence: it casts no
+// vote). Its arrival or death changes no quorum, term or leader
+// (TestAgentJoinsWithoutVoting).
 
 // AgentInfo is a PBX node's storage agent as the cluster knows it: what it announces in
 // its memberlist metadata, and whether memberlist holds it alive.
@@ -56,7 +69,7 @@ func checkAgentInfo(a AgentInfo) error {
 }
 
 // startAgent runs an agent: memberlist only. No raft, no VIP, no silence before joining
-// (it casts no vote, so the restart argument of doc.go does not concern it).
+// (it casts no vote, so the restart argument in leadership.go does not concern it).
 func (c *Cluster) startAgent(ctx context.Context) error {
 	ctx, c.cancel = context.WithCancel(ctx)
 	c.runCtx = ctx
@@ -65,7 +78,7 @@ func (c *Cluster) startAgent(ctx context.Context) error {
 	}
 	c.wg.Add(1)
 	go c.joinLoop(ctx)
-	c.log.Info("cluster started as agent", zap.String("bind", c.cfg.Bind), zap.String("backend", c.agent.Backend), zap.String("api", c.agent.API))
+	c.log.Info("cluster started as agent", zap.String("bind", c.cfg.Bind), zap.String("backend", c.mem.agent.Backend), zap.String("api", c.mem.agent.API))
 	return nil
 }
 
@@ -73,16 +86,11 @@ func (c *Cluster) startAgent(ctx context.Context) error {
 // started), sorted by name. A proxy's cold-standby coordinator reaches each backend's
 // agent at the API of the alive entry whose Backend is the backend's name.
 func (c *Cluster) Agents() []AgentInfo {
-	c.memMu.RLock()
-	defer c.memMu.RUnlock()
 	var out []AgentInfo
-	for name, n := range c.nodes {
-		var meta nodeMeta
-		if json.Unmarshal(n.Meta, &meta) != nil || meta.Role != RoleAgent.String() {
-			continue
+	for _, m := range c.Members() {
+		if m.Role == RoleAgent.String() {
+			out = append(out, AgentInfo{Name: m.Name, Backend: m.Backend, API: m.API, Addr: m.Addr, Alive: m.State == "alive"})
 		}
-		out = append(out, AgentInfo{Name: name, Backend: meta.Backend, API: meta.API, Addr: n.Address(), Alive: c.states[name] == "alive"})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }

@@ -182,7 +182,7 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	if st := a.Status(); st.Role != "agent" || st.VIPHeld || st.RaftState != "" || a.IsLeader() {
 		t.Fatalf("agent status %+v", st)
 	}
-	fut := leader.r.GetConfiguration()
+	fut := leader.lead.r.GetConfiguration()
 	if err := fut.Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +203,7 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	}
 	testkit.Eventually(t, 3*time.Second, "the broadcast on w0 and w2", func() bool { return srcs[0].count() == 21 && srcs[2].count() == 21 })
 	for _, c := range voters {
-		for _, n := range c.aliveNodes() {
+		for _, n := range c.mem.aliveNodes(c.cfg.Name) {
 			if n.Name == "pbx1" {
 				t.Fatalf("%s would send state to the agent", c.cfg.Name)
 			}
@@ -220,7 +220,7 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	a.closed.Store(true) // Close must not Leave: there is no goodbye in a crash
 	a.cancel()
 	a.wg.Wait()
-	if err := a.ml.Load().Shutdown(); err != nil {
+	if err := a.mem.ml.Load().Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 10*time.Second, "the agent dead in every voter's Agents()", func() bool {

@@ -52,7 +52,7 @@ type Peer struct {
 }
 
 // Timing holds the failure-detection knobs. The defaults are tuned for a 2–3 node LAN
-// with sub-millisecond RTT; see doc.go for why LeaderLease < HeartbeatTimeout matters.
+// with sub-millisecond RTT; see leadership.go for why LeaderLease < HeartbeatTimeout matters.
 type Timing struct {
 	// HeartbeatTimeout: a follower that has not heard the leader for this long (raft
 	// randomises it to [1x,2x)) starts an election.
@@ -252,7 +252,7 @@ func (c Config) validate(role Role) error {
 	if t.LeaderLease > 0 && t.LeaderLease < 5*time.Millisecond {
 		add("timing.leader_lease: %s is below raft's 5ms minimum", t.LeaderLease)
 	}
-	// The safety argument (doc.go): the old holder must drop the VIP before a new leader
+	// The safety argument (leadership.go): the old holder must drop the VIP before a new leader
 	// can exist, i.e. lease + check slack must stay clearly below the heartbeat timeout.
 	if t.LeaderLease > 0 && t.HeartbeatTimeout > 0 && t.LeaderLease*2 > t.HeartbeatTimeout {
 		add("timing.leader_lease: %s must be at most half of timing.heartbeat_timeout (%s) so a cut-off holder releases the VIP before a new leader is elected", t.LeaderLease, t.HeartbeatTimeout)

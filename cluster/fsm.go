@@ -16,8 +16,6 @@ import (
 type kvFSM struct {
 	mu sync.RWMutex
 	kv map[string][]byte
-	// onChange is called after a key changed through the log (not on restore).
-	onChange func(key string, value []byte)
 	// watchers get the latest value of their key (Watch): after each applied entry
 	// and after a snapshot restore that changed it.
 	watchers map[string][]chan []byte
@@ -66,11 +64,7 @@ func (f *kvFSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	f.kv[c.Key] = c.Value
 	f.notifyLocked(c.Key, c.Value)
-	cb := f.onChange
 	f.mu.Unlock()
-	if cb != nil {
-		cb(c.Key, c.Value)
-	}
 	return nil
 }
 

@@ -46,6 +46,9 @@ type countingSource struct {
 	done  chan struct{}
 	want  int
 	fired bool
+
+	send   func([]byte) error // from StateChanges
+	holder func() bool
 }
 
 func newCountingSource(own, want int) *countingSource {
@@ -62,13 +65,13 @@ func newCountingSource(own, want int) *countingSource {
 	return s
 }
 
-func (s *countingSource) Snapshot() [][]byte {
+func (s *countingSource) StateSnapshot() [][]byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([][]byte(nil), s.own...)
 }
 
-func (s *countingSource) Apply(recs [][]byte) {
+func (s *countingSource) ApplyState(recs [][]byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range recs {
@@ -80,6 +83,13 @@ func (s *countingSource) Apply(recs [][]byte) {
 		s.fired = true
 		close(s.done)
 	}
+}
+
+// StateChanges keeps the outlet RegisterState hands over; most tests call Broadcast.
+func (s *countingSource) StateChanges(send func([]byte) error, holder func() bool) {
+	s.mu.Lock()
+	s.send, s.holder = send, holder
+	s.mu.Unlock()
 }
 
 // produce creates record id as this node's own (part of its Snapshot from now on).

@@ -111,7 +111,7 @@ func proxyTrio(t *testing.T, fv *fakeVIP, log *zap.Logger, reg prometheus.Regist
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.vip = fv // the public VIP() keeps the real, untouched one
+	p.hold.vip = fv
 	if prep != nil {
 		prep(p)
 	}
@@ -145,8 +145,8 @@ func TestReleaseFailureRetried(t *testing.T) {
 	lch := p.LeaderCh()
 
 	fv.setFailRelease(true)
-	p.pingOK.Store(false) // must let go of the VIP; no other proxy, so it stays raft leader
-	p.poke()
+	p.lead.pingOK.Store(false) // must let go of the VIP; no other proxy, so it stays raft leader
+	p.lead.poke()
 	testkit.Eventually(t, 3*time.Second, "several failed removals", func() bool {
 		return gauge(t, reg, "hapbx_cluster_vip_release_failures_total") >= 5
 	})
@@ -203,7 +203,7 @@ func TestCloseSerializesVIP(t *testing.T) {
 	var left, violated atomic.Bool
 	var p *Cluster
 	fv.afterGate = func() {
-		if left.Load() || p.r.State() != raft.Leader {
+		if left.Load() || p.lead.r.State() != raft.Leader {
 			violated.Store(true)
 		}
 	}
@@ -218,7 +218,7 @@ func TestCloseSerializesVIP(t *testing.T) {
 		s, ok := o.Data.(raft.RaftState)
 		return ok && s != raft.Leader
 	})
-	p.r.RegisterObserver(ob)
+	p.lead.r.RegisterObserver(ob)
 	go func() {
 		for range ch {
 			left.Store(true)
@@ -268,8 +268,8 @@ func TestStatusVIPHolders(t *testing.T) {
 		})
 	}
 	// p0 loses its ping targets: it stays raft leader (no other proxy) but drops the VIP.
-	p.pingOK.Store(false)
-	p.poke()
+	p.lead.pingOK.Store(false)
+	p.lead.poke()
 	for _, c := range append([]*Cluster{p}, ws...) {
 		testkit.Eventually(t, 3*time.Second, c.cfg.Name+" to see no holder and leader p0", func() bool {
 			s := c.Status()
@@ -313,11 +313,11 @@ func TestRepublishOnTakeover(t *testing.T) {
 	expect("asterisk-a")
 	// The next takeover publishes the decision the holder has then.
 	cur.Store([]byte("asterisk-c"))
-	p.pingOK.Store(false)
-	p.poke()
+	p.lead.pingOK.Store(false)
+	p.lead.poke()
 	testkit.Eventually(t, 3*time.Second, "the VIP released", func() bool { return !p.IsLeader() })
-	p.pingOK.Store(true)
-	p.poke()
+	p.lead.pingOK.Store(true)
+	p.lead.poke()
 	waitHolding(t, p, fv)
 	expect("asterisk-c")
 }

@@ -295,7 +295,7 @@ func (l *lab) hasVIP(n string) bool {
 
 // holders lists the running (started) proxies that have the VIP. A SIGKILLed node
 // leaves its address behind in its namespace (as a crashed process would on a real host,
-// see doc.go); it does not count, as nothing answers for it any more than for a dead host
+// see leadership.go); it does not count, as nothing answers for it any more than for a dead host
 // once the client's ARP entry moved.
 func (l *lab) holders() []string {
 	var hs []string

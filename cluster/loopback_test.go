@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/internal/testkit"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 func writeKey(t *testing.T, dir string, b byte) string {
@@ -139,8 +139,11 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	if err := nodes[1].Broadcast("test", rec); err != nil {
 		t.Fatal(err)
 	}
-	if err := nodes[1].Broadcast("test", big); err != nil {
+	if err := srcs[1].send(big); err != nil { // the outlet RegisterState handed over
 		t.Fatal(err)
+	}
+	if srcs[1].holder() {
+		t.Fatal("a witness's state channel is told it holds the VIP")
 	}
 	if err := nodes[1].Broadcast("nope", rec); !errors.Is(err, ErrUnknownChannel) {
 		t.Fatalf("unknown channel: %v", err)
@@ -237,7 +240,7 @@ func TestBroadcastFigures(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		nodes, srcs = append(nodes, c), append(srcs, src)
 	}
-	testkit.Eventually(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].aliveNodes()) == 2 })
+	testkit.Eventually(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].mem.aliveNodes(nodes[0].cfg.Name)) == 2 })
 	for _, n := range []int{200, 2000, 100000} {
 		base := srcs[1].count()
 		t0 := time.Now()

@@ -2,16 +2,73 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 )
+
+// Published values: Publish(key, value) on the raft leader goes through the raft log
+// (consistent, persisted, replicated to all voters); Get reads the local copy (what
+// this node has applied: committed values, possibly one commit behind the leader);
+// Watch(key) delivers the current value and every later committed change, snapshot
+// restores included (latest value only if the reader lags). Meant for the failover
+// coordinator's active-backend decision, not for bulk data. A new leader does not
+// know the app's decision; RepublishOnTakeover(key, fn) makes a proxy publish fn()
+// each time it takes the VIP, after a raft barrier (so it compares against
+// everything earlier leaders committed) and only if the value differs, retried
+// while it holds the VIP (TestRepublishOnTakeover).
+
+// published is the raft-replicated key/value map and what to re-publish on takeover.
+type published struct {
+	fsm       *kvFSM
+	mu        sync.Mutex
+	republish map[string]func() []byte // RepublishOnTakeover
+}
+
+// takeoverFuncs returns a copy of what RepublishOnTakeover registered.
+func (p *published) takeoverFuncs() map[string]func() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.republish)
+}
+
+// Publish stores key=value through the raft log (strongly consistent, replicated to all
+// voters, witness included). Only the raft leader can publish: ErrNotLeader elsewhere.
+func (c *Cluster) Publish(key string, value []byte) error {
+	if c.role == RoleAgent {
+		return fmt.Errorf("publish %q: an agent is not a voter: %w", key, ErrNotLeader)
+	}
+	if c.lead.r == nil || c.closed.Load() {
+		return ErrClosed
+	}
+	b, err := json.Marshal(kvCommand{Key: key, Value: value})
+	if err != nil {
+		return err
+	}
+	if err := c.lead.r.Apply(b, 2*time.Second).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return fmt.Errorf("publish %q: %w", key, ErrNotLeader)
+		}
+		return fmt.Errorf("publish %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get returns the last published value of key this node has applied (may trail the
+// leader by a commit on followers).
+func (c *Cluster) Get(key string) ([]byte, bool) { return c.kv.fsm.get(key) }
 
 // Watch returns a channel that receives key's value as committed through the raft log
 // and applied on this node: the current value at once if there is one, then every
 // change (Publish by whichever node leads, or a snapshot restore). Only the latest value
 // is kept if the reader lags; read it with Get at any time as well.
-func (c *Cluster) Watch(key string) <-chan []byte { return c.fsm.watch(key) }
+func (c *Cluster) Watch(key string) <-chan []byte { return c.kv.fsm.watch(key) }
 
 // RepublishOnTakeover makes this node publish key=current() each time it takes the
 // VIP, before or right after it starts acting as the leader: a new holder learns every
@@ -20,18 +77,15 @@ func (c *Cluster) Watch(key string) <-chan []byte { return c.fsm.watch(key) }
 // current must be cheap and must not block; nil means nothing to publish. Call before
 // Start; a second call for the same key replaces the first.
 func (c *Cluster) RepublishOnTakeover(key string, current func() []byte) {
-	c.repMu.Lock()
-	c.republish[key] = current
-	c.repMu.Unlock()
+	c.kv.mu.Lock()
+	c.kv.republish[key] = current
+	c.kv.mu.Unlock()
 }
 
 // takeover starts the re-publication for hold generation gen (called under vipMu when
 // the VIP was just added; c.wg is held by the leader loop, so Add is safe).
 func (c *Cluster) takeover(gen uint64) {
-	c.repMu.Lock()
-	n := len(c.republish)
-	c.repMu.Unlock()
-	if n == 0 || c.r == nil || c.runCtx == nil {
+	if len(c.kv.takeoverFuncs()) == 0 || c.lead.r == nil || c.runCtx == nil {
 		return
 	}
 	c.wg.Add(1)
@@ -46,9 +100,9 @@ func (c *Cluster) takeover(gen uint64) {
 func (c *Cluster) republishAll(gen uint64) {
 	ctx := c.runCtx
 	retry := c.cfg.Timing.HeartbeatTimeout
-	current := func() bool { return c.holdGen.Load() == gen && c.holding.Load() && ctx.Err() == nil }
+	current := func() bool { return c.hold.gen.Load() == gen && c.hold.holding.Load() && ctx.Err() == nil }
 	for current() {
-		if err := c.r.Barrier(2 * time.Second).Error(); err != nil {
+		if err := c.lead.r.Barrier(2 * time.Second).Error(); err != nil {
 			c.log.Debug("barrier before re-publishing failed", zap.Error(err))
 		} else if c.republishOnce(current) {
 			return
@@ -64,13 +118,7 @@ func (c *Cluster) republishAll(gen uint64) {
 // republishOnce publishes what differs from the committed values; true when all match.
 // A value the app publishes meanwhile wins: the loop compares again after each Publish.
 func (c *Cluster) republishOnce(current func() bool) bool {
-	c.repMu.Lock()
-	fns := make(map[string]func() []byte, len(c.republish))
-	for k, fn := range c.republish {
-		fns[k] = fn
-	}
-	c.repMu.Unlock()
-	for key, fn := range fns {
+	for key, fn := range c.kv.takeoverFuncs() {
 		for i := 0; ; i++ {
 			if !current() {
 				return false

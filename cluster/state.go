@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -11,17 +13,41 @@ import (
 	"go.uber.org/zap"
 )
 
+// == Shared state ==
+//
+// RegisterState(name, src) adds a channel; Broadcast(name, record) queues one change
+// for every other alive member that has state channels itself (announced in its
+// memberlist metadata; a witness normally has none). Each peer has an outbox drained by
+// its own goroutine, so a slow or dead peer delays nobody else, into one message per
+// channel over memberlist's encrypted TCP stream (chunks of at most
+// 1 MiB: memberlist refuses encrypted stream messages above 20 MiB, which is also why
+// its push/pull LocalState is not used for bulk state). When memberlist reports a member
+// up (join, restart, healed partition), every node pushes the full StateSnapshot of every
+// channel to it the same way. A failed send or an overflowing outbox (200k records)
+// drops the batch and resends the full state to that peer, retried every second while
+// it is alive. So records arrive at least once, possibly twice and out of order:
+// StateSource.ApplyState must be idempotent and resolve conflicts (version/expiry in the
+// record). Figures (TestStateSyncOnJoin, TestBroadcastFigures with HAPBX_BENCH=1):
+// 100k records of 300 bytes reach a joining node in ~0.15 s over veth; bursts of
+// broadcasts arrive at >100k records/s on loopback. memberlist's TransmitLimitedQueue
+// (UDP gossip) was tried first and dropped: it lost ~10% of a 2000-record burst.
+
 // StateSource is one named channel of shared state, owned by its user (registrar
 // bindings, media sessions, ...). The cluster moves opaque records; it never looks inside.
 //
 // Records may arrive more than once and in any order (a full sync can overtake or trail
-// a live broadcast), so Apply must be idempotent and resolve conflicts itself, e.g. by a
-// version or expiry carried in the record (last writer wins).
+// a live broadcast), so ApplyState must be idempotent and resolve conflicts itself, e.g.
+// by a version or expiry carried in the record (last writer wins).
 type StateSource interface {
-	// Snapshot returns the full local state, pushed to a node that joins.
-	Snapshot() [][]byte
-	// Apply merges records received from a peer. Calls for one channel are serialised.
-	Apply(records [][]byte)
+	// StateSnapshot returns the full local state, pushed to a node that joins.
+	StateSnapshot() [][]byte
+	// ApplyState merges records received from a peer. Calls for one channel are
+	// serialised.
+	ApplyState(records [][]byte)
+	// StateChanges is called once, by RegisterState: the source passes every record
+	// that changes locally to send (Broadcast on its channel; it does not block), and
+	// may ask holder whether this node holds the VIP (the holder's records rule).
+	StateChanges(send func(record []byte) error, holder func() bool)
 }
 
 const (
@@ -33,14 +59,45 @@ const (
 	syncChunkBytes = 1 << 20
 )
 
+// channels are the registered state channels and the per-peer outboxes.
+type channels struct {
+	mu    sync.RWMutex
+	chans map[string]*channel
+
+	obMu     sync.Mutex
+	outboxes map[string]*outbox
+}
+
+// get returns the channel called name, nil if none.
+func (s *channels) get(name string) *channel {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.chans[name]
+}
+
+// registered reports whether any channel is registered.
+func (s *channels) registered() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.chans) > 0
+}
+
+// list returns every registered channel.
+func (s *channels) list() []*channel {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Collect(maps.Values(s.chans))
+}
+
 type channel struct {
 	name string
 	src  StateSource
-	mu   sync.Mutex // serialises Apply
+	mu   sync.Mutex // serialises ApplyState
 }
 
-// RegisterState adds a named state channel. Register every channel before Start so the
-// first full sync includes it; records for a channel unknown here are dropped.
+// RegisterState adds a named state channel and hands src its outlet (StateChanges).
+// Register every channel before Start so the first full sync includes it; records for a
+// channel unknown here are dropped.
 func (c *Cluster) RegisterState(name string, src StateSource) error {
 	if name == "" || len(name) > 255 {
 		return fmt.Errorf("cluster: state channel name %q must be 1..255 bytes", name)
@@ -48,38 +105,31 @@ func (c *Cluster) RegisterState(name string, src StateSource) error {
 	if c.role == RoleAgent {
 		return fmt.Errorf("cluster: state channel %q: an agent carries no shared state", name)
 	}
-	c.chMu.Lock()
-	defer c.chMu.Unlock()
-	if _, dup := c.chans[name]; dup {
+	c.state.mu.Lock()
+	_, dup := c.state.chans[name]
+	if !dup {
+		c.state.chans[name] = &channel{name: name, src: src}
+	}
+	c.state.mu.Unlock()
+	if dup {
 		return fmt.Errorf("cluster: state channel %q registered twice", name)
 	}
-	c.chans[name] = &channel{name: name, src: src}
+	src.StateChanges(func(rec []byte) error { return c.Broadcast(name, rec) }, c.IsLeader)
 	return nil
 }
 
-// Broadcast queues one changed record of a channel for every other alive member. Each
-// peer has an outbox drained by its own goroutine: whatever accumulated is sent as one
-// message over memberlist's encrypted TCP stream (in 1 MiB chunks), so a burst costs a
-// few connections, not one per record, and a slow or dead peer delays nobody else. When
-// a send fails or an outbox overflows, the batch is dropped and the peer gets the full
-// state again (retried every second while it is alive); a peer that comes back from
-// dead gets it anyway. Records are therefore delivered at least once to every peer that
-// stays or comes back, possibly after newer ones: see StateSource.
-//
-// (memberlist's TransmitLimitedQueue was tried first: UDP gossip retransmits a record a
-// fixed number of times and lost ~10% of a 2000-record burst on loopback.)
+// Broadcast queues one changed record of channel name for every other alive member
+// that takes state, through its outbox (see Shared state above: at least once, in any
+// order). Sources call it through the send function StateChanges hands them.
 func (c *Cluster) Broadcast(name string, record []byte) error {
-	c.chMu.RLock()
-	_, ok := c.chans[name]
-	c.chMu.RUnlock()
-	if !ok {
+	if c.state.get(name) == nil {
 		return fmt.Errorf("%w: %q", ErrUnknownChannel, name)
 	}
 	if c.runCtx == nil || c.closed.Load() {
 		return ErrClosed
 	}
 	rec := append([]byte(nil), record...)
-	for _, n := range c.aliveNodes() {
+	for _, n := range c.mem.aliveNodes(c.cfg.Name) {
 		c.outboxFor(n.Name).add(name, rec)
 	}
 	return nil
@@ -124,16 +174,16 @@ func (o *outbox) take() (map[string][][]byte, []string, bool) {
 }
 
 func (c *Cluster) outboxFor(peer string) *outbox {
-	c.obMu.Lock()
-	defer c.obMu.Unlock()
-	if o := c.outboxes[peer]; o != nil {
+	c.state.obMu.Lock()
+	defer c.state.obMu.Unlock()
+	if o := c.state.outboxes[peer]; o != nil {
 		return o
 	}
 	o := &outbox{pending: map[string][][]byte{}, kick: make(chan struct{}, 1)}
 	if c.runCtx.Err() != nil {
 		return o // shutting down: nobody drains it, and wg must not grow during Wait
 	}
-	c.outboxes[peer] = o
+	c.state.outboxes[peer] = o
 	c.wg.Add(1)
 	go c.sendLoop(peer, o)
 	return o
@@ -148,7 +198,7 @@ func (c *Cluster) sendLoop(peer string, o *outbox) {
 		case <-o.kick:
 		}
 		pending, order, overflow := o.take()
-		node, alive := c.node(peer)
+		node, alive := c.mem.node(peer)
 		if !alive {
 			continue // it gets the full state when it comes back
 		}
@@ -170,7 +220,7 @@ func (c *Cluster) sendLoop(peer string, o *outbox) {
 
 func (c *Cluster) sendRecords(node *memberlist.Node, ch string, recs [][]byte) error {
 	for _, m := range encodeChunks(ch, recs) {
-		if err := c.ml.Load().SendReliable(node, m); err != nil {
+		if err := c.mem.ml.Load().SendReliable(node, m); err != nil {
 			return err
 		}
 	}
@@ -180,7 +230,7 @@ func (c *Cluster) sendRecords(node *memberlist.Node, ch string, recs [][]byte) e
 // resync pushes the full state to peer, retrying every second while it is alive.
 func (c *Cluster) resync(peer string) {
 	for {
-		node, alive := c.node(peer)
+		node, alive := c.mem.node(peer)
 		if !alive || c.pushState(node) == nil {
 			return
 		}
@@ -286,35 +336,27 @@ func (c *Cluster) handleMsg(b []byte) {
 		c.log.Warn("dropping malformed state message", zap.Int("bytes", len(b)), zap.Error(err))
 		return
 	}
-	c.chMu.RLock()
-	ch := c.chans[name]
-	c.chMu.RUnlock()
+	ch := c.state.get(name)
 	if ch == nil {
 		c.log.Debug("state for an unregistered channel dropped", zap.String("channel", name), zap.Int("records", len(recs)))
 		return
 	}
 	ch.mu.Lock()
-	ch.src.Apply(recs)
+	ch.src.ApplyState(recs)
 	ch.mu.Unlock()
 	c.m.syncRecords.Add(float64(len(recs)))
 }
 
 // pushState sends every channel's full state to node over TCP in bounded chunks.
 func (c *Cluster) pushState(node *memberlist.Node) error {
-	c.chMu.RLock()
-	chans := make([]*channel, 0, len(c.chans))
-	for _, ch := range c.chans {
-		chans = append(chans, ch)
-	}
-	c.chMu.RUnlock()
-	for _, ch := range chans {
-		recs := ch.src.Snapshot()
+	for _, ch := range c.state.list() {
+		recs := ch.src.StateSnapshot()
 		if len(recs) == 0 {
 			continue
 		}
 		chunks := encodeChunks(ch.name, recs)
 		for i, m := range chunks {
-			if err := c.ml.Load().SendReliable(node, m); err != nil {
+			if err := c.mem.ml.Load().SendReliable(node, m); err != nil {
 				c.log.Warn("full state sync failed", zap.String("channel", ch.name), zap.String("to", node.Name),
 					zap.Int("chunk", i), zap.Int("chunks", len(chunks)), zap.Error(err))
 				return err

@@ -18,6 +18,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// A VIP left on the interface by a crash is removed in Start before the node joins
+// (TestStaleVIPRemovedAtStart). Only one VIP change runs at a time: the leader loop,
+// Close and the final shutdown take the same lock, and once Close has begun no Acquire
+// can follow (TestCloseSerializesVIP).
+
 // VIP adds and removes the virtual address on a local link and announces it to the
 // segment (gratuitous ARP for IPv4, unsolicited neighbour advertisement for IPv6). It
 // knows nothing about leadership: the Cluster decides when to call Acquire and Release.

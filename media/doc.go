@@ -151,10 +151,15 @@
 // and one older than a released record of the same Call-ID (remembered for
 // at least a minute); a newer record with the same ports updates endpoints and
 // latches in place, keeping sockets and counters. Version 0 (a peer without
-// versions) always applies. ReleasedRecord makes the record that ends a
-// session on the standby.
+// versions) always applies. Release sends a released record whose version
+// outranks the session's last one, even one a previous holder with a clock
+// ahead made; the standby keeps it as a tombstone.
 //
-// Refresh: the VIP holder calls Relay.Refresh every Relay.RefreshPeriod
+// Cluster: the relay is a state channel of package cluster (replicate.go):
+// once StateChanges is called, Anchor and Release send the session's record
+// and the VIP holder runs the refresh below on the same channel.
+//
+// Refresh: the VIP holder calls Relay.Refresh every RefreshPeriod
 // (idle_timeout/3, within [1s, 20s]; 20s by default) and broadcasts what it
 // returns: the records of sessions whose content changed since the previous
 // Refresh (in practice the latches learned from the first packets, which

@@ -92,12 +92,12 @@ func nextVersion(prev uint64) uint64 {
 	return max(prev+1, uint64(time.Now().UnixNano()))
 }
 
-// ReleasedRecord is the record that ends callID on a standby. Its version
-// (the current time) outranks every record of the session made before, so a
-// stale record reordered behind it cannot bring the session back; with
-// clocks not in sync, raise it above the session's last version.
-func ReleasedRecord(callID string) SessionRecord {
-	return SessionRecord{CallID: callID, State: StateReleased, Version: nextVersion(0)}
+// releasedRecord is the record that ends callID on a standby. Its version
+// outranks every record of the session made before (after is the session's
+// last version, 0 if none), even one made by a holder whose clock ran ahead,
+// so a stale record reordered behind it cannot bring the session back.
+func releasedRecord(callID string, after uint64) SessionRecord {
+	return SessionRecord{CallID: callID, State: StateReleased, Version: nextVersion(after)}
 }
 
 // Record returns the record of one session, to replicate a change.

@@ -125,6 +125,7 @@ type Relay struct {
 	// how long a replica lives without hearing from the holder.
 	refreshEvery time.Duration
 	replicaTTL   time.Duration
+	out          *outlet // replication, set by StateChanges; r.mu
 }
 
 // RefreshPeriod derives the replication refresh period from idle_timeout:
@@ -198,10 +199,6 @@ func (r *Relay) nanotime() int64 { return r.now().UnixNano() }
 // Address is the relay address advertised in SDP.
 func (r *Relay) Address() netip.Addr { return r.addr }
 
-// RefreshPeriod is how often the VIP holder should call Refresh and
-// broadcast its result; a replica is dropped after 4 periods without news.
-func (r *Relay) RefreshPeriod() time.Duration { return r.refreshEvery }
-
 // Start launches the data-path workers and the idle sweeper.
 func (r *Relay) Start() {
 	r.mu.Lock()
@@ -253,6 +250,14 @@ func (r *Relay) Close() {
 // either also matches ErrSessionKept when callID already has a session, which
 // is then left unchanged (answer 488 so the call keeps its relayed media).
 func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
+	out, err := r.anchor(callID, from, body)
+	if err == nil {
+		r.replicate(callID)
+	}
+	return out, err
+}
+
+func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
 	if from != LegA && from != LegB {
 		return nil, fmt.Errorf("anchor %q: leg %d is neither A nor B", callID, from)
 	}
@@ -443,15 +448,21 @@ func (r *Relay) bindPair(s *session, st *stream, l Leg, want int) (int, error) {
 
 // Release ends the session of callID (BYE, CANCEL, final error response) and
 // frees its ports. Releasing an unknown Call-ID returns ErrNoSession.
+// With replication on (StateChanges), the twin is told in any case.
 func (r *Relay) Release(callID, reason string) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	s := r.sessions[callID]
+	rel, out := releasedRecord(callID, 0), r.out
+	if s != nil {
+		rel = releasedRecord(callID, s.version)
+		delete(r.sessions, callID)
+		r.releaseLocked(s, reason)
+	}
+	r.mu.Unlock()
+	_ = out.put(rel)
 	if s == nil {
 		return fmt.Errorf("release %q: %w", callID, ErrNoSession)
 	}
-	delete(r.sessions, callID)
-	r.releaseLocked(s, reason)
 	return nil
 }
 
@@ -525,9 +536,7 @@ func (r *Relay) sweepOnce() {
 			delete(r.sessions, id)
 			r.releaseLocked(s, "idle")
 			if len(r.idleGone) < maxIdleGone {
-				rel := ReleasedRecord(id)
-				rel.Version = max(rel.Version, s.version+1)
-				r.idleGone = append(r.idleGone, rel)
+				r.idleGone = append(r.idleGone, releasedRecord(id, s.version))
 			}
 			r.m.idleEnded.Inc()
 			r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))

@@ -83,7 +83,7 @@ func TestReplicaLivesWhileHolderHasIt(t *testing.T) {
 		t.Fatalf("replicas ended although the holder keeps them: %+v", r.Snapshot())
 	}
 
-	if err := r.Import(ReleasedRecord("rel")); err != nil {
+	if err := r.Import(releasedRecord("rel", 0)); err != nil {
 		t.Fatal(err)
 	}
 	if hasSession(r, "rel") {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -143,16 +142,15 @@ func extract(cfg *Config, req *sip.Request, res *sip.Response, src Source, backe
 	}
 
 	for _, rc := range reqContacts {
-		key := contactKey(&rc.Address)
 		var secs uint32
 		contact := rc.Address.String()
 		switch {
 		case u.hasList:
-			// The 2xx is authoritative: a Contact it does not list was refused
-			// or removed by the backend.
+			// The 2xx is authoritative: a Contact it does not list (in any
+			// equivalent spelling) was refused or removed by the backend.
 			var got *sip.ContactHeader
 			for _, c := range resContacts {
-				if !c.Address.Wildcard && contactKey(&c.Address) == key {
+				if !c.Address.Wildcard && uriEqual(&c.Address, &rc.Address) {
 					got = c
 					break
 				}
@@ -274,43 +272,6 @@ func aorFromURI(u *sip.Uri) (string, error) {
 		scheme = "sip"
 	}
 	return scheme + ":" + u.User + "@" + strings.ToLower(u.Host), nil
-}
-
-// contactKey is the identity of a Contact within an AOR: the URI compared
-// loosely enough that a phone re-sending its Contact with parameters in
-// another order or a host in another case is the same binding.
-func contactKey(u *sip.Uri) string {
-	var b strings.Builder
-	b.WriteString(strings.ToLower(u.Scheme))
-	b.WriteByte(':')
-	b.WriteString(u.User)
-	b.WriteByte('@')
-	b.WriteString(strings.ToLower(u.Host))
-	if u.Port != 0 {
-		b.WriteByte(':')
-		b.WriteString(strconv.Itoa(u.Port))
-	}
-	if len(u.UriParams) > 0 {
-		ps := make([]string, 0, len(u.UriParams))
-		for _, kv := range u.UriParams {
-			ps = append(ps, strings.ToLower(kv.K)+"="+strings.ToLower(kv.V))
-		}
-		slices.Sort(ps)
-		for _, p := range ps {
-			b.WriteByte(';')
-			b.WriteString(p)
-		}
-	}
-	return b.String()
-}
-
-// contactKeyString is contactKey for a stored Contact string.
-func contactKeyString(s string) string {
-	var u sip.Uri
-	if err := sip.ParseUri(s, &u); err != nil {
-		return s
-	}
-	return contactKey(&u)
 }
 
 // splitAOR takes "sip:user@host[:port][;params]" (scheme optional) apart

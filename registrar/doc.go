@@ -8,9 +8,10 @@
 //     which is authoritative), received address/transport/connection id,
 //     Call-ID, CSeq, absolute expiry (Contact expires param, then Expires
 //     header, capped at max_expires), User-Agent, backend and q. Expires: 0
-//     and Contact: * remove; a Contact of the REGISTER missing from the 2xx,
-//     or a binding the same backend accepted earlier and no longer lists, is
-//     removed.
+//     and Contact: * remove; a Contact of the REGISTER missing from the 2xx
+//     (URIs compared as RFC 3261 §19.1.4 says, so chan_pjsip dropping
+//     ;transport=UDP is no refusal), or a binding the same backend accepted
+//     earlier and no longer lists, is removed.
 //   - Lookup: the live bindings of an AOR in any spelling, best first;
 //     ErrUnknownAOR (never registered: 404) versus ErrNoBinding (registered
 //     before, nothing live: 480). An AOR whose domain is local (domains plus
@@ -37,6 +38,9 @@
 //     Merge is last-writer-wins per AOR and Contact over unexpired records:
 //     idempotent, commutative, order-independent. Records gives the full
 //     state for push/pull; OnChange hands local changes to a broadcaster.
+//     StateSnapshot, ApplyState and StateChanges (replicate.go) offer the
+//     same as opaque bytes: the registrar is a state channel of package
+//     cluster, which it does not import.
 //
 // What it does not: no SIP transport, no authentication (Asterisk
 // challenges), no forking or request routing (the proxy does that with the

@@ -88,9 +88,11 @@
 // POST /agent/v1/stop,
 // POST /agent/v1/clear-split-brain (all with `Authorization: Bearer
 // <token from token_file>`), GET /agent/v1/status (no token).
+// AnnouncedClient is a Client whose URL is the one the backend's agent
+// announces in the cluster, looked up on every call.
 //
 // Not here: choosing which node to start (the failover coordinator), agent
-// discovery (the cluster package), the VIP, DRBD configuration itself
+// membership (the cluster package), the VIP, DRBD configuration itself
 // (drbd.conf, connect/disconnect, resync), split-brain recovery.
 //
 // Config keys (the `agent:` section; defaults in DefaultConfig):

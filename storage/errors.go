@@ -22,4 +22,7 @@ var (
 	ErrStepFailed = errors.New("storage: resource group step failed")
 	// ErrUnauthorized: a control request without the right bearer token.
 	ErrUnauthorized = errors.New("storage: unauthorized")
+	// ErrAgentNotJoined: no alive cluster member announces the backend's
+	// agent (AnnouncedClient).
+	ErrAgentNotJoined = errors.New("agent has not joined the cluster")
 )

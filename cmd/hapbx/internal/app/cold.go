@@ -9,12 +9,10 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/storage"
@@ -57,7 +55,7 @@ func (d *daemon) coldNodes(backends []config.Backend) ([]failover.ColdNode, erro
 			if d.cluster == nil {
 				return nil, fmt.Errorf("backends[%d].agent.url: must be set without a cluster", i)
 			}
-			agent = &clusterAgent{backend: b.Name, client: client, agents: d.cluster.Agents, log: d.log.Named("cold")}
+			agent = storage.NewAnnouncedClient(b.Name, client, d.announcedAgents, d.log.Named("cold"))
 		}
 		n := failover.ColdNode{
 			Name:         b.Name,
@@ -73,78 +71,13 @@ func (d *daemon) coldNodes(backends []config.Backend) ([]failover.ColdNode, erro
 	return nodes, nil
 }
 
-// errAgentNotJoined: no alive cluster member is the backend's agent.
-var errAgentNotJoined = errors.New("agent has not joined the cluster")
-
-// clusterAgent reaches a backend's agent at the API URL it announces in
-// the cluster, looked up on every call: an agent that restarts elsewhere
-// or changes its address is followed. One that has not joined (or was
-// declared dead) is unreachable, which the coordinator treats like any
-// unreachable agent: fence before starting the group elsewhere.
-type clusterAgent struct {
-	backend string
-	client  storage.Client // without BaseURL
-	agents  func() []cluster.AgentInfo
-	log     *zap.Logger
-
-	mu   sync.Mutex
-	last string // URL last used, to log changes
-}
-
-var _ failover.Agent = (*clusterAgent)(nil)
-
-func (a *clusterAgent) resolve() (storage.Client, error) {
-	// Several alive agents claiming one backend is a configuration error;
-	// the first by member name is used, deterministically on every proxy.
-	var found []cluster.AgentInfo
-	for _, ag := range a.agents() {
-		if ag.Alive && ag.Backend == a.backend {
-			found = append(found, ag)
-		}
+// announcedAgents lists the storage agents that joined the cluster.
+func (d *daemon) announcedAgents() []storage.Announced {
+	var out []storage.Announced
+	for _, a := range d.cluster.Agents() {
+		out = append(out, storage.Announced(a))
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(found) == 0 {
-		if a.last != "" {
-			a.log.Warn("cold standby: agent gone from the cluster", zap.String("backend", a.backend), zap.String("last_url", a.last))
-			a.last = ""
-		}
-		return storage.Client{}, fmt.Errorf("backend %s: %w (no alive member with node name %q)", a.backend, errAgentNotJoined, a.backend)
-	}
-	if found[0].API != a.last {
-		a.log.Info("cold standby: agent found in the cluster", zap.String("backend", a.backend), zap.String("member", found[0].Name), zap.String("url", found[0].API))
-		if len(found) > 1 {
-			a.log.Error("cold standby: several agents announce the same backend; using the first", zap.String("backend", a.backend), zap.Any("agents", found))
-		}
-		a.last = found[0].API
-	}
-	c := a.client
-	c.BaseURL = found[0].API
-	return c, nil
-}
-
-func (a *clusterAgent) Status(ctx context.Context) (storage.Status, error) {
-	c, err := a.resolve()
-	if err != nil {
-		return storage.Status{}, err
-	}
-	return c.Status(ctx)
-}
-
-func (a *clusterAgent) Start(ctx context.Context, opts storage.StartOptions) (storage.Result, error) {
-	c, err := a.resolve()
-	if err != nil {
-		return storage.Result{}, err
-	}
-	return c.Start(ctx, opts)
-}
-
-func (a *clusterAgent) Stop(ctx context.Context) (storage.Result, error) {
-	c, err := a.resolve()
-	if err != nil {
-		return storage.Result{}, err
-	}
-	return c.Stop(ctx)
+	return out
 }
 
 func (d *daemon) coldStatus() *failover.ColdStatus {

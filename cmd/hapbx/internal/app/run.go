@@ -98,11 +98,7 @@ func (d *daemon) run() error {
 		}
 		d.relay.Start()
 		defer d.relay.Close()
-		if d.cluster != nil {
-			opts = append(opts, proxy.WithMediaAnchor(replicatedRelay{Relay: d.relay, c: d.cluster, log: d.log}))
-		} else {
-			opts = append(opts, proxy.WithMediaAnchor(d.relay))
-		}
+		opts = append(opts, proxy.WithMediaAnchor(d.relay))
 	}
 	if err := d.replicate(); err != nil {
 		return fmt.Errorf("cluster: %w", err)

@@ -1,0 +1,584 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.uber.org/zap"
+)
+
+// Leadership: hashicorp/raft with a static voter set (every entry of peers: the
+// proxies and the witness), bootstrapped identically on every node when data_dir is
+// empty. Term, vote and log live in data_dir (raft-boltdb v2 on bbolt): a voter that
+// forgot its vote could vote twice in a term. Transport: raft's NetworkTransport
+// over TCP on peers[self].raft (what raft.NewTCPTransport builds), with a stream
+// layer that makes both ends prove, by HMAC challenge-response, that they hold a key
+// of secret_file (raftauth.go): a host that merely reaches the port cannot vote or
+// append entries. Raft traffic is authenticated at connect, not encrypted.
+//
+// == Who holds the VIP ==
+//
+// A node holds the VIP iff it is a proxy, it is the raft leader, its quorum lease is
+// fresh, it reaches at least one of ping_targets (when configured) and it is not
+// handing leadership over. The quorum lease: every timing.leader_lease/4 the leader
+// issues raft's VerifyLeader (a heartbeat round); the lease is fresh while the issue
+// time of the newest successful round is less than timing.leader_lease ago. This check
+// runs in its own goroutine, outside raft's main loop, so a raft loop stuck on a disk
+// write also drops the VIP. raft's own LeaderLeaseTimeout (which only makes raft step
+// down) is set to heartbeat_timeout, the maximum raft allows, so late acknowledgements
+// under CPU starvation cost the VIP for a moment but not a whole new election.
+//
+// ping_targets are Heartbeat's ping nodes on top of the witness, not instead of it: a
+// proxy that cannot reach any of them may not hold the VIP, but they cast no vote. Two
+// proxies cut apart that both still reach the gateway would each count it, so a pair
+// with ping targets alone cannot agree; raft needs the third voter (New refuses fewer).
+//
+// A witness that wins an election, a leader that lost its ping targets, and (with
+// failback: true) a leader that sees a ping-healthy proxy of higher priority alive for
+// failback_delay,
+// release the VIP first and then transfer raft leadership to the best proxy (highest
+// priority, then lowest name; priorities are gossiped in memberlist node metadata).
+// With failback: false the current holder keeps the VIP when a higher-priority proxy
+// returns.
+//
+// "Holds" means the address is on the interface as far as the node knows: IsLeader,
+// LeaderCh, Status.vip_held and the node's gossiped metadata ("v") all follow the
+// Acquire/Release outcome, not the raft decision. A removal that fails leaves the node
+// holding: the leader loop retries it every lease tick until the kernel confirms the
+// address is gone, logs "cannot remove the VIP" at error level once per streak of
+// failures and counts every failed attempt in hapbx_cluster_vip_release_failures_total.
+// Meanwhile the node starts no leadership transfer (failback, ping loss, Close): that
+// would knowingly make a second holder. If raft elects the other proxy anyway (this
+// node lost its quorum), both hold the address until the removal succeeds; the timing
+// argument below assumes removals succeed (TestReleaseFailureRetried).
+//
+// Status.leader is the raft leader; Status.vip_holders lists the alive members whose
+// metadata says they hold the VIP (this node from its own state): normally one, none
+// while the VIP moves or while the leader may not hold it (lease lapsed, ping targets
+// lost, witness), two only with a failing removal. Metadata travels by gossip, so
+// another node's entry lags by a gossip round or so (TestStatusVIPHolders).
+//
+// == Timing argument (why there are never two holders) ==
+//
+// Defaults: heartbeat_timeout H = 250 ms, election_timeout = 250 ms, leader_lease
+// L = 100 ms, lease check tick = L/4 = 25 ms. Validate demands L <= H/2.
+//
+// Every raft RPC, heartbeats included, has an I/O deadline of rpc = H - L - tick - H/10
+// (= 100 ms) from the moment it is sent.
+//
+// Let t be the issue time of the holder's newest successful VerifyLeader. Success means
+// a majority of voters (the holder included) acknowledged a heartbeat that was sent after
+// t, or that was already in flight at t and so was sent after t - rpc. Each of those
+// voters therefore set its "last contact" to a time >= t - rpc. The holder drops the VIP
+// at the latest at t + L + tick (+ the netlink call, ~1 ms) = t + 125 ms.
+//
+// A new leader needs (pre-)votes from a majority, which shares at least one voter X with
+// the majority that acknowledged t. X refuses (pre-)votes while it knows a leader, and
+// forgets the leader only when its heartbeat timer finds no contact for H; if X is the
+// candidate itself, it does not start an election before H without contact. So no new
+// leader exists before t - rpc + H = t + 150 ms, at least 25 ms after the old holder
+// released the VIP, even in the worst case of a 100 ms heartbeat round trip straddling
+// t. In the usual case (round trips well under a millisecond) t - rpc is really ~t and
+// the margin is ~125 ms, absorbing scheduling and GC pauses of the old holder. A holder
+// whose whole process or machine is frozen longer (SIGSTOP, VM pause) cannot run its
+// lease check; this library has no fencing for that case. Validate enforces L <= H/2,
+// which keeps rpc >= 0.275 H > 0.
+//
+// A voter that restarts forgets whom it followed and would grant votes at once; Start
+// therefore waits H before it starts raft, so a vote it grants comes at least H after
+// any acknowledgement it gave in its previous life.
+//
+// The one raft path that bypasses the "I have a leader" refusal is leadership transfer
+// (TimeoutNow). hapbx only starts a transfer after releasing the VIP itself (failback,
+// ping loss, Close); a witness never holds it.
+//
+// Failover time after the holder dies: the followers' timers fire between H and 3H after
+// the last heartbeat (raft re-arms a random [H, 2H) timer), then one pre-vote and one vote
+// round trip and an fsync; if the witness wins, one leadership transfer follows (a few
+// ms). Then a VerifyLeader round and the VIP add. When the surviving proxy and the
+// witness time out within a few ms of each other, each refuses the other's pre-vote
+// (it still knows the dead leader) and the proxy retries after a random
+// [election_timeout, 2x) wait: that is the tail. Measured in network namespaces on a
+// shared, loaded 2-core machine (TestFailoverFigures, HAPBX_BENCH=1): median 0.55-0.7 s,
+// most runs' max 0.7-1.1 s, single outliers up to ~2 s.
+//
+// == Failure cases ==
+//
+//   - Holder dies (power, SIGKILL): the other proxy and the witness elect the other
+//     proxy within about 0.3–0.8 s; it adds the VIP and sends gratuitous ARP, so clients'
+//     ARP entries follow at once (TestFailoverSIGKILL). If only the hapbx process died and
+//     the host lives, the address stays on its interface until hapbx restarts (Start
+//     removes it) — deploy the systemd unit with
+//     ExecStopPost=-/usr/sbin/ip addr del <vip> dev <interface> so a crashed process does
+//     not leave a second owner answering ARP.
+//   - Pair cut apart, both see the witness: the holder keeps its quorum with the witness
+//     and keeps the VIP; the witness refuses the other proxy's pre-votes (it has a
+//     leader), so nothing moves and terms do not inflate. Shared-state broadcasts
+//     between the two stop; a full push runs when they see each other again
+//     (TestPartition).
+//   - Holder cut from everyone: its lease runs out and it releases the VIP after at most
+//     L + tick; the others elect a new holder after at least H (TestPartition samples
+//     every 50 ms in both namespaces: never two holders). Healed, the old holder becomes
+//     a follower; failback decides whether it takes the VIP back.
+//   - Witness dies: the two proxies keep a quorum of 2 of 3; nothing moves. A second
+//     failure then leaves no quorum: restore the witness.
+//   - Two nodes die: the survivor has no quorum and holds no VIP (released within L if it
+//     held it). The service is down until a second voter returns: that is the price of
+//     never having two holders. There is no manual override in this package.
+//   - Holder loses its ping targets: it releases the VIP and hands leadership to a proxy
+//     that reaches them; if none does, no node holds the VIP.
+//   - Removing the VIP fails (netlink error): the node keeps reporting it holds the VIP,
+//     retries every lease tick and logs/counts it (see Who holds the VIP); no hand-over
+//     starts from it. On Close the removal is tried once more in shutdown; after that
+//     only ExecStopPost (hapbx release-vip) can remove it.
+
+// leadership is the raft voter and the quorum lease the VIP depends on.
+type leadership struct {
+	r     *raft.Raft
+	trans *raft.NetworkTransport
+	store *raftboltdb.BoltStore
+	wake  chan struct{} // re-evaluates the lease at once (leaderLoop)
+
+	pingOK       atomic.Bool // ping targets reached (true without targets)
+	quorum       atomic.Bool
+	transferring atomic.Bool
+	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
+	inflight     atomic.Int32
+}
+
+// vipHolding is the VIP on our interface and who is told when that changes.
+type vipHolding struct {
+	vip vipAddr // nil on a witness and an agent; a test substitutes a fake
+	// mu serialises every change of the VIP (leader loop, Close, shutdown): one
+	// Acquire or Release at a time, and none after Close decided to let go.
+	mu sync.Mutex
+	// holding: the VIP is on our interface as far as we know (written under mu). A
+	// failed Release leaves it true: the address is still there.
+	holding      atomic.Bool
+	gen          atomic.Uint64 // hold generation: bumped on every take and release
+	stopped      bool          // under mu: Close began, Acquire is refused
+	lastErr      time.Time     // under mu
+	releaseFails int           // under mu: failed Release attempts in the current streak
+
+	subMu sync.Mutex
+	subs  []chan bool // LeaderCh
+}
+
+// vipAddr is what the Cluster needs of its VIP (*VIP); a test substitutes a fake to
+// inject failures.
+type vipAddr interface {
+	Acquire() error
+	Release() error
+	Held() (bool, error)
+}
+
+func (c *Cluster) startRaft() error {
+	bridge := logBridge{c.log.Named("raft")}
+	if err := os.MkdirAll(c.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("cluster: data_dir %s: %w", c.cfg.DataDir, err)
+	}
+	store, err := raftboltdb.NewBoltStore(filepath.Join(c.cfg.DataDir, "raft.db"))
+	if err != nil {
+		return fmt.Errorf("cluster: raft store in %s: %w", c.cfg.DataDir, err)
+	}
+	c.lead.store = store
+	snaps, err := raft.NewFileSnapshotStore(c.cfg.DataDir, 2, bridge)
+	if err != nil {
+		return fmt.Errorf("cluster: raft snapshots in %s: %w", c.cfg.DataDir, err)
+	}
+	self := c.cfg.self()
+	adv, err := net.ResolveTCPAddr("tcp", self.Raft)
+	if err != nil {
+		return fmt.Errorf("cluster: peers[%s].raft %q: %w", self.Name, self.Raft, err)
+	}
+	bind := c.cfg.RaftBind
+	if bind == "" {
+		bind = net.JoinHostPort("0.0.0.0", strconv.Itoa(adv.Port))
+	}
+	// raft's TCP transport (as raft.NewTCPTransport builds it) over a stream layer that
+	// authenticates peers with the gossip keys.
+	stream, err := newAuthLayer(bind, adv, c.mem.keyring.GetKeys(), c.mem.keyring.GetPrimaryKey())
+	if err != nil {
+		return fmt.Errorf("cluster: raft transport on %s: %w", bind, err)
+	}
+	c.lead.trans = raft.NewNetworkTransport(stream, 3, c.rpcTimeout(), bridge)
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.cfg.Name)
+	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
+	rc.ElectionTimeout = c.cfg.Timing.ElectionTimeout
+	if c.role == RoleWitness {
+		// A witness whose pre-vote was refused waits long before it tries again, so it
+		// rarely collides with a proxy's election (split vote): it would only hand
+		// leadership over anyway. Its first attempt still comes after H like everyone's.
+		rc.ElectionTimeout *= 4
+	}
+	// Not what protects the VIP (see "Who holds the VIP" above): the maximum raft allows.
+	rc.LeaderLeaseTimeout = c.cfg.Timing.HeartbeatTimeout
+	rc.CommitTimeout = 20 * time.Millisecond
+	rc.LogOutput = bridge
+	rc.LogLevel = "INFO"
+	rc.SnapshotThreshold = 1024
+	rc.TrailingLogs = 1024
+	if err := raft.ValidateConfig(rc); err != nil {
+		return fmt.Errorf("cluster: raft timing: %w", err)
+	}
+	has, err := raft.HasExistingState(store, store, snaps)
+	if err != nil {
+		return fmt.Errorf("cluster: read raft state in %s: %w", c.cfg.DataDir, err)
+	}
+	if !has {
+		var conf raft.Configuration
+		for _, p := range c.cfg.Peers {
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.Name), Address: raft.ServerAddress(p.Raft)})
+		}
+		if err := raft.BootstrapCluster(rc, store, store, snaps, c.lead.trans, conf); err != nil {
+			return fmt.Errorf("cluster: bootstrap raft in %s: %w", c.cfg.DataDir, err)
+		}
+		c.log.Info("raft bootstrapped with the static voter set", zap.Int("voters", len(conf.Servers)))
+	}
+	c.lead.r, err = raft.NewRaft(rc, c.kv.fsm, store, store, snaps, c.lead.trans)
+	if err != nil {
+		return fmt.Errorf("cluster: start raft: %w", err)
+	}
+	return nil
+}
+
+// observe counts leader changes and logs them.
+func (c *Cluster) observe(ctx context.Context) {
+	defer c.wg.Done()
+	ch := make(chan raft.Observation, 16)
+	ob := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	c.lead.r.RegisterObserver(ob)
+	defer c.lead.r.DeregisterObserver(ob)
+	var last raft.ServerID
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case o := <-ch:
+			lo := o.Data.(raft.LeaderObservation)
+			if lo.LeaderID != "" && lo.LeaderID != last {
+				c.m.leaderChanges.Inc()
+				c.log.Info("raft leader", zap.String("leader", string(lo.LeaderID)))
+				last = lo.LeaderID
+			}
+			c.lead.poke()
+		}
+	}
+}
+
+// poke makes leaderLoop re-evaluate the lease at once.
+func (l *leadership) poke() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Cluster) leaseTick() time.Duration {
+	return max(c.cfg.Timing.LeaderLease/4, 5*time.Millisecond)
+}
+
+// rpcTimeout bounds every raft RPC, heartbeats included: how much earlier than a
+// VerifyLeader round a heartbeat that satisfies it can have reached the follower (see
+// the timing argument above; the margin is kept at heartbeat_timeout/10).
+func (c *Cluster) rpcTimeout() time.Duration {
+	t := c.cfg.Timing
+	return t.HeartbeatTimeout - t.LeaderLease - c.leaseTick() - t.HeartbeatTimeout/10
+}
+
+// leaderLoop decides, every tick and whenever raft's leadership changes, whether this
+// node may hold the VIP (see "Who holds the VIP" above).
+func (c *Cluster) leaderLoop(ctx context.Context) {
+	defer c.wg.Done()
+	lease := c.cfg.Timing.LeaderLease
+	tick := time.NewTicker(c.leaseTick())
+	defer tick.Stop()
+	leaderCh := c.lead.r.LeaderCh()
+	var lastTransfer time.Time
+	for {
+		// A wake (an acknowledged VerifyLeader, a finished transfer) only
+		// re-evaluates the lease. Verifying on it too made every answer
+		// start the next round at once: an idle leader spun at network round
+		// trip speed, most of a core. Verifications go out on the tick (and
+		// when leadership changes), which is what the lease is sized for.
+		verify := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			verify = true
+		case <-leaderCh:
+			verify = true
+		case <-c.lead.wake:
+		}
+		isLeader := c.lead.r.State() == raft.Leader
+		c.m.isLeader.Set(b2f(isLeader))
+		now := time.Now()
+		if isLeader && verify && c.lead.inflight.Load() < 4 {
+			c.lead.inflight.Add(1)
+			issued := now
+			go func() {
+				defer c.lead.inflight.Add(-1)
+				if c.lead.r.VerifyLeader().Error() == nil {
+					for {
+						old := c.lead.lastAck.Load()
+						if issued.UnixNano() <= old || c.lead.lastAck.CompareAndSwap(old, issued.UnixNano()) {
+							break
+						}
+					}
+					c.lead.poke()
+				}
+			}()
+		}
+		leaseOK := isLeader && now.Sub(time.Unix(0, c.lead.lastAck.Load())) < lease
+		if isLeader {
+			c.lead.quorum.Store(leaseOK)
+		} else {
+			addr, _ := c.lead.r.LeaderWithID()
+			c.lead.quorum.Store(addr != "")
+		}
+		c.m.quorum.Set(b2f(c.lead.quorum.Load()))
+		hold := c.role == RoleProxy && leaseOK && c.lead.pingOK.Load() && !c.lead.transferring.Load()
+		// A failed Release leaves holding true, so it is tried again here every tick.
+		c.setHolding(hold)
+
+		// A leader that must not hold the VIP (witness, lost ping targets) or that should
+		// fail back hands leadership to the best proxy.
+		if isLeader && !c.lead.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
+			if targets := c.transferTargets(); len(targets) > 0 {
+				lastTransfer = now
+				// Release before anyone else can be elected. A transfer while the address
+				// is still on our interface would make two holders at once: keep
+				// leadership and try again later.
+				if !c.setHolding(false) {
+					continue
+				}
+				c.lead.transferring.Store(true)
+				c.wg.Add(1)
+				go func() {
+					defer c.wg.Done()
+					defer c.lead.poke()
+					defer c.lead.transferring.Store(false)
+					c.transfer(targets)
+				}()
+			}
+		}
+	}
+}
+
+// transfer hands raft leadership to the first target that answers a direct memberlist
+// ping: right after an election the previous leader is often dead but not yet declared
+// so by memberlist, and a transfer to it would only time out.
+func (c *Cluster) transfer(targets []Peer) {
+	ml := c.mem.ml.Load()
+	for _, p := range targets {
+		addr, err := net.ResolveUDPAddr("udp", p.Gossip)
+		if err != nil {
+			continue
+		}
+		if _, err := ml.Ping(p.Name, addr); err != nil {
+			c.log.Info("not handing leadership to an unresponsive proxy", zap.String("to", p.Name), zap.Error(err))
+			continue
+		}
+		c.log.Info("handing raft leadership over", zap.String("to", p.Name))
+		err = c.lead.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
+		if err == nil {
+			return
+		}
+		c.log.Warn("leadership transfer failed", zap.String("to", p.Name), zap.Error(err))
+		if c.lead.r.State() != raft.Leader {
+			return
+		}
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// transferTargets lists, best first, the proxies this leader should hand over to; empty
+// when it should keep leadership.
+func (c *Cluster) transferTargets() []Peer {
+	var cands []Member
+	for _, m := range c.Members() {
+		if m.Name == c.cfg.Name || m.State != "alive" || m.Role != RoleProxy.String() || !m.PingOK {
+			continue
+		}
+		cands = append(cands, m)
+	}
+	if len(cands) == 0 {
+		return nil
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].Priority != cands[j].Priority {
+			return cands[i].Priority > cands[j].Priority
+		}
+		return cands[i].Name < cands[j].Name
+	})
+	switch {
+	case c.role == RoleWitness, !c.lead.pingOK.Load():
+	case c.cfg.Failback && cands[0].Priority > c.cfg.Priority:
+		// Only proxies that outrank us and have been up for failback_delay (a proxy
+		// that just restarted is still catching up raft's log; a transfer to it would
+		// time out after the VIP was already released).
+		upAt := c.mem.upSince()
+		n := 0
+		for _, m := range cands {
+			if m.Priority > c.cfg.Priority && time.Since(upAt[m.Name]) >= c.cfg.FailbackDelay {
+				cands[n] = m
+				n++
+			}
+		}
+		cands = cands[:n]
+	default:
+		return nil
+	}
+	var out []Peer
+	for _, m := range cands {
+		for _, p := range c.cfg.Peers {
+			if p.Name == m.Name {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// setHolding adds or removes the VIP so that holding becomes hold, and reports whether
+// it now is. Called by the leader loop every tick, so a failed Acquire or Release is
+// retried on the next one.
+func (c *Cluster) setHolding(hold bool) bool {
+	if c.hold.vip == nil {
+		return !hold
+	}
+	c.hold.mu.Lock()
+	defer c.hold.mu.Unlock()
+	return c.setHoldingLocked(hold)
+}
+
+func (c *Cluster) setHoldingLocked(hold bool) bool {
+	if c.hold.holding.Load() == hold {
+		if hold && c.hold.releaseFails > 0 {
+			// Entitled to the VIP again before a removal succeeded: the streak ends.
+			c.log.Warn("keeping the VIP that could not be removed", zap.Int("failed_attempts", c.hold.releaseFails))
+			c.hold.releaseFails = 0
+		}
+		return true
+	}
+	if hold {
+		if c.hold.stopped {
+			return false
+		}
+		if err := c.hold.vip.Acquire(); err != nil {
+			// Retried every lease tick: log once a second, not forty times.
+			if time.Since(c.hold.lastErr) > time.Second {
+				c.log.Error("cannot take the VIP", zap.Error(err))
+				c.hold.lastErr = time.Now()
+			}
+			return false
+		}
+	} else if err := c.hold.vip.Release(); err != nil {
+		// Only the kernel can say the address is gone; until then we still hold it,
+		// whatever raft says, and say so (IsLeader, Status, node metadata).
+		if held, herr := c.hold.vip.Held(); herr != nil || held {
+			c.hold.releaseFails++
+			c.m.releaseFailures.Inc()
+			if c.hold.releaseFails == 1 {
+				c.log.Error("cannot remove the VIP; retrying every lease tick", zap.Error(err))
+			} else {
+				c.log.Debug("VIP removal failed again", zap.Int("attempts", c.hold.releaseFails), zap.Error(err))
+			}
+			return false
+		}
+	}
+	if !hold && c.hold.releaseFails > 0 {
+		c.log.Warn("VIP removed after failed attempts", zap.Int("failed_attempts", c.hold.releaseFails))
+		c.hold.releaseFails = 0
+	}
+	c.hold.holding.Store(hold)
+	if hold {
+		c.takeover(c.hold.gen.Add(1))
+	} else {
+		c.hold.gen.Add(1)
+	}
+	c.hold.notify(hold)
+	c.mem.pokeMeta()
+	return true
+}
+
+// stopVIP refuses every later Acquire and removes the VIP (one attempt); it reports
+// whether the VIP is off our interface.
+func (c *Cluster) stopVIP() bool {
+	if c.hold.vip == nil {
+		return true
+	}
+	c.hold.mu.Lock()
+	defer c.hold.mu.Unlock()
+	c.hold.stopped = true
+	return c.setHoldingLocked(false)
+}
+
+// notify tells every LeaderCh whether the VIP is held now.
+func (h *vipHolding) notify(v bool) {
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	for _, ch := range h.subs {
+		select {
+		case <-ch:
+		default:
+		}
+		ch <- v
+	}
+}
+
+// LeaderCh returns a new channel that receives true when this node takes the VIP and
+// false when the address is gone from its interface. Only the latest value is kept if
+// the reader lags.
+func (c *Cluster) LeaderCh() <-chan bool {
+	ch := make(chan bool, 1)
+	c.hold.subMu.Lock()
+	c.hold.subs = append(c.hold.subs, ch)
+	c.hold.subMu.Unlock()
+	return ch
+}
+
+// IsLeader reports whether this node holds the VIP, i.e. is the acting leader that
+// should run the failover coordinator. A witness never is. It stays true while a
+// removal of the VIP keeps failing: the address is still ours (see "Who holds the VIP" at the top of this file).
+func (c *Cluster) IsLeader() bool { return c.hold.holding.Load() }
+
+func (c *Cluster) pingLoop(ctx context.Context) {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ok := reachable(ctx, c.cfg.PingTargets, c.cfg.PingTimeout)
+		if ok != c.lead.pingOK.Swap(ok) {
+			c.log.Warn("ping targets", zap.Bool("reachable", ok), zap.Strings("targets", c.cfg.PingTargets))
+			c.mem.pokeMeta()
+			c.lead.poke()
+		}
+	}
+}
