@@ -246,10 +246,19 @@ func TestSIGTERMDrains(t *testing.T) {
 
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_answered.xml"),
 		"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", d.sip)
-	time.Sleep(500 * time.Millisecond) // ringing now
+	testkit.Eventually(t, 5*time.Second, "the call ringing", func() bool {
+		return d.metric(t, `hapbx_proxy_responses_total{code="180",method="INVITE"}`) == "1"
+	})
 	start := time.Now()
 	d.proc.Cmd.Process.Signal(syscall.SIGTERM)
-	time.Sleep(200 * time.Millisecond)
+	testkit.Eventually(t, 5*time.Second, "hapbx draining (healthz not ok)", func() bool {
+		res, err := http.Get(d.admin + "/healthz")
+		if err != nil {
+			return true
+		}
+		res.Body.Close()
+		return res.StatusCode != http.StatusOK
+	})
 
 	late := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sn", "uac", "-s", "203", "-m", "1",
 		"-timeout", "5s", d.sip)
