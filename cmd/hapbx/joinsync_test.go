@@ -156,9 +156,7 @@ func (l *joinLab) seedBindings(name string, n int) {
 			t.Fatal(err)
 		}
 		taken += k
-		for r.Snapshot().Store.Pending > 0 {
-			time.Sleep(time.Millisecond)
-		}
+		testkit.Eventually(t, time.Minute, "the batch written", func() bool { return r.Snapshot().Store.Pending == 0 })
 	}
 	cancel()
 	if err := <-ran; err != nil {
