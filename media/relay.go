@@ -241,15 +241,20 @@ func (r *Relay) Close() {
 }
 
 // Anchor creates or updates the session of callID with an SDP body sent by
-// leg from, and returns the body rewritten for the other leg: relay address
-// and the relay ports facing that other leg. Use it for every SDP in either
+// the caller (leg A, fromCaller) or the callee (leg B), and returns the body
+// rewritten for the other leg: relay address and the relay ports facing
+// that other leg. Use it for every SDP in either
 // direction: INVITE, 18x, 200, ACK (late offer), UPDATE, re-INVITE. A changed
 // endpoint (new address or port) updates where the relay sends and allows
 // that leg to be latched again; held streams keep their ports.
 // Errors: ErrBadSDP (pass the call un-anchored or answer 488), ErrNoPorts (503);
 // either also matches ErrSessionKept when callID already has a session, which
 // is then left unchanged (answer 488 so the call keeps its relayed media).
-func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
+func (r *Relay) Anchor(callID string, fromCaller bool, body []byte) ([]byte, error) {
+	from := LegB
+	if fromCaller {
+		from = LegA
+	}
 	out, err := r.anchor(callID, from, body)
 	if err == nil {
 		r.replicate(callID)
@@ -258,9 +263,6 @@ func (r *Relay) Anchor(callID string, from Leg, body []byte) ([]byte, error) {
 }
 
 func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
-	if from != LegA && from != LegB {
-		return nil, fmt.Errorf("anchor %q: leg %d is neither A nor B", callID, from)
-	}
 	sd, infos, err := parseSDP(body)
 	if err != nil {
 		r.m.sdpErrors.Inc()

@@ -173,14 +173,14 @@ func TestRelayBothWaysNATLatchAndStranger(t *testing.T) {
 	b := newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
 
-	offerOut, err := r.Anchor("call-1", LegA, offer(netip.MustParseAddrPort("10.9.9.9:4000"), ""))
+	offerOut, err := r.Anchor("call-1", true, offer(netip.MustParseAddrPort("10.9.9.9:4000"), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(string(offerOut), "10.9.9.9") || !strings.Contains(string(offerOut), "c=IN IP4 127.0.0.1") {
 		t.Fatalf("offer not rewritten to the relay only:\n%s", offerOut)
 	}
-	answerOut, err := r.Anchor("call-1", LegB, offer(b.addr(), ""))
+	answerOut, err := r.Anchor("call-1", false, offer(b.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) flo
 func TestRelayIdleTimeout(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	r, reg, clk := newClockedRelay(t, "31100-31199", func(c *Config) { c.IdleTimeout = idle })
-	if _, err := r.Anchor("idle", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
+	if _, err := r.Anchor("idle", true, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
 		t.Fatal(err)
 	}
 	// Ringing without early media is not idle: the callee has the offer's ports.
@@ -273,7 +273,7 @@ func TestRelayIdleTimeout(t *testing.T) {
 	if len(r.Snapshot()) != 1 {
 		t.Fatal("unanswered session ended by idle_timeout")
 	}
-	if _, err := r.Anchor("idle", LegB, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
+	if _, err := r.Anchor("idle", false, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
 		t.Fatal(err)
 	}
 	clk.advance(idle)
@@ -297,8 +297,8 @@ func TestRelayIdleTimeout(t *testing.T) {
 func TestRelayActiveSessionNotIdle(t *testing.T) {
 	r, _, clk := newClockedRelay(t, "31200-31299", func(c *Config) { c.IdleTimeout = 600 * time.Millisecond })
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, _ := r.Anchor("busy", LegA, offer(a.addr(), ""))
-	ans, _ := r.Anchor("busy", LegB, offer(b.addr(), ""))
+	o, _ := r.Anchor("busy", true, offer(a.addr(), ""))
+	ans, _ := r.Anchor("busy", false, offer(b.addr(), ""))
 	for range 30 { // 1.5 s of media, more than two idle timeouts long
 		mustRelay(t, a, relayAP(sdpPort(t, ans)), b, relayAP(sdpPort(t, o)))
 		clk.advance(50 * time.Millisecond)
@@ -312,22 +312,22 @@ func TestRelayActiveSessionNotIdle(t *testing.T) {
 func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 	r, _ := newTestRelay(t, "31300-31399", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o1, _ := r.Anchor("hold", LegA, offer(a.addr(), ""))
-	ans1, _ := r.Anchor("hold", LegB, offer(b.addr(), ""))
+	o1, _ := r.Anchor("hold", true, offer(a.addr(), ""))
+	ans1, _ := r.Anchor("hold", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans1)), relayAP(sdpPort(t, o1))
 	mustRelay(t, a, forA, b, forB)
 	mustRelay(t, b, forB, a, forA)
 	free := r.pool.free()
 
 	// B holds with a=sendonly (re-INVITE from B), then RFC 2543 style with c=0.0.0.0.
-	h, err := r.Anchor("hold", LegB, offer(b.addr(), "a=sendonly\r\n"))
+	h, err := r.Anchor("hold", false, offer(b.addr(), "a=sendonly\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if relayAP(sdpPort(t, h)) != forA || !strings.Contains(string(h), "a=sendonly") {
 		t.Fatalf("hold changed the port or lost the direction:\n%s", h)
 	}
-	h0, err := r.Anchor("hold", LegB, offer(netip.MustParseAddrPort("0.0.0.0:"+strconv.Itoa(int(b.addr().Port()))), "a=inactive\r\n"))
+	h0, err := r.Anchor("hold", false, offer(netip.MustParseAddrPort("0.0.0.0:"+strconv.Itoa(int(b.addr().Port()))), "a=inactive\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 	}
 	// Resume from a new port of B: the relay must follow the new SDP endpoint.
 	b2 := newPhone(t, "127.0.0.3")
-	res, err := r.Anchor("hold", LegB, offer(b2.addr(), "a=sendrecv\r\n"))
+	res, err := r.Anchor("hold", false, offer(b2.addr(), "a=sendrecv\r\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +352,7 @@ func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 	b.sendRTP(forB)
 	mustNotReceive(t, a, 200*time.Millisecond)
 	// A codec change from A (PCMU only) keeps ports and passes codecs as they are.
-	cc, err := r.Anchor("hold", LegA, []byte(strings.Replace(string(offer(a.addr(), "")), "RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000", "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000", 1)))
+	cc, err := r.Anchor("hold", true, []byte(strings.Replace(string(offer(a.addr(), "")), "RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000", "RTP/AVP 0\r\na=rtpmap:0 PCMU/8000", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +361,7 @@ func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 	}
 	mustRelay(t, a, forA, b2, forB)
 	// A re-INVITE from A with the same SDP keeps everything.
-	o2, _ := r.Anchor("hold", LegA, offer(a.addr(), ""))
+	o2, _ := r.Anchor("hold", true, offer(a.addr(), ""))
 	if relayAP(sdpPort(t, o2)) != forB || r.pool.free() != free {
 		t.Fatal("identical re-INVITE changed ports")
 	}
@@ -371,8 +371,8 @@ func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 func TestRelayRelatchAfterSilence(t *testing.T) {
 	r, _, clk := newClockedRelay(t, "31400-31499", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
 	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
-	o, _ := r.Anchor("roam", LegA, offer(a.addr(), ""))
-	ans, _ := r.Anchor("roam", LegB, offer(b.addr(), ""))
+	o, _ := r.Anchor("roam", true, offer(a.addr(), ""))
+	ans, _ := r.Anchor("roam", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
 	mustRelay(t, a, forA, b, forB)
 	a2.sendRTP(forA) // latched source just spoke: a2 is a stranger
@@ -386,12 +386,12 @@ func TestRelayPortExhaustion(t *testing.T) {
 	// 31500-31503: two pairs, exactly one session with one stream.
 	r, reg := newTestRelay(t, "31500-31503", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, err := r.Anchor("first", LegA, offer(a.addr(), ""))
+	o, err := r.Anchor("first", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ans, _ := r.Anchor("first", LegB, offer(b.addr(), ""))
-	_, err = r.Anchor("second", LegA, offer(a.addr(), ""))
+	ans, _ := r.Anchor("first", false, offer(b.addr(), ""))
+	_, err = r.Anchor("second", true, offer(a.addr(), ""))
 	if !errors.Is(err, ErrNoPorts) {
 		t.Fatalf("second call: %v, want ErrNoPorts", err)
 	}
@@ -407,21 +407,21 @@ func TestRelayPortExhaustion(t *testing.T) {
 	if err := r.Release("first", "bye"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Anchor("second", LegA, offer(a.addr(), "")); err != nil {
+	if _, err := r.Anchor("second", true, offer(a.addr(), "")); err != nil {
 		t.Fatalf("after release: %v", err)
 	}
 }
 
 func TestRelayMaxSessions(t *testing.T) {
 	r, _ := newTestRelay(t, "31600-31699", func(c *Config) { c.MaxSessions = 1 })
-	if _, err := r.Anchor("one", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
+	if _, err := r.Anchor("one", true, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Anchor("two", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4002"), "")); !errors.Is(err, ErrNoPorts) {
+	if _, err := r.Anchor("two", true, offer(netip.MustParseAddrPort("127.0.0.2:4002"), "")); !errors.Is(err, ErrNoPorts) {
 		t.Fatalf("got %v, want ErrNoPorts", err)
 	}
 	// Updates of the existing session are not new sessions.
-	if _, err := r.Anchor("one", LegB, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
+	if _, err := r.Anchor("one", false, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -430,7 +430,7 @@ func TestRelayBadSDP(t *testing.T) {
 	r, reg := newTestRelay(t, "31700-31799", nil)
 	for _, body := range []string{"", "garbage", "v=0\r\n", string(offer(netip.MustParseAddrPort("127.0.0.2:4000"), ""))[:40],
 		"v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"} {
-		if _, err := r.Anchor("bad", LegA, []byte(body)); !errors.Is(err, ErrBadSDP) {
+		if _, err := r.Anchor("bad", true, []byte(body)); !errors.Is(err, ErrBadSDP) {
 			t.Errorf("%q: got %v, want ErrBadSDP", body, err)
 		}
 	}
@@ -445,8 +445,8 @@ func TestRelayBadSDP(t *testing.T) {
 func TestRelayExportImport(t *testing.T) {
 	r1, _ := newTestRelay(t, "31800-31899", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, _ := r1.Anchor("ha", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
-	ans, _ := r1.Anchor("ha", LegB, offer(b.addr(), ""))
+	o, _ := r1.Anchor("ha", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
+	ans, _ := r1.Anchor("ha", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
 	mustRelay(t, a, forA, b, forB)
 	recs := r1.Export()
@@ -474,7 +474,7 @@ func TestRelayExportImport(t *testing.T) {
 		t.Fatalf("imported ports differ: %+v", st)
 	}
 	// A fresh call on the standby does not get the imported ports.
-	o2, err := r2.Anchor("new", LegA, offer(a.addr(), ""))
+	o2, err := r2.Anchor("new", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,8 +513,8 @@ func TestImportFreebindNonLocalAddress(t *testing.T) {
 func TestRelayConcurrentControlAndTraffic(t *testing.T) {
 	r, reg := newTestRelay(t, "30200-30399", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, _ := r.Anchor("steady", LegA, offer(a.addr(), ""))
-	ans, _ := r.Anchor("steady", LegB, offer(b.addr(), ""))
+	o, _ := r.Anchor("steady", true, offer(a.addr(), ""))
+	ans, _ := r.Anchor("steady", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
 	done := make(chan struct{})
 	errc := make(chan error, 4)
@@ -522,11 +522,11 @@ func TestRelayConcurrentControlAndTraffic(t *testing.T) {
 		go func() {
 			for i := range 40 {
 				id := fmt.Sprintf("churn-%d-%d", g, i)
-				if _, err := r.Anchor(id, LegA, offer(netip.MustParseAddrPort("127.0.0.9:7000"), "")); err != nil {
+				if _, err := r.Anchor(id, true, offer(netip.MustParseAddrPort("127.0.0.9:7000"), "")); err != nil {
 					errc <- err
 					return
 				}
-				if _, err := r.Anchor(id, LegB, offer(netip.MustParseAddrPort("127.0.0.9:7002"), "a=sendonly\r\n")); err != nil {
+				if _, err := r.Anchor(id, false, offer(netip.MustParseAddrPort("127.0.0.9:7002"), "a=sendonly\r\n")); err != nil {
 					errc <- err
 					return
 				}
@@ -572,14 +572,14 @@ func TestRelayConcurrentControlAndTraffic(t *testing.T) {
 func TestRelayLateOffer(t *testing.T) {
 	r, _ := newTestRelay(t, "30400-30499", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	offerToA, err := r.Anchor("late", LegB, offer(b.addr(), ""))
+	offerToA, err := r.Anchor("late", false, offer(b.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st := r.Snapshot()[0].State; st != StateOffered {
 		t.Fatalf("state %q after the 200 OK offer", st)
 	}
-	answerToB, err := r.Anchor("late", LegA, offer(a.addr(), ""))
+	answerToB, err := r.Anchor("late", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -598,7 +598,7 @@ func TestRelaySkipsPortsHeldElsewhere(t *testing.T) {
 	}
 	defer held.Close()
 	r, _ := newTestRelay(t, "30500-30507", nil)
-	o, err := r.Anchor("c1", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4000"), ""))
+	o, err := r.Anchor("c1", true, offer(netip.MustParseAddrPort("127.0.0.2:4000"), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -608,7 +608,7 @@ func TestRelaySkipsPortsHeldElsewhere(t *testing.T) {
 	}
 	_ = o
 	// One pair left besides the held one: a second call (two pairs) cannot fit.
-	if _, err := r.Anchor("c2", LegA, offer(netip.MustParseAddrPort("127.0.0.2:4002"), "")); !errors.Is(err, ErrNoPorts) {
+	if _, err := r.Anchor("c2", true, offer(netip.MustParseAddrPort("127.0.0.2:4002"), "")); !errors.Is(err, ErrNoPorts) {
 		t.Fatalf("got %v, want ErrNoPorts", err)
 	}
 	if len(r.Snapshot()) != 1 {
@@ -625,7 +625,7 @@ func TestRecordAndReleasedImport(t *testing.T) {
 	if _, ok := r1.Record("none"); ok {
 		t.Fatal("Record of an unknown call")
 	}
-	if _, err := r1.Anchor("c1", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
+	if _, err := r1.Anchor("c1", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
 		t.Fatal(err)
 	}
 	rec, ok := r1.Record("c1")
@@ -690,11 +690,11 @@ func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
 	r, reg, clk := newClockedRelay(t, "31900-31999", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
 	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
-	o, err := r.Anchor("conn", LegA, offer(a.addr(), ""))
+	o, err := r.Anchor("conn", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ans, err := r.Anchor("conn", LegB, offer(b.addr(), ""))
+	ans, err := r.Anchor("conn", false, offer(b.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -760,11 +760,11 @@ func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
 func TestRelayConnectedPeerGoneAndBack(t *testing.T) {
 	r, reg := newTestRelay(t, "32000-32099", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, err := r.Anchor("gone", LegA, offer(a.addr(), ""))
+	o, err := r.Anchor("gone", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ans, err := r.Anchor("gone", LegB, offer(b.addr(), ""))
+	ans, err := r.Anchor("gone", false, offer(b.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -811,11 +811,11 @@ func TestRelayConnBudgetSpent(t *testing.T) {
 		w.budget.max = 0
 	}
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, err := r.Anchor("budget", LegA, offer(a.addr(), ""))
+	o, err := r.Anchor("budget", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ans, err := r.Anchor("budget", LegB, offer(b.addr(), ""))
+	ans, err := r.Anchor("budget", false, offer(b.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -854,11 +854,11 @@ func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 	a, b, bRTCP := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3"), newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
 	a2, a2RTCP := newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.5")
-	o, err := r.Anchor("rtcp", LegA, offer(a.addr(), ""))
+	o, err := r.Anchor("rtcp", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ans, err := r.Anchor("rtcp", LegB, offer(b.addr(), fmt.Sprintf("a=rtcp:%d IN IP4 127.0.0.3\r\n", bRTCP.addr().Port())))
+	ans, err := r.Anchor("rtcp", false, offer(b.addr(), fmt.Sprintf("a=rtcp:%d IN IP4 127.0.0.3\r\n", bRTCP.addr().Port())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -927,8 +927,8 @@ func histogram(t *testing.T, reg *prometheus.Registry, name, leg string) (uint64
 func TestRelayLossAndJitterMetrics(t *testing.T) {
 	r, reg := newTestRelay(t, "32300-32399", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, _ := r.Anchor("loss", LegA, offer(a.addr(), ""))
-	ans, _ := r.Anchor("loss", LegB, offer(b.addr(), ""))
+	o, _ := r.Anchor("loss", true, offer(a.addr(), ""))
+	ans, _ := r.Anchor("loss", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
 	mustRelay(t, a, forA, b, forB)
 	mustRelay(t, b, forB, a, forA)
@@ -977,10 +977,10 @@ func TestRelayLossAndJitterMetrics(t *testing.T) {
 func TestForwardDoesNotAllocate(t *testing.T) {
 	r, _ := newTestRelay(t, "32400-32499", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	if _, err := r.Anchor("alloc", LegA, offer(a.addr(), "")); err != nil {
+	if _, err := r.Anchor("alloc", true, offer(a.addr(), "")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Anchor("alloc", LegB, offer(b.addr(), "")); err != nil {
+	if _, err := r.Anchor("alloc", false, offer(b.addr(), "")); err != nil {
 		t.Fatal(err)
 	}
 	r.mu.Lock()
@@ -1015,20 +1015,20 @@ func TestRelayFailedUpdateKeepsSession(t *testing.T) {
 	r, reg := newTestRelay(t, "32500-32503", nil) // two pairs: one stream
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	v6 := []byte("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
-	if _, err := r.Anchor("kept", LegA, v6); !errors.Is(err, ErrBadSDP) || errors.Is(err, ErrSessionKept) {
+	if _, err := r.Anchor("kept", true, v6); !errors.Is(err, ErrBadSDP) || errors.Is(err, ErrSessionKept) {
 		t.Fatalf("new call, bad SDP: %v, want ErrBadSDP only", err)
 	}
-	o, _ := r.Anchor("kept", LegA, offer(a.addr(), ""))
-	ans, _ := r.Anchor("kept", LegB, offer(b.addr(), ""))
+	o, _ := r.Anchor("kept", true, offer(a.addr(), ""))
+	ans, _ := r.Anchor("kept", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
-	if _, err := r.Anchor("kept", LegB, v6); !errors.Is(err, ErrBadSDP) || !errors.Is(err, ErrSessionKept) {
+	if _, err := r.Anchor("kept", false, v6); !errors.Is(err, ErrBadSDP) || !errors.Is(err, ErrSessionKept) {
 		t.Fatalf("re-offer, bad SDP: %v, want ErrBadSDP and ErrSessionKept", err)
 	}
 	video := offer(b.addr(), "m=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n")
-	if _, err := r.Anchor("kept", LegB, video); !errors.Is(err, ErrNoPorts) || !errors.Is(err, ErrSessionKept) {
+	if _, err := r.Anchor("kept", false, video); !errors.Is(err, ErrNoPorts) || !errors.Is(err, ErrSessionKept) {
 		t.Fatalf("re-offer with a stream beyond the ports: %v, want ErrNoPorts and ErrSessionKept", err)
 	}
-	if _, err := r.Anchor("other", LegA, offer(a.addr(), "")); !errors.Is(err, ErrNoPorts) || errors.Is(err, ErrSessionKept) {
+	if _, err := r.Anchor("other", true, offer(a.addr(), "")); !errors.Is(err, ErrNoPorts) || errors.Is(err, ErrSessionKept) {
 		t.Fatalf("new call, no ports: %v, want ErrNoPorts only", err)
 	}
 	mustRelay(t, a, forA, b, forB)

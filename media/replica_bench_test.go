@@ -26,10 +26,10 @@ func BenchmarkRefresh2000(b *testing.B) {
 	defer r.Close()
 	for i := range n {
 		id := fmt.Sprintf("%032x@pbx.example.com", i*7919)
-		if _, err := r.Anchor(id, LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
+		if _, err := r.Anchor(id, true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := r.Anchor(id, LegB, offer(netip.MustParseAddrPort("10.2.2.2:6000"), "")); err != nil {
+		if _, err := r.Anchor(id, false, offer(netip.MustParseAddrPort("10.2.2.2:6000"), "")); err != nil {
 			b.Fatal(err)
 		}
 	}

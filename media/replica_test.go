@@ -170,9 +170,9 @@ func TestRefreshReportsLatchChanges(t *testing.T) {
 	r2, _ := newTestRelay(t, "32500-32599", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	r1.SetCallerTag("c1", "from-a")
-	o, _ := r1.Anchor("c1", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
-	ans, _ := r1.Anchor("c1", LegB, offer(b.addr(), ""))
-	if _, err := r1.Anchor("c2", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5002"), "")); err != nil {
+	o, _ := r1.Anchor("c1", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
+	ans, _ := r1.Anchor("c1", false, offer(b.addr(), ""))
+	if _, err := r1.Anchor("c2", true, offer(netip.MustParseAddrPort("10.1.1.1:5002"), "")); err != nil {
 		t.Fatal(err)
 	}
 	changed, alive := r1.Refresh()
@@ -281,10 +281,10 @@ func TestImportVersionsKeepSocketsAndCounters(t *testing.T) {
 func TestRefreshReportsIdleReleases(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	r, _, clk := newClockedRelay(t, "32650-32699", func(c *Config) { c.IdleTimeout = idle })
-	if _, err := r.Anchor("quiet", LegA, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
+	if _, err := r.Anchor("quiet", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Anchor("quiet", LegB, offer(netip.MustParseAddrPort("10.2.2.2:6000"), "")); err != nil {
+	if _, err := r.Anchor("quiet", false, offer(netip.MustParseAddrPort("10.2.2.2:6000"), "")); err != nil {
 		t.Fatal(err)
 	}
 	if changed, _ := r.Refresh(); len(changed) != 1 || changed[0].State != StateAnswered {

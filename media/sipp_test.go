@@ -31,11 +31,11 @@ func TestSIPpMediaThroughRelay(t *testing.T) {
 	// Leg A's offer as the UAC scenario sends it, but with the port a NAT
 	// would have rewritten away: the relay must latch the real source.
 	offerA := fmt.Sprintf("v=0\r\no=user1 53655765 2353687637 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-11,16\r\n", ip, ip, 9)
-	if _, err := r.Anchor("sipp-call", LegA, []byte(offerA)); err != nil {
+	if _, err := r.Anchor("sipp-call", true, []byte(offerA)); err != nil {
 		t.Fatal(err)
 	}
 	answerB := fmt.Sprintf("v=0\r\no=user1 53655765 2353687637 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n", ip, ip, uasMedia)
-	toA, err := r.Anchor("sipp-call", LegB, []byte(answerB))
+	toA, err := r.Anchor("sipp-call", false, []byte(answerB))
 	if err != nil {
 		t.Fatal(err)
 	}

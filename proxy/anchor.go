@@ -1,23 +1,22 @@
 package proxy
 
 import (
-	"errors"
 	"strings"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
-
-	"github.com/hapbx/hapbx/media"
 )
 
 // MediaAnchor rewrites SDP so that both sides send RTP to hapbx's relay.
 type MediaAnchor interface {
-	Anchor(callID string, from media.Leg, body []byte) ([]byte, error)
+	// Anchor takes the SDP body one side of callID sent (fromCaller: the
+	// side that sent the initial INVITE) and returns it rewritten for the
+	// other side. Errors: NoPortsError, SessionKeptError.
+	Anchor(callID string, fromCaller bool, body []byte) ([]byte, error)
+	// Release ends the call's relay session; an error means it had none.
 	Release(callID, reason string) error
 }
-
-var _ MediaAnchor = (*media.Relay)(nil)
 
 // callerTags is implemented by an anchor that keeps the caller's From tag
 // with the session and replicates it, so the twin proxy can tell the legs of
@@ -26,8 +25,6 @@ type callerTags interface {
 	SetCallerTag(callID, tag string)
 	CallerTag(callID string) (string, bool)
 }
-
-var _ callerTags = (*media.Relay)(nil)
 
 // WithMediaAnchor anchors the media of every call on m.
 func WithMediaAnchor(m MediaAnchor) Option {
@@ -49,9 +46,10 @@ func hasSDP(m sip.Message) bool {
 	return false
 }
 
-// requestLeg tells which side of its call req comes from: the caller (A)
-// sent the initial INVITE, whose From tag the proxy remembers.
-func (p *Proxy) requestLeg(req *sip.Request) (media.Leg, bool) {
+// fromCaller tells whether req comes from the side of its call that sent
+// the initial INVITE, whose From tag the proxy remembers; ok is false for a
+// call the proxy did not anchor.
+func (p *Proxy) fromCaller(req *sip.Request) (caller, ok bool) {
 	fromTag, _ := req.From().Params.Get("tag")
 	if _, inDialog := req.To().Params.Get("tag"); !inDialog {
 		if req.IsInvite() {
@@ -60,24 +58,21 @@ func (p *Proxy) requestLeg(req *sip.Request) (media.Leg, bool) {
 				ct.SetCallerTag(req.CallID().Value(), fromTag)
 			}
 		}
-		return media.LegA, true
+		return true, true
 	}
-	caller, ok := p.callers.get(req.CallID().Value())
+	callerTag, ok := p.callers.get(req.CallID().Value())
 	if !ok {
 		// Anchored by the twin before a failover: the relay has it.
 		if ct, isCT := p.media.(callerTags); isCT {
-			if caller, ok = ct.CallerTag(req.CallID().Value()); ok {
-				p.callers.put(req.CallID().Value(), caller)
+			if callerTag, ok = ct.CallerTag(req.CallID().Value()); ok {
+				p.callers.put(req.CallID().Value(), callerTag)
 			}
 		}
 	}
 	if !ok {
-		return media.LegA, false // a call hapbx did not anchor: leave it alone
+		return false, false // a call hapbx did not anchor: leave it alone
 	}
-	if fromTag == caller {
-		return media.LegA, true
-	}
-	return media.LegB, true
+	return fromTag == callerTag, true
 }
 
 // anchorRequest rewrites req's SDP in place before it is forwarded. It
@@ -90,22 +85,22 @@ func (p *Proxy) anchorRequest(tx sip.ServerTransaction, req *sip.Request) bool {
 	if p.media == nil || !hasSDP(req) {
 		return true
 	}
-	leg, ok := p.requestLeg(req)
+	caller, ok := p.fromCaller(req)
 	if !ok {
 		return true
 	}
-	body, err := p.media.Anchor(req.CallID().Value(), leg, req.Body())
+	body, err := p.media.Anchor(req.CallID().Value(), caller, req.Body())
 	_, inDialog := req.To().Params.Get("tag")
 	switch {
 	case err == nil:
 		req.SetBody(body)
-	case inDialog && tx != nil && errors.Is(err, media.ErrSessionKept):
+	case inDialog && tx != nil && is[SessionKeptError](err):
 		// Counted in hapbx_media_updates_refused_total{reason}.
 		p.log.Info("re-offer not anchorable: 488, the call keeps its relayed media",
 			zap.String("call_id", callID(req)), zap.String("method", string(req.Method)), zap.Error(err))
 		p.reply(tx, req, 488, "Not Acceptable Here")
 		return false
-	case errors.Is(err, media.ErrNoPorts):
+	case is[NoPortsError](err):
 		if !inDialog && tx != nil {
 			p.log.Warn("no relay ports: new call refused", zap.String("call_id", callID(req)))
 			p.replyUnavailable(tx, req)
@@ -124,16 +119,11 @@ func (p *Proxy) anchorResponse(req *sip.Request, res *sip.Response) {
 	if p.media == nil || !hasSDP(res) {
 		return
 	}
-	leg, ok := p.requestLeg(req)
+	caller, ok := p.fromCaller(req)
 	if !ok {
 		return
 	}
-	if leg == media.LegA {
-		leg = media.LegB
-	} else {
-		leg = media.LegA
-	}
-	body, err := p.media.Anchor(res.CallID().Value(), leg, res.Body())
+	body, err := p.media.Anchor(res.CallID().Value(), !caller, res.Body())
 	if err != nil {
 		p.log.Debug("SDP in response not anchored", zap.String("call_id", callID(res)), zap.Error(err))
 		return
@@ -147,8 +137,6 @@ func (p *Proxy) releaseMedia(req *sip.Request, reason string) {
 		return
 	}
 	cid := req.CallID().Value()
-	if err := p.media.Release(cid, reason); err != nil && !errors.Is(err, media.ErrNoSession) {
-		p.log.Debug("media release", zap.String("call_id", cid), zap.Error(err))
-	}
+	_ = p.media.Release(cid, reason) // an error only says the call was not anchored
 	p.callers.del(cid)
 }

@@ -12,6 +12,15 @@ import (
 	"github.com/hapbx/hapbx/media"
 )
 
+// The relay is the proxy's media anchor: its sentinels carry the markers the
+// proxy branches on.
+var (
+	_ MediaAnchor      = (*media.Relay)(nil)
+	_ callerTags       = (*media.Relay)(nil)
+	_ NoPortsError     = media.ErrNoPorts
+	_ SessionKeptError = media.ErrSessionKept
+)
+
 func parseRequest(t *testing.T, method, fromTag, toTag string) *sip.Request {
 	t.Helper()
 	to := "<sip:202@example.com>"
@@ -40,22 +49,22 @@ func anchorRelay(t *testing.T, addr string) *media.Relay {
 	return r
 }
 
-// TestRequestLegAfterFailover: the twin proxy never saw the initial INVITE,
+// TestFromCallerAfterFailover: the twin proxy never saw the initial INVITE,
 // so its own callers map lacks the call; it must still tell the callee's
 // re-INVITE (leg B) from the caller's, from the caller tag the relay session
 // was replicated with.
-func TestRequestLegAfterFailover(t *testing.T) {
+func TestFromCallerAfterFailover(t *testing.T) {
 	holder, standby := anchorRelay(t, "127.0.0.1"), anchorRelay(t, "127.0.0.7")
 	p1, p2 := &Proxy{}, &Proxy{}
 	WithMediaAnchor(holder)(p1)
 	WithMediaAnchor(standby)(p2)
 
 	invite := parseRequest(t, "INVITE", "caller", "")
-	if leg, ok := p1.requestLeg(invite); !ok || leg != media.LegA {
-		t.Fatalf("initial INVITE: leg %v %v", leg, ok)
+	if caller, ok := p1.fromCaller(invite); !ok || !caller {
+		t.Fatalf("initial INVITE: from caller %v %v", caller, ok)
 	}
 	sdp := []byte("v=0\r\no=- 1 1 IN IP4 10.1.1.1\r\ns=-\r\nc=IN IP4 10.1.1.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 8\r\n")
-	if _, err := holder.Anchor("failover-call@test", media.LegA, sdp); err != nil {
+	if _, err := holder.Anchor("failover-call@test", true, sdp); err != nil {
 		t.Fatal(err)
 	}
 	rec, ok := holder.Record("failover-call@test")
@@ -67,18 +76,18 @@ func TestRequestLegAfterFailover(t *testing.T) {
 	}
 
 	// After the failover the callee puts the call on hold.
-	if leg, ok := p2.requestLeg(parseRequest(t, "INVITE", "callee", "caller")); !ok || leg != media.LegB {
-		t.Fatalf("callee's re-INVITE on the twin: leg %v anchored %v, want b true", leg, ok)
+	if caller, ok := p2.fromCaller(parseRequest(t, "INVITE", "callee", "caller")); !ok || caller {
+		t.Fatalf("callee's re-INVITE on the twin: from caller %v anchored %v, want false true", caller, ok)
 	}
-	if leg, ok := p2.requestLeg(parseRequest(t, "UPDATE", "caller", "callee")); !ok || leg != media.LegA {
-		t.Fatalf("caller's UPDATE on the twin: leg %v anchored %v, want a true", leg, ok)
+	if caller, ok := p2.fromCaller(parseRequest(t, "UPDATE", "caller", "callee")); !ok || !caller {
+		t.Fatalf("caller's UPDATE on the twin: from caller %v anchored %v, want true true", caller, ok)
 	}
 	// A call neither proxy anchored stays alone.
 	other := parseRequest(t, "INVITE", "x", "y")
 	other.RemoveHeader("Call-ID")
 	cid := sip.CallIDHeader("unknown@test")
 	other.AppendHeader(&cid)
-	if _, ok := p2.requestLeg(other); ok {
+	if _, ok := p2.fromCaller(other); ok {
 		t.Fatal("a call no relay knows was treated as anchored")
 	}
 }

@@ -284,11 +284,7 @@ func (p *Proxy) HangUpBackend(backend, reason string) int {
 func (p *Proxy) sendBye(d *dialog, reason string) {
 	bye := sip.NewRequest(sip.BYE, *d.target.Clone())
 	network := strings.ToLower(d.network)
-	bye.AppendHeader(&sip.ViaHeader{
-		ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: strings.ToUpper(network),
-		Host: p.cfg.Advertise, Port: p.portFor[network],
-		Params: params("branch", branchPrefix+"b"+sip.GenerateTagN(12)),
-	})
+	bye.AppendHeader(p.via(network, "b"+sip.GenerateTagN(12)))
 	for _, r := range d.routes {
 		bye.AppendHeader(&sip.RouteHeader{Address: r})
 	}
@@ -310,7 +306,7 @@ func (p *Proxy) sendBye(d *dialog, reason string) {
 	p.address(bye, t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	clTx, err := p.cl.TransactionRequest(ctx, bye, sipgo.ClientRequestOption(keepHeaders))
+	clTx, err := p.wire.TransactionRequest(ctx, bye, sipgo.ClientRequestOption(keepHeaders))
 	if err != nil {
 		p.log.Warn("BYE to phone not sent", zap.String("call_id", d.callID), zap.Error(err))
 		return

@@ -35,16 +35,18 @@
 //     request to a backend waits while the backend is merely slow and gets
 //     408 only once health has declared it down (RFC 3261 §15.1.1: the
 //     phone's call is over either way);
-//   - locates phones for requests from a backend (a Registrar, package
-//     registrar): an AOR on the proxy's own host (Asterisk dialling
+//   - locates phones for requests from a backend (a Locator, implemented by
+//     package registrar): an AOR on the proxy's own host (Asterisk dialling
 //     PJSIP/201@hapbx) or a registered Contact goes to the address and
 //     connection the phone's REGISTER came from, not the Contact host (often
 //     private, behind NAT); an AOR with several contacts is forked in
 //     parallel with RFC 3261 §16.7 response choice and CANCEL of the other
-//     branches; unknown AOR 404, no live binding 480;
-//   - stores a binding when a backend accepts a REGISTER, and answers a
-//     REGISTER refresh from the store when no backend can take it (503 with
-//     Retry-After for anything else);
+//     branches (on a 2xx or a 6xx); unknown AOR 404, no live binding 480.
+//     Forwarding, retrying and forking share one response context
+//     (respond.go): Timer C, CANCEL, drain, best response;
+//   - stores a binding when a backend accepts a REGISTER (a
+//     BindingRecorder), and answers a REGISTER refresh from the store
+//     when no backend can take it (503 with Retry-After for anything else);
 //   - tracks confirmed dialogs per backend, both calls placed by phones and
 //     calls a backend placed to registered phones (bounded: max_dialogs,
 //     dialog_ttl) and, told that a backend is down (HangUpBackend), sends

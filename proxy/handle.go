@@ -68,28 +68,19 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p.reply(tx, req, d.code, d.reason)
 	case actStateless:
 		p.forwardAck(req, d.target)
-	case actForward:
+	case actForward, actFork, actBackends:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
-		p.forward(req, tx, []target{d.target}, false, nil)
-		p.m.inflight.Dec()
-		p.inflight.Done()
-	case actFork:
-		p.inflight.Add(1)
-		p.m.inflight.Inc()
-		if len(d.targets) == 1 {
-			p.forward(req, tx, d.targets, false, nil)
-		} else {
-			p.fork(req, tx, d.targets)
+		defer p.inflight.Done()
+		defer p.m.inflight.Dec()
+		switch d.act {
+		case actForward:
+			p.forward(req, tx, []target{d.target}, false)
+		case actFork:
+			p.forward(req, tx, d.targets, false)
+		case actBackends:
+			p.forward(req, tx, p.backendTargets(req), true)
 		}
-		p.m.inflight.Dec()
-		p.inflight.Done()
-	case actBackends:
-		p.inflight.Add(1)
-		p.m.inflight.Inc()
-		p.toBackends(tx, req)
-		p.m.inflight.Dec()
-		p.inflight.Done()
 	}
 }
 
@@ -364,42 +355,17 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 	return out
 }
 
-// toBackends sends a new request to the router's backends. With none
-// healthy, a REGISTER refresh the store can answer is answered from it;
-// anything else waits up to no_backend_wait for a backend, then gets 503.
-func (p *Proxy) toBackends(tx sip.ServerTransaction, req *sip.Request) {
-	cancelled := watchCancel(tx, req)
-	targets := p.backendTargets(req)
-	if len(targets) == 0 {
-		if p.answerFromStore(tx, req) {
-			return
-		}
-		if targets = p.awaitBackend(tx, req, nil, cancelled); len(targets) == 0 {
-			if isClosed(cancelled) {
-				p.releaseMedia(req, "cancel")
-				return // sipgo has answered 487: nothing may go downstream
-			}
-			p.replyUnavailable(tx, req)
-			return
-		}
-	}
-	p.forward(req, tx, targets, true, cancelled)
-}
-
 // awaitBackend holds a new request that found no healthy backend (none not
 // in tried) for up to no_backend_wait, polling the router, so that a call
-// placed while a cold standby starts is set up late rather than refused. An INVITE gets its
-// 100 Trying first (no retransmissions meanwhile); the caller's CANCEL, a
-// drain or an in-dialog request end the wait at once.
+// placed while a cold standby starts is set up late rather than refused
+// (forward has sent an INVITE's 100 Trying: no retransmissions meanwhile);
+// the caller's CANCEL, a drain or an in-dialog request end the wait at once.
 func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool, cancelled <-chan struct{}) []target {
 	if p.cfg.NoBackendWait <= 0 || p.draining.Load() {
 		return nil
 	}
 	if _, inDialog := req.To().Params.Get("tag"); inDialog {
 		return nil
-	}
-	if req.IsInvite() {
-		p.reply(tx, req, 100, "Trying")
 	}
 	deadline := time.NewTimer(p.cfg.NoBackendWait)
 	defer deadline.Stop()

@@ -1,53 +1,47 @@
 package proxy
 
 import (
-	"errors"
+	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"go.uber.org/zap"
-
-	"github.com/hapbx/hapbx/registrar"
 )
 
-// Registrar keeps the phones' bindings: filled from the backends' 2xx to
-// REGISTER, read to reach phones, and able to answer a refresh on its own
-// when no backend can.
-type Registrar interface {
-	Save(req *sip.Request, res *sip.Response, src registrar.Source, backend string) ([]registrar.Binding, error)
-	Lookup(aor string) ([]registrar.Binding, error)
-	RefreshFromStore(req *sip.Request, src registrar.Source) ([]registrar.Binding, error)
+// Locator finds the phones registered for a Request-URI.
+type Locator interface {
+	// Reach calls each with the Contact, received address and transport of
+	// every live binding of uri (an AOR, or a registered Contact), best
+	// first; registered is false when uri was never registered.
+	Reach(uri string, each func(contact string, from netip.AddrPort, transport string)) (registered bool, err error)
 }
 
-var _ Registrar = (*registrar.Registrar)(nil)
+// BindingRecorder keeps the phones' bindings: filled from the backends' 2xx
+// to REGISTER, and able to answer a refresh on its own when no backend can.
+type BindingRecorder interface {
+	// Store saves the bindings of a REGISTER the backend accepted with res.
+	Store(req *sip.Request, res *sip.Response, backend string) error
+	// AnswerRefresh builds the 200 to a REGISTER refresh of bindings it
+	// holds; an error when it cannot answer req.
+	AnswerRefresh(req *sip.Request) (*sip.Response, error)
+}
+
+// Registrar is both: what WithRegistrar takes.
+type Registrar interface {
+	Locator
+	BindingRecorder
+}
 
 // WithRegistrar stores registrations in r and routes requests from the
 // backends to the phones through it.
 func WithRegistrar(r Registrar) Option { return func(p *Proxy) { p.reg = r } }
-
-// source is where req came from, as the registrar records it: the received
-// address, and for TCP/TLS the connection (sipgo keys it by that address).
-func source(req *sip.Request) (registrar.Source, error) {
-	tr := strings.ToLower(req.Transport())
-	conn := ""
-	if sip.IsReliable(tr) {
-		conn = req.Source()
-	}
-	return registrar.SourceOf(req.Source(), tr, conn)
-}
 
 // saveBinding records the registration a backend accepted.
 func (p *Proxy) saveBinding(req *sip.Request, res *sip.Response, backend string) {
 	if p.reg == nil {
 		return
 	}
-	src, err := source(req)
-	if err != nil {
-		p.log.Warn("registration not stored: bad source", zap.Error(err))
-		return
-	}
-	if _, err := p.reg.Save(req, res, src, backend); err != nil {
+	if err := p.reg.Store(req, res, backend); err != nil {
 		p.log.Warn("registration not stored", zap.String("call_id", callID(req)), zap.String("backend", backend), zap.Error(err))
 	}
 }
@@ -58,15 +52,10 @@ func (p *Proxy) answerFromStore(tx sip.ServerTransaction, req *sip.Request) bool
 	if p.reg == nil || req.Method != sip.REGISTER {
 		return false
 	}
-	src, err := source(req)
+	res, err := p.reg.AnswerRefresh(req)
 	if err != nil {
 		return false
 	}
-	bs, err := p.reg.RefreshFromStore(req, src)
-	if err != nil {
-		return false
-	}
-	res := registrar.RefreshResponse(req, bs, time.Now())
 	if err := tx.Respond(res); err != nil {
 		p.log.Debug("store refresh reply failed", zap.Error(err))
 		return true
@@ -88,37 +77,29 @@ func (p *Proxy) locate(req *sip.Request) (targets []target, code int, reason str
 		return nil, 0, "", false
 	}
 	ruri := req.Recipient.String()
-	bs, err := p.reg.Lookup(ruri)
 	local := p.isLocal(&req.Recipient)
+	registered, err := p.reg.Reach(ruri, func(contact string, from netip.AddrPort, transport string) {
+		if !local && !sameContact(contact, &req.Recipient) {
+			return
+		}
+		t := target{addr: from.String(), transport: transport}
+		if local {
+			t.ruri = contact
+		}
+		targets = append(targets, t)
+	})
 	switch {
-	case errors.Is(err, registrar.ErrUnknownAOR):
-		if local {
-			return nil, 404, "Not Found", true
-		}
-		return nil, 0, "", false
-	case errors.Is(err, registrar.ErrNoBinding):
-		if local {
-			return nil, 480, "Temporarily Unavailable", true
-		}
-		return nil, 0, "", false
 	case err != nil:
 		p.log.Warn("location lookup failed", zap.String("ruri", ruri), zap.Error(err))
 		return nil, 500, "Server Internal Error", true
-	}
-	for _, b := range bs {
-		if !local && !sameContact(b.Contact, &req.Recipient) {
-			continue
-		}
-		t := target{addr: b.Source.Addr.String(), transport: b.Source.Transport}
-		if local {
-			t.ruri = b.Contact
-		}
-		targets = append(targets, t)
-	}
-	if len(targets) == 0 {
+	case len(targets) > 0:
+		return targets, 0, "", true
+	case !local:
 		return nil, 0, "", false
+	case !registered:
+		return nil, 404, "Not Found", true
 	}
-	return targets, 0, "", true
+	return nil, 480, "Temporarily Unavailable", true
 }
 
 // sameContact compares a stored Contact with a Request-URI by user, host

@@ -24,31 +24,60 @@ import (
 
 // Proxy is the transaction-stateful SIP proxy in front of the backends.
 type Proxy struct {
-	cfg      Config
-	log      *zap.Logger
-	m        *metrics
-	router   Router
+	cfg        Config
+	log        *zap.Logger
+	m          *metrics
+	backends   atomic.Pointer[backendSet]
+	peers      // the collaborators it asks
+	addressing // where it listens and what names it
+	memory     // what it keeps beyond one transaction
+	stack      // sipgo
+	lifecycle  // up, drain, stop
+}
+
+type peers struct {
+	router   Router // the only one required
 	reporter FailureReporter
 	reg      Registrar
 	media    MediaAnchor
 	callers  *ttlSet // Call-ID -> caller's From tag, to tell the legs of anchored calls
+}
 
+type addressing struct {
 	listeners  []Listener
 	portFor    map[string]int // transport -> listening port written into Via/Record-Route
 	localHosts map[string]bool
 	localPorts map[int]bool
 	udpLaddr   map[string]sip.Addr // listener address per IP family key, to send UDP from the SIP port
+}
 
-	ua  *sipgo.UserAgent
-	srv *sipgo.Server
-	cl  *sipgo.Client
-
-	backends atomic.Pointer[backendSet]
-
+type memory struct {
 	dialogs    *dialogTable
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
+}
 
+type stack struct {
+	ua   *sipgo.UserAgent
+	srv  *sipgo.Server // hands requests to handle
+	wire wire          // every message leaves by it
+}
+
+// wire sends requests (statefully or not) and stateless responses: sipgo's
+// client and server (sipgoWire), or a test's fakes.
+type wire interface {
+	TransactionRequest(ctx context.Context, req *sip.Request, options ...sipgo.ClientRequestOption) (sip.ClientTransaction, error)
+	WriteRequest(req *sip.Request, options ...sipgo.ClientRequestOption) error
+	WriteResponse(res *sip.Response) error
+}
+
+type sipgoWire struct {
+	*sipgo.Client
+	*sipgo.Server
+}
+
+type lifecycle struct {
+	up       atomic.Bool
 	draining atomic.Bool
 	// abort is closed when the drain times out: pending transactions then
 	// answer 503 and cancel downstream.
@@ -57,7 +86,6 @@ type Proxy struct {
 	// cancelGuard: after a CANCEL (or Timer C) the downstream has this long
 	// to send its final response before the caller gets 408 (64*T1).
 	cancelGuard time.Duration
-	up          atomic.Bool
 	inflight    sync.WaitGroup
 	closers     []func() error
 	serveWG     sync.WaitGroup
@@ -96,19 +124,13 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		return nil, err
 	}
 	p := &Proxy{
-		cfg:         cfg,
-		log:         log,
-		m:           newMetrics(reg),
-		router:      router,
-		listeners:   ls,
-		portFor:     map[string]int{},
-		localHosts:  map[string]bool{strings.ToLower(cfg.Advertise): true},
-		localPorts:  map[int]bool{},
-		udpLaddr:    map[string]sip.Addr{},
-		challenged:  newTTLSet(32*time.Second, 100000),
-		non2xx:      newTTLSet(32*time.Second, 100000),
-		abort:       make(chan struct{}),
-		cancelGuard: 64 * sip.T1,
+		cfg:        cfg,
+		log:        log,
+		m:          newMetrics(reg),
+		peers:      peers{router: router},
+		addressing: addressing{listeners: ls, portFor: map[string]int{}, localHosts: map[string]bool{strings.ToLower(cfg.Advertise): true}, localPorts: map[int]bool{}, udpLaddr: map[string]sip.Addr{}},
+		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000)},
+		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
 	for _, o := range opts {
@@ -175,9 +197,11 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.srv, err = sipgo.NewServer(ua, sipgo.WithServerLogger(sipLog)); err != nil {
 		return fmt.Errorf("create SIP server: %w", err)
 	}
-	if p.cl, err = sipgo.NewClient(ua, sipgo.WithClientLogger(sipLog), sipgo.WithClientHostname(p.cfg.Advertise)); err != nil {
+	cl, err := sipgo.NewClient(ua, sipgo.WithClientLogger(sipLog), sipgo.WithClientHostname(p.cfg.Advertise))
+	if err != nil {
 		return fmt.Errorf("create SIP client: %w", err)
 	}
+	p.wire = sipgoWire{Client: cl, Server: p.srv}
 	for _, m := range []sip.RequestMethod{sip.INVITE, sip.ACK, sip.BYE, sip.OPTIONS, sip.REGISTER,
 		sip.INFO, sip.UPDATE, sip.PRACK, sip.REFER, sip.SUBSCRIBE, sip.NOTIFY, sip.MESSAGE, sip.PUBLISH, sip.CANCEL} {
 		p.srv.OnRequest(m, p.handle)

@@ -11,8 +11,10 @@
 //     and Contact: * remove; a Contact of the REGISTER missing from the 2xx
 //     (URIs compared as RFC 3261 §19.1.4 says, so chan_pjsip dropping
 //     ;transport=UDP is no refusal), or a binding the same backend accepted
-//     earlier and no longer lists, is removed.
-//   - Lookup: the live bindings of an AOR in any spelling, best first;
+//     earlier and no longer lists, is removed. Store does the same from the
+//     source the request came on.
+//   - Lookup (Reach for the proxy): the live bindings of an AOR in any
+//     spelling, best first;
 //     ErrUnknownAOR (never registered: 404) versus ErrNoBinding (registered
 //     before, nothing live: 480). An AOR whose domain is local (domains plus
 //     the proxy's own hosts given with WithLocalHosts, or any domain when
@@ -23,10 +25,10 @@
 //     An AOR with no record stays known for 24 h. A user part that is a
 //     registered Contact's user rather than an AOR's (Asterisk dialling the
 //     contact it stored, e.g. baresip's "203-0x55d8c1e0") finds that binding.
-//   - RefreshFromStore/RefreshResponse: with no backend up, answer a plain
-//     refresh of a held binding (same AOR, Call-ID, Contact and source,
-//     higher CSeq) with 200 and the remaining expiry; anything else is
-//     ErrNotRefreshable (503 + Retry-After).
+//   - RefreshFromStore/RefreshResponse (AnswerRefresh for the proxy): with
+//     no backend up, answer a plain refresh of a held binding (same AOR,
+//     Call-ID, Contact and source, higher CSeq) with 200 and the remaining
+//     expiry; anything else is ErrNotRefreshable (503 + Retry-After).
 //   - Persistence in bbolt (data_dir/registrar.db): changes are queued in a
 //     map keyed by binding (bounded by the number of bindings, never
 //     blocking the SIP path) and written in one transaction per flush by

@@ -125,14 +125,32 @@ func RefreshResponse(req *sip.Request, bindings []Binding, now time.Time) *sip.R
 	return res
 }
 
-// SourceOf builds a Source from the proxy's view of a received request:
-// its source "host:port" string (sip.Request.Source()), transport and
-// connection id.
-func SourceOf(addr, transport, connID string) (Source, error) {
+// AnswerRefresh answers a REGISTER refresh from the store (RefreshFromStore)
+// with its 200 (RefreshResponse); ErrNotRefreshable when it cannot.
+func (r *Registrar) AnswerRefresh(req *sip.Request) (*sip.Response, error) {
+	src, err := sourceOf(req)
+	if err != nil {
+		return nil, err
+	}
+	bs, err := r.RefreshFromStore(req, src)
+	if err != nil {
+		return nil, err
+	}
+	return RefreshResponse(req, bs, r.now()), nil
+}
+
+// sourceOf is where req came from as the proxy's transport saw it: the
+// received address, and for TCP/TLS the connection (sipgo keys it by that
+// address).
+func sourceOf(req *sip.Request) (Source, error) {
+	addr, tr := req.Source(), strings.ToLower(req.Transport())
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return Source{}, fmt.Errorf("registrar: source address %q: %w", addr, err)
 	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	return Source{Addr: ap, Transport: strings.ToLower(transport), ConnID: connID}, nil
+	src := Source{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Transport: tr}
+	if sip.IsReliable(tr) {
+		src.ConnID = addr
+	}
+	return src, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"time"
@@ -422,6 +423,17 @@ func (r *Registrar) Save(req *sip.Request, res *sip.Response, src Source, backen
 	return out, nil
 }
 
+// Store saves the bindings of a REGISTER a backend accepted with the 2xx
+// res (see Save), from the source the proxy's transport received req on.
+func (r *Registrar) Store(req *sip.Request, res *sip.Response, backend string) error {
+	src, err := sourceOf(req)
+	if err != nil {
+		return err
+	}
+	_, err = r.Save(req, res, src, backend)
+	return err
+}
+
 // Lookup returns the live bindings of aor (any spelling: "sip:201@host",
 // "sips:…", "<sip:201@host:5060;transport=udp>", or a bare user), best
 // first (highest q, then most recent). ErrUnknownAOR: never registered
@@ -451,6 +463,24 @@ func (r *Registrar) Lookup(aor string) ([]Binding, error) {
 		return nil, ErrNoBinding
 	}
 	return out, nil
+}
+
+// Reach calls each with the Contact, received address and transport of
+// every live binding of uri, best first (see Lookup). registered is false
+// for a uri never registered (ErrUnknownAOR), true with no call of each
+// for one with no live binding (ErrNoBinding).
+func (r *Registrar) Reach(uri string, each func(contact string, from netip.AddrPort, transport string)) (registered bool, err error) {
+	bs, err := r.Lookup(uri)
+	for _, b := range bs {
+		each(b.Contact, b.Source.Addr, b.Source.Transport)
+	}
+	switch {
+	case errors.Is(err, ErrUnknownAOR):
+		return false, nil
+	case errors.Is(err, ErrNoBinding):
+		return true, nil
+	}
+	return true, err
 }
 
 // lookupContactUser serves a request URI carrying a Contact's user part

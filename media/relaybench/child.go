@@ -44,11 +44,11 @@ func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
 		if errA != nil || errB != nil {
 			return fmt.Errorf("bad addresses in %q", sc.Text())
 		}
-		toB, err := r.Anchor(f[0], media.LegA, sdpFor(a))
+		toB, err := r.Anchor(f[0], true, sdpFor(a))
 		if err != nil {
 			return err
 		}
-		toA, err := r.Anchor(f[0], media.LegB, sdpFor(b))
+		toA, err := r.Anchor(f[0], false, sdpFor(b))
 		if err != nil {
 			return err
 		}

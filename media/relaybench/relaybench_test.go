@@ -36,11 +36,11 @@ func TestRunThroughRelay(t *testing.T) {
 		}
 		phones = append(phones, a, b)
 		id := string(rune('a'+i%26)) + time.Now().String()
-		toB, err := r.Anchor(id, media.LegA, sdpFor(a.Addr))
+		toB, err := r.Anchor(id, true, sdpFor(a.Addr))
 		if err != nil {
 			t.Fatal(err)
 		}
-		toA, err := r.Anchor(id, media.LegB, sdpFor(b.Addr))
+		toA, err := r.Anchor(id, false, sdpFor(b.Addr))
 		if err != nil {
 			t.Fatal(err)
 		}

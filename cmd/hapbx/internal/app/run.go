@@ -26,6 +26,10 @@ import (
 	"github.com/hapbx/hapbx/registrar"
 )
 
+// The registrar speaks the proxy's words (the relay's guards are in package
+// proxy's tests).
+var _ proxy.Registrar = (*registrar.Registrar)(nil)
+
 // daemon is one running `hapbx run`.
 type daemon struct {
 	path     string

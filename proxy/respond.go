@@ -1,0 +1,380 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+)
+
+// responseContext is the response context of RFC 3261 §16.7 for one server
+// transaction: the branches sent for it (one backend at a time, or every
+// contact of an AOR at once), Timer C, the caller's CANCEL, the drain's
+// abort, the choice of the best final response and what a 2xx leaves behind
+// (binding, dialog, the hook that relays its retransmissions).
+type responseContext struct {
+	p         *Proxy
+	req       *sip.Request
+	tx        sip.ServerTransaction
+	cancelled <-chan struct{} // closed by the caller's CANCEL; nil once seen
+	start     time.Time
+	more      bool // one branch, and another target to retry after it
+	forked    bool // several branches at once
+
+	branches    []*branch
+	live        int
+	events      chan func() outcome // a branch's news, handled on the context's goroutine
+	quit        chan struct{}       // closed when the context is over
+	gotAny      bool                // any response, 100 included
+	provisional bool                // a provisional beyond 100 went up: no retry
+	took        bool                // a 2xx went up
+	best        *sip.Response       // the best final so far (RFC 3261 §16.7 step 6)
+	lost        bool                // a branch ended without a final response
+	timedOut    bool                // ... by a timeout
+	ringing     <-chan time.Time    // Timer C (RFC 3261 §16.6 step 11, §16.8), reset by provisionals
+	guard       <-chan time.Time    // after a CANCEL: the downstream's time to end the INVITE
+	hop         <-chan time.Time    // a backend's time to show a sign of life
+}
+
+// branch is one client transaction of a response context.
+type branch struct {
+	t          target
+	out        *sip.Request
+	clTx       sip.ClientTransaction
+	gotAny     bool // a CANCEL may now be sent
+	cancelSent bool
+	done       bool
+}
+
+// outcome is how a response context ended for forward.
+type outcome int
+
+const (
+	pending outcome = iota
+	settled         // the caller has its answer (or cancelled)
+	next            // try the next target
+)
+
+// run sends req to targets at once and waits until the transaction is
+// settled or, with one target, until the next one should be tried.
+func (rc *responseContext) run(targets []target) outcome {
+	rc.events, rc.quit = make(chan func() outcome, 16), make(chan struct{})
+	defer close(rc.quit)
+	p, req := rc.p, rc.req
+	for _, t := range targets {
+		if o := rc.send(t); o != pending {
+			return o
+		}
+	}
+	for rc.live > 0 {
+		o := pending
+		select {
+		case news := <-rc.events:
+			o = news()
+		case <-rc.hop:
+			o = rc.hopExpired(rc.branches[0]) // backends are tried one at a time
+		case <-rc.cancelled:
+			rc.cancelled = nil // seen; stop selecting on it
+			rc.cancelAll(nil)
+		case <-rc.ringing:
+			// Rung too long: cancel; the callee's 487 ends the call.
+			rc.ringing = nil
+			p.m.timerC.Inc()
+			p.log.Info("timer C fired: cancelling the INVITE", zap.String("call_id", callID(req)), zap.Int("branches", len(rc.branches)), zap.Duration("timer_c", p.cfg.TimerC))
+			rc.cancelAll(nil)
+		case <-rc.guard:
+			// A CANCEL went unanswered by a final response: the callee is
+			// gone. End the caller's transaction ourselves.
+			rc.terminate("no final response after CANCEL")
+			rc.lost, rc.timedOut = true, true
+			return rc.settle()
+		case <-p.abort:
+			// The drain has timed out: settle the transaction now.
+			answer := !rc.over()
+			if answer {
+				rc.cancelAll(nil)
+			}
+			rc.terminate("") // before the callee's 487 comes back to be ACKed
+			if answer {
+				p.reply(rc.tx, req, 503, "Service Unavailable (shutting down)")
+			}
+			return settled
+		}
+		if o != pending {
+			return o
+		}
+	}
+	return rc.settle()
+}
+
+// send starts the branch to t.
+func (rc *responseContext) send(t target) outcome {
+	p, req := rc.p, rc.req
+	out := req.Clone()
+	p.prepare(out, req, t)
+	// A backend gets hop_timeout to show any sign of life (Asterisk sends
+	// 100 Trying at once); phones and other UAs get the transaction timers.
+	dial := 5 * time.Second
+	if t.backend != "" {
+		p.m.selected.WithLabelValues(t.backend).Inc()
+		dial = p.cfg.HopTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dial)
+	clTx, err := p.wire.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
+	cancel()
+	switch {
+	case err != nil && rc.forked:
+		p.log.Debug("fork branch not sent", zap.String("to", t.addr), zap.Error(err))
+		return pending
+	case err != nil && rc.giveUp(t, "transport", "transport: "+err.Error()):
+		return next
+	case err != nil:
+		return rc.settle()
+	}
+	b := &branch{t: t, out: out, clTx: clTx}
+	rc.branches = append(rc.branches, b)
+	rc.live++
+	if t.backend != "" {
+		rc.hop = time.After(p.cfg.HopTimeout)
+	}
+	go rc.report(b)
+	return pending
+}
+
+// report hands b's responses and its end to the context until its final
+// response or the context's end.
+func (rc *responseContext) report(b *branch) {
+	for final := false; !final; {
+		var news func() outcome
+		select {
+		case res := <-b.clTx.Responses():
+			final = !res.IsProvisional()
+			news = func() outcome { return rc.response(b, res) }
+		case <-b.clTx.Done():
+			final = true
+			news = func() outcome { return rc.ended(b, b.clTx.Err()) }
+		}
+		select {
+		case rc.events <- news:
+		case <-rc.quit:
+			return
+		}
+	}
+}
+
+// over reports whether nothing more may go up statefully: a 2xx went up or
+// the caller cancelled (sipgo has answered 487).
+func (rc *responseContext) over() bool { return rc.took || isClosed(rc.cancelled) }
+
+func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
+	p, req := rc.p, rc.req
+	if b.done {
+		return pending // terminated meanwhile
+	}
+	if !rc.gotAny {
+		rc.gotAny = true
+		rc.hop = nil
+		p.m.latency.WithLabelValues(string(req.Method)).Observe(time.Since(rc.start).Seconds())
+	}
+	b.gotAny = true
+	if res.IsProvisional() {
+		if rc.over() {
+			rc.cancel(b) // the call was taken elsewhere or cancelled
+		}
+		if res.StatusCode > 100 && !rc.over() {
+			rc.provisional = true
+			if req.IsInvite() && rc.guard == nil {
+				rc.ringing = time.After(p.cfg.TimerC)
+			}
+			p.relay(rc.tx, req, res)
+		}
+		return pending
+	}
+	b.done = true
+	rc.live--
+	if res.IsSuccess() {
+		rc.success(b, res)
+		return pending
+	}
+	if (res.StatusCode == 503 || res.StatusCode == 408) && rc.giveUp(b.t, itoa(res.StatusCode), "response "+itoa(res.StatusCode)) {
+		return next
+	}
+	if b.t.backend != "" && (res.StatusCode == 401 || res.StatusCode == 407) {
+		p.challenged.put(req.CallID().Value(), b.t.backend)
+	}
+	if res.StatusCode >= 600 && !rc.over() {
+		rc.cancelAll(b) // RFC 3261 §16.7 step 5: a 6xx ends the search
+	}
+	if better(res, rc.best) {
+		rc.best = res
+	}
+	return pending
+}
+
+// success relays a 2xx: the first statefully, each further one (and one
+// that crossed the caller's CANCEL) statelessly, as the caller must see
+// every 2xx; the first also cancels the other branches.
+func (rc *responseContext) success(b *branch, res *sip.Response) {
+	p, req := rc.p, rc.req
+	if req.Method == sip.REGISTER && b.t.backend != "" {
+		p.saveBinding(req, res, b.t.backend)
+	}
+	first := !rc.took
+	rc.took = true
+	if _, tagged := req.To().Params.Get("tag"); first && req.IsInvite() && !tagged {
+		if b.t.backend != "" {
+			p.dialogs.confirm(req, res, b.t.backend, p.isLocal)
+		} else if from := p.fromBackend(req); from != "" {
+			p.dialogs.confirmInbound(req, res, from, b.t.addr, b.t.transport, p.isLocal)
+		}
+	}
+	if req.IsInvite() {
+		// RFC 6026: 2xx retransmissions come through the client
+		// transaction (Accepted state) and go upstream statelessly.
+		b.clTx.OnRetransmission(func(r *sip.Response) { p.relayStateless(req, r) })
+	}
+	if !first || isClosed(rc.cancelled) {
+		p.relayStateless(req, res)
+		return
+	}
+	p.relay(rc.tx, req, res)
+	rc.cancelAll(b)
+}
+
+// ended handles b's transaction ending without a final response.
+func (rc *responseContext) ended(b *branch, err error) outcome {
+	if b.done {
+		return pending
+	}
+	b.done = true
+	rc.live--
+	timeout := errors.Is(err, sip.ErrTransactionTimeout)
+	reason := "transport"
+	if timeout {
+		reason = "timeout"
+	}
+	rc.lost, rc.timedOut = true, rc.timedOut || timeout
+	if rc.giveUp(b.t, reason, reason+": "+errString(err)) {
+		return next
+	}
+	return pending
+}
+
+// giveUp reports the failure of t (a backend is suspected at once, also
+// when none is left to try) and whether to retry the next target.
+func (rc *responseContext) giveUp(t target, label, reason string) bool {
+	rc.p.failed(t, reason)
+	if !rc.more || rc.provisional || isClosed(rc.cancelled) {
+		return false
+	}
+	rc.p.m.retries.WithLabelValues(t.backend, label).Inc()
+	return true
+}
+
+// hopExpired handles a backend that sent not even 100 Trying within
+// hop_timeout.
+func (rc *responseContext) hopExpired(b *branch) outcome {
+	p := rc.p
+	if _, inDialog := rc.req.To().Params.Get("tag"); inDialog && p.routable(b.t.backend) {
+		// An in-dialog request belongs to this backend: no other can take
+		// it. Wait while it is merely slow; give up only once health has
+		// declared it down.
+		rc.hop = time.After(p.cfg.HopTimeout)
+		return pending
+	}
+	// The backend is dead or hung. Give up on it without a CANCEL (none may
+	// be sent before a provisional): the next backend, or 503 when none is left.
+	rc.terminate("")
+	if rc.giveUp(b.t, "hop_timeout", "no response within hop_timeout") || !isClosed(rc.cancelled) {
+		return next
+	}
+	return settled
+}
+
+// settle answers the caller once every branch has ended without a 2xx:
+// the best final response (RFC 3261 §16.7 step 6), else what the branches'
+// failures call for.
+func (rc *responseContext) settle() outcome {
+	p, req := rc.p, rc.req
+	if rc.took {
+		return settled
+	}
+	if req.IsInvite() {
+		// Its hop-by-hop ACK is absorbed, also once the transaction is gone.
+		b, _ := req.Via().Params.Get("branch")
+		p.non2xx.put(b, "")
+	}
+	switch {
+	case rc.best != nil && rc.forked && rc.best.StatusCode == 503:
+		// A 503 from a phone must not make the caller think the proxy is
+		// unavailable.
+		p.reply(rc.tx, req, 500, "Server Internal Error")
+	case rc.best != nil:
+		p.relay(rc.tx, req, rc.best)
+	case isClosed(rc.cancelled): // sipgo has answered 487
+	case rc.timedOut || rc.forked && rc.lost:
+		p.reply(rc.tx, req, 408, "Request Timeout")
+	case rc.forked:
+		p.reply(rc.tx, req, 480, "Temporarily Unavailable")
+	default:
+		p.replyUnavailable(rc.tx, req)
+	}
+	return settled
+}
+
+// cancelAll cancels every branch but except (RFC 3261 §16.10) and gives
+// them the guard's time to end.
+func (rc *responseContext) cancelAll(except *branch) {
+	for _, b := range rc.branches {
+		if b != except {
+			rc.cancel(b)
+		}
+	}
+	if rc.guard == nil && rc.live > 0 {
+		rc.guard = time.After(rc.p.cancelGuard)
+	}
+}
+
+// cancel sends b's CANCEL once it may: an INVITE that has had a response.
+func (rc *responseContext) cancel(b *branch) {
+	if b.done || b.cancelSent || !b.gotAny || !rc.req.IsInvite() {
+		return
+	}
+	rc.p.sendCancel(b.out)
+	b.cancelSent = true
+}
+
+// terminate ends the branches still open, each a failure for reason ("":
+// none).
+func (rc *responseContext) terminate(reason string) {
+	for _, b := range rc.branches {
+		if b.done {
+			continue
+		}
+		b.clTx.Terminate()
+		b.done = true
+		rc.live--
+		if reason != "" {
+			rc.p.failed(b.t, reason)
+		}
+	}
+}
+
+// better reports whether final response a beats b in RFC 3261 §16.7 step 6:
+// a 6xx wins; otherwise the lowest class, the first one received on ties.
+func better(a, b *sip.Response) bool {
+	if b == nil {
+		return true
+	}
+	ac, bc := a.StatusCode/100, b.StatusCode/100
+	if bc == 6 {
+		return false
+	}
+	if ac == 6 {
+		return true
+	}
+	return ac < bc
+}
