@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 func validAgentConfig() Config {
@@ -100,7 +102,7 @@ func TestAgentInfoRequired(t *testing.T) {
 func agentConfig(t *testing.T, cfgs []Config, name, key string) Config {
 	c := DefaultConfig()
 	c.Name = name
-	c.Bind = "127.0.0.1:" + strconv.Itoa(freePort(t))
+	c.Bind = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	c.SecretFile = key
 	c.DataDir = ""
 	for i, v := range cfgs {
@@ -151,7 +153,7 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	t.Cleanup(func() { a.Close() })
 
 	var leader *Cluster
-	waitFor(t, 10*time.Second, "a raft leader and the agent in every voter's Agents()", func() bool {
+	testkit.Eventually(t, 10*time.Second, "a raft leader and the agent in every voter's Agents()", func() bool {
 		leader = nil
 		for _, c := range voters {
 			if c.Status().RaftState == "Leader" {
@@ -165,7 +167,7 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 		return leader != nil
 	})
 	// The agent sees the voters (joined by name or address) and counts itself an agent.
-	waitFor(t, 3*time.Second, "the agent's view of 4 members", func() bool {
+	testkit.Eventually(t, 3*time.Second, "the agent's view of 4 members", func() bool {
 		n := 0
 		for _, m := range a.Members() {
 			if m.State == "alive" {
@@ -193,13 +195,13 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 		t.Fatalf("raft servers %d, want 3", n)
 	}
 	// State goes voter to voter only: the full push of w0's records and a broadcast.
-	waitFor(t, 5*time.Second, "w0's records on w1 and w2", func() bool { return srcs[1].count() == 20 && srcs[2].count() == 20 })
+	testkit.Eventually(t, 5*time.Second, "w0's records on w1 and w2", func() bool { return srcs[1].count() == 20 && srcs[2].count() == 20 })
 	rec := make([]byte, 300)
 	rec[7] = 99
 	if err := voters[1].Broadcast("test", rec); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, "the broadcast on w0 and w2", func() bool { return srcs[0].count() == 21 && srcs[2].count() == 21 })
+	testkit.Eventually(t, 3*time.Second, "the broadcast on w0 and w2", func() bool { return srcs[0].count() == 21 && srcs[2].count() == 21 })
 	for _, c := range voters {
 		for _, n := range c.mem.aliveNodes(c.cfg.Name) {
 			if n.Name == "pbx1" {
@@ -221,7 +223,7 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	if err := a.mem.ml.Load().Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the agent dead in every voter's Agents()", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the agent dead in every voter's Agents()", func() bool {
 		for _, c := range voters {
 			if ag := c.Agents(); len(ag) != 1 || ag[0].Alive {
 				return false
@@ -262,7 +264,7 @@ func TestAgentWrongKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	waitFor(t, 5*time.Second, "a key-mismatch error in the agent's log", func() bool {
+	testkit.Eventually(t, 5*time.Second, "a key-mismatch error in the agent's log", func() bool {
 		for _, e := range logs.All() {
 			if h, _ := e.ContextMap()["hint"].(string); e.Level >= zapcore.ErrorLevel && e.Message == "cannot join the cluster" && strings.Contains(h, "gossip key") {
 				return true

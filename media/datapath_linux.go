@@ -79,7 +79,8 @@ type worker struct {
 	file   *os.File // epfd, registered with Go's netpoller
 	closed atomic.Bool
 	done   chan struct{}
-	budget *connBudget // shared by the Relay's workers
+	budget *connBudget      // shared by the Relay's workers
+	now    func() time.Time // the Relay's clock
 
 	mu    sync.Mutex
 	socks map[int32]*sock
@@ -120,7 +121,7 @@ func newConnBudget(ports int) *connBudget {
 	return &connBudget{max: max(int64(lim.Cur)-int64(ports)-1024, 0)}
 }
 
-func newWorker(id int, budget *connBudget) (*worker, error) {
+func newWorker(id int, budget *connBudget, now func() time.Time) (*worker, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -129,7 +130,7 @@ func newWorker(id int, budget *connBudget) (*worker, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
 	}
-	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{}), budget: budget}
+	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{}), budget: budget, now: now}
 	w.file = os.NewFile(uintptr(epfd), "media-epoll")
 	for i := range w.rxHdr {
 		w.rxIov[i] = unix.Iovec{Base: &w.rxBuf[i][0], Len: bufSize}
@@ -247,7 +248,9 @@ func (w *worker) run() {
 	})
 }
 
-func nanotime() int64 { return time.Now().UnixNano() }
+// nanotime is the worker's clock in Unix nanoseconds, the unit of its
+// packet times.
+func (w *worker) nanotime() int64 { return w.now().UnixNano() }
 
 // drain reads fd (s.fd or s.cfd) until it is empty.
 func (w *worker) drain(s *sock, fd int) {
@@ -268,7 +271,7 @@ func (w *worker) drain(s *sock, fd int) {
 			return // EAGAIN: drained; anything else: try again on the next wake-up
 		}
 		n := int(r)
-		w.forward(s, n, nanotime())
+		w.forward(s, n, w.nanotime())
 		if n < batch {
 			return
 		}

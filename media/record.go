@@ -134,7 +134,7 @@ func (r *Relay) Export() []SessionRecord {
 func (r *Relay) Refresh() (changed []SessionRecord, alive []AliveSession) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := nanotime()
+	now := r.nanotime()
 	for _, s := range r.sessions {
 		if s.replica {
 			s.replica = false
@@ -166,7 +166,7 @@ func (r *Relay) Refresh() (changed []SessionRecord, alive []AliveSession) {
 func (r *Relay) KeepAlive(ka KeepAlive) (stale int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := nanotime()
+	now := r.nanotime()
 	for _, a := range ka.Sessions {
 		s := r.sessions[a.CallID]
 		if s == nil {
@@ -192,7 +192,7 @@ func (r *Relay) SetCallerTag(callID, tag string) {
 		return
 	}
 	if len(r.pendingTags) < maxPendingTags {
-		r.pendingTags[callID] = pendingTag{tag: tag, at: nanotime()}
+		r.pendingTags[callID] = pendingTag{tag: tag, at: r.nanotime()}
 	}
 }
 
@@ -269,7 +269,7 @@ func (r *Relay) Import(rec SessionRecord) error {
 	if r.closed {
 		return ErrClosed
 	}
-	now := nanotime()
+	now := r.nanotime()
 	old := r.sessions[rec.CallID]
 	if rec.State == StateReleased {
 		if rec.Version != 0 {
@@ -307,7 +307,7 @@ func (r *Relay) Import(rec SessionRecord) error {
 	s := &session{callID: rec.CallID, w: r.workers[r.next%len(r.workers)], created: rec.Created}
 	r.next++
 	if s.created.IsZero() {
-		s.created = time.Now()
+		s.created = r.now()
 	}
 	for i, sr := range rec.Streams {
 		st, err := r.newStream(s, sr.Ports)
@@ -393,7 +393,7 @@ func restore(k *sock, hint, latched netip.AddrPort) {
 			k.latch, k.latched = raw, true
 			// Treat the restored source as just heard from so a stranger
 			// cannot take the leg over right after failover.
-			k.lastLatc = nanotime()
+			k.lastLatc = k.w.nanotime()
 		}
 	} else {
 		k.latched = false

@@ -106,6 +106,7 @@ type Relay struct {
 	addr netip.Addr
 	log  *zap.Logger
 	m    *metrics
+	now  func() time.Time // time.Now; a settable clock in tests
 
 	mu       sync.Mutex
 	pool     *portPool
@@ -140,6 +141,12 @@ const replicaRefreshes = 4
 // New validates cfg (cfg.Address must already hold the address to use),
 // registers the metrics on reg and returns a Relay; Start begins relaying.
 func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error) {
+	return newWithClock(cfg, log, reg, time.Now)
+}
+
+// newWithClock is New reading the time from now (the relay's timers and
+// the data path's packet times).
+func newWithClock(cfg Config, log *zap.Logger, reg prometheus.Registerer, now func() time.Time) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -152,7 +159,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 		log = zap.NewNop()
 	}
 	r := &Relay{
-		cfg: cfg, addr: addr, log: log,
+		cfg: cfg, addr: addr, log: log, now: now,
 		pool:        newPortPool(first, last),
 		sessions:    make(map[string]*session),
 		stop:        make(chan struct{}),
@@ -167,7 +174,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 	}
 	budget := newConnBudget(last - first + 1)
 	for i := range n {
-		w, err := newWorker(i, budget)
+		w, err := newWorker(i, budget, now)
 		if err != nil {
 			for _, w := range r.workers {
 				w.close(false)
@@ -184,6 +191,10 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 	}
 	return r, nil
 }
+
+// nanotime is the relay's clock in Unix nanoseconds, the unit of its
+// session times.
+func (r *Relay) nanotime() int64 { return r.now().UnixNano() }
 
 // Address is the relay address advertised in SDP.
 func (r *Relay) Address() netip.Addr { return r.addr }
@@ -276,7 +287,7 @@ func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
 			r.m.portExhausted.Inc()
 			return nil, fmt.Errorf("anchor %q: %w: max_sessions %d reached", callID, ErrNoPorts, r.cfg.MaxSessions)
 		}
-		s = &session{callID: callID, w: r.workers[r.next%len(r.workers)], created: time.Now()}
+		s = &session{callID: callID, w: r.workers[r.next%len(r.workers)], created: r.now()}
 		r.next++
 		created = true
 		if p, ok := r.pendingTags[callID]; ok {
@@ -305,7 +316,7 @@ func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
 		r.sessions[callID] = s
 	}
 	s.seen[from] = true
-	s.touched = nanotime()
+	s.touched = r.nanotime()
 	ports := make([]int, len(infos))
 	s.w.mu.Lock()
 	for i, in := range infos {
@@ -486,57 +497,62 @@ func (r *Relay) sweep() {
 			return
 		case <-t.C:
 		}
-		now := nanotime()
-		r.mu.Lock()
-		for id, s := range r.sessions {
-			rx := int64(0)
-			s.w.mu.Lock()
-			for _, st := range s.streams {
-				for l := range 2 {
-					for k := range 2 {
-						rx = max(rx, st.socks[l][k].lastRx)
-					}
-				}
-			}
-			s.w.mu.Unlock()
-			if s.replica && rx > s.replicaSince {
-				// Packets reach this replica: this proxy holds the VIP now.
-				s.replica = false
-			}
-			if s.replica {
-				if now-s.heard > int64(r.replicaTTL) {
-					delete(r.sessions, id)
-					r.releaseLocked(s, "replica_expired")
-					r.log.Info("replicated media session not refreshed by the VIP holder, released",
-						zap.String("call_id", id), zap.Duration("silent", time.Duration(now-s.heard)))
-				}
-				continue
-			}
-			limit := int64(r.cfg.IdleTimeout)
-			if !s.seen[LegA] || !s.seen[LegB] {
-				limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
-			}
-			last := max(s.created.UnixNano(), s.touched, s.heard, rx)
-			if now-last > limit {
-				delete(r.sessions, id)
-				r.releaseLocked(s, "idle")
-				if len(r.idleGone) < maxIdleGone {
-					r.idleGone = append(r.idleGone, releasedRecord(id, s.version))
-				}
-				r.m.idleEnded.Inc()
-				r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))
-			}
-		}
-		for id, p := range r.pendingTags {
-			if now-p.at > int64(pendingTagTTL) {
-				delete(r.pendingTags, id)
-			}
-		}
-		for id, tb := range r.tombs {
-			if now-tb.at > int64(max(r.replicaTTL, pendingTagTTL)) {
-				delete(r.tombs, id)
-			}
-		}
-		r.mu.Unlock()
+		r.sweepOnce()
 	}
+}
+
+// sweepOnce is one round of sweep.
+func (r *Relay) sweepOnce() {
+	now := r.nanotime()
+	r.mu.Lock()
+	for id, s := range r.sessions {
+		rx := int64(0)
+		s.w.mu.Lock()
+		for _, st := range s.streams {
+			for l := range 2 {
+				for k := range 2 {
+					rx = max(rx, st.socks[l][k].lastRx)
+				}
+			}
+		}
+		s.w.mu.Unlock()
+		if s.replica && rx > s.replicaSince {
+			// Packets reach this replica: this proxy holds the VIP now.
+			s.replica = false
+		}
+		if s.replica {
+			if now-s.heard > int64(r.replicaTTL) {
+				delete(r.sessions, id)
+				r.releaseLocked(s, "replica_expired")
+				r.log.Info("replicated media session not refreshed by the VIP holder, released",
+					zap.String("call_id", id), zap.Duration("silent", time.Duration(now-s.heard)))
+			}
+			continue
+		}
+		limit := int64(r.cfg.IdleTimeout)
+		if !s.seen[LegA] || !s.seen[LegB] {
+			limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
+		}
+		last := max(s.created.UnixNano(), s.touched, s.heard, rx)
+		if now-last > limit {
+			delete(r.sessions, id)
+			r.releaseLocked(s, "idle")
+			if len(r.idleGone) < maxIdleGone {
+				r.idleGone = append(r.idleGone, releasedRecord(id, s.version))
+			}
+			r.m.idleEnded.Inc()
+			r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))
+		}
+	}
+	for id, p := range r.pendingTags {
+		if now-p.at > int64(pendingTagTTL) {
+			delete(r.pendingTags, id)
+		}
+	}
+	for id, tb := range r.tombs {
+		if now-tb.at > int64(max(r.replicaTTL, pendingTagTTL)) {
+			delete(r.tombs, id)
+		}
+	}
+	r.mu.Unlock()
 }

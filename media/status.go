@@ -43,7 +43,7 @@ func (r *Relay) Snapshot() []SessionStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]SessionStatus, 0, len(r.sessions))
-	now := time.Now()
+	now := r.now()
 	for _, s := range r.sessions {
 		ss := SessionStatus{CallID: s.callID, State: s.state(), Age: now.Sub(s.created)}
 		s.w.mu.Lock()

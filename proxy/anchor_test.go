@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // TestMediaReofferNotAnchorable488: a re-INVITE of an anchored call whose
@@ -18,10 +18,10 @@ import (
 // answered 488 and the call keeps its relay session; forwarded raw, it would
 // have moved the call's media off the relay.
 func TestMediaReofferNotAnchorable488(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	mreg := prometheus.NewRegistry()
 	relay := startRelay(t, "23610-23613", mreg) // two port pairs: one stream
 	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay))
@@ -65,10 +65,7 @@ func TestMediaReofferNotAnchorable488(t *testing.T) {
 	}
 	// The counter moves right after the response is sent: it may lag the
 	// phone's receipt by a moment.
-	deadline := time.Now().Add(2 * time.Second)
-	for testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")) < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Poll(2*time.Second, func() bool { return testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")) >= 2 })
 	if got := testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")); got != 2 {
 		t.Fatalf("488 responses = %v, want 2", got)
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 var reConn = regexp.MustCompile(`(?m)^\s*c=IN IP4 (\S+)`)
@@ -27,19 +27,19 @@ func sdpAddrs(trace string) []string {
 // both ways through hapbx's relay ports, and the SDP each side receives
 // names only hapbx.
 func TestMediaAnchored(t *testing.T) {
-	sipptest.Require(t)
-	pcapG711a := sipptest.RequirePCAP(t)
-	bePort := sipptest.FreePort(t, be1IP)
-	beMedia := sipptest.FreePort(t, be1IP)
-	be := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_call.xml"), "-mi", be1IP,
+	testkit.RequireSIPp(t)
+	pcapG711a := testkit.RequirePCAP(t)
+	bePort := testkit.FreePort(t, be1IP)
+	beMedia := testkit.FreePort(t, be1IP)
+	be := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenarioPath("uas_call.xml"), "-mi", be1IP,
 		"-mp", strconv.Itoa(beMedia), "-rtp_echo", "-trace_msg")
 	a1 := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
-	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
+	testkit.WaitListening(t, "udp", a1, 3*time.Second)
 	d := startDaemonWith(t, "media: {enabled: true, ports: \"23000-23099\"}\n", a1)
 	d.waitActive(t, "asterisk1")
 
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_media_call.xml"),
-		"-s", "202", "-m", "1", "-mi", phoneIP, "-mp", strconv.Itoa(sipptest.FreePort(t, phoneIP)),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_media_call.xml"),
+		"-s", "202", "-m", "1", "-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePort(t, phoneIP)),
 		"-key", "pcap", pcapG711a, "-trace_msg", "-timeout", "20s", "-timeout_error", d.sip)
 	if code := phone.Wait(25 * time.Second); code != 0 {
 		t.Fatalf("media call failed (exit %d)\n%s\n%s", code, phone.Output(), d.log.String())
@@ -53,7 +53,7 @@ func TestMediaAnchored(t *testing.T) {
 	// What each side received: the backend saw the INVITE's offer, the
 	// phone the 200's answer. Only hapbx's address may appear.
 	be.Stop() // flushes its message trace
-	for name, p := range map[string]*sipptest.Proc{"backend": be, "phone": phone} {
+	for name, p := range map[string]*testkit.SIPp{"backend": be, "phone": phone} {
 		addrs := sdpAddrs(received(p.Trace()))
 		if len(addrs) == 0 {
 			t.Fatalf("%s received no SDP:\n%s", name, p.Output())
@@ -89,19 +89,19 @@ var reMPort = regexp.MustCompile(`(?m)^\s*m=audio (\d+) `)
 // hapbx and the same relay port, the hold reaches the backend, media still
 // flows after the resume, and nothing is left after BYE.
 func TestMediaHoldResume(t *testing.T) {
-	sipptest.Require(t)
-	pcapG711a := sipptest.RequirePCAP(t)
-	bePort := sipptest.FreePort(t, be1IP)
-	beMedia := sipptest.FreePort(t, be1IP)
-	be := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_media_hold.xml"), "-mi", be1IP,
+	testkit.RequireSIPp(t)
+	pcapG711a := testkit.RequirePCAP(t)
+	bePort := testkit.FreePort(t, be1IP)
+	beMedia := testkit.FreePort(t, be1IP)
+	be := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenarioPath("uas_media_hold.xml"), "-mi", be1IP,
 		"-mp", strconv.Itoa(beMedia), "-rtp_echo", "-trace_msg")
 	a1 := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
-	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
+	testkit.WaitListening(t, "udp", a1, 3*time.Second)
 	d := startDaemonWith(t, "media: {enabled: true, ports: \"23100-23199\"}\n", a1)
 	d.waitActive(t, "asterisk1")
 
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_media_hold.xml"),
-		"-s", "202", "-m", "1", "-mi", phoneIP, "-mp", strconv.Itoa(sipptest.FreePort(t, phoneIP)),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_media_hold.xml"),
+		"-s", "202", "-m", "1", "-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePort(t, phoneIP)),
 		"-key", "pcap", pcapG711a, "-trace_msg", "-timeout", "20s", "-timeout_error", d.sip)
 	maxSessions := 0.0
 	for !phone.Exited() {
@@ -121,7 +121,7 @@ func TestMediaHoldResume(t *testing.T) {
 	if afterResume < 100 {
 		t.Errorf("only %v packets relayed back to the phone over the call", afterResume)
 	}
-	for name, p := range map[string]*sipptest.Proc{"backend": be, "phone": phone} {
+	for name, p := range map[string]*testkit.SIPp{"backend": be, "phone": phone} {
 		got := received(p.Trace())
 		addrs := sdpAddrs(got)
 		ports := map[string]bool{}

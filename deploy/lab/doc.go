@@ -32,7 +32,7 @@
 // settings and health requires sip and ami. Each PBX namespace also runs
 // `hapbx agent` (agent.go) under `unshare --mount`: it joins the cluster with
 // the lab's key and runs its resource group — DRBD through the stand-ins of
-// storage/testdata/bin (state in Dir/drbd), a tmpfs mounted in its own mount
+// internal/testkit/drbd (state in Dir/drbd), a tmpfs mounted in its own mount
 // namespace, and SIPp plus the AMI server as its service (start_command/
 // stop_command). The scenario's table ends with the agents' view.
 //

@@ -77,7 +77,7 @@ func TestE2ECold(t *testing.T) {
 func runCold(t *testing.T, l *Lab) Report {
 	t.Helper()
 	if !l.cold() {
-		t.Skip("cold standby needs unshare and flock on PATH and storage/testdata/bin")
+		t.Skip("cold standby needs unshare and flock on PATH and internal/testkit/drbd")
 	}
 	rep, err := l.RunScenario(ScenarioOptions{Logf: t.Logf})
 	t.Logf("\n%s", rep.Table())
