@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // quiet drops the proxy's logs: sipgo still logs from its transaction
@@ -32,7 +32,7 @@ type peer struct {
 
 func listenPeer(t *testing.T, ip string) *peer {
 	t.Helper()
-	c, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip))))
+	c, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip))))
 	if err != nil {
 		t.Fatal(err)
 	}
