@@ -32,6 +32,19 @@ func drain(p *phone) {
 	}
 }
 
+// mustBeStranger sends one packet from src to leg A's relay port forA and
+// checks it is dropped: B gets nothing, B's media still reaches latched (A's
+// latched source), and the session has counted strangers drops from A in all.
+func mustBeStranger(t *testing.T, r *Relay, src *phone, forA netip.AddrPort, b *phone, forB netip.AddrPort, latched *phone, strangers uint64) {
+	t.Helper()
+	src.sendRTP(forA)
+	mustNotReceive(t, b, 150*time.Millisecond)
+	mustRelay(t, b, forB, latched, forA)
+	if fa := r.Snapshot()[0].Streams[0].FromA; fa.Latched != latched.addr() || fa.Stranger != strangers {
+		t.Fatalf("from A %+v; want latched %s, %d stranger", fa, latched.addr(), strangers)
+	}
+}
+
 // TestRelayBleedStrangerFirstAndFlooding is the RTP bleed attack with real
 // sockets: a stranger learns the call's relay ports and sends to them before
 // the phones do, and keeps flooding while the call runs. The caller is
@@ -169,12 +182,7 @@ func TestRelayLearningWindowPrefersSDPEndpoint(t *testing.T) {
 			if got := recvSSRC(t, b); got != other.ssrc && tc.window == 0 || got != a.ssrc && tc.window != 0 {
 				t.Fatalf("callee got SSRC %#x", got)
 			}
-			loser.sendRTP(forA)
-			mustNotReceive(t, b, 150*time.Millisecond)
-			mustRelay(t, b, forB, winner, forA)
-			if fa := r.Snapshot()[0].Streams[0].FromA; fa.Latched != winner.addr() || fa.Stranger != 1 {
-				t.Fatalf("from A %+v; want latched %s, 1 stranger", fa, winner.addr())
-			}
+			mustBeStranger(t, r, loser, forA, b, forB, winner, 1)
 		})
 	}
 }

@@ -344,14 +344,8 @@ func TestRelayRelatchAfterSilence(t *testing.T) {
 	mustRelay(t, b, forB, a2, forA) // B's media now goes to the new source
 	// Another address never takes the leg, not even after the silence: A's
 	// SDP and signalling named 127.0.0.2 only.
-	other := newPhone(t, "127.0.0.5")
 	time.Sleep(400 * time.Millisecond)
-	other.sendRTP(forA)
-	mustNotReceive(t, b, 150*time.Millisecond)
-	mustRelay(t, b, forB, a2, forA)
-	if fa := r.Snapshot()[0].Streams[0].FromA; fa.Latched != a2.addr() || fa.Stranger != 2 {
-		t.Fatalf("from A status = %+v; want latched %s, 2 stranger", fa, a2.addr())
-	}
+	mustBeStranger(t, r, newPhone(t, "127.0.0.5"), forA, b, forB, a2, 2)
 }
 
 func TestRelayPortExhaustion(t *testing.T) {
