@@ -410,8 +410,9 @@ func restore(k *sock, hint, latched netip.AddrPort, signal netip.Addr) {
 		if !k.latched || !sameAddr(&k.latch, &raw) {
 			k.latch, k.latched = raw, true
 			// Treat the restored source as just heard from so a stranger
-			// cannot take the leg over right after failover.
-			k.lastLatc = nanotime()
+			// cannot take the leg over right after failover; the holder's
+			// learning window is over.
+			k.lastLatc, k.learnEnd = nanotime(), 0
 		}
 	} else {
 		k.latched = false
