@@ -239,8 +239,8 @@ func (r *Relay) Close() {
 // Errors: ErrBadSDP (pass the call un-anchored or answer 488), ErrNoPorts (503);
 // either also matches ErrSessionKept when callID already has a session, which
 // is then left unchanged (answer 488 so the call keeps its relayed media).
-// The leg then sends media only from the address its SDP names (see
-// AnchorFrom for the signalling source).
+// The leg's media is then accepted only from the address its SDP names and
+// any signalling source an AnchorFrom gave it before.
 func (r *Relay) Anchor(callID string, fromCaller bool, body []byte) ([]byte, error) {
 	return r.AnchorFrom(callID, fromCaller, netip.Addr{}, body)
 }
