@@ -250,19 +250,31 @@ func (r *Relay) Close() {
 // Errors: ErrBadSDP (pass the call un-anchored or answer 488), ErrNoPorts (503);
 // either also matches ErrSessionKept when callID already has a session, which
 // is then left unchanged (answer 488 so the call keeps its relayed media).
+// The leg's media is then accepted only from the address its SDP names and
+// any signalling source an AnchorFrom gave it before.
 func (r *Relay) Anchor(callID string, fromCaller bool, body []byte) ([]byte, error) {
+	return r.AnchorFrom(callID, fromCaller, netip.Addr{}, body)
+}
+
+// AnchorFrom is Anchor for an SDP body whose SIP message came from signal
+// (the IP the INVITE, response, ACK or UPDATE arrived from; invalid if
+// unknown). The leg's media is accepted only from the address its SDP names
+// or from signal, any port (a phone behind NAT names its private address in
+// SDP and sends RTP from the public address its SIP comes from); every other
+// source is a stranger. An invalid signal keeps the leg's previous one.
+func (r *Relay) AnchorFrom(callID string, fromCaller bool, signal netip.Addr, body []byte) ([]byte, error) {
 	from := LegB
 	if fromCaller {
 		from = LegA
 	}
-	out, err := r.anchor(callID, from, body)
+	out, err := r.anchor(callID, from, signal.Unmap(), body)
 	if err == nil {
 		r.replicate(callID)
 	}
 	return out, err
 }
 
-func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
+func (r *Relay) anchor(callID string, from Leg, signal netip.Addr, body []byte) ([]byte, error) {
 	sd, infos, err := parseSDP(body)
 	if err != nil {
 		r.m.sdpErrors.Inc()
@@ -319,6 +331,12 @@ func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
 	s.touched = r.nanotime()
 	ports := make([]int, len(infos))
 	s.w.mu.Lock()
+	if signal.Is4() {
+		for _, st := range s.streams {
+			st.socks[from][0].signal, st.socks[from][0].hasSig = signal.As4(), true
+			st.socks[from][1].signal, st.socks[from][1].hasSig = signal.As4(), true
+		}
+	}
 	for i, in := range infos {
 		st := s.streams[i]
 		ports[i] = st.ports[from.other()]
@@ -422,7 +440,7 @@ func (r *Relay) bindPair(s *session, st *stream, l Leg, want int) (int, error) {
 		}
 		if err1 == nil && err2 == nil {
 			mk := func(fd, p int, rtcp bool) *sock {
-				return &sock{fd: fd, cfd: -1, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter)}
+				return &sock{fd: fd, cfd: -1, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter), learn: int64(r.cfg.LearnWindow)}
 			}
 			st.socks[l][0], st.socks[l][1] = mk(fd1, port, false), mk(fd2, port+1, true)
 			return port, nil

@@ -173,7 +173,8 @@ func TestRelayBothWaysNATLatchAndStranger(t *testing.T) {
 	b := newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
 
-	offerOut, err := r.Anchor("call-1", true, offer(netip.MustParseAddrPort("10.9.9.9:4000"), ""))
+	// A's INVITE came from 127.0.0.2, its NAT's public address.
+	offerOut, err := r.AnchorFrom("call-1", true, a.addr().Addr(), offer(netip.MustParseAddrPort("10.9.9.9:4000"), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +371,8 @@ func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 
 func TestRelayRelatchAfterSilence(t *testing.T) {
 	r, _, clk := newClockedRelay(t, "31400-31499", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
-	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
+	// a2 is A after a NAT rebinding: same address, another port.
+	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	o, _ := r.Anchor("roam", true, offer(a.addr(), ""))
 	ans, _ := r.Anchor("roam", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
@@ -380,6 +382,10 @@ func TestRelayRelatchAfterSilence(t *testing.T) {
 	clk.advance(400 * time.Millisecond) // a silent longer than relatch_after
 	mustRelay(t, a2, forA, b, forB)
 	mustRelay(t, b, forB, a2, forA) // B's media now goes to the new source
+	// Another address never takes the leg, not even after the silence: A's
+	// SDP and signalling named 127.0.0.2 only.
+	time.Sleep(400 * time.Millisecond)
+	mustBeStranger(t, r, newPhone(t, "127.0.0.5"), forA, b, forB, a2, 2)
 }
 
 func TestRelayPortExhaustion(t *testing.T) {
@@ -445,7 +451,7 @@ func TestRelayBadSDP(t *testing.T) {
 func TestRelayExportImport(t *testing.T) {
 	r1, _ := newTestRelay(t, "31800-31899", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, _ := r1.Anchor("ha", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
+	o, _ := r1.AnchorFrom("ha", true, a.addr().Addr(), offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
 	ans, _ := r1.Anchor("ha", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
 	mustRelay(t, a, forA, b, forB)
@@ -688,7 +694,8 @@ func udpPeers(t *testing.T, port uint16) []netip.AddrPort {
 // follows it and the old source becomes a stranger.
 func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
 	r, reg, clk := newClockedRelay(t, "31900-31999", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
-	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
+	// a2 is A after a NAT rebinding: same address, another port.
+	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
 	o, err := r.Anchor("conn", true, offer(a.addr(), ""))
 	if err != nil {
@@ -846,14 +853,15 @@ func sendRTCP(t *testing.T, p *phone, to netip.AddrPort) {
 // TestRelayRTCPRelatchFollowsRTP: RTCP comes every few seconds, so a
 // stranger must not take a leg's RTCP port while the leg's RTP is flowing,
 // even when the RTCP socket itself has been silent for relatch_after. Once
-// RTP moved to a new host, RTCP from that host is taken at once; once the
-// whole leg is silent, anyone may re-latch (roaming).
+// RTP moved to a new source (NAT rebinding), RTCP from that host is taken at
+// once; once the whole leg is silent, a new source at the leg's address may
+// re-latch, a stranger elsewhere still may not.
 func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 	const relatch = 300 * time.Millisecond
 	r, _, clk := newClockedRelay(t, "32200-32299", func(c *Config) { c.RelatchAfter = relatch })
 	a, b, bRTCP := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3"), newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
-	a2, a2RTCP := newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.5")
+	a2, a2RTCP := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.2") // A after a NAT rebinding
 	o, err := r.Anchor("rtcp", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
@@ -881,7 +889,7 @@ func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 		t.Fatalf("stranger drops from A = %d, want the stranger's RTCP", st)
 	}
 
-	// A roams to 127.0.0.5: its RTP re-latches after the silence, and RTCP
+	// A's NAT rebinds: its RTP re-latches after the silence, and RTCP
 	// from the same host follows at once, while a stranger still cannot.
 	clk.advance(relatch + 100*time.Millisecond)
 	mustRelay(t, a2, forA, b, forB)
@@ -892,11 +900,17 @@ func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 		t.Fatal("RTCP from the host RTP re-latched to was not relayed")
 	}
 
-	// The whole leg silent: a new source may take RTCP over.
+	// The whole leg silent: a new source at A's address may take RTCP
+	// over, a stranger still may not.
 	clk.advance(relatch + 100*time.Millisecond)
 	sendRTCP(t, stranger, rtcpForA)
+	mustNotReceive(t, bRTCP, 200*time.Millisecond)
+	sendRTCP(t, newPhone(t, "127.0.0.2"), rtcpForA)
 	if _, _, ok := bRTCP.recv(time.Second); !ok {
 		t.Fatal("RTCP not re-latched after the leg's RTP and RTCP were silent")
+	}
+	if st := r.Snapshot()[0].Streams[0].FromA.Stranger; st != 3 {
+		t.Fatalf("stranger drops from A = %d, want the stranger's 3 RTCP packets", st)
 	}
 }
 

@@ -170,7 +170,7 @@ func TestRefreshReportsLatchChanges(t *testing.T) {
 	r2, _ := newTestRelay(t, "32500-32599", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	r1.SetCallerTag("c1", "from-a")
-	o, _ := r1.Anchor("c1", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
+	o, _ := r1.AnchorFrom("c1", true, a.addr().Addr(), offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
 	ans, _ := r1.Anchor("c1", false, offer(b.addr(), ""))
 	if _, err := r1.Anchor("c2", true, offer(netip.MustParseAddrPort("10.1.1.1:5002"), "")); err != nil {
 		t.Fatal(err)
@@ -180,7 +180,7 @@ func TestRefreshReportsLatchChanges(t *testing.T) {
 		t.Fatalf("first Refresh: %d changed, %d alive; want 2, 0", len(changed), len(alive))
 	}
 	v1 := changed[0].Version
-	if changed[0].CallerTag != "from-a" || changed[0].Streams[0].Latched[LegA].IsValid() {
+	if changed[0].CallerTag != "from-a" || changed[0].Streams[0].Latched[LegA].IsValid() || changed[0].Streams[0].Signal[LegA] != a.addr().Addr() {
 		t.Fatalf("first record: %+v", changed[0])
 	}
 	if tag, ok := r1.CallerTag("c1"); !ok || tag != "from-a" {
@@ -207,13 +207,14 @@ func TestRefreshReportsLatchChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got netip.AddrPort
+	var signal netip.Addr
 	for _, s := range r2.Snapshot() {
 		if s.CallID == "c1" {
-			got = s.Streams[0].FromA.Latched
+			got, signal = s.Streams[0].FromA.Latched, s.Streams[0].FromA.Signal
 		}
 	}
-	if got != a.addr() {
-		t.Fatalf("standby latch = %s, want %s", got, a.addr())
+	if got != a.addr() || signal != a.addr().Addr() {
+		t.Fatalf("standby latch = %s, signal %s; want %s", got, signal, a.addr())
 	}
 	if tag, ok := r2.CallerTag("c1"); !ok || tag != "from-a" {
 		t.Fatalf("standby CallerTag = %q %v", tag, ok)

@@ -56,7 +56,7 @@ func TestRefreshReplicatesLatchAndKeepsReplica(t *testing.T) {
 	holder, standby, p, clk := replicatedPair(t, 300*time.Millisecond)
 	a := newPhone(t, "127.0.0.2")
 	nat := netip.MustParseAddrPort("10.1.1.1:5000") // A's SDP names its private address
-	if _, err := holder.Anchor("call", true, offer(nat, "")); err != nil {
+	if _, err := holder.AnchorFrom("call", true, a.addr().Addr(), offer(nat, "")); err != nil {
 		t.Fatal(err)
 	}
 	ans, err := holder.Anchor("call", false, offer(netip.MustParseAddrPort("127.0.0.3:7000"), ""))

@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -83,5 +86,40 @@ func TestMediaReofferNotAnchorable488(t *testing.T) {
 	}
 	if refused["bad_sdp"] != 1 || refused["no_ports"] != 1 {
 		t.Fatalf("hapbx_media_updates_refused_total = %v, want bad_sdp 1, no_ports 1", refused)
+	}
+}
+
+// sourceAnchor records the signalling source of each AnchorFrom.
+type sourceAnchor struct{ got []netip.Addr }
+
+func (a *sourceAnchor) AnchorFrom(_ string, _ bool, source netip.Addr, body []byte) ([]byte, error) {
+	a.got = append(a.got, source)
+	return body, nil
+}
+
+func (a *sourceAnchor) Release(string, string) error { return nil }
+
+// TestAnchorPassesTransportSource: the relay accepts a leg's media from the
+// address its SIP came from (a phone behind NAT), so the proxy passes the
+// address the transport received the INVITE and the answer from, not the
+// Via's (the NATed phone's private address) nor nothing.
+func TestAnchorPassesTransportSource(t *testing.T) {
+	fake := &sourceAnchor{}
+	p := &Proxy{}
+	WithMediaAnchor(fake)(p)
+	req := parseRequest(t, "INVITE", "caller", "") // Via 127.0.0.9
+	req.SetBody([]byte("v=0\r\n"))
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetSource("203.0.113.7:40123")
+	if !p.anchorRequest(nil, req) {
+		t.Fatal("INVITE not passed on")
+	}
+	res := sip.NewResponseFromRequest(req, 200, "OK", []byte("v=0\r\n"))
+	res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	res.SetSource("[::ffff:198.51.100.20]:5060")
+	p.anchorResponse(req, res)
+	want := []netip.Addr{netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("198.51.100.20")}
+	if !slices.Equal(fake.got, want) {
+		t.Fatalf("signalling sources passed: %v, want %v", fake.got, want)
 	}
 }
