@@ -176,15 +176,15 @@ func pcapPackets(t *testing.T, path string) int {
 // times more), the stranger receives nothing, and its datagrams are
 // counted as stranger drops.
 func TestMediaStrangerFirstNoBleed(t *testing.T) {
-	sipptest.Require(t)
-	pcapG711a := sipptest.RequirePCAP(t)
+	testkit.RequireSIPp(t)
+	pcapG711a := testkit.RequirePCAP(t)
 	played := pcapPackets(t, pcapG711a)
-	bePort := sipptest.FreePort(t, be1IP)
-	beMedia := sipptest.FreePort(t, be1IP)
-	sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_call.xml"), "-mi", be1IP,
+	bePort := testkit.FreePort(t, be1IP)
+	beMedia := testkit.FreePort(t, be1IP)
+	testkit.StartSIPp(t, be1IP, bePort, "-sf", scenarioPath("uas_call.xml"), "-mi", be1IP,
 		"-mp", strconv.Itoa(beMedia), "-rtp_echo")
 	a1 := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
-	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
+	testkit.WaitListening(t, "udp", a1, 3*time.Second)
 	const lo, hi = 23200, 23207 // two calls' worth: one call takes two port pairs
 	d := startDaemonWith(t, fmt.Sprintf("media: {enabled: true, ports: \"%d-%d\"}\n", lo, hi), a1)
 	d.waitActive(t, "asterisk1")
@@ -218,8 +218,8 @@ func TestMediaStrangerFirstNoBleed(t *testing.T) {
 	}()
 	time.Sleep(100 * time.Millisecond) // the stranger is at it before the call
 
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_media_call.xml"),
-		"-s", "202", "-m", "1", "-mi", phoneIP, "-mp", strconv.Itoa(sipptest.FreePort(t, phoneIP)),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_media_call.xml"),
+		"-s", "202", "-m", "1", "-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePort(t, phoneIP)),
 		"-key", "pcap", pcapG711a, "-timeout", "20s", "-timeout_error", d.sip)
 	// While the call runs, every latch the relay shows is the phone's (leg
 	// A) or the backend's (leg B), never the stranger's.
