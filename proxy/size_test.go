@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,63 +44,6 @@ func (s *suspects) list() []string {
 	return append([]string(nil), s.got...)
 }
 
-// largeSDP is an SDP of about size bytes in SIPp's template language, as
-// softphones send: many audio codecs, SRTP keys, video.
-func largeSDP(size int) string {
-	lines := []string{
-		"v=0",
-		"o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]",
-		"s=-",
-		"c=IN IP[media_ip_type] [media_ip]",
-		"t=0 0",
-		"m=audio [media_port] RTP/SAVP 0 8 9 18 101 " + ptRange(102, 127),
-		"a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:9 G722/8000",
-		"a=rtpmap:18 G729/8000", "a=fmtp:18 annexb=no", "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16",
-	}
-	for pt := 102; pt <= 127; pt++ {
-		lines = append(lines, fmt.Sprintf("a=rtpmap:%d opus/48000/2", pt), fmt.Sprintf("a=fmtp:%d maxplaybackrate=48000;stereo=1;useinbandfec=1", pt))
-	}
-	lines = append(lines, "m=video 9 RTP/SAVP 96 97 98", "a=rtpmap:96 H264/90000", "a=rtpmap:97 VP8/90000", "a=rtpmap:98 VP9/90000")
-	n := 0
-	for _, l := range lines {
-		n += len(l) + 2
-	}
-	for tag := 1; n < size; tag++ {
-		l := fmt.Sprintf("a=crypto:%d AES_CM_128_HMAC_SHA1_80 inline:%040d|2^31", tag, tag)
-		lines = append(lines, l)
-		n += len(l) + 2
-	}
-	return strings.Join(lines, "\n      ")
-}
-
-func ptRange(from, to int) string {
-	var b strings.Builder
-	for pt := from; pt <= to; pt++ {
-		if pt > from {
-			b.WriteByte(' ')
-		}
-		b.WriteString(strconv.Itoa(pt))
-	}
-	return b.String()
-}
-
-// largeScenario writes testdata/name with an SDP that makes its INVITE
-// (or 200) about size bytes.
-func largeScenario(t *testing.T, name string, size int) string {
-	t.Helper()
-	tmpl, err := os.ReadFile(scenario(name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), name)
-	// About 450 bytes of headers come before the SDP.
-	text := strings.Replace(string(tmpl), "@SDP@", largeSDP(size-450), 1)
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // Issue 12 §6(c): calls whose INVITE and 200 are far beyond 1300 bytes go
 // through, to backends that listen on TCP (over TCP) and to backends that
 // do not (one UDP datagram), and no backend is suspected for a size.
@@ -129,13 +70,13 @@ func TestLargeInvites(t *testing.T) {
 			if tc.tcp {
 				beT, beNet = "t1", "tcp"
 			}
-			backend := testkit.StartSIPp(t, be1IP, bePort, "-t", beT, "-sf", largeScenario(t, "uas_large.xml", tc.size), "-m", "1")
+			backend := testkit.StartSIPp(t, be1IP, bePort, "-t", beT, "-sf", testkit.LargeScenario(t, scenario("uas_large.xml"), tc.size), "-m", "1")
 			testkit.WaitListening(t, beNet, be.Address, 3*time.Second)
 			var sus suspects
 			p := startProxyWith(t, []string{"udp", "tcp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithFailureReporter(&sus))
 
 			phoneT := map[string]string{"udp": "u1", "tcp": "t1"}[tc.phone]
-			phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-t", phoneT, "-sf", largeScenario(t, "uac_large.xml", tc.size),
+			phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-t", phoneT, "-sf", testkit.LargeScenario(t, scenario("uac_large.xml"), tc.size),
 				"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", p.addr)
 			if code := phone.Wait(30 * time.Second); code != 0 {
 				t.Fatalf("phone sipp exit %d\n%s", code, phone.Output())
