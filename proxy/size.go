@@ -30,8 +30,10 @@ var errTooLarge = errors.New("message too large for one UDP datagram")
 // with a few codecs fails, its caller gets 503 and the backend is suspected)
 // and reads UDP into a buffer of TransportBufferReadSize (32 KB), and has no
 // option per transport or user agent for either: both are package
-// variables, so this sets them for the whole process. Call it once at
-// start-up, before any Proxy starts. Which transport a large request takes
+// variables, so this sets them for the whole process. The read buffer is
+// also each TCP and TLS connection's (64 KB instead of 32 KB; TCP needed
+// no more, its stream parser joins reads). Call it once at start-up,
+// before any SIP socket opens. Which transport a large request takes
 // is decided per next hop (fit), before sipgo sees it.
 func LiftTransportLimits() {
 	sip.UDPMTUSize = udpMaxDatagram + 200
