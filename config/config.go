@@ -56,7 +56,11 @@ type Backend struct {
 	Name      string `yaml:"name"`
 	Address   string `yaml:"address"`
 	Transport string `yaml:"transport"`
-	AMI       *AMI   `yaml:"ami,omitempty"`
+	// TCP says a UDP backend also listens for SIP over TCP on Address:
+	// a request that grows past 1300 bytes goes there (RFC 3261 §18.1.1)
+	// rather than as one large UDP datagram.
+	TCP bool `yaml:"tcp"`
+	AMI *AMI `yaml:"ami,omitempty"`
 	// Agent is the node's storage agent, required in cold standby.
 	Agent *BackendAgent `yaml:"agent,omitempty"`
 }
@@ -278,6 +282,9 @@ func (f File) problems() []string {
 			p = append(p, at+"transport: must be udp, tcp or tls")
 		default:
 			p = append(p, fmt.Sprintf("%stransport: %q is not udp, tcp or tls", at, b.Transport))
+		}
+		if b.TCP && b.Transport != "udp" {
+			p = append(p, fmt.Sprintf("%stcp: only for a udp backend (transport is %q)", at, b.Transport))
 		}
 		if b.AMI != nil {
 			if err := checkHostPort(b.AMI.Address); err != nil {

@@ -87,6 +87,8 @@ log: {level: loud, format: xml}
 			`x.yaml: log.level: "loud"`,
 			`x.yaml: log.format: "xml"`,
 		}},
+		{"tcp on a backend that is not udp", strings.Replace(minimal, "address: 127.0.0.12:5060, transport: udp", "address: 127.0.0.12:5060, transport: tls, tcp: true", 1),
+			[]string{`x.yaml: backends[1].tcp: only for a udp backend (transport is "tls")`}},
 		{"no backends", "node: {name: p}\nsip: {listen: [\"udp://127.0.0.1:5060\"], advertise: 127.0.0.1}\n",
 			[]string{"x.yaml: backends: at least one backend is required"}},
 		{"wrong type", minimal + "\nadmin: {listen: [1, 2]}\n", []string{"x.yaml: "}},
@@ -110,6 +112,16 @@ log: {level: loud, format: xml}
 				}
 			}
 		})
+	}
+}
+
+func TestParseBackendTCP(t *testing.T) {
+	f, err := Parse("x", []byte(strings.Replace(minimal, "127.0.0.12:5060, transport: udp", "127.0.0.12:5060, transport: udp, tcp: true", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Backends[0].TCP || !f.Backends[1].TCP {
+		t.Errorf("backends[].tcp = %v, %v, want false, true", f.Backends[0].TCP, f.Backends[1].TCP)
 	}
 }
 

@@ -73,6 +73,14 @@
 //     487 by sipgo at once, not by relaying the callee's 487; a 2xx that
 //     crosses the CANCEL is still relayed to the caller (statelessly), who
 //     must ACK and BYE it as RFC 3261 requires of a UAC;
+//   - takes messages of any size a phone sends, up to max_message_size
+//     (64 KB) over UDP, TCP and TLS (LiftTransportLimits: sipgo's UDP
+//     limits are process-wide, lifted once by the wiring). A request that
+//     grows past 1300 bytes for a UDP next hop goes over TCP when the
+//     backend listens on TCP (`backends[].tcp`, RFC 3261 §18.1.1) and so
+//     does the proxy, otherwise as one UDP datagram, as Kamailio and
+//     Asterisk send it; one too large even for that gets 513 (size.go). A
+//     message's size never makes the caller get 503 nor a backend suspect;
 //   - on Shutdown answers new initial requests 503 while transactions in
 //     flight finish, for at most `sip.drain_timeout`; those still pending
 //     then get 503 and their downstream INVITEs a CANCEL.
@@ -102,5 +110,6 @@
 // hapbx_proxy_timer_c_total, hapbx_proxy_dialogs,
 // hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason},
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
-// foreign_hop, bad_dialog_token).
+// foreign_hop, bad_dialog_token),
+// hapbx_proxy_large_requests_total{how} (tcp, udp, refused).
 package proxy

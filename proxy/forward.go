@@ -296,16 +296,23 @@ func (p *Proxy) sendCancel(out *sip.Request) {
 // statelessly. The branch is derived from the incoming one so that a
 // retransmitted ACK keeps its branch.
 func (p *Proxy) forwardAck(req *sip.Request, t target) {
-	out := req.Clone()
-	if mf := out.MaxForwards(); mf != nil {
-		mf.Dec()
-	}
 	b, _ := req.Via().Params.Get("branch")
 	h := fnv.New64a()
 	h.Write([]byte(b))
-	out.PrependHeader(p.via(t.transport, "a"+strconv.FormatUint(h.Sum64(), 36)))
-	p.address(out, t)
-	if err := p.wire.WriteRequest(out, sipgo.ClientRequestOption(keepHeaders)); err != nil {
+	branch := "a" + strconv.FormatUint(h.Sum64(), 36)
+	out, t, err := p.fit(t, func(t target) *sip.Request {
+		out := req.Clone()
+		if mf := out.MaxForwards(); mf != nil {
+			mf.Dec()
+		}
+		out.PrependHeader(p.via(t.transport, branch))
+		p.address(out, t)
+		return out
+	})
+	if err == nil {
+		err = p.wire.WriteRequest(out, sipgo.ClientRequestOption(keepHeaders))
+	}
+	if err != nil {
 		p.log.Debug("ACK not forwarded", zap.String("to", t.addr), zap.Error(err))
 	}
 }

@@ -17,6 +17,8 @@ type metrics struct {
 	timerC       prometheus.Counter
 	// refused counts requests the trust rules sent nowhere (trust.go).
 	refused *prometheus.CounterVec
+	// large counts requests over the UDP budget to a UDP next hop (size.go).
+	large *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -70,7 +72,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_refused_total",
 			Help: "Requests refused (403, or an ACK dropped) because their sender may not make hapbx send them where they lead, by reason.",
 		}, []string{"reason"}),
+		large: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_large_requests_total",
+			Help: "Requests larger than 1300 bytes for a UDP next hop, by how they went: tcp (the backend listens on TCP), udp (one datagram) or refused (513, too large for a datagram).",
+		}, []string{"how"}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused)
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large)
 	return m
 }

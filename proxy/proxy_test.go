@@ -257,7 +257,14 @@ func TestTortureMessages(t *testing.T) {
 	}
 }
 
-func TestTLSPhoneToUDPBackend(t *testing.T) {
+func TestTLSPhoneToUDPBackend(t *testing.T) { tlsPhoneToUDPBackend(t, "hello") }
+
+// A 60 KB MESSAGE over TLS reaches a UDP backend as one datagram.
+func TestTLSLargeMessageToUDPBackend(t *testing.T) {
+	tlsPhoneToUDPBackend(t, strings.Repeat("0123456789", 6000))
+}
+
+func tlsPhoneToUDPBackend(t *testing.T, body string) {
 	testkit.RequireSIPp(t)
 	dir := t.TempDir()
 	cert, key := writeSelfSigned(t, dir, proxyIP)
@@ -269,7 +276,7 @@ func TestTLSPhoneToUDPBackend(t *testing.T) {
 		c.Listen = append(c.Listen, fmt.Sprintf("tls://%s:%d", proxyIP, tlsPort))
 		c.TLS = TLSConfig{Cert: cert, Key: key}
 	})
-	code := tlsMessage(t, cert, net.JoinHostPort(proxyIP, strconv.Itoa(tlsPort)))
+	code := tlsMessage(t, cert, net.JoinHostPort(proxyIP, strconv.Itoa(tlsPort)), body)
 	if code != 200 {
 		t.Fatalf("MESSAGE over TLS: got %d, want 200", code)
 	}

@@ -113,8 +113,14 @@ func (rc *responseContext) run(targets []target) outcome {
 // send starts the branch to t.
 func (rc *responseContext) send(t target) outcome {
 	p, req := rc.p, rc.req
-	out := req.Clone()
-	p.prepare(out, req, t)
+	out, t, err := p.fit(t, func(t target) *sip.Request {
+		out := req.Clone()
+		p.prepare(out, req, t)
+		return out
+	})
+	if err != nil {
+		return rc.oversize(t, err)
+	}
 	// A backend gets hop_timeout to show any sign of life (Asterisk sends
 	// 100 Trying at once); phones and other UAs get the transaction timers.
 	dial := 5 * time.Second
@@ -126,6 +132,8 @@ func (rc *responseContext) send(t target) outcome {
 	clTx, err := p.wire.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
 	cancel()
 	switch {
+	case err != nil && sizeError(err):
+		return rc.oversize(t, err)
 	case err != nil && rc.forked:
 		p.log.Debug("fork branch not sent", zap.String("to", t.addr), zap.Error(err))
 		return pending
@@ -142,6 +150,20 @@ func (rc *responseContext) send(t target) outcome {
 	}
 	go rc.report(b)
 	return pending
+}
+
+// oversize handles a request too large to send to t: not t's failure, so
+// t is not suspected; the next target may take it over TCP, else 513.
+func (rc *responseContext) oversize(t target, err error) outcome {
+	switch {
+	case rc.forked:
+		rc.p.log.Debug("fork branch too large", zap.String("to", t.addr), zap.Error(err))
+		return pending
+	case rc.more && !rc.provisional && !isClosed(rc.cancelled):
+		return next
+	}
+	rc.p.tooLarge(rc.tx, rc.req, t, err)
+	return settled
 }
 
 // report hands b's responses and its end to the context until its final

@@ -10,6 +10,9 @@ type Backend struct {
 	Name      string `json:"name"`
 	Address   string `json:"address"`   // host:port
 	Transport string `json:"transport"` // udp, tcp or tls
+	// TCP says a UDP backend also listens on TCP at Address: requests too
+	// large for UDP (size.go) go there.
+	TCP bool `json:"tcp,omitempty"`
 }
 
 // Router chooses the backends for a new request: names in the order to try.

@@ -49,8 +49,8 @@ func writeSelfSigned(t *testing.T, dir, ip string) (certPath, keyPath string) {
 }
 
 // tlsMessage plays a TLS phone with sipgo, verifying the proxy's
-// certificate, and returns the final status of one MESSAGE.
-func tlsMessage(t *testing.T, certPath, proxyAddr string) int {
+// certificate, and returns the final status of one MESSAGE with body.
+func tlsMessage(t *testing.T, certPath, proxyAddr, body string) int {
 	t.Helper()
 	pemData, _ := os.ReadFile(certPath)
 	pool := x509.NewCertPool()
@@ -66,7 +66,7 @@ func tlsMessage(t *testing.T, certPath, proxyAddr string) int {
 	}
 	host, port, _ := sip.ParseAddr(proxyAddr)
 	req := sip.NewRequest(sip.MESSAGE, sip.Uri{User: "202", Host: host, Port: port, UriParams: sip.HeaderParams{{K: "transport", V: "tls"}}})
-	req.SetBody([]byte("hello"))
+	req.SetBody([]byte(body))
 	req.AppendHeader(sip.NewHeader("Content-Type", "text/plain"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

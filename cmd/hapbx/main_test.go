@@ -117,14 +117,21 @@ func startDaemon(t testing.TB, backends ...string) *daemon {
 // startDaemonWith appends extra YAML sections to the test configuration.
 func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
 	t.Helper()
-	d := &daemon{config: filepath.Join(t.TempDir(), "hapbx.yaml")}
-	sipPort := testkit.FreePort(t, proxyIP)
-	adminPort := testkit.FreePort(t, "127.0.0.1")
-	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
-	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
+	d, sipPort, adminPort := newDaemon(t)
 	writeConfig(t, d.config, sipPort, adminPort, extra, backends...)
 	d.start(t)
 	return d
+}
+
+// newDaemon reserves a daemon's SIP and admin ports and names its config
+// file, for the caller to write before start.
+func newDaemon(t testing.TB) (d *daemon, sipPort, adminPort int) {
+	d = &daemon{config: filepath.Join(t.TempDir(), "hapbx.yaml")}
+	sipPort = testkit.FreePort(t, proxyIP)
+	adminPort = testkit.FreePort(t, "127.0.0.1")
+	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
+	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
+	return d, sipPort, adminPort
 }
 
 // start runs hapbx on d's config and waits until it is healthy (up to 30 s:

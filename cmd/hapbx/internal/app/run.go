@@ -62,6 +62,11 @@ func (d *daemon) run() error {
 		debug.SetGCPercent(400)
 	}
 	d.reg = newRegistry()
+	// sipgo's UDP size limits are process-wide variables (no per-transport
+	// option in v1.7.2): lift them once, before any SIP socket (health
+	// probes included) is opened, so messages of any size a phone sends
+	// are read and forwarded, never refused as "larger than MTU".
+	proxy.LiftTransportLimits()
 
 	targets, err := healthTargets(d.cfg.Backends)
 	if err != nil {
@@ -294,7 +299,7 @@ func backendNames(bs []config.Backend) []string {
 func proxyBackends(bs []config.Backend) []proxy.Backend {
 	out := make([]proxy.Backend, len(bs))
 	for i, b := range bs {
-		out[i] = proxy.Backend{Name: b.Name, Address: b.Address, Transport: b.Transport}
+		out[i] = proxy.Backend{Name: b.Name, Address: b.Address, Transport: b.Transport, TCP: b.TCP}
 	}
 	return out
 }
