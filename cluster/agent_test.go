@@ -131,10 +131,10 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 		if err := c.RegisterState("test", src); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 		voters, srcs = append(voters, c), append(srcs, src)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
@@ -145,10 +145,10 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Start(context.Background()); err != nil {
+	if err := a.start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
+	t.Cleanup(func() { a.close() })
 
 	var leader *Cluster
 	waitFor(t, 10*time.Second, "a raft leader and the agent in every voter's Agents()", func() bool {
@@ -247,10 +247,10 @@ func TestAgentWrongKey(t *testing.T) {
 	var voters []*Cluster
 	for _, cfg := range cfgs[:2] { // two voters are enough to answer a join
 		c := startNode(t, cfg, zap.NewNop())
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 		voters = append(voters, c)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
@@ -258,10 +258,10 @@ func TestAgentWrongKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Start(context.Background()); err != nil {
+	if err := a.start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
+	t.Cleanup(func() { a.close() })
 	waitFor(t, 5*time.Second, "a key-mismatch error in the agent's log", func() bool {
 		for _, e := range logs.All() {
 			if h, _ := e.ContextMap()["hint"].(string); e.Level >= zapcore.ErrorLevel && e.Message == "cannot join the cluster" && strings.Contains(h, "gossip key") {

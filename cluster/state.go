@@ -96,7 +96,7 @@ type channel struct {
 }
 
 // RegisterState adds a named state channel and hands src its outlet (StateChanges).
-// Register every channel before Start so the first full sync includes it; records for a
+// Register every channel before Run so the first full sync includes it; records for a
 // channel unknown here are dropped.
 func (c *Cluster) RegisterState(name string, src StateSource) error {
 	if name == "" || len(name) > 255 {

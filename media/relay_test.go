@@ -34,7 +34,7 @@ func newTestRelay(t *testing.T, ports string, mod func(*Config)) (*Relay, *prome
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Start()
+	r.start()
 	t.Cleanup(r.Close)
 	return r, reg
 }
@@ -454,7 +454,7 @@ func TestImportFreebindNonLocalAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Start()
+	r.start()
 	defer r.Close()
 	rec := SessionRecord{CallID: "vip", State: StateAnswered, Streams: []StreamRecord{{Ports: [2]int{31910, 31912}}}}
 	if err := r.Import(rec); err != nil {

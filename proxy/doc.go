@@ -66,9 +66,10 @@
 //     487 by sipgo at once, not by relaying the callee's 487; a 2xx that
 //     crosses the CANCEL is still relayed to the caller (statelessly), who
 //     must ACK and BYE it as RFC 3261 requires of a UAC;
-//   - on Shutdown answers new initial requests 503 while transactions in
+//   - once Run's context ends answers new initial requests 503 while transactions in
 //     flight finish, for at most `sip.drain_timeout`; those still pending
-//     then get 503 and their downstream INVITEs a CANCEL.
+//     (or all at once on Abort) then get 503 and their downstream INVITEs
+//     a CANCEL.
 //
 // What it does not: authenticate (Asterisk challenges; the proxy passes the
 // challenge through), probe backends (package health; a FailureReporter is

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/cluster"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
@@ -61,10 +61,7 @@ func (l *coldLab) newLabCluster() *labCluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := w.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = w.Close() })
+		testkit.Run(t, w.Run)
 	}
 	l.cluster = lc
 	return lc

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/cluster"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/proxy/sipptest"
 	"github.com/hapbx/hapbx/registrar"
 )
@@ -87,10 +88,7 @@ func newJoinLab(t testing.TB) *joinLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := wit.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = wit.Close() })
+	testkit.Run(t, wit.Run)
 	return l
 }
 
