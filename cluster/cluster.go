@@ -36,15 +36,15 @@ type Cluster struct {
 }
 
 // New checks cfg and prepares a node of the given role; nothing listens until Run.
-// reg may be nil (no metrics exported). RoleAgent needs WithAgentInfo.
+// reg may be nil (no metrics exported). RoleService needs WithServiceInfo.
 func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Cluster, error) {
 	var o options
 	for _, fn := range opts {
 		fn(&o)
 	}
 	err := cfg.validate(role)
-	if err == nil && role == RoleAgent {
-		err = checkAgentInfo(o.agent)
+	if err == nil && role == RoleService {
+		err = checkServiceInfo(o.service)
 	}
 	if err != nil {
 		return nil, err
@@ -55,8 +55,8 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 	}
 	log = log.With(zap.String("node", cfg.Name), zap.Stringer("role", role))
 	var m *metrics
-	if role == RoleAgent {
-		// An agent has no quorum, leader or VIP: a constant 0 would read as an outage.
+	if role == RoleService {
+		// A service member has no quorum, leader or VIP: a constant 0 would read as an outage.
 		m = newMetrics(nil)
 		if reg != nil {
 			reg.MustRegister(m.members)
@@ -65,7 +65,7 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 		m = newMetrics(reg)
 	}
 	c := &Cluster{cfg: cfg, role: role, log: log, m: m,
-		mem: membership{keyring: kr, agent: o.agent, metaWake: make(chan struct{}, 1),
+		mem: membership{keyring: kr, service: o.service, metaWake: make(chan struct{}, 1),
 			nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}},
 		lead:  leadership{wake: make(chan struct{}, 1)},
 		state: channels{chans: map[string]*channel{}, outboxes: map[string]*outbox{}},
@@ -105,8 +105,8 @@ func (c *Cluster) start(ctx context.Context) (err error) {
 			c.shutdown()
 		}
 	}()
-	if c.role == RoleAgent {
-		return c.startAgent(ctx)
+	if c.role == RoleService {
+		return c.startService(ctx)
 	}
 	if c.hold.vip != nil {
 		// A crash may have left the VIP behind; we must not answer for it before raft
@@ -156,7 +156,7 @@ func (c *Cluster) advertise() string {
 	if c.cfg.Advertise != "" {
 		return c.cfg.Advertise
 	}
-	if c.role == RoleAgent {
+	if c.role == RoleService {
 		return "" // memberlist takes bind's address (or a private one for 0.0.0.0)
 	}
 	return c.cfg.self().Gossip

@@ -158,7 +158,7 @@ type leadership struct {
 
 // vipHolding is the VIP on our interface and who is told when that changes.
 type vipHolding struct {
-	vip vipAddr // nil on a witness and an agent; a test substitutes a fake
+	vip vipAddr // nil on a witness and a service member; a test substitutes a fake
 	// mu serialises every change of the VIP (leader loop, close, shutdown): one
 	// Acquire or Release at a time, and none after close decided to let go.
 	mu sync.Mutex

@@ -41,8 +41,8 @@ func (p *published) takeoverFuncs() map[string]func() []byte {
 // Publish stores key=value through the raft log (strongly consistent, replicated to all
 // voters, witness included). Only the raft leader can publish: ErrNotLeader elsewhere.
 func (c *Cluster) Publish(key string, value []byte) error {
-	if c.role == RoleAgent {
-		return fmt.Errorf("publish %q: an agent is not a voter: %w", key, ErrNotLeader)
+	if c.role == RoleService {
+		return fmt.Errorf("publish %q: a service member is not a voter: %w", key, ErrNotLeader)
 	}
 	if c.lead.r == nil || c.closed.Load() {
 		return ErrClosed

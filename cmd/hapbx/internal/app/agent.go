@@ -60,7 +60,7 @@ func agentMain(cfg config.File, log *zap.Logger) error {
 		if err != nil {
 			return err
 		}
-		if member, err = cluster.New(cfg.ClusterConfig(), cluster.RoleAgent, log.Named("cluster"), reg, cluster.WithAgentInfo(cfg.Node.Name, api)); err != nil {
+		if member, err = cluster.New(cfg.ClusterConfig(), cluster.RoleService, log.Named("cluster"), reg, cluster.WithServiceInfo(cfg.Node.Name, api)); err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}
 	}

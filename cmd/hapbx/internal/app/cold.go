@@ -74,7 +74,7 @@ func (d *daemon) coldNodes(backends []config.Backend) ([]failover.ColdNode, erro
 // announcedAgents lists the storage agents that joined the cluster.
 func (d *daemon) announcedAgents() []storage.Announced {
 	var out []storage.Announced
-	for _, a := range d.cluster.Agents() {
+	for _, a := range d.cluster.Services() {
 		out = append(out, storage.Announced(a))
 	}
 	return out
