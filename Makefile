@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/hapbx/hapbx/cmd/hapbx/internal/app.version=$(VER
 PKGS     := ./...
 FUZZTIME ?= 6s
 
-.PHONY: build test unit lab lint fuzz bench demo e2e clean
+.PHONY: build test unit lab lint fuzz bench demo e2e clean asterisk-mode
 
 ## build: bin/hapbx, statically linked, version stamped
 build:
@@ -24,8 +24,16 @@ unit: build
 ## lab: the namespace lab's tests (deploy/lab) on their own, after unit: their
 ## failover-time assertions (VIP on the twin within 1 s) must not share the two
 ## cores with the other packages' tests, which go test runs in parallel
-lab: build
+lab: build asterisk-mode
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -race -count=1 -timeout 15m ./deploy/lab
+
+## asterisk-mode: say which PBX the lab's end-to-end tests and the demo run:
+## a real Asterisk ($$HAPBX_ASTERISK, or `asterisk` on PATH; .ci/run installs
+## ../shared/asterisk when it exists) or, without one, SIPp and the stand-in
+asterisk-mode:
+	@if [ -n "$$HAPBX_ASTERISK" ]; then echo "lab: real Asterisk $$HAPBX_ASTERISK (deploy/asterisk's configs)"; \
+	elif command -v asterisk >/dev/null; then echo "lab: real Asterisk $$(command -v asterisk) (deploy/asterisk's configs)"; \
+	else echo "lab: no Asterisk (HAPBX_ASTERISK unset, none on PATH): the end-to-end tests run against SIPp and the Asterisk stand-in"; fi
 
 ## fuzz: every fuzz target (parsers and handlers facing the network) for FUZZTIME each
 FUZZ_TARGETS := proxy:FuzzDecide config:FuzzParse health:FuzzReadAMIMessage health:FuzzSIPAnswer \
@@ -62,13 +70,13 @@ bench: build
 
 ## demo: as root, the namespace lab (deploy/lab): two proxies sharing a VIP, a witness, two PBX,
 ## SIPp phones registering and calling; kills and cuts one after another, prints one table
-demo: build
+demo: build asterisk-mode
 	./deploy/demo/demo.sh
 
 ## e2e: as root, the lab's end-to-end suite with assertions (issue 5 and the demo scenario);
 ## `make test` runs the same tests (with -race) through `lab`
-e2e: build
-	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 5m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
+e2e: build asterisk-mode
+	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 10m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
 
 clean:
 	rm -rf bin

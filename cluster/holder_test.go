@@ -17,6 +17,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // fakeVIP stands in for the VIP on an interface: failures can be injected, and it
@@ -129,7 +131,7 @@ func proxyTrio(t *testing.T, fv *fakeVIP, log *zap.Logger, reg prometheus.Regist
 
 func waitHolding(t *testing.T, p *Cluster, fv *fakeVIP) {
 	t.Helper()
-	waitFor(t, 15*time.Second, "the proxy to take the VIP", func() bool { return p.IsLeader() && fv.isHeld() })
+	testkit.Eventually(t, 15*time.Second, "the proxy to take the VIP", func() bool { return p.IsLeader() && fv.isHeld() })
 }
 
 // A VIP removal that fails is retried every tick, counted, logged at error once, and
@@ -145,7 +147,7 @@ func TestReleaseFailureRetried(t *testing.T) {
 	fv.setFailRelease(true)
 	p.lead.pingOK.Store(false) // must let go of the VIP; no other proxy, so it stays raft leader
 	p.lead.poke()
-	waitFor(t, 3*time.Second, "several failed removals", func() bool {
+	testkit.Eventually(t, 3*time.Second, "several failed removals", func() bool {
 		return gauge(t, reg, "hapbx_cluster_vip_release_failures_total") >= 5
 	})
 	if !fv.isHeld() {
@@ -160,12 +162,12 @@ func TestReleaseFailureRetried(t *testing.T) {
 	default:
 	}
 	// The others see the stuck holder (node metadata) even though it should not hold.
-	waitFor(t, 3*time.Second, "the witnesses to list p0 as holder", func() bool {
+	testkit.Eventually(t, 3*time.Second, "the witnesses to list p0 as holder", func() bool {
 		return slices.Equal(ws[0].Status().VIPHolders, []string{"p0"})
 	})
 
 	fv.setFailRelease(false)
-	waitFor(t, 2*time.Second, "the retried removal", func() bool { return !fv.isHeld() && !p.IsLeader() })
+	testkit.Eventually(t, 2*time.Second, "the retried removal", func() bool { return !fv.isHeld() && !p.IsLeader() })
 	select {
 	case v := <-lch:
 		if v {
@@ -186,7 +188,7 @@ func TestReleaseFailureRetried(t *testing.T) {
 	if n := gauge(t, reg, "hapbx_cluster_vip_release_failures_total"); n < 5 {
 		t.Fatalf("hapbx_cluster_vip_release_failures_total = %v", n)
 	}
-	waitFor(t, 3*time.Second, "no holder on the witnesses", func() bool {
+	testkit.Eventually(t, 3*time.Second, "no holder on the witnesses", func() bool {
 		return len(ws[0].Status().VIPHolders) == 0 && ws[0].Status().Leader == "p0"
 	})
 }
@@ -230,7 +232,7 @@ func TestCloseSerializesVIP(t *testing.T) {
 	}()
 	// Give Close time to run ahead: without serialisation it hands leadership over now.
 	time.Sleep(200 * time.Millisecond)
-	waitForOr(time.Second, left.Load)
+	testkit.Poll(time.Second, left.Load)
 	close(gate)
 	select {
 	case <-closed:
@@ -254,20 +256,13 @@ func TestCloseSerializesVIP(t *testing.T) {
 	}
 }
 
-func waitForOr(d time.Duration, ok func() bool) {
-	end := time.Now().Add(d)
-	for time.Now().Before(end) && !ok() {
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // Status lists the actual VIP holder(s), which need not be the raft leader.
 func TestStatusVIPHolders(t *testing.T) {
 	fv := &fakeVIP{}
 	p, ws := proxyTrio(t, fv, zap.NewNop(), nil, nil)
 	waitHolding(t, p, fv)
 	for _, c := range append([]*Cluster{p}, ws...) {
-		waitFor(t, 3*time.Second, c.cfg.Name+" to see p0 as holder and leader", func() bool {
+		testkit.Eventually(t, 3*time.Second, c.cfg.Name+" to see p0 as holder and leader", func() bool {
 			s := c.Status()
 			return slices.Equal(s.VIPHolders, []string{"p0"}) && s.Leader == "p0"
 		})
@@ -276,7 +271,7 @@ func TestStatusVIPHolders(t *testing.T) {
 	p.lead.pingOK.Store(false)
 	p.lead.poke()
 	for _, c := range append([]*Cluster{p}, ws...) {
-		waitFor(t, 3*time.Second, c.cfg.Name+" to see no holder and leader p0", func() bool {
+		testkit.Eventually(t, 3*time.Second, c.cfg.Name+" to see no holder and leader p0", func() bool {
 			s := c.Status()
 			return s.VIPHolders != nil && len(s.VIPHolders) == 0 && s.Leader == "p0" && !s.VIPHeld
 		})
@@ -304,7 +299,7 @@ func TestRepublishOnTakeover(t *testing.T) {
 			t.Fatalf("watch: no value %q", want)
 		}
 		for _, c := range append([]*Cluster{p}, ws...) {
-			waitFor(t, 3*time.Second, "the value on "+c.cfg.Name, func() bool {
+			testkit.Eventually(t, 3*time.Second, "the value on "+c.cfg.Name, func() bool {
 				v, ok := c.Get("active_backend")
 				return ok && string(v) == want
 			})
@@ -320,7 +315,7 @@ func TestRepublishOnTakeover(t *testing.T) {
 	cur.Store([]byte("asterisk-c"))
 	p.lead.pingOK.Store(false)
 	p.lead.poke()
-	waitFor(t, 3*time.Second, "the VIP released", func() bool { return !p.IsLeader() })
+	testkit.Eventually(t, 3*time.Second, "the VIP released", func() bool { return !p.IsLeader() })
 	p.lead.pingOK.Store(true)
 	p.lead.poke()
 	waitHolding(t, p, fv)

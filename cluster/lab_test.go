@@ -20,6 +20,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // The lab: a switch namespace with a bridge, one namespace per node and one for a
@@ -378,7 +380,7 @@ func (l *lab) waitFullyReplicated(within time.Duration) {
 	if w1 == 0 || w2 == 0 {
 		l.t.Fatalf("nothing broadcast: n1 %+v n2 %+v", l.counts("n1"), l.counts("n2"))
 	}
-	waitFor(l.t, within, "all broadcast records on both proxies", func() bool {
+	testkit.Eventually(l.t, within, "all broadcast records on both proxies", func() bool {
 		return l.counts("n1").Watched >= w1 && l.counts("n2").Watched >= w2
 	})
 	l.t.Logf("replicated: n1 has %d of n2's records, n2 %d of n1's", l.counts("n1").Watched, l.counts("n2").Watched)

@@ -13,20 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-)
 
-// freePort returns a port on 127.0.0.1 free for TCP and UDP, reserved for
-// this test process.
-func freePort(t *testing.T) int {
-	t.Helper()
-	return sipptest.FreePort(t, "127.0.0.1")
-}
+	"github.com/hapbx/hapbx/internal/testkit"
+)
 
 func writeKey(t *testing.T, dir string, b byte) string {
 	k := make([]byte, 32)
@@ -46,8 +39,8 @@ func loopbackTrio(t *testing.T, keys [3]string) []Config {
 	dir := t.TempDir()
 	var peers []Peer
 	for i := 0; i < 3; i++ {
-		peers = append(peers, Peer{Name: "w" + strconv.Itoa(i), Gossip: "127.0.0.1:" + strconv.Itoa(freePort(t)),
-			Raft: "127.0.0.1:" + strconv.Itoa(freePort(t))})
+		peers = append(peers, Peer{Name: "w" + strconv.Itoa(i), Gossip: "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")),
+			Raft: "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))})
 	}
 	var cfgs []Config
 	for i := 0; i < 3; i++ {
@@ -106,7 +99,7 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 		srcs = append(srcs, src)
 	}
 	var leader *Cluster
-	waitFor(t, 10*time.Second, "a raft leader", func() bool {
+	testkit.Eventually(t, 10*time.Second, "a raft leader", func() bool {
 		for _, c := range nodes {
 			if c.Status().RaftState == "Leader" {
 				leader = c
@@ -128,7 +121,7 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	if err := leader.Publish("active", []byte("asterisk-b")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, "the published value on every node", func() bool {
+	testkit.Eventually(t, 3*time.Second, "the published value on every node", func() bool {
 		for _, c := range nodes {
 			if v, ok := c.Get("active"); !ok || string(v) != "asterisk-b" {
 				return false
@@ -136,7 +129,7 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 		}
 		return true
 	})
-	waitFor(t, 5*time.Second, "full sync of w0's 50 records", func() bool {
+	testkit.Eventually(t, 5*time.Second, "full sync of w0's 50 records", func() bool {
 		return srcs[1].count() == 50 && srcs[2].count() == 50
 	})
 	rec := make([]byte, 300)
@@ -155,7 +148,7 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	if err := nodes[1].Broadcast("nope", rec); !errors.Is(err, ErrUnknownChannel) {
 		t.Fatalf("unknown channel: %v", err)
 	}
-	waitFor(t, 3*time.Second, "broadcast records on w0 and w2", func() bool {
+	testkit.Eventually(t, 3*time.Second, "broadcast records on w0 and w2", func() bool {
 		return srcs[0].count() == 52 && srcs[2].count() == 52
 	})
 	st, err := json.Marshal(nodes[0].Status())
@@ -165,7 +158,7 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 	if n := len(nodes[2].Members()); n != 3 {
 		t.Fatalf("members %d", n)
 	}
-	waitFor(t, 2*time.Second, "metrics of w0", func() bool {
+	testkit.Eventually(t, 2*time.Second, "metrics of w0", func() bool {
 		return gauge(t, reg, "hapbx_cluster_members") == 3 && gauge(t, reg, "hapbx_cluster_quorum") == 1 &&
 			gauge(t, reg, "hapbx_cluster_vip_held") == 0 && gauge(t, reg, "hapbx_cluster_leader_changes_total") >= 1 &&
 			gauge(t, reg, "hapbx_cluster_state_records_received_total") == 2
@@ -208,7 +201,7 @@ func TestWrongKeyIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.close() })
-	waitFor(t, 5*time.Second, "a key-mismatch error in the intruder's log", func() bool {
+	testkit.Eventually(t, 5*time.Second, "a key-mismatch error in the intruder's log", func() bool {
 		for _, e := range logs.All() {
 			if h, _ := e.ContextMap()["hint"].(string); e.Level >= zapcore.ErrorLevel && strings.Contains(h, "gossip key") {
 				t.Logf("intruder logged: %s %v", e.Message, e.ContextMap())
@@ -223,18 +216,6 @@ func TestWrongKeyIsReported(t *testing.T) {
 			t.Fatalf("node with the wrong key sees member %s", m.Name)
 		}
 	}
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	end := time.Now().Add(d)
-	for time.Now().Before(end) {
-		if ok() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %s waiting for %s", d, what)
 }
 
 // Figures: gossip throughput of Broadcast (records of 300 bytes) between witnesses on
@@ -259,7 +240,7 @@ func TestBroadcastFigures(t *testing.T) {
 		t.Cleanup(func() { c.close() })
 		nodes, srcs = append(nodes, c), append(srcs, src)
 	}
-	waitFor(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].mem.aliveNodes(nodes[0].cfg.Name)) == 2 })
+	testkit.Eventually(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].mem.aliveNodes(nodes[0].cfg.Name)) == 2 })
 	for _, n := range []int{200, 2000, 100000} {
 		base := srcs[1].count()
 		t0 := time.Now()
@@ -270,10 +251,7 @@ func TestBroadcastFigures(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		deadline := time.Now().Add(60 * time.Second)
-		for srcs[1].count() < base+n && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testkit.Poll(60*time.Second, func() bool { return srcs[1].count() >= base+n })
 		got := srcs[1].count() - base
 		d := time.Since(t0)
 		t.Logf("burst of %d broadcasts: %d arrived in %s (%.0f records/s)", n, got, d.Round(time.Millisecond), float64(got)/d.Seconds())

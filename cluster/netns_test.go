@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 func other(n string) string {
@@ -141,7 +143,7 @@ func TestWitnessThenTwinDie(t *testing.T) {
 		t.Fatalf("%s alone (1 of 3 voters) still holds the VIP", h)
 	}
 	t.Logf("%s alone released the VIP %s after the second death", h, time.Since(t0).Round(time.Millisecond))
-	waitFor(t, time.Second, "the lone survivor's status without quorum and VIP", func() bool {
+	testkit.Eventually(t, time.Second, "the lone survivor's status without quorum and VIP", func() bool {
 		s := l.status(h)
 		return !s.Quorum && !s.VIPHeld
 	})
@@ -167,7 +169,7 @@ func TestPingTargets(t *testing.T) {
 		t.Fatalf("%s lost its ping target but %s did not take the VIP; seen %v", h, tw, compact(seq))
 	}
 	t.Logf("%s lost its ping target; VIP on %s after %s, seen %v", h, tw, time.Since(t0).Round(time.Millisecond), compact(seq))
-	waitFor(t, time.Second, h+"'s status saying ping_ok false", func() bool { return !l.status(h).PingOK })
+	testkit.Eventually(t, time.Second, h+"'s status saying ping_ok false", func() bool { return !l.status(h).PingOK })
 	l.watchNoSplit(time.Second)
 }
 
@@ -297,7 +299,7 @@ func TestStaleVIPRemovedAtStart(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	waitFor(t, 10*time.Second, "n1 to start", p.ready.Load)
+	testkit.Eventually(t, 10*time.Second, "n1 to start", p.ready.Load)
 	if l.hasVIP("n1") {
 		t.Fatal("the stale VIP is still on n1 after Start")
 	}
@@ -308,7 +310,7 @@ func TestStaleVIPRemovedAtStart(t *testing.T) {
 	if l.hasVIP("n1") {
 		t.Fatal("n1 took the VIP without a quorum")
 	}
-	waitFor(t, 2*time.Second, "n1's status", func() bool { return l.status("n1").Name == "n1" })
+	testkit.Eventually(t, 2*time.Second, "n1's status", func() bool { return l.status("n1").Name == "n1" })
 	if s := l.status("n1"); s.VIPHeld || len(s.VIPHolders) != 0 {
 		t.Fatalf("n1 status: vip_held %v vip_holders %v", s.VIPHeld, s.VIPHolders)
 	}

@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 func validServiceConfig() Config {
@@ -100,7 +102,7 @@ func TestServiceInfoRequired(t *testing.T) {
 func serviceConfig(t *testing.T, cfgs []Config, name, key string) Config {
 	c := DefaultConfig()
 	c.Name = name
-	c.Bind = "127.0.0.1:" + strconv.Itoa(freePort(t))
+	c.Bind = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	c.SecretFile = key
 	c.DataDir = ""
 	for i, v := range cfgs {
@@ -151,7 +153,7 @@ func TestServiceJoinsWithoutVoting(t *testing.T) {
 	t.Cleanup(func() { a.close() })
 
 	var leader *Cluster
-	waitFor(t, 10*time.Second, "a raft leader and the service member in every voter's Services()", func() bool {
+	testkit.Eventually(t, 10*time.Second, "a raft leader and the service member in every voter's Services()", func() bool {
 		leader = nil
 		for _, c := range voters {
 			if c.Status().RaftState == "Leader" {
@@ -165,7 +167,7 @@ func TestServiceJoinsWithoutVoting(t *testing.T) {
 		return leader != nil
 	})
 	// The service member sees the voters (joined by name or address) and counts itself a service member.
-	waitFor(t, 3*time.Second, "the service member's view of 4 members", func() bool {
+	testkit.Eventually(t, 3*time.Second, "the service member's view of 4 members", func() bool {
 		n := 0
 		for _, m := range a.Members() {
 			if m.State == "alive" {
@@ -193,13 +195,13 @@ func TestServiceJoinsWithoutVoting(t *testing.T) {
 		t.Fatalf("raft servers %d, want 3", n)
 	}
 	// State goes voter to voter only: the full push of w0's records and a broadcast.
-	waitFor(t, 5*time.Second, "w0's records on w1 and w2", func() bool { return srcs[1].count() == 20 && srcs[2].count() == 20 })
+	testkit.Eventually(t, 5*time.Second, "w0's records on w1 and w2", func() bool { return srcs[1].count() == 20 && srcs[2].count() == 20 })
 	rec := make([]byte, 300)
 	rec[7] = 99
 	if err := voters[1].Broadcast("test", rec); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, "the broadcast on w0 and w2", func() bool { return srcs[0].count() == 21 && srcs[2].count() == 21 })
+	testkit.Eventually(t, 3*time.Second, "the broadcast on w0 and w2", func() bool { return srcs[0].count() == 21 && srcs[2].count() == 21 })
 	for _, c := range voters {
 		for _, n := range c.mem.aliveNodes(c.cfg.Name) {
 			if n.Name == "pbx1" {
@@ -221,7 +223,7 @@ func TestServiceJoinsWithoutVoting(t *testing.T) {
 	if err := a.mem.ml.Load().Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the service member dead in every voter's Services()", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the service member dead in every voter's Services()", func() bool {
 		for _, c := range voters {
 			if ag := c.Services(); len(ag) != 1 || ag[0].Alive {
 				return false
@@ -262,7 +264,7 @@ func TestServiceWrongKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.close() })
-	waitFor(t, 5*time.Second, "a key-mismatch error in the service member's log", func() bool {
+	testkit.Eventually(t, 5*time.Second, "a key-mismatch error in the service member's log", func() bool {
 		for _, e := range logs.All() {
 			if h, _ := e.ContextMap()["hint"].(string); e.Level >= zapcore.ErrorLevel && e.Message == "cannot join the cluster" && strings.Contains(h, "gossip key") {
 				return true

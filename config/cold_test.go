@@ -139,7 +139,7 @@ func TestBackendAgentURLFromCluster(t *testing.T) {
 	if strings.Contains(err.Error(), "backends[1]") {
 		t.Fatalf("explicit url refused: %v", err)
 	}
-	f, err := Parse("x.yaml", []byte(text+withKey(t, clusterSection)))
+	f, err := Parse("x.yaml", []byte(withDialogSecret(text, dialogSecret(t))+withKey(t, clusterSection)))
 	if err != nil {
 		t.Fatalf("no url with a cluster: %v", err)
 	}

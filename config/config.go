@@ -301,6 +301,11 @@ func (f File) problems() []string {
 	if f.ClusterEnabled() {
 		add("cluster.", f.ClusterConfig().Validate())
 		p = append(p, keyringProblems(f.Cluster.SecretFile)...)
+		if f.SIP.DialogSecretFile == "" {
+			// A random per-node key would make the twin that takes the VIP
+			// refuse every call in progress.
+			p = append(p, "sip.dialog_secret_file: required with cluster.peers (the same file on both proxies)")
+		}
 	}
 	if f.Admin.Listen != "" {
 		if err := checkHostPort(f.Admin.Listen); err != nil {

@@ -155,11 +155,9 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// The cluster key file is checked by check-config, not only at start.
-func TestClusterSecretFileChecked(t *testing.T) {
-	dir := t.TempDir()
-	withCluster := func(secret string) string {
-		return minimal + `
+// withCluster is minimal with a cluster whose gossip key is the file secret.
+func withCluster(secret string) string {
+	return minimal + `
 cluster:
   peers:
     - {name: proxy1, gossip: "127.0.0.1:7946", raft: "127.0.0.1:7947"}
@@ -168,7 +166,11 @@ cluster:
   secret_file: ` + secret + `
   vip: {address: 10.0.0.13/24, interface: eth0}
 `
-	}
+}
+
+// The cluster key file is checked by check-config, not only at start.
+func TestClusterSecretFileChecked(t *testing.T) {
+	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.key")
 	if _, err := Parse("x.yaml", []byte(withCluster(missing))); err == nil || !strings.Contains(err.Error(), "x.yaml: cluster.secret_file:") {
 		t.Fatalf("missing key file: %v", err)
@@ -180,8 +182,52 @@ cluster:
 	}
 	good := filepath.Join(dir, "good.key")
 	os.WriteFile(good, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600)
-	if _, err := Parse("x.yaml", []byte(withCluster(good))); err != nil {
+	if _, err := Parse("x.yaml", []byte(withDialogSecret(withCluster(good), dialogSecret(t)))); err != nil {
 		t.Fatalf("good key file: %v", err)
+	}
+}
+
+// withDialogSecret sets sip.dialog_secret_file in a config built on minimal.
+func withDialogSecret(yaml, path string) string {
+	return strings.Replace(yaml, "advertise: 127.0.0.1", "advertise: 127.0.0.1\n  dialog_secret_file: "+path, 1)
+}
+
+func dialogSecret(t *testing.T) string {
+	path := filepath.Join(t.TempDir(), "dialog.key")
+	if err := os.WriteFile(path, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// The dialog token key is required with a cluster (both proxies must share
+// it) and checked like the other secret files.
+func TestDialogSecretFileChecked(t *testing.T) {
+	dir := t.TempDir()
+	keyring := filepath.Join(dir, "gossip.key")
+	os.WriteFile(keyring, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600)
+	cluster := withCluster(keyring)
+	short := filepath.Join(dir, "short.key")
+	os.WriteFile(short, []byte("tooshort\n"), 0o600)
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"cluster without it", cluster, "x.yaml: sip.dialog_secret_file: required with cluster.peers"},
+		{"missing file", withDialogSecret(minimal, filepath.Join(dir, "nope.key")), "x.yaml: sip.dialog_secret_file: open "},
+		{"too short", withDialogSecret(minimal, short), "x.yaml: sip.dialog_secret_file: " + short + ": 8 bytes, want at least 16"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Parse("x.yaml", []byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := Parse("x.yaml", []byte(minimal)); err != nil {
+		t.Errorf("without a cluster the file is optional: %v", err)
+	}
+	if _, err := Parse("x.yaml", []byte(withDialogSecret(cluster, dialogSecret(t)))); err != nil {
+		t.Errorf("cluster with the file: %v", err)
 	}
 }
 

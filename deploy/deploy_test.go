@@ -28,8 +28,8 @@ import (
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
-	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
 // repoRoot is the module root, one level up from this package.
@@ -555,7 +555,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 func sippRun(t *testing.T, uas, uac string, calls int, uacArgs ...string) (int, string) {
 	t.Helper()
 	const ip = "127.0.0.1"
-	uasPort, uacPort := sipptest.FreePort(t, ip), sipptest.FreePort(t, ip)
+	uasPort, uacPort := testkit.FreePort(t, ip), testkit.FreePort(t, ip)
 	abs := func(p string) string {
 		a, err := filepath.Abs(p)
 		if err != nil {
@@ -564,11 +564,11 @@ func sippRun(t *testing.T, uas, uac string, calls int, uacArgs ...string) (int, 
 		return a
 	}
 	n := strconv.Itoa(calls)
-	server := sipptest.Start(t, ip, uasPort, append([]string{"-sf", abs(uas), "-m", n,
-		"-mp", strconv.Itoa(sipptest.FreePort(t, ip))}, sippServerArgs(uacArgs)...)...)
+	server := testkit.StartSIPp(t, ip, uasPort, append([]string{"-sf", abs(uas), "-m", n,
+		"-mp", strconv.Itoa(testkit.FreePort(t, ip))}, sippServerArgs(uacArgs)...)...)
 	args := append([]string{server.Addr, "-sf", abs(uac), "-m", n, "-timeout", "8s", "-timeout_error",
-		"-mp", strconv.Itoa(sipptest.FreePort(t, ip))}, uacArgs...)
-	client := sipptest.Start(t, ip, uacPort, args...)
+		"-mp", strconv.Itoa(testkit.FreePort(t, ip))}, uacArgs...)
+	client := testkit.StartSIPp(t, ip, uacPort, args...)
 	code := client.Wait(10 * time.Second)
 	if code == 0 {
 		if sc := server.Wait(5 * time.Second); sc != 0 {
@@ -629,7 +629,7 @@ func TestSIPpGenUsers(t *testing.T) {
 }
 
 func TestSIPpRegister(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	users := genUsers(t, "-n", "3", "-f", "9000", "-d", "127.0.0.1", "-p", "pw")
 	// -l 1: the test peer walks the same file in step with the phones.
 	code, out := sippRun(t, "sipp/testdata/uas_registrar.xml", "sipp/register.xml", 3,
@@ -642,23 +642,23 @@ func TestSIPpRegister(t *testing.T) {
 // TestSIPpRegisterWrongPassword proves the credentials are really checked:
 // the phones' file has other passwords than the registrar's.
 func TestSIPpRegisterWrongPassword(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	good := genUsers(t, "-n", "1", "-f", "9000", "-d", "127.0.0.1", "-p", "pw")
 	bad := genUsers(t, "-n", "1", "-f", "9000", "-d", "127.0.0.1", "-p", "wrong")
 	const ip = "127.0.0.1"
 	abs, _ := filepath.Abs("sipp/testdata/uas_registrar.xml")
 	uac, _ := filepath.Abs("sipp/register.xml")
-	server := sipptest.Start(t, ip, sipptest.FreePort(t, ip), "-sf", abs, "-m", "1", "-inf", good,
-		"-mp", strconv.Itoa(sipptest.FreePort(t, ip)))
-	client := sipptest.Start(t, ip, sipptest.FreePort(t, ip), server.Addr, "-sf", uac, "-inf", bad,
-		"-m", "1", "-timeout", "5s", "-timeout_error", "-mp", strconv.Itoa(sipptest.FreePort(t, ip)))
+	server := testkit.StartSIPp(t, ip, testkit.FreePort(t, ip), "-sf", abs, "-m", "1", "-inf", good,
+		"-mp", strconv.Itoa(testkit.FreePort(t, ip)))
+	client := testkit.StartSIPp(t, ip, testkit.FreePort(t, ip), server.Addr, "-sf", uac, "-inf", bad,
+		"-m", "1", "-timeout", "5s", "-timeout_error", "-mp", strconv.Itoa(testkit.FreePort(t, ip)))
 	if code := client.Wait(8 * time.Second); code == 0 {
 		t.Fatalf("register.xml with wrong passwords exited 0: the digest is not checked\n%s", client.Output())
 	}
 }
 
 func TestSIPpCall(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	users := genUsers(t, "-n", "3", "-f", "9000", "-d", "127.0.0.1", "-p", "pw")
 	code, out := sippRun(t, "sipp/testdata/uas_call.xml", "sipp/call.xml", 3,
 		"-inf", users, "-s", "600", "-l", "1", "-r", "20", "-d", "10")
@@ -668,7 +668,7 @@ func TestSIPpCall(t *testing.T) {
 }
 
 func TestSIPpOptions(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	code, out := sippRun(t, "sipp/testdata/uas_options.xml", "sipp/options.xml", 50, "-r", "200", "-l", "50")
 	if code != 0 {
 		t.Fatalf("options.xml exited %d\n%s", code, out)
@@ -824,7 +824,7 @@ func TestExampleClusterEnabled(t *testing.T) {
 	}
 	text = strings.Replace(text, m[0], "  "+m[1]+"\n"+strings.ReplaceAll(m[2], "  #   - ", "    - "), 1)
 	// Keys shown empty with their example beside them: `key: ""  # example: VALUE`.
-	for _, key := range []string{"secret_file", "address"} {
+	for _, key := range []string{"secret_file", "address", "dialog_secret_file"} {
 		re := regexp.MustCompile(`(?m)^(  +` + key + `: )"" +# example: ([^\s;]+).*$`)
 		if len(re.FindAllString(text, -1)) != 1 {
 			t.Fatalf("cluster: want exactly one `%s: \"\"  # example: VALUE` line", key)
@@ -837,6 +837,8 @@ func TestExampleClusterEnabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	text = regexp.MustCompile(`(?m)^(  secret_file: ).*$`).ReplaceAllString(text, "${1}"+key)
+	// Any 16 bytes or more make a dialog token key.
+	text = regexp.MustCompile(`(?m)^(  dialog_secret_file: ).*$`).ReplaceAllString(text, "${1}"+key)
 	f, err := config.Parse("hapbx.example.yaml (cluster on)", []byte(text))
 	if err != nil {
 		t.Fatalf("the example with its cluster example filled in:\n%v", err)
@@ -957,6 +959,11 @@ func TestClassicPairConfigLoads(t *testing.T) {
 		if filepath.Base(c.SecretFile) != filepath.Base(p1.SecretFile) {
 			t.Errorf("%s: cluster.secret_file %s, proxy1 %s: the same key on every voter", f, c.SecretFile, p1.SecretFile)
 		}
+	}
+	// Both proxies key the dialog tokens alike, or the twin that takes the
+	// VIP refuses the calls in progress.
+	if d1, d2 := cp.proxies[0].SIP.DialogSecretFile, cp.proxies[1].SIP.DialogSecretFile; d1 == "" || filepath.Base(d1) != filepath.Base(d2) {
+		t.Errorf("sip.dialog_secret_file %q and %q: both proxies need the same file", d1, d2)
 	}
 	var peerNames []string
 	for _, p := range p1.Peers {

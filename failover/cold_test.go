@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/storage"
 )
 
@@ -157,19 +158,8 @@ func newRigFence(t *testing.T, fenceErr error, peerWait bool, opts ...ColdOption
 	t.Cleanup(func() { cancel(); <-done })
 	r.hs.send("A", health.StateUp)
 	r.hs.send("B", health.StateDown)
-	waitFor(t, "holder A learnt", func() bool { return c.Holder() == "A" && c.Status().Nodes[0].Health == "up" })
+	testkit.Eventually(t, 3*time.Second, "holder A learnt", func() bool { return c.Holder() == "A" && c.Status().Nodes[0].Health == "up" })
 	return r
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 3s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func (r *rig) want(t *testing.T, steps ...string) {
@@ -182,7 +172,7 @@ func (r *rig) want(t *testing.T, steps ...string) {
 func TestColdDownHolderStoppedThenStandbyStarted(t *testing.T) {
 	r := newRig(t, nil)
 	r.hs.send("A", health.StateDown)
-	waitFor(t, "B holds and is up", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Phase == PhaseIdle && s.Last != nil })
+	testkit.Eventually(t, 3*time.Second, "B holds and is up", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Phase == PhaseIdle && s.Last != nil })
 	r.want(t, "stop A", "start B")
 	if l := r.c.Status().Last; l.Fenced || l.From != "A" || l.To != "B" || l.UpAt.IsZero() || l.ServiceReady != 5*time.Millisecond {
 		t.Fatalf("report %+v", l)
@@ -195,7 +185,7 @@ func TestColdUnreachableHolderFencedFirst(t *testing.T) {
 	r.a.unreachable = true
 	r.a.mu.Unlock()
 	r.hs.send("A", health.StateDown)
-	waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Phase == PhaseIdle && s.Last != nil })
+	testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Phase == PhaseIdle && s.Last != nil })
 	r.want(t, "stop A", "fence A", "start B")
 	if !r.c.Status().Last.Fenced {
 		t.Fatal("report does not say fenced")
@@ -208,7 +198,7 @@ func TestColdStopLeavingPrimaryIsFenced(t *testing.T) {
 	r.a.stopKeeps = true
 	r.a.mu.Unlock()
 	r.hs.send("A", health.StateDown)
-	waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil })
+	testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil })
 	r.want(t, "stop A", "fence A", "start B")
 }
 
@@ -218,7 +208,7 @@ func TestColdFenceFailureBlocks(t *testing.T) {
 	r.a.unreachable = true
 	r.a.mu.Unlock()
 	r.hs.send("A", health.StateDown)
-	waitFor(t, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "fencing failed") })
+	testkit.Eventually(t, 3*time.Second, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "fencing failed") })
 	time.Sleep(100 * time.Millisecond) // polls must not retry at once
 	r.want(t, "stop A", "fence A failed")
 	if s := r.c.Status(); s.Holder != "A" || s.Phase != PhaseBlocked {
@@ -232,7 +222,7 @@ func TestColdSplitBrainBlocksBeforeTouchingA(t *testing.T) {
 	r.b.st.SplitBrain, r.b.st.SplitBrainReason = true, "events2: StandAlone"
 	r.b.mu.Unlock()
 	r.hs.send("A", health.StateDown)
-	waitFor(t, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "split brain") })
+	testkit.Eventually(t, 3*time.Second, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "split brain") })
 	r.want(t)
 }
 
@@ -285,7 +275,7 @@ func TestColdInitialStartOnFirstFitNode(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = c.Run(ctx) }()
-	waitFor(t, "B started", func() bool { return c.Holder() == "B" && c.Status().Phase == PhaseIdle })
+	testkit.Eventually(t, 3*time.Second, "B started", func() bool { return c.Holder() == "B" && c.Status().Phase == PhaseIdle })
 	if got := fmt.Sprint(j.get()); got != "[start B]" {
 		t.Fatalf("steps %s", got)
 	}
@@ -324,11 +314,11 @@ func TestColdPeerDisconnectFencing(t *testing.T) {
 			r.b.mu.Unlock()
 			r.hs.send("A", health.StateDown)
 			if tc.promote {
-				waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+				testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
 				r.want(t, "stop A", "start B")
 				return
 			}
-			waitFor(t, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "fencing failed") })
+			testkit.Eventually(t, 3*time.Second, "blocked", func() bool { return strings.Contains(r.c.Status().Blocked, "fencing failed") })
 			r.want(t, "stop A")
 		})
 	}
@@ -341,7 +331,7 @@ func TestColdAgentFailedMovesGroup(t *testing.T) {
 	r.a.mu.Lock()
 	r.a.st.State, r.a.st.LastError = storage.StateFailed, "monitor: sip: connection refused"
 	r.a.mu.Unlock()
-	waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+	testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
 	r.want(t, "stop A", "start B")
 	if l := r.c.Status().Last; !strings.Contains(l.Reason, "agent reports the group failed") {
 		t.Fatalf("reason %q", l.Reason)
@@ -362,13 +352,13 @@ func TestColdSetNodes(t *testing.T) {
 	if err := r.c.SetNodes([]ColdNode{{Name: "A", Agent: r.a, Fence: fakeFence{"A", r.j, nil}}, {Name: "C", Agent: c}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "status lists A and C", func() bool {
+	testkit.Eventually(t, 3*time.Second, "status lists A and C", func() bool {
 		s := r.c.Status()
 		return len(s.Nodes) == 2 && s.Nodes[1].Name == "C" && s.Nodes[1].Reachable
 	})
 	r.hs.send("C", health.StateDown)
 	r.hs.send("A", health.StateDown)
-	waitFor(t, "C holds", func() bool { s := r.c.Status(); return s.Holder == "C" && s.Last != nil && s.Last.To == "C" })
+	testkit.Eventually(t, 3*time.Second, "C holds", func() bool { s := r.c.Status(); return s.Holder == "C" && s.Last != nil && s.Last.To == "C" })
 	r.want(t, "stop A", "start C")
 }
 
@@ -380,7 +370,7 @@ func TestColdStartCarriesPeerDown(t *testing.T) {
 	t.Run("stopped", func(t *testing.T) {
 		r := newRig(t, nil)
 		r.hs.send("A", health.StateDown)
-		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
 		r.want(t, "stop A", "start B")
 		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerStopped})
 	})
@@ -390,7 +380,7 @@ func TestColdStartCarriesPeerDown(t *testing.T) {
 		r.a.unreachable = true
 		r.a.mu.Unlock()
 		r.hs.send("A", health.StateDown)
-		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
 		r.want(t, "stop A", "fence A", "start B")
 		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerFenced})
 	})
@@ -400,7 +390,7 @@ func TestColdStartCarriesPeerDown(t *testing.T) {
 		r.a.stopKeeps = true
 		r.a.mu.Unlock()
 		r.hs.send("A", health.StateDown)
-		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
 		r.want(t, "stop A", "fence A", "start B")
 		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerFenced})
 	})
@@ -413,7 +403,7 @@ func TestColdStartCarriesPeerDown(t *testing.T) {
 		r.b.st.DRBD.Peers = []storage.PeerState{{Name: "a", Connection: "Connecting", Role: storage.RoleUnknown}}
 		r.b.mu.Unlock()
 		r.hs.send("A", health.StateDown)
-		waitFor(t, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+		testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
 		r.want(t, "stop A", "start B")
 		wantDown(t, r.b.startOpts(t), &storage.PeerDown{Node: "A", How: storage.PeerDisconnected, SafetyDelay: 50 * time.Millisecond})
 	})
@@ -440,7 +430,7 @@ func TestColdStartCarriesPeerDown(t *testing.T) {
 		done := make(chan struct{})
 		go func() { _ = c.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
-		waitFor(t, "A started", func() bool { return c.Holder() == "A" && c.Status().Phase == PhaseIdle })
+		testkit.Eventually(t, 3*time.Second, "A started", func() bool { return c.Holder() == "A" && c.Status().Phase == PhaseIdle })
 		if got := fmt.Sprint(j.get()); got != "[start A]" {
 			t.Fatalf("steps %s", got)
 		}

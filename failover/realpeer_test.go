@@ -8,7 +8,7 @@ import (
 
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -23,9 +23,9 @@ func TestFailoverWithRealChecker(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			ip := sipptest.RandomIP()
-			pbx1 := sipptest.Start(t, ip, 0, 200, "udp")
-			pbx2 := sipptest.Start(t, ip, 0, 200, "udp")
+			ip := testkit.RandomIP()
+			pbx1 := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
+			pbx2 := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
 			hcfg := health.DefaultConfig()
 			hcfg.Require = []string{health.CheckSIP}
 			log := zaptest.NewLogger(t)
@@ -50,12 +50,12 @@ func TestFailoverWithRealChecker(t *testing.T) {
 			t.Cleanup(func() { cancel(); <-done; <-done })
 			events := sel.Subscribe(ctx)
 
-			waitUntil(t, 3*time.Second, "both up, pbx1 active", func() bool {
+			testkit.Eventually(t, 3*time.Second, "both up, pbx1 active", func() bool {
 				return sel.Active() == "pbx1" && slices.Equal(sel.Candidates("k"), []string{"pbx1", "pbx2"})
 			})
 			pbx1.Kill()
 			killed := time.Now()
-			waitUntil(t, 2*time.Second, "pbx2 active", func() bool {
+			testkit.Eventually(t, 2*time.Second, "pbx2 active", func() bool {
 				return sel.Active() == "pbx2" && slices.Equal(sel.Candidates("k"), []string{"pbx2"})
 			})
 			t.Logf("switched %s after SIGKILL", time.Since(killed).Round(time.Millisecond))
@@ -70,7 +70,7 @@ func TestFailoverWithRealChecker(t *testing.T) {
 			}
 
 			pbx1.Restart()
-			waitUntil(t, 3*time.Second, "pbx1 routable again", func() bool { return slices.Contains(sel.Candidates("k"), "pbx1") })
+			testkit.Eventually(t, 3*time.Second, "pbx1 routable again", func() bool { return slices.Contains(sel.Candidates("k"), "pbx1") })
 			want := "pbx2"
 			if failback {
 				want = "pbx1"
@@ -83,16 +83,5 @@ func TestFailoverWithRealChecker(t *testing.T) {
 				t.Fatalf("candidates %v, want %s first", c, want)
 			}
 		})
-	}
-}
-
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/health/amitest"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -22,17 +22,6 @@ func startClient(t *testing.T, cfg health.AMIClientConfig) *health.AMIClient {
 	go func() { _ = c.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return c
-}
-
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestAMIClientLoginPingReconnect(t *testing.T) {
@@ -47,11 +36,11 @@ func TestAMIClientLoginPingReconnect(t *testing.T) {
 	if st := c.State(); st.Version != "5.0.2" || !st.LoggedIn || !st.FullyBooted {
 		t.Errorf("state %+v", st)
 	}
-	waitUntil(t, time.Second, "pings answered", func() bool { return srv.Pings() >= 3 && !c.State().LastPong.IsZero() })
+	testkit.Eventually(t, time.Second, "pings answered", func() bool { return srv.Pings() >= 3 && !c.State().LastPong.IsZero() })
 
 	srv.DropConnections()
-	waitUntil(t, time.Second, "not ready after the drop", func() bool { return !c.Ready() })
-	waitUntil(t, 2*time.Second, "logged in again", func() bool { return srv.Logins() >= 2 && c.Ready() })
+	testkit.Eventually(t, time.Second, "not ready after the drop", func() bool { return !c.Ready() })
+	testkit.Eventually(t, 2*time.Second, "logged in again", func() bool { return srv.Logins() >= 2 && c.Ready() })
 }
 
 // A session that logged in but has not seen FullyBooted is not ready.
@@ -60,7 +49,7 @@ func TestAMIClientWaitsForFullyBooted(t *testing.T) {
 	srv := amitest.New(t, "u", "p")
 	srv.SetBooted(false)
 	c := startClient(t, health.AMIClientConfig{Address: srv.Addr(), Username: "u", Secret: "p"})
-	waitUntil(t, 2*time.Second, "logged in", func() bool { return c.State().LoggedIn })
+	testkit.Eventually(t, 2*time.Second, "logged in", func() bool { return c.State().LoggedIn })
 	time.Sleep(100 * time.Millisecond)
 	if c.Ready() {
 		t.Fatal("ready without FullyBooted")
@@ -81,7 +70,7 @@ func TestAMIClientBadSecretBacksOff(t *testing.T) {
 	srv := amitest.New(t, "u", "right")
 	c := startClient(t, health.AMIClientConfig{Address: srv.Addr(), Username: "u", Secret: "wrong",
 		BackoffMin: 50 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
-	waitUntil(t, time.Second, "a refused login", func() bool { return srv.FailedLogins() >= 1 })
+	testkit.Eventually(t, time.Second, "a refused login", func() bool { return srv.FailedLogins() >= 1 })
 	time.Sleep(1200 * time.Millisecond)
 	if c.Ready() {
 		t.Fatal("ready with a wrong secret")
@@ -100,16 +89,16 @@ func TestAMIClientStuckAndNoServer(t *testing.T) {
 	t.Parallel()
 	srv := amitest.New(t, "u", "p")
 	c := startClient(t, health.AMIClientConfig{Address: srv.Addr(), Username: "u", Secret: "p", PingInterval: 100 * time.Millisecond, Timeout: 200 * time.Millisecond})
-	waitUntil(t, 2*time.Second, "ready", c.Ready)
+	testkit.Eventually(t, 2*time.Second, "ready", c.Ready)
 	srv.SetStuck(true)
 	start := time.Now()
-	waitUntil(t, time.Second, "not ready once stuck", func() bool { return !c.Ready() })
+	testkit.Eventually(t, time.Second, "not ready once stuck", func() bool { return !c.Ready() })
 	t.Logf("stuck manager noticed in %s", time.Since(start).Round(time.Millisecond))
 	srv.SetStuck(false)
-	waitUntil(t, 3*time.Second, "ready after recovery", c.Ready)
+	testkit.Eventually(t, 3*time.Second, "ready after recovery", c.Ready)
 
 	srv.Close()
-	waitUntil(t, time.Second, "not ready once closed", func() bool { return !c.Ready() })
+	testkit.Eventually(t, time.Second, "not ready once closed", func() bool { return !c.Ready() })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -122,7 +111,7 @@ func TestAMIClientStuckAndNoServer(t *testing.T) {
 // backend is down within 2 s, and comes back when AMI recovers.
 func TestCheckerAMIStuckWhileSIPAnswers(t *testing.T) {
 	t.Parallel()
-	uas := sipptest.Start(t, sipptest.RandomIP(), 0, 200, "udp")
+	uas := testkit.StartOptionsUAS(t, testkit.RandomIP(), 0, 200, "udp")
 	srv := amitest.New(t, "hapbx", "pw")
 	c, reg := run(t, health.DefaultConfig(), []health.Target{{
 		Name: "pbx", Address: uas.Addr(),
@@ -153,9 +142,9 @@ func TestCheckerAMIStuckWhileSIPAnswers(t *testing.T) {
 // settings needs only SIP even when both are required.
 func TestCheckerSIPDeadWhileAMIAnswers(t *testing.T) {
 	t.Parallel()
-	ip := sipptest.RandomIP()
-	uas := sipptest.Start(t, ip, 0, 200, "udp")
-	plain := sipptest.Start(t, ip, 0, 200, "udp")
+	ip := testkit.RandomIP()
+	uas := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
+	plain := testkit.StartOptionsUAS(t, ip, 0, 200, "udp")
 	srv := amitest.New(t, "hapbx", "pw")
 	c, _ := run(t, health.DefaultConfig(), []health.Target{
 		{Name: "pbx", Address: uas.Addr(), AMI: &health.AMITarget{Address: srv.Addr(), Username: "hapbx", Secret: "pw"}},
@@ -176,7 +165,7 @@ func TestCheckerSIPDeadWhileAMIAnswers(t *testing.T) {
 // A manager that never says FullyBooted keeps the backend from going up.
 func TestCheckerNotBootedIsNotUp(t *testing.T) {
 	t.Parallel()
-	uas := sipptest.Start(t, sipptest.RandomIP(), 0, 200, "udp")
+	uas := testkit.StartOptionsUAS(t, testkit.RandomIP(), 0, 200, "udp")
 	srv := amitest.New(t, "hapbx", "pw")
 	srv.SetBooted(false)
 	c, _ := run(t, health.DefaultConfig(), []health.Target{{
@@ -215,7 +204,7 @@ func TestAMIClientWrongBanner(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = c.Run(ctx); close(done) }()
-	waitUntil(t, time.Second, "banner refused", func() bool { return strings.Contains(c.State().Err, "SSH-2.0") })
+	testkit.Eventually(t, time.Second, "banner refused", func() bool { return strings.Contains(c.State().Err, "SSH-2.0") })
 	if c.Ready() {
 		t.Fatal("ready")
 	}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // BenchmarkDetectDown measures, with the default probe settings, the time
@@ -16,7 +16,7 @@ import (
 // Run it once: go test -run - -bench DetectDown -benchtime 1x ./health/
 func BenchmarkDetectDown(b *testing.B) {
 	const reps = 10
-	uas := sipptest.Start(b, sipptest.RandomIP(), 0, 200, "udp")
+	uas := testkit.StartOptionsUAS(b, testkit.RandomIP(), 0, 200, "udp")
 	c, _ := run(b, sipOnly(), []health.Target{{Name: "pbx", Address: uas.Addr()}})
 	ch := watch(b, c)
 	var all []time.Duration

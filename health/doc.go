@@ -49,5 +49,5 @@
 //	hapbx_health_transitions_total{backend,from,to}
 //
 // Test helpers, for tests only: health/amitest (an AMI server) and
-// health/sipptest (SIPp answering OPTIONS).
+// internal/testkit (SIPp answering OPTIONS).
 package health

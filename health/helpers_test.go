@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
@@ -107,15 +108,8 @@ func sipOnly() health.Config {
 // waitState polls until name is in state `want`.
 func waitState(t testing.TB, c *health.Checker, name string, want health.State, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		st, _ := c.State(name)
-		if st == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s is %v, not %v, after %s", name, st, want, d)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var st health.State
+	if !testkit.Poll(d, func() bool { st, _ = c.State(name); return st == want }) {
+		t.Fatalf("%s is %v, not %v, after %s", name, st, want, d)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -26,8 +26,8 @@ func TestRequireAMIWithoutAMISettings(t *testing.T) {
 	cfg.Timeout = 50 * time.Millisecond
 	// Nothing answers SIP there: probes fail fast, which is fine; what is
 	// checked is what the status says about AMI.
-	ip := sipptest.RandomIP()
-	addr := net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip)))
+	ip := testkit.RandomIP()
+	addr := net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip)))
 	targets := []health.Target{
 		{Name: "pbx1", Address: addr, AMI: &health.AMITarget{Address: addr, Username: "u", Secret: "s"}},
 		{Name: "pbx2", Address: addr},
@@ -55,13 +55,7 @@ func TestRequireAMIWithoutAMISettings(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	deadline := time.Now().Add(3 * time.Second)
-	for st, _ := c.State("pbx2"); st != health.StateDown; st, _ = c.State("pbx2") {
-		if time.Now().After(deadline) {
-			t.Fatal("pbx2 not down within 3s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitState(t, c, "pbx2", health.StateDown, 3*time.Second)
 	// A reload with the same targets must not warn again.
 	if err := c.SetTargets(targets); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health"
-	"github.com/hapbx/hapbx/health/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // A SIPp backend: up after rise probes, down within 2 s of SIGKILL (the
@@ -16,7 +16,7 @@ import (
 // probes once restarted.
 func TestSIPUpKillRestart(t *testing.T) {
 	t.Parallel()
-	uas := sipptest.Start(t, sipptest.RandomIP(), 0, 200, "udp")
+	uas := testkit.StartOptionsUAS(t, testkit.RandomIP(), 0, 200, "udp")
 	cfg := sipOnly()
 	c, reg := run(t, cfg, []health.Target{{Name: "pbx1", Address: uas.Addr()}})
 	ch := watch(t, c)
@@ -64,9 +64,9 @@ func TestSIPUpKillRestart(t *testing.T) {
 
 func TestSIPAliveCodes(t *testing.T) {
 	t.Parallel()
-	ip := sipptest.RandomIP()
-	notFound := sipptest.Start(t, ip, 0, 404, "udp") // Asterisk's answer to a user-less OPTIONS
-	overload := sipptest.Start(t, ip, 0, 503, "udp") // refuses service
+	ip := testkit.RandomIP()
+	notFound := testkit.StartOptionsUAS(t, ip, 0, 404, "udp") // Asterisk's answer to a user-less OPTIONS
+	overload := testkit.StartOptionsUAS(t, ip, 0, 503, "udp") // refuses service
 	cfg := sipOnly()
 	c, _ := run(t, cfg, []health.Target{
 		{Name: "404", Address: notFound.Addr()},
@@ -81,7 +81,7 @@ func TestSIPAliveCodes(t *testing.T) {
 
 func TestSIPOverTCP(t *testing.T) {
 	t.Parallel()
-	uas := sipptest.Start(t, sipptest.RandomIP(), 0, 200, "tcp")
+	uas := testkit.StartOptionsUAS(t, testkit.RandomIP(), 0, 200, "tcp")
 	c, _ := run(t, sipOnly(), []health.Target{{Name: "tcp", Address: uas.Addr(), Transport: "tcp"}})
 	ch := watch(t, c)
 	waitFor(t, ch, "tcp", health.StateUp, 3*time.Second)
@@ -93,7 +93,7 @@ func TestSIPOverTCP(t *testing.T) {
 // it at once, far sooner than the interval would.
 func TestPassiveSuspect(t *testing.T) {
 	t.Parallel()
-	uas := sipptest.Start(t, sipptest.RandomIP(), 0, 200, "udp")
+	uas := testkit.StartOptionsUAS(t, testkit.RandomIP(), 0, 200, "udp")
 	cfg := sipOnly()
 	cfg.Interval, cfg.Rise = 5*time.Second, 1
 	c, _ := run(t, cfg, []health.Target{{Name: "pbx", Address: uas.Addr()}})
@@ -123,7 +123,7 @@ func TestPassiveSuspect(t *testing.T) {
 // port, it is up again.
 func TestSIPBlackHole(t *testing.T) {
 	t.Parallel()
-	ip := sipptest.RandomIP()
+	ip := testkit.RandomIP()
 	hole, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +147,6 @@ func TestSIPBlackHole(t *testing.T) {
 	}
 	hole.Close()
 	port := hole.LocalAddr().(*net.UDPAddr).Port
-	sipptest.Start(t, ip, port, 200, "udp")
+	testkit.StartOptionsUAS(t, ip, port, 200, "udp")
 	waitState(t, c, "hung", health.StateUp, 3*time.Second)
 }

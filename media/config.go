@@ -24,6 +24,13 @@ type Config struct {
 	// RelatchAfter lets a new source take over a latched leg once the latched
 	// source has been silent this long (phone changed NAT binding or roamed).
 	RelatchAfter time.Duration `yaml:"relatch_after"`
+	// LearnWindow is how long after a leg's first latched packet the exact
+	// endpoint its SDP names still takes the latch over from another
+	// source of the leg's allowed addresses that came first; 0 keeps the
+	// first allowed source. Sources outside the allowed addresses (the SDP
+	// address and the leg's signalling source) never latch, in the window
+	// or after it.
+	LearnWindow time.Duration `yaml:"learn_window"`
 	// MaxSessions caps concurrent sessions; 0 means only the port range limits.
 	MaxSessions int `yaml:"max_sessions"`
 	// Workers is the number of data-path goroutines; 0 means GOMAXPROCS.
@@ -37,6 +44,7 @@ func DefaultConfig() Config {
 		Ports:        "20000-30000",
 		IdleTimeout:  60 * time.Second,
 		RelatchAfter: 5 * time.Second,
+		LearnWindow:  2 * time.Second,
 	}
 }
 
@@ -64,6 +72,9 @@ func (c Config) Validate() error {
 	}
 	if c.RelatchAfter <= 0 {
 		errs = append(errs, errors.New("relatch_after: must be > 0"))
+	}
+	if c.LearnWindow < 0 {
+		errs = append(errs, errors.New("learn_window: must be >= 0"))
 	}
 	if c.MaxSessions < 0 {
 		errs = append(errs, errors.New("max_sessions: must be >= 0"))

@@ -10,11 +10,11 @@ import (
 
 func TestConfigYAMLAndDefaults(t *testing.T) {
 	cfg := DefaultConfig()
-	in := "enabled: true\naddress: 192.0.2.10\nports: \"30000-30999\"\nidle_timeout: 90s\nrelatch_after: 2s\nmax_sessions: 100\n"
+	in := "enabled: true\naddress: 192.0.2.10\nports: \"30000-30999\"\nidle_timeout: 90s\nrelatch_after: 2s\nlearn_window: 1s\nmax_sessions: 100\n"
 	if err := yaml.Unmarshal([]byte(in), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Enabled: true, Address: "192.0.2.10", Ports: "30000-30999", IdleTimeout: 90 * time.Second, RelatchAfter: 2 * time.Second, MaxSessions: 100}
+	want := Config{Enabled: true, Address: "192.0.2.10", Ports: "30000-30999", IdleTimeout: 90 * time.Second, RelatchAfter: 2 * time.Second, LearnWindow: time.Second, MaxSessions: 100}
 	if cfg != want {
 		t.Fatalf("got %+v, want %+v", cfg, want)
 	}
@@ -50,8 +50,8 @@ func TestConfigValidate(t *testing.T) {
 		{"ports order", func(c *Config) { c.Ports = "30000-20000" }, []string{"ports: \"30000-20000\": want 1024 <= lo <= hi <= 65535"}},
 		{"ports too small", func(c *Config) { c.Ports = "20001-20002" }, []string{"holds no even/odd RTP/RTCP pair"}},
 		{"all at once", func(c *Config) {
-			c.IdleTimeout, c.RelatchAfter, c.MaxSessions, c.Workers, c.Ports = 0, -1, -1, -1, "x"
-		}, []string{"idle_timeout: must be > 0", "relatch_after: must be > 0", "max_sessions: must be >= 0", "workers: must be >= 0", "ports: "}},
+			c.IdleTimeout, c.RelatchAfter, c.LearnWindow, c.MaxSessions, c.Workers, c.Ports = 0, -1, -1, -1, -1, "x"
+		}, []string{"idle_timeout: must be > 0", "relatch_after: must be > 0", "learn_window: must be >= 0", "max_sessions: must be >= 0", "workers: must be >= 0", "ports: "}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()

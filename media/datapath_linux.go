@@ -21,7 +21,7 @@ const (
 
 // Drop reasons, the `reason` label of hapbx_media_dropped_total.
 const (
-	dropStranger = iota // source is not the latched peer
+	dropStranger = iota // source is not the latched peer, or not one of the leg's allowed addresses
 	dropNotRTP          // failed the RTP/RTCP header check, or truncated
 	dropNoDest          // the other leg has no address yet (no SDP, or held)
 	dropSendErr         // sendmmsg failed (socket buffer full, unreachable)
@@ -50,12 +50,16 @@ type sock struct {
 
 	hint     unix.RawSockaddrInet4 // where the SDP of this leg says to send
 	hasHint  bool
+	signal   [4]byte // IP the leg's last SDP-carrying SIP message came from
+	hasSig   bool
 	latch    unix.RawSockaddrInet4 // source of the packets we accept and send back to
 	latched  bool
 	lastRx   int64 // nanotime of the last accepted packet
 	lastLatc int64 // nanotime of the last packet from the latched source
 	stats    *dirStats
 	relatch  int64 // ns of silence from the latched source before another may take over
+	learn    int64 // ns after the first latch during which another allowed source takes over at once
+	learnEnd int64 // nanotime the learning window of the current latch ends
 
 	// Loss already added to the worker's counter, and stats.received when it
 	// was: received only grows until the stats restart (new SSRC or
@@ -79,7 +83,8 @@ type worker struct {
 	file   *os.File // epfd, registered with Go's netpoller
 	closed atomic.Bool
 	done   chan struct{}
-	budget *connBudget // shared by the Relay's workers
+	budget *connBudget      // shared by the Relay's workers
+	now    func() time.Time // the Relay's clock
 
 	mu    sync.Mutex
 	socks map[int32]*sock
@@ -120,7 +125,7 @@ func newConnBudget(ports int) *connBudget {
 	return &connBudget{max: max(int64(lim.Cur)-int64(ports)-1024, 0)}
 }
 
-func newWorker(id int, budget *connBudget) (*worker, error) {
+func newWorker(id int, budget *connBudget, now func() time.Time) (*worker, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -129,7 +134,7 @@ func newWorker(id int, budget *connBudget) (*worker, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("epoll set non-blocking: %w", err)
 	}
-	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{}), budget: budget}
+	w := &worker{id: id, epfd: epfd, socks: make(map[int32]*sock), done: make(chan struct{}), budget: budget, now: now}
 	w.file = os.NewFile(uintptr(epfd), "media-epoll")
 	for i := range w.rxHdr {
 		w.rxIov[i] = unix.Iovec{Base: &w.rxBuf[i][0], Len: bufSize}
@@ -247,7 +252,9 @@ func (w *worker) run() {
 	})
 }
 
-func nanotime() int64 { return time.Now().UnixNano() }
+// nanotime is the worker's clock in Unix nanoseconds, the unit of its
+// packet times.
+func (w *worker) nanotime() int64 { return w.now().UnixNano() }
 
 // drain reads fd (s.fd or s.cfd) until it is empty.
 func (w *worker) drain(s *sock, fd int) {
@@ -268,7 +275,7 @@ func (w *worker) drain(s *sock, fd int) {
 			return // EAGAIN: drained; anything else: try again on the next wake-up
 		}
 		n := int(r)
-		w.forward(s, n, nanotime())
+		w.forward(s, n, w.nanotime())
 		if n < batch {
 			return
 		}
@@ -289,15 +296,17 @@ func (w *worker) forward(s *sock, n int, now int64) {
 			w.drops[dropNotRTP]++
 			continue
 		}
-		if !s.latched {
-			s.latch, s.latched = *src, true
-		} else if !sameAddr(&s.latch, src) {
-			if now-s.lastLatc < s.relatch || !s.rtpAllowsRelatch(src, now) {
+		if !s.latched || !sameAddr(&s.latch, src) {
+			if !s.mayLatch(src, now) {
 				st.stranger++
 				w.drops[dropStranger]++
 				continue
 			}
-			s.latch = *src // the latched source went silent: let this one take over
+			s.learnEnd = 0 // a moved latch is settled
+			if !s.latched {
+				s.learnEnd = now + s.learn
+			}
+			s.latch, s.latched = *src, true
 		}
 		s.lastLatc, s.lastRx = now, now
 		if s.rtcp {
@@ -380,6 +389,38 @@ func (w *worker) observeJitterLocked(s *sock) {
 	}
 	w.jitCount[s.leg][i]++
 	w.jitSum[s.leg] += j
+}
+
+// allows tells whether src's IP is one the leg may send media from: the
+// address its SDP names for this port, or the IP its SDP-carrying SIP
+// message came from (a phone behind NAT names its private address in SDP
+// and sends from its public one, the source of its SIP). Any port: NAT
+// picks the port.
+func (s *sock) allows(src *unix.RawSockaddrInet4) bool {
+	return s.hasHint && s.hint.Addr == src.Addr || s.hasSig && s.signal == src.Addr
+}
+
+// mayLatch tells whether src, which is not the latched source (or the
+// socket has none), may become it. src must be an allowed address; then an
+// unlatched socket latches it. A latched socket moves to it only
+//   - within the learning window of its first latch, when src is exactly
+//     the SDP's endpoint: another sender at an allowed IP (a stale port of
+//     the phone, another device behind the same NAT) that came first loses
+//     the leg to the endpoint the SDP names, or
+//   - after the latched source was silent for relatch_after (a NAT
+//     rebinding; for RTCP see rtpAllowsRelatch).
+//
+// Everyone else is a stranger, even when first.
+func (s *sock) mayLatch(src *unix.RawSockaddrInet4, now int64) bool {
+	switch {
+	case !s.allows(src):
+		return false
+	case !s.latched:
+		return true
+	case now < s.learnEnd && s.hasHint && sameAddr(&s.hint, src):
+		return true
+	}
+	return now-s.lastLatc >= s.relatch && s.rtpAllowsRelatch(src, now)
 }
 
 // rtpAllowsRelatch tells whether src may take over the RTCP socket s whose

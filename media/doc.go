@@ -27,32 +27,49 @@
 // ports: hold, resume, codec change and new remote ports never allocate or
 // leak. Relay.Release ends a session on BYE, CANCEL or a final error.
 //
-// # Latching (symmetric RTP)
+// # Latching (symmetric RTP) and allowed sources
 //
 // The address in a leg's SDP is a hint: the relay sends there until that leg
-// has sent a valid packet. The first valid RTP packet (RTCP on the RTCP port)
-// arriving at a relay socket latches its source address, and from then on the
-// relay accepts packets on that socket only from that source and sends the
-// other leg's media back to it, which traverses NAT. Packets from any other
-// source are dropped and counted (reason "stranger"). Re-latching is allowed
+// has sent a valid packet. Media is accepted for a leg only from its allowed
+// addresses: the address its SDP names for that stream (c=, a=rtcp) and the
+// IP the leg's SDP-carrying SIP message came from (Relay.AnchorFrom: the
+// INVITE's source for the caller, the answering 18x/200's source for the
+// callee; a phone behind NAT names its private address in SDP and sends RTP
+// from the public address its SIP comes from), any port (NAT picks it).
+// Every other source is dropped and counted (reason "stranger"), also when
+// it comes first, in any window, and however much it sends: a stranger that
+// learnt a call's relay port (RTP bleed) changes neither the latch nor the
+// forwarded stream. A leg whose SDP is not known yet accepts nothing.
+//
+// The first valid RTP packet (RTCP on the RTCP port) from an allowed address
+// latches its source address, and from then on the relay accepts packets on
+// that socket only from that source and sends the other leg's media back to
+// it, which traverses NAT. The latch moves only to an allowed address, and
 // only
+//   - within learn_window (default 2s) of the first latch, to the exact
+//     endpoint the SDP names: another sender at an allowed address that came
+//     first (a stale port of the phone, a device behind the same NAT) loses
+//     the leg to it, or
 //   - when an SDP from that leg (re-INVITE, UPDATE) changes the leg's
 //     endpoint (address or port): the latch is cleared and the next valid
-//     packet latches, or
+//     packet from the (new) allowed addresses latches, or
 //   - when the latched source has been silent for relatch_after (default 5s):
-//     a phone whose NAT binding changed, or that roamed, recovers on its own.
-//     RTP and RTCP of a leg are one stream: since RTCP is sent only every
-//     2.5-7.5s (RFC 3550), the RTCP port may re-latch only when the leg's RTP
-//     has also been silent for relatch_after, or when the leg's RTP has
-//     already re-latched to the new source's host.
+//     a phone whose NAT binding changed recovers on its own, as long as its
+//     public address stays; a phone that roamed to another address recovers
+//     with its next re-INVITE or UPDATE. RTP and RTCP of a leg are one
+//     stream: since RTCP is sent only every 2.5-7.5s (RFC 3550), the RTCP
+//     port may re-latch only when the leg's RTP has also been silent for
+//     relatch_after, or when the leg's RTP has already re-latched to the new
+//     source's host.
 //
-// A stranger can therefore take a leg only in these windows: before the
-// leg's first valid packet (from the moment the relay's port is in an SDP
-// until the phone sends; also after an SDP change cleared the latch), and
-// after the leg has sent nothing on that port (and, for RTCP, on its RTP
-// port) for relatch_after, e.g. on hold without RTCP. A stranger that wins
-// such a race receives the other leg's media until the phone's next SDP
-// change or the stranger's own silence.
+// Only a sender at a leg's allowed addresses (the phone's own host or NAT,
+// or the host its SDP names) can therefore take the leg, in the windows
+// above. Relay.Anchor, without a signalling source, allows the SDP address
+// only (a later AnchorFrom of the leg adds its source; an Anchor keeps it).
+// The allowed addresses are replicated (StreamRecord.Signal), so the twin
+// applies the same rule after a failover; a record without them (from an
+// earlier build) allows the latched source's address.
+//
 // Datagrams that are not RTP (version 2, complete header, CSRC, extension and
 // padding lengths) on an RTP port, or not RTCP (version 2, length multiple of
 // 4, type 192-223) on an RTCP port, are dropped (reason "not_rtp").
@@ -138,7 +155,7 @@
 // # Replication
 //
 // Relay.Export returns a SessionRecord per session (ports, SDP endpoints,
-// latched sources, hold flags, state, the caller's From tag, version);
+// latched sources, signalling sources, hold flags, state, the caller's From tag, version);
 // SessionRecord implements encoding.BinaryMarshaler. Relay.Import on a
 // standby recreates the session with the same ports on its own address (the
 // VIP): IP_FREEBIND lets it bind before the VIP is local, so the sockets
@@ -205,7 +222,8 @@
 //	address        SIP advertise  IPv4 the relay binds and puts in SDP
 //	ports          "20000-30000"  UDP range; even RTP port, RTCP = RTP+1
 //	idle_timeout   60s            release sessions without packets
-//	relatch_after  5s             silence of a latched source before another may latch
+//	relatch_after  5s             silence of a latched source before another allowed one may latch
+//	learn_window   2s             after a first latch, the SDP's exact endpoint may still take it; 0: off
 //	max_sessions   0              0 = limited by the port range only
 //	workers        0              data-path workers; 0 = GOMAXPROCS
 //

@@ -66,6 +66,11 @@ type StreamRecord struct {
 	LatchedRTCP [2]netip.AddrPort `json:"latched_rtcp"`
 	Hold        [2]bool           `json:"hold"`
 	Clock       [2]uint32         `json:"clock"`
+	// Signal is the IP each leg's SDP-carrying SIP came from (invalid if
+	// unknown), so the twin accepts media from the same addresses after a
+	// failover. A record without it (a peer of an earlier build) allows the
+	// latched source's IP instead.
+	Signal [2]netip.Addr `json:"signal,omitzero"`
 }
 
 // MarshalBinary encodes the record (JSON, so it stays readable in logs and dumps).
@@ -134,7 +139,7 @@ func (r *Relay) Export() []SessionRecord {
 func (r *Relay) Refresh() (changed []SessionRecord, alive []AliveSession) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := nanotime()
+	now := r.nanotime()
 	for _, s := range r.sessions {
 		if s.replica {
 			s.replica = false
@@ -166,7 +171,7 @@ func (r *Relay) Refresh() (changed []SessionRecord, alive []AliveSession) {
 func (r *Relay) KeepAlive(ka KeepAlive) (stale int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := nanotime()
+	now := r.nanotime()
 	for _, a := range ka.Sessions {
 		s := r.sessions[a.CallID]
 		if s == nil {
@@ -192,7 +197,7 @@ func (r *Relay) SetCallerTag(callID, tag string) {
 		return
 	}
 	if len(r.pendingTags) < maxPendingTags {
-		r.pendingTags[callID] = pendingTag{tag: tag, at: nanotime()}
+		r.pendingTags[callID] = pendingTag{tag: tag, at: r.nanotime()}
 	}
 }
 
@@ -237,6 +242,9 @@ func (r *Relay) contentLocked(s *session) SessionRecord {
 			sr.SDP[l], sr.Latched[l] = endpoints(rtp)
 			sr.SDPRTCP[l], sr.LatchedRTCP[l] = endpoints(rtcp)
 			sr.Clock[l] = st.stats[l][0].clock
+			if rtp.hasSig {
+				sr.Signal[l] = netip.AddrFrom4(rtp.signal)
+			}
 		}
 		rec.Streams = append(rec.Streams, sr)
 	}
@@ -269,7 +277,7 @@ func (r *Relay) Import(rec SessionRecord) error {
 	if r.closed {
 		return ErrClosed
 	}
-	now := nanotime()
+	now := r.nanotime()
 	old := r.sessions[rec.CallID]
 	if rec.State == StateReleased {
 		if rec.Version != 0 {
@@ -307,7 +315,7 @@ func (r *Relay) Import(rec SessionRecord) error {
 	s := &session{callID: rec.CallID, w: r.workers[r.next%len(r.workers)], created: rec.Created}
 	r.next++
 	if s.created.IsZero() {
-		s.created = time.Now()
+		s.created = r.now()
 	}
 	for i, sr := range rec.Streams {
 		st, err := r.newStream(s, sr.Ports)
@@ -362,8 +370,8 @@ func (r *Relay) updateLocked(s *session, rec SessionRecord, now int64) {
 		sr := rec.Streams[i]
 		st.hold = sr.Hold
 		for l := range 2 {
-			restore(st.socks[l][0], sr.SDP[l], sr.Latched[l])
-			restore(st.socks[l][1], sr.SDPRTCP[l], sr.LatchedRTCP[l])
+			restore(st.socks[l][0], sr.SDP[l], sr.Latched[l], sr.Signal[l])
+			restore(st.socks[l][1], sr.SDPRTCP[l], sr.LatchedRTCP[l], sr.Signal[l])
 			st.stats[l][0].clock = sr.Clock[l]
 		}
 	}
@@ -378,22 +386,33 @@ func (r *Relay) updateLocked(s *session, rec SessionRecord, now int64) {
 	s.heard = now
 }
 
-// restore sets a socket's SDP endpoint and latched source to the holder's:
-// an invalid address clears them (the holder's latch was reset by a new SDP).
-// w.mu must be held.
-func restore(k *sock, hint, latched netip.AddrPort) {
+// restore sets a socket's SDP endpoint, latched source and signalling
+// source to the holder's: an invalid address clears them (the holder's latch
+// was reset by a new SDP). Without a signalling source (a record from an
+// earlier build) the latched source's IP is allowed, as the holder accepted
+// it. w.mu must be held.
+func restore(k *sock, hint, latched netip.AddrPort, signal netip.Addr) {
 	if hint.IsValid() && hint.Addr().Is4() {
 		k.hint, k.hasHint = rawFromAddrPort(hint), true
 	} else {
 		k.hasHint = false
+	}
+	switch signal = signal.Unmap(); {
+	case signal.Is4():
+		k.signal, k.hasSig = signal.As4(), true
+	case latched.IsValid() && latched.Addr().Is4():
+		k.signal, k.hasSig = latched.Addr().As4(), true
+	default:
+		k.hasSig = false
 	}
 	if latched.IsValid() && latched.Addr().Is4() {
 		raw := rawFromAddrPort(latched)
 		if !k.latched || !sameAddr(&k.latch, &raw) {
 			k.latch, k.latched = raw, true
 			// Treat the restored source as just heard from so a stranger
-			// cannot take the leg over right after failover.
-			k.lastLatc = nanotime()
+			// cannot take the leg over right after failover; the holder's
+			// learning window is over.
+			k.lastLatc, k.learnEnd = k.w.nanotime(), 0
 		}
 	} else {
 		k.latched = false

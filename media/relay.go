@@ -106,6 +106,7 @@ type Relay struct {
 	addr netip.Addr
 	log  *zap.Logger
 	m    *metrics
+	now  func() time.Time // time.Now; a settable clock in tests
 
 	mu       sync.Mutex
 	pool     *portPool
@@ -140,6 +141,12 @@ const replicaRefreshes = 4
 // New validates cfg (cfg.Address must already hold the address to use),
 // registers the metrics on reg and returns a Relay; Run relays.
 func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error) {
+	return newWithClock(cfg, log, reg, time.Now)
+}
+
+// newWithClock is New reading the time from now (the relay's timers and
+// the data path's packet times).
+func newWithClock(cfg Config, log *zap.Logger, reg prometheus.Registerer, now func() time.Time) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -152,7 +159,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 		log = zap.NewNop()
 	}
 	r := &Relay{
-		cfg: cfg, addr: addr, log: log,
+		cfg: cfg, addr: addr, log: log, now: now,
 		pool:        newPortPool(first, last),
 		sessions:    make(map[string]*session),
 		stop:        make(chan struct{}),
@@ -167,7 +174,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 	}
 	budget := newConnBudget(last - first + 1)
 	for i := range n {
-		w, err := newWorker(i, budget)
+		w, err := newWorker(i, budget, now)
 		if err != nil {
 			for _, w := range r.workers {
 				w.close(false)
@@ -184,6 +191,10 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error)
 	}
 	return r, nil
 }
+
+// nanotime is the relay's clock in Unix nanoseconds, the unit of its
+// session times.
+func (r *Relay) nanotime() int64 { return r.now().UnixNano() }
 
 // Address is the relay address advertised in SDP.
 func (r *Relay) Address() netip.Addr { return r.addr }
@@ -240,19 +251,31 @@ func (r *Relay) Close() {
 // Errors: ErrBadSDP (pass the call un-anchored or answer 488), ErrNoPorts (503);
 // either also matches ErrSessionKept when callID already has a session, which
 // is then left unchanged (answer 488 so the call keeps its relayed media).
+// The leg's media is then accepted only from the address its SDP names and
+// any signalling source an AnchorFrom gave it before.
 func (r *Relay) Anchor(callID string, fromCaller bool, body []byte) ([]byte, error) {
+	return r.AnchorFrom(callID, fromCaller, netip.Addr{}, body)
+}
+
+// AnchorFrom is Anchor for an SDP body whose SIP message came from signal
+// (the IP the INVITE, response, ACK or UPDATE arrived from; invalid if
+// unknown). The leg's media is accepted only from the address its SDP names
+// or from signal, any port (a phone behind NAT names its private address in
+// SDP and sends RTP from the public address its SIP comes from); every other
+// source is a stranger. An invalid signal keeps the leg's previous one.
+func (r *Relay) AnchorFrom(callID string, fromCaller bool, signal netip.Addr, body []byte) ([]byte, error) {
 	from := LegB
 	if fromCaller {
 		from = LegA
 	}
-	out, err := r.anchor(callID, from, body)
+	out, err := r.anchor(callID, from, signal.Unmap(), body)
 	if err == nil {
 		r.replicate(callID)
 	}
 	return out, err
 }
 
-func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
+func (r *Relay) anchor(callID string, from Leg, signal netip.Addr, body []byte) ([]byte, error) {
 	sd, infos, err := parseSDP(body)
 	if err != nil {
 		r.m.sdpErrors.Inc()
@@ -277,7 +300,7 @@ func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
 			r.m.portExhausted.Inc()
 			return nil, fmt.Errorf("anchor %q: %w: max_sessions %d reached", callID, ErrNoPorts, r.cfg.MaxSessions)
 		}
-		s = &session{callID: callID, w: r.workers[r.next%len(r.workers)], created: time.Now()}
+		s = &session{callID: callID, w: r.workers[r.next%len(r.workers)], created: r.now()}
 		r.next++
 		created = true
 		if p, ok := r.pendingTags[callID]; ok {
@@ -306,9 +329,15 @@ func (r *Relay) anchor(callID string, from Leg, body []byte) ([]byte, error) {
 		r.sessions[callID] = s
 	}
 	s.seen[from] = true
-	s.touched = nanotime()
+	s.touched = r.nanotime()
 	ports := make([]int, len(infos))
 	s.w.mu.Lock()
+	if signal.Is4() {
+		for _, st := range s.streams {
+			st.socks[from][0].signal, st.socks[from][0].hasSig = signal.As4(), true
+			st.socks[from][1].signal, st.socks[from][1].hasSig = signal.As4(), true
+		}
+	}
 	for i, in := range infos {
 		st := s.streams[i]
 		ports[i] = st.ports[from.other()]
@@ -412,7 +441,7 @@ func (r *Relay) bindPair(s *session, st *stream, l Leg, want int) (int, error) {
 		}
 		if err1 == nil && err2 == nil {
 			mk := func(fd, p int, rtcp bool) *sock {
-				return &sock{fd: fd, cfd: -1, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter)}
+				return &sock{fd: fd, cfd: -1, port: p, leg: l, rtcp: rtcp, w: s.w, relatch: int64(r.cfg.RelatchAfter), learn: int64(r.cfg.LearnWindow)}
 			}
 			st.socks[l][0], st.socks[l][1] = mk(fd1, port, false), mk(fd2, port+1, true)
 			return port, nil
@@ -487,57 +516,62 @@ func (r *Relay) sweep() {
 			return
 		case <-t.C:
 		}
-		now := nanotime()
-		r.mu.Lock()
-		for id, s := range r.sessions {
-			rx := int64(0)
-			s.w.mu.Lock()
-			for _, st := range s.streams {
-				for l := range 2 {
-					for k := range 2 {
-						rx = max(rx, st.socks[l][k].lastRx)
-					}
-				}
-			}
-			s.w.mu.Unlock()
-			if s.replica && rx > s.replicaSince {
-				// Packets reach this replica: this proxy holds the VIP now.
-				s.replica = false
-			}
-			if s.replica {
-				if now-s.heard > int64(r.replicaTTL) {
-					delete(r.sessions, id)
-					r.releaseLocked(s, "replica_expired")
-					r.log.Info("replicated media session not refreshed by the VIP holder, released",
-						zap.String("call_id", id), zap.Duration("silent", time.Duration(now-s.heard)))
-				}
-				continue
-			}
-			limit := int64(r.cfg.IdleTimeout)
-			if !s.seen[LegA] || !s.seen[LegB] {
-				limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
-			}
-			last := max(s.created.UnixNano(), s.touched, s.heard, rx)
-			if now-last > limit {
-				delete(r.sessions, id)
-				r.releaseLocked(s, "idle")
-				if len(r.idleGone) < maxIdleGone {
-					r.idleGone = append(r.idleGone, releasedRecord(id, s.version))
-				}
-				r.m.idleEnded.Inc()
-				r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))
-			}
-		}
-		for id, p := range r.pendingTags {
-			if now-p.at > int64(pendingTagTTL) {
-				delete(r.pendingTags, id)
-			}
-		}
-		for id, tb := range r.tombs {
-			if now-tb.at > int64(max(r.replicaTTL, pendingTagTTL)) {
-				delete(r.tombs, id)
-			}
-		}
-		r.mu.Unlock()
+		r.sweepOnce()
 	}
+}
+
+// sweepOnce is one round of sweep.
+func (r *Relay) sweepOnce() {
+	now := r.nanotime()
+	r.mu.Lock()
+	for id, s := range r.sessions {
+		rx := int64(0)
+		s.w.mu.Lock()
+		for _, st := range s.streams {
+			for l := range 2 {
+				for k := range 2 {
+					rx = max(rx, st.socks[l][k].lastRx)
+				}
+			}
+		}
+		s.w.mu.Unlock()
+		if s.replica && rx > s.replicaSince {
+			// Packets reach this replica: this proxy holds the VIP now.
+			s.replica = false
+		}
+		if s.replica {
+			if now-s.heard > int64(r.replicaTTL) {
+				delete(r.sessions, id)
+				r.releaseLocked(s, "replica_expired")
+				r.log.Info("replicated media session not refreshed by the VIP holder, released",
+					zap.String("call_id", id), zap.Duration("silent", time.Duration(now-s.heard)))
+			}
+			continue
+		}
+		limit := int64(r.cfg.IdleTimeout)
+		if !s.seen[LegA] || !s.seen[LegB] {
+			limit = int64(max(r.cfg.IdleTimeout, unansweredTimeout))
+		}
+		last := max(s.created.UnixNano(), s.touched, s.heard, rx)
+		if now-last > limit {
+			delete(r.sessions, id)
+			r.releaseLocked(s, "idle")
+			if len(r.idleGone) < maxIdleGone {
+				r.idleGone = append(r.idleGone, releasedRecord(id, s.version))
+			}
+			r.m.idleEnded.Inc()
+			r.log.Info("media session idle, released", zap.String("call_id", id), zap.Duration("idle", time.Duration(now-last)))
+		}
+	}
+	for id, p := range r.pendingTags {
+		if now-p.at > int64(pendingTagTTL) {
+			delete(r.pendingTags, id)
+		}
+	}
+	for id, tb := range r.tombs {
+		if now-tb.at > int64(max(r.replicaTTL, pendingTagTTL)) {
+			delete(r.tombs, id)
+		}
+	}
+	r.mu.Unlock()
 }

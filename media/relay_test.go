@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,11 @@ import (
 // and leftover sockets do not collide.
 func newTestRelay(t *testing.T, ports string, mod func(*Config)) (*Relay, *prometheus.Registry) {
 	t.Helper()
+	return newRelayAt(t, ports, mod, time.Now)
+}
+
+func newRelayAt(t *testing.T, ports string, mod func(*Config), now func() time.Time) (*Relay, *prometheus.Registry) {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Enabled = true
 	cfg.Address = "127.0.0.1"
@@ -30,13 +36,41 @@ func newTestRelay(t *testing.T, ports string, mod func(*Config)) (*Relay, *prome
 		mod(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := New(cfg, zaptest.NewLogger(t), reg)
+	r, err := newWithClock(cfg, zaptest.NewLogger(t), reg, now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.start()
 	t.Cleanup(r.Close)
 	return r, reg
+}
+
+// fakeClock is a settable clock for the relay; its data-path workers and
+// sweeper read it from their own goroutines.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// newClockedRelay is newTestRelay on a fake clock: the test moves time on
+// and runs the sweep itself (r.sweepOnce) instead of waiting for timers.
+func newClockedRelay(t *testing.T, ports string, mod func(*Config)) (*Relay, *prometheus.Registry, *fakeClock) {
+	t.Helper()
+	clk := &fakeClock{t: time.Now()}
+	r, reg := newRelayAt(t, ports, mod, clk.now)
+	return r, reg, clk
 }
 
 // phone is a real UDP peer on a loopback address.
@@ -139,7 +173,8 @@ func TestRelayBothWaysNATLatchAndStranger(t *testing.T) {
 	b := newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
 
-	offerOut, err := r.Anchor("call-1", true, offer(netip.MustParseAddrPort("10.9.9.9:4000"), ""))
+	// A's INVITE came from 127.0.0.2, its NAT's public address.
+	offerOut, err := r.AnchorFrom("call-1", true, a.addr().Addr(), offer(netip.MustParseAddrPort("10.9.9.9:4000"), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,24 +263,29 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) flo
 }
 
 func TestRelayIdleTimeout(t *testing.T) {
-	r, reg := newTestRelay(t, "31100-31199", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	const idle = 300 * time.Millisecond
+	r, reg, clk := newClockedRelay(t, "31100-31199", func(c *Config) { c.IdleTimeout = idle })
 	if _, err := r.Anchor("idle", true, offer(netip.MustParseAddrPort("127.0.0.2:4000"), "")); err != nil {
 		t.Fatal(err)
 	}
 	// Ringing without early media is not idle: the callee has the offer's ports.
-	time.Sleep(700 * time.Millisecond)
+	clk.advance(700 * time.Millisecond)
+	r.sweepOnce()
 	if len(r.Snapshot()) != 1 {
 		t.Fatal("unanswered session ended by idle_timeout")
 	}
 	if _, err := r.Anchor("idle", false, offer(netip.MustParseAddrPort("127.0.0.3:4000"), "")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
-	for len(r.Snapshot()) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("idle session still present after 3s")
-		}
-		time.Sleep(50 * time.Millisecond)
+	clk.advance(idle)
+	r.sweepOnce()
+	if len(r.Snapshot()) != 1 {
+		t.Fatal("session ended before idle_timeout")
+	}
+	clk.advance(time.Millisecond)
+	r.sweepOnce()
+	if len(r.Snapshot()) != 0 {
+		t.Fatal("idle session still present after idle_timeout")
 	}
 	if got := metricValue(t, reg, "hapbx_media_idle_timeouts_total", ""); got != 1 {
 		t.Fatalf("idle timeouts = %v", got)
@@ -256,13 +296,14 @@ func TestRelayIdleTimeout(t *testing.T) {
 }
 
 func TestRelayActiveSessionNotIdle(t *testing.T) {
-	r, _ := newTestRelay(t, "31200-31299", func(c *Config) { c.IdleTimeout = 600 * time.Millisecond })
+	r, _, clk := newClockedRelay(t, "31200-31299", func(c *Config) { c.IdleTimeout = 600 * time.Millisecond })
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	o, _ := r.Anchor("busy", true, offer(a.addr(), ""))
 	ans, _ := r.Anchor("busy", false, offer(b.addr(), ""))
 	for range 30 { // 1.5 s of media, more than two idle timeouts long
 		mustRelay(t, a, relayAP(sdpPort(t, ans)), b, relayAP(sdpPort(t, o)))
-		time.Sleep(50 * time.Millisecond)
+		clk.advance(50 * time.Millisecond)
+		r.sweepOnce()
 	}
 	if len(r.Snapshot()) != 1 {
 		t.Fatal("session with media flowing was ended as idle")
@@ -329,17 +370,22 @@ func TestRelayReinviteHoldResumeKeepsPorts(t *testing.T) {
 }
 
 func TestRelayRelatchAfterSilence(t *testing.T) {
-	r, _ := newTestRelay(t, "31400-31499", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
-	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
+	r, _, clk := newClockedRelay(t, "31400-31499", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
+	// a2 is A after a NAT rebinding: same address, another port.
+	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	o, _ := r.Anchor("roam", true, offer(a.addr(), ""))
 	ans, _ := r.Anchor("roam", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
 	mustRelay(t, a, forA, b, forB)
 	a2.sendRTP(forA) // latched source just spoke: a2 is a stranger
 	mustNotReceive(t, b, 150*time.Millisecond)
-	time.Sleep(400 * time.Millisecond) // a silent longer than relatch_after
+	clk.advance(400 * time.Millisecond) // a silent longer than relatch_after
 	mustRelay(t, a2, forA, b, forB)
 	mustRelay(t, b, forB, a2, forA) // B's media now goes to the new source
+	// Another address never takes the leg, not even after the silence: A's
+	// SDP and signalling named 127.0.0.2 only.
+	time.Sleep(400 * time.Millisecond)
+	mustBeStranger(t, r, newPhone(t, "127.0.0.5"), forA, b, forB, a2, 2)
 }
 
 func TestRelayPortExhaustion(t *testing.T) {
@@ -405,7 +451,7 @@ func TestRelayBadSDP(t *testing.T) {
 func TestRelayExportImport(t *testing.T) {
 	r1, _ := newTestRelay(t, "31800-31899", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
-	o, _ := r1.Anchor("ha", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
+	o, _ := r1.AnchorFrom("ha", true, a.addr().Addr(), offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
 	ans, _ := r1.Anchor("ha", false, offer(b.addr(), ""))
 	forA, forB := relayAP(sdpPort(t, ans)), relayAP(sdpPort(t, o))
 	mustRelay(t, a, forA, b, forB)
@@ -647,8 +693,9 @@ func udpPeers(t *testing.T, port uint16) []netip.AddrPort {
 // relatch_after of silence a new source takes over, the connected socket
 // follows it and the old source becomes a stranger.
 func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
-	r, reg := newTestRelay(t, "31900-31999", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
-	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.3")
+	r, reg, clk := newClockedRelay(t, "31900-31999", func(c *Config) { c.RelatchAfter = 300 * time.Millisecond })
+	// a2 is A after a NAT rebinding: same address, another port.
+	a, a2, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
 	o, err := r.Anchor("conn", true, offer(a.addr(), ""))
 	if err != nil {
@@ -681,7 +728,7 @@ func TestRelayConnectedSocketKeepsStrangersAndRelatch(t *testing.T) {
 		t.Fatalf("hapbx_media_dropped_total{reason=stranger} = %v, want 4", got)
 	}
 
-	time.Sleep(400 * time.Millisecond) // a silent longer than relatch_after
+	clk.advance(400 * time.Millisecond) // a silent longer than relatch_after
 	mustRelay(t, a2, forA, b, forB)
 	mustRelay(t, b, forB, a2, forA)
 	if got := udpPeers(t, forA.Port()); len(got) != 1 || got[0] != a2.addr() {
@@ -806,14 +853,15 @@ func sendRTCP(t *testing.T, p *phone, to netip.AddrPort) {
 // TestRelayRTCPRelatchFollowsRTP: RTCP comes every few seconds, so a
 // stranger must not take a leg's RTCP port while the leg's RTP is flowing,
 // even when the RTCP socket itself has been silent for relatch_after. Once
-// RTP moved to a new host, RTCP from that host is taken at once; once the
-// whole leg is silent, anyone may re-latch (roaming).
+// RTP moved to a new source (NAT rebinding), RTCP from that host is taken at
+// once; once the whole leg is silent, a new source at the leg's address may
+// re-latch, a stranger elsewhere still may not.
 func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 	const relatch = 300 * time.Millisecond
-	r, _ := newTestRelay(t, "32200-32299", func(c *Config) { c.RelatchAfter = relatch })
+	r, _, clk := newClockedRelay(t, "32200-32299", func(c *Config) { c.RelatchAfter = relatch })
 	a, b, bRTCP := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3"), newPhone(t, "127.0.0.3")
 	stranger := newPhone(t, "127.0.0.4")
-	a2, a2RTCP := newPhone(t, "127.0.0.5"), newPhone(t, "127.0.0.5")
+	a2, a2RTCP := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.2") // A after a NAT rebinding
 	o, err := r.Anchor("rtcp", true, offer(a.addr(), ""))
 	if err != nil {
 		t.Fatal(err)
@@ -831,9 +879,9 @@ func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 	}
 
 	// A's RTP keeps flowing for longer than relatch_after; its RTCP does not.
-	for end := time.Now().Add(relatch + 100*time.Millisecond); time.Now().Before(end); {
-		a.sendRTP(forA)
-		time.Sleep(20 * time.Millisecond)
+	for range 20 { // 400 ms
+		mustRelay(t, a, forA, b, forB)
+		clk.advance(20 * time.Millisecond)
 	}
 	sendRTCP(t, stranger, rtcpForA)
 	mustNotReceive(t, bRTCP, 200*time.Millisecond)
@@ -841,9 +889,9 @@ func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 		t.Fatalf("stranger drops from A = %d, want the stranger's RTCP", st)
 	}
 
-	// A roams to 127.0.0.5: its RTP re-latches after the silence, and RTCP
+	// A's NAT rebinds: its RTP re-latches after the silence, and RTCP
 	// from the same host follows at once, while a stranger still cannot.
-	time.Sleep(relatch + 100*time.Millisecond)
+	clk.advance(relatch + 100*time.Millisecond)
 	mustRelay(t, a2, forA, b, forB)
 	sendRTCP(t, stranger, rtcpForA)
 	mustNotReceive(t, bRTCP, 200*time.Millisecond)
@@ -852,11 +900,17 @@ func TestRelayRTCPRelatchFollowsRTP(t *testing.T) {
 		t.Fatal("RTCP from the host RTP re-latched to was not relayed")
 	}
 
-	// The whole leg silent: a new source may take RTCP over.
-	time.Sleep(relatch + 100*time.Millisecond)
+	// The whole leg silent: a new source at A's address may take RTCP
+	// over, a stranger still may not.
+	clk.advance(relatch + 100*time.Millisecond)
 	sendRTCP(t, stranger, rtcpForA)
+	mustNotReceive(t, bRTCP, 200*time.Millisecond)
+	sendRTCP(t, newPhone(t, "127.0.0.2"), rtcpForA)
 	if _, _, ok := bRTCP.recv(time.Second); !ok {
 		t.Fatal("RTCP not re-latched after the leg's RTP and RTCP were silent")
+	}
+	if st := r.Snapshot()[0].Streams[0].FromA.Stranger; st != 3 {
+		t.Fatalf("stranger drops from A = %d, want the stranger's 3 RTCP packets", st)
 	}
 }
 
@@ -958,7 +1012,7 @@ func TestForwardDoesNotAllocate(t *testing.T) {
 		binary.BigEndian.PutUint32(pkt[4:], uint32(seq)*160)
 		n := copy(w.rxBuf[0][:], pkt)
 		w.rxHdr[0].Len, w.rxHdr[0].Hdr.Flags, w.rxName[0] = uint32(n), 0, src
-		w.forward(k, 1, nanotime())
+		w.forward(k, 1, w.nanotime())
 	})
 	if allocs != 0 {
 		t.Fatalf("forward allocates %v times per packet", allocs)

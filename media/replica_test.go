@@ -33,15 +33,17 @@ func hasSession(r *Relay, callID string) bool {
 	return false
 }
 
-// waitGone waits up to d for callID to leave r and fails otherwise.
-func waitGone(t *testing.T, r *Relay, callID string, d time.Duration) {
+// sweepAfter moves r's clock on by d and runs one sweep.
+func sweepAfter(r *Relay, clk *fakeClock, d time.Duration) {
+	clk.advance(d)
+	r.sweepOnce()
+}
+
+// mustBeGone fails unless callID has left r.
+func mustBeGone(t *testing.T, r *Relay, callID string) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for hasSession(r, callID) {
-		if time.Now().After(deadline) {
-			t.Fatalf("session %q still present after %s", callID, d)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if hasSession(r, callID) {
+		t.Fatalf("session %q still present", callID)
 	}
 }
 
@@ -58,8 +60,9 @@ func answeredRecord(callID string, ports [2]int, a, b netip.AddrPort, version ui
 // released record, and never come back from a stale record reordered
 // behind the release.
 func TestReplicaLivesWhileHolderHasIt(t *testing.T) {
-	r, _ := newTestRelay(t, "32200-32299", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
-	setReplicaTTL(r, 1500*time.Millisecond)
+	const ttl = 1500 * time.Millisecond
+	r, _, clk := newClockedRelay(t, "32200-32299", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	setReplicaTTL(r, ttl)
 	a, b := netip.MustParseAddrPort("10.1.1.1:5000"), netip.MustParseAddrPort("10.2.2.2:6000")
 	old := answeredRecord("old", [2]int{32200, 32202}, a, b, 1)
 	rel := answeredRecord("rel", [2]int{32204, 32206}, a, b, 1)
@@ -71,7 +74,7 @@ func TestReplicaLivesWhileHolderHasIt(t *testing.T) {
 	// 2.5 s: longer than idle_timeout and than the replica lifetime, kept
 	// alive by the holder's keep-alives only.
 	for range 10 {
-		time.Sleep(250 * time.Millisecond)
+		sweepAfter(r, clk, 250*time.Millisecond)
 		if stale := r.KeepAlive(KeepAlive{Sessions: []AliveSession{{CallID: "old", Version: 1}, {CallID: "rel", Version: 1}}}); stale != 0 {
 			t.Fatalf("keep-alive reported %d stale sessions", stale)
 		}
@@ -95,11 +98,12 @@ func TestReplicaLivesWhileHolderHasIt(t *testing.T) {
 
 	// The holder stops mentioning "old" (it died, or lost the release):
 	// it still lives for a while, then expires.
-	time.Sleep(500 * time.Millisecond)
+	sweepAfter(r, clk, ttl)
 	if !hasSession(r, "old") {
 		t.Fatal("replica expired before its lifetime without keep-alives")
 	}
-	waitGone(t, r, "old", 3*time.Second)
+	sweepAfter(r, clk, time.Millisecond)
+	mustBeGone(t, r, "old")
 	if n := r.pool.free(); n != r.pool.size() {
 		t.Fatalf("%d of %d port pairs free after the replicas ended", n, r.pool.size())
 	}
@@ -108,30 +112,38 @@ func TestReplicaLivesWhileHolderHasIt(t *testing.T) {
 // TestReplicaTakesIdleRulesOnPackets: once packets reach a replica (this
 // proxy now holds the VIP), idle_timeout applies as for any session.
 func TestReplicaTakesIdleRulesOnPackets(t *testing.T) {
-	r, _ := newTestRelay(t, "32300-32399", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	const idle = 300 * time.Millisecond
+	r, _, clk := newClockedRelay(t, "32300-32399", func(c *Config) { c.IdleTimeout = idle })
 	setReplicaTTL(r, 30*time.Second)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	rec := answeredRecord("live", [2]int{32300, 32302}, a.addr(), b.addr(), 1)
 	if err := r.Import(rec); err != nil {
 		t.Fatal(err)
 	}
-	// Packets arrive: leg A sends to the port facing A, B gets it from the
-	// port facing B.
+	// Packets arrive (after the import): leg A sends to the port facing A,
+	// B gets it from the port facing B.
+	clk.advance(time.Millisecond)
 	mustRelay(t, a, relayAP(32300), b, relayAP(32302))
-	waitGone(t, r, "live", 3*time.Second) // idle 300 ms, not the 30 s replica lifetime
+	sweepAfter(r, clk, idle)
+	if !hasSession(r, "live") {
+		t.Fatal("session ended before idle_timeout")
+	}
+	sweepAfter(r, clk, time.Millisecond) // idle 300 ms, not the 30 s replica lifetime
+	mustBeGone(t, r, "live")
 }
 
 // TestRefreshAdoptsReplicas: the holder's Refresh makes replicas its own, so
 // a new holder applies idle_timeout from the takeover on.
 func TestRefreshAdoptsReplicas(t *testing.T) {
-	r, _ := newTestRelay(t, "32400-32449", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	const idle = 300 * time.Millisecond
+	r, _, clk := newClockedRelay(t, "32400-32449", func(c *Config) { c.IdleTimeout = idle })
 	setReplicaTTL(r, 30*time.Second)
 	rec := answeredRecord("held", [2]int{32400, 32402}, netip.MustParseAddrPort("10.1.1.1:5000"), netip.MustParseAddrPort("10.2.2.2:6000"), 7)
 	rec.CallerTag = "tagA"
 	if err := r.Import(rec); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	sweepAfter(r, clk, 700*time.Millisecond)
 	if !hasSession(r, "held") {
 		t.Fatal("replica ended by idle_timeout on the standby")
 	}
@@ -141,7 +153,12 @@ func TestRefreshAdoptsReplicas(t *testing.T) {
 	if len(changed) != 1 || changed[0].Version != 7 || changed[0].CallerTag != "tagA" || len(alive) != 0 {
 		t.Fatalf("first Refresh after takeover: changed %+v alive %+v", changed, alive)
 	}
-	waitGone(t, r, "held", 3*time.Second)
+	sweepAfter(r, clk, idle)
+	if !hasSession(r, "held") {
+		t.Fatal("adopted session ended before idle_timeout from the takeover")
+	}
+	sweepAfter(r, clk, time.Millisecond)
+	mustBeGone(t, r, "held")
 }
 
 // TestRefreshReportsLatchChanges: the holder's Refresh reports the records
@@ -153,7 +170,7 @@ func TestRefreshReportsLatchChanges(t *testing.T) {
 	r2, _ := newTestRelay(t, "32500-32599", nil)
 	a, b := newPhone(t, "127.0.0.2"), newPhone(t, "127.0.0.3")
 	r1.SetCallerTag("c1", "from-a")
-	o, _ := r1.Anchor("c1", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
+	o, _ := r1.AnchorFrom("c1", true, a.addr().Addr(), offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")) // NATed A
 	ans, _ := r1.Anchor("c1", false, offer(b.addr(), ""))
 	if _, err := r1.Anchor("c2", true, offer(netip.MustParseAddrPort("10.1.1.1:5002"), "")); err != nil {
 		t.Fatal(err)
@@ -163,7 +180,7 @@ func TestRefreshReportsLatchChanges(t *testing.T) {
 		t.Fatalf("first Refresh: %d changed, %d alive; want 2, 0", len(changed), len(alive))
 	}
 	v1 := changed[0].Version
-	if changed[0].CallerTag != "from-a" || changed[0].Streams[0].Latched[LegA].IsValid() {
+	if changed[0].CallerTag != "from-a" || changed[0].Streams[0].Latched[LegA].IsValid() || changed[0].Streams[0].Signal[LegA] != a.addr().Addr() {
 		t.Fatalf("first record: %+v", changed[0])
 	}
 	if tag, ok := r1.CallerTag("c1"); !ok || tag != "from-a" {
@@ -190,13 +207,14 @@ func TestRefreshReportsLatchChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got netip.AddrPort
+	var signal netip.Addr
 	for _, s := range r2.Snapshot() {
 		if s.CallID == "c1" {
-			got = s.Streams[0].FromA.Latched
+			got, signal = s.Streams[0].FromA.Latched, s.Streams[0].FromA.Signal
 		}
 	}
-	if got != a.addr() {
-		t.Fatalf("standby latch = %s, want %s", got, a.addr())
+	if got != a.addr() || signal != a.addr().Addr() {
+		t.Fatalf("standby latch = %s, signal %s; want %s", got, signal, a.addr())
 	}
 	if tag, ok := r2.CallerTag("c1"); !ok || tag != "from-a" {
 		t.Fatalf("standby CallerTag = %q %v", tag, ok)
@@ -262,7 +280,8 @@ func TestImportVersionsKeepSocketsAndCounters(t *testing.T) {
 // is announced as released by the next Refresh, so the standby does not keep
 // it until its replica lifetime runs out.
 func TestRefreshReportsIdleReleases(t *testing.T) {
-	r, _ := newTestRelay(t, "32650-32699", func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+	const idle = 300 * time.Millisecond
+	r, _, clk := newClockedRelay(t, "32650-32699", func(c *Config) { c.IdleTimeout = idle })
 	if _, err := r.Anchor("quiet", true, offer(netip.MustParseAddrPort("10.1.1.1:5000"), "")); err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +291,8 @@ func TestRefreshReportsIdleReleases(t *testing.T) {
 	if changed, _ := r.Refresh(); len(changed) != 1 || changed[0].State != StateAnswered {
 		t.Fatalf("first Refresh: %+v", changed)
 	}
-	waitGone(t, r, "quiet", 3*time.Second)
+	sweepAfter(r, clk, idle+time.Millisecond)
+	mustBeGone(t, r, "quiet")
 	changed, alive := r.Refresh()
 	if len(changed) != 1 || changed[0].CallID != "quiet" || changed[0].State != StateReleased || changed[0].Version == 0 || len(alive) != 0 {
 		t.Fatalf("Refresh after idle release: changed %+v alive %+v", changed, alive)

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // pipe stands in for the cluster between a holder and one standby: what the
@@ -27,13 +29,13 @@ func (p *pipe) send(rec []byte) error {
 // replicatedPair returns a holder on 127.0.0.1 and a standby on 127.0.0.5,
 // same port range (like the VIP on two hosts), the holder replicating to the
 // standby. The holder's own refresh loop never fires (holder() is false):
-// the tests call refreshOnce.
-func replicatedPair(t *testing.T, standbyIdle time.Duration) (holder, standby *Relay, p *pipe) {
+// the tests call refreshOnce. The standby runs on clk.
+func replicatedPair(t *testing.T, standbyIdle time.Duration) (holder, standby *Relay, p *pipe, clk *fakeClock) {
 	holder, _ = newTestRelay(t, "32700-32749", func(c *Config) { c.Workers, c.IdleTimeout = 1, time.Minute })
-	standby, _ = newTestRelay(t, "32700-32749", func(c *Config) { c.Address, c.Workers, c.IdleTimeout = "127.0.0.5", 1, standbyIdle })
+	standby, _, clk = newClockedRelay(t, "32700-32749", func(c *Config) { c.Address, c.Workers, c.IdleTimeout = "127.0.0.5", 1, standbyIdle })
 	p = &pipe{to: standby}
 	holder.StateChanges(p.send, func() bool { return false })
-	return holder, standby, p
+	return holder, standby, p, clk
 }
 
 func standbyLatch(r *Relay, callID string) (netip.AddrPort, bool) {
@@ -51,10 +53,10 @@ func standbyLatch(r *Relay, callID string) (netip.AddrPort, bool) {
 // idle_timeout while the holder's refreshes keep coming, though it receives
 // no packets; the holder's release ends it on the standby.
 func TestRefreshReplicatesLatchAndKeepsReplica(t *testing.T) {
-	holder, standby, p := replicatedPair(t, 300*time.Millisecond)
+	holder, standby, p, clk := replicatedPair(t, 300*time.Millisecond)
 	a := newPhone(t, "127.0.0.2")
 	nat := netip.MustParseAddrPort("10.1.1.1:5000") // A's SDP names its private address
-	if _, err := holder.Anchor("call", true, offer(nat, "")); err != nil {
+	if _, err := holder.AnchorFrom("call", true, a.addr().Addr(), offer(nat, "")); err != nil {
 		t.Fatal(err)
 	}
 	ans, err := holder.Anchor("call", false, offer(netip.MustParseAddrPort("127.0.0.3:7000"), ""))
@@ -66,17 +68,11 @@ func TestRefreshReplicatesLatchAndKeepsReplica(t *testing.T) {
 	}
 	// A's first RTP packet latches its real (NAT) address on the holder.
 	forA := relayAP(sdpPort(t, ans))
-	deadline := time.Now().Add(3 * time.Second)
-	for {
+	testkit.Eventually(t, 3*time.Second, "holder latched A", func() bool {
 		a.sendRTP(forA)
-		time.Sleep(20 * time.Millisecond)
-		if s := holder.Snapshot(); len(s) == 1 && s[0].Streams[0].FromA.Latched == a.addr() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("holder did not latch A")
-		}
-	}
+		s := holder.Snapshot()
+		return len(s) == 1 && s[0].Streams[0].FromA.Latched == a.addr()
+	})
 	if got, _ := standbyLatch(standby, "call"); got.IsValid() {
 		t.Fatalf("standby latched %s before any refresh", got)
 	}
@@ -90,7 +86,7 @@ func TestRefreshReplicatesLatchAndKeepsReplica(t *testing.T) {
 	// 2 s of refreshes, well past the standby's 300 ms idle_timeout.
 	p.sent = 0
 	for range 8 {
-		time.Sleep(250 * time.Millisecond)
+		sweepAfter(standby, clk, 250*time.Millisecond)
 		if recs, alive := holder.refreshOnce(holder.out); recs != 0 || alive != 1 {
 			t.Fatalf("refresh without changes: %d records, %d keep-alives; want 0, 1", recs, alive)
 		}
@@ -114,7 +110,7 @@ func TestRefreshReplicatesLatchAndKeepsReplica(t *testing.T) {
 // holder whose clock ran ahead carries versions above this holder's clock;
 // its release must still end it on the standby.
 func TestReleaseOutranksAheadClock(t *testing.T) {
-	holder, standby, _ := replicatedPair(t, time.Minute)
+	holder, standby, _, _ := replicatedPair(t, time.Minute)
 	ahead := uint64(time.Now().Add(time.Hour).UnixNano())
 	rec := SessionRecord{CallID: "ahead", State: StateAnswered, Version: ahead,
 		Streams: []StreamRecord{{Ports: [2]int{32740, 32742}}}}

@@ -1,26 +1,15 @@
 package media
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
-
-// freePorts returns an even port p such that p..p+n-1 are free UDP ports on
-// ip, reserved for this test process.
-func freePorts(t *testing.T, ip string, n int) int {
-	t.Helper()
-	return sipptest.FreePorts(t, ip, n)
-}
 
 // TestSIPpMediaThroughRelay runs two real SIPp peers: a UAC that plays a
 // G.711 pcap (the caller, leg A) and a UAS that echoes RTP (the callee, leg
@@ -30,14 +19,14 @@ func freePorts(t *testing.T, ip string, n int) int {
 // back through the relay to wherever the UAC really sends from (latched:
 // the offer deliberately names a wrong port, as a NAT would).
 func TestSIPpMediaThroughRelay(t *testing.T) {
-	sipp := sipptest.Require(t) // fails in CI, which installs it
-	pcapG711a := sipptest.RequirePCAP(t)
+	testkit.RequireSIPp(t) // fails in CI, which installs it
+	pcapG711a := testkit.RequirePCAP(t)
 	r, _ := newTestRelay(t, "30000-30099", nil)
 	const ip = "127.0.0.1"
-	sipUAS := freePorts(t, ip, 1)
-	sipUAC := freePorts(t, ip, 1)
-	uasMedia := freePorts(t, ip, 4) // -rtp_echo binds mp and mp+2
-	uacMedia := freePorts(t, ip, 4)
+	sipUAS := testkit.FreePorts(t, ip, 1)
+	sipUAC := testkit.FreePorts(t, ip, 1)
+	uasMedia := testkit.FreePorts(t, ip, 4) // -rtp_echo binds mp and mp+2
+	uacMedia := testkit.FreePorts(t, ip, 4)
 
 	// Leg A's offer as the UAC scenario sends it, but with the port a NAT
 	// would have rewritten away: the relay must latch the real source.
@@ -52,33 +41,20 @@ func TestSIPpMediaThroughRelay(t *testing.T) {
 	}
 	relayPortForA := sdpPort(t, toA)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	dir := t.TempDir()
-	uas := exec.CommandContext(ctx, sipp, "-sf", filepath.Join("testdata", "uas_relay.xml"),
-		"-i", ip, "-p", strconv.Itoa(sipUAS), "-mi", ip, "-mp", strconv.Itoa(uasMedia), "-rtp_echo",
+	scenario := func(name string) string { p, _ := filepath.Abs(filepath.Join("testdata", name)); return p }
+	uas := testkit.StartSIPp(t, ip, sipUAS, "-sf", scenario("uas_relay.xml"),
+		"-mi", ip, "-mp", strconv.Itoa(uasMedia), "-rtp_echo",
 		"-key", "relay_ip", ip, "-key", "relay_port", strconv.Itoa(int(relayPortForA)),
-		"-m", "1", "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err", "-error_file", filepath.Join(dir, "uas_err.log"))
-	var uasOut bytes.Buffer
-	uas.Stdout, uas.Stderr = &uasOut, &uasOut
-	if err := uas.Start(); err != nil {
-		t.Fatal(err)
+		"-m", "1", "-timeout", "30", "-timeout_error")
+	testkit.WaitListening(t, "udp", uas.Addr, 5*time.Second) // the UAS bound before the INVITE
+	uac := testkit.StartSIPp(t, ip, sipUAC, "-sf", scenario("uac_media.xml"), uas.Addr, "-s", "echo",
+		"-mi", ip, "-mp", strconv.Itoa(uacMedia), "-key", "pcap", pcapG711a,
+		"-m", "1", "-timeout", "30", "-timeout_error")
+	if code := uac.Wait(40 * time.Second); code != 0 {
+		t.Fatalf("sipp UAC failed (exit %d)\n%s\nUAS: %s", code, uac.Output(), uas.Output())
 	}
-	t.Cleanup(func() { _ = uas.Process.Kill(); _ = uas.Wait() })
-	time.Sleep(300 * time.Millisecond) // let the UAS bind before the INVITE
-
-	uac := exec.CommandContext(ctx, sipp, "-sf", filepath.Join("testdata", "uac_media.xml"),
-		fmt.Sprintf("%s:%d", ip, sipUAS), "-s", "echo",
-		"-i", ip, "-p", strconv.Itoa(sipUAC), "-mi", ip, "-mp", strconv.Itoa(uacMedia),
-		"-key", "pcap", pcapG711a,
-		"-m", "1", "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err", "-error_file", filepath.Join(dir, "uac_err.log"))
-	out, err := uac.CombinedOutput()
-	if err != nil {
-		e1, _ := os.ReadFile(filepath.Join(dir, "uac_err.log"))
-		t.Fatalf("sipp UAC failed: %v\n%s\n%s\nUAS: %s", err, out, e1, uasOut.String())
-	}
-	if err := uas.Wait(); err != nil {
-		t.Fatalf("sipp UAS failed: %v\n%s", err, uasOut.String())
+	if code := uas.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("sipp UAS failed (exit %d)\n%s", code, uas.Output())
 	}
 
 	snap := r.Snapshot()

@@ -26,6 +26,7 @@ type StreamStatus struct {
 type DirStatus struct {
 	SDP         netip.AddrPort `json:"sdp"`
 	Latched     netip.AddrPort `json:"latched"`
+	Signal      netip.Addr     `json:"signal"` // where the leg's SIP came from; media is accepted from it or SDP's address
 	Hold        bool           `json:"hold"`
 	Packets     uint64         `json:"packets"`
 	Bytes       uint64         `json:"bytes"`
@@ -43,7 +44,7 @@ func (r *Relay) Snapshot() []SessionStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]SessionStatus, 0, len(r.sessions))
-	now := time.Now()
+	now := r.now()
 	for _, s := range r.sessions {
 		ss := SessionStatus{CallID: s.callID, State: s.state(), Age: now.Sub(s.created)}
 		s.w.mu.Lock()
@@ -60,8 +61,12 @@ func (r *Relay) Snapshot() []SessionStatus {
 func dirStatus(st *stream, l Leg) DirStatus {
 	d, c := &st.stats[l][0], &st.stats[l][1]
 	sdp, latched := endpoints(st.socks[l][0])
+	var signal netip.Addr
+	if k := st.socks[l][0]; k.hasSig {
+		signal = netip.AddrFrom4(k.signal)
+	}
 	return DirStatus{
-		SDP: sdp, Latched: latched, Hold: st.hold[l],
+		SDP: sdp, Latched: latched, Signal: signal, Hold: st.hold[l],
 		Packets: d.packets, Bytes: d.bytes, RTCPPackets: c.rtcpPackets,
 		Lost: d.lost(), JitterMs: d.jitterMs(),
 		Stranger: d.stranger + c.stranger, Invalid: d.invalid + c.invalid,

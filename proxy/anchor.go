@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"strings"
 	"time"
 
@@ -10,10 +11,13 @@ import (
 
 // MediaAnchor rewrites SDP so that both sides send RTP to hapbx's relay.
 type MediaAnchor interface {
-	// Anchor takes the SDP body one side of callID sent (fromCaller: the
-	// side that sent the initial INVITE) and returns it rewritten for the
-	// other side. Errors: NoPortsError, SessionKeptError.
-	Anchor(callID string, fromCaller bool, body []byte) ([]byte, error)
+	// AnchorFrom takes the SDP body one side of callID sent (fromCaller:
+	// the side that sent the initial INVITE) in a SIP message that arrived
+	// from source (invalid if unknown) and returns it rewritten for the
+	// other side. That side's media is accepted only from the SDP's address
+	// or from source (a phone behind NAT sends from the address its SIP
+	// comes from). Errors: NoPortsError, SessionKeptError.
+	AnchorFrom(callID string, fromCaller bool, source netip.Addr, body []byte) ([]byte, error)
 	// Release ends the call's relay session; an error means it had none.
 	Release(callID, reason string) error
 }
@@ -44,6 +48,17 @@ func hasSDP(m sip.Message) bool {
 		}
 	}
 	return false
+}
+
+// sourceIP is the IP a message arrived from, as the transport saw it (not
+// its Via, which a phone behind NAT fills with its private address);
+// invalid for a message that did not come from the network.
+func sourceIP(src string) netip.Addr {
+	ap, err := netip.ParseAddrPort(src)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // fromCaller tells whether req comes from the side of its call that sent
@@ -89,7 +104,7 @@ func (p *Proxy) anchorRequest(tx sip.ServerTransaction, req *sip.Request) bool {
 	if !ok {
 		return true
 	}
-	body, err := p.media.Anchor(req.CallID().Value(), caller, req.Body())
+	body, err := p.media.AnchorFrom(req.CallID().Value(), caller, sourceIP(req.MessageData.Source()), req.Body())
 	_, inDialog := req.To().Params.Get("tag")
 	switch {
 	case err == nil:
@@ -123,7 +138,7 @@ func (p *Proxy) anchorResponse(req *sip.Request, res *sip.Response) {
 	if !ok {
 		return
 	}
-	body, err := p.media.Anchor(res.CallID().Value(), !caller, res.Body())
+	body, err := p.media.AnchorFrom(res.CallID().Value(), !caller, sourceIP(res.Source()), res.Body())
 	if err != nil {
 		p.log.Debug("SDP in response not anchored", zap.String("call_id", callID(res)), zap.Error(err))
 		return

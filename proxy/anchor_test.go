@@ -2,15 +2,18 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // TestMediaReofferNotAnchorable488: a re-INVITE of an anchored call whose
@@ -18,10 +21,10 @@ import (
 // answered 488 and the call keeps its relay session; forwarded raw, it would
 // have moved the call's media off the relay.
 func TestMediaReofferNotAnchorable488(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	mreg := prometheus.NewRegistry()
 	relay := startRelay(t, "23610-23613", mreg) // two port pairs: one stream
 	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay))
@@ -65,10 +68,7 @@ func TestMediaReofferNotAnchorable488(t *testing.T) {
 	}
 	// The counter moves right after the response is sent: it may lag the
 	// phone's receipt by a moment.
-	deadline := time.Now().Add(2 * time.Second)
-	for testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")) < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Poll(2*time.Second, func() bool { return testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")) >= 2 })
 	if got := testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "488")); got != 2 {
 		t.Fatalf("488 responses = %v, want 2", got)
 	}
@@ -86,5 +86,40 @@ func TestMediaReofferNotAnchorable488(t *testing.T) {
 	}
 	if refused["bad_sdp"] != 1 || refused["no_ports"] != 1 {
 		t.Fatalf("hapbx_media_updates_refused_total = %v, want bad_sdp 1, no_ports 1", refused)
+	}
+}
+
+// sourceAnchor records the signalling source of each AnchorFrom.
+type sourceAnchor struct{ got []netip.Addr }
+
+func (a *sourceAnchor) AnchorFrom(_ string, _ bool, source netip.Addr, body []byte) ([]byte, error) {
+	a.got = append(a.got, source)
+	return body, nil
+}
+
+func (a *sourceAnchor) Release(string, string) error { return nil }
+
+// TestAnchorPassesTransportSource: the relay accepts a leg's media from the
+// address its SIP came from (a phone behind NAT), so the proxy passes the
+// address the transport received the INVITE and the answer from, not the
+// Via's (the NATed phone's private address) nor nothing.
+func TestAnchorPassesTransportSource(t *testing.T) {
+	fake := &sourceAnchor{}
+	p := &Proxy{}
+	WithMediaAnchor(fake)(p)
+	req := parseRequest(t, "INVITE", "caller", "") // Via 127.0.0.9
+	req.SetBody([]byte("v=0\r\n"))
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetSource("203.0.113.7:40123")
+	if !p.anchorRequest(nil, req) {
+		t.Fatal("INVITE not passed on")
+	}
+	res := sip.NewResponseFromRequest(req, 200, "OK", []byte("v=0\r\n"))
+	res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	res.SetSource("[::ffff:198.51.100.20]:5060")
+	p.anchorResponse(req, res)
+	want := []netip.Addr{netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("198.51.100.20")}
+	if !slices.Equal(fake.got, want) {
+		t.Fatalf("signalling sources passed: %v, want %v", fake.got, want)
 	}
 }

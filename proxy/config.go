@@ -42,6 +42,12 @@ type Config struct {
 	// backend dies; DialogTTL forgets one with no in-dialog request for so long.
 	MaxDialogs int           `yaml:"max_dialogs"`
 	DialogTTL  time.Duration `yaml:"dialog_ttl"`
+	// DialogSecretFile holds the key of the tokens hapbx writes into its
+	// Record-Route (at least 16 bytes): an in-dialog request from a phone is
+	// forwarded only with a valid one. Both proxies of a pair need the same
+	// file (required with a cluster); without it the key is kept in
+	// registrar.data_dir/dialog.secret.
+	DialogSecretFile string `yaml:"dialog_secret_file"`
 }
 
 // TLSConfig names the PEM files of the TLS listeners.
@@ -176,6 +182,11 @@ func (c Config) Validate() error {
 	}
 	if c.DialogTTL < time.Minute {
 		bad("dialog_ttl: %v must be at least 1m", c.DialogTTL)
+	}
+	if c.DialogSecretFile != "" {
+		if _, err := readSecret(c.DialogSecretFile); err != nil {
+			bad("dialog_secret_file: %v", err)
+		}
 	}
 	return errors.Join(errs...)
 }

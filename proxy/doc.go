@@ -11,6 +11,13 @@
 //     dialog-creating request with `sip.advertise` (two entries when the
 //     transport changes, RFC 5658), so every in-dialog request passes it;
 //   - answers OPTIONS addressed to itself (keepalives of trunks and phones);
+//   - trusts by source address (trust.go): a backend's requests go where
+//     they name; anyone else's reach the backends only: an initial request
+//     with a Route to another host gets 403, an in-dialog request is
+//     forwarded only with the token hapbx wrote into its own Record-Route
+//     (token.go: HMAC over Call-ID, caller's tag and backend, keyed with
+//     `sip.dialog_secret_file`, shared by both proxies of a pair) and only
+//     to that token's backend; refusals are counted, never forwarded;
 //   - sends a new request from a phone or trunk to the backends a Router
 //     names, in order: a backend that stays silent for `sip.hop_timeout`
 //     (Asterisk answers 100 Trying at once), fails at the transport, or
@@ -66,10 +73,10 @@
 //     487 by sipgo at once, not by relaying the callee's 487; a 2xx that
 //     crosses the CANCEL is still relayed to the caller (statelessly), who
 //     must ACK and BYE it as RFC 3261 requires of a UAC;
-//   - once Run's context ends answers new initial requests 503 while transactions in
-//     flight finish, for at most `sip.drain_timeout`; those still pending
-//     (or all at once on Abort) then get 503 and their downstream INVITEs
-//     a CANCEL.
+//   - once Run's context ends answers new initial requests 503 while
+//     transactions in flight finish, for at most `sip.drain_timeout`; those
+//     still pending (all at once on Abort) then get 503 and their
+//     downstream INVITEs a CANCEL.
 //
 // What it does not: authenticate (Asterisk challenges; the proxy passes the
 // challenge through), probe backends (package health; a FailureReporter is
@@ -80,7 +87,7 @@
 // Config keys (section `sip`): listen, advertise, tls.cert, tls.key,
 // hop_timeout (500ms), retry_after (5s), no_backend_wait (3s),
 // drain_timeout (5s), timer_c (3m1s), max_message_size (65535),
-// max_dialogs (100000), dialog_ttl (12h).
+// max_dialogs (100000), dialog_ttl (12h), dialog_secret_file.
 // Listeners bind with IP_FREEBIND, so a listener on the VIP binds before the
 // cluster adds the address.
 //
@@ -94,5 +101,7 @@
 // missing_<header>, cseq_method), hapbx_proxy_register_store_answers_total,
 // hapbx_proxy_forks_total, hapbx_proxy_held_requests_total,
 // hapbx_proxy_timer_c_total, hapbx_proxy_dialogs,
-// hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason}.
+// hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason},
+// hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
+// foreign_hop, bad_dialog_token).
 package proxy

@@ -162,10 +162,11 @@ func (p *Proxy) prepare(out, in *sip.Request, t target) {
 	// (UAs that copy the Via rows into a response would lose the rest).
 	if _, tagged := in.To().Params.Get("tag"); !tagged && dialogCreating(in.Method) {
 		inTr := strings.ToLower(in.Transport())
-		out.PrependHeader(p.recordRoute(inTr))
+		tok := p.recordRouteToken(in, t)
+		out.PrependHeader(p.recordRoute(inTr, tok))
 		if inTr != t.transport {
 			// RFC 5658 double Record-Route: each side sees the interface it reaches.
-			out.PrependHeader(p.recordRoute(t.transport))
+			out.PrependHeader(p.recordRoute(t.transport, tok))
 		}
 	}
 	p.address(out, t)
@@ -196,12 +197,18 @@ func dialogCreating(m sip.RequestMethod) bool {
 	return false
 }
 
-func (p *Proxy) recordRoute(transport string) *sip.RecordRouteHeader {
+// recordRoute is the proxy's Record-Route over transport, with the dialog
+// token tok (trust.go) when there is one.
+func (p *Proxy) recordRoute(transport, tok string) *sip.RecordRouteHeader {
+	up := params("transport", transport, "lr", "")
+	if tok != "" {
+		up = append(up, sip.HeaderKV{K: tokenParam, V: tok})
+	}
 	return &sip.RecordRouteHeader{Address: sip.Uri{
 		Scheme:    "sip",
 		Host:      p.cfg.Advertise,
 		Port:      p.portFor[transport],
-		UriParams: params("transport", transport, "lr", ""),
+		UriParams: up,
 	}}
 }
 

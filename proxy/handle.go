@@ -114,9 +114,7 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		return decision{act: actReply, code: 483, reason: "Too Many Hops"}
 	}
 
-	for r := req.Route(); r != nil && p.isLocal(&r.Address); r = req.Route() {
-		req.RemoveHeader("Route")
-	}
+	tok := p.takeOwnRoutes(req)
 	if p.looped(req) {
 		if req.IsAck() {
 			return decision{act: actDrop}
@@ -129,6 +127,10 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		if branch, _ := req.Via().Params.Get("branch"); p.non2xx.has(branch) {
 			return decision{act: actDrop} // hop-by-hop ACK of a non-2xx we answered
 		}
+		if why := p.refusal(req, tok); why != "" {
+			p.m.refused.WithLabelValues(why).Inc()
+			return decision{act: actDrop}
+		}
 		if t, ok := p.nextHop(req); ok {
 			return decision{act: actStateless, target: t}
 		}
@@ -138,6 +140,10 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		// sipgo answers CANCELs that match a server transaction before we
 		// are called; one that reaches here matches nothing.
 		return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
+	}
+	if why := p.refusal(req, tok); why != "" {
+		p.m.refused.WithLabelValues(why).Inc()
+		return decision{act: actReply, code: 403, reason: "Forbidden (" + refusedText[why] + ")"}
 	}
 	if req.Route() == nil && p.fromBackend(req) != "" {
 		// From Asterisk towards a phone: its AOR on our host, or a Contact
@@ -229,15 +235,6 @@ func setParam(hp *sip.HeaderParams, k, v string) {
 		*hp = sip.NewParams()
 	}
 	hp.Add(k, v)
-}
-
-// fromBackend returns the backend a request came from, by source address.
-func (p *Proxy) fromBackend(req *sip.Request) string {
-	host, _, err := net.SplitHostPort(req.Source())
-	if err != nil {
-		return ""
-	}
-	return p.backends.Load().byHost[host]
 }
 
 // backendAt names the backend listening at addr, if any: in-dialog

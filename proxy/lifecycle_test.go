@@ -10,7 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // startWithRouter starts a UDP proxy over backends with router and cfg
@@ -29,7 +29,7 @@ func inviteFinals(p *testProxy, code int) float64 {
 // backend that comes up afterwards: the callee would ring with nobody on the
 // line, and no CANCEL would ever follow.
 func TestCancelWhileHeld(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
 	watch, err := net.ListenPacket("udp", be.Address)
 	if err != nil {
@@ -38,7 +38,7 @@ func TestCancelWhileHeld(t *testing.T) {
 	defer watch.Close()
 	router := &switchRouter{name: be.Name}
 	p := startWithRouter(t, []Backend{be}, router, func(c *Config) { c.NoBackendWait = 5 * time.Second })
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_cancel_held.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_cancel_held.xml"),
 		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
 	if code := phone.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("phone: exit %d\n%s", code, phone.Output())
@@ -57,12 +57,12 @@ func TestCancelWhileHeld(t *testing.T) {
 // TestTimerCCancelsLongRinging: a callee that rings longer than timer_c is
 // cancelled by the proxy (RFC 3261 §16.8) and the caller gets its 487.
 func TestTimerCCancelsLongRinging(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_cancel.xml"), "-m", "1")
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_cancel.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	p := startWithRouter(t, []Backend{be}, NewStaticRouter([]string{be.Name}, false), func(c *Config) { c.TimerC = time.Second })
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
 		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
 	if code := phone.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("phone: exit %d\n%s", code, phone.Output())
@@ -82,13 +82,13 @@ func TestTimerCCancelsLongRinging(t *testing.T) {
 // its CANCEL goes unanswered, and the caller gets 408 once the guard
 // expires instead of ringing forever.
 func TestTimerCCalleeGone(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_ring_deaf.xml"), "-m", "1")
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_ring_deaf.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	p := startWithRouter(t, []Backend{be}, NewStaticRouter([]string{be.Name}, false), func(c *Config) { c.TimerC = 500 * time.Millisecond })
 	p.cancelGuard = time.Second
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
 		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
 	if code := phone.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("phone: exit %d\n%s", code, phone.Output())
@@ -102,19 +102,15 @@ func TestTimerCCalleeGone(t *testing.T) {
 // out gets 503 and its downstream INVITE a CANCEL, rather than a proxy that
 // vanishes under it.
 func TestDrainTimeoutAnswers503(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_cancel_noack.xml"), "-m", "1")
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_cancel_noack.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	p := startWithRouter(t, []Backend{be}, NewStaticRouter([]string{be.Name}, false), func(c *Config) { c.DrainTimeout = 500 * time.Millisecond })
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_ring_ended.xml"),
 		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "180")) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no 180 relayed\n%s", phone.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool { return testutil.ToFloat64(p.m.responses.WithLabelValues("INVITE", "180")) >= 1 }) {
+		t.Fatalf("no 180 relayed\n%s", phone.Output())
 	}
 	stopped, stop := context.WithCancel(context.Background())
 	stop()
@@ -148,22 +144,22 @@ func (r *alternateRouter) Candidates(string) []string {
 // backend that issued the nonce, even when the router would start with the
 // other one; that one would only challenge it again.
 func TestChallengedResendSameBackend(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be1, p1 := backendOn(t, "asterisk1", be1IP, "udp")
 	be2, p2 := backendOn(t, "asterisk2", be2IP, "udp")
-	s1 := sipptest.Start(t, be1IP, p1, "-sf", scenario("uas_register.xml"), "-m", "1")
-	s2 := sipptest.Start(t, be2IP, p2, "-sf", scenario("uas_register.xml"), "-m", "1")
-	sipptest.WaitListening(t, "udp", be1.Address, 3*time.Second)
-	sipptest.WaitListening(t, "udp", be2.Address, 3*time.Second)
+	s1 := testkit.StartSIPp(t, be1IP, p1, "-sf", scenario("uas_register.xml"), "-m", "1")
+	s2 := testkit.StartSIPp(t, be2IP, p2, "-sf", scenario("uas_register.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be1.Address, 3*time.Second)
+	testkit.WaitListening(t, "udp", be2.Address, 3*time.Second)
 	p := startWithRouter(t, []Backend{be1, be2}, &alternateRouter{names: []string{be1.Name, be2.Name}}, nil)
 	for i := 0; i < 2; i++ {
-		phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_register.xml"),
+		phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_register.xml"),
 			"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
 		if code := phone.Wait(15 * time.Second); code != 0 {
 			t.Fatalf("registration %d (exit %d): its authenticated re-send went elsewhere\n%s", i+1, code, phone.Output())
 		}
 	}
-	for _, s := range []*sipptest.Proc{s1, s2} {
+	for _, s := range []*testkit.SIPp{s1, s2} {
 		if code := s.Wait(5 * time.Second); code != 0 {
 			t.Fatalf("backend %s (one challenge, then 200): exit %d\n%s", s.Addr, code, s.Output())
 		}

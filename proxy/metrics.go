@@ -15,6 +15,8 @@ type metrics struct {
 	forks        prometheus.Counter
 	held         prometheus.Counter
 	timerC       prometheus.Counter
+	// refused counts requests the trust rules sent nowhere (trust.go).
+	refused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -64,7 +66,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_timer_c_total",
 			Help: "Proxied INVITEs cancelled because they rang longer than sip.timer_c (RFC 3261 Timer C).",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_refused_total",
+			Help: "Requests refused (403, or an ACK dropped) because their sender may not make hapbx send them where they lead, by reason.",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC)
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused)
 	return m
 }

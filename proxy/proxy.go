@@ -55,6 +55,7 @@ type memory struct {
 	dialogs    *dialogTable
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
+	secret     []byte  // key of the dialog tokens (token.go)
 }
 
 type stack struct {
@@ -135,6 +136,11 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
 	for _, o := range opts {
 		o(p)
+	}
+	if len(p.secret) == 0 {
+		if p.secret, err = randomSecret(); err != nil {
+			return nil, err
+		}
 	}
 	for _, l := range ls {
 		if _, ok := p.portFor[l.Transport]; !ok {

@@ -19,7 +19,6 @@ import (
 
 	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
-	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
 // Addresses of this package's tests; other packages use other 127.0.x.
@@ -52,7 +51,7 @@ func startProxy(t *testing.T, backends []Backend, mutate func(*Config)) *testPro
 // through router, with cfg changed by mutate and the options given.
 func startProxyWith(t *testing.T, transports []string, backends []Backend, router Router, mutate func(*Config), opts ...Option) *testProxy {
 	t.Helper()
-	port := sipptest.FreePort(t, proxyIP)
+	port := testkit.FreePort(t, proxyIP)
 	cfg := DefaultConfig()
 	cfg.Listen = nil
 	for _, tr := range transports {
@@ -88,7 +87,7 @@ func startRelay(t *testing.T, ports string, reg prometheus.Registerer) *media.Re
 }
 
 func backendOn(t *testing.T, name, ip, transport string) (Backend, int) {
-	port := sipptest.FreePort(t, ip)
+	port := testkit.FreePort(t, ip)
 	return Backend{Name: name, Address: net.JoinHostPort(ip, strconv.Itoa(port)), Transport: transport}, port
 }
 
@@ -100,17 +99,17 @@ func scenario(name string) string {
 // runCall drives calls from a SIPp phone through the proxy to a SIPp
 // backend and checks that both ends count every call successful.
 func runCall(t *testing.T, transport, uas, uac string, calls int) *testProxy {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	sippT := "u1"
 	if transport == "tcp" {
 		sippT = "t1"
 	}
 	be, bePort := backendOn(t, "asterisk1", be1IP, transport)
-	backend := sipptest.Start(t, be1IP, bePort, "-t", sippT, "-sf", scenario(uas), "-m", strconv.Itoa(calls))
-	sipptest.WaitListening(t, transport, be.Address, 3*time.Second)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-t", sippT, "-sf", scenario(uas), "-m", strconv.Itoa(calls))
+	testkit.WaitListening(t, transport, be.Address, 3*time.Second)
 	p := startProxy(t, []Backend{be}, nil)
 
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-t", sippT, "-sf", scenario(uac),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-t", sippT, "-sf", scenario(uac),
 		"-s", "202", "-m", strconv.Itoa(calls), "-r", "10", "-timeout", "30s", "-timeout_error", p.addr)
 	if code := phone.Wait(40 * time.Second); code != 0 {
 		t.Fatalf("phone sipp exit %d\n%s", code, phone.Output())
@@ -151,10 +150,10 @@ func Test2xxRetransmissionsRelayed(t *testing.T) {
 // rawRequest sends one datagram from a fresh socket and returns the first
 // final response text, or "" on timeout.
 // rawRequest sends msg from phoneIP to `to` and returns the first final
-// response (sipptest.Exchange).
+// response (testkit.Exchange).
 func rawRequest(t *testing.T, to string, msg string, wait time.Duration) string {
 	t.Helper()
-	return sipptest.Exchange(t, phoneIP, to, msg, wait)
+	return testkit.Exchange(t, phoneIP, to, msg, wait)
 }
 
 func request(method, ruri string, maxForwards int, extra string) string {
@@ -258,13 +257,13 @@ func TestTortureMessages(t *testing.T) {
 }
 
 func TestTLSPhoneToUDPBackend(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	dir := t.TempDir()
 	cert, key := writeSelfSigned(t, dir, proxyIP)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_message.xml"), "-m", "1")
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
-	tlsPort := sipptest.FreePort(t, proxyIP)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_message.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
+	tlsPort := testkit.FreePort(t, proxyIP)
 	p := startProxy(t, []Backend{be}, func(c *Config) {
 		c.Listen = append(c.Listen, fmt.Sprintf("tls://%s:%d", proxyIP, tlsPort))
 		c.TLS = TLSConfig{Cert: cert, Key: key}
@@ -282,20 +281,16 @@ func TestTLSPhoneToUDPBackend(t *testing.T) {
 // TestHangUpBackend: confirmed calls on a backend that is declared down get
 // a BYE from the proxy; each phone answers it and its scenario completes.
 func TestHangUpBackend(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	const calls = 3
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", strconv.Itoa(calls))
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", strconv.Itoa(calls))
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	p := startProxy(t, []Backend{be}, nil)
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_wait_bye.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_wait_bye.xml"),
 		"-s", "202", "-m", strconv.Itoa(calls), "-r", "10", "-timeout", "20s", "-timeout_error", p.addr)
-	deadline := time.Now().Add(5 * time.Second)
-	for p.dialogs.len() < calls {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d dialogs confirmed, want %d\n%s", p.dialogs.len(), calls, phone.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool { return p.dialogs.len() >= calls }) {
+		t.Fatalf("%d dialogs confirmed, want %d\n%s", p.dialogs.len(), calls, phone.Output())
 	}
 	backend.Kill()
 	if n := p.HangUpBackend("asterisk1", "backend down"); n != calls {
@@ -357,10 +352,10 @@ func TestLoopDetected(t *testing.T) {
 // TestMediaPortsExhausted: with relay ports for one call only, a second new
 // call gets 503 while the first keeps its relay session.
 func TestMediaPortsExhausted(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"))
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	relay := startRelay(t, "23600-23603", prometheus.NewRegistry()) // two port pairs: one call
 	addr := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay)).addr
 	// rawRequest turns every \n into \r\n, the body's included.
@@ -399,14 +394,14 @@ func (r *switchRouter) Candidates(string) []string {
 // TestNoBackendWaitHoldsNewCall: a call placed while no backend is healthy
 // is held and set up once one comes up (here 300 ms later), not refused.
 func TestNoBackendWaitHoldsNewCall(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
-	sipptest.WaitListening(t, "udp", be.Address, 3*time.Second)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
 	router := &switchRouter{name: be.Name}
 	p := startProxyWith(t, []string{"udp"}, []Backend{be}, router, nil)
 	time.AfterFunc(300*time.Millisecond, func() { router.on.Store(true) })
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
 		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
 	if code := phone.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("held call failed (exit %d)\n%s", code, phone.Output())

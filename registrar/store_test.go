@@ -14,6 +14,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 func TestPersistenceAcrossReopen(t *testing.T) {
@@ -82,13 +84,7 @@ func TestRunFlushesAndPurges(t *testing.T) {
 	if _, err := r.Save(req, res, src("192.0.2.1:5060"), "ast1"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for r.Snapshot().Store.Pending != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("Run did not write the queued binding within 2 s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 2*time.Second, "Run wrote the queued binding", func() bool { return r.Snapshot().Store.Pending == 0 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

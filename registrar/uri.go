@@ -19,16 +19,18 @@ import (
 //     case-insensitive; port present in one only never matches;
 //   - a uri-parameter in both must match (case-insensitively); user, ttl,
 //     method and maddr in one only never match; others in one only are
-//     ignored, except transport (below);
+//     ignored, transport with a condition (below);
 //   - headers are never ignored: the same names with the same values;
 //   - %HH escapes are decoded before comparing.
 //
 // transport in one URI only: the RFC ignores it by its rule and refuses it
 // by its example (sip:bob@biloxi.com is not sip:bob@biloxi.com;transport=udp,
-// "can resolve to different transports"). Both hold with RFC 3263 §4.1: the
-// URI without transport means the transport its resolution picks, which is
-// fixed (udp for sip, tcp/tls for sips) only when it has a port or a numeric
-// host. It matches then if the other names that transport, never otherwise.
+// "can resolve to different transports"). Both hold when the URI without
+// transport names its target by port or numeric host (RFC 3263 §4.1: no
+// NAPTR/SRV lookup picks a transport for it): the parameter is ignored
+// then, and refuses the match otherwise. Asterisk drops the parameter of
+// whatever transport it received the REGISTER on (UDP from hapbx), so a
+// phone's ;transport=tcp or ;transport=tls comes back without it too.
 func uriEqual(a, b *sip.Uri) bool {
 	if a.Wildcard || b.Wildcard {
 		return a.Wildcard == b.Wildcard
@@ -60,7 +62,7 @@ func paramsMatch(a, b *sip.Uri) bool {
 		case mustMatchParam(name):
 			return false
 		case name == "transport":
-			if !impliedTransport(b, unescape(kv.V)) {
+			if !addressed(b) {
 				return false
 			}
 		}
@@ -78,19 +80,14 @@ func mustMatchParam(name string) bool {
 	return false
 }
 
-// impliedTransport tells whether u, which has no transport parameter, can
-// only be reached over transport (RFC 3263 §4.1: a port or a numeric host
-// fixes udp for sip and tcp for sips; otherwise NAPTR may pick any).
-func impliedTransport(u *sip.Uri, transport string) bool {
-	if u.Port == 0 {
-		if _, err := netip.ParseAddr(strings.Trim(u.Host, "[]")); err != nil {
-			return false
-		}
+// addressed tells whether u names its target by port or numeric host, so
+// that no DNS lookup (RFC 3263 §4.1) chooses its transport.
+func addressed(u *sip.Uri) bool {
+	if u.Port != 0 {
+		return true
 	}
-	if strings.EqualFold(uriScheme(u), "sips") {
-		return strings.EqualFold(transport, "tcp") || strings.EqualFold(transport, "tls")
-	}
-	return strings.EqualFold(transport, "udp")
+	_, err := netip.ParseAddr(strings.Trim(u.Host, "[]"))
+	return err == nil
 }
 
 // uriParam finds a uri-parameter by its lower-case, unescaped name.

@@ -55,11 +55,12 @@ func TestURIEqual(t *testing.T) {
 		{"sip:201@10.214.0.50:5070;transport=UDP", "sip:201@10.214.0.50:5070", true, "pjsip drops ;transport=UDP"},
 		{"sip:201@10.214.0.50;transport=udp", "sip:201@10.214.0.50", true, "numeric host without port: udp"},
 		{"sip:201@[2001:db8::50];transport=udp", "sip:201@[2001:db8::50]", true, "IPv6 host without port: udp"},
-		{"sip:201@10.214.0.50:5070;transport=tcp", "sip:201@10.214.0.50:5070", false, "tcp is not the implied udp"},
+		{"sip:201@10.214.0.50:5070;transport=tcp", "sip:201@10.214.0.50:5070", true, "pjsip drops ;transport=tcp of a phone relayed over UDP"},
+		{"sip:201@pbx.example.com;transport=tcp", "sip:201@pbx.example.com", false, "NAPTR may pick another transport"},
+		{"sip:201@pbx.example.com:5060;transport=tcp", "sip:201@pbx.example.com:5060", true, "a port fixes the target"},
 		{"sip:201@10.214.0.50:5070;transport=TCP", "sip:201@10.214.0.50:5070;transport=tcp", true, "transport in both"},
 		{"sip:201@10.214.0.50:5070;transport=udp", "sip:201@10.214.0.50:5070;transport=tcp", false, "transport in both differs"},
-		{"sips:201@10.214.0.50:5061;transport=tls", "sips:201@10.214.0.50:5061", true, "sips implies tls"},
-		{"sips:201@10.214.0.50:5061;transport=udp", "sips:201@10.214.0.50:5061", false, "sips does not imply udp"},
+		{"sips:201@10.214.0.50:5061;transport=tls", "sips:201@10.214.0.50:5061", true, "sips, tls in one only"},
 		{"sip:201@10.214.0.50:5070;rinstance=5b3c;transport=UDP", "sip:201@10.214.0.50:5070;rinstance=5B3C", true, "Zoiper rinstance, value case"},
 		{"sip:201@10.214.0.50:5070", "sip:201@10.214.0.51:5070", false, "host"},
 		{"sip:201@10.214.0.50:5070", "sip:201@10.214.0.50:5071", false, "port"},
@@ -96,7 +97,7 @@ func TestSaveRewrittenContact(t *testing.T) {
 	}{
 		{"pjsip drops transport=UDP", sent, answered, true},
 		{"no port, no transport", "sip:201@10.214.0.50", "sip:201@10.214.0.50", true},
-		{"tcp answered without transport is another URI", "sip:201@10.214.0.50:5070;transport=tcp", answered, false},
+		{"tcp answered without transport", "sip:201@10.214.0.50:5070;transport=tcp", answered, true},
 		{"other port is another URI", sent, "sip:201@10.214.0.50:5071", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,11 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // Node A runs the group; its service and agent are SIGKILLed; B refuses
@@ -22,7 +22,7 @@ import (
 func TestFailoverNeverTwoPrimaries(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa, pb := freePort(t), freePort(t)
+	pa, pb := testkit.FreePort(t, "127.0.0.1"), testkit.FreePort(t, "127.0.0.1")
 	a := c.start("A", c.config("A", pa), pa)
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
@@ -49,7 +49,7 @@ func TestFailoverNeverTwoPrimaries(t *testing.T) {
 	// A crashes: service and agent SIGKILLed. Its kernel still holds DRBD
 	// Primary, so B must still refuse.
 	a.killService(c)
-	a.cmd.Process.Kill()
+	a.proc.Kill()
 	if err := sipOptionsReady(a.sipAddr)(ctx); err == nil {
 		t.Fatal("A's service still answers after SIGKILL")
 	}
@@ -58,7 +58,7 @@ func TestFailoverNeverTwoPrimaries(t *testing.T) {
 	}
 
 	// The coordinator fences A (power off), then starts B.
-	if err := (CommandFencer{Command: c.fenceCommand("A", false), Timeout: 5 * time.Second}).Fence(ctx); err != nil {
+	if err := (CommandFencer{Command: c.drbd.FenceCommand("A", false), Timeout: 5 * time.Second}).Fence(ctx); err != nil {
 		t.Fatalf("fence A: %v", err)
 	}
 	t0 := time.Now()
@@ -77,20 +77,20 @@ func TestFailoverNeverTwoPrimaries(t *testing.T) {
 		t.Fatalf("B still connected to a powered-off A: %+v", st)
 	}
 
-	calls := c.calls()
-	assertNeverTwoPrimaries(t, calls)
+	calls := c.drbd.Calls()
+	testkit.NeverTwoPrimaries(t, calls)
 	fence := -1
 	for i, cl := range calls {
-		if cl.what == "fence A" && cl.exit == 0 {
+		if cl.What == "fence A" && cl.Exit == 0 {
 			fence = i
 			break
 		}
 	}
-	bPrimary := findCall(calls, "B", "drbdadm primary", 0)
+	bPrimary := testkit.FindCall(calls, "B", "drbdadm primary", 0)
 	if fence < 0 || bPrimary < 0 || bPrimary < fence {
 		t.Fatalf("B promoted (call %d) before A was fenced (call %d)", bPrimary, fence)
 	}
-	if i := findCall(calls, "B", "drbdadm primary", 11); i >= 0 {
+	if i := testkit.FindCall(calls, "B", "drbdadm primary", 11); i >= 0 {
 		t.Fatalf("agent B asked DRBD for a second primary instead of refusing itself: %+v", calls[i])
 	}
 }
@@ -100,10 +100,10 @@ func TestFailoverNeverTwoPrimaries(t *testing.T) {
 func TestFenceFailureBlocksPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "B") // A's host is dead, its last known role Primary
-	c.write("role.A", RolePrimary)
-	pb := freePort(t)
+	c.drbd.Write("role.A", RolePrimary)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("B", pb)
-	cfg.Fence.Command = c.fenceCommand("A", true)
+	cfg.Fence.Command = c.drbd.FenceCommand("A", true)
 	b := c.start("B", cfg, pb)
 
 	res, err := b.client.Start(context.Background(), StartOptions{})
@@ -113,14 +113,14 @@ func TestFenceFailureBlocksPromotion(t *testing.T) {
 	if !strings.Contains(res.Error, "exit status 1") || res.Status.State == StateStarted {
 		t.Fatalf("reason not reported: %+v", res)
 	}
-	calls := c.calls()
-	if i := findCall(calls, "B", "drbdadm primary", 0); i >= 0 {
+	calls := c.drbd.Calls()
+	if i := testkit.FindCall(calls, "B", "drbdadm primary", 0); i >= 0 {
 		t.Fatalf("B promoted despite failed fencing: %+v", calls[i])
 	}
-	if findCall(calls, "B", "fence A", 1) < 0 {
+	if testkit.FindCall(calls, "B", "fence A", 1) < 0 {
 		t.Fatal("fence command was not run")
 	}
-	if c.read("role.B") == RolePrimary {
+	if c.drbd.Read("role.B") == RolePrimary {
 		t.Fatal("B's DRBD role is Primary")
 	}
 }
@@ -131,11 +131,11 @@ func TestFenceFailureBlocksPromotion(t *testing.T) {
 func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
-	c.write("sb", "1")
+	c.drbd.Write("sb", "1")
 	st := waitStatus(t, b, "split brain reported", func(s Status) bool { return s.SplitBrain })
 	if !strings.Contains(st.SplitBrainReason, "split-brain") {
 		t.Fatalf("reason %q does not name the split-brain helper", st.SplitBrainReason)
@@ -147,14 +147,14 @@ func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 	if !errors.Is(err, ErrSplitBrain) || res.Code != "split_brain" {
 		t.Fatalf("automatic start during split brain: %v (code %q), want ErrSplitBrain", err, res.Code)
 	}
-	if i := findCall(c.calls(), "B", "drbdadm primary", 0); i >= 0 {
+	if i := testkit.FindCall(c.drbd.Calls(), "B", "drbdadm primary", 0); i >= 0 {
 		t.Fatal("B promoted during split brain")
 	}
 	res, err = b.client.Start(ctx, StartOptions{Force: true})
 	if err != nil {
 		t.Fatalf("forced start: %v", err)
 	}
-	if findCall(c.calls(), "B", "drbdadm primary --force r0", 0) < 0 {
+	if testkit.FindCall(c.drbd.Calls(), "B", "drbdadm primary --force r0", 0) < 0 {
 		t.Fatal("forced start did not run drbdadm primary --force")
 	}
 	if !res.Status.SplitBrain {
@@ -165,7 +165,7 @@ func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 	}
 
 	// Operator resolves (reconnects) and clears.
-	if err := os.Remove(filepath.Join(c.stub, "sb")); err != nil {
+	if err := os.Remove(c.drbd.Path("sb")); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus(t, b, "reconnected", func(s Status) bool { return s.Connection == ConnConnected })
@@ -178,7 +178,7 @@ func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 	if _, err := b.client.Start(ctx, StartOptions{}); err != nil {
 		t.Fatalf("automatic start after clear: %v", err)
 	}
-	assertNeverTwoPrimaries(t, c.calls())
+	testkit.NeverTwoPrimaries(t, c.drbd.Calls())
 }
 
 // A failing mount rolls the group back: DRBD is demoted again and the
@@ -186,7 +186,7 @@ func TestSplitBrainBlocksAutomaticPromotion(t *testing.T) {
 func TestFailedMountRollsBack(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("A", pa)
 	cfg.Filesystem.Type = "hapbxnosuchfs"
 	a := c.start("A", cfg, pa)
@@ -206,15 +206,15 @@ func TestFailedMountRollsBack(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("steps %v, want %v", got, want)
 	}
-	calls := c.calls()
-	p, s := findCall(calls, "A", "drbdadm primary r0", 0), findCall(calls, "A", "drbdadm secondary r0", 0)
+	calls := c.drbd.Calls()
+	p, s := testkit.FindCall(calls, "A", "drbdadm primary r0", 0), testkit.FindCall(calls, "A", "drbdadm secondary r0", 0)
 	if p < 0 || s < p {
 		t.Fatalf("no drbdadm secondary after primary (primary %d, secondary %d)", p, s)
 	}
-	if c.read("role.A") != RoleSecondary || res.Status.State != StateFailed || res.Status.Mounted != "" {
-		t.Fatalf("not rolled back: role %s, status %+v", c.read("role.A"), res.Status)
+	if c.drbd.Read("role.A") != RoleSecondary || res.Status.State != StateFailed || res.Status.Mounted != "" {
+		t.Fatalf("not rolled back: role %s, status %+v", c.drbd.Read("role.A"), res.Status)
 	}
-	if c.read("sipp.A.pid") != "" {
+	if c.drbd.Read("sipp.A.pid") != "" {
 		t.Fatal("service started although the mount failed")
 	}
 }
@@ -223,7 +223,7 @@ func TestFailedMountRollsBack(t *testing.T) {
 func TestNotReadyRollsBack(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa, elsewhere := freePort(t), freePort(t)
+	pa, elsewhere := testkit.FreePort(t, "127.0.0.1"), testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("A", pa)
 	cfg.ReadyTimeout = 500 * time.Millisecond
 	a := c.start("A", cfg, elsewhere) // the readiness check probes a port nothing answers
@@ -232,8 +232,8 @@ func TestNotReadyRollsBack(t *testing.T) {
 	if !errors.Is(err, ErrStepFailed) || !strings.Contains(res.Error, "not ready within 500ms") {
 		t.Fatalf("err %v, want not ready", err)
 	}
-	if c.read("role.A") != RoleSecondary || res.Status.Mounted != "" || c.read("sipp.A.pid") != "" {
-		t.Fatalf("not rolled back: role %s mounted %q sipp pid %q", c.read("role.A"), res.Status.Mounted, c.read("sipp.A.pid"))
+	if c.drbd.Read("role.A") != RoleSecondary || res.Status.Mounted != "" || c.drbd.Read("sipp.A.pid") != "" {
+		t.Fatalf("not rolled back: role %s mounted %q sipp pid %q", c.drbd.Read("role.A"), res.Status.Mounted, c.drbd.Read("sipp.A.pid"))
 	}
 }
 
@@ -241,7 +241,7 @@ func TestNotReadyRollsBack(t *testing.T) {
 func TestControlAPIAuth(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	for _, tok := range []string{"", "wrong"} {
@@ -251,7 +251,7 @@ func TestControlAPIAuth(t *testing.T) {
 			t.Fatalf("token %q: err %v, want ErrUnauthorized", tok, err)
 		}
 	}
-	if i := findCall(c.calls(), "A", "drbdadm primary", 0); i >= 0 {
+	if i := testkit.FindCall(c.drbd.Calls(), "A", "drbdadm primary", 0); i >= 0 {
 		t.Fatal("unauthorized start promoted")
 	}
 	resp, err := http.Get(a.base + PathStatus)
@@ -287,7 +287,7 @@ func metric(t *testing.T, nd *node, name string) string {
 func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	if _, err := a.client.Start(ctx, StartOptions{}); err != nil {
@@ -311,7 +311,7 @@ func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
 	if err := sipOptionsReady(a.sipAddr)(ctx); err != nil || res.Status.State != StateStarted {
 		t.Fatalf("not restarted: %v %+v", err, res.Status)
 	}
-	if n := strings.Count(readFile(t, filepath.Join(c.stub, "calls.log")), "node=A drbdadm primary r0 exit=0"); n != 2 {
+	if n := strings.Count(readFile(t, c.drbd.Path("calls.log")), "node=A drbdadm primary r0 exit=0"); n != 2 {
 		t.Fatalf("%d promotions, want 2 (start, restart)", n)
 	}
 }
@@ -322,7 +322,7 @@ func TestMonitorReportsDeadServiceAndRestart(t *testing.T) {
 func TestPeerDisconnectFencer(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
@@ -334,7 +334,7 @@ func TestPeerDisconnectFencer(t *testing.T) {
 	f.Timeout = 3 * time.Second
 	go func() {
 		time.Sleep(200 * time.Millisecond)
-		os.Remove(filepath.Join(c.stub, "up.A")) // A's host dies
+		os.Remove(c.drbd.Path("up.A")) // A's host dies
 	}()
 	t0 := time.Now()
 	if err := f.Fence(ctx); err != nil {
@@ -363,16 +363,14 @@ func readFile(t *testing.T, p string) string {
 func TestSystemdUnit(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("A", pa)
 	cfg.Service = ServiceConfig{Unit: "asterisk.service", Timeout: 5 * time.Second}
-	sippCmd := fmt.Sprintf("sipp -sf %s -i 127.0.0.1 -p %d -nostdin", filepath.Join(filepath.Dir(c.bin), "uas_options.xml"), pa)
-	a := c.start("A", cfg, pa, childSIP+"=", "PATH="+c.bin+":"+os.Getenv("PATH"),
+	sippCmd := fmt.Sprintf("sipp -sf %s -i 127.0.0.1 -p %d -nostdin", uasOptions(t), pa)
+	a := c.start("A", cfg, pa, childSIP+"=", "PATH="+c.drbd.Bin+":"+os.Getenv("PATH"),
 		"SYSTEMCTL_STUB_DIR="+c.dir, "SYSTEMCTL_STUB_START="+sippCmd)
 	t.Cleanup(func() {
-		if p, err := strconv.Atoi(strings.TrimSpace(readFileIf(filepath.Join(c.dir, "asterisk.service.pid")))); err == nil {
-			syscall.Kill(p, syscall.SIGKILL)
-		}
+		testkit.KillPIDFile(filepath.Join(c.dir, "asterisk.service.pid"))
 	})
 	ctx := context.Background()
 	if _, err := a.client.Start(ctx, StartOptions{}); err != nil {
@@ -384,13 +382,9 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	// is-active is weaker than the production readiness check: allow SIPp
 	// its socket before asking it.
-	deadline := time.Now().Add(3 * time.Second)
-	for sipOptionsReady(fmt.Sprintf("127.0.0.1:%d", pa))(ctx) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("unit's SIPp never answered")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 3*time.Second, "unit's SIPp answering", func() bool {
+		return sipOptionsReady(fmt.Sprintf("127.0.0.1:%d", pa))(ctx) == nil
+	})
 	if _, err := a.client.Stop(ctx); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
@@ -402,35 +396,30 @@ func TestSystemdUnit(t *testing.T) {
 	}
 }
 
-func readFileIf(p string) string {
-	b, _ := os.ReadFile(p)
-	return string(b)
-}
-
 // An agent whose local disk is not UpToDate (Outdated after it was
 // disconnected while the peer wrote) refuses an automatic start before
 // asking DRBD; the operator's forced start still goes through.
 func TestOutdatedDiskRefusesPromotion(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
-	c.write("disk.B", "Outdated")
+	c.drbd.Write("disk.B", "Outdated")
 	waitStatus(t, b, "disk Outdated seen", func(s Status) bool { return s.Disk == "Outdated" })
 	res, err := b.client.Start(ctx, StartOptions{})
 	if !errors.Is(err, ErrDiskNotUpToDate) {
 		t.Fatalf("automatic start on an Outdated disk: %v (code %q), want ErrDiskNotUpToDate", err, res.Code)
 	}
-	if i := findCall(c.calls(), "B", "drbdadm primary", 0); i >= 0 {
+	if i := testkit.FindCall(c.drbd.Calls(), "B", "drbdadm primary", 0); i >= 0 {
 		t.Fatal("B asked DRBD for primary on an Outdated disk")
 	}
 	if _, err := b.client.Start(ctx, StartOptions{Force: true}); err != nil {
 		t.Fatalf("forced start: %v", err)
 	}
-	if findCall(c.calls(), "B", "drbdadm primary --force r0", 0) < 0 {
+	if testkit.FindCall(c.drbd.Calls(), "B", "drbdadm primary --force r0", 0) < 0 {
 		t.Fatal("forced start did not run drbdadm primary --force")
 	}
-	assertNeverTwoPrimaries(t, c.calls())
+	testkit.NeverTwoPrimaries(t, c.drbd.Calls())
 }

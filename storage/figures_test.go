@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // TestStartFigures prints, over 10 start/stop cycles of one node, the time
@@ -17,7 +19,7 @@ import (
 func TestStartFigures(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "A", "B")
-	pa := freePort(t)
+	pa := testkit.FreePort(t, "127.0.0.1")
 	a := c.start("A", c.config("A", pa), pa)
 	ctx := context.Background()
 	const runs = 10

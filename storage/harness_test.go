@@ -1,11 +1,9 @@
 package storage
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,13 +11,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -142,21 +138,23 @@ func randHex() string {
 	return hex.EncodeToString(b)
 }
 
-// freePort returns a port on 127.0.0.1 free for UDP and TCP, reserved for
-// this test process.
-func freePort(t *testing.T) int {
-	t.Helper()
-	return sipptest.FreePort(t, "127.0.0.1")
-}
-
-// cluster is the shared DRBD stand-in state of node A and node B.
+// cluster is node A and node B over the shared DRBD stand-in state.
 type cluster struct {
 	t     *testing.T
 	dir   string // test dir: token, mount point, logs
-	stub  string // DRBD_STUB_DIR
-	bin   string // absolute testdata/bin
+	drbd  *testkit.DRBD
 	token string
 	mnt   string
+}
+
+// uasOptions is the SIPp scenario of the nodes' "Asterisk".
+func uasOptions(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("testdata", "uas_options.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func needRoot(t *testing.T) {
@@ -173,58 +171,22 @@ func needRoot(t *testing.T) {
 
 func newCluster(t *testing.T, up ...string) *cluster {
 	t.Helper()
-	bin, err := filepath.Abs("testdata/bin")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	c := &cluster{t: t, dir: dir, stub: filepath.Join(dir, "drbd"), bin: bin, token: randHex(), mnt: filepath.Join(dir, "replica")}
-	for _, d := range []string{c.stub, c.mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, n := range up {
-		c.write("up."+n, "1")
+	c := &cluster{t: t, dir: dir, drbd: testkit.NewDRBD(t, up...), token: randHex(), mnt: filepath.Join(dir, "replica")}
+	if err := os.Mkdir(c.mnt, 0o755); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "token"), []byte(c.token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(c.stub, "calls.log"))
-			t.Logf("calls.log:\n%s", b)
-		}
-	})
 	return c
-}
-
-func (c *cluster) write(name, content string) {
-	c.t.Helper()
-	if err := os.WriteFile(filepath.Join(c.stub, name), []byte(content+"\n"), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-func (c *cluster) read(name string) string {
-	b, _ := os.ReadFile(filepath.Join(c.stub, name))
-	return strings.TrimSpace(string(b))
-}
-
-// fenceCommand powers node n off in the stand-in state.
-func (c *cluster) fenceCommand(n string, fail bool) string {
-	f := "0"
-	if fail {
-		f = "1"
-	}
-	return fmt.Sprintf("FENCE_FAIL=%s DRBD_STUB_DIR=%s %s %s", f, c.stub, filepath.Join(c.bin, "fence-node"), n)
 }
 
 // node is one agent process.
 type node struct {
 	name    string
 	cfg     Config
-	cmd     *exec.Cmd
+	proc    *testkit.Process
 	client  Client
 	sipAddr string
 	base    string
@@ -244,19 +206,19 @@ func (c *cluster) config(n string, sipPort int) Config {
 	cfg := DefaultConfig()
 	cfg.Listen = ""
 	cfg.TokenFile = filepath.Join(c.dir, "token")
-	cfg.DRBD = DRBDConfig{Resource: "r0", Drbdadm: filepath.Join(c.bin, "drbdadm"), Drbdsetup: filepath.Join(c.bin, "drbdsetup"), Timeout: 5 * time.Second}
+	cfg.DRBD = DRBDConfig{Resource: "r0", Drbdadm: c.drbd.Tool("drbdadm"), Drbdsetup: c.drbd.Tool("drbdsetup"), Timeout: 5 * time.Second}
 	cfg.Filesystem = FilesystemConfig{Device: "hapbx-" + n, MountPoint: c.mnt, Type: "tmpfs", Options: "size=1m,mode=0755,noatime", Timeout: 5 * time.Second}
-	pid := filepath.Join(c.stub, "sipp."+n+".pid")
+	pid := c.drbd.Path("sipp." + n + ".pid")
 	cfg.Service = ServiceConfig{
 		StartCommand: fmt.Sprintf("sipp -sf %s -i 127.0.0.1 -p %d -nostdin -m 1000000 >%s 2>&1 </dev/null & echo $! >%s; echo $! >>%s",
-			filepath.Join(filepath.Dir(c.bin), "uas_options.xml"), sipPort, filepath.Join(c.dir, "sipp-"+n+".log"), pid, filepath.Join(c.stub, "pids."+n)),
+			uasOptions(c.t), sipPort, filepath.Join(c.dir, "sipp-"+n+".log"), pid, c.drbd.Path("pids."+n)),
 		// SIPp was reparented to an init that may reap late: a zombie
 		// counts as gone.
 		StopCommand: fmt.Sprintf("if [ -f %[1]s ]; then p=$(cat %[1]s); kill $p 2>/dev/null; while [ -e /proc/$p ] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; rm -f %[1]s; fi", pid),
 		Timeout:     5 * time.Second,
 	}
 	cfg.ReadyTimeout = 5 * time.Second
-	cfg.Fence = FenceConfig{Command: c.fenceCommand(peerOf(n), false), Timeout: 5 * time.Second, SafetyDelay: 0}
+	cfg.Fence = FenceConfig{Command: c.drbd.FenceCommand(peerOf(n), false), Timeout: 5 * time.Second, SafetyDelay: 0}
 	return cfg
 }
 
@@ -276,37 +238,26 @@ func (c *cluster) start(n string, cfg Config, sipPort int, env ...string) *node 
 	if err != nil {
 		t.Fatal(err)
 	}
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1"))
 	nd := &node{name: n, cfg: cfg, sipAddr: fmt.Sprintf("127.0.0.1:%d", sipPort), base: "http://" + listen, logPath: filepath.Join(c.dir, "agent-"+n+".log")}
 	nd.client = Client{BaseURL: nd.base, Token: c.token, HTTP: &http.Client{Timeout: 30 * time.Second}}
 	logf, err := os.Create(nd.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nd.cmd = exec.Command("unshare", "--mount", "--propagation", "private", exe, "-test.run=^$")
-	nd.cmd.Env = append(os.Environ(), childEnv+"=agent", childCfg+"="+cfgPath, childSIP+"="+nd.sipAddr, childListen+"="+listen,
-		"DRBD_STUB_DIR="+c.stub, "DRBD_STUB_NODE="+n, "DRBD_STUB_MOUNT="+c.mnt)
-	nd.cmd.Env = append(nd.cmd.Env, env...)
-	nd.cmd.Stdout, nd.cmd.Stderr = logf, logf
-	if err := nd.cmd.Start(); err != nil {
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"=agent", childCfg+"="+cfgPath, childSIP+"="+nd.sipAddr, childListen+"="+listen)
+	cmd.Env = append(cmd.Env, c.drbd.Env(n, c.mnt)...)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	nd.proc, err = testkit.Watch(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
 	logf.Close()
-	f, err := os.OpenFile(filepath.Join(c.stub, "pids."+n), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err == nil {
-		fmt.Fprintln(f, nd.cmd.Process.Pid)
-		f.Close()
-	}
-	exited := make(chan struct{})
-	go func() { nd.cmd.Wait(); close(exited) }()
+	c.drbd.AddPID(n, cmd.Process.Pid)
 	t.Cleanup(func() {
-		nd.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(3 * time.Second):
-			nd.cmd.Process.Kill()
-			<-exited
-		}
+		nd.proc.Stop(3 * time.Second)
 		nd.killService(c)
 		if t.Failed() {
 			b, _ := os.ReadFile(nd.logPath)
@@ -314,121 +265,28 @@ func (c *cluster) start(n string, cfg Config, sipPort int, env ...string) *node 
 		}
 	})
 	// Up when the API answers and events2 delivered the initial state.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, err := nd.client.Status(context.Background())
-		if err == nil && st.EventsFollowing && st.DRBDRole != RoleUnknown {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent %s not up: %v", n, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(10*time.Second, func() bool {
+		var st Status
+		st, err = nd.client.Status(context.Background())
+		return err == nil && st.EventsFollowing && st.DRBDRole != RoleUnknown
+	}) {
+		t.Fatalf("agent %s not up: %v", n, err)
 	}
 	return nd
 }
 
 // killService SIGKILLs the node's SIPp, as a crash would.
-func (nd *node) killService(c *cluster) {
-	if p, err := strconv.Atoi(c.read("sipp." + nd.name + ".pid")); err == nil && p > 0 {
-		syscall.Kill(p, syscall.SIGKILL)
-	}
-}
-
-// call is one parsed line of calls.log.
-type call struct {
-	at    float64
-	node  string
-	what  string // "drbdadm primary --force r0", "fence A", ...
-	exit  int
-	roles map[string]string // after the call; "(down)" suffix when off
-}
-
-func (c *cluster) calls() []call {
-	c.t.Helper()
-	f, err := os.Open(filepath.Join(c.stub, "calls.log"))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		c.t.Fatal(err)
-	}
-	defer f.Close()
-	var out []call
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 4 {
-			c.t.Fatalf("bad log line %q", sc.Text())
-		}
-		cl := call{roles: map[string]string{}}
-		cl.at, _ = strconv.ParseFloat(fs[0], 64)
-		cl.node = strings.TrimPrefix(fs[1], "node=")
-		var what []string
-		inWhat := true
-		for _, w := range fs[2:] {
-			switch {
-			case strings.HasPrefix(w, "exit="):
-				cl.exit, _ = strconv.Atoi(strings.TrimPrefix(w, "exit="))
-				inWhat = false
-			case inWhat:
-				what = append(what, w)
-			case strings.HasPrefix(w, "A=") || strings.HasPrefix(w, "B="):
-				cl.roles[w[:1]] = w[2:]
-			}
-		}
-		cl.what = strings.Join(what, " ")
-		out = append(out, cl)
-	}
-	return out
-}
-
-// assertNeverTwoPrimaries replays the log: the set of powered-on Primary
-// nodes after every successful primary/secondary/fence never exceeds one,
-// and the roles recorded with each call agree.
-func assertNeverTwoPrimaries(t *testing.T, calls []call) {
-	t.Helper()
-	primary := map[string]bool{}
-	for _, cl := range calls {
-		if cl.exit == 0 {
-			switch {
-			case strings.HasPrefix(cl.what, "drbdadm primary"):
-				primary[cl.node] = true
-			case strings.HasPrefix(cl.what, "drbdadm secondary"):
-				delete(primary, cl.node)
-			case strings.HasPrefix(cl.what, "fence "):
-				delete(primary, strings.TrimPrefix(cl.what, "fence "))
-			}
-		}
-		if len(primary) > 1 {
-			t.Fatalf("two primaries after %+v", cl)
-		}
-		if cl.roles["A"] == RolePrimary && cl.roles["B"] == RolePrimary {
-			t.Fatalf("log records both nodes Primary and up at %+v", cl)
-		}
-	}
-}
-
-func findCall(calls []call, node, prefix string, exit int) int {
-	for i, cl := range calls {
-		if cl.node == node && strings.HasPrefix(cl.what, prefix) && cl.exit == exit {
-			return i
-		}
-	}
-	return -1
-}
+func (nd *node) killService(c *cluster) { testkit.KillPIDFile(c.drbd.Path("sipp." + nd.name + ".pid")) }
 
 func waitStatus(t *testing.T, nd *node, what string, ok func(Status) bool) Status {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		st, err := nd.client.Status(context.Background())
-		if err == nil && ok(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node %s: %s not reached: last %+v, %v", nd.name, what, st, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var st Status
+	var err error
+	if !testkit.Poll(5*time.Second, func() bool {
+		st, err = nd.client.Status(context.Background())
+		return err == nil && ok(st)
+	}) {
+		t.Fatalf("node %s: %s not reached: last %+v, %v", nd.name, what, st, err)
 	}
+	return st
 }

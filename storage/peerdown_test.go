@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // stepOps lists a report's steps as "step/op".
@@ -27,10 +29,10 @@ func fenceStep(r Report) (StepReport, bool) {
 }
 
 // countCalls counts calls.log lines of node with the exact command and exit.
-func countCalls(calls []call, node, what string, exit int) int {
+func countCalls(calls []testkit.DRBDCall, node, what string, exit int) int {
 	n := 0
 	for _, cl := range calls {
-		if cl.node == node && cl.what == what && cl.exit == exit {
+		if cl.Node == node && cl.What == what && cl.Exit == exit {
 			n++
 		}
 	}
@@ -46,7 +48,7 @@ func countCalls(calls []call, node, what string, exit int) int {
 func TestPeerDownSkipsFenceCommand(t *testing.T) {
 	needRoot(t)
 	c := newCluster(t, "B") // A is off
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	b := c.start("B", c.config("B", pb), pb)
 	ctx := context.Background()
 
@@ -57,11 +59,11 @@ func TestPeerDownSkipsFenceCommand(t *testing.T) {
 	if got := strings.Join(stepOps(res.Report), " "); !strings.HasPrefix(got, "fence/skipped drbd/start") {
 		t.Fatalf("steps %s, want fence/skipped first", got)
 	}
-	calls := c.calls()
-	if findCall(calls, "B", "fence A", 0) >= 0 || findCall(calls, "B", "fence", 1) >= 0 {
+	calls := c.drbd.Calls()
+	if testkit.FindCall(calls, "B", "fence A", 0) >= 0 || testkit.FindCall(calls, "B", "fence", 1) >= 0 {
 		t.Fatalf("B ran its fence command although the coordinator stopped A: %+v", calls)
 	}
-	if findCall(calls, "B", "drbdadm primary r0", 0) < 0 {
+	if testkit.FindCall(calls, "B", "drbdadm primary r0", 0) < 0 {
 		t.Fatal("B not promoted")
 	}
 	if _, err := b.client.Stop(ctx); err != nil {
@@ -76,12 +78,12 @@ func TestPeerDownSkipsFenceCommand(t *testing.T) {
 	if fs, ok := fenceStep(res.Report); !ok || fs.Op != "start" || fs.Error != "" {
 		t.Fatalf("steps %v, want a fence/start", stepOps(res.Report))
 	}
-	calls = c.calls()
-	fence := findCall(calls, "B", "fence A", 0)
+	calls = c.drbd.Calls()
+	fence := testkit.FindCall(calls, "B", "fence A", 0)
 	if fence < 0 {
 		t.Fatalf("B did not fence A without the coordinator's word: %+v", calls)
 	}
-	if p := lastCall(calls, "B", "drbdadm primary r0", 0); p < fence {
+	if p := testkit.LastCall(calls, "B", "drbdadm primary r0", 0); p < fence {
 		t.Fatalf("B promoted (call %d) before fencing A (call %d)", p, fence)
 	}
 	if _, err := b.client.Stop(ctx); err != nil {
@@ -96,7 +98,7 @@ func TestPeerDownSkipsFenceCommand(t *testing.T) {
 	if fs, ok := fenceStep(res.Report); !ok || fs.Op != "start" {
 		t.Fatalf("steps %v, want a fence/start", stepOps(res.Report))
 	}
-	if n := countCalls(c.calls(), "B", "fence A", 0); n != 2 {
+	if n := countCalls(c.drbd.Calls(), "B", "fence A", 0); n != 2 {
 		t.Fatalf("%d fence calls by B, want 2 (no word, disconnection wait)", n)
 	}
 	if _, err := b.client.Stop(ctx); err != nil {
@@ -104,20 +106,20 @@ func TestPeerDownSkipsFenceCommand(t *testing.T) {
 	}
 
 	// A is back and Primary: never two primaries, whatever B is told.
-	c.write("role.A", RolePrimary)
-	c.write("up.A", "1")
+	c.drbd.Write("role.A", RolePrimary)
+	c.drbd.Write("up.A", "1")
 	waitStatus(t, b, "B sees A Primary", func(s Status) bool { return s.PeerRole == RolePrimary && s.Connection == ConnConnected })
-	before := countCalls(c.calls(), "B", "drbdadm primary r0", 0)
+	before := countCalls(c.drbd.Calls(), "B", "drbdadm primary r0", 0)
 	for _, how := range []string{PeerStopped, PeerFenced, PeerDisconnected} {
 		res, err = b.client.Start(ctx, StartOptions{PeerDown: &PeerDown{Node: "asterisk1", How: how}})
 		if !errors.Is(err, ErrPeerPrimary) || res.Code != "peer_primary" {
 			t.Fatalf("start B told A %s while DRBD shows A Primary: %v (code %q), want ErrPeerPrimary", how, err, res.Code)
 		}
 	}
-	if n := countCalls(c.calls(), "B", "drbdadm primary r0", 0); n != before {
+	if n := countCalls(c.drbd.Calls(), "B", "drbdadm primary r0", 0); n != before {
 		t.Fatalf("B promoted while A Primary (%d promotions, was %d)", n, before)
 	}
-	assertNeverTwoPrimaries(t, c.calls())
+	testkit.NeverTwoPrimaries(t, c.drbd.Calls())
 }
 
 // Without a fence command (the shipped default: wait safety_delay after
@@ -128,7 +130,7 @@ func TestPeerDownSkipsSafetyDelay(t *testing.T) {
 	needRoot(t)
 	const delay = 3 * time.Second
 	c := newCluster(t, "B") // A is off
-	pb := freePort(t)
+	pb := testkit.FreePort(t, "127.0.0.1")
 	cfg := c.config("B", pb)
 	cfg.Fence = FenceConfig{Timeout: 5 * time.Second, SafetyDelay: delay}
 	b := c.start("B", cfg, pb)
@@ -167,15 +169,6 @@ func TestPeerDownSkipsSafetyDelay(t *testing.T) {
 	if fs, ok := fenceStep(res.Report); !ok || fs.Op != "start" || fs.Duration < delay {
 		t.Fatalf("fence step %+v (steps %v), want a fence/start of at least the safety delay %s", fs, stepOps(res.Report), delay)
 	}
-}
-
-func lastCall(calls []call, node, prefix string, exit int) int {
-	for i := len(calls) - 1; i >= 0; i-- {
-		if cl := calls[i]; cl.node == node && strings.HasPrefix(cl.what, prefix) && cl.exit == exit {
-			return i
-		}
-	}
-	return -1
 }
 
 // peerFencer's rules on DRBD views the stand-ins do not produce.

@@ -5,11 +5,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // TestColdFailover is issue 6's end to end: the proxy starts the group on
@@ -75,14 +76,14 @@ func TestColdFailover(t *testing.T) {
 	out, _ = l.hapbx("status")
 	t.Logf("hapbx status after the failover:\n%s", out)
 
-	calls := l.drbdCalls()
-	neverTwoPrimaries(t, calls)
-	fence := findDRBD(calls, "?", "fence A", 0)
-	bPrimary := findDRBD(calls, "B", "drbdadm primary", 0)
+	calls := l.drbd.Calls()
+	testkit.NeverTwoPrimaries(t, calls)
+	fence := testkit.FindCall(calls, "?", "fence A", 0)
+	bPrimary := testkit.FindCall(calls, "B", "drbdadm primary", 0)
 	if fence < 0 || bPrimary < 0 || bPrimary < fence {
 		t.Fatalf("B promoted (call %d) before A was fenced (call %d)", bPrimary, fence)
 	}
-	if i := findDRBD(calls, "B", "fence A", 0); i >= 0 {
+	if i := testkit.FindCall(calls, "B", "fence A", 0); i >= 0 {
 		t.Fatalf("B's agent fenced A again (call %d) after the proxy had fenced it (call %d)", i, fence)
 	}
 	st, err := b.client.Status(t.Context())
@@ -104,11 +105,11 @@ func TestColdFenceFailureNoPromotion(t *testing.T) {
 		t.Errorf("a backend is active with A dead and B not started: %q", s.Active)
 	}
 	time.Sleep(500 * time.Millisecond)
-	calls := l.drbdCalls()
-	if i := findDRBD(calls, "B", "drbdadm primary", 0); i >= 0 {
+	calls := l.drbd.Calls()
+	if i := testkit.FindCall(calls, "B", "drbdadm primary", 0); i >= 0 {
 		t.Fatalf("B promoted although A could not be fenced: %+v", calls[i])
 	}
-	if findDRBD(calls, "?", "fence A", 1) < 0 {
+	if testkit.FindCall(calls, "?", "fence A", 1) < 0 {
 		t.Fatal("the proxy did not try to fence A")
 	}
 	out, _ := l.hapbx("status")
@@ -124,7 +125,7 @@ func TestColdSplitBrainNoPromotion(t *testing.T) {
 	a, b := l.addNode("A", false), l.addNode("B", false)
 	l.startProxy(false)
 	l.waitStatus("group on A", 15*time.Second, func(s coldStatus) bool { return s.Cold.Holder == "asterisk1" && s.Active == "asterisk1" })
-	l.write("sb", "1")
+	l.drbd.Write("sb", "1")
 	l.waitStatus("split brain seen on B", 5*time.Second, func(s coldStatus) bool {
 		for _, n := range s.Cold.Nodes {
 			if n.Name == "asterisk2" && n.Agent.SplitBrain {
@@ -136,7 +137,7 @@ func TestColdSplitBrainNoPromotion(t *testing.T) {
 	l.crash(a)
 	l.waitStatus("failover blocked by split brain", 15*time.Second, func(s coldStatus) bool { return strings.Contains(s.Cold.Blocked, "split brain") })
 	time.Sleep(500 * time.Millisecond)
-	if i := findDRBD(l.drbdCalls(), "B", "drbdadm primary", 0); i >= 0 {
+	if i := testkit.FindCall(l.drbd.Calls(), "B", "drbdadm primary", 0); i >= 0 {
 		t.Fatal("B promoted during a split brain")
 	}
 	out, _ := l.hapbx("status")
@@ -162,12 +163,12 @@ func TestColdSwitchover(t *testing.T) {
 	}
 	l.waitStatus("routed to B", 5*time.Second, func(s coldStatus) bool { return s.Active == "asterisk2" })
 	l.calls(2)
-	calls := l.drbdCalls()
-	aSecondary, bPrimary := lastDRBD(calls, "A", "drbdadm secondary", 0), findDRBD(calls, "B", "drbdadm primary", 0)
+	calls := l.drbd.Calls()
+	aSecondary, bPrimary := testkit.LastCall(calls, "A", "drbdadm secondary", 0), testkit.FindCall(calls, "B", "drbdadm primary", 0)
 	if aSecondary < 0 || bPrimary < aSecondary {
 		t.Fatalf("B promoted (call %d) before A demoted (call %d)", bPrimary, aSecondary)
 	}
-	if i := findDRBD(calls, "?", "fence", 0); i >= 0 {
+	if i := testkit.FindCall(calls, "?", "fence", 0); i >= 0 {
 		t.Fatalf("a graceful switchover fenced: %+v", calls[i])
 	}
 
@@ -177,7 +178,7 @@ func TestColdSwitchover(t *testing.T) {
 	}
 	l.waitStatus("routed to A", 5*time.Second, func(s coldStatus) bool { return s.Active == "asterisk1" })
 	l.calls(2)
-	neverTwoPrimaries(t, l.drbdCalls())
+	testkit.NeverTwoPrimaries(t, l.drbd.Calls())
 
 	if out, err := l.hapbx("takeover", "asterisk9"); err == nil || !strings.Contains(out, "unknown node") {
 		t.Fatalf("takeover of an unknown node: %v\n%s", err, out)
@@ -212,11 +213,11 @@ func TestColdHostDeathWithoutFenceCommand(t *testing.T) {
 	l.crash(a)
 	// Still connected as far as B's DRBD knows: no promotion yet.
 	time.Sleep(1500 * time.Millisecond)
-	if i := findDRBD(l.drbdCalls(), "B", "drbdadm primary", 0); i >= 0 {
+	if i := testkit.FindCall(l.drbd.Calls(), "B", "drbdadm primary", 0); i >= 0 {
 		t.Fatal("B promoted while its DRBD still saw A Primary and connected")
 	}
 	gone := time.Now()
-	if err := os.Remove(filepath.Join(l.stub, "up.A")); err != nil { // the host is off now
+	if err := os.Remove(l.drbd.Path("up.A")); err != nil { // the host is off now
 		t.Fatal(err)
 	}
 	s := l.waitStatus("group moved to B", 15*time.Second, func(s coldStatus) bool {
@@ -226,13 +227,13 @@ func TestColdHostDeathWithoutFenceCommand(t *testing.T) {
 		t.Fatalf("B started %v after A's host went, before the 300ms safety delay, or not fenced: %+v", s.Cold.Last.StartedAt.Sub(gone), s.Cold.Last)
 	}
 	l.calls(2)
-	calls := l.drbdCalls()
-	i := findDRBD(calls, "B", "drbdadm primary", 0)
-	if i < 0 || calls[i].roles["A"] != "Primary(down)" {
+	calls := l.drbd.Calls()
+	i := testkit.FindCall(calls, "B", "drbdadm primary", 0)
+	if i < 0 || calls[i].Roles["A"] != "Primary(down)" {
 		t.Fatalf("B's promotion: %+v", calls[i])
 	}
 	for _, c := range calls {
-		if c.roles["A"] == "Primary" && c.roles["B"] == "Primary" {
+		if c.Roles["A"] == "Primary" && c.Roles["B"] == "Primary" {
 			t.Fatalf("two primaries up at %+v", c)
 		}
 	}
@@ -268,7 +269,7 @@ func TestColdSIGHUPUpdatesNodes(t *testing.T) {
 		if err := os.WriteFile(d.config, []byte(strings.Join(out, "\n")), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		if err := d.proc.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -277,13 +278,9 @@ func TestColdSIGHUPUpdatesNodes(t *testing.T) {
 		return len(s.Cold.Nodes) == 1 && s.Cold.Nodes[0].Name == "asterisk1"
 	})
 	reload("asterisk1")
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(d.log.String(), "reload refused: cold standby nodes") {
-		if time.Now().After(deadline) {
-			t.Fatal("removing the holder asterisk1 was not refused in the log")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "removing the holder asterisk1 refused in the log", func() bool {
+		return strings.Contains(d.log.String(), "reload refused: cold standby nodes")
+	})
 	if s, err := l.status(); err != nil || s.Cold.Holder != "asterisk1" || len(s.Cold.Nodes) != 1 || s.Active != "asterisk1" {
 		t.Fatalf("after the refused reload: %+v %v", s, err)
 	}

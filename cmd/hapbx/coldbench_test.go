@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // BenchmarkColdFailover prints, over 10 cold failovers (the holder's
@@ -52,7 +54,7 @@ func BenchmarkColdFailover(b *testing.B) {
 			})
 		}
 	}
-	neverTwoPrimaries(b, l.drbdCalls())
+	testkit.NeverTwoPrimaries(b, l.drbd.Calls())
 	med := func(d []time.Duration) time.Duration { s := slices.Clone(d); slices.Sort(s); return s[len(s)/2] }
 	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 	b.Logf("cold failover over %d runs (shared machine; indicative):", len(total))

@@ -16,7 +16,6 @@ import (
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/internal/testkit"
-	"github.com/hapbx/hapbx/proxy/sipptest"
 )
 
 // The proxy's cluster in the cold lab: the proxy ("test", on proxyIP) and
@@ -48,8 +47,8 @@ func (l *coldLab) newLabCluster() *labCluster {
 	}
 	for _, v := range []struct{ name, ip string }{{"test", proxyIP}, {"w1", witness1IP}, {"w2", witness2IP}} {
 		lc.peers = append(lc.peers, cluster.Peer{Name: v.name,
-			Gossip: net.JoinHostPort(v.ip, strconv.Itoa(sipptest.FreePort(t, v.ip))),
-			Raft:   net.JoinHostPort(v.ip, strconv.Itoa(sipptest.FreePort(t, v.ip)))})
+			Gossip: net.JoinHostPort(v.ip, strconv.Itoa(testkit.FreePort(t, v.ip))),
+			Raft:   net.JoinHostPort(v.ip, strconv.Itoa(testkit.FreePort(t, v.ip)))})
 	}
 	// The VIP of a proxy killed by the test stays on lo: remove it last.
 	t.Cleanup(func() { _ = exec.Command("ip", "addr", "del", labVIP, "dev", "lo").Run() })
@@ -96,7 +95,7 @@ func (l *coldLab) agentCluster(nd *pbxNode) string {
 	}
 	ip := coldIPs[nd.name]
 	var b strings.Builder
-	fmt.Fprintf(&b, "cluster:\n  bind: %q\n  secret_file: %q\n  peers:\n", net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(l.t, ip))), l.cluster.key)
+	fmt.Fprintf(&b, "cluster:\n  bind: %q\n  secret_file: %q\n  peers:\n", net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(l.t, ip))), l.cluster.key)
 	for _, p := range l.cluster.peers {
 		fmt.Fprintf(&b, "    - {gossip: %q}\n", p.Gossip)
 	}
@@ -151,5 +150,5 @@ func TestColdAgentsJoinCluster(t *testing.T) {
 		return false
 	})
 	l.calls(2)
-	neverTwoPrimaries(t, l.drbdCalls())
+	testkit.NeverTwoPrimaries(t, l.drbd.Calls())
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -19,15 +18,15 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health/amitest"
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/storage"
 )
 
 // The cold standby tests run two PBX "nodes" A and B on loopback: each is
 // a `hapbx agent` process under `unshare --mount` (its tmpfs "DRBD file
 // system" lives and dies with it) driving the drbdadm/drbdsetup stand-ins
-// of storage/testdata/bin (a shared two-node DRBD state in files, every
-// call logged), and an "Asterisk" started by the agent: SIPp answering
+// of testkit.DRBD (a shared two-node DRBD state in files, every call
+// logged), and an "Asterisk" started by the agent: SIPp answering
 // OPTIONS and calls, plus this test binary re-executed as an AMI server.
 // `fence-node X` stands in for an IPMI power-off of node X.
 
@@ -57,7 +56,7 @@ func needCold(t testing.TB) {
 			t.Skipf("needs %s on PATH: %v", tool, err)
 		}
 	}
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 }
 
 var coldIPs = map[string]string{"A": be1IP, "B": be2IP}
@@ -66,8 +65,7 @@ var coldIPs = map[string]string{"A": be1IP, "B": be2IP}
 type coldLab struct {
 	t     testing.TB
 	dir   string
-	stub  string // DRBD_STUB_DIR
-	bin   string // storage/testdata/bin
+	drbd  *testkit.DRBD
 	mnt   string
 	nodes map[string]*pbxNode
 	proxy *daemon
@@ -87,8 +85,7 @@ type pbxNode struct {
 	api     string
 	cfgPath string
 	logPath string
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	proc    *testkit.Process // the agent
 	client  storage.Client
 	env     []string
 }
@@ -96,49 +93,24 @@ type pbxNode struct {
 func newColdLab(t testing.TB) *coldLab {
 	t.Helper()
 	needCold(t)
-	bin, err := filepath.Abs(filepath.Join("..", "..", "storage", "testdata", "bin"))
-	if err != nil {
+	dir := t.TempDir()
+	l := &coldLab{t: t, dir: dir, drbd: testkit.NewDRBD(t, "A", "B"), mnt: filepath.Join(dir, "replica"), nodes: map[string]*pbxNode{}}
+	if err := os.Mkdir(l.mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	l := &coldLab{t: t, dir: dir, stub: filepath.Join(dir, "drbd"), bin: bin, mnt: filepath.Join(dir, "replica"), nodes: map[string]*pbxNode{}}
-	for _, d := range []string{l.stub, l.mnt} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l.write("up.A", "1")
-	l.write("up.B", "1")
 	for name, content := range map[string]string{"agent.token": "agent-secret", "admin.token": "admin-secret", "ami.secret": "amipw"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(l.stub, "calls.log"))
-			t.Logf("calls.log:\n%s", b)
-		}
-	})
 	return l
-}
-
-func (l *coldLab) write(name, content string) {
-	l.t.Helper()
-	if err := os.WriteFile(filepath.Join(l.stub, name), []byte(content+"\n"), 0o644); err != nil {
-		l.t.Fatal(err)
-	}
 }
 
 func (l *coldLab) fenceCommand(n string, fail bool) string {
 	if l.noFence {
 		return ""
 	}
-	f := "0"
-	if fail {
-		f = "1"
-	}
-	return fmt.Sprintf("FENCE_FAIL=%s DRBD_STUB_DIR=%s %s %s", f, l.stub, filepath.Join(l.bin, "fence-node"), n)
+	return l.drbd.FenceCommand(n, fail)
 }
 
 func peerNode(n string) string {
@@ -154,9 +126,9 @@ func (l *coldLab) addNode(n string, fenceFails bool) *pbxNode {
 	t.Helper()
 	ip := coldIPs[n]
 	nd := &pbxNode{name: n, backend: map[string]string{"A": "asterisk1", "B": "asterisk2"}[n],
-		sip:     net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip))),
-		ami:     "127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1")),
-		api:     "127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1")),
+		sip:     net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip))),
+		ami:     "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")),
+		api:     "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")),
 		cfgPath: filepath.Join(l.dir, "agent-"+n+".yaml"),
 		logPath: filepath.Join(l.dir, "agent-"+n+".log"),
 	}
@@ -166,8 +138,8 @@ func (l *coldLab) addNode(n string, fenceFails bool) *pbxNode {
 		t.Fatal(err)
 	}
 	host, port, _ := net.SplitHostPort(nd.sip)
-	pids := filepath.Join(l.stub, "pids."+n)
-	svc := filepath.Join(l.stub, "svc."+n+".pids")
+	pids := l.drbd.Path("pids." + n)
+	svc := l.drbd.Path("svc." + n + ".pids")
 	start := fmt.Sprintf("sipp -sf %s -i %s -p %s -nostdin -m 1000000 >%s 2>&1 </dev/null & echo $! >>%s; echo $! >%s; "+
 		"%s=%s %s -test.run='^$' >%s 2>&1 </dev/null & echo $! >>%s; echo $! >>%s",
 		scenarioPath("uas_call.xml"), host, port, filepath.Join(l.dir, "sipp-"+n+".log"), pids, svc,
@@ -192,7 +164,7 @@ agent:
     transport: udp
     ami: {address: %q, username: hapbx, secret_file: %q}
 log: {level: debug, format: console}
-%s`, l.agentNodeName(nd), nd.api, filepath.Join(l.dir, "agent.token"), filepath.Join(l.bin, "drbdadm"), filepath.Join(l.bin, "drbdsetup"),
+%s`, l.agentNodeName(nd), nd.api, filepath.Join(l.dir, "agent.token"), l.drbd.Tool("drbdadm"), l.drbd.Tool("drbdsetup"),
 		n, l.mnt, start, stop, l.fenceCommand(peerNode(n), fenceFails), nd.sip, nd.ami, filepath.Join(l.dir, "ami.secret"), l.agentCluster(nd))
 	if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -200,7 +172,7 @@ log: {level: debug, format: console}
 	if out, err := exec.Command(hapbxBin, "check-config", "-c", nd.cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("agent file: %v\n%s", err, out)
 	}
-	nd.env = append(os.Environ(), "DRBD_STUB_DIR="+l.stub, "DRBD_STUB_NODE="+n, "DRBD_STUB_MOUNT="+l.mnt)
+	nd.env = append(os.Environ(), l.drbd.Env(n, l.mnt)...)
 	l.nodes[n] = nd
 	l.startAgent(nd)
 	t.Cleanup(func() {
@@ -231,69 +203,47 @@ func (l *coldLab) startAgent(nd *pbxNode) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	nd.cmd = exec.Command("unshare", "--mount", "--propagation", "private", hapbxBin, "agent", "-c", nd.cfgPath)
-	nd.cmd.Env = nd.env
-	nd.cmd.Stdout, nd.cmd.Stderr = logf, logf
-	if err := nd.cmd.Start(); err != nil {
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", hapbxBin, "agent", "-c", nd.cfgPath)
+	cmd.Env = nd.env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	nd.proc, err = testkit.Watch(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(filepath.Join(l.stub, "pids."+nd.name), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err == nil {
-		fmt.Fprintln(f, nd.cmd.Process.Pid)
-		f.Close()
-	}
-	nd.exited = make(chan struct{})
-	go func(c *exec.Cmd, done chan struct{}) { _ = c.Wait(); close(done) }(nd.cmd, nd.exited)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, err := nd.client.Status(context.Background())
-		if err == nil && st.EventsFollowing && st.DRBDRole != storage.RoleUnknown {
-			return
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(nd.logPath)
-			t.Fatalf("agent %s not up: %v\n%s", nd.name, err, tail(b, 4000))
-		}
-		time.Sleep(20 * time.Millisecond)
+	l.drbd.AddPID(nd.name, cmd.Process.Pid)
+	if !testkit.Poll(10*time.Second, func() bool {
+		var st storage.Status
+		st, err = nd.client.Status(context.Background())
+		return err == nil && st.EventsFollowing && st.DRBDRole != storage.RoleUnknown
+	}) {
+		b, _ := os.ReadFile(nd.logPath)
+		t.Fatalf("agent %s not up: %v\n%s", nd.name, err, tail(b, 4000))
 	}
 }
 
 func (l *coldLab) stopAgent(nd *pbxNode) {
-	if nd.cmd == nil {
-		return
-	}
-	_ = nd.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-nd.exited:
-	case <-time.After(3 * time.Second):
-		_ = nd.cmd.Process.Kill()
-		<-nd.exited
+	if nd.proc != nil {
+		nd.proc.Stop(3 * time.Second)
 	}
 }
 
 // killService SIGKILLs the node's SIPp and AMI server, as a crash would.
 func (l *coldLab) killService(nd *pbxNode) {
-	b, _ := os.ReadFile(filepath.Join(l.stub, "svc."+nd.name+".pids"))
-	for _, f := range strings.Fields(string(b)) {
-		if p, err := strconv.Atoi(f); err == nil && p > 0 {
-			_ = syscall.Kill(p, syscall.SIGKILL)
-		}
-	}
+	testkit.KillPIDFile(l.drbd.Path("svc." + nd.name + ".pids"))
 }
 
 // crash SIGKILLs node n's service and agent; its "kernel" keeps DRBD
 // Primary, as a hung or half-dead host would.
 func (l *coldLab) crash(nd *pbxNode) {
 	l.killService(nd)
-	_ = nd.cmd.Process.Kill()
-	<-nd.exited
+	nd.proc.Kill()
 }
 
 // powerOn brings a fenced node back (up, Secondary) and restarts its agent.
 func (l *coldLab) powerOn(nd *pbxNode) {
-	l.write("up."+nd.name, "1")
-	l.write("role."+nd.name, storage.RoleSecondary)
-	_ = os.Remove(filepath.Join(l.stub, "pids."+nd.name))
+	l.drbd.Write("up."+nd.name, "1")
+	l.drbd.Write("role."+nd.name, storage.RoleSecondary)
+	_ = os.Remove(l.drbd.Path("pids." + nd.name))
 	l.startAgent(nd)
 }
 
@@ -301,13 +251,18 @@ func (l *coldLab) powerOn(nd *pbxNode) {
 func (l *coldLab) startProxy(fenceFails bool) *daemon {
 	t := l.t
 	t.Helper()
-	d := &daemon{done: make(chan error, 1), config: filepath.Join(l.dir, "hapbx.yaml")}
-	sipPort := sipptest.FreePort(t, proxyIP)
-	adminPort := sipptest.FreePort(t, "127.0.0.1")
+	d := &daemon{config: filepath.Join(l.dir, "hapbx.yaml")}
+	sipPort := testkit.FreePort(t, proxyIP)
+	adminPort := testkit.FreePort(t, "127.0.0.1")
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	var b strings.Builder
-	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\nbackends:\n", d.sip, proxyIP)
+	fmt.Fprintf(&b, "node: {name: test}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\n", d.sip, proxyIP)
+	if l.cluster != nil {
+		// Required with a cluster; the gossip key file serves (>= 16 bytes).
+		fmt.Fprintf(&b, "  dialog_secret_file: %q\n", l.cluster.key)
+	}
+	b.WriteString("backends:\n")
 	for _, n := range []string{"A", "B"} {
 		nd := l.nodes[n]
 		url := fmt.Sprintf("url: %q\n      ", "http://"+nd.api)
@@ -372,17 +327,15 @@ func (l *coldLab) status() (coldStatus, error) {
 
 func (l *coldLab) waitStatus(what string, within time.Duration, ok func(coldStatus) bool) coldStatus {
 	l.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		s, err := l.status()
-		if err == nil && ok(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			l.t.Fatalf("%s not reached within %v: last %+v %v", what, within, s, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var s coldStatus
+	var err error
+	if !testkit.Poll(within, func() bool {
+		s, err = l.status()
+		return err == nil && ok(s)
+	}) {
+		l.t.Fatalf("%s not reached within %v: last %+v %v", what, within, s, err)
 	}
+	return s
 }
 
 // hapbx runs the CLI against the proxy's file.
@@ -398,7 +351,7 @@ func (l *coldLab) hapbx(args ...string) (string, error) {
 // succeed.
 func (l *coldLab) calls(n int) {
 	l.t.Helper()
-	phone := sipptest.Start(l.t, phoneIP, sipptest.FreePort(l.t, phoneIP), "-sf", scenarioPath("uac_call.xml"),
+	phone := testkit.StartSIPp(l.t, phoneIP, testkit.FreePort(l.t, phoneIP), "-sf", scenarioPath("uac_call.xml"),
 		"-s", "202", "-m", strconv.Itoa(n), "-r", "20", "-timeout", "15s", "-timeout_error", l.proxy.sip)
 	if code := phone.Wait(20 * time.Second); code != 0 {
 		l.t.Fatalf("calls through the proxy failed (exit %d)\n%s", code, phone.Output())
@@ -406,90 +359,4 @@ func (l *coldLab) calls(n int) {
 	if c := phone.Counts(); c.Successful != n || c.Failed != 0 {
 		l.t.Fatalf("calls: %+v, want %d successful\n%s", c, n, phone.Output())
 	}
-}
-
-// drbdCall is one line of the stand-ins' calls.log.
-type drbdCall struct {
-	node, what string
-	exit       int
-	roles      map[string]string
-}
-
-func (l *coldLab) drbdCalls() []drbdCall {
-	l.t.Helper()
-	f, err := os.Open(filepath.Join(l.stub, "calls.log"))
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	defer f.Close()
-	var out []drbdCall
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 4 {
-			l.t.Fatalf("bad calls.log line %q", sc.Text())
-		}
-		c := drbdCall{node: strings.TrimPrefix(fs[1], "node="), roles: map[string]string{}}
-		var what []string
-		in := true
-		for _, w := range fs[2:] {
-			switch {
-			case strings.HasPrefix(w, "exit="):
-				c.exit, _ = strconv.Atoi(strings.TrimPrefix(w, "exit="))
-				in = false
-			case in:
-				what = append(what, w)
-			case strings.HasPrefix(w, "A=") || strings.HasPrefix(w, "B="):
-				c.roles[w[:1]] = w[2:]
-			}
-		}
-		c.what = strings.Join(what, " ")
-		out = append(out, c)
-	}
-	return out
-}
-
-// neverTwoPrimaries replays calls.log: after every successful promotion,
-// demotion or fencing at most one powered-on node is Primary, and the
-// roles recorded with each call agree.
-func neverTwoPrimaries(t testing.TB, calls []drbdCall) {
-	t.Helper()
-	primary := map[string]bool{}
-	for _, c := range calls {
-		if c.exit == 0 {
-			switch {
-			case strings.HasPrefix(c.what, "drbdadm primary"):
-				primary[c.node] = true
-			case strings.HasPrefix(c.what, "drbdadm secondary"):
-				delete(primary, c.node)
-			case strings.HasPrefix(c.what, "fence "):
-				delete(primary, strings.TrimPrefix(c.what, "fence "))
-			}
-		}
-		if len(primary) > 1 {
-			t.Fatalf("two primaries after %+v", c)
-		}
-		if c.roles["A"] == storage.RolePrimary && c.roles["B"] == storage.RolePrimary {
-			t.Fatalf("calls.log records both nodes Primary and up at %+v", c)
-		}
-	}
-}
-
-func findDRBD(calls []drbdCall, node, prefix string, exit int) int {
-	for i, c := range calls {
-		if c.node == node && strings.HasPrefix(c.what, prefix) && c.exit == exit {
-			return i
-		}
-	}
-	return -1
-}
-
-func lastDRBD(calls []drbdCall, node, prefix string, exit int) int {
-	for i := len(calls) - 1; i >= 0; i-- {
-		c := calls[i]
-		if c.node == node && strings.HasPrefix(c.what, prefix) && c.exit == exit {
-			return i
-		}
-	}
-	return -1
 }

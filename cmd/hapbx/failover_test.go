@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 func (d *daemon) backendState(t testing.TB, name string) string {
@@ -28,11 +28,8 @@ func (d *daemon) backendState(t testing.TB, name string) string {
 func (d *daemon) waitState(t testing.TB, name, state string, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for d.backendState(t, name) != state {
-		if time.Since(start) > within {
-			t.Fatalf("%s not %s within %v: %v\n%s", name, state, within, d.status(t), d.log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(within, func() bool { return d.backendState(t, name) == state }) {
+		t.Fatalf("%s not %s within %v: %v\n%s", name, state, within, d.status(t), d.log.String())
 	}
 	return time.Since(start)
 }
@@ -41,21 +38,21 @@ func (d *daemon) waitState(t testing.TB, name, state string, within time.Duratio
 // through hapbx to two SIPp backends that answer OPTIONS; the active one is
 // SIGKILLed at t=5 s; no call may fail.
 func TestKillActiveBackendNoFailedCalls(t *testing.T) {
-	sipptest.Require(t)
+	testkit.RequireSIPp(t)
 	if testing.Short() {
 		t.Skip("20 s of calls; skipped with -short")
 	}
-	p1, p2 := sipptest.FreePort(t, be1IP), sipptest.FreePort(t, be2IP)
-	be1 := sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
-	be2 := sipptest.Start(t, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
+	p1, p2 := testkit.FreePort(t, be1IP), testkit.FreePort(t, be2IP)
+	be1 := testkit.StartSIPp(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
+	be2 := testkit.StartSIPp(t, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
 	a1, a2 := net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
-	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
-	sipptest.WaitListening(t, "udp", a2, 3*time.Second)
+	testkit.WaitListening(t, "udp", a1, 3*time.Second)
+	testkit.WaitListening(t, "udp", a2, 3*time.Second)
 	d := startDaemon(t, a1, a2)
 	d.waitActive(t, "asterisk1")
 	d.waitState(t, "asterisk2", "up", 5*time.Second)
 
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_call_ha.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_call_ha.xml"),
 		"-s", "202", "-m", "1000", "-r", "50", "-timeout", "60s", "-timeout_error", "-trace_rtt", "-rtt_freq", "1", d.sip)
 	time.Sleep(5 * time.Second)
 	killed := time.Now()
@@ -126,27 +123,23 @@ func longestRTT(t testing.TB, dir string) (time.Duration, int) {
 // TestCallsOnDeadBackendGetBye is issue 3's (d): calls confirmed on a
 // backend that is killed get a BYE from hapbx within 2 s.
 func TestCallsOnDeadBackendGetBye(t *testing.T) {
-	sipptest.Require(t)
-	p1, p2 := sipptest.FreePort(t, be1IP), sipptest.FreePort(t, be2IP)
-	be1 := sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
-	sipptest.Start(t, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
+	testkit.RequireSIPp(t)
+	p1, p2 := testkit.FreePort(t, be1IP), testkit.FreePort(t, be2IP)
+	be1 := testkit.StartSIPp(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
+	testkit.StartSIPp(t, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
 	a1, a2 := net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
-	sipptest.WaitListening(t, "udp", a1, 3*time.Second)
+	testkit.WaitListening(t, "udp", a1, 3*time.Second)
 	d := startDaemon(t, a1, a2)
 	d.waitActive(t, "asterisk1")
 
 	const calls = 5
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_wait_bye.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_wait_bye.xml"),
 		"-s", "202", "-m", strconv.Itoa(calls), "-r", "20", "-timeout", "30s", "-timeout_error", d.sip)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if n, _ := d.status(t)["proxy"].(map[string]any)["dialogs"].(float64); int(n) == calls {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("calls not confirmed: %v\n%s", d.status(t), phone.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool {
+		n, _ := d.status(t)["proxy"].(map[string]any)["dialogs"].(float64)
+		return int(n) == calls
+	}) {
+		t.Fatalf("calls not confirmed: %v\n%s", d.status(t), phone.Output())
 	}
 	killed := time.Now()
 	be1.Kill()

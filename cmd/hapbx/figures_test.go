@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // BenchmarkBackendFailover prints issue 3's figures: over 10 repetitions,
@@ -20,7 +20,7 @@ import (
 // calls at 50/s throughout. Run: make bench (or
 // go test -run '^$' -bench BackendFailover -benchtime 1x ./cmd/hapbx).
 func BenchmarkBackendFailover(b *testing.B) {
-	sipptest.Require(b)
+	testkit.RequireSIPp(b)
 	const reps = 10
 	var downs, answers []time.Duration
 	failed := 0
@@ -43,16 +43,16 @@ func BenchmarkBackendFailover(b *testing.B) {
 }
 
 func failoverOnce(b *testing.B) (down, answer time.Duration, failed int) {
-	p1, p2 := sipptest.FreePort(b, be1IP), sipptest.FreePort(b, be2IP)
-	be1 := sipptest.Start(b, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
-	sipptest.Start(b, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
+	p1, p2 := testkit.FreePort(b, be1IP), testkit.FreePort(b, be2IP)
+	be1 := testkit.StartSIPp(b, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
+	testkit.StartSIPp(b, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
 	a1, a2 := net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
-	sipptest.WaitListening(b, "udp", a1, 3*time.Second)
-	sipptest.WaitListening(b, "udp", a2, 3*time.Second)
+	testkit.WaitListening(b, "udp", a1, 3*time.Second)
+	testkit.WaitListening(b, "udp", a2, 3*time.Second)
 	d := startDaemon(b, a1, a2)
 	d.waitActive(b, "asterisk1")
 	d.waitState(b, "asterisk2", "up", 5*time.Second)
-	phone := sipptest.Start(b, phoneIP, sipptest.FreePort(b, phoneIP), "-sf", scenarioPath("uac_call_ha.xml"),
+	phone := testkit.StartSIPp(b, phoneIP, testkit.FreePort(b, phoneIP), "-sf", scenarioPath("uac_call_ha.xml"),
 		"-s", "202", "-m", "150", "-r", "50", "-timeout", "30s", "-trace_rtt", "-rtt_freq", "1", d.sip)
 	time.Sleep(1200 * time.Millisecond)
 	killed := time.Now()
@@ -77,7 +77,7 @@ func failoverOnce(b *testing.B) (down, answer time.Duration, failed int) {
 // firstAnswerAfter reads sipp's rtt trace (date_ms since sipp started;
 // response_time_ms; rtd) and returns, for the first call started after t,
 // how long after t its 200 came.
-func firstAnswerAfter(b *testing.B, phone *sipptest.Proc, t time.Time) time.Duration {
+func firstAnswerAfter(b *testing.B, phone *testkit.SIPp, t time.Time) time.Duration {
 	dir := phone.Dir
 	files, _ := filepath.Glob(filepath.Join(dir, "*_rtt.csv"))
 	best := time.Duration(-1)

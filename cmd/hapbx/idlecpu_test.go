@@ -36,9 +36,9 @@ func BenchmarkClusterIdleCPU(b *testing.B) {
 	pb := l.startProxy(1)
 	time.Sleep(3 * time.Second)
 	const span = 10 * time.Second
-	a0, b0 := cpuSeconds(b, pa.cmd.Process.Pid), cpuSeconds(b, pb.cmd.Process.Pid)
+	a0, b0 := cpuSeconds(b, pa.proc.Cmd.Process.Pid), cpuSeconds(b, pb.proc.Cmd.Process.Pid)
 	time.Sleep(span)
-	a1, b1 := cpuSeconds(b, pa.cmd.Process.Pid), cpuSeconds(b, pb.cmd.Process.Pid)
+	a1, b1 := cpuSeconds(b, pa.proc.Cmd.Process.Pid), cpuSeconds(b, pb.proc.Cmd.Process.Pid)
 	leader, follower := (a1-a0)/span.Seconds(), (b1-b0)/span.Seconds()
 	b.Logf("idle cluster over %v: leader (VIP holder) %.3f of a core, follower %.3f", span, leader, follower)
 	b.ReportMetric(leader, "leader-cores")

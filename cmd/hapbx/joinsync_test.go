@@ -21,7 +21,6 @@ import (
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/internal/testkit"
-	"github.com/hapbx/hapbx/proxy/sipptest"
 	"github.com/hapbx/hapbx/registrar"
 )
 
@@ -74,10 +73,10 @@ func newJoinLab(t testing.TB) *joinLab {
 	}
 	for _, v := range []struct{ name, ip string }{{"pa", joinAIP}, {"pb", joinBIP}, {"w", joinWIP}} {
 		l.peers = append(l.peers, cluster.Peer{Name: v.name,
-			Gossip: net.JoinHostPort(v.ip, strconv.Itoa(sipptest.FreePort(t, v.ip))),
-			Raft:   net.JoinHostPort(v.ip, strconv.Itoa(sipptest.FreePort(t, v.ip)))})
+			Gossip: net.JoinHostPort(v.ip, strconv.Itoa(testkit.FreePort(t, v.ip))),
+			Raft:   net.JoinHostPort(v.ip, strconv.Itoa(testkit.FreePort(t, v.ip)))})
 	}
-	l.backend = net.JoinHostPort(joinBackIP, strconv.Itoa(sipptest.FreePort(t, joinBackIP)))
+	l.backend = net.JoinHostPort(joinBackIP, strconv.Itoa(testkit.FreePort(t, joinBackIP)))
 	// A proxy killed by the test leaves the VIP on lo: remove it last.
 	t.Cleanup(func() { _ = exec.Command("ip", "addr", "del", joinVIP, "dev", "lo").Run() })
 	w := l.peers[2]
@@ -154,9 +153,7 @@ func (l *joinLab) seedBindings(name string, n int) {
 			t.Fatal(err)
 		}
 		taken += k
-		for r.Snapshot().Store.Pending > 0 {
-			time.Sleep(time.Millisecond)
-		}
+		testkit.Eventually(t, time.Minute, "the batch written", func() bool { return r.Snapshot().Store.Pending == 0 })
 	}
 	cancel()
 	if err := <-ran; err != nil {
@@ -177,12 +174,13 @@ func (l *joinLab) startProxy(i int) *daemon {
 	t.Helper()
 	p := l.peers[i]
 	ip, _, _ := net.SplitHostPort(p.Gossip)
-	d := &daemon{done: make(chan error, 1), config: filepath.Join(l.dir, p.Name+".yaml")}
-	d.sip = net.JoinHostPort(ip, strconv.Itoa(sipptest.FreePort(t, ip)))
-	d.admin = "http://127.0.0.1:" + strconv.Itoa(sipptest.FreePort(t, "127.0.0.1"))
+	d := &daemon{config: filepath.Join(l.dir, p.Name+".yaml")}
+	d.sip = net.JoinHostPort(ip, strconv.Itoa(testkit.FreePort(t, ip)))
+	d.admin = "http://127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	rc := l.registrarConfig(p.Name)
 	var b strings.Builder
-	fmt.Fprintf(&b, "node: {name: %s}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\n  drain_timeout: 2s\n", p.Name, d.sip, ip)
+	// dialog_secret_file is required with a cluster; the gossip key serves.
+	fmt.Fprintf(&b, "node: {name: %s}\nsip:\n  listen: [\"udp://%s\"]\n  advertise: %s\n  drain_timeout: 2s\n  dialog_secret_file: %q\n", p.Name, d.sip, ip, l.key)
 	fmt.Fprintf(&b, "backends:\n  - {name: asterisk1, address: %q, transport: udp}\n", l.backend)
 	fmt.Fprintf(&b, "registrar: {data_dir: %q, domains: [%s]}\n", rc.DataDir, joinDomain)
 	fmt.Fprintf(&b, "admin: {listen: %q}\nlog: {level: info, format: json}\n", strings.TrimPrefix(d.admin, "http://"))
@@ -221,17 +219,15 @@ func joinStatusOf(d *daemon) (joinStatus, error) {
 
 func (l *joinLab) waitJoin(d *daemon, what string, within time.Duration, ok func(joinStatus) bool) joinStatus {
 	l.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		s, err := joinStatusOf(d)
-		if err == nil && ok(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			l.t.Fatalf("%s not reached within %v: last registrar %+v cluster %+v err %v", what, within, s.Registrar, s.Cluster, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var s joinStatus
+	var err error
+	if !testkit.Poll(within, func() bool {
+		s, err = joinStatusOf(d)
+		return err == nil && ok(s)
+	}) {
+		l.t.Fatalf("%s not reached within %v: last registrar %+v cluster %+v err %v", what, within, s.Registrar, s.Cluster, err)
 	}
+	return s
 }
 
 // joinSync runs the scenario with n bindings: A starts with them in its
@@ -255,23 +251,20 @@ func joinSync(t testing.TB, n int) time.Duration {
 	b := l.startProxy(1)
 	healthy := time.Since(start)
 	var last joinStatus
-	deadline := start.Add(60 * time.Second)
-	for {
-		s, err := joinStatusOf(b)
-		if err == nil {
-			last = s
-			if s.Registrar.Bindings > n {
-				t.Fatalf("pb counts %d bindings, more than the %d pa has", s.Registrar.Bindings, n)
-			}
-			if s.Registrar.Bindings == n {
-				break
-			}
+	var err error
+	if !testkit.Poll(60*time.Second-time.Since(start), func() bool {
+		var s joinStatus
+		if s, err = joinStatusOf(b); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pb has %d of %d bindings 60 s after its start (err %v); registrar %+v cluster %+v",
-				last.Registrar.Bindings, n, err, last.Registrar, last.Cluster)
+		last = s
+		if s.Registrar.Bindings > n {
+			t.Fatalf("pb counts %d bindings, more than the %d pa has", s.Registrar.Bindings, n)
 		}
-		time.Sleep(10 * time.Millisecond)
+		return s.Registrar.Bindings == n
+	}) {
+		t.Fatalf("pb has %d of %d bindings 60 s after its start (err %v); registrar %+v cluster %+v",
+			last.Registrar.Bindings, n, err, last.Registrar, last.Cluster)
 	}
 	took := time.Since(start)
 	t.Logf("pb healthy %v after exec, has all %d bindings %v after exec", healthy.Round(time.Millisecond), n, took.Round(time.Millisecond))

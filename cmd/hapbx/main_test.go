@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 const (
@@ -88,9 +88,8 @@ func TestCheckConfigListsEveryProblem(t *testing.T) {
 }
 
 type daemon struct {
-	cmd    *exec.Cmd
-	log    sipptest.Buffer
-	done   chan error
+	proc   *testkit.Process
+	log    testkit.Buffer
 	sip    string
 	admin  string
 	config string
@@ -118,9 +117,9 @@ func startDaemon(t testing.TB, backends ...string) *daemon {
 // startDaemonWith appends extra YAML sections to the test configuration.
 func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
 	t.Helper()
-	d := &daemon{done: make(chan error, 1), config: filepath.Join(t.TempDir(), "hapbx.yaml")}
-	sipPort := sipptest.FreePort(t, proxyIP)
-	adminPort := sipptest.FreePort(t, "127.0.0.1")
+	d := &daemon{config: filepath.Join(t.TempDir(), "hapbx.yaml")}
+	sipPort := testkit.FreePort(t, proxyIP)
+	adminPort := testkit.FreePort(t, "127.0.0.1")
 	d.sip = net.JoinHostPort(proxyIP, strconv.Itoa(sipPort))
 	d.admin = "http://127.0.0.1:" + strconv.Itoa(adminPort)
 	writeConfig(t, d.config, sipPort, adminPort, extra, backends...)
@@ -134,50 +133,41 @@ func startDaemonWith(t testing.TB, extra string, backends ...string) *daemon {
 func (d *daemon) start(t testing.TB) {
 	t.Helper()
 	d.log.Reset()
-	d.done = make(chan error, 1)
-	d.cmd = exec.Command(hapbxBin, "run", "-c", d.config)
-	d.cmd.Stderr = &d.log
-	if err := d.cmd.Start(); err != nil {
+	cmd := exec.Command(hapbxBin, "run", "-c", d.config)
+	cmd.Stderr = &d.log
+	p, err := testkit.Watch(cmd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	cmd, done := d.cmd, d.done
-	go func() { done <- cmd.Wait() }()
+	d.proc = p
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		err := <-done
-		done <- err
+		p.Kill()
 		if t.Failed() {
 			t.Logf("hapbx %s log (tail):\n%s", d.config, tail([]byte(d.log.String()), 8000))
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	if !testkit.Poll(30*time.Second, func() bool {
 		if res, err := http.Get(d.admin + "/healthz"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
-				return
+				return true
 			}
 		}
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("hapbx %s exited: %v\n%s", d.config, err, d.log.String())
-		default:
+		if p.Exited() {
+			t.Fatalf("hapbx %s exited (%d)\n%s", d.config, p.ExitCode(), d.log.String())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hapbx not healthy within 30s\n%s", tail([]byte(d.log.String()), 8000))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	}) {
+		t.Fatalf("hapbx not healthy within 30s\n%s", tail([]byte(d.log.String()), 8000))
 	}
 }
 
 // stop ends hapbx with SIGTERM and waits for it.
 func (d *daemon) stop(t testing.TB) {
 	t.Helper()
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	_ = d.proc.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-d.done:
-		d.done <- err
+	case <-d.proc.Done:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("hapbx did not stop\n%s", d.log.String())
 	}
@@ -193,10 +183,10 @@ func TestFailingComponentStopsDaemon(t *testing.T) {
 	}
 	defer taken.Close()
 	path := filepath.Join(t.TempDir(), "hapbx.yaml")
-	be := net.JoinHostPort(be1IP, strconv.Itoa(sipptest.FreePort(t, be1IP)))
-	writeConfig(t, path, sipptest.FreePort(t, proxyIP), taken.Addr().(*net.TCPAddr).Port, "", be)
+	be := net.JoinHostPort(be1IP, strconv.Itoa(testkit.FreePort(t, be1IP)))
+	writeConfig(t, path, testkit.FreePort(t, proxyIP), taken.Addr().(*net.TCPAddr).Port, "", be)
 	cmd := exec.Command(hapbxBin, "run", "-c", path)
-	var log sipptest.Buffer
+	var log testkit.Buffer
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -236,15 +226,8 @@ func (d *daemon) status(t testing.TB) map[string]any {
 // waitActive waits until health has made a backend active.
 func (d *daemon) waitActive(t testing.TB, want string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if a, _ := d.status(t)["active_backend"].(string); a == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("active backend is not %q after 5s: %v\n%s", want, d.status(t), d.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testkit.Poll(5*time.Second, func() bool { a, _ := d.status(t)["active_backend"].(string); return a == want }) {
+		t.Fatalf("active backend is not %q after 5s: %v\n%s", want, d.status(t), d.log.String())
 	}
 }
 
@@ -257,8 +240,8 @@ func backendAddrs(s map[string]any) []string {
 }
 
 func TestSIGHUPReloadsBackends(t *testing.T) {
-	a1 := net.JoinHostPort(be1IP, strconv.Itoa(sipptest.FreePort(t, be1IP)))
-	a2 := net.JoinHostPort(be2IP, strconv.Itoa(sipptest.FreePort(t, be2IP)))
+	a1 := net.JoinHostPort(be1IP, strconv.Itoa(testkit.FreePort(t, be1IP)))
+	a2 := net.JoinHostPort(be2IP, strconv.Itoa(testkit.FreePort(t, be2IP)))
 	d := startDaemon(t, a1)
 	if got := backendAddrs(d.status(t)); len(got) != 1 || got[0] != a1 {
 		t.Fatalf("backends before reload: %v", got)
@@ -266,23 +249,19 @@ func TestSIGHUPReloadsBackends(t *testing.T) {
 	// A broken file is refused and the running list kept.
 	orig, _ := os.ReadFile(d.config)
 	os.WriteFile(d.config, []byte("backends: nope\n"), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.proc.Cmd.Process.Signal(syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond)
 	if got := backendAddrs(d.status(t)); len(got) != 1 || got[0] != a1 {
 		t.Fatalf("a bad reload changed the backends: %v", got)
 	}
 	os.WriteFile(d.config, []byte(strings.Replace(string(orig), "backends:\n", fmt.Sprintf("backends:\n  - {name: asterisk0, address: %q, transport: udp}\n", a2), 1)), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		got := backendAddrs(d.status(t))
-		if len(got) == 2 && got[0] == a2 && got[1] == a1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backends after reload: %v\n%s", got, d.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	d.proc.Cmd.Process.Signal(syscall.SIGHUP)
+	var got []string
+	if !testkit.Poll(3*time.Second, func() bool {
+		got = backendAddrs(d.status(t))
+		return len(got) == 2 && got[0] == a2 && got[1] == a1
+	}) {
+		t.Fatalf("backends after reload: %v\n%s", got, d.log.String())
 	}
 	if !strings.Contains(d.log.String(), "reload refused") {
 		t.Errorf("the refused reload was not logged:\n%s", d.log.String())
@@ -293,22 +272,31 @@ func TestSIGHUPReloadsBackends(t *testing.T) {
 // and completes; a new call during the drain gets 503; hapbx exits 0 within
 // the drain bound.
 func TestSIGTERMDrains(t *testing.T) {
-	sipptest.Require(t)
-	bePort := sipptest.FreePort(t, be1IP)
-	backend := sipptest.Start(t, be1IP, bePort, "-sf", scenarioPath("uas_slow.xml"))
+	testkit.RequireSIPp(t)
+	bePort := testkit.FreePort(t, be1IP)
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenarioPath("uas_slow.xml"))
 	beAddr := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
-	sipptest.WaitListening(t, "udp", beAddr, 3*time.Second)
+	testkit.WaitListening(t, "udp", beAddr, 3*time.Second)
 	d := startDaemon(t, beAddr)
 	d.waitActive(t, "asterisk1")
 
-	phone := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sf", scenarioPath("uac_answered.xml"),
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_answered.xml"),
 		"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", d.sip)
-	time.Sleep(500 * time.Millisecond) // ringing now
+	testkit.Eventually(t, 5*time.Second, "the call ringing", func() bool {
+		return d.metric(t, `hapbx_proxy_responses_total{code="180",method="INVITE"}`) == "1"
+	})
 	start := time.Now()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	time.Sleep(200 * time.Millisecond)
+	d.proc.Cmd.Process.Signal(syscall.SIGTERM)
+	testkit.Eventually(t, 5*time.Second, "hapbx draining (healthz not ok)", func() bool {
+		res, err := http.Get(d.admin + "/healthz")
+		if err != nil {
+			return true
+		}
+		res.Body.Close()
+		return res.StatusCode != http.StatusOK
+	})
 
-	late := sipptest.Start(t, phoneIP, sipptest.FreePort(t, phoneIP), "-sn", "uac", "-s", "203", "-m", "1",
+	late := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sn", "uac", "-s", "203", "-m", "1",
 		"-timeout", "5s", d.sip)
 	late.Wait(10 * time.Second)
 	if !strings.Contains(late.Output(), "503") {
@@ -318,10 +306,9 @@ func TestSIGTERMDrains(t *testing.T) {
 		t.Fatalf("the call in flight at SIGTERM failed (exit %d)\n%s\n%s", code, phone.Output(), d.log.String())
 	}
 	select {
-	case err := <-d.done:
-		d.done <- err
-		if err != nil {
-			t.Fatalf("hapbx exit: %v\n%s", err, d.log.String())
+	case <-d.proc.Done:
+		if code := d.proc.ExitCode(); code != 0 {
+			t.Fatalf("hapbx exit %d\n%s", code, d.log.String())
 		}
 		if el := time.Since(start); el > 6*time.Second {
 			t.Errorf("exit took %v, drain bound is 4s", el)
@@ -350,11 +337,11 @@ func containsAll(s string, subs ...string) bool {
 // their health, the active one, the cluster, registrations and dialogs;
 // --json gives the API's document.
 func TestStatusCommand(t *testing.T) {
-	sipptest.Require(t)
-	p1 := sipptest.FreePort(t, be1IP)
-	sipptest.Start(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
+	testkit.RequireSIPp(t)
+	p1 := testkit.FreePort(t, be1IP)
+	testkit.StartSIPp(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
 	a1 := net.JoinHostPort(be1IP, strconv.Itoa(p1))
-	a2 := net.JoinHostPort(be2IP, strconv.Itoa(sipptest.FreePort(t, be2IP))) // nothing there: down
+	a2 := net.JoinHostPort(be2IP, strconv.Itoa(testkit.FreePort(t, be2IP))) // nothing there: down
 	d := startDaemon(t, a1, a2)
 	d.waitActive(t, "asterisk1")
 	d.waitState(t, "asterisk2", "down", 5*time.Second)

@@ -30,6 +30,8 @@ func main() {
 	phones := flag.Int("phones", 20, "phones registering through the VIP (1..20)")
 	quiet := flag.Bool("q", false, "only the table")
 	cold := flag.Bool("cold", true, "cold standby: the PBXs run under their hapbx agents, one at a time (false: both run, hot standby)")
+	chanSIP := flag.Bool("chan_sip", false, "with a real Asterisk: chan_sip and sip.conf instead of chan_pjsip and pjsip.conf")
+	dir := flag.String("dir", "", "keep the lab's configs and logs (PBX, SIPp, hapbx) in this directory (default: a temporary one, removed)")
 	flag.Parse()
 	if err := lab.Check(); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
@@ -41,7 +43,7 @@ func main() {
 			fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		}
 	}
-	l, err := lab.New(lab.Options{Bin: *bin, Root: *root, Logf: logf, Signals: true, Cold: *cold})
+	l, err := lab.New(lab.Options{Bin: *bin, Root: *root, Logf: logf, Signals: true, Cold: *cold, Dir: *dir, ChanSIP: *chanSIP})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)

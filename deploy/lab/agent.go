@@ -14,7 +14,7 @@ import (
 // The PBX nodes' storage agents (`hapbx agent`), one per PBX namespace: they
 // join the proxies' cluster with the same key (memberlist only) and run their
 // resource group — DRBD through the drbdadm and drbdsetup stand-ins of
-// storage/testdata/bin (a two-node DRBD kept in files under Dir/drbd, node A =
+// internal/testkit/drbd (a two-node DRBD kept in files under Dir/drbd, node A =
 // pbx1, B = pbx2), a tmpfs mount point in the agent's own private mount
 // namespace (`unshare --mount`), and the PBX as its service
 // (start_command/stop_command run SIPp and the AMI server, or asterisk with
@@ -47,7 +47,7 @@ func (l *Lab) withAgents() bool {
 // agents can run here).
 func (l *Lab) cold() bool { return l.opt.Cold && l.withAgents() }
 
-func (l *Lab) stubBin() string { return filepath.Join(l.opt.Root, "storage", "testdata", "bin") }
+func (l *Lab) stubBin() string { return filepath.Join(l.opt.Root, "internal", "testkit", "drbd") }
 func (l *Lab) stubDir() string { return filepath.Join(l.opt.Dir, "drbd") }
 
 // AgentConfig is the `hapbx agent` file of PBX host be.

@@ -33,12 +33,18 @@ var asteriskExampleAddrs = map[string]string{
 // accounts ([201](phone), [202](phone-auth), ...): the lab writes its own.
 var exampleAccount = regexp.MustCompile(`^\[[0-9]+\]`)
 
+// nodeFiles are deploy/asterisk's files every node gets as shipped: without
+// them Asterisk logs an ERROR at start (ASTERISK-NOTES).
+var nodeFiles = []string{"extensions.conf", "cdr.conf", "cel.conf", "features.conf", "acl.conf", "udptl.conf", "pjproject.conf", "indications.conf"}
+
 // AsteriskConfigs renders the configuration of PBX host be from
-// deploy/asterisk: pjsip.conf and manager.conf with the lab's VIP, proxy
-// and host addresses, an account for every lab phone (testdata/phones.csv)
-// instead of the examples, the lab's AMI secret; extensions.conf as
+// deploy/asterisk for the lab's channel driver (Options.ChanSIP): pjsip.conf
+// or sip.conf, and manager.conf, with the lab's VIP, proxy and host
+// addresses, an account for every lab phone (testdata/phones.csv) instead
+// of the examples, the lab's AMI secret; extensions.conf with [globals] set
+// and modules.conf set for the driver; the other files of nodeFiles as
 // shipped; and the files a node has anyway (asterisk.conf with the
-// directories under etc, modules.conf, logger.conf). File name -> content.
+// directories under etc, logger.conf). File name -> content.
 func (l *Lab) AsteriskConfigs(be, etc string) (map[string]string, error) {
 	src := filepath.Join(l.opt.Root, "deploy", "asterisk")
 	read := func(name string) (string, error) {
@@ -52,23 +58,44 @@ func (l *Lab) AsteriskConfigs(be, etc string) (map[string]string, error) {
 		}
 		return s, nil
 	}
-	pjsip, err := read("pjsip.conf")
-	if err != nil {
-		return nil, err
-	}
 	phones, err := l.labPhones()
 	if err != nil {
 		return nil, err
 	}
-	pjsip = strings.Replace(pjsip, "bind=0.0.0.0:5060", fmt.Sprintf("bind=%s:%d", Hosts[be], SIPPort), 1)
-	pjsip = dropSections(pjsip, exampleAccount)
-	var b strings.Builder
-	b.WriteString(strings.TrimRight(pjsip, "\n"))
-	b.WriteString("\n\n; The lab's phones (testdata/phones.csv), one shared digest user.\n")
-	for _, ext := range phones {
-		fmt.Fprintf(&b, "\n[%[1]s](phone)\naors=%[1]s\nauth=%[1]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n[%[1]s](phone-aor)\n[%[1]s](phone-auth)\nusername=%[2]s\npassword=%[3]s\n",
-			ext, PhoneUser, PhoneSecret)
+	files := map[string]string{}
+	for _, name := range nodeFiles {
+		if files[name], err = read(name); err != nil {
+			return nil, err
+		}
 	}
+	modules, err := read("modules.conf")
+	if err != nil {
+		return nil, err
+	}
+	// The driver's file, bound to the node's address, with the lab's phones
+	// instead of the examples.
+	conf, bind := "pjsip.conf", "bind="
+	note := "one shared digest user"
+	account := "\n[%[1]s](phone)\naors=%[1]s\nauth=%[1]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n[%[1]s](phone-aor)\n[%[1]s](phone-auth)\nusername=%[2]s\npassword=%[3]s\n"
+	if l.opt.ChanSIP {
+		conf, bind = "sip.conf", "udpbindaddr="
+		note = "chan_sip takes the peer's name as the digest user"
+		account = "\n[%[1]s](phone)\nsecret=%[3]s\ncallerid=\"Lab %[1]s\" <%[1]s>\n"
+		modules = chanSIPModules(modules)
+		files["extensions.conf"] = chanSIPGlobals(files["extensions.conf"])
+	}
+	text, err := read(conf)
+	if err != nil {
+		return nil, err
+	}
+	text = strings.Replace(text, bind+"0.0.0.0:5060", fmt.Sprintf("%s%s:%d", bind, Hosts[be], SIPPort), 1)
+	var b strings.Builder
+	b.WriteString(strings.TrimRight(dropSections(text, exampleAccount), "\n"))
+	fmt.Fprintf(&b, "\n\n; The lab's phones (testdata/phones.csv), %s.\n", note)
+	for _, ext := range phones {
+		fmt.Fprintf(&b, account, ext, PhoneUser, PhoneSecret)
+	}
+	files[conf] = b.String()
 	manager, err := read("manager.conf")
 	if err != nil {
 		return nil, err
@@ -85,21 +112,43 @@ func (l *Lab) AsteriskConfigs(be, etc string) (map[string]string, error) {
 	if !strings.Contains(manager, "\n["+AMIUser+"]") {
 		return nil, fmt.Errorf("lab: deploy/asterisk/manager.conf has no [%s] account", AMIUser)
 	}
-	ext, err := read("extensions.conf")
-	if err != nil {
-		return nil, err
-	}
+	files["manager.conf"] = manager
 	run := filepath.Join(etc, "run")
-	return map[string]string{
-		"pjsip.conf":      b.String(),
-		"manager.conf":    manager,
-		"extensions.conf": ext,
-		"asterisk.conf": fmt.Sprintf("[directories]\nastetcdir => %[1]s\nastrundir => %[2]s\nastlogdir => %[2]s\nastspooldir => %[2]s\nastdbdir => %[2]s\n"+
-			"\n[options]\nverbose = 1\n", etc, run),
-		// chan_pjsip only: chan_sip would fight it for port 5060.
-		"modules.conf": "[modules]\nautoload = yes\nnoload => chan_sip.so\n",
-		"logger.conf":  "[general]\n\n[logfiles]\nconsole => notice,warning,error\n",
-	}, nil
+	files["asterisk.conf"] = fmt.Sprintf("[directories]\nastetcdir => %[1]s\nastrundir => %[2]s\nastlogdir => %[2]s\nastspooldir => %[2]s\nastdbdir => %[2]s\n"+
+		"\n[options]\nverbose = 1\n", etc, run)
+	files["modules.conf"] = modules
+	files["logger.conf"] = "[general]\n\n[logfiles]\nconsole => notice,warning,error\n"
+	return files, nil
+}
+
+// chanSIPGlobals switches extensions.conf's [globals] from the PJSIP lines
+// to the SIP ones, as its comments tell the operator to.
+func chanSIPGlobals(ext string) string {
+	lines := strings.Split(ext, "\n")
+	for i, line := range lines {
+		switch line {
+		case "PHONE_PREFIX=PJSIP/", "PHONE_SUFFIX=@hapbx":
+			lines[i] = ";" + line
+		case ";PHONE_PREFIX=SIP/hapbx/", ";PHONE_SUFFIX=":
+			lines[i] = line[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// chanSIPModules switches modules.conf to a chan_sip node, as its comments
+// tell the operator to.
+func chanSIPModules(conf string) string {
+	lines := strings.Split(conf, "\n")
+	for i, line := range lines {
+		switch {
+		case line == "noload => chan_sip.so":
+			lines[i] = ";" + line
+		case strings.HasPrefix(line, ";noload => "):
+			lines[i] = line[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
 }
 
 // dropSections removes every section whose header line matches re, with

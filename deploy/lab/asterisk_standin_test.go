@@ -28,9 +28,12 @@ import (
 // in its astetcdir, refuses to start on the mistakes that would break the
 // lab against a real Asterisk, prints "Asterisk Ready." and serves:
 //   - SIP on pjsip.conf's UDP transport bind, through SIPp with
-//     testdata/uas_asterisk_standin.xml: OPTIONS 200, REGISTER challenged
-//     and accepted, an INVITE challenged (401) and answered only with the
-//     digest credentials of pjsip.conf's phone accounts, else 403;
+//     testdata/uas_asterisk_standin.xml: OPTIONS 200; REGISTER challenged
+//     (realm of pjsip.conf), a wrong password challenged again, the 200
+//     listing the phone's Contact without its URI parameters, as
+//     chan_pjsip's rewrite_contact=yes drops ;transport=UDP (measured on
+//     Asterisk 20.20.1); an INVITE challenged (401) and answered only with
+//     the digest credentials of pjsip.conf's phone accounts, else 403;
 //   - AMI on manager.conf's bindaddr:port for its account (health/amitest:
 //     login, Ping, FullyBooted).
 //

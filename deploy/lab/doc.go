@@ -32,7 +32,7 @@
 // settings and health requires sip and ami. Each PBX namespace also runs
 // `hapbx agent` (agent.go) under `unshare --mount`: it joins the cluster with
 // the lab's key and runs its resource group — DRBD through the stand-ins of
-// storage/testdata/bin (state in Dir/drbd), a tmpfs mounted in its own mount
+// internal/testkit/drbd (state in Dir/drbd), a tmpfs mounted in its own mount
 // namespace, and SIPp plus the AMI server as its service (start_command/
 // stop_command). The scenario's table ends with the agents' view.
 //
@@ -43,15 +43,27 @@
 // failover to pbx2 with no failback.
 //
 // With a real asterisk (Options.Asterisk: $HAPBX_ASTERISK or `asterisk` on
-// PATH) the PBXs are `asterisk -f -C ...` with the operators' files of
-// deploy/asterisk rendered for the lab (AsteriskConfigs: the lab's addresses,
-// an account per lab phone, manager.conf's AMI account with the lab's
-// secret); the proxies and agents log in to that AMI, and the callers'
-// INVITEs to the echo extension 600 are challenged and authenticated as
-// phones' are. Tests that rely on SIPp's behaviour set Options.SIPpBackends.
-// Where no asterisk exists, TestE2EAsteriskStandIn runs this mode against a
-// stand-in (asterisk_standin_test.go) that reads the rendered files and
-// serves SIP (SIPp, challenging INVITEs) and AMI from them.
+// PATH; .ci/run installs one from ../shared/asterisk) the PBXs are
+// `asterisk -f -C ...` with the operators' files of deploy/asterisk
+// rendered for the lab (AsteriskConfigs: the lab's addresses, an account
+// per lab phone, manager.conf's AMI account with the lab's secret, every
+// other shipped file as is); chan_pjsip with pjsip.conf, or with
+// Options.ChanSIP chan_sip with sip.conf (modules.conf and extensions.conf
+// switched as their comments say). The proxies and agents log in to that
+// AMI, and the callers' INVITEs are challenged and authenticated as
+// phones' are. TestE2E and TestE2ECold run the scenario on chan_pjsip,
+// TestE2EChanSIP and TestE2EColdChanSIP on chan_sip (one SIPp per phone
+// there: chan_sip takes the peer's name as the digest user, and the one
+// SIPp of pjsip mode shares a user among its phones);
+// TestE2EAsteriskPhones checks, on both drivers, what Asterisk does
+// through hapbx with Go softphones of their own credentials; all of them
+// fail on an ERROR line in Asterisk's start-up log. Tests that rely on SIPp's
+// behaviour set Options.SIPpBackends. Where no asterisk exists,
+// TestE2EAsteriskStandIn runs this mode against a stand-in
+// (asterisk_standin_test.go) that reads the rendered files and serves SIP
+// (SIPp, challenging REGISTERs and INVITEs, rewriting Contacts as
+// chan_pjsip does) and AMI from them. HLAB_KEEP=1 keeps a test's lab
+// directory (configs, PBX and SIPp logs).
 //
 // What it does not do: fencing commands (the agents wait a safety delay);
 // a dead PBX host (only its PBX dies); TCP/TLS transports; IPv6.

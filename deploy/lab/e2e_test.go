@@ -11,8 +11,26 @@ import (
 // calls), the VIP holder dies (VIP on the twin within HLAB_VIP_MAX, default
 // 1s), the dead proxy returns, the pair is cut apart and everything is
 // restored; never two VIP holders in any 50 ms sample; zero registrations lost.
-func TestE2E(t *testing.T) {
-	l := newLab(t, Options{})
+func TestE2E(t *testing.T) { runHot(t, Options{}) }
+
+// TestE2EChanSIP is TestE2E on the real Asterisk with chan_sip and
+// sip.conf (one SIPp per phone: chan_sip takes the peer's name as the
+// digest user).
+func TestE2EChanSIP(t *testing.T) {
+	requireAsterisk(t)
+	runHot(t, Options{ChanSIP: true})
+}
+
+// TestE2EColdChanSIP is TestE2ECold's scenario and checks on the real
+// Asterisk with chan_sip and sip.conf.
+func TestE2EColdChanSIP(t *testing.T) {
+	requireAsterisk(t)
+	runCold(t, newLab(t, Options{Cold: true, ChanSIP: true}))
+}
+
+// runHot runs the demo's scenario in hot standby with TestE2E's checks.
+func runHot(t *testing.T, opt Options) {
+	l := newLab(t, opt)
 	vipMax := time.Second
 	if v := os.Getenv("HLAB_VIP_MAX"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -27,6 +45,7 @@ func TestE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkScenario(t, rep, vipMax, false)
+	checkAsteriskLogs(t, l)
 }
 
 // TestE2ECold is the demo's default scenario (`make demo`): the PBXs in cold
@@ -58,7 +77,7 @@ func TestE2ECold(t *testing.T) {
 func runCold(t *testing.T, l *Lab) Report {
 	t.Helper()
 	if !l.cold() {
-		t.Skip("cold standby needs unshare and flock on PATH and storage/testdata/bin")
+		t.Skip("cold standby needs unshare and flock on PATH and internal/testkit/drbd")
 	}
 	rep, err := l.RunScenario(ScenarioOptions{Logf: t.Logf})
 	t.Logf("\n%s", rep.Table())
@@ -66,6 +85,7 @@ func runCold(t *testing.T, l *Lab) Report {
 		t.Fatal(err)
 	}
 	checkScenario(t, rep, time.Second, true)
+	checkAsteriskLogs(t, l)
 	return rep
 }
 

@@ -81,6 +81,9 @@ type Options struct {
 	// for tests that rely on SIPp's behaviour (any extension answered at
 	// once, RTP echo).
 	SIPpBackends bool
+	// ChanSIP runs the real Asterisk with chan_sip and deploy/asterisk's
+	// sip.conf instead of chan_pjsip and pjsip.conf.
+	ChanSIP bool
 	// Cold puts the PBXs in cold standby: the proxies enable cold: and
 	// every backend's hapbx agent runs its group (DRBD stand-in promotion,
 	// tmpfs mount, SIPp and AMI as the service); only one PBX runs at a time.

@@ -50,6 +50,15 @@ func newLab(t testing.TB, opt Options) *Lab {
 		t.Skipf("lab: %v", err)
 	}
 	opt.Bin, opt.Root, opt.Dir = hapbxBin, "../..", t.TempDir()
+	if os.Getenv("HLAB_KEEP") != "" {
+		// Keep the lab's configs and logs (PBX, SIPp) for a look afterwards.
+		d, err := os.MkdirTemp("", "hlab-keep-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		opt.Dir = d
+		t.Logf("lab directory kept (HLAB_KEEP): %s", d)
+	}
 	opt.Logf = t.Logf
 	opt.Signals = true
 	l, err := New(opt)

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/proxy/sipptest"
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // Issue 8.2: media anchored on the proxies; the VIP holder is SIGKILLed in the
@@ -14,7 +14,7 @@ import (
 // Audio resumes through the new holder (on the same VIP ports, from the
 // replicated session) within 1 s, and the call still hangs up normally.
 func TestMediaSurvivesVIPFailover(t *testing.T) {
-	pcapG711a := sipptest.RequirePCAP(t)
+	pcapG711a := testkit.RequirePCAP(t)
 	// A short idle_timeout, and the holder killed after the call has run
 	// longer than it: the twin's replica lives on the holder's refreshes,
 	// not on packets it cannot see before it holds the VIP.

@@ -141,7 +141,10 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 	}
 	pbx := "SIPp playing Asterisk"
 	if l.opt.Asterisk != "" {
-		pbx = "asterisk " + l.opt.Asterisk + " with deploy/asterisk's configs"
+		pbx = "asterisk " + l.opt.Asterisk + " with deploy/asterisk's configs, chan_pjsip"
+		if l.opt.ChanSIP {
+			pbx = "asterisk " + l.opt.Asterisk + " with deploy/asterisk's configs, chan_sip"
+		}
 	}
 	if cold {
 		o.Logf("cold standby: the PBXs run under their hapbx agents (%s, AMI on :%d)", pbx, AMIPort)
@@ -196,9 +199,7 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 		}
 	}()
 
-	phones, err := l.Sipp("phones", "phones", 5070, "-sf", l.Scenario("phones_register.xml"),
-		"-inf", l.Scenario("phones.csv"), "-oocsf", l.Scenario("phone_answer.xml"),
-		"-m", strconv.Itoa(o.Phones), "-r", "50", "-l", strconv.Itoa(o.Phones), "-d", "600000", "-timeout", "300s", VIP+":5060")
+	phones, err := l.startPhones(o.Phones)
 	if err != nil {
 		return rep, err
 	}
@@ -327,6 +328,59 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 	return rep, nil
 }
 
+// startPhones starts n SIPp phones registering through the VIP and
+// answering calls (phones_register.xml, phone_answer.xml): one SIPp for
+// all, sharing the digest user of pjsip.conf's lab accounts; with chan_sip,
+// which takes the peer's name as the digest user and which one SIPp cannot
+// vary per phone, one SIPp per phone with its own (ports 5100 up). It
+// returns the first.
+func (l *Lab) startPhones(n int) (*Proc, error) {
+	if !l.opt.ChanSIP || l.opt.Asterisk == "" {
+		return l.Sipp("phones", "phones", 5070, "-sf", l.Scenario("phones_register.xml"),
+			"-inf", l.Scenario("phones.csv"), "-oocsf", l.Scenario("phone_answer.xml"),
+			"-m", strconv.Itoa(n), "-r", "50", "-l", strconv.Itoa(n), "-d", "600000", "-timeout", "300s", VIP+":5060")
+	}
+	exts, err := l.labPhones()
+	if err != nil {
+		return nil, err
+	}
+	var first *Proc
+	for i, ext := range exts[:min(n, len(exts))] {
+		scen, err := l.ownCredentials(l.Scenario("phones_register.xml"), ext)
+		if err != nil {
+			return nil, err
+		}
+		inf := filepath.Join(l.opt.Dir, "phone-"+ext+".csv")
+		if err := os.WriteFile(inf, []byte("SEQUENTIAL\n"+ext+";\n"), 0o644); err != nil {
+			return nil, err
+		}
+		p, err := l.Sipp("phones", "phones-"+ext, 5100+i, "-sf", scen, "-inf", inf, "-oocsf", l.Scenario("phone_answer.xml"),
+			"-m", "1", "-d", "600000", "-timeout", "300s", VIP+":5060")
+		if err != nil {
+			return nil, err
+		}
+		if first == nil {
+			first = p
+		}
+	}
+	return first, nil
+}
+
+// ownCredentials writes a copy of SIPp scenario path whose digest user is
+// user instead of the lab's shared one and returns its path.
+func (l *Lab) ownCredentials(path, user string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	shared := "username=" + PhoneUser + " "
+	if !strings.Contains(string(b), shared) {
+		return "", fmt.Errorf("lab: %s has no %q to replace", path, shared)
+	}
+	out := filepath.Join(l.opt.Dir, strings.TrimSuffix(filepath.Base(path), ".xml")+"-"+user+".xml")
+	return out, os.WriteFile(out, []byte(strings.ReplaceAll(string(b), shared, "username="+user+" ")), 0o644)
+}
+
 // Twin2 is the other backend.
 func Twin2(be string) string {
 	if be == "pbx1" {
@@ -344,11 +398,18 @@ func ms(d time.Duration) string {
 
 // phase places o.Calls calls at o.Rate through the VIP, runs event after
 // o.EventAfter, waits for the caller to finish and measures.
-func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Duration, string, string, error)) (Event, error) {
-	ev := Event{Name: name, NewCalls: -1}
-	caller, err := l.Sipp("phones", fmt.Sprintf("calls%d", n), 5080+n, "-sf", l.Scenario("uac_call_lab.xml"), "-inf", l.Scenario("calls.csv"),
+func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Duration, string, string, error)) (ev Event, err error) {
+	ev = Event{Name: name, NewCalls: -1}
+	scen := l.Scenario("uac_call_lab.xml")
+	if l.opt.ChanSIP && l.opt.Asterisk != "" {
+		// The callers call as phone 201.
+		if scen, err = l.ownCredentials(scen, "201"); err != nil {
+			return ev, err
+		}
+	}
+	caller, err := l.Sipp("phones", fmt.Sprintf("calls%d", n), 5080+n, "-sf", scen, "-inf", l.Scenario("calls.csv"),
 		"-r", strconv.Itoa(o.Rate), "-m", strconv.Itoa(o.Calls), "-l", strconv.Itoa(4*o.Rate),
-		"-timeout", "60s", "-trace_rtt", "-rtt_freq", "1", VIP+":5060")
+		"-timeout", "60s", "-recv_timeout", "20s", "-trace_rtt", "-rtt_freq", "1", VIP+":5060")
 	if err != nil {
 		return ev, err
 	}
@@ -357,7 +418,7 @@ func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Du
 	detect, what, note, evErr := event()
 	ev.Detect, ev.Detected, ev.Note = detect, what, note
 	if code := caller.Wait(90 * time.Second); code < 0 {
-		return ev, fmt.Errorf("caller did not finish within 90 s")
+		return ev, fmt.Errorf("caller did not finish within 90 s or died by a signal; its output: %s", caller.LogPath)
 	}
 	ev.Calls, ev.Failed = sippCounts(caller)
 	for _, c := range sippRTT(caller) {

@@ -88,7 +88,11 @@ func (d *daemon) run() error {
 		return fmt.Errorf("registrar: %w", err)
 	}
 	defer d.bindings.Close() // unless it ran
-	opts := []proxy.Option{proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings)}
+	secret, err := proxy.DialogSecret(d.cfg.SIP.DialogSecretFile, d.cfg.Registrar.DataDir)
+	if err != nil {
+		return fmt.Errorf("dialog secret: %w", err)
+	}
+	opts := []proxy.Option{proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings), proxy.WithDialogSecret(secret)}
 	if d.cfg.Media.Enabled {
 		mc := d.cfg.Media
 		if mc.Address == "" {

@@ -1,4 +1,4 @@
-package sipptest
+package testkit
 
 import (
 	"math/rand/v2"

@@ -1,14 +1,9 @@
-// Package sipptest runs SIPp as a real SIP peer in tests: phones, trunks
-// and backends. It picks free loopback ports, starts and stops sipp, and
-// reads its final counts. Only tests import it.
-package sipptest
+package testkit
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,14 +11,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
 
-// Require skips the test with a clear message when sipp is not installed.
-// CI installs it (Debian package sip-tester), so there it always runs.
-func Require(t testing.TB) string {
+// RequireSIPp returns sipp's path; without it the test fails in CI (which
+// installs the Debian package sip-tester) and skips with a clear message
+// elsewhere.
+func RequireSIPp(t testing.TB) string {
 	t.Helper()
 	path, err := exec.LookPath("sipp")
 	if err != nil {
@@ -35,98 +30,63 @@ func Require(t testing.TB) string {
 	return path
 }
 
-// Proc is one running sipp.
-type Proc struct {
+// SIPp is one running sipp.
+type SIPp struct {
 	t       testing.TB
-	cmd     *exec.Cmd
+	proc    *Process
 	out     Buffer
-	done    chan struct{}
-	err     error
 	Addr    string // ip:port it listens on
 	Dir     string
 	Started time.Time // just before exec: sipp's trace times (Date_ms) count from about here
-	waited  bool
 }
 
-// Start runs sipp with args in its own process group, listening on ip:port,
-// with stats and errors traced into a temp dir. The test's cleanup kills it.
-func Start(t testing.TB, ip string, port int, args ...string) *Proc {
+// StartSIPp runs sipp with args in its own process group, listening on
+// ip:port, with stats and errors traced into a temp dir. The test's cleanup
+// kills it.
+func StartSIPp(t testing.TB, ip string, port int, args ...string) *SIPp {
 	t.Helper()
-	bin := Require(t)
+	bin := RequireSIPp(t)
 	dir := t.TempDir()
 	full := append([]string{"-i", ip, "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen"}, args...)
 	cmd := exec.Command(bin, full...)
 	cmd.Dir = dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	p := &Proc{t: t, cmd: cmd, done: make(chan struct{}), Addr: net.JoinHostPort(ip, strconv.Itoa(port)), Dir: dir}
+	p := &SIPp{t: t, Addr: net.JoinHostPort(ip, strconv.Itoa(port)), Dir: dir}
 	cmd.Stdout = &p.out
 	cmd.Stderr = &p.out
 	p.Started = time.Now()
-	if err := cmd.Start(); err != nil {
+	proc, err := StartGroup(cmd)
+	if err != nil {
 		t.Fatalf("start sipp %v: %v", full, err)
 	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
+	p.proc = proc
 	t.Cleanup(p.Kill)
 	return p
 }
 
 // Kill stops sipp at once (SIGKILL to its process group) and waits for it.
-func (p *Proc) Kill() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-}
+func (p *SIPp) Kill() { p.proc.Kill() }
 
 // Stop ends sipp with SIGTERM, which makes it flush its trace files, and
 // waits up to 3 s before killing it.
-func (p *Proc) Stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(3 * time.Second):
-		p.Kill()
-	}
-}
+func (p *SIPp) Stop() { p.proc.Stop(3 * time.Second) }
 
 // Wait waits up to d for sipp to exit and returns its exit code.
-func (p *Proc) Wait(d time.Duration) int {
+func (p *SIPp) Wait(d time.Duration) int {
 	p.t.Helper()
 	select {
-	case <-p.done:
+	case <-p.proc.Done:
 	case <-time.After(d):
 		p.Kill()
 		p.t.Fatalf("sipp %s did not finish within %v\n%s", p.Addr, d, p.Output())
 	}
-	if p.err == nil {
-		return 0
-	}
-	if ee, ok := p.err.(*exec.ExitError); ok {
-		return ee.ExitCode()
-	}
-	return -1
+	return p.proc.ExitCode()
 }
 
 // Exited reports whether sipp has ended.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
+func (p *SIPp) Exited() bool { return p.proc.Exited() }
 
 // Output is what sipp printed plus its error and screen traces.
-func (p *Proc) Output() string {
+func (p *SIPp) Output() string {
 	var b bytes.Buffer
 	b.WriteString(p.out.String())
 	for _, pat := range []string{"*_errors.log", "*_screen.log", "*_messages.log"} {
@@ -167,7 +127,7 @@ func (l *Buffer) Reset() {
 }
 
 // Trace returns sipp's whole -trace_msg log (empty without that flag).
-func (p *Proc) Trace() string {
+func (p *SIPp) Trace() string {
 	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_messages.log"))
 	var b strings.Builder
 	for _, f := range files {
@@ -188,7 +148,7 @@ var (
 )
 
 // Counts reads the last screen sipp wrote.
-func (p *Proc) Counts() Counts {
+func (p *SIPp) Counts() Counts {
 	text := p.Output()
 	var c Counts
 	if m := reSuccess.FindAllStringSubmatch(text, -1); len(m) > 0 {
@@ -201,23 +161,25 @@ func (p *Proc) Counts() Counts {
 }
 
 // WaitListening waits until sipp has bound addr: over TCP until a
-// connection is accepted, over UDP until binding the port fails.
+// connection is accepted, over UDP until /proc/net/udp lists it.
 func WaitListening(t testing.TB, network, addr string, d time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	for ctx.Err() == nil {
-		if network == "tcp" {
-			if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-				c.Close()
-				return
-			}
-		} else if UDPBound(addr) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !Poll(d, func() bool { return Listening(network, addr) }) {
+		t.Fatalf("nothing listening on %s %s after %v", network, addr, d)
 	}
-	t.Fatalf("nothing listening on %s %s after %v", network, addr, d)
+}
+
+// Listening reports whether something listens on addr: over TCP whether a
+// connection is accepted, over UDP whether /proc/net/udp lists it.
+func Listening(network, addr string) bool {
+	if network != "tcp" {
+		return UDPBound(addr)
+	}
+	c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
 }
 
 func tail(b []byte, n int) []byte {
@@ -274,29 +236,4 @@ func Exchange(tb testing.TB, fromIP, to, msg string, wait time.Duration) string 
 			return res
 		}
 	}
-}
-
-// UDPBound reports whether some socket of this network namespace is bound to
-// the IPv4 address addr ("ip:port"), read from /proc/net/udp. Unlike trying
-// to bind it, looking cannot make the process starting up (sipp) fail its
-// own bind with EADDRINUSE.
-func UDPBound(addr string) bool {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil || !ap.Addr().Is4() {
-		return false
-	}
-	b, err := os.ReadFile("/proc/net/udp")
-	if err != nil {
-		return false
-	}
-	ip := ap.Addr().As4()
-	// The kernel prints the address as the host-order (little-endian) value
-	// of the network-order bytes, and the port in plain hex.
-	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		if f := strings.Fields(line); len(f) > 1 && f[1] == want {
-			return true
-		}
-	}
-	return false
 }
