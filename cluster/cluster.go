@@ -28,23 +28,23 @@ type Cluster struct {
 	state channels   // state.go
 	kv    published  // publish.go
 
-	runCtx  context.Context // set in Start, before memberlist runs
+	runCtx  context.Context // set in start, before memberlist runs
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	started bool
 	closed  atomic.Bool
 }
 
-// New checks cfg and prepares a node of the given role; nothing listens until Start.
-// reg may be nil (no metrics exported). RoleAgent needs WithAgentInfo.
+// New checks cfg and prepares a node of the given role; nothing listens until Run.
+// reg may be nil (no metrics exported). RoleService needs WithServiceInfo.
 func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Cluster, error) {
 	var o options
 	for _, fn := range opts {
 		fn(&o)
 	}
 	err := cfg.validate(role)
-	if err == nil && role == RoleAgent {
-		err = checkAgentInfo(o.agent)
+	if err == nil && role == RoleService {
+		err = checkServiceInfo(o.service)
 	}
 	if err != nil {
 		return nil, err
@@ -55,8 +55,8 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 	}
 	log = log.With(zap.String("node", cfg.Name), zap.Stringer("role", role))
 	var m *metrics
-	if role == RoleAgent {
-		// An agent has no quorum, leader or VIP: a constant 0 would read as an outage.
+	if role == RoleService {
+		// A service member has no quorum, leader or VIP: a constant 0 would read as an outage.
 		m = newMetrics(nil)
 		if reg != nil {
 			reg.MustRegister(m.members)
@@ -65,7 +65,7 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 		m = newMetrics(reg)
 	}
 	c := &Cluster{cfg: cfg, role: role, log: log, m: m,
-		mem: membership{keyring: kr, agent: o.agent, metaWake: make(chan struct{}, 1),
+		mem: membership{keyring: kr, service: o.service, metaWake: make(chan struct{}, 1),
 			nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}},
 		lead:  leadership{wake: make(chan struct{}, 1)},
 		state: channels{chans: map[string]*channel{}, outboxes: map[string]*outbox{}},
@@ -79,13 +79,25 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 	return c, nil
 }
 
-// Start removes a stale VIP, opens the raft stores, bootstraps the static voter set if
+// Run runs the node until ctx ends, then closes it (see close). A node that
+// cannot start returns the reason.
+func (c *Cluster) Run(ctx context.Context) error {
+	// The background work runs on until close: close releases the VIP and
+	// hands leadership over while the loops still run.
+	if err := c.start(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return c.close()
+}
+
+// start removes a stale VIP, opens the raft stores, bootstraps the static voter set if
 // the data dir is new, starts raft and memberlist and keeps joining the peers in the
 // background. It returns once the node is listening (after waiting one
-// heartbeat_timeout first, see the timing argument in leadership.go); ctx ends the background work as Close does.
-func (c *Cluster) Start(ctx context.Context) (err error) {
+// heartbeat_timeout first, see the timing argument in leadership.go); ctx ends the background work as close does.
+func (c *Cluster) start(ctx context.Context) (err error) {
 	if c.started {
-		return errors.New("cluster: Start called twice")
+		return errors.New("cluster: started twice")
 	}
 	c.started = true
 	defer func() {
@@ -93,8 +105,8 @@ func (c *Cluster) Start(ctx context.Context) (err error) {
 			c.shutdown()
 		}
 	}()
-	if c.role == RoleAgent {
-		return c.startAgent(ctx)
+	if c.role == RoleService {
+		return c.startService(ctx)
 	}
 	if c.hold.vip != nil {
 		// A crash may have left the VIP behind; we must not answer for it before raft
@@ -144,7 +156,7 @@ func (c *Cluster) advertise() string {
 	if c.cfg.Advertise != "" {
 		return c.cfg.Advertise
 	}
-	if c.role == RoleAgent {
+	if c.role == RoleService {
 		return "" // memberlist takes bind's address (or a private one for 0.0.0.0)
 	}
 	return c.cfg.self().Gossip
@@ -200,11 +212,11 @@ func (c *Cluster) Status() Status {
 	return s
 }
 
-// Close releases the VIP (no Acquire can follow, whatever the leader loop is doing),
+// close releases the VIP (no Acquire can follow, whatever the leader loop is doing),
 // hands leadership over if this node leads (so the peer takes over at once rather than
 // after the timeouts) and stops everything. If the VIP cannot be removed there is no
 // hand-over: it would make the peer a second holder at once.
-func (c *Cluster) Close() error {
+func (c *Cluster) close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
@@ -255,19 +267,4 @@ func (c *Cluster) shutdown() {
 		_ = c.lead.store.Close()
 	}
 	c.log.Info("cluster stopped")
-}
-
-// RunWitness runs a witness node until ctx ends: it votes in raft so two proxies keep a
-// quorum when one dies, never holds the VIP, and hands raft leadership to the best proxy
-// whenever it wins an election. For `hapbx witness -c FILE`.
-func RunWitness(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer) error {
-	c, err := New(cfg, RoleWitness, log, reg)
-	if err != nil {
-		return err
-	}
-	if err := c.Start(ctx); err != nil {
-		return err
-	}
-	<-ctx.Done()
-	return c.Close()
 }

@@ -22,25 +22,27 @@ const (
 	RoleProxy Role = iota
 	// RoleWitness votes in raft but never holds the VIP and never stays raft leader.
 	RoleWitness
-	// RoleAgent is a PBX node's storage agent: a memberlist member only (same gossip
-	// keyring), never a raft voter, never the VIP holder, never sent shared state. Its
-	// metadata tells the proxies which backend it serves and where its API answers.
-	RoleAgent
+	// RoleService is a member that announces a service (a PBX node's storage agent is
+	// one): a memberlist member only (same gossip keyring), never a raft voter, never
+	// the VIP holder, never sent shared state. Its metadata tells the proxies which
+	// backend it serves and where its API answers.
+	RoleService
 )
 
-// String returns "proxy", "witness" or "agent".
+// String returns "proxy", "witness" or "agent": RoleService keeps the name that
+// storage agents and proxies of earlier versions announce and look for.
 func (r Role) String() string {
 	switch r {
 	case RoleWitness:
 		return "witness"
-	case RoleAgent:
+	case RoleService:
 		return "agent"
 	}
 	return "proxy"
 }
 
 // Peer is one raft voter of the static cluster. Every voter lists every voter, itself
-// included, identically: the list is the raft bootstrap configuration. An agent lists
+// included, identically: the list is the raft bootstrap configuration. A service member lists
 // the voters it joins (name optional, raft ignored).
 type Peer struct {
 	// Name is the node name (memberlist name and raft server ID).
@@ -185,14 +187,14 @@ func (c Config) Validate() error { return c.validate(RoleProxy) }
 // ValidateWitness is Validate for a witness: the VIP and ping targets are not needed.
 func (c Config) ValidateWitness() error { return c.validate(RoleWitness) }
 
-// ValidateAgent is Validate for an agent: only name, bind, advertise, peers (the voters'
+// ValidateService is Validate for a service member: only name, bind, advertise, peers (the voters'
 // gossip addresses to join), secret_file and the memberlist timing are used; raft,
 // data_dir, priority, failback, ping and VIP keys are ignored.
-func (c Config) ValidateAgent() error { return c.validate(RoleAgent) }
+func (c Config) ValidateService() error { return c.validate(RoleService) }
 
 func (c Config) validate(role Role) error {
-	if role == RoleAgent {
-		return c.validateAgent()
+	if role == RoleService {
+		return c.validateService()
 	}
 	errs := c.memberProblems()
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
@@ -289,7 +291,7 @@ func (c Config) validate(role Role) error {
 	return errors.Join(errs...)
 }
 
-func (c Config) validateAgent() error {
+func (c Config) validateService() error {
 	errs := c.memberProblems()
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if len(c.Peers) == 0 {
@@ -298,7 +300,7 @@ func (c Config) validateAgent() error {
 	for i, p := range c.Peers {
 		k := fmt.Sprintf("peers[%d]", i)
 		if p.Name != "" && p.Name == c.Name {
-			add("%s.name: %q is this agent's own name: an agent is not a voter and needs a name no voter has", k, p.Name)
+			add("%s.name: %q is this member's own name: a service member is not a voter and needs a name no voter has", k, p.Name)
 		}
 		if err := checkHostPort(k+".gossip", p.Gossip, true); err != nil {
 			errs = append(errs, err)
@@ -308,7 +310,7 @@ func (c Config) validateAgent() error {
 }
 
 // memberProblems checks what every member needs to gossip, voter or
-// agent: its name and addresses, the key file, memberlist's timing.
+// service member: its name and addresses, the key file, memberlist's timing.
 func (c Config) memberProblems() []error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }

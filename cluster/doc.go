@@ -1,7 +1,7 @@
 // Package cluster replaces Heartbeat for hapbx: it keeps membership of the proxies and a
 // witness, elects exactly one VIP holder by consensus, moves the VIP, and carries the
-// proxies' shared state. The PBX nodes' storage agents join as plain members so the
-// proxies find them. It knows nothing of SIP.
+// proxies' shared state. Members that announce a service (the PBX nodes' storage
+// agents) join without a vote so the proxies find them. It knows nothing of SIP.
 //
 // One file per concern, each owning its part of the node's state and saying how it works:
 //
@@ -11,7 +11,7 @@
 //   - vip.go: adding, removing and announcing the VIP.
 //   - state.go: state channels of opaque records (RegisterState, StateSource).
 //   - publish.go: small values through the raft log (Publish, Watch, RepublishOnTakeover).
-//   - agent.go: storage agents as members without a vote (RoleAgent, Agents).
+//   - service.go: members without a vote that announce a service (RoleService, Services).
 //
 // # What it does not do
 //
@@ -30,15 +30,15 @@
 // gossip_interval, push_pull_interval, join_retry_max}, vip {address, interface,
 // garp_count, garp_interval} (ignored by a witness).
 //
-// For an agent only name, bind, advertise (default: bind's address), peers[].gossip,
+// For a service member only name, bind, advertise (default: bind's address), peers[].gossip,
 // secret_file and the memberlist timing keys (probe_*, suspicion_mult, gossip_interval,
-// push_pull_interval, join_retry_max) are used and checked (ValidateAgent); the
+// push_pull_interval, join_retry_max) are used and checked (ValidateService); the
 // proxies' peers list can be copied as is.
 //
 // # Metrics
 //
 //	hapbx_cluster_vip_held                       gauge, 1 while the VIP is on our interface
-//	hapbx_cluster_members                        gauge, alive memberlist members incl. self and agents
+//	hapbx_cluster_members                        gauge, alive memberlist members incl. self and service members
 //	hapbx_cluster_leader_changes_total           counter, raft leader changes seen
 //	hapbx_cluster_quorum                         gauge, 1 with a fresh lease (leader) or a known leader (follower)
 //	hapbx_cluster_raft_leader                    gauge, 1 while raft leader
@@ -46,5 +46,5 @@
 //	hapbx_cluster_vip_release_failures_total     counter, failed VIP removal attempts (retried each tick)
 //	hapbx_cluster_state_records_received_total   counter, shared-state records applied from peers
 //
-// An agent exports hapbx_cluster_members only.
+// A service member exports hapbx_cluster_members only.
 package cluster

@@ -9,7 +9,7 @@ var (
 	ErrBadKey = errors.New("cluster: bad gossip key")
 	// ErrKeyMismatch means a peer answered but our gossip key cannot talk to it.
 	ErrKeyMismatch = errors.New("cluster: gossip key does not match the peers' (check secret_file)")
-	// ErrClosed is returned after Close.
+	// ErrClosed is returned once Run returned.
 	ErrClosed = errors.New("cluster: closed")
 	// ErrUnknownChannel is returned by Broadcast for a channel never registered.
 	ErrUnknownChannel = errors.New("cluster: unknown state channel")

@@ -183,7 +183,7 @@ func runHelper(path string) error {
 		return err
 	}
 	start := time.Now()
-	if err := c.Start(ctx); err != nil {
+	if err := c.start(ctx); err != nil {
 		return err
 	}
 	fmt.Println("READY")
@@ -217,7 +217,7 @@ func runHelper(path string) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return c.Close()
+			return c.close()
 		case <-tk.C:
 			if spec.CountFile != "" {
 				b, _ := json.Marshal(helperCounts{Own: int(own.Load()), Watched: src.countRange(spec.WatchBase, spec.WatchBase+1e6)})

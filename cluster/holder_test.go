@@ -121,10 +121,10 @@ func proxyTrio(t *testing.T, fv *fakeVIP, log *zap.Logger, reg prometheus.Regist
 		ws = append(ws, w)
 	}
 	for _, c := range append([]*Cluster{p}, ws...) {
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 	}
 	return p, ws
 }
@@ -227,7 +227,7 @@ func TestCloseSerializesVIP(t *testing.T) {
 
 	closed := make(chan struct{})
 	go func() {
-		p.Close()
+		p.close()
 		close(closed)
 	}()
 	// Give Close time to run ahead: without serialisation it hands leadership over now.

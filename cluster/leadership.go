@@ -57,7 +57,7 @@ import (
 // holding: the leader loop retries it every lease tick until the kernel confirms the
 // address is gone, logs "cannot remove the VIP" at error level once per streak of
 // failures and counts every failed attempt in hapbx_cluster_vip_release_failures_total.
-// Meanwhile the node starts no leadership transfer (failback, ping loss, Close): that
+// Meanwhile the node starts no leadership transfer (failback, ping loss, close): that
 // would knowingly make a second holder. If raft elects the other proxy anyway (this
 // node lost its quorum), both hold the address until the removal succeeds; the timing
 // argument below assumes removals succeed (TestReleaseFailureRetried).
@@ -94,13 +94,13 @@ import (
 // lease check; this library has no fencing for that case. Validate enforces L <= H/2,
 // which keeps rpc >= 0.275 H > 0.
 //
-// A voter that restarts forgets whom it followed and would grant votes at once; Start
+// A voter that restarts forgets whom it followed and would grant votes at once; start
 // therefore waits H before it starts raft, so a vote it grants comes at least H after
 // any acknowledgement it gave in its previous life.
 //
 // The one raft path that bypasses the "I have a leader" refusal is leadership transfer
 // (TimeoutNow). hapbx only starts a transfer after releasing the VIP itself (failback,
-// ping loss, Close); a witness never holds it.
+// ping loss, close); a witness never holds it.
 //
 // Failover time after the holder dies: the followers' timers fire between H and 3H after
 // the last heartbeat (raft re-arms a random [H, 2H) timer), then one pre-vote and one vote
@@ -117,7 +117,7 @@ import (
 //   - Holder dies (power, SIGKILL): the other proxy and the witness elect the other
 //     proxy within about 0.3–0.8 s; it adds the VIP and sends gratuitous ARP, so clients'
 //     ARP entries follow at once (TestFailoverSIGKILL). If only the hapbx process died and
-//     the host lives, the address stays on its interface until hapbx restarts (Start
+//     the host lives, the address stays on its interface until hapbx restarts (start
 //     removes it) — deploy the systemd unit with
 //     ExecStopPost=-/usr/sbin/ip addr del <vip> dev <interface> so a crashed process does
 //     not leave a second owner answering ARP.
@@ -139,7 +139,7 @@ import (
 //     that reaches them; if none does, no node holds the VIP.
 //   - Removing the VIP fails (netlink error): the node keeps reporting it holds the VIP,
 //     retries every lease tick and logs/counts it (see Who holds the VIP); no hand-over
-//     starts from it. On Close the removal is tried once more in shutdown; after that
+//     starts from it. On close the removal is tried once more in shutdown; after that
 //     only ExecStopPost (hapbx release-vip) can remove it.
 
 // leadership is the raft voter and the quorum lease the VIP depends on.
@@ -158,15 +158,15 @@ type leadership struct {
 
 // vipHolding is the VIP on our interface and who is told when that changes.
 type vipHolding struct {
-	vip vipAddr // nil on a witness and an agent; a test substitutes a fake
-	// mu serialises every change of the VIP (leader loop, Close, shutdown): one
-	// Acquire or Release at a time, and none after Close decided to let go.
+	vip vipAddr // nil on a witness and a service member; a test substitutes a fake
+	// mu serialises every change of the VIP (leader loop, close, shutdown): one
+	// Acquire or Release at a time, and none after close decided to let go.
 	mu sync.Mutex
 	// holding: the VIP is on our interface as far as we know (written under mu). A
 	// failed Release leaves it true: the address is still there.
 	holding      atomic.Bool
 	gen          atomic.Uint64 // hold generation: bumped on every take and release
-	stopped      bool          // under mu: Close began, Acquire is refused
+	stopped      bool          // under mu: close began, Acquire is refused
 	lastErr      time.Time     // under mu
 	releaseFails int           // under mu: failed Release attempts in the current streak
 

@@ -91,10 +91,10 @@ func TestWitnessTrioPublishAndState(t *testing.T) {
 		if err := c.RegisterState("test", src); err == nil {
 			t.Fatal("channel registered twice")
 		}
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 		nodes = append(nodes, c)
 		srcs = append(srcs, src)
 	}
@@ -190,17 +190,17 @@ func TestWrongKeyIsReported(t *testing.T) {
 	cfgs := loopbackTrio(t, [3]string{good, good, bad})
 	for _, cfg := range cfgs[:2] {
 		c := startNode(t, cfg, zap.NewNop())
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	c := startNode(t, cfgs[2], zap.New(core))
-	if err := c.Start(context.Background()); err != nil {
+	if err := c.start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { c.close() })
 	testkit.Eventually(t, 5*time.Second, "a key-mismatch error in the intruder's log", func() bool {
 		for _, e := range logs.All() {
 			if h, _ := e.ContextMap()["hint"].(string); e.Level >= zapcore.ErrorLevel && strings.Contains(h, "gossip key") {
@@ -234,10 +234,10 @@ func TestBroadcastFigures(t *testing.T) {
 		if err := c.RegisterState("test", src); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 		nodes, srcs = append(nodes, c), append(srcs, src)
 	}
 	testkit.Eventually(t, 10*time.Second, "3 members", func() bool { return len(nodes[0].mem.aliveNodes(nodes[0].cfg.Name)) == 2 })

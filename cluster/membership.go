@@ -28,7 +28,7 @@ import (
 // membership is memberlist and what its event callbacks reported.
 type membership struct {
 	keyring  *memberlist.Keyring
-	agent    AgentInfo // RoleAgent: what the metadata announces
+	service  ServiceInfo // RoleService: what the metadata announces
 	ml       atomic.Pointer[memberlist.Memberlist]
 	alive    atomic.Int64  // members alive, self included (from memberlist events)
 	metaWake chan struct{} // asks metaLoop to re-announce our node metadata
@@ -49,7 +49,7 @@ type nodeMeta struct {
 	// State: the node has registered state channels; others send it records only then
 	// (a witness usually has none and is spared the full pushes).
 	State bool `json:"s,omitempty"`
-	// Backend and API: set by an agent (role "agent"): the backend it serves and the
+	// Backend and API: set by a service member (RoleService): the backend it serves and the
 	// URL of its control API.
 	Backend string `json:"b,omitempty"`
 	API     string `json:"api,omitempty"`
@@ -66,7 +66,7 @@ type Member struct {
 	Priority int    `json:"priority"`
 	PingOK   bool   `json:"ping_ok"`
 	State    string `json:"state"`
-	// Backend and API are set for agents (Role "agent").
+	// Backend and API are set for service members (RoleService).
 	Backend string `json:"backend,omitempty"`
 	API     string `json:"api,omitempty"`
 	// VIPHeld: the member announces it has the VIP on its interface (for this node
@@ -122,7 +122,7 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 		for _, m := range c.Members() {
 			if m.State == "alive" {
 				alive[m.Name] = true
-				alive[m.Addr] = true // an agent may list voters by address only
+				alive[m.Addr] = true // a service member may list voters by address only
 			}
 		}
 		for _, p := range c.cfg.Peers {
@@ -226,12 +226,12 @@ func (m *membership) node(name string) (*memberlist.Node, bool) {
 	return &n, ok && m.states[name] == "alive"
 }
 
-// stateful reports whether a member announced state channels in its metadata. An agent
-// never gets state, whatever it announces: registrations and media sessions are the
+// stateful reports whether a member announced state channels in its metadata. A service
+// member never gets state, whatever it announces: registrations and media sessions are the
 // proxies' business.
 func stateful(n *memberlist.Node) bool {
 	var meta nodeMeta
-	return json.Unmarshal(n.Meta, &meta) == nil && meta.State && meta.Role != RoleAgent.String()
+	return json.Unmarshal(n.Meta, &meta) == nil && meta.State && meta.Role != RoleService.String()
 }
 
 // aliveNodes returns copies of the alive members other than self that take state
@@ -277,8 +277,8 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	hasState := c.state.registered()
 	meta := nodeMeta{Role: c.role.String(), Priority: c.cfg.Priority, PingOK: c.role == RoleProxy && c.lead.pingOK.Load(), State: hasState,
 		VIP: c.hold.holding.Load()}
-	if c.role == RoleAgent {
-		meta = nodeMeta{Role: c.role.String(), Backend: c.mem.agent.Backend, API: c.mem.agent.API}
+	if c.role == RoleService {
+		meta = nodeMeta{Role: c.role.String(), Backend: c.mem.service.Backend, API: c.mem.service.API}
 	}
 	b, _ := json.Marshal(meta)
 	if len(b) > limit {

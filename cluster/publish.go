@@ -41,8 +41,8 @@ func (p *published) takeoverFuncs() map[string]func() []byte {
 // Publish stores key=value through the raft log (strongly consistent, replicated to all
 // voters, witness included). Only the raft leader can publish: ErrNotLeader elsewhere.
 func (c *Cluster) Publish(key string, value []byte) error {
-	if c.role == RoleAgent {
-		return fmt.Errorf("publish %q: an agent is not a voter: %w", key, ErrNotLeader)
+	if c.role == RoleService {
+		return fmt.Errorf("publish %q: a service member is not a voter: %w", key, ErrNotLeader)
 	}
 	if c.lead.r == nil || c.closed.Load() {
 		return ErrClosed
@@ -75,7 +75,7 @@ func (c *Cluster) Watch(key string) <-chan []byte { return c.kv.fsm.watch(key) }
 // entry committed by earlier leaders first (raft barrier), then publishes current()
 // unless the committed value already equals it, retrying while it keeps the VIP.
 // current must be cheap and must not block; nil means nothing to publish. Call before
-// Start; a second call for the same key replaces the first.
+// Run; a second call for the same key replaces the first.
 func (c *Cluster) RepublishOnTakeover(key string, current func() []byte) {
 	c.kv.mu.Lock()
 	c.kv.republish[key] = current

@@ -96,14 +96,14 @@ type channel struct {
 }
 
 // RegisterState adds a named state channel and hands src its outlet (StateChanges).
-// Register every channel before Start so the first full sync includes it; records for a
+// Register every channel before Run so the first full sync includes it; records for a
 // channel unknown here are dropped.
 func (c *Cluster) RegisterState(name string, src StateSource) error {
 	if name == "" || len(name) > 255 {
 		return fmt.Errorf("cluster: state channel name %q must be 1..255 bytes", name)
 	}
-	if c.role == RoleAgent {
-		return fmt.Errorf("cluster: state channel %q: an agent carries no shared state", name)
+	if c.role == RoleService {
+		return fmt.Errorf("cluster: state channel %q: a service member carries no shared state", name)
 	}
 	c.state.mu.Lock()
 	_, dup := c.state.chans[name]

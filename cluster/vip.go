@@ -20,7 +20,7 @@ import (
 
 // A VIP left on the interface by a crash is removed in Start before the node joins
 // (TestStaleVIPRemovedAtStart). Only one VIP change runs at a time: the leader loop,
-// Close and the final shutdown take the same lock, and once Close has begun no Acquire
+// close and the final shutdown take the same lock, and once close has begun no Acquire
 // can follow (TestCloseSerializesVIP).
 
 // VIP adds and removes the virtual address on a local link and announces it to the

@@ -120,7 +120,7 @@ func ParseAgent(name string, data []byte) (File, error) {
 	}
 	problems = append(problems, f.Agent.problems()...)
 	if f.ClusterEnabled() {
-		for _, e := range flatten(f.ClusterConfig().ValidateAgent()) {
+		for _, e := range flatten(f.ClusterConfig().ValidateService()) {
 			problems = append(problems, "cluster."+e.Error())
 		}
 		if _, err := f.AgentURL(); err != nil {

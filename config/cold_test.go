@@ -196,7 +196,7 @@ func TestAgentFileWithCluster(t *testing.T) {
 		"cluster:\n  peers: [{name: asterisk1, gossip: \"10.0.0.1\"}]\n  timing: {probe_interval: 0s}\n"
 	_, err := ParseAgent("a.yaml", []byte(bad))
 	for _, w := range []string{
-		`a.yaml: cluster.peers[0].name: "asterisk1" is this agent's own name`,
+		`a.yaml: cluster.peers[0].name: "asterisk1" is this member's own name`,
 		"a.yaml: cluster.peers[0].gossip:",
 		"a.yaml: cluster.secret_file: must be set",
 		"a.yaml: cluster.timing.probe_interval: must be > 0",

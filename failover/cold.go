@@ -170,6 +170,11 @@ func WithLeader(isLeader func() bool) ColdOption {
 	return func(c *Coordinator) { c.isLeader = isLeader }
 }
 
+// WithColdHealth sets the health changes Run follows.
+func WithColdHealth(src HealthSource) ColdOption {
+	return func(c *Coordinator) { c.src = src }
+}
+
 // Coordinator drives cold standby: when the backend holding the resource
 // group is declared down it stops that node's group, or fences the node
 // when its agent cannot, and only then starts the group on the next node
@@ -178,6 +183,7 @@ type Coordinator struct {
 	cfg      ColdConfig
 	log      *zap.Logger
 	isLeader func() bool
+	src      HealthSource // see WithColdHealth
 	m        *coldMetrics
 
 	op sync.Mutex // one move at a time
@@ -332,15 +338,19 @@ func (c *Coordinator) Holder() string {
 	return c.holder
 }
 
-// Run follows health (src) and polls the agents until ctx ends.
-func (c *Coordinator) Run(ctx context.Context, src HealthSource) error {
+// Run follows health (the WithColdHealth source) and polls the agents until
+// ctx ends.
+func (c *Coordinator) Run(ctx context.Context) error {
+	if c.src == nil {
+		return errNoHealth
+	}
 	type trigger struct {
 		from   string
 		at     time.Time
 		reason string
 	}
 	trig := make(chan trigger, 16)
-	changes := src.Subscribe(ctx)
+	changes := c.src.Subscribe(ctx)
 	// Health is followed on its own goroutine: a move in progress waits
 	// for the new backend to come up.
 	go func() {

@@ -147,14 +147,14 @@ func newRigFence(t *testing.T, fenceErr error, peerWait bool, opts ...ColdOption
 			nodes[i].Fence, nodes[i].FenceTimeout, nodes[i].SafetyDelay = nil, 300*time.Millisecond, 50*time.Millisecond
 		}
 	}
-	c, err := NewCoordinator(cfg, nodes, zaptest.NewLogger(t), nil, opts...)
+	c, err := NewCoordinator(cfg, nodes, zaptest.NewLogger(t), nil, append(opts, WithColdHealth(r.hs))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.c = c
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = c.Run(ctx, r.hs); close(done) }()
+	go func() { _ = c.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	r.hs.send("A", health.StateUp)
 	r.hs.send("B", health.StateDown)
@@ -268,13 +268,13 @@ func TestColdInitialStartOnFirstFitNode(t *testing.T) {
 	b := &fakeAgent{name: "B", j: j, hs: hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
 	cfg := DefaultColdConfig()
 	cfg.Enabled, cfg.PollInterval = true, 20*time.Millisecond
-	c, err := NewCoordinator(cfg, []ColdNode{{Name: "A", Agent: a}, {Name: "B", Agent: b}}, zaptest.NewLogger(t), nil)
+	c, err := NewCoordinator(cfg, []ColdNode{{Name: "A", Agent: a}, {Name: "B", Agent: b}}, zaptest.NewLogger(t), nil, WithColdHealth(hs))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = c.Run(ctx, hs) }()
+	go func() { _ = c.Run(ctx) }()
 	testkit.Eventually(t, 3*time.Second, "B started", func() bool { return c.Holder() == "B" && c.Status().Phase == PhaseIdle })
 	if got := fmt.Sprint(j.get()); got != "[start B]" {
 		t.Fatalf("steps %s", got)
@@ -422,13 +422,13 @@ func TestColdStartCarriesPeerDown(t *testing.T) {
 		b := &fakeAgent{name: "B", j: j, hs: hs, st: storage.Status{State: storage.StateStopped, DRBDRole: storage.RoleSecondary, Disk: storage.DiskUpToDate}}
 		cfg := DefaultColdConfig()
 		cfg.Enabled, cfg.PollInterval = true, 20*time.Millisecond
-		c, err := NewCoordinator(cfg, []ColdNode{{Name: "A", Agent: a, Fence: fakeFence{"A", j, nil}}, {Name: "B", Agent: b}}, zaptest.NewLogger(t), nil)
+		c, err := NewCoordinator(cfg, []ColdNode{{Name: "A", Agent: a, Fence: fakeFence{"A", j, nil}}, {Name: "B", Agent: b}}, zaptest.NewLogger(t), nil, WithColdHealth(hs))
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
-		go func() { _ = c.Run(ctx, hs); close(done) }()
+		go func() { _ = c.Run(ctx); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 		testkit.Eventually(t, 3*time.Second, "A started", func() bool { return c.Holder() == "A" && c.Status().Phase == PhaseIdle })
 		if got := fmt.Sprint(j.get()); got != "[start A]" {

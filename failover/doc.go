@@ -59,8 +59,8 @@
 // Agents are reached through ColdNode.Agent. hapbx run gives each node a
 // storage.Client at backends[].agent.url, or, when that is empty and the
 // proxy is clustered, an Agent that looks up on every call the URL
-// announced by the alive cluster member of role agent whose backend is the
-// node's name (cluster.Agents). An agent that has not joined, or has been
+// announced by the alive service member of the cluster whose backend is the
+// node's name (cluster.Services). An agent that has not joined, or has been
 // declared dead, answers with an error: the node counts as unreachable,
 // exactly like an agent that does not answer, so the initial start waits
 // for every agent and a move fences the old node first.

@@ -39,13 +39,13 @@ func TestFailoverWithRealChecker(t *testing.T) {
 			// backend rises first, pbx1 (preferred) must be active once
 			// both have a verdict, with or without failback.
 			sel, err := failover.New(failover.Config{Routing: failover.RoutingActiveStandby, Failback: failback},
-				[]string{"pbx1", "pbx2"}, log.Named("failover"), nil, failover.WithStartupSettle(failover.StartupSettle(hcfg)))
+				[]string{"pbx1", "pbx2"}, log.Named("failover"), nil, failover.WithStartupSettle(failover.StartupSettle(hcfg)), failover.WithHealth(chk))
 			if err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{}, 2)
-			go func() { _ = sel.Run(ctx, chk); done <- struct{}{} }()
+			go func() { _ = sel.Run(ctx); done <- struct{}{} }()
 			go func() { _ = chk.Run(ctx); done <- struct{}{} }()
 			t.Cleanup(func() { cancel(); <-done; <-done })
 			events := sel.Subscribe(ctx)

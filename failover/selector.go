@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -20,6 +21,9 @@ type HealthSource interface {
 }
 
 var _ HealthSource = (*health.Checker)(nil)
+
+// errNoHealth: Run without a health source would follow nothing.
+var errNoHealth = errors.New("failover: no health source (WithHealth, WithColdHealth)")
 
 // EventKind tells what an Event announces.
 type EventKind int
@@ -65,6 +69,7 @@ type Selector struct {
 	log *zap.Logger
 	m   *metrics
 
+	src    HealthSource     // see WithHealth
 	settle time.Duration    // startup settling time, see WithStartupSettle
 	now    func() time.Time // time.Now; tests replace it
 
@@ -96,6 +101,11 @@ type SelectorOption func(*Selector)
 // the role back; d <= 0 settles at once (the first backend up keeps it).
 func WithStartupSettle(d time.Duration) SelectorOption {
 	return func(s *Selector) { s.settle = d }
+}
+
+// WithHealth sets the health changes Run follows.
+func WithHealth(src HealthSource) SelectorOption {
+	return func(s *Selector) { s.src = src }
 }
 
 // StartupSettle returns the settling time that fits a health configuration:
@@ -160,12 +170,16 @@ func checkNames(backends []string) error {
 	return nil
 }
 
-// Run applies the changes of src until its channel closes or ctx ends.
-func (s *Selector) Run(ctx context.Context, src HealthSource) error {
+// Run applies the changes of the WithHealth source until its channel closes
+// or ctx ends.
+func (s *Selector) Run(ctx context.Context) error {
+	if s.src == nil {
+		return errNoHealth
+	}
 	s.mu.Lock()
 	s.openSettleLocked()
 	s.mu.Unlock()
-	for c := range src.Subscribe(ctx) {
+	for c := range s.src.Subscribe(ctx) {
 		s.Apply(c)
 	}
 	return nil

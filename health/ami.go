@@ -154,7 +154,7 @@ func (c *AMIClient) update(f func(s *AMIState)) {
 	}
 }
 
-// Run keeps a session up until ctx ends; it returns ctx's error.
+// Run keeps a session up until ctx ends.
 func (c *AMIClient) Run(ctx context.Context) error {
 	defer close(c.stopped)
 	backoff := c.cfg.BackoffMin
@@ -163,7 +163,7 @@ func (c *AMIClient) Run(ctx context.Context) error {
 		loggedIn, err := c.session(ctx)
 		if ctx.Err() != nil {
 			c.update(func(s *AMIState) { s.Connected, s.LoggedIn, s.FullyBooted = false, false, false })
-			return ctx.Err()
+			return nil
 		}
 		c.update(func(s *AMIState) {
 			s.Connected, s.LoggedIn, s.FullyBooted = false, false, false
@@ -177,7 +177,7 @@ func (c *AMIClient) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return ctx.Err()
+			return nil
 		case <-t.C:
 		}
 		if !loggedIn {

@@ -55,7 +55,7 @@ func NewReadyCheck(t Target, cfg Config, amiBackoffMax time.Duration, log *zap.L
 func (r *ReadyCheck) Run(ctx context.Context) error {
 	if r.ami == nil {
 		<-ctx.Done()
-		return ctx.Err()
+		return nil
 	}
 	return r.ami.Run(ctx)
 }

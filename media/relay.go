@@ -139,7 +139,7 @@ func RefreshPeriod(idle time.Duration) time.Duration {
 const replicaRefreshes = 4
 
 // New validates cfg (cfg.Address must already hold the address to use),
-// registers the metrics on reg and returns a Relay; Start begins relaying.
+// registers the metrics on reg and returns a Relay; Run relays.
 func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error) {
 	return newWithClock(cfg, log, reg, time.Now)
 }
@@ -199,8 +199,16 @@ func (r *Relay) nanotime() int64 { return r.now().UnixNano() }
 // Address is the relay address advertised in SDP.
 func (r *Relay) Address() netip.Addr { return r.addr }
 
-// Start launches the data-path workers and the idle sweeper.
-func (r *Relay) Start() {
+// Run starts the data-path workers and the idle sweeper, and closes the
+// relay when ctx ends.
+func (r *Relay) Run(ctx context.Context) error {
+	r.start()
+	<-ctx.Done()
+	r.Close()
+	return nil
+}
+
+func (r *Relay) start() {
 	r.mu.Lock()
 	r.started = true
 	r.mu.Unlock()
@@ -211,15 +219,8 @@ func (r *Relay) Start() {
 	go r.sweep()
 }
 
-// Run starts the relay and closes it when ctx ends.
-func (r *Relay) Run(ctx context.Context) error {
-	r.Start()
-	<-ctx.Done()
-	r.Close()
-	return nil
-}
-
-// Close ends every session, closes all sockets and stops the workers.
+// Close ends every session, closes all sockets and stops the workers: Run
+// does it on return, a relay that never ran needs it.
 func (r *Relay) Close() {
 	r.mu.Lock()
 	if r.closed {

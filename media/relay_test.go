@@ -40,7 +40,7 @@ func newRelayAt(t *testing.T, ports string, mod func(*Config), now func() time.T
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Start()
+	r.start()
 	t.Cleanup(r.Close)
 	return r, reg
 }
@@ -500,7 +500,7 @@ func TestImportFreebindNonLocalAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Start()
+	r.start()
 	defer r.Close()
 	rec := SessionRecord{CallID: "vip", State: StateAnswered, Streams: []StreamRecord{{Ports: [2]int{31910, 31912}}}}
 	if err := r.Import(rec); err != nil {

@@ -22,7 +22,7 @@ func BenchmarkRefresh2000(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.Start()
+	r.start()
 	defer r.Close()
 	for i := range n {
 		id := fmt.Sprintf("%032x@pbx.example.com", i*7919)

@@ -59,7 +59,7 @@ func TestImportBindsVIPBeforeItArrives(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Start()
+	r.start()
 	defer r.Close()
 
 	// Phones on 127.0.0.1 in the namespace (sockets are made on this thread).

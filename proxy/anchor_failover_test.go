@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
 )
 
@@ -44,8 +45,7 @@ func anchorRelay(t *testing.T, addr string) *media.Relay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Start()
-	t.Cleanup(r.Close)
+	testkit.Run(t, r.Run)
 	return r
 }
 

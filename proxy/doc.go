@@ -81,9 +81,10 @@
 //     does the proxy, otherwise as one UDP datagram, as Kamailio and
 //     Asterisk send it; one too large even for that gets 513 (size.go). A
 //     message's size never makes the caller get 503 nor a backend suspect;
-//   - on Shutdown answers new initial requests 503 while transactions in
-//     flight finish, for at most `sip.drain_timeout`; those still pending
-//     then get 503 and their downstream INVITEs a CANCEL.
+//   - once Run's context ends answers new initial requests 503 while
+//     transactions in flight finish, for at most `sip.drain_timeout`; those
+//     still pending (all at once on Abort) then get 503 and their
+//     downstream INVITEs a CANCEL.
 //
 // What it does not: authenticate (Asterisk challenges; the proxy passes the
 // challenge through), probe backends (package health; a FailureReporter is

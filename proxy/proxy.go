@@ -80,8 +80,8 @@ type sipgoWire struct {
 type lifecycle struct {
 	up       atomic.Bool
 	draining atomic.Bool
-	// abort is closed when the drain times out: pending transactions then
-	// answer 503 and cancel downstream.
+	// abort is closed when the drain times out or is aborted: pending
+	// transactions then answer 503 and cancel downstream.
 	abort     chan struct{}
 	abortOnce sync.Once
 	// cancelGuard: after a CANCEL (or Timer C) the downstream has this long
@@ -165,9 +165,10 @@ func (p *Proxy) SetBackends(bs []Backend) {
 // Backends returns the current backend list.
 func (p *Proxy) Backends() []Backend { return p.backends.Load().list }
 
-// Start opens every listener and serves them until Close. It returns once
-// all listeners are bound, or the first bind error.
-func (p *Proxy) Start(ctx context.Context) error {
+// Listen opens every listener and serves them until Run returns. It returns
+// once all listeners are bound, or the first bind error: a caller that must
+// know the listeners are up (before the VIP arrives) calls it before Run.
+func (p *Proxy) Listen(ctx context.Context) error {
 	sipLog := slog.New(newSlogBridge(p.log.Named("sipgo"), p.m.malformed))
 	parser := sip.NewParser()
 	parser.MaxMessageLength = p.cfg.MaxMessageSize
@@ -216,7 +217,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 
 	for _, l := range p.listeners {
 		if err := p.listen(ctx, l, tlsConf); err != nil {
-			p.Close()
+			p.close()
 			return err
 		}
 	}
@@ -282,11 +283,19 @@ func (p *Proxy) serve(f func() error) {
 // Ready reports whether the listeners are up and not draining.
 func (p *Proxy) Ready() bool { return p.up.Load() && !p.draining.Load() }
 
-// Shutdown stops taking new requests (new initial requests get 503; TCP/TLS
-// stop accepting connections), lets transactions in flight finish for up to
-// the drain timeout or until ctx ends, answers 503 to those still pending
-// (cancelling their INVITEs downstream), then closes everything.
-func (p *Proxy) Shutdown(ctx context.Context) error {
+// Run serves (it calls Listen unless that was done) until ctx ends, then
+// drains: it stops taking new requests (new initial requests get 503;
+// TCP/TLS stop accepting connections), lets transactions in flight finish
+// for up to the drain timeout or until Abort, answers 503 to those still
+// pending (cancelling their INVITEs downstream), and closes everything. A
+// drain cut short is its error.
+func (p *Proxy) Run(ctx context.Context) error {
+	if p.ua == nil {
+		if err := p.Listen(ctx); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
 	p.draining.Store(true)
 	done := make(chan struct{})
 	go func() { p.inflight.Wait(); close(done) }()
@@ -297,24 +306,28 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-timer.C:
 		err = fmt.Errorf("drain: transactions still in flight after %v", p.cfg.DrainTimeout)
-	case <-ctx.Done():
-		err = fmt.Errorf("drain: %w", ctx.Err())
+	case <-p.abort:
+		err = errors.New("drain: aborted")
 	}
 	if err != nil {
 		// Those still pending answer 503 (their INVITEs are cancelled
 		// downstream) before the transports close under them.
-		p.abortOnce.Do(func() { close(p.abort) })
+		p.Abort()
 		select {
 		case <-done:
 		case <-time.After(time.Second):
 		}
 	}
-	p.Close()
+	p.close()
 	return err
 }
 
-// Close closes listeners and transports at once.
-func (p *Proxy) Close() {
+// Abort cuts a drain short (a second stop signal): transactions still
+// pending answer 503 at once.
+func (p *Proxy) Abort() { p.abortOnce.Do(func() { close(p.abort) }) }
+
+// close closes listeners and transports at once.
+func (p *Proxy) close() {
 	p.up.Store(false)
 	for _, c := range p.closers {
 		_ = c()

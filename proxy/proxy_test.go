@@ -66,10 +66,10 @@ func startProxyWith(t *testing.T, transports []string, backends []Backend, route
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Start(context.Background()); err != nil {
+	if err := p.Listen(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.Close)
+	t.Cleanup(p.close)
 	return &testProxy{Proxy: p, reg: reg, port: port, addr: net.JoinHostPort(proxyIP, strconv.Itoa(port))}
 }
 
@@ -82,8 +82,7 @@ func startRelay(t *testing.T, ports string, reg prometheus.Registerer) *media.Re
 	if err != nil {
 		t.Fatal(err)
 	}
-	relay.Start()
-	t.Cleanup(relay.Close)
+	testkit.Run(t, relay.Run)
 	return relay
 }
 
@@ -327,10 +326,10 @@ func TestListenBeforeVIP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Start(context.Background()); err != nil {
+	if err := p.Listen(context.Background()); err != nil {
 		t.Fatalf("listen on a VIP not yet present: %v", err)
 	}
-	p.Close()
+	p.close()
 }
 
 // TestLoopDetected: a request that comes back carrying the proxy's own Via

@@ -32,9 +32,10 @@
 //   - Persistence in bbolt (data_dir/registrar.db): changes are queued in a
 //     map keyed by binding (bounded by the number of bindings, never
 //     blocking the SIP path) and written in one transaction per flush by
-//     Run; Close flushes. Expired records are dropped at load. A damaged
-//     file is logged with path and reason, counted, shown in Snapshot, moved
-//     to registrar.db.corrupt-<time>, and the registrar starts empty.
+//     Run, which closes the store on return. Expired records are dropped at
+//     load. A damaged file is logged with path and reason, counted, shown
+//     in Snapshot, moved to registrar.db.corrupt-<time>, and the registrar
+//     starts empty.
 //   - Replication-ready: every local change is a versioned Record (hybrid
 //     logical clock + node name; tombstones for removals, kept max_expires).
 //     Merge is last-writer-wins per AOR and Contact over unexpired records:

@@ -223,8 +223,7 @@ func (r *Registrar) setGauges() {
 }
 
 // Run purges expired bindings every purge_interval and writes queued
-// changes to the store until ctx ends; it then flushes. Close must still be
-// called to release the store.
+// changes to the store until ctx ends; it then closes the registrar.
 func (r *Registrar) Run(ctx context.Context) error {
 	tick := time.NewTicker(r.cfg.PurgeInterval)
 	defer tick.Stop()
@@ -235,8 +234,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			r.flush()
-			return nil
+			return r.Close()
 		case <-tick.C:
 			r.Purge()
 			// Also retries writes that failed earlier.
@@ -263,8 +261,9 @@ func (r *Registrar) flush() {
 	}
 }
 
-// Close flushes queued writes and closes the store. Later Save and Merge
-// calls fail with ErrClosed.
+// Close flushes queued writes and closes the store (Run does it on return;
+// a registrar that never ran needs it). Later Save and Merge calls fail
+// with ErrClosed.
 func (r *Registrar) Close() error {
 	r.mu.Lock()
 	if r.closed {

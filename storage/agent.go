@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -519,40 +517,19 @@ func (a *Agent) Stop(ctx context.Context) (Report, error) {
 	return rep, err
 }
 
-// Run follows `drbdsetup events2 RES` (restarting it when it exits),
-// monitors the started service, and serves the control API on cfg.Listen
-// when set. It returns when ctx ends.
+// Run follows `drbdsetup events2 RES` (restarting it when it exits) and
+// monitors the started service until ctx ends. The control API (Handler)
+// is the caller's to serve, on cfg.Listen.
 func (a *Agent) Run(ctx context.Context) error {
 	if _, err := a.DRBDState(ctx); err != nil {
 		a.log.Warn("initial drbdadm status failed", zap.Error(err))
 	}
 	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	if a.cfg.Listen != "" {
-		ln, err := net.Listen("tcp", a.cfg.Listen)
-		if err != nil {
-			return fmt.Errorf("storage: listen %s: %w", a.cfg.Listen, err)
-		}
-		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("storage: serve %s: %w", a.cfg.Listen, err)
-			}
-		}()
-		go func() { <-ctx.Done(); srv.Close() }()
-	}
 	wg.Add(2)
 	go func() { defer wg.Done(); a.followEvents(ctx) }()
 	go func() { defer wg.Done(); a.monitor(ctx) }()
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
 	wg.Wait()
-	return err
+	return nil
 }
 
 func (a *Agent) followEvents(ctx context.Context) {

@@ -9,7 +9,7 @@ import (
 )
 
 // Announced is a storage agent as the proxies' cluster reports it: the
-// fields of cluster.AgentInfo, so one converts to the other.
+// fields of cluster.ServiceInfo, so one converts to the other.
 type Announced struct {
 	Name, Backend, API, Addr string
 	Alive                    bool

@@ -83,7 +83,7 @@
 // mount every monitor interval (2 s); a group that stopped serving turns "failed" and a new
 // Start restarts what is missing (every start step is idempotent).
 //
-// Control API (Agent.Handler; served by Run on `listen` when set; Client is
+// Control API (Agent.Handler; `hapbx agent` serves it on `listen`; Client is
 // its Go client): POST /agent/v1/start {"force":bool, "peer_down":{...}},
 // POST /agent/v1/stop,
 // POST /agent/v1/clear-split-brain (all with `Authorization: Bearer
@@ -97,7 +97,7 @@
 //
 // Config keys (the `agent:` section; defaults in DefaultConfig):
 //
-//	listen: 127.0.0.1:7790            control API address ("" = not served by Run)
+//	listen: 127.0.0.1:7790            control API address ("" = not served)
 //	token_file: /etc/hapbx/agent.token
 //	drbd: {resource: r0, drbdadm: drbdadm, drbdsetup: drbdsetup, timeout: 10s}
 //	filesystem: {device: /dev/drbd0, mount_point: /replica, type: ext3, options: "", timeout: 30s}

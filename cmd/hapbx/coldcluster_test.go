@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
 	"net"
@@ -61,10 +60,7 @@ func (l *coldLab) newLabCluster() *labCluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := w.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = w.Close() })
+		testkit.Run(t, w.Run)
 	}
 	l.cluster = lc
 	return lc

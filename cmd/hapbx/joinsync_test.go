@@ -87,10 +87,7 @@ func newJoinLab(t testing.TB) *joinLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := wit.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = wit.Close() })
+	testkit.Run(t, wit.Run)
 	return l
 }
 

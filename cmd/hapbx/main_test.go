@@ -180,6 +180,42 @@ func (d *daemon) stop(t testing.TB) {
 	}
 }
 
+// TestFailingComponentStopsDaemon: a component that fails once hapbx runs
+// (here the admin interface, its address taken) stops the daemon with the
+// error logged and exit code 1, after the SIP listeners were up.
+func TestFailingComponentStopsDaemon(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	path := filepath.Join(t.TempDir(), "hapbx.yaml")
+	be := net.JoinHostPort(be1IP, strconv.Itoa(testkit.FreePort(t, be1IP)))
+	writeConfig(t, path, testkit.FreePort(t, proxyIP), taken.Addr().(*net.TCPAddr).Port, "", be)
+	cmd := exec.Command(hapbxBin, "run", "-c", path)
+	var log testkit.Buffer
+	cmd.Stderr = &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("hapbx still running with its admin address taken\n%s", log.String())
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Errorf("exit: %v, want code 1", err)
+	}
+	for _, want := range []string{"SIP listeners up", `"msg":"hapbx stopped with an error"`, "admin interface listen 127.0.0.1:"} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("no %q in the log:\n%s", want, log.String())
+		}
+	}
+}
+
 func (d *daemon) status(t testing.TB) map[string]any {
 	t.Helper()
 	res, err := http.Get(d.admin + "/api/v1/status")

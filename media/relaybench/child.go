@@ -2,6 +2,7 @@ package relaybench
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
@@ -25,8 +26,10 @@ func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r.Start()
-	defer r.Close()
+	ctx, stop := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- r.Run(ctx) }()
+	defer func() { stop(); <-ran }()
 	sc := bufio.NewScanner(in)
 	w := bufio.NewWriter(out)
 	for sc.Scan() {

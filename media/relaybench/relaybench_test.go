@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
 	"go.uber.org/zap/zaptest"
 )
@@ -19,8 +20,7 @@ func TestRunThroughRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Start()
-	defer r.Close()
+	testkit.Run(t, r.Run)
 	ip := netip.MustParseAddr("127.0.0.1")
 	var phones []*Phone
 	defer func() {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
@@ -49,46 +50,41 @@ func agentMain(cfg config.File, log *zap.Logger) error {
 		return fmt.Errorf("agent.ready: %w", err)
 	}
 	scfg := cfg.Agent.Config
-	listen := scfg.Listen
-	scfg.Listen = "" // served below, with /metrics
 	agent, err := storage.New(scfg, log.Named("agent"), reg, storage.WithReadyChecker(ready))
 	if err != nil {
 		return err
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	go func() { _ = ready.Run(ctx) }()
-	if listen != "" {
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", metricsHandler(reg))
-		mux.Handle("/", agent.Handler())
-		srv, err := serveHTTP(listen, "agent API", mux, log, stop)
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
-	}
-	// Joined after the API answers: a proxy that sees the agent can use it.
+	var member *cluster.Cluster
 	if cfg.ClusterEnabled() {
 		api, err := cfg.AgentURL()
 		if err != nil {
 			return err
 		}
-		c, err := cluster.New(cfg.ClusterConfig(), cluster.RoleAgent, log.Named("cluster"), reg, cluster.WithAgentInfo(cfg.Node.Name, api))
-		if err != nil {
+		if member, err = cluster.New(cfg.ClusterConfig(), cluster.RoleService, log.Named("cluster"), reg, cluster.WithServiceInfo(cfg.Node.Name, api)); err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}
-		if err := c.Start(ctx); err != nil {
-			return fmt.Errorf("cluster: %w", err)
-		}
-		defer func() {
-			if err := c.Close(); err != nil {
-				log.Warn("cluster close", zap.Error(err))
-			}
-		}()
 	}
-	log.Info("hapbx agent running", zap.String("version", version), zap.String("listen", listen),
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	g, ctx := errgroup.WithContext(ctx)
+	if scfg.Listen != "" {
+		ln, err := listen(scfg.Listen, "agent API", log)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metricsHandler(reg))
+		mux.Handle("/", agent.Handler())
+		g.Go(func() error { return serveHTTP(ctx, ln, "agent API", mux) })
+	}
+	// Joined after the API answers: a proxy that sees the agent can use it.
+	if member != nil {
+		g.Go(func() error { return member.Run(ctx) })
+	}
+	g.Go(func() error { return ready.Run(ctx) })
+	g.Go(func() error { return agent.Run(ctx) })
+	log.Info("hapbx agent running", zap.String("version", version), zap.String("listen", scfg.Listen),
 		zap.String("resource", scfg.DRBD.Resource), zap.String("mount_point", scfg.Filesystem.MountPoint))
-	return agent.Run(ctx)
+	return g.Wait()
 }

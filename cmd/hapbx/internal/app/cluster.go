@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"fmt"
 	"io"
 
@@ -58,7 +57,7 @@ func (d *daemon) isLeader() bool {
 }
 
 // replicate registers the registrar and the media relay as state channels;
-// call before cluster Start.
+// call before the cluster runs.
 func (d *daemon) replicate() error {
 	if d.cluster == nil {
 		return nil
@@ -80,16 +79,6 @@ func (d *daemon) publishActive(name string) {
 	if err := d.cluster.Publish(keyActive, []byte(name)); err != nil {
 		d.log.Debug("active backend not published", zap.Error(err))
 	}
-}
-
-func (d *daemon) startCluster(ctx context.Context) error {
-	if d.cluster == nil {
-		return nil
-	}
-	if err := d.cluster.Start(ctx); err != nil {
-		return fmt.Errorf("cluster: %w", err)
-	}
-	return nil
 }
 
 func (d *daemon) clusterStatus() *cluster.Status {

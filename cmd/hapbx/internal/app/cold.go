@@ -30,7 +30,7 @@ func (d *daemon) setupCold() error {
 	if err != nil {
 		return err
 	}
-	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg, failover.WithLeader(d.isLeader))
+	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg, failover.WithLeader(d.isLeader), failover.WithColdHealth(d.health))
 	if err != nil {
 		return fmt.Errorf("cold: %w", err)
 	}
@@ -74,7 +74,7 @@ func (d *daemon) coldNodes(backends []config.Backend) ([]failover.ColdNode, erro
 // announcedAgents lists the storage agents that joined the cluster.
 func (d *daemon) announcedAgents() []storage.Announced {
 	var out []storage.Announced
-	for _, a := range d.cluster.Agents() {
+	for _, a := range d.cluster.Services() {
 		out = append(out, storage.Announced(a))
 	}
 	return out

@@ -188,7 +188,7 @@ func printStatus(w io.Writer, st Status) {
 		}
 		var ms []string
 		for _, m := range c.Members {
-			if m.Role == cluster.RoleAgent.String() {
+			if m.Role == cluster.RoleService.String() {
 				ms = append(ms, m.Name+"(agent)="+m.State)
 				continue
 			}

@@ -4,18 +4,19 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
@@ -76,7 +77,7 @@ func (d *daemon) run() error {
 		return fmt.Errorf("health: %w", err)
 	}
 	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg,
-		failover.WithStartupSettle(failover.StartupSettle(d.cfg.Health))); err != nil {
+		failover.WithStartupSettle(failover.StartupSettle(d.cfg.Health)), failover.WithHealth(d.health)); err != nil {
 		return fmt.Errorf("failover: %w", err)
 	}
 	if err := d.setupCluster(); err != nil {
@@ -91,11 +92,7 @@ func (d *daemon) run() error {
 		registrar.WithLocalHosts(d.localHosts()...)); err != nil {
 		return fmt.Errorf("registrar: %w", err)
 	}
-	defer func() {
-		if err := d.bindings.Close(); err != nil {
-			d.log.Error("registrar close", zap.Error(err))
-		}
-	}()
+	defer d.bindings.Close() // unless it ran
 	secret, err := proxy.DialogSecret(d.cfg.SIP.DialogSecretFile, d.cfg.Registrar.DataDir)
 	if err != nil {
 		return fmt.Errorf("dialog secret: %w", err)
@@ -109,90 +106,109 @@ func (d *daemon) run() error {
 		if d.relay, err = media.New(mc, d.log.Named("media"), d.reg); err != nil {
 			return fmt.Errorf("media: %w", err)
 		}
-		d.relay.Start()
-		defer d.relay.Close()
+		defer d.relay.Close() // unless it ran
 		opts = append(opts, proxy.WithMediaAnchor(d.relay))
 	}
 	if err := d.replicate(); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	p, err := proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...)
-	if err != nil {
-		return err
-	}
-	d.proxy = p
-
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	if err := p.Start(ctx); err != nil {
+	if d.proxy, err = proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...); err != nil {
 		return err
 	}
 	// Listeners first: they receive on the VIP the moment the cluster adds it.
-	if err := d.startCluster(ctx); err != nil {
-		p.Close()
+	if err := d.proxy.Listen(context.Background()); err != nil {
 		return err
 	}
-	if d.cluster != nil {
-		// Closing releases the VIP; it runs after the drain below.
-		defer func() {
-			if err := d.cluster.Close(); err != nil {
-				d.log.Warn("cluster close", zap.Error(err))
-			}
-		}()
-	}
-	go func() { _ = d.bindings.Run(ctx) }()
-	if d.relay != nil {
-		go func() { _ = d.relay.Run(ctx) }()
-	}
-	go func() { _ = d.health.Run(ctx) }()
-	go func() { _ = d.selector.Run(ctx, d.health) }()
-	go d.hangUpDeadBackends(ctx)
-	if d.cold != nil {
-		go func() { _ = d.cold.Run(ctx, d.health) }()
-	}
 
-	var admin *http.Server
-	if d.cfg.Admin.Listen != "" {
-		if admin, err = serveHTTP(d.cfg.Admin.Listen, "admin interface", d.adminHandler(), d.log, nil); err != nil {
-			p.Close()
-			return err
-		}
+	// Stopping goes in stages: the proxy drains while this proxy still holds
+	// the VIP; then the cluster (releasing the VIP), the checks and the admin
+	// interface stop; the registrar and the relay, which the cluster
+	// replicates into, close last. A component that fails stops the others
+	// in the same order.
+	var g errgroup.Group
+	mid := []func(context.Context) error{d.health.Run, d.selector.Run, d.hangUpDeadBackends}
+	if d.cluster != nil {
+		mid = append(mid, d.cluster.Run)
 	}
+	if d.cold != nil {
+		mid = append(mid, d.cold.Run)
+	}
+	if d.cfg.Admin.Listen != "" {
+		mid = append(mid, func(ctx context.Context) error {
+			ln, err := listen(d.cfg.Admin.Listen, "admin interface", d.log)
+			if err != nil {
+				return err
+			}
+			return serveHTTP(ctx, ln, "admin interface", d.adminHandler())
+		})
+	}
+	last := []func(context.Context) error{d.bindings.Run}
+	if d.relay != nil {
+		last = append(last, d.relay.Run)
+	}
+	stop := inStages(&g, []func(context.Context) error{d.runProxy}, mid, last)
+	done := make(chan error, 1)
+	go func() { done <- g.Wait() }()
 	d.log.Info("hapbx running", zap.String("version", version), zap.String("config", d.path))
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			d.reload()
-			continue
-		}
-		d.log.Info("stopping: draining transactions", zap.String("signal", sig.String()), zap.Duration("drain_timeout", d.cfg.SIP.DrainTimeout))
-		sctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			for s := range sigs {
-				if s == syscall.SIGHUP {
-					continue // no reload while stopping; keep waiting for a second stop signal
-				}
+	stopping := false
+	for {
+		select {
+		case err := <-done:
+			return err
+		case sig := <-sigs:
+			switch {
+			case sig == syscall.SIGHUP && !stopping:
+				d.reload()
+			case sig == syscall.SIGHUP:
+				// no reload while stopping
+			case !stopping:
+				stopping = true
+				d.log.Info("stopping: draining transactions", zap.String("signal", sig.String()), zap.Duration("drain_timeout", d.cfg.SIP.DrainTimeout))
+				stop()
+			default:
 				d.log.Warn("second signal: stopping at once")
-				cancel()
-				return
+				d.proxy.Abort()
 			}
-		}()
-		err := p.Shutdown(sctx)
-		cancel()
-		if admin != nil {
-			actx, acancel := context.WithTimeout(context.Background(), time.Second)
-			_ = admin.Shutdown(actx)
-			acancel()
 		}
-		if err != nil {
-			d.log.Warn("stopped before every transaction finished", zap.Error(err))
-		} else {
-			d.log.Info("stopped cleanly")
+	}
+}
+
+// inStages runs the components of each stage in g. stop ends the first
+// stage's context; each next stage's ends once every component of the one
+// before returned. A component that returns an error calls stop.
+func inStages(g *errgroup.Group, stages ...[]func(context.Context) error) (stop func()) {
+	next, stop := context.WithCancel(context.Background())
+	for _, stage := range stages {
+		ctx := next
+		var end context.CancelFunc
+		next, end = context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for _, run := range stage {
+			wg.Add(1)
+			g.Go(func() error {
+				defer wg.Done()
+				err := run(ctx)
+				if err != nil {
+					stop()
+				}
+				return err
+			})
 		}
-		return nil
+		go func() { wg.Wait(); end() }()
+	}
+	return stop
+}
+
+// runProxy runs the proxy; a drain cut short is logged, not a failure.
+func (d *daemon) runProxy(ctx context.Context) error {
+	if err := d.proxy.Run(ctx); err != nil {
+		d.log.Warn("stopped before every transaction finished", zap.Error(err))
+	} else {
+		d.log.Info("stopped cleanly")
 	}
 	return nil
 }
@@ -239,7 +255,7 @@ func (d *daemon) reload() {
 
 // hangUpDeadBackends ends the calls of a backend declared down, so phones
 // do not sit in silent calls.
-func (d *daemon) hangUpDeadBackends(ctx context.Context) {
+func (d *daemon) hangUpDeadBackends(ctx context.Context) error {
 	for ev := range d.selector.Subscribe(ctx) {
 		switch ev.Kind {
 		case failover.BackendDown:
@@ -252,6 +268,7 @@ func (d *daemon) hangUpDeadBackends(ctx context.Context) {
 			d.log.Warn("active backend changed", zap.String("active", ev.Backend), zap.String("previous", ev.Previous), zap.String("reason", ev.Reason))
 		}
 	}
+	return nil
 }
 
 // localHosts are the addresses phones and Asterisk use for this proxy:

@@ -1,7 +1,7 @@
 package app
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -29,24 +29,31 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }
 
-// serveHTTP listens on addr and serves h until the returned server is
-// closed; onError runs if serving stops for any other reason.
-func serveHTTP(addr, what string, h http.Handler, log *zap.Logger, onError func()) (*http.Server, error) {
+// listen opens addr for serveHTTP.
+func listen(addr, what string, log *zap.Logger) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s listen %s: %w", what, addr, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error(what+" stopped", zap.Error(err))
-			if onError != nil {
-				onError()
-			}
-		}
-	}()
 	log.Info(what+" up", zap.String("listen", addr))
-	return srv, nil
+	return ln, nil
+}
+
+// serveHTTP serves h on ln until ctx ends, then shuts down, giving requests
+// in progress a second.
+func serveHTTP(ctx context.Context, ln net.Listener, what string, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("%s stopped: %w", what, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
 }
 
 // command runs one long-running command (run, agent, witness): it loads

@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
@@ -20,17 +21,25 @@ func runWitness(path string, stderr io.Writer) int {
 		reg := newRegistry()
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
+		// A voter that breaks ties, hands raft leadership to the best proxy
+		// whenever it wins an election, and never holds the VIP.
+		c, err := cluster.New(cfg.ClusterConfig(), cluster.RoleWitness, log.Named("cluster"), reg)
+		if err != nil {
+			return err
+		}
+		g, ctx := errgroup.WithContext(ctx)
 		if cfg.Admin.Listen != "" {
-			mux := http.NewServeMux()
-			mux.Handle("GET /metrics", metricsHandler(reg))
-			srv, err := serveHTTP(cfg.Admin.Listen, "admin interface", mux, log, nil)
+			ln, err := listen(cfg.Admin.Listen, "admin interface", log)
 			if err != nil {
 				return err
 			}
-			defer srv.Close()
+			mux := http.NewServeMux()
+			mux.Handle("GET /metrics", metricsHandler(reg))
+			g.Go(func() error { return serveHTTP(ctx, ln, "admin interface", mux) })
 		}
+		g.Go(func() error { return c.Run(ctx) })
 		log.Info("witness running", zap.String("version", version), zap.String("config", path))
-		if err := cluster.RunWitness(ctx, cfg.ClusterConfig(), log.Named("cluster"), reg); err != nil {
+		if err := g.Wait(); err != nil {
 			return err
 		}
 		log.Info("witness stopped")

@@ -16,21 +16,21 @@ import (
 	"github.com/hapbx/hapbx/internal/testkit"
 )
 
-func validAgentConfig() Config {
+func validServiceConfig() Config {
 	c := DefaultConfig()
 	c.Name = "pbx1"
 	c.Peers = []Peer{{Name: "n1", Gossip: "10.0.0.1:7946"}, {Gossip: "10.0.0.2:7946", Raft: "10.0.0.2:7947"}}
 	c.SecretFile = "/etc/hapbx/cluster.key"
-	c.DataDir = "" // not used by an agent
+	c.DataDir = "" // not used by a service member
 	return c
 }
 
-func TestAgentConfigValidate(t *testing.T) {
-	if err := validAgentConfig().ValidateAgent(); err != nil {
-		t.Fatalf("valid agent config rejected: %v", err)
+func TestServiceConfigValidate(t *testing.T) {
+	if err := validServiceConfig().ValidateService(); err != nil {
+		t.Fatalf("valid service member config rejected: %v", err)
 	}
-	if validAgentConfig().Validate() == nil || validAgentConfig().ValidateWitness() == nil {
-		t.Fatal("an agent's section (one voter named, no data_dir) passes as a voter's")
+	if validServiceConfig().Validate() == nil || validServiceConfig().ValidateWitness() == nil {
+		t.Fatal("a service member's section (one voter named, no data_dir) passes as a voter's")
 	}
 	cases := []struct {
 		name string
@@ -38,7 +38,7 @@ func TestAgentConfigValidate(t *testing.T) {
 		want []string
 	}{
 		{"no peers", func(c *Config) { c.Peers = nil }, []string{"peers: list the voters' gossip addresses"}},
-		{"own name", func(c *Config) { c.Peers[0].Name = "pbx1" }, []string{`peers[0].name: "pbx1" is this agent's own name`}},
+		{"own name", func(c *Config) { c.Peers[0].Name = "pbx1" }, []string{`peers[0].name: "pbx1" is this member's own name`}},
 		{"bad gossip", func(c *Config) { c.Peers[1].Gossip = "0.0.0.0:7946" }, []string{"peers[1].gossip:"}},
 		{"no secret", func(c *Config) { c.SecretFile = "" }, []string{"secret_file: must be set"}},
 		{"no name", func(c *Config) { c.Name = "" }, []string{"name: must not be empty"}},
@@ -48,9 +48,9 @@ func TestAgentConfigValidate(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := validAgentConfig()
+			c := validServiceConfig()
 			tc.mod(&c)
-			err := c.ValidateAgent()
+			err := c.ValidateService()
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -61,45 +61,45 @@ func TestAgentConfigValidate(t *testing.T) {
 			}
 		})
 	}
-	// Raft and VIP keys do not concern an agent.
-	c := validAgentConfig()
+	// Raft and VIP keys do not concern a service member.
+	c := validServiceConfig()
 	c.Timing.LeaderLease = time.Hour
 	c.VIP = VIPConfig{Address: "nonsense"}
-	if err := c.ValidateAgent(); err != nil {
-		t.Fatalf("agent rejected for raft/VIP keys it ignores: %v", err)
+	if err := c.ValidateService(); err != nil {
+		t.Fatalf("service member rejected for raft/VIP keys it ignores: %v", err)
 	}
 }
 
-func TestAgentInfoRequired(t *testing.T) {
-	c := validAgentConfig()
+func TestServiceInfoRequired(t *testing.T) {
+	c := validServiceConfig()
 	c.SecretFile = writeKey(t, t.TempDir(), 1)
 	for _, tc := range []struct {
 		opts []Option
 		want string
 	}{
 		{nil, "needs its backend name"},
-		{[]Option{WithAgentInfo("asterisk1", "10.0.0.11:7790")}, "is not an http:// or https:// URL"},
-		{[]Option{WithAgentInfo("asterisk1", "http://10.0.0.11:7790/"+strings.Repeat("x", 500))}, "memberlist allows 512"},
+		{[]Option{WithServiceInfo("asterisk1", "10.0.0.11:7790")}, "is not an http:// or https:// URL"},
+		{[]Option{WithServiceInfo("asterisk1", "http://10.0.0.11:7790/"+strings.Repeat("x", 500))}, "memberlist allows 512"},
 	} {
-		if _, err := New(c, RoleAgent, zap.NewNop(), nil, tc.opts...); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("New(agent, %d opts): %v, want %q", len(tc.opts), err, tc.want)
+		if _, err := New(c, RoleService, zap.NewNop(), nil, tc.opts...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(service member, %d opts): %v, want %q", len(tc.opts), err, tc.want)
 		}
 	}
-	a, err := New(c, RoleAgent, zap.NewNop(), nil, WithAgentInfo("asterisk1", "http://10.0.0.11:7790"))
+	a, err := New(c, RoleService, zap.NewNop(), nil, WithServiceInfo("asterisk1", "http://10.0.0.11:7790"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := a.RegisterState("test", newCountingSource(0, 0)); err == nil {
-		t.Fatal("an agent accepted a state channel")
+		t.Fatal("a service member accepted a state channel")
 	}
 	if err := a.Publish("k", nil); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("Publish on an agent: %v, want ErrNotLeader", err)
+		t.Fatalf("Publish on a service member: %v, want ErrNotLeader", err)
 	}
 }
 
-// agentConfig is an agent joining the loopback trio cfgs; peers are listed by gossip
-// address only, except the first (names are optional for an agent).
-func agentConfig(t *testing.T, cfgs []Config, name, key string) Config {
+// serviceConfig is a service member joining the loopback trio cfgs; peers are listed by gossip
+// address only, except the first (names are optional for a service member).
+func serviceConfig(t *testing.T, cfgs []Config, name, key string) Config {
 	c := DefaultConfig()
 	c.Name = name
 	c.Bind = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
@@ -115,10 +115,10 @@ func agentConfig(t *testing.T, cfgs []Config, name, key string) Config {
 	return c
 }
 
-// TestAgentJoinsWithoutVoting: three voters on loopback plus an agent. The agent shows
-// up in every voter's Agents() with its backend and API, is no raft server, gets no
+// TestServiceJoinsWithoutVoting: three voters on loopback plus a service member. The service member shows
+// up in every voter's Services() with its backend and API, is no raft server, gets no
 // shared state, and its crash changes nothing in leadership.
-func TestAgentJoinsWithoutVoting(t *testing.T) {
+func TestServiceJoinsWithoutVoting(t *testing.T) {
 	dir := t.TempDir()
 	k := writeKey(t, dir, 1)
 	cfgs := loopbackTrio(t, [3]string{k, k, k})
@@ -133,41 +133,41 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 		if err := c.RegisterState("test", src); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 		voters, srcs = append(voters, c), append(srcs, src)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	acfg := agentConfig(t, cfgs, "pbx1", k)
+	acfg := serviceConfig(t, cfgs, "pbx1", k)
 	api := "http://127.0.0.11:7790"
 	reg := prometheus.NewRegistry()
-	a, err := New(acfg, RoleAgent, zap.New(core), reg, WithAgentInfo("asterisk1", api))
+	a, err := New(acfg, RoleService, zap.New(core), reg, WithServiceInfo("asterisk1", api))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Start(context.Background()); err != nil {
+	if err := a.start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
+	t.Cleanup(func() { a.close() })
 
 	var leader *Cluster
-	testkit.Eventually(t, 10*time.Second, "a raft leader and the agent in every voter's Agents()", func() bool {
+	testkit.Eventually(t, 10*time.Second, "a raft leader and the service member in every voter's Services()", func() bool {
 		leader = nil
 		for _, c := range voters {
 			if c.Status().RaftState == "Leader" {
 				leader = c
 			}
-			ag := c.Agents()
-			if len(ag) != 1 || ag[0] != (AgentInfo{Name: "pbx1", Backend: "asterisk1", API: api, Addr: acfg.Bind, Alive: true}) {
+			ag := c.Services()
+			if len(ag) != 1 || ag[0] != (ServiceInfo{Name: "pbx1", Backend: "asterisk1", API: api, Addr: acfg.Bind, Alive: true}) {
 				return false
 			}
 		}
 		return leader != nil
 	})
-	// The agent sees the voters (joined by name or address) and counts itself an agent.
-	testkit.Eventually(t, 3*time.Second, "the agent's view of 4 members", func() bool {
+	// The service member sees the voters (joined by name or address) and counts itself a service member.
+	testkit.Eventually(t, 3*time.Second, "the service member's view of 4 members", func() bool {
 		n := 0
 		for _, m := range a.Members() {
 			if m.State == "alive" {
@@ -177,10 +177,10 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 		return n == 4 && gauge(t, reg, "hapbx_cluster_members") == 4
 	})
 	if v := gauge(t, reg, "hapbx_cluster_quorum"); v != -1 {
-		t.Fatalf("an agent exports hapbx_cluster_quorum (%v)", v)
+		t.Fatalf("a service member exports hapbx_cluster_quorum (%v)", v)
 	}
 	if st := a.Status(); st.Role != "agent" || st.VIPHeld || st.RaftState != "" || a.IsLeader() {
-		t.Fatalf("agent status %+v", st)
+		t.Fatalf("service member status %+v", st)
 	}
 	fut := leader.lead.r.GetConfiguration()
 	if err := fut.Error(); err != nil {
@@ -188,7 +188,7 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	}
 	for _, s := range fut.Configuration().Servers {
 		if s.ID == "pbx1" {
-			t.Fatal("the agent is a raft server")
+			t.Fatal("the service member is a raft server")
 		}
 	}
 	if n := len(fut.Configuration().Servers); n != 3 {
@@ -205,17 +205,17 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	for _, c := range voters {
 		for _, n := range c.mem.aliveNodes(c.cfg.Name) {
 			if n.Name == "pbx1" {
-				t.Fatalf("%s would send state to the agent", c.cfg.Name)
+				t.Fatalf("%s would send state to the service member", c.cfg.Name)
 			}
 		}
 	}
 	for _, e := range logs.All() {
 		if strings.Contains(e.Message, "state") {
-			t.Fatalf("the agent handled state: %s %v", e.Message, e.ContextMap())
+			t.Fatalf("the service member handled state: %s %v", e.Message, e.ContextMap())
 		}
 	}
 
-	// The agent crashes (no leave message): voters declare it dead; leadership stays.
+	// The service member crashes (no leave message): voters declare it dead; leadership stays.
 	term, lead := leader.Status().Term, leader.Status().Name
 	a.closed.Store(true) // Close must not Leave: there is no goodbye in a crash
 	a.cancel()
@@ -223,9 +223,9 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	if err := a.mem.ml.Load().Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, 10*time.Second, "the agent dead in every voter's Agents()", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the service member dead in every voter's Services()", func() bool {
 		for _, c := range voters {
-			if ag := c.Agents(); len(ag) != 1 || ag[0].Alive {
+			if ag := c.Services(); len(ag) != 1 || ag[0].Alive {
 				return false
 			}
 		}
@@ -235,36 +235,36 @@ func TestAgentJoinsWithoutVoting(t *testing.T) {
 	for _, c := range voters {
 		st := c.Status()
 		if st.Leader != lead || st.Term != term || !st.Quorum {
-			t.Fatalf("%s after the agent's crash: leader %q term %s quorum %v, want %q term %s with quorum", st.Name, st.Leader, st.Term, st.Quorum, lead, term)
+			t.Fatalf("%s after the service member's crash: leader %q term %s quorum %v, want %q term %s with quorum", st.Name, st.Leader, st.Term, st.Quorum, lead, term)
 		}
 	}
 }
 
-// TestAgentWrongKey: an agent with another gossip key cannot join, says why, and no
+// TestServiceWrongKey: a service member with another gossip key cannot join, says why, and no
 // voter lists it.
-func TestAgentWrongKey(t *testing.T) {
+func TestServiceWrongKey(t *testing.T) {
 	dir := t.TempDir()
 	good, bad := writeKey(t, dir, 1), writeKey(t, dir, 9)
 	cfgs := loopbackTrio(t, [3]string{good, good, good})
 	var voters []*Cluster
 	for _, cfg := range cfgs[:2] { // two voters are enough to answer a join
 		c := startNode(t, cfg, zap.NewNop())
-		if err := c.Start(context.Background()); err != nil {
+		if err := c.start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() { c.close() })
 		voters = append(voters, c)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	a, err := New(agentConfig(t, cfgs, "pbx1", bad), RoleAgent, zap.New(core), nil, WithAgentInfo("asterisk1", "http://127.0.0.11:7790"))
+	a, err := New(serviceConfig(t, cfgs, "pbx1", bad), RoleService, zap.New(core), nil, WithServiceInfo("asterisk1", "http://127.0.0.11:7790"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Start(context.Background()); err != nil {
+	if err := a.start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { a.Close() })
-	testkit.Eventually(t, 5*time.Second, "a key-mismatch error in the agent's log", func() bool {
+	t.Cleanup(func() { a.close() })
+	testkit.Eventually(t, 5*time.Second, "a key-mismatch error in the service member's log", func() bool {
 		for _, e := range logs.All() {
 			if h, _ := e.ContextMap()["hint"].(string); e.Level >= zapcore.ErrorLevel && e.Message == "cannot join the cluster" && strings.Contains(h, "gossip key") {
 				return true
@@ -274,11 +274,11 @@ func TestAgentWrongKey(t *testing.T) {
 	})
 	time.Sleep(500 * time.Millisecond)
 	for _, c := range voters {
-		if ag := c.Agents(); len(ag) != 0 {
-			t.Fatalf("%s lists agents %+v joined with a wrong key", c.cfg.Name, ag)
+		if ag := c.Services(); len(ag) != 0 {
+			t.Fatalf("%s lists service members %+v joined with a wrong key", c.cfg.Name, ag)
 		}
 	}
 	if n := len(a.Members()); n != 1 {
-		t.Fatalf("the wrong-key agent sees %d members", n)
+		t.Fatalf("the wrong-key service member sees %d members", n)
 	}
 }
