@@ -155,13 +155,16 @@ func TestColdSwitchover(t *testing.T) {
 	l.addNode("A", false)
 	l.addNode("B", false)
 	l.startProxy(false)
-	l.waitStatus("group on A", 15*time.Second, func(s coldStatus) bool { return s.Cold.Holder == "asterisk1" && s.Active == "asterisk1" })
+	// The move that started the group must be over: a second one is refused (ErrBusy).
+	l.waitStatus("group on A, move over", 15*time.Second, func(s coldStatus) bool {
+		return s.Cold.Holder == "asterisk1" && s.Active == "asterisk1" && s.Cold.Phase == "idle"
+	})
 
 	out, err := l.hapbx("standby")
 	if err != nil || !strings.Contains(out, "asterisk1 -> asterisk2") {
 		t.Fatalf("hapbx standby: %v\n%s", err, out)
 	}
-	l.waitStatus("routed to B", 5*time.Second, func(s coldStatus) bool { return s.Active == "asterisk2" })
+	l.waitStatus("routed to B, move over", 5*time.Second, func(s coldStatus) bool { return s.Active == "asterisk2" && s.Cold.Phase == "idle" })
 	l.calls(2)
 	calls := l.drbd.Calls()
 	aSecondary, bPrimary := testkit.LastCall(calls, "A", "drbdadm secondary", 0), testkit.FindCall(calls, "B", "drbdadm primary", 0)
