@@ -34,7 +34,7 @@ type responseContext struct {
 	best        *sip.Response       // the best final so far (RFC 3261 §16.7 step 6)
 	lost        bool                // a branch ended without a final response
 	timedOut    bool                // ... by a timeout
-	ringing     <-chan time.Time    // Timer C (RFC 3261 §16.6 step 11, §16.8), reset by provisionals
+	ringing     <-chan time.Time    // Timer C (RFC 3261 §16.6 step 11, §16.8): from the send, reset by provisionals
 	guard       <-chan time.Time    // after a CANCEL: the downstream's time to end the INVITE
 	hop         <-chan time.Time    // a backend's time to show a sign of life
 }
@@ -80,6 +80,12 @@ func (rc *responseContext) run(targets []target) outcome {
 			rc.cancelled = nil // seen; stop selecting on it
 			rc.cancelAll(nil)
 		case <-rc.ringing:
+			if !rc.gotAny {
+				// Not even a 100 Trying: the client transactions' Timer B
+				// still runs and ends them, so reset Timer C (RFC 3261 §16.8).
+				rc.ringing = time.After(p.cfg.TimerC)
+				break
+			}
 			// Rung too long: cancel; the callee's 487 ends the call.
 			rc.ringing = nil
 			p.m.timerC.Inc()
@@ -139,6 +145,13 @@ func (rc *responseContext) send(t target) outcome {
 	rc.live++
 	if t.backend != "" {
 		rc.hop = time.After(p.cfg.HopTimeout)
+	}
+	if req.IsInvite() && rc.ringing == nil && rc.guard == nil {
+		// RFC 3261 §16.6 step 11: Timer C runs from the send, not from the
+		// first provisional beyond 100: the client transaction stops Timer B
+		// on a 100 Trying, so a callee that dies right after its 100 would
+		// otherwise leave the caller without a final response for good.
+		rc.ringing = time.After(p.cfg.TimerC)
 	}
 	go rc.report(b)
 	return pending

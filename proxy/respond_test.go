@@ -279,6 +279,8 @@ func TestResponseContext(t *testing.T) {
 			counts(func(p *Proxy) prometheus.Collector { return p.m.timerC }, 1)}},
 		{name: "Timer C on a fork, callee gone", targets: phones, tune: fast, play: []step{answer(0, 180), caller(180), cancelled(0),
 			caller(408), ends, terminated(0), terminated(1)}},
+		{name: "Timer C after a 100 Trying only", targets: bes[:1], tune: fast, play: []step{answer(0, 100), cancelled(0), caller(408), ends,
+			counts(func(p *Proxy) prometheus.Collector { return p.m.timerC }, 1)}},
 		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
 		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), timesOut(0), caller(408), ends}},
 	}
