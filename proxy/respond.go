@@ -22,6 +22,7 @@ type responseContext struct {
 	cancelled <-chan struct{} // closed by the caller's CANCEL; nil once seen
 	start     time.Time
 	more      bool // one branch, and another target to retry after it
+	down      bool // its backend was given up as down: new again if it comes back
 	forked    bool // several branches at once
 
 	branches    []*branch
@@ -46,6 +47,8 @@ type branch struct {
 	clTx       sip.ClientTransaction
 	gotAny     bool // a CANCEL may now be sent
 	cancelSent bool
+	suspected  bool // reported silent past hop_timeout, still waited for
+	sent       time.Time
 	done       bool
 }
 
@@ -140,7 +143,7 @@ func (rc *responseContext) send(t target) outcome {
 	case err != nil:
 		return rc.settle()
 	}
-	b := &branch{t: t, out: out, clTx: clTx}
+	b := &branch{t: t, out: out, clTx: clTx, sent: time.Now()}
 	rc.branches = append(rc.branches, b)
 	rc.live++
 	if t.backend != "" {
@@ -291,15 +294,27 @@ func (rc *responseContext) giveUp(t target, label, reason string) bool {
 // hop_timeout.
 func (rc *responseContext) hopExpired(b *branch) outcome {
 	p := rc.p
-	if _, inDialog := rc.req.To().Params.Get("tag"); inDialog && p.routable(b.t.backend) {
-		// An in-dialog request belongs to this backend: no other can take
-		// it. Wait while it is merely slow; give up only once health has
-		// declared it down.
+	_, inDialog := rc.req.To().Params.Get("tag")
+	patient := inDialog || !rc.more && p.onlyBackend(b.t.backend) && time.Since(b.sent) < p.cfg.HopTimeout+p.cfg.NoBackendWait
+	if patient && p.routable(b.t.backend) {
+		// No other backend can take the request: an in-dialog one belongs
+		// to this backend, and a new one has nowhere else to go (a cold
+		// standby's one PBX, slow to answer the burst of requests held
+		// while it started). Wait while it is merely slow (a new request
+		// for as long as it could be held for a backend); give up once
+		// health has declared it down. Ending the branch now would leave
+		// the request to the hold, which does not try the same backend
+		// twice, so the caller would get 503 from a live PBX.
+		if !inDialog && !b.suspected {
+			b.suspected = true
+			p.failed(b.t, "no response within hop_timeout") // probe it at once
+		}
 		rc.hop = time.After(p.cfg.HopTimeout)
 		return pending
 	}
 	// The backend is dead or hung. Give up on it without a CANCEL (none may
 	// be sent before a provisional): the next backend, or 503 when none is left.
+	rc.down = !p.routable(b.t.backend)
 	rc.terminate("")
 	if rc.giveUp(b.t, "hop_timeout", "no response within hop_timeout") || !isClosed(rc.cancelled) {
 		return next
