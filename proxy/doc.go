@@ -20,8 +20,9 @@
 //     Retry-After. The one backend the router offers (a cold standby's
 //     PBX) is waited for past hop_timeout, up to no_backend_wait, while
 //     it stays routable, as for in-dialog requests; one given up as down
-//     is tried again by the hold if it comes back. A 408/503 or silence
-//     always marks the backend suspect
+//     is tried again by the hold if it comes back. A backend declared
+//     down after only a 100 Trying is given up the same way (the 100 has
+//     stopped Timer B). A 408/503 or silence always marks the backend suspect
 //     (an immediate probe). A request re-sent after a 401/407 challenge goes
 //     to the backend that issued the challenge (it holds the nonce) while
 //     that backend is routable. hop_timeout applies to every new request,

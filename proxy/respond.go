@@ -196,12 +196,19 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 		p.m.latency.WithLabelValues(string(req.Method)).Observe(time.Since(rc.start).Seconds())
 	}
 	b.gotAny = true
+	if res.StatusCode == 100 && b.t.backend != "" && !rc.forked && !rc.provisional {
+		// The backend took the request; until it says more, keep watching
+		// its health (hopExpired): one that dies now sends nothing more,
+		// and the 100 has stopped the client transaction's Timer B.
+		rc.hop = time.After(p.cfg.HopTimeout)
+	}
 	if res.IsProvisional() {
 		if rc.over() {
 			rc.cancel(b) // the call was taken elsewhere or cancelled
 		}
 		if res.StatusCode > 100 && !rc.over() {
 			rc.provisional = true
+			rc.hop = nil
 			if req.IsInvite() && rc.guard == nil {
 				rc.ringing = time.After(p.cfg.TimerC)
 			}
@@ -294,8 +301,11 @@ func (rc *responseContext) giveUp(t target, label, reason string) bool {
 // hop_timeout.
 func (rc *responseContext) hopExpired(b *branch) outcome {
 	p := rc.p
+	if b.done {
+		return pending
+	}
 	_, inDialog := rc.req.To().Params.Get("tag")
-	patient := inDialog || !rc.more && p.onlyBackend(b.t.backend) && time.Since(b.sent) < p.cfg.HopTimeout+p.cfg.NoBackendWait
+	patient := b.gotAny || inDialog || !rc.more && p.onlyBackend(b.t.backend) && time.Since(b.sent) < p.cfg.HopTimeout+p.cfg.NoBackendWait
 	if patient && p.routable(b.t.backend) {
 		// No other backend can take the request: an in-dialog one belongs
 		// to this backend, and a new one has nowhere else to go (a cold
@@ -305,7 +315,7 @@ func (rc *responseContext) hopExpired(b *branch) outcome {
 		// health has declared it down. Ending the branch now would leave
 		// the request to the hold, which does not try the same backend
 		// twice, so the caller would get 503 from a live PBX.
-		if !inDialog && !b.suspected {
+		if !inDialog && !b.gotAny && !b.suspected {
 			b.suspected = true
 			p.failed(b.t, "no response within hop_timeout") // probe it at once
 		}
@@ -316,7 +326,11 @@ func (rc *responseContext) hopExpired(b *branch) outcome {
 	// be sent before a provisional): the next backend, or 503 when none is left.
 	rc.down = !p.routable(b.t.backend)
 	rc.terminate("")
-	if rc.giveUp(b.t, "hop_timeout", "no response within hop_timeout") || !isClosed(rc.cancelled) {
+	label, reason := "hop_timeout", "no response within hop_timeout"
+	if b.gotAny {
+		label, reason = "down", "declared down after its 100 Trying"
+	}
+	if rc.giveUp(b.t, label, reason) || !isClosed(rc.cancelled) {
 		return next
 	}
 	return settled

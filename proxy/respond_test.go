@@ -331,6 +331,8 @@ func TestResponseContext(t *testing.T) {
 			play: []step{suspects("asterisk1"), answerLive(0, 100, 180, 200), caller(180, 200), ends}},
 		{name: "the only backend, gone and back, is tried again by the hold", targets: bes[:1], retry: true,
 			tune: onlyBackend, play: []step{suspects("asterisk1"), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
+		{name: "a backend down after its 100 Trying is given up", targets: bes[:1], retry: true, tune: onlyBackend,
+			play: []step{answer(0, 100), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
 		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
 		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), timesOut(0), caller(408), ends}},
 	}
