@@ -24,7 +24,12 @@
 //     answers 408/503 is skipped for the next one inside the same server
 //     transaction, unless a provisional beyond 100 was already relayed or
 //     the caller cancelled; with none left the caller gets 503 with
-//     Retry-After. A 408/503 or silence always marks the backend suspect
+//     Retry-After. The one backend the router offers (a cold standby's
+//     PBX) is waited for past hop_timeout, up to no_backend_wait, while
+//     it stays routable, as for in-dialog requests; one given up as down
+//     is tried again by the hold if it comes back. A backend declared
+//     down after only a 100 Trying is given up the same way (the 100 has
+//     stopped Timer B). A 408/503 or silence always marks the backend suspect
 //     (an immediate probe). A request re-sent after a 401/407 challenge goes
 //     to the backend that issued the challenge (it holds the nonce) while
 //     that backend is routable. hop_timeout applies to every new request,
@@ -35,7 +40,7 @@
 //     cold failover are set up late rather than refused; the caller's
 //     CANCEL, a drain or the deadline end the wait;
 //   - runs Timer C (`sip.timer_c`, RFC 3261 §16.8) on every proxied INVITE
-//     and fork: reset by provisionals, it cancels a call that rings too
+//     and fork: from the send, reset by provisionals, it cancels a call that rings too
 //     long; a CANCEL answered by no final response within 64*T1 ends the
 //     caller's transaction with 408;
 //   - forwards in-dialog requests by their Route / Request-URI; an in-dialog

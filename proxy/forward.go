@@ -73,6 +73,9 @@ func (p *Proxy) respond(req *sip.Request, tx sip.ServerTransaction, targets []ta
 			if rc.run([]target{t}) == settled || isClosed(cancelled) {
 				return true
 			}
+			if rc.down {
+				delete(tried, t.backend)
+			}
 		}
 		// Every backend tried has failed (or none is healthy): wait for
 		// another to come up.
@@ -125,6 +128,16 @@ func (p *Proxy) routable(backend string) bool {
 		return true
 	}
 	return slices.Contains(p.router.Candidates(""), backend)
+}
+
+// onlyBackend reports whether backend is the one backend the router offers
+// for new calls.
+func (p *Proxy) onlyBackend(backend string) bool {
+	if p.router == nil {
+		return false
+	}
+	c := p.router.Candidates("")
+	return len(c) == 1 && c[0] == backend
 }
 
 // keepHeaders is a no-op build option: prepare has already set every header

@@ -22,6 +22,7 @@ type responseContext struct {
 	cancelled <-chan struct{} // closed by the caller's CANCEL; nil once seen
 	start     time.Time
 	more      bool // one branch, and another target to retry after it
+	down      bool // its backend was given up as down: new again if it comes back
 	forked    bool // several branches at once
 
 	branches    []*branch
@@ -34,7 +35,7 @@ type responseContext struct {
 	best        *sip.Response       // the best final so far (RFC 3261 §16.7 step 6)
 	lost        bool                // a branch ended without a final response
 	timedOut    bool                // ... by a timeout
-	ringing     <-chan time.Time    // Timer C (RFC 3261 §16.6 step 11, §16.8), reset by provisionals
+	ringing     <-chan time.Time    // Timer C (RFC 3261 §16.6 step 11, §16.8): from the send, reset by provisionals
 	guard       <-chan time.Time    // after a CANCEL: the downstream's time to end the INVITE
 	hop         <-chan time.Time    // a backend's time to show a sign of life
 }
@@ -46,6 +47,8 @@ type branch struct {
 	clTx       sip.ClientTransaction
 	gotAny     bool // a CANCEL may now be sent
 	cancelSent bool
+	suspected  bool // reported silent past hop_timeout, still waited for
+	sent       time.Time
 	done       bool
 }
 
@@ -80,6 +83,12 @@ func (rc *responseContext) run(targets []target) outcome {
 			rc.cancelled = nil // seen; stop selecting on it
 			rc.cancelAll(nil)
 		case <-rc.ringing:
+			if !rc.gotAny {
+				// Not even a 100 Trying: the client transactions' Timer B
+				// still runs and ends them, so reset Timer C (RFC 3261 §16.8).
+				rc.ringing = time.After(p.cfg.TimerC)
+				break
+			}
 			// Rung too long: cancel; the callee's 487 ends the call.
 			rc.ringing = nil
 			p.m.timerC.Inc()
@@ -142,11 +151,18 @@ func (rc *responseContext) send(t target) outcome {
 	case err != nil:
 		return rc.settle()
 	}
-	b := &branch{t: t, out: out, clTx: clTx}
+	b := &branch{t: t, out: out, clTx: clTx, sent: time.Now()}
 	rc.branches = append(rc.branches, b)
 	rc.live++
 	if t.backend != "" {
 		rc.hop = time.After(p.cfg.HopTimeout)
+	}
+	if req.IsInvite() && rc.ringing == nil && rc.guard == nil {
+		// RFC 3261 §16.6 step 11: Timer C runs from the send, not from the
+		// first provisional beyond 100: the client transaction stops Timer B
+		// on a 100 Trying, so a callee that dies right after its 100 would
+		// otherwise leave the caller without a final response for good.
+		rc.ringing = time.After(p.cfg.TimerC)
 	}
 	go rc.report(b)
 	return pending
@@ -202,12 +218,19 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 		p.m.latency.WithLabelValues(string(req.Method)).Observe(time.Since(rc.start).Seconds())
 	}
 	b.gotAny = true
+	if res.StatusCode == 100 && b.t.backend != "" && !rc.forked && !rc.provisional {
+		// The backend took the request; until it says more, keep watching
+		// its health (hopExpired): one that dies now sends nothing more,
+		// and the 100 has stopped the client transaction's Timer B.
+		rc.hop = time.After(p.cfg.HopTimeout)
+	}
 	if res.IsProvisional() {
 		if rc.over() {
 			rc.cancel(b) // the call was taken elsewhere or cancelled
 		}
 		if res.StatusCode > 100 && !rc.over() {
 			rc.provisional = true
+			rc.hop = nil
 			if req.IsInvite() && rc.guard == nil {
 				rc.ringing = time.After(p.cfg.TimerC)
 			}
@@ -300,17 +323,36 @@ func (rc *responseContext) giveUp(t target, label, reason string) bool {
 // hop_timeout.
 func (rc *responseContext) hopExpired(b *branch) outcome {
 	p := rc.p
-	if _, inDialog := rc.req.To().Params.Get("tag"); inDialog && p.routable(b.t.backend) {
-		// An in-dialog request belongs to this backend: no other can take
-		// it. Wait while it is merely slow; give up only once health has
-		// declared it down.
+	if b.done {
+		return pending
+	}
+	_, inDialog := rc.req.To().Params.Get("tag")
+	patient := b.gotAny || inDialog || !rc.more && p.onlyBackend(b.t.backend) && time.Since(b.sent) < p.cfg.HopTimeout+p.cfg.NoBackendWait
+	if patient && p.routable(b.t.backend) {
+		// No other backend can take the request: an in-dialog one belongs
+		// to this backend, and a new one has nowhere else to go (a cold
+		// standby's one PBX, slow to answer the burst of requests held
+		// while it started). Wait while it is merely slow (a new request
+		// for as long as it could be held for a backend); give up once
+		// health has declared it down. Ending the branch now would leave
+		// the request to the hold, which does not try the same backend
+		// twice, so the caller would get 503 from a live PBX.
+		if !inDialog && !b.gotAny && !b.suspected {
+			b.suspected = true
+			p.failed(b.t, "no response within hop_timeout") // probe it at once
+		}
 		rc.hop = time.After(p.cfg.HopTimeout)
 		return pending
 	}
 	// The backend is dead or hung. Give up on it without a CANCEL (none may
 	// be sent before a provisional): the next backend, or 503 when none is left.
+	rc.down = !p.routable(b.t.backend)
 	rc.terminate("")
-	if rc.giveUp(b.t, "hop_timeout", "no response within hop_timeout") || !isClosed(rc.cancelled) {
+	label, reason := "hop_timeout", "no response within hop_timeout"
+	if b.gotAny {
+		label, reason = "down", "declared down after its 100 Trying"
+	}
+	if rc.giveUp(b.t, label, reason) || !isClosed(rc.cancelled) {
 		return next
 	}
 	return settled

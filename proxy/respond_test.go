@@ -178,6 +178,52 @@ func answer(i int, codes ...int) step {
 	}
 }
 
+// answerLive: branch i, which the proxy must not have ended, sends codes.
+func answerLive(i int, codes ...int) step {
+	return func(h *harness) {
+		h.t.Helper()
+		br := h.br(i)
+		for _, c := range codes {
+			select {
+			case br.responses <- br.response(c):
+			case <-br.done:
+				h.t.Fatalf("branch %d ended before its %d", i, c)
+			}
+		}
+	}
+}
+
+// suspectRecorder is the health side: the backends the proxy suspects.
+type suspectRecorder chan string
+
+func (r suspectRecorder) Suspect(backend, _ string) {
+	select {
+	case r <- backend:
+	default:
+	}
+}
+
+// onlyBackend: the router offers asterisk1 alone (a cold standby's one
+// PBX); the proxy's suspicions go to h's recorder.
+func onlyBackend(p *Proxy) {
+	p.router, p.reporter = NewStaticRouter([]string{"asterisk1"}, false), make(suspectRecorder, 8)
+	p.cfg.HopTimeout, p.cfg.NoBackendWait = time.Millisecond, 30*time.Second
+}
+
+// suspects: the proxy reports backend to health.
+func suspects(backend string) step {
+	return func(h *harness) {
+		if got := wait(h, (<-chan string)(h.p.reporter.(suspectRecorder)), "suspicion"); got != backend {
+			h.t.Fatalf("suspected %s, want %s", got, backend)
+		}
+	}
+}
+
+// routes: the router now offers names (none: the backend is down).
+func routes(names ...string) step {
+	return func(h *harness) { h.p.router.(*StaticRouter).SetBackends(names) }
+}
+
 // timesOut: branch i's transaction times out.
 func timesOut(i int) step { return func(h *harness) { h.br(i).end(sip.ErrTransactionTimeout) } }
 
@@ -279,6 +325,14 @@ func TestResponseContext(t *testing.T) {
 			counts(func(p *Proxy) prometheus.Collector { return p.m.timerC }, 1)}},
 		{name: "Timer C on a fork, callee gone", targets: phones, tune: fast, play: []step{answer(0, 180), caller(180), cancelled(0),
 			caller(408), ends, terminated(0), terminated(1)}},
+		{name: "Timer C after a 100 Trying only", targets: bes[:1], tune: fast, play: []step{answer(0, 100), cancelled(0), caller(408), ends,
+			counts(func(p *Proxy) prometheus.Collector { return p.m.timerC }, 1)}},
+		{name: "the only backend, slow, is waited for past hop_timeout", targets: bes[:1], retry: true, tune: onlyBackend,
+			play: []step{suspects("asterisk1"), answerLive(0, 100, 180, 200), caller(180, 200), ends}},
+		{name: "the only backend, gone and back, is tried again by the hold", targets: bes[:1], retry: true,
+			tune: onlyBackend, play: []step{suspects("asterisk1"), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
+		{name: "a backend down after its 100 Trying is given up", targets: bes[:1], retry: true, tune: onlyBackend,
+			play: []step{answer(0, 100), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
 		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
 		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), timesOut(0), caller(408), ends}},
 	}
