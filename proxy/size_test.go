@@ -26,19 +26,19 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// suspects records what a proxy reports to health.
-type suspects struct {
+// suspectLog records what a proxy reports to health.
+type suspectLog struct {
 	mu  sync.Mutex
 	got []string
 }
 
-func (s *suspects) Suspect(backend, reason string) {
+func (s *suspectLog) Suspect(backend, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.got = append(s.got, backend+": "+reason)
 }
 
-func (s *suspects) list() []string {
+func (s *suspectLog) list() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.got...)
@@ -72,7 +72,7 @@ func TestLargeInvites(t *testing.T) {
 			}
 			backend := testkit.StartSIPp(t, be1IP, bePort, "-t", beT, "-sf", testkit.LargeScenario(t, scenario("uas_large.xml"), tc.size), "-m", "1")
 			testkit.WaitListening(t, beNet, be.Address, 3*time.Second)
-			var sus suspects
+			var sus suspectLog
 			p := startProxyWith(t, []string{"udp", "tcp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithFailureReporter(&sus))
 
 			phoneT := map[string]string{"udp": "u1", "tcp": "t1"}[tc.phone]
@@ -105,7 +105,7 @@ func TestLargeInvites(t *testing.T) {
 // without TCP gets 513, and the backend is not suspected.
 func TestTooLargeForUDPGets513(t *testing.T) {
 	be, _ := backendOn(t, "asterisk1", be1IP, "udp") // never started: nothing may reach it
-	var sus suspects
+	var sus suspectLog
 	p := startProxyWith(t, []string{"udp", "tcp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithFailureReporter(&sus))
 
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(phoneIP)}, Timeout: 3 * time.Second}
