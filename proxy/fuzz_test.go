@@ -15,23 +15,11 @@ import (
 // check and next-hop choice, and the rewriting of what it would send. It is
 // seeded with the RFC 4475 torture messages. Nothing may panic.
 func FuzzDecide(f *testing.F) {
-	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
-	for _, fn := range files {
-		if data, err := os.ReadFile(fn); err == nil {
-			f.Add(data)
-		}
-	}
+	seedRFC4475(f)
 	f.Add([]byte("INVITE sip:201@127.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.2.1;branch=z9hG4bKhpxabc.def\r\nRoute: <sip:127.0.2.1;lr>\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nMax-Forwards: 1\r\nContent-Length: 0\r\n\r\n"))
 	f.Add([]byte("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.2.1;branch=z9hG4bKhpx1\r\nVia: SIP/2.0/UDP 10.0.0.1;rport=5;received=1.2.3.4\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"))
 
-	cfg := DefaultConfig()
-	cfg.Listen = []string{"udp://127.0.2.1:5060", "tcp://127.0.2.1:5060"}
-	cfg.Advertise = "127.0.2.1"
-	be := []Backend{{Name: "a", Address: "127.0.2.11:5060", Transport: "udp"}, {Name: "b", Address: "127.0.2.12:5060", Transport: "tcp"}}
-	p, err := New(cfg, be, NewStaticRouter([]string{"a", "b"}, true), zap.NewNop(), prometheus.NewRegistry())
-	if err != nil {
-		f.Fatal(err)
-	}
+	p := fuzzProxy(f)
 	parser := sip.NewParser()
 
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -76,21 +64,9 @@ func FuzzDecide(f *testing.F) {
 // exactly one Call-ID, CSeq, From, To and Max-Forwards and at most one
 // Content-Length and Content-Type.
 func FuzzIntake(f *testing.F) {
-	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
-	for _, fn := range files {
-		if data, err := os.ReadFile(fn); err == nil {
-			f.Add(data)
-		}
-	}
+	seedRFC4475(f)
 	f.Add([]byte("INVITE sip:201@127.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCall-ID: y\r\nCSeq: 1 INVITE\r\nContent-Length: 4\r\nContent-Length: 0\r\n\r\nBYE "))
-	cfg := DefaultConfig()
-	cfg.Listen = []string{"udp://127.0.2.1:5060", "tcp://127.0.2.1:5060"}
-	cfg.Advertise = "127.0.2.1"
-	be := []Backend{{Name: "a", Address: "127.0.2.11:5060", Transport: "udp"}, {Name: "b", Address: "127.0.2.12:5060", Transport: "tcp"}}
-	p, err := New(cfg, be, NewStaticRouter([]string{"a", "b"}, true), zap.NewNop(), prometheus.NewRegistry())
-	if err != nil {
-		f.Fatal(err)
-	}
+	p := fuzzProxy(f)
 	parser := sip.NewParser()
 
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -134,4 +110,27 @@ func FuzzIntake(f *testing.F) {
 			}
 		}
 	})
+}
+
+// seedRFC4475 adds every RFC 4475 message to f's corpus.
+func seedRFC4475(f *testing.F) {
+	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
+	for _, fn := range files {
+		if data, err := os.ReadFile(fn); err == nil {
+			f.Add(data)
+		}
+	}
+}
+
+// fuzzProxy is a proxy that is never started, over a UDP and a TCP backend.
+func fuzzProxy(f *testing.F) *Proxy {
+	cfg := DefaultConfig()
+	cfg.Listen = []string{"udp://127.0.2.1:5060", "tcp://127.0.2.1:5060"}
+	cfg.Advertise = "127.0.2.1"
+	be := []Backend{{Name: "a", Address: "127.0.2.11:5060", Transport: "udp"}, {Name: "b", Address: "127.0.2.12:5060", Transport: "tcp"}}
+	p, err := New(cfg, be, NewStaticRouter([]string{"a", "b"}, true), zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		f.Fatal(err)
+	}
+	return p
 }
