@@ -101,6 +101,7 @@ func checkDatagram(data []byte) ([]byte, string) {
 			continue
 		case strings.ToLower(sanityMark):
 			why = whyMark
+			continue
 		}
 		kept = append(kept, line)
 	}
@@ -127,6 +128,9 @@ func checkDatagram(data []byte) ([]byte, string) {
 func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []sip.Header) {
 	if h := req.GetHeader(sanityMark); h != nil {
 		why = h.Value()
+		if !strings.EqualFold(req.Transport(), "udp") || len(req.GetHeaders(sanityMark)) > 1 {
+			why = whyMark // sanityFilter writes it on UDP only, once
+		}
 		switch why {
 		case whyContentLength, whyDuplicate:
 			return 400, "Bad Request (Content-Length)", why, nil
