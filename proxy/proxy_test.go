@@ -17,7 +17,6 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
@@ -80,7 +79,7 @@ func startRelay(t *testing.T, ports string, reg prometheus.Registerer) *media.Re
 	t.Helper()
 	mc := media.DefaultConfig()
 	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, ports
-	relay, err := media.New(mc, zaptest.NewLogger(t), reg)
+	relay, err := media.New(mc, testLogger(t), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +499,7 @@ func TestListenBeforeVIP(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Listen = []string{"udp://192.0.2.77:15060", "tcp://192.0.2.77:15060"}
 	cfg.Advertise = "192.0.2.77"
-	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), zaptest.NewLogger(t), prometheus.NewRegistry())
+	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), testLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
