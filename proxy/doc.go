@@ -5,7 +5,8 @@
 //   - listens on UDP, TCP and TLS (config `sip.listen`); marks the top Via
 //     with received/rport (RFC 3581) so replies reach phones behind NAT;
 //   - validates requests (400 for missing Via/From/To/Call-ID/CSeq or a
-//     CSeq method that does not match), decrements Max-Forwards (483 at 0;
+//     CSeq method that does not match; sanity.go: RFC 4475's broken
+//     messages get 400/420/505/416 and are never forwarded), decrements Max-Forwards (483 at 0;
 //     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
 //     Via branch (482), pops its own Route headers and Record-Routes every
 //     dialog-creating request with `sip.advertise` (two entries when the
@@ -111,7 +112,9 @@
 // hapbx_proxy_backend_selected_total{backend},
 // hapbx_proxy_retries_total{backend,reason},
 // hapbx_proxy_malformed_total{reason} (parse, oversize, no_transaction_key,
-// missing_<header>, cseq_method), hapbx_proxy_register_store_answers_total,
+// missing_<header>, cseq_method, and sanity.go's content_length,
+// duplicate_header, sip_version, proxy_require, ruri_headers, uri_scheme,
+// method_case, round_trip, sanity_mark), hapbx_proxy_register_store_answers_total,
 // hapbx_proxy_forks_total, hapbx_proxy_held_requests_total,
 // hapbx_proxy_timer_c_total, hapbx_proxy_dialogs,
 // hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason},

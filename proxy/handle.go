@@ -35,7 +35,8 @@ type decision struct {
 	code    int
 	reason  string
 	target  target
-	targets []target // actFork
+	targets []target     // actFork
+	hdrs    []sip.Header // actReply: extra headers (420's Unsupported)
 }
 
 const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
@@ -65,7 +66,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	switch d.act {
 	case actDrop:
 	case actReply:
-		p.reply(tx, req, d.code, d.reason)
+		p.reply(tx, req, d.code, d.reason, d.hdrs...)
 	case actStateless:
 		p.forwardAck(req, d.target)
 	case actForward, actFork, actBackends:
@@ -94,6 +95,13 @@ func (p *Proxy) decide(req *sip.Request) decision {
 			return decision{act: actDrop}
 		}
 		return decision{act: actReply, code: 400, reason: "Bad Request (missing " + miss + ")"}
+	}
+	if code, reason, why, hdrs := p.sanity(req); code != 0 {
+		p.m.malformed.WithLabelValues(why).Inc()
+		if req.IsAck() {
+			return decision{act: actDrop}
+		}
+		return decision{act: actReply, code: code, reason: reason, hdrs: hdrs}
 	}
 	if cs := req.CSeq(); cs.MethodName != req.Method && !(req.IsAck() && cs.MethodName == sip.ACK) {
 		p.m.malformed.WithLabelValues("cseq_method").Inc()

@@ -187,7 +187,7 @@ func (p *Proxy) Listen(ctx context.Context) error {
 		sipgo.WithUserAgent("hapbx"),
 		sipgo.WithUserAgentHostname(p.cfg.Advertise),
 		sipgo.WithUserAgentParser(parser),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog), sip.WithTransportLayerReadFilter(p.sanityFilter)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(sipLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.strayResponse),

@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -15,7 +17,6 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
@@ -62,7 +63,7 @@ func startProxyWith(t *testing.T, transports []string, backends []Backend, route
 		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	p, err := New(cfg, backends, router, zaptest.NewLogger(t), reg, opts...)
+	p, err := New(cfg, backends, router, testLogger(t), reg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +79,7 @@ func startRelay(t *testing.T, ports string, reg prometheus.Registerer) *media.Re
 	t.Helper()
 	mc := media.DefaultConfig()
 	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, ports
-	relay, err := media.New(mc, zaptest.NewLogger(t), reg)
+	relay, err := media.New(mc, testLogger(t), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,45 +216,227 @@ func TestLocalAnswersAndLimits(t *testing.T) {
 	}
 }
 
-// TestTortureMessages sends every RFC 4475 torture message at a running
-// proxy: none may crash it, the broken ones are counted, and it still
-// answers afterwards.
+// TestTortureMessages sends every RFC 4475 message (testdata/rfc4475, one
+// file per message with the RFC's name) at a running proxy, over UDP and
+// over TCP, and checks each one's disposition against
+// testdata/rfc4475/dispositions.txt: "forward" (it reached the SIPp
+// backend, which answers 404), a status code hapbx answers itself without
+// forwarding, or "drop" (no answer, nothing forwarded). Whatever reaches the
+// backend must parse and carry each single-valued header once. The proxy
+// still answers after each.
 func TestTortureMessages(t *testing.T) {
-	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
-	p := startProxy(t, []Backend{be}, func(c *Config) { c.HopTimeout = 50 * time.Millisecond })
-	dst, _ := net.ResolveUDPAddr("udp", p.addr)
-	c, err := net.ListenPacket("udp", net.JoinHostPort(phoneIP, "0"))
+	testkit.RequireSIPp(t)
+	want := readDispositions(t)
+	for _, tr := range []string{"udp", "tcp"} {
+		t.Run(tr, func(t *testing.T) { tortureOver(t, tr, want) })
+	}
+}
+
+// disposition is one message's expected fate over udp and over tcp.
+type disposition struct{ udp, tcp string }
+
+func readDispositions(t *testing.T) map[string]disposition {
+	t.Helper()
+	data, err := os.ReadFile("testdata/rfc4475/dispositions.txt")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	files, _ := filepath.Glob("testdata/torture/*/*.dat")
-	if len(files) < 40 {
-		t.Fatalf("torture corpus: %d files", len(files))
+	want := map[string]disposition{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			t.Fatalf("dispositions.txt: %q: want name udp tcp", line)
+		}
+		want[f[0]] = disposition{udp: f[1], tcp: f[2]}
 	}
+	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
+	if len(files) != len(want) || len(files) < 40 {
+		t.Fatalf("%d messages, %d dispositions", len(files), len(want))
+	}
+	return want
+}
+
+var callIDLine = regexp.MustCompile(`(?mi)^(?:call-id|i)[ \t]*:[ \t]*(\S+)`)
+
+func tortureOver(t *testing.T, transport string, want map[string]disposition) {
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_record.xml"), "-trace_msg")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
+	cfg := func(c *Config) {
+		c.HopTimeout = 2 * time.Second // a loaded machine: SIPp may answer late
+		c.NoBackendWait = 0
+	}
+	got := map[string]string{}
+	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
 	for _, f := range files {
+		// A proxy per message: several RFC messages share a Via host and
+		// branch, so one would match the transaction of another (§17.2.3).
+		p := startProxy(t, []Backend{be}, cfg)
+		name := strings.TrimSuffix(filepath.Base(f), ".dat")
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.WriteTo(data, dst); err != nil {
-			t.Logf("%s: %v", f, err)
+		w := want[name].udp
+		if transport == "tcp" {
+			w = want[name].tcp
+		}
+		wait := 4 * time.Second
+		if w == "drop" || w == "-" {
+			wait = 300 * time.Millisecond
+		}
+		if code := sendRaw(t, transport, p.addr, data, wait); code != 0 {
+			got[name] = strconv.Itoa(code)
+		} else {
+			got[name] = "drop"
+		}
+		res := rawRequest(t, p.addr, request("OPTIONS", "sip:"+p.addr, 70, ""), 3*time.Second)
+		if !strings.HasPrefix(res, "SIP/2.0 200 ") {
+			t.Fatalf("proxy no longer answers after %s: %q", name, statusLine(res))
 		}
 	}
-	garbage := []byte("this is not SIP at all\r\n\r\n")
-	_, _ = c.WriteTo(garbage, dst)
-	time.Sleep(300 * time.Millisecond)
-	res := rawRequest(t, p.addr, request("OPTIONS", "sip:"+p.addr, 70, ""), 3*time.Second)
-	if !strings.HasPrefix(res, "SIP/2.0 200 ") {
-		t.Fatalf("proxy no longer answers after torture messages: %q", statusLine(res))
+	backend.Stop()
+	reached := backendRequests(t, backend.Trace())
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".dat")
+		data, _ := os.ReadFile(f)
+		w := want[name].udp
+		if transport == "tcp" {
+			w = want[name].tcp
+		}
+		fwd := false
+		for _, m := range callIDLine.FindAllSubmatch(data, -1) {
+			fwd = fwd || reached[string(m[1])]
+		}
+		switch {
+		case w == "-":
+		case w == "forward" && !fwd:
+			t.Errorf("%s: want forwarded, not forwarded (hapbx answered %s)", name, got[name])
+		case w != "forward" && fwd:
+			t.Errorf("%s: want %s, forwarded to the backend", name, w)
+		case w != "forward" && !slices.Contains(strings.Split(w, "|"), got[name]):
+			t.Errorf("%s: want %s, got %s", name, w, got[name])
+		}
 	}
-	var total float64
-	for _, r := range []string{"parse", "oversize", "no_transaction_key", "missing_via", "missing_from", "missing_to", "missing_call_id", "missing_cseq", "cseq_method"} {
-		total += testutil.ToFloat64(p.m.malformed.WithLabelValues(r))
+}
+
+// sendRaw sends data to addr over transport from phoneIP and returns the
+// code of the first final response to it (same Call-ID: a late answer to
+// an earlier message may arrive) within wait, 0 for none.
+func sendRaw(t *testing.T, transport, addr string, data []byte, wait time.Duration) int {
+	t.Helper()
+	var read func([]byte) (int, error)
+	if transport == "tcp" {
+		c, err := net.DialTCP("tcp", &net.TCPAddr{IP: net.ParseIP(phoneIP)}, mustTCPAddr(t, addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(wait))
+		read = c.Read
+	} else {
+		// From the port the messages' Via names (5060 when none): hapbx
+		// answers there (RFC 3261 §18.2.2, no rport).
+		var c *net.UDPConn
+		var err error
+		for try := 0; try < 50; try++ {
+			if c, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(phoneIP), Port: 5060}); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond) // another run of this test holds it
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.WriteTo(data, mustUDPAddr(t, addr)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(wait))
+		read = func(b []byte) (int, error) { n, _, err := c.ReadFrom(b); return n, err }
 	}
-	if total < 5 {
-		t.Errorf("hapbx_proxy_malformed_total = %v after the invalid torture messages and garbage, want >= 5", total)
+	cids := map[string]bool{} // multi01 has two
+	for _, m := range callIDLine.FindAllSubmatch(data, -1) {
+		cids[string(m[1])] = true
 	}
+	buf := make([]byte, 65535)
+	var pending []byte
+	for {
+		n, err := read(buf)
+		if err != nil {
+			return 0
+		}
+		pending = append(pending, buf[:n]...)
+		for {
+			msg, rest, ok := strings.Cut(string(pending), "\r\n\r\n")
+			if !ok {
+				break
+			}
+			pending = []byte(rest) // hapbx's answers have no body
+			f := strings.Fields(msg)
+			if m := callIDLine.FindStringSubmatch(msg); (m == nil) != (len(cids) == 0) || (m != nil && !cids[m[1]]) {
+				continue
+			}
+			if len(f) > 1 && strings.HasPrefix(f[0], "SIP/") && !strings.HasPrefix(f[1], "1") {
+				code, _ := strconv.Atoi(f[1])
+				return code
+			}
+		}
+	}
+}
+
+func mustUDPAddr(t *testing.T, a string) *net.UDPAddr {
+	ua, err := net.ResolveUDPAddr("udp", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ua
+}
+
+func mustTCPAddr(t *testing.T, a string) *net.TCPAddr {
+	ta, err := net.ResolveTCPAddr("tcp", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ta
+}
+
+// backendRequests parses every request of a sipp -trace_msg log, checks
+// it carries each single-valued header once, and returns their Call-IDs.
+func backendRequests(t *testing.T, trace string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	for _, block := range strings.Split(trace, "----------------------------------------------- ") {
+		_, msg, ok := strings.Cut(block, "message received [")
+		if !ok {
+			continue
+		}
+		_, msg, _ = strings.Cut(msg, "] bytes :\n\n")
+		msg = strings.TrimRight(msg, "\n") + "\n"
+		if strings.HasPrefix(msg, "SIP/") {
+			continue
+		}
+		req, err := sip.ParseMessage([]byte(strings.ReplaceAll(strings.ReplaceAll(msg, "\r\n", "\n"), "\n", "\r\n")))
+		if err != nil {
+			t.Errorf("backend received a request that does not parse (%v):\n%s", err, msg)
+			continue
+		}
+		for _, h := range singleValued {
+			if n := len(req.GetHeaders(h)); n > 1 {
+				t.Errorf("backend received %d %s headers:\n%s", n, h, msg)
+			}
+		}
+		if cid := req.CallID(); cid != nil {
+			out[cid.Value()] = true
+		}
+	}
+	return out
 }
 
 func TestTLSPhoneToUDPBackend(t *testing.T) { tlsPhoneToUDPBackend(t, "hello") }
@@ -322,7 +505,7 @@ func TestListenBeforeVIP(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Listen = []string{"udp://192.0.2.77:15060", "tcp://192.0.2.77:15060"}
 	cfg.Advertise = "192.0.2.77"
-	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), zaptest.NewLogger(t), prometheus.NewRegistry())
+	p, err := New(cfg, []Backend{be}, NewStaticRouter([]string{be.Name}, false), testLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// Intake checks (like Kamailio's sanity module): what a message must
+// satisfy before the proxy acts on it, so that nothing broken is forwarded
+// (RFC 4475). Two layers, because sipgo's parser loses some facts:
+//   - sanityFilter sees a UDP datagram's raw bytes before sipgo parses it:
+//     sipgo frames a datagram by its last Content-Length, so duplicate
+//     Content-Lengths (request smuggling towards a TCP backend) and one
+//     beyond the datagram's end (RFC 3261 §18.3: an error, 400) are only
+//     visible here; octets after the body are ignored (§18.3, RFC 4475
+//     dblreq) and never sent on, as sipgo cuts the body at Content-Length. Such a request is rewritten to its header section with a
+//     sanityMark header and no body, so that sanity answers it 400 like any
+//     other broken request (a response is dropped).
+//   - sanity runs on every parsed request first thing in decide.
+
+// sanityMark is the header sanityFilter adds to a datagram it refuses. One
+// arriving from the network is itself refused.
+const sanityMark = "X-Hapbx-Sanity"
+
+// Reasons of hapbx_proxy_malformed_total set here (a fixed set: nothing
+// from the network becomes a label).
+const (
+	whyContentLength = "content_length"   // UDP body shorter than Content-Length, or no number
+	whyDuplicate     = "duplicate_header" // two values of a single-valued header
+	whyVersion       = "sip_version"      // not SIP/2.0: 505
+	whyProxyRequire  = "proxy_require"    // an option hapbx does not support: 420
+	whyURIHeaders    = "ruri_headers"     // escaped headers in the Request-URI
+	whyURIScheme     = "uri_scheme"       // a scheme hapbx cannot resolve: 416
+	whyMethodCase    = "method_case"      // invite/ack/cancel not in upper case
+	whyMark          = "sanity_mark"      // sanityMark arrived from the network
+	whyRoundTrip     = "round_trip"       // sipgo took it leniently and would write it unparsable
+)
+
+// singleValued are the headers RFC 3261 §7.3.1 / §20 allow once only and
+// that the proxy reads or relays.
+var singleValued = []string{"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type"}
+
+// sanityFilter is the sipgo transport read filter. It only looks at UDP:
+// over TCP/TLS a read is a stream chunk, and sipgo frames the stream by
+// Content-Length itself (closing the connection when it cannot); duplicate
+// Content-Lengths there are caught by sanity as duplicate headers.
+func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, error) {
+	if !strings.EqualFold(info.Transport, "udp") {
+		return data, nil
+	}
+	out, why := checkDatagram(data)
+	if why != "" {
+		p.m.malformed.WithLabelValues(why).Inc()
+		if out == nil {
+			return nil, nil // a response: dropped (nil, not an error: an error stops sipgo's listener)
+		}
+	}
+	return out, nil
+}
+
+// checkDatagram returns data unchanged when its Content-Length (one at
+// most) fits in the datagram, else the refusal: the header section without
+// Content-Length and body plus sanityMark, or nil for a response. Data
+// that is not a header section is left to sipgo's parser.
+func checkDatagram(data []byte) ([]byte, string) {
+	end := bytes.Index(data, []byte("\r\n\r\n"))
+	if end < 0 {
+		return data, ""
+	}
+	head, body := data[:end+2], data[end+4:]
+	var (
+		n, cl int
+		bad   bool
+		why   string
+		kept  [][]byte
+	)
+	lines := bytes.SplitAfter(head, []byte("\r\n"))
+	for i := 0; i < len(lines); i++ {
+		line := lines[i]
+		// unfold continuation lines into this header
+		for i+1 < len(lines) && len(lines[i+1]) > 0 && (lines[i+1][0] == ' ' || lines[i+1][0] == '\t') {
+			i++
+			line = append(append([]byte{}, line...), lines[i]...)
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok || i == 0 {
+			kept = append(kept, line)
+			continue
+		}
+		switch strings.ToLower(string(bytes.TrimSpace(name))) {
+		case "content-length", "l":
+			n++
+			v, err := strconv.Atoi(string(bytes.TrimSpace(value)))
+			if err != nil || v < 0 {
+				bad = true
+			}
+			cl = v
+			continue
+		case strings.ToLower(sanityMark):
+			why = whyMark
+			continue
+		}
+		kept = append(kept, line)
+	}
+	switch {
+	case why != "":
+	case n > 1:
+		why = whyDuplicate
+	case bad || (n == 1 && cl > len(body)):
+		why = whyContentLength
+	default:
+		return data, ""
+	}
+	if bytes.HasPrefix(data, []byte("SIP/")) {
+		return nil, why
+	}
+	out := bytes.Join(kept, nil)
+	out = append(out, sanityMark+": "+why+"\r\nContent-Length: 0\r\n\r\n"...)
+	return out, why
+}
+
+// sanity returns the refusal of a request that must not be processed:
+// code 0 when it passes. It may restore the method's case (sipgo upper-cases
+// the request line's method; the CSeq keeps it as sent).
+func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []sip.Header) {
+	if h := req.GetHeader(sanityMark); h != nil {
+		why = h.Value()
+		if !strings.EqualFold(req.Transport(), "udp") || len(req.GetHeaders(sanityMark)) > 1 {
+			why = whyMark // sanityFilter writes it on UDP only, once
+		}
+		switch why {
+		case whyContentLength, whyDuplicate:
+			return 400, "Bad Request (Content-Length)", why, nil
+		}
+		return 400, "Bad Request", whyMark, nil
+	}
+	if req.SipVersion != "SIP/2.0" {
+		return 505, "Version Not Supported", whyVersion, nil
+	}
+	for _, name := range singleValued {
+		if len(req.GetHeaders(name)) > 1 {
+			return 400, "Bad Request (duplicate " + name + ")", whyDuplicate, nil
+		}
+	}
+	if cs := req.CSeq(); cs != nil && cs.MethodName != req.Method && strings.EqualFold(string(cs.MethodName), string(req.Method)) {
+		switch req.Method {
+		case sip.INVITE, sip.ACK, sip.CANCEL:
+			// sipgo already runs a transaction of the upper-case method;
+			// "invite" is another method (RFC 3261 §7.1), refused rather
+			// than mixed up with it.
+			return 400, "Bad Request (method case)", whyMethodCase, nil
+		}
+		req.Method = cs.MethodName // methods are case-sensitive: sent on as written
+	}
+	if !roundTrips(req) {
+		// sipgo's parser accepts some URIs and Vias it then writes in a
+		// form it cannot read back: never send such a request on.
+		return 400, "Bad Request (unparsable once written)", whyRoundTrip, nil
+	}
+	if len(req.Recipient.Headers) > 0 {
+		// RFC 4475 §3.1.2.10: they must not be sent on; refusing is allowed.
+		return 400, "Bad Request (headers in Request-URI)", whyURIHeaders, nil
+	}
+	var unsupported []string
+	for _, h := range req.GetHeaders("Proxy-Require") {
+		for _, opt := range strings.Split(h.Value(), ",") {
+			if opt = strings.TrimSpace(opt); opt != "" {
+				unsupported = append(unsupported, opt)
+			}
+		}
+	}
+	if len(unsupported) > 0 && !req.IsAck() && !req.IsCancel() {
+		// hapbx supports no option as a proxy (RFC 3261 §16.3 step 5).
+		return 420, "Bad Extension", whyProxyRequire, []sip.Header{sip.NewHeader("Unsupported", strings.Join(unsupported, ", "))}
+	}
+	if s := strings.ToLower(req.Recipient.Scheme); s != "sip" && s != "sips" && req.Route() == nil && p.fromBackend(req) != "" {
+		// A backend's request with no Route is resolved by hapbx itself.
+		return 416, "Unsupported URI Scheme", whyURIScheme, nil
+	}
+	return 0, "", "", nil
+}
+
+// roundTrips reports whether req, written out, parses again.
+func roundTrips(req *sip.Request) bool {
+	_, err := sip.ParseMessage([]byte(req.String()))
+	return err == nil
+}

@@ -1,0 +1,89 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestSanityIntake drives sanityFilter's check and decide on the cases of
+// issue 12 the RFC 4475 corpus does not hold; every refused one is counted
+// under its reason.
+func TestSanityIntake(t *testing.T) {
+	head := "Via: SIP/2.0/UDP 127.0.2.50:5060;branch=z9hG4bK1\r\nFrom: <sip:201@example.com>;tag=1\r\nTo: <sip:202@example.com>\r\nCall-ID: c1\r\nMax-Forwards: 70\r\n"
+	cases := []struct {
+		name, msg, src string
+		code           int    // 0: passes sanity
+		why            string // malformed reason counted
+		method         string // method after sanity, "" to skip
+	}{
+		{"smuggling: two Content-Lengths, short body", "INVITE sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 INVITE\r\nContent-Length: 0\r\nContent-Length: 60\r\n\r\nBYE sip:x SIP/2.0\r\n", phoneIP, 400, whyDuplicate, ""},
+		{"Content-Length beyond the datagram", "MESSAGE sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 MESSAGE\r\nContent-Length: 99\r\n\r\nhi", phoneIP, 400, whyContentLength, ""},
+		{"octets after the body are ignored", "MESSAGE sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 MESSAGE\r\nContent-Length: 2\r\n\r\nhi junk", phoneIP, 0, "", "MESSAGE"},
+		{"forged mark", "MESSAGE sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 MESSAGE\r\nX-Hapbx-Sanity: content_length\r\nContent-Length: 0\r\n\r\n", phoneIP, 400, whyMark, ""},
+		{"two Max-Forwards", "OPTIONS sip:202@example.com SIP/2.0\r\n" + head + "Max-Forwards: 10\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", phoneIP, 400, whyDuplicate, ""},
+		{"two CSeqs", "OPTIONS sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 OPTIONS\r\nCSeq: 2 OPTIONS\r\nContent-Length: 0\r\n\r\n", phoneIP, 400, whyDuplicate, ""},
+		{"SIP/7.0", "OPTIONS sip:202@example.com SIP/7.0\r\n" + head + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", phoneIP, 505, whyVersion, ""},
+		{"Proxy-Require", "OPTIONS sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 OPTIONS\r\nProxy-Require: foo, bar\r\nContent-Length: 0\r\n\r\n", phoneIP, 420, whyProxyRequire, ""},
+		{"escaped headers in the Request-URI", "OPTIONS sip:202@example.com?Route=%3Csip:evil%3E SIP/2.0\r\n" + head + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", phoneIP, 400, whyURIHeaders, ""},
+		{"mixed-case method kept", "Foo sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 Foo\r\nContent-Length: 0\r\n\r\n", phoneIP, 0, "", "Foo"},
+		{"lower-case invite", "invite sip:202@example.com SIP/2.0\r\n" + head + "CSeq: 1 invite\r\nContent-Length: 0\r\n\r\n", phoneIP, 400, whyMethodCase, ""},
+		{"tel: from a backend", "MESSAGE tel:+4930123 SIP/2.0\r\n" + head + "CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n", be1IP, 416, whyURIScheme, ""},
+		{"tel: from a phone goes to a backend", "MESSAGE tel:+4930123 SIP/2.0\r\n" + head + "CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n", phoneIP, 0, "", "MESSAGE"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := sanityProxy(t)
+			data, err := p.sanityFilter(sip.TransportReadProps{Transport: "UDP"}, []byte(tc.msg))
+			if err != nil || data == nil {
+				t.Fatalf("filter: %q, %v", data, err)
+			}
+			msg, err := sip.NewParser().ParseSIP(data)
+			if err != nil {
+				t.Fatalf("parse after the filter: %v\n%s", err, data)
+			}
+			req := msg.(*sip.Request)
+			req.SetSource(tc.src + ":5060")
+			req.SetTransport("UDP")
+			code, reason, why, hdrs := p.sanity(req)
+			if code != tc.code || why != tc.why {
+				t.Fatalf("sanity = %d %q (%s), want %d (%s)", code, reason, why, tc.code, tc.why)
+			}
+			if code == 420 && (len(hdrs) != 1 || hdrs[0].Value() != "foo, bar") {
+				t.Errorf("420 without Unsupported: foo, bar: %v", hdrs)
+			}
+			if tc.method != "" && string(req.Method) != tc.method {
+				t.Errorf("method %q, want %q", req.Method, tc.method)
+			}
+			if tc.method == "MESSAGE" && strings.Contains(req.String(), "junk") {
+				t.Errorf("octets after the body kept:\n%s", req)
+			}
+			d := p.decide(req)
+			if code != 0 {
+				if d.act != actReply || d.code != code {
+					t.Errorf("decide = %+v, want a %d reply", d, code)
+				}
+				if n := testutil.ToFloat64(p.m.malformed.WithLabelValues(tc.why)); n < 1 {
+					t.Errorf("malformed{%s} = %v", tc.why, n)
+				}
+			} else if d.act == actReply && d.code >= 400 {
+				t.Errorf("decide refused a sane request: %d %s", d.code, d.reason)
+			}
+		})
+	}
+}
+
+func sanityProxy(t *testing.T) *Proxy {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen = []string{"udp://" + proxyIP + ":5060"}
+	cfg.Advertise = proxyIP
+	p, err := New(cfg, []Backend{{Name: "a", Address: be1IP + ":5060", Transport: "udp"}}, NewStaticRouter([]string{"a"}, true), testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
