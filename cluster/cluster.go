@@ -246,8 +246,8 @@ func (c *Cluster) shutdown() {
 		// Unconditional, whatever holding says: the last chance before the process exits.
 		if err := c.hold.vip.Release(); err != nil {
 			c.log.Error("VIP not removed on shutdown", zap.Error(err))
-		} else if c.hold.holding.Swap(false) {
-			c.hold.notify(false)
+		} else {
+			c.hold.holding.Store(false)
 		}
 		c.hold.mu.Unlock()
 	}
