@@ -162,9 +162,6 @@ type Option func(*Agent)
 // start commands are ready when they return.
 func WithReadyChecker(r ReadyChecker) Option { return func(a *Agent) { a.svc.ready = r } }
 
-// WithFencer replaces the fencer built from Config.Fence.
-func WithFencer(f Fencer) Option { return func(a *Agent) { a.fencer = f } }
-
 // WithPollInterval sets how often readiness and state are polled (default
 // 50ms for readiness, 2s for monitoring).
 func WithPollInterval(ready, monitor time.Duration) Option {
