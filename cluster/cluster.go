@@ -38,13 +38,13 @@ type Cluster struct {
 // New checks cfg and prepares a node of the given role; nothing listens until Run.
 // reg may be nil (no metrics exported). RoleService needs WithServiceInfo.
 func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Cluster, error) {
-	var o options
+	var svc ServiceInfo
 	for _, fn := range opts {
-		fn(&o)
+		fn(&svc)
 	}
 	err := cfg.validate(role)
 	if err == nil && role == RoleService {
-		err = checkServiceInfo(o.service)
+		err = checkServiceInfo(svc)
 	}
 	if err != nil {
 		return nil, err
@@ -65,7 +65,7 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 		m = newMetrics(reg)
 	}
 	c := &Cluster{cfg: cfg, role: role, log: log, m: m,
-		mem: membership{keyring: kr, service: o.service, metaWake: make(chan struct{}, 1),
+		mem: membership{keyring: kr, service: svc, metaWake: make(chan struct{}, 1),
 			nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}},
 		lead:  leadership{wake: make(chan struct{}, 1)},
 		state: channels{chans: map[string]*channel{}, outboxes: map[string]*outbox{}},
@@ -246,8 +246,8 @@ func (c *Cluster) shutdown() {
 		// Unconditional, whatever holding says: the last chance before the process exits.
 		if err := c.hold.vip.Release(); err != nil {
 			c.log.Error("VIP not removed on shutdown", zap.Error(err))
-		} else if c.hold.holding.Swap(false) {
-			c.hold.notify(false)
+		} else {
+			c.hold.holding.Store(false)
 		}
 		c.hold.mu.Unlock()
 	}

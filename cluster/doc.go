@@ -10,7 +10,7 @@
 //     holds the VIP, hand-overs, why there are never two holders, the failure cases.
 //   - vip.go: adding, removing and announcing the VIP.
 //   - state.go: state channels of opaque records (RegisterState, StateSource).
-//   - publish.go: small values through the raft log (Publish, Watch, RepublishOnTakeover).
+//   - publish.go: small values through the raft log (Publish, Get, RepublishOnTakeover).
 //   - service.go: members without a vote that announce a service (RoleService, Services).
 //
 // # What it does not do

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,9 +15,6 @@ import (
 type kvFSM struct {
 	mu sync.RWMutex
 	kv map[string][]byte
-	// watchers get the latest value of their key (Watch): after each applied entry
-	// and after a snapshot restore that changed it.
-	watchers map[string][]chan []byte
 }
 
 type kvCommand struct {
@@ -26,32 +22,7 @@ type kvCommand struct {
 	Value []byte `json:"v"`
 }
 
-func newKVFSM() *kvFSM { return &kvFSM{kv: map[string][]byte{}, watchers: map[string][]chan []byte{}} }
-
-// watch returns a channel that holds key's latest value: the current one at once if
-// there is one, then every change. Only the latest value is kept if the reader lags.
-func (f *kvFSM) watch(key string) <-chan []byte {
-	ch := make(chan []byte, 1)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.watchers[key] = append(f.watchers[key], ch)
-	if v, ok := f.kv[key]; ok {
-		ch <- append([]byte(nil), v...)
-	}
-	return ch
-}
-
-// notifyLocked hands v to key's watchers, replacing a value they did not read yet.
-// Called with mu held, so values reach every watcher in commit order.
-func (f *kvFSM) notifyLocked(key string, v []byte) {
-	for _, ch := range f.watchers[key] {
-		select {
-		case <-ch:
-		default:
-		}
-		ch <- append([]byte(nil), v...)
-	}
-}
+func newKVFSM() *kvFSM { return &kvFSM{kv: map[string][]byte{}} }
 
 func (f *kvFSM) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
@@ -63,7 +34,6 @@ func (f *kvFSM) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	f.kv[c.Key] = c.Value
-	f.notifyLocked(c.Key, c.Value)
 	f.mu.Unlock()
 	return nil
 }
@@ -92,13 +62,7 @@ func (f *kvFSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("kv: restore snapshot: %w", err)
 	}
 	f.mu.Lock()
-	old := f.kv
 	f.kv = m
-	for k, v := range m {
-		if ov, ok := old[k]; !ok || !bytes.Equal(ov, v) {
-			f.notifyLocked(k, v)
-		}
-	}
 	f.mu.Unlock()
 	return nil
 }

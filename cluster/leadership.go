@@ -52,7 +52,7 @@ import (
 // returns.
 //
 // "Holds" means the address is on the interface as far as the node knows: IsLeader,
-// LeaderCh, Status.vip_held and the node's gossiped metadata ("v") all follow the
+// Status.vip_held and the node's gossiped metadata ("v") all follow the
 // Acquire/Release outcome, not the raft decision. A removal that fails leaves the node
 // holding: the leader loop retries it every lease tick until the kernel confirms the
 // address is gone, logs "cannot remove the VIP" at error level once per streak of
@@ -169,9 +169,6 @@ type vipHolding struct {
 	stopped      bool          // under mu: close began, Acquire is refused
 	lastErr      time.Time     // under mu
 	releaseFails int           // under mu: failed Release attempts in the current streak
-
-	subMu sync.Mutex
-	subs  []chan bool // LeaderCh
 }
 
 // vipAddr is what the Cluster needs of its VIP (*VIP); a test substitutes a fake to
@@ -518,7 +515,6 @@ func (c *Cluster) setHoldingLocked(hold bool) bool {
 	} else {
 		c.hold.gen.Add(1)
 	}
-	c.hold.notify(hold)
 	c.mem.pokeMeta()
 	return true
 }
@@ -533,30 +529,6 @@ func (c *Cluster) stopVIP() bool {
 	defer c.hold.mu.Unlock()
 	c.hold.stopped = true
 	return c.setHoldingLocked(false)
-}
-
-// notify tells every LeaderCh whether the VIP is held now.
-func (h *vipHolding) notify(v bool) {
-	h.subMu.Lock()
-	defer h.subMu.Unlock()
-	for _, ch := range h.subs {
-		select {
-		case <-ch:
-		default:
-		}
-		ch <- v
-	}
-}
-
-// LeaderCh returns a new channel that receives true when this node takes the VIP and
-// false when the address is gone from its interface. Only the latest value is kept if
-// the reader lags.
-func (c *Cluster) LeaderCh() <-chan bool {
-	ch := make(chan bool, 1)
-	c.hold.subMu.Lock()
-	c.hold.subs = append(c.hold.subs, ch)
-	c.hold.subMu.Unlock()
-	return ch
 }
 
 // IsLeader reports whether this node holds the VIP, i.e. is the acting leader that

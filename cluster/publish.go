@@ -15,9 +15,8 @@ import (
 
 // Published values: Publish(key, value) on the raft leader goes through the raft log
 // (consistent, persisted, replicated to all voters); Get reads the local copy (what
-// this node has applied: committed values, possibly one commit behind the leader);
-// Watch(key) delivers the current value and every later committed change, snapshot
-// restores included (latest value only if the reader lags). Meant for the failover
+// this node has applied: committed values, possibly one commit behind the leader).
+// Meant for the failover
 // coordinator's active-backend decision, not for bulk data. A new leader does not
 // know the app's decision; RepublishOnTakeover(key, fn) makes a proxy publish fn()
 // each time it takes the VIP, after a raft barrier (so it compares against
@@ -63,12 +62,6 @@ func (c *Cluster) Publish(key string, value []byte) error {
 // Get returns the last published value of key this node has applied (may trail the
 // leader by a commit on followers).
 func (c *Cluster) Get(key string) ([]byte, bool) { return c.kv.fsm.get(key) }
-
-// Watch returns a channel that receives key's value as committed through the raft log
-// and applied on this node: the current value at once if there is one, then every
-// change (Publish by whichever node leads, or a snapshot restore). Only the latest value
-// is kept if the reader lags; read it with Get at any time as well.
-func (c *Cluster) Watch(key string) <-chan []byte { return c.kv.fsm.watch(key) }
 
 // RepublishOnTakeover makes this node publish key=current() each time it takes the
 // VIP, before or right after it starts acting as the leader: a new holder learns every

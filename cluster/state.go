@@ -242,13 +242,6 @@ func (c *Cluster) resync(peer string) {
 	}
 }
 
-func encodeRecord(name string, rec []byte) []byte {
-	b := make([]byte, 0, 2+len(name)+len(rec))
-	b = append(b, msgRecord, byte(len(name)))
-	b = append(b, name...)
-	return append(b, rec...)
-}
-
 // encodeChunks packs records into messages of about syncChunkBytes.
 func encodeChunks(name string, recs [][]byte) [][]byte {
 	var out [][]byte

@@ -104,3 +104,8 @@ func TestParseLogLine(t *testing.T) {
 		}
 	}
 }
+
+func encodeRecord(name string, rec []byte) []byte {
+	b := append([]byte{msgRecord, byte(len(name))}, name...)
+	return append(b, rec...)
+}

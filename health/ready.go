@@ -8,12 +8,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// ProbeSIP sends one OPTIONS to t (on a socket of its own, as the Checker
-// does) and returns the final status code of the answer.
-func ProbeSIP(ctx context.Context, t Target, timeout time.Duration) (int, error) {
-	return sipProbe(ctx, t, timeout)
-}
-
 // ReadyCheck answers "does this Asterisk serve?" on demand, for the storage
 // agent of a PBX node (storage.ReadyChecker): its SIP stack answers an
 // OPTIONS with an alive code and, when t.AMI is set, a manager session is

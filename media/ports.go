@@ -75,13 +75,3 @@ func (p *portPool) index(port int) (int, error) {
 	}
 	return (port - p.first) / 2, nil
 }
-
-func (p *portPool) free() int {
-	f := 0
-	for _, u := range p.used {
-		if !u {
-			f++
-		}
-	}
-	return f
-}

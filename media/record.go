@@ -46,14 +46,6 @@ type KeepAlive struct {
 // MarshalBinary encodes the keep-alive as JSON.
 func (k KeepAlive) MarshalBinary() ([]byte, error) { return json.Marshal(k) }
 
-// UnmarshalBinary decodes a keep-alive produced by MarshalBinary.
-func (k *KeepAlive) UnmarshalBinary(b []byte) error {
-	if err := json.Unmarshal(b, k); err != nil {
-		return fmt.Errorf("decode media keep-alive: %w", err)
-	}
-	return nil
-}
-
 // StreamRecord is one m= line; index 0 of each array is leg A, 1 is leg B.
 type StreamRecord struct {
 	// Ports are the relay RTP ports facing each leg (RTCP = port+1).
@@ -75,14 +67,6 @@ type StreamRecord struct {
 
 // MarshalBinary encodes the record (JSON, so it stays readable in logs and dumps).
 func (r SessionRecord) MarshalBinary() ([]byte, error) { return json.Marshal(r) }
-
-// UnmarshalBinary decodes a record produced by MarshalBinary.
-func (r *SessionRecord) UnmarshalBinary(b []byte) error {
-	if err := json.Unmarshal(b, r); err != nil {
-		return fmt.Errorf("decode media session record: %w", err)
-	}
-	return nil
-}
 
 func (s *session) state() string {
 	if s.seen[LegA] && s.seen[LegB] {

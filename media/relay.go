@@ -216,7 +216,7 @@ func (r *Relay) start() {
 		go w.run()
 	}
 	r.wg.Add(1)
-	go r.sweep()
+	go r.every(min(r.cfg.IdleTimeout/4, time.Second), r.sweepOnce)
 }
 
 // Close ends every session, closes all sockets and stops the workers: Run
@@ -504,23 +504,22 @@ func (r *Relay) releaseLocked(s *session, reason string) {
 	r.log.Debug("media session released", zap.String("call_id", s.callID), zap.String("reason", reason))
 }
 
-// sweep ends sessions that relayed no packet for idle_timeout.
-func (r *Relay) sweep() {
+// every runs fn every d until the relay stops (sweepOnce, the refresh).
+func (r *Relay) every(d time.Duration, fn func()) {
 	defer r.wg.Done()
-	every := min(r.cfg.IdleTimeout/4, time.Second)
-	t := time.NewTicker(every)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
+			fn()
 		}
-		r.sweepOnce()
 	}
 }
 
-// sweepOnce is one round of sweep.
+// sweepOnce ends sessions that relayed no packet for idle_timeout.
 func (r *Relay) sweepOnce() {
 	now := r.nanotime()
 	r.mu.Lock()

@@ -4,7 +4,6 @@ import (
 	"encoding"
 	"encoding/json"
 	"slices"
-	"time"
 
 	"go.uber.org/zap"
 )
@@ -73,7 +72,15 @@ func (r *Relay) StateChanges(send func([]byte) error, holder func() bool) {
 	}
 	r.out = out
 	r.wg.Add(1)
-	go r.refreshLoop(out)
+	// The VIP holder's periodic replication: records sent right after Anchor
+	// carry no latched source yet, and a standby keeps a replica only while
+	// it hears about it. Every proxy ticks; only the holder broadcasts (and,
+	// by calling Refresh, adopts its replicas).
+	go r.every(r.refreshEvery, func() {
+		if out.holder() {
+			r.refreshOnce(out)
+		}
+	})
 }
 
 // replicate sends callID's current record after a change by Anchor.
@@ -102,26 +109,6 @@ func (o *outlet) put(v encoding.BinaryMarshaler) error {
 		o.log.Debug("media state not broadcast", zap.Error(err))
 	}
 	return err
-}
-
-// refreshLoop is the VIP holder's periodic replication: records sent right
-// after Anchor carry no latched source yet, and a standby keeps a replica
-// only while it hears about it. Every proxy runs it; only the holder
-// broadcasts (and, by calling Refresh, adopts its replicas).
-func (r *Relay) refreshLoop(out *outlet) {
-	defer r.wg.Done()
-	t := time.NewTicker(r.refreshEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.stop:
-			return
-		case <-t.C:
-		}
-		if out.holder() {
-			r.refreshOnce(out)
-		}
-	}
 }
 
 // refreshOnce sends the sessions changed since the last refresh and

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -630,6 +629,3 @@ func (r *Registrar) TooBrief(req *sip.Request) (min time.Duration, tooBrief bool
 	}
 	return min, false
 }
-
-// DataFile is the bbolt path used for cfg.
-func DataFile(cfg Config) string { return filepath.Join(cfg.DataDir, storeFile) }

@@ -162,15 +162,6 @@ type Option func(*Agent)
 // start commands are ready when they return.
 func WithReadyChecker(r ReadyChecker) Option { return func(a *Agent) { a.svc.ready = r } }
 
-// WithFencer replaces the fencer built from Config.Fence.
-func WithFencer(f Fencer) Option { return func(a *Agent) { a.fencer = f } }
-
-// WithPollInterval sets how often readiness and state are polled (default
-// 50ms for readiness, 2s for monitoring).
-func WithPollInterval(ready, monitor time.Duration) Option {
-	return func(a *Agent) { a.svc.poll, a.monitorInterval = ready, monitor }
-}
-
 // New builds an agent. reg may be nil (no metrics exported).
 func New(cfg Config, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {

@@ -290,3 +290,9 @@ func waitStatus(t *testing.T, nd *node, what string, ok func(Status) bool) Statu
 	}
 	return st
 }
+
+// WithPollInterval sets how often readiness and state are polled (default
+// 50ms for readiness, 2s for monitoring).
+func WithPollInterval(ready, monitor time.Duration) Option {
+	return func(a *Agent) { a.svc.poll, a.monitorInterval = ready, monitor }
+}

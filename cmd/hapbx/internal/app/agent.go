@@ -69,14 +69,14 @@ func agentMain(cfg config.File, log *zap.Logger) error {
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
 	if scfg.Listen != "" {
-		ln, err := listen(scfg.Listen, "agent API", log)
-		if err != nil {
-			return err
-		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metricsHandler(reg))
 		mux.Handle("/", agent.Handler())
-		g.Go(func() error { return serveHTTP(ctx, ln, "agent API", mux) })
+		serve, err := serveHTTP(scfg.Listen, "agent API", mux, log)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return serve(ctx) })
 	}
 	// Joined after the API answers: a proxy that sees the agent can use it.
 	if member != nil {

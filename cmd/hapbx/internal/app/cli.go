@@ -36,41 +36,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "hapbx %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
-	case "check-config":
+	case "check-config", "run", "agent", "release-vip", "witness":
 		path, code := configFlag(cmd, rest, stderr)
 		if code != 0 {
 			return code
 		}
-		if _, _, err := loadAny(path); err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "%s: ok\n", path)
-		return 0
-	case "run":
-		path, code := configFlag(cmd, rest, stderr)
-		if code != 0 {
-			return code
-		}
-		return runDaemon(path, stderr)
-	case "agent":
-		path, code := configFlag(cmd, rest, stderr)
-		if code != 0 {
-			return code
-		}
-		return runAgent(path, stderr)
-	case "release-vip":
-		path, code := configFlag(cmd, rest, stderr)
-		if code != 0 {
-			return code
-		}
-		return releaseVIP(path, stdout, stderr)
-	case "witness":
-		path, code := configFlag(cmd, rest, stderr)
-		if code != 0 {
-			return code
-		}
-		return runWitness(path, stderr)
+		return withConfig(cmd, path, stdout, stderr)
 	case "status":
 		return statusCmd(rest, stdout, stderr)
 	case "standby", "takeover":
@@ -95,4 +66,24 @@ func configFlag(cmd string, args []string, stderr io.Writer) (string, int) {
 		return "", 2
 	}
 	return *path, 0
+}
+
+// withConfig runs one of the commands that take -c FILE.
+func withConfig(cmd, path string, stdout, stderr io.Writer) int {
+	switch cmd {
+	case "run":
+		return runDaemon(path, stderr)
+	case "agent":
+		return runAgent(path, stderr)
+	case "release-vip":
+		return releaseVIP(path, stdout, stderr)
+	case "witness":
+		return runWitness(path, stderr)
+	}
+	if _, _, err := loadAny(path); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", path)
+	return 0
 }

@@ -21,8 +21,10 @@ import (
 	"github.com/hapbx/hapbx/storage"
 )
 
-// opFlags parses -c FILE, --json and at most one positional node name.
-func opFlags(cmd string, args []string, stderr io.Writer) (path string, asJSON bool, node string, code int) {
+// opFlags parses -c FILE, --json and at most one positional node name, and
+// loads FILE (agentFile: a PBX node's). A code other than 0 is the exit code
+// (-1: help was asked for, exit 0).
+func opFlags(cmd string, args []string, stderr io.Writer) (path string, cfg config.File, agentFile, asJSON bool, node string, code int) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	p := fs.String("c", "/etc/hapbx/hapbx.yaml", "configuration file (the proxy's, or a PBX node's agent file)")
@@ -32,9 +34,9 @@ func opFlags(cmd string, args []string, stderr io.Writer) (path string, asJSON b
 	for len(args) > 0 {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return "", false, "", -1
+				return "", cfg, false, false, "", -1
 			}
-			return "", false, "", 2
+			return "", cfg, false, false, "", 2
 		}
 		args = fs.Args()
 		if len(args) > 0 {
@@ -44,12 +46,17 @@ func opFlags(cmd string, args []string, stderr io.Writer) (path string, asJSON b
 	}
 	if len(pos) > 1 {
 		fmt.Fprintf(stderr, "hapbx %s: at most one node name, got %q\n", cmd, pos)
-		return "", false, "", 2
+		return "", cfg, false, false, "", 2
 	}
 	if len(pos) == 1 {
 		node = pos[0]
 	}
-	return *p, *j, node, 0
+	cfg, agentFile, err := loadAny(*p)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return "", cfg, false, false, "", 1
+	}
+	return *p, cfg, agentFile, *j, node, 0
 }
 
 // localURL turns a listen address into a URL this host can reach.
@@ -85,14 +92,9 @@ func loadAny(path string) (config.File, bool, error) {
 // and peer, mount and service, from the proxy's admin API (or, with a PBX
 // node's file, from its agent).
 func statusCmd(args []string, stdout, stderr io.Writer) int {
-	path, asJSON, _, code := opFlags("status", args, stderr)
+	path, cfg, agentFile, asJSON, _, code := opFlags("status", args, stderr)
 	if code != 0 {
 		return max(code, 0)
-	}
-	cfg, agentFile, err := loadAny(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -255,14 +257,9 @@ func printJSON(w io.Writer, v any) int {
 // through the proxy's admin API with the token of admin.token_file, since
 // only the leader proxy moves groups.
 func moveCmd(cmd string, args []string, stdout, stderr io.Writer) int {
-	path, asJSON, node, code := opFlags(cmd, args, stderr)
+	path, cfg, agentFile, asJSON, node, code := opFlags(cmd, args, stderr)
 	if code != 0 {
 		return max(code, 0)
-	}
-	cfg, agentFile, err := loadAny(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
 	}
 	if agentFile {
 		fmt.Fprintf(stderr, "hapbx %s: %s is a PBX node's file; run it with the proxy's file (only the leader proxy moves the group)\n", cmd, path)

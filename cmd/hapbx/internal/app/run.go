@@ -135,11 +135,11 @@ func (d *daemon) run() error {
 	}
 	if d.cfg.Admin.Listen != "" {
 		mid = append(mid, func(ctx context.Context) error {
-			ln, err := listen(d.cfg.Admin.Listen, "admin interface", d.log)
+			serve, err := serveHTTP(d.cfg.Admin.Listen, "admin interface", d.adminHandler(), d.log)
 			if err != nil {
 				return err
 			}
-			return serveHTTP(ctx, ln, "admin interface", d.adminHandler())
+			return serve(ctx)
 		})
 	}
 	last := []func(context.Context) error{d.bindings.Run}

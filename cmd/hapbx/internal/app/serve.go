@@ -29,31 +29,28 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }
 
-// listen opens addr for serveHTTP.
-func listen(addr, what string, log *zap.Logger) (net.Listener, error) {
+// serveHTTP opens addr and returns the function that serves h there until
+// its ctx ends, then shuts down, giving requests in progress a second.
+func serveHTTP(addr, what string, h http.Handler, log *zap.Logger) (func(context.Context) error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s listen %s: %w", what, addr, err)
 	}
 	log.Info(what+" up", zap.String("listen", addr))
-	return ln, nil
-}
-
-// serveHTTP serves h on ln until ctx ends, then shuts down, giving requests
-// in progress a second.
-func serveHTTP(ctx context.Context, ln net.Listener, what string, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	select {
-	case err := <-served:
-		return fmt.Errorf("%s stopped: %w", what, err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	return nil
+	return func(ctx context.Context) error {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		select {
+		case err := <-served:
+			return fmt.Errorf("%s stopped: %w", what, err)
+		case <-ctx.Done():
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	}, nil
 }
 
 // command runs one long-running command (run, agent, witness): it loads

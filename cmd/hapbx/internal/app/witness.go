@@ -29,13 +29,13 @@ func runWitness(path string, stderr io.Writer) int {
 		}
 		g, ctx := errgroup.WithContext(ctx)
 		if cfg.Admin.Listen != "" {
-			ln, err := listen(cfg.Admin.Listen, "admin interface", log)
+			mux := http.NewServeMux()
+			mux.Handle("GET /metrics", metricsHandler(reg))
+			serve, err := serveHTTP(cfg.Admin.Listen, "admin interface", mux, log)
 			if err != nil {
 				return err
 			}
-			mux := http.NewServeMux()
-			mux.Handle("GET /metrics", metricsHandler(reg))
-			g.Go(func() error { return serveHTTP(ctx, ln, "admin interface", mux) })
+			g.Go(func() error { return serve(ctx) })
 		}
 		g.Go(func() error { return c.Run(ctx) })
 		log.Info("witness running", zap.String("version", version), zap.String("config", path))
