@@ -221,8 +221,31 @@ func (p *Proxy) Listen(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := p.awaitUDPServing(ctx); err != nil {
+		p.close()
+		return err
+	}
 	p.up.Store(true)
 	p.log.Info("SIP listeners up", zap.Strings("listen", p.cfg.Listen), zap.String("advertise", p.cfg.Advertise))
+	return nil
+}
+
+// awaitUDPServing returns once sipgo serves every UDP listener. Requests
+// leave from the SIP port (udpLaddr), and sipgo sends on that socket only
+// once ServeUDP has put it in its pool: before that, a request arriving over
+// TCP and forwarded to a UDP backend made sipgo bind the port again
+// (EADDRINUSE), and the backend was taken for failed.
+func (p *Proxy) awaitUDPServing(ctx context.Context) error {
+	pool := p.ua.TransportLayer().Pool("udp")
+	deadline := time.Now().Add(2 * time.Second)
+	for _, la := range p.udpLaddr {
+		for pool.Get(la.String()) == nil {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return fmt.Errorf("UDP listener %s: not served by the SIP stack", la.String())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	return nil
 }
 
