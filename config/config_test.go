@@ -91,6 +91,8 @@ log: {level: loud, format: xml}
 			[]string{`x.yaml: backends[1].tcp: only for a udp backend (transport is "tls")`}},
 		{"no backends", "node: {name: p}\nsip: {listen: [\"udp://127.0.0.1:5060\"], advertise: 127.0.0.1}\n",
 			[]string{"x.yaml: backends: at least one backend is required"}},
+		{"no room for a phone's contacts", minimal + "registrar: {max_bindings_per_aor: 0}\n",
+			[]string{"x.yaml: registrar.max_bindings_per_aor: must be > 0, got 0"}},
 		{"wrong type", minimal + "\nadmin: {listen: [1, 2]}\n", []string{"x.yaml: "}},
 		{"not yaml", "node: [", []string{"x.yaml: "}},
 	}

@@ -60,6 +60,10 @@
 //   - stores a binding when a backend accepts a REGISTER (a
 //     BindingRecorder), and answers a REGISTER refresh from the store
 //     when no backend can take it (503 with Retry-After for anything else);
+//     tells the phone only what the recorder keeps: a REGISTER whose new
+//     bindings it could not keep (Fits, asked before any backend sees it,
+//     or Store on the 2xx) gets 503 with Retry-After instead of the 2xx,
+//     and the 2xx relayed states the expiries the recorder honours;
 //   - tracks confirmed dialogs per backend, both calls placed by phones and
 //     calls a backend placed to registered phones (bounded: max_dialogs,
 //     dialog_ttl) and, told that a backend is down (HangUpBackend), sends

@@ -324,7 +324,7 @@ func TestConfigValidate(t *testing.T) {
 	if err == nil {
 		t.Fatal("want errors")
 	}
-	for _, want := range []string{"min_expires: ", "default_expires: ", "purge_interval: ", "max_bindings: ", "domains[1]: "} {
+	for _, want := range []string{"min_expires: ", "default_expires: ", "purge_interval: ", "max_bindings: ", "max_bindings_per_aor: ", "domains[1]: "} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in %v", want, err)
 		}
@@ -344,9 +344,9 @@ func TestMetricsRegistered(t *testing.T) {
 	for _, mf := range mfs {
 		n += len(mf.GetMetric())
 	}
-	// 2 gauges + 5 change ops + store errors + purged
-	if n != 9 {
-		t.Fatalf("%d series, want 9", n)
+	// 2 gauges + 5 change ops + store errors + purged + 4 refusal reasons
+	if n != 13 {
+		t.Fatalf("%d series, want 13", n)
 	}
 }
 
@@ -390,6 +390,7 @@ max_expires: 2h
 default_expires: 15m
 purge_interval: 500ms
 max_bindings: 5000
+max_bindings_per_aor: 4
 domains: [pbx.example.com, 192.0.2.10]
 `
 	cfg := DefaultConfig()
@@ -397,7 +398,7 @@ domains: [pbx.example.com, 192.0.2.10]
 		t.Fatal(err)
 	}
 	want := Config{DataDir: "/srv/hapbx", MinExpires: 30 * time.Second, MaxExpires: 2 * time.Hour,
-		DefaultExpires: 15 * time.Minute, PurgeInterval: 500 * time.Millisecond, MaxBindings: 5000,
+		DefaultExpires: 15 * time.Minute, PurgeInterval: 500 * time.Millisecond, MaxBindings: 5000, MaxBindingsPerAOR: 4,
 		Domains: []string{"pbx.example.com", "192.0.2.10"}}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("decoded %+v, want %+v", cfg, want)
@@ -410,7 +411,7 @@ domains: [pbx.example.com, 192.0.2.10]
 	if err := yaml.Unmarshal([]byte("max_bindings: 7\n"), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MaxExpires != time.Hour || cfg.MaxBindings != 7 || cfg.DataDir != "/var/lib/hapbx" {
+	if cfg.MaxExpires != time.Hour || cfg.MaxBindings != 7 || cfg.MaxBindingsPerAOR != 10 || cfg.DataDir != "/var/lib/hapbx" {
 		t.Fatalf("defaults lost: %+v", cfg)
 	}
 }
