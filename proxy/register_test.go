@@ -347,3 +347,25 @@ func TestRegisterGrantedExpiry(t *testing.T) {
 		}
 	}
 }
+
+// TestRegisterStormGets200OnlyWhenStored: many phones register at once past
+// max_bindings; REGISTERs race for the last places between hapbx's check
+// at the door and the backend's 200. Exactly the phones whose binding was
+// stored get 200; every other one gets 503.
+func TestRegisterStormGets200OnlyWhenStored(t *testing.T) {
+	const phones, room = 300, 100
+	rp := startRegProxy(t, 3600, func(c *registrar.Config) { c.MaxBindings = room })
+	ph := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("phone_register_storm.xml"),
+		"-s", "5", "-m", strconv.Itoa(phones), "-r", "300", "-l", "100", "-timeout", "30s", "-timeout_error", rp.addr)
+	if code := ph.Wait(40 * time.Second); code != 0 {
+		t.Fatalf("phones exit %d\n%s", code, ph.Output())
+	}
+	stored, _ := rp.reg.Count()
+	t.Logf("the backend got %d REGISTERs", rp.backend.registers.Load())
+	ok := testutil.ToFloat64(rp.m.responses.WithLabelValues("REGISTER", "200"))
+	refused := testutil.ToFloat64(rp.m.responses.WithLabelValues("REGISTER", "503"))
+	if stored != room || int(ok) != stored || int(ok+refused) != phones {
+		t.Fatalf("%d bindings stored, %v phones got 200 and %v got 503; want %d, %d and %d",
+			stored, ok, refused, room, room, phones-room)
+	}
+}

@@ -545,6 +545,7 @@ func (r *Registrar) Purge() int {
 		ops[r.storeKey(rec.Binding.AOR, contactKeyString(rec.Binding.Contact))] = pendingOp{del: true}
 	}
 	r.setGauges()
+	r.noteRoom()
 	r.mu.Unlock()
 	r.m.purged.Add(float64(n))
 	if r.store != nil {
