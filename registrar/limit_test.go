@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // contactOf gives phone n of an AOR its own Contact.
@@ -211,5 +213,40 @@ func TestStoreGrants(t *testing.T) {
 	}
 	if out.GetHeader("Expires") != nil {
 		t.Fatalf("an Expires header was added: %s", out)
+	}
+}
+
+// TestFullTableLoggedOnChange: a full table is logged once when it starts
+// refusing, however many phones it refuses, and once when it has room.
+func TestFullTableLoggedOnChange(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	cfg := DefaultConfig()
+	cfg.DataDir, cfg.MaxBindings = "", 1
+	clk := &fakeClock{t: t0}
+	r, err := newWithClock(cfg, "node-a", zap.New(core), nil, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, res := register(t, "301", contactOf("301", 1), "c1", 1, 60)
+	if _, err := r.Save(req, res, src("192.0.2.1:5060"), "ast1"); err != nil {
+		t.Fatal(err)
+	}
+	for n := 2; n <= 5; n++ {
+		req, _ := register(t, "30"+strconv.Itoa(n), contactOf("30"+strconv.Itoa(n), 1), "c"+strconv.Itoa(n), 1, 60)
+		if err := r.Fits(req); !errors.Is(err, ErrFull) {
+			t.Fatalf("phone %d: %v, want ErrFull", n, err)
+		}
+	}
+	if n := logs.FilterMessageSnippet("binding table full").Len(); n != 1 {
+		t.Fatalf("%d 'table full' lines for 4 refusals, want 1", n)
+	}
+	clk.advance(61 * time.Second)
+	r.Purge()
+	if n := logs.FilterMessageSnippet("room again").Len(); n != 1 {
+		t.Fatalf("%d 'room again' lines after the purge, want 1", n)
+	}
+	req, _ = register(t, "302", contactOf("302", 1), "c2", 1, 60)
+	if err := r.Fits(req); err != nil {
+		t.Fatalf("after the purge: %v", err)
 	}
 }
