@@ -11,7 +11,9 @@
 //     and Contact: * remove; a Contact of the REGISTER missing from the 2xx
 //     (URIs compared as RFC 3261 §19.1.4 says, so chan_pjsip dropping
 //     ;transport=UDP is no refusal), or a binding the same backend accepted
-//     earlier and no longer lists, is removed. Store does the same from the
+//     earlier and no longer lists, is removed (not one stored in the last
+//     32 s, the life of a REGISTER transaction: a 2xx made before it may
+//     come after it, when two devices of one AOR register at once). Store does the same from the
 //     source the request came on, and returns the 2xx for the phone: each
 //     Contact hapbx holds states the lifetime hapbx keeps it (the
 //     backend's, capped at max_expires; whole seconds, exactly as long as

@@ -348,10 +348,19 @@ func (r *Registrar) tombstone(aor, contact string, now time.Time) Record {
 	}
 }
 
+// listLag is how long after a binding was stored a backend's 2xx may still
+// arrive that was made before it (64*T1, the longest a REGISTER
+// transaction lives): two devices of one AOR registering at once get 2xx
+// lists of the AOR's contacts taken in one order and handled in the other.
+// A binding that recent is not dropped for missing from such a list; the
+// phone was told it is registered.
+const listLag = 32 * time.Second
+
 // Save stores the bindings a backend's 2xx to a REGISTER establishes and
 // returns the AOR's live bindings afterwards. The 2xx's Contact list is
 // authoritative: a Contact of the REGISTER it does not list is removed, as
-// is a binding the same backend accepted before and no longer lists. Each
+// is a binding the same backend accepted before (listLag or more ago) and
+// no longer lists. Each
 // expiry comes from the 2xx (Contact expires param, then its Expires
 // header), capped at max_expires. Expires: 0 and Contact: * remove.
 // ErrFull refuses new bindings beyond max_bindings, ErrAORFull beyond
@@ -407,7 +416,8 @@ func (r *Registrar) save(req *sip.Request, res *sip.Response, src Source, backen
 		if u.hasList && e != nil {
 			for _, en := range e.recs {
 				b := en.rec.Binding
-				if !en.rec.Deleted && b.Backend == backend && !u.listed[en.ckey] && !add[en.ckey] {
+				if !en.rec.Deleted && b.Backend == backend && !u.listed[en.ckey] && !add[en.ckey] &&
+					now.Sub(b.Updated) >= listLag {
 					drop[en.ckey] = true
 					stale = append(stale, b)
 				}

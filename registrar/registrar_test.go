@@ -144,13 +144,15 @@ func TestSaveRemovals(t *testing.T) {
 }
 
 func TestSaveBackendListIsAuthoritative(t *testing.T) {
-	r, _, _ := newTest(t, "", nil)
+	r, clk, _ := newTest(t, "", nil)
 	req, res := register(t, "205", "sip:205@10.1.1.1:5060", "old", 1, 600)
 	if _, err := r.Save(req, res, src("198.51.100.1:5060"), "ast1"); err != nil {
 		t.Fatal(err)
 	}
-	// The phone rebooted with a new port; ast1 replaced the old contact
-	// (max_contacts reached, remove_existing) and lists only the new one.
+	// A minute later the phone rebooted with a new port; ast1 replaced the
+	// old contact (max_contacts reached, remove_existing) and lists only
+	// the new one.
+	clk.advance(time.Minute)
 	req, res = register(t, "205", "sip:205@10.1.1.1:5070", "new", 1, 600)
 	bs, err := r.Save(req, res, src("198.51.100.1:5070"), "ast1")
 	if err != nil || len(bs) != 1 || bs[0].Contact != "sip:205@10.1.1.1:5070" {
@@ -173,7 +175,7 @@ func TestSaveBackendListIsAuthoritative(t *testing.T) {
 // expiring soonest once max_contacts is reached) is missing from the next 200 and goes here
 // too: the backend is the authority.
 func TestSaveSeveralDevicesOneBackend(t *testing.T) {
-	r, _, _ := newTest(t, "", nil)
+	r, clk, _ := newTest(t, "", nil)
 	dev := func(i int) string { return "sip:206@10.2.0." + itoa(i) + ":5060" }
 	save := func(i int, listed ...int) []Binding {
 		t.Helper()
@@ -211,7 +213,9 @@ Content-Length: 0
 	if got := contactsOf(save(2, 1, 2)); !slices.Equal(got, []string{dev(1), dev(2)}) {
 		t.Fatalf("two devices: %q", got)
 	}
-	// max_contacts reached (say 2): Asterisk removed dev1, the one expiring soonest.
+	// A minute later, max_contacts reached (say 2): Asterisk removed dev1,
+	// the one expiring soonest.
+	clk.advance(time.Minute)
 	if got := contactsOf(save(3, 2, 3)); !slices.Equal(got, []string{dev(2), dev(3)}) {
 		t.Fatalf("after the backend evicted dev1: %q", got)
 	}
@@ -237,6 +241,30 @@ func TestMaxBindings(t *testing.T) {
 	req, res = register(t, "301", "sip:301@10.0.0.1:5060", "c301", 2, 600)
 	if _, err := r.Save(req, res, src("192.0.2.1:5060"), "ast1"); err != nil {
 		t.Fatalf("refresh when full: %v", err)
+	}
+}
+
+// TestSaveListsHandledOutOfOrder: two devices of one AOR register at once;
+// the backend answers dev1 listing {dev1}, then dev2 listing {dev1, dev2},
+// and hapbx handles dev2's 2xx first. dev1's older list must not drop
+// dev2, which was just told it is registered.
+func TestSaveListsHandledOutOfOrder(t *testing.T) {
+	r, clk, _ := newTest(t, "", nil)
+	dev1, dev2 := "sip:207@10.3.0.1:5060", "sip:207@10.3.0.2:5060"
+	req2, res2 := register(t, "207", dev2, "dev2", 1, 600)
+	res2.AppendHeader(contactHeader(dev1, 600))
+	if _, err := r.Save(req2, res2, src("203.0.113.9:40002"), "ast1"); err != nil {
+		t.Fatal(err)
+	}
+	req1, res1 := register(t, "207", dev1, "dev1", 1, 600)
+	if bs, err := r.Save(req1, res1, src("203.0.113.9:40001"), "ast1"); err != nil || len(bs) != 2 {
+		t.Fatalf("after dev1's older list: %+v %v, want both devices", bs, err)
+	}
+	// Past a transaction's life, a list without dev2 means ast1 dropped it.
+	clk.advance(listLag)
+	req1, res1 = register(t, "207", dev1, "dev1", 2, 600)
+	if bs, err := r.Save(req1, res1, src("203.0.113.9:40001"), "ast1"); err != nil || len(bs) != 1 || bs[0].Contact != dev1 {
+		t.Fatalf("after a later list without dev2: %+v %v, want dev1 only", bs, err)
 	}
 }
 
