@@ -18,8 +18,10 @@ import (
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/trunk"
 	"github.com/hapbx/hapbx/registrar"
 )
 
@@ -28,6 +30,8 @@ type File struct {
 	Node     Node         `yaml:"node"`
 	SIP      proxy.Config `yaml:"sip"`
 	Backends []Backend    `yaml:"backends"`
+	// Trunks are the providers' SIP trunks (see package proxy/trunk).
+	Trunks []trunk.Config `yaml:"trunks"`
 	// Failover holds the top-level keys routing and failback.
 	Failover failover.Config `yaml:",inline"`
 	Health   health.Config   `yaml:"health"`
@@ -176,6 +180,9 @@ func decode(name string, data []byte) (File, []string, error) {
 			problems = append(problems, yamlProblem(err))
 		}
 	}
+	for i := range f.Trunks {
+		f.Trunks[i] = f.Trunks[i].WithDefaults()
+	}
 	return f, problems, nil
 }
 
@@ -300,6 +307,7 @@ func (f File) problems() []string {
 			}
 		}
 	}
+	p = append(p, f.trunkProblems(seen)...)
 	add("", f.Failover.Validate())
 	p = append(p, f.coldProblems()...)
 	add("health.", f.Health.Validate())
@@ -510,4 +518,40 @@ func keyringProblems(path string) []string {
 		return []string{"cluster.secret_file: " + err.Error()}
 	}
 	return nil
+}
+
+// trunkProblems checks the trunks: each one's settings, unique names, its
+// credentials file (a secret file) and the backends it names (backends: the
+// configured backends' names and their index).
+func (f File) trunkProblems(backends map[string]int) []string {
+	var p []string
+	names := map[string]int{}
+	for i, t := range f.Trunks {
+		at := fmt.Sprintf("trunks[%d].", i)
+		for _, e := range flatten(t.Validate()) {
+			p = append(p, at+e.Error())
+		}
+		if j, dup := names[t.Name]; dup && t.Name != "" {
+			p = append(p, fmt.Sprintf("%sname: %q already used by trunks[%d]", at, t.Name, j))
+		} else {
+			names[t.Name] = i
+		}
+		if t.CredentialsFile != "" {
+			b, err := secretfile.Read(t.CredentialsFile)
+			if err == nil {
+				if _, perr := trunk.Password(b); perr != nil {
+					err = fmt.Errorf("%s: %w", t.CredentialsFile, perr)
+				}
+			}
+			if err != nil {
+				p = append(p, at+"credentials_file: "+err.Error())
+			}
+		}
+		for j, b := range t.Backends {
+			if _, ok := backends[b]; !ok {
+				p = append(p, fmt.Sprintf("%sbackends[%d]: %q is no backend's name", at, j, b))
+			}
+		}
+	}
+	return p
 }
