@@ -553,5 +553,8 @@ func (f File) trunkProblems(backends map[string]int) []string {
 			}
 		}
 	}
+	if _, err := trunk.NewACL(f.Trunks); err != nil {
+		p = append(p, "trunks: "+err.Error())
+	}
 	return p
 }

@@ -77,6 +77,9 @@ trunks:
   - name: r
     hosts: [192.0.2.3]
     credentials_file: `+missing+`
+  - name: s
+    hosts: [192.0.2.4]
+    acl: [192.0.2.3]
 `))
 	if err == nil {
 		t.Fatal("bad trunks accepted")
@@ -101,13 +104,14 @@ trunks:
 		"x.yaml: trunks[2].credentials_file: secret file " + exposed + " has mode 0644: readable by group or others",
 		"x.yaml: trunks[3].credentials_file: " + empty + ": empty",
 		"x.yaml: trunks[4].credentials_file: open " + missing + ": no such file or directory",
+		`x.yaml: trunks: 192.0.2.3/32 is in the ACL of trunks "r" and "s"`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in:\n%s", want, got)
 		}
 	}
-	if n := strings.Count(got, "\n") + 1; n != 18 {
-		t.Errorf("%d problems, want 18:\n%s", n, got)
+	if n := strings.Count(got, "\n") + 1; n != 19 {
+		t.Errorf("%d problems, want 19:\n%s", n, got)
 	}
 }
 
