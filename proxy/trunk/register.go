@@ -110,6 +110,7 @@ func NewRegistration(t Config, password string, cfg RegistrationConfig, hosts Ta
 		wake: make(chan struct{}, 1),
 		st: State{
 			Trunk:   t.Name,
+			Asked:   t.RegisterInterval,
 			CallID:  sip.GenerateTagN(24) + "@" + cfg.Contact.Host,
 			FromTag: sip.GenerateTagN(16),
 		},
@@ -135,6 +136,9 @@ func (r *Registration) Continue(s State) {
 	if s.CallID != "" {
 		r.st = s
 		r.st.Trunk = r.trunk.Name
+		if r.st.Asked <= 0 {
+			r.st.Asked = r.trunk.RegisterInterval
+		}
 	}
 	r.mu.Unlock()
 	select {
@@ -233,6 +237,7 @@ func (r *Registration) round(ctx context.Context) error {
 // other than 408 and 5xx (those, and silence, let the next host try).
 func (r *Registration) registerAt(ctx context.Context, t Target) (time.Duration, error) {
 	var auth sip.Header
+	challenged := false
 	for attempt := 0; ; attempt++ {
 		req := r.request(t, auth)
 		tctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
@@ -244,10 +249,13 @@ func (r *Registration) registerAt(ctx context.Context, t Target) (time.Duration,
 		switch {
 		case res.IsSuccess():
 			return r.granted(res), nil
-		case (res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired) && attempt == 0:
+		case (res.StatusCode == sip.StatusUnauthorized || res.StatusCode == sip.StatusProxyAuthRequired) && !challenged:
+			challenged = true
 			if auth, err = r.answer(req, res); err != nil {
 				return 0, fmt.Errorf("REGISTER to %s: %w: %w", t, errRejected, err)
 			}
+		case res.StatusCode == sip.StatusIntervalToBrief && attempt < 2 && r.raiseExpiry(res):
+			// 423: asked again with the provider's Min-Expires (RFC 3261 §10.3).
 		case res.StatusCode == sip.StatusRequestTimeout || res.StatusCode >= 500:
 			return 0, fmt.Errorf("REGISTER to %s: %d %s", t, res.StatusCode, res.Reason)
 		default:
@@ -274,7 +282,7 @@ func (r *Registration) request(t Target, auth sip.Header) *sip.Request {
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: st.CSeq, MethodName: sip.REGISTER})
 	req.AppendHeader(&maxFwd)
 	req.AppendHeader(&sip.ContactHeader{Address: r.cfg.Contact, Params: sip.NewParams()})
-	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(r.trunk.RegisterInterval/time.Second))))
+	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(st.Asked/time.Second))))
 	if auth != nil {
 		req.AppendHeader(auth)
 	}
@@ -282,6 +290,26 @@ func (r *Registration) request(t Target, auth sip.Header) *sip.Request {
 	req.SetDestination(t.Addr.String())
 	req.SetTransport(strings.ToUpper(t.Transport))
 	return req
+}
+
+// raiseExpiry takes the Min-Expires of a 423 as the expiry to ask for
+// from now on; false when it names none larger than the one asked.
+func (r *Registration) raiseExpiry(res *sip.Response) bool {
+	h := res.GetHeader("Min-Expires")
+	if h == nil {
+		return false
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(h.Value()))
+	if err != nil || n <= 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if d := time.Duration(n) * time.Second; d > r.st.Asked {
+		r.st.Asked = d
+		return true
+	}
+	return false
 }
 
 // answer computes the Authorization (401) or Proxy-Authorization (407) for

@@ -242,3 +242,21 @@ func TestRegistrationContinue(t *testing.T) {
 		t.Errorf("twin's state %+v", twin.State())
 	}
 }
+
+// A provider's 423 with Min-Expires: the REGISTER is asked again with it
+// (SIPp fails the call unless Expires is 3600), then challenged as usual.
+func TestRegistrationMinExpires(t *testing.T) {
+	port := testkit.FreePort(t, "127.0.0.1")
+	sf, err := filepath.Abs("testdata/provider_min_expires.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := testkit.StartSIPp(t, "127.0.0.1", port, "-sf", sf)
+	testkit.WaitListening(t, "udp", p.Addr, 5*time.Second)
+	send, myPort := sipStack(t)
+	_, states, _ := startRegistration(t, trunkConfig(p.Addr), "s3cret", nil, send, myPort, nil, nil)
+	s := next(t, states, "registration", func(s State) bool { return s.Registered || s.LastError != "" })
+	if !s.Registered || s.Asked != time.Hour || s.Granted != time.Hour || s.CSeq != 3 {
+		t.Errorf("state %+v: want registered for 3600 s asked and granted, CSeq 3 (423, 401, 200)\n%s", s, p.Output())
+	}
+}

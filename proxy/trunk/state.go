@@ -15,6 +15,7 @@ type State struct {
 	Registered bool          `json:"registered"`
 	Expires    time.Time     `json:"expires,omitzero"` // when the provider's binding runs out
 	Granted    time.Duration `json:"granted,omitempty"`
+	Asked      time.Duration `json:"asked,omitempty"`  // the expiry asked for (raised by a 423)
 	Refresh    time.Time     `json:"refresh,omitzero"` // when the next REGISTER is due
 	CallID     string        `json:"call_id"`
 	FromTag    string        `json:"from_tag"`
