@@ -80,6 +80,8 @@ type Registration struct {
 	m        *Metrics
 	now      func() time.Time
 	notify   func(State)
+	// active gates the REGISTERs: only the VIP holder registers.
+	active func() bool
 
 	mu sync.Mutex
 	st State
@@ -93,6 +95,15 @@ type RegistrationOption func(*Registration)
 // WithNotify calls f with the state after every REGISTER round (tests,
 // and the cluster's replication).
 func WithNotify(f func(State)) RegistrationOption { return func(r *Registration) { r.notify = f } }
+
+// WithActive makes the registration send only while active reports
+// true (the VIP holder), looking again every activeCheck.
+func WithActive(active func() bool) RegistrationOption {
+	return func(r *Registration) { r.active = active }
+}
+
+// activeCheck is how often an inactive registration asks again.
+const activeCheck = time.Second
 
 // NewRegistration returns the registration of trunk t (t.Register set),
 // sending through send to the hosts of hosts. m may be nil.
@@ -147,25 +158,24 @@ func (r *Registration) Continue(s State) {
 	}
 }
 
-// Run keeps the registration until ctx ends. It returns nil then.
+// Run keeps the registration until ctx ends. It returns nil then, and
+// does not unregister: the twin that takes the VIP continues it.
 func (r *Registration) Run(ctx context.Context) error {
 	backoff := r.cfg.BackoffMin
 	for {
-		st := r.State()
-		wait := time.Duration(0)
-		if st.Registered && !st.Refresh.IsZero() {
-			wait = st.Refresh.Sub(r.now())
-		}
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+		if r.active != nil && !r.active() {
+			if !r.sleep(ctx, activeCheck) {
 				return nil
-			case <-r.wake:
-				t.Stop()
-				continue
-			case <-t.C:
+			}
+			continue
+		}
+		st := r.State()
+		if st.Registered && !st.Refresh.IsZero() {
+			if wait := st.Refresh.Sub(r.now()); wait > 0 {
+				if !r.sleep(ctx, wait) {
+					return nil
+				}
+				continue // re-plan: Continue may have changed the state
 			}
 		}
 		err := r.round(ctx)
@@ -177,17 +187,24 @@ func (r *Registration) Run(ctx context.Context) error {
 			continue
 		}
 		r.log.Warn("trunk registration failed", zap.Error(err), zap.Duration("retry_in", backoff))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !r.sleep(ctx, backoff) {
 			return nil
-		case <-r.wake:
-			t.Stop()
-		case <-t.C:
 		}
 		backoff = min(2*backoff, r.cfg.BackoffMax)
 	}
+}
+
+// sleep waits d, or less when Continue wakes it; false when ctx ended.
+func (r *Registration) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-r.wake:
+	case <-t.C:
+	}
+	return true
 }
 
 // errRejected marks a final error response: the next host would give the

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,5 +259,46 @@ func TestRegistrationMinExpires(t *testing.T) {
 	s := next(t, states, "registration", func(s State) bool { return s.Registered || s.LastError != "" })
 	if !s.Registered || s.Asked != time.Hour || s.Granted != time.Hour || s.CSeq != 3 {
 		t.Errorf("state %+v: want registered for 3600 s asked and granted, CSeq 3 (423, 401, 200)\n%s", s, p.Output())
+	}
+}
+
+// Only the VIP holder registers: while active says no, nothing is sent;
+// once it says yes, the registration goes out.
+func TestRegistrationActiveGate(t *testing.T) {
+	_, pport := provider(t)
+	send, port := sipStack(t)
+	cfg := trunkConfig(fmt.Sprintf("127.0.0.1:%d", pport))
+	tr, err := NewTrunk(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var holder atomic.Bool
+	asked := make(chan struct{}, 100)
+	states := make(chan State, 100)
+	rc := RegistrationConfig{Contact: sip.Uri{Scheme: "sip", User: cfg.User, Host: "127.0.0.1", Port: port}, Timeout: time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second}
+	r, err := NewRegistration(cfg, "s3cret", rc, tr, send, nil, zaptest.NewLogger(t),
+		WithNotify(func(s State) { states <- s }),
+		WithActive(func() bool { asked <- struct{}{}; return holder.Load() }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for range 2 {
+		select {
+		case <-asked:
+		case <-time.After(eventWait):
+			t.Fatal("Run never asked whether it is active")
+		}
+	}
+	if s := r.State(); s.CSeq != 0 {
+		t.Fatalf("REGISTER sent while not the holder: %+v", s)
+	}
+	holder.Store(true)
+	s := next(t, states, "registration once active", registered)
+	if s.CSeq != 2 {
+		t.Errorf("state %+v: want CSeq 2 (challenge, answer)", s)
 	}
 }

@@ -21,6 +21,9 @@ type SetConfig struct {
 	// Registration tunes the registrations (its Contact is filled in per
 	// trunk).
 	Registration RegistrationConfig
+	// Active, when set, gates the registrations (see WithActive): only the
+	// VIP holder registers. The keepalives run on every node.
+	Active func() bool
 }
 
 // Validate checks the settings.
@@ -88,7 +91,11 @@ func NewSet(cfgs []Config, passwords map[string]string, sc SetConfig, res *Resol
 				rc.Contact.UriParams = sip.NewParams()
 				rc.Contact.UriParams.Add("transport", c.Transport)
 			}
-			if mb.reg, err = NewRegistration(c, mb.password, rc, t, send, m, log.Named("register")); err != nil {
+			var ro []RegistrationOption
+			if sc.Active != nil {
+				ro = append(ro, WithActive(sc.Active))
+			}
+			if mb.reg, err = NewRegistration(c, mb.password, rc, t, send, m, log.Named("register"), ro...); err != nil {
 				return nil, err
 			}
 		}
