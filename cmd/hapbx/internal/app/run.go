@@ -24,6 +24,7 @@ import (
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/trunk"
 	"github.com/hapbx/hapbx/registrar"
 )
 
@@ -44,6 +45,7 @@ type daemon struct {
 	relay    *media.Relay          // nil unless media.enabled
 	cold     *failover.Coordinator // nil unless cold.enabled
 	cluster  *cluster.Cluster      // nil unless cluster.peers is set
+	trunks   *trunk.Set            // nil without trunks
 	started  time.Time
 }
 
@@ -115,6 +117,9 @@ func (d *daemon) run() error {
 	if d.proxy, err = proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...); err != nil {
 		return err
 	}
+	if err := d.setupTrunks(); err != nil {
+		return err
+	}
 	// Listeners first: they receive on the VIP the moment the cluster adds it.
 	if err := d.proxy.Listen(context.Background()); err != nil {
 		return err
@@ -132,6 +137,9 @@ func (d *daemon) run() error {
 	}
 	if d.cold != nil {
 		mid = append(mid, d.cold.Run)
+	}
+	if d.trunks != nil {
+		mid = append(mid, d.trunks.Run)
 	}
 	if d.cfg.Admin.Listen != "" {
 		mid = append(mid, func(ctx context.Context) error {

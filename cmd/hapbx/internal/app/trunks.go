@@ -1,0 +1,75 @@
+package app
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
+	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/trunk"
+)
+
+// The trunks' own requests (REGISTER, keepalives) leave by the proxy.
+var _ trunk.Sender = (*proxy.Proxy)(nil)
+
+// setupTrunks builds the providers' trunks (none: d.trunks stays nil):
+// each password from its credentials file, the VIP (without a cluster,
+// sip.advertise) and the SIP port as the registrations' Contact. Only the
+// VIP holder registers; every node probes the providers' hosts. Call after
+// the proxy is made: it sends through it.
+func (d *daemon) setupTrunks() error {
+	if len(d.cfg.Trunks) == 0 {
+		return nil
+	}
+	passwords := map[string]string{}
+	for i, t := range d.cfg.Trunks {
+		if t.CredentialsFile == "" {
+			continue
+		}
+		b, err := secretfile.Read(t.CredentialsFile)
+		if err == nil {
+			passwords[t.Name], err = trunk.Password(b)
+		}
+		if err != nil {
+			return fmt.Errorf("trunks[%d].credentials_file: %w", i, err)
+		}
+	}
+	contact, err := d.trunkContact()
+	if err != nil {
+		return err
+	}
+	res, err := trunk.NewResolver()
+	if err != nil {
+		return fmt.Errorf("trunks: %w", err)
+	}
+	sc := trunk.SetConfig{Contact: contact, Registration: trunk.DefaultRegistrationConfig(), Active: d.isLeader}
+	d.trunks, err = trunk.NewSet(d.cfg.Trunks, passwords, sc, res, d.proxy, d.log.Named("trunk"), d.reg)
+	return err
+}
+
+// trunkContact is where providers send: the VIP, or sip.advertise without
+// a cluster, on the port of the first UDP listener (else the first one).
+func (d *daemon) trunkContact() (netip.AddrPort, error) {
+	host := d.cfg.SIP.Advertise
+	if d.cfg.ClusterEnabled() {
+		if p, err := netip.ParsePrefix(d.cfg.ClusterConfig().VIP.Address); err == nil {
+			host = p.Addr().String()
+		}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("trunks: the registrations' Contact needs an IP address (the VIP or sip.advertise), got %q", host)
+	}
+	ls, err := d.cfg.SIP.Listeners()
+	if err != nil || len(ls) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("trunks: no SIP listener for the registrations' Contact")
+	}
+	port := ls[0].Addr.Port()
+	for _, l := range ls {
+		if l.Transport == "udp" {
+			port = l.Addr.Port()
+			break
+		}
+	}
+	return netip.AddrPortFrom(ip, port), nil
+}
