@@ -80,6 +80,7 @@ type Registration struct {
 	m        *Metrics
 	now      func() time.Time
 	notify   func(State)
+	sending  func(State)
 	// active gates the REGISTERs: only the VIP holder registers.
 	active func() bool
 
@@ -95,6 +96,11 @@ type RegistrationOption func(*Registration)
 // WithNotify calls f with the state after every REGISTER round (tests,
 // and the cluster's replication).
 func WithNotify(f func(State)) RegistrationOption { return func(r *Registration) { r.notify = f } }
+
+// WithSending calls f with the state just before each REGISTER leaves
+// (its CSeq taken): a twin that continues from it never reuses a CSeq the
+// provider may have seen, even when this node dies in mid-round.
+func WithSending(f func(State)) RegistrationOption { return func(r *Registration) { r.sending = f } }
 
 // WithActive makes the registration send only while active reports
 // true (the VIP holder), looking again every activeCheck.
@@ -287,6 +293,9 @@ func (r *Registration) request(t Target, auth sip.Header) *sip.Request {
 	r.st.CSeq++
 	st := r.st
 	r.mu.Unlock()
+	if r.sending != nil {
+		r.sending(st)
+	}
 	aor := sip.Uri{Scheme: "sip", User: r.trunk.User, Host: r.trunk.Domain}
 	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: r.trunk.Domain})
 	from := &sip.FromHeader{Address: aor, Params: sip.NewParams()}

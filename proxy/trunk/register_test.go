@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,17 +26,30 @@ const eventWait = 30 * time.Second
 
 // sipgoSender is what the daemon wires: a sipgo client on a listening
 // socket, so the responses come back to it.
-type sipgoSender struct{ c *sipgo.Client }
+// Requests leave from the listening socket (Laddr), as the proxy's do.
+type sipgoSender struct {
+	c     *sipgo.Client
+	laddr sip.Addr
+}
 
 func (s sipgoSender) Do(ctx context.Context, req *sip.Request) (*sip.Response, error) {
+	req.Laddr = s.laddr
 	return s.c.Do(ctx, req)
 }
 
 // sipStack listens on UDP 127.0.0.1 and returns a Sender through it and
-// its address.
+// its port.
 func sipStack(t *testing.T) (Sender, int) {
 	t.Helper()
 	port := testkit.FreePort(t, "127.0.0.1")
+	send, closeStack := sipStackOn(t, port)
+	t.Cleanup(closeStack)
+	return send, port
+}
+
+// sipStackOn listens on UDP 127.0.0.1:port until closed.
+func sipStackOn(t *testing.T, port int) (Sender, func()) {
+	t.Helper()
 	ua, err := sipgo.NewUA()
 	if err != nil {
 		t.Fatal(err)
@@ -57,9 +71,9 @@ func sipStack(t *testing.T) (Sender, int) {
 			t.Errorf("listen %s: %v", addr, err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done; ua.Close() })
 	testkit.WaitListening(t, "udp", addr, 5*time.Second)
-	return sipgoSender{cl}, port
+	var once sync.Once
+	return sipgoSender{cl, sip.Addr{IP: net.IPv4(127, 0, 0, 1), Port: port}}, func() { once.Do(func() { cancel(); <-done; ua.Close() }) }
 }
 
 // provider runs the challenging registrar scenario on 127.0.0.1.

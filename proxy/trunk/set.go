@@ -43,6 +43,11 @@ type Set struct {
 	acl    *ACL
 	byName map[string]*member // the configured names only
 	order  []*member
+	log    *zap.Logger
+
+	// out and holder come from the cluster (StateChanges), before Run.
+	out    func(record []byte) error
+	holder func() bool
 }
 
 type member struct {
@@ -67,7 +72,7 @@ func NewSet(cfgs []Config, passwords map[string]string, sc SetConfig, res *Resol
 	if err != nil {
 		return nil, fmt.Errorf("trunk metrics: %w", err)
 	}
-	s := &Set{acl: acl, byName: map[string]*member{}}
+	s := &Set{acl: acl, byName: map[string]*member{}, log: log}
 	for _, c := range cfgs {
 		if err := c.Validate(); err != nil {
 			return nil, fmt.Errorf("trunk %s: %w", c.Name, err)
@@ -91,7 +96,7 @@ func NewSet(cfgs []Config, passwords map[string]string, sc SetConfig, res *Resol
 				rc.Contact.UriParams = sip.NewParams()
 				rc.Contact.UriParams.Add("transport", c.Transport)
 			}
-			var ro []RegistrationOption
+			ro := []RegistrationOption{WithNotify(s.publish), WithSending(s.publish)}
 			if sc.Active != nil {
 				ro = append(ro, WithActive(sc.Active))
 			}

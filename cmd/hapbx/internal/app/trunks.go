@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/proxy/trunk"
@@ -15,8 +16,9 @@ var _ trunk.Sender = (*proxy.Proxy)(nil)
 // setupTrunks builds the providers' trunks (none: d.trunks stays nil):
 // each password from its credentials file, the VIP (without a cluster,
 // sip.advertise) and the SIP port as the registrations' Contact. Only the
-// VIP holder registers; every node probes the providers' hosts. Call after
-// the proxy is made: it sends through it.
+// VIP holder registers, and its registration state is replicated to the
+// other proxies; every node probes the providers' hosts. Call after the
+// proxy is made (it sends through it) and before the cluster runs.
 func (d *daemon) setupTrunks() error {
 	if len(d.cfg.Trunks) == 0 {
 		return nil
@@ -43,9 +45,23 @@ func (d *daemon) setupTrunks() error {
 		return fmt.Errorf("trunks: %w", err)
 	}
 	sc := trunk.SetConfig{Contact: contact, Registration: trunk.DefaultRegistrationConfig(), Active: d.isLeader}
-	d.trunks, err = trunk.NewSet(d.cfg.Trunks, passwords, sc, res, d.proxy, d.log.Named("trunk"), d.reg)
-	return err
+	if d.trunks, err = trunk.NewSet(d.cfg.Trunks, passwords, sc, res, d.proxy, d.log.Named("trunk"), d.reg); err != nil {
+		return err
+	}
+	if d.cluster != nil {
+		// The twin that takes the VIP refreshes the same registration.
+		if err := d.cluster.RegisterState(chanTrunks, d.trunks); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+	}
+	return nil
 }
+
+// chanTrunks is the state channel of the trunks' registrations.
+const chanTrunks = "trunks"
+
+// The trunks' registrations are replicated to the twin.
+var _ cluster.StateSource = (*trunk.Set)(nil)
 
 // trunkContact is where providers send: the VIP, or sip.advertise without
 // a cluster, on the port of the first UDP listener (else the first one).
