@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -47,6 +48,20 @@ func TestTrunkRegistersFromProxySocket(t *testing.T) {
 	}
 	if n, _ := strconv.ParseFloat(d.metric(t, `hapbx_trunk_registrations_total{result="rejected",trunk="p1"}`), 64); n != 0 {
 		t.Errorf("%v REGISTERs rejected by the provider\n%s", n, provider.Output())
+	}
+	// /api/v1/status shows the registration and the host.
+	trunks, _ := d.status(t)["trunks"].([]any)
+	if len(trunks) != 1 {
+		t.Fatalf("status trunks: %v", d.status(t)["trunks"])
+	}
+	tr := trunks[0].(map[string]any)
+	reg, _ := tr["registration"].(map[string]any)
+	if tr["name"] != "p1" || reg["registered"] != true || reg["host"] != provider.Addr {
+		t.Errorf("status of trunk p1: %v", tr)
+	}
+	out, err := exec.Command(hapbxBin, "status", "-c", d.config).CombinedOutput()
+	if err != nil || !containsAll(string(out), "trunk p1: registered at "+provider.Addr+" until ") {
+		t.Errorf("hapbx status: %v\n%s", err, out)
 	}
 	// From the proxy's socket, with its Via and the Contact the provider
 	// sends calls to.

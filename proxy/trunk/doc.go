@@ -20,12 +20,17 @@
 //     `keepalive`; any answer is alive (fall 2, rise 1); Trunk.Targets
 //     lists the live hosts first.
 //
+//   - Replication (replicate.go): Set is a cluster state channel; the VIP
+//     holder sends each registration's State before every REGISTER and
+//     after every round, the other nodes Continue from it. Only the holder
+//     registers (SetConfig.Active); every node runs the keepalives.
+//
 // It does not touch the proxy's request path: package proxy declares the
 // interfaces it needs (Set.Match, Set.Targets, Set.Credentials,
 // Set.Backends fit them) and cmd/hapbx/internal/app wires them. It sends
-// SIP through a Sender it is given (the proxy's sipgo client, so requests
-// leave from the proxy's socket). It does not replicate the registration
-// itself (the cluster carries State) nor decide who holds the VIP.
+// SIP through a Sender it is given (proxy.Proxy.Do, so requests leave from
+// the proxy's socket with its Via). It does not decide who holds the VIP,
+// nor unregister when it stops (the twin continues the registration).
 //
 // Configuration: the list `trunks` (Config): name, hosts, transport, acl,
 // credentials_file, user, domain, register, register_interval, keepalive,

@@ -3,6 +3,8 @@ package app
 import (
 	"fmt"
 	"net/netip"
+	"strings"
+	"time"
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/internal/secretfile"
@@ -88,4 +90,30 @@ func (d *daemon) trunkContact() (netip.AddrPort, error) {
 		}
 	}
 	return netip.AddrPortFrom(ip, port), nil
+}
+
+// trunkLine is one trunk in `hapbx status`: its registration and how many
+// of its provider's addresses answer the keepalive.
+func trunkLine(t trunk.Status) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "trunk %s: ", t.Name)
+	switch r := t.Registration; {
+	case r == nil:
+		b.WriteString("does not register")
+	case r.Registered:
+		fmt.Fprintf(&b, "registered at %s until %s", r.Host, r.Expires.Local().Format(time.TimeOnly))
+	default:
+		b.WriteString("NOT registered")
+	}
+	if r := t.Registration; r != nil && r.LastError != "" {
+		fmt.Fprintf(&b, " (last error: %s)", r.LastError)
+	}
+	up := 0
+	for _, ok := range t.Hosts {
+		if ok {
+			up++
+		}
+	}
+	fmt.Fprintf(&b, "  hosts up %d/%d", up, len(t.Hosts))
+	return b.String()
 }
