@@ -73,8 +73,8 @@ func WithClock(now func() time.Time) ResolverOption {
 	return func(r *Resolver) { r.now = now }
 }
 
-// NewResolver returns a Resolver asking the servers of /etc/resolv.conf,
-// unless WithServers names others.
+// NewResolver returns a Resolver asking the servers of /etc/resolv.conf
+// (127.0.0.1:53 without any), unless WithServers names others.
 func NewResolver(opts ...ResolverOption) (*Resolver, error) {
 	r := &Resolver{
 		client: &dns.Client{Timeout: 2 * time.Second},
@@ -86,15 +86,14 @@ func NewResolver(opts ...ResolverOption) (*Resolver, error) {
 		o(r)
 	}
 	if len(r.servers) == 0 {
-		cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil {
-			return nil, fmt.Errorf("DNS servers: %w", err)
-		}
-		for _, s := range cc.Servers {
-			r.servers = append(r.servers, net.JoinHostPort(s, cc.Port))
-		}
-		if len(r.servers) == 0 {
-			return nil, errors.New("DNS servers: none in /etc/resolv.conf")
+		// As the C library does: without /etc/resolv.conf or a nameserver
+		// line in it, the local server. Trunks given by address never ask.
+		r.servers = []string{"127.0.0.1:53"}
+		if cc, err := dns.ClientConfigFromFile("/etc/resolv.conf"); err == nil && len(cc.Servers) > 0 {
+			r.servers = r.servers[:0]
+			for _, s := range cc.Servers {
+				r.servers = append(r.servers, net.JoinHostPort(s, cc.Port))
+			}
 		}
 	}
 	return r, nil
