@@ -7,15 +7,18 @@
 //     prefix; when networks of two trunks overlap, the most specific
 //     (longest) prefix wins; one prefix in two trunks is refused. Without
 //     `acl`, a trunk's IP-literal hosts are its ACL.
+//
 //   - Resolver (resolve.go): NAPTR of the configured transport, SRV
 //     (priority, then RFC 2782 weighted draw), A/AAAA; an IP address skips
 //     DNS, a name with a port is looked up in A/AAAA only; answers kept for
 //     their TTL (at least 1 s).
+//
 //   - Registration (register.go): REGISTER with the VIP as Contact, the
 //     401/407 answered by digest, refreshed at half the granted expiry,
 //     retried with backoff, the provider's hosts tried in order; its State
 //     (Marshal/UnmarshalState) is what a twin continues from (Continue:
 //     same Call-ID, next CSeq).
+//
 //   - Keepalive (keepalive.go): OPTIONS to every address of the hosts each
 //     `keepalive`; any answer is alive (fall 2, rise 1); Trunk.Targets
 //     lists the live hosts first.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -150,19 +149,8 @@ func (k *Keepalive) round(ctx context.Context) {
 // probe sends one OPTIONS to t and reports whether anything answered.
 func (k *Keepalive) probe(ctx context.Context, t Target) bool {
 	ruri := sip.Uri{Scheme: "sip", Host: t.Addr.Addr().String(), Port: int(t.Addr.Port())}
-	req := sip.NewRequest(sip.OPTIONS, ruri)
-	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: "hapbx", Host: k.cfg.From}, Params: sip.NewParams()}
-	from.Params.Add("tag", sip.GenerateTagN(16))
-	callID := sip.CallIDHeader(sip.GenerateTagN(24) + "@" + k.cfg.From)
-	maxFwd := sip.MaxForwardsHeader(70)
-	req.AppendHeader(from)
-	req.AppendHeader(&sip.ToHeader{Address: ruri, Params: sip.NewParams()})
-	req.AppendHeader(&callID)
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.OPTIONS})
-	req.AppendHeader(&maxFwd)
-	req.SetBody(nil)
-	req.SetDestination(t.Addr.String())
-	req.SetTransport(strings.ToUpper(t.Transport))
+	from := sip.Uri{Scheme: "sip", User: "hapbx", Host: k.cfg.From}
+	req := newRequest(sip.OPTIONS, ruri, from, ruri, sip.GenerateTagN(16), sip.GenerateTagN(24)+"@"+k.cfg.From, 1, t)
 	tctx, cancel := context.WithTimeout(ctx, k.cfg.Timeout)
 	defer cancel()
 	_, err := k.send.Do(tctx, req)

@@ -297,24 +297,12 @@ func (r *Registration) request(t Target, auth sip.Header) *sip.Request {
 		r.sending(st)
 	}
 	aor := sip.Uri{Scheme: "sip", User: r.trunk.User, Host: r.trunk.Domain}
-	req := sip.NewRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: r.trunk.Domain})
-	from := &sip.FromHeader{Address: aor, Params: sip.NewParams()}
-	from.Params.Add("tag", st.FromTag)
-	callID := sip.CallIDHeader(st.CallID)
-	maxFwd := sip.MaxForwardsHeader(70)
-	req.AppendHeader(from)
-	req.AppendHeader(&sip.ToHeader{Address: aor, Params: sip.NewParams()})
-	req.AppendHeader(&callID)
-	req.AppendHeader(&sip.CSeqHeader{SeqNo: st.CSeq, MethodName: sip.REGISTER})
-	req.AppendHeader(&maxFwd)
+	req := newRequest(sip.REGISTER, sip.Uri{Scheme: "sip", Host: r.trunk.Domain}, aor, aor, st.FromTag, st.CallID, st.CSeq, t)
 	req.AppendHeader(&sip.ContactHeader{Address: r.cfg.Contact, Params: sip.NewParams()})
 	req.AppendHeader(sip.NewHeader("Expires", strconv.Itoa(int(st.Asked/time.Second))))
 	if auth != nil {
 		req.AppendHeader(auth)
 	}
-	req.SetBody(nil)
-	req.SetDestination(t.Addr.String())
-	req.SetTransport(strings.ToUpper(t.Transport))
 	return req
 }
 

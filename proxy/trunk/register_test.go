@@ -79,8 +79,14 @@ func sipStackOn(t *testing.T, port int) (Sender, func()) {
 // provider runs the challenging registrar scenario on 127.0.0.1.
 func provider(t *testing.T) (*testkit.SIPp, int) {
 	t.Helper()
+	return providerWith(t, "provider_registrar.xml")
+}
+
+// providerWith runs SIPp on 127.0.0.1 with the scenario testdata/name.
+func providerWith(t *testing.T, name string) (*testkit.SIPp, int) {
+	t.Helper()
 	port := testkit.FreePort(t, "127.0.0.1")
-	sf, err := filepath.Abs("testdata/provider_registrar.xml")
+	sf, err := filepath.Abs(filepath.Join("testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,13 +267,7 @@ func TestRegistrationContinue(t *testing.T) {
 // A provider's 423 with Min-Expires: the REGISTER is asked again with it
 // (SIPp fails the call unless Expires is 3600), then challenged as usual.
 func TestRegistrationMinExpires(t *testing.T) {
-	port := testkit.FreePort(t, "127.0.0.1")
-	sf, err := filepath.Abs("testdata/provider_min_expires.xml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := testkit.StartSIPp(t, "127.0.0.1", port, "-sf", sf)
-	testkit.WaitListening(t, "udp", p.Addr, 5*time.Second)
+	p, _ := providerWith(t, "provider_min_expires.xml")
 	send, myPort := sipStack(t)
 	_, states, _ := startRegistration(t, trunkConfig(p.Addr), "s3cret", nil, send, myPort, nil, nil)
 	s := next(t, states, "registration", func(s State) bool { return s.Registered || s.LastError != "" })
