@@ -3,7 +3,9 @@ package trunk
 import (
 	"crypto/md5"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
@@ -51,5 +53,39 @@ func TestAnswerProxyChallenge(t *testing.T) {
 	res = sip.NewResponseFromRequest(req, sip.StatusUnauthorized, "Unauthorized", nil)
 	if _, err := r.answer(req, res); err == nil {
 		t.Error("a 401 without WWW-Authenticate answered")
+	}
+}
+
+// The proxy answers a provider's 407 to an outgoing INVITE through
+// Set.Authorize: the digest is over INVITE and the request's URI.
+func TestSetAuthorizeInvite(t *testing.T) {
+	send, port := sipStack(t)
+	cfgs := []Config{Config{Name: "a", Hosts: []string{"192.0.2.1"}, User: "4930123"}.WithDefaults(), Config{Name: "b", Hosts: []string{"192.0.2.2"}}.WithDefaults()}
+	sc := SetConfig{Contact: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), Registration: DefaultRegistrationConfig()}
+	s, err := NewSet(cfgs, map[string]string{"a": "s3cret"}, sc, nil, send, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "4940555", Host: "provider.test"})
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.INVITE})
+	res := sip.NewResponseFromRequest(req, sip.StatusProxyAuthRequired, "Proxy Authentication Required", nil)
+	res.AppendHeader(sip.NewHeader("Proxy-Authenticate", `Digest realm="prov", nonce="n1", algorithm=MD5`))
+	h, err := s.Authorize("a", req, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := digest.ParseCredentials(h.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ha1, ha2 := md5hex("4930123:prov:s3cret"), md5hex("INVITE:sip:4940555@provider.test")
+	if h.Name() != "Proxy-Authorization" || c.Response != md5hex(ha1+":n1:"+ha2) {
+		t.Errorf("%s: %s", h.Name(), h.Value())
+	}
+	if _, err := s.Authorize("b", req, res); !errors.Is(err, ErrNoCredentials) {
+		t.Errorf("trunk without credentials: %v", err)
+	}
+	if _, err := s.Authorize("zzz", req, res); !errors.Is(err, ErrUnknown) {
+		t.Errorf("unknown trunk: %v", err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/icholy/digest"
 	"go.uber.org/zap"
 )
 
@@ -327,29 +326,9 @@ func (r *Registration) raiseExpiry(res *sip.Response) bool {
 }
 
 // answer computes the Authorization (401) or Proxy-Authorization (407) for
-// the challenge in res to req.
+// the challenge in res to req, with the trunk's credentials.
 func (r *Registration) answer(req *sip.Request, res *sip.Response) (sip.Header, error) {
-	in, out := "WWW-Authenticate", "Authorization"
-	if res.StatusCode == sip.StatusProxyAuthRequired {
-		in, out = "Proxy-Authenticate", "Proxy-Authorization"
-	}
-	h := res.GetHeader(in)
-	if h == nil {
-		return nil, fmt.Errorf("%d without %s", res.StatusCode, in)
-	}
-	chal, err := digest.ParseChallenge(h.Value())
-	if err != nil {
-		return nil, fmt.Errorf("challenge %q: %w", h.Value(), err)
-	}
-	chal.Algorithm = strings.ToUpper(chal.Algorithm)
-	cred, err := digest.Digest(chal, digest.Options{
-		Method: sip.REGISTER.String(), URI: req.Recipient.Addr(),
-		Username: r.trunk.User, Password: r.password, Count: 1,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("digest for %q: %w", h.Value(), err)
-	}
-	return sip.NewHeader(out, cred.String()), nil
+	return authorize(r.trunk.User, r.password, req, res)
 }
 
 // granted returns the expiry of a 2xx: the expires parameter of our

@@ -138,8 +138,13 @@ func (s *Set) Targets(ctx context.Context, name string) ([]Target, error) {
 	return mb.trunk.Targets(ctx)
 }
 
-// ErrUnknown is the error of a trunk name no trunk has.
-var ErrUnknown = errors.New("no such trunk")
+// Errors of the Set's lookups.
+var (
+	// ErrUnknown is the error of a trunk name no trunk has.
+	ErrUnknown = errors.New("no such trunk")
+	// ErrNoCredentials is the error of a trunk without credentials_file.
+	ErrNoCredentials = errors.New("no credentials")
+)
 
 // Credentials returns the user and password that answer trunk name's
 // provider's 401/407.
