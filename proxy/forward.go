@@ -245,7 +245,7 @@ func (p *Proxy) relay(tx sip.ServerTransaction, req *sip.Request, res *sip.Respo
 		p.log.Debug("relay response failed", zap.Int("code", res.StatusCode), zap.Error(err))
 		return
 	}
-	p.m.responses.WithLabelValues(string(req.Method), itoa(res.StatusCode)).Inc()
+	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(res.StatusCode)).Inc()
 }
 
 func (p *Proxy) relayStateless(req *sip.Request, res *sip.Response) {
@@ -257,7 +257,7 @@ func (p *Proxy) relayStateless(req *sip.Request, res *sip.Response) {
 		p.log.Debug("stateless relay failed", zap.Int("code", res.StatusCode), zap.Error(err))
 		return
 	}
-	p.m.responses.WithLabelValues(string(req.Method), itoa(res.StatusCode)).Inc()
+	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(res.StatusCode)).Inc()
 }
 
 // upstream strips our Via and aims the response at the previous hop.

@@ -44,7 +44,7 @@ const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
 // handle is the entry point for every request sipgo hands over. It runs on
 // its own goroutine and must return only when the transaction is settled.
 func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
-	p.m.requests.WithLabelValues(string(req.Method)).Inc()
+	p.m.requests.WithLabelValues(methodLabel(req.Method)).Inc()
 	d := p.decide(req)
 	if d.act == actForward || d.act == actBackends {
 		if _, tagged := req.To().Params.Get("tag"); tagged {
@@ -418,7 +418,7 @@ func (p *Proxy) reply(tx sip.ServerTransaction, req *sip.Request, code int, reas
 		p.log.Debug("reply failed", zap.Int("code", code), zap.Error(err))
 		return
 	}
-	p.m.responses.WithLabelValues(string(req.Method), itoa(code)).Inc()
+	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(code)).Inc()
 }
 
 func (p *Proxy) replyUnavailable(tx sip.ServerTransaction, req *sip.Request) {

@@ -215,7 +215,7 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 	if !rc.gotAny {
 		rc.gotAny = true
 		rc.hop = nil
-		p.m.latency.WithLabelValues(string(req.Method)).Observe(time.Since(rc.start).Seconds())
+		p.m.latency.WithLabelValues(methodLabel(req.Method)).Observe(time.Since(rc.start).Seconds())
 	}
 	b.gotAny = true
 	if res.StatusCode == 100 && b.t.backend != "" && !rc.forked && !rc.provisional {
