@@ -18,6 +18,7 @@ import (
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/limits"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/registrar"
@@ -37,6 +38,9 @@ type File struct {
 	Media media.Config `yaml:"media"`
 	Admin Admin        `yaml:"admin"`
 	Log   Log          `yaml:"log"`
+	// Limits is the memory budget, the cap on pending transactions and the
+	// per-source flood guard.
+	Limits limits.Config `yaml:"limits"`
 	// Cluster is the proxy pair (and witness): membership, the VIP and its
 	// holder, replicated state. Off unless cluster.peers is set.
 	Cluster cluster.Config `yaml:"cluster"`
@@ -94,6 +98,7 @@ func Default() File {
 		Health:    health.DefaultConfig(),
 		Registrar: registrar.DefaultConfig(),
 		Media:     media.DefaultConfig(),
+		Limits:    limits.DefaultConfig(),
 		Cluster:   clusterDefaults(),
 		Admin:     Admin{Listen: "127.0.0.1:9060"},
 		Log:       Log{Level: "info", Format: "json"},
@@ -305,6 +310,7 @@ func (f File) problems() []string {
 	add("health.", f.Health.Validate())
 	add("registrar.", f.Registrar.Validate())
 	add("media.", f.Media.Validate())
+	add("limits.", f.Limits.Validate())
 	if f.ClusterEnabled() {
 		add("cluster.", f.ClusterConfig().Validate())
 		p = append(p, keyringProblems(f.Cluster.SecretFile)...)

@@ -148,6 +148,10 @@ func (p *Proxy) failed(t target, reason string) {
 	if t.backend == "" {
 		return
 	}
+	if p.excused(reason) {
+		p.log.Debug("backend failure excused: hapbx itself was overloaded", zap.String("backend", t.backend), zap.String("reason", reason))
+		return
+	}
 	p.log.Warn("backend failed a request", zap.String("backend", t.backend), zap.String("reason", reason))
 	if p.reporter != nil {
 		p.reporter.Suspect(t.backend, reason)

@@ -45,6 +45,9 @@ const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
 // its own goroutine and must return only when the transaction is settled.
 func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	p.m.requests.WithLabelValues(methodLabel(req.Method)).Inc()
+	if !p.streamDoor(req, tx) {
+		return
+	}
 	d := p.decide(req)
 	if d.act == actForward || d.act == actBackends {
 		if _, tagged := req.To().Params.Get("tag"); tagged {
@@ -72,8 +75,10 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	case actForward, actFork, actBackends:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
+		p.door.pending.Add(1)
 		defer p.inflight.Done()
 		defer p.m.inflight.Dec()
+		defer p.door.pending.Add(-1)
 		switch d.act {
 		case actForward:
 			p.forward(req, tx, []target{d.target}, false)

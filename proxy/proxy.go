@@ -33,6 +33,8 @@ type Proxy struct {
 	memory     // what it keeps beyond one transaction
 	stack      // sipgo
 	lifecycle  // up, drain, stop
+
+	door door // admission before any state (door.go)
 }
 
 type peers struct {
@@ -134,6 +136,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
+	newDoorMetrics(&p.door, reg)
 	for _, o := range opts {
 		o(p)
 	}
@@ -187,7 +190,7 @@ func (p *Proxy) Listen(ctx context.Context) error {
 		sipgo.WithUserAgent("hapbx"),
 		sipgo.WithUserAgentHostname(p.cfg.Advertise),
 		sipgo.WithUserAgentParser(parser),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog), sip.WithTransportLayerReadFilter(p.sanityFilter)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog), sip.WithTransportLayerReadFilter(p.doorFilter)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(sipLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.strayResponse),

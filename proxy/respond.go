@@ -146,7 +146,7 @@ func (rc *responseContext) send(t target) outcome {
 	case err != nil && rc.forked:
 		p.log.Debug("fork branch not sent", zap.String("to", t.addr), zap.Error(err))
 		return pending
-	case err != nil && rc.giveUp(t, "transport", "transport: "+err.Error()):
+	case err != nil && rc.giveUp(t, "transport", transportFailure(err)):
 		return next
 	case err != nil:
 		return rc.settle()

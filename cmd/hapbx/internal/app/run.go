@@ -22,6 +22,7 @@ import (
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/limits"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/registrar"
@@ -30,6 +31,12 @@ import (
 // The registrar speaks the proxy's words (the relay's guards are in package
 // proxy's tests).
 var _ proxy.Registrar = (*registrar.Registrar)(nil)
+
+// The limits are the proxy's door.
+var (
+	_ proxy.Load       = (*limits.Budget)(nil)
+	_ proxy.FloodGuard = (*limits.Guard)(nil)
+)
 
 // daemon is one running `hapbx run`.
 type daemon struct {
@@ -44,6 +51,8 @@ type daemon struct {
 	relay    *media.Relay          // nil unless media.enabled
 	cold     *failover.Coordinator // nil unless cold.enabled
 	cluster  *cluster.Cluster      // nil unless cluster.peers is set
+	budget   *limits.Budget
+	flood    *limits.Guard
 	started  time.Time
 }
 
@@ -62,7 +71,15 @@ func (d *daemon) run() error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+	// The memory budget is the soft memory limit too: the collector works
+	// harder as the process nears it, and the proxy sheds new requests
+	// before live state fills it. GOMEMLIMIT in the environment still wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(d.cfg.Limits.Memory))
+	}
 	d.reg = newRegistry()
+	d.budget = limits.NewBudget(d.cfg.Limits, d.log.Named("limits"), d.reg)
+	d.flood = limits.NewGuard(d.cfg.Limits.Flood, d.log.Named("flood"), d.reg)
 	// sipgo's UDP size limits are process-wide variables (no per-transport
 	// option in v1.7.2): lift them once, before any SIP socket (health
 	// probes included) is opened, so messages of any size a phone sends
@@ -97,7 +114,8 @@ func (d *daemon) run() error {
 	if err != nil {
 		return fmt.Errorf("dialog secret: %w", err)
 	}
-	opts := []proxy.Option{proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings), proxy.WithDialogSecret(secret)}
+	opts := []proxy.Option{proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings), proxy.WithDialogSecret(secret),
+		proxy.WithDoor(proxy.Door{Load: d.budget, Flood: d.flood, MaxTransactions: d.cfg.Limits.MaxTransactions, Exempt: d.peerAddrs()})}
 	if d.cfg.Media.Enabled {
 		mc := d.cfg.Media
 		if mc.Address == "" {
@@ -126,7 +144,7 @@ func (d *daemon) run() error {
 	// replicates into, close last. A component that fails stops the others
 	// in the same order.
 	var g errgroup.Group
-	mid := []func(context.Context) error{d.health.Run, d.selector.Run, d.hangUpDeadBackends}
+	mid := []func(context.Context) error{d.health.Run, d.selector.Run, d.hangUpDeadBackends, d.budget.Run, d.flood.Run}
 	if d.cluster != nil {
 		mid = append(mid, d.cluster.Run)
 	}
@@ -287,6 +305,20 @@ func (d *daemon) localHosts() []string {
 		}
 	}
 	return hosts
+}
+
+// peerAddrs are the cluster peers' addresses (the twin proxy, the
+// witness), exempt from the flood guard.
+func (d *daemon) peerAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, peer := range d.cfg.Cluster.Peers {
+		for _, hp := range []string{peer.Gossip, peer.Raft} {
+			if ap, err := netip.ParseAddrPort(hp); err == nil {
+				out = append(out, ap.Addr())
+			}
+		}
+	}
+	return out
 }
 
 // healthTargets reads each backend's AMI secret file.
