@@ -22,6 +22,7 @@ import (
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/logsample"
 	"github.com/hapbx/hapbx/limits"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
@@ -363,7 +364,7 @@ func newLogger(c config.Log) (*zap.Logger, error) {
 		zc = zap.NewDevelopmentConfig()
 	}
 	zc.Level = zap.NewAtomicLevelAt(level)
-	zc.Sampling = nil
+	zc.Sampling = nil // zap's own drops without a count; logsample reports it
 	zc.OutputPaths = []string{"stderr"}
-	return zc.Build()
+	return zc.Build(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return logsample.Wrap(c, logsample.DefaultConfig()) }))
 }
