@@ -3,11 +3,13 @@ package limits
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/metrics"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func testBudget() *Budget {
@@ -100,5 +102,37 @@ func TestSNMPField(t *testing.T) {
 		if got := snmpField(c.path, c.prefix, c.name); got != c.want {
 			t.Errorf("%s %s: %d, want %d", filepath.Base(c.path), c.name, got, c.want)
 		}
+	}
+}
+
+// The budget reads the real heap: live state past 3/4 of a small budget
+// makes it shed, and freeing it ends the shedding.
+func TestBudgetShedsOnTheRealHeap(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Memory = 128 * MiB
+	b := NewBudget(cfg, nil, prometheus.NewRegistry())
+	sample := func() {
+		runtime.GC() // /gc/heap/live is measured by a collection
+		var r reading
+		b.read(&r)
+		b.observe(r, int64(time.Since(b.epoch)))
+	}
+	sample()
+	if b.Shedding() {
+		t.Skip("this test process alone is past 3/4 of 128MiB")
+	}
+	hold := make([][]byte, 0, 110)
+	for range 110 {
+		hold = append(hold, make([]byte, MiB))
+	}
+	sample()
+	if !b.Shedding() {
+		t.Fatalf("110MiB held of a 128MiB budget: not shedding (in use %v)", testutil.ToFloat64(b.m.inUse))
+	}
+	runtime.KeepAlive(hold)
+	hold = nil
+	sample()
+	if b.Shedding() {
+		t.Fatalf("still shedding once the memory is freed (in use %v)", testutil.ToFloat64(b.m.inUse))
 	}
 }

@@ -12,6 +12,13 @@
 //     dialog-creating request with `sip.advertise` (two entries when the
 //     transport changes, RFC 5658), so every in-dialog request passes it;
 //   - answers OPTIONS addressed to itself (keepalives of trunks and phones);
+//   - admits requests at a door (door.go, WithDoor) before any state is
+//     made: a source past the flood guard's rate (backends and Door.Exempt
+//     excepted) gets 503 once and is then ignored for a cool-down; while
+//     the memory budget nears or max_transactions requests are pending, new
+//     INVITE, REGISTER, SUBSCRIBE and MESSAGE get 503 with Retry-After. Over
+//     UDP this runs in the transport's read filter, on the datagram's bytes;
+//     over TCP/TLS first thing in handle;
 //   - trusts by source address (trust.go): a backend's requests go where
 //     they name; anyone else's reach the backends only: an initial request
 //     with a Route to another host gets 403, an in-dialog request is
@@ -31,7 +38,8 @@
 //     is tried again by the hold if it comes back. A backend declared
 //     down after only a 100 Trying is given up the same way (the 100 has
 //     stopped Timer B). A 408/503 or silence always marks the backend suspect
-//     (an immediate probe). A request re-sent after a 401/407 challenge goes
+//     (an immediate probe), unless hapbx itself was strained or the send
+//     failed for a reason of this host (door.go: excused, counted). A request re-sent after a 401/407 challenge goes
 //     to the backend that issued the challenge (it holds the nonce) while
 //     that backend is routable. hop_timeout applies to every new request,
 //     not only INVITE: Asterisk answers REGISTER, OPTIONS and the rest at
@@ -105,7 +113,9 @@
 // Listeners bind with IP_FREEBIND, so a listener on the VIP binds before the
 // cluster adds the address.
 //
-// Metrics: hapbx_proxy_requests_total{method},
+// Metrics (a method outside the known set is labelled "other", a status
+// code outside 100-699 "other": no label value comes from the network):
+// hapbx_proxy_requests_total{method},
 // hapbx_proxy_responses_total{method,code},
 // hapbx_proxy_transactions_in_flight,
 // hapbx_proxy_forward_latency_seconds{method},
@@ -120,5 +130,7 @@
 // hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason},
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
 // foreign_hop, bad_dialog_token),
-// hapbx_proxy_large_requests_total{how} (tcp, udp, refused).
+// hapbx_proxy_large_requests_total{how} (tcp, udp, refused),
+// hapbx_proxy_shed_total{reason} (memory, transactions, flood),
+// hapbx_proxy_failures_excused_total{reason} (strained, local_error).
 package proxy
