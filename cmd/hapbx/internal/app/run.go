@@ -91,7 +91,7 @@ func (d *daemon) run() error {
 	if err != nil {
 		return err
 	}
-	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg); err != nil {
+	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg, health.WithLocalLoad(d.budget)); err != nil {
 		return fmt.Errorf("health: %w", err)
 	}
 	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg,
