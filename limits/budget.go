@@ -87,16 +87,24 @@ func (b *Budget) Strained() bool {
 
 // Run samples until ctx ends.
 func (b *Budget) Run(ctx context.Context) error {
-	t := time.NewTicker(sampleEvery)
+	every(ctx, sampleEvery, func() {
+		var r reading
+		b.read(&r)
+		b.observe(r, int64(time.Since(b.epoch)))
+	})
+	return nil
+}
+
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
-			var r reading
-			b.read(&r)
-			b.observe(r, int64(time.Since(b.epoch)))
+			f()
 		}
 	}
 }

@@ -106,16 +106,8 @@ func (g *Guard) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(min(time.Second, g.cfg.Window/2))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			g.sweep(g.now())
-		}
-	}
+	every(ctx, min(time.Second, g.cfg.Window/2), func() { g.sweep(g.now()) })
+	return nil
 }
 
 // sweep releases the sources whose cool-down is over (a log line with the
