@@ -36,6 +36,7 @@ type source struct {
 	cur, prev int
 	last      int64 // last request
 	until     int64 // blocked until; 0 when not blocked
+	answered  bool  // the block has been answered (503 once)
 	dropped   int   // requests ignored while blocked
 }
 
@@ -51,9 +52,9 @@ func NewGuard(cfg FloodConfig, log *zap.Logger, reg prometheus.Registerer) *Guar
 }
 
 // Allow counts one request from src. ok: take it. Otherwise answer says
-// whether to answer it (503, the first request past the rate) or to drop
-// it silently (the source is blocked).
-func (g *Guard) Allow(src netip.Addr) (ok, answer bool) {
+// whether to answer it (503: the first answerable request past the rate;
+// an ACK is not) or to drop it silently (the source is blocked).
+func (g *Guard) Allow(src netip.Addr, answerable bool) (ok, answer bool) {
 	if g.cfg.Rate <= 0 {
 		return true, false
 	}
@@ -72,6 +73,11 @@ func (g *Guard) Allow(src netip.Addr) (ok, answer bool) {
 	}
 	s.last = now
 	if s.until != 0 {
+		if answerable && !s.answered {
+			s.answered = true
+			g.mu.Unlock()
+			return false, true
+		}
 		s.dropped++
 		g.mu.Unlock()
 		g.m.dropped.Inc()
@@ -92,12 +98,17 @@ func (g *Guard) Allow(src netip.Addr) (ok, answer bool) {
 		return true, false
 	}
 	s.until = now + int64(g.cfg.Cooldown)
+	s.answered = answerable
+	if !answerable {
+		s.dropped++
+		g.m.dropped.Inc()
+	}
 	g.mu.Unlock()
 	g.m.blocked.Inc()
 	g.log.Warn("source blocked: request rate over limits.flood",
 		zap.Stringer("source", src), zap.Int("requests", rate), zap.Duration("window", g.cfg.Window),
 		zap.Duration("cooldown", g.cfg.Cooldown))
-	return false, true
+	return false, answerable
 }
 
 // Run sweeps the table until ctx ends.

@@ -33,19 +33,19 @@ var (
 func TestGuardBlocksPastRateAnswersOnceAndReleases(t *testing.T) {
 	g, clock, logs := testGuard(flood(10))
 	for i := range 10 {
-		if ok, _ := g.Allow(attacker); !ok {
+		if ok, _ := g.Allow(attacker, true); !ok {
 			t.Fatalf("request %d refused, rate is 10 per window", i+1)
 		}
 	}
-	if ok, answer := g.Allow(attacker); ok || !answer {
+	if ok, answer := g.Allow(attacker, true); ok || !answer {
 		t.Fatalf("11th request: ok=%v answer=%v, want refused and answered (503 once)", ok, answer)
 	}
 	for range 5 {
-		if ok, answer := g.Allow(attacker); ok || answer {
+		if ok, answer := g.Allow(attacker, true); ok || answer {
 			t.Fatalf("blocked source: ok=%v answer=%v, want dropped silently", ok, answer)
 		}
 	}
-	if ok, _ := g.Allow(phones); !ok {
+	if ok, _ := g.Allow(phones, true); !ok {
 		t.Fatal("another source is refused because of the blocked one")
 	}
 	if n := logs.FilterMessageSnippet("source blocked").Len(); n != 1 {
@@ -53,7 +53,7 @@ func TestGuardBlocksPastRateAnswersOnceAndReleases(t *testing.T) {
 	}
 	*clock += int64(29 * time.Second)
 	g.sweep(*clock)
-	if ok, _ := g.Allow(attacker); ok {
+	if ok, _ := g.Allow(attacker, true); ok {
 		t.Fatal("released before its cool-down ended")
 	}
 	*clock += int64(time.Second)
@@ -65,7 +65,7 @@ func TestGuardBlocksPastRateAnswersOnceAndReleases(t *testing.T) {
 	if got := rel[0].ContextMap()["dropped"]; got != int64(6) {
 		t.Fatalf("release line says dropped=%v, want 6", got)
 	}
-	if ok, _ := g.Allow(attacker); !ok {
+	if ok, _ := g.Allow(attacker, true); !ok {
 		t.Fatal("refused after its cool-down")
 	}
 	if got := testutil.ToFloat64(g.m.dropped); got != 6 {
@@ -76,6 +76,30 @@ func TestGuardBlocksPastRateAnswersOnceAndReleases(t *testing.T) {
 	}
 }
 
+// An ACK cannot be answered: when one tips the rate, the 503 goes to the
+// next request that can be, and only to it.
+func TestGuardAnswersTheFirstAnswerable(t *testing.T) {
+	g, _, _ := testGuard(flood(3))
+	for range 3 {
+		g.Allow(attacker, true)
+	}
+	if ok, answer := g.Allow(attacker, false); ok || answer {
+		t.Fatalf("the ACK past the rate: ok=%v answer=%v, want dropped", ok, answer)
+	}
+	if ok, answer := g.Allow(attacker, false); ok || answer {
+		t.Fatalf("another ACK: ok=%v answer=%v, want dropped", ok, answer)
+	}
+	if ok, answer := g.Allow(attacker, true); ok || !answer {
+		t.Fatalf("the next request: ok=%v answer=%v, want answered", ok, answer)
+	}
+	if ok, answer := g.Allow(attacker, true); ok || answer {
+		t.Fatalf("the one after: ok=%v answer=%v, want dropped", ok, answer)
+	}
+	if got := testutil.ToFloat64(g.m.dropped); got != 3 {
+		t.Fatalf("dropped %v, want 3 (two ACKs and the last request)", got)
+	}
+}
+
 // The window slides: a source steadily just under the rate is never blocked,
 // however many windows it keeps it up, and the previous window still counts
 // when a new one starts (no burst of twice the rate across a boundary).
@@ -83,7 +107,7 @@ func TestGuardSlidingWindow(t *testing.T) {
 	g, clock, _ := testGuard(flood(100))
 	step := int64(2*time.Second) / 98 // 98% of the rate
 	for i := range 1000 {
-		if ok, _ := g.Allow(phones); !ok {
+		if ok, _ := g.Allow(phones, true); !ok {
 			t.Fatalf("request %d under the rate refused", i)
 		}
 		*clock += step
@@ -91,12 +115,12 @@ func TestGuardSlidingWindow(t *testing.T) {
 	g2, clock2, _ := testGuard(flood(100))
 	*clock2 = int64(1900 * time.Millisecond)
 	for range 100 {
-		g2.Allow(attacker) // 100 at the end of the first window
+		g2.Allow(attacker, true) // 100 at the end of the first window
 	}
 	*clock2 = int64(2100 * time.Millisecond)
 	refused := false
 	for range 100 {
-		if ok, _ := g2.Allow(attacker); !ok {
+		if ok, _ := g2.Allow(attacker, true); !ok {
 			refused = true
 		}
 	}
@@ -112,7 +136,7 @@ func TestGuardSlidingWindow(t *testing.T) {
 func TestGuardDefaultsLetAnOfficeRegister(t *testing.T) {
 	g, _, _ := testGuard(DefaultConfig().Flood)
 	for i := range 200 * 10 {
-		if ok, _ := g.Allow(phones); !ok {
+		if ok, _ := g.Allow(phones, true); !ok {
 			t.Fatalf("request %d of the office's storm refused", i+1)
 		}
 	}
@@ -121,7 +145,7 @@ func TestGuardDefaultsLetAnOfficeRegister(t *testing.T) {
 func TestGuardTableBounded(t *testing.T) {
 	g, clock, _ := testGuard(flood(10))
 	for i := range 10 {
-		if ok, _ := g.Allow(netip.MustParseAddr("192.0.2." + strconv.Itoa(i+1))); !ok {
+		if ok, _ := g.Allow(netip.MustParseAddr("192.0.2."+strconv.Itoa(i+1)), true); !ok {
 			t.Fatal("new source refused")
 		}
 	}
@@ -141,7 +165,7 @@ func TestGuardTableBounded(t *testing.T) {
 func TestGuardOff(t *testing.T) {
 	g, _, _ := testGuard(FloodConfig{})
 	for range 10000 {
-		if ok, _ := g.Allow(attacker); !ok {
+		if ok, _ := g.Allow(attacker, true); !ok {
 			t.Fatal("refused with the guard off")
 		}
 	}
@@ -154,14 +178,14 @@ func BenchmarkGuardAllow(b *testing.B) {
 		g := NewGuard(FloodConfig{Rate: 1 << 30, Window: 2 * time.Second, Cooldown: time.Minute, MaxSources: 50000}, nil, nil)
 		b.ReportAllocs()
 		for b.Loop() {
-			g.Allow(phones)
+			g.Allow(phones, true)
 		}
 	})
 	b.Run("blocked", func(b *testing.B) {
 		g := NewGuard(FloodConfig{Rate: 1, Window: 2 * time.Second, Cooldown: time.Hour, MaxSources: 50000}, nil, nil)
 		b.ReportAllocs()
 		for b.Loop() {
-			g.Allow(attacker)
+			g.Allow(attacker, true)
 		}
 	})
 	b.Run("1000_sources_parallel", func(b *testing.B) {
@@ -174,7 +198,7 @@ func BenchmarkGuardAllow(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			i := 0
 			for pb.Next() {
-				g.Allow(addrs[i%len(addrs)])
+				g.Allow(addrs[i%len(addrs)], true)
 				i++
 			}
 		})

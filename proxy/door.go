@@ -53,8 +53,9 @@ type Load interface {
 // FloodGuard rates requests per source address (package limits' Guard).
 type FloodGuard interface {
 	// Allow counts a request from src: ok to take it; otherwise answer it
-	// (503, once) or drop it.
-	Allow(src netip.Addr) (ok, answer bool)
+	// (503, once per block, to the first answerable request: not an ACK)
+	// or drop it.
+	Allow(src netip.Addr, answerable bool) (ok, answer bool)
 }
 
 // Door is what WithDoor installs; a zero field checks nothing.
@@ -144,8 +145,8 @@ func (p *Proxy) udpDoor(info sip.TransportReadProps, data []byte) bool {
 	}
 	src := ua.AddrPort().Addr().Unmap()
 	if p.door.Flood != nil && !p.exemptSource(src) {
-		if ok, answer := p.door.Flood.Allow(src); !ok {
-			if answer && method != "ACK" {
+		if ok, answer := p.door.Flood.Allow(src, method != "ACK"); !ok {
+			if answer {
 				p.door.shed.WithLabelValues(shedFlood).Inc()
 				p.unavailableAtDoor(info, data, nil)
 			}
@@ -178,7 +179,7 @@ func (p *Proxy) streamDoor(req *sip.Request, tx sip.ServerTransaction) bool {
 	}
 	if p.door.Flood != nil {
 		if ap, err := netip.ParseAddrPort(req.Source()); err == nil && !p.exemptSource(ap.Addr().Unmap()) {
-			if ok, answer := p.door.Flood.Allow(ap.Addr().Unmap()); !ok {
+			if ok, answer := p.door.Flood.Allow(ap.Addr().Unmap(), !req.IsAck()); !ok {
 				if req.IsAck() {
 					return false
 				}

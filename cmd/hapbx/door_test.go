@@ -14,7 +14,7 @@ import (
 )
 
 // Issue 13.2 through the daemon (the limits section wired to the proxy's
-// door): a SIPp phone floods calls at 300/s; it gets one 503 with
+// door; limits.memory is the Go soft memory limit): a SIPp phone floods calls at 300/s; it gets one 503 with
 // Retry-After, the daemon logs one line when it blocks the phone's address
 // and one, with the number dropped, when it releases it; the backend's
 // health never leaves up.
@@ -26,6 +26,9 @@ func TestFloodGuardDaemon(t *testing.T) {
 	testkit.WaitListening(t, "udp", be, 3*time.Second)
 	d := startDaemonWith(t, "health: {require: [sip]}\nlimits: {flood: {rate: 60, window: 2s, cooldown: 3s}}\n", be)
 	d.waitActive(t, "asterisk1")
+	if v := d.metric(t, "go_gc_gomemlimit_bytes"); v != "5.36870912e+08" {
+		t.Errorf("Go soft memory limit %s, want limits.memory's default 512MiB", v)
+	}
 
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("flood_invite.xml"), "-s", "202",
 		"-r", "300", "-m", "300", "-nr", "-recv_timeout", "1500", "-timeout", "30s", "-trace_msg", d.sip)
