@@ -269,7 +269,10 @@ func TestFloodGuardSIPp(t *testing.T) {
 	guard := limits.NewGuard(limits.FloodConfig{Rate: rate, Window: 2 * time.Second, Cooldown: 4 * time.Second, MaxSources: 100}, zap.New(core), reg)
 	testkit.Run(t, guard.Run)
 	sus := &suspectLog{}
-	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil,
+	// The backend answers at once; a hop_timeout far beyond that keeps a
+	// machine loaded by other tests from making it look silent.
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false),
+		func(c *Config) { c.HopTimeout = 5 * time.Second },
 		WithDoor(Door{Flood: guard}), WithFailureReporter(sus))
 
 	// 300 calls at 300/s: about 1 s, all inside the cool-down.

@@ -24,7 +24,9 @@ func TestFloodGuardDaemon(t *testing.T) {
 	be := net.JoinHostPort(be1IP, strconv.Itoa(bePort))
 	testkit.StartSIPp(t, be1IP, bePort, "-sf", scenarioPath("uas_call.xml"))
 	testkit.WaitListening(t, "udp", be, 3*time.Second)
-	d := startDaemonWith(t, "health: {require: [sip]}\nlimits: {flood: {rate: 60, window: 2s, cooldown: 3s}}\n", be)
+	// Generous probes: a machine loaded by other tests must not make the
+	// backend look down.
+	d := startDaemonWith(t, "health: {require: [sip], timeout: 1s, rise: 1}\nlimits: {flood: {rate: 60, window: 2s, cooldown: 3s}}\n", be)
 	d.waitActive(t, "asterisk1")
 	if v := d.metric(t, "go_gc_gomemlimit_bytes"); v != "5.36870912e+08" {
 		t.Errorf("Go soft memory limit %s, want limits.memory's default 512MiB", v)
