@@ -26,7 +26,9 @@ import (
 //     pending transactions reach max_transactions, a new INVITE, REGISTER,
 //     SUBSCRIBE or MESSAGE gets 503 with Retry-After. In-dialog requests,
 //     CANCEL, ACK, BYE, OPTIONS and responses pass: they end or keep what
-//     exists.
+//     exists. A request counts as pending from the moment its handler runs,
+//     so a burst may overshoot max_transactions by the requests read
+//     meanwhile (milliseconds' worth).
 //
 // Over UDP both happen in the transport's read filter, on the datagram's
 // bytes, before sipgo parses it or makes a server transaction: a datagram

@@ -346,3 +346,55 @@ func guardCounter(t *testing.T, reg *prometheus.Registry, name string) prometheu
 	t.Fatalf("no metric %s", name)
 	return nil
 }
+
+// Issue 13.1 with real peers: 20 calls from a SIPp phone (50 a second)
+// towards a backend that stays silent; with max_transactions 5, about five
+// are forwarded and the others get 503 with Retry-After at the door, never
+// reaching the backend. A request counts as pending once its handler runs,
+// so the ones read meanwhile may pass too: the limit is a bound for bursts
+// of some milliseconds' precision, not an exact count.
+func TestMaxTransactionsSIPp(t *testing.T) {
+	testkit.RequireSIPp(t)
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	c, err := net.ListenPacket("udp", be.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	calls := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if msg, err := sip.ParseMessage(buf[:n]); err == nil {
+				if req, ok := msg.(*sip.Request); ok && req.IsInvite() {
+					calls <- req.CallID().Value()
+				}
+			}
+		}
+	}()
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false),
+		func(c *Config) { c.HopTimeout, c.NoBackendWait = 3*time.Second, 0 },
+		WithDoor(Door{MaxTransactions: 5}))
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("flood_invite.xml"), "-s", "202",
+		"-r", "50", "-m", "20", "-nr", "-recv_timeout", "6000", "-timeout", "20s", "-trace_msg", p.addr)
+	phone.Wait(30 * time.Second)
+	phone.Stop()
+	// the forwarded ones end with 503 too, once the backend stays silent
+	// past hop_timeout: 20 in all
+	if n := len(received503.FindAllString(phone.Trace(), -1)); n != 20 {
+		t.Fatalf("%d 503s, want 20\n%s", n, phone.Output())
+	}
+	shed := int(testutil.ToFloat64(p.door.shed.WithLabelValues(shedTransactions)))
+	seen := map[string]bool{}
+	for len(calls) > 0 {
+		seen[<-calls] = true
+	}
+	if len(seen)+shed != 20 || len(seen) < 5 || shed < 10 {
+		t.Fatalf("the backend got %d calls and %d were shed at the door; want at least 5 and 10, 20 in all", len(seen), shed)
+	}
+	t.Logf("max_transactions 5: %d calls forwarded, %d shed", len(seen), shed)
+}
