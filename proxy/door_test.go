@@ -398,3 +398,21 @@ func TestMaxTransactionsSIPp(t *testing.T) {
 	}
 	t.Logf("max_transactions 5: %d calls forwarded, %d shed", len(seen), shed)
 }
+
+// Over TCP the flood guard runs in handle: past the rate one request is
+// answered 503, the next ones get nothing.
+func TestFloodGuardTCP(t *testing.T) {
+	guard := limits.NewGuard(limits.FloodConfig{Rate: 3, Window: time.Minute, Cooldown: time.Minute, MaxSources: 10}, nil, prometheus.NewRegistry())
+	p := startProxyWith(t, []string{"tcp"}, nil, NewStaticRouter(nil, false), nil, WithDoor(Door{Flood: guard}))
+	options := doorRequest("OPTIONS", "sip:"+p.addr, "")
+	want := []string{"SIP/2.0 200 OK", "SIP/2.0 200 OK", "SIP/2.0 200 OK", "SIP/2.0 503 Service Unavailable", ""}
+	for i, w := range want {
+		wait := 2 * time.Second
+		if w == "" {
+			wait = 300 * time.Millisecond // waiting for nothing: how long is up to the test
+		}
+		if got := statusOf(exchangeTCP(t, p.addr, options, wait)); got != w {
+			t.Fatalf("OPTIONS %d over TCP: %q, want %q", i+1, got, w)
+		}
+	}
+}
