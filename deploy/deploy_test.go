@@ -29,6 +29,7 @@ import (
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/internal/testkit"
+	"github.com/hapbx/hapbx/limits"
 	"github.com/hapbx/hapbx/media"
 )
 
@@ -806,6 +807,9 @@ func TestExampleDocumentsDefaults(t *testing.T) {
 	}
 	if f.Media != media.DefaultConfig() {
 		t.Errorf("media: section %+v, media.DefaultConfig() %+v", f.Media, media.DefaultConfig())
+	}
+	if f.Limits != limits.DefaultConfig() {
+		t.Errorf("limits: section %+v, limits.DefaultConfig() %+v", f.Limits, limits.DefaultConfig())
 	}
 }
 
