@@ -165,14 +165,16 @@ func (d *daemon) run() error {
 	if d.relay != nil {
 		last = append(last, d.relay.Run)
 	}
+	// Signals are caught before anything serves: a SIGHUP sent as soon as
+	// the admin interface answers must reload, not kill (its default).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	stop := inStages(&g, []func(context.Context) error{d.runProxy}, mid, last)
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
 	d.log.Info("hapbx running", zap.String("version", version), zap.String("config", d.path))
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	stopping := false
 	for {
 		select {
