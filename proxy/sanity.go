@@ -41,7 +41,8 @@ const (
 
 // singleValued are the headers RFC 3261 §7.3.1 / §20 allow once only and
 // that the proxy reads or relays.
-var singleValued = []string{"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type"}
+// sanity counts them by their sipgo type, in this order.
+var singleValued = [...]string{"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type"}
 
 // sanityFilter is the sipgo transport read filter. It only looks at UDP:
 // over TCP/TLS a read is a stream chunk, and sipgo frames the stream by
@@ -64,7 +65,8 @@ func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 // checkDatagram returns data unchanged when its Content-Length (one at
 // most) fits in the datagram, else the refusal: the header section without
 // Content-Length and body plus sanityMark, or nil for a response. Data
-// that is not a header section is left to sipgo's parser.
+// that is not a header section is left to sipgo's parser. It runs on every
+// datagram: the scan allocates nothing unless it refuses.
 func checkDatagram(data []byte) ([]byte, string) {
 	end := bytes.Index(data, []byte("\r\n\r\n"))
 	if end < 0 {
@@ -75,35 +77,23 @@ func checkDatagram(data []byte) ([]byte, string) {
 		n, cl int
 		bad   bool
 		why   string
-		kept  [][]byte
 	)
-	lines := bytes.SplitAfter(head, []byte("\r\n"))
-	for i := 0; i < len(lines); i++ {
-		line := lines[i]
-		// unfold continuation lines into this header
-		for i+1 < len(lines) && len(lines[i+1]) > 0 && (lines[i+1][0] == ' ' || lines[i+1][0] == '\t') {
-			i++
-			line = append(append([]byte{}, line...), lines[i]...)
-		}
+	for i, line := range headerLines(head) {
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok || i == 0 {
-			kept = append(kept, line)
 			continue
 		}
-		switch strings.ToLower(string(bytes.TrimSpace(name))) {
-		case "content-length", "l":
+		switch name = bytes.TrimSpace(name); {
+		case asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l"):
 			n++
 			v, err := strconv.Atoi(string(bytes.TrimSpace(value)))
 			if err != nil || v < 0 {
 				bad = true
 			}
 			cl = v
-			continue
-		case strings.ToLower(sanityMark):
+		case asciiEqualFold(name, sanityMark):
 			why = whyMark
-			continue
 		}
-		kept = append(kept, line)
 	}
 	switch {
 	case why != "":
@@ -117,18 +107,108 @@ func checkDatagram(data []byte) ([]byte, string) {
 	if bytes.HasPrefix(data, []byte("SIP/")) {
 		return nil, why
 	}
-	out := bytes.Join(kept, nil)
+	out := make([]byte, 0, len(head)+64)
+	for i, line := range headerLines(head) {
+		if name, _, ok := bytes.Cut(line, []byte(":")); ok && i > 0 {
+			if name = bytes.TrimSpace(name); asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l") || asciiEqualFold(name, sanityMark) {
+				continue
+			}
+		}
+		out = append(out, line...)
+	}
 	out = append(out, sanityMark+": "+why+"\r\nContent-Length: 0\r\n\r\n"...)
 	return out, why
 }
 
+// headerLines yields the lines of a header section (each with its CRLF),
+// a header's continuation lines with it, as sipgo unfolds them (not the
+// start line's).
+func headerLines(head []byte) func(yield func(int, []byte) bool) {
+	return func(yield func(int, []byte) bool) {
+		for i := 0; len(head) > 0; i++ {
+			n := 0
+			for {
+				e := bytes.Index(head[n:], []byte("\r\n"))
+				if e < 0 {
+					n = len(head)
+					break
+				}
+				n += e + 2
+				if i == 0 || n >= len(head) || (head[n] != ' ' && head[n] != '\t') {
+					break
+				}
+			}
+			if !yield(i, head[:n]) {
+				return
+			}
+			head = head[n:]
+		}
+	}
+}
+
+// asciiEqualFold is sipgo's header name comparison: ASCII letters only
+// fold (strings.EqualFold also folds, say, U+017F into s).
+func asciiEqualFold[T string | []byte](a T, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
 // sanity returns the refusal of a request that must not be processed:
 // code 0 when it passes. It may restore the method's case (sipgo upper-cases
-// the request line's method; the CSeq keeps it as sent).
+// the request line's method; the CSeq keeps it as sent). It runs on every
+// request, so it walks the headers once (sipgo's GetHeaders lower-cases
+// every header name on each call).
 func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []sip.Header) {
-	if h := req.GetHeader(sanityMark); h != nil {
-		why = h.Value()
-		if !strings.EqualFold(req.Transport(), "udp") || len(req.GetHeaders(sanityMark)) > 1 {
+	var (
+		counts       [len(singleValued)]int
+		mark         sip.Header
+		marks        int
+		proxyRequire []sip.Header
+	)
+	for _, h := range req.Headers() {
+		switch h.(type) {
+		case *sip.CallIDHeader:
+			counts[0]++
+		case *sip.CSeqHeader:
+			counts[1]++
+		case *sip.FromHeader:
+			counts[2]++
+		case *sip.ToHeader:
+			counts[3]++
+		case *sip.MaxForwardsHeader:
+			counts[4]++
+		case *sip.ContentLengthHeader:
+			counts[5]++
+		case *sip.ContentTypeHeader:
+			counts[6]++
+		default:
+			switch name := h.Name(); {
+			case asciiEqualFold(name, sanityMark):
+				if marks++; mark == nil {
+					mark = h
+				}
+			case asciiEqualFold(name, "Proxy-Require"):
+				proxyRequire = append(proxyRequire, h)
+			}
+		}
+	}
+	if mark != nil {
+		why = mark.Value()
+		if !strings.EqualFold(req.Transport(), "udp") || marks > 1 {
 			why = whyMark // sanityFilter writes it on UDP only, once
 		}
 		switch why {
@@ -140,8 +220,8 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 	if req.SipVersion != "SIP/2.0" {
 		return 505, "Version Not Supported", whyVersion, nil
 	}
-	for _, name := range singleValued {
-		if len(req.GetHeaders(name)) > 1 {
+	for i, name := range singleValued {
+		if counts[i] > 1 {
 			return 400, "Bad Request (duplicate " + name + ")", whyDuplicate, nil
 		}
 	}
@@ -155,7 +235,7 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		}
 		req.Method = cs.MethodName // methods are case-sensitive: sent on as written
 	}
-	if !roundTrips(req) {
+	if !writtenParses(req) {
 		// sipgo's parser accepts some URIs and Vias it then writes in a
 		// form it cannot read back: never send such a request on.
 		return 400, "Bad Request (unparsable once written)", whyRoundTrip, nil
@@ -165,7 +245,7 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		return 400, "Bad Request (headers in Request-URI)", whyURIHeaders, nil
 	}
 	var unsupported []string
-	for _, h := range req.GetHeaders("Proxy-Require") {
+	for _, h := range proxyRequire {
 		for _, opt := range strings.Split(h.Value(), ",") {
 			if opt = strings.TrimSpace(opt); opt != "" {
 				unsupported = append(unsupported, opt)
@@ -181,10 +261,4 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		return 416, "Unsupported URI Scheme", whyURIScheme, nil
 	}
 	return 0, "", "", nil
-}
-
-// roundTrips reports whether req, written out, parses again.
-func roundTrips(req *sip.Request) bool {
-	_, err := sip.ParseMessage([]byte(req.String()))
-	return err == nil
 }
