@@ -6,7 +6,9 @@
 //     with received/rport (RFC 3581) so replies reach phones behind NAT;
 //   - validates requests (400 for missing Via/From/To/Call-ID/CSeq or a
 //     CSeq method that does not match; sanity.go: RFC 4475's broken
-//     messages get 400/420/505/416 and are never forwarded), decrements Max-Forwards (483 at 0;
+//     messages get 400/420/505/416 and are never forwarded; a UDP request
+//     sipgo cannot parse is answered 400 when its top Via can be read,
+//     sanity_unparsable.go), decrements Max-Forwards (483 at 0;
 //     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
 //     Via branch (482), pops its own Route headers and Record-Routes every
 //     dialog-creating request with `sip.advertise` (two entries when the

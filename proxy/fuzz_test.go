@@ -57,8 +57,9 @@ func FuzzDecide(f *testing.F) {
 	})
 }
 
-// FuzzIntake drives the whole request path from raw bytes: the UDP intake
-// check (sanityFilter's checkDatagram), sipgo's parser, decide (with
+// FuzzIntake drives the whole request path from raw bytes: the UDP read
+// filter (sanityFilter: checkDatagram, and the rebuilding of what sipgo
+// cannot parse), sipgo's parser, decide (with
 // sanity), and the rewriting of what hapbx would send on. Nothing may
 // panic, and every request hapbx would forward must parse again and carry
 // exactly one Call-ID, CSeq, From, To and Max-Forwards and at most one
@@ -71,7 +72,7 @@ func FuzzIntake(f *testing.F) {
 	parser := sip.NewParser()
 
 	f.Fuzz(func(t *testing.T, data []byte) {
-		data, _ = checkDatagram(data)
+		data, _ = p.sanityFilter(sip.TransportReadProps{Transport: "UDP"}, data)
 		if data == nil {
 			return
 		}

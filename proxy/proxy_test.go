@@ -259,6 +259,9 @@ func readDispositions(t *testing.T) map[string]disposition {
 	return want
 }
 
+// viaPort is the port of the first Via line's sent-by, if any.
+var viaPort = regexp.MustCompile(`(?mi)^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*\S+[ \t]+[^;:\s]+:([0-9]+)`)
+
 var callIDLine = regexp.MustCompile(`(?mi)^(?:call-id|i)[ \t]*:[ \t]*(\S+)`)
 
 func tortureOver(t *testing.T, transport string, want map[string]disposition) {
@@ -341,12 +344,16 @@ func sendRaw(t *testing.T, transport, addr string, data []byte, wait time.Durati
 		_ = c.SetReadDeadline(time.Now().Add(wait))
 		read = c.Read
 	} else {
-		// From the port the messages' Via names (5060 when none): hapbx
-		// answers there (RFC 3261 §18.2.2, no rport).
+		// From the port the message's top Via names (5060 when none):
+		// hapbx answers there (RFC 3261 §18.2.2, no rport).
+		port := 5060
+		if m := viaPort.FindSubmatch(data); m != nil {
+			port, _ = strconv.Atoi(string(m[1]))
+		}
 		var c *net.UDPConn
 		var err error
 		for try := 0; try < 50; try++ {
-			if c, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(phoneIP), Port: 5060}); err == nil {
+			if c, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(phoneIP), Port: port}); err == nil {
 				break
 			}
 			time.Sleep(100 * time.Millisecond) // another run of this test holds it

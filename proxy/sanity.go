@@ -19,6 +19,8 @@ import (
 //     dblreq) and never sent on, as sipgo cuts the body at Content-Length. Such a request is rewritten to its header section with a
 //     sanityMark header and no body, so that sanity answers it 400 like any
 //     other broken request (a response is dropped).
+//   - sanityFilter also turns a request datagram sipgo cannot parse into
+//     one it can, marked for a 400 (sanity_unparsable.go).
 //   - sanity runs on every parsed request first thing in decide.
 
 // sanityMark is the header sanityFilter adds to a datagram it refuses. One
@@ -53,11 +55,19 @@ func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 		return data, nil
 	}
 	out, why := checkDatagram(data)
-	if why != "" {
-		p.m.malformed.WithLabelValues(why).Inc()
-		if out == nil {
-			return nil, nil // a response: dropped (nil, not an error: an error stops sipgo's listener)
+	if why == "" && unparsableSuspect(data) {
+		parser := sip.NewParser()
+		parser.MaxMessageLength = p.cfg.MaxMessageSize
+		if _, err := parser.ParseSIP(data); err != nil {
+			out, why = refusal(data), whyParse
 		}
+	}
+	if out == nil {
+		// A response, or nothing to answer: dropped (nil, not an error: an
+		// error stops sipgo's listener). A refusal handed on is counted by
+		// decide.
+		p.m.malformed.WithLabelValues(why).Inc()
+		return nil, nil
 	}
 	return out, nil
 }
@@ -214,6 +224,10 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		switch why {
 		case whyContentLength, whyDuplicate:
 			return 400, "Bad Request (Content-Length)", why, nil
+		case whyParse:
+			return 400, "Bad Request (malformed)", why, nil
+		case whyURIScheme:
+			return 416, "Unsupported URI Scheme", why, nil
 		}
 		return 400, "Bad Request", whyMark, nil
 	}
