@@ -8,7 +8,9 @@
 //     CSeq method that does not match; sanity.go: RFC 4475's broken
 //     messages get 400/420/505/416 and are never forwarded; a UDP request
 //     sipgo cannot parse is answered 400 when its top Via can be read,
-//     sanity_unparsable.go), decrements Max-Forwards (483 at 0;
+//     sanity_unparsable.go; an RFC 2543 request over UDP, whose Via has no
+//     RFC 3261 branch, is matched to its transaction as RFC 3261 §17.2.3
+//     says, rfc2543.go), decrements Max-Forwards (483 at 0;
 //     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
 //     Via branch (482), pops its own Route headers and Record-Routes every
 //     dialog-creating request with `sip.advertise` (two entries when the

@@ -56,6 +56,7 @@ type memory struct {
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
 	secret     []byte  // key of the dialog tokens (token.go)
+	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
 }
 
 type stack struct {
@@ -142,6 +143,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 			return nil, err
 		}
 	}
+	p.rfc2543 = branch2543Prefix(p.secret)
 	for _, l := range ls {
 		if _, ok := p.portFor[l.Transport]; !ok {
 			p.portFor[l.Transport] = int(l.Addr.Port())
@@ -266,7 +268,9 @@ func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) err
 			p.udpLaddr[key] = sip.Addr{IP: local.IP, Port: local.Port, Hostname: local.IP.String()}
 		}
 		p.closers = append(p.closers, conn.Close)
-		p.serve(func() error { return p.srv.ServeUDP(conn) })
+		p.serve(func() error {
+			return p.srv.ServeUDP(restoreVia{PacketConn: conn, mark: []byte(";branch=" + p.rfc2543)})
+		})
 	case "tcp", "tls":
 		ln, err := lc.Listen(ctx, "tcp", addr)
 		if err != nil {

@@ -312,7 +312,7 @@ func tortureOver(t *testing.T, transport string, want map[string]disposition) {
 		}
 		fwd := false
 		for _, m := range callIDLine.FindAllSubmatch(data, -1) {
-			fwd = fwd || reached[string(m[1])]
+			fwd = fwd || len(reached[string(m[1])]) > 0
 		}
 		switch {
 		case w == "-":
@@ -415,10 +415,11 @@ func mustTCPAddr(t *testing.T, a string) *net.TCPAddr {
 }
 
 // backendRequests parses every request of a sipp -trace_msg log, checks
-// it carries each single-valued header once, and returns their Call-IDs.
-func backendRequests(t *testing.T, trace string) map[string]bool {
+// it carries each single-valued header once, and returns their methods by
+// Call-ID.
+func backendRequests(t *testing.T, trace string) map[string][]string {
 	t.Helper()
-	out := map[string]bool{}
+	out := map[string][]string{}
 	for _, block := range strings.Split(trace, "----------------------------------------------- ") {
 		_, msg, ok := strings.Cut(block, "message received [")
 		if !ok {
@@ -440,7 +441,7 @@ func backendRequests(t *testing.T, trace string) map[string]bool {
 			}
 		}
 		if cid := req.CallID(); cid != nil {
-			out[cid.Value()] = true
+			out[cid.Value()] = append(out[cid.Value()], string(req.(*sip.Request).Method))
 		}
 	}
 	return out

@@ -62,6 +62,9 @@ func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 			out, why = refusal(data), whyParse
 		}
 	}
+	if why == "" {
+		out = p.give2543Branch(out)
+	}
 	if out == nil {
 		// A response, or nothing to answer: dropped (nil, not an error: an
 		// error stops sipgo's listener). A refusal handed on is counted by
@@ -133,12 +136,12 @@ func checkDatagram(data []byte) ([]byte, string) {
 // headerLines yields the lines of a header section (each with its CRLF),
 // a header's continuation lines with it, as sipgo unfolds them (not the
 // start line's).
-func headerLines(head []byte) func(yield func(int, []byte) bool) {
-	return func(yield func(int, []byte) bool) {
+func headerLines[T string | []byte](head T) func(yield func(int, T) bool) {
+	return func(yield func(int, T) bool) {
 		for i := 0; len(head) > 0; i++ {
 			n := 0
 			for {
-				e := bytes.Index(head[n:], []byte("\r\n"))
+				e := indexCRLF(head[n:])
 				if e < 0 {
 					n = len(head)
 					break
@@ -154,6 +157,15 @@ func headerLines(head []byte) func(yield func(int, []byte) bool) {
 			head = head[n:]
 		}
 	}
+}
+
+func indexCRLF[T string | []byte](s T) int {
+	for i := 0; i+1 < len(s); i++ {
+		if s[i] == '\r' && s[i+1] == '\n' {
+			return i
+		}
+	}
+	return -1
 }
 
 // asciiEqualFold is sipgo's header name comparison: ASCII letters only

@@ -40,21 +40,22 @@ func unparsableSuspect(data []byte) bool {
 	if end < 0 {
 		return true
 	}
-	for i, line := range headerLines(data[:end+2]) {
-		if bytes.Count(line, []byte("\r")) != bytes.Count(line, []byte("\r\n")) {
+	head := string(data[:end+2]) // one copy, looked at in place
+	for i, line := range headerLines(head) {
+		if strings.Count(line, "\r") != strings.Count(line, "\r\n") {
 			return true // a CR without LF
 		}
 		if i == 0 {
-			if rl := parseRequestLine(string(line[:len(line)-2])); !rl.ok {
+			if rl := parseRequestLine(line[:len(line)-2]); !rl.ok {
 				return true
 			}
 			continue
 		}
-		name, value, ok := bytes.Cut(line, []byte(":"))
+		name, value, ok := strings.Cut(line, ":")
 		if !ok {
 			return true
 		}
-		if headerSuspect(string(bytes.TrimSpace(name)), string(bytes.TrimSpace(value))) {
+		if headerSuspect(strings.TrimSpace(name), strings.TrimSpace(value)) {
 			return true
 		}
 	}
