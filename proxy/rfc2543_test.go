@@ -130,37 +130,20 @@ func (ph *phone2543) ping() {
 func TestRFC2543Transactions(t *testing.T) {
 	testkit.RequireSIPp(t)
 	t.Run("486 and ACK", func(t *testing.T) {
-		be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-		backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_486.xml"), "-trace_msg", "-m", "1")
-		testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
-		p := startProxy(t, []Backend{be}, nil)
-		ph := newPhone2543(t, p.addr, "rfc2543-busy@test")
+		p, backend, ph := start2543(t, "uas_486.xml", "rfc2543-busy@test")
 		ph.send("INVITE", "INVITE", "")
 		tag := ph.await(486, "INVITE")
 		ph.send("INVITE", "INVITE", "") // a retransmission
 		ph.await(486, "INVITE")
 		ph.send("ACK", "ACK", tag)
 		ph.ping()
-		if code := backend.Wait(10 * time.Second); code != 0 {
-			t.Errorf("SIPp backend exit %d:\n%s", code, backend.Output())
-		}
-		got := backendRequests(t, backend.Trace())[ph.cid]
-		if !slices.Equal(got, []string{"INVITE", "ACK"}) {
-			t.Errorf("backend received %v, want the INVITE once and hapbx's own ACK", got)
-		}
-		if n := testutil.ToFloat64(p.m.requests.WithLabelValues("ACK")); n != 0 {
-			t.Errorf("the phone's ACK reached hapbx's handler (%v): not absorbed by the INVITE's transaction", n)
-		}
+		ackAbsorbed(t, p, backend, ph.cid, "INVITE", "ACK")
 		if n := testutil.ToFloat64(p.m.requests.WithLabelValues("INVITE")); n != 1 {
 			t.Errorf("hapbx handled %v INVITEs, want 1 (the retransmission matches the transaction)", n)
 		}
 	})
 	t.Run("200, ACK and BYE", func(t *testing.T) {
-		be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-		backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1", "-trace_msg")
-		testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
-		p := startProxy(t, []Backend{be}, nil)
-		ph := newPhone2543(t, p.addr, "rfc2543-call@test")
+		_, backend, ph := start2543(t, "uas_call.xml", "rfc2543-call@test")
 		// With a From tag: in-dialog requests need the dialog token, which
 		// token.go binds to a non-empty tag.
 		ph.from += ";tag=f2543"
@@ -191,11 +174,7 @@ func TestRFC2543Transactions(t *testing.T) {
 		}
 	})
 	t.Run("CANCEL", func(t *testing.T) {
-		be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-		backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_cancel.xml"), "-trace_msg", "-m", "1")
-		testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
-		p := startProxy(t, []Backend{be}, nil)
-		ph := newPhone2543(t, p.addr, "rfc2543-cancel@test")
+		p, backend, ph := start2543(t, "uas_cancel.xml", "rfc2543-cancel@test")
 		ph.send("INVITE", "INVITE", "")
 		ph.await(180, "INVITE")
 		ph.send("CANCEL", "CANCEL", "")
@@ -203,16 +182,34 @@ func TestRFC2543Transactions(t *testing.T) {
 		tag := ph.await(487, "INVITE")
 		ph.send("ACK", "ACK", tag)
 		ph.ping()
-		if code := backend.Wait(10 * time.Second); code != 0 {
-			t.Errorf("SIPp backend exit %d:\n%s", code, backend.Output())
-		}
-		if got := backendRequests(t, backend.Trace())[ph.cid]; !slices.Equal(got, []string{"INVITE", "CANCEL", "ACK"}) {
-			t.Errorf("backend received %v, want INVITE, CANCEL and hapbx's own ACK", got)
-		}
-		if n := testutil.ToFloat64(p.m.requests.WithLabelValues("ACK")); n != 0 {
-			t.Errorf("the phone's ACK reached hapbx's handler (%v): not absorbed by the INVITE's transaction", n)
-		}
+		ackAbsorbed(t, p, backend, ph.cid, "INVITE", "CANCEL", "ACK")
 	})
+}
+
+// start2543 runs a SIPp backend playing scen for one call, a proxy in
+// front of it and an RFC 2543 phone.
+func start2543(t *testing.T, scen, cid string) (*testProxy, *testkit.SIPp, *phone2543) {
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario(scen), "-trace_msg", "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
+	p := startProxy(t, []Backend{be}, nil)
+	return p, backend, newPhone2543(t, p.addr, cid)
+}
+
+// ackAbsorbed checks that the backend ended its call having received
+// exactly want (the last ACK is hapbx's own, hop by hop) and that the
+// phone's ACK never reached hapbx's handler.
+func ackAbsorbed(t *testing.T, p *testProxy, backend *testkit.SIPp, cid string, want ...string) {
+	t.Helper()
+	if code := backend.Wait(10 * time.Second); code != 0 {
+		t.Errorf("SIPp backend exit %d:\n%s", code, backend.Output())
+	}
+	if got := backendRequests(t, backend.Trace())[cid]; !slices.Equal(got, want) {
+		t.Errorf("backend received %v, want %v (the last ACK hapbx's own)", got, want)
+	}
+	if n := testutil.ToFloat64(p.m.requests.WithLabelValues("ACK")); n != 0 {
+		t.Errorf("the phone's ACK reached hapbx's handler (%v): not absorbed by the INVITE's transaction", n)
+	}
 }
 
 // TestRestoreVia: what leaves hapbx loses the synthetic branch, and keeps
