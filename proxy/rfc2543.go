@@ -48,32 +48,10 @@ func branch2543Prefix(secret []byte) string {
 	return sip.RFC3261BranchMagicCookie + "-2543" + hex.EncodeToString(m.Sum(nil))[:8] + "-"
 }
 
-// topViaHasCookie reports whether the first Via line of a datagram names a
-// branch with the magic cookie (a cheap look at the raw bytes: a false
-// answer is checked with sipgo's parser).
-func topViaHasCookie(head []byte) bool {
-	for i, line := range headerLines(head) {
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok || i == 0 {
-			continue
-		}
-		if name = bytes.TrimSpace(name); !asciiEqualFold(name, "via") && !asciiEqualFold(name, "v") {
-			continue
-		}
-		first, _, _ := bytes.Cut(value, []byte(","))
-		_, branch, ok := bytes.Cut(first, []byte(";branch="+sip.RFC3261BranchMagicCookie))
-		return ok && len(branch) > 0 && !bytes.ContainsAny(branch[:1], "; \t\r\n,")
-	}
-	return true // no Via: nothing to key, sipgo refuses it
-}
-
 // give2543Branch returns data with a synthetic branch in its top Via when
-// it is a request from an RFC 2543 client, else data.
-func (p *Proxy) give2543Branch(data []byte) []byte {
-	end := bytes.Index(data, []byte("\r\n\r\n"))
-	if end < 0 || bytes.HasPrefix(data, []byte("SIP/")) || topViaHasCookie(data[:end+2]) {
-		return data
-	}
+// it is a request from an RFC 2543 client (d.rfc2543 says it may be),
+// else data.
+func (p *Proxy) give2543Branch(data []byte, d datagram) []byte {
 	parser := sip.NewParser()
 	parser.MaxMessageLength = p.cfg.MaxMessageSize
 	msg, err := parser.ParseSIP(data)
@@ -100,7 +78,7 @@ func (p *Proxy) give2543Branch(data []byte) []byte {
 		}
 		branch = p.branch2543(req, "ACK;"+to)
 	}
-	vs, ve := topViaValue(data[:end+2])
+	vs, ve := d.viaAt, d.viaEnd
 	if vs < 0 {
 		return data
 	}
@@ -145,24 +123,6 @@ func (p *Proxy) branch2543(req *sip.Request, extra string) string {
 		m.Write([]byte{0})
 	}
 	return p.rfc2543 + hex.EncodeToString(m.Sum(nil))[:branch2543Len]
-}
-
-// topViaValue is where the value of the first Via line of a header section
-// starts and ends (-1 without Via).
-func topViaValue(head []byte) (int, int) {
-	off := 0
-	for i, line := range headerLines(head) {
-		at := off
-		off += len(line)
-		k := bytes.IndexByte(line, ':')
-		if k < 0 || i == 0 {
-			continue
-		}
-		if name := bytes.TrimSpace(line[:k]); asciiEqualFold(name, "via") || asciiEqualFold(name, "v") {
-			return at + k + 1, off
-		}
-	}
-	return -1, -1
 }
 
 // restoreVia is a SIP UDP socket whose outgoing datagrams lose the

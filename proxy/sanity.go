@@ -54,16 +54,17 @@ func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 	if !strings.EqualFold(info.Transport, "udp") {
 		return data, nil
 	}
-	out, why := checkDatagram(data)
-	if why == "" && unparsableSuspect(data) {
+	d := scanDatagram(data)
+	out, why := checkDatagram(data, d)
+	if why == "" && d.suspect {
 		parser := sip.NewParser()
 		parser.MaxMessageLength = p.cfg.MaxMessageSize
 		if _, err := parser.ParseSIP(data); err != nil {
 			out, why = refusal(data), whyParse
 		}
 	}
-	if why == "" {
-		out = p.give2543Branch(out)
+	if why == "" && d.rfc2543 {
+		out = p.give2543Branch(out, d)
 	}
 	if out == nil {
 		// A response, or nothing to answer: dropped (nil, not an error: an
@@ -75,55 +76,118 @@ func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 	return out, nil
 }
 
+// datagram is what one pass over a datagram's header section finds; the
+// read filter runs on every datagram, so it looks once.
+type datagram struct {
+	head      string // the header section (start line included), "" without its end
+	response  bool
+	lengths   int  // Content-Length headers
+	length    int  // the last one's value
+	badLength bool // one is not a number
+	mark      bool // a sanityMark header came from the network
+	suspect   bool // sipgo's parser may fail on it (sanity_unparsable.go)
+	rfc2543   bool // a request whose top Via has no cookie branch (rfc2543.go)
+	viaAt     int  // where the value of the first Via line starts in head
+	viaEnd    int  // and ends
+}
+
+func scanDatagram(data []byte) datagram {
+	d := datagram{response: bytes.HasPrefix(data, []byte("SIP/")), viaAt: -1, viaEnd: -1}
+	if len(bytes.Trim(data, "\r\n")) == 0 {
+		return d // a keep-alive
+	}
+	end := bytes.Index(data, []byte("\r\n\r\n"))
+	if end < 0 {
+		d.suspect = !d.response
+		return d
+	}
+	d.head = string(data[:end+2]) // one copy, looked at in place
+	off := 0
+	for i, line := range headerLines(d.head) {
+		at := off
+		off += len(line)
+		if !d.response && !d.suspect {
+			d.suspect = bareCR(line)
+		}
+		if i == 0 {
+			if !d.response {
+				d.suspect = d.suspect || !parseRequestLine(line[:len(line)-2]).ok
+			}
+			continue
+		}
+		k := strings.IndexByte(line, ':')
+		if k < 0 {
+			d.suspect = d.suspect || !d.response
+			continue
+		}
+		name, value := strings.TrimSpace(line[:k]), line[k+1:]
+		switch {
+		case asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l"):
+			d.lengths++
+			v, err := strconv.Atoi(strings.TrimSpace(value))
+			if err != nil || v < 0 {
+				d.badLength = true
+			}
+			d.length = v
+			continue
+		case asciiEqualFold(name, sanityMark):
+			d.mark = true
+			continue
+		case d.viaAt < 0 && (asciiEqualFold(name, "via") || asciiEqualFold(name, "v")):
+			d.viaAt, d.viaEnd = at+k+1, off
+			d.rfc2543 = !d.response && !cookieBranch(value)
+		}
+		if !d.response && !d.suspect {
+			d.suspect = headerSuspect(name, strings.TrimSpace(value))
+		}
+	}
+	return d
+}
+
+// bareCR: a CR that is not followed by LF (sipgo's parser refuses it).
+func bareCR(line string) bool {
+	if j := strings.IndexByte(line, '\r'); j == len(line)-2 {
+		return false // the usual: one CRLF, at the end
+	}
+	return strings.Count(line, "\r") != strings.Count(line, "\r\n")
+}
+
+// cookieBranch reports whether a Via value's first entry names a branch
+// with the magic cookie (a cheap look: a false answer is checked with
+// sipgo's parser).
+func cookieBranch(value string) bool {
+	first, _, _ := strings.Cut(value, ",")
+	_, branch, ok := strings.Cut(first, ";branch="+sip.RFC3261BranchMagicCookie)
+	return ok && len(branch) > 0 && !strings.ContainsAny(branch[:1], "; \t\r\n,")
+}
+
 // checkDatagram returns data unchanged when its Content-Length (one at
 // most) fits in the datagram, else the refusal: the header section without
 // Content-Length and body plus sanityMark, or nil for a response. Data
-// that is not a header section is left to sipgo's parser. It runs on every
-// datagram: the scan allocates nothing unless it refuses.
-func checkDatagram(data []byte) ([]byte, string) {
-	end := bytes.Index(data, []byte("\r\n\r\n"))
-	if end < 0 {
+// that is not a header section is left to sipgo's parser.
+func checkDatagram(data []byte, d datagram) ([]byte, string) {
+	if d.head == "" {
 		return data, ""
 	}
-	head, body := data[:end+2], data[end+4:]
-	var (
-		n, cl int
-		bad   bool
-		why   string
-	)
-	for i, line := range headerLines(head) {
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok || i == 0 {
-			continue
-		}
-		switch name = bytes.TrimSpace(name); {
-		case asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l"):
-			n++
-			v, err := strconv.Atoi(string(bytes.TrimSpace(value)))
-			if err != nil || v < 0 {
-				bad = true
-			}
-			cl = v
-		case asciiEqualFold(name, sanityMark):
-			why = whyMark
-		}
-	}
+	body := data[len(d.head)+2:]
+	var why string
 	switch {
-	case why != "":
-	case n > 1:
+	case d.mark:
+		why = whyMark
+	case d.lengths > 1:
 		why = whyDuplicate
-	case bad || (n == 1 && cl > len(body)):
+	case d.badLength || (d.lengths == 1 && d.length > len(body)):
 		why = whyContentLength
 	default:
 		return data, ""
 	}
-	if bytes.HasPrefix(data, []byte("SIP/")) {
+	if d.response {
 		return nil, why
 	}
-	out := make([]byte, 0, len(head)+64)
-	for i, line := range headerLines(head) {
-		if name, _, ok := bytes.Cut(line, []byte(":")); ok && i > 0 {
-			if name = bytes.TrimSpace(name); asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l") || asciiEqualFold(name, sanityMark) {
+	out := make([]byte, 0, len(d.head)+64)
+	for i, line := range headerLines(d.head) {
+		if name, _, ok := strings.Cut(line, ":"); ok && i > 0 {
+			if name = strings.TrimSpace(name); asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l") || asciiEqualFold(name, sanityMark) {
 				continue
 			}
 		}
@@ -136,12 +200,12 @@ func checkDatagram(data []byte) ([]byte, string) {
 // headerLines yields the lines of a header section (each with its CRLF),
 // a header's continuation lines with it, as sipgo unfolds them (not the
 // start line's).
-func headerLines[T string | []byte](head T) func(yield func(int, T) bool) {
-	return func(yield func(int, T) bool) {
+func headerLines(head string) func(yield func(int, string) bool) {
+	return func(yield func(int, string) bool) {
 		for i := 0; len(head) > 0; i++ {
 			n := 0
 			for {
-				e := indexCRLF(head[n:])
+				e := strings.Index(head[n:], "\r\n")
 				if e < 0 {
 					n = len(head)
 					break
@@ -157,15 +221,6 @@ func headerLines[T string | []byte](head T) func(yield func(int, T) bool) {
 			head = head[n:]
 		}
 	}
-}
-
-func indexCRLF[T string | []byte](s T) int {
-	for i := 0; i+1 < len(s); i++ {
-		if s[i] == '\r' && s[i+1] == '\n' {
-			return i
-		}
-	}
-	return -1
 }
 
 // asciiEqualFold is sipgo's header name comparison: ASCII letters only

@@ -30,37 +30,9 @@ import (
 const whyParse = "parse"
 
 // unparsableSuspect reports whether sipgo's parser may fail on data, a
-// request's datagram whose Content-Length checkDatagram has passed. False
-// means it parses, as far as the checks go.
-func unparsableSuspect(data []byte) bool {
-	if bytes.HasPrefix(data, []byte("SIP/")) || len(bytes.Trim(data, "\r\n")) == 0 {
-		return false // a response (dropped by sipgo), a keep-alive
-	}
-	end := bytes.Index(data, []byte("\r\n\r\n"))
-	if end < 0 {
-		return true
-	}
-	head := string(data[:end+2]) // one copy, looked at in place
-	for i, line := range headerLines(head) {
-		if strings.Count(line, "\r") != strings.Count(line, "\r\n") {
-			return true // a CR without LF
-		}
-		if i == 0 {
-			if rl := parseRequestLine(line[:len(line)-2]); !rl.ok {
-				return true
-			}
-			continue
-		}
-		name, value, ok := strings.Cut(line, ":")
-		if !ok {
-			return true
-		}
-		if headerSuspect(strings.TrimSpace(name), strings.TrimSpace(value)) {
-			return true
-		}
-	}
-	return false
-}
+// request's datagram. False means it parses, as far as the checks go
+// (scanDatagram makes them).
+func unparsableSuspect(data []byte) bool { return scanDatagram(data).suspect }
 
 // requestLine is a request line as sipgo splits it: method, one space,
 // Request-URI, one space, a version starting with SIP.
@@ -195,8 +167,8 @@ func refusal(data []byte) []byte {
 		out          []byte
 		parseHeaders = sip.HeadersParser(sip.DefaultHeadersParser())
 	)
-	for i, line := range headerLines(head) {
-		text := string(bytes.TrimRight(line, "\r\n"))
+	for i, line := range headerLines(string(head)) {
+		text := strings.TrimRight(line, "\r\n")
 		if i == 0 {
 			rl := parseRequestLine(text)
 			switch {
