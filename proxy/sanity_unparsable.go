@@ -20,10 +20,11 @@ import (
 // the lines that address a response (RFC 3261 §8.2.6: Via, From, To,
 // Call-ID, CSeq), each kept only if sipgo parses it, under a parseable
 // request line and with sanityMark. The response goes where any hapbx
-// response goes (the packet's source; Via as received): no further than the
-// answer to a parseable bad request. Without a usable Via, or for an ACK or
-// a response, the datagram is dropped and counted. A suspect missed is
-// dropped as before.
+// response goes (RFC 3261 §18.2.2: the packet's source address, at the
+// port its Via or rport names), no further than the answer to a parseable
+// bad request, and carries only lines of the request. Without a usable
+// Via, or for an ACK or a response, the datagram is dropped and counted. A
+// failure the checks miss is dropped by sipgo as before.
 
 // whyParse is the reason sipgo's own parse failures are counted under
 // (logbridge.go).
