@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/hapbx/hapbx/cmd/hapbx/internal/app.version=$(VER
 PKGS     := ./...
 FUZZTIME ?= 6s
 
-.PHONY: build test unit lab lint fuzz bench demo e2e clean asterisk-mode deb deb-test print-deb
+.PHONY: build test unit lab lint fuzz bench demo e2e clean asterisk-mode deb deb-test print-deb dashboard-check
 
 ## build: bin/hapbx, statically linked, version stamped
 build:
@@ -103,6 +103,12 @@ demo: build asterisk-mode
 ## `make test` runs the same tests (with -race) through `lab`
 e2e: build asterisk-mode
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 10m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
+
+## dashboard-check: as root, with Debian's prometheus: a real Prometheus scrapes the
+## lab through the demo's scenario and every query of deploy/grafana's dashboard must
+## return a series (not in `make test` until it has passed on a lab run)
+dashboard-check: build asterisk-mode
+	HLAB_DASHBOARD=1 HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 10m -v -run TestDashboardQueries ./deploy/lab
 
 clean:
 	rm -rf bin
