@@ -304,6 +304,7 @@ func (f File) problems() []string {
 	p = append(p, f.coldProblems()...)
 	add("health.", f.Health.Validate())
 	add("registrar.", f.Registrar.Validate())
+	p = append(p, f.idleProblems()...)
 	add("media.", f.Media.Validate())
 	if f.ClusterEnabled() {
 		add("cluster.", f.ClusterConfig().Validate())
@@ -333,6 +334,23 @@ func (f File) problems() []string {
 		p = append(p, fmt.Sprintf("log.format: %q is not json or console", f.Log.Format))
 	}
 	return p
+}
+
+// idleProblems: a phone registered over TCP or TLS is reached over its
+// connection and may be silent on it for as long as its registration
+// lasts, so sip.tcp.idle_timeout must outlast the longest one hapbx grants.
+func (f File) idleProblems() []string {
+	ls, err := f.SIP.Listeners()
+	if err != nil {
+		return nil // reported under sip.listen
+	}
+	for _, l := range ls {
+		if l.Transport != "udp" && f.SIP.TCP.IdleTimeout <= f.Registrar.MaxExpires {
+			return []string{fmt.Sprintf("sip.tcp.idle_timeout: %v must exceed registrar.max_expires (%v): a phone registered over TCP or TLS is silent on its connection between refreshes",
+				f.SIP.TCP.IdleTimeout, f.Registrar.MaxExpires)}
+		}
+	}
+	return nil
 }
 
 // flatten undoes errors.Join so each problem gets its own line and prefix.

@@ -62,6 +62,8 @@ type stack struct {
 	ua   *sipgo.UserAgent
 	srv  *sipgo.Server // hands requests to handle
 	wire wire          // every message leaves by it
+	// conns bounds the TCP and TLS connections sipgo accepts (conns.go).
+	conns *connGuard
 }
 
 // wire sends requests (statefully or not) and stateless responses: sipgo's
@@ -134,6 +136,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
+	p.conns = newConnGuard(cfg.TCP, log.Named("conns"), p.m, p.dialogs.reaches)
 	for _, o := range opts {
 		o(p)
 	}
@@ -274,10 +277,11 @@ func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) err
 		}
 		p.closers = append(p.closers, ln.Close)
 		if l.Transport == "tls" {
-			tln := tls.NewListener(ln, tlsConf)
-			p.serve(func() error { return p.srv.ServeTLS(tln) })
+			gl := p.conns.listener(ln, tlsConf)
+			p.serve(func() error { return p.srv.ServeTLS(gl) })
 		} else {
-			p.serve(func() error { return p.srv.ServeTCP(ln) })
+			gl := p.conns.listener(ln, nil)
+			p.serve(func() error { return p.srv.ServeTCP(gl) })
 		}
 	}
 	return nil
