@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // Config is the `sip:` section: listeners and forwarding behaviour.
@@ -204,7 +206,7 @@ func (c Config) Validate() error {
 		}
 		if c.TLS.Key == "" {
 			bad("tls.key: required by the tls:// listener")
-		} else if _, err := os.Stat(c.TLS.Key); err != nil {
+		} else if _, err := secretfile.Read(c.TLS.Key); err != nil {
 			bad("tls.key: %v", err)
 		}
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // Proxy is the transaction-stateful SIP proxy in front of the backends.
@@ -178,9 +180,9 @@ func (p *Proxy) Listen(ctx context.Context) error {
 	var tlsConf *tls.Config
 	for _, l := range p.listeners {
 		if l.Transport == "tls" {
-			cert, err := tls.LoadX509KeyPair(p.cfg.TLS.Cert, p.cfg.TLS.Key)
+			cert, err := secretfile.LoadX509KeyPair(p.cfg.TLS.Cert, p.cfg.TLS.Key)
 			if err != nil {
-				return fmt.Errorf("load TLS certificate %s: %w", p.cfg.TLS.Cert, err)
+				return fmt.Errorf("sip.tls: %w", err)
 			}
 			tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 			break
