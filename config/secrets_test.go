@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 // exposedFile writes content to a file of mode 0644 (readable by all).
@@ -30,7 +32,13 @@ func TestSecretFilesMustBePrivate(t *testing.T) {
 	ami := exposedFile(t, "ami.secret", "s3cret\n")
 	dialog := exposedFile(t, "dialog.key", key)
 	gossip := exposedFile(t, "cluster.key", key)
-	yaml := strings.Replace(withDialogSecret(withCluster(gossip), dialog), "admin: {listen: 127.0.0.1:9060}",
+	cert, tlsKey := testkit.SelfSigned(t, t.TempDir(), "127.0.0.1")
+	if err := os.Chmod(tlsKey, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	withTLS := strings.Replace(withCluster(gossip), `"tcp://127.0.0.1:5060"]`,
+		fmt.Sprintf(`"tcp://127.0.0.1:5060", "tls://127.0.0.1:5061"]`+"\n  tls: {cert: %s, key: %s}", cert, tlsKey), 1)
+	yaml := strings.Replace(withDialogSecret(withTLS, dialog), "admin: {listen: 127.0.0.1:9060}",
 		fmt.Sprintf("admin: {listen: 127.0.0.1:9060, token_file: %s}", token), 1)
 	yaml = strings.Replace(yaml, "address: 127.0.0.12:5060, transport: udp}",
 		fmt.Sprintf("address: 127.0.0.12:5060, transport: udp, ami: {address: \"127.0.0.12:5038\", username: hapbx, secret_file: %s}}", ami), 1)
@@ -38,7 +46,7 @@ func TestSecretFilesMustBePrivate(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for k, p := range map[string]string{"admin.token_file": token, "backends[1].ami.secret_file": ami, "sip.dialog_secret_file": dialog, "cluster.secret_file": gossip} {
+	for k, p := range map[string]string{"admin.token_file": token, "backends[1].ami.secret_file": ami, "sip.dialog_secret_file": dialog, "cluster.secret_file": gossip, "sip.tls.key": tlsKey} {
 		if want := fmt.Sprintf("x.yaml: %s: secret file %s has mode 0644: readable by group or others", k, p); !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}
