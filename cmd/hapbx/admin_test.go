@@ -125,7 +125,7 @@ func TestAdminPlainOnAllAddresses(t *testing.T) {
 }
 
 // TestAdminTLS: with admin.tls the API answers HTTPS only, `hapbx status`
-// reaches it with the same file, no warning is logged, and the profiles
+// and `hapbx standby` reach it with the same file, no warning is logged, and the profiles
 // (admin.pprof) need the token.
 func TestAdminTLS(t *testing.T) {
 	cert, key := adminCert(t)
@@ -149,6 +149,12 @@ func TestAdminTLS(t *testing.T) {
 	out, err := exec.Command(hapbxBin, "status", "-c", path).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "proxy test") {
 		t.Fatalf("hapbx status over HTTPS: %v\n%s", err, out)
+	}
+	// standby reaches the API over HTTPS with the token: this proxy runs
+	// hot standby, which the API answers (not a TLS or token failure).
+	out, err = exec.Command(hapbxBin, "standby", "-c", path).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "cold standby is not enabled") {
+		t.Fatalf("hapbx standby over HTTPS: %v, want the API's answer that cold standby is off\n%s", err, out)
 	}
 	if code := getCode(t, client, base+"/debug/pprof/heap", ""); code != http.StatusUnauthorized {
 		t.Errorf("/debug/pprof/heap without the token: HTTP %d, want 401", code)
