@@ -142,15 +142,16 @@ func TestDebianPackage(t *testing.T) {
 		t.Errorf("/etc/hapbx: mode %v uid %d gid %d, want drwxr-s--- root:hapbx (gid %s)", st.Mode(), sys.Uid, sys.Gid, u.Gid)
 	}
 
-	// A secret written as the README says (umask 027) is root:hapbx 0640,
-	// readable by the hapbx account: check-config as that user reads it.
-	run(t, "sh", "-c", "umask 027; head -c 24 /dev/urandom | base64 > /etc/hapbx/agent.token")
+	// A secret written as the README says (install -m 600 -o hapbx) is
+	// hapbx's alone: hapbx refuses secret files readable by group or
+	// others, and check-config as that user reads it.
+	run(t, "sh", "-c", "head -c 24 /dev/urandom | base64 | install -m 600 -o hapbx -g hapbx /dev/stdin /etc/hapbx/agent.token")
 	st, err = os.Stat("/etc/hapbx/agent.token")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o640 || strconv.FormatUint(uint64(sys.Gid), 10) != u.Gid {
-		t.Errorf("/etc/hapbx/agent.token: mode %v gid %d, want 0640 group hapbx", st.Mode(), sys.Gid)
+	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o600 || strconv.FormatUint(uint64(sys.Uid), 10) != u.Uid {
+		t.Errorf("/etc/hapbx/agent.token: mode %v uid %d, want 0600 owned by hapbx (uid %s)", st.Mode(), sys.Uid, u.Uid)
 	}
 	if out := run(t, "/usr/bin/hapbx", "check-config", "-c", "/usr/share/doc/hapbx/examples/hapbx.example.yaml"); !strings.HasSuffix(strings.TrimSpace(out), ": ok") {
 		t.Errorf("check-config of the installed proxy example: %q", out)
