@@ -91,8 +91,15 @@ log: {level: loud, format: xml}
 		}},
 		{"tcp on a backend that is not udp", strings.Replace(minimal, "address: 127.0.0.12:5060, transport: udp", "address: 127.0.0.12:5060, transport: tls, tcp: true", 1),
 			[]string{`x.yaml: backends[1].tcp: only for a udp backend (transport is "tls")`}},
+		{"sip.tcp limits and timeouts", strings.Replace(minimal, "advertise: 127.0.0.1", "advertise: 127.0.0.1\n  tcp: {read_timeout: 0s, idle_timeout: 30m, max_connections: 10, max_per_source: 11}", 1), []string{
+			"x.yaml: sip.tcp.read_timeout: 0s must be > 0",
+			"x.yaml: sip.tcp.idle_timeout: 30m0s must exceed registrar.max_expires (1h0m0s)",
+			"x.yaml: sip.tcp.max_per_source: 11 must be between 1 and max_connections (10)",
+		}},
 		{"no backends", "node: {name: p}\nsip: {listen: [\"udp://127.0.0.1:5060\"], advertise: 127.0.0.1}\n",
 			[]string{"x.yaml: backends: at least one backend is required"}},
+		{"no room for a phone's contacts", minimal + "registrar: {max_bindings_per_aor: 0}\n",
+			[]string{"x.yaml: registrar.max_bindings_per_aor: must be > 0, got 0"}},
 		{"wrong type", minimal + "\nadmin: {listen: [1, 2]}\n", []string{"x.yaml: "}},
 		{"not yaml", "node: [", []string{"x.yaml: "}},
 	}

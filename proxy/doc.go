@@ -6,7 +6,11 @@
 //     with received/rport (RFC 3581) so replies reach phones behind NAT;
 //   - validates requests (400 for missing Via/From/To/Call-ID/CSeq or a
 //     CSeq method that does not match; sanity.go: RFC 4475's broken
-//     messages get 400/420/505/416 and are never forwarded), decrements Max-Forwards (483 at 0;
+//     messages get 400/420/505/416 and are never forwarded; a UDP request
+//     sipgo cannot parse is answered 400 when its top Via can be read,
+//     sanity_unparsable.go; an RFC 2543 request over UDP, whose Via has no
+//     RFC 3261 branch, is matched to its transaction as RFC 3261 §17.2.3
+//     says, rfc2543.go), decrements Max-Forwards (483 at 0;
 //     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
 //     Via branch (482), pops its own Route headers and Record-Routes every
 //     dialog-creating request with `sip.advertise` (two entries when the
@@ -68,6 +72,10 @@
 //   - stores a binding when a backend accepts a REGISTER (a
 //     BindingRecorder), and answers a REGISTER refresh from the store
 //     when no backend can take it (503 with Retry-After for anything else);
+//     tells the phone only what the recorder keeps: a REGISTER whose new
+//     bindings it could not keep (Fits, asked before any backend sees it,
+//     or Store on the 2xx) gets 503 with Retry-After instead of the 2xx,
+//     and the 2xx relayed states the expiries the recorder honours;
 //   - tracks confirmed dialogs per backend, both calls placed by phones and
 //     calls a backend placed to registered phones (bounded: max_dialogs,
 //     dialog_ttl) and, told that a backend is down (HangUpBackend), sends
@@ -95,6 +103,15 @@
 //     does the proxy, otherwise as one UDP datagram, as Kamailio and
 //     Asterisk send it; one too large even for that gets 513 (size.go). A
 //     message's size never makes the caller get 503 nor a backend suspect;
+//   - bounds the TCP and TLS connections it accepts (conns.go): at most
+//     `sip.tcp.max_connections` in all and `max_per_source` from one IP
+//     address (closed at accept, counted); a message, or a TLS handshake,
+//     must arrive whole within `read_timeout` of its first byte; a
+//     connection silent for `idle_timeout` is closed unless a tracked
+//     dialog reaches its phone over it. idle_timeout outlasts the longest
+//     registration (config checks it against registrar.max_expires), so a
+//     registered phone's connection, over which it receives its calls,
+//     stays open between its refreshes;
 //   - once Run's context ends answers new initial requests 503 while
 //     transactions in flight finish, for at most `sip.drain_timeout`; those
 //     still pending (all at once on Abort) then get 503 and their
@@ -109,7 +126,9 @@
 // Config keys (section `sip`): listen, advertise, tls.cert, tls.key,
 // hop_timeout (500ms), retry_after (5s), no_backend_wait (3s),
 // drain_timeout (5s), timer_c (3m1s), max_message_size (65535),
-// max_dialogs (100000), dialog_ttl (12h), dialog_secret_file.
+// max_dialogs (100000), dialog_ttl (12h), dialog_secret_file,
+// tcp.read_timeout (10s), tcp.idle_timeout (65m), tcp.max_connections
+// (1024), tcp.max_per_source (128).
 // Listeners bind with IP_FREEBIND, so a listener on the VIP binds before the
 // cluster adds the address.
 //
@@ -131,6 +150,10 @@
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
 // foreign_hop, bad_dialog_token),
 // hapbx_proxy_large_requests_total{how} (tcp, udp, refused),
+// hapbx_proxy_connections, hapbx_proxy_connections_refused_total{reason}
+// (max_connections, max_per_source),
+// hapbx_proxy_connections_closed_total{reason} (read_timeout,
+// idle_timeout, tls_handshake),
 // hapbx_proxy_shed_total{reason} (memory, transactions, flood),
 // hapbx_proxy_failures_excused_total{reason} (strained, local_error).
 package proxy

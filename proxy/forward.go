@@ -24,6 +24,9 @@ import (
 // REGISTER refresh the store can answer is answered from it, anything
 // else waits up to no_backend_wait for a backend.
 func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []target, retry bool) {
+	if retry && p.refuseBinding(tx, req) {
+		return
+	}
 	cancelled := watchCancel(tx, req)
 	if len(targets) == 0 && p.answerFromStore(tx, req) {
 		return

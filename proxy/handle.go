@@ -410,6 +410,11 @@ func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried m
 }
 
 func (p *Proxy) reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+	if code >= 300 && req.IsInvite() && req.Via() != nil {
+		// Its hop-by-hop ACK is absorbed (an RFC 2543 one too: rfc2543.go).
+		b, _ := req.Via().Params.Get("branch")
+		p.non2xx.put(b, "")
+	}
 	res := sip.NewResponseFromRequest(req, code, reason, nil)
 	if code > 100 && req.To() != nil {
 		if _, ok := req.To().Params.Get("tag"); !ok {

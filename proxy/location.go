@@ -19,8 +19,13 @@ type Locator interface {
 // BindingRecorder keeps the phones' bindings: filled from the backends' 2xx
 // to REGISTER, and able to answer a refresh on its own when no backend can.
 type BindingRecorder interface {
-	// Store saves the bindings of a REGISTER the backend accepted with res.
-	Store(req *sip.Request, res *sip.Response, backend string) error
+	// Fits reports, before a REGISTER goes to a backend, whether the
+	// bindings it asks for could be kept; an error when they cannot.
+	Fits(req *sip.Request) error
+	// Store saves the bindings of a REGISTER the backend accepted with res
+	// and returns the 2xx to relay, stating the lifetimes it keeps; an
+	// error when it could not keep them.
+	Store(req *sip.Request, res *sip.Response, backend string) (*sip.Response, error)
 	// AnswerRefresh builds the 200 to a REGISTER refresh of bindings it
 	// holds; an error when it cannot answer req.
 	AnswerRefresh(req *sip.Request) (*sip.Response, error)
@@ -36,14 +41,48 @@ type Registrar interface {
 // backends to the phones through it.
 func WithRegistrar(r Registrar) Option { return func(p *Proxy) { p.reg = r } }
 
-// saveBinding records the registration a backend accepted.
-func (p *Proxy) saveBinding(req *sip.Request, res *sip.Response, backend string) {
+// refuseBinding answers 503 with Retry-After, before any backend sees it,
+// a REGISTER whose new bindings the recorder could not keep (binding table
+// or the AOR's contacts full); false when it may go on.
+func (p *Proxy) refuseBinding(tx sip.ServerTransaction, req *sip.Request) bool {
+	if p.reg == nil || req.Method != sip.REGISTER {
+		return false
+	}
+	if err := p.reg.Fits(req); err != nil {
+		p.log.Debug("registration refused before the backend", zap.String("call_id", callID(req)), zap.Error(err))
+		p.replyUnavailable(tx, req)
+		return true
+	}
+	return false
+}
+
+// keepBinding records the registration a backend accepted and returns the
+// 2xx to relay, whose expiries are the ones the recorder keeps; false when
+// it could not keep it: the phone must then get 503 with Retry-After, not
+// a 200 that has it believe hapbx can reach it.
+//
+// The backend does hold that registration (refuseBinding keeps most such
+// REGISTERs from it; two racing for the last place, or a 2xx listing other
+// contacts than asked, still get here). hapbx lets it expire there rather
+// than sending the backend a removal: that needs the phone's digest
+// credentials, which hapbx does not have (replaying the phone's
+// Authorization is a forgery Asterisk refuses once its nonce is stale).
+// The orphan is bounded and mostly harmless: it lives no longer than the
+// backend granted; the phone's retry after Retry-After refreshes the same
+// binding there (same Call-ID and Contact) rather than adding one; a call
+// Asterisk places to the AOR on hapbx gets 404 or 480, as for a phone not
+// registered, and one to the stored Contact URI goes where that URI names, as
+// any request from a backend does.
+func (p *Proxy) keepBinding(req *sip.Request, res *sip.Response, backend string) (*sip.Response, bool) {
 	if p.reg == nil {
-		return
+		return res, true
 	}
-	if err := p.reg.Store(req, res, backend); err != nil {
-		p.log.Warn("registration not stored", zap.String("call_id", callID(req)), zap.String("backend", backend), zap.Error(err))
+	kept, err := p.reg.Store(req, res, backend)
+	if err != nil {
+		p.log.Debug("registration not kept", zap.String("call_id", callID(req)), zap.String("backend", backend), zap.Error(err))
+		return nil, false
 	}
+	return kept, true
 }
 
 // answerFromStore answers a REGISTER refresh 200 from the stored binding

@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // Proxy is the transaction-stateful SIP proxy in front of the backends.
@@ -58,12 +60,15 @@ type memory struct {
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
 	secret     []byte  // key of the dialog tokens (token.go)
+	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
 }
 
 type stack struct {
 	ua   *sipgo.UserAgent
 	srv  *sipgo.Server // hands requests to handle
 	wire wire          // every message leaves by it
+	// conns bounds the TCP and TLS connections sipgo accepts (conns.go).
+	conns *connGuard
 }
 
 // wire sends requests (statefully or not) and stateless responses: sipgo's
@@ -136,6 +141,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
+	p.conns = newConnGuard(cfg.TCP, log.Named("conns"), p.m, p.dialogs.reaches)
 	newDoorMetrics(&p.door, reg)
 	for _, o := range opts {
 		o(p)
@@ -145,6 +151,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 			return nil, err
 		}
 	}
+	p.rfc2543 = branch2543Prefix(p.secret)
 	for _, l := range ls {
 		if _, ok := p.portFor[l.Transport]; !ok {
 			p.portFor[l.Transport] = int(l.Addr.Port())
@@ -178,9 +185,9 @@ func (p *Proxy) Listen(ctx context.Context) error {
 	var tlsConf *tls.Config
 	for _, l := range p.listeners {
 		if l.Transport == "tls" {
-			cert, err := tls.LoadX509KeyPair(p.cfg.TLS.Cert, p.cfg.TLS.Key)
+			cert, err := secretfile.LoadX509KeyPair(p.cfg.TLS.Cert, p.cfg.TLS.Key)
 			if err != nil {
-				return fmt.Errorf("load TLS certificate %s: %w", p.cfg.TLS.Cert, err)
+				return fmt.Errorf("sip.tls: %w", err)
 			}
 			tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 			break
@@ -269,7 +276,9 @@ func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) err
 			p.udpLaddr[key] = sip.Addr{IP: local.IP, Port: local.Port, Hostname: local.IP.String()}
 		}
 		p.closers = append(p.closers, conn.Close)
-		p.serve(func() error { return p.srv.ServeUDP(conn) })
+		p.serve(func() error {
+			return p.srv.ServeUDP(restoreVia{PacketConn: conn, mark: []byte(";branch=" + p.rfc2543)})
+		})
 	case "tcp", "tls":
 		ln, err := lc.Listen(ctx, "tcp", addr)
 		if err != nil {
@@ -277,10 +286,11 @@ func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) err
 		}
 		p.closers = append(p.closers, ln.Close)
 		if l.Transport == "tls" {
-			tln := tls.NewListener(ln, tlsConf)
-			p.serve(func() error { return p.srv.ServeTLS(tln) })
+			gl := p.conns.listener(ln, tlsConf)
+			p.serve(func() error { return p.srv.ServeTLS(gl) })
 		} else {
-			p.serve(func() error { return p.srv.ServeTCP(ln) })
+			gl := p.conns.listener(ln, nil)
+			p.serve(func() error { return p.srv.ServeTCP(gl) })
 		}
 	}
 	return nil

@@ -264,11 +264,16 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 // every 2xx; the first also cancels the other branches.
 func (rc *responseContext) success(b *branch, res *sip.Response) {
 	p, req := rc.p, rc.req
-	if req.Method == sip.REGISTER && b.t.backend != "" {
-		p.saveBinding(req, res, b.t.backend)
-	}
 	first := !rc.took
 	rc.took = true
+	if req.Method == sip.REGISTER && b.t.backend != "" {
+		kept, ok := p.keepBinding(req, res, b.t.backend)
+		if !ok {
+			p.replyUnavailable(rc.tx, req)
+			return
+		}
+		res = kept
+	}
 	if _, tagged := req.To().Params.Get("tag"); first && req.IsInvite() && !tagged {
 		if b.t.backend != "" {
 			p.dialogs.confirm(req, res, b.t.backend, p.isLocal)

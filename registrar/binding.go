@@ -182,7 +182,9 @@ func extract(cfg *Config, req *sip.Request, res *sip.Response, src Source, backe
 		}
 		d := time.Duration(secs) * time.Second
 		if d > cfg.MaxExpires {
-			d = cfg.MaxExpires
+			// Whole seconds: the 2xx to the phone states the lifetime in
+			// seconds, and the binding must live exactly that long.
+			d = cfg.MaxExpires.Truncate(time.Second)
 		}
 		u.set = append(u.set, Binding{
 			AOR:       aor,

@@ -21,6 +21,10 @@ type Config struct {
 	PurgeInterval time.Duration `yaml:"purge_interval"`
 	// MaxBindings bounds memory: beyond it new bindings are refused with ErrFull.
 	MaxBindings int `yaml:"max_bindings"`
+	// MaxBindingsPerAOR bounds the contacts of one address of record: a
+	// REGISTER that would give an AOR more is refused whole with
+	// ErrAORFull (RFC 3261 10.3 lets a registrar refuse a new binding).
+	MaxBindingsPerAOR int `yaml:"max_bindings_per_aor"`
 	// Domains the proxy considers its own; an AOR in one of them is keyed by its
 	// user part alone. Empty means every domain is local.
 	Domains []string `yaml:"domains"`
@@ -29,12 +33,13 @@ type Config struct {
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:        "/var/lib/hapbx",
-		MinExpires:     60 * time.Second,
-		MaxExpires:     3600 * time.Second,
-		DefaultExpires: 3600 * time.Second,
-		PurgeInterval:  10 * time.Second,
-		MaxBindings:    100000,
+		DataDir:           "/var/lib/hapbx",
+		MinExpires:        60 * time.Second,
+		MaxExpires:        3600 * time.Second,
+		DefaultExpires:    3600 * time.Second,
+		PurgeInterval:     10 * time.Second,
+		MaxBindings:       100000,
+		MaxBindingsPerAOR: 10,
 	}
 }
 
@@ -61,6 +66,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBindings <= 0 {
 		bad("max_bindings", "must be > 0, got %d", c.MaxBindings)
+	}
+	if c.MaxBindingsPerAOR <= 0 {
+		bad("max_bindings_per_aor", "must be > 0, got %d", c.MaxBindingsPerAOR)
 	}
 	for i, d := range c.Domains {
 		if strings.TrimSpace(d) == "" || strings.ContainsAny(d, " \t@;<>") {

@@ -11,8 +11,22 @@
 //     and Contact: * remove; a Contact of the REGISTER missing from the 2xx
 //     (URIs compared as RFC 3261 §19.1.4 says, so chan_pjsip dropping
 //     ;transport=UDP is no refusal), or a binding the same backend accepted
-//     earlier and no longer lists, is removed. Store does the same from the
-//     source the request came on.
+//     earlier and no longer lists, is removed (not one stored in the last
+//     32 s, the life of a REGISTER transaction: a 2xx made before it may
+//     come after it, when two devices of one AOR register at once). Store does the same from the
+//     source the request came on, and returns the 2xx for the phone: each
+//     Contact hapbx holds states the lifetime hapbx keeps it (the
+//     backend's, capped at max_expires; whole seconds, exactly as long as
+//     the binding lives), and so does an Expires header if the 2xx had one.
+//   - Limits: a REGISTER that would add a binding beyond max_bindings
+//     (ErrFull) or give its AOR more than max_bindings_per_aor live
+//     bindings (ErrAORFull) is refused whole (RFC 3261 10.3: all updates or
+//     none); the new binding is refused, no held one is dropped. Renewals
+//     and removals (Expires: 0, Contact: *) always pass. Fits asks the
+//     same before the REGISTER reaches a backend. Any refusal, and a pair
+//     Save cannot read, leaves the phone to get 503 with Retry-After. A
+//     failed disk write refuses nothing: the binding is held (and
+//     replicated), the write retried and counted in store_errors.
 //   - Lookup (Reach for the proxy): the live bindings of an AOR in any
 //     spelling, best first;
 //     ErrUnknownAOR (never registered: 404) versus ErrNoBinding (registered
@@ -59,6 +73,7 @@
 //	default_expires  3600s           when neither 2xx nor REGISTER names one
 //	purge_interval   10s             expired bindings and tombstones dropped
 //	max_bindings     100000          new bindings beyond it: ErrFull (503); merges exempt
+//	max_bindings_per_aor 10          live bindings of one AOR: ErrAORFull (503); merges exempt
 //	domains          []              local domains; empty means every domain.
 //	                                 With domains set, the proxy's own hosts
 //	                                 (WithLocalHosts) are local too.
@@ -70,4 +85,6 @@
 //	hapbx_registrar_changes_total{op}    counter  add, refresh, remove, store, merge
 //	hapbx_registrar_store_errors_total   counter  damaged file, bad record, failed write
 //	hapbx_registrar_purged_total         counter  bindings dropped on expiry
+//	hapbx_registrar_refused_total{reason} counter REGISTERs not kept: table_full,
+//	                                              aor_limit, invalid, closed
 package registrar

@@ -10,6 +10,9 @@ var (
 	ErrNoBinding = errors.New("registrar: no live binding")
 	// ErrFull: max_bindings reached, a new binding was refused; answer 503.
 	ErrFull = errors.New("registrar: binding table full")
+	// ErrAORFull: max_bindings_per_aor reached, a new binding of the AOR
+	// was refused; answer 503.
+	ErrAORFull = errors.New("registrar: too many bindings for the address of record")
 	// ErrNotRefreshable: a REGISTER cannot be answered from the store (no
 	// matching binding, or not a plain refresh); answer 503 with Retry-After.
 	ErrNotRefreshable = errors.New("registrar: cannot answer REGISTER from store")

@@ -100,7 +100,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte(`{"f":1}`))
 	f.Add([]byte(`garbage`))
 	r, err := newAt(Config{MinExpires: time.Second, MaxExpires: time.Hour, DefaultExpires: time.Hour,
-		PurgeInterval: time.Second, MaxBindings: 100}, t0, nil, nil)
+		PurgeInterval: time.Second, MaxBindings: 100, MaxBindingsPerAOR: 10}, t0, nil, nil)
 	if err != nil {
 		f.Fatal(err)
 	}

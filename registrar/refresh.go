@@ -3,7 +3,6 @@ package registrar
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -110,16 +109,9 @@ func (r *Registrar) RefreshFromStore(req *sip.Request, src Source) ([]Binding, e
 func RefreshResponse(req *sip.Request, bindings []Binding, now time.Time) *sip.Response {
 	res := sip.NewResponseFromRequest(req, sip.StatusOK, "OK", nil)
 	for _, b := range bindings {
-		var c sip.ContactHeader
-		if _, err := sip.ParseAddressValue("<"+b.Contact+">", &c.Address, &c.Params); err != nil {
-			continue
+		if c := contactHeader(b.Contact, max(int64(b.Remaining(now)/time.Second), 1)); c != nil {
+			res.AppendHeader(c)
 		}
-		secs := int64(b.Remaining(now) / time.Second)
-		if secs < 1 {
-			secs = 1
-		}
-		c.Params = c.Params.Add("expires", strconv.FormatInt(secs, 10))
-		res.AppendHeader(&c)
 	}
 	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(time.RFC1123[:len(time.RFC1123)-3])+"GMT"))
 	return res

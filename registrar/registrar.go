@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -25,6 +26,7 @@ type Registrar struct {
 	tab    *table
 	clock  hlc
 	closed bool
+	full   atomic.Bool // refusing for max_bindings; logged on each change
 
 	store  *store // nil: memory only
 	status StoreStatus
@@ -346,26 +348,48 @@ func (r *Registrar) tombstone(aor, contact string, now time.Time) Record {
 	}
 }
 
+// listLag is how long after a binding was stored a backend's 2xx may still
+// arrive that was made before it (64*T1, the longest a REGISTER
+// transaction lives): two devices of one AOR registering at once get 2xx
+// lists of the AOR's contacts taken in one order and handled in the other.
+// A binding that recent is not dropped for missing from such a list; the
+// phone was told it is registered.
+const listLag = 32 * time.Second
+
 // Save stores the bindings a backend's 2xx to a REGISTER establishes and
 // returns the AOR's live bindings afterwards. The 2xx's Contact list is
 // authoritative: a Contact of the REGISTER it does not list is removed, as
-// is a binding the same backend accepted before and no longer lists. Each
+// is a binding the same backend accepted before (listLag or more ago) and
+// no longer lists. Each
 // expiry comes from the 2xx (Contact expires param, then its Expires
 // header), capped at max_expires. Expires: 0 and Contact: * remove.
-// ErrFull refuses new bindings beyond max_bindings; ErrInvalid a pair that
-// is not a REGISTER and a 2xx.
+// ErrFull refuses new bindings beyond max_bindings, ErrAORFull beyond
+// max_bindings_per_aor (the whole REGISTER: RFC 3261 10.3 commits all of
+// its updates or none); ErrInvalid a pair that is not a REGISTER and a 2xx.
 func (r *Registrar) Save(req *sip.Request, res *sip.Response, src Source, backend string) ([]Binding, error) {
+	live, _, err := r.save(req, res, src, backend)
+	return live, err
+}
+
+// save is Save; it also returns the bindings the pair set, whose lifetime
+// granted is Expires-Updated.
+func (r *Registrar) save(req *sip.Request, res *sip.Response, src Source, backend string) (live, set []Binding, err error) {
+	defer func() {
+		if err != nil {
+			r.refuse(err)
+		}
+	}()
 	now := r.now()
 	u, err := extract(&r.cfg, req, res, src, backend, now)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key, _ := r.tab.key(u.aor)
 
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	e := r.tab.aors[key]
 	var recs []Record
@@ -380,21 +404,28 @@ func (r *Registrar) Save(req *sip.Request, res *sip.Response, src Source, backen
 			}
 		}
 	default:
-		fresh := 0
-		setKeys := make(map[string]bool, len(u.set))
+		add := make(map[string]bool, len(u.set))
 		for _, b := range u.set {
-			ck := contactKeyString(b.Contact)
-			setKeys[ck] = true
-			if e == nil {
-				fresh++
-			} else if i := e.find(ck); i < 0 || e.recs[i].rec.Deleted {
-				fresh++
+			add[contactKeyString(b.Contact)] = true
+		}
+		drop := make(map[string]bool, len(u.remove))
+		for _, c := range u.remove {
+			drop[contactKeyString(c)] = true
+		}
+		var stale []Binding
+		if u.hasList && e != nil {
+			for _, en := range e.recs {
+				b := en.rec.Binding
+				if !en.rec.Deleted && b.Backend == backend && !u.listed[en.ckey] && !add[en.ckey] &&
+					now.Sub(b.Updated) >= listLag {
+					drop[en.ckey] = true
+					stale = append(stale, b)
+				}
 			}
 		}
-		if fresh > 0 && r.tab.bindings+fresh > r.cfg.MaxBindings {
+		if err := r.admit(u.aor, e, add, drop, now); err != nil {
 			r.mu.Unlock()
-			return nil, fmt.Errorf("%w: %d bindings held, max_bindings %d, refusing %s",
-				ErrFull, r.tab.bindings, r.cfg.MaxBindings, u.aor)
+			return nil, nil, err
 		}
 		for _, b := range u.set {
 			recs = append(recs, Record{Binding: b, Version: Version{Time: r.clock.next(now), Node: r.node}})
@@ -402,34 +433,38 @@ func (r *Registrar) Save(req *sip.Request, res *sip.Response, src Source, backen
 		for _, c := range u.remove {
 			recs = append(recs, r.tombstone(u.aor, c, now))
 		}
-		if u.hasList && e != nil {
-			for _, en := range e.recs {
-				b := en.rec.Binding
-				if !en.rec.Deleted && b.Backend == backend && !u.listed[en.ckey] && !setKeys[en.ckey] {
-					recs = append(recs, r.tombstone(b.AOR, b.Contact, now))
-				}
-			}
+		for _, b := range stale {
+			recs = append(recs, r.tombstone(b.AOR, b.Contact, now))
 		}
+		set = u.set
 	}
 	taken := r.commit(recs, now, "")
-	var out []Binding
+	r.noteRoom()
 	if e = r.tab.aors[key]; e != nil {
-		out = liveBindings(nil, e, now)
+		live = liveBindings(nil, e, now)
 	}
 	r.mu.Unlock()
 	r.notify(taken)
-	return out, nil
+	return live, set, nil
 }
 
 // Store saves the bindings of a REGISTER a backend accepted with the 2xx
-// res (see Save), from the source the proxy's transport received req on.
-func (r *Registrar) Store(req *sip.Request, res *sip.Response, backend string) error {
+// res (see Save), from the source the proxy's transport received req on,
+// and returns the 2xx to relay to the phone: a copy of res stating in each
+// Contact hapbx holds the lifetime hapbx grants and will honour (see
+// grant). An error means the bindings were not kept: the phone must not
+// be told it is registered.
+func (r *Registrar) Store(req *sip.Request, res *sip.Response, backend string) (*sip.Response, error) {
 	src, err := sourceOf(req)
 	if err != nil {
-		return err
+		r.refuse(err)
+		return nil, err
 	}
-	_, err = r.Save(req, res, src, backend)
-	return err
+	live, set, err := r.save(req, res, src, backend)
+	if err != nil {
+		return nil, err
+	}
+	return grant(res, set, live, r.now()), nil
 }
 
 // Lookup returns the live bindings of aor (any spelling: "sip:201@host",
@@ -520,6 +555,7 @@ func (r *Registrar) Purge() int {
 		ops[r.storeKey(rec.Binding.AOR, contactKeyString(rec.Binding.Contact))] = pendingOp{del: true}
 	}
 	r.setGauges()
+	r.noteRoom()
 	r.mu.Unlock()
 	r.m.purged.Add(float64(n))
 	if r.store != nil {

@@ -144,13 +144,15 @@ func TestSaveRemovals(t *testing.T) {
 }
 
 func TestSaveBackendListIsAuthoritative(t *testing.T) {
-	r, _, _ := newTest(t, "", nil)
+	r, clk, _ := newTest(t, "", nil)
 	req, res := register(t, "205", "sip:205@10.1.1.1:5060", "old", 1, 600)
 	if _, err := r.Save(req, res, src("198.51.100.1:5060"), "ast1"); err != nil {
 		t.Fatal(err)
 	}
-	// The phone rebooted with a new port; ast1 replaced the old contact
-	// (max_contacts reached, remove_existing) and lists only the new one.
+	// A minute later the phone rebooted with a new port; ast1 replaced the
+	// old contact (max_contacts reached, remove_existing) and lists only
+	// the new one.
+	clk.advance(time.Minute)
 	req, res = register(t, "205", "sip:205@10.1.1.1:5070", "new", 1, 600)
 	bs, err := r.Save(req, res, src("198.51.100.1:5070"), "ast1")
 	if err != nil || len(bs) != 1 || bs[0].Contact != "sip:205@10.1.1.1:5070" {
@@ -173,7 +175,7 @@ func TestSaveBackendListIsAuthoritative(t *testing.T) {
 // expiring soonest once max_contacts is reached) is missing from the next 200 and goes here
 // too: the backend is the authority.
 func TestSaveSeveralDevicesOneBackend(t *testing.T) {
-	r, _, _ := newTest(t, "", nil)
+	r, clk, _ := newTest(t, "", nil)
 	dev := func(i int) string { return "sip:206@10.2.0." + itoa(i) + ":5060" }
 	save := func(i int, listed ...int) []Binding {
 		t.Helper()
@@ -211,7 +213,9 @@ Content-Length: 0
 	if got := contactsOf(save(2, 1, 2)); !slices.Equal(got, []string{dev(1), dev(2)}) {
 		t.Fatalf("two devices: %q", got)
 	}
-	// max_contacts reached (say 2): Asterisk removed dev1, the one expiring soonest.
+	// A minute later, max_contacts reached (say 2): Asterisk removed dev1,
+	// the one expiring soonest.
+	clk.advance(time.Minute)
 	if got := contactsOf(save(3, 2, 3)); !slices.Equal(got, []string{dev(2), dev(3)}) {
 		t.Fatalf("after the backend evicted dev1: %q", got)
 	}
@@ -237,6 +241,30 @@ func TestMaxBindings(t *testing.T) {
 	req, res = register(t, "301", "sip:301@10.0.0.1:5060", "c301", 2, 600)
 	if _, err := r.Save(req, res, src("192.0.2.1:5060"), "ast1"); err != nil {
 		t.Fatalf("refresh when full: %v", err)
+	}
+}
+
+// TestSaveListsHandledOutOfOrder: two devices of one AOR register at once;
+// the backend answers dev1 listing {dev1}, then dev2 listing {dev1, dev2},
+// and hapbx handles dev2's 2xx first. dev1's older list must not drop
+// dev2, which was just told it is registered.
+func TestSaveListsHandledOutOfOrder(t *testing.T) {
+	r, clk, _ := newTest(t, "", nil)
+	dev1, dev2 := "sip:207@10.3.0.1:5060", "sip:207@10.3.0.2:5060"
+	req2, res2 := register(t, "207", dev2, "dev2", 1, 600)
+	res2.AppendHeader(contactHeader(dev1, 600))
+	if _, err := r.Save(req2, res2, src("203.0.113.9:40002"), "ast1"); err != nil {
+		t.Fatal(err)
+	}
+	req1, res1 := register(t, "207", dev1, "dev1", 1, 600)
+	if bs, err := r.Save(req1, res1, src("203.0.113.9:40001"), "ast1"); err != nil || len(bs) != 2 {
+		t.Fatalf("after dev1's older list: %+v %v, want both devices", bs, err)
+	}
+	// Past a transaction's life, a list without dev2 means ast1 dropped it.
+	clk.advance(listLag)
+	req1, res1 = register(t, "207", dev1, "dev1", 2, 600)
+	if bs, err := r.Save(req1, res1, src("203.0.113.9:40001"), "ast1"); err != nil || len(bs) != 1 || bs[0].Contact != dev1 {
+		t.Fatalf("after a later list without dev2: %+v %v, want dev1 only", bs, err)
 	}
 }
 
@@ -324,7 +352,7 @@ func TestConfigValidate(t *testing.T) {
 	if err == nil {
 		t.Fatal("want errors")
 	}
-	for _, want := range []string{"min_expires: ", "default_expires: ", "purge_interval: ", "max_bindings: ", "domains[1]: "} {
+	for _, want := range []string{"min_expires: ", "default_expires: ", "purge_interval: ", "max_bindings: ", "max_bindings_per_aor: ", "domains[1]: "} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in %v", want, err)
 		}
@@ -344,9 +372,9 @@ func TestMetricsRegistered(t *testing.T) {
 	for _, mf := range mfs {
 		n += len(mf.GetMetric())
 	}
-	// 2 gauges + 5 change ops + store errors + purged
-	if n != 9 {
-		t.Fatalf("%d series, want 9", n)
+	// 2 gauges + 5 change ops + store errors + purged + 4 refusal reasons
+	if n != 13 {
+		t.Fatalf("%d series, want 13", n)
 	}
 }
 
@@ -390,6 +418,7 @@ max_expires: 2h
 default_expires: 15m
 purge_interval: 500ms
 max_bindings: 5000
+max_bindings_per_aor: 4
 domains: [pbx.example.com, 192.0.2.10]
 `
 	cfg := DefaultConfig()
@@ -397,7 +426,7 @@ domains: [pbx.example.com, 192.0.2.10]
 		t.Fatal(err)
 	}
 	want := Config{DataDir: "/srv/hapbx", MinExpires: 30 * time.Second, MaxExpires: 2 * time.Hour,
-		DefaultExpires: 15 * time.Minute, PurgeInterval: 500 * time.Millisecond, MaxBindings: 5000,
+		DefaultExpires: 15 * time.Minute, PurgeInterval: 500 * time.Millisecond, MaxBindings: 5000, MaxBindingsPerAOR: 4,
 		Domains: []string{"pbx.example.com", "192.0.2.10"}}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("decoded %+v, want %+v", cfg, want)
@@ -410,7 +439,7 @@ domains: [pbx.example.com, 192.0.2.10]
 	if err := yaml.Unmarshal([]byte("max_bindings: 7\n"), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MaxExpires != time.Hour || cfg.MaxBindings != 7 || cfg.DataDir != "/var/lib/hapbx" {
+	if cfg.MaxExpires != time.Hour || cfg.MaxBindings != 7 || cfg.MaxBindingsPerAOR != 10 || cfg.DataDir != "/var/lib/hapbx" {
 		t.Fatalf("defaults lost: %+v", cfg)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/internal/logsample"
+	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/limits"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
@@ -154,7 +155,7 @@ func (d *daemon) run() error {
 	}
 	if d.cfg.Admin.Listen != "" {
 		mid = append(mid, func(ctx context.Context) error {
-			serve, err := serveHTTP(d.cfg.Admin.Listen, "admin interface", d.adminHandler(), d.log)
+			serve, err := serveAdmin(d.cfg.Admin, d.adminHandler(), d.log)
 			if err != nil {
 				return err
 			}
@@ -330,7 +331,7 @@ func healthTargets(bs []config.Backend) ([]health.Target, error) {
 	for i, b := range bs {
 		out[i] = health.Target{Name: b.Name, Address: b.Address, Transport: b.Transport}
 		if b.AMI != nil {
-			secret, err := os.ReadFile(b.AMI.SecretFile)
+			secret, err := secretfile.Read(b.AMI.SecretFile)
 			if err != nil {
 				return nil, fmt.Errorf("backends[%d].ami.secret_file: %w", i, err)
 			}
