@@ -19,9 +19,9 @@ import (
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/internal/secretfile"
-	"github.com/hapbx/hapbx/limits"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/limits"
 	"github.com/hapbx/hapbx/registrar"
 )
 

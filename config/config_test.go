@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hapbx/hapbx/limits"
+	"github.com/hapbx/hapbx/proxy/limits"
 )
 
 const minimal = `

@@ -29,8 +29,8 @@ import (
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/internal/testkit"
-	"github.com/hapbx/hapbx/limits"
 	"github.com/hapbx/hapbx/media"
+	"github.com/hapbx/hapbx/proxy/limits"
 )
 
 // repoRoot is the module root, one level up from this package.

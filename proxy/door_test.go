@@ -21,7 +21,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hapbx/hapbx/internal/testkit"
-	"github.com/hapbx/hapbx/limits"
+	"github.com/hapbx/hapbx/proxy/limits"
 )
 
 // The limits are the proxy's door (as the wiring has it).
