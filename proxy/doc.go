@@ -8,7 +8,12 @@
 //     CSeq method that does not match; sanity.go: RFC 4475's broken
 //     messages get 400/420/505/416 and are never forwarded), decrements Max-Forwards (483 at 0;
 //     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
-//     Via branch (482), pops its own Route headers and Record-Routes every
+//     Via branch (482), derives the rest of that branch from the request
+//     received, the target and the attempt, keyed with the dialog secret
+//     (branch.go, RFC 3261 §16.11), so that the twin forwards a phone's
+//     retransmission with the branch the dead proxy gave it (a
+//     retransmission for the backend, not a merged request answered 482),
+//     pops its own Route headers and Record-Routes every
 //     dialog-creating request with `sip.advertise` (two entries when the
 //     transport changes, RFC 5658), so every in-dialog request passes it;
 //   - answers OPTIONS addressed to itself (keepalives of trunks and phones);
@@ -36,6 +41,11 @@
 //     that backend is routable. hop_timeout applies to every new request,
 //     not only INVITE: Asterisk answers REGISTER, OPTIONS and the rest at
 //     once too, and a backend that does not is treated as failing;
+//   - sends its 100 Trying to an INVITE once the INVITE is with a next hop
+//     (the next hop's first provisional), after 200 ms without one, or at
+//     once when it holds the INVITE (trying.go, RFC 3261 §17.2.1): until
+//     then the caller retransmits, and the twin of a proxy that died gets
+//     the retransmission (TakeOverTrying: sipgo's own timer is off);
 //   - holds a new request that finds no healthy backend for up to
 //     `sip.no_backend_wait` (100 Trying first), so calls placed during a
 //     cold failover are set up late rather than refused; the caller's
@@ -74,7 +84,11 @@
 //   - relays CANCEL downstream once a provisional was seen, absorbs
 //     hop-by-hop ACKs of non-2xx finals, forwards 2xx ACKs statelessly end
 //     to end, and relays 2xx retransmissions of INVITE (RFC 6026)
-//     statelessly upstream. Deviation from §16.10, owed to sipgo's
+//     statelessly upstream; forwards statelessly a response that matches no
+//     transaction (§16.7 step 1, stray.go: the twin's, after a failover;
+//     2xx retransmissions after Timer M) when its top Via is the pair's
+//     own, its branch proving it, and drops any other; its SDP is anchored
+//     when the relay has the call's session. Deviation from §16.10, owed to sipgo's
 //     transaction layer: the caller's CANCEL is answered 200 and its INVITE
 //     487 by sipgo at once, not by relaying the callee's 487; a 2xx that
 //     crosses the CANCEL is still relayed to the caller (statelessly), who
@@ -120,5 +134,6 @@
 // hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason},
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
 // foreign_hop, bad_dialog_token),
-// hapbx_proxy_large_requests_total{how} (tcp, udp, refused).
+// hapbx_proxy_large_requests_total{how} (tcp, udp, refused),
+// hapbx_proxy_stray_responses_total{outcome} (forwarded, dropped, failed).
 package proxy

@@ -19,6 +19,8 @@ type metrics struct {
 	refused *prometheus.CounterVec
 	// large counts requests over the UDP budget to a UDP next hop (size.go).
 	large *prometheus.CounterVec
+	// strays counts responses that matched no client transaction (stray.go).
+	strays *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -76,7 +78,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_large_requests_total",
 			Help: "Requests larger than 1300 bytes for a UDP next hop, by how they went: tcp (the backend listens on TCP), udp (one datagram) or refused (513, too large for a datagram).",
 		}, []string{"how"}),
+		strays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_stray_responses_total",
+			Help: "Responses that matched no client transaction (the twin's, after a failover; late answers), by outcome: forwarded statelessly, dropped (not the pair's own Via) or failed (not sent).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large)
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large, m.strays)
 	return m
 }

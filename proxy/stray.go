@@ -1,0 +1,115 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+)
+
+// strayResponse handles a response that matches no client transaction: a
+// 2xx retransmitted after Timer M, a late answer, and above all the
+// responses to requests the twin forwarded before it died, which reach this
+// proxy with the VIP (the twin's Via names it). RFC 3261 §16.7 step 1: such
+// a response is processed as a stateless proxy does (§16.11): its top Via
+// removed, it goes where the next Via says (received and rport, §18.2.2,
+// RFC 3581). Only a response whose top Via is the pair's own, its branch
+// proving it (branch.go), is forwarded: nobody else can make hapbx send a
+// response anywhere. A response with SDP of a call whose media session the
+// relay holds (replicated at the offer) is anchored as a relayed one is;
+// without a session (the twin died before replicating it) it goes on
+// unchanged and the call's media may flow direct. Over TCP or TLS the
+// connection the request came on was the twin's: such a response is lost.
+// Counted in hapbx_proxy_stray_responses_total{outcome}.
+func (p *Proxy) strayResponse(res *sip.Response) {
+	vias := viaHops(res)
+	if len(vias) < 2 || !p.localHosts[strings.ToLower(vias[0].Host)] {
+		p.dropStray(res, "not ours")
+		return
+	}
+	if b, _ := vias[0].Params.Get("branch"); !p.ownBranch(b, vias[1]) {
+		p.dropStray(res, "branch not ours")
+		return
+	}
+	res.RemoveHeader("Via")
+	res.SetTransport(vias[1].Transport)
+	res.SetDestination("") // from the Via: received, rport
+	p.anchorStray(res)
+	if err := p.writeStray(res); err != nil {
+		p.m.strays.WithLabelValues("failed").Inc()
+		p.log.Debug("stray response not forwarded", zap.Int("code", res.StatusCode), zap.String("call_id", callID(res)), zap.Error(err))
+		return
+	}
+	p.m.strays.WithLabelValues("forwarded").Inc()
+	p.log.Debug("stray response forwarded statelessly", zap.Int("code", res.StatusCode), zap.String("call_id", callID(res)))
+}
+
+// writeStray sends res where its Via says. sipgo finds the UDP socket of a
+// response by the address it goes to, known only once that address has
+// sent this proxy something, and the phone talked to the twin: a UDP stray
+// leaves by the listener of its address family.
+func (p *Proxy) writeStray(res *sip.Response) error {
+	if p.ua == nil || !strings.EqualFold(res.Transport(), "udp") {
+		return p.wire.WriteResponse(res)
+	}
+	host, _, err := net.SplitHostPort(res.Destination())
+	if err != nil {
+		return fmt.Errorf("stray response's destination %q: %w", res.Destination(), err)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return fmt.Errorf("stray response's destination %q: %w", res.Destination(), err)
+	}
+	la, ok := p.udpLaddr[familyKey(ip)]
+	if !ok {
+		return fmt.Errorf("stray response to %s: no UDP listener of its family", ip)
+	}
+	c := p.ua.TransportLayer().Pool("udp").Get(la.String())
+	if c == nil {
+		return fmt.Errorf("stray response to %s: UDP listener %s not served", ip, la.String())
+	}
+	defer func() { _, _ = c.TryClose() }()
+	return c.WriteMsg(res)
+}
+
+func (p *Proxy) dropStray(res *sip.Response, why string) {
+	p.m.strays.WithLabelValues("dropped").Inc()
+	p.log.Debug("stray response dropped", zap.String("why", why), zap.Int("code", res.StatusCode), zap.String("call_id", callID(res)))
+}
+
+// anchorStray rewrites the SDP of a stray response through the relay when
+// the relay has the call's session, replicated from the twin or its own,
+// with the caller's From tag to tell the legs apart.
+func (p *Proxy) anchorStray(res *sip.Response) {
+	ct, ok := p.media.(callerTags)
+	if !ok || !hasSDP(res) {
+		return
+	}
+	callerTag, ok := ct.CallerTag(res.CallID().Value())
+	if !ok {
+		p.log.Debug("stray response's SDP not anchored: no media session", zap.String("call_id", callID(res)))
+		return
+	}
+	// The request came from the caller: its response from the callee.
+	fromCaller := tagOf(res.From().Params) != callerTag
+	body, err := p.media.AnchorFrom(res.CallID().Value(), fromCaller, sourceIP(res.Source()), res.Body())
+	if err != nil {
+		p.log.Debug("stray response's SDP not anchored", zap.String("call_id", callID(res)), zap.Error(err))
+		return
+	}
+	res.SetBody(body)
+}
+
+// viaHops returns the Via values of m, top first.
+func viaHops(m sip.Message) []*sip.ViaHeader {
+	var out []*sip.ViaHeader
+	for _, h := range m.GetHeaders("Via") {
+		if v, ok := h.(*sip.ViaHeader); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
