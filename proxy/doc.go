@@ -87,7 +87,8 @@
 //     statelessly upstream; forwards statelessly a response that matches no
 //     transaction (§16.7 step 1, stray.go: the twin's, after a failover;
 //     2xx retransmissions after Timer M) when its top Via is the pair's
-//     own, its branch proving it, and drops any other; its SDP is anchored
+//     own, its branch proving it, and drops any other and every 487 (hapbx
+//     answers the caller's CANCEL itself); its SDP is anchored
 //     when the relay has the call's session. Deviation from §16.10, owed to sipgo's
 //     transaction layer: the caller's CANCEL is answered 200 and its INVITE
 //     487 by sipgo at once, not by relaying the callee's 487; a 2xx that

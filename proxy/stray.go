@@ -21,7 +21,8 @@ import (
 // response anywhere. A response with SDP of a call whose media session the
 // relay holds (replicated at the offer) is anchored as a relayed one is;
 // without a session (the twin died before replicating it) it goes on
-// unchanged and the call's media may flow direct. Over TCP or TLS the
+// unchanged and the call's media may flow direct. A 487 is never forwarded
+// (see below). Over TCP or TLS the
 // connection the request came on was the twin's: such a response is lost.
 // Counted in hapbx_proxy_stray_responses_total{outcome}.
 func (p *Proxy) strayResponse(res *sip.Response) {
@@ -32,6 +33,16 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 	}
 	if b, _ := vias[0].Params.Get("branch"); !p.ownBranch(b, vias[1]) {
 		p.dropStray(res, "branch not ours")
+		return
+	}
+	if res.StatusCode == 487 {
+		// The caller's CANCEL is answered 200 and its INVITE 487 by hapbx
+		// itself (sipgo): a 487 from downstream answers a CANCEL hapbx sent
+		// (Timer C, a fork's other branches, the drain) or is chan_sip's
+		// answer, after its 200, to a BYE that overtook the ACK (the ACK
+		// was lost with the proxy). No caller awaits it, and one that has
+		// the 200 takes a 487 for an error (SIPp aborts the call).
+		p.dropStray(res, "487")
 		return
 	}
 	res.RemoveHeader("Via")

@@ -82,7 +82,7 @@ func twinBranch(m sip.Message) string {
 // to its top Via (the proxies' shared address).
 func backendResponse(invite *sip.Request, code int, branch string) (string, string) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "SIP/2.0 %d %s\n", code, map[int]string{100: "Trying", 200: "OK"}[code])
+	fmt.Fprintf(&b, "SIP/2.0 %d %s\n", code, map[int]string{100: "Trying", 200: "OK", 487: "Request Terminated"}[code])
 	for i, h := range invite.GetHeaders("Via") {
 		v := h.Value()
 		if i == 0 && branch != "" {
@@ -204,7 +204,8 @@ func (a *fakeAnchor) CallerTag(callID string) (string, bool) {
 // from the proxy that died, so it no longer retransmits; the backend's 200
 // reaches the twin, which has no transaction for it and forwards it
 // statelessly, its SDP anchored on the session replicated from the dead
-// proxy. A response whose branch the pair did not make is dropped.
+// proxy. A response whose branch the pair did not make is dropped, and so
+// is a 487 (the caller has its 487 from hapbx itself).
 func TestTwinForwardsStrayResponses(t *testing.T) {
 	tw, phone, backend, first, _, sent := callInFlight(t)
 	trying, to := backendResponse(sent, 100, "")
@@ -223,6 +224,11 @@ func TestTwinForwardsStrayResponses(t *testing.T) {
 	backend.send(to, forged)
 	testkit.Eventually(t, 5*time.Second, "forged 200 dropped", func() bool {
 		return testutil.ToFloat64(twin.m.strays.WithLabelValues("dropped")) == 1
+	})
+	terminated, _ := backendResponse(sent, 487, "")
+	backend.send(to, terminated) // chan_sip's, to a BYE that overtook the ACK of its 200
+	testkit.Eventually(t, 5*time.Second, "stray 487 dropped", func() bool {
+		return testutil.ToFloat64(twin.m.strays.WithLabelValues("dropped")) == 2
 	})
 	ok, _ := backendResponse(sent, 200, "")
 	backend.send(to, ok)
