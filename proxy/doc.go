@@ -84,7 +84,7 @@
 //   - relays CANCEL downstream once a provisional was seen, absorbs
 //     hop-by-hop ACKs of non-2xx finals, forwards 2xx ACKs statelessly end
 //     to end, and relays 2xx retransmissions of INVITE (RFC 6026)
-//     statelessly upstream; forwards statelessly a response that matches no
+//     statelessly upstream; forwards statelessly a final response that matches no
 //     transaction (§16.7 step 1, stray.go: the twin's, after a failover;
 //     2xx retransmissions after Timer M) when its top Via is the pair's
 //     own, its branch proving it, and drops any other and every 487 (hapbx

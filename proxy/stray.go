@@ -21,8 +21,8 @@ import (
 // response anywhere. A response with SDP of a call whose media session the
 // relay holds (replicated at the offer) is anchored as a relayed one is;
 // without a session (the twin died before replicating it) it goes on
-// unchanged and the call's media may flow direct. A 487 is never forwarded
-// (see below). Over TCP or TLS the
+// unchanged and the call's media may flow direct. Provisional responses
+// and 487s are not forwarded (see below). Over TCP or TLS the
 // connection the request came on was the twin's: such a response is lost.
 // Counted in hapbx_proxy_stray_responses_total{outcome}.
 func (p *Proxy) strayResponse(res *sip.Response) {
@@ -33,6 +33,15 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 	}
 	if b, _ := vias[0].Params.Get("branch"); !p.ownBranch(b, vias[1]) {
 		p.dropStray(res, "branch not ours")
+		return
+	}
+	if res.IsProvisional() {
+		// sipgo hands each message to a goroutine of its own: a stray 180
+		// can reach the caller after the 200 that followed it, which ends
+		// a call for a strict caller (SIPp aborts it; RFC 3261 §17.1.1.2
+		// has the others drop it). A provisional is never retransmitted
+		// and the final one follows: its loss costs the ringback only.
+		p.dropStray(res, "provisional")
 		return
 	}
 	if res.StatusCode == 487 {
