@@ -87,8 +87,10 @@
 //     statelessly upstream; forwards statelessly a final response that matches no
 //     transaction (§16.7 step 1, stray.go: the twin's, after a failover;
 //     2xx retransmissions after Timer M) when its top Via is the pair's
-//     own, its branch proving it, and drops any other and every 487 (hapbx
-//     answers the caller's CANCEL itself); its SDP is anchored
+//     own, its branch proving it, from its first retransmission on (the
+//     first copy may cross the caller's own retransmission, which takes the
+//     stateful way), and drops any other, every provisional and every 487
+//     (hapbx answers the caller's CANCEL itself); its SDP is anchored
 //     when the relay has the call's session. Deviation from §16.10, owed to sipgo's
 //     transaction layer: the caller's CANCEL is answered 200 and its INVITE
 //     487 by sipgo at once, not by relaying the callee's 487; a 2xx that
@@ -136,5 +138,6 @@
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
 // foreign_hop, bad_dialog_token),
 // hapbx_proxy_large_requests_total{how} (tcp, udp, refused),
-// hapbx_proxy_stray_responses_total{outcome} (forwarded, dropped, failed).
+// hapbx_proxy_stray_responses_total{outcome} (forwarded, held, dropped,
+// failed).
 package proxy

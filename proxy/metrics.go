@@ -80,7 +80,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"how"}),
 		strays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_proxy_stray_responses_total",
-			Help: "Responses that matched no client transaction (the twin's, after a failover; late answers), by outcome: forwarded statelessly, dropped (not the pair's own Via) or failed (not sent).",
+			Help: "Responses that matched no client transaction (the twin's, after a failover; late answers), by outcome: forwarded statelessly, held (a final's first copy: its retransmission goes up), dropped (not the pair's own Via, a provisional, a 487) or failed (not sent).",
 		}, []string{"outcome"}),
 	}
 	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large, m.strays)

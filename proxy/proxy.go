@@ -55,6 +55,7 @@ type memory struct {
 	dialogs    *dialogTable
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
+	strays     *ttlSet // branches of the stray finals seen once (stray.go)
 	secret     []byte  // key of the dialog tokens (token.go)
 }
 
@@ -131,7 +132,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		m:          newMetrics(reg),
 		peers:      peers{router: router},
 		addressing: addressing{listeners: ls, portFor: map[string]int{}, localHosts: map[string]bool{strings.ToLower(cfg.Advertise): true}, localPorts: map[int]bool{}, udpLaddr: map[string]sip.Addr{}},
-		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000)},
+		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000), strays: newTTLSet(32*time.Second, 100000)},
 		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1, tryingAfter: 200 * time.Millisecond},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)

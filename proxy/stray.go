@@ -21,8 +21,9 @@ import (
 // response anywhere. A response with SDP of a call whose media session the
 // relay holds (replicated at the offer) is anchored as a relayed one is;
 // without a session (the twin died before replicating it) it goes on
-// unchanged and the call's media may flow direct. Provisional responses
-// and 487s are not forwarded (see below). Over TCP or TLS the
+// unchanged and the call's media may flow direct. A final response goes up
+// from its first retransmission on, provisional ones and 487s never (see
+// below). Over TCP or TLS the
 // connection the request came on was the twin's: such a response is lost.
 // Counted in hapbx_proxy_stray_responses_total{outcome}.
 func (p *Proxy) strayResponse(res *sip.Response) {
@@ -31,7 +32,8 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 		p.dropStray(res, "not ours")
 		return
 	}
-	if b, _ := vias[0].Params.Get("branch"); !p.ownBranch(b, vias[1]) {
+	b, _ := vias[0].Params.Get("branch")
+	if !p.ownBranch(b, vias[1]) {
 		p.dropStray(res, "branch not ours")
 		return
 	}
@@ -52,6 +54,21 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 		// was lost with the proxy). No caller awaits it, and one that has
 		// the 200 takes a 487 for an error (SIPp aborts the call).
 		p.dropStray(res, "487")
+		return
+	}
+	if !p.strays.has(b) {
+		// The first one may cross the caller's retransmission of its
+		// request (it had no provisional from the dead proxy): the twin
+		// forwards that with the same branch, and the backend's next
+		// retransmission of its final (until the ACK: every T1 doubling,
+		// 500 ms first) goes up through the twin's transaction. Forwarded
+		// at once, it would have the caller move on (ACK, a new request)
+		// while the twin's transaction for the old one sends a 100 Trying
+		// and whatever the backend answers to a request it sees again:
+		// chan_sip's 500, which ends the call for a strict caller.
+		p.strays.put(b, "")
+		p.m.strays.WithLabelValues("held").Inc()
+		p.log.Debug("stray final held until its retransmission", zap.Int("code", res.StatusCode), zap.String("call_id", callID(res)))
 		return
 	}
 	res.RemoveHeader("Via")

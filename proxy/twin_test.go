@@ -202,8 +202,8 @@ func (a *fakeAnchor) CallerTag(callID string) (string, bool) {
 
 // TestTwinForwardsStrayResponses: the phone had the backend's 100 Trying
 // from the proxy that died, so it no longer retransmits; the backend's 200
-// reaches the twin, which has no transaction for it and forwards it
-// statelessly, its SDP anchored on the session replicated from the dead
+// reaches the twin, which has no transaction for it and forwards its
+// retransmission statelessly (the first copy is held), its SDP anchored on the session replicated from the dead
 // proxy. A response whose branch the pair did not make is dropped, and so
 // are a 487 (the caller has its 487 from hapbx itself) and a provisional.
 func TestTwinForwardsStrayResponses(t *testing.T) {
@@ -234,6 +234,10 @@ func TestTwinForwardsStrayResponses(t *testing.T) {
 	}
 	ok, _ := backendResponse(sent, 200, "")
 	backend.send(to, ok)
+	testkit.Eventually(t, 5*time.Second, "first copy of the stray 200 held", func() bool {
+		return testutil.ToFloat64(twin.m.strays.WithLabelValues("held")) == 1
+	})
+	backend.send(to, ok) // the backend's retransmission: no ACK came
 	got := phone.next("SIP/2.0 200 ").(*sip.Response)
 	if vias := viaHops(got); len(vias) != 1 || !strings.Contains(vias[0].Value(), phone.addr) {
 		t.Fatalf("stray 200 reached the phone with Vias %v", vias)
