@@ -12,7 +12,12 @@
 //     RFC 3261 branch, is matched to its transaction as RFC 3261 §17.2.3
 //     says, rfc2543.go), decrements Max-Forwards (483 at 0;
 //     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
-//     Via branch (482), pops its own Route headers and Record-Routes every
+//     Via branch (482), derives the rest of that branch from the request
+//     received, the target and the attempt, keyed with the dialog secret
+//     (branch.go, RFC 3261 §16.11), so that the twin forwards a phone's
+//     retransmission with the branch the dead proxy gave it (a
+//     retransmission for the backend, not a merged request answered 482),
+//     pops its own Route headers and Record-Routes every
 //     dialog-creating request with `sip.advertise` (two entries when the
 //     transport changes, RFC 5658), so every in-dialog request passes it;
 //   - answers OPTIONS addressed to itself (keepalives of trunks and phones);
@@ -48,6 +53,11 @@
 //     that backend is routable. hop_timeout applies to every new request,
 //     not only INVITE: Asterisk answers REGISTER, OPTIONS and the rest at
 //     once too, and a backend that does not is treated as failing;
+//   - sends its 100 Trying to an INVITE once the INVITE is with a next hop
+//     (the next hop's first provisional), after 200 ms without one, or at
+//     once when it holds the INVITE (trying.go, RFC 3261 §17.2.1): until
+//     then the caller retransmits, and the twin of a proxy that died gets
+//     the retransmission (TakeOverTrying: sipgo's own timer is off);
 //   - holds a new request that finds no healthy backend for up to
 //     `sip.no_backend_wait` (100 Trying first), so calls placed during a
 //     cold failover are set up late rather than refused; the caller's
@@ -90,7 +100,14 @@
 //   - relays CANCEL downstream once a provisional was seen, absorbs
 //     hop-by-hop ACKs of non-2xx finals, forwards 2xx ACKs statelessly end
 //     to end, and relays 2xx retransmissions of INVITE (RFC 6026)
-//     statelessly upstream. Deviation from §16.10, owed to sipgo's
+//     statelessly upstream; forwards statelessly a final response that matches no
+//     transaction (§16.7 step 1, stray.go: the twin's, after a failover;
+//     2xx retransmissions after Timer M) when its top Via is the pair's
+//     own, its branch proving it, from its first retransmission on (the
+//     first copy may cross the caller's own retransmission, which takes the
+//     stateful way), and drops any other, every provisional and every 487
+//     (hapbx answers the caller's CANCEL itself); its SDP is anchored
+//     when the relay has the call's session. Deviation from §16.10, owed to sipgo's
 //     transaction layer: the caller's CANCEL is answered 200 and its INVITE
 //     487 by sipgo at once, not by relaying the callee's 487; a 2xx that
 //     crosses the CANCEL is still relayed to the caller (statelessly), who
@@ -155,5 +172,7 @@
 // hapbx_proxy_connections_closed_total{reason} (read_timeout,
 // idle_timeout, tls_handshake),
 // hapbx_proxy_shed_total{reason} (memory, transactions, flood),
-// hapbx_proxy_failures_excused_total{reason} (strained, local_error).
+// hapbx_proxy_failures_excused_total{reason} (strained, local_error),
+// hapbx_proxy_stray_responses_total{outcome} (forwarded, held, dropped,
+// failed).
 package proxy

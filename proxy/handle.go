@@ -368,7 +368,7 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 // awaitBackend holds a new request that found no healthy backend (none not
 // in tried) for up to no_backend_wait, polling the router, so that a call
 // placed while a cold standby starts is set up late rather than refused
-// (forward has sent an INVITE's 100 Trying: no retransmissions meanwhile);
+// (respond has sent an INVITE's 100 Trying: no retransmissions meanwhile);
 // the caller's CANCEL, a drain or an in-dialog request end the wait at once.
 func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool, cancelled <-chan struct{}) []target {
 	if p.cfg.NoBackendWait <= 0 || p.draining.Load() {

@@ -87,6 +87,7 @@ func (d *daemon) run() error {
 	// probes included) is opened, so messages of any size a phone sends
 	// are read and forwarded, never refused as "larger than MTU".
 	proxy.LiftTransportLimits()
+	proxy.TakeOverTrying()
 
 	targets, err := healthTargets(d.cfg.Backends)
 	if err != nil {
