@@ -5,19 +5,45 @@ LDFLAGS  := -s -w -X github.com/hapbx/hapbx/cmd/hapbx/internal/app.version=$(VER
 PKGS     := ./...
 FUZZTIME ?= 6s
 
-.PHONY: build test unit lab lint fuzz bench demo e2e clean asterisk-mode
+.PHONY: build test unit lab lint fuzz bench demo e2e clean asterisk-mode deb deb-test print-deb dashboard-check
 
 ## build: bin/hapbx, statically linked, version stamped
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/hapbx ./cmd/hapbx
+
+## deb: bin/hapbx_VERSION_amd64.deb, made by nfpm (a Go tool pinned in
+## deploy/debian/tools.mod, built by `go tool` on first use); see deploy/debian.
+## VERSION: the last v* tag (v1.2.0-3-gabc: 1.2.0+3+gabc), else 0.0~gitN+HASH;
+## -1 is the Debian revision (the packaging is not part of a release tarball)
+DEB_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$${v\#v}-1" | sed 's/-\(.*\)-1$$/+\1-1/;s/-g/+g/' || \
+	echo "0.0~git$$(git rev-list --count HEAD 2>/dev/null || echo 0)+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)-1")
+DEB      ?= bin/hapbx_$(DEB_VERSION)_amd64.deb
+NFPM     := $(GO) tool -modfile=deploy/debian/tools.mod nfpm
+deb: build
+	rm -rf bin/deb && mkdir -p bin/deb/systemd
+	for u in deploy/systemd/*.service; do sed 's|/usr/local/bin/hapbx|/usr/bin/hapbx|g' $$u > bin/deb/systemd/$$(basename $$u); done
+	gzip -9n < README.md > bin/deb/README.md.gz
+	gzip -9n < deploy/debian/hapbx.1 > bin/deb/hapbx.1.gz
+	{ echo "hapbx ($(DEB_VERSION)) unstable; urgency=medium"; echo; \
+	  echo "  * Built from commit $$(git rev-parse --short HEAD 2>/dev/null || echo unknown)."; echo; \
+	  echo " -- $$(sed -n 's/^maintainer: //p' deploy/debian/nfpm.yaml)  $$(git log -1 --format=%aD 2>/dev/null || date -R)"; } | gzip -9n > bin/deb/changelog.Debian.gz
+	DEB_VERSION='$(DEB_VERSION)' $(NFPM) package -f deploy/debian/nfpm.yaml -p deb -t $(DEB)
+
+print-deb:
+	@echo $(DEB)
+
+## deb-test: as root with dpkg, build the .deb, install it, check-config its
+## example, purge it (skips otherwise); on its own, not beside unit's tests
+deb-test: deb
+	HAPBX_DEB=$(CURDIR)/$(DEB) $(GO) test -count=1 -v ./deploy/debian
 
 ## lint: gofmt and go vet must be clean
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-## unit: every package's tests but the lab's, with the race detector (SIPp and root tests included where possible)
-UNIT_PKGS = $(shell $(GO) list $(PKGS) | grep -v '/deploy/lab$$')
+## unit: every package's tests but the lab's and the package's (deb-test), with the race detector (SIPp and root tests included where possible)
+UNIT_PKGS = $(shell $(GO) list $(PKGS) | grep -v -e '/deploy/lab$$' -e '/deploy/debian$$')
 unit: build
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -race -count=1 -timeout 20m $(UNIT_PKGS)
 
@@ -56,7 +82,7 @@ fuzz:
 	  tail -1 $$log; done
 
 ## test: what CI runs
-test: lint unit lab fuzz
+test: lint unit deb-test lab fuzz
 
 ## bench: throughput, failover and registrar figures (prints them)
 bench: build
@@ -77,6 +103,12 @@ demo: build asterisk-mode
 ## `make test` runs the same tests (with -race) through `lab`
 e2e: build asterisk-mode
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 10m -v -run 'TestE2E|TestVIPFailoverSIGKILL|TestPairCut|TestFailback|TestPhoneReachedAfterProxyDies|TestMediaSurvivesVIPFailover' ./deploy/lab
+
+## dashboard-check: as root, with Debian's prometheus: a real Prometheus scrapes the
+## lab through the demo's scenario and every query of deploy/grafana's dashboard must
+## return a series (not in `make test` until it has passed on a lab run)
+dashboard-check: build asterisk-mode
+	HLAB_DASHBOARD=1 HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -count=1 -timeout 10m -v -run TestDashboardQueries ./deploy/lab
 
 clean:
 	rm -rf bin

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // Role says what a node does in the cluster.
@@ -362,9 +364,9 @@ func (c Config) self() Peer {
 // LoadKeyring reads a secret file: base64 keys of 16, 24 or 32 bytes, one per line, the
 // first one primary.
 func LoadKeyring(path string) (*memberlist.Keyring, error) {
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("secret_file %s: %w", path, err)
+		return nil, err // names the file
 	}
 	return parseKeyring(path, string(b))
 }

@@ -3,11 +3,15 @@ package cluster
 import (
 	"encoding/base64"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 func validConfig() Config {
@@ -119,5 +123,19 @@ func TestKeyring(t *testing.T) {
 	}
 	if _, err := parseKeyring("f", base64.StdEncoding.EncodeToString(make([]byte, 20))); !errors.Is(err, ErrBadKey) {
 		t.Errorf("20-byte key: %v, want ErrBadKey", err)
+	}
+	// The file is a secret: one group or others may read is refused.
+	exposed := filepath.Join(t.TempDir(), "cluster.key")
+	if err := os.WriteFile(exposed, []byte(k32+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKeyring(exposed); err != nil {
+		t.Fatalf("private key file: %v", err)
+	}
+	if err := os.Chmod(exposed, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKeyring(exposed); !errors.Is(err, secretfile.ErrExposed) {
+		t.Errorf("key file of mode 0640: %v, want secretfile.ErrExposed", err)
 	}
 }

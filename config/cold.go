@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/storage"
 )
 
@@ -199,7 +199,7 @@ func (a AgentConfig) problems() []string {
 		p = append(p, "agent."+e.Error())
 	}
 	if a.Listen != "" && a.TokenFile != "" {
-		if _, err := os.Stat(a.TokenFile); err != nil {
+		if _, err := secretfile.Read(a.TokenFile); err != nil {
 			p = append(p, "agent.token_file: "+err.Error())
 		}
 	}
@@ -219,7 +219,7 @@ func (a AgentConfig) problems() []string {
 		if m.Username == "" {
 			p = append(p, "agent.ready.ami.username: must not be empty")
 		}
-		if _, err := os.Stat(m.SecretFile); err != nil {
+		if _, err := secretfile.Read(m.SecretFile); err != nil {
 			p = append(p, "agent.ready.ami.secret_file: "+err.Error())
 		}
 	}
@@ -253,7 +253,7 @@ func (f File) coldProblems() []string {
 		}
 		if b.Agent.TokenFile == "" {
 			p = append(p, at+".token_file: must not be empty")
-		} else if _, err := os.Stat(b.Agent.TokenFile); err != nil {
+		} else if _, err := secretfile.Read(b.Agent.TokenFile); err != nil {
 			p = append(p, at+".token_file: "+err.Error())
 		}
 		if b.Agent.Fence.Timeout <= 0 {

@@ -21,6 +21,7 @@ import (
 	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/limits"
 	"github.com/hapbx/hapbx/proxy/trunk"
 	"github.com/hapbx/hapbx/registrar"
 )
@@ -41,6 +42,9 @@ type File struct {
 	Media media.Config `yaml:"media"`
 	Admin Admin        `yaml:"admin"`
 	Log   Log          `yaml:"log"`
+	// Limits is the memory budget, the cap on pending transactions and the
+	// per-source flood guard.
+	Limits limits.Config `yaml:"limits"`
 	// Cluster is the proxy pair (and witness): membership, the VIP and its
 	// holder, replicated state. Off unless cluster.peers is set.
 	Cluster cluster.Config `yaml:"cluster"`
@@ -80,6 +84,48 @@ type AMI struct {
 type Admin struct {
 	Listen    string `yaml:"listen"`
 	TokenFile string `yaml:"token_file"`
+	// TLS, when set, serves the interface over HTTPS only; the CLI
+	// (status, standby, takeover) then trusts exactly TLS.Cert.
+	TLS AdminTLS `yaml:"tls"`
+	// Pprof serves Go's profiles under /debug/pprof/, to holders of the
+	// token only.
+	Pprof bool `yaml:"pprof"`
+}
+
+// AdminTLS names the PEM files of the admin interface's HTTPS.
+type AdminTLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// problems checks the admin section (proxy and witness files).
+func (a Admin) problems() []string {
+	var p []string
+	if a.Listen != "" {
+		if err := checkHostPort(a.Listen); err != nil {
+			p = append(p, "admin.listen: "+err.Error())
+		}
+	}
+	if a.TokenFile != "" {
+		if _, err := secretfile.Read(a.TokenFile); err != nil {
+			p = append(p, "admin.token_file: "+err.Error())
+		}
+	}
+	switch {
+	case a.TLS.Cert == "" && a.TLS.Key == "":
+	case a.TLS.Cert == "":
+		p = append(p, "admin.tls.cert: required with admin.tls.key")
+	case a.TLS.Key == "":
+		p = append(p, "admin.tls.key: required with admin.tls.cert")
+	default:
+		if _, err := secretfile.LoadX509KeyPair(a.TLS.Cert, a.TLS.Key); err != nil {
+			p = append(p, "admin.tls: "+err.Error())
+		}
+	}
+	if a.Pprof && a.TokenFile == "" {
+		p = append(p, "admin.pprof: needs admin.token_file (profiles are served only with its token)")
+	}
+	return p
 }
 
 // Log selects the log level and encoding.
@@ -98,6 +144,7 @@ func Default() File {
 		Health:    health.DefaultConfig(),
 		Registrar: registrar.DefaultConfig(),
 		Media:     media.DefaultConfig(),
+		Limits:    limits.DefaultConfig(),
 		Cluster:   clusterDefaults(),
 		Admin:     Admin{Listen: "127.0.0.1:9060"},
 		Log:       Log{Level: "info", Format: "json"},
@@ -302,7 +349,7 @@ func (f File) problems() []string {
 			}
 			if b.AMI.SecretFile == "" {
 				p = append(p, at+"ami.secret_file: must not be empty")
-			} else if _, err := os.Stat(b.AMI.SecretFile); err != nil {
+			} else if _, err := secretfile.Read(b.AMI.SecretFile); err != nil {
 				p = append(p, at+"ami.secret_file: "+err.Error())
 			}
 		}
@@ -312,7 +359,9 @@ func (f File) problems() []string {
 	p = append(p, f.coldProblems()...)
 	add("health.", f.Health.Validate())
 	add("registrar.", f.Registrar.Validate())
+	p = append(p, f.idleProblems()...)
 	add("media.", f.Media.Validate())
+	add("limits.", f.Limits.Validate())
 	if f.ClusterEnabled() {
 		add("cluster.", f.ClusterConfig().Validate())
 		p = append(p, keyringProblems(f.Cluster.SecretFile)...)
@@ -322,16 +371,7 @@ func (f File) problems() []string {
 			p = append(p, "sip.dialog_secret_file: required with cluster.peers (the same file on both proxies)")
 		}
 	}
-	if f.Admin.Listen != "" {
-		if err := checkHostPort(f.Admin.Listen); err != nil {
-			p = append(p, "admin.listen: "+err.Error())
-		}
-	}
-	if f.Admin.TokenFile != "" {
-		if _, err := os.Stat(f.Admin.TokenFile); err != nil {
-			p = append(p, "admin.token_file: "+err.Error())
-		}
-	}
+	p = append(p, f.Admin.problems()...)
 	if _, err := zapcore.ParseLevel(f.Log.Level); err != nil {
 		p = append(p, fmt.Sprintf("log.level: %q is not debug, info, warn or error", f.Log.Level))
 	}
@@ -341,6 +381,23 @@ func (f File) problems() []string {
 		p = append(p, fmt.Sprintf("log.format: %q is not json or console", f.Log.Format))
 	}
 	return p
+}
+
+// idleProblems: a phone registered over TCP or TLS is reached over its
+// connection and may be silent on it for as long as its registration
+// lasts, so sip.tcp.idle_timeout must outlast the longest one hapbx grants.
+func (f File) idleProblems() []string {
+	ls, err := f.SIP.Listeners()
+	if err != nil {
+		return nil // reported under sip.listen
+	}
+	for _, l := range ls {
+		if l.Transport != "udp" && f.SIP.TCP.IdleTimeout <= f.Registrar.MaxExpires {
+			return []string{fmt.Sprintf("sip.tcp.idle_timeout: %v must exceed registrar.max_expires (%v): a phone registered over TCP or TLS is silent on its connection between refreshes",
+				f.SIP.TCP.IdleTimeout, f.Registrar.MaxExpires)}
+		}
+	}
+	return nil
 }
 
 // flatten undoes errors.Join so each problem gets its own line and prefix.
@@ -494,11 +551,7 @@ func ParseWitness(name string, data []byte) (File, error) {
 		}
 		problems = append(problems, keyringProblems(f.Cluster.SecretFile)...)
 	}
-	if f.Admin.Listen != "" {
-		if err := checkHostPort(f.Admin.Listen); err != nil {
-			problems = append(problems, "admin.listen: "+err.Error())
-		}
-	}
+	problems = append(problems, f.Admin.problems()...)
 	if _, err := zapcore.ParseLevel(f.Log.Level); err != nil {
 		problems = append(problems, fmt.Sprintf("log.level: %q is not debug, info, warn or error", f.Log.Level))
 	}

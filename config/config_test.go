@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/proxy/limits"
 )
 
 const minimal = `
@@ -89,6 +91,11 @@ log: {level: loud, format: xml}
 		}},
 		{"tcp on a backend that is not udp", strings.Replace(minimal, "address: 127.0.0.12:5060, transport: udp", "address: 127.0.0.12:5060, transport: tls, tcp: true", 1),
 			[]string{`x.yaml: backends[1].tcp: only for a udp backend (transport is "tls")`}},
+		{"sip.tcp limits and timeouts", strings.Replace(minimal, "advertise: 127.0.0.1", "advertise: 127.0.0.1\n  tcp: {read_timeout: 0s, idle_timeout: 30m, max_connections: 10, max_per_source: 11}", 1), []string{
+			"x.yaml: sip.tcp.read_timeout: 0s must be > 0",
+			"x.yaml: sip.tcp.idle_timeout: 30m0s must exceed registrar.max_expires (1h0m0s)",
+			"x.yaml: sip.tcp.max_per_source: 11 must be between 1 and max_connections (10)",
+		}},
 		{"no backends", "node: {name: p}\nsip: {listen: [\"udp://127.0.0.1:5060\"], advertise: 127.0.0.1}\n",
 			[]string{"x.yaml: backends: at least one backend is required"}},
 		{"no room for a phone's contacts", minimal + "registrar: {max_bindings_per_aor: 0}\n",
@@ -263,5 +270,27 @@ func TestTypeErrorsHavePaths(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope.yaml")
 	if _, err := Load(missing); err == nil || !strings.HasPrefix(err.Error(), missing+": cannot read the file: ") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// The limits section: sizes with units, every bad value on its own line
+// with its path.
+func TestLimits(t *testing.T) {
+	f, err := Parse("x.yaml", []byte(minimal+"limits: {memory: 1GiB, flood: {rate: 0}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Limits.Memory != limits.GiB || f.Limits.Flood.Rate != 0 || f.Limits.MaxTransactions != limits.DefaultConfig().MaxTransactions {
+		t.Errorf("limits read as %+v", f.Limits)
+	}
+	_, err = Parse("x.yaml", []byte(minimal+"limits:\n  memory: lots\n  max_transactions: 0\n  flood: {window: 1ms}\n"))
+	for _, want := range []string{
+		"x.yaml: limits.memory: line 13: \"lots\" is not a size",
+		"x.yaml: limits.max_transactions: 0 must be at least 1",
+		"x.yaml: limits.flood.window: 1ms must be between 100ms and 1m",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
 	}
 }

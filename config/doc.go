@@ -7,8 +7,11 @@
 //
 // Each component owns the Config struct of its own section (proxy.Config and
 // so on) with its defaults and Validate; this package assembles the sections,
-// checks what spans them (backend names, routing), and formats the errors. It
-// does not open sockets, read secrets at run time, or start anything.
+// checks what spans them (backend names, routing, sip.tcp.idle_timeout
+// against registrar.max_expires), and formats the errors. Secret files are
+// checked as they will be read (internal/secretfile: a file group or
+// others may read is a problem naming it and its mode). It does not open
+// sockets, read secrets at run time, or start anything.
 //
 // Two kinds of file: the proxy's (`hapbx run`; Load/Parse) and a PBX
 // node's (`hapbx agent`; LoadAgent/ParseAgent: node, agent and log

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // Config is the `sip:` section: listeners and forwarding behaviour.
@@ -48,6 +50,54 @@ type Config struct {
 	// file (required with a cluster); without it the key is kept in
 	// registrar.data_dir/dialog.secret.
 	DialogSecretFile string `yaml:"dialog_secret_file"`
+	// TCP bounds the TCP and TLS connections phones and trunks open.
+	TCP TCPConfig `yaml:"tcp"`
+}
+
+// TCPConfig is `sip.tcp`: limits and timeouts of accepted TCP and TLS
+// connections (conns.go). Connections hapbx opens itself are not counted.
+type TCPConfig struct {
+	// ReadTimeout is how long a message (or a TLS handshake) may take from
+	// its first byte to its last: a slow or stalled sender is disconnected.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// IdleTimeout closes a connection on which nothing arrived for so long,
+	// unless a dialog reaches a phone over it. It must exceed the longest
+	// registration interval hapbx grants (registrar.max_expires): a
+	// registered phone receives its calls over its connection and only
+	// refreshes its registration that often.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxConnections bounds accepted connections in all (each costs a
+	// goroutine and a 64 KB read buffer); MaxPerSource those from one IP
+	// address (raise it when many TCP phones share one NAT address).
+	MaxConnections int `yaml:"max_connections"`
+	MaxPerSource   int `yaml:"max_per_source"`
+}
+
+// DefaultTCPConfig returns the defaults of `sip.tcp`.
+func DefaultTCPConfig() TCPConfig {
+	return TCPConfig{ReadTimeout: 10 * time.Second, IdleTimeout: 65 * time.Minute, MaxConnections: 1024, MaxPerSource: 128}
+}
+
+// Validate reports every problem, each as "key: reason".
+func (c TCPConfig) Validate() error {
+	var errs []error
+	c.check(func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) })
+	return errors.Join(errs...)
+}
+
+func (c TCPConfig) check(bad func(format string, a ...any)) {
+	if c.ReadTimeout <= 0 {
+		bad("read_timeout: %v must be > 0", c.ReadTimeout)
+	}
+	if c.IdleTimeout <= c.ReadTimeout {
+		bad("idle_timeout: %v must exceed read_timeout (%v)", c.IdleTimeout, c.ReadTimeout)
+	}
+	if c.MaxConnections < 1 {
+		bad("max_connections: %d must be at least 1", c.MaxConnections)
+	}
+	if c.MaxPerSource < 1 || c.MaxPerSource > c.MaxConnections {
+		bad("max_per_source: %d must be between 1 and max_connections (%d)", c.MaxPerSource, c.MaxConnections)
+	}
 }
 
 // TLSConfig names the PEM files of the TLS listeners.
@@ -68,6 +118,7 @@ func DefaultConfig() Config {
 		MaxMessageSize: 65535,
 		MaxDialogs:     100000,
 		DialogTTL:      12 * time.Hour,
+		TCP:            DefaultTCPConfig(),
 	}
 }
 
@@ -155,7 +206,7 @@ func (c Config) Validate() error {
 		}
 		if c.TLS.Key == "" {
 			bad("tls.key: required by the tls:// listener")
-		} else if _, err := os.Stat(c.TLS.Key); err != nil {
+		} else if _, err := secretfile.Read(c.TLS.Key); err != nil {
 			bad("tls.key: %v", err)
 		}
 	}
@@ -188,5 +239,6 @@ func (c Config) Validate() error {
 			bad("dialog_secret_file: %v", err)
 		}
 	}
+	c.TCP.check(func(format string, a ...any) { bad("tcp."+format, a...) })
 	return errors.Join(errs...)
 }

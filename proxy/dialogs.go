@@ -255,6 +255,20 @@ func (t *dialogTable) len() int {
 	return len(t.byID)
 }
 
+// reaches reports whether a tracked dialog reaches its phone over the
+// stream connection from dest. It scans the table: it is asked only when a
+// connection has been silent for sip.tcp.idle_timeout.
+func (t *dialogTable) reaches(dest string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, d := range t.byID {
+		if d.dest == dest && !strings.EqualFold(d.network, "udp") {
+			return true
+		}
+	}
+	return false
+}
+
 // HangUpBackend sends a BYE towards the phone side of every confirmed
 // dialog on backend (declared down), so phones do not sit in silent calls.
 // It returns how many dialogs it hung up; the BYEs are sent in parallel and

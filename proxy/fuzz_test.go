@@ -42,7 +42,7 @@ func FuzzDecide(f *testing.F) {
 			}
 			for _, tg := range targets {
 				out := m.Clone()
-				p.prepare(out, m, tg)
+				p.prepare(out, m, tg, p.branchFor(m, tg, 0))
 				_ = out.String()
 			}
 			_ = in
@@ -50,6 +50,7 @@ func FuzzDecide(f *testing.F) {
 			req := sip.NewRequest(sip.INVITE, sip.Uri{Host: "127.0.2.1"})
 			req.SetTransport("UDP")
 			req.SetSource("127.0.2.50:5070")
+			p.strayResponse(m.Clone()) // a stranger's response is dropped: its branch proves nothing
 			p.upstream(req, m)
 			_ = m.String()
 			_ = m.Destination()
@@ -57,12 +58,14 @@ func FuzzDecide(f *testing.F) {
 	})
 }
 
-// FuzzIntake drives the whole request path from raw bytes: the UDP intake
-// check (sanityFilter's checkDatagram), sipgo's parser, decide (with
+// FuzzIntake drives the whole request path from raw bytes: the UDP read
+// filter (sanityFilter: checkDatagram, and the rebuilding of what sipgo
+// cannot parse), sipgo's parser, decide (with
 // sanity), and the rewriting of what hapbx would send on. Nothing may
 // panic, and every request hapbx would forward must parse again and carry
 // exactly one Call-ID, CSeq, From, To and Max-Forwards and at most one
-// Content-Length and Content-Type.
+// Content-Length and Content-Type. writtenParses must say what parsing the
+// whole written request says.
 func FuzzIntake(f *testing.F) {
 	seedRFC4475(f)
 	f.Add([]byte("INVITE sip:201@127.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: x\r\nCall-ID: y\r\nCSeq: 1 INVITE\r\nContent-Length: 4\r\nContent-Length: 0\r\n\r\nBYE "))
@@ -70,7 +73,7 @@ func FuzzIntake(f *testing.F) {
 	parser := sip.NewParser()
 
 	f.Fuzz(func(t *testing.T, data []byte) {
-		data, _ = checkDatagram(data)
+		data, _ = p.sanityFilter(sip.TransportReadProps{Transport: "UDP"}, data)
 		if data == nil {
 			return
 		}
@@ -81,6 +84,12 @@ func FuzzIntake(f *testing.F) {
 		req, ok := msg.(*sip.Request)
 		if !ok {
 			return
+		}
+		if wire := req.String(); len(wire) < sip.ParseMaxMessageLength-1000 {
+			_, err := sip.ParseMessage([]byte(wire))
+			if writtenParses(req) != (err == nil) {
+				t.Fatalf("writtenParses = %v, but the written request parses: %v\n%s", writtenParses(req), err, wire)
+			}
 		}
 		req.SetTransport("UDP")
 		req.SetSource("127.0.2.50:5070")
@@ -96,7 +105,7 @@ func FuzzIntake(f *testing.F) {
 		}
 		for _, tg := range targets {
 			out := req.Clone()
-			p.prepare(out, req, tg)
+			p.prepare(out, req, tg, p.branchFor(req, tg, 0))
 			wire := out.String()
 			again, err := sip.ParseMessage([]byte(wire))
 			if err != nil {

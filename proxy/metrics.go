@@ -19,6 +19,13 @@ type metrics struct {
 	refused *prometheus.CounterVec
 	// large counts requests over the UDP budget to a UDP next hop (size.go).
 	large *prometheus.CounterVec
+	// conns, connRefused and connClosed follow the TCP and TLS connections
+	// accepted from phones and trunks (conns.go).
+	conns       prometheus.Gauge
+	connRefused *prometheus.CounterVec
+	connClosed  *prometheus.CounterVec
+	// strays counts responses that matched no client transaction (stray.go).
+	strays *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -76,7 +83,30 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_large_requests_total",
 			Help: "Requests larger than 1300 bytes for a UDP next hop, by how they went: tcp (the backend listens on TCP), udp (one datagram) or refused (513, too large for a datagram).",
 		}, []string{"how"}),
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_proxy_connections",
+			Help: "TCP and TLS connections accepted from phones and trunks and open now.",
+		}),
+		connRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_connections_refused_total",
+			Help: "TCP and TLS connections closed at accept, by the limit they hit: max_connections or max_per_source (sip.tcp).",
+		}, []string{"reason"}),
+		connClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_connections_closed_total",
+			Help: "TCP and TLS connections hapbx closed, by reason: read_timeout (a message not complete in time), idle_timeout (silent, no dialog on it), tls_handshake (failed or too slow).",
+		}, []string{"reason"}),
+		strays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_stray_responses_total",
+			Help: "Responses that matched no client transaction (the twin's, after a failover; late answers), by outcome: forwarded statelessly, held (a final's first copy: its retransmission goes up), dropped (not the pair's own Via, a provisional, a 487) or failed (not sent).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large)
+	for _, r := range []string{"max_connections", "max_per_source"} {
+		m.connRefused.WithLabelValues(r)
+	}
+	for _, r := range []string{"read_timeout", "idle_timeout", "tls_handshake"} {
+		m.connClosed.WithLabelValues(r)
+	}
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large,
+		m.conns, m.connRefused, m.connClosed, m.strays)
 	return m
 }

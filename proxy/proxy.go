@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // Proxy is the transaction-stateful SIP proxy in front of the backends.
@@ -33,6 +35,8 @@ type Proxy struct {
 	memory     // what it keeps beyond one transaction
 	stack      // sipgo
 	lifecycle  // up, drain, stop
+
+	door door // admission before any state (door.go)
 }
 
 type peers struct {
@@ -55,13 +59,17 @@ type memory struct {
 	dialogs    *dialogTable
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
+	strays     *ttlSet // branches of the stray finals seen once (stray.go)
 	secret     []byte  // key of the dialog tokens (token.go)
+	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
 }
 
 type stack struct {
 	ua   *sipgo.UserAgent
 	srv  *sipgo.Server // hands requests to handle
 	wire wire          // every message leaves by it
+	// conns bounds the TCP and TLS connections sipgo accepts (conns.go).
+	conns *connGuard
 }
 
 // wire sends requests (statefully or not) and stateless responses: sipgo's
@@ -87,6 +95,7 @@ type lifecycle struct {
 	// cancelGuard: after a CANCEL (or Timer C) the downstream has this long
 	// to send its final response before the caller gets 408 (64*T1).
 	cancelGuard time.Duration
+	tryingAfter time.Duration // an INVITE silent this long downstream gets the proxy's 100 (trying.go)
 	inflight    sync.WaitGroup
 	closers     []func() error
 	serveWG     sync.WaitGroup
@@ -130,10 +139,12 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		m:          newMetrics(reg),
 		peers:      peers{router: router},
 		addressing: addressing{listeners: ls, portFor: map[string]int{}, localHosts: map[string]bool{strings.ToLower(cfg.Advertise): true}, localPorts: map[int]bool{}, udpLaddr: map[string]sip.Addr{}},
-		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000)},
-		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1},
+		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000), strays: newTTLSet(32*time.Second, 100000)},
+		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1, tryingAfter: 200 * time.Millisecond},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
+	p.conns = newConnGuard(cfg.TCP, log.Named("conns"), p.m, p.dialogs.reaches)
+	newDoorMetrics(&p.door, reg)
 	for _, o := range opts {
 		o(p)
 	}
@@ -142,6 +153,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 			return nil, err
 		}
 	}
+	p.rfc2543 = branch2543Prefix(p.secret)
 	for _, l := range ls {
 		if _, ok := p.portFor[l.Transport]; !ok {
 			p.portFor[l.Transport] = int(l.Addr.Port())
@@ -175,9 +187,9 @@ func (p *Proxy) Listen(ctx context.Context) error {
 	var tlsConf *tls.Config
 	for _, l := range p.listeners {
 		if l.Transport == "tls" {
-			cert, err := tls.LoadX509KeyPair(p.cfg.TLS.Cert, p.cfg.TLS.Key)
+			cert, err := secretfile.LoadX509KeyPair(p.cfg.TLS.Cert, p.cfg.TLS.Key)
 			if err != nil {
-				return fmt.Errorf("load TLS certificate %s: %w", p.cfg.TLS.Cert, err)
+				return fmt.Errorf("sip.tls: %w", err)
 			}
 			tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 			break
@@ -187,7 +199,7 @@ func (p *Proxy) Listen(ctx context.Context) error {
 		sipgo.WithUserAgent("hapbx"),
 		sipgo.WithUserAgentHostname(p.cfg.Advertise),
 		sipgo.WithUserAgentParser(parser),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog), sip.WithTransportLayerReadFilter(p.sanityFilter)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog), sip.WithTransportLayerReadFilter(p.doorFilter)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(sipLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.strayResponse),
@@ -266,7 +278,9 @@ func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) err
 			p.udpLaddr[key] = sip.Addr{IP: local.IP, Port: local.Port, Hostname: local.IP.String()}
 		}
 		p.closers = append(p.closers, conn.Close)
-		p.serve(func() error { return p.srv.ServeUDP(conn) })
+		p.serve(func() error {
+			return p.srv.ServeUDP(restoreVia{PacketConn: conn, mark: []byte(";branch=" + p.rfc2543)})
+		})
 	case "tcp", "tls":
 		ln, err := lc.Listen(ctx, "tcp", addr)
 		if err != nil {
@@ -274,10 +288,11 @@ func (p *Proxy) listen(ctx context.Context, l Listener, tlsConf *tls.Config) err
 		}
 		p.closers = append(p.closers, ln.Close)
 		if l.Transport == "tls" {
-			tln := tls.NewListener(ln, tlsConf)
-			p.serve(func() error { return p.srv.ServeTLS(tln) })
+			gl := p.conns.listener(ln, tlsConf)
+			p.serve(func() error { return p.srv.ServeTLS(gl) })
 		} else {
-			p.serve(func() error { return p.srv.ServeTCP(ln) })
+			gl := p.conns.listener(ln, nil)
+			p.serve(func() error { return p.srv.ServeTCP(gl) })
 		}
 	}
 	return nil
@@ -398,12 +413,6 @@ func (p *Proxy) isLocal(u *sip.Uri) bool {
 		}
 	}
 	return p.localPorts[port]
-}
-
-func (p *Proxy) strayResponse(res *sip.Response) {
-	// Responses to transactions already gone: 2xx retransmissions after Timer M
-	// or late answers. Nothing can use them; count at debug level only.
-	p.log.Debug("response without transaction dropped", zap.Int("code", res.StatusCode), zap.String("call_id", callID(res)))
 }
 
 func callID(m sip.Message) string {

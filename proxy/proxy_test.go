@@ -259,6 +259,9 @@ func readDispositions(t *testing.T) map[string]disposition {
 	return want
 }
 
+// viaPort is the port of the first Via line's sent-by, if any.
+var viaPort = regexp.MustCompile(`(?mi)^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*\S+[ \t]+[^;:\s]+:([0-9]+)`)
+
 var callIDLine = regexp.MustCompile(`(?mi)^(?:call-id|i)[ \t]*:[ \t]*(\S+)`)
 
 func tortureOver(t *testing.T, transport string, want map[string]disposition) {
@@ -309,7 +312,7 @@ func tortureOver(t *testing.T, transport string, want map[string]disposition) {
 		}
 		fwd := false
 		for _, m := range callIDLine.FindAllSubmatch(data, -1) {
-			fwd = fwd || reached[string(m[1])]
+			fwd = fwd || len(reached[string(m[1])]) > 0
 		}
 		switch {
 		case w == "-":
@@ -341,12 +344,16 @@ func sendRaw(t *testing.T, transport, addr string, data []byte, wait time.Durati
 		_ = c.SetReadDeadline(time.Now().Add(wait))
 		read = c.Read
 	} else {
-		// From the port the messages' Via names (5060 when none): hapbx
-		// answers there (RFC 3261 §18.2.2, no rport).
+		// From the port the message's top Via names (5060 when none):
+		// hapbx answers there (RFC 3261 §18.2.2, no rport).
+		port := 5060
+		if m := viaPort.FindSubmatch(data); m != nil {
+			port, _ = strconv.Atoi(string(m[1]))
+		}
 		var c *net.UDPConn
 		var err error
 		for try := 0; try < 50; try++ {
-			if c, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(phoneIP), Port: 5060}); err == nil {
+			if c, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(phoneIP), Port: port}); err == nil {
 				break
 			}
 			time.Sleep(100 * time.Millisecond) // another run of this test holds it
@@ -408,10 +415,11 @@ func mustTCPAddr(t *testing.T, a string) *net.TCPAddr {
 }
 
 // backendRequests parses every request of a sipp -trace_msg log, checks
-// it carries each single-valued header once, and returns their Call-IDs.
-func backendRequests(t *testing.T, trace string) map[string]bool {
+// it carries each single-valued header once, and returns their methods by
+// Call-ID.
+func backendRequests(t *testing.T, trace string) map[string][]string {
 	t.Helper()
-	out := map[string]bool{}
+	out := map[string][]string{}
 	for _, block := range strings.Split(trace, "----------------------------------------------- ") {
 		_, msg, ok := strings.Cut(block, "message received [")
 		if !ok {
@@ -433,7 +441,7 @@ func backendRequests(t *testing.T, trace string) map[string]bool {
 			}
 		}
 		if cid := req.CallID(); cid != nil {
-			out[cid.Value()] = true
+			out[cid.Value()] = append(out[cid.Value()], string(req.(*sip.Request).Method))
 		}
 	}
 	return out

@@ -19,6 +19,8 @@ import (
 //     dblreq) and never sent on, as sipgo cuts the body at Content-Length. Such a request is rewritten to its header section with a
 //     sanityMark header and no body, so that sanity answers it 400 like any
 //     other broken request (a response is dropped).
+//   - sanityFilter also turns a request datagram sipgo cannot parse into
+//     one it can, marked for a 400 (sanity_unparsable.go).
 //   - sanity runs on every parsed request first thing in decide.
 
 // sanityMark is the header sanityFilter adds to a datagram it refuses. One
@@ -41,7 +43,8 @@ const (
 
 // singleValued are the headers RFC 3261 §7.3.1 / §20 allow once only and
 // that the proxy reads or relays.
-var singleValued = []string{"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type"}
+// sanity counts them by their sipgo type, in this order.
+var singleValued = [...]string{"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type"}
 
 // sanityFilter is the sipgo transport read filter. It only looks at UDP:
 // over TCP/TLS a read is a stream chunk, and sipgo frames the stream by
@@ -51,97 +54,255 @@ func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 	if !strings.EqualFold(info.Transport, "udp") {
 		return data, nil
 	}
-	out, why := checkDatagram(data)
-	if why != "" {
-		p.m.malformed.WithLabelValues(why).Inc()
-		if out == nil {
-			return nil, nil // a response: dropped (nil, not an error: an error stops sipgo's listener)
+	d := scanDatagram(data)
+	out, why := checkDatagram(data, d)
+	if why == "" && d.suspect {
+		parser := sip.NewParser()
+		parser.MaxMessageLength = p.cfg.MaxMessageSize
+		if _, err := parser.ParseSIP(data); err != nil {
+			out, why = refusal(data), whyParse
 		}
 	}
+	if why == "" && d.rfc2543 {
+		out = p.give2543Branch(out, d)
+	}
+	if out == nil {
+		// A response, or nothing to answer: dropped (nil, not an error: an
+		// error stops sipgo's listener). A refusal handed on is counted by
+		// decide.
+		p.m.malformed.WithLabelValues(why).Inc()
+		return nil, nil
+	}
 	return out, nil
+}
+
+// datagram is what one pass over a datagram's header section finds; the
+// read filter runs on every datagram, so it looks once.
+type datagram struct {
+	head      string // the header section (start line included), "" without its end
+	response  bool
+	lengths   int  // Content-Length headers
+	length    int  // the last one's value
+	badLength bool // one is not a number
+	mark      bool // a sanityMark header came from the network
+	suspect   bool // sipgo's parser may fail on it (sanity_unparsable.go)
+	rfc2543   bool // a request whose top Via has no cookie branch (rfc2543.go)
+	viaAt     int  // where the value of the first Via line starts in head
+	viaEnd    int  // and ends
+}
+
+func scanDatagram(data []byte) datagram {
+	d := datagram{response: bytes.HasPrefix(data, []byte("SIP/")), viaAt: -1, viaEnd: -1}
+	if len(bytes.Trim(data, "\r\n")) == 0 {
+		return d // a keep-alive
+	}
+	end := bytes.Index(data, []byte("\r\n\r\n"))
+	if end < 0 {
+		d.suspect = !d.response
+		return d
+	}
+	d.head = string(data[:end+2]) // one copy, looked at in place
+	off := 0
+	for i, line := range headerLines(d.head) {
+		at := off
+		off += len(line)
+		if !d.response && !d.suspect {
+			d.suspect = bareCR(line)
+		}
+		if i == 0 {
+			if !d.response {
+				d.suspect = d.suspect || !parseRequestLine(line[:len(line)-2]).ok
+			}
+			continue
+		}
+		k := strings.IndexByte(line, ':')
+		if k < 0 {
+			d.suspect = d.suspect || !d.response
+			continue
+		}
+		name, value := strings.TrimSpace(line[:k]), line[k+1:]
+		switch {
+		case asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l"):
+			d.lengths++
+			v, err := strconv.Atoi(strings.TrimSpace(value))
+			if err != nil || v < 0 {
+				d.badLength = true
+			}
+			d.length = v
+			continue
+		case asciiEqualFold(name, sanityMark):
+			d.mark = true
+			continue
+		case d.viaAt < 0 && (asciiEqualFold(name, "via") || asciiEqualFold(name, "v")):
+			d.viaAt, d.viaEnd = at+k+1, off
+			d.rfc2543 = !d.response && !cookieBranch(value)
+		}
+		if !d.response && !d.suspect {
+			d.suspect = headerSuspect(name, strings.TrimSpace(value))
+		}
+	}
+	return d
+}
+
+// bareCR: a CR that is not followed by LF (sipgo's parser refuses it).
+func bareCR(line string) bool {
+	if j := strings.IndexByte(line, '\r'); j == len(line)-2 {
+		return false // the usual: one CRLF, at the end
+	}
+	return strings.Count(line, "\r") != strings.Count(line, "\r\n")
+}
+
+// cookieBranch reports whether a Via value's first entry names a branch
+// with the magic cookie (a cheap look: a false answer is checked with
+// sipgo's parser).
+func cookieBranch(value string) bool {
+	first, _, _ := strings.Cut(value, ",")
+	_, branch, ok := strings.Cut(first, ";branch="+sip.RFC3261BranchMagicCookie)
+	return ok && len(branch) > 0 && !strings.ContainsAny(branch[:1], "; \t\r\n,")
 }
 
 // checkDatagram returns data unchanged when its Content-Length (one at
 // most) fits in the datagram, else the refusal: the header section without
 // Content-Length and body plus sanityMark, or nil for a response. Data
 // that is not a header section is left to sipgo's parser.
-func checkDatagram(data []byte) ([]byte, string) {
-	end := bytes.Index(data, []byte("\r\n\r\n"))
-	if end < 0 {
+func checkDatagram(data []byte, d datagram) ([]byte, string) {
+	if d.head == "" {
 		return data, ""
 	}
-	head, body := data[:end+2], data[end+4:]
-	var (
-		n, cl int
-		bad   bool
-		why   string
-		kept  [][]byte
-	)
-	lines := bytes.SplitAfter(head, []byte("\r\n"))
-	for i := 0; i < len(lines); i++ {
-		line := lines[i]
-		// unfold continuation lines into this header
-		for i+1 < len(lines) && len(lines[i+1]) > 0 && (lines[i+1][0] == ' ' || lines[i+1][0] == '\t') {
-			i++
-			line = append(append([]byte{}, line...), lines[i]...)
-		}
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok || i == 0 {
-			kept = append(kept, line)
-			continue
-		}
-		switch strings.ToLower(string(bytes.TrimSpace(name))) {
-		case "content-length", "l":
-			n++
-			v, err := strconv.Atoi(string(bytes.TrimSpace(value)))
-			if err != nil || v < 0 {
-				bad = true
-			}
-			cl = v
-			continue
-		case strings.ToLower(sanityMark):
-			why = whyMark
-			continue
-		}
-		kept = append(kept, line)
-	}
+	body := data[len(d.head)+2:]
+	var why string
 	switch {
-	case why != "":
-	case n > 1:
+	case d.mark:
+		why = whyMark
+	case d.lengths > 1:
 		why = whyDuplicate
-	case bad || (n == 1 && cl > len(body)):
+	case d.badLength || (d.lengths == 1 && d.length > len(body)):
 		why = whyContentLength
 	default:
 		return data, ""
 	}
-	if bytes.HasPrefix(data, []byte("SIP/")) {
+	if d.response {
 		return nil, why
 	}
-	out := bytes.Join(kept, nil)
+	out := make([]byte, 0, len(d.head)+64)
+	for i, line := range headerLines(d.head) {
+		if name, _, ok := strings.Cut(line, ":"); ok && i > 0 {
+			if name = strings.TrimSpace(name); asciiEqualFold(name, "content-length") || asciiEqualFold(name, "l") || asciiEqualFold(name, sanityMark) {
+				continue
+			}
+		}
+		out = append(out, line...)
+	}
 	out = append(out, sanityMark+": "+why+"\r\nContent-Length: 0\r\n\r\n"...)
 	return out, why
 }
 
+// headerLines yields the lines of a header section (each with its CRLF),
+// a header's continuation lines with it, as sipgo unfolds them (not the
+// start line's).
+func headerLines(head string) func(yield func(int, string) bool) {
+	return func(yield func(int, string) bool) {
+		for i := 0; len(head) > 0; i++ {
+			n := 0
+			for {
+				e := strings.Index(head[n:], "\r\n")
+				if e < 0 {
+					n = len(head)
+					break
+				}
+				n += e + 2
+				if i == 0 || n >= len(head) || (head[n] != ' ' && head[n] != '\t') {
+					break
+				}
+			}
+			if !yield(i, head[:n]) {
+				return
+			}
+			head = head[n:]
+		}
+	}
+}
+
+// asciiEqualFold is sipgo's header name comparison: ASCII letters only
+// fold (strings.EqualFold also folds, say, U+017F into s).
+func asciiEqualFold[T string | []byte](a T, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
 // sanity returns the refusal of a request that must not be processed:
 // code 0 when it passes. It may restore the method's case (sipgo upper-cases
-// the request line's method; the CSeq keeps it as sent).
+// the request line's method; the CSeq keeps it as sent). It runs on every
+// request, so it walks the headers once (sipgo's GetHeaders lower-cases
+// every header name on each call).
 func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []sip.Header) {
-	if h := req.GetHeader(sanityMark); h != nil {
-		why = h.Value()
-		if !strings.EqualFold(req.Transport(), "udp") || len(req.GetHeaders(sanityMark)) > 1 {
+	var (
+		counts       [len(singleValued)]int
+		mark         sip.Header
+		marks        int
+		proxyRequire []sip.Header
+	)
+	for _, h := range req.Headers() {
+		switch h.(type) {
+		case *sip.CallIDHeader:
+			counts[0]++
+		case *sip.CSeqHeader:
+			counts[1]++
+		case *sip.FromHeader:
+			counts[2]++
+		case *sip.ToHeader:
+			counts[3]++
+		case *sip.MaxForwardsHeader:
+			counts[4]++
+		case *sip.ContentLengthHeader:
+			counts[5]++
+		case *sip.ContentTypeHeader:
+			counts[6]++
+		default:
+			switch name := h.Name(); {
+			case asciiEqualFold(name, sanityMark):
+				if marks++; mark == nil {
+					mark = h
+				}
+			case asciiEqualFold(name, "Proxy-Require"):
+				proxyRequire = append(proxyRequire, h)
+			}
+		}
+	}
+	if mark != nil {
+		why = mark.Value()
+		if !strings.EqualFold(req.Transport(), "udp") || marks > 1 {
 			why = whyMark // sanityFilter writes it on UDP only, once
 		}
 		switch why {
 		case whyContentLength, whyDuplicate:
 			return 400, "Bad Request (Content-Length)", why, nil
+		case whyParse:
+			return 400, "Bad Request (malformed)", why, nil
+		case whyURIScheme:
+			return 416, "Unsupported URI Scheme", why, nil
 		}
 		return 400, "Bad Request", whyMark, nil
 	}
 	if req.SipVersion != "SIP/2.0" {
 		return 505, "Version Not Supported", whyVersion, nil
 	}
-	for _, name := range singleValued {
-		if len(req.GetHeaders(name)) > 1 {
+	for i, name := range singleValued {
+		if counts[i] > 1 {
 			return 400, "Bad Request (duplicate " + name + ")", whyDuplicate, nil
 		}
 	}
@@ -155,7 +316,7 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		}
 		req.Method = cs.MethodName // methods are case-sensitive: sent on as written
 	}
-	if !roundTrips(req) {
+	if !writtenParses(req) {
 		// sipgo's parser accepts some URIs and Vias it then writes in a
 		// form it cannot read back: never send such a request on.
 		return 400, "Bad Request (unparsable once written)", whyRoundTrip, nil
@@ -165,7 +326,7 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		return 400, "Bad Request (headers in Request-URI)", whyURIHeaders, nil
 	}
 	var unsupported []string
-	for _, h := range req.GetHeaders("Proxy-Require") {
+	for _, h := range proxyRequire {
 		for _, opt := range strings.Split(h.Value(), ",") {
 			if opt = strings.TrimSpace(opt); opt != "" {
 				unsupported = append(unsupported, opt)
@@ -181,10 +342,4 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		return 416, "Unsupported URI Scheme", whyURIScheme, nil
 	}
 	return 0, "", "", nil
-}
-
-// roundTrips reports whether req, written out, parses again.
-func roundTrips(req *sip.Request) bool {
-	_, err := sip.ParseMessage([]byte(req.String()))
-	return err == nil
 }

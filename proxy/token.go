@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // tokenParam is the Record-Route URI parameter that carries a dialog token.
@@ -76,7 +78,7 @@ func tagOf(hp sip.HeaderParams) string {
 // readSecret reads a dialog secret file: its bytes, surrounding whitespace
 // trimmed, at least 16 of them.
 func readSecret(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err != nil {
 		return nil, err
 	}

@@ -8,8 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
+
+	"github.com/hapbx/hapbx/internal/secretfile"
 )
 
 // API paths of the control handler.
@@ -109,7 +110,7 @@ func (a *Agent) writeResult(w http.ResponseWriter, rep Report, err error) {
 
 func (a *Agent) authorized(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		want, err := os.ReadFile(a.cfg.TokenFile)
+		want, err := secretfile.Read(a.cfg.TokenFile)
 		tok := strings.TrimSpace(string(want))
 		if err != nil || tok == "" {
 			// Fail closed: no token configured means no control.

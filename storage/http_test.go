@@ -38,6 +38,15 @@ func TestHandlerRejects(t *testing.T) {
 	if err := os.WriteFile(cfg.TokenFile, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chmod(cfg.TokenFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := do("POST", PathStop, "s3cret", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("token file readable by others: %d, want 503 (fail closed)", code)
+	}
+	if err := os.Chmod(cfg.TokenFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if code, _ := do("POST", PathStop, "wrong", ""); code != http.StatusUnauthorized {
 		t.Fatalf("wrong token: %d, want 401", code)
 	}

@@ -3,9 +3,9 @@ package app
 import (
 	"encoding/json"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
+	"github.com/hapbx/hapbx/admin"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
@@ -54,10 +54,9 @@ func (d *daemon) adminHandler() http.Handler {
 		_ = enc.Encode(d.status())
 	})
 	d.coldRoutes(mux)
-	// Profiles for operators chasing CPU (admin.listen is loopback by default).
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/heap", pprof.Index)
+	if d.cfg.Admin.Pprof {
+		admin.Pprof(mux, d.cfg.Admin.TokenFile)
+	}
 	return mux
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/storage"
 )
 
@@ -37,7 +37,7 @@ func agentMain(cfg config.File, log *zap.Logger) error {
 
 	target := health.Target{Name: cfg.Node.Name, Address: cfg.Agent.Ready.SIP, Transport: cfg.Agent.Ready.Transport}
 	if m := cfg.Agent.Ready.AMI; m != nil {
-		secret, err := os.ReadFile(m.SecretFile)
+		secret, err := secretfile.Read(m.SecretFile)
 		if err != nil {
 			return fmt.Errorf("agent.ready.ami.secret_file: %w", err)
 		}
@@ -72,7 +72,7 @@ func agentMain(cfg config.File, log *zap.Logger) error {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metricsHandler(reg))
 		mux.Handle("/", agent.Handler())
-		serve, err := serveHTTP(scfg.Listen, "agent API", mux, log)
+		serve, err := serveHTTP(scfg.Listen, "agent API", mux, nil, log)
 		if err != nil {
 			return err
 		}

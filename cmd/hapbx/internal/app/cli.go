@@ -22,6 +22,8 @@ commands:
   standby [-c FILE] [NODE]   cold standby: move the group off NODE (default: its holder)
   takeover [-c FILE] [NODE]  cold standby: move the group to NODE (default: node.name)
   check-config -c FILE       validate FILE (proxy, agent or witness file); exit 1 listing every problem
+  import-heartbeat [flags]   write hapbx.yaml and hapbx-agent.yaml from Heartbeat's ha.cf, authkeys,
+                             haresources and drbd.conf (-h for the flags)
   version                    print the version
 `
 
@@ -46,6 +48,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return statusCmd(rest, stdout, stderr)
 	case "standby", "takeover":
 		return moveCmd(cmd, rest, stdout, stderr)
+	case "import-heartbeat":
+		return importHeartbeat(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -2,19 +2,19 @@ package app
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/hapbx/hapbx/admin"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/storage"
 )
 
@@ -43,7 +43,7 @@ func (d *daemon) setupCold() error {
 func (d *daemon) coldNodes(backends []config.Backend) ([]failover.ColdNode, error) {
 	nodes := make([]failover.ColdNode, len(backends))
 	for i, b := range backends {
-		tok, err := os.ReadFile(b.Agent.TokenFile)
+		tok, err := secretfile.Read(b.Agent.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("backends[%d].agent.token_file: %w", i, err)
 		}
@@ -106,7 +106,7 @@ type moveResponse struct {
 // none configured they are refused.
 func (d *daemon) coldRoutes(mux *http.ServeMux) {
 	handle := func(takeover bool) http.HandlerFunc {
-		return d.adminAuthorized(func(w http.ResponseWriter, r *http.Request) {
+		return admin.RequireToken(d.cfg.Admin.TokenFile, func(w http.ResponseWriter, r *http.Request) {
 			var req moveRequest
 			if r.ContentLength != 0 {
 				if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
@@ -145,30 +145,6 @@ func (d *daemon) coldRoutes(mux *http.ServeMux) {
 	}
 	mux.HandleFunc("POST /api/v1/cold/standby", handle(false))
 	mux.HandleFunc("POST /api/v1/cold/takeover", handle(true))
-}
-
-// adminAuthorized checks the bearer token of admin.token_file, read on
-// each request so it can be rotated; no token file means no POSTs.
-func (d *daemon) adminAuthorized(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if d.cfg.Admin.TokenFile == "" {
-			writeJSON(w, http.StatusForbidden, moveResponse{Error: "admin.token_file is not set: state-changing calls are disabled"})
-			return
-		}
-		want, err := os.ReadFile(d.cfg.Admin.TokenFile)
-		tok := strings.TrimSpace(string(want))
-		if err != nil || tok == "" {
-			writeJSON(w, http.StatusServiceUnavailable, moveResponse{Error: "admin.token_file unusable"})
-			return
-		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(tok)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="hapbx-admin"`)
-			writeJSON(w, http.StatusUnauthorized, moveResponse{Error: "unauthorized"})
-			return
-		}
-		next(w, r)
-	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -10,14 +10,15 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/hapbx/hapbx/admin"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/storage"
 )
 
@@ -71,6 +72,21 @@ func localURL(listen string) string {
 	return "http://" + listen
 }
 
+// adminClient is how the CLI reaches the admin API its file describes,
+// and the API's base URL: HTTPS trusting exactly admin.tls.cert when
+// admin.tls is set.
+func adminClient(a config.Admin) (*http.Client, string, error) {
+	base := localURL(a.Listen)
+	if a.TLS.Cert == "" {
+		return http.DefaultClient, base, nil
+	}
+	tc, err := admin.ClientTLS(a.TLS.Cert)
+	if err != nil {
+		return nil, "", err
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}, "https://" + strings.TrimPrefix(base, "http://"), nil
+}
+
 func loadAny(path string) (config.File, bool, error) {
 	data, err := config.ReadFile(path)
 	if err != nil {
@@ -121,8 +137,13 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: admin.listen is empty: no API to ask\n", path)
 		return 1
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, localURL(cfg.Admin.Listen)+"/api/v1/status", nil)
-	res, err := http.DefaultClient.Do(req)
+	client, base, err := adminClient(cfg.Admin)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		return 1
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/status", nil)
+	res, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintln(stderr, "hapbx status:", err)
 		return 1
@@ -280,18 +301,23 @@ func moveCmd(cmd string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: admin.listen and admin.token_file must be set for hapbx %s\n", path, cmd)
 		return 1
 	}
-	tok, err := os.ReadFile(cfg.Admin.TokenFile)
+	tok, err := secretfile.Read(cfg.Admin.TokenFile)
 	if err != nil {
 		fmt.Fprintln(stderr, "hapbx", cmd+":", err)
+		return 1
+	}
+	client, base, err := adminClient(cfg.Admin)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
 		return 1
 	}
 	body, _ := json.Marshal(moveRequest{Node: node})
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, localURL(cfg.Admin.Listen)+"/api/v1/cold/"+cmd, bytes.NewReader(body))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/v1/cold/"+cmd, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
 	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
+	res, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintln(stderr, "hapbx", cmd+":", err)
 		return 1

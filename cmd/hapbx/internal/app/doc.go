@@ -8,5 +8,9 @@
 // SIP OPTIONS + AMI FullyBooted readiness check), status, standby and
 // takeover (through the proxy's admin API: GET /api/v1/status, POST
 // /api/v1/cold/standby and /api/v1/cold/takeover with the bearer token of
-// admin.token_file), check-config and version.
+// admin.token_file; over HTTPS trusting exactly admin.tls.cert when set),
+// check-config, import-heartbeat (writes the files config/heartbeat
+// generates from a Heartbeat pair's) and version. The admin interface's
+// access rules (token, TLS, pprof) are package admin's; its routes are
+// wired here.
 package app

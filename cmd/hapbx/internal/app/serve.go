@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/hapbx/hapbx/admin"
 	"github.com/hapbx/hapbx/config"
 )
 
@@ -29,14 +31,34 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 }
 
-// serveHTTP opens addr and returns the function that serves h there until
-// its ctx ends, then shuts down, giving requests in progress a second.
-func serveHTTP(addr, what string, h http.Handler, log *zap.Logger) (func(context.Context) error, error) {
+// serveAdmin serves h on the admin interface a describes: HTTPS with
+// admin.tls, and a warning when it listens beyond this host without it.
+func serveAdmin(a config.Admin, h http.Handler, log *zap.Logger) (func(context.Context) error, error) {
+	var tlsConf *tls.Config
+	if a.TLS.Cert != "" {
+		var err error
+		if tlsConf, err = admin.ServerTLS(a.TLS.Cert, a.TLS.Key); err != nil {
+			return nil, fmt.Errorf("admin.tls: %w", err)
+		}
+	} else if admin.Exposed(a.Listen) {
+		log.Warn("admin interface reachable from other hosts without TLS: its token and answers cross the network in clear; set admin.tls or listen on a loopback address",
+			zap.String("listen", a.Listen))
+	}
+	return serveHTTP(a.Listen, "admin interface", h, tlsConf, log)
+}
+
+// serveHTTP opens addr and returns the function that serves h there
+// (over TLS with tlsConf) until its ctx ends, then shuts down, giving
+// requests in progress a second.
+func serveHTTP(addr, what string, h http.Handler, tlsConf *tls.Config, log *zap.Logger) (func(context.Context) error, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s listen %s: %w", what, addr, err)
 	}
-	log.Info(what+" up", zap.String("listen", addr))
+	if tlsConf != nil {
+		ln = tls.NewListener(ln, tlsConf)
+	}
+	log.Info(what+" up", zap.String("listen", addr), zap.Bool("tls", tlsConf != nil))
 	return func(ctx context.Context) error {
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 		served := make(chan error, 1)

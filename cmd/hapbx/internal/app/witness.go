@@ -31,7 +31,7 @@ func runWitness(path string, stderr io.Writer) int {
 		if cfg.Admin.Listen != "" {
 			mux := http.NewServeMux()
 			mux.Handle("GET /metrics", metricsHandler(reg))
-			serve, err := serveHTTP(cfg.Admin.Listen, "admin interface", mux, log)
+			serve, err := serveAdmin(cfg.Admin, mux, log)
 			if err != nil {
 				return err
 			}
