@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/admin"
+	"github.com/hapbx/hapbx/admin/statuspage"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/event"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/registrar"
@@ -32,6 +34,9 @@ type Status struct {
 	Cluster *cluster.Status `json:"cluster,omitempty"`
 	// Cold is the cold standby coordinator's view (nil in hot standby).
 	Cold *failover.ColdStatus `json:"cold,omitempty"`
+	// Events are the last events of this proxy, newest first (the status
+	// page's list).
+	Events []event.Event `json:"events"`
 }
 
 func (d *daemon) adminHandler() http.Handler {
@@ -50,6 +55,10 @@ func (d *daemon) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status())
 	})
+	// The page shows what /api/v1/status shows, so it is open like it:
+	// no token (admin.tls and a loopback listen address protect both).
+	mux.Handle("GET /status", statuspage.New(statuspage.SourceFunc(d.pageSnapshot), d.log.Named("admin")))
+	mux.Handle("GET /{$}", http.RedirectHandler("/status", http.StatusFound))
 	d.coldRoutes(mux)
 	if d.cfg.Admin.Pprof {
 		admin.Pprof(mux, d.cfg.Admin.TokenFile)
@@ -71,6 +80,7 @@ func (d *daemon) status() Status {
 		Media:        d.mediaSnapshot(),
 		Cold:         d.coldStatus(),
 		Cluster:      d.clusterStatus(),
+		Events:       d.events.Events(),
 	}
 }
 
