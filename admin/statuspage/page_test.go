@@ -20,7 +20,8 @@ func pair() Snapshot {
 			Members: []Member{{Name: "proxy-a", Role: "proxy", State: "alive"}, {Name: "proxy-b", Role: "proxy", State: "alive", VIPHeld: true}}},
 		Backends: []Backend{
 			{Name: "asterisk1", Address: "10.0.0.11:5060", Transport: "udp", State: "down", Reason: "sip: connection refused", Since: at.Add(-42 * time.Second)},
-			{Name: "asterisk2", Address: "10.0.0.12:5060", Transport: "udp", State: "up", Reason: "sip: 200 OK", Since: at.Add(-time.Hour)},
+			{Name: "asterisk2", Address: "10.0.0.12:5060", Transport: "udp", State: "up", Reason: "sip: 200 OK", Since: at.Add(-time.Hour),
+				SIP: "answered 200 in 1ms", AMI: "logged in, fully booted"},
 		},
 		Cold: &Cold{Holder: "asterisk2", Phase: "idle", Nodes: []ColdNode{
 			{Name: "asterisk1", Health: "down", Error: "agent unreachable"},
@@ -88,10 +89,16 @@ func TestPageShowsSnapshot(t *testing.T) {
 	contains(t, "calls card", part(t, body, "article", "calls"), ">4<", "media relay off")
 	backends := part(t, body, "section", "backends")
 	contains(t, "backends", backends,
-		`<tr data-backend="asterisk1" data-state="down">`, `<span class="badge bad">down</span>`, "sip: connection refused",
-		at.Add(-42*time.Second).Format("2006-01-02 15:04:05"), "(42s ago)",
-		`<tr data-backend="asterisk2" data-state="up">`, `<span class="badge ok">up</span>`, "(1h00m ago)")
-	contains(t, "cluster", part(t, body, "section", "cluster"), "raft leader <b>proxy-b</b>", "holds the VIP")
+		`<tr data-backend="asterisk1" data-state="down"`, `<span class="badge bad">down</span>`, "sip: connection refused",
+		at.Add(-42*time.Second).Format("2006-01-02 15:04:05"), "42s ago",
+		`<tr data-backend="asterisk2" data-state="up"`, `<span class="badge ok">up</span>`, "1h00m ago")
+	contains(t, "backends", backends, `title="SIP: answered 200 in 1ms&#10;AMI: logged in, fully booted"`)
+	contains(t, "cluster", part(t, body, "section", "cluster"), "raft leader <b>proxy-b</b>", "<b>proxy-b</b> <span class=\"muted\">proxy</span> <span class=\"badge ok\">alive</span> <span class=\"badge ok\">holds the VIP</span>")
+	cold := part(t, body, "section", "cold")
+	a1, a2 := cold[strings.Index(cold, `data-node="asterisk1"`):strings.Index(cold, `data-node="asterisk2"`)], cold[strings.Index(cold, `data-node="asterisk2"`):]
+	if !strings.Contains(a1, `class="stale"`) || strings.Contains(a2, "stale") {
+		t.Errorf("an unreachable agent's last known state is not shown as stale (and only it):\n%s", cold)
+	}
 	contains(t, "cold", part(t, body, "section", "cold"), "resource group on <b>asterisk2</b>",
 		`<span class="badge ok">UpToDate</span>`, `<span class="badge bad">StandAlone</span>`, "/dev/drbd0", "unreachable",
 		"asterisk1 → asterisk2", "asterisk1 fenced", "group started after 3s")
@@ -163,7 +170,7 @@ func TestPageTrunks(t *testing.T) {
 	contains(t, "trunks", part(t, body, "section", "trunks"), "no trunks configured")
 	_, body = render(t, pair(), WithTrunks(trunks{{Name: "sipgate", Provider: "sipconnect.sipgate.de", State: "registered", Reason: "200 OK", Since: at.Add(-5 * time.Minute)}}))
 	tr := part(t, body, "section", "trunks")
-	contains(t, "trunks", tr, "<b>sipgate</b>", "sipconnect.sipgate.de", `<span class="badge ok">registered</span>`, "(5m00s ago)")
+	contains(t, "trunks", tr, "<b>sipgate</b>", "sipconnect.sipgate.de", `<span class="badge ok">registered</span>`, "5m00s ago")
 	if strings.Contains(tr, "not available") {
 		t.Errorf("trunks marked unavailable although a source is wired:\n%s", tr)
 	}
