@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,15 +47,7 @@ func chromium(t *testing.T, bin, url string, args ...string) string {
 func TestStatusPageInChromium(t *testing.T) {
 	testkit.RequireSIPp(t)
 	bin := needChromium(t)
-	p1, p2 := testkit.FreePort(t, be1IP), testkit.FreePort(t, be2IP)
-	be1 := testkit.StartSIPp(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
-	testkit.StartSIPp(t, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
-	a1, a2 := net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
-	testkit.WaitListening(t, "udp", a1, 3*time.Second)
-	testkit.WaitListening(t, "udp", a2, 3*time.Second)
-	d := startDaemon(t, a1, a2)
-	d.waitActive(t, "asterisk1")
-	d.waitState(t, "asterisk2", "up", 5*time.Second)
+	d, be1 := startHotPair(t)
 
 	be1.Kill()
 	d.waitState(t, "asterisk1", "down", 5*time.Second)
