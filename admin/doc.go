@@ -6,6 +6,6 @@
 // reaches beyond the host (Exposed).
 //
 // What it does not: the API's routes and their answers (status, the cold
-// standby moves) are the daemon's, wired in cmd/hapbx; nor does it listen
-// or serve.
+// standby moves) are the daemon's, wired in cmd/hapbx; the status page is
+// package admin/statuspage; nor does it listen or serve.
 package admin

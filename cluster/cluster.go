@@ -11,16 +11,19 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/internal/event"
 )
 
 // Cluster is one node: memberlist membership and state gossip, a raft voter, and (for a
 // proxy) the VIP it holds while it is the leader with a fresh quorum lease. Each concern
 // keeps its state in its own part, declared in its file.
 type Cluster struct {
-	cfg  Config
-	role Role
-	log  *zap.Logger
-	m    *metrics
+	cfg    Config
+	role   Role
+	log    *zap.Logger
+	m      *metrics
+	events event.Sink // see WithEvents
 
 	mem   membership // membership.go
 	lead  leadership // leadership.go: raft and the quorum lease
@@ -35,13 +38,29 @@ type Cluster struct {
 	closed  atomic.Bool
 }
 
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	svc    ServiceInfo
+	events event.Sink
+}
+
+// WithEvents reports this node's VIP additions and removals, raft leader
+// changes and members joining or lost to sink, for the status page's last
+// events.
+func WithEvents(sink event.Sink) Option {
+	return func(o *options) { o.events = sink }
+}
+
 // New checks cfg and prepares a node of the given role; nothing listens until Run.
 // reg may be nil (no metrics exported). RoleService needs WithServiceInfo.
 func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Cluster, error) {
-	var svc ServiceInfo
+	o := options{events: event.Discard{}}
 	for _, fn := range opts {
-		fn(&svc)
+		fn(&o)
 	}
+	svc := o.svc
 	err := cfg.validate(role)
 	if err == nil && role == RoleService {
 		err = checkServiceInfo(svc)
@@ -64,7 +83,7 @@ func New(cfg Config, role Role, log *zap.Logger, reg prometheus.Registerer, opts
 	} else {
 		m = newMetrics(reg)
 	}
-	c := &Cluster{cfg: cfg, role: role, log: log, m: m,
+	c := &Cluster{cfg: cfg, role: role, log: log, m: m, events: o.events,
 		mem: membership{keyring: kr, service: svc, metaWake: make(chan struct{}, 1),
 			nodes: map[string]memberlist.Node{}, states: map[string]string{}, upAt: map[string]time.Time{}},
 		lead:  leadership{wake: make(chan struct{}, 1)},

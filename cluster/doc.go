@@ -20,6 +20,9 @@
 // connection but not encrypted (keep the raft port on the cluster LAN); no ICMP ping
 // (targets are TCP connects, a refusal counts as reached).
 //
+// WithEvents reports this node's VIP additions and removals, raft leader changes and
+// members joining or lost to an event.Sink (the status page's last events).
+//
 // # Configuration (section cluster:)
 //
 // Keys, annotated with their defaults, in deploy/hapbx.example.yaml (DefaultConfig):

@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/internal/event"
 )
 
 // Leadership: hashicorp/raft with a static voter set (every entry of peers: the
@@ -270,6 +272,8 @@ func (c *Cluster) observe(ctx context.Context) {
 			if lo.LeaderID != "" && lo.LeaderID != last {
 				c.m.leaderChanges.Inc()
 				c.log.Info("raft leader", zap.String("leader", string(lo.LeaderID)))
+				c.events.Record(event.Event{At: time.Now(), Kind: event.Leader, Subject: string(lo.LeaderID),
+					Text: "raft leader is " + string(lo.LeaderID)})
 				last = lo.LeaderID
 			}
 			c.lead.poke()
@@ -510,6 +514,11 @@ func (c *Cluster) setHoldingLocked(hold bool) bool {
 		c.hold.releaseFails = 0
 	}
 	c.hold.holding.Store(hold)
+	text := "VIP " + c.cfg.VIP.Address + " removed from this node"
+	if hold {
+		text = "VIP " + c.cfg.VIP.Address + " taken by this node"
+	}
+	c.events.Record(event.Event{At: time.Now(), Kind: event.VIP, Subject: c.cfg.Name, Text: text, Warn: !hold})
 	if hold {
 		c.takeover(c.hold.gen.Add(1))
 	} else {

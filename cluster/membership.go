@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/internal/event"
 )
 
 // Membership: hashicorp/memberlist (SWIM gossip), always encrypted with the keyring
@@ -308,6 +310,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 		return
 	}
 	c.log.Info("member up", zap.String("member", n.Name), zap.String("addr", n.Address()))
+	c.events.Record(event.Event{At: time.Now(), Kind: event.Member, Subject: n.Name, Text: "member " + n.Name + " up"})
 	c.lead.poke()
 	if c.state.registered() && stateful(n) && !c.closed.Load() {
 		cp := memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}
@@ -324,6 +327,7 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	c.mem.record(n, st)
 	c.memberCount(-1)
 	c.log.Warn("member down", zap.String("member", n.Name), zap.String("state", st))
+	c.events.Record(event.Event{At: time.Now(), Kind: event.Member, Subject: n.Name, Text: "member " + n.Name + " " + st, Warn: true})
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) {

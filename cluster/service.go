@@ -39,14 +39,11 @@ type ServiceInfo struct {
 	Alive bool `json:"alive"`
 }
 
-// Option configures New.
-type Option func(*ServiceInfo)
-
 // WithServiceInfo is required for RoleService: the backend the service serves and the URL at
 // which proxies reach its control API. Both ride in the memberlist metadata, which
 // memberlist limits to 512 bytes (New checks).
 func WithServiceInfo(backend, api string) Option {
-	return func(s *ServiceInfo) { *s = ServiceInfo{Backend: backend, API: api} }
+	return func(o *options) { o.svc = ServiceInfo{Backend: backend, API: api} }
 }
 
 func checkServiceInfo(a ServiceInfo) error {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/event"
 	"github.com/hapbx/hapbx/storage"
 )
 
@@ -170,6 +171,13 @@ func WithLeader(isLeader func() bool) ColdOption {
 	return func(c *Coordinator) { c.isLeader = isLeader }
 }
 
+// WithColdEvents reports the moves (started, fenced, group started or
+// failed) and blocked promotions to sink, for the status page's last
+// events.
+func WithColdEvents(sink event.Sink) ColdOption {
+	return func(c *Coordinator) { c.events = sink }
+}
+
 // WithColdHealth sets the health changes Run follows.
 func WithColdHealth(src HealthSource) ColdOption {
 	return func(c *Coordinator) { c.src = src }
@@ -184,6 +192,7 @@ type Coordinator struct {
 	log      *zap.Logger
 	isLeader func() bool
 	src      HealthSource // see WithColdHealth
+	events   event.Sink   // see WithColdEvents
 	m        *coldMetrics
 
 	op sync.Mutex // one move at a time
@@ -228,7 +237,7 @@ func NewCoordinator(cfg ColdConfig, nodes []ColdNode, log *zap.Logger, reg prome
 	c := &Coordinator{
 		cfg: cfg, log: log, nodes: slices.Clone(nodes), isLeader: func() bool { return true }, m: m,
 		phase: PhaseIdle, status: map[string]NodeStatus{}, health: map[string]health.State{},
-		kick: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), events: event.Discard{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -323,6 +332,7 @@ func (c *Coordinator) setBlocked(why string) {
 	c.mu.Unlock()
 	if why != "" && why != was {
 		c.log.Error("cold standby: automatic promotion blocked", zap.String("reason", why))
+		c.record("", "automatic promotion blocked: "+why, true)
 	}
 	if why == "" {
 		c.m.blocked.Set(0)
@@ -421,6 +431,7 @@ func (c *Coordinator) poll(ctx context.Context) {
 		c.holder = holders[0]
 		c.mu.Unlock()
 		c.log.Info("cold standby: resource group found", zap.String("holder", holders[0]))
+		c.record(holders[0], "resource group found on "+holders[0], false)
 		holder = holders[0]
 	}
 	if len(holders) > 1 {
@@ -633,6 +644,7 @@ func (c *Coordinator) move(ctx context.Context, from, to string, rep *MoveReport
 	rep.To = target.Name
 	log := c.log.With(zap.String("from", from), zap.String("to", target.Name), zap.Bool("manual", rep.Manual))
 	log.Warn("cold standby: moving the resource group", zap.String("reason", rep.Reason))
+	c.record(target.Name, "moving the resource group from "+orNone(from)+" to "+target.Name+": "+rep.Reason, true)
 
 	// down is what the new node's agent is told about from, so that it
 	// does not fence it a second time (nil: from neither stopped nor
@@ -648,6 +660,7 @@ func (c *Coordinator) move(ctx context.Context, from, to string, rep *MoveReport
 			if !mayFence {
 				err = fmt.Errorf("stop %s: %w", from, serr)
 				c.setPhase(PhaseIdle)
+				c.record(from, "move stopped: "+err.Error(), true)
 				return err
 			}
 			log.Warn("cold standby: old node not stopped cleanly: fencing it", zap.Error(serr))
@@ -662,6 +675,7 @@ func (c *Coordinator) move(ctx context.Context, from, to string, rep *MoveReport
 			down = fencedHow(old)
 			rep.Fenced = true
 			log.Warn("cold standby: old node fenced")
+			c.record(from, from+" fenced (it did not stop cleanly)", true)
 		}
 		rep.StoppedAt = time.Now()
 	}
@@ -734,6 +748,7 @@ func (c *Coordinator) start(ctx context.Context, target ColdNode, rep *MoveRepor
 		} else {
 			c.setPhase(PhaseIdle)
 			c.log.Error("cold standby: group start failed", zap.String("node", target.Name), zap.Error(err))
+			c.record(target.Name, "group start failed: "+err.Error(), true)
 		}
 		return err
 	}
@@ -748,6 +763,8 @@ func (c *Coordinator) start(ctx context.Context, target ColdNode, rep *MoveRepor
 	c.setPhase(PhaseWaitUp)
 	c.log.Info("cold standby: resource group started", zap.String("node", target.Name),
 		zap.Duration("since_down", rep.StartedAt.Sub(rep.DownAt)), zap.Duration("service_ready", rep.ServiceReady), zap.Duration("overhead", rep.Overhead))
+	c.record(target.Name, fmt.Sprintf("resource group started on %s in %v (%s)", target.Name,
+		rep.StartedAt.Sub(rep.DownAt).Round(time.Millisecond), rep.Reason), false)
 	deadline := time.Now().Add(c.cfg.UpTimeout)
 	for {
 		c.mu.Lock()
@@ -759,12 +776,18 @@ func (c *Coordinator) start(ctx context.Context, target ColdNode, rep *MoveRepor
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			c.log.Error("cold standby: started backend not up in health", zap.String("node", target.Name), zap.Duration("up_timeout", c.cfg.UpTimeout))
+			c.record(target.Name, "started but not up in health within "+c.cfg.UpTimeout.String(), true)
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	c.setPhase(PhaseIdle)
 	return nil
+}
+
+// record reports one cold standby event about node.
+func (c *Coordinator) record(node, text string, warn bool) {
+	c.events.Record(event.Event{At: time.Now(), Kind: event.Cold, Subject: node, Text: text, Warn: warn})
 }
 
 func (c *Coordinator) kickPoll() {

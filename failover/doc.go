@@ -12,6 +12,8 @@
 //   - Subscribe(ctx): BackendDown events (health lost a routable backend;
 //     the proxy ends its dialogs), BackendRemoved events (a reload dropped
 //     it; it still runs, its calls go on) and ActiveChanged events.
+//   - WithEvents, WithColdEvents: changes of the active backend and the cold
+//     standby moves also go to an event.Sink (the status page's last events).
 //
 // Routing modes:
 //

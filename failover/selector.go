@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/event"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -70,6 +71,7 @@ type Selector struct {
 	m   *metrics
 
 	src    HealthSource     // see WithHealth
+	events event.Sink       // see WithEvents
 	settle time.Duration    // startup settling time, see WithStartupSettle
 	now    func() time.Time // time.Now; tests replace it
 
@@ -108,6 +110,12 @@ func WithHealth(src HealthSource) SelectorOption {
 	return func(s *Selector) { s.src = src }
 }
 
+// WithEvents reports every change of the active backend to sink, for the
+// status page's last events.
+func WithEvents(sink event.Sink) SelectorOption {
+	return func(s *Selector) { s.events = sink }
+}
+
 // StartupSettle returns the settling time that fits a health configuration:
 // the time a live backend needs for its Rise good probes (the first probe
 // at once, then one every Interval, each answered within Timeout), plus one
@@ -142,6 +150,7 @@ func New(cfg Config, backends []string, log *zap.Logger, reg prometheus.Register
 		subs:   map[*health.Queue[Event]]struct{}{},
 		settle: StartupSettle(health.DefaultConfig()),
 		now:    time.Now,
+		events: event.Discard{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -324,7 +333,17 @@ func (s *Selector) electLocked(why string) {
 		s.lastReal = next
 	}
 	s.log.Info("active backend changed", zap.String("active", next), zap.String("previous", cur), zap.String("reason", why))
-	s.emitLocked(Event{Kind: ActiveChanged, Backend: next, Previous: cur, Reason: why, At: time.Now()})
+	now := time.Now()
+	s.emitLocked(Event{Kind: ActiveChanged, Backend: next, Previous: cur, Reason: why, At: now})
+	s.events.Record(event.Event{At: now, Kind: event.Failover, Subject: next,
+		Text: "active backend " + orNone(next) + " (was " + orNone(cur) + "): " + why, Warn: cur != "" || next == ""})
+}
+
+func orNone(name string) string {
+	if name == "" {
+		return "none"
+	}
+	return name
 }
 
 // Active returns the active backend, or "" when none is usable. In balance

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/hapbx/hapbx/internal/event"
 )
 
 // amiNotConfigured is Status.AMI for a backend that require: [ami] cannot
@@ -19,11 +21,12 @@ const amiNotConfigured = "not configured: no ami settings, only SIP is checked"
 
 // Checker probes every backend and keeps its state.
 type Checker struct {
-	cfg   Config
-	codes codeSet
-	log   *zap.Logger
-	m     *metrics
-	load  LocalLoad // nil: every probe counts
+	cfg    Config
+	codes  codeSet
+	log    *zap.Logger
+	m      *metrics
+	load   LocalLoad  // nil: every probe counts
+	events event.Sink // see WithEvents
 
 	mu       sync.Mutex
 	order    []string
@@ -52,6 +55,12 @@ type backend struct {
 	cancel           context.CancelFunc
 }
 
+// WithEvents reports every state change (and every backend removed from
+// the configuration) to sink, for the status page's last events.
+func WithEvents(sink event.Sink) Option {
+	return func(c *Checker) { c.events = sink }
+}
+
 // New validates cfg and targets and returns a Checker; probes start with Run.
 // reg may be nil (no metrics registered).
 func New(cfg Config, targets []Target, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Checker, error) {
@@ -76,6 +85,7 @@ func New(cfg Config, targets []Target, log *zap.Logger, reg prometheus.Registere
 		m:        m,
 		backends: map[string]*backend{},
 		subs:     map[*Queue[Change]]struct{}{},
+		events:   event.Discard{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -150,6 +160,7 @@ func (c *Checker) SetTargets(targets []Target) error {
 		c.m.forget(name)
 		c.emitLocked(Change{Name: name, From: b.state, To: StateDown, Reason: "removed from configuration", At: time.Now(), Removed: true})
 		c.log.Info("backend removed from health checks", zap.String("backend", name))
+		c.events.Record(event.Event{At: time.Now(), Kind: event.Backend, Subject: name, Text: "removed from the configuration"})
 	}
 	c.order = c.order[:0]
 	for _, t := range targets {
@@ -406,6 +417,8 @@ func (c *Checker) transitionLocked(b *backend, to State, reason string) {
 		zap.String("backend", b.t.Name), zap.Stringer("from", from), zap.Stringer("to", to),
 		zap.String("reason", reason))
 	c.emitLocked(Change{Name: b.t.Name, From: from, To: to, Reason: reason, At: now})
+	c.events.Record(event.Event{At: now, Kind: event.Backend, Subject: b.t.Name,
+		Text: from.String() + " -> " + to.String() + ": " + reason, Warn: to == StateDown})
 }
 
 func (c *Checker) emitLocked(ch Change) {

@@ -25,7 +25,8 @@
 //     backend is down 100-600 ms after the kill. A Suspect call counts as
 //     one bad probe but never, alone, makes a backend down.
 //   - Changes go to subscribers (Subscribe), to a zap log line with the
-//     reason, and to metrics. Snapshot feeds /api/v1/status.
+//     reason, to metrics, and to an event.Sink (WithEvents: the status
+//     page's last events). Snapshot feeds /api/v1/status.
 //   - With WithLocalLoad, a SIP probe left unanswered while hapbx itself
 //     is strained (package limits) counts neither way, for up to 10 s in a
 //     row: hapbx's own overload never makes a backend suspect or down; a

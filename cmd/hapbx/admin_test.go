@@ -125,8 +125,9 @@ func TestAdminPlainOnAllAddresses(t *testing.T) {
 }
 
 // TestAdminTLS: with admin.tls the API answers HTTPS only, `hapbx status`
-// and `hapbx standby` reach it with the same file, no warning is logged, and the profiles
-// (admin.pprof) need the token.
+// and `hapbx standby` reach it with the same file, no warning is logged, the
+// status (JSON and page) is open, and the profiles (admin.pprof) need the
+// token.
 func TestAdminTLS(t *testing.T) {
 	cert, key := adminCert(t)
 	token := secret(t, "admin.token", "tok3n\n", 0o600)
@@ -155,6 +156,13 @@ func TestAdminTLS(t *testing.T) {
 	out, err = exec.Command(hapbxBin, "standby", "-c", path).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "cold standby is not enabled") {
 		t.Fatalf("hapbx standby over HTTPS: %v, want the API's answer that cold standby is off\n%s", err, out)
+	}
+	// The status page shows what /api/v1/status shows: like it, it needs no
+	// token (admin.tls protects both); / leads to the page.
+	for _, p := range []string{"/api/v1/status", "/status", "/"} {
+		if code := getCode(t, client, base+p, ""); code != http.StatusOK {
+			t.Errorf("%s without the token: HTTP %d, want 200", p, code)
+		}
 	}
 	if code := getCode(t, client, base+"/debug/pprof/heap", ""); code != http.StatusUnauthorized {
 		t.Errorf("/debug/pprof/heap without the token: HTTP %d, want 401", code)

@@ -34,6 +34,23 @@ func (d *daemon) waitState(t testing.TB, name, state string, within time.Duratio
 	return time.Since(start)
 }
 
+// startHotPair runs hapbx in front of two SIPp backends answering OPTIONS
+// and calls, and waits until asterisk1 is active and asterisk2 up; be1 is
+// asterisk1's SIPp.
+func startHotPair(tb testing.TB) (d *daemon, be1 *testkit.SIPp) {
+	tb.Helper()
+	p1, p2 := testkit.FreePort(tb, be1IP), testkit.FreePort(tb, be2IP)
+	be1 = testkit.StartSIPp(tb, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
+	testkit.StartSIPp(tb, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
+	a1, a2 := net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
+	testkit.WaitListening(tb, "udp", a1, 3*time.Second)
+	testkit.WaitListening(tb, "udp", a2, 3*time.Second)
+	d = startDaemon(tb, a1, a2)
+	d.waitActive(tb, "asterisk1")
+	d.waitState(tb, "asterisk2", "up", 5*time.Second)
+	return d, be1
+}
+
 // TestKillActiveBackendNoFailedCalls is issue 3's (a): 50 calls/s for 20 s
 // through hapbx to two SIPp backends that answer OPTIONS; the active one is
 // SIGKILLed at t=5 s; no call may fail.
@@ -42,15 +59,7 @@ func TestKillActiveBackendNoFailedCalls(t *testing.T) {
 	if testing.Short() {
 		t.Skip("20 s of calls; skipped with -short")
 	}
-	p1, p2 := testkit.FreePort(t, be1IP), testkit.FreePort(t, be2IP)
-	be1 := testkit.StartSIPp(t, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
-	be2 := testkit.StartSIPp(t, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
-	a1, a2 := net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
-	testkit.WaitListening(t, "udp", a1, 3*time.Second)
-	testkit.WaitListening(t, "udp", a2, 3*time.Second)
-	d := startDaemon(t, a1, a2)
-	d.waitActive(t, "asterisk1")
-	d.waitState(t, "asterisk2", "up", 5*time.Second)
+	d, be1 := startHotPair(t)
 
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenarioPath("uac_call_ha.xml"),
 		"-s", "202", "-m", "1000", "-r", "50", "-timeout", "60s", "-timeout_error", "-trace_rtt", "-rtt_freq", "1", d.sip)
@@ -73,7 +82,6 @@ func TestKillActiveBackendNoFailedCalls(t *testing.T) {
 	longest, n := longestRTT(t, phone.Dir)
 	t.Logf("1000 calls, 0 failed; longest call set-up (INVITE to 200) over %d calls: %v; kill at %s; calls up on the killed backend hung up by hapbx: %s",
 		n, longest, killed.Format("15:04:05.000"), d.metric(t, `hapbx_dialogs_terminated_total{reason="backend down"}`))
-	_ = be2
 }
 
 // metric returns one sample of /metrics by its full name and labels.

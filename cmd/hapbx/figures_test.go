@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -43,15 +42,7 @@ func BenchmarkBackendFailover(b *testing.B) {
 }
 
 func failoverOnce(b *testing.B) (down, answer time.Duration, failed int) {
-	p1, p2 := testkit.FreePort(b, be1IP), testkit.FreePort(b, be2IP)
-	be1 := testkit.StartSIPp(b, be1IP, p1, "-sf", scenarioPath("uas_call.xml"))
-	testkit.StartSIPp(b, be2IP, p2, "-sf", scenarioPath("uas_call.xml"))
-	a1, a2 := net.JoinHostPort(be1IP, strconv.Itoa(p1)), net.JoinHostPort(be2IP, strconv.Itoa(p2))
-	testkit.WaitListening(b, "udp", a1, 3*time.Second)
-	testkit.WaitListening(b, "udp", a2, 3*time.Second)
-	d := startDaemon(b, a1, a2)
-	d.waitActive(b, "asterisk1")
-	d.waitState(b, "asterisk2", "up", 5*time.Second)
+	d, be1 := startHotPair(b)
 	phone := testkit.StartSIPp(b, phoneIP, testkit.FreePort(b, phoneIP), "-sf", scenarioPath("uac_call_ha.xml"),
 		"-s", "202", "-m", "150", "-r", "50", "-timeout", "30s", "-trace_rtt", "-rtt_freq", "1", d.sip)
 	time.Sleep(1200 * time.Millisecond)

@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"github.com/hapbx/hapbx/admin"
+	"github.com/hapbx/hapbx/admin/statuspage"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/event"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
 	"github.com/hapbx/hapbx/proxy/trunk"
@@ -35,6 +37,9 @@ type Status struct {
 	Cold *failover.ColdStatus `json:"cold,omitempty"`
 	// Trunks: each provider trunk's registration and host health.
 	Trunks []trunk.Status `json:"trunks,omitempty"`
+	// Events are the last events of this proxy, newest first (the status
+	// page's list).
+	Events []event.Event `json:"events"`
 }
 
 func (d *daemon) adminHandler() http.Handler {
@@ -53,6 +58,10 @@ func (d *daemon) adminHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status())
 	})
+	// The page shows what /api/v1/status shows, so it is open like it:
+	// no token (admin.tls and a loopback listen address protect both).
+	mux.Handle("GET /status", statuspage.New(statuspage.SourceFunc(d.pageSnapshot), d.log.Named("admin")))
+	mux.Handle("GET /{$}", http.RedirectHandler("/status", http.StatusFound))
 	d.coldRoutes(mux)
 	if d.cfg.Admin.Pprof {
 		admin.Pprof(mux, d.cfg.Admin.TokenFile)
@@ -75,6 +84,7 @@ func (d *daemon) status() Status {
 		Cold:         d.coldStatus(),
 		Cluster:      d.clusterStatus(),
 		Trunks:       d.trunkStatus(),
+		Events:       d.events.Events(),
 	}
 }
 

@@ -25,7 +25,7 @@ func (d *daemon) setupCluster() error {
 	if !d.cfg.ClusterEnabled() {
 		return nil
 	}
-	c, err := cluster.New(d.cfg.ClusterConfig(), cluster.RoleProxy, d.log.Named("cluster"), d.reg)
+	c, err := cluster.New(d.cfg.ClusterConfig(), cluster.RoleProxy, d.log.Named("cluster"), d.reg, cluster.WithEvents(d.events))
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}

@@ -30,7 +30,7 @@ func (d *daemon) setupCold() error {
 	if err != nil {
 		return err
 	}
-	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg, failover.WithLeader(d.isLeader), failover.WithColdHealth(d.health))
+	c, err := failover.NewCoordinator(d.cfg.Cold, nodes, d.log.Named("cold"), d.reg, failover.WithLeader(d.isLeader), failover.WithColdHealth(d.health), failover.WithColdEvents(d.events))
 	if err != nil {
 		return fmt.Errorf("cold: %w", err)
 	}

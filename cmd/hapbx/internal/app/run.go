@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/hapbx/hapbx/admin/statuspage"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
@@ -57,12 +58,15 @@ type daemon struct {
 	trunks   *trunk.Set            // nil without trunks
 	budget   *limits.Budget
 	flood    *limits.Guard
-	started  time.Time
+	// events are the last events the components reported, for the status
+	// page and GET /api/v1/status.
+	events  *statuspage.History
+	started time.Time
 }
 
 func runDaemon(path string, stderr io.Writer) int {
 	return command("hapbx", path, config.Load, stderr, func(cfg config.File, log *zap.Logger) error {
-		d := &daemon{path: path, cfg: cfg, log: log, started: time.Now()}
+		d := &daemon{path: path, cfg: cfg, log: log, started: time.Now(), events: &statuspage.History{}}
 		return d.run()
 	})
 }
@@ -95,11 +99,12 @@ func (d *daemon) run() error {
 	if err != nil {
 		return err
 	}
-	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg, health.WithLocalLoad(d.budget)); err != nil {
+	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg,
+		health.WithLocalLoad(d.budget), health.WithEvents(d.events)); err != nil {
 		return fmt.Errorf("health: %w", err)
 	}
 	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg,
-		failover.WithStartupSettle(failover.StartupSettle(d.cfg.Health)), failover.WithHealth(d.health)); err != nil {
+		failover.WithStartupSettle(failover.StartupSettle(d.cfg.Health)), failover.WithHealth(d.health), failover.WithEvents(d.events)); err != nil {
 		return fmt.Errorf("failover: %w", err)
 	}
 	if err := d.setupCluster(); err != nil {
