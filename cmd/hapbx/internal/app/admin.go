@@ -60,7 +60,11 @@ func (d *daemon) adminHandler() http.Handler {
 	})
 	// The page shows what /api/v1/status shows, so it is open like it:
 	// no token (admin.tls and a loopback listen address protect both).
-	mux.Handle("GET /status", statuspage.New(statuspage.SourceFunc(d.pageSnapshot), d.log.Named("admin")))
+	var pageOpts []statuspage.Option
+	if d.trunks != nil {
+		pageOpts = append(pageOpts, statuspage.WithTrunks(pageTrunks(d.trunkStatus)))
+	}
+	mux.Handle("GET /status", statuspage.New(statuspage.SourceFunc(d.pageSnapshot), d.log.Named("admin"), pageOpts...))
 	mux.Handle("GET /{$}", http.RedirectHandler("/status", http.StatusFound))
 	d.coldRoutes(mux)
 	if d.cfg.Admin.Pprof {

@@ -1,11 +1,13 @@
 package app
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/hapbx/hapbx/admin/statuspage"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/proxy/trunk"
 )
 
 // pageSnapshot is the status page's view of the same facts as
@@ -66,6 +68,32 @@ func pageCold(c *failover.ColdStatus) *statuspage.Cold {
 		if !m.StartedAt.IsZero() {
 			out.LastMove.Took = m.StartedAt.Sub(m.DownAt).Round(time.Millisecond)
 		}
+	}
+	return out
+}
+
+// pageTrunks feeds the status page's trunk list from the trunk set.
+type pageTrunks func() []trunk.Status
+
+// Trunks implements statuspage.TrunkSource.
+func (f pageTrunks) Trunks() []statuspage.Trunk {
+	var out []statuspage.Trunk
+	for _, t := range f() {
+		up := 0
+		for _, ok := range t.Hosts {
+			if ok {
+				up++
+			}
+		}
+		pt := statuspage.Trunk{Name: t.Name, State: fmt.Sprintf("no registration, %d of %d hosts answer", up, len(t.Hosts))}
+		if r := t.Registration; r != nil {
+			pt.Provider, pt.Reason = r.Host, r.LastError
+			pt.State = fmt.Sprintf("not registered, %d of %d hosts answer", up, len(t.Hosts))
+			if r.Registered {
+				pt.State = fmt.Sprintf("registered until %s, %d of %d hosts answer", r.Expires.Format(time.TimeOnly), up, len(t.Hosts))
+			}
+		}
+		out = append(out, pt)
 	}
 	return out
 }
