@@ -5,11 +5,11 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/hapbx/hapbx/admin"
-	"github.com/hapbx/hapbx/admin/statuspage"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/admin"
+	"github.com/hapbx/hapbx/internal/admin/statuspage"
 	"github.com/hapbx/hapbx/internal/event"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"

@@ -11,9 +11,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/hapbx/hapbx/admin"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/internal/admin"
 	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/storage"
 )

@@ -14,10 +14,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/hapbx/hapbx/admin"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/internal/admin"
 	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/storage"
 )

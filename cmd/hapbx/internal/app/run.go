@@ -18,11 +18,11 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/hapbx/hapbx/admin/statuspage"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/admin/statuspage"
 	"github.com/hapbx/hapbx/internal/logsample"
 	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/media"

@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
-	"github.com/hapbx/hapbx/admin"
 	"github.com/hapbx/hapbx/config"
+	"github.com/hapbx/hapbx/internal/admin"
 )
 
 // newRegistry is the metrics registry every command hands its components:

@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hapbx/hapbx/admin/statuspage"
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/failover"
+	"github.com/hapbx/hapbx/internal/admin/statuspage"
 	"github.com/hapbx/hapbx/proxy/trunk"
 )
 
