@@ -59,6 +59,7 @@ type memory struct {
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
 	secret     []byte  // key of the dialog tokens (token.go)
 	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
+	markTag    string  // tag of the marks intake writes (sanity.go)
 }
 
 type stack struct {
@@ -149,6 +150,8 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		}
 	}
 	p.rfc2543 = branch2543Prefix(p.secret)
+	p.markTag = markTag(p.secret)
+	p.conns.intake, p.conns.maxMessage, p.conns.viaMark = p.streamIntake, cfg.MaxMessageSize, []byte(";branch="+p.rfc2543)
 	for _, l := range ls {
 		if _, ok := p.portFor[l.Transport]; !ok {
 			p.portFor[l.Transport] = int(l.Addr.Port())
