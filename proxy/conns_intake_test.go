@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -153,12 +154,19 @@ func TestStreamIntake(t *testing.T) {
 }
 
 // FuzzStreamIntake: what sipgo reads from a stream does not depend on how
-// it was cut into reads, and nothing panics. Two proxies with one secret
-// see the same inputs in the same order (intake remembers CANCELs).
+// it was cut into reads, nothing panics, and what hapbx would send on of
+// the requests sipgo parses from it is sound (checkSentOn, as FuzzIntake
+// for UDP). Three proxies with one secret: two see the same inputs in the
+// same order (intake remembers CANCELs), the third decides.
 func FuzzStreamIntake(f *testing.F) {
-	seedRFC4475(f)
-	f.Add(append(tcpInvite(), "\r\n\r\nOPTIONS sip:a SIP/2.0\r\nl: 3\r\n\r\nabc"...))
-	var ps [2]*Proxy
+	files, _ := filepath.Glob("testdata/rfc4475/*.dat")
+	for _, fn := range files {
+		if data, err := os.ReadFile(fn); err == nil {
+			f.Add(data, uint16(len(data)/2))
+		}
+	}
+	f.Add(append(tcpInvite(), "\r\n\r\nOPTIONS sip:a SIP/2.0\r\nl: 3\r\n\r\nabc"...), uint16(1405))
+	var ps [3]*Proxy
 	for i := range ps {
 		cfg := DefaultConfig()
 		cfg.Listen = []string{"tcp://127.0.2.1:5060"}
@@ -170,13 +178,20 @@ func FuzzStreamIntake(f *testing.F) {
 		p.conns.cfg.ReadTimeout = time.Millisecond
 		ps[i] = p
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Fuzz(func(t *testing.T, data []byte, at uint16) {
 		whole, _, _ := streamed(ps[0], data)
-		cut := len(data) / 3
+		cut := min(int(at), len(data))
 		split, _, _ := streamed(ps[1], data[:cut], data[cut:])
 		if !bytes.Equal(whole, split) {
 			t.Fatalf("read whole:\n%q\nread in two at %d:\n%q", whole, cut, split)
 		}
+		parser := sip.NewParser()
+		parser.MaxMessageLength = ps[2].cfg.MaxMessageSize
+		_ = parser.NewSIPStream().ParseSIPStream(whole, func(msg sip.Message) {
+			if req, ok := msg.(*sip.Request); ok {
+				checkSentOn(t, ps[2], req, "TCP")
+			}
+		})
 	})
 }
 
