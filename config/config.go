@@ -21,6 +21,8 @@ import (
 	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/limits"
+	"github.com/hapbx/hapbx/proxy/trunk"
 	"github.com/hapbx/hapbx/registrar"
 )
 
@@ -29,6 +31,8 @@ type File struct {
 	Node     Node         `yaml:"node"`
 	SIP      proxy.Config `yaml:"sip"`
 	Backends []Backend    `yaml:"backends"`
+	// Trunks are the providers' SIP trunks (see package proxy/trunk).
+	Trunks []trunk.Config `yaml:"trunks"`
 	// Failover holds the top-level keys routing and failback.
 	Failover failover.Config `yaml:",inline"`
 	Health   health.Config   `yaml:"health"`
@@ -38,6 +42,9 @@ type File struct {
 	Media media.Config `yaml:"media"`
 	Admin Admin        `yaml:"admin"`
 	Log   Log          `yaml:"log"`
+	// Limits is the memory budget, the cap on pending transactions and the
+	// per-source flood guard.
+	Limits limits.Config `yaml:"limits"`
 	// Cluster is the proxy pair (and witness): membership, the VIP and its
 	// holder, replicated state. Off unless cluster.peers is set.
 	Cluster cluster.Config `yaml:"cluster"`
@@ -137,6 +144,7 @@ func Default() File {
 		Health:    health.DefaultConfig(),
 		Registrar: registrar.DefaultConfig(),
 		Media:     media.DefaultConfig(),
+		Limits:    limits.DefaultConfig(),
 		Cluster:   clusterDefaults(),
 		Admin:     Admin{Listen: "127.0.0.1:9060"},
 		Log:       Log{Level: "info", Format: "json"},
@@ -218,6 +226,9 @@ func decode(name string, data []byte) (File, []string, error) {
 		} else {
 			problems = append(problems, yamlProblem(err))
 		}
+	}
+	for i := range f.Trunks {
+		f.Trunks[i] = f.Trunks[i].WithDefaults()
 	}
 	return f, problems, nil
 }
@@ -343,12 +354,14 @@ func (f File) problems() []string {
 			}
 		}
 	}
+	p = append(p, f.trunkProblems(seen)...)
 	add("", f.Failover.Validate())
 	p = append(p, f.coldProblems()...)
 	add("health.", f.Health.Validate())
 	add("registrar.", f.Registrar.Validate())
 	p = append(p, f.idleProblems()...)
 	add("media.", f.Media.Validate())
+	add("limits.", f.Limits.Validate())
 	if f.ClusterEnabled() {
 		add("cluster.", f.ClusterConfig().Validate())
 		p = append(p, keyringProblems(f.Cluster.SecretFile)...)
@@ -558,4 +571,43 @@ func keyringProblems(path string) []string {
 		return []string{"cluster.secret_file: " + err.Error()}
 	}
 	return nil
+}
+
+// trunkProblems checks the trunks: each one's settings, unique names, its
+// credentials file (a secret file) and the backends it names (backends: the
+// configured backends' names and their index).
+func (f File) trunkProblems(backends map[string]int) []string {
+	var p []string
+	names := map[string]int{}
+	for i, t := range f.Trunks {
+		at := fmt.Sprintf("trunks[%d].", i)
+		for _, e := range flatten(t.Validate()) {
+			p = append(p, at+e.Error())
+		}
+		if j, dup := names[t.Name]; dup && t.Name != "" {
+			p = append(p, fmt.Sprintf("%sname: %q already used by trunks[%d]", at, t.Name, j))
+		} else {
+			names[t.Name] = i
+		}
+		if t.CredentialsFile != "" {
+			b, err := secretfile.Read(t.CredentialsFile)
+			if err == nil {
+				if _, perr := trunk.Password(b); perr != nil {
+					err = fmt.Errorf("%s: %w", t.CredentialsFile, perr)
+				}
+			}
+			if err != nil {
+				p = append(p, at+"credentials_file: "+err.Error())
+			}
+		}
+		for j, b := range t.Backends {
+			if _, ok := backends[b]; !ok {
+				p = append(p, fmt.Sprintf("%sbackends[%d]: %q is no backend's name", at, j, b))
+			}
+		}
+	}
+	if _, err := trunk.NewACL(f.Trunks); err != nil {
+		p = append(p, "trunks: "+err.Error())
+	}
+	return p
 }

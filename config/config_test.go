@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hapbx/hapbx/proxy/limits"
 )
 
 const minimal = `
@@ -268,5 +270,27 @@ func TestTypeErrorsHavePaths(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope.yaml")
 	if _, err := Load(missing); err == nil || !strings.HasPrefix(err.Error(), missing+": cannot read the file: ") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// The limits section: sizes with units, every bad value on its own line
+// with its path.
+func TestLimits(t *testing.T) {
+	f, err := Parse("x.yaml", []byte(minimal+"limits: {memory: 1GiB, flood: {rate: 0}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Limits.Memory != limits.GiB || f.Limits.Flood.Rate != 0 || f.Limits.MaxTransactions != limits.DefaultConfig().MaxTransactions {
+		t.Errorf("limits read as %+v", f.Limits)
+	}
+	_, err = Parse("x.yaml", []byte(minimal+"limits:\n  memory: lots\n  max_transactions: 0\n  flood: {window: 1ms}\n"))
+	for _, want := range []string{
+		"x.yaml: limits.memory: line 13: \"lots\" is not a size",
+		"x.yaml: limits.max_transactions: 0 must be at least 1",
+		"x.yaml: limits.flood.window: 1ms must be between 100ms and 1m",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
 	}
 }

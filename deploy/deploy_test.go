@@ -30,6 +30,7 @@ import (
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
+	"github.com/hapbx/hapbx/proxy/limits"
 )
 
 // repoRoot is the module root, one level up from this package.
@@ -806,6 +807,9 @@ func TestExampleDocumentsDefaults(t *testing.T) {
 	}
 	if f.Media != media.DefaultConfig() {
 		t.Errorf("media: section %+v, media.DefaultConfig() %+v", f.Media, media.DefaultConfig())
+	}
+	if f.Limits != limits.DefaultConfig() {
+		t.Errorf("limits: section %+v, limits.DefaultConfig() %+v", f.Limits, limits.DefaultConfig())
 	}
 }
 

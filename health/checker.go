@@ -23,6 +23,7 @@ type Checker struct {
 	codes codeSet
 	log   *zap.Logger
 	m     *metrics
+	load  LocalLoad // nil: every probe counts
 
 	mu       sync.Mutex
 	order    []string
@@ -47,12 +48,13 @@ type backend struct {
 	good, bad        int
 	lastSIP, lastAMI string
 	lastBad          string
+	excusedSince     time.Time // first of the probe timeouts excused in a row
 	cancel           context.CancelFunc
 }
 
 // New validates cfg and targets and returns a Checker; probes start with Run.
 // reg may be nil (no metrics registered).
-func New(cfg Config, targets []Target, log *zap.Logger, reg prometheus.Registerer) (*Checker, error) {
+func New(cfg Config, targets []Target, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Checker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("health config: %w", err)
 	}
@@ -74,6 +76,9 @@ func New(cfg Config, targets []Target, log *zap.Logger, reg prometheus.Registere
 		m:        m,
 		backends: map[string]*backend{},
 		subs:     map[*Queue[Change]]struct{}{},
+	}
+	for _, o := range opts {
+		o(c)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -273,13 +278,14 @@ func (c *Checker) observe(b *backend, kind string, d time.Duration) {
 
 // probe runs the required checks once and records the verdict.
 func (c *Checker) probe(ctx context.Context, b *backend) {
-	ok := true
+	ok, unanswered := true, false
 	var reason, lastSIP, lastAMI string
 	if b.requireSIP {
 		start := time.Now()
 		code, err := sipProbe(ctx, b.t, c.cfg.Timeout)
 		d := time.Since(start)
 		c.observe(b, CheckSIP, d)
+		unanswered = errors.Is(err, ErrProbeTimeout)
 		switch {
 		case err != nil:
 			ok, reason = false, "sip: "+err.Error()
@@ -306,6 +312,8 @@ func (c *Checker) probe(ctx context.Context, b *backend) {
 	}
 	if ok {
 		reason = "probes answered"
+	} else if unanswered && c.excuse(b, reason) {
+		return
 	}
 	c.record(b, ok, reason, lastSIP, lastAMI)
 }
@@ -320,6 +328,9 @@ func (c *Checker) record(b *backend, ok bool, reason, lastSIP, lastAMI string) {
 		return // removed or replaced meanwhile
 	}
 	b.lastSIP, b.lastAMI = lastSIP, lastAMI
+	if ok {
+		b.excusedSince = time.Time{} // excuses run out over a strain, not per bad probe
+	}
 	to := b.state
 	if ok {
 		b.good++

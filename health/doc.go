@@ -26,6 +26,10 @@
 //     one bad probe but never, alone, makes a backend down.
 //   - Changes go to subscribers (Subscribe), to a zap log line with the
 //     reason, and to metrics. Snapshot feeds /api/v1/status.
+//   - With WithLocalLoad, a SIP probe left unanswered while hapbx itself
+//     is strained (package limits) counts neither way, for up to 10 s in a
+//     row: hapbx's own overload never makes a backend suspect or down; a
+//     refusal or a bad answer still counts, and so does silence after that.
 //
 // What it does not do: pick the active backend (package failover), read
 // secret files (the caller passes the AMI secret), or retry requests.
@@ -47,6 +51,7 @@
 //	hapbx_backend_up{backend}                               1 while up or suspect, else 0
 //	hapbx_health_probe_duration_seconds{backend,kind}       kind sip (every OPTIONS probe) or ami (every Ping)
 //	hapbx_health_transitions_total{backend,from,to}
+//	hapbx_health_probes_excused_total                       unanswered probes not counted (hapbx strained)
 //
 // Test helpers, for tests only: health/amitest (an AMI server) and
 // internal/testkit (SIPp answering OPTIONS).

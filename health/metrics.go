@@ -10,6 +10,8 @@ type metrics struct {
 	up          *prometheus.GaugeVec
 	duration    *prometheus.HistogramVec
 	transitions *prometheus.CounterVec
+	// excused counts probe timeouts not held against a backend (localload.go).
+	excused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,10 +30,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Backend health state transitions.",
 		}, []string{"backend", "from", "to"}),
 	}
+	m.excused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hapbx_health_probes_excused_total",
+		Help: "SIP probes that got no answer while hapbx itself was strained, not counted against the backend (for at most excuseFor in a row).",
+	})
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.up, m.duration, m.transitions} {
+	for _, c := range []prometheus.Collector{m.up, m.duration, m.transitions, m.excused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics: %w", err)
 		}

@@ -31,10 +31,9 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 	if len(targets) == 0 && p.answerFromStore(tx, req) {
 		return
 	}
-	if req.IsInvite() {
-		// Stop the caller's retransmissions while a backend is chosen.
-		p.reply(tx, req, 100, "Trying")
-	}
+	// No 100 Trying yet (trying.go): the caller retransmits the INVITE
+	// until a backend has it, so that the twin of a proxy that dies before
+	// gets the retransmission.
 	done := p.respond(req, tx, targets, retry, cancelled)
 	if isClosed(cancelled) {
 		p.releaseMedia(req, "cancel")
@@ -63,16 +62,17 @@ func (p *Proxy) forward(req *sip.Request, tx sip.ServerTransaction, targets []ta
 // one per target in turn, then (retry) more as backends come up.
 func (p *Proxy) respond(req *sip.Request, tx sip.ServerTransaction, targets []target, retry bool, cancelled <-chan struct{}) bool {
 	start := time.Now()
+	st := p.newTxState(req)
 	if !retry && len(targets) > 1 {
 		p.m.forks.Inc()
-		rc := &responseContext{p: p, req: req, tx: tx, cancelled: cancelled, start: start, forked: true}
+		rc := &responseContext{p: p, req: req, tx: tx, st: st, cancelled: cancelled, start: start, forked: true}
 		return rc.run(targets) == settled
 	}
 	tried := map[string]bool{}
 	for {
 		for i, t := range targets {
 			tried[t.backend] = true
-			rc := &responseContext{p: p, req: req, tx: tx, cancelled: cancelled, start: start, more: retry && i < len(targets)-1}
+			rc := &responseContext{p: p, req: req, tx: tx, st: st, cancelled: cancelled, start: start, more: retry && i < len(targets)-1}
 			if rc.run([]target{t}) == settled || isClosed(cancelled) {
 				return true
 			}
@@ -84,6 +84,11 @@ func (p *Proxy) respond(req *sip.Request, tx sip.ServerTransaction, targets []ta
 		// another to come up.
 		if !retry {
 			return false
+		}
+		if req.IsInvite() {
+			// No backend has the INVITE while it is held: no use in the
+			// caller's retransmissions meanwhile.
+			st.trying(p, tx, req)
 		}
 		if targets = p.awaitBackend(tx, req, tried, cancelled); len(targets) == 0 {
 			return false
@@ -151,6 +156,10 @@ func (p *Proxy) failed(t target, reason string) {
 	if t.backend == "" {
 		return
 	}
+	if p.excused(reason) {
+		p.log.Debug("backend failure excused: hapbx itself was overloaded", zap.String("backend", t.backend), zap.String("reason", reason))
+		return
+	}
 	p.log.Warn("backend failed a request", zap.String("backend", t.backend), zap.String("reason", reason))
 	if p.reporter != nil {
 		p.reporter.Suspect(t.backend, reason)
@@ -159,7 +168,7 @@ func (p *Proxy) failed(t target, reason string) {
 
 // prepare turns a copy of the received request into the one sent to t
 // (RFC 3261 §16.6): Max-Forwards, Record-Route, Via, destination.
-func (p *Proxy) prepare(out, in *sip.Request, t target) {
+func (p *Proxy) prepare(out, in *sip.Request, t target, branch string) {
 	if t.ruri != "" {
 		var u sip.Uri
 		if err := sip.ParseUri(strings.Trim(t.ruri, "<>"), &u); err == nil {
@@ -172,7 +181,7 @@ func (p *Proxy) prepare(out, in *sip.Request, t target) {
 		m := sip.MaxForwardsHeader(69)
 		out.AppendHeader(&m)
 	}
-	out.PrependHeader(p.via(t.transport, loopHash(in)+"."+sip.GenerateTagN(8)))
+	out.PrependHeader(p.via(t.transport, branch))
 	// Record-Route after the Via: at the top, so before any earlier
 	// Record-Route values (§16.6 step 4), and never between two Via rows
 	// (UAs that copy the Via rows into a response would lose the rest).
@@ -248,7 +257,7 @@ func (p *Proxy) relay(tx sip.ServerTransaction, req *sip.Request, res *sip.Respo
 		p.log.Debug("relay response failed", zap.Int("code", res.StatusCode), zap.Error(err))
 		return
 	}
-	p.m.responses.WithLabelValues(string(req.Method), itoa(res.StatusCode)).Inc()
+	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(res.StatusCode)).Inc()
 }
 
 func (p *Proxy) relayStateless(req *sip.Request, res *sip.Response) {
@@ -260,7 +269,7 @@ func (p *Proxy) relayStateless(req *sip.Request, res *sip.Response) {
 		p.log.Debug("stateless relay failed", zap.Int("code", res.StatusCode), zap.Error(err))
 		return
 	}
-	p.m.responses.WithLabelValues(string(req.Method), itoa(res.StatusCode)).Inc()
+	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(res.StatusCode)).Inc()
 }
 
 // upstream strips our Via and aims the response at the previous hop.

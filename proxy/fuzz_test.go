@@ -42,7 +42,7 @@ func FuzzDecide(f *testing.F) {
 			}
 			for _, tg := range targets {
 				out := m.Clone()
-				p.prepare(out, m, tg)
+				p.prepare(out, m, tg, p.branchFor(m, tg, 0))
 				_ = out.String()
 			}
 			_ = in
@@ -50,6 +50,7 @@ func FuzzDecide(f *testing.F) {
 			req := sip.NewRequest(sip.INVITE, sip.Uri{Host: "127.0.2.1"})
 			req.SetTransport("UDP")
 			req.SetSource("127.0.2.50:5070")
+			p.strayResponse(m.Clone()) // a stranger's response is dropped: its branch proves nothing
 			p.upstream(req, m)
 			_ = m.String()
 			_ = m.Destination()
@@ -110,7 +111,7 @@ func checkSentOn(t *testing.T, p *Proxy, req *sip.Request, transport string) {
 	}
 	for _, tg := range targets {
 		out := req.Clone()
-		p.prepare(out, req, tg)
+		p.prepare(out, req, tg, p.branchFor(req, tg, 0))
 		wire := out.String()
 		again, err := sip.ParseMessage([]byte(wire))
 		if err != nil {

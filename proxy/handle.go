@@ -44,7 +44,10 @@ const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
 // handle is the entry point for every request sipgo hands over. It runs on
 // its own goroutine and must return only when the transaction is settled.
 func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
-	p.m.requests.WithLabelValues(string(req.Method)).Inc()
+	p.m.requests.WithLabelValues(methodLabel(req.Method)).Inc()
+	if !p.streamDoor(req, tx) {
+		return
+	}
 	d := p.decide(req)
 	if d.act == actForward || d.act == actBackends {
 		if _, tagged := req.To().Params.Get("tag"); tagged {
@@ -72,8 +75,10 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	case actForward, actFork, actBackends:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
+		p.door.pending.Add(1)
 		defer p.inflight.Done()
 		defer p.m.inflight.Dec()
+		defer p.door.pending.Add(-1)
 		switch d.act {
 		case actForward:
 			p.forward(req, tx, []target{d.target}, false)
@@ -363,7 +368,7 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 // awaitBackend holds a new request that found no healthy backend (none not
 // in tried) for up to no_backend_wait, polling the router, so that a call
 // placed while a cold standby starts is set up late rather than refused
-// (forward has sent an INVITE's 100 Trying: no retransmissions meanwhile);
+// (respond has sent an INVITE's 100 Trying: no retransmissions meanwhile);
 // the caller's CANCEL, a drain or an in-dialog request end the wait at once.
 func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool, cancelled <-chan struct{}) []target {
 	if p.cfg.NoBackendWait <= 0 || p.draining.Load() {
@@ -423,7 +428,7 @@ func (p *Proxy) reply(tx sip.ServerTransaction, req *sip.Request, code int, reas
 		p.log.Debug("reply failed", zap.Int("code", code), zap.Error(err))
 		return
 	}
-	p.m.responses.WithLabelValues(string(req.Method), itoa(code)).Inc()
+	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(code)).Inc()
 }
 
 func (p *Proxy) replyUnavailable(tx sip.ServerTransaction, req *sip.Request) {

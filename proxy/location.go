@@ -99,7 +99,7 @@ func (p *Proxy) answerFromStore(tx sip.ServerTransaction, req *sip.Request) bool
 		p.log.Debug("store refresh reply failed", zap.Error(err))
 		return true
 	}
-	p.m.responses.WithLabelValues(string(req.Method), "200").Inc()
+	p.m.responses.WithLabelValues(methodLabel(req.Method), "200").Inc()
 	p.m.storeRefresh.Inc()
 	return true
 }

@@ -24,6 +24,8 @@ type metrics struct {
 	conns       prometheus.Gauge
 	connRefused *prometheus.CounterVec
 	connClosed  *prometheus.CounterVec
+	// strays counts responses that matched no client transaction (stray.go).
+	strays *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -93,6 +95,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_connections_closed_total",
 			Help: "TCP and TLS connections hapbx closed, by reason: read_timeout (a message not complete in time), idle_timeout (silent, no dialog on it), tls_handshake (failed or too slow), unframed (a Content-Length missing, repeated or not a number: the message was refused), too_large (a message over max_message_size).",
 		}, []string{"reason"}),
+		strays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_stray_responses_total",
+			Help: "Responses that matched no client transaction (the twin's, after a failover; late answers), by outcome: forwarded statelessly, held (a final's first copy: its retransmission goes up), dropped (not the pair's own Via, a provisional, a 487) or failed (not sent).",
+		}, []string{"outcome"}),
 	}
 	for _, r := range []string{"max_connections", "max_per_source"} {
 		m.connRefused.WithLabelValues(r)
@@ -101,6 +107,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.connClosed.WithLabelValues(r)
 	}
 	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large,
-		m.conns, m.connRefused, m.connClosed)
+		m.conns, m.connRefused, m.connClosed, m.strays)
 	return m
 }

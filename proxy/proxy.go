@@ -35,6 +35,8 @@ type Proxy struct {
 	memory     // what it keeps beyond one transaction
 	stack      // sipgo
 	lifecycle  // up, drain, stop
+
+	door door // admission before any state (door.go)
 }
 
 type peers struct {
@@ -57,6 +59,7 @@ type memory struct {
 	dialogs    *dialogTable
 	challenged *ttlSet // Call-ID -> backend that answered 401/407
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
+	strays     *ttlSet // branches of the stray finals seen once (stray.go)
 	secret     []byte  // key of the dialog tokens (token.go)
 	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
 	markTag    string  // tag of the marks intake writes (sanity.go)
@@ -93,6 +96,7 @@ type lifecycle struct {
 	// cancelGuard: after a CANCEL (or Timer C) the downstream has this long
 	// to send its final response before the caller gets 408 (64*T1).
 	cancelGuard time.Duration
+	tryingAfter time.Duration // an INVITE silent this long downstream gets the proxy's 100 (trying.go)
 	inflight    sync.WaitGroup
 	closers     []func() error
 	serveWG     sync.WaitGroup
@@ -136,11 +140,12 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		m:          newMetrics(reg),
 		peers:      peers{router: router},
 		addressing: addressing{listeners: ls, portFor: map[string]int{}, localHosts: map[string]bool{strings.ToLower(cfg.Advertise): true}, localPorts: map[int]bool{}, udpLaddr: map[string]sip.Addr{}},
-		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000)},
-		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1},
+		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000), strays: newTTLSet(32*time.Second, 100000)},
+		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1, tryingAfter: 200 * time.Millisecond},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
 	p.conns = newConnGuard(cfg.TCP, log.Named("conns"), p.m, p.dialogs.reaches)
+	newDoorMetrics(&p.door, reg)
 	for _, o := range opts {
 		o(p)
 	}
@@ -197,7 +202,7 @@ func (p *Proxy) Listen(ctx context.Context) error {
 		sipgo.WithUserAgent("hapbx"),
 		sipgo.WithUserAgentHostname(p.cfg.Advertise),
 		sipgo.WithUserAgentParser(parser),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog), sip.WithTransportLayerReadFilter(p.sanityFilter)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog), sip.WithTransportLayerReadFilter(p.doorFilter)),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(sipLog),
 			sip.WithTransactionLayerUnhandledResponseHandler(p.strayResponse),
@@ -411,12 +416,6 @@ func (p *Proxy) isLocal(u *sip.Uri) bool {
 		}
 	}
 	return p.localPorts[port]
-}
-
-func (p *Proxy) strayResponse(res *sip.Response) {
-	// Responses to transactions already gone: 2xx retransmissions after Timer M
-	// or late answers. Nothing can use them; count at debug level only.
-	p.log.Debug("response without transaction dropped", zap.Int("code", res.StatusCode), zap.String("call_id", callID(res)))
 }
 
 func callID(m sip.Message) string {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -19,6 +20,7 @@ type responseContext struct {
 	p         *Proxy
 	req       *sip.Request
 	tx        sip.ServerTransaction
+	st        *txState
 	cancelled <-chan struct{} // closed by the caller's CANCEL; nil once seen
 	start     time.Time
 	more      bool // one branch, and another target to retry after it
@@ -79,6 +81,10 @@ func (rc *responseContext) run(targets []target) outcome {
 			o = news()
 		case <-rc.hop:
 			o = rc.hopExpired(rc.branches[0]) // backends are tried one at a time
+		case <-rc.st.timer:
+			if !rc.over() {
+				rc.st.trying(p, rc.tx, req) // RFC 3261 §17.2.1: 200 ms without a provisional
+			}
 		case <-rc.cancelled:
 			rc.cancelled = nil // seen; stop selecting on it
 			rc.cancelAll(nil)
@@ -122,11 +128,15 @@ func (rc *responseContext) run(targets []target) outcome {
 // send starts the branch to t.
 func (rc *responseContext) send(t target) outcome {
 	p, req := rc.p, rc.req
-	out, t, err := p.fit(t, func(t target) *sip.Request {
-		out := req.Clone()
-		p.prepare(out, req, t)
-		return out
-	})
+	attempt := rc.st.attempt(t)
+	build := func(branch func(target) string) (*sip.Request, target, error) {
+		return p.fit(t, func(t target) *sip.Request {
+			out := req.Clone()
+			p.prepare(out, req, t, branch(t))
+			return out
+		})
+	}
+	out, t, err := build(func(t target) string { return p.branchFor(req, t, attempt) })
 	if err != nil {
 		return rc.oversize(t, err)
 	}
@@ -139,6 +149,14 @@ func (rc *responseContext) send(t target) outcome {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dial)
 	clTx, err := p.wire.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
+	if err != nil && strings.Contains(err.Error(), "already exists") {
+		// This proxy still has a client transaction of the same branch: the
+		// caller sent the request again as a new transaction after the
+		// first one ended. A branch of its own, then, as before.
+		if out, t, err = build(func(target) string { return loopHash(req) + "." + sip.GenerateTagN(8) }); err == nil {
+			clTx, err = p.wire.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
+		}
+	}
 	cancel()
 	switch {
 	case err != nil && sizeError(err):
@@ -146,7 +164,7 @@ func (rc *responseContext) send(t target) outcome {
 	case err != nil && rc.forked:
 		p.log.Debug("fork branch not sent", zap.String("to", t.addr), zap.Error(err))
 		return pending
-	case err != nil && rc.giveUp(t, "transport", "transport: "+err.Error()):
+	case err != nil && rc.giveUp(t, "transport", transportFailure(err)):
 		return next
 	case err != nil:
 		return rc.settle()
@@ -215,9 +233,12 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 	if !rc.gotAny {
 		rc.gotAny = true
 		rc.hop = nil
-		p.m.latency.WithLabelValues(string(req.Method)).Observe(time.Since(rc.start).Seconds())
+		p.m.latency.WithLabelValues(methodLabel(req.Method)).Observe(time.Since(rc.start).Seconds())
 	}
 	b.gotAny = true
+	if res.StatusCode == 100 && !rc.over() && req.IsInvite() {
+		rc.st.trying(p, rc.tx, req) // the next hop has the INVITE
+	}
 	if res.StatusCode == 100 && b.t.backend != "" && !rc.forked && !rc.provisional {
 		// The backend took the request; until it says more, keep watching
 		// its health (hopExpired): one that dies now sends nothing more,
@@ -229,7 +250,7 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 			rc.cancel(b) // the call was taken elsewhere or cancelled
 		}
 		if res.StatusCode > 100 && !rc.over() {
-			rc.provisional = true
+			rc.provisional, rc.st.up = true, true
 			rc.hop = nil
 			if req.IsInvite() && rc.guard == nil {
 				rc.ringing = time.After(p.cfg.TimerC)

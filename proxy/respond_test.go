@@ -224,6 +224,20 @@ func routes(names ...string) step {
 	return func(h *harness) { h.p.router.(*StaticRouter).SetBackends(names) }
 }
 
+// unanswered: branch i was sent and the caller has had no response yet (the
+// proxy answers before it sends, so a 100 Trying of its own would be there).
+func unanswered(i int) step {
+	return func(h *harness) {
+		h.t.Helper()
+		h.br(i)
+		select {
+		case res := <-h.caller.got:
+			h.t.Fatalf("caller got %d before the backend answered", res.StatusCode)
+		default:
+		}
+	}
+}
+
 // timesOut: branch i's transaction times out.
 func timesOut(i int) step { return func(h *harness) { h.br(i).end(sip.ErrTransactionTimeout) } }
 
@@ -303,13 +317,17 @@ func TestResponseContext(t *testing.T) {
 		tune    func(*Proxy)
 		play    []step
 	}{
-		{name: "180 then 200", targets: bes[:1], play: []step{answer(0, 100, 180, 200), caller(180, 200), ends,
+		{name: "180 then 200", targets: bes[:1], play: []step{answer(0, 100, 180, 200), caller(100, 180, 200), ends,
 			counts(func(p *Proxy) prometheus.Collector { return p.dialogs.gauge }, 1), retransmits(0)}},
+		{name: "no 100 Trying before the backend has the INVITE", targets: bes[:1], play: []step{unanswered(0), answer(0, 100), caller(100),
+			answer(0, 200), caller(200), ends}},
+		{name: "a 100 Trying of the proxy's own while the backend is silent", targets: bes[:1], tune: func(p *Proxy) { p.tryingAfter = time.Millisecond },
+			play: []step{caller(100), answer(0, 100, 180, 200), caller(180, 200), ends}},
 		{name: "503 retries the next backend", targets: bes, retry: true, play: []step{answer(0, 503), answer(1, 180, 200), caller(180, 200), ends,
 			counts(func(p *Proxy) prometheus.Collector { return p.m.retries.WithLabelValues("asterisk1", "503") }, 1)}},
 		{name: "no retry after a relayed 180", targets: bes, retry: true, play: []step{answer(0, 180, 503), caller(180, 503), ends}},
 		{name: "silent backend skipped", targets: bes, retry: true, tune: func(p *Proxy) { p.cfg.HopTimeout = time.Millisecond },
-			play: []step{terminated(0), answer(1, 100, 200), caller(200), ends}},
+			play: []step{terminated(0), answer(1, 100, 200), caller(100, 200), ends}},
 		{name: "486 then 200 on another branch", targets: phones, play: []step{answer(0, 486), answer(1, 180, 200), caller(180, 200), ends}},
 		{name: "200 cancels the other branch", targets: phones, play: []step{answer(0, 180), caller(180), answer(1, 200), caller(200),
 			cancelled(0), answer(0, 487), ends}},
@@ -325,16 +343,16 @@ func TestResponseContext(t *testing.T) {
 			counts(func(p *Proxy) prometheus.Collector { return p.m.timerC }, 1)}},
 		{name: "Timer C on a fork, callee gone", targets: phones, tune: fast, play: []step{answer(0, 180), caller(180), cancelled(0),
 			caller(408), ends, terminated(0), terminated(1)}},
-		{name: "Timer C after a 100 Trying only", targets: bes[:1], tune: fast, play: []step{answer(0, 100), cancelled(0), caller(408), ends,
+		{name: "Timer C after a 100 Trying only", targets: bes[:1], tune: fast, play: []step{answer(0, 100), caller(100), cancelled(0), caller(408), ends,
 			counts(func(p *Proxy) prometheus.Collector { return p.m.timerC }, 1)}},
 		{name: "the only backend, slow, is waited for past hop_timeout", targets: bes[:1], retry: true, tune: onlyBackend,
-			play: []step{suspects("asterisk1"), answerLive(0, 100, 180, 200), caller(180, 200), ends}},
+			play: []step{suspects("asterisk1"), answerLive(0, 100, 180, 200), caller(100, 180, 200), ends}},
 		{name: "the only backend, gone and back, is tried again by the hold", targets: bes[:1], retry: true,
-			tune: onlyBackend, play: []step{suspects("asterisk1"), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
+			tune: onlyBackend, play: []step{suspects("asterisk1"), routes(), terminated(0), caller(100), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
 		{name: "a backend down after its 100 Trying is given up", targets: bes[:1], retry: true, tune: onlyBackend,
-			play: []step{answer(0, 100), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
+			play: []step{answer(0, 100), caller(100), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
 		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
-		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), timesOut(0), caller(408), ends}},
+		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), caller(100), timesOut(0), caller(408), ends}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -345,6 +363,7 @@ func TestResponseContext(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			p.tryingAfter = time.Hour // the play's own pace decides; a case may tune it
 			if tc.tune != nil {
 				tc.tune(p)
 			}
@@ -357,7 +376,6 @@ func TestResponseContext(t *testing.T) {
 				defer close(h.finished)
 				p.forward(req, h.caller, slices.Clone(tc.targets), tc.retry)
 			}()
-			caller(100)(h) // the proxy's own Trying
 			for _, s := range tc.play {
 				s(h)
 			}

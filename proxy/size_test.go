@@ -20,9 +20,10 @@ import (
 	"github.com/hapbx/hapbx/internal/testkit"
 )
 
-// TestMain lifts sipgo's UDP limits as hapbx's wiring does at start-up.
+// TestMain sets sipgo up as hapbx's wiring does at start-up.
 func TestMain(m *testing.M) {
 	LiftTransportLimits()
+	TakeOverTrying()
 	os.Exit(m.Run())
 }
 

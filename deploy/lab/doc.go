@@ -63,7 +63,8 @@
 // (asterisk_standin_test.go) that reads the rendered files and serves SIP
 // (SIPp, challenging REGISTERs and INVITEs, rewriting Contacts as
 // chan_pjsip does) and AMI from them. HLAB_KEEP=1 keeps a test's lab
-// directory (configs, PBX and SIPp logs).
+// directory (configs, PBX and SIPp logs); HLAB_SIPP_TRACE=1 has every SIPp
+// log each message it sends and receives there (-trace_msg).
 //
 // What it does not do: fencing commands (the agents wait a safety delay);
 // a dead PBX host (only its PBX dies); TCP/TLS transports; IPv6.

@@ -217,7 +217,11 @@ func (l *Lab) Scenario(name string) string {
 // Sipp runs sipp in host h's namespace on h's address and port, with the
 // screen and errors traced into its directory.
 func (l *Lab) Sipp(h, name string, port int, args ...string) (*Proc, error) {
-	full := append([]string{"sipp", "-i", Hosts[h], "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen"}, args...)
+	full := []string{"sipp", "-i", Hosts[h], "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen"}
+	if os.Getenv("HLAB_SIPP_TRACE") != "" {
+		full = append(full, "-trace_msg")
+	}
+	full = append(full, args...)
 	return l.Start(NS(h), name, full...)
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/trunk"
 	"github.com/hapbx/hapbx/registrar"
 )
 
@@ -32,6 +33,8 @@ type Status struct {
 	Cluster *cluster.Status `json:"cluster,omitempty"`
 	// Cold is the cold standby coordinator's view (nil in hot standby).
 	Cold *failover.ColdStatus `json:"cold,omitempty"`
+	// Trunks: each provider trunk's registration and host health.
+	Trunks []trunk.Status `json:"trunks,omitempty"`
 }
 
 func (d *daemon) adminHandler() http.Handler {
@@ -71,7 +74,15 @@ func (d *daemon) status() Status {
 		Media:        d.mediaSnapshot(),
 		Cold:         d.coldStatus(),
 		Cluster:      d.clusterStatus(),
+		Trunks:       d.trunkStatus(),
 	}
+}
+
+func (d *daemon) trunkStatus() []trunk.Status {
+	if d.trunks == nil {
+		return nil
+	}
+	return d.trunks.Status()
 }
 
 func (d *daemon) mediaSnapshot() []media.SessionStatus {

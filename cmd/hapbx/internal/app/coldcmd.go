@@ -223,6 +223,9 @@ func printStatus(w io.Writer, st Status) {
 	}
 	fmt.Fprintf(w, "registrations: %d bindings, %d AORs  dialogs: %d  media sessions: %d\n",
 		st.Registrar.Bindings, st.Registrar.AORs, st.Proxy.Dialogs, len(st.Media))
+	for _, t := range st.Trunks {
+		fmt.Fprintln(w, trunkLine(t))
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if st.Cold == nil {
 		fmt.Fprintln(w, "failover mode: hot")

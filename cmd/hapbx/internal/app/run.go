@@ -22,15 +22,24 @@ import (
 	"github.com/hapbx/hapbx/config"
 	"github.com/hapbx/hapbx/failover"
 	"github.com/hapbx/hapbx/health"
+	"github.com/hapbx/hapbx/internal/logsample"
 	"github.com/hapbx/hapbx/internal/secretfile"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/proxy"
+	"github.com/hapbx/hapbx/proxy/limits"
+	"github.com/hapbx/hapbx/proxy/trunk"
 	"github.com/hapbx/hapbx/registrar"
 )
 
 // The registrar speaks the proxy's words (the relay's guards are in package
 // proxy's tests).
 var _ proxy.Registrar = (*registrar.Registrar)(nil)
+
+// The limits are the proxy's door.
+var (
+	_ proxy.Load       = (*limits.Budget)(nil)
+	_ proxy.FloodGuard = (*limits.Guard)(nil)
+)
 
 // daemon is one running `hapbx run`.
 type daemon struct {
@@ -45,6 +54,9 @@ type daemon struct {
 	relay    *media.Relay          // nil unless media.enabled
 	cold     *failover.Coordinator // nil unless cold.enabled
 	cluster  *cluster.Cluster      // nil unless cluster.peers is set
+	trunks   *trunk.Set            // nil without trunks
+	budget   *limits.Budget
+	flood    *limits.Guard
 	started  time.Time
 }
 
@@ -63,18 +75,27 @@ func (d *daemon) run() error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+	// The memory budget is the soft memory limit too: the collector works
+	// harder as the process nears it, and the proxy sheds new requests
+	// before live state fills it. GOMEMLIMIT in the environment still wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(d.cfg.Limits.Memory))
+	}
 	d.reg = newRegistry()
+	d.budget = limits.NewBudget(d.cfg.Limits, d.log.Named("limits"), d.reg)
+	d.flood = limits.NewGuard(d.cfg.Limits.Flood, d.log.Named("flood"), d.reg)
 	// sipgo's UDP size limits are process-wide variables (no per-transport
 	// option in v1.7.2): lift them once, before any SIP socket (health
 	// probes included) is opened, so messages of any size a phone sends
 	// are read and forwarded, never refused as "larger than MTU".
 	proxy.LiftTransportLimits()
+	proxy.TakeOverTrying()
 
 	targets, err := healthTargets(d.cfg.Backends)
 	if err != nil {
 		return err
 	}
-	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg); err != nil {
+	if d.health, err = health.New(d.cfg.Health, targets, d.log.Named("health"), d.reg, health.WithLocalLoad(d.budget)); err != nil {
 		return fmt.Errorf("health: %w", err)
 	}
 	if d.selector, err = failover.New(d.cfg.Failover, backendNames(d.cfg.Backends), d.log.Named("failover"), d.reg,
@@ -98,7 +119,8 @@ func (d *daemon) run() error {
 	if err != nil {
 		return fmt.Errorf("dialog secret: %w", err)
 	}
-	opts := []proxy.Option{proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings), proxy.WithDialogSecret(secret)}
+	opts := []proxy.Option{proxy.WithFailureReporter(d.health), proxy.WithRegistrar(d.bindings), proxy.WithDialogSecret(secret),
+		proxy.WithDoor(proxy.Door{Load: d.budget, Flood: d.flood, MaxTransactions: d.cfg.Limits.MaxTransactions, Exempt: d.peerAddrs()})}
 	if d.cfg.Media.Enabled {
 		mc := d.cfg.Media
 		if mc.Address == "" {
@@ -116,6 +138,9 @@ func (d *daemon) run() error {
 	if d.proxy, err = proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...); err != nil {
 		return err
 	}
+	if err := d.setupTrunks(); err != nil {
+		return err
+	}
 	// Listeners first: they receive on the VIP the moment the cluster adds it.
 	if err := d.proxy.Listen(context.Background()); err != nil {
 		return err
@@ -127,12 +152,15 @@ func (d *daemon) run() error {
 	// replicates into, close last. A component that fails stops the others
 	// in the same order.
 	var g errgroup.Group
-	mid := []func(context.Context) error{d.health.Run, d.selector.Run, d.hangUpDeadBackends}
+	mid := []func(context.Context) error{d.health.Run, d.selector.Run, d.hangUpDeadBackends, d.budget.Run, d.flood.Run}
 	if d.cluster != nil {
 		mid = append(mid, d.cluster.Run)
 	}
 	if d.cold != nil {
 		mid = append(mid, d.cold.Run)
+	}
+	if d.trunks != nil {
+		mid = append(mid, d.trunks.Run)
 	}
 	if d.cfg.Admin.Listen != "" {
 		mid = append(mid, func(ctx context.Context) error {
@@ -147,14 +175,16 @@ func (d *daemon) run() error {
 	if d.relay != nil {
 		last = append(last, d.relay.Run)
 	}
+	// Signals are caught before anything serves: a SIGHUP sent as soon as
+	// the admin interface answers must reload, not kill (its default).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	stop := inStages(&g, []func(context.Context) error{d.runProxy}, mid, last)
 	done := make(chan error, 1)
 	go func() { done <- g.Wait() }()
 	d.log.Info("hapbx running", zap.String("version", version), zap.String("config", d.path))
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	stopping := false
 	for {
 		select {
@@ -290,6 +320,20 @@ func (d *daemon) localHosts() []string {
 	return hosts
 }
 
+// peerAddrs are the cluster peers' addresses (the twin proxy, the
+// witness), exempt from the flood guard.
+func (d *daemon) peerAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, peer := range d.cfg.Cluster.Peers {
+		for _, hp := range []string{peer.Gossip, peer.Raft} {
+			if ap, err := netip.ParseAddrPort(hp); err == nil {
+				out = append(out, ap.Addr())
+			}
+		}
+	}
+	return out
+}
+
 // healthTargets reads each backend's AMI secret file.
 func healthTargets(bs []config.Backend) ([]health.Target, error) {
 	out := make([]health.Target, len(bs))
@@ -332,7 +376,7 @@ func newLogger(c config.Log) (*zap.Logger, error) {
 		zc = zap.NewDevelopmentConfig()
 	}
 	zc.Level = zap.NewAtomicLevelAt(level)
-	zc.Sampling = nil
+	zc.Sampling = nil // zap's own drops without a count; logsample reports it
 	zc.OutputPaths = []string{"stderr"}
-	return zc.Build()
+	return zc.Build(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return logsample.Wrap(c, logsample.DefaultConfig()) }))
 }

@@ -1,0 +1,83 @@
+package proxy
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// The branch of the proxy's own Via (RFC 3261 §16.6 step 8) is
+// branchPrefix + loop hash + "." + n + m, all derived from the request
+// received, never drawn at random, and keyed with the dialog secret that
+// both proxies of a pair share:
+//   - n (branchNonceLen hex) covers the received request's top Via, the
+//     target and the attempt (how many times this server transaction has
+//     already sent the request to that target): a retransmission the phone
+//     sends to the twin after a failover goes to the backend with the branch
+//     the dead proxy gave it, so the backend sees a retransmission (RFC 3261
+//     §17.2.3), not a merged request (§8.2.2.2: 482), and its responses
+//     match the twin's client transaction; the way a stateless proxy must
+//     make its branches (§16.11);
+//   - m (branchMACLen hex) covers the loop hash, n and the Via below ours:
+//     a response that reaches a proxy with no transaction for it (its twin
+//     died) carries both, so the proxy knows the branch for one of the pair's
+//     and the Via below, where it will send the response, for the one it was
+//     made for (stray.go). Nobody without the secret can make hapbx send a
+//     response anywhere.
+
+const (
+	branchNonceLen = 8
+	branchMACLen   = 16
+)
+
+// branchFor is the branch (after branchPrefix) of the request that
+// forwards in to t, the attempt-th send to t in in's server transaction.
+func (p *Proxy) branchFor(in *sip.Request, t target, attempt int) string {
+	lh := loopHash(in)
+	below := viaKey(in.Via())
+	n := p.branchMAC("hapbx-branch-n-v1", lh, below, t.addr, t.transport, t.ruri, strconv.Itoa(attempt))[:branchNonceLen]
+	return lh + "." + n + p.branchMAC("hapbx-branch-m-v1", lh, n, below)[:branchMACLen]
+}
+
+// ownBranch reports whether branch, found in a Via of one of the pair's
+// proxies, was made by a proxy holding the dialog secret for a request
+// whose Via below it is below.
+func (p *Proxy) ownBranch(branch string, below *sip.ViaHeader) bool {
+	rest, ok := strings.CutPrefix(branch, branchPrefix)
+	if !ok || below == nil {
+		return false
+	}
+	lh, nm, ok := strings.Cut(rest, ".")
+	if !ok || len(nm) != branchNonceLen+branchMACLen {
+		return false
+	}
+	n, m := nm[:branchNonceLen], nm[branchNonceLen:]
+	want := p.branchMAC("hapbx-branch-m-v1", lh, n, viaKey(below))[:branchMACLen]
+	return hmac.Equal([]byte(m), []byte(want))
+}
+
+// viaKey is what of a Via a branch depends on: the hop (sent-by, transport,
+// branch) and where responses to it go (received, rport: the proxy that
+// received the request added them from its source, the twin adds the same).
+func viaKey(v *sip.ViaHeader) string {
+	if v == nil {
+		return ""
+	}
+	b, _ := v.Params.Get("branch")
+	rcv, _ := v.Params.Get("received")
+	rport, _ := v.Params.Get("rport")
+	return strings.Join([]string{strings.ToUpper(v.Transport), strings.ToLower(v.Host), strconv.Itoa(v.Port), b, rcv, rport}, "\x00")
+}
+
+func (p *Proxy) branchMAC(parts ...string) string {
+	m := hmac.New(sha256.New, p.secret)
+	for _, s := range parts {
+		m.Write([]byte(s))
+		m.Write([]byte{0})
+	}
+	return hex.EncodeToString(m.Sum(nil))
+}

@@ -1,0 +1,217 @@
+package limits
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"runtime/metrics"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Budget watches hapbx's own load, sampled on a ticker so that asking costs
+// an atomic load on the request path:
+//   - Shedding: the in-flight state (live heap after the last collection
+//     plus goroutine stacks) has reached 3/4 of the memory budget; it stops
+//     at 5/8. The quarter left is room for garbage between collections: the
+//     soft memory limit (set by the wiring to the same budget) makes the
+//     collector run as often as needed to stay under it, which it can only
+//     do while live state leaves such room.
+//   - Strained: shedding, or within the last strainHold hapbx was short of
+//     CPU (the 99th percentile of goroutine scheduling latency over a
+//     sample above schedStrain) or the kernel dropped UDP datagrams for
+//     lack of receive buffer (RcvbufErrors in /proc/net/snmp grew): a
+//     backend's reply may then have been late or lost here, so its silence
+//     does not count against it.
+type Budget struct {
+	limit     int64
+	shedAt    int64
+	resumeAt  int64
+	log       *zap.Logger
+	m         *budgetMetrics
+	epoch     time.Time
+	read      func(*reading) // a test's readings
+	shedding  atomic.Bool
+	strainEnd atomic.Int64 // ns since epoch
+
+	samples    []metrics.Sample
+	prevSched  []uint64
+	prevRcvbuf uint64
+}
+
+const (
+	sampleEvery = 100 * time.Millisecond
+	schedStrain = 50 * time.Millisecond
+	strainHold  = 5 * time.Second // longer than hop_timeout plus no_backend_wait
+)
+
+// reading is one sample of the process.
+type reading struct {
+	inUse  int64
+	sched  *metrics.Float64Histogram // cumulative
+	rcvbuf uint64                    // cumulative; 0 when unknown
+}
+
+// NewBudget builds the watcher of a budget of cfg.Memory; Run samples.
+func NewBudget(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Budget {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	limit := int64(cfg.Memory)
+	b := &Budget{
+		limit: limit, shedAt: limit / 4 * 3, resumeAt: limit / 8 * 5,
+		log: log, m: newBudgetMetrics(reg), epoch: time.Now(),
+		samples: []metrics.Sample{
+			{Name: "/gc/heap/live:bytes"},
+			{Name: "/memory/classes/heap/stacks:bytes"},
+			{Name: "/sched/latencies:seconds"},
+		},
+	}
+	b.read = b.readProcess
+	b.m.budget.Set(float64(limit))
+	return b
+}
+
+// Shedding reports whether new work must be refused to stay in the budget.
+func (b *Budget) Shedding() bool { return b.shedding.Load() }
+
+// Strained reports whether hapbx itself was overloaded lately.
+func (b *Budget) Strained() bool {
+	return b.shedding.Load() || int64(time.Since(b.epoch)) < b.strainEnd.Load()
+}
+
+// Run samples until ctx ends.
+func (b *Budget) Run(ctx context.Context) error {
+	every(ctx, sampleEvery, func() {
+		var r reading
+		b.read(&r)
+		b.observe(r, int64(time.Since(b.epoch)))
+	})
+	return nil
+}
+
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
+func (b *Budget) readProcess(r *reading) {
+	metrics.Read(b.samples)
+	for _, s := range b.samples[:2] {
+		if s.Value.Kind() == metrics.KindUint64 {
+			r.inUse += int64(s.Value.Uint64())
+		}
+	}
+	if s := b.samples[2]; s.Value.Kind() == metrics.KindFloat64Histogram {
+		r.sched = s.Value.Float64Histogram()
+	}
+	r.rcvbuf = udpRcvbufErrors()
+}
+
+// observe applies one reading taken at now (ns since epoch).
+func (b *Budget) observe(r reading, now int64) {
+	b.m.inUse.Set(float64(r.inUse))
+	switch {
+	case !b.shedding.Load() && r.inUse >= b.shedAt:
+		b.shedding.Store(true)
+		b.m.shedding.Set(1)
+		b.log.Warn("memory budget nearly used: new requests get 503",
+			zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
+	case b.shedding.Load() && r.inUse < b.resumeAt:
+		b.shedding.Store(false)
+		b.m.shedding.Set(0)
+		b.log.Info("memory budget back in range: new requests taken again",
+			zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
+	}
+	if r.sched != nil {
+		if b.prevSched != nil && quantile(r.sched, b.prevSched, 0.99) > schedStrain.Seconds() {
+			b.strain(now, "sched")
+		}
+		b.prevSched = append(b.prevSched[:0], r.sched.Counts...)
+	}
+	if r.rcvbuf > b.prevRcvbuf && b.prevRcvbuf != 0 {
+		b.strain(now, "rcvbuf")
+	}
+	b.prevRcvbuf = r.rcvbuf
+}
+
+func (b *Budget) strain(now int64, cause string) {
+	b.strainEnd.Store(now + int64(strainHold))
+	b.m.strained.WithLabelValues(cause).Inc()
+}
+
+// quantile is the upper bound of the bucket holding quantile q of the
+// counts added to h since prev (same buckets), 0 when none were.
+func quantile(h *metrics.Float64Histogram, prev []uint64, q float64) float64 {
+	if len(prev) != len(h.Counts) {
+		return 0
+	}
+	var total uint64
+	for i, c := range h.Counts {
+		total += c - prev[i]
+	}
+	if total == 0 {
+		return 0
+	}
+	want := uint64(q * float64(total))
+	var seen uint64
+	for i, c := range h.Counts {
+		seen += c - prev[i]
+		if seen > want {
+			return h.Buckets[i+1]
+		}
+	}
+	return h.Buckets[len(h.Buckets)-1]
+}
+
+// udpRcvbufErrors sums the UDP and UDP6 datagrams the kernel dropped for
+// lack of receive buffer (this network namespace), 0 when unreadable.
+func udpRcvbufErrors() uint64 {
+	return snmpField("/proc/net/snmp", "Udp:", "RcvbufErrors") + snmpField("/proc/net/snmp6", "", "Udp6RcvbufErrors")
+}
+
+// snmpField reads a counter from /proc/net/snmp (a header line of names
+// then a line of values, both starting with prefix) or /proc/net/snmp6
+// (name value lines, prefix ""), 0 when absent.
+func snmpField(path, prefix, name string) uint64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	var names [][]byte
+	for sc.Scan() {
+		f := bytes.Fields(sc.Bytes())
+		switch {
+		case prefix == "" && len(f) == 2 && string(f[0]) == name:
+			n, _ := strconv.ParseUint(string(f[1]), 10, 64)
+			return n
+		case prefix == "" || len(f) == 0 || string(f[0]) != prefix:
+		case names == nil:
+			names = f
+		default:
+			for i, n := range names {
+				if string(n) == name && i < len(f) {
+					v, _ := strconv.ParseUint(string(f[i]), 10, 64)
+					return v
+				}
+			}
+			return 0
+		}
+	}
+	return 0
+}

@@ -1,0 +1,138 @@
+package limits
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/metrics"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func testBudget() *Budget {
+	cfg := DefaultConfig()
+	cfg.Memory = 800 * MiB
+	return NewBudget(cfg, nil, prometheus.NewRegistry())
+}
+
+func TestBudgetShedsNearTheBudgetWithHysteresis(t *testing.T) {
+	b := testBudget()
+	steps := []struct {
+		inUse Bytes
+		shed  bool
+	}{
+		{100 * MiB, false},
+		{599 * MiB, false},
+		{600 * MiB, true}, // 3/4 of 800
+		{700 * MiB, true},
+		{501 * MiB, true}, // above 5/8: still shedding
+		{499 * MiB, false},
+		{599 * MiB, false},
+	}
+	for _, s := range steps {
+		b.observe(reading{inUse: int64(s.inUse)}, 0)
+		if got := b.Shedding(); got != s.shed {
+			t.Fatalf("in use %s: shedding %v, want %v", s.inUse, got, s.shed)
+		}
+		if s.shed && !b.Strained() {
+			t.Fatalf("in use %s: shedding but not strained", s.inUse)
+		}
+	}
+}
+
+func TestBudgetStrain(t *testing.T) {
+	hist := func(counts ...uint64) *metrics.Float64Histogram {
+		return &metrics.Float64Histogram{Counts: counts, Buckets: []float64{0, 0.001, 0.01, 0.1, 1}}
+	}
+	now := func(b *Budget) int64 { return int64(time.Since(b.epoch)) }
+
+	b := testBudget()
+	b.observe(reading{sched: hist(0, 0, 0, 0), rcvbuf: 10}, now(b))
+	b.observe(reading{sched: hist(1000, 50, 0, 0), rcvbuf: 10}, now(b))
+	if b.Strained() {
+		t.Fatal("strained with fast scheduling and no UDP drops")
+	}
+	b.observe(reading{sched: hist(1000, 60, 0, 30), rcvbuf: 10}, now(b)) // 30 of 40 new waits took 0.1-1s
+	if !b.Strained() {
+		t.Fatal("not strained with slow scheduling")
+	}
+
+	b = testBudget()
+	b.observe(reading{rcvbuf: 10}, now(b))
+	b.observe(reading{rcvbuf: 11}, now(b))
+	if !b.Strained() {
+		t.Fatal("not strained after the kernel dropped a datagram")
+	}
+	b.observe(reading{rcvbuf: 11}, now(b)-int64(strainHold)-1)
+	b.strainEnd.Store(now(b) - 1)
+	if b.Strained() {
+		t.Fatal("still strained after strainHold without a new sign")
+	}
+}
+
+func TestBudgetReadsTheProcess(t *testing.T) {
+	b := testBudget()
+	var r reading
+	b.read(&r)
+	if r.inUse <= 0 || r.sched == nil {
+		t.Fatalf("reading %+v: no heap or no scheduling latencies", r)
+	}
+}
+
+func TestSNMPField(t *testing.T) {
+	dir := t.TempDir()
+	snmp := filepath.Join(dir, "snmp")
+	os.WriteFile(snmp, []byte("Ip: Forwarding DefaultTTL\nIp: 1 64\n"+
+		"Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 5586955 209514 283898 6092880 283897 0\n"+
+		"UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdpLite: 0 0 0 0 7 0\n"), 0o600)
+	snmp6 := filepath.Join(dir, "snmp6")
+	os.WriteFile(snmp6, []byte("Udp6InDatagrams                 \t12\nUdp6RcvbufErrors                \t3\nUdpLite6RcvbufErrors 9\n"), 0o600)
+	for _, c := range []struct {
+		path, prefix, name string
+		want               uint64
+	}{
+		{snmp, "Udp:", "RcvbufErrors", 283897},
+		{snmp, "Udp:", "NoSuchField", 0},
+		{snmp6, "", "Udp6RcvbufErrors", 3},
+		{filepath.Join(dir, "absent"), "Udp:", "RcvbufErrors", 0},
+	} {
+		if got := snmpField(c.path, c.prefix, c.name); got != c.want {
+			t.Errorf("%s %s: %d, want %d", filepath.Base(c.path), c.name, got, c.want)
+		}
+	}
+}
+
+// The budget reads the real heap: live state past 3/4 of a small budget
+// makes it shed, and freeing it ends the shedding.
+func TestBudgetShedsOnTheRealHeap(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Memory = 128 * MiB
+	b := NewBudget(cfg, nil, prometheus.NewRegistry())
+	sample := func() {
+		runtime.GC() // /gc/heap/live is measured by a collection
+		var r reading
+		b.read(&r)
+		b.observe(r, int64(time.Since(b.epoch)))
+	}
+	sample()
+	if b.Shedding() {
+		t.Skip("this test process alone is past 3/4 of 128MiB")
+	}
+	hold := make([][]byte, 0, 110)
+	for range 110 {
+		hold = append(hold, make([]byte, MiB))
+	}
+	sample()
+	if !b.Shedding() {
+		t.Fatalf("110MiB held of a 128MiB budget: not shedding (in use %v)", testutil.ToFloat64(b.m.inUse))
+	}
+	runtime.KeepAlive(hold)
+	hold = nil
+	sample()
+	if b.Shedding() {
+		t.Fatalf("still shedding once the memory is freed (in use %v)", testutil.ToFloat64(b.m.inUse))
+	}
+}
