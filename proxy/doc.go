@@ -6,9 +6,9 @@
 //     with received/rport (RFC 3581) so replies reach phones behind NAT;
 //   - validates requests (400 for missing Via/From/To/Call-ID/CSeq or a
 //     CSeq method that does not match; sanity.go: RFC 4475's broken
-//     messages get 400/420/505/416 and are never forwarded; a UDP request
+//     messages get 400/420/505/416 and are never forwarded; a request
 //     sipgo cannot parse is answered 400 when its top Via can be read,
-//     sanity_unparsable.go; an RFC 2543 request over UDP, whose Via has no
+//     sanity_unparsable.go; an RFC 2543 request, whose Via has no
 //     RFC 3261 branch, is matched to its transaction as RFC 3261 §17.2.3
 //     says, rfc2543.go), decrements Max-Forwards (483 at 0;
 //     an OPTIONS at 0 is answered 200), detects loops with a hash in its own
@@ -128,7 +128,10 @@
 //     dialog reaches its phone over it. idle_timeout outlasts the longest
 //     registration (config checks it against registrar.max_expires), so a
 //     registered phone's connection, over which it receives its calls,
-//     stays open between its refreshes;
+//     stays open between its refreshes; the stream is framed by
+//     Content-Length and each message goes through the same intake as a
+//     UDP datagram; a message whose Content-Length is missing, repeated or
+//     not a number is answered 400 and the connection closed;
 //   - once Run's context ends answers new initial requests 503 while
 //     transactions in flight finish, for at most `sip.drain_timeout`; those
 //     still pending (all at once on Abort) then get 503 and their
@@ -170,7 +173,7 @@
 // hapbx_proxy_connections, hapbx_proxy_connections_refused_total{reason}
 // (max_connections, max_per_source),
 // hapbx_proxy_connections_closed_total{reason} (read_timeout,
-// idle_timeout, tls_handshake),
+// idle_timeout, tls_handshake, unframed, too_large),
 // hapbx_proxy_shed_total{reason} (memory, transactions, flood),
 // hapbx_proxy_failures_excused_total{reason} (strained, local_error),
 // hapbx_proxy_stray_responses_total{outcome} (forwarded, held, dropped,

@@ -81,44 +81,49 @@ func FuzzIntake(f *testing.F) {
 		if err != nil {
 			return
 		}
-		req, ok := msg.(*sip.Request)
-		if !ok {
-			return
-		}
-		if wire := req.String(); len(wire) < sip.ParseMaxMessageLength-1000 {
-			_, err := sip.ParseMessage([]byte(wire))
-			if writtenParses(req) != (err == nil) {
-				t.Fatalf("writtenParses = %v, but the written request parses: %v\n%s", writtenParses(req), err, wire)
-			}
-		}
-		req.SetTransport("UDP")
-		req.SetSource("127.0.2.50:5070")
-		d := p.decide(req)
-		var targets []target
-		switch d.act {
-		case actForward, actStateless:
-			targets = []target{d.target}
-		case actFork:
-			targets = d.targets
-		case actBackends:
-			targets = p.backendTargets(req)
-		}
-		for _, tg := range targets {
-			out := req.Clone()
-			p.prepare(out, req, tg, p.branchFor(req, tg, 0))
-			wire := out.String()
-			again, err := sip.ParseMessage([]byte(wire))
-			if err != nil {
-				t.Fatalf("hapbx would send what does not parse (%v):\n%s", err, wire)
-			}
-			for _, h := range singleValued {
-				n := len(again.GetHeaders(h))
-				if n > 1 || (n == 0 && h != "Content-Length" && h != "Content-Type") {
-					t.Fatalf("hapbx would send %d %s headers:\n%s", n, h, wire)
-				}
-			}
+		if req, ok := msg.(*sip.Request); ok {
+			checkSentOn(t, p, req, "UDP")
 		}
 	})
+}
+
+// checkSentOn runs decide on req, arrived over transport, and checks what
+// hapbx would send on (FuzzIntake, FuzzStreamIntake).
+func checkSentOn(t *testing.T, p *Proxy, req *sip.Request, transport string) {
+	t.Helper()
+	if wire := req.String(); len(wire) < sip.ParseMaxMessageLength-1000 {
+		_, err := sip.ParseMessage([]byte(wire))
+		if writtenParses(req) != (err == nil) {
+			t.Fatalf("writtenParses = %v, but the written request parses: %v\n%s", writtenParses(req), err, wire)
+		}
+	}
+	req.SetTransport(transport)
+	req.SetSource("127.0.2.50:5070")
+	d := p.decide(req)
+	var targets []target
+	switch d.act {
+	case actForward, actStateless:
+		targets = []target{d.target}
+	case actFork:
+		targets = d.targets
+	case actBackends:
+		targets = p.backendTargets(req)
+	}
+	for _, tg := range targets {
+		out := req.Clone()
+		p.prepare(out, req, tg, p.branchFor(req, tg, 0))
+		wire := out.String()
+		again, err := sip.ParseMessage([]byte(wire))
+		if err != nil {
+			t.Fatalf("hapbx would send what does not parse (%v):\n%s", err, wire)
+		}
+		for _, h := range singleValued {
+			n := len(again.GetHeaders(h))
+			if n > 1 || (n == 0 && h != "Content-Length" && h != "Content-Type") {
+				t.Fatalf("hapbx would send %d %s headers:\n%s", n, h, wire)
+			}
+		}
+	}
 }
 
 // seedRFC4475 adds every RFC 4475 message to f's corpus.

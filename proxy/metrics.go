@@ -93,7 +93,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"reason"}),
 		connClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_proxy_connections_closed_total",
-			Help: "TCP and TLS connections hapbx closed, by reason: read_timeout (a message not complete in time), idle_timeout (silent, no dialog on it), tls_handshake (failed or too slow).",
+			Help: "TCP and TLS connections hapbx closed, by reason: read_timeout (a message not complete in time), idle_timeout (silent, no dialog on it), tls_handshake (failed or too slow), unframed (a Content-Length missing, repeated or not a number: the message was refused), too_large (a message over max_message_size).",
 		}, []string{"reason"}),
 		strays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_proxy_stray_responses_total",
@@ -103,7 +103,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"max_connections", "max_per_source"} {
 		m.connRefused.WithLabelValues(r)
 	}
-	for _, r := range []string{"read_timeout", "idle_timeout", "tls_handshake"} {
+	for _, r := range []string{"read_timeout", "idle_timeout", "tls_handshake", "unframed", "too_large"} {
 		m.connClosed.WithLabelValues(r)
 	}
 	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large,

@@ -62,6 +62,7 @@ type memory struct {
 	strays     *ttlSet // branches of the stray finals seen once (stray.go)
 	secret     []byte  // key of the dialog tokens (token.go)
 	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
+	markTag    string  // tag of the marks intake writes (sanity.go)
 }
 
 type stack struct {
@@ -154,6 +155,8 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		}
 	}
 	p.rfc2543 = branch2543Prefix(p.secret)
+	p.markTag = markTag(p.secret)
+	p.conns.intake, p.conns.maxMessage, p.conns.viaMark = p.streamIntake, cfg.MaxMessageSize, []byte(";branch="+p.rfc2543)
 	for _, l := range ls {
 		if _, ok := p.portFor[l.Transport]; !ok {
 			p.portFor[l.Transport] = int(l.Addr.Port())

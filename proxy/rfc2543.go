@@ -17,21 +17,24 @@ import (
 // its transaction by Request-URI, From tag, Call-ID, CSeq, top Via (and To
 // tag). sipgo keys such a request by the From tag and refuses it (400)
 // without one, or when it cannot read it (a tag with LWS around '=', RFC
-// 4475 wsinv; RFC 2543 had no From tag, inv2543). So the UDP read filter
-// gives the top Via a synthetic branch, first among its parameters: the
+// 4475 wsinv; RFC 2543 had no From tag, inv2543). So intake (the UDP read
+// filter, or the TCP/TLS connection wrapper for a framed message) gives the
+// top Via a synthetic branch, first among its parameters: the
 // cookie, "-2543", a mark from the dialog-token secret, and an HMAC of the
 // §17.2.3 fields, so that the INVITE, its retransmissions and its CANCEL
 // carry the same branch and land in one sipgo transaction. The To tag is
 // left out: an ACK's To tag is the response's. An ACK gets the INVITE's
 // branch only when hapbx answered that INVITE with a non-2xx (non2xx), so
 // the transaction absorbs it; the ACK of a 2xx gets one of its own and is
-// forwarded as any 2xx ACK. The synthetic branch never reaches the client:
-// every UDP datagram hapbx sends leaves through restoreVia, which takes it
-// out again (it also covers what sipgo answers by itself, the 200 to a
-// CANCEL). Towards a TCP or TLS backend the client's Via keeps it; the
-// backend echoes it and hapbx takes it out before the response reaches the
-// client. Over TCP the read filter sees stream chunks, not messages, and
-// does nothing: sipgo answers such a request 400 as before. In-dialog
+// forwarded as any 2xx ACK. (Over TCP and TLS sipgo ends an INVITE server
+// transaction with its final response: the ACK of a non-2xx reaches
+// decide, which drops it by the same branch.) The synthetic branch never
+// reaches the client: every UDP datagram hapbx sends leaves through
+// restoreVia, and everything written on an accepted TCP or TLS connection
+// through guardedConn.Write, which take it out again (it also covers what
+// sipgo answers by itself, the 200 to a CANCEL). Towards a TCP or TLS
+// backend the client's Via keeps it; the backend echoes it and hapbx takes
+// it out before the response reaches the client. In-dialog
 // requests of a caller without From tag (RFC 2543 had none) still meet the
 // dialog-token check (token.go), which binds a token to a non-empty tag:
 // they get 403.
@@ -135,24 +138,30 @@ type restoreVia struct {
 }
 
 func (c restoreVia) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if !bytes.Contains(b, c.mark) {
-		return c.PacketConn.WriteTo(b, addr)
+	if _, err := c.PacketConn.WriteTo(withoutSyntheticBranch(b, c.mark), addr); err != nil {
+		return 0, err
+	}
+	return len(b), nil // sipgo checks that all it wrote went
+}
+
+// withoutSyntheticBranch returns b without the synthetic branches
+// starting with mark (";branch=" + branch2543Prefix): b itself (no copy)
+// when there is none. ";branch=" and the synthetic part go, unless the
+// client's own branch follows (then only the synthetic part goes).
+func withoutSyntheticBranch(b, mark []byte) []byte {
+	if !bytes.Contains(b, mark) {
+		return b
 	}
 	out := make([]byte, 0, len(b))
 	for rest := b; ; {
-		i := bytes.Index(rest, c.mark)
+		i := bytes.Index(rest, mark)
 		if i < 0 {
-			out = append(out, rest...)
-			break
+			return append(out, rest...)
 		}
 		out = append(out, rest[:i]...)
-		rest = rest[min(len(rest), i+len(c.mark)+branch2543Len):]
+		rest = rest[min(len(rest), i+len(mark)+branch2543Len):]
 		if len(rest) > 0 && !bytes.ContainsAny(rest[:1], "; \t\r\n,") {
 			out = append(out, ";branch="...) // the client's own branch follows
 		}
 	}
-	if _, err := c.PacketConn.WriteTo(out, addr); err != nil {
-		return 0, err
-	}
-	return len(b), nil // sipgo checks that all it wrote went
 }

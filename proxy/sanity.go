@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"strconv"
 	"strings"
 
@@ -11,20 +14,24 @@ import (
 // Intake checks (like Kamailio's sanity module): what a message must
 // satisfy before the proxy acts on it, so that nothing broken is forwarded
 // (RFC 4475). Two layers, because sipgo's parser loses some facts:
-//   - sanityFilter sees a UDP datagram's raw bytes before sipgo parses it:
-//     sipgo frames a datagram by its last Content-Length, so duplicate
-//     Content-Lengths (request smuggling towards a TCP backend) and one
-//     beyond the datagram's end (RFC 3261 §18.3: an error, 400) are only
-//     visible here; octets after the body are ignored (§18.3, RFC 4475
-//     dblreq) and never sent on, as sipgo cuts the body at Content-Length. Such a request is rewritten to its header section with a
-//     sanityMark header and no body, so that sanity answers it 400 like any
-//     other broken request (a response is dropped).
-//   - sanityFilter also turns a request datagram sipgo cannot parse into
-//     one it can, marked for a 400 (sanity_unparsable.go).
+//   - intake sees a whole message's raw bytes before sipgo parses it: a UDP
+//     datagram (sanityFilter, the read filter) or a message the TCP/TLS
+//     connection wrapper framed (streamIntake, conns.go). sipgo frames by
+//     the last Content-Length, so duplicate Content-Lengths (request
+//     smuggling towards a TCP backend), one beyond a datagram's end (RFC
+//     3261 §18.3: an error, 400) and, on a stream, a missing one are only
+//     visible here; octets after a datagram's body are ignored (§18.3, RFC
+//     4475 dblreq) and never sent on, as sipgo cuts the body at
+//     Content-Length. Such a request is rewritten to its header section
+//     with a sanityMark header and no body, so that sanity answers it 400
+//     like any other broken request (a response is dropped).
+//   - intake also turns a request sipgo cannot parse into one it can,
+//     marked for a 400 (sanity_unparsable.go), and gives an RFC 2543
+//     request a synthetic branch (rfc2543.go).
 //   - sanity runs on every parsed request first thing in decide.
 
-// sanityMark is the header sanityFilter adds to a datagram it refuses. One
-// arriving from the network is itself refused.
+// sanityMark is the header intake adds to a request it refuses, with the
+// reason and markTag. One arriving from the network is itself refused.
 const sanityMark = "X-Hapbx-Sanity"
 
 // Reasons of hapbx_proxy_malformed_total set here (a fixed set: nothing
@@ -47,25 +54,13 @@ const (
 var singleValued = [...]string{"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length", "Content-Type"}
 
 // sanityFilter is the sipgo transport read filter. It only looks at UDP:
-// over TCP/TLS a read is a stream chunk, and sipgo frames the stream by
-// Content-Length itself (closing the connection when it cannot); duplicate
-// Content-Lengths there are caught by sanity as duplicate headers.
+// over TCP/TLS a read is a stream chunk; the connection wrapper frames the
+// stream and runs intake on each whole message (conns.go).
 func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, error) {
 	if !strings.EqualFold(info.Transport, "udp") {
 		return data, nil
 	}
-	d := scanDatagram(data)
-	out, why := checkDatagram(data, d)
-	if why == "" && d.suspect {
-		parser := sip.NewParser()
-		parser.MaxMessageLength = p.cfg.MaxMessageSize
-		if _, err := parser.ParseSIP(data); err != nil {
-			out, why = refusal(data), whyParse
-		}
-	}
-	if why == "" && d.rfc2543 {
-		out = p.give2543Branch(out, d)
-	}
+	out, why := p.intake(data, false)
 	if out == nil {
 		// A response, or nothing to answer: dropped (nil, not an error: an
 		// error stops sipgo's listener). A refusal handed on is counted by
@@ -74,6 +69,27 @@ func (p *Proxy) sanityFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 		return nil, nil
 	}
 	return out, nil
+}
+
+// intake returns what sipgo should see of one whole message (a UDP
+// datagram, or a message framed in a stream: stream): data itself when it
+// passes (no copy), a request rewritten for sanity to refuse or with a
+// synthetic RFC 2543 branch, or nil (dropped, counted under why by the
+// caller).
+func (p *Proxy) intake(data []byte, stream bool) ([]byte, string) {
+	d := scanDatagram(data)
+	out, why := checkDatagram(data, d, stream, p.markTag)
+	if why == "" && d.suspect {
+		parser := sip.NewParser()
+		parser.MaxMessageLength = p.cfg.MaxMessageSize
+		if _, err := parser.ParseSIP(data); err != nil {
+			out, why = refusal(data, p.markTag), whyParse
+		}
+	}
+	if why == "" && d.rfc2543 {
+		out = p.give2543Branch(out, d)
+	}
+	return out, why
 }
 
 // datagram is what one pass over a datagram's header section finds; the
@@ -163,9 +179,11 @@ func cookieBranch(value string) bool {
 
 // checkDatagram returns data unchanged when its Content-Length (one at
 // most) fits in the datagram, else the refusal: the header section without
-// Content-Length and body plus sanityMark, or nil for a response. Data
-// that is not a header section is left to sipgo's parser.
-func checkDatagram(data []byte, d datagram) ([]byte, string) {
+// Content-Length and body plus the mark, or nil for a response. In a
+// stream (data framed by conns.go's framer) the Content-Length must be
+// there, once, and a number: the body is the one it frames. Data that is
+// not a header section is left to sipgo's parser.
+func checkDatagram(data []byte, d datagram, stream bool, tag string) ([]byte, string) {
 	if d.head == "" {
 		return data, ""
 	}
@@ -176,7 +194,7 @@ func checkDatagram(data []byte, d datagram) ([]byte, string) {
 		why = whyMark
 	case d.lengths > 1:
 		why = whyDuplicate
-	case d.badLength || (d.lengths == 1 && d.length > len(body)):
+	case d.badLength || (d.lengths == 1 && d.length > len(body)) || (stream && d.lengths == 0):
 		why = whyContentLength
 	default:
 		return data, ""
@@ -193,8 +211,22 @@ func checkDatagram(data []byte, d datagram) ([]byte, string) {
 		}
 		out = append(out, line...)
 	}
-	out = append(out, sanityMark+": "+why+"\r\nContent-Length: 0\r\n\r\n"...)
-	return out, why
+	return markedEnd(out, why, tag), why
+}
+
+// markedEnd ends a rewritten request's header section with the mark
+// (why, and the tag that tells sanity it was written here) and no body.
+func markedEnd(out []byte, why, tag string) []byte {
+	return append(out, sanityMark+": "+why+";"+tag+"\r\nContent-Length: 0\r\n\r\n"...)
+}
+
+// markTag is the tag of the marks intake writes: unpredictable from
+// outside, so no peer (a backend over a connection hapbx opened, which no
+// intake sees) can have its request refused for a reason of its choosing.
+func markTag(secret []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte("sanity mark"))
+	return hex.EncodeToString(m.Sum(nil))[:16]
 }
 
 // headerLines yields the lines of a header section (each with its CRLF),
@@ -284,9 +316,9 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		}
 	}
 	if mark != nil {
-		why = mark.Value()
-		if !strings.EqualFold(req.Transport(), "udp") || marks > 1 {
-			why = whyMark // sanityFilter writes it on UDP only, once
+		why = whyMark
+		if v, tag, ok := strings.Cut(mark.Value(), ";"); ok && tag == p.markTag && marks == 1 {
+			why = v // intake wrote it (once)
 		}
 		switch why {
 		case whyContentLength, whyDuplicate:
@@ -342,4 +374,16 @@ func (p *Proxy) sanity(req *sip.Request) (code int, reason, why string, hdrs []s
 		return 416, "Unsupported URI Scheme", whyURIScheme, nil
 	}
 	return 0, "", "", nil
+}
+
+// streamIntake is intake for a message conns.go framed in a TCP or TLS
+// stream. A Content-Length missing, repeated or not a number leaves no
+// certain end to the message: it is refused and the connection closes
+// (unframed) once the refusal is answered.
+func (p *Proxy) streamIntake(msg []byte) ([]byte, bool) {
+	out, why := p.intake(msg, true)
+	if out == nil {
+		p.m.malformed.WithLabelValues(why).Inc()
+	}
+	return out, why == whyContentLength || why == whyDuplicate
 }

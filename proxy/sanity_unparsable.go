@@ -154,7 +154,7 @@ func uriSuspect(uri string) bool {
 
 // refusal builds the request sanity answers for a datagram sipgo cannot
 // parse: nil when there is nothing to answer.
-func refusal(data []byte) []byte {
+func refusal(data []byte, tag string) []byte {
 	head := data
 	if end := bytes.Index(data, []byte("\r\n\r\n")); end >= 0 {
 		head = data[:end+2]
@@ -215,7 +215,7 @@ func refusal(data []byte) []byte {
 		return nil
 	}
 	msg := append([]byte(start+"\r\n"), out...)
-	msg = append(msg, sanityMark+": "+why+"\r\nContent-Length: 0\r\n\r\n"...)
+	msg = markedEnd(msg, why, tag)
 	if _, err := sip.ParseMessage(msg); err != nil {
 		return nil
 	}
