@@ -62,7 +62,7 @@ asterisk-mode:
 	else echo "lab: no Asterisk (HAPBX_ASTERISK unset, none on PATH): the end-to-end tests run against SIPp and the Asterisk stand-in"; fi
 
 ## fuzz: every fuzz target (parsers and handlers facing the network) for FUZZTIME each
-FUZZ_TARGETS := proxy:FuzzDecide proxy:FuzzIntake config:FuzzParse health:FuzzReadAMIMessage health:FuzzSIPAnswer \
+FUZZ_TARGETS := proxy:FuzzDecide proxy:FuzzIntake proxy:FuzzStreamIntake config:FuzzParse health:FuzzReadAMIMessage health:FuzzSIPAnswer \
 	registrar:FuzzExtract registrar:FuzzDecodeRecord storage:FuzzParseStatus storage:FuzzParseEvent \
 	media:FuzzAnchorSDP media:FuzzValidRTP cluster:FuzzDecodeMessage
 # Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
