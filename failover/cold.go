@@ -206,7 +206,17 @@ type Coordinator struct {
 	health  map[string]health.State
 	last    *MoveReport
 	tried   time.Time // last move attempt
+	missed  missedDown
 	kick    chan struct{}
+}
+
+// missedDown is the holder's loss this proxy saw while it did not lead and
+// left to the leader; poll moves the group itself if it leads again and
+// finds nothing done (the other proxy lost its leadership or died first).
+type missedDown struct {
+	from   string // "" when none
+	at     time.Time
+	reason string
 }
 
 // retryBlocked is how often a blocked failover is tried again.
@@ -437,6 +447,11 @@ func (c *Coordinator) poll(ctx context.Context) {
 	if len(holders) > 1 {
 		c.log.Error("cold standby: more than one node holds the resource group", zap.Strings("nodes", holders))
 	}
+	c.mu.Lock()
+	if c.missed.from != holder || c.health[holder].Routable() {
+		c.missed = missedDown{} // the group moved or its holder came back: that loss is over
+	}
+	c.mu.Unlock()
 	if !c.isLeader() {
 		return
 	}
@@ -450,10 +465,36 @@ func (c *Coordinator) poll(ctx context.Context) {
 		c.failover(ctx, holder, time.Now(), "retry after: "+c.Status().Blocked)
 		return
 	}
+	if md, ok := c.missedFailover(holder, phase, sts); ok {
+		c.failover(ctx, md.from, md.at, "retry as leader: "+md.reason)
+		return
+	}
 	if holder == "" && len(holders) == 0 && all && c.cfg.InitialStart &&
 		(phase != PhaseBlocked || time.Since(c.lastTry()) >= retryBlocked) {
 		c.initialStart(ctx, sts)
 	}
+}
+
+// missedFailover is the holder's loss to act on now that this proxy leads:
+// it saw the holder go down as a follower, the holder is still the one the
+// agents report and still down in health (not unknown, not back up), and
+// no agent is stopping or starting the group, which would be the former
+// leader's move still under way. A group that move already started is no
+// match either: the agents report it on the new node, which became the
+// holder, even before health sees it up.
+func (c *Coordinator) missedFailover(holder, phase string, sts map[string]NodeStatus) (missedDown, bool) {
+	if phase != PhaseIdle || holder == "" {
+		return missedDown{}, false
+	}
+	for _, ns := range sts {
+		if ns.Reachable && (ns.Agent.State == storage.StateStopping || ns.Agent.State == storage.StateStarting) {
+			return missedDown{}, false
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	md := c.missed
+	return md, md.from == holder && c.health[holder] == health.StateDown
 }
 
 // holds: the node is Primary or its group is (being) started or stopped.
@@ -571,10 +612,16 @@ func (c *Coordinator) candidate(ctx context.Context, from string) (ColdNode, Nod
 func (c *Coordinator) failover(ctx context.Context, from string, downAt time.Time, reason string) {
 	if !c.isLeader() {
 		c.log.Info("cold standby: not the leader; leaving the failover to it", zap.String("backend", from))
+		c.mu.Lock()
+		c.missed = missedDown{from: from, at: downAt, reason: reason}
+		c.mu.Unlock()
 		return
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
+	c.mu.Lock()
+	c.missed = missedDown{} // acted on now (or the group has moved): poll does not retry it
+	c.mu.Unlock()
 	if c.Holder() != from {
 		return // already moved
 	}

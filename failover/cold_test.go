@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/internal/testkit"
@@ -40,6 +43,7 @@ type fakeAgent struct {
 	st          storage.Status
 	unreachable bool
 	stopKeeps   bool                   // stop "succeeds" but DRBD stays Primary
+	startErr    error                  // Start answers it (the group did not start)
 	starts      []storage.StartOptions // as asked, in order
 }
 
@@ -70,6 +74,10 @@ func (a *fakeAgent) Start(ctx context.Context, opts storage.StartOptions) (stora
 	if a.unreachable {
 		a.mu.Unlock()
 		return storage.Result{}, errors.New("connection refused")
+	}
+	if a.startErr != nil {
+		a.mu.Unlock()
+		return storage.Result{}, a.startErr
 	}
 	a.st.State, a.st.DRBDRole = storage.StateStarted, storage.RolePrimary
 	st := a.st
@@ -236,6 +244,137 @@ func TestColdNotLeaderDoesNothing(t *testing.T) {
 	r.want(t)
 	if _, err := r.c.Switchover(context.Background(), "B"); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("switchover as follower: %v", err)
+	}
+}
+
+// polls runs n polls of the coordinator (besides its own Run loop's), so
+// a test knows that at least n have seen the state it set.
+func (r *rig) polls(n int) {
+	for range n {
+		r.c.poll(context.Background())
+	}
+}
+
+func (r *rig) setLeader(v bool) {
+	r.mu.Lock()
+	r.leader = v
+	r.mu.Unlock()
+}
+
+// droppedLog tees the coordinator's log into an observer, so a test can
+// wait until a follower has dropped a failover trigger.
+func droppedLog(t *testing.T) (ColdOption, func() int) {
+	core, logs := observer.New(zap.InfoLevel)
+	opt := func(c *Coordinator) { c.log = zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core)) }
+	return opt, func() int {
+		return logs.FilterMessage("cold standby: not the leader; leaving the failover to it").Len()
+	}
+}
+
+// loseHolderAsFollower: A goes down while this proxy does not lead, and
+// the coordinator has dropped the trigger.
+func loseHolderAsFollower(t *testing.T, opts ...ColdOption) *rig {
+	t.Helper()
+	opt, dropped := droppedLog(t)
+	r := newRig(t, nil, append(opts, opt)...)
+	r.setLeader(false)
+	r.hs.send("A", health.StateDown)
+	testkit.Eventually(t, 3*time.Second, "trigger dropped as follower", func() bool { return dropped() == 1 })
+	return r
+}
+
+// The holder went down while this proxy's leadership had lapsed (a raft
+// lease under CPU load): once it leads again, the group must still move.
+func TestColdHolderLostWhileFollowerMovedOnLeadership(t *testing.T) {
+	r := loseHolderAsFollower(t)
+	r.want(t)
+	r.setLeader(true)
+	testkit.Eventually(t, 3*time.Second, "B holds", func() bool { s := r.c.Status(); return s.Holder == "B" && s.Last != nil && s.Phase == PhaseIdle })
+	r.want(t, "stop A", "start B")
+	if l := r.c.Status().Last; l.From != "A" || l.To != "B" || l.UpAt.IsZero() {
+		t.Fatalf("report %+v", l)
+	}
+}
+
+// An idle leader whose holder is up does nothing however often it polls,
+// also right after it became leader again; nor does one whose holder went
+// down as follower but came back before it led again.
+func TestColdIdlePollWithHealthyHolderDoesNothing(t *testing.T) {
+	t.Run("holder up", func(t *testing.T) {
+		r := newRig(t, nil)
+		r.setLeader(false)
+		r.c.poll(context.Background())
+		r.setLeader(true)
+		r.polls(5)
+		r.want(t)
+		if s := r.c.Status(); s.Holder != "A" || s.Phase != PhaseIdle || s.Last != nil {
+			t.Fatalf("status %+v", s)
+		}
+	})
+	t.Run("holder back up before leadership", func(t *testing.T) {
+		r := loseHolderAsFollower(t)
+		r.hs.send("A", health.StateUp)
+		testkit.Eventually(t, 3*time.Second, "A up again", func() bool { return r.c.Status().Nodes[0].Health == "up" })
+		r.setLeader(true)
+		r.polls(5)
+		r.want(t)
+		if s := r.c.Status(); s.Holder != "A" || s.Last != nil {
+			t.Fatalf("status %+v", s)
+		}
+	})
+}
+
+// The retry is one failover: when it fails (B's group does not start) the
+// next polls do not move the group again (no stop of B, no start of A).
+func TestColdMissedFailoverRetriedOnce(t *testing.T) {
+	r := loseHolderAsFollower(t)
+	r.b.mu.Lock()
+	r.b.startErr = errors.New("service start: timeout")
+	r.b.mu.Unlock()
+	r.setLeader(true)
+	testkit.Eventually(t, 3*time.Second, "retry ran", func() bool { s := r.c.Status(); return s.Last != nil && s.Phase == PhaseIdle })
+	r.polls(5)
+	r.want(t, "stop A", "start B")
+	if l := r.c.Status().Last; l.From != "A" || l.To != "B" || !strings.Contains(l.Error, "service start") {
+		t.Fatalf("report %+v", l)
+	}
+}
+
+// When this proxy leads again while the previous leader's move is still
+// under way (an agent stopping or starting the group), the agents' state
+// says so and it does not start a second move; once that move is done
+// the group is where the other proxy put it.
+func TestColdMissedFailoverLeavesOtherLeadersMove(t *testing.T) {
+	r := loseHolderAsFollower(t)
+	r.setLeader(true)
+	for _, st := range []struct {
+		what          string
+		aState, aRole string
+		bState, bRole string
+		holder        string
+	}{
+		{"the other proxy asked A to stop", storage.StateStopping, storage.RolePrimary, storage.StateStopped, storage.RoleSecondary, "A"},
+		{"A stopped, B starting", storage.StateStopped, storage.RoleSecondary, storage.StateStarting, storage.RolePrimary, "B"},
+		{"B started, not yet up in health", storage.StateStopped, storage.RoleSecondary, storage.StateStarted, storage.RolePrimary, "B"},
+		// The loss seen long ago is over: A, still down in health here,
+		// is not moved again.
+		{"the other proxy moved the group back to A", storage.StateStarted, storage.RolePrimary, storage.StateStopped, storage.RoleSecondary, "A"},
+	} {
+		for _, x := range []struct {
+			a           *fakeAgent
+			state, role string
+		}{{r.a, st.aState, st.aRole}, {r.b, st.bState, st.bRole}} {
+			x.a.mu.Lock()
+			x.a.st.State, x.a.st.DRBDRole = x.state, x.role
+			x.a.mu.Unlock()
+		}
+		r.polls(5)
+		if got := r.j.get(); len(got) != 0 {
+			t.Fatalf("%s: steps %q, want none", st.what, got)
+		}
+		if h := r.c.Holder(); h != st.holder {
+			t.Fatalf("%s: holder %q, want %s", st.what, h, st.holder)
+		}
 	}
 }
 

@@ -54,6 +54,9 @@
 //   - moves the group on request (Switchover: hb_standby / hb_takeover),
 //     which requires a clean stop and never fences;
 //   - acts only while IsLeader (WithLeader) is true; followers only watch.
+//     A holder lost while this proxy did not lead is moved once it leads
+//     again, if it is still the holder, still down in health and no agent
+//     is stopping or starting the group (the former leader's move).
 //     Without WithLeader it always acts. hapbx run passes the cluster's VIP
 //     leadership (always true for a proxy without a cluster: one cold proxy
 //     only).
