@@ -290,7 +290,7 @@ func (p *Proxy) unavailableAtDoor(info sip.TransportReadProps, data []byte, req 
 // exemptSource reports a source the flood guard must not count: a backend
 // (by address, as trust.go tells them) or one of Door.Exempt.
 func (p *Proxy) exemptSource(a netip.Addr) bool {
-	if p.door.exempt[a] {
+	if p.door.exempt[a] || p.trunkSource(a) {
 		return true
 	}
 	set := p.backends.Load()

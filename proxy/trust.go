@@ -29,6 +29,7 @@ const (
 	refusedNoToken        = "no_dialog_token" // an in-dialog request without this proxy's Route token
 	refusedForeignHop     = "foreign_hop"     // an in-dialog request towards a host that is no backend
 	refusedBadToken       = "bad_dialog_token"
+	refusedTrunk          = "trunk_not_backend" // an initial request naming a trunk, not from a backend
 )
 
 // fromBackend returns the backend a request came from, by source address.
@@ -106,4 +107,5 @@ var refusedText = map[string]string{
 	refusedNoToken:        "not in a dialog of this proxy",
 	refusedForeignHop:     "in-dialog request to a foreign host",
 	refusedBadToken:       "not in a dialog of this proxy",
+	refusedTrunk:          "only a backend may call through a trunk",
 }
