@@ -17,8 +17,11 @@ import (
 //     host it names, and an in-dialog request is forwarded only inside a
 //     dialog this proxy (or its twin, holding the same secret) record-routed,
 //     to the backend that dialog's token names;
-//   - trunks, once they exist, get their own class here: classify looks
-//     them up by source address like the backends.
+//   - a trunk's provider (a source in a trunk's ACL, Trunks.Match) is
+//     anyone else as above, but its initial requests carry TrunkHeader
+//     naming the trunk and go to the trunk's backends only (trunks.go);
+//     TrunkHeader from any other source is removed, and an initial request
+//     naming a trunk in it from anyone but a backend is refused.
 //
 // A refusal is answered 403 (an ACK is dropped), counted in
 // hapbx_proxy_refused_total{reason} and sent nowhere.

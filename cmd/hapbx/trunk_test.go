@@ -180,7 +180,8 @@ func TestTrunkIncomingCalls(t *testing.T) {
 // second, from hapbx's address in Via and Record-Route; hapbx answers the
 // provider's 407 with the trunk's credentials (verified by the provider),
 // so the backend never sees the challenge; the backend's ACK carries the
-// CSeq of the authorized INVITE to the provider.
+// CSeq of the authorized INVITE to the provider. Media is anchored as for
+// any call: the provider is offered hapbx's address.
 func TestTrunkOutgoingCall(t *testing.T) {
 	testkit.RequireSIPp(t)
 	const provider2IP = "127.0.3.62"
@@ -215,6 +216,7 @@ func TestTrunkOutgoingCall(t *testing.T) {
     user: "4930123"
     domain: provider.test
     keepalive: 1h
+media: {enabled: true, ports: "23200-23299"}
 `, silent.LocalAddr().String(), provider.Addr, secret), be.Addr())
 	d.waitActive(t, "asterisk1")
 
@@ -254,6 +256,9 @@ func TestTrunkOutgoingCall(t *testing.T) {
 		if !strings.Contains(invites[0], want) {
 			t.Errorf("no %q in the INVITE the provider got:\n%s", want, invites[0])
 		}
+	}
+	if !strings.Contains(invites[1], "c=IN IP4 "+proxyIP) {
+		t.Errorf("the provider's offer is not anchored on hapbx:\n%s", invites[1])
 	}
 	if strings.Contains(invites[0], "X-Hapbx-Trunk") {
 		t.Errorf("X-Hapbx-Trunk reached the provider:\n%s", invites[0])
