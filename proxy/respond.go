@@ -148,8 +148,11 @@ func (rc *responseContext) send(t target) outcome {
 		p.m.selected.WithLabelValues(t.backend).Inc()
 		dial = p.cfg.HopTimeout
 	}
-	if t.trunk != "" {
-		dial = p.cfg.HopTimeout // a provider host that does not answer is skipped as a backend is
+	if t.trunk != "" && rc.more {
+		// A provider host that does not answer is skipped for the next one
+		// as a backend is; the last one gets the transaction timers (it is
+		// across the internet, not on the LAN).
+		dial = p.cfg.HopTimeout
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), dial)
 	clTx, err := p.wire.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
@@ -176,7 +179,7 @@ func (rc *responseContext) send(t target) outcome {
 	b := &branch{t: t, out: out, clTx: clTx, sent: time.Now()}
 	rc.branches = append(rc.branches, b)
 	rc.live++
-	if t.backend != "" || t.trunk != "" {
+	if t.backend != "" || t.trunk != "" && rc.more {
 		rc.hop = time.After(p.cfg.HopTimeout)
 	}
 	if req.IsInvite() && rc.ringing == nil && rc.guard == nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -17,7 +18,8 @@ import (
 type Trunks interface {
 	// Match returns the trunk whose ACL holds src.
 	Match(src netip.Addr) (name string, ok bool)
-	// Targets returns trunk name's hosts in the order to try them.
+	// Targets returns trunk name's hosts in the order to try them; its
+	// error wraps ErrUnknownTrunk for a name no trunk has.
 	Targets(ctx context.Context, name string) ([]TrunkHost, error)
 	// Authorize answers the provider's 401/407 res to req: the header to
 	// add to req sent again.
@@ -42,6 +44,9 @@ func WithTrunks(t Trunks) Option { return func(p *Proxy) { p.trunks = t } }
 // from (set by hapbx only); on a backend's initial request, the trunk to
 // send it to.
 const TrunkHeader = "X-Hapbx-Trunk"
+
+// ErrUnknownTrunk is what Trunks.Targets wraps for a name no trunk has.
+var ErrUnknownTrunk = errors.New("no such trunk")
 
 // resolveTimeout bounds the lookup of a trunk's hosts for one call.
 const resolveTimeout = 5 * time.Second
@@ -156,7 +161,7 @@ func (p *Proxy) toTrunk(req *sip.Request, tx sip.ServerTransaction, trunk string
 		if req.IsInvite() {
 			p.releaseMedia(req, "no trunk host")
 		}
-		if err != nil && strings.Contains(err.Error(), "no such trunk") {
+		if errors.Is(err, ErrUnknownTrunk) {
 			p.reply(tx, req, 404, "Not Found (no such trunk)")
 			return
 		}
@@ -192,7 +197,7 @@ func (rc *responseContext) authorizeTrunk(b *branch, res *sip.Response) bool {
 		// way (forwardAck).
 		p.cseqRaised.put(rc.req.CallID().Value(), strconv.FormatUint(uint64(rc.req.CSeq().SeqNo), 10))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.HopTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	clTx, err := p.wire.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
 	cancel()
 	if err != nil {

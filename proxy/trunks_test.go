@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -27,6 +28,9 @@ func (f *fakeTrunks) Match(src netip.Addr) (string, bool) {
 }
 
 func (f *fakeTrunks) Targets(_ context.Context, name string) ([]TrunkHost, error) {
+	if name != "p1" {
+		return nil, fmt.Errorf("trunk %q: %w", name, ErrUnknownTrunk)
+	}
 	return f.hosts, nil
 }
 
@@ -133,20 +137,29 @@ func TestTrunkChallengeNotRelayed(t *testing.T) {
 	}
 	provider.answer(again, from, "407 Proxy Authentication Required")
 
+	if msg := finalResponse(t, backend, "trunk-407"); !strings.HasPrefix(msg, "SIP/2.0 403 ") || !strings.Contains(msg, "CSeq: 2 INVITE") || strings.Contains(msg, "Proxy-Authenticate") {
+		t.Fatalf("the backend got, for a challenge hapbx could not answer:\n%s", msg)
+	}
+
+	// A trunk hapbx does not have: 404, nothing sent.
+	backend.send(tp.addr, withTrunkHeader(sipRequest("INVITE", "sip:4930@"+tp.addr, "trunk-none", "f1", ""), "nope"))
+	if msg := finalResponse(t, backend, "trunk-none"); !strings.HasPrefix(msg, "SIP/2.0 404 ") {
+		t.Fatalf("the backend got, for a trunk hapbx does not have:\n%s", msg)
+	}
+}
+
+// finalResponse is the next final response of callID p receives.
+func finalResponse(t *testing.T, p *peer, callID string) string {
+	t.Helper()
 	buf := make([]byte, 65535)
-	_ = backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = p.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for {
-		n, _, err := backend.ReadFrom(buf)
+		n, _, err := p.ReadFrom(buf)
 		if err != nil {
-			t.Fatalf("no final response reached the backend: %v", err)
+			t.Fatalf("no final response: %v", err)
 		}
-		msg := string(buf[:n])
-		if strings.HasPrefix(msg, "SIP/2.0 1") {
-			continue
+		if msg := string(buf[:n]); strings.HasPrefix(msg, "SIP/2.0 ") && !strings.HasPrefix(msg, "SIP/2.0 1") && strings.Contains(msg, "Call-ID: "+callID+"\r\n") {
+			return msg
 		}
-		if !strings.HasPrefix(msg, "SIP/2.0 403 ") || !strings.Contains(msg, "CSeq: 2 INVITE") || strings.Contains(msg, "Proxy-Authenticate") {
-			t.Fatalf("the backend got, for a challenge hapbx could not answer:\n%s", msg)
-		}
-		break
 	}
 }

@@ -30,10 +30,7 @@ func TestTrunkRegistersFromProxySocket(t *testing.T) {
 	}
 	provider := testkit.StartSIPp(t, providerIP, testkit.FreePort(t, providerIP), "-sf", sf, "-trace_msg")
 	testkit.WaitListening(t, "udp", provider.Addr, 3*time.Second)
-	secret := filepath.Join(t.TempDir(), "p1.secret")
-	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	secret := providerSecret(t)
 	d := startDaemonWith(t, fmt.Sprintf(`trunks:
   - name: p1
     hosts: [%q]
@@ -205,10 +202,7 @@ func TestTrunkOutgoingCall(t *testing.T) {
 	}()
 	provider := testkit.StartSIPp(t, provider2IP, testkit.FreePort(t, provider2IP), "-sf", scenarioPath("trunk_provider_uas_407.xml"), "-trace_msg")
 	testkit.WaitListening(t, "udp", provider.Addr, 3*time.Second)
-	secret := filepath.Join(t.TempDir(), "p1.secret")
-	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	secret := providerSecret(t)
 	d := startDaemonWith(t, fmt.Sprintf(`trunks:
   - name: p1
     hosts: [%q, %q]
@@ -293,4 +287,14 @@ func verifyDigest(msg, method, user, password string) error {
 		return fmt.Errorf("username %q response %q, want %q %q", p["username"], p["response"], user, want)
 	}
 	return nil
+}
+
+// providerSecret writes the trunk's credentials file (password s3cret).
+func providerSecret(t *testing.T) string {
+	t.Helper()
+	secret := filepath.Join(t.TempDir(), "p1.secret")
+	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return secret
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -137,9 +138,12 @@ func (r *trunkRoutes) Match(src netip.Addr) (string, bool) {
 
 func (r *trunkRoutes) Targets(ctx context.Context, name string) ([]proxy.TrunkHost, error) {
 	if r.set == nil {
-		return nil, fmt.Errorf("trunk %q: %w", name, trunk.ErrUnknown)
+		return nil, fmt.Errorf("trunk %q: %w", name, proxy.ErrUnknownTrunk)
 	}
 	ts, err := r.set.Targets(ctx, name)
+	if errors.Is(err, trunk.ErrUnknown) {
+		return nil, fmt.Errorf("%w: %w", proxy.ErrUnknownTrunk, err)
+	}
 	if err != nil {
 		return nil, err
 	}
