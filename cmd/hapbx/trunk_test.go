@@ -178,7 +178,8 @@ func TestTrunkIncomingCalls(t *testing.T) {
 // provider's 407 with the trunk's credentials (verified by the provider),
 // so the backend never sees the challenge; the backend's ACK carries the
 // CSeq of the authorized INVITE to the provider. Media is anchored as for
-// any call: the provider is offered hapbx's address.
+// any call: the provider is offered hapbx's address. The provider's BYE
+// reaches the backend through hapbx (its Route with the dialog token).
 func TestTrunkOutgoingCall(t *testing.T) {
 	testkit.RequireSIPp(t)
 	const provider2IP = "127.0.3.62"
@@ -219,10 +220,17 @@ media: {enabled: true, ports: "23200-23299"}
 	if code := asterisk.Wait(20 * time.Second); code != 0 {
 		t.Fatalf("the call out through the trunk failed (exit %d)\n%s\n%s", code, asterisk.Output(), provider.Output())
 	}
+	bye := false
 	for _, m := range sippReceived(sippMessages(t, asterisk)) {
 		if strings.HasPrefix(m, "SIP/2.0 407") || strings.HasPrefix(m, "SIP/2.0 401") {
 			t.Errorf("the provider's challenge reached the backend:\n%s", m)
 		}
+		if strings.HasPrefix(m, "BYE ") {
+			bye = strings.Contains(m, "Via: SIP/2.0/UDP "+d.sip+";branch=")
+		}
+	}
+	if !bye {
+		t.Errorf("the provider's BYE did not reach the backend through hapbx (dialog token)")
 	}
 	sawInvite := false
 	for len(heard) > 0 {
