@@ -35,6 +35,16 @@
 //     (token.go: HMAC over Call-ID, caller's tag and backend, keyed with
 //     `sip.dialog_secret_file`, shared by both proxies of a pair) and only
 //     to that token's backend; refusals are counted, never forwarded;
+//   - routes the providers' trunks (trunks.go, WithTrunks): a request from
+//     a trunk's ACL goes to the trunk's backends marked X-Hapbx-Trunk (a
+//     header only hapbx writes; removed from everyone else; not counted by
+//     the flood guard); a backend's initial request naming a trunk in it
+//     goes to the provider's hosts in order (hop_timeout and transport
+//     failures fail over, as for backends), and the provider's 401/407 is
+//     answered with the trunk's credentials (the request sent again with
+//     CSeq plus one, the ACK of its 2xx raised to match, responses
+//     upstream carrying the caller's CSeq), never relayed; Record-Route,
+//     not Contact, keeps hapbx in the dialog;
 //   - sends a new request from a phone or trunk to the backends a Router
 //     names, in order: a backend that stays silent for `sip.hop_timeout`
 //     (Asterisk answers 100 Trying at once), fails at the transport, or

@@ -66,8 +66,7 @@ type Door struct {
 	Flood           FloodGuard
 	MaxTransactions int
 	// Exempt are sources the flood guard never counts besides the
-	// backends: the twin proxy. Trunks, once they exist, join here (or
-	// their class in trust.go is exempted the same way as backends).
+	// backends and the trunks' ACL sources (WithTrunks): the twin proxy.
 	Exempt []netip.Addr
 }
 
@@ -288,9 +287,10 @@ func (p *Proxy) unavailableAtDoor(info sip.TransportReadProps, data []byte, req 
 }
 
 // exemptSource reports a source the flood guard must not count: a backend
-// (by address, as trust.go tells them) or one of Door.Exempt.
+// (by address, as trust.go tells them), a trunk's ACL source or one of
+// Door.Exempt.
 func (p *Proxy) exemptSource(a netip.Addr) bool {
-	if p.door.exempt[a] {
+	if p.door.exempt[a] || p.trunkSource(a) {
 		return true
 	}
 	set := p.backends.Load()

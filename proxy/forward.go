@@ -81,8 +81,8 @@ func (p *Proxy) respond(req *sip.Request, tx sip.ServerTransaction, targets []ta
 			}
 		}
 		// Every backend tried has failed (or none is healthy): wait for
-		// another to come up.
-		if !retry {
+		// another to come up. A trunk's hosts are all there is.
+		if !retry || len(targets) > 0 && targets[0].trunk != "" {
 			return false
 		}
 		if req.IsInvite() {
@@ -275,6 +275,9 @@ func (p *Proxy) relayStateless(req *sip.Request, res *sip.Response) {
 // upstream strips our Via and aims the response at the previous hop.
 func (p *Proxy) upstream(req *sip.Request, res *sip.Response) {
 	res.RemoveHeader("Via")
+	if cs, rcs := res.CSeq(), req.CSeq(); cs != nil && rcs != nil {
+		cs.SeqNo = rcs.SeqNo // a trunk's challenge answered with a raised CSeq (trunks.go)
+	}
 	res.SetTransport(req.Transport())
 	if sip.IsReliable(req.Transport()) {
 		res.SetDestination(req.Source()) // the connection the request came on

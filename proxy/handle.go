@@ -17,6 +17,7 @@ type target struct {
 	addr      string // host:port
 	transport string // udp, tcp or tls
 	ruri      string // new Request-URI (a phone's Contact), "" to keep it
+	trunk     string // the trunk whose provider host this is, "" otherwise
 }
 
 type action int
@@ -28,6 +29,7 @@ const (
 	actStateless               // ACK for a 2xx: forward statelessly to the target
 	actDrop                    // absorb silently (non-2xx ACK, stray ACK)
 	actFork                    // stateful, in parallel to every target (an AOR's contacts)
+	actTrunk                   // stateful, to a trunk's hosts one after the other
 )
 
 type decision struct {
@@ -37,6 +39,7 @@ type decision struct {
 	target  target
 	targets []target     // actFork
 	hdrs    []sip.Header // actReply: extra headers (420's Unsupported)
+	trunk   string       // actTrunk
 }
 
 const branchPrefix = sip.RFC3261BranchMagicCookie + "hpx"
@@ -58,7 +61,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	switch d.act {
-	case actForward, actBackends, actFork, actStateless:
+	case actForward, actBackends, actFork, actStateless, actTrunk:
 		if !p.anchorRequest(tx, req) {
 			return
 		}
@@ -72,7 +75,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 		p.reply(tx, req, d.code, d.reason, d.hdrs...)
 	case actStateless:
 		p.forwardAck(req, d.target)
-	case actForward, actFork, actBackends:
+	case actForward, actFork, actBackends, actTrunk:
 		p.inflight.Add(1)
 		p.m.inflight.Inc()
 		p.door.pending.Add(1)
@@ -86,6 +89,8 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 			p.forward(req, tx, d.targets, false)
 		case actBackends:
 			p.forward(req, tx, p.backendTargets(req), true)
+		case actTrunk:
+			p.toTrunk(req, tx, d.trunk)
 		}
 	}
 }
@@ -134,6 +139,7 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		}
 		return decision{act: actReply, code: 482, reason: "Loop Detected"}
 	}
+	toTrunk, why := p.takeTrunkHeader(req)
 
 	_, toTagged := req.To().Params.Get("tag")
 	if req.IsAck() {
@@ -145,6 +151,9 @@ func (p *Proxy) decide(req *sip.Request) decision {
 			return decision{act: actDrop}
 		}
 		if t, ok := p.nextHop(req); ok {
+			if p.fromBackend(req) != "" {
+				p.raiseAckCSeq(req)
+			}
 			return decision{act: actStateless, target: t}
 		}
 		return decision{act: actDrop}
@@ -154,9 +163,18 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		// are called; one that reaches here matches nothing.
 		return decision{act: actReply, code: 481, reason: "Call/Transaction Does Not Exist"}
 	}
-	if why := p.refusal(req, tok); why != "" {
+	if why == "" {
+		why = p.refusal(req, tok)
+	}
+	if why != "" {
 		p.m.refused.WithLabelValues(why).Inc()
 		return decision{act: actReply, code: 403, reason: "Forbidden (" + refusedText[why] + ")"}
+	}
+	if toTrunk != "" {
+		if p.trunks == nil {
+			return decision{act: actReply, code: 404, reason: "Not Found (no such trunk)"}
+		}
+		return decision{act: actTrunk, trunk: toTrunk}
 	}
 	if req.Route() == nil && p.fromBackend(req) != "" {
 		// From Asterisk towards a phone: its AOR on our host, or a Contact
@@ -350,7 +368,7 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 		names = append(names, b) // the authenticated re-send goes where the nonce is
 	}
 	if p.router != nil {
-		for _, n := range p.router.Candidates(cid) {
+		for _, n := range p.trunkBackends(req, p.router.Candidates(cid)) {
 			if len(names) == 0 || n != names[0] {
 				names = append(names, n)
 			}

@@ -53,7 +53,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"backend"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_proxy_retries_total",
-			Help: "Initial requests moved to the next backend, by the backend that failed and why.",
+			Help: "Initial requests moved to the next backend (or provider host of a trunk), by the backend that failed (trunk:NAME for a trunk's host) and why.",
 		}, []string{"backend", "reason"}),
 		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_proxy_malformed_total",

@@ -45,6 +45,7 @@ type peers struct {
 	reg      Registrar
 	media    MediaAnchor
 	callers  *ttlSet // Call-ID -> caller's From tag, to tell the legs of anchored calls
+	trunks   Trunks  // nil without trunks (trunks.go)
 }
 
 type addressing struct {
@@ -63,6 +64,7 @@ type memory struct {
 	secret     []byte  // key of the dialog tokens (token.go)
 	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
 	markTag    string  // tag of the marks intake writes (sanity.go)
+	cseqRaised *ttlSet // Call-ID -> CSeq of an INVITE sent again to a trunk with credentials
 }
 
 type stack struct {
@@ -140,7 +142,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		m:          newMetrics(reg),
 		peers:      peers{router: router},
 		addressing: addressing{listeners: ls, portFor: map[string]int{}, localHosts: map[string]bool{strings.ToLower(cfg.Advertise): true}, localPorts: map[int]bool{}, udpLaddr: map[string]sip.Addr{}},
-		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000), strays: newTTLSet(32*time.Second, 100000)},
+		memory:     memory{challenged: newTTLSet(32*time.Second, 100000), non2xx: newTTLSet(32*time.Second, 100000), strays: newTTLSet(32*time.Second, 100000), cseqRaised: newTTLSet(32*time.Second, 100000)},
 		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1, tryingAfter: 200 * time.Millisecond},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)

@@ -50,6 +50,7 @@ type branch struct {
 	gotAny     bool // a CANCEL may now be sent
 	cancelSent bool
 	suspected  bool // reported silent past hop_timeout, still waited for
+	authorized bool // sent again with a trunk's credentials (trunks.go)
 	sent       time.Time
 	done       bool
 }
@@ -147,6 +148,12 @@ func (rc *responseContext) send(t target) outcome {
 		p.m.selected.WithLabelValues(t.backend).Inc()
 		dial = p.cfg.HopTimeout
 	}
+	if t.trunk != "" && rc.more {
+		// A provider host that does not answer is skipped for the next one
+		// as a backend is; the last one gets the transaction timers (it is
+		// across the internet, not on the LAN).
+		dial = p.cfg.HopTimeout
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), dial)
 	clTx, err := p.wire.TransactionRequest(ctx, out, sipgo.ClientRequestOption(keepHeaders))
 	if err != nil && strings.Contains(err.Error(), "already exists") {
@@ -172,7 +179,7 @@ func (rc *responseContext) send(t target) outcome {
 	b := &branch{t: t, out: out, clTx: clTx, sent: time.Now()}
 	rc.branches = append(rc.branches, b)
 	rc.live++
-	if t.backend != "" {
+	if t.backend != "" || t.trunk != "" && rc.more {
 		rc.hop = time.After(p.cfg.HopTimeout)
 	}
 	if req.IsInvite() && rc.ringing == nil && rc.guard == nil {
@@ -271,6 +278,13 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 	if b.t.backend != "" && (res.StatusCode == 401 || res.StatusCode == 407) {
 		p.challenged.put(req.CallID().Value(), b.t.backend)
 	}
+	if b.t.trunk != "" && (res.StatusCode == 401 || res.StatusCode == 407) {
+		if rc.authorizeTrunk(b, res) {
+			rc.hop = nil // the provider answers: no failover now
+			return pending
+		}
+		refuseChallenge(res)
+	}
 	if res.StatusCode >= 600 && !rc.over() {
 		rc.cancelAll(b) // RFC 3261 §16.7 step 5: a 6xx ends the search
 	}
@@ -340,6 +354,10 @@ func (rc *responseContext) giveUp(t target, label, reason string) bool {
 	rc.p.failed(t, reason)
 	if !rc.more || rc.provisional || isClosed(rc.cancelled) {
 		return false
+	}
+	if t.trunk != "" {
+		rc.p.m.retries.WithLabelValues("trunk:"+t.trunk, label).Inc()
+		return true
 	}
 	rc.p.m.retries.WithLabelValues(t.backend, label).Inc()
 	return true

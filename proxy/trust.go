@@ -17,8 +17,11 @@ import (
 //     host it names, and an in-dialog request is forwarded only inside a
 //     dialog this proxy (or its twin, holding the same secret) record-routed,
 //     to the backend that dialog's token names;
-//   - trunks, once they exist, get their own class here: classify looks
-//     them up by source address like the backends.
+//   - a trunk's provider (a source in a trunk's ACL, Trunks.Match) is
+//     anyone else as above, but its initial requests carry TrunkHeader
+//     naming the trunk and go to the trunk's backends only (trunks.go);
+//     TrunkHeader from any other source is removed, and an initial request
+//     naming a trunk in it from anyone but a backend is refused.
 //
 // A refusal is answered 403 (an ACK is dropped), counted in
 // hapbx_proxy_refused_total{reason} and sent nowhere.
@@ -29,6 +32,7 @@ const (
 	refusedNoToken        = "no_dialog_token" // an in-dialog request without this proxy's Route token
 	refusedForeignHop     = "foreign_hop"     // an in-dialog request towards a host that is no backend
 	refusedBadToken       = "bad_dialog_token"
+	refusedTrunk          = "trunk_not_backend" // an initial request naming a trunk, not from a backend
 )
 
 // fromBackend returns the backend a request came from, by source address.
@@ -106,4 +110,5 @@ var refusedText = map[string]string{
 	refusedNoToken:        "not in a dialog of this proxy",
 	refusedForeignHop:     "in-dialog request to a foreign host",
 	refusedBadToken:       "not in a dialog of this proxy",
+	refusedTrunk:          "only a backend may call through a trunk",
 }

@@ -29,9 +29,9 @@
 //     registers (SetConfig.Active); every node runs the keepalives.
 //
 // It does not touch the proxy's request path: package proxy declares the
-// interfaces it needs (Set.Match, Set.Targets, Set.Credentials,
-// Set.Backends fit them) and cmd/hapbx/internal/app wires them. It sends
-// SIP through a Sender it is given (proxy.Proxy.Do, so requests leave from
+// interfaces it needs (proxy.Trunks: Set.Match, Set.Targets,
+// Set.Authorize, Set.Backends, adapted for its types) and
+// cmd/hapbx/internal/app wires them. It sends SIP through a Sender it is given (proxy.Proxy.Do, so requests leave from
 // the proxy's socket with its Via). It does not decide who holds the VIP,
 // nor unregister when it stops (the twin continues the registration).
 //

@@ -140,12 +140,17 @@ func (d *daemon) run() error {
 	if err := d.replicate(); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
+	routes := &trunkRoutes{} // filled by setupTrunks: the trunks send through the proxy
+	if len(d.cfg.Trunks) > 0 {
+		opts = append(opts, proxy.WithTrunks(routes))
+	}
 	if d.proxy, err = proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...); err != nil {
 		return err
 	}
 	if err := d.setupTrunks(); err != nil {
 		return err
 	}
+	routes.set = d.trunks
 	// Listeners first: they receive on the VIP the moment the cluster adds it.
 	if err := d.proxy.Listen(context.Background()); err != nil {
 		return err

@@ -1,10 +1,14 @@
 package app
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/internal/secretfile"
@@ -116,4 +120,50 @@ func trunkLine(t trunk.Status) string {
 	}
 	fmt.Fprintf(&b, "  hosts up %d/%d", up, len(t.Hosts))
 	return b.String()
+}
+
+// trunkRoutes is the proxy's view of the trunks (proxy.Trunks): made
+// before the proxy, set (before it listens) once the trunks, which send
+// through the proxy, are made.
+type trunkRoutes struct{ set *trunk.Set }
+
+var _ proxy.Trunks = (*trunkRoutes)(nil)
+
+func (r *trunkRoutes) Match(src netip.Addr) (string, bool) {
+	if r.set == nil {
+		return "", false
+	}
+	return r.set.Match(src)
+}
+
+func (r *trunkRoutes) Targets(ctx context.Context, name string) ([]proxy.TrunkHost, error) {
+	if r.set == nil {
+		return nil, fmt.Errorf("trunk %q: %w", name, proxy.ErrUnknownTrunk)
+	}
+	ts, err := r.set.Targets(ctx, name)
+	if errors.Is(err, trunk.ErrUnknown) {
+		return nil, fmt.Errorf("%w: %w", proxy.ErrUnknownTrunk, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]proxy.TrunkHost, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, proxy.TrunkHost{Addr: t.Addr, Transport: t.Transport})
+	}
+	return out, nil
+}
+
+func (r *trunkRoutes) Authorize(name string, req *sip.Request, res *sip.Response) (sip.Header, error) {
+	if r.set == nil {
+		return nil, fmt.Errorf("trunk %q: %w", name, trunk.ErrUnknown)
+	}
+	return r.set.Authorize(name, req, res)
+}
+
+func (r *trunkRoutes) Backends(name string) []string {
+	if r.set == nil {
+		return nil
+	}
+	return r.set.Backends(name)
 }
