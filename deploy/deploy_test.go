@@ -634,7 +634,7 @@ func TestSIPpRegister(t *testing.T) {
 	users := genUsers(t, "-n", "3", "-f", "9000", "-d", "127.0.0.1", "-p", "pw")
 	// -l 1: the test peer walks the same file in step with the phones.
 	code, out := sippRun(t, "sipp/testdata/uas_registrar.xml", "sipp/register.xml", 3,
-		"-inf", users, "-l", "1", "-r", "20", "-d", "10")
+		"-inf", users, "-l", "1", "-r", "20", "-d", "300")
 	if code != 0 {
 		t.Fatalf("register.xml exited %d\n%s", code, out)
 	}
@@ -662,7 +662,7 @@ func TestSIPpCall(t *testing.T) {
 	testkit.RequireSIPp(t)
 	users := genUsers(t, "-n", "3", "-f", "9000", "-d", "127.0.0.1", "-p", "pw")
 	code, out := sippRun(t, "sipp/testdata/uas_call.xml", "sipp/call.xml", 3,
-		"-inf", users, "-s", "600", "-l", "1", "-r", "20", "-d", "10")
+		"-inf", users, "-s", "600", "-l", "1", "-r", "20", "-d", "300")
 	if code != 0 {
 		t.Fatalf("call.xml exited %d\n%s", code, out)
 	}

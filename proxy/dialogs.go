@@ -67,6 +67,9 @@ func newDialogTable(max int, ttl time.Duration, reg prometheus.Registerer) *dial
 			Help: "Confirmed dialogs not tracked because sip.max_dialogs was reached: they are not hung up when their backend dies.",
 		}),
 	}
+	// The known reason's series exists from the start at 0, so a dashboard
+	// reads "none hung up" rather than "no data" until a backend dies.
+	t.ended.WithLabelValues(HangUpReasonBackendDown)
 	reg.MustRegister(t.gauge, t.ended, t.full)
 	return t
 }
@@ -268,6 +271,10 @@ func (t *dialogTable) reaches(dest string) bool {
 	}
 	return false
 }
+
+// HangUpReasonBackendDown is HangUpBackend's reason when the health checks
+// declared the backend down.
+const HangUpReasonBackendDown = "backend down"
 
 // HangUpBackend sends a BYE towards the phone side of every confirmed
 // dialog on backend (declared down), so phones do not sit in silent calls.

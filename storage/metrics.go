@@ -33,12 +33,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_storage_failures_total",
-			Help: "Failed resource group steps, by step (drbd, filesystem, service, precheck, fence).",
+			Help: "Failed resource group steps, by step (drbd, filesystem, service, precheck, fence, monitor).",
 		}, []string{"step"}),
 		splitBrain: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hapbx_storage_split_brain",
 			Help: "1 while a DRBD split brain is detected and not cleared by an operator.",
 		}),
+	}
+	// Every step's series exists from the start at 0, so a dashboard or a
+	// rate() over it reads "no failure" rather than "no data" until one.
+	for _, step := range []string{StepDRBD, StepFilesystem, StepService, "precheck", "fence", "monitor"} {
+		m.failures.WithLabelValues(step)
 	}
 	if reg == nil {
 		return m, nil

@@ -300,7 +300,7 @@ func (d *daemon) hangUpDeadBackends(ctx context.Context) error {
 	for ev := range d.selector.Subscribe(ctx) {
 		switch ev.Kind {
 		case failover.BackendDown:
-			go d.proxy.HangUpBackend(ev.Backend, "backend down")
+			go d.proxy.HangUpBackend(ev.Backend, proxy.HangUpReasonBackendDown)
 		case failover.BackendRemoved:
 			// Still running: its calls go on; only new ones go elsewhere.
 			d.log.Info("backend removed from the configuration; its calls in progress continue", zap.String("backend", ev.Backend))
