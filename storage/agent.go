@@ -191,6 +191,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer, opts ...Option)
 		o(a)
 	}
 	m.groupState.Set(stateValue[StateStopped])
+	m.setDRBD(a.drbdState)
 	return a, nil
 }
 
@@ -202,11 +203,17 @@ func (a *Agent) DRBDState(ctx context.Context) (DRBDState, error) {
 	if err != nil {
 		return DRBDState{}, err
 	}
+	a.setDRBDState(st)
+	a.noteStandAlone(st, "drbdadm status")
+	return st, nil
+}
+
+// setDRBDState keeps st as the DRBD state and exports its disk states.
+func (a *Agent) setDRBDState(st DRBDState) {
 	a.mu.Lock()
 	a.drbdState = st
 	a.mu.Unlock()
-	a.noteStandAlone(st, "drbdadm status")
-	return st, nil
+	a.m.setDRBD(st)
 }
 
 // Status returns a snapshot; the mount state is read live.
@@ -577,9 +584,7 @@ func (a *Agent) events(ctx context.Context) error {
 			if before.Role != st.Role {
 				a.log.Info("DRBD role changed", zap.String("from", before.Role), zap.String("to", st.Role))
 			}
-			a.mu.Lock()
-			a.drbdState = st
-			a.mu.Unlock()
+			a.setDRBDState(st)
 		}
 		if ev.Verb == "exists" && ev.Object == "-" {
 			a.noteStandAlone(st, "events2")

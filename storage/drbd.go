@@ -75,6 +75,20 @@ func (s DRBDState) AllPeersConnected() bool {
 	return true
 }
 
+// PeersUpToDate reports whether every peer's disk is UpToDate (false when
+// there is no peer at all).
+func (s DRBDState) PeersUpToDate() bool {
+	if len(s.Peers) == 0 {
+		return false
+	}
+	for _, p := range s.Peers {
+		if p.PeerDisk != DiskUpToDate {
+			return false
+		}
+	}
+	return true
+}
+
 // Peer returns the first peer, or a zero PeerState with Unknown fields.
 func (s DRBDState) Peer() PeerState {
 	if len(s.Peers) > 0 {

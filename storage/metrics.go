@@ -18,6 +18,8 @@ type metrics struct {
 	groupState   prometheus.Gauge
 	failures     *prometheus.CounterVec
 	splitBrain   prometheus.Gauge
+	diskUpToDate prometheus.Gauge
+	peerUpToDate prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,6 +41,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "hapbx_storage_split_brain",
 			Help: "1 while a DRBD split brain is detected and not cleared by an operator.",
 		}),
+		diskUpToDate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_storage_drbd_disk_uptodate",
+			Help: "1 while the local DRBD disk is UpToDate (every volume), as last read from drbdadm status or drbdsetup events2.",
+		}),
+		peerUpToDate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_storage_drbd_peer_disk_uptodate",
+			Help: "1 while every DRBD peer's disk is UpToDate as seen from this node (0 with no peer known, or a peer not connected).",
+		}),
 	}
 	// Every step's series exists from the start at 0, so a dashboard or a
 	// rate() over it reads "no failure" rather than "no data" until one.
@@ -48,10 +58,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.stepDuration, m.groupState, m.failures, m.splitBrain} {
+	for _, c := range []prometheus.Collector{m.stepDuration, m.groupState, m.failures, m.splitBrain, m.diskUpToDate, m.peerUpToDate} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// setDRBD exports the disk states of st: what an alert on a disk not
+// UpToDate (a resync, an outdated peer, a lost replication link) reads.
+func (m *metrics) setDRBD(st DRBDState) {
+	m.diskUpToDate.Set(boolValue(st.Disk == DiskUpToDate))
+	m.peerUpToDate.Set(boolValue(st.PeersUpToDate()))
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
