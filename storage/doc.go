@@ -111,4 +111,6 @@
 //	hapbx_storage_group_state                     0 stopped, 1 starting, 2 started, 3 stopping, 4 failed
 //	hapbx_storage_failures_total{step}            drbd|filesystem|service|precheck|fence|monitor
 //	hapbx_storage_split_brain                     1 while a split brain is uncleared
+//	hapbx_storage_drbd_disk_uptodate              1 while the local disk is UpToDate
+//	hapbx_storage_drbd_peer_disk_uptodate         1 while every peer's disk is UpToDate
 package storage
