@@ -27,7 +27,7 @@ PARTS=${PARTS:-"a a-noguard b c"}
 SCALE=${SCALE:-1}
 sc() { awk -v v="$1" -v s="$SCALE" 'BEGIN{ n = int(v * s + 0.5); print (n < 1 ? 1 : n) }'; }
 FLOOD_RATE=$(sc "${FLOOD_RATE:-8000}") FLOOD_SECONDS=${FLOOD_SECONDS:-10}
-AFTER_RATE=$(sc "${AFTER_RATE:-200}") AFTER_SECONDS=${AFTER_SECONDS:-10}
+AFTER_RATE=$(sc "${AFTER_RATE:-200}") AFTER_SECONDS=${AFTER_SECONDS:-40}
 REG_N=$(sc "${REG_N:-200000}") REG_RATE=$(sc "${REG_RATE:-4000}") MAX_BINDINGS=$(sc "${MAX_BINDINGS:-100000}")
 HOLD_RATE=$(sc "${HOLD_RATE:-500}") HOLD_SECONDS=${HOLD_SECONDS:-20} HOLD_CREATE_SECONDS=${HOLD_CREATE_SECONDS:-30}
 PROXY=127.0.9.1 BE=127.0.9.11 FLOODER=127.0.9.60 PHONE=127.0.9.50 ADMIN=127.0.0.1:19070
@@ -71,6 +71,9 @@ peak() { printf '%s MB (anonymous memory at most %s MB)' "$(peak_mb)" "$(awk '$3
 # metric NAME: the sum of a metric's series on hapbx's /metrics.
 metric() { curl -fs "http://$ADMIN/metrics" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $NF} END {printf "%d", s}'; }
 shed() { curl -fs "http://$ADMIN/metrics" | awk '/^hapbx_proxy_shed_total\{/ {match($1, /reason="[^"]*"/); r = substr($1, RSTART + 8, RLENGTH - 9); printf "%s%s %d", sep, r, $NF; sep = ", "}'; }
+# transitions: hapbx_health_transitions_total by from->to, "up->suspect 3, ...".
+transitions() { curl -fs "http://$ADMIN/metrics" | awk '/^hapbx_health_transitions_total\{/ {match($1, /from="[^"]*"/); f = substr($1, RSTART + 6, RLENGTH - 7)
+  match($1, /to="[^"]*"/); t = substr($1, RSTART + 4, RLENGTH - 5); printf "%s%s->%s %d", sep, f, t, $NF; sep = ", "}'; }
 bindings() { curl -fs "http://$ADMIN/api/v1/status" | awk -F': ' '/"bindings"/ {gsub(/,/, "", $2); print $2; exit}'; }
 # stat FILE COLUMN: a column of the last line of a SIPp -trace_stat file.
 stat() { awk -F';' -v c="$2" 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == c) k = i} END {print $k + 0}' "$1"; }
@@ -107,7 +110,7 @@ flood() { # $1: part name, $2: limits
   # these calls, right after the flood) from which every later second's
   # calls succeeded: at least 99% of AFTER_RATE less one (SIPp's pacing puts
   # a call more or less on either side of a second's edge).
-  local rec; rec=$(cat "$dir"/after/*_rtt.csv 2>/dev/null | awk -F';' -v r="$AFTER_RATE" -v n="$AFTER_SECONDS" '
+  local rec; rec=$( (cat "$dir"/after/*_rtt.csv 2>/dev/null || true) | awk -F';' -v r="$AFTER_RATE" -v n="$AFTER_SECONDS" '
     $1 + 0 > 0 {c[int(($1 - $2) / 1000)]++}
     END {rec = "never"
          for (k = n - 2; k >= 0; k--) { if (c[k] + 0 >= 0.99 * r - 1) rec = k; else break }
@@ -120,7 +123,7 @@ flood() { # $1: part name, $2: limits
   printf '  peak RSS during the flood %s MB (goal < 512 MiB); shed: %s\n' "$fpeak" "$(shed)"
   printf '  then %s calls/s for %ss: %s ok, %s failed; successful calls by second of start:%s\n' "$AFTER_RATE" "$AFTER_SECONDS" "$aok" "$afail" "${rec#*|}"
   printf '  all calls succeed again from second %s after the flood (goal < 2 s)\n' "${rec%%|*}"
-  printf '  backend state changes: %s (goal 0); peak RSS overall %s\n' "$(( tr1 - tr0 ))" "$(peak "$1")"
+  printf '  backend state changes: %s (goal 0; since the start: %s); peak RSS overall %s\n' "$(( tr1 - tr0 ))" "$(transitions)" "$(peak "$1")"
   stop
 }
 
@@ -131,12 +134,15 @@ registrations() {
   sipp_uac "$dir/phones" "$PHONE" -sf "$BENCHDIR/uac_register_many.xml" -r "$REG_RATE" -m "$REG_N" \
     -l "$REG_N" -timeout $(( REG_N / REG_RATE * 3 + 40 ))s
   t1=$(date +%s.%N); sleep 1
+  # When SIPp had sent the last REGISTER (the rest is waiting for answers).
+  local sentin; sentin=$(awk -F';' -v n="$REG_N" 'NR == 1 {for (i = 1; i <= NF; i++) {if ($i == "OutgoingCall(C)") k = i; if ($i == "ElapsedTime(C)") e = i}; next}
+    $k + 0 >= n && d == "" {split($e, t, ":"); d = t[1] * 3600 + t[2] * 60 + t[3]} END {print (d == "" ? "?" : d)}' "$dir/phones/stat.csv")
   local s=$dir/phones/stat.csv
   local sent ok refused lost held; sent=$(stat "$s" 'OutgoingCall(C)') ok=$(stat "$s" 'SuccessfulCall(C)') held=$(bindings)
   refused=$(stat "$s" 'FailedUnexpectedMessage(C)') lost=$(stat "$s" 'FailedMaxUDPRetrans(C)')
   printf 'b: %s phones register once each at %s/s, max_bindings %s, flood guard off\n' "$REG_N" "$REG_RATE" "$MAX_BINDINGS"
-  printf '  sent %s in %.1fs; 200: %s, refused (503): %s, unanswered: %s; bindings held: %s (goal: 200s = bindings held)\n' \
-    "$sent" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$ok" "$refused" "$lost" "$held"
+  printf '  sent %s (the last after %ss) in %.1fs; 200: %s, refused (503): %s, unanswered: %s; bindings held: %s (goal: 200s = bindings held)\n' \
+    "$sent" "$sentin" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$ok" "$refused" "$lost" "$held"
   printf '  peak RSS %s (goal < 512 MiB); shed: %s\n' "$(peak b)" "$(shed)"
   stop
 }
