@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X github.com/hapbx/hapbx/cmd/hapbx/internal/app.version=$(VER
 PKGS     := ./...
 FUZZTIME ?= 6s
 
-.PHONY: build test unit lab lint fuzz bench demo e2e clean asterisk-mode deb deb-test print-deb dashboard-check
+.PHONY: build test unit lab lint fuzz bench bench-load demo e2e clean asterisk-mode deb deb-test print-deb dashboard-check
 
 ## build: bin/hapbx, statically linked, version stamped
 build:
@@ -93,6 +93,13 @@ bench: build
 	$(GO) test -run '^$$' -bench DetectDown -benchtime 1x ./health/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./registrar/
 	$(GO) run ./media/relaybench/cmd/relaybench -calls 500,1000,2000 -duration 10s -warmup 2s
+
+## bench-load: issue 13's figures under load and abuse (a flood, a registration
+## storm, 10 000 calls up at once; about 4 minutes; PARTS="a a-noguard b c",
+## SCALE=0.1 to try it): peak RSS, recovery, backend state changes, 200s
+## against bindings held. Not part of bench or test.
+bench-load: build
+	HAPBX_BIN=$(CURDIR)/bin/hapbx ./deploy/bench/load-bench.sh
 
 ## demo: as root, the namespace lab (deploy/lab): two proxies sharing a VIP, a witness, two PBX,
 ## SIPp phones registering and calling; kills and cuts one after another, prints one table
