@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -116,11 +117,8 @@ func (p *Proxy) trunkBackends(req *sip.Request, names []string) []string {
 	}
 	out := names[:0:0]
 	for _, n := range names {
-		for _, o := range only {
-			if n == o {
-				out = append(out, n)
-				break
-			}
+		if slices.Contains(only, n) {
+			out = append(out, n)
 		}
 	}
 	return out
