@@ -47,6 +47,9 @@ type sock struct {
 	w    *worker
 	peer *sock // the socket facing the other leg; packets received here leave through it
 	rtp  *sock // on an RTCP socket: the RTP socket of the same stream and leg; else nil
+	// ptMap, on the RTP socket of a joined leg (join.go), renumbers the
+	// payload type of what it receives for the other call's phone; nil: as is.
+	ptMap *[128]byte
 
 	hint     unix.RawSockaddrInet4 // where the SDP of this leg says to send
 	hasHint  bool
@@ -316,6 +319,9 @@ func (w *worker) forward(s *sock, n int, now int64) {
 			st.bytes += uint64(len(b))
 			st.rtpSeen(b, now)
 			w.countLossLocked(s)
+		}
+		if s.ptMap != nil {
+			b[1] = b[1]&0x80 | s.ptMap[b[1]&0x7f]
 		}
 		w.pkts[s.leg]++
 		w.bytes += uint64(len(b))

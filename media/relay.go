@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -69,6 +70,11 @@ type session struct {
 	replica      bool
 	replicaSince int64 // nanotime replica was set
 	heard        int64 // nanotime of the last record or keep-alive from the holder
+
+	sdp [2][]byte // each leg's last SDP body, for Join; r.mu
+	// sdpLast is the leg whose SDP came last: the answer of the last
+	// offer/answer exchange; r.mu
+	sdpLast Leg
 }
 
 // pendingTag is a caller tag set before the first Anchor of its call.
@@ -126,6 +132,7 @@ type Relay struct {
 	refreshEvery time.Duration
 	replicaTTL   time.Duration
 	out          *outlet // replication, set by StateChanges; r.mu
+	joins        joinSet // joined calls (join.go); r.mu
 }
 
 // RefreshPeriod derives the replication refresh period from idle_timeout:
@@ -330,6 +337,7 @@ func (r *Relay) anchor(callID string, from Leg, signal netip.Addr, body []byte) 
 	}
 	s.seen[from] = true
 	s.touched = r.nanotime()
+	s.sdp[from], s.sdpLast = slices.Clone(body), from
 	ports := make([]int, len(infos))
 	s.w.mu.Lock()
 	if signal.Is4() {
@@ -488,6 +496,7 @@ func (r *Relay) Release(callID, reason string) error {
 }
 
 func (r *Relay) releaseLocked(s *session, reason string) {
+	r.unjoinLocked(s)
 	s.w.mu.Lock()
 	for _, st := range s.streams {
 		for l := range 2 {
