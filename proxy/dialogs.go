@@ -31,8 +31,11 @@ type dialog struct {
 	dest       string          // the phone's NATed address or connection
 	network    string
 	cseq       uint32 // highest CSeq the backend side has used
-	lastSeen   time.Time
-	ending     bool // a BYE is under way: never hang it up a second time
+	// expires is the RFC 4028 session interval (0: no session timer): a
+	// call kept up after its backend died ends when it is not refreshed.
+	expires  time.Duration
+	lastSeen time.Time
+	ending   bool // a BYE is under way: never hang it up a second time
 }
 
 // dialogTable is bounded: at most max dialogs, each forgotten after ttl
@@ -89,7 +92,23 @@ func newDialog(inv *sip.Request, res *sip.Response, backend string) *dialog {
 	if fromTag == "" || toTag == "" {
 		return nil
 	}
-	return &dialog{callID: inv.CallID().Value(), fromTag: fromTag, toTag: toTag, backend: backend, lastSeen: time.Now()}
+	d := &dialog{callID: inv.CallID().Value(), fromTag: fromTag, toTag: toTag, backend: backend, lastSeen: time.Now()}
+	d.expires = sessionInterval(res)
+	return d
+}
+
+// sessionInterval is m's RFC 4028 Session-Expires, 0 without one.
+func sessionInterval(m interface{ GetHeader(string) sip.Header }) time.Duration {
+	h := m.GetHeader("Session-Expires")
+	if h == nil {
+		return 0
+	}
+	delta, _, _ := strings.Cut(h.Value(), ";")
+	s, err := strconv.Atoi(strings.TrimSpace(delta))
+	if err != nil || s <= 0 {
+		return 0
+	}
+	return time.Duration(s) * time.Second
 }
 
 // confirm records the dialog set up by a 2xx to an initial INVITE.
@@ -197,6 +216,9 @@ func (t *dialogTable) seen(req *sip.Request) {
 	if fromTag == d.backendTag && req.CSeq().SeqNo > d.cseq {
 		d.cseq = req.CSeq().SeqNo
 	}
+	if iv := sessionInterval(req); iv > 0 {
+		d.expires = iv
+	}
 }
 
 // ending marks the dialog of a BYE that is being forwarded, so a hang-up
@@ -281,7 +303,7 @@ const HangUpReasonBackendDown = "backend down"
 // It returns how many dialogs it hung up; the BYEs are sent in parallel and
 // it returns once all are sent, without waiting for their answers.
 func (p *Proxy) HangUpBackend(backend, reason string) int {
-	ds := p.dialogs.take(backend)
+	ds := p.takeOver(p.dialogs.take(backend))
 	if len(ds) == 0 {
 		return 0
 	}
@@ -316,7 +338,9 @@ func (p *Proxy) sendBye(d *dialog, reason string) {
 	cid := sip.CallIDHeader(d.callID)
 	bye.AppendHeader(&cid)
 	bye.AppendHeader(&sip.CSeqHeader{SeqNo: d.cseq + 1, MethodName: sip.BYE})
-	bye.AppendHeader(sip.NewHeader("Reason", `SIP;cause=503;text="`+reason+`"`))
+	if reason != "" {
+		bye.AppendHeader(sip.NewHeader("Reason", `SIP;cause=503;text="`+reason+`"`))
+	}
 	bye.SetBody(nil)
 	t := target{addr: d.dest, transport: network}
 	if len(d.routes) > 0 {

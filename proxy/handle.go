@@ -51,11 +51,20 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	if !p.streamDoor(req, tx) {
 		return
 	}
+	p.takeBridgeHeader(req)
 	d := p.decide(req)
+	if d.act == actForward || d.act == actBackends || d.act == actStateless {
+		if p.answerJoined(tx, req) {
+			return // its backend died: hapbx answers for it (takeover.go)
+		}
+	}
 	if d.act == actForward || d.act == actBackends {
 		if _, tagged := req.To().Params.Get("tag"); tagged {
 			if req.Method == sip.BYE {
 				p.dialogs.ending(req)
+				p.links.drop(req.CallID().Value())
+			} else {
+				p.links.touch(req.CallID().Value())
 			}
 			defer p.dialogs.seen(req) // after routing: a BYE may need its dialog
 		}

@@ -33,6 +33,7 @@ type Proxy struct {
 	peers      // the collaborators it asks
 	addressing // where it listens and what names it
 	memory     // what it keeps beyond one transaction
+	bridging   // bridged legs, calls kept up after their backend died (bridge.go)
 	stack      // sipgo
 	lifecycle  // up, drain, stop
 
@@ -146,6 +147,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1, tryingAfter: 200 * time.Millisecond},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
+	p.bridging = bridging{links: newLinkTable(cfg.MaxDialogs, cfg.DialogTTL, reg), takeovers: newTakeoverTable(reg)}
 	p.conns = newConnGuard(cfg.TCP, log.Named("conns"), p.m, p.dialogs.reaches)
 	newDoorMetrics(&p.door, reg)
 	for _, o := range opts {

@@ -48,7 +48,8 @@ func newTTLSet(ttl time.Duration, max int) *ttlSet {
 	return &ttlSet{ttl: ttl, max: max, items: make(map[string]ttlItem)}
 }
 
-func (s *ttlSet) put(key, val string) {
+// put keeps key for ttl; false when the set is full of live keys.
+func (s *ttlSet) put(key, val string) bool {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -61,9 +62,10 @@ func (s *ttlSet) put(key, val string) {
 		s.sweep = now.Add(s.ttl / 4)
 	}
 	if len(s.items) >= s.max {
-		return // bounded: under a flood the oldest knowledge wins
+		return false // bounded: under a flood the oldest knowledge wins
 	}
 	s.items[key] = ttlItem{val: val, expires: now.Add(s.ttl)}
+	return true
 }
 
 func (s *ttlSet) get(key string) (string, bool) {

@@ -1,0 +1,301 @@
+package proxy
+
+import (
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// mediaJoiner is implemented by a MediaAnchor that can connect the phone
+// legs of two calls when the PBX bridging them dies (media.Relay).
+type mediaJoiner interface {
+	// Join connects callID1's phone leg (the caller's when caller1) with
+	// callID2's; an error when the calls cannot be joined (no anchored
+	// media, codecs differ): they then end with BYEs.
+	Join(callID1 string, caller1 bool, callID2 string, caller2 bool) error
+	// AnswerJoined answers a joined phone's re-offer (nil: none, the 200
+	// carries the offer) that came from signal; an error: answer 488.
+	AnswerJoined(callID string, signal netip.Addr, offer []byte) ([]byte, error)
+}
+
+// Reasons of hapbx_proxy_joined_calls_ended_total.
+const (
+	joinEndBye     = "bye"
+	joinEndExpired = "session_expired"
+)
+
+// joinedCall is a two-party call whose PBX died: hapbx answers for it in
+// both dialogs until one side hangs up.
+type joinedCall struct {
+	d      [2]*dialog
+	timers [2]*time.Timer // RFC 4028 session timers, nil without one
+	ended  bool           // under takeoverTable.mu
+}
+
+// takeoverTable holds the joined calls by the Call-ID of each leg.
+type takeoverTable struct {
+	mu     sync.Mutex
+	byID   map[string]*joinedCall
+	gauge  prometheus.Gauge
+	joined prometheus.Counter
+	refuse *prometheus.CounterVec
+	ended  *prometheus.CounterVec
+}
+
+func newTakeoverTable(reg prometheus.Registerer) *takeoverTable {
+	t := &takeoverTable{
+		byID: make(map[string]*joinedCall),
+		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_proxy_joined_calls",
+			Help: "Two-party calls whose PBX died, kept up by hapbx (media joined in the relay).",
+		}),
+		joined: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapbx_proxy_calls_joined_total",
+			Help: "Two-party calls kept up when their PBX died: the two phones' media joined in the relay.",
+		}),
+		refuse: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_calls_join_refused_total",
+			Help: "Linked calls of a dead PBX that could not be joined and were hung up, by reason (codec: the phones' codecs differ; media: a leg without anchored media).",
+		}, []string{"reason"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hapbx_proxy_joined_calls_ended_total",
+			Help: "Joined calls ended, by reason (bye: one side hung up; session_expired: its RFC 4028 refresher stopped).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{"codec", "media"} {
+		t.refuse.WithLabelValues(r)
+	}
+	for _, r := range []string{joinEndBye, joinEndExpired} {
+		t.ended.WithLabelValues(r)
+	}
+	reg.MustRegister(t.gauge, t.joined, t.refuse, t.ended)
+	return t
+}
+
+func (t *takeoverTable) get(callID string) *joinedCall {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byID[callID]
+}
+
+// finish removes c; false when it was already ended.
+func (t *takeoverTable) finish(c *joinedCall) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if c.ended {
+		return false
+	}
+	c.ended = true
+	for _, d := range c.d {
+		delete(t.byID, d.callID)
+	}
+	for _, tm := range c.timers {
+		if tm != nil {
+			tm.Stop()
+		}
+	}
+	t.gauge.Set(float64(len(t.byID)))
+	return true
+}
+
+func (t *takeoverTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}
+
+// phoneCalled tells whether the phone of d is its callee (the backend
+// placed the call).
+func (d *dialog) phoneCalled() bool { return d.backendTag == d.fromTag }
+
+// takeOver joins the linked pairs among ds, the dialogs of a dead backend,
+// and returns the dialogs left to hang up.
+func (p *Proxy) takeOver(ds []*dialog) []*dialog {
+	j, ok := p.media.(mediaJoiner)
+	if !ok || len(ds) < 2 {
+		return ds
+	}
+	byID := make(map[string]*dialog, len(ds))
+	for _, d := range ds {
+		byID[d.callID] = d
+	}
+	rest := ds[:0:0]
+	done := make(map[string]bool, len(ds))
+	for _, d := range ds {
+		if done[d.callID] {
+			continue
+		}
+		other, linked := p.links.partner(d.callID)
+		o := byID[other]
+		if !linked || o == nil || done[other] {
+			rest = append(rest, d)
+			continue
+		}
+		done[d.callID], done[other] = true, true
+		if err := j.Join(d.callID, !d.phoneCalled(), o.callID, !o.phoneCalled()); err != nil {
+			why := "media"
+			if strings.Contains(err.Error(), "codec") {
+				why = "codec"
+			}
+			p.takeovers.refuse.WithLabelValues(why).Inc()
+			p.log.Info("bridged call not joined: hung up", zap.String("call_id", d.callID), zap.String("other_call_id", other), zap.Error(err))
+			rest = append(rest, d, o)
+			continue
+		}
+		p.links.drop(d.callID)
+		c := &joinedCall{d: [2]*dialog{d, o}}
+		p.takeovers.mu.Lock()
+		p.takeovers.byID[d.callID], p.takeovers.byID[o.callID] = c, c
+		for i, cd := range c.d {
+			if cd.expires > 0 {
+				left := max(time.Until(cd.lastSeen.Add(cd.expires)), 0)
+				c.timers[i] = time.AfterFunc(left, func() { p.endJoined(c, -1, joinEndExpired) })
+			}
+		}
+		p.takeovers.gauge.Set(float64(len(p.takeovers.byID)))
+		p.takeovers.mu.Unlock()
+		p.takeovers.joined.Inc()
+		p.log.Warn("backend died: bridged call kept up, its phones' media joined", zap.String("backend", d.backend),
+			zap.String("call_id", d.callID), zap.String("other_call_id", o.callID))
+	}
+	return rest
+}
+
+// answerJoined answers req if it belongs to a joined call, in place of the
+// dead backend; false when it does not.
+func (p *Proxy) answerJoined(tx sip.ServerTransaction, req *sip.Request) bool {
+	if !inDialog(req) || p.takeovers == nil {
+		return false
+	}
+	c := p.takeovers.get(req.CallID().Value())
+	if c == nil {
+		return false
+	}
+	side := 0
+	if c.d[1].callID == req.CallID().Value() {
+		side = 1
+	}
+	d := c.d[side]
+	fromTag, _ := req.From().Params.Get("tag")
+	toTag, _ := req.To().Params.Get("tag")
+	if dialogKey(d.callID, d.fromTag, d.toTag) != dialogKey(d.callID, fromTag, toTag) {
+		return false
+	}
+	switch req.Method {
+	case sip.ACK:
+		// The ACK of our 2xx to a re-INVITE: absorbed.
+	case sip.BYE:
+		p.replyJoined(tx, req, 200, "OK", nil)
+		p.endJoined(c, side, joinEndBye)
+	case sip.INVITE, sip.UPDATE:
+		var offer []byte
+		if hasSDP(req) {
+			offer = req.Body()
+		}
+		var body []byte
+		if offer != nil || req.IsInvite() {
+			var err error
+			body, err = p.media.(mediaJoiner).AnswerJoined(d.callID, sourceIP(req.Source()), offer)
+			if err != nil {
+				p.log.Info("re-offer of a joined call refused", zap.String("call_id", d.callID), zap.Error(err))
+				p.replyJoined(tx, req, 488, "Not Acceptable Here", nil)
+				return true
+			}
+		}
+		p.refreshed(c, side, req)
+		p.replyJoined(tx, req, 200, "OK", body, sessionTimerHeaders(req)...)
+	case sip.OPTIONS, sip.INFO:
+		p.replyJoined(tx, req, 200, "OK", nil)
+	default:
+		p.replyJoined(tx, req, 501, "Not Implemented", nil)
+	}
+	return true
+}
+
+// replyJoined answers req for the dead backend, with an SDP body when body
+// is not nil and a Contact on a 2xx to an INVITE.
+func (p *Proxy) replyJoined(tx sip.ServerTransaction, req *sip.Request, code int, reason string, body []byte, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, body)
+	if body != nil {
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	if code/100 == 2 && (req.IsInvite() || req.Method == sip.UPDATE) {
+		tr := strings.ToLower(req.Transport())
+		res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: p.cfg.Advertise, Port: p.portFor[tr], UriParams: params("transport", tr)}})
+	}
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	if err := tx.Respond(res); err != nil {
+		p.log.Debug("answer for a dead backend not sent", zap.Int("code", code), zap.Error(err))
+		return
+	}
+	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(code)).Inc()
+}
+
+// sessionTimerHeaders answer a session refresh (RFC 4028 §9): the interval
+// the phone asked for, the phone kept as the refresher unless it named us.
+func sessionTimerHeaders(req *sip.Request) []sip.Header {
+	h := req.GetHeader("Session-Expires")
+	if h == nil {
+		return nil
+	}
+	delta, params, _ := strings.Cut(h.Value(), ";")
+	refresher := "uac"
+	if strings.Contains(strings.ReplaceAll(strings.ToLower(params), " ", ""), "refresher=uas") {
+		refresher = "uas"
+	}
+	out := []sip.Header{sip.NewHeader("Session-Expires", strings.TrimSpace(delta)+";refresher="+refresher)}
+	for _, s := range req.GetHeaders("Supported") {
+		if strings.Contains(strings.ToLower(s.Value()), "timer") {
+			out = append(out, sip.NewHeader("Require", "timer"))
+			break
+		}
+	}
+	return out
+}
+
+// refreshed restarts the session timer of side after a refresh.
+func (p *Proxy) refreshed(c *joinedCall, side int, req *sip.Request) {
+	d := c.d[side]
+	p.takeovers.mu.Lock()
+	defer p.takeovers.mu.Unlock()
+	if iv := sessionInterval(req); iv > 0 {
+		d.expires = iv
+	}
+	if c.ended || d.expires <= 0 {
+		return
+	}
+	if c.timers[side] != nil {
+		c.timers[side].Stop()
+	}
+	c.timers[side] = time.AfterFunc(d.expires, func() { p.endJoined(c, -1, joinEndExpired) })
+}
+
+// endJoined ends a joined call: a BYE to each side but from (-1: both),
+// the relay sessions released.
+func (p *Proxy) endJoined(c *joinedCall, from int, reason string) {
+	if !p.takeovers.finish(c) {
+		return
+	}
+	bye := ""
+	if reason == joinEndExpired {
+		bye = "session expired"
+	}
+	for i, d := range c.d {
+		if i != from {
+			p.sendBye(d, bye)
+		}
+	}
+	for _, d := range c.d {
+		_ = p.media.Release(d.callID, "joined call "+reason)
+		p.callers.del(d.callID)
+	}
+	p.takeovers.ended.WithLabelValues(reason).Inc()
+	p.log.Info("joined call ended", zap.String("call_id", c.d[0].callID), zap.String("other_call_id", c.d[1].callID), zap.String("reason", reason))
+}
