@@ -1,0 +1,131 @@
+package proxy
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/hapbx/hapbx/internal/testkit"
+	"github.com/hapbx/hapbx/media"
+)
+
+var _ mediaJoiner = (*media.Relay)(nil)
+
+// bridgedCall sets up phone 201 (SIPp, caller, scenario uac) calling
+// phone 202 (SIPp, answering with codec pt/name and echoing RTP) through
+// hapbx and a test B2BUA standing in for Asterisk with the shipped
+// dialplan; b2bFormats, when set, is the B2BUA's offer to 202.
+type bridgedCall struct {
+	p              *testProxy
+	relay          *media.Relay
+	b2b            *testkit.B2BUA
+	caller, callee *testkit.SIPp
+}
+
+func startBridgedCall(t *testing.T, ports, uac string, calleeCodec [2]string, b2bFormats [2]string, callerArgs ...string) *bridgedCall {
+	t.Helper()
+	testkit.RequireSIPp(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	relay := startRelay(t, ports, prometheus.NewRegistry())
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay))
+	calleePort := testkit.FreePort(t, phoneIP)
+	b2b := testkit.StartB2BUA(t, be1IP, bePort, p.addr, fmt.Sprintf("sip:202@%s:%d", phoneIP, calleePort))
+	b2b.Formats, b2b.Rtpmap = b2bFormats[0], b2bFormats[1]
+	callee := testkit.StartSIPp(t, phoneIP, calleePort, "-sf", scenario("uas_joined.xml"),
+		"-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePorts(t, phoneIP, 4)), "-rtp_echo",
+		"-key", "pt", calleeCodec[0], "-key", "codec", calleeCodec[1], "-m", "1", "-timeout", "40", "-timeout_error")
+	testkit.WaitListening(t, "udp", callee.Addr, 5*time.Second)
+	args := append([]string{"-sf", scenario(uac), "-s", "300", "-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePorts(t, phoneIP, 4)),
+		"-m", "1", "-timeout", "40", "-timeout_error"}, callerArgs...)
+	caller := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), append(args, p.addr)...)
+	return &bridgedCall{p: p, relay: relay, b2b: b2b, caller: caller, callee: callee}
+}
+
+// packets are what the relay received from each phone: 201 (leg A of the
+// incoming call) and 202 (leg B of the B2BUA's outgoing call).
+func (c *bridgedCall) packets() (from201, from202, sendErrors uint64) {
+	for _, s := range c.relay.Snapshot() {
+		if len(s.Streams) == 0 {
+			continue
+		}
+		st := s.Streams[0]
+		if strings.HasPrefix(s.CallID, "b2b-") {
+			from202, sendErrors = st.FromB.Packets, sendErrors+st.FromB.SendErrors
+		} else {
+			from201, sendErrors = st.FromA.Packets, sendErrors+st.FromA.SendErrors
+		}
+	}
+	return
+}
+
+func (c *bridgedCall) wait(t *testing.T) {
+	t.Helper()
+	if code := c.caller.Wait(30 * time.Second); code != 0 {
+		t.Fatalf("phone 201 exit %d\n%s\nphone 202: %s", code, c.caller.Output(), c.callee.Output())
+	}
+	if code := c.callee.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("phone 202 exit %d\n%s", code, c.callee.Output())
+	}
+}
+
+// TestBridgedCallSurvivesBackendDeath: 201 calls 202 through a PBX that
+// bridges the two legs; the PBX is killed mid-call. hapbx joins the
+// phones' media in the relay: 201's audio (pcap) keeps reaching 202, whose
+// echo keeps reaching 201, through the same relay ports; 201's hold,
+// resume, session refresh and OPTIONS are answered by hapbx; 201's BYE
+// ends both sides.
+func TestBridgedCallSurvivesBackendDeath(t *testing.T) {
+	pcap := testkit.RequirePCAP(t)
+	c := startBridgedCall(t, "34300-34363", "uac_joined.xml", [2]string{"8", "PCMA"}, [2]string{}, "-key", "pcap", pcap)
+	if !testkit.Poll(10*time.Second, func() bool { a, b, _ := c.packets(); return a > 20 && b > 20 }) {
+		t.Fatalf("no audio both ways through the PBX: relay %+v, %d dialogs\nphone 201: %s\nphone 202: %s", c.relay.Snapshot(), c.p.dialogs.len(), c.caller.Output(), c.callee.Output())
+	}
+	if c.p.dialogs.len() != 2 {
+		t.Fatalf("%d dialogs confirmed, want 2", c.p.dialogs.len())
+	}
+	c.b2b.Kill()
+	if n := c.p.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 0 {
+		t.Fatalf("HangUpBackend hung up %d dialogs, want 0 (the bridged call kept up)", n)
+	}
+	if got := testutil.ToFloat64(c.p.takeovers.joined); got != 1 {
+		t.Fatalf("hapbx_proxy_calls_joined_total = %v, want 1", got)
+	}
+	a0, b0, e0 := c.packets()
+	testkit.Eventually(t, 10*time.Second, "audio both ways after the PBX died", func() bool {
+		a, b, _ := c.packets()
+		return a > a0+50 && b > b0+50
+	})
+	if _, _, e := c.packets(); e != e0 {
+		t.Errorf("relay send errors after the join: %d, before %d", e, e0)
+	}
+	c.wait(t)
+	if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(joinEndBye)); got != 1 {
+		t.Errorf("hapbx_proxy_joined_calls_ended_total{reason=bye} = %v, want 1", got)
+	}
+	if n := c.p.takeovers.len(); n != 0 {
+		t.Errorf("%d joined calls left", n)
+	}
+	if s := c.relay.Snapshot(); len(s) != 0 {
+		t.Errorf("relay sessions left: %+v", s)
+	}
+}
+
+// TestBridgedCallCodecMismatchHungUp: a PBX that transcodes (201 talks
+// PCMU, 202 PCMA) cannot be replaced by the relay: both phones get a BYE.
+func TestBridgedCallCodecMismatchHungUp(t *testing.T) {
+	c := startBridgedCall(t, "34364-34427", "uac_wait_bye.xml", [2]string{"8", "PCMA"}, [2]string{"8", "rtpmap:8 PCMA/8000"})
+	testkit.Eventually(t, 10*time.Second, "both dialogs confirmed", func() bool { return c.p.dialogs.len() == 2 })
+	c.b2b.Kill()
+	if n := c.p.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 2 {
+		t.Fatalf("HangUpBackend hung up %d dialogs, want 2", n)
+	}
+	if got := testutil.ToFloat64(c.p.takeovers.refuse.WithLabelValues("codec")); got != 1 {
+		t.Errorf("hapbx_proxy_calls_join_refused_total{reason=codec} = %v, want 1", got)
+	}
+	c.wait(t)
+}
