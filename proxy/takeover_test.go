@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -17,7 +18,7 @@ import (
 var _ mediaJoiner = (*media.Relay)(nil)
 
 // bridgedCall sets up phone 201 (SIPp, caller, scenario uac) calling
-// phone 202 (SIPp, answering with codec pt/name and echoing RTP) through
+// phone 202 (SIPp, scenario uas, answering with codec pt/name and echoing RTP) through
 // hapbx and a test B2BUA standing in for Asterisk with the shipped
 // dialplan; b2bFormats, when set, is the B2BUA's offer to 202.
 type bridgedCall struct {
@@ -27,7 +28,7 @@ type bridgedCall struct {
 	caller, callee *testkit.SIPp
 }
 
-func startBridgedCall(t *testing.T, ports, uac string, calleeCodec [2]string, b2bFormats [2]string, callerArgs ...string) *bridgedCall {
+func startBridgedCall(t *testing.T, ports, uac, uas string, calleeCodec [2]string, b2bFormats [2]string, callerArgs ...string) *bridgedCall {
 	t.Helper()
 	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
@@ -35,8 +36,8 @@ func startBridgedCall(t *testing.T, ports, uac string, calleeCodec [2]string, b2
 	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay))
 	calleePort := testkit.FreePort(t, phoneIP)
 	b2b := testkit.StartB2BUA(t, be1IP, bePort, p.addr, fmt.Sprintf("sip:202@%s:%d", phoneIP, calleePort))
-	b2b.Formats, b2b.Rtpmap = b2bFormats[0], b2bFormats[1]
-	callee := testkit.StartSIPp(t, phoneIP, calleePort, "-sf", scenario("uas_joined.xml"),
+	b2b.Transcode(b2bFormats[0], b2bFormats[1])
+	callee := testkit.StartSIPp(t, phoneIP, calleePort, "-sf", scenario(uas),
 		"-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePorts(t, phoneIP, 4)), "-rtp_echo",
 		"-key", "pt", calleeCodec[0], "-key", "codec", calleeCodec[1], "-m", "1", "-timeout", "40", "-timeout_error")
 	testkit.WaitListening(t, "udp", callee.Addr, 5*time.Second)
@@ -81,7 +82,7 @@ func (c *bridgedCall) wait(t *testing.T) {
 // ends both sides.
 func TestBridgedCallSurvivesBackendDeath(t *testing.T) {
 	pcap := testkit.RequirePCAP(t)
-	c := startBridgedCall(t, "34300-34363", "uac_joined.xml", [2]string{"8", "PCMA"}, [2]string{}, "-key", "pcap", pcap)
+	c := startBridgedCall(t, "34300-34363", "uac_joined.xml", "uas_joined.xml", [2]string{"8", "PCMA"}, [2]string{}, "-key", "pcap", pcap)
 	if !testkit.Poll(10*time.Second, func() bool { a, b, _ := c.packets(); return a > 20 && b > 20 }) {
 		t.Fatalf("no audio both ways through the PBX: relay %+v, %d dialogs\nphone 201: %s\nphone 202: %s", c.relay.Snapshot(), c.p.dialogs.len(), c.caller.Output(), c.callee.Output())
 	}
@@ -118,7 +119,7 @@ func TestBridgedCallSurvivesBackendDeath(t *testing.T) {
 // TestBridgedCallCodecMismatchHungUp: a PBX that transcodes (201 talks
 // PCMU, 202 PCMA) cannot be replaced by the relay: both phones get a BYE.
 func TestBridgedCallCodecMismatchHungUp(t *testing.T) {
-	c := startBridgedCall(t, "34364-34427", "uac_wait_bye.xml", [2]string{"8", "PCMA"}, [2]string{"8", "rtpmap:8 PCMA/8000"})
+	c := startBridgedCall(t, "34364-34427", "uac_wait_bye.xml", "uas_joined.xml", [2]string{"8", "PCMA"}, [2]string{"8", "rtpmap:8 PCMA/8000"})
 	testkit.Eventually(t, 10*time.Second, "both dialogs confirmed", func() bool { return c.p.dialogs.len() == 2 })
 	c.b2b.Kill()
 	if n := c.p.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 2 {
@@ -128,4 +129,77 @@ func TestBridgedCallCodecMismatchHungUp(t *testing.T) {
 		t.Errorf("hapbx_proxy_calls_join_refused_total{reason=codec} = %v, want 1", got)
 	}
 	c.wait(t)
+}
+
+// joinAfterAudio waits for audio through the PBX, kills it and checks that
+// hapbx kept the call up.
+func (c *bridgedCall) joinAfterAudio(t *testing.T) {
+	t.Helper()
+	if !testkit.Poll(10*time.Second, func() bool { a, b, _ := c.packets(); return a > 20 && b > 20 }) {
+		t.Fatalf("no audio both ways through the PBX\nphone 201: %s\nphone 202: %s", c.caller.Output(), c.callee.Output())
+	}
+	c.b2b.Kill()
+	if n := c.p.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 0 {
+		t.Fatalf("HangUpBackend hung up %d dialogs, want 0 (the bridged call kept up)", n)
+	}
+}
+
+// TestBridgedCallCalleeHangsUp: after the PBX died, the called phone's BYE
+// is answered and passed on to the caller (whose session refresh was
+// answered meanwhile).
+func TestBridgedCallCalleeHangsUp(t *testing.T) {
+	pcap := testkit.RequirePCAP(t)
+	c := startBridgedCall(t, "34428-34491", "uac_joined_wait.xml", "uas_joined_bye.xml", [2]string{"8", "PCMA"}, [2]string{},
+		"-key", "pcap", pcap, "-key", "se", "90;refresher=uac")
+	c.joinAfterAudio(t)
+	c.wait(t)
+	if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(joinEndBye)); got != 1 {
+		t.Errorf("hapbx_proxy_joined_calls_ended_total{reason=bye} = %v, want 1", got)
+	}
+}
+
+// TestBridgedCallSessionExpires: after the PBX died, the caller refreshes
+// with a 1 s session interval (RFC 4028) and then stops: hapbx ends the
+// call with a BYE to both phones.
+func TestBridgedCallSessionExpires(t *testing.T) {
+	pcap := testkit.RequirePCAP(t)
+	c := startBridgedCall(t, "34492-34555", "uac_joined_wait.xml", "uas_joined.xml", [2]string{"8", "PCMA"}, [2]string{},
+		"-key", "pcap", pcap, "-key", "se", "1;refresher=uac")
+	c.joinAfterAudio(t)
+	c.wait(t)
+	if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(joinEndExpired)); got != 1 {
+		t.Errorf("hapbx_proxy_joined_calls_ended_total{reason=session_expired} = %v, want 1", got)
+	}
+}
+
+// TestBridgeHeaderTrust: X-Hapbx-Bridge links two calls only on a
+// backend's initial INVITE, and is removed from every request, so a phone
+// neither sees it nor forges a link.
+func TestBridgeHeaderTrust(t *testing.T) {
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	p := startProxy(t, []Backend{be}, nil)
+	for _, tc := range []struct {
+		name, src, toTag string
+		linked           bool
+	}{
+		{"phone's INVITE", phoneIP + ":5060", "", false},
+		{"backend's re-INVITE", be.Address, "x", false},
+		{"backend's INVITE", be.Address, "", true},
+	} {
+		req := parseRequest(t, "INVITE", "a", tc.toTag)
+		req.AppendHeader(sip.NewHeader(BridgeHeader, "incoming-leg@test"))
+		req.AppendHeader(sip.NewHeader(BridgeHeader, "second"))
+		req.SetSource(tc.src)
+		p.takeBridgeHeader(req)
+		if h := req.GetHeader(BridgeHeader); h != nil {
+			t.Errorf("%s: %s left on the request: %q", tc.name, BridgeHeader, h.Value())
+		}
+		other, ok := p.links.partner(req.CallID().Value())
+		if ok != tc.linked || (ok && other != "incoming-leg@test") {
+			t.Errorf("%s: link %q %v, want linked %v", tc.name, other, ok, tc.linked)
+		}
+		if back, ok := p.links.partner("incoming-leg@test"); ok != tc.linked || (ok && back != req.CallID().Value()) {
+			t.Errorf("%s: reverse link %q %v, want linked %v", tc.name, back, ok, tc.linked)
+		}
+	}
 }

@@ -31,13 +31,11 @@ type B2BUA struct {
 	proxy *net.UDPAddr
 	// Target is the Request-URI of the outgoing leg.
 	Target string
-	// Formats, when set, replaces the incoming offer's m= formats and
-	// rtpmap lines in the outgoing offer (a B2BUA that transcodes, e.g.
-	// "0" with "rtpmap:0 PCMU/8000").
-	Formats, Rtpmap string
 
 	conn *net.UDPConn
 	mu   sync.Mutex
+	// formats, rtpmap: see Transcode.
+	formats, rtpmap string
 	legs map[string]*b2leg // by Call-ID
 	dead bool
 }
@@ -72,6 +70,15 @@ func StartB2BUA(tb testing.TB, ip string, port int, proxy, target string) *B2BUA
 	go b.serve()
 	tb.Cleanup(b.Kill)
 	return b
+}
+
+// Transcode makes the outgoing offer carry formats (m= line) and the
+// rtpmap line instead of the incoming offer's, as a B2BUA that transcodes
+// (e.g. "0" with "rtpmap:0 PCMU/8000"); "" offers what came in.
+func (b *B2BUA) Transcode(formats, rtpmap string) {
+	b.mu.Lock()
+	b.formats, b.rtpmap = formats, rtpmap
+	b.mu.Unlock()
 }
 
 // Addr is host:port.
@@ -196,8 +203,11 @@ func (b *B2BUA) sdp(l *b2leg, formats string, maps []string) string {
 
 // formatsFor are the formats the B2BUA uses towards l's phone.
 func (b *B2BUA) formatsFor(l *b2leg) (string, []string) {
-	if l.inv == nil && b.Formats != "" {
-		return b.Formats, []string{b.Rtpmap}
+	b.mu.Lock()
+	formats, rtpmap := b.formats, b.rtpmap
+	b.mu.Unlock()
+	if l.inv == nil && formats != "" {
+		return formats, []string{rtpmap}
 	}
 	if l.inv != nil {
 		return offerFormats(l.inv.Body())
