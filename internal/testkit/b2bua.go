@@ -36,8 +36,8 @@ type B2BUA struct {
 	mu   sync.Mutex
 	// formats, rtpmap: see Transcode.
 	formats, rtpmap string
-	legs map[string]*b2leg // by Call-ID
-	dead bool
+	legs            map[string]*b2leg // by Call-ID
+	dead            bool
 }
 
 // b2leg is one dialog of a bridged call, as the B2BUA sees it.
