@@ -202,6 +202,29 @@
 // a failover the twin's proxy tells the legs of re-INVITEs and UPDATEs apart
 // with Relay.CallerTag.
 //
+// # Joining two calls (join.go)
+//
+// When the PBX bridging two calls dies, Relay.Join connects the phone legs
+// of the two sessions: what one phone sends to its relay port leaves
+// through the other call's port facing the other phone, and the reverse, so
+// each phone keeps sending to the same relay address and nothing is
+// re-negotiated. Both sessions move to one worker (the data path follows
+// the peer pointers under that worker's lock only) and the sockets facing
+// the dead PBX are closed. Each session keeps the last SDP of each leg;
+// the negotiated codec of a call is the first voice format of the SDP that
+// came last (the answer). The two calls must have the same number of
+// streams and the same codec per stream (name, clock rate, channels), and
+// each phone must declare it: otherwise ErrCodecMismatch (no transcoding);
+// a call without SDP from both legs is ErrNotJoinable. Payload types are
+// renumbered on the way (telephone-event 101 for one phone, 96 for the
+// other) by a 128-byte table on the receiving RTP socket, nil when
+// nothing changes. Relay.AnswerJoined answers a joined phone's re-offer
+// from the relay's state: the last SDP given to that phone (relay address,
+// its relay port, the negotiated codec) with the o= version raised and the
+// offer's direction mirrored (sendonly: recvonly, inactive: inactive); the
+// offer updates the leg's endpoint as any Anchor does. Releasing either
+// session undoes the join. Joins are not replicated to the twin.
+//
 // # What it does not do
 //
 // No IPv6, no multicast, no ICE/DTLS-SRTP termination, no transcoding, no

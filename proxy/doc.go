@@ -100,6 +100,25 @@
 //     calls a backend placed to registered phones (bounded: max_dialogs,
 //     dialog_ttl) and, told that a backend is down (HangUpBackend), sends
 //     each of its calls' phones a BYE;
+//   - keeps two-party calls up when their backend dies (bridge.go,
+//     takeover.go): a backend's initial INVITE carrying X-Hapbx-Bridge
+//     (the shipped dialplan puts the incoming leg's Call-ID there) links
+//     its call to that one; the header is removed from every request, so
+//     only a backend can link and no phone sees it; links are bounded by
+//     max_dialogs and live as long as their dialogs (dialog_ttl, renewed by
+//     in-dialog requests, dropped on BYE). When HangUpBackend finds both
+//     dialogs of a link, and the MediaAnchor can join calls (media.Relay:
+//     both legs anchored, same codec), the two phones' media are joined in
+//     the relay instead of the BYEs, and hapbx answers for the dead PBX in
+//     both dialogs: a BYE is answered 200 and passed on to the other phone
+//     (both relay sessions released); a re-INVITE or UPDATE is answered
+//     from the relay (same relay port and codec, direction mirrored: hold
+//     and resume), 488 when the offer drops the codec; OPTIONS and INFO
+//     get 200, other methods 501; Session-Expires (RFC 4028) is echoed with
+//     the phone as refresher, and a side not refreshed within its interval
+//     ends the call with BYEs to both. Calls without a link, with a codec
+//     mismatch or un-anchored media get the BYEs as before. Not replicated
+//     to the twin yet: a joined call does not survive the proxy's failover;
 //   - anchors media when given a MediaAnchor (package media): the SDP of
 //     every request and response is rewritten through the relay, the legs
 //     told apart by the caller's From tag; a new call with no relay ports
@@ -177,6 +196,10 @@
 // hapbx_proxy_forks_total, hapbx_proxy_held_requests_total,
 // hapbx_proxy_timer_c_total, hapbx_proxy_dialogs,
 // hapbx_proxy_dialogs_untracked_total, hapbx_dialogs_terminated_total{reason},
+// hapbx_proxy_bridge_links_untracked_total, hapbx_proxy_joined_calls,
+// hapbx_proxy_calls_joined_total, hapbx_proxy_calls_join_refused_total{reason}
+// (codec, media), hapbx_proxy_joined_calls_ended_total{reason} (bye,
+// session_expired),
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
 // foreign_hop, bad_dialog_token),
 // hapbx_proxy_large_requests_total{how} (tcp, udp, refused),
