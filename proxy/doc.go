@@ -199,7 +199,7 @@
 // hapbx_proxy_bridge_links_untracked_total, hapbx_proxy_joined_calls,
 // hapbx_proxy_calls_joined_total, hapbx_proxy_calls_join_refused_total{reason}
 // (codec, media), hapbx_proxy_joined_calls_ended_total{reason} (bye,
-// session_expired),
+// session_expired), hapbx_proxy_joined_bye_seconds,
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
 // foreign_hop, bad_dialog_token),
 // hapbx_proxy_large_requests_total{how} (tcp, udp, refused),

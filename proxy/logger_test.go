@@ -44,3 +44,12 @@ func (o *outlivingT) Errorf(format string, args ...any) {
 		o.TB.Errorf(format, args...)
 	}
 }
+
+// quietInBenchmarks is testLogger, but no logger in a benchmark, whose log
+// lines would all be printed and slow it down.
+func quietInBenchmarks(t testing.TB) *zap.Logger {
+	if _, bench := t.(*testing.B); bench {
+		return zap.NewNop()
+	}
+	return testLogger(t)
+}

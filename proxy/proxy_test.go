@@ -50,7 +50,7 @@ func startProxy(t *testing.T, backends []Backend, mutate func(*Config)) *testPro
 
 // startProxyWith starts a proxy listening on transports (one port), routing
 // through router, with cfg changed by mutate and the options given.
-func startProxyWith(t *testing.T, transports []string, backends []Backend, router Router, mutate func(*Config), opts ...Option) *testProxy {
+func startProxyWith(t testing.TB, transports []string, backends []Backend, router Router, mutate func(*Config), opts ...Option) *testProxy {
 	t.Helper()
 	port := testkit.FreePort(t, proxyIP)
 	cfg := DefaultConfig()
@@ -63,7 +63,7 @@ func startProxyWith(t *testing.T, transports []string, backends []Backend, route
 		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	p, err := New(cfg, backends, router, testLogger(t), reg, opts...)
+	p, err := New(cfg, backends, router, quietInBenchmarks(t), reg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,11 +75,11 @@ func startProxyWith(t *testing.T, transports []string, backends []Backend, route
 }
 
 // startRelay starts a media relay on proxyIP over ports ("lo-hi").
-func startRelay(t *testing.T, ports string, reg prometheus.Registerer) *media.Relay {
+func startRelay(t testing.TB, ports string, reg prometheus.Registerer) *media.Relay {
 	t.Helper()
 	mc := media.DefaultConfig()
 	mc.Enabled, mc.Address, mc.Ports = true, proxyIP, ports
-	relay, err := media.New(mc, testLogger(t), reg)
+	relay, err := media.New(mc, quietInBenchmarks(t), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func startRelay(t *testing.T, ports string, reg prometheus.Registerer) *media.Re
 	return relay
 }
 
-func backendOn(t *testing.T, name, ip, transport string) (Backend, int) {
+func backendOn(t testing.TB, name, ip, transport string) (Backend, int) {
 	port := testkit.FreePort(t, ip)
 	return Backend{Name: name, Address: net.JoinHostPort(ip, strconv.Itoa(port)), Transport: transport}, port
 }

@@ -45,6 +45,7 @@ type takeoverTable struct {
 	joined prometheus.Counter
 	refuse *prometheus.CounterVec
 	ended  *prometheus.CounterVec
+	bye    prometheus.Histogram // from one phone's BYE to the other's sent
 }
 
 func newTakeoverTable(reg prometheus.Registerer) *takeoverTable {
@@ -67,13 +68,18 @@ func newTakeoverTable(reg prometheus.Registerer) *takeoverTable {
 			Help: "Joined calls ended, by reason (bye: one side hung up; session_expired: its RFC 4028 refresher stopped).",
 		}, []string{"reason"}),
 	}
+	t.bye = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "hapbx_proxy_joined_bye_seconds",
+		Help:    "Joined calls: time from one phone's BYE reaching hapbx to the BYE for the other phone sent.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+	})
 	for _, r := range []string{"codec", "media"} {
 		t.refuse.WithLabelValues(r)
 	}
 	for _, r := range []string{joinEndBye, joinEndExpired} {
 		t.ended.WithLabelValues(r)
 	}
-	reg.MustRegister(t.gauge, t.joined, t.refuse, t.ended)
+	reg.MustRegister(t.gauge, t.joined, t.refuse, t.ended, t.bye)
 	return t
 }
 
@@ -190,8 +196,10 @@ func (p *Proxy) answerJoined(tx sip.ServerTransaction, req *sip.Request) bool {
 	case sip.ACK:
 		// The ACK of our 2xx to a re-INVITE: absorbed.
 	case sip.BYE:
+		start := time.Now()
 		p.replyJoined(tx, req, 200, "OK", nil)
 		p.endJoined(c, side, joinEndBye)
+		p.takeovers.bye.Observe(time.Since(start).Seconds())
 	case sip.INVITE, sip.UPDATE:
 		var offer []byte
 		if hasSDP(req) {
