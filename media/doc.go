@@ -155,7 +155,8 @@
 // # Replication
 //
 // Relay.Export returns a SessionRecord per session (ports, SDP endpoints,
-// latched sources, signalling sources, hold flags, state, the caller's From tag, version);
+// latched sources, signalling sources, hold flags, state, the caller's From
+// tag, each leg's last SDP body, version);
 // SessionRecord implements encoding.BinaryMarshaler. Relay.Import on a
 // standby recreates the session with the same ports on its own address (the
 // VIP): IP_FREEBIND lets it bind before the VIP is local, so the sockets
@@ -223,7 +224,9 @@
 // its relay port, the negotiated codec) with the o= version raised and the
 // offer's direction mirrored (sendonly: recvonly, inactive: inactive); the
 // offer updates the leg's endpoint as any Anchor does. Releasing either
-// session undoes the join. Joins are not replicated to the twin.
+// session undoes the join. The legs' last SDP travel in SessionRecord
+// (Bodies, Answer), so the twin can join calls it imported; a join itself
+// is not replicated.
 //
 // # What it does not do
 //

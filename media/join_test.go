@@ -167,3 +167,32 @@ func TestJoinRefused(t *testing.T) {
 		t.Fatal("a joined after refusals")
 	}
 }
+
+// TestJoinAfterImport: the legs' SDP travel in the session records, so the
+// twin that imported two calls can join them after a failover.
+func TestJoinAfterImport(t *testing.T) {
+	r1, _ := newTestRelay(t, "34264-34295", nil)
+	ap := netip.MustParseAddrPort("127.0.0.1:40000")
+	pcma := sdpWith(ap, "8 101", "rtpmap:8 PCMA/8000", "rtpmap:101 telephone-event/8000")
+	for _, id := range []string{"c1", "c2"} {
+		for _, caller := range []bool{true, false} {
+			if _, err := r1.Anchor(id, caller, pcma); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var wire [][]byte
+	for _, rec := range r1.Export() {
+		b, err := rec.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire = append(wire, b)
+	}
+	r1.Close()
+	r2, _ := newTestRelay(t, "34264-34295", nil)
+	r2.ApplyState(wire)
+	if err := r2.Join("c1", true, "c2", false); err != nil {
+		t.Fatalf("join of imported calls: %v", err)
+	}
+}

@@ -22,6 +22,10 @@ type SessionRecord struct {
 	// CallerTag is the From tag of the caller (leg A), so the twin's proxy
 	// can tell the legs of in-dialog requests apart after a failover.
 	CallerTag string `json:"caller_tag,omitempty"`
+	// Bodies are each leg's last SDP and Answer the leg whose came last,
+	// so the twin can join the call with another (Join) after a failover.
+	Bodies [2]string `json:"bodies,omitzero"`
+	Answer Leg       `json:"answer,omitempty"`
 	// Version grows with every change of the session's replicated content on
 	// the holder (max(previous+1, Unix nanoseconds), so it keeps growing on a
 	// new holder). Import ignores a record not newer than what it has; 0 is a
@@ -210,11 +214,12 @@ func (r *Relay) recordLocked(s *session) SessionRecord {
 
 func sameContent(a, b SessionRecord) bool {
 	return a.CallID == b.CallID && a.State == b.State && a.Address == b.Address &&
-		a.CallerTag == b.CallerTag && slices.Equal(a.Streams, b.Streams)
+		a.CallerTag == b.CallerTag && a.Bodies == b.Bodies && a.Answer == b.Answer && slices.Equal(a.Streams, b.Streams)
 }
 
 func (r *Relay) contentLocked(s *session) SessionRecord {
-	rec := SessionRecord{CallID: s.callID, State: s.state(), Address: r.addr, Created: s.created, CallerTag: s.callerTag}
+	rec := SessionRecord{CallID: s.callID, State: s.state(), Address: r.addr, Created: s.created, CallerTag: s.callerTag,
+		Bodies: [2]string{string(s.sdp[LegA]), string(s.sdp[LegB])}, Answer: s.sdpLast}
 	s.w.mu.Lock()
 	defer s.w.mu.Unlock()
 	for _, st := range s.streams {
@@ -339,6 +344,11 @@ func (r *Relay) updateLocked(s *session, rec SessionRecord, now int64) {
 	}
 	if rec.CallerTag != "" {
 		s.callerTag = rec.CallerTag
+	}
+	for l, b := range rec.Bodies {
+		if b != "" {
+			s.sdp[l], s.sdpLast = []byte(b), rec.Answer
+		}
 	}
 	for i := len(s.streams); i < len(rec.Streams); i++ {
 		st, err := r.newStream(s, rec.Streams[i].Ports)

@@ -17,6 +17,14 @@ const BridgeHeader = "X-Hapbx-Bridge"
 type bridging struct {
 	links     *linkTable     // the two legs a backend bridges
 	takeovers *takeoverTable // calls kept up after their backend died (takeover.go)
+	replica   *DialogReplica // dialogs and links sent to the twin (replicate.go)
+}
+
+// newBridging sets up p's bridging; p.dialogs must exist.
+func newBridging(p *Proxy, cfg Config, reg prometheus.Registerer) bridging {
+	b := bridging{links: newLinkTable(cfg.MaxDialogs, cfg.DialogTTL, reg), takeovers: newTakeoverTable(reg), replica: newDialogReplica(p)}
+	p.dialogs.changed = b.replica.changed
+	return b
 }
 
 // linkTable maps each leg of a bridged call to the other's Call-ID. It is

@@ -35,7 +35,8 @@ type dialog struct {
 	// call kept up after its backend died ends when it is not refreshed.
 	expires  time.Duration
 	lastSeen time.Time
-	ending   bool // a BYE is under way: never hang it up a second time
+	ending   bool   // a BYE is under way: never hang it up a second time
+	version  uint64 // of its last replicated record (replicate.go)
 }
 
 // dialogTable is bounded: at most max dialogs, each forgotten after ttl
@@ -50,6 +51,9 @@ type dialogTable struct {
 	ended  *prometheus.CounterVec
 	full   prometheus.Counter
 	sweepT time.Time
+	// changed is told of each dialog confirmed, changed or ended here
+	// (replication to the twin); nil: nobody.
+	changed func(d *dialog, released bool)
 }
 
 func newDialogTable(max int, ttl time.Duration, reg prometheus.Registerer) *dialogTable {
@@ -142,7 +146,7 @@ func (t *dialogTable) confirm(inv *sip.Request, res *sip.Response, backend strin
 			d.routes = append(d.routes, *rr.Address.Clone())
 		}
 	}
-	t.add(d)
+	t.addNotify(d)
 }
 
 // confirmInbound records the dialog set up by a 2xx to an INVITE that
@@ -179,20 +183,29 @@ func (t *dialogTable) confirmInbound(inv *sip.Request, res *sip.Response, backen
 	for i := len(above) - 1; i >= 0; i-- {
 		d.routes = append(d.routes, above[i])
 	}
-	t.add(d)
+	t.addNotify(d)
 }
 
-func (t *dialogTable) add(d *dialog) {
+// addNotify adds d and tells the replication.
+func (t *dialogTable) addNotify(d *dialog) {
+	if t.add(d) && t.changed != nil {
+		t.changed(d, false)
+	}
+}
+
+// add keeps d; false when the table is full.
+func (t *dialogTable) add(d *dialog) bool {
 	key := dialogKey(d.callID, d.fromTag, d.toTag)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.sweepLocked(time.Now())
 	if _, exists := t.byID[key]; !exists && len(t.byID) >= t.max {
 		t.full.Inc()
-		return // bounded: the dialog still works, it just is not hung up for us
+		return false // bounded: the dialog still works, it just is not hung up for us
 	}
 	t.byID[key] = d
 	t.gauge.Set(float64(len(t.byID)))
+	return true
 }
 
 // seen notes an in-dialog request: it keeps the dialog alive, tracks the
@@ -202,22 +215,31 @@ func (t *dialogTable) seen(req *sip.Request) {
 	toTag, _ := req.To().Params.Get("tag")
 	key := dialogKey(req.CallID().Value(), fromTag, toTag)
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	d, ok := t.byID[key]
 	if !ok {
+		t.mu.Unlock()
 		return
 	}
 	if req.Method == sip.BYE {
 		delete(t.byID, key)
 		t.gauge.Set(float64(len(t.byID)))
+		t.mu.Unlock()
+		if t.changed != nil {
+			t.changed(d, true)
+		}
 		return
 	}
 	d.lastSeen = time.Now()
+	changed := false
 	if fromTag == d.backendTag && req.CSeq().SeqNo > d.cseq {
-		d.cseq = req.CSeq().SeqNo
+		d.cseq, changed = req.CSeq().SeqNo, true
 	}
-	if iv := sessionInterval(req); iv > 0 {
-		d.expires = iv
+	if iv := sessionInterval(req); iv > 0 && iv != d.expires {
+		d.expires, changed = iv, true
+	}
+	t.mu.Unlock()
+	if changed && t.changed != nil {
+		t.changed(d, false)
 	}
 }
 
@@ -303,7 +325,14 @@ const HangUpReasonBackendDown = "backend down"
 // It returns how many dialogs it hung up; the BYEs are sent in parallel and
 // it returns once all are sent, without waiting for their answers.
 func (p *Proxy) HangUpBackend(backend, reason string) int {
-	ds := p.takeOver(p.dialogs.take(backend))
+	taken := p.dialogs.take(backend)
+	if !p.replica.holds() {
+		return 0 // the VIP holder hangs them up (or keeps them up)
+	}
+	for _, d := range taken {
+		p.replica.changed(d, true)
+	}
+	ds := p.takeOver(taken)
 	if len(ds) == 0 {
 		return 0
 	}

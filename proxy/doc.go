@@ -117,8 +117,18 @@
 //     get 200, other methods 501; Session-Expires (RFC 4028) is echoed with
 //     the phone as refresher, and a side not refreshed within its interval
 //     ends the call with BYEs to both. Calls without a link, with a codec
-//     mismatch or un-anchored media get the BYEs as before. Not replicated
-//     to the twin yet: a joined call does not survive the proxy's failover;
+//     mismatch or un-anchored media get the BYEs as before;
+//   - replicates its confirmed dialogs and their links to the twin proxy
+//     (replicate.go, DialogReplica: a state channel of package cluster):
+//     a record on confirm, on a change of the backend's CSeq or of the
+//     session interval, a released record on BYE and when the backend's
+//     calls are taken; records carry a version and released ones leave a
+//     tombstone for a minute, so duplicates and reordering do no harm. Only
+//     the VIP holder hangs up or keeps up the calls of a dead backend; a
+//     standby drops them. So a call set up through a proxy that has since
+//     died still gets its BYE, or is kept up, when its backend dies. A call
+//     already joined is not replicated: it does not survive the holder's
+//     own death;
 //   - anchors media when given a MediaAnchor (package media): the SDP of
 //     every request and response is rewritten through the relay, the legs
 //     told apart by the caller's From tag; a new call with no relay ports

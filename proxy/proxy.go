@@ -147,7 +147,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 		lifecycle:  lifecycle{abort: make(chan struct{}), cancelGuard: 64 * sip.T1, tryingAfter: 200 * time.Millisecond},
 	}
 	p.dialogs = newDialogTable(cfg.MaxDialogs, cfg.DialogTTL, reg)
-	p.bridging = bridging{links: newLinkTable(cfg.MaxDialogs, cfg.DialogTTL, reg), takeovers: newTakeoverTable(reg)}
+	p.bridging = newBridging(p, cfg, reg)
 	p.conns = newConnGuard(cfg.TCP, log.Named("conns"), p.m, p.dialogs.reaches)
 	newDoorMetrics(&p.door, reg)
 	for _, o := range opts {

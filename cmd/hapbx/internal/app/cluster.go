@@ -8,12 +8,14 @@ import (
 
 	"github.com/hapbx/hapbx/cluster"
 	"github.com/hapbx/hapbx/config"
+	"github.com/hapbx/hapbx/proxy"
 )
 
 // State channels carried between the proxies.
 const (
 	chanRegistrar = "registrar"
 	chanMedia     = "media"
+	chanDialogs   = "dialogs"
 	keyActive     = "active_backend"
 )
 
@@ -69,6 +71,20 @@ func (d *daemon) replicate() error {
 		return d.cluster.RegisterState(chanMedia, d.relay)
 	}
 	return nil
+}
+
+// The proxy's dialogs and links go to the twin as a state channel.
+var _ cluster.StateSource = (*proxy.DialogReplica)(nil)
+
+// replicateDialogs registers the proxy's confirmed dialogs and the links
+// between bridged legs as a state channel, so the twin hangs up (or keeps
+// up) the calls of a backend that dies after a proxy failover; call once
+// the proxy exists, before the cluster runs.
+func (d *daemon) replicateDialogs() error {
+	if d.cluster == nil {
+		return nil
+	}
+	return d.cluster.RegisterState(chanDialogs, d.proxy.DialogReplica())
 }
 
 // publishActive makes the leader's active-backend decision known to all.

@@ -147,6 +147,9 @@ func (d *daemon) run() error {
 	if d.proxy, err = proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...); err != nil {
 		return err
 	}
+	if err := d.replicateDialogs(); err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
 	if err := d.setupTrunks(); err != nil {
 		return err
 	}

@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"go.uber.org/zap"
+)
+
+// dialogRecord is a confirmed dialog as it travels to the twin proxy: what
+// the twin needs to hang the call up, or keep it up with its linked call,
+// when the backend dies after a proxy failover.
+type dialogRecord struct {
+	CallID     string   `json:"call_id"`
+	FromTag    string   `json:"from_tag"`
+	ToTag      string   `json:"to_tag"`
+	Backend    string   `json:"backend,omitempty"`
+	BackendTag string   `json:"backend_tag,omitempty"`
+	From       string   `json:"from,omitempty"` // header values, as the BYE's
+	To         string   `json:"to,omitempty"`
+	Target     string   `json:"target,omitempty"`
+	Routes     []string `json:"routes,omitempty"`
+	Dest       string   `json:"dest,omitempty"`
+	Network    string   `json:"network,omitempty"`
+	CSeq       uint32   `json:"cseq,omitempty"`
+	Expires    int64    `json:"expires,omitempty"` // RFC 4028 interval, ns
+	Partner    string   `json:"partner,omitempty"` // the linked call's Call-ID
+	Released   bool     `json:"released,omitempty"`
+	Version    uint64   `json:"version"`
+}
+
+// DialogReplica carries the proxy's confirmed dialogs and the links between
+// bridged legs to the twin proxy: it is a state channel of package cluster
+// (StateSnapshot, ApplyState, StateChanges). Only the VIP holder hangs up
+// or keeps up the calls of a dead backend; a standby drops them, as the
+// holder handles them.
+type DialogReplica struct {
+	p *Proxy
+
+	mu     sync.Mutex
+	send   func([]byte) error
+	holder func() bool
+	tombs  *ttlSet // Call-ID+tags -> version of a released record
+}
+
+// DialogReplica returns the proxy's dialog state channel.
+func (p *Proxy) DialogReplica() *DialogReplica { return p.replica }
+
+func newDialogReplica(p *Proxy) *DialogReplica {
+	return &DialogReplica{p: p, tombs: newTTLSet(time.Minute, 100000)}
+}
+
+// holds reports whether this proxy acts on its dialogs: the VIP holder, or
+// a proxy without a cluster.
+func (r *DialogReplica) holds() bool {
+	r.mu.Lock()
+	h := r.holder
+	r.mu.Unlock()
+	return h == nil || h()
+}
+
+// StateChanges turns replication on: every confirmed, changed or ended
+// dialog is sent from now on.
+func (r *DialogReplica) StateChanges(send func([]byte) error, holder func() bool) {
+	r.mu.Lock()
+	r.send, r.holder = send, holder
+	r.mu.Unlock()
+}
+
+// StateSnapshot returns every dialog's record, for a proxy that joins.
+func (r *DialogReplica) StateSnapshot() [][]byte {
+	t := r.p.dialogs
+	t.mu.Lock()
+	ds := make([]*dialog, 0, len(t.byID))
+	for _, d := range t.byID {
+		ds = append(ds, d)
+	}
+	t.mu.Unlock()
+	out := make([][]byte, 0, len(ds))
+	for _, d := range ds {
+		if b, err := json.Marshal(r.record(d, false)); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// changed sends d's record (released: d ended).
+func (r *DialogReplica) changed(d *dialog, released bool) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	send := r.send
+	r.mu.Unlock()
+	if send == nil {
+		return
+	}
+	b, err := json.Marshal(r.record(d, released))
+	if err == nil {
+		err = send(b)
+	}
+	if err != nil {
+		r.p.log.Debug("dialog not replicated", zap.String("call_id", d.callID), zap.Error(err))
+	}
+}
+
+func (r *DialogReplica) record(d *dialog, released bool) dialogRecord {
+	t := r.p.dialogs
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d.version = max(d.version+1, uint64(time.Now().UnixNano()))
+	if released {
+		return dialogRecord{CallID: d.callID, FromTag: d.fromTag, ToTag: d.toTag, Released: true, Version: d.version}
+	}
+	rec := dialogRecord{CallID: d.callID, FromTag: d.fromTag, ToTag: d.toTag, Backend: d.backend, BackendTag: d.backendTag,
+		Target: d.target.String(), Dest: d.dest, Network: d.network, CSeq: d.cseq, Expires: int64(d.expires), Version: d.version}
+	if d.from != nil {
+		rec.From = d.from.Value()
+	}
+	if d.to != nil {
+		rec.To = d.to.Value()
+	}
+	for _, u := range d.routes {
+		rec.Routes = append(rec.Routes, u.String())
+	}
+	rec.Partner, _ = r.p.links.partner(d.callID)
+	return rec
+}
+
+// ApplyState takes the holder's dialog records: a newer record replaces
+// the dialog, a released one removes it; undecodable ones are skipped.
+func (r *DialogReplica) ApplyState(raw [][]byte) {
+	for _, b := range raw {
+		var rec dialogRecord
+		if err := json.Unmarshal(b, &rec); err != nil {
+			r.p.log.Warn("bad dialog record from peer", zap.Error(err))
+			continue
+		}
+		if err := r.apply(rec); err != nil {
+			r.p.log.Warn("dialog record from peer not applied", zap.String("call_id", rec.CallID), zap.Error(err))
+		}
+	}
+}
+
+func (r *DialogReplica) apply(rec dialogRecord) error {
+	key := dialogKey(rec.CallID, rec.FromTag, rec.ToTag)
+	if v, ok := r.tombs.get(key); ok {
+		if gone, _ := strconv.ParseUint(v, 10, 64); gone >= rec.Version {
+			return nil
+		}
+	}
+	t := r.p.dialogs
+	if rec.Released {
+		r.tombs.put(key, strconv.FormatUint(rec.Version, 10))
+		t.mu.Lock()
+		if d := t.byID[key]; d != nil && d.version <= rec.Version {
+			delete(t.byID, key)
+			t.gauge.Set(float64(len(t.byID)))
+		}
+		t.mu.Unlock()
+		r.p.links.drop(rec.CallID)
+		return nil
+	}
+	d := &dialog{callID: rec.CallID, fromTag: rec.FromTag, toTag: rec.ToTag, backend: rec.Backend, backendTag: rec.BackendTag,
+		dest: rec.Dest, network: rec.Network, cseq: rec.CSeq, expires: time.Duration(rec.Expires), version: rec.Version, lastSeen: time.Now()}
+	var from sip.FromHeader
+	var to sip.ToHeader
+	var err error
+	if from.DisplayName, err = sip.ParseAddressValue(rec.From, &from.Address, &from.Params); err != nil {
+		return err
+	}
+	if to.DisplayName, err = sip.ParseAddressValue(rec.To, &to.Address, &to.Params); err != nil {
+		return err
+	}
+	d.from, d.to = &from, &to
+	if err := sip.ParseUri(rec.Target, &d.target); err != nil {
+		return err
+	}
+	for _, s := range rec.Routes {
+		var u sip.Uri
+		if err := sip.ParseUri(s, &u); err != nil {
+			return err
+		}
+		d.routes = append(d.routes, u)
+	}
+	t.mu.Lock()
+	if old := t.byID[key]; old != nil && old.version >= rec.Version {
+		t.mu.Unlock()
+		return nil
+	}
+	t.mu.Unlock()
+	t.add(d)
+	if rec.Partner != "" {
+		r.p.links.link(rec.CallID, rec.Partner)
+	}
+	return nil
+}
