@@ -437,12 +437,17 @@ func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried m
 }
 
 func (p *Proxy) reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+	p.replyBody(tx, req, code, reason, nil, hdrs...)
+}
+
+// replyBody is reply with a body (nil: none).
+func (p *Proxy) replyBody(tx sip.ServerTransaction, req *sip.Request, code int, reason string, body []byte, hdrs ...sip.Header) {
 	if code >= 300 && req.IsInvite() && req.Via() != nil {
 		// Its hop-by-hop ACK is absorbed (an RFC 2543 one too: rfc2543.go).
 		b, _ := req.Via().Params.Get("branch")
 		p.non2xx.put(b, "")
 	}
-	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	res := sip.NewResponseFromRequest(req, code, reason, body)
 	if code > 100 && req.To() != nil {
 		if _, ok := req.To().Params.Get("tag"); !ok {
 			res.To().Params.Add("tag", sip.GenerateTagN(10))

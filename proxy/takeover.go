@@ -228,22 +228,14 @@ func (p *Proxy) answerJoined(tx sip.ServerTransaction, req *sip.Request) bool {
 // replyJoined answers req for the dead backend, with an SDP body when body
 // is not nil and a Contact on a 2xx to an INVITE.
 func (p *Proxy) replyJoined(tx sip.ServerTransaction, req *sip.Request, code int, reason string, body []byte, hdrs ...sip.Header) {
-	res := sip.NewResponseFromRequest(req, code, reason, body)
 	if body != nil {
-		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		hdrs = append(hdrs, sip.NewHeader("Content-Type", "application/sdp"))
 	}
 	if code/100 == 2 && (req.IsInvite() || req.Method == sip.UPDATE) {
 		tr := strings.ToLower(req.Transport())
-		res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: p.cfg.Advertise, Port: p.portFor[tr], UriParams: params("transport", tr)}})
+		hdrs = append(hdrs, &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: p.cfg.Advertise, Port: p.portFor[tr], UriParams: params("transport", tr)}})
 	}
-	for _, h := range hdrs {
-		res.AppendHeader(h)
-	}
-	if err := tx.Respond(res); err != nil {
-		p.log.Debug("answer for a dead backend not sent", zap.Int("code", code), zap.Error(err))
-		return
-	}
-	p.m.responses.WithLabelValues(methodLabel(req.Method), codeLabel(code)).Inc()
+	p.replyBody(tx, req, code, reason, body, hdrs...)
 }
 
 // sessionTimerHeaders answer a session refresh (RFC 4028 §9): the interval

@@ -144,31 +144,28 @@ func (c *bridgedCall) joinAfterAudio(t *testing.T) {
 	}
 }
 
-// TestBridgedCallCalleeHangsUp: after the PBX died, the called phone's BYE
-// is answered and passed on to the caller (whose session refresh was
-// answered meanwhile).
-func TestBridgedCallCalleeHangsUp(t *testing.T) {
+// TestBridgedCallEndsAfterTakeover: after the PBX died and the caller's
+// session refresh was answered, the call ends on both sides when the
+// called phone hangs up (its BYE answered and passed on), or when the
+// caller, having refreshed with a 1 s interval (RFC 4028), stops
+// refreshing (hapbx sends both phones a BYE).
+func TestBridgedCallEndsAfterTakeover(t *testing.T) {
 	pcap := testkit.RequirePCAP(t)
-	c := startBridgedCall(t, "34428-34491", "uac_joined_wait.xml", "uas_joined_bye.xml", [2]string{"8", "PCMA"}, [2]string{},
-		"-key", "pcap", pcap, "-key", "se", "90;refresher=uac")
-	c.joinAfterAudio(t)
-	c.wait(t)
-	if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(joinEndBye)); got != 1 {
-		t.Errorf("hapbx_proxy_joined_calls_ended_total{reason=bye} = %v, want 1", got)
-	}
-}
-
-// TestBridgedCallSessionExpires: after the PBX died, the caller refreshes
-// with a 1 s session interval (RFC 4028) and then stops: hapbx ends the
-// call with a BYE to both phones.
-func TestBridgedCallSessionExpires(t *testing.T) {
-	pcap := testkit.RequirePCAP(t)
-	c := startBridgedCall(t, "34492-34555", "uac_joined_wait.xml", "uas_joined.xml", [2]string{"8", "PCMA"}, [2]string{},
-		"-key", "pcap", pcap, "-key", "se", "1;refresher=uac")
-	c.joinAfterAudio(t)
-	c.wait(t)
-	if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(joinEndExpired)); got != 1 {
-		t.Errorf("hapbx_proxy_joined_calls_ended_total{reason=session_expired} = %v, want 1", got)
+	for _, tc := range []struct {
+		name, ports, uas, se, reason string
+	}{
+		{"callee hangs up", "34428-34491", "uas_joined_bye.xml", "90;refresher=uac", joinEndBye},
+		{"session expires", "34492-34555", "uas_joined.xml", "1;refresher=uac", joinEndExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startBridgedCall(t, tc.ports, "uac_joined_wait.xml", tc.uas, [2]string{"8", "PCMA"}, [2]string{},
+				"-key", "pcap", pcap, "-key", "se", tc.se)
+			c.joinAfterAudio(t)
+			c.wait(t)
+			if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(tc.reason)); got != 1 {
+				t.Errorf("hapbx_proxy_joined_calls_ended_total{reason=%s} = %v, want 1", tc.reason, got)
+			}
+		})
 	}
 }
 
