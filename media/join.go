@@ -50,6 +50,40 @@ var staticCodecs = map[int]codec{
 	9: {"g722", 8000, ""}, 13: {"cn", 8000, ""}, 18: {"g729", 8000, ""},
 }
 
+// keptSDPAttrs are the attributes compactSDP keeps: what Join and
+// AnswerJoined read (codecs, packetisation, direction).
+var keptSDPAttrs = map[string]bool{
+	"rtpmap": true, "fmtp": true, "ptime": true, "maxptime": true,
+	"sendrecv": true, "sendonly": true, "recvonly": true, "inactive": true,
+}
+
+// compactSDP is body with only the lines Join needs (v, o, s, c, t, m and
+// keptSDPAttrs), as the session keeps and replicates it: a softphone's
+// 2-4 KB offer (candidates, keys, video attributes) shrinks to a few
+// hundred bytes.
+func compactSDP(body []byte) []byte {
+	out := make([]byte, 0, min(len(body), 512))
+	for line := range strings.SplitSeq(string(body), "\n") {
+		line = strings.TrimRight(line, "\r")
+		if len(line) < 2 || line[1] != '=' {
+			continue
+		}
+		switch line[0] {
+		case 'v', 'o', 's', 'c', 't', 'm':
+		case 'a':
+			key, _, _ := strings.Cut(line[2:], ":")
+			if !keptSDPAttrs[key] {
+				continue
+			}
+		default:
+			continue
+		}
+		out = append(out, line...)
+		out = append(out, '\r', '\n')
+	}
+	return out
+}
+
 // formatsOf maps the payload types of md to their codecs.
 func formatsOf(md *sdp.MediaDescription) (pts []int, codecs map[int]codec) {
 	codecs = make(map[int]codec)

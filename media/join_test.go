@@ -196,3 +196,26 @@ func TestJoinAfterImport(t *testing.T) {
 		t.Fatalf("join of imported calls: %v", err)
 	}
 }
+
+// TestCompactSDP: the SDP a session keeps for Join has its codecs,
+// packetisation and direction, and none of a softphone's candidates, keys
+// or other attributes.
+func TestCompactSDP(t *testing.T) {
+	body := sdpWith(netip.MustParseAddrPort("192.0.2.1:4000"), "8 101", "rtpmap:8 PCMA/8000", "rtpmap:101 telephone-event/8000",
+		"fmtp:101 0-16", "ptime:20", "sendonly", "candidate:1 1 UDP 2130706431 192.0.2.1 4000 typ host",
+		"crypto:1 AES_CM_128_HMAC_SHA1_80 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj", "ssrc:1 cname:x")
+	got := string(compactSDP(body))
+	for _, want := range []string{"m=audio 4000 RTP/AVP 8 101", "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16", "a=ptime:20", "a=sendonly", "c=IN IP4 192.0.2.1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("compact SDP lacks %q:\n%s", want, got)
+		}
+	}
+	for _, gone := range []string{"candidate", "crypto", "ssrc"} {
+		if strings.Contains(got, gone) {
+			t.Errorf("compact SDP keeps %s:\n%s", gone, got)
+		}
+	}
+	if _, _, err := parseSDP([]byte(got)); err != nil {
+		t.Fatalf("compact SDP does not parse: %v\n%s", err, got)
+	}
+}

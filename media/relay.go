@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -337,7 +336,7 @@ func (r *Relay) anchor(callID string, from Leg, signal netip.Addr, body []byte) 
 	}
 	s.seen[from] = true
 	s.touched = r.nanotime()
-	s.sdp[from], s.sdpLast = slices.Clone(body), from
+	s.sdp[from], s.sdpLast = compactSDP(body), from
 	ports := make([]int, len(infos))
 	s.w.mu.Lock()
 	if signal.Is4() {
