@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,10 +18,9 @@ import (
 
 var _ mediaJoiner = (*media.Relay)(nil)
 
-// bridgedCall sets up phone 201 (SIPp, caller, scenario uac) calling
-// phone 202 (SIPp, scenario uas, answering with codec pt/name and echoing RTP) through
-// hapbx and a test B2BUA standing in for Asterisk with the shipped
-// dialplan; b2bFormats, when set, is the B2BUA's offer to 202.
+// bridgedCall is phone 201 (SIPp, the caller) calling phone 202 (SIPp,
+// echoing RTP) through hapbx and a test B2BUA standing in for Asterisk with
+// the shipped dialplan.
 type bridgedCall struct {
 	p              *testProxy
 	relay          *media.Relay
@@ -28,21 +28,48 @@ type bridgedCall struct {
 	caller, callee *testkit.SIPp
 }
 
-func startBridgedCall(t *testing.T, ports, uac, uas string, calleeCodec [2]string, b2bFormats [2]string, callerArgs ...string) *bridgedCall {
+// bridgedSetup: the relay's ports, the scenarios of 201 (uac, with
+// callerArgs) and 202 (uas, answering with calleeCodec: pt, name); when
+// transcode is set, the B2BUA's offer to 202 (formats, rtpmap line); with
+// trunk, 202 is a provider that the B2BUA dials through hapbx's trunk p1.
+type bridgedSetup struct {
+	ports, uac, uas        string
+	calleeCodec, transcode [2]string
+	callerArgs             []string
+	trunk                  bool
+}
+
+func startBridgedCall(t *testing.T, s bridgedSetup) *bridgedCall {
 	t.Helper()
 	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	relay := startRelay(t, ports, prometheus.NewRegistry())
-	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, WithMediaAnchor(relay))
-	calleePort := testkit.FreePort(t, phoneIP)
-	b2b := testkit.StartB2BUA(t, be1IP, bePort, p.addr, fmt.Sprintf("sip:202@%s:%d", phoneIP, calleePort))
-	b2b.Transcode(b2bFormats[0], b2bFormats[1])
-	callee := testkit.StartSIPp(t, phoneIP, calleePort, "-sf", scenario(uas),
-		"-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePorts(t, phoneIP, 4)), "-rtp_echo",
-		"-key", "pt", calleeCodec[0], "-key", "codec", calleeCodec[1], "-m", "1", "-timeout", "40", "-timeout_error")
+	relay := startRelay(t, s.ports, prometheus.NewRegistry())
+	calleeIP := phoneIP
+	opts := []Option{WithMediaAnchor(relay)}
+	if s.trunk {
+		calleeIP = providerIP
+	}
+	calleePort := testkit.FreePort(t, calleeIP)
+	if s.trunk {
+		host := netip.AddrPortFrom(netip.MustParseAddr(providerIP), uint16(calleePort))
+		opts = append(opts, WithTrunks(&fakeTrunks{hosts: []TrunkHost{{Addr: host, Transport: "udp"}}}))
+	}
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, opts...)
+	target := fmt.Sprintf("sip:202@%s:%d", phoneIP, calleePort)
+	if s.trunk {
+		target = "sip:4930@" + p.addr
+	}
+	b2b := testkit.StartB2BUA(t, be1IP, bePort, p.addr, target)
+	b2b.Transcode(s.transcode[0], s.transcode[1])
+	if s.trunk {
+		b2b.Header(TrunkHeader, "p1")
+	}
+	callee := testkit.StartSIPp(t, calleeIP, calleePort, "-sf", scenario(s.uas),
+		"-mi", calleeIP, "-mp", strconv.Itoa(testkit.FreePorts(t, calleeIP, 4)), "-rtp_echo",
+		"-key", "pt", s.calleeCodec[0], "-key", "codec", s.calleeCodec[1], "-m", "1", "-timeout", "40", "-timeout_error")
 	testkit.WaitListening(t, "udp", callee.Addr, 5*time.Second)
-	args := append([]string{"-sf", scenario(uac), "-s", "300", "-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePorts(t, phoneIP, 4)),
-		"-m", "1", "-timeout", "40", "-timeout_error"}, callerArgs...)
+	args := append([]string{"-sf", scenario(s.uac), "-s", "300", "-mi", phoneIP, "-mp", strconv.Itoa(testkit.FreePorts(t, phoneIP, 4)),
+		"-m", "1", "-timeout", "40", "-timeout_error"}, s.callerArgs...)
 	caller := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), append(args, p.addr)...)
 	return &bridgedCall{p: p, relay: relay, b2b: b2b, caller: caller, callee: callee}
 }
@@ -82,7 +109,8 @@ func (c *bridgedCall) wait(t *testing.T) {
 // ends both sides.
 func TestBridgedCallSurvivesBackendDeath(t *testing.T) {
 	pcap := testkit.RequirePCAP(t)
-	c := startBridgedCall(t, "34300-34363", "uac_joined.xml", "uas_joined.xml", [2]string{"8", "PCMA"}, [2]string{}, "-key", "pcap", pcap)
+	c := startBridgedCall(t, bridgedSetup{ports: "34300-34363", uac: "uac_joined.xml", uas: "uas_joined.xml",
+		calleeCodec: [2]string{"8", "PCMA"}, callerArgs: []string{"-key", "pcap", pcap}})
 	if !testkit.Poll(10*time.Second, func() bool { a, b, _ := c.packets(); return a > 20 && b > 20 }) {
 		t.Fatalf("no audio both ways through the PBX: relay %+v, %d dialogs\nphone 201: %s\nphone 202: %s", c.relay.Snapshot(), c.p.dialogs.len(), c.caller.Output(), c.callee.Output())
 	}
@@ -116,10 +144,30 @@ func TestBridgedCallSurvivesBackendDeath(t *testing.T) {
 	}
 }
 
+// TestBridgedTrunkCallSurvives: the PBX bridges a phone to a provider
+// reached through hapbx's trunk; when it dies the phone and the provider
+// keep talking through the relay, and the phone's BYE reaches the provider.
+func TestBridgedTrunkCallSurvives(t *testing.T) {
+	pcap := testkit.RequirePCAP(t)
+	c := startBridgedCall(t, bridgedSetup{ports: "34556-34599", uac: "uac_joined.xml", uas: "uas_joined.xml",
+		calleeCodec: [2]string{"8", "PCMA"}, callerArgs: []string{"-key", "pcap", pcap}, trunk: true})
+	c.joinAfterAudio(t)
+	a0, b0, _ := c.packets()
+	testkit.Eventually(t, 10*time.Second, "audio both ways after the PBX died", func() bool {
+		a, b, _ := c.packets()
+		return a > a0+50 && b > b0+50
+	})
+	c.wait(t)
+	if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(joinEndBye)); got != 1 {
+		t.Errorf("hapbx_proxy_joined_calls_ended_total{reason=bye} = %v, want 1", got)
+	}
+}
+
 // TestBridgedCallCodecMismatchHungUp: a PBX that transcodes (201 talks
 // PCMU, 202 PCMA) cannot be replaced by the relay: both phones get a BYE.
 func TestBridgedCallCodecMismatchHungUp(t *testing.T) {
-	c := startBridgedCall(t, "34364-34427", "uac_wait_bye.xml", "uas_joined.xml", [2]string{"8", "PCMA"}, [2]string{"8", "rtpmap:8 PCMA/8000"})
+	c := startBridgedCall(t, bridgedSetup{ports: "34364-34427", uac: "uac_wait_bye.xml", uas: "uas_joined.xml",
+		calleeCodec: [2]string{"8", "PCMA"}, transcode: [2]string{"8", "rtpmap:8 PCMA/8000"}})
 	testkit.Eventually(t, 10*time.Second, "both dialogs confirmed", func() bool { return c.p.dialogs.len() == 2 })
 	c.b2b.Kill()
 	if n := c.p.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 2 {
@@ -158,8 +206,8 @@ func TestBridgedCallEndsAfterTakeover(t *testing.T) {
 		{"session expires", "34492-34555", "uas_joined.xml", "1;refresher=uac", joinEndExpired},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startBridgedCall(t, tc.ports, "uac_joined_wait.xml", tc.uas, [2]string{"8", "PCMA"}, [2]string{},
-				"-key", "pcap", pcap, "-key", "se", tc.se)
+			c := startBridgedCall(t, bridgedSetup{ports: tc.ports, uac: "uac_joined_wait.xml", uas: tc.uas,
+				calleeCodec: [2]string{"8", "PCMA"}, callerArgs: []string{"-key", "pcap", pcap, "-key", "se", tc.se}})
 			c.joinAfterAudio(t)
 			c.wait(t)
 			if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(tc.reason)); got != 1 {

@@ -34,8 +34,9 @@ type B2BUA struct {
 
 	conn *net.UDPConn
 	mu   sync.Mutex
-	// formats, rtpmap: see Transcode.
+	// formats, rtpmap: see Transcode; extra: see Header.
 	formats, rtpmap string
+	extra           string
 	legs            map[string]*b2leg // by Call-ID
 	dead            bool
 }
@@ -78,6 +79,14 @@ func StartB2BUA(tb testing.TB, ip string, port int, proxy, target string) *B2BUA
 func (b *B2BUA) Transcode(formats, rtpmap string) {
 	b.mu.Lock()
 	b.formats, b.rtpmap = formats, rtpmap
+	b.mu.Unlock()
+}
+
+// Header adds "name: value" to every outgoing INVITE (X-Hapbx-Trunk: a
+// dialplan dialling through a trunk).
+func (b *B2BUA) Header(name, value string) {
+	b.mu.Lock()
+	b.extra += name + ": " + value + "\r\n"
 	b.mu.Unlock()
 }
 
@@ -252,14 +261,15 @@ func (b *B2BUA) call(inv *sip.Request) {
 		return
 	}
 	b.legs[in.callID], b.legs[out.callID] = in, out
+	extra := b.extra
 	b.mu.Unlock()
 	go b.pump(in, out)
 	go b.pump(out, in)
 	formats, maps := b.formatsFor(out)
 	body := b.sdp(out, formats, maps)
 	b.send(fmt.Sprintf("INVITE %s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s;rport\r\nFrom: %s\r\nTo: %s\r\nCall-ID: %s\r\nCSeq: 1 INVITE\r\n"+
-		"Contact: <sip:asterisk@%s>\r\nMax-Forwards: 70\r\n%s: %s\r\nContent-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s",
-		b.Target, b.Addr(), sip.GenerateTagN(10), out.from, out.to, out.callID, b.Addr(), BridgeHeader, in.callID, len(body), body))
+		"Contact: <sip:asterisk@%s>\r\nMax-Forwards: 70\r\n%s: %s\r\n%sContent-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s",
+		b.Target, b.Addr(), sip.GenerateTagN(10), out.from, out.to, out.callID, b.Addr(), BridgeHeader, in.callID, extra, len(body), body))
 	// in is answered when out answers (response).
 }
 
