@@ -33,10 +33,13 @@ type dialog struct {
 	cseq       uint32 // highest CSeq the backend side has used
 	// expires is the RFC 4028 session interval (0: no session timer): a
 	// call kept up after its backend died ends when it is not refreshed.
-	expires  time.Duration
-	lastSeen time.Time
-	ending   bool   // a BYE is under way: never hang it up a second time
-	version  uint64 // of its last replicated record (replicate.go)
+	expires time.Duration
+	// phoneRefreshes: the phone, not the backend, is the session's RFC
+	// 4028 refresher.
+	phoneRefreshes bool
+	lastSeen       time.Time
+	ending         bool   // a BYE is under way: never hang it up a second time
+	version        uint64 // of its last replicated record (replicate.go)
 }
 
 // dialogTable is bounded: at most max dialogs, each forgotten after ttl
@@ -98,7 +101,25 @@ func newDialog(inv *sip.Request, res *sip.Response, backend string) *dialog {
 	}
 	d := &dialog{callID: inv.CallID().Value(), fromTag: fromTag, toTag: toTag, backend: backend, lastSeen: time.Now()}
 	d.expires = sessionInterval(res)
+	// The 2xx names the refresher relative to the INVITE: uac is its sender.
+	refresher := sessionRefresher(res)
+	d.phoneRefreshes = refresher != "uas"
 	return d
+}
+
+// sessionRefresher is the refresher parameter of m's Session-Expires.
+func sessionRefresher(m interface{ GetHeader(string) sip.Header }) string {
+	h := m.GetHeader("Session-Expires")
+	if h == nil {
+		return ""
+	}
+	_, params, _ := strings.Cut(strings.ToLower(strings.ReplaceAll(h.Value(), " ", "")), ";")
+	for kv := range strings.SplitSeq(params, ";") {
+		if v, ok := strings.CutPrefix(kv, "refresher="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // sessionInterval is m's RFC 4028 Session-Expires, 0 without one.
@@ -158,6 +179,7 @@ func (t *dialogTable) confirmInbound(inv *sip.Request, res *sip.Response, backen
 		return
 	}
 	d.backendTag = d.fromTag
+	d.phoneRefreshes = sessionRefresher(res) == "uas"
 	d.from = &sip.FromHeader{DisplayName: inv.From().DisplayName, Address: *inv.From().Address.Clone(), Params: inv.From().Params.Clone()}
 	d.to = &sip.ToHeader{DisplayName: res.To().DisplayName, Address: *res.To().Address.Clone(), Params: res.To().Params.Clone()}
 	d.dest, d.network = dest, network
@@ -354,43 +376,73 @@ func (p *Proxy) HangUpBackend(backend, reason string) int {
 }
 
 func (p *Proxy) sendBye(d *dialog, reason string) {
-	bye := sip.NewRequest(sip.BYE, *d.target.Clone())
+	var hdrs []sip.Header
+	if reason != "" {
+		hdrs = append(hdrs, sip.NewHeader("Reason", `SIP;cause=503;text="`+reason+`"`))
+	}
+	p.toPhone(d, sip.BYE, nil, hdrs...)
+}
+
+// toPhone sends a request without body in d towards the phone, as the
+// backend side (CSeq raised), with hdrs, and hands its final response (nil:
+// none came) to done when done is not nil.
+func (p *Proxy) toPhone(d *dialog, method sip.RequestMethod, done func(*sip.Response), hdrs ...sip.Header) {
+	req := sip.NewRequest(method, *d.target.Clone())
 	network := strings.ToLower(d.network)
-	bye.AppendHeader(p.via(network, "b"+sip.GenerateTagN(12)))
+	req.AppendHeader(p.via(network, "b"+sip.GenerateTagN(12)))
 	for _, r := range d.routes {
-		bye.AppendHeader(&sip.RouteHeader{Address: r})
+		req.AppendHeader(&sip.RouteHeader{Address: r})
 	}
 	mf := sip.MaxForwardsHeader(70)
-	bye.AppendHeader(&mf)
-	bye.AppendHeader(d.from)
-	bye.AppendHeader(d.to)
+	req.AppendHeader(&mf)
+	req.AppendHeader(d.from)
+	req.AppendHeader(d.to)
 	cid := sip.CallIDHeader(d.callID)
-	bye.AppendHeader(&cid)
-	bye.AppendHeader(&sip.CSeqHeader{SeqNo: d.cseq + 1, MethodName: sip.BYE})
-	if reason != "" {
-		bye.AppendHeader(sip.NewHeader("Reason", `SIP;cause=503;text="`+reason+`"`))
+	req.AppendHeader(&cid)
+	p.dialogs.mu.Lock()
+	d.cseq++
+	cseq := d.cseq
+	p.dialogs.mu.Unlock()
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: method})
+	for _, h := range hdrs {
+		req.AppendHeader(h)
 	}
-	bye.SetBody(nil)
+	req.SetBody(nil)
 	t := target{addr: d.dest, transport: network}
 	if len(d.routes) > 0 {
 		if rt, ok := uriTarget(&d.routes[0], network); ok {
 			t = rt
 		}
 	}
-	p.address(bye, t)
+	p.address(req, t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	clTx, err := p.wire.TransactionRequest(ctx, bye, sipgo.ClientRequestOption(keepHeaders))
+	clTx, err := p.wire.TransactionRequest(ctx, req, sipgo.ClientRequestOption(keepHeaders))
 	if err != nil {
-		p.log.Warn("BYE to phone not sent", zap.String("call_id", d.callID), zap.Error(err))
+		p.log.Warn("request to phone not sent", zap.String("method", string(method)), zap.String("call_id", d.callID), zap.Error(err))
+		if done != nil {
+			done(nil)
+		}
 		return
 	}
 	go func() {
 		defer clTx.Terminate()
-		select {
-		case res := <-clTx.Responses():
-			p.log.Debug("BYE to phone answered", zap.String("call_id", d.callID), zap.String("code", strconv.Itoa(res.StatusCode)))
-		case <-clTx.Done():
+		for {
+			select {
+			case res := <-clTx.Responses():
+				if res.StatusCode < 200 {
+					continue
+				}
+				p.log.Debug("request to phone answered", zap.String("method", string(method)), zap.String("call_id", d.callID), zap.String("code", strconv.Itoa(res.StatusCode)))
+				if done != nil {
+					done(res)
+				}
+			case <-clTx.Done():
+				if done != nil {
+					done(nil)
+				}
+			}
+			return
 		}
 	}()
 }

@@ -115,9 +115,11 @@
 //     from the relay (same relay port and codec, direction mirrored: hold
 //     and resume), 488 when the offer drops the codec; OPTIONS and INFO
 //     get 200, other methods 501; Session-Expires (RFC 4028) is echoed with
-//     the phone as refresher, and a side not refreshed within its interval
-//     ends the call with BYEs to both. Calls without a link, with a codec
-//     mismatch or un-anchored media get the BYEs as before;
+//     the phone as refresher (unless it names hapbx); a phone that is the
+//     refresher and stops ends the call with BYEs to both, and where the
+//     dead backend was the refresher hapbx refreshes the phone itself (an
+//     UPDATE at half the interval; refused: BYEs). Calls without a link,
+//     with a codec mismatch or un-anchored media get the BYEs as before;
 //   - replicates its confirmed dialogs and their links to the twin proxy
 //     (replicate.go, DialogReplica: a state channel of package cluster):
 //     a record on confirm, on a change of the backend's CSeq or of the

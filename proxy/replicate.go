@@ -27,6 +27,7 @@ type dialogRecord struct {
 	Network    string   `json:"network,omitempty"`
 	CSeq       uint32   `json:"cseq,omitempty"`
 	Expires    int64    `json:"expires,omitempty"` // RFC 4028 interval, ns
+	PhoneRefr  bool     `json:"phone_refreshes,omitempty"`
 	Partner    string   `json:"partner,omitempty"` // the linked call's Call-ID
 	Released   bool     `json:"released,omitempty"`
 	Version    uint64   `json:"version"`
@@ -117,7 +118,7 @@ func (r *DialogReplica) record(d *dialog, released bool) dialogRecord {
 		return dialogRecord{CallID: d.callID, FromTag: d.fromTag, ToTag: d.toTag, Released: true, Version: d.version}
 	}
 	rec := dialogRecord{CallID: d.callID, FromTag: d.fromTag, ToTag: d.toTag, Backend: d.backend, BackendTag: d.backendTag,
-		Target: d.target.String(), Dest: d.dest, Network: d.network, CSeq: d.cseq, Expires: int64(d.expires), Version: d.version}
+		Target: d.target.String(), Dest: d.dest, Network: d.network, CSeq: d.cseq, Expires: int64(d.expires), PhoneRefr: d.phoneRefreshes, Version: d.version}
 	if d.from != nil {
 		rec.From = d.from.Value()
 	}
@@ -166,7 +167,7 @@ func (r *DialogReplica) apply(rec dialogRecord) error {
 		return nil
 	}
 	d := &dialog{callID: rec.CallID, fromTag: rec.FromTag, toTag: rec.ToTag, backend: rec.Backend, backendTag: rec.BackendTag,
-		dest: rec.Dest, network: rec.Network, cseq: rec.CSeq, expires: time.Duration(rec.Expires), version: rec.Version, lastSeen: time.Now()}
+		dest: rec.Dest, network: rec.Network, cseq: rec.CSeq, expires: time.Duration(rec.Expires), phoneRefreshes: rec.PhoneRefr, version: rec.Version, lastSeen: time.Now()}
 	var from sip.FromHeader
 	var to sip.ToHeader
 	var err error

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -157,11 +158,8 @@ func (p *Proxy) takeOver(ds []*dialog) []*dialog {
 		c := &joinedCall{d: [2]*dialog{d, o}}
 		p.takeovers.mu.Lock()
 		p.takeovers.byID[d.callID], p.takeovers.byID[o.callID] = c, c
-		for i, cd := range c.d {
-			if cd.expires > 0 {
-				left := max(time.Until(cd.lastSeen.Add(cd.expires)), 0)
-				c.timers[i] = time.AfterFunc(left, func() { p.endJoined(c, -1, joinEndExpired) })
-			}
+		for i := range c.d {
+			p.armTimer(c, i, true)
 		}
 		p.takeovers.gauge.Set(float64(len(p.takeovers.byID)))
 		p.takeovers.mu.Unlock()
@@ -260,21 +258,69 @@ func sessionTimerHeaders(req *sip.Request) []sip.Header {
 	return out
 }
 
-// refreshed restarts the session timer of side after a refresh.
+// refreshed restarts the session timer of side after the phone refreshed
+// the session: it is the refresher from now on unless it named hapbx
+// (refresher=uas).
 func (p *Proxy) refreshed(c *joinedCall, side int, req *sip.Request) {
-	d := c.d[side]
 	p.takeovers.mu.Lock()
 	defer p.takeovers.mu.Unlock()
+	d := c.d[side]
 	if iv := sessionInterval(req); iv > 0 {
 		d.expires = iv
+		d.phoneRefreshes = sessionRefresher(req) != "uas"
 	}
+	d.lastSeen = time.Now()
+	p.armTimer(c, side, false)
+}
+
+// armTimer sets the RFC 4028 timer of side i: when the phone refreshes,
+// the call ends with BYEs if no refresh came within the interval; when the
+// dead backend was the refresher, hapbx refreshes the phone's session
+// itself (an UPDATE at half the interval). first counts from the dialog's
+// last request rather than from now. p.takeovers.mu must be held.
+func (p *Proxy) armTimer(c *joinedCall, i int, first bool) {
+	d := c.d[i]
 	if c.ended || d.expires <= 0 {
 		return
 	}
-	if c.timers[side] != nil {
-		c.timers[side].Stop()
+	if c.timers[i] != nil {
+		c.timers[i].Stop()
 	}
-	c.timers[side] = time.AfterFunc(d.expires, func() { p.endJoined(c, -1, joinEndExpired) })
+	wait, fire := d.expires, func() { p.endJoined(c, -1, joinEndExpired) }
+	if !d.phoneRefreshes {
+		wait, fire = d.expires/2, func() { p.refreshPhone(c, i) }
+	}
+	if first {
+		wait = max(time.Until(d.lastSeen.Add(wait)), 0)
+	}
+	c.timers[i] = time.AfterFunc(wait, fire)
+}
+
+// refreshPhone refreshes side i's session for the dead backend, which was
+// its refresher: an UPDATE with the same interval, hapbx the refresher. A
+// phone that does not accept it ends the call (it would at the interval's
+// end anyway).
+func (p *Proxy) refreshPhone(c *joinedCall, i int) {
+	p.takeovers.mu.Lock()
+	d := c.d[i]
+	ended, secs := c.ended, int(d.expires/time.Second)
+	p.takeovers.mu.Unlock()
+	if ended {
+		return
+	}
+	tr := strings.ToLower(d.network)
+	contact := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: p.cfg.Advertise, Port: p.portFor[tr], UriParams: params("transport", tr)}}
+	p.toPhone(d, sip.UPDATE, func(res *sip.Response) {
+		if res == nil || !res.IsSuccess() {
+			p.log.Info("session refresh of a joined call refused: ended", zap.String("call_id", d.callID))
+			p.endJoined(c, -1, joinEndExpired)
+			return
+		}
+		p.takeovers.mu.Lock()
+		defer p.takeovers.mu.Unlock()
+		d.lastSeen = time.Now()
+		p.armTimer(c, i, false)
+	}, sip.NewHeader("Session-Expires", strconv.Itoa(secs)+";refresher=uac"), sip.NewHeader("Supported", "timer"), contact)
 }
 
 // endJoined ends a joined call: a BYE to each side but from (-1: both),

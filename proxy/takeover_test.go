@@ -37,6 +37,7 @@ type bridgedSetup struct {
 	calleeCodec, transcode [2]string
 	callerArgs             []string
 	trunk                  bool
+	pbxHeaders             []string // name, value pairs on the B2BUA's outgoing INVITE
 }
 
 func startBridgedCall(t *testing.T, s bridgedSetup) *bridgedCall {
@@ -63,6 +64,9 @@ func startBridgedCall(t *testing.T, s bridgedSetup) *bridgedCall {
 	b2b.Transcode(s.transcode[0], s.transcode[1])
 	if s.trunk {
 		b2b.Header(TrunkHeader, "p1")
+	}
+	for i := 0; i+1 < len(s.pbxHeaders); i += 2 {
+		b2b.Header(s.pbxHeaders[i], s.pbxHeaders[i+1])
 	}
 	callee := testkit.StartSIPp(t, calleeIP, calleePort, "-sf", scenario(s.uas),
 		"-mi", calleeIP, "-mp", strconv.Itoa(testkit.FreePorts(t, calleeIP, 4)), "-rtp_echo",
@@ -194,20 +198,25 @@ func (c *bridgedCall) joinAfterAudio(t *testing.T) {
 
 // TestBridgedCallEndsAfterTakeover: after the PBX died and the caller's
 // session refresh was answered, the call ends on both sides when the
-// called phone hangs up (its BYE answered and passed on), or when the
-// caller, having refreshed with a 1 s interval (RFC 4028), stops
-// refreshing (hapbx sends both phones a BYE).
+// called phone hangs up (its BYE answered and passed on), also after hapbx
+// refreshed the callee's session in place of the PBX that was its
+// refresher, or when the caller, having refreshed with a 1 s interval
+// (RFC 4028), stops refreshing (hapbx sends both phones a BYE).
 func TestBridgedCallEndsAfterTakeover(t *testing.T) {
 	pcap := testkit.RequirePCAP(t)
 	for _, tc := range []struct {
 		name, ports, uas, se, reason string
+		pbxHeaders                   []string
 	}{
-		{"callee hangs up", "34428-34491", "uas_joined_bye.xml", "90;refresher=uac", joinEndBye},
-		{"session expires", "34492-34555", "uas_joined.xml", "1;refresher=uac", joinEndExpired},
+		{"callee hangs up", "34428-34491", "uas_joined_bye.xml", "90;refresher=uac", joinEndBye, nil},
+		{"session expires", "34492-34555", "uas_joined.xml", "1;refresher=uac", joinEndExpired, nil},
+		// The PBX was the callee's refresher: hapbx refreshes in its place.
+		{"hapbx refreshes the callee", "34800-34863", "uas_joined_refresh.xml", "90;refresher=uac", joinEndBye,
+			[]string{"Session-Expires", "8;refresher=uac", "Supported", "timer"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := startBridgedCall(t, bridgedSetup{ports: tc.ports, uac: "uac_joined_wait.xml", uas: tc.uas,
-				calleeCodec: [2]string{"8", "PCMA"}, callerArgs: []string{"-key", "pcap", pcap, "-key", "se", tc.se}})
+				calleeCodec: [2]string{"8", "PCMA"}, callerArgs: []string{"-key", "pcap", pcap, "-key", "se", tc.se}, pbxHeaders: tc.pbxHeaders})
 			c.joinAfterAudio(t)
 			c.wait(t)
 			if got := testutil.ToFloat64(c.p.takeovers.ended.WithLabelValues(tc.reason)); got != 1 {
