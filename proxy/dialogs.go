@@ -40,6 +40,8 @@ type dialog struct {
 	lastSeen       time.Time
 	ending         bool   // a BYE is under way: never hang it up a second time
 	version        uint64 // of its last replicated record (replicate.go)
+	// confirmed is when the 2xx came (on the twin: as the holder said).
+	confirmed time.Time
 }
 
 // dialogTable is bounded: at most max dialogs, each forgotten after ttl
@@ -99,7 +101,8 @@ func newDialog(inv *sip.Request, res *sip.Response, backend string) *dialog {
 	if fromTag == "" || toTag == "" {
 		return nil
 	}
-	d := &dialog{callID: inv.CallID().Value(), fromTag: fromTag, toTag: toTag, backend: backend, lastSeen: time.Now()}
+	now := time.Now()
+	d := &dialog{callID: inv.CallID().Value(), fromTag: fromTag, toTag: toTag, backend: backend, lastSeen: now, confirmed: now}
 	d.expires = sessionInterval(res)
 	// The 2xx names the refresher relative to the INVITE: uac is its sender.
 	refresher := sessionRefresher(res)
@@ -289,13 +292,14 @@ func (t *dialogTable) backendOf(req *sip.Request) string {
 	return ""
 }
 
-// take removes and returns every dialog on backend.
-func (t *dialogTable) take(backend string) []*dialog {
+// take removes and returns every dialog on backend confirmed before
+// before (zero: all).
+func (t *dialogTable) take(backend string, before time.Time) []*dialog {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []*dialog
 	for k, d := range t.byID {
-		if d.backend == backend {
+		if d.backend == backend && (before.IsZero() || d.confirmed.Before(before)) {
 			if !d.ending {
 				out = append(out, d)
 			}
@@ -346,15 +350,25 @@ const HangUpReasonBackendDown = "backend down"
 // dialog on backend (declared down), so phones do not sit in silent calls.
 // It returns how many dialogs it hung up; the BYEs are sent in parallel and
 // it returns once all are sent, without waiting for their answers.
+//
+// On a proxy of a pair that does not hold the VIP it does nothing but note
+// the death: the holder acts, and should this proxy take the VIP later, it
+// acts then on the dialogs confirmed before (DialogReplica.Run).
 func (p *Proxy) HangUpBackend(backend, reason string) int {
-	taken := p.dialogs.take(backend)
 	if !p.replica.holds() {
-		return 0 // the VIP holder hangs them up (or keeps them up)
+		p.replica.deadWhileStandby(backend)
+		return 0
 	}
-	for _, d := range taken {
-		p.replica.changed(d, true)
+	return p.hangUp(backend, time.Time{}, reason)
+}
+
+// hangUp is HangUpBackend on the dialogs of backend confirmed before
+// before (zero: all).
+func (p *Proxy) hangUp(backend string, before time.Time, reason string) int {
+	ds := p.takeOver(p.dialogs.take(backend, before))
+	for _, d := range ds {
+		p.replica.changed(d, true) // joined ones are released when they end
 	}
-	ds := p.takeOver(taken)
 	if len(ds) == 0 {
 		return 0
 	}
@@ -403,6 +417,9 @@ func (p *Proxy) toPhone(d *dialog, method sip.RequestMethod, done func(*sip.Resp
 	d.cseq++
 	cseq := d.cseq
 	p.dialogs.mu.Unlock()
+	if method != sip.BYE {
+		p.replica.changed(d, false) // the twin's BYE must come after it
+	}
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: cseq, MethodName: method})
 	for _, h := range hdrs {
 		req.AppendHeader(h)

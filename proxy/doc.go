@@ -123,14 +123,16 @@
 //   - replicates its confirmed dialogs and their links to the twin proxy
 //     (replicate.go, DialogReplica: a state channel of package cluster):
 //     a record on confirm, on a change of the backend's CSeq or of the
-//     session interval, a released record on BYE and when the backend's
-//     calls are taken; records carry a version and released ones leave a
+//     session interval, a released record on BYE, on hang-up and when a
+//     joined call ends; records carry a version and released ones leave a
 //     tombstone for a minute, so duplicates and reordering do no harm. Only
 //     the VIP holder hangs up or keeps up the calls of a dead backend; a
-//     standby drops them. So a call set up through a proxy that has since
-//     died still gets its BYE, or is kept up, when its backend dies. A call
-//     already joined is not replicated: it does not survive the holder's
-//     own death;
+//     standby notes the death and, should it take the VIP later
+//     (DialogReplica.Run), acts then on the dialogs confirmed before it:
+//     a call set up through a proxy that has since died still gets its BYE
+//     or is kept up, and a call the dead holder had joined is joined again
+//     (its dialogs stay replicated until it ends; the relay's records carry
+//     the legs' SDP);
 //   - anchors media when given a MediaAnchor (package media): the SDP of
 //     every request and response is rewritten through the relay, the legs
 //     told apart by the caller's From tag; a new call with no relay ports

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"strconv"
 	"sync"
@@ -28,7 +29,8 @@ type dialogRecord struct {
 	CSeq       uint32   `json:"cseq,omitempty"`
 	Expires    int64    `json:"expires,omitempty"` // RFC 4028 interval, ns
 	PhoneRefr  bool     `json:"phone_refreshes,omitempty"`
-	Partner    string   `json:"partner,omitempty"` // the linked call's Call-ID
+	Confirmed  int64    `json:"confirmed,omitempty"` // Unix ns
+	Partner    string   `json:"partner,omitempty"`   // the linked call's Call-ID
 	Released   bool     `json:"released,omitempty"`
 	Version    uint64   `json:"version"`
 }
@@ -45,13 +47,60 @@ type DialogReplica struct {
 	send   func([]byte) error
 	holder func() bool
 	tombs  *ttlSet // Call-ID+tags -> version of a released record
+	// dead: backends declared down while this proxy did not hold the VIP,
+	// and when; acted upon if it takes the VIP (Run).
+	dead map[string]time.Time
 }
 
 // DialogReplica returns the proxy's dialog state channel.
 func (p *Proxy) DialogReplica() *DialogReplica { return p.replica }
 
 func newDialogReplica(p *Proxy) *DialogReplica {
-	return &DialogReplica{p: p, tombs: newTTLSet(time.Minute, 100000)}
+	return &DialogReplica{p: p, tombs: newTTLSet(time.Minute, 100000), dead: map[string]time.Time{}}
+}
+
+// deadWhileStandby notes that backend was declared down while this proxy
+// did not hold the VIP (the first time counts).
+func (r *DialogReplica) deadWhileStandby(backend string) {
+	r.mu.Lock()
+	if _, ok := r.dead[backend]; !ok {
+		r.dead[backend] = time.Now()
+	}
+	r.mu.Unlock()
+}
+
+// holderPoll is how often Run checks whether this proxy took the VIP.
+const holderPoll = 100 * time.Millisecond
+
+// Run watches for this proxy taking the VIP: it then hangs up (or keeps
+// up) the calls of the backends that died while the twin held it, among
+// the dialogs confirmed before the death (the holder replicates a joined
+// call's dialogs until the call ends, so a joined call is joined again
+// here when the holder died). It returns when ctx ends.
+func (r *DialogReplica) Run(ctx context.Context) error {
+	t := time.NewTicker(holderPoll)
+	defer t.Stop()
+	held := r.holds()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		h := r.holds()
+		if h && !held {
+			r.mu.Lock()
+			dead := r.dead
+			r.dead = map[string]time.Time{}
+			r.mu.Unlock()
+			for b, at := range dead {
+				if n := r.p.hangUp(b, at, HangUpReasonBackendDown); n > 0 {
+					r.p.log.Warn("took the VIP: hung up calls of a backend that died meanwhile", zap.String("backend", b), zap.Int("dialogs", n))
+				}
+			}
+		}
+		held = h
+	}
 }
 
 // holds reports whether this proxy acts on its dialogs: the VIP holder, or
@@ -118,7 +167,7 @@ func (r *DialogReplica) record(d *dialog, released bool) dialogRecord {
 		return dialogRecord{CallID: d.callID, FromTag: d.fromTag, ToTag: d.toTag, Released: true, Version: d.version}
 	}
 	rec := dialogRecord{CallID: d.callID, FromTag: d.fromTag, ToTag: d.toTag, Backend: d.backend, BackendTag: d.backendTag,
-		Target: d.target.String(), Dest: d.dest, Network: d.network, CSeq: d.cseq, Expires: int64(d.expires), PhoneRefr: d.phoneRefreshes, Version: d.version}
+		Target: d.target.String(), Dest: d.dest, Network: d.network, CSeq: d.cseq, Expires: int64(d.expires), PhoneRefr: d.phoneRefreshes, Confirmed: d.confirmed.UnixNano(), Version: d.version}
 	if d.from != nil {
 		rec.From = d.from.Value()
 	}
@@ -167,7 +216,10 @@ func (r *DialogReplica) apply(rec dialogRecord) error {
 		return nil
 	}
 	d := &dialog{callID: rec.CallID, fromTag: rec.FromTag, toTag: rec.ToTag, backend: rec.Backend, backendTag: rec.BackendTag,
-		dest: rec.Dest, network: rec.Network, cseq: rec.CSeq, expires: time.Duration(rec.Expires), phoneRefreshes: rec.PhoneRefr, version: rec.Version, lastSeen: time.Now()}
+		dest: rec.Dest, network: rec.Network, cseq: rec.CSeq, expires: time.Duration(rec.Expires), phoneRefreshes: rec.PhoneRefr, version: rec.Version, lastSeen: time.Now(), confirmed: time.Now()}
+	if rec.Confirmed > 0 {
+		d.confirmed = time.Unix(0, rec.Confirmed)
+	}
 	var from sip.FromHeader
 	var to sip.ToHeader
 	var err error

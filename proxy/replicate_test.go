@@ -3,6 +3,7 @@ package proxy
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +25,12 @@ func (r *recorder) send(b []byte) error {
 	return nil
 }
 
+func (r *recorder) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.recs)
+}
+
 func (r *recorder) take() [][]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -34,8 +41,8 @@ func (r *recorder) take() [][]byte {
 
 // TestDialogsReplicatedToTwin: calls set up through proxy 1 reach the twin
 // as dialog records; proxy 1 dies, then the backend: the twin, now the VIP
-// holder, sends each phone its BYE. A standby that is not the holder drops
-// the dead backend's dialogs without a BYE (the holder sends them).
+// holder, sends each phone its BYE. A standby that is not the holder keeps
+// the dead backend's dialogs for later (the holder sends the BYEs).
 func TestDialogsReplicatedToTwin(t *testing.T) {
 	testkit.RequireSIPp(t)
 	const calls = 2
@@ -50,8 +57,9 @@ func TestDialogsReplicatedToTwin(t *testing.T) {
 	standby.DialogReplica().StateChanges(func([]byte) error { return nil }, func() bool { return false })
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_wait_bye.xml"),
 		"-s", "202", "-m", strconv.Itoa(calls), "-r", "10", "-timeout", "20s", "-timeout_error", p1.addr)
-	if !testkit.Poll(5*time.Second, func() bool { return p1.dialogs.len() == calls }) {
-		t.Fatalf("%d dialogs confirmed, want %d\n%s", p1.dialogs.len(), calls, phone.Output())
+	// A dialog's record is sent right after it is kept.
+	if !testkit.Poll(5*time.Second, func() bool { return out.len() == calls }) {
+		t.Fatalf("%d dialogs confirmed, %d records sent, want %d\n%s", p1.dialogs.len(), out.len(), calls, phone.Output())
 	}
 	recs := out.take()
 	twin.DialogReplica().ApplyState(recs)
@@ -62,8 +70,8 @@ func TestDialogsReplicatedToTwin(t *testing.T) {
 	}
 	p1.close()
 	backend.Kill()
-	if n := standby.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 0 || standby.dialogs.len() != 0 {
-		t.Fatalf("standby hung up %d dialogs and kept %d, want 0 and 0", n, standby.dialogs.len())
+	if n := standby.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 0 || standby.dialogs.len() != calls {
+		t.Fatalf("standby hung up %d dialogs and kept %d, want 0 and %d", n, standby.dialogs.len(), calls)
 	}
 	if n := twin.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != calls {
 		t.Fatalf("twin hung up %d dialogs, want %d", n, calls)
@@ -116,4 +124,39 @@ func parseResponse(t *testing.T, inv *sip.Request, toTag string) *sip.Response {
 	res := sip.NewResponseFromRequest(inv, 200, "OK", nil)
 	res.To().Params.Add("tag", toTag)
 	return res
+}
+
+// TestStandbyActsWhenItTakesTheVIP: a standby told that a backend died
+// does nothing while the twin holds the VIP; once it takes the VIP it
+// hangs up the calls that were up on that backend before its death.
+func TestStandbyActsWhenItTakesTheVIP(t *testing.T) {
+	testkit.RequireSIPp(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
+	p1 := startProxy(t, []Backend{be}, nil)
+	twin := startProxy(t, []Backend{be}, nil)
+	var out recorder
+	p1.DialogReplica().StateChanges(out.send, func() bool { return true })
+	var holds atomic.Bool
+	twin.DialogReplica().StateChanges(func([]byte) error { return nil }, holds.Load)
+	testkit.Run(t, twin.DialogReplica().Run)
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_wait_bye.xml"),
+		"-s", "202", "-m", "1", "-timeout", "20s", "-timeout_error", p1.addr)
+	if !testkit.Poll(5*time.Second, func() bool { return out.len() == 1 }) {
+		t.Fatalf("no dialog record sent\n%s", phone.Output())
+	}
+	twin.DialogReplica().ApplyState(out.take())
+	backend.Kill()
+	if n := twin.HangUpBackend("asterisk1", HangUpReasonBackendDown); n != 0 || twin.dialogs.len() != 1 {
+		t.Fatalf("standby hung up %d dialogs and kept %d, want 0 and 1", n, twin.dialogs.len())
+	}
+	p1.close() // the holder dies before sending its BYEs
+	holds.Store(true)
+	if code := phone.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("phone exit %d: no BYE from the proxy that took the VIP\n%s", code, phone.Output())
+	}
+	if twin.dialogs.len() != 0 {
+		t.Errorf("%d dialogs left on the new holder", twin.dialogs.len())
+	}
 }

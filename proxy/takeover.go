@@ -341,6 +341,7 @@ func (p *Proxy) endJoined(c *joinedCall, from int, reason string) {
 	for _, d := range c.d {
 		_ = p.media.Release(d.callID, "joined call "+reason)
 		p.callers.del(d.callID)
+		p.replica.changed(d, true)
 	}
 	p.takeovers.ended.WithLabelValues(reason).Inc()
 	p.log.Info("joined call ended", zap.String("call_id", c.d[0].callID), zap.String("other_call_id", c.d[1].callID), zap.String("reason", reason))

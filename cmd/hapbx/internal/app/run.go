@@ -167,7 +167,7 @@ func (d *daemon) run() error {
 	var g errgroup.Group
 	mid := []func(context.Context) error{d.health.Run, d.selector.Run, d.hangUpDeadBackends, d.budget.Run, d.flood.Run}
 	if d.cluster != nil {
-		mid = append(mid, d.cluster.Run)
+		mid = append(mid, d.cluster.Run, d.proxy.DialogReplica().Run)
 	}
 	if d.cold != nil {
 		mid = append(mid, d.cold.Run)
