@@ -18,8 +18,17 @@ var (
 	ErrNotJoinable = errors.New("media: calls not joinable")
 	// ErrCodecMismatch means the two phones' negotiated codecs differ (the
 	// relay does not transcode), or a joined phone's re-offer lacks its codec.
-	ErrCodecMismatch = errors.New("media: codecs differ")
+	ErrCodecMismatch = codecMismatchError{}
 )
+
+// codecMismatchError says what it is by a method too, so the proxy tells it
+// apart without importing media.
+type codecMismatchError struct{}
+
+func (codecMismatchError) Error() string { return "media: codecs differ" }
+
+// CodecMismatch marks ErrCodecMismatch.
+func (codecMismatchError) CodecMismatch() {}
 
 // joinSet holds the joined calls by Call-ID; its zero value is empty.
 // Guarded by the Relay's mutex.

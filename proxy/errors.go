@@ -10,6 +10,9 @@ type (
 	NoPortsError interface{ NoPorts() }
 	// SessionKeptError: the call's session was left unchanged (488 to its re-offer).
 	SessionKeptError interface{ SessionKept() }
+	// CodecMismatchError: two calls' phones use different codecs; they
+	// cannot be joined (takeover.go).
+	CodecMismatchError interface{ CodecMismatch() }
 )
 
 // is reports whether err's chain holds an error with the marker M.

@@ -146,7 +146,7 @@ func (p *Proxy) takeOver(ds []*dialog) []*dialog {
 		done[d.callID], done[other] = true, true
 		if err := j.Join(d.callID, !d.phoneCalled(), o.callID, !o.phoneCalled()); err != nil {
 			why := "media"
-			if strings.Contains(err.Error(), "codec") {
+			if is[CodecMismatchError](err) {
 				why = "codec"
 			}
 			p.takeovers.refuse.WithLabelValues(why).Inc()

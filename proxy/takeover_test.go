@@ -212,7 +212,7 @@ func TestBridgedCallEndsAfterTakeover(t *testing.T) {
 		{"session expires", "34492-34555", "uas_joined.xml", "1;refresher=uac", joinEndExpired, nil},
 		// The PBX was the callee's refresher: hapbx refreshes in its place.
 		{"hapbx refreshes the callee", "34800-34863", "uas_joined_refresh.xml", "90;refresher=uac", joinEndBye,
-			[]string{"Session-Expires", "8;refresher=uac", "Supported", "timer"}},
+			[]string{"Session-Expires", "12;refresher=uac", "Supported", "timer"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := startBridgedCall(t, bridgedSetup{ports: tc.ports, uac: "uac_joined_wait.xml", uas: tc.uas,
