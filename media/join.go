@@ -224,7 +224,16 @@ func (r *Relay) Join(callID1 string, caller1 bool, callID2 string, caller2 bool)
 	j1 := &joinedLeg{partner: callID2, phone: l1}
 	j2 := &joinedLeg{partner: callID1, phone: l2}
 	maps := make([][2]*[128]byte, n)
+	disabled := func(sd [2]*sdp.SessionDescription, last Leg, i int) bool {
+		return sd[last].MediaDescriptions[i].MediaName.Port.Value == 0
+	}
 	for i := range n {
+		if disabled(sd1, s1.sdpLast, i) && disabled(sd2, s2.sdpLast, i) {
+			// A stream both answers refused (video a phone declined):
+			// nothing flows on it either way.
+			j1.codecs, j2.codecs = append(j1.codecs, codec{}), append(j2.codecs, codec{})
+			continue
+		}
 		c1, ok1 := negotiated(sd1, s1.sdpLast, i)
 		c2, ok2 := negotiated(sd2, s2.sdpLast, i)
 		if !ok1 || !ok2 || c1 != c2 {

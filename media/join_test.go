@@ -219,3 +219,23 @@ func TestCompactSDP(t *testing.T) {
 		t.Fatalf("compact SDP does not parse: %v\n%s", err, got)
 	}
 }
+
+// TestJoinWithDeclinedVideo: calls whose answers both declined a video
+// stream (port 0) are joined on their audio.
+func TestJoinWithDeclinedVideo(t *testing.T) {
+	r, _ := newTestRelay(t, "34900-34963", nil)
+	ap := netip.MustParseAddrPort("127.0.0.1:40000")
+	offer := append(sdpWith(ap, "8", "rtpmap:8 PCMA/8000"), []byte("m=video 40002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n")...)
+	answer := append(sdpWith(ap, "8", "rtpmap:8 PCMA/8000"), []byte("m=video 0 RTP/AVP 96\r\n")...)
+	for _, id := range []string{"c1", "c2"} {
+		if _, err := r.Anchor(id, true, offer); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Anchor(id, false, answer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Join("c1", true, "c2", false); err != nil {
+		t.Fatalf("join with declined video: %v", err)
+	}
+}
