@@ -38,8 +38,8 @@ type dialogRecord struct {
 // DialogReplica carries the proxy's confirmed dialogs and the links between
 // bridged legs to the twin proxy: it is a state channel of package cluster
 // (StateSnapshot, ApplyState, StateChanges). Only the VIP holder hangs up
-// or keeps up the calls of a dead backend; a standby drops them, as the
-// holder handles them.
+// or keeps up the calls of a dead backend; a standby keeps them and acts
+// only if it takes the VIP (Run).
 type DialogReplica struct {
 	p *Proxy
 
@@ -60,12 +60,11 @@ func newDialogReplica(p *Proxy) *DialogReplica {
 }
 
 // deadWhileStandby notes that backend was declared down while this proxy
-// did not hold the VIP (the first time counts).
+// did not hold the VIP: every dialog confirmed before its latest death is
+// over on it.
 func (r *DialogReplica) deadWhileStandby(backend string) {
 	r.mu.Lock()
-	if _, ok := r.dead[backend]; !ok {
-		r.dead[backend] = time.Now()
-	}
+	r.dead[backend] = time.Now()
 	r.mu.Unlock()
 }
 
