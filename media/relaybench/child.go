@@ -34,6 +34,15 @@ func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
 	w := bufio.NewWriter(out)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		if len(f) == 1 && f[0] == "datapath" {
+			dp := media.DatapathUser
+			if r.KernelDatapath() {
+				dp = media.DatapathKernel
+			}
+			fmt.Fprintln(w, dp)
+			w.Flush()
+			continue
+		}
 		if len(f) == 1 && f[0] == "sync" {
 			fmt.Fprintln(w, "ok")
 			w.Flush()
