@@ -149,7 +149,7 @@ func (k *kernel) install(relay [4]byte) error {
 	c.DelTable(k.table)
 	c.AddTable(k.table)
 	k.fwd = &nftables.Set{
-		Table: k.table, Name: "fwd", IsMap: true, Counter: true,
+		Table: k.table, Name: "legs", IsMap: true, Counter: true,
 		KeyType:  nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeIPAddr, nftables.TypeInetService),
 		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService),
 	}
@@ -189,7 +189,7 @@ func (k *kernel) install(relay [4]byte) error {
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regVal + 2, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2,
 			CsumType: expr.CsumTypeInet, CsumOffset: 6},
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: regTmp},
-		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 4, Mask: be32(^uint32(kernelMark)), Xor: be32(kernelMark)},
+		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 4, Mask: mark32(^uint32(kernelMark)), Xor: mark32(kernelMark)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: regTmp},
 		&expr.Notrack{},
 		&expr.Verdict{Kind: expr.VerdictAccept},
@@ -198,13 +198,13 @@ func (k *kernel) install(relay [4]byte) error {
 	// peer on this host), the marked packet leaves from the relay address.
 	src := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: regTmp},
-		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 4, Mask: be32(kernelMark), Xor: be32(0)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regTmp, Data: be32(kernelMark)},
+		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 4, Mask: mark32(kernelMark), Xor: mark32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regTmp, Data: mark32(kernelMark)},
 		&expr.Immediate{Register: regTmp, Data: relay[:]},
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regTmp, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4,
 			CsumType: expr.CsumTypeInet, CsumOffset: 10, CsumFlags: unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR},
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: regTmp},
-		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 4, Mask: be32(^uint32(kernelMark)), Xor: be32(0)},
+		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 4, Mask: mark32(^uint32(kernelMark)), Xor: mark32(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: regTmp},
 	}
 	for _, h := range []struct {
@@ -224,7 +224,9 @@ func (k *kernel) install(relay [4]byte) error {
 // rawPort is sin_port as it is in memory: network byte order.
 func rawPort(sa *unix.RawSockaddrInet4) []byte { return (*[2]byte)(unsafe.Pointer(&sa.Port))[:] }
 
-func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+// mark32 is a mark value as the register holds it: the packet mark is a
+// host-endian u32.
+func mark32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
 
 // run applies the data path's latch changes and reads the counters every
 // kernelPoll until close.

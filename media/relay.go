@@ -238,13 +238,14 @@ func (r *Relay) Close() {
 	r.closed = true
 	started := r.started
 	close(r.stop)
+	// Remove the whole table first rather than each session's elements.
+	r.kern.close()
 	for id, s := range r.sessions {
 		r.releaseLocked(s, "shutdown")
 		delete(r.sessions, id)
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
-	r.kern.close()
 	for _, w := range r.workers {
 		w.close(started)
 	}

@@ -22,7 +22,14 @@ func sdpFor(ap netip.AddrPort) []byte {
 
 // RunChild is the relay side: it serves anchor requests from in until EOF.
 func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
-	r, err := media.New(cfg, zap.NewNop(), nil)
+	// Warnings (e.g. the kernel data path failing) go to stderr.
+	lc := zap.NewDevelopmentConfig()
+	lc.Level = zap.NewAtomicLevelAt(zap.WarnLevel)
+	log, err := lc.Build()
+	if err != nil {
+		return err
+	}
+	r, err := media.New(cfg, log, nil)
 	if err != nil {
 		return err
 	}
