@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -428,18 +429,34 @@ func (k *kernel) sync(socks []*sock) {
 	}
 }
 
+// elemsPerMessage bounds the elements of one netlink message: their list
+// is one attribute, whose length is 16 bits (an element takes about 60
+// bytes); a longer list would be cut and the message misread.
+const elemsPerMessage = 256
+
+// apply deletes and adds elements in one transaction (one Flush; as many
+// messages as elemsPerMessage needs).
 func (k *kernel) apply(del, add []nftables.SetElement) error {
-	if len(del) > 0 {
-		if err := k.conn.SetDeleteElements(k.fwd, del); err != nil {
+	for c := range slices.Chunk(del, elemsPerMessage) {
+		if err := k.conn.SetDeleteElements(k.fwd, c); err != nil {
 			return err
 		}
 	}
-	if len(add) > 0 {
-		if err := k.conn.SetAddElements(k.fwd, add); err != nil {
+	for c := range slices.Chunk(add, elemsPerMessage) {
+		if err := k.conn.SetAddElements(k.fwd, c); err != nil {
 			return err
 		}
 	}
-	return k.conn.Flush()
+	if err := k.conn.Flush(); err != nil {
+		// Acknowledgements of the failed batch may be left in the socket,
+		// where the next batch would read them as its own: start afresh.
+		_ = k.conn.CloseLasting()
+		if c, nerr := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(k.netns)); nerr == nil {
+			k.conn = c
+		}
+		return err
+	}
+	return nil
 }
 
 func (k *kernel) failed(msg string, err error) {

@@ -7,14 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/hapbx/hapbx/deploy/lab"
 	"github.com/hapbx/hapbx/internal/testkit"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
@@ -99,27 +98,11 @@ func inKernelNamespaces(t *testing.T) string {
 // phoneIn opens a phone socket on ip inside the namespace ns.
 func phoneIn(t *testing.T, ns, ip string) *phone {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
+	var p *phone
+	if err := lab.InNS(ns, func() error { p = newPhone(t, ip); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	defer orig.Close()
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic(err) // the thread is locked: it would stay in the wrong namespace
-		}
-	}()
-	return newPhone(t, ip)
+	return p
 }
 
 func newKernelRelay(t *testing.T, mode string, log *zap.Logger) *Relay {
@@ -411,4 +394,102 @@ func TestKernelDatapathFallback(t *testing.T) {
 	pa, pb := kernelCall(t, r, "user", a, b)
 	relayOnce(t, a, kAP(kRelay, pa), b, kAP(kRelay, pb))
 	relayOnce(t, b, kAP(kRelay, pb), a, kAP(kRelay, pa))
+}
+
+// TestKernelDatapathRelatchAfterSilence: relatch_after is judged from the
+// kernel's counters. While the latched source's packets go through the
+// kernel, another port of the phone's address is a stranger; once the
+// latched source has been silent for relatch_after (a NAT rebinding), the
+// new source takes the leg and its element replaces the old one, whose
+// packets then reach user space and are dropped.
+func TestKernelDatapathRelatchAfterSilence(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	clk := &fakeClock{t: time.Now()}
+	cfg := DefaultConfig()
+	cfg.Address, cfg.Ports, cfg.Workers, cfg.Datapath = kRelay, "40000-40099", 1, DatapathKernel
+	r, err := newWithClock(cfg, zaptest.NewLogger(t), nil, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	t.Cleanup(r.Close)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "relatch", a, b)
+	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	relayOnce(t, a, toA, b, toB)
+	testkit.Eventually(t, 5*time.Second, "kernel packet credited", func() bool {
+		return r.Snapshot()[0].Streams[0].FromA.Packets >= 2
+	})
+
+	a2 := phoneIn(t, pns, kPhoneA) // the phone's NAT picked a new port
+	a2.sendRTP(toA)
+	mustNotReceive(t, b, 300*time.Millisecond)
+	clk.advance(cfg.RelatchAfter + time.Second)
+	relayOnce(t, a2, toA, b, toB)
+	testkit.Eventually(t, 5*time.Second, "element moved to the new source", func() bool {
+		return hasElement(t, r, pa, a2.addr()) && !hasElement(t, r, pa, a.addr())
+	})
+	before := kernelPackets(t, r, pa, a2.addr())
+	relayOnce(t, a2, toA, b, toB)
+	if got := kernelPackets(t, r, pa, a2.addr()) - before; got != 1 {
+		t.Fatalf("kernel forwarded %d packets of the new source, want 1", got)
+	}
+	a.sendRTP(toA)
+	mustNotReceive(t, b, 300*time.Millisecond)
+}
+
+// TestKernelDatapathManyLegs: hundreds of legs latching at once (shared
+// phone sockets, as relaybench offers them) all end up in the kernel.
+func TestKernelDatapathManyLegs(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	const calls = 1500
+	cfg := DefaultConfig()
+	cfg.Address, cfg.Ports, cfg.Datapath = kRelay, "41000-49999", DatapathKernel
+	r, err := New(cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	t.Cleanup(r.Close)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	var to []netip.AddrPort
+	for i := range calls {
+		pa, pb := kernelCall(t, r, fmt.Sprintf("many%d", i), a, b)
+		to = append(to, kAP(kRelay, pa), kAP(kRelay, pb))
+	}
+	// Keep sending while the legs move to the kernel and the counters
+	// are polled.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			for i := 0; i < len(to); i += 2 {
+				_, _ = a.conn.WriteToUDPAddrPort(rtpPacket(1, 1, 1, 160), to[i])
+				_, _ = b.conn.WriteToUDPAddrPort(rtpPacket(1, 1, 2, 160), to[i+1])
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	time.Sleep(3 * time.Second)
+	testkit.Eventually(t, 10*time.Second, "all legs in the kernel", func() bool {
+		n := elementCount(t, r)
+		t.Logf("%d elements", n)
+		return n == 2*calls
+	})
 }

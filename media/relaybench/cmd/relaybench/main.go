@@ -21,16 +21,15 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/hapbx/hapbx/deploy/lab"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/media/relaybench"
-	"github.com/vishvananda/netns"
 )
 
 const (
@@ -161,33 +160,13 @@ func (b *bench) ips() (gen, relay netip.Addr) {
 	return netip.MustParseAddr(genIP), netip.MustParseAddr(relayIP)
 }
 
-// inNS runs fn on a thread moved into the named namespace: sockets opened
-// by fn belong to it.
+// inNS runs fn on a thread moved into the named namespace (sockets opened
+// by fn belong to it), or as is for "" (loopback mode).
 func inNS(name string, fn func() error) error {
 	if name == "" {
 		return fn()
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		return err
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic(err)
-		}
-	}()
-	return fn()
+	return lab.InNS(name, fn)
 }
 
 func (b *bench) ns(name string) string {
