@@ -359,27 +359,31 @@ func want(s *sock) (kelem, bool) {
 	return e, true
 }
 
-// sync installs, replaces or removes the elements of socks in one
-// transaction. A failure leaves the kernel as it was: those legs go on
-// being relayed in user space (their sockets receive what the map does
-// not match).
+// change is one sock's element moving from had to e.
+type change struct {
+	s         *sock
+	e, had    kelem
+	ok, hadOK bool
+}
+
+// changesPerBatch bounds one transaction: the whole batch is one sendmsg
+// on the netlink socket, which refuses messages beyond its buffer (4000
+// calls latching at once make 8000 elements).
+const changesPerBatch = 1024
+
+// sync installs, replaces or removes the elements of socks, in
+// transactions of up to changesPerBatch socks; a sock's delete and add
+// are always in the same one. A failed transaction leaves the kernel as it
+// was: those legs go on being relayed in user space (their sockets
+// receive what the map does not match).
 func (k *kernel) sync(socks []*sock) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed || len(socks) == 0 {
 		return
 	}
-	type change struct {
-		s      *sock
-		e      kelem
-		ok     bool
-		had    kelem
-		hadOK  bool
-		change bool
-	}
 	var changes []change
 	seen := make(map[*sock]bool, len(socks))
-	var del, add []nftables.SetElement
 	for _, s := range socks {
 		if s == nil || seen[s] || s.kgone {
 			continue
@@ -392,21 +396,24 @@ func (k *kernel) sync(socks []*sock) {
 		if ok == hadOK && (!ok || e.key == had.key && e.val == had.val) {
 			continue
 		}
-		if hadOK {
-			del = append(del, nftables.SetElement{Key: had.key[:]})
-		}
-		if ok {
-			add = append(add, nftables.SetElement{Key: e.key[:], Val: e.val[:]})
-		}
 		changes = append(changes, change{s: s, e: e, ok: ok, had: had, hadOK: hadOK})
 	}
-	if len(changes) == 0 {
-		return
+	for batch := range slices.Chunk(changes, changesPerBatch) {
+		k.applyChanges(batch)
 	}
+}
+
+// applyChanges applies one transaction. k.mu must be held.
+func (k *kernel) applyChanges(changes []change) {
+	var del, add []nftables.SetElement
 	var replaced []*sock
 	for _, c := range changes {
 		if c.hadOK {
+			del = append(del, nftables.SetElement{Key: c.had.key[:]})
 			replaced = append(replaced, c.s)
+		}
+		if c.ok {
+			add = append(add, nftables.SetElement{Key: c.e.key[:], Val: c.e.val[:]})
 		}
 	}
 	k.creditBeforeDelete(replaced)
@@ -492,8 +499,10 @@ func (k *kernel) remove(s *session) {
 	if len(del) == 0 || k.closed {
 		return
 	}
-	if err := k.apply(del, nil); err != nil {
-		k.failed("kernel data path: elements of a released session not removed", err)
+	for c := range slices.Chunk(del, changesPerBatch) {
+		if err := k.apply(c, nil); err != nil {
+			k.failed("kernel data path: elements of a released session not removed", err)
+		}
 	}
 }
 
