@@ -203,6 +203,19 @@
 // shutdown). datapath kernel fails at start without them; auto logs once
 // and relays in user space; user never touches nftables.
 //
+// Measured (media/relaybench, as root: generator and relay in two network
+// namespaces joined by a veth pair, so the rewritten packets are routed and
+// leave by an interface as on a NIC; shared 2-core VM under a load average
+// of 8-16 from other jobs): the relay process spends about 0.1 us per
+// packet in kernel mode (0.47 us at 4000 calls, mostly the counter poll of
+// 8000 elements) against 4-6 us in user space, and the forwarding itself
+// runs in the softirq of the sending core (0.9-4.7 us per packet including
+// veth and delivery, noisy on that machine); no loss, the full load
+// offered at 1000 calls (user space: 59%; rtpengine lost 40-58%). The
+// figures are in the README (Performance). Loopback was not
+// used for the kernel figures: its packets keep the route of their send and
+// are delivered locally, not forwarded.
+//
 // Why nftables and not eBPF (TC/XDP, cilium/ebpf): both forward from the
 // receiving interface's softirq. nftables needs no BPF compiler or
 // generated objects in the build (a handful of expressions over netlink),
