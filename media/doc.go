@@ -329,9 +329,9 @@
 // # Metrics
 //
 //	hapbx_media_sessions                       gauge, sessions in progress
-//	hapbx_media_packets_total{dir}             a_to_b, b_to_a (RTP+RTCP relayed)
-//	hapbx_media_bytes_total                    bytes relayed
-//	hapbx_media_dropped_total{reason}          stranger, not_rtp, no_destination, send_error
+//	hapbx_media_packets_total{dir}             a_to_b, b_to_a (RTP+RTCP relayed; kernel-forwarded ones added at each counter read)
+//	hapbx_media_bytes_total                    bytes relayed (UDP payload, also in kernel mode)
+//	hapbx_media_dropped_total{reason}          stranger, not_rtp, no_destination, send_error (user space only)
 //	hapbx_media_lost_packets_total{leg}        RTP lost on the way to the relay (sequence gaps), by sending leg a, b
 //	hapbx_media_jitter_seconds{leg}            histogram, per RTP direction at session end, by sending leg a, b
 //	hapbx_media_sdp_errors_total               SDP that could not be parsed or anchored
