@@ -493,3 +493,54 @@ func TestKernelDatapathManyLegs(t *testing.T) {
 		return n == 2*calls
 	})
 }
+
+// TestKernelDatapathHoldResumeCodec: a re-INVITE that holds (a=sendonly,
+// then c=0.0.0.0), resumes or changes the codec without moving an
+// endpoint leaves the legs in the kernel, as user space would keep
+// relaying them; a resume on a new port moves A's element to it.
+func TestKernelDatapathHoldResumeCodec(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	r := newKernelRelay(t, DatapathKernel, nil)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "hold", a, b)
+	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	inKernel := func(what string) {
+		t.Helper()
+		if !hasElement(t, r, pa, a.addr()) || !hasElement(t, r, pb, b.addr()) {
+			t.Fatalf("%s: legs left the kernel", what)
+		}
+		before := kernelPackets(t, r, pa, a.addr())
+		relayOnce(t, a, toA, b, toB)
+		if got := kernelPackets(t, r, pa, a.addr()) - before; got != 1 {
+			t.Fatalf("%s: kernel forwarded %d packets, want 1", what, got)
+		}
+	}
+	for _, step := range []struct{ what, sdp string }{
+		{"hold sendonly", string(offer(b.addr(), "a=sendonly\r\n"))},
+		{"hold c=0.0.0.0", string(offer(netip.AddrPortFrom(netip.IPv4Unspecified(), b.addr().Port()), "a=inactive\r\n"))},
+		{"resume", string(offer(b.addr(), ""))},
+		{"codec change", strings.Replace(string(offer(b.addr(), "")), "RTP/AVP 8 101", "RTP/AVP 0 101", 1)},
+	} {
+		if _, err := r.AnchorFrom("hold", false, b.addr().Addr(), []byte(step.sdp)); err != nil {
+			t.Fatalf("%s: %v", step.what, err)
+		}
+		inKernel(step.what)
+	}
+	b2 := phoneIn(t, pns, kPhoneB)
+	if _, err := r.AnchorFrom("hold", false, b2.addr().Addr(), offer(b2.addr(), "")); err != nil {
+		t.Fatal(err)
+	}
+	before := kernelPackets(t, r, pa, a.addr())
+	relayOnce(t, a, toA, b2, toB)
+	if got := kernelPackets(t, r, pa, a.addr()) - before; got != 1 {
+		t.Fatalf("after resume on a new port: kernel forwarded %d packets, want 1", got)
+	}
+}
