@@ -544,3 +544,54 @@ func TestKernelDatapathHoldResumeCodec(t *testing.T) {
 		t.Fatalf("after resume on a new port: kernel forwarded %d packets, want 1", got)
 	}
 }
+
+// TestKernelDatapathFailoverVIP plays the twin at failover: Import
+// installs the replicated latches in the kernel while the VIP is not yet
+// on this host; once the VIP is added, A's packets are forwarded by the
+// kernel without a user-space step, and the replica is adopted from the
+// kernel's counters.
+func TestKernelDatapathFailoverVIP(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	const vip = "10.77.0.100"
+	cfg := DefaultConfig()
+	cfg.Address, cfg.Ports, cfg.Workers, cfg.Datapath = vip, "40000-40099", 1, DatapathKernel
+	r, err := New(cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	t.Cleanup(r.Close)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	rec := SessionRecord{CallID: "vip", State: StateAnswered, Streams: []StreamRecord{{
+		Ports:   [2]int{40060, 40062},
+		SDP:     [2]netip.AddrPort{a.addr(), b.addr()},
+		Latched: [2]netip.AddrPort{a.addr(), b.addr()},
+		Signal:  [2]netip.Addr{a.addr().Addr(), b.addr().Addr()},
+	}}}
+	if err := r.Import(rec); err != nil {
+		t.Fatal(err)
+	}
+	if !hasElement(t, r, 40060, a.addr()) {
+		t.Fatal("replicated latch not in the kernel before the VIP arrived")
+	}
+	toA, toB := kAP(vip, 40060), kAP(vip, 40062)
+	a.sendRTP(toA)
+	mustNotReceive(t, b, 300*time.Millisecond) // the VIP is elsewhere
+	if out, err := exec.Command("ip", "addr", "add", vip+"/24", "dev", "v0").CombinedOutput(); err != nil {
+		t.Fatalf("add VIP: %v %s", err, out)
+	}
+	mustRelay(t, a, toA, b, toB) // retried until the phones' ARP finds the VIP
+	if n := kernelPackets(t, r, 40060, a.addr()); n == 0 {
+		t.Fatal("A's packets after the VIP arrived did not go through the kernel")
+	}
+	testkit.Eventually(t, 5*time.Second, "replica adopted from the kernel counters", func() bool {
+		r.sweepOnce()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		s := r.sessions["vip"]
+		return s != nil && !s.replica
+	})
+}
