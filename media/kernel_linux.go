@@ -72,7 +72,7 @@ type kernel struct {
 	log   *zap.Logger
 	conn  *nftables.Conn
 	table *nftables.Table
-	fwd   *nftables.Set
+	legs  *nftables.Set // the map
 	nl    *netlink.Conn // counter reads; kernel.mu
 	netns int           // the relay's network namespace (fd), where nl is opened
 	now   func() time.Time
@@ -104,12 +104,20 @@ func openKernel(addr netip.Addr, log *zap.Logger, now func() time.Time) (*kernel
 		}
 		return nil, errNoForwarding
 	}
-	conn, err := nftables.New(nftables.AsLasting())
+	// A netlink socket talks to the network namespace of the thread that
+	// opens it: keep this thread's, so that sockets opened later, from
+	// other threads, talk to the same.
+	ns, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return nil, fmt.Errorf("open own network namespace: %w", err)
+	}
+	conn, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(ns))
+	if err != nil {
+		_ = unix.Close(ns)
 		return nil, fmt.Errorf("nftables netlink: %w", err)
 	}
 	k := &kernel{
-		log: log, conn: conn, now: now,
+		log: log, conn: conn, now: now, netns: ns,
 		table: &nftables.Table{Name: kernelTable, Family: nftables.TableFamilyIPv4},
 		inst:  make(map[*sock]kelem),
 		byKey: make(map[kkey]*sock),
@@ -119,14 +127,8 @@ func openKernel(addr netip.Addr, log *zap.Logger, now func() time.Time) (*kernel
 	}
 	if err := k.install(addr.As4()); err != nil {
 		_ = conn.CloseLasting()
+		_ = unix.Close(ns)
 		return nil, err
-	}
-	// A netlink socket talks to the network namespace of the thread that
-	// opens it: keep this one's, so a socket reopened later (from another
-	// thread) talks to the same.
-	if k.netns, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
-		k.close()
-		return nil, fmt.Errorf("open own network namespace: %w", err)
 	}
 	if err := k.dial(); err != nil {
 		k.close()
@@ -149,12 +151,12 @@ func (k *kernel) install(relay [4]byte) error {
 	c.AddTable(k.table)
 	c.DelTable(k.table)
 	c.AddTable(k.table)
-	k.fwd = &nftables.Set{
+	k.legs = &nftables.Set{
 		Table: k.table, Name: "legs", IsMap: true, Counter: true,
 		KeyType:  nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeIPAddr, nftables.TypeInetService),
 		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService),
 	}
-	if err := c.AddSet(k.fwd, nil); err != nil {
+	if err := c.AddSet(k.legs, nil); err != nil {
 		return fmt.Errorf("nftables map: %w", err)
 	}
 	pre := c.AddChain(&nftables.Chain{Name: "pre", Table: k.table, Type: nftables.ChainTypeFilter,
@@ -182,7 +184,7 @@ func (k *kernel) install(relay [4]byte) error {
 		udp(2, 2, regKey),
 		ip(12, 4, regKey+1),
 		udp(0, 2, regKey+2),
-		&expr.Lookup{SourceRegister: regKey, DestRegister: regVal, IsDestRegSet: true, SetName: k.fwd.Name, SetID: k.fwd.ID},
+		&expr.Lookup{SourceRegister: regKey, DestRegister: regVal, IsDestRegSet: true, SetName: k.legs.Name, SetID: k.legs.ID},
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regVal, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4,
 			CsumType: expr.CsumTypeInet, CsumOffset: 10, CsumFlags: unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR},
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regVal + 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2,
@@ -445,12 +447,12 @@ const elemsPerMessage = 256
 // messages as elemsPerMessage needs).
 func (k *kernel) apply(del, add []nftables.SetElement) error {
 	for c := range slices.Chunk(del, elemsPerMessage) {
-		if err := k.conn.SetDeleteElements(k.fwd, c); err != nil {
+		if err := k.conn.SetDeleteElements(k.legs, c); err != nil {
 			return err
 		}
 	}
 	for c := range slices.Chunk(add, elemsPerMessage) {
-		if err := k.conn.SetAddElements(k.fwd, c); err != nil {
+		if err := k.conn.SetAddElements(k.legs, c); err != nil {
 			return err
 		}
 	}
@@ -668,7 +670,7 @@ func (k *kernel) get(keys []kkey) ([]kelem, error) {
 func (k *kernel) request(key *kkey) ([]kelem, error) {
 	list := []netlink.Attribute{
 		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(kernelTable + "\x00")},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(k.fwd.Name + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(k.legs.Name + "\x00")},
 	}
 	flags := netlink.Request | netlink.Dump
 	if key != nil {
@@ -699,7 +701,7 @@ func (k *kernel) request(key *kkey) ([]kelem, error) {
 		Data: append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("dump map %s: %w", k.fwd.Name, err)
+		return nil, fmt.Errorf("dump map %s: %w", k.legs.Name, err)
 	}
 	var out []kelem
 	for _, m := range msgs {
