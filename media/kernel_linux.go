@@ -708,86 +708,79 @@ func (k *kernel) request(key *kkey) ([]kelem, error) {
 		if len(m.Data) < 4 {
 			continue
 		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
-			return nil, err
-		}
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-				ad.Nested(func(nd *netlink.AttributeDecoder) error {
-					for nd.Next() {
-						nd.Nested(func(ed *netlink.AttributeDecoder) error {
-							if e, ok := decodeElem(ed); ok {
-								out = append(out, e)
-							}
-							return nil
-						})
-					}
-					return nil
-				})
+		// Attributes are walked by hand: a dump of thousands of elements
+		// every second is the kernel path's main fixed cost.
+		walkAttrs(m.Data[4:], func(typ uint16, v []byte) {
+			if typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				return
 			}
-		}
-		if err := ad.Err(); err != nil {
-			return nil, err
-		}
+			walkAttrs(v, func(_ uint16, ev []byte) {
+				if e, ok := decodeElem(ev); ok {
+					out = append(out, e)
+				}
+			})
+		})
 	}
 	return out, nil
 }
 
+// walkAttrs calls fn for each netlink attribute in b (type without the
+// nested/byte-order flags).
+func walkAttrs(b []byte, fn func(typ uint16, v []byte)) {
+	for len(b) >= unix.SizeofNlAttr {
+		n := int(binary.NativeEndian.Uint16(b))
+		if n < unix.SizeofNlAttr || n > len(b) {
+			return
+		}
+		fn(binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[unix.SizeofNlAttr:n])
+		b = b[min((n+3)&^3, len(b)):]
+	}
+}
+
 // decodeElem reads one NFTA_LIST_ELEM: its key and its counter (the set's
 // one expression, NFTA_SET_ELEM_EXPR, or in a NFTA_SET_ELEM_EXPRESSIONS list).
-func decodeElem(ed *netlink.AttributeDecoder) (kelem, bool) {
+func decodeElem(b []byte) (kelem, bool) {
 	var e kelem
 	var hasKey bool
-	counter := func(xd *netlink.AttributeDecoder) error {
+	counter := func(x []byte) {
 		var name string
-		for xd.Next() {
-			switch xd.Type() {
+		walkAttrs(x, func(typ uint16, v []byte) {
+			switch typ {
 			case unix.NFTA_EXPR_NAME:
-				name = xd.String()
+				name = strings.TrimRight(string(v), "\x00")
 			case unix.NFTA_EXPR_DATA:
 				if name != "counter" {
-					continue
+					return
 				}
-				xd.Nested(func(cd *netlink.AttributeDecoder) error {
-					cd.ByteOrder = binary.BigEndian
-					for cd.Next() {
-						switch cd.Type() {
-						case unix.NFTA_COUNTER_BYTES:
-							e.octets = cd.Uint64()
-						case unix.NFTA_COUNTER_PACKETS:
-							e.pkts = cd.Uint64()
-						}
+				walkAttrs(v, func(typ uint16, c []byte) {
+					if len(c) != 8 {
+						return
 					}
-					return nil
+					switch typ {
+					case unix.NFTA_COUNTER_BYTES:
+						e.octets = binary.BigEndian.Uint64(c)
+					case unix.NFTA_COUNTER_PACKETS:
+						e.pkts = binary.BigEndian.Uint64(c)
+					}
 				})
 			}
-		}
-		return nil
+		})
 	}
-	for ed.Next() {
-		switch ed.Type() {
+	walkAttrs(b, func(typ uint16, v []byte) {
+		switch typ {
 		case unix.NFTA_SET_ELEM_KEY:
-			ed.Nested(func(kd *netlink.AttributeDecoder) error {
-				for kd.Next() {
-					if kd.Type() == unix.NFTA_DATA_VALUE && len(kd.Bytes()) == len(e.key) {
-						copy(e.key[:], kd.Bytes())
-						hasKey = true
-					}
+			walkAttrs(v, func(typ uint16, kv []byte) {
+				if typ == unix.NFTA_DATA_VALUE && len(kv) == len(e.key) {
+					copy(e.key[:], kv)
+					hasKey = true
 				}
-				return nil
 			})
 		case unix.NFTA_SET_ELEM_EXPR:
-			ed.Nested(counter)
+			counter(v)
 		case nftaSetElemExpressions:
-			ed.Nested(func(ld *netlink.AttributeDecoder) error {
-				for ld.Next() {
-					ld.Nested(counter)
-				}
-				return nil
-			})
+			walkAttrs(v, func(_ uint16, x []byte) { counter(x) })
 		}
-	}
+	})
 	return e, hasKey
 }
 
