@@ -180,11 +180,13 @@
 // the counters' 28 bytes of IPv4+UDP header are subtracted), the metrics
 // hapbx_media_packets_total and bytes_total, and the last-packet times
 // that idle_timeout, relatch_after and replica adoption use, so those are
-// judged at a 1 s granularity. Loss and jitter come from RTP sequence
-// numbers and timestamps, which only user space reads: in kernel mode
-// they cover the packets relayed in user space (a leg's first packets and
-// anything not matched) and stop growing once a leg is in the kernel; the
-// per-direction status (Snapshot) says so with "kernel": true. The kernel
+// judged at a 1 s granularity. A read costs about 1.3 us per element
+// (3000 elements: 3.8 ms on the shared VM), the kernel path's main fixed
+// cost. Loss and jitter come from RTP sequence numbers and timestamps,
+// which only user space reads: in kernel mode they cover the packets
+// relayed in user space (a leg's first packets and anything not matched)
+// and stop growing once a leg is in the kernel; the per-direction status
+// (Snapshot) says so with "kernel": true. The kernel
 // path checks only the RTP/RTCP version: RTCP arriving on an RTP port from
 // the latched source, or a packet larger than 2048 bytes, is forwarded
 // where user space would drop it (not_rtp).
