@@ -124,14 +124,27 @@ func (e *rtpengine) call(cmd map[string]any) (map[string]string, error) {
 	var buf bytes.Buffer
 	buf.WriteString(cookie + " ")
 	bencode(&buf, cmd)
-	if _, err := e.conn.WriteToUDP(buf.Bytes(), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 22222}); err != nil {
+	rb := make([]byte, 65536)
+	// A loaded machine may delay the reply: resend (rtpengine answers a
+	// repeated cookie from its cache) a few times before giving up.
+	send := func() error {
+		_, err := e.conn.WriteToUDP(buf.Bytes(), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 22222})
+		return err
+	}
+	if err := send(); err != nil {
 		return nil, err
 	}
-	rb := make([]byte, 65536)
-	for {
-		_ = e.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	for tries := 1; ; {
+		_ = e.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		n, _, err := e.conn.ReadFromUDP(rb)
 		if err != nil {
+			if tries < 5 && cmd["command"] != "ping" {
+				tries++
+				if err := send(); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			return nil, err
 		}
 		c, body, ok := bytes.Cut(rb[:n], []byte(" "))
