@@ -35,6 +35,10 @@ type Config struct {
 	MaxSessions int `yaml:"max_sessions"`
 	// Workers is the number of data-path goroutines; 0 means GOMAXPROCS.
 	Workers int `yaml:"workers"`
+	// Datapath is where latched legs are relayed: "kernel" (nftables; the
+	// relay fails to start without it), "user" (the relay's sockets) or
+	// "auto" (kernel when it can be set up, else user space, logged once).
+	Datapath string `yaml:"datapath"`
 }
 
 // DefaultConfig returns the defaults: disabled, ports 20000-30000, idle 60s.
@@ -45,6 +49,7 @@ func DefaultConfig() Config {
 		IdleTimeout:  60 * time.Second,
 		RelatchAfter: 5 * time.Second,
 		LearnWindow:  2 * time.Second,
+		Datapath:     DatapathAuto,
 	}
 }
 
@@ -81,6 +86,11 @@ func (c Config) Validate() error {
 	}
 	if c.Workers < 0 {
 		errs = append(errs, errors.New("workers: must be >= 0"))
+	}
+	switch c.Datapath {
+	case DatapathAuto, DatapathKernel, DatapathUser, "":
+	default:
+		errs = append(errs, fmt.Errorf("datapath: %q: want kernel, user or auto", c.Datapath))
 	}
 	return errors.Join(errs...)
 }

@@ -71,6 +71,9 @@ type sock struct {
 
 	connTo unix.RawSockaddrInet4 // the address cfd is connected to (or failed to connect to)
 	connAt int64                 // nanotime of the last connectLocked; 0: never
+
+	kernel bool // the kernel forwards the latched source's packets (an element is installed)
+	kgone  bool // released: the kernel path must not install it again; kernel.mu
 }
 
 // connRetry spaces attempts to open a connected socket that failed (out of
@@ -88,6 +91,7 @@ type worker struct {
 	done   chan struct{}
 	budget *connBudget      // shared by the Relay's workers
 	now    func() time.Time // the Relay's clock
+	kern   *kernel          // the kernel data path; nil in user-space mode
 
 	mu    sync.Mutex
 	socks map[int32]*sock
@@ -310,6 +314,7 @@ func (w *worker) forward(s *sock, n int, now int64) {
 				s.learnEnd = now + s.learn
 			}
 			s.latch, s.latched = *src, true
+			w.kern.notify(s)
 		}
 		s.lastLatc, s.lastRx = now, now
 		if s.rtcp {

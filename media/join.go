@@ -286,6 +286,11 @@ func (r *Relay) Join(callID1 string, caller1 bool, callID2 string, caller2 bool)
 		a.socks[l1][0].ptMap, b.socks[l2][0].ptMap = maps[i][0], maps[i][1]
 	}
 	w.mu.Unlock()
+	// The kernel forwarded each phone to its PBX: it now forwards to the
+	// other phone, or leaves a leg whose payload types need renumbering to
+	// user space (want), and drops the closed PBX legs' elements.
+	r.kern.syncSession(s1)
+	r.kern.syncSession(s2)
 	if r.joins.m == nil {
 		r.joins.m = make(map[string]*joinedLeg)
 	}
@@ -375,6 +380,7 @@ func (r *Relay) unjoinLocked(s *session) {
 		st.socks[pj.phone][0].ptMap = nil
 	}
 	ps.w.mu.Unlock()
+	r.kern.syncSession(ps)
 }
 
 // Joined reports whether callID's media is joined with another call's, and

@@ -370,6 +370,10 @@ func (r *Relay) updateLocked(s *session, rec SessionRecord, now int64) {
 		}
 	}
 	s.w.mu.Unlock()
+	// The restored latches go to the kernel at once: the rules match only
+	// packets to the relay address, which reach this proxy once it holds
+	// the VIP, and then need no user-space step.
+	r.kern.syncSession(s)
 	// The content as this relay sees it, so a later Export or Refresh
 	// carries the holder's version unless something changes here.
 	s.last = r.contentLocked(s)

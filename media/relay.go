@@ -132,6 +132,7 @@ type Relay struct {
 	replicaTTL   time.Duration
 	out          *outlet // replication, set by StateChanges; r.mu
 	joins        joinSet // joined calls (join.go); r.mu
+	kern         *kernel // kernel data path (kernel_linux.go); nil: user space only
 }
 
 // RefreshPeriod derives the replication refresh period from idle_timeout:
@@ -189,6 +190,12 @@ func newWithClock(cfg Config, log *zap.Logger, reg prometheus.Registerer, now fu
 		}
 		r.workers = append(r.workers, w)
 	}
+	if err := r.openKernel(); err != nil {
+		for _, w := range r.workers {
+			w.close(false)
+		}
+		return nil, err
+	}
 	r.m = newMetrics(r)
 	if reg != nil {
 		if err := reg.Register(r.m); err != nil {
@@ -221,6 +228,7 @@ func (r *Relay) start() {
 	for _, w := range r.workers {
 		go w.run()
 	}
+	r.kern.start()
 	r.wg.Add(1)
 	go r.every(min(r.cfg.IdleTimeout/4, time.Second), r.sweepOnce)
 }
@@ -236,6 +244,8 @@ func (r *Relay) Close() {
 	r.closed = true
 	started := r.started
 	close(r.stop)
+	// Remove the whole table first rather than each session's elements.
+	r.kern.close()
 	for id, s := range r.sessions {
 		r.releaseLocked(s, "shutdown")
 		delete(r.sessions, id)
@@ -357,6 +367,7 @@ func (r *Relay) anchor(callID string, from Leg, signal netip.Addr, body []byte) 
 		st.stats[from][0].clock = in.clock
 	}
 	s.w.mu.Unlock()
+	r.kern.syncSession(s)
 	out, err := rewriteSDP(sd, infos, r.addr, ports)
 	if err != nil {
 		r.m.sdpErrors.Inc()
@@ -496,6 +507,7 @@ func (r *Relay) Release(callID, reason string) error {
 
 func (r *Relay) releaseLocked(s *session, reason string) {
 	r.unjoinLocked(s)
+	r.kern.remove(s) // before the sockets close: the ports may be reused at once
 	s.w.mu.Lock()
 	for _, st := range s.streams {
 		for l := range 2 {

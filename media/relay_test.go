@@ -32,6 +32,7 @@ func newRelayAt(t *testing.T, ports string, mod func(*Config), now func() time.T
 	cfg.Address = "127.0.0.1"
 	cfg.Ports = ports
 	cfg.Workers = 2
+	cfg.Datapath = DatapathUser // kernel_test.go tests the kernel path, in namespaces of its own
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -496,6 +497,7 @@ func TestImportFreebindNonLocalAddress(t *testing.T) {
 	cfg.Address = "192.0.2.1"
 	cfg.Ports = "31900-31999"
 	cfg.Workers = 1
+	cfg.Datapath = DatapathUser
 	r, err := New(cfg, zaptest.NewLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)

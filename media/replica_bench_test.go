@@ -18,6 +18,7 @@ func BenchmarkRefresh2000(b *testing.B) {
 	const n = 2000
 	cfg := DefaultConfig()
 	cfg.Address, cfg.Ports, cfg.Workers = "127.0.0.1", "21000-29999", 2
+	cfg.Datapath = DatapathUser
 	r, err := New(cfg, zap.NewNop(), prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)

@@ -37,6 +37,10 @@ type DirStatus struct {
 	Invalid     uint64         `json:"invalid_dropped"`
 	NoDest      uint64         `json:"no_destination_dropped"`
 	SendErrors  uint64         `json:"send_errors"`
+	// Kernel: the kernel forwards this leg's RTP from its latched source
+	// (datapath kernel); its packets and bytes then come from the
+	// kernel's counters, and lost/jitter only cover what user space saw.
+	Kernel bool `json:"kernel"`
 }
 
 // Snapshot returns the state and counters of every session.
@@ -71,5 +75,6 @@ func dirStatus(st *stream, l Leg) DirStatus {
 		Lost: d.lost(), JitterMs: d.jitterMs(),
 		Stranger: d.stranger + c.stranger, Invalid: d.invalid + c.invalid,
 		NoDest: d.noDest + c.noDest, SendErrors: d.sendErr + c.sendErr,
+		Kernel: st.socks[l][0].kernel,
 	}
 }

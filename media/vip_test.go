@@ -55,6 +55,7 @@ func TestImportBindsVIPBeforeItArrives(t *testing.T) {
 	cfg.Address = vip
 	cfg.Ports = "34000-34099"
 	cfg.Workers = 1
+	cfg.Datapath = DatapathUser
 	r, err := New(cfg, zaptest.NewLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)

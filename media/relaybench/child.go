@@ -22,7 +22,14 @@ func sdpFor(ap netip.AddrPort) []byte {
 
 // RunChild is the relay side: it serves anchor requests from in until EOF.
 func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
-	r, err := media.New(cfg, zap.NewNop(), nil)
+	// Warnings (e.g. the kernel data path failing) go to stderr.
+	lc := zap.NewDevelopmentConfig()
+	lc.Level = zap.NewAtomicLevelAt(zap.WarnLevel)
+	log, err := lc.Build()
+	if err != nil {
+		return err
+	}
+	r, err := media.New(cfg, log, nil)
 	if err != nil {
 		return err
 	}
@@ -34,6 +41,15 @@ func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
 	w := bufio.NewWriter(out)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		if len(f) == 1 && f[0] == "datapath" {
+			dp := media.DatapathUser
+			if r.KernelDatapath() {
+				dp = media.DatapathKernel
+			}
+			fmt.Fprintln(w, dp)
+			w.Flush()
+			continue
+		}
 		if len(f) == 1 && f[0] == "sync" {
 			fmt.Fprintln(w, "ok")
 			w.Flush()

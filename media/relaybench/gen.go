@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,11 @@ func NewPhone(ip netip.Addr) (*Phone, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Many streams share a socket: room for a burst of all of them (the
+	// forced size needs CAP_NET_ADMIN; the plain one is capped by rmem_max).
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
+	}
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ip.As4()}); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -52,10 +58,24 @@ func (p *Phone) SetDest(ap netip.AddrPort) {
 // Close closes the socket.
 func (p *Phone) Close() { unix.Close(p.fd) }
 
+// Stream is one direction of a call: datagrams from a phone socket to Dst.
+// Many streams may share a socket (one socket per many streams keeps the
+// generator's receive cost per datagram low); the relay latches each of its
+// ports to the socket's address.
+type Stream struct {
+	Phone *Phone
+	Dst   netip.AddrPort
+}
+
 // Load is the run configuration.
 type Load struct {
-	Phones   []*Phone      // two per call; each sends to its Dest
-	PPS      int           // packets per second per phone
+	// Phones: one stream each, to the phone's SetDest (two per call).
+	Phones []*Phone
+	// Streams: more streams, any number per phone; their phones must be
+	// listed in Sockets so their replies are read.
+	Streams  []Stream
+	Sockets  []*Phone
+	PPS      int           // packets per second per stream
 	Size     int           // datagram size (RTP header included)
 	Warmup   time.Duration // sent but not measured
 	Duration time.Duration // measured window
@@ -74,20 +94,49 @@ type Result struct {
 const bucket = 10 * time.Microsecond
 const nBuckets = 20000 // up to 200 ms
 
+// genBatch is the number of datagrams per sendmmsg/recvmmsg.
+const genBatch = 64
+
 type recvStats struct {
 	count uint64
 	hist  [nBuckets]uint64
 }
 
-// Run drives the load and returns what was measured.
+type stream struct {
+	fd   int
+	dst  unix.RawSockaddrInet4
+	seq  uint16
+	ts   uint32
+	ssrc uint32
+}
+
+func raw(ap netip.AddrPort) unix.RawSockaddrInet4 {
+	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().As4()}
+	pp := ap.Port()
+	*(*[2]byte)(unsafe.Pointer(&sa.Port)) = [2]byte{byte(pp >> 8), byte(pp)}
+	return sa
+}
+
+// Run drives the load and returns what was measured. Senders spread the
+// streams over the slots of each 1/PPS period and send each slot's
+// datagrams of one socket with one sendmmsg; receivers drain each ready
+// socket with recvmmsg.
 func Run(l Load) (Result, error) {
-	if l.PPS <= 0 || l.Size < 20 || len(l.Phones) == 0 {
+	socks := append([]*Phone(nil), l.Sockets...)
+	var streams []*stream
+	for _, p := range l.Phones {
+		socks = append(socks, p)
+		streams = append(streams, &stream{fd: p.fd, dst: p.dst, ssrc: p.ssrc})
+	}
+	for i, st := range l.Streams {
+		streams = append(streams, &stream{fd: st.Phone.fd, dst: raw(st.Dst), ssrc: st.Phone.ssrc + uint32(i)*7919})
+	}
+	if l.PPS <= 0 || l.Size < 24 || len(streams) == 0 {
 		return Result{}, errors.New("relaybench: bad load")
 	}
 	var measuring, stop atomic.Bool
 	var sent atomic.Uint64
 	epoch := time.Now()
-	// Receivers: two epoll loops.
 	nRecv := 2
 	stats := make([]*recvStats, nRecv)
 	var wg sync.WaitGroup
@@ -97,9 +146,9 @@ func Run(l Load) (Result, error) {
 			return Result{}, err
 		}
 		defer unix.Close(epfd)
-		for j := i; j < len(l.Phones); j += nRecv {
-			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(j)}
-			if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, l.Phones[j].fd, &ev); err != nil {
+		for j := i; j < len(socks); j += nRecv {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(socks[j].fd)}
+			if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, socks[j].fd, &ev); err != nil {
 				return Result{}, err
 			}
 		}
@@ -108,51 +157,82 @@ func Run(l Load) (Result, error) {
 		go func(st *recvStats) {
 			defer wg.Done()
 			events := make([]unix.EpollEvent, 256)
-			buf := make([]byte, 2048)
+			var hdr [genBatch]unix.Mmsghdr
+			var iov [genBatch]unix.Iovec
+			var bufs [genBatch][2048]byte
+			for k := range hdr {
+				iov[k] = unix.Iovec{Base: &bufs[k][0], Len: 2048}
+				hdr[k].Hdr.Iov, hdr[k].Hdr.Iovlen = &iov[k], 1
+			}
 			for !stop.Load() {
 				n, err := unix.EpollWait(epfd, events, 50)
 				if err != nil {
 					continue
 				}
 				for _, ev := range events[:n] {
-					// One datagram per ready socket and wake-up: at 50
-					// packets/s a socket rarely holds two, and reading until
-					// EAGAIN would double the generator's system calls; the
-					// level-triggered epoll reports a socket that still has one.
-					fd := l.Phones[ev.Fd].fd
-					m, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), unix.MSG_DONTWAIT, 0, 0)
-					if e != 0 || int(m) < 20 {
+					// One batch per ready socket and wake-up; the
+					// level-triggered epoll reports a socket that still has more.
+					r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(ev.Fd), uintptr(unsafe.Pointer(&hdr[0])), genBatch, unix.MSG_DONTWAIT, 0, 0)
+					if e != 0 {
 						continue
 					}
 					at := int64(time.Since(epoch))
-					sentAt := int64(binary.BigEndian.Uint64(buf[12:]))
-					flag := buf[20]
-					if flag == 0 { // sent outside the window
-						continue
+					for k := range int(r) {
+						b := bufs[k][:hdr[k].Len]
+						if len(b) < 21 || b[20] == 0 { // short, or sent outside the window
+							continue
+						}
+						sentAt := int64(binary.BigEndian.Uint64(b[12:]))
+						d := (at - sentAt) / int64(bucket)
+						d = min(max(d, 0), nBuckets-1)
+						st.count++
+						st.hist[d]++
 					}
-					d := (at - sentAt) / int64(bucket)
-					d = min(max(d, 0), nBuckets-1)
-					st.count++
-					st.hist[d]++
 				}
 			}
 		}(stats[i])
 	}
-	// Senders: phones split in slots across each 1/PPS period, so the load
-	// is smooth rather than one burst per period.
 	period := time.Second / time.Duration(l.PPS)
-	slots := int(period / time.Millisecond)
-	if slots < 1 {
-		slots = 1
-	}
+	slots := max(int(period/time.Millisecond), 1)
 	nSend := 2
 	var swg sync.WaitGroup
-	for s := range nSend {
+	for sIdx := range nSend {
+		// This sender's streams by slot, grouped by socket so that one
+		// sendmmsg carries a slot's datagrams of a socket.
+		bySlot := make([][]*stream, slots)
+		for j := sIdx; j < len(streams); j += nSend {
+			sl := (j / 2) % slots
+			bySlot[sl] = append(bySlot[sl], streams[j])
+		}
+		for _, ss := range bySlot {
+			slices.SortStableFunc(ss, func(a, b *stream) int { return a.fd - b.fd })
+		}
 		swg.Add(1)
 		go func() {
 			defer swg.Done()
-			pkt := make([]byte, l.Size)
-			pkt[0], pkt[1] = 0x80, 8
+			var hdr [genBatch]unix.Mmsghdr
+			var iov [genBatch]unix.Iovec
+			pkts := make([][]byte, genBatch)
+			for k := range pkts {
+				pkts[k] = make([]byte, l.Size)
+				pkts[k][0], pkts[k][1] = 0x80, 8
+				iov[k] = unix.Iovec{Base: &pkts[k][0], Len: uint64(l.Size)}
+				hdr[k].Hdr.Iov, hdr[k].Hdr.Iovlen = &iov[k], 1
+				hdr[k].Hdr.Namelen = unix.SizeofSockaddrInet4
+			}
+			flush := func(fd, n int, flag byte) {
+				for done := 0; done < n; {
+					r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdr[done])), uintptr(n-done), 0, 0, 0)
+					if e != 0 {
+						done++ // that one failed; go on with the rest
+						continue
+					}
+					if flag == 1 {
+						sent.Add(uint64(r))
+					}
+					done += int(r)
+				}
+			}
 			next := time.Now()
 			slot := 0
 			for !stop.Load() {
@@ -160,23 +240,26 @@ func Run(l Load) (Result, error) {
 				if measuring.Load() {
 					flag = 1
 				}
-				for j := s; j < len(l.Phones); j += nSend {
-					if (j/2)%slots != slot {
-						continue
+				n, fd := 0, -1
+				for _, st := range bySlot[slot] {
+					if n == genBatch || (n > 0 && st.fd != fd) {
+						flush(fd, n, flag)
+						n = 0
 					}
-					p := l.Phones[j]
-					p.seq++
-					p.ts += 160
-					binary.BigEndian.PutUint16(pkt[2:], p.seq)
-					binary.BigEndian.PutUint32(pkt[4:], p.ts)
-					binary.BigEndian.PutUint32(pkt[8:], p.ssrc)
-					binary.BigEndian.PutUint64(pkt[12:], uint64(time.Since(epoch)))
-					pkt[20] = flag
-					_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(p.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
-						0, uintptr(unsafe.Pointer(&p.dst)), unix.SizeofSockaddrInet4)
-					if e == 0 && flag == 1 {
-						sent.Add(1)
-					}
+					fd = st.fd
+					st.seq++
+					st.ts += 160
+					p := pkts[n]
+					binary.BigEndian.PutUint16(p[2:], st.seq)
+					binary.BigEndian.PutUint32(p[4:], st.ts)
+					binary.BigEndian.PutUint32(p[8:], st.ssrc)
+					binary.BigEndian.PutUint64(p[12:], uint64(time.Since(epoch)))
+					p[20] = flag
+					hdr[n].Hdr.Name = (*byte)(unsafe.Pointer(&st.dst))
+					n++
+				}
+				if n > 0 {
+					flush(fd, n, flag)
 				}
 				slot = (slot + 1) % slots
 				next = next.Add(period / time.Duration(slots))

@@ -16,6 +16,7 @@ func TestRunThroughRelay(t *testing.T) {
 	cfg := media.DefaultConfig()
 	cfg.Address = "127.0.0.1"
 	cfg.Ports = "30600-30999"
+	cfg.Datapath = media.DatapathUser
 	r, err := media.New(cfg, zaptest.NewLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)

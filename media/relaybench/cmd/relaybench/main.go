@@ -1,8 +1,16 @@
-// Command relaybench drives N concurrent RTP calls through the media relay
-// (run as a child process) and straight phone to phone (baseline), and prints
-// throughput, loss, added latency and relay CPU per packet.
+// Command relaybench drives N concurrent RTP calls (two 50 packet/s
+// streams each) through a relay and prints, side by side, the relay in user
+// space, in kernel mode (nftables) and rtpengine (user space, driven over its
+// ng control protocol): CPU per relayed packet including softirq, added
+// latency p50/p99, loss and the share of the load the generator offered.
 //
-//	go run ./media/relaybench/cmd/relaybench -calls 500,1000,2000 -duration 10s
+//	go run ./media/relaybench/cmd/relaybench -calls 1000,2000,4000 -duration 10s -warmup 2s
+//
+// As root it builds two network namespaces joined by a veth pair, hkd-bg
+// (the generator's phones, 10.78.0.1) and hkd-br (the relay, 10.78.0.2,
+// forwarding on), so relayed packets cross a real (virtual) link and
+// kernel-mode forwarding takes the path it takes on a NIC; it removes both
+// on exit. Without root it runs the user-space relay on loopback only.
 package main
 
 import (
@@ -12,77 +20,346 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/hapbx/hapbx/deploy/lab"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/media/relaybench"
 )
 
+const (
+	genNS    = "hkd-bg"
+	relayNS  = "hkd-br"
+	genIP    = "10.78.0.1"
+	relayIP  = "10.78.0.2"
+	ngListen = "127.0.0.1:22222"
+)
+
 func main() {
 	if os.Getenv(relaybench.ChildEnv) == "1" {
-		cfg := media.DefaultConfig()
-		cfg.Enabled = true
-		cfg.Address = os.Getenv("RELAYBENCH_ADDR")
-		cfg.Ports = os.Getenv("RELAYBENCH_PORTS")
-		cfg.IdleTimeout = time.Hour
-		cfg.Workers, _ = strconv.Atoi(os.Getenv("RELAYBENCH_WORKERS"))
-		if path := os.Getenv("RELAYBENCH_CPUPROFILE"); path != "" {
-			f, err := os.Create(path)
-			fatal(err)
-			fatal(pprof.StartCPUProfile(f))
-			defer func() { pprof.StopCPUProfile(); f.Close() }()
-		}
-		if err := relaybench.RunChild(cfg, os.Stdin, os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, "relay child:", err)
-		}
+		child()
 		return
 	}
-	calls := flag.String("calls", "500,1000,2000", "comma-separated numbers of concurrent calls")
+	calls := flag.String("calls", "1000,2000,4000", "comma-separated numbers of concurrent calls")
 	dur := flag.Duration("duration", 10*time.Second, "measured window per run")
 	warm := flag.Duration("warmup", 2*time.Second, "unmeasured start of each run")
-	mode := flag.String("mode", "both", "baseline, relay or both")
-	ports := flag.String("ports", "20000-30000", "relay port range")
+	modes := flag.String("modes", "user,kernel,rtpengine", "relays to measure: user, kernel, rtpengine")
+	ports := flag.String("ports", "20000-40000", "relay port range")
 	workers := flag.Int("workers", 0, "relay data-path workers (0: GOMAXPROCS)")
-	procs := flag.Int("relay-procs", 0, "GOMAXPROCS of the relay child (0: Go's default)")
-	pps := flag.Int("pps", 50, "packets per second per direction")
+	perSock := flag.Int("streams-per-socket", 250, "generator streams sharing one socket")
+	pps := flag.Int("pps", 50, "packets per second per stream")
 	size := flag.Int("size", 172, "datagram size")
 	flag.Parse()
-	ip := netip.MustParseAddr("127.0.0.1")
+
+	env := &bench{ports: *ports, workers: *workers, perSock: *perSock,
+		load: relaybench.Load{PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur}}
+	if os.Geteuid() == 0 {
+		fatal(env.setupNamespaces())
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() { <-sig; env.teardown(); os.Exit(1) }()
+		defer env.teardown()
+	} else {
+		fmt.Println("relaybench: not root: no namespaces, user-space relay on loopback only")
+		env.loopback = true
+		*modes = "user"
+	}
+	fmt.Printf("cpu/pkt: busy time of all CPUs (/proc/stat, softirq included) per packet sent, minus the generator's own per packet\n"+
+		"  (baseline run at the same load): exact on an otherwise idle machine, meaningless on a saturated one;\n"+
+		"acct/pkt: CPU of the generator + relay process + ksoftirqd threads per packet, minus the baseline's: robust to\n"+
+		"  other jobs, misses softirq that ran while another process was interrupted. Load average at start: %s\n", loadavg())
+	fmt.Printf("%-6s %-10s %10s %10s %10s %10s %8s %9s %s\n", "calls", "relay", "cpu/pkt", "acct/pkt", "p50", "p99", "loss", "offered", "notes")
 	for _, cs := range strings.Split(*calls, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(cs))
 		if err != nil || n <= 0 {
 			fatal(fmt.Errorf("bad -calls %q", cs))
 		}
-		if *mode == "baseline" || *mode == "both" {
-			phones := mkPhones(ip, n)
-			for i := 0; i < len(phones); i += 2 {
-				phones[i].SetDest(phones[i+1].Addr)
-				phones[i+1].SetDest(phones[i].Addr)
+		base, err := env.run(n, "baseline")
+		fatal(err)
+		basePkt := perPacket(base.busy, base.res.Sent)
+		baseAcct := perPacket(base.acct, base.res.Sent)
+		fmt.Printf("%-6d %-10s %10s %10s %10s %10s %7.3f%% %8.0f%% generator alone: %s/pkt (all CPUs), %s/pkt (accounted)\n", n, "baseline", "-", "-",
+			base.res.P50, base.res.P99, 100*base.res.Loss(), offered(base.res, n, *pps), basePkt, baseAcct)
+		for _, m := range strings.Split(*modes, ",") {
+			r, err := env.run(n, strings.TrimSpace(m))
+			if err != nil {
+				fmt.Printf("%-6d %-10s failed: %v\n", n, m, err)
+				continue
 			}
-			var g0, g1 time.Duration
-			res, err := relaybench.Run(relaybench.Load{Phones: phones, PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur,
-				OnWindow: func(start bool) {
-					if start {
-						g0 = selfCPU()
-					} else {
-						g1 = selfCPU()
-					}
-				}})
-			fatal(err)
-			fmt.Printf("calls=%d mode=baseline %s offered=%.0f%% gen_cpu_per_pkt=%s (generator send+receive per datagram, for comparison)\n",
-				n, res, offered(res, n, *pps), perPacket(g1-g0, res.Sent))
-			closeAll(phones)
+			cpu := perPacket(r.busy, r.res.Sent) - basePkt
+			acc := perPacket(r.acct, r.res.Sent) - baseAcct
+			fmt.Printf("%-6d %-10s %10s %10s %10s %10s %7.3f%% %8.0f%% relay process %s/pkt%s\n", n, m, cpu.Round(10*time.Nanosecond), acc.Round(10*time.Nanosecond),
+				r.res.P50, r.res.P99, 100*r.res.Loss(), offered(r.res, n, *pps), perPacket(r.proc, r.res.Sent), r.note)
 		}
-		if *mode == "relay" || *mode == "both" {
-			res, cpu, gen, err := relayRun(ip, n, *ports, *workers, *procs, relaybench.Load{PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur})
-			fatal(err)
-			fmt.Printf("calls=%d mode=relay    %s offered=%.0f%% relay_cpu=%s (%.0f%% of a core) relay_cpu_per_pkt=%s gen_cpu_per_pkt=%s\n",
-				n, res, offered(res, n, *pps), cpu.Round(time.Millisecond), 100*cpu.Seconds()/res.Elapsed.Seconds(), perPacket(cpu, res.Sent), perPacket(gen, res.Sent))
+	}
+}
+
+type bench struct {
+	ports    string
+	workers  int
+	perSock  int
+	load     relaybench.Load
+	loopback bool
+}
+
+type outcome struct {
+	res  relaybench.Result
+	busy time.Duration // all CPUs, /proc/stat
+	proc time.Duration // the relay process
+	acct time.Duration // generator + relay process + ksoftirqd threads
+	note string
+}
+
+func sh(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func (b *bench) setupNamespaces() error {
+	b.teardown()
+	for _, c := range [][]string{
+		{"ip", "netns", "add", genNS},
+		{"ip", "netns", "add", relayNS},
+		{"ip", "-n", genNS, "link", "set", "lo", "up"},
+		{"ip", "-n", relayNS, "link", "set", "lo", "up"},
+		{"ip", "-n", genNS, "link", "add", "gv", "type", "veth", "peer", "name", "rv", "netns", relayNS},
+		{"ip", "-n", genNS, "addr", "add", genIP + "/24", "dev", "gv"},
+		{"ip", "-n", relayNS, "addr", "add", relayIP + "/24", "dev", "rv"},
+		{"ip", "-n", genNS, "link", "set", "gv", "up"},
+		{"ip", "-n", relayNS, "link", "set", "rv", "up"},
+		{"ip", "netns", "exec", relayNS, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+			"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.rv.send_redirects=0"},
+	} {
+		if err := sh(c...); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+func (b *bench) teardown() {
+	if b.loopback {
+		return
+	}
+	_ = exec.Command("ip", "netns", "del", genNS).Run()
+	_ = exec.Command("ip", "netns", "del", relayNS).Run()
+}
+
+func (b *bench) ips() (gen, relay netip.Addr) {
+	if b.loopback {
+		return netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.1")
+	}
+	return netip.MustParseAddr(genIP), netip.MustParseAddr(relayIP)
+}
+
+// inNS runs fn on a thread moved into the named namespace (sockets opened
+// by fn belong to it), or as is for "" (loopback mode).
+func inNS(name string, fn func() error) error {
+	if name == "" {
+		return fn()
+	}
+	return lab.InNS(name, fn)
+}
+
+func (b *bench) ns(name string) string {
+	if b.loopback {
+		return ""
+	}
+	return name
+}
+
+// phones opens the generator's sockets: n calls, perSock streams a socket,
+// A-side and B-side sockets apart. Call i uses a[i/perSock] and b[...].
+func (b *bench) phones(n int) (as, bs []*relaybench.Phone, err error) {
+	ip, _ := b.ips()
+	k := (n + b.perSock - 1) / b.perSock
+	err = inNS(b.ns(genNS), func() error {
+		for range k {
+			pa, err := relaybench.NewPhone(ip)
+			if err != nil {
+				return err
+			}
+			pb, err := relaybench.NewPhone(ip)
+			if err != nil {
+				return err
+			}
+			as, bs = append(as, pa), append(bs, pb)
+		}
+		return nil
+	})
+	return as, bs, err
+}
+
+// run measures one mode at n calls.
+func (b *bench) run(n int, mode string) (outcome, error) {
+	as, bs, err := b.phones(n)
+	defer func() {
+		for _, p := range append(as, bs...) {
+			p.Close()
+		}
+	}()
+	if err != nil {
+		return outcome{}, err
+	}
+	a := func(i int) *relaybench.Phone { return as[i/b.perSock] }
+	bb := func(i int) *relaybench.Phone { return bs[i/b.perSock] }
+	l := b.load
+	l.Sockets = append(append([]*relaybench.Phone(nil), as...), bs...)
+	var pid int
+	var note string
+	switch mode {
+	case "baseline":
+		for i := range n {
+			l.Streams = append(l.Streams, relaybench.Stream{Phone: a(i), Dst: bb(i).Addr}, relaybench.Stream{Phone: bb(i), Dst: a(i).Addr})
+		}
+	case "user", "kernel":
+		c, err := b.startChild(mode)
+		if err != nil {
+			return outcome{}, err
+		}
+		defer c.stop()
+		pid = c.cmd.Process.Pid
+		for i := range n {
+			pa, pb, err := c.anchor(fmt.Sprintf("c%d", i), a(i).Addr, bb(i).Addr)
+			if err != nil {
+				return outcome{}, err
+			}
+			_, rip := b.ips()
+			l.Streams = append(l.Streams, relaybench.Stream{Phone: a(i), Dst: netip.AddrPortFrom(rip, uint16(pa))},
+				relaybench.Stream{Phone: bb(i), Dst: netip.AddrPortFrom(rip, uint16(pb))})
+		}
+		if mode == "kernel" && !c.kernel {
+			note = " (kernel data path unavailable: user space)"
+		}
+	case "rtpengine":
+		e, err := b.startRtpengine()
+		if err != nil {
+			return outcome{}, err
+		}
+		defer e.stop()
+		pid = e.cmd.Process.Pid
+		_, rip := b.ips()
+		for i := range n {
+			pa, pb, err := e.anchor(fmt.Sprintf("c%d", i), a(i).Addr, bb(i).Addr)
+			if err != nil {
+				return outcome{}, err
+			}
+			l.Streams = append(l.Streams, relaybench.Stream{Phone: a(i), Dst: netip.AddrPortFrom(rip, uint16(pa))},
+				relaybench.Stream{Phone: bb(i), Dst: netip.AddrPortFrom(rip, uint16(pb))})
+		}
+	default:
+		return outcome{}, fmt.Errorf("unknown mode %q", mode)
+	}
+	var out outcome
+	var busy0, proc0, acct0 time.Duration
+	softirqd := ksoftirqd()
+	acct := func() time.Duration {
+		t := selfCPU() + procCPU(pid)
+		for _, p := range softirqd {
+			t += procCPU(p)
+		}
+		return t
+	}
+	l.OnWindow = func(start bool) {
+		if start {
+			busy0, proc0, acct0 = busyCPU(), procCPU(pid), acct()
+			return
+		}
+		out.busy, out.proc, out.acct = busyCPU()-busy0, procCPU(pid)-proc0, acct()-acct0
+	}
+	out.res, err = relaybench.Run(l)
+	out.note = note
+	return out, err
+}
+
+// relayChild is hapbx's relay in a child process (in the relay namespace).
+type relayChild struct {
+	cmd    *exec.Cmd
+	in     *bufio.Writer
+	closer func() error
+	sc     *bufio.Scanner
+	kernel bool
+}
+
+func (b *bench) startChild(mode string) (*relayChild, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	_, rip := b.ips()
+	var cmd *exec.Cmd
+	if b.loopback {
+		cmd = exec.Command(self)
+	} else {
+		cmd = exec.Command("ip", "netns", "exec", relayNS, self)
+	}
+	dp := media.DatapathUser
+	if mode == "kernel" {
+		dp = media.DatapathKernel
+	}
+	cmd.Env = append(os.Environ(), relaybench.ChildEnv+"=1", "RELAYBENCH_ADDR="+rip.String(), "RELAYBENCH_PORTS="+b.ports,
+		"RELAYBENCH_WORKERS="+strconv.Itoa(b.workers), "RELAYBENCH_DATAPATH="+dp)
+	cmd.Stderr = os.Stderr
+	in, _ := cmd.StdinPipe()
+	outp, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &relayChild{cmd: cmd, in: bufio.NewWriter(in), closer: in.Close, sc: bufio.NewScanner(outp)}
+	fmt.Fprintln(c.in, "datapath")
+	c.in.Flush()
+	if !c.sc.Scan() {
+		c.stop()
+		return nil, fmt.Errorf("relay child (%s) did not start", mode)
+	}
+	c.kernel = c.sc.Text() == "kernel"
+	return c, nil
+}
+
+func (c *relayChild) anchor(id string, a, b netip.AddrPort) (pa, pb int, err error) {
+	fmt.Fprintf(c.in, "%s %s %s\n", id, a, b)
+	c.in.Flush()
+	if !c.sc.Scan() {
+		return 0, 0, fmt.Errorf("relay child stopped at %s", id)
+	}
+	var got string
+	if _, err := fmt.Sscanf(c.sc.Text(), "%s %d %d", &got, &pa, &pb); err != nil {
+		return 0, 0, fmt.Errorf("relay child said %q", c.sc.Text())
+	}
+	return pa, pb, nil
+}
+
+func (c *relayChild) stop() {
+	_ = c.closer()
+	_ = c.cmd.Wait()
+}
+
+func child() {
+	cfg := media.DefaultConfig()
+	cfg.Enabled = true
+	cfg.Address = os.Getenv("RELAYBENCH_ADDR")
+	cfg.Ports = os.Getenv("RELAYBENCH_PORTS")
+	cfg.IdleTimeout = time.Hour
+	cfg.Workers, _ = strconv.Atoi(os.Getenv("RELAYBENCH_WORKERS"))
+	if dp := os.Getenv("RELAYBENCH_DATAPATH"); dp != "" {
+		cfg.Datapath = dp
+	}
+	if path := os.Getenv("RELAYBENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		fatal(err)
+		fatal(pprof.StartCPUProfile(f))
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if err := relaybench.RunChild(cfg, os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "relay child:", err)
 	}
 }
 
@@ -97,64 +374,56 @@ func offered(res relaybench.Result, calls, pps int) float64 {
 	return 100 * float64(res.Sent) / want
 }
 
-// relayRun returns the result, the relay child's CPU time and the
-// generator's own CPU time over the measured window.
-func relayRun(ip netip.Addr, n int, ports string, workers, procs int, l relaybench.Load) (relaybench.Result, time.Duration, time.Duration, error) {
-	self, err := os.Executable()
+// busyCPU is the time all CPUs spent outside idle and iowait (user, nice,
+// system, irq, softirq, steal), from /proc/stat in clock ticks of 10 ms.
+func busyCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return relaybench.Result{}, 0, 0, err
+		return 0
 	}
-	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), relaybench.ChildEnv+"=1", "RELAYBENCH_ADDR="+ip.String(), "RELAYBENCH_PORTS="+ports,
-		"RELAYBENCH_WORKERS="+strconv.Itoa(workers))
-	if procs > 0 {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(procs))
-	}
-	cmd.Stderr = os.Stderr
-	in, _ := cmd.StdinPipe()
-	outp, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		return relaybench.Result{}, 0, 0, err
-	}
-	defer func() { in.Close(); _ = cmd.Wait() }()
-	phones := mkPhones(ip, n)
-	defer closeAll(phones)
-	bw := bufio.NewWriter(in)
-	for i := 0; i < len(phones); i += 2 {
-		fmt.Fprintf(bw, "c%d %s %s\n", i/2, phones[i].Addr, phones[i+1].Addr)
-	}
-	bw.Flush()
-	sc := bufio.NewScanner(outp)
-	for i := 0; i < len(phones); i += 2 {
-		if !sc.Scan() {
-			return relaybench.Result{}, 0, 0, fmt.Errorf("relay child stopped after %d calls", i/2)
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest is already in user
+			continue
 		}
-		var id string
-		var pa, pb int
-		if _, err := fmt.Sscanf(sc.Text(), "%s %d %d", &id, &pa, &pb); err != nil {
-			return relaybench.Result{}, 0, 0, fmt.Errorf("relay child said %q", sc.Text())
-		}
-		phones[i].SetDest(netip.AddrPortFrom(ip, uint16(pa)))
-		phones[i+1].SetDest(netip.AddrPortFrom(ip, uint16(pb)))
+		x, _ := strconv.ParseInt(v, 10, 64)
+		busy += x
 	}
-	var c0, c1, g0, g1 time.Duration
-	l.Phones = phones
-	l.OnWindow = func(start bool) {
-		if start {
-			c0, g0 = procCPU(cmd.Process.Pid), selfCPU()
-		} else {
-			c1, g1 = procCPU(cmd.Process.Pid), selfCPU()
-		}
-	}
-	res, err := relaybench.Run(l)
-	return res, c1 - c0, g1 - g0, err
+	return time.Duration(busy) * 10 * time.Millisecond
 }
 
-// procCPU reads utime+stime of pid from /proc (clock ticks of 10 ms). With
-// tick-based accounting the softirq a send runs on loopback (delivery into
-// the receiving socket and its wake-up) is charged to the sending process,
-// for the relay and for the generator alike.
+// selfCPU is the generator's own CPU time (softirq it ran included: tick
+// accounting charges it to the task it interrupted).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// ksoftirqd lists the per-CPU softirq threads: softirq work deferred to
+// them (a busy CPU's backlog) is charged to them.
+func ksoftirqd() []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/comm"); err == nil && strings.HasPrefix(string(b), "ksoftirqd/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// procCPU reads utime+stime of pid from /proc (clock ticks of 10 ms).
 func procCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
@@ -166,10 +435,13 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func perPacket(cpu time.Duration, pkts uint64) time.Duration {
@@ -177,22 +449,6 @@ func perPacket(cpu time.Duration, pkts uint64) time.Duration {
 		return 0
 	}
 	return cpu / time.Duration(pkts)
-}
-
-func mkPhones(ip netip.Addr, n int) []*relaybench.Phone {
-	ps := make([]*relaybench.Phone, 0, 2*n)
-	for range 2 * n {
-		p, err := relaybench.NewPhone(ip)
-		fatal(err)
-		ps = append(ps, p)
-	}
-	return ps
-}
-
-func closeAll(ps []*relaybench.Phone) {
-	for _, p := range ps {
-		p.Close()
-	}
 }
 
 func fatal(err error) {

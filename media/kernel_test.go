@@ -1,0 +1,597 @@
+package media
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/hapbx/hapbx/deploy/lab"
+	"github.com/hapbx/hapbx/internal/testkit"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
+)
+
+// The kernel data path is tested as root in two network namespaces of its
+// own (prefix "hkd-"): the relay's (relay address 10.77.0.1 on a veth) and
+// the phones' (A 10.77.0.2, B 10.77.0.3, a stranger 10.77.0.4 on the
+// other end), so the rewritten packets are really forwarded, out of the
+// interface they came in by. The test binary re-executes itself inside
+// the relay's namespace (every thread of the relay must be in it); phone
+// sockets are opened from a thread moved into the phones' namespace.
+
+const (
+	kRelay    = "10.77.0.1"
+	kPhoneA   = "10.77.0.2"
+	kPhoneB   = "10.77.0.3"
+	kStranger = "10.77.0.4"
+	kChildEnv = "HAPBX_KERNEL_TEST_PHONES" // set in the child: the phones' namespace
+)
+
+// inKernelNamespaces runs the calling test in the relay's namespace and
+// returns the phones' namespace; in the parent it sets both up, runs the
+// child and returns "" (the caller returns).
+func inKernelNamespaces(t *testing.T) string {
+	if ns := os.Getenv(kChildEnv); ns != "" {
+		return ns
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("kernel data path test needs root (network namespaces, nftables)")
+	}
+	for _, bin := range []string{"ip", "sysctl"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("kernel data path test needs %s", bin)
+		}
+	}
+	if _, err := os.Stat("/proc/sys/net/netfilter"); err != nil {
+		if out, err := exec.Command("modprobe", "nf_tables").CombinedOutput(); err != nil {
+			t.Skipf("no nf_tables in this kernel: %v %s", err, out)
+		}
+	}
+	rns := fmt.Sprintf("hkd-r%d", os.Getpid())
+	pns := fmt.Sprintf("hkd-p%d", os.Getpid())
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, ns := range []string{rns, pns} {
+		_ = exec.Command("ip", "netns", "del", ns).Run() // a leftover of a killed run
+		run("ip", "netns", "add", ns)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+		run("ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	run("ip", "-n", rns, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", pns)
+	run("ip", "-n", rns, "addr", "add", kRelay+"/24", "dev", "v0")
+	run("ip", "-n", rns, "link", "set", "v0", "up")
+	for _, a := range []string{kPhoneA, kPhoneB, kStranger} {
+		run("ip", "-n", pns, "addr", "add", a+"/24", "dev", "v1")
+	}
+	run("ip", "-n", pns, "link", "set", "v1", "up")
+	// Forwarding on in the relay's namespace; no ICMP redirects for the
+	// packets it sends back out of the interface they came in by.
+	run("ip", "netns", "exec", rns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.v0.send_redirects=0")
+	args := []string{"netns", "exec", rns, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.count=1", "-test.v"}
+	cmd := exec.Command("ip", args...)
+	cmd.Env = append(os.Environ(), kChildEnv+"="+pns)
+	out, err := cmd.CombinedOutput()
+	t.Logf("in namespace %s:\n%s", rns, out)
+	if err != nil {
+		t.Fatalf("kernel data path test failed in its namespace: %v", err)
+	}
+	if bytes.Contains(out, []byte("--- SKIP")) {
+		t.Skip("skipped in its namespace")
+	}
+	return ""
+}
+
+// phoneIn opens a phone socket on ip inside the namespace ns.
+func phoneIn(t *testing.T, ns, ip string) *phone {
+	t.Helper()
+	var p *phone
+	if err := lab.InNS(ns, func() error { p = newPhone(t, ip); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func newKernelRelay(t *testing.T, mode string, log *zap.Logger) *Relay {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Address = kRelay
+	cfg.Ports = "40000-40099"
+	cfg.Workers = 1
+	cfg.Datapath = mode
+	if log == nil {
+		log = zaptest.NewLogger(t)
+	}
+	r, err := New(cfg, log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	t.Cleanup(r.Close)
+	return r
+}
+
+func kAP(ip string, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(ip), port)
+}
+
+// kernelPackets is what the kernel counted for packets received on the
+// relay port from src (0 when no element matches).
+func kernelPackets(t *testing.T, r *Relay, port uint16, src netip.AddrPort) uint64 {
+	t.Helper()
+	r.kern.mu.Lock()
+	elems, err := r.kern.counters()
+	r.kern.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key kkey
+	binary.BigEndian.PutUint16(key[0:], port)
+	a := src.Addr().As4()
+	copy(key[4:8], a[:])
+	binary.BigEndian.PutUint16(key[8:], src.Port())
+	for _, e := range elems {
+		if e.key == key {
+			return e.pkts
+		}
+	}
+	return 0
+}
+
+// elementCount is how many elements the kernel's map holds.
+func elementCount(t *testing.T, r *Relay) int {
+	t.Helper()
+	r.kern.mu.Lock()
+	defer r.kern.mu.Unlock()
+	elems, err := r.kern.counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(elems)
+}
+
+func hasElement(t *testing.T, r *Relay, port uint16, src netip.AddrPort) bool {
+	t.Helper()
+	r.kern.mu.Lock()
+	defer r.kern.mu.Unlock()
+	for _, e := range r.kern.inst {
+		if binary.BigEndian.Uint16(e.key[0:]) == port && netip.AddrFrom4([4]byte(e.key[4:8])) == src.Addr() &&
+			binary.BigEndian.Uint16(e.key[8:]) == src.Port() {
+			return true
+		}
+	}
+	return false
+}
+
+// kernelCall anchors a call between a and b and returns the relay ports
+// facing A and B.
+func kernelCall(t *testing.T, r *Relay, id string, a, b *phone) (pa, pb uint16) {
+	t.Helper()
+	toB, err := r.AnchorFrom(id, true, a.addr().Addr(), offer(a.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	toA, err := r.AnchorFrom(id, false, b.addr().Addr(), offer(b.addr(), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sdpPort(t, toA), sdpPort(t, toB)
+}
+
+// relayOnce sends one RTP packet and checks it arrives rewritten: from
+// the relay's port facing dst, payload unchanged.
+func relayOnce(t *testing.T, src *phone, to netip.AddrPort, dst *phone, wantFrom netip.AddrPort) {
+	t.Helper()
+	src.sendRTP(to)
+	from, b, ok := dst.recv(2 * time.Second)
+	if !ok {
+		t.Fatalf("packet from %s to %s not relayed to %s", src.addr(), to, dst.addr())
+	}
+	if from != wantFrom {
+		t.Fatalf("packet arrived from %s, want %s", from, wantFrom)
+	}
+	if binary.BigEndian.Uint16(b[2:]) != src.seq || len(b) != 172 {
+		t.Fatalf("payload changed: seq %d len %d, sent seq %d len 172", binary.BigEndian.Uint16(b[2:]), len(b), src.seq)
+	}
+}
+
+// TestKernelDatapath: once both legs latched, RTP and RTCP are forwarded
+// by the kernel, rewritten (destination the other leg, source the relay
+// port facing it, checksums valid since the phones' sockets accept them),
+// counted by the kernel and credited to the session; a stranger still
+// reaches user space and is dropped; a re-INVITE moving B's port
+// re-points A's packets; release removes the elements and the kernel
+// stops relaying.
+func TestKernelDatapath(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	r := newKernelRelay(t, DatapathKernel, nil)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "k1", a, b)
+	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
+
+	// User space relays until both latches are in the kernel.
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	before := kernelPackets(t, r, pa, a.addr())
+	for range 10 {
+		relayOnce(t, a, toA, b, toB)
+		relayOnce(t, b, toB, a, toA)
+	}
+	if got := kernelPackets(t, r, pa, a.addr()) - before; got != 10 {
+		t.Fatalf("kernel counted %d packets from A, want the 10 sent", got)
+	}
+
+	// RTCP: A's RTCP latches in user space, then goes through the kernel.
+	rtcpA, rtcpB := kAP(kRelay, pa+1), kAP(kRelay, pb+1)
+	sendRTCP(t, a, rtcpA)
+	// B has not sent RTCP: A's RTCP goes to B's SDP RTCP port (RTP+1),
+	// which no socket holds; what matters is the latch and element.
+	testkit.Eventually(t, 5*time.Second, "element for A's RTCP", func() bool { return hasElement(t, r, pa+1, a.addr()) })
+	bRTCP := phoneIn(t, pns, kPhoneB)
+	if _, err := r.AnchorFrom("k1", false, b.addr().Addr(), offer(b.addr(), fmt.Sprintf("a=rtcp:%d\r\n", bRTCP.addr().Port()))); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, "A's RTCP element pointing at B's new RTCP port", func() bool {
+		sendRTCP(t, a, rtcpA)
+		from, _, ok := bRTCP.recv(200 * time.Millisecond)
+		return ok && from == rtcpB
+	})
+
+	// Stranger: not in the map, dropped in user space.
+	s := phoneIn(t, pns, kStranger)
+	for range 3 {
+		s.sendRTP(toA)
+	}
+	mustNotReceive(t, b, 300*time.Millisecond)
+	testkit.Eventually(t, 5*time.Second, "stranger counted", func() bool {
+		st := r.Snapshot()[0].Streams[0].FromA
+		return st.Stranger >= 3
+	})
+
+	// Re-INVITE from B with a new port: B's latch is cleared, A's packets
+	// go to the new port (first through the element's new value, since
+	// the latch of B is gone and its SDP endpoint is the destination).
+	b2 := phoneIn(t, pns, kPhoneB)
+	if _, err := r.AnchorFrom("k1", false, b2.addr().Addr(), offer(b2.addr(), "")); err != nil {
+		t.Fatal(err)
+	}
+	relayOnce(t, a, toA, b2, toB)
+	if !hasElement(t, r, pa, a.addr()) {
+		t.Fatal("A's element gone after B's re-INVITE")
+	}
+	relayOnce(t, b2, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "element for B's new source", func() bool { return hasElement(t, r, pb, b2.addr()) })
+	if hasElement(t, r, pb, b.addr()) {
+		t.Fatal("element for B's old source still installed")
+	}
+
+	// Counters and idle detection come from the kernel: the session's
+	// packet counter catches up with what the kernel forwarded.
+	testkit.Eventually(t, 5*time.Second, "kernel counters credited to the session", func() bool {
+		st := r.Snapshot()[0].Streams[0]
+		return st.FromA.Packets >= 12 && st.FromA.Kernel && st.FromB.Kernel
+	})
+
+	// Release: no element left, nothing relayed.
+	if err := r.Release("k1", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if n := elementCount(t, r); n != 0 {
+		t.Fatalf("after release: %d elements, want none", n)
+	}
+	a.sendRTP(toA)
+	mustNotReceive(t, b2, 300*time.Millisecond)
+}
+
+// TestKernelDatapathStartCleansUp: a relay that died left its table and
+// elements behind (its Close never ran); the next relay starts from an
+// empty map, and its own forwarding works.
+func TestKernelDatapathStartCleansUp(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	// The run that died: its table, chains and an element stay behind.
+	dead, err := openKernel(netip.MustParseAddr(kRelay), zaptest.NewLogger(t), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e kelem
+	binary.BigEndian.PutUint16(e.key[0:], 40010)
+	if err := dead.apply(nil, []nftables.SetElement{{Key: e.key[:], Val: e.val[:]}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = dead.conn.CloseLasting()
+	_ = dead.nl.Close()
+	_ = unix.Close(dead.netns)
+
+	r := newKernelRelay(t, DatapathKernel, nil)
+	if n := elementCount(t, r); n != 0 {
+		t.Fatalf("new relay's map holds %d elements: the leftover was not removed", n)
+	}
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "fresh", a, b)
+	relayOnce(t, a, kAP(kRelay, pa), b, kAP(kRelay, pb))
+	relayOnce(t, b, kAP(kRelay, pb), a, kAP(kRelay, pa))
+	testkit.Eventually(t, 5*time.Second, "elements of the new relay", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	relayOnce(t, a, kAP(kRelay, pa), b, kAP(kRelay, pb))
+	if got := kernelPackets(t, r, pa, a.addr()); got != 1 {
+		t.Fatalf("kernel forwarded %d packets from A, want 1", got)
+	}
+}
+
+// TestKernelDatapathImport: the twin installs the kernel state of a
+// replicated session at Import, so once the VIP is its own the latched
+// legs are forwarded without a user-space step.
+func TestKernelDatapathImport(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	r := newKernelRelay(t, DatapathKernel, nil)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	rec := SessionRecord{CallID: "twin", State: StateAnswered, Streams: []StreamRecord{{
+		Ports:   [2]int{40050, 40052},
+		SDP:     [2]netip.AddrPort{a.addr(), b.addr()},
+		Latched: [2]netip.AddrPort{a.addr(), b.addr()},
+		Signal:  [2]netip.Addr{a.addr().Addr(), b.addr().Addr()},
+	}}}
+	if err := r.Import(rec); err != nil {
+		t.Fatal(err)
+	}
+	if !hasElement(t, r, 40050, a.addr()) || !hasElement(t, r, 40052, b.addr()) {
+		t.Fatal("imported latches not in the kernel after Import")
+	}
+	before := kernelPackets(t, r, 40050, a.addr())
+	relayOnce(t, a, kAP(kRelay, 40050), b, kAP(kRelay, 40052))
+	if got := kernelPackets(t, r, 40050, a.addr()) - before; got != 1 {
+		t.Fatalf("kernel forwarded %d packets, want 1", got)
+	}
+}
+
+// TestKernelDatapathFallback: with forwarding off the kernel path cannot
+// work; "auto" logs once and relays in user space, "kernel" refuses to start.
+func TestKernelDatapathFallback(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Address, cfg.Ports, cfg.Workers, cfg.Datapath = kRelay, "40000-40099", 1, DatapathKernel
+	if _, err := New(cfg, zaptest.NewLogger(t), nil); err == nil {
+		t.Fatal("datapath kernel started with ip_forward 0")
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	r := newKernelRelay(t, DatapathAuto, zap.New(core))
+	if r.KernelDatapath() || logs.FilterMessage("kernel data path unavailable, relaying media in user space").Len() != 1 {
+		t.Fatalf("auto without forwarding: kernel %v, warnings %v", r.KernelDatapath(), logs.All())
+	}
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "user", a, b)
+	relayOnce(t, a, kAP(kRelay, pa), b, kAP(kRelay, pb))
+	relayOnce(t, b, kAP(kRelay, pb), a, kAP(kRelay, pa))
+}
+
+// TestKernelDatapathRelatchAfterSilence: relatch_after is judged from the
+// kernel's counters. While the latched source's packets go through the
+// kernel, another port of the phone's address is a stranger; once the
+// latched source has been silent for relatch_after (a NAT rebinding), the
+// new source takes the leg and its element replaces the old one, whose
+// packets then reach user space and are dropped.
+func TestKernelDatapathRelatchAfterSilence(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	clk := &fakeClock{t: time.Now()}
+	cfg := DefaultConfig()
+	cfg.Address, cfg.Ports, cfg.Workers, cfg.Datapath = kRelay, "40000-40099", 1, DatapathKernel
+	r, err := newWithClock(cfg, zaptest.NewLogger(t), nil, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	t.Cleanup(r.Close)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "relatch", a, b)
+	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	relayOnce(t, a, toA, b, toB)
+	testkit.Eventually(t, 5*time.Second, "kernel packet credited", func() bool {
+		return r.Snapshot()[0].Streams[0].FromA.Packets >= 2
+	})
+
+	a2 := phoneIn(t, pns, kPhoneA) // the phone's NAT picked a new port
+	a2.sendRTP(toA)
+	mustNotReceive(t, b, 300*time.Millisecond)
+	clk.advance(cfg.RelatchAfter + time.Second)
+	relayOnce(t, a2, toA, b, toB)
+	testkit.Eventually(t, 5*time.Second, "element moved to the new source", func() bool {
+		return hasElement(t, r, pa, a2.addr()) && !hasElement(t, r, pa, a.addr())
+	})
+	before := kernelPackets(t, r, pa, a2.addr())
+	relayOnce(t, a2, toA, b, toB)
+	if got := kernelPackets(t, r, pa, a2.addr()) - before; got != 1 {
+		t.Fatalf("kernel forwarded %d packets of the new source, want 1", got)
+	}
+	a.sendRTP(toA)
+	mustNotReceive(t, b, 300*time.Millisecond)
+}
+
+// TestKernelDatapathManyLegs: hundreds of legs latching at once (shared
+// phone sockets, as relaybench offers them) all end up in the kernel.
+func TestKernelDatapathManyLegs(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	const calls = 1500
+	cfg := DefaultConfig()
+	cfg.Address, cfg.Ports, cfg.Datapath = kRelay, "41000-49999", DatapathKernel
+	r, err := New(cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	t.Cleanup(r.Close)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	var to []netip.AddrPort
+	for i := range calls {
+		pa, pb := kernelCall(t, r, fmt.Sprintf("many%d", i), a, b)
+		to = append(to, kAP(kRelay, pa), kAP(kRelay, pb))
+	}
+	// Keep sending while the legs move to the kernel and the counters
+	// are polled.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			for i := 0; i < len(to); i += 2 {
+				_, _ = a.conn.WriteToUDPAddrPort(rtpPacket(1, 1, 1, 160), to[i])
+				_, _ = b.conn.WriteToUDPAddrPort(rtpPacket(1, 1, 2, 160), to[i+1])
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	time.Sleep(3 * time.Second)
+	testkit.Eventually(t, 10*time.Second, "all legs in the kernel", func() bool {
+		n := elementCount(t, r)
+		t.Logf("%d elements", n)
+		return n == 2*calls
+	})
+}
+
+// TestKernelDatapathHoldResumeCodec: a re-INVITE that holds (a=sendonly,
+// then c=0.0.0.0), resumes or changes the codec without moving an
+// endpoint leaves the legs in the kernel, as user space would keep
+// relaying them; a resume on a new port moves A's element to it.
+func TestKernelDatapathHoldResumeCodec(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	r := newKernelRelay(t, DatapathKernel, nil)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "hold", a, b)
+	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	inKernel := func(what string) {
+		t.Helper()
+		if !hasElement(t, r, pa, a.addr()) || !hasElement(t, r, pb, b.addr()) {
+			t.Fatalf("%s: legs left the kernel", what)
+		}
+		before := kernelPackets(t, r, pa, a.addr())
+		relayOnce(t, a, toA, b, toB)
+		if got := kernelPackets(t, r, pa, a.addr()) - before; got != 1 {
+			t.Fatalf("%s: kernel forwarded %d packets, want 1", what, got)
+		}
+	}
+	for _, step := range []struct{ what, sdp string }{
+		{"hold sendonly", string(offer(b.addr(), "a=sendonly\r\n"))},
+		{"hold c=0.0.0.0", string(offer(netip.AddrPortFrom(netip.IPv4Unspecified(), b.addr().Port()), "a=inactive\r\n"))},
+		{"resume", string(offer(b.addr(), ""))},
+		{"codec change", strings.Replace(string(offer(b.addr(), "")), "RTP/AVP 8 101", "RTP/AVP 0 101", 1)},
+	} {
+		if _, err := r.AnchorFrom("hold", false, b.addr().Addr(), []byte(step.sdp)); err != nil {
+			t.Fatalf("%s: %v", step.what, err)
+		}
+		inKernel(step.what)
+	}
+	b2 := phoneIn(t, pns, kPhoneB)
+	if _, err := r.AnchorFrom("hold", false, b2.addr().Addr(), offer(b2.addr(), "")); err != nil {
+		t.Fatal(err)
+	}
+	before := kernelPackets(t, r, pa, a.addr())
+	relayOnce(t, a, toA, b2, toB)
+	if got := kernelPackets(t, r, pa, a.addr()) - before; got != 1 {
+		t.Fatalf("after resume on a new port: kernel forwarded %d packets, want 1", got)
+	}
+}
+
+// TestKernelDatapathFailoverVIP plays the twin at failover: Import
+// installs the replicated latches in the kernel while the VIP is not yet
+// on this host; once the VIP is added, A's packets are forwarded by the
+// kernel without a user-space step, and the replica is adopted from the
+// kernel's counters.
+func TestKernelDatapathFailoverVIP(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	const vip = "10.77.0.100"
+	cfg := DefaultConfig()
+	cfg.Address, cfg.Ports, cfg.Workers, cfg.Datapath = vip, "40000-40099", 1, DatapathKernel
+	r, err := New(cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.start()
+	t.Cleanup(r.Close)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	rec := SessionRecord{CallID: "vip", State: StateAnswered, Streams: []StreamRecord{{
+		Ports:   [2]int{40060, 40062},
+		SDP:     [2]netip.AddrPort{a.addr(), b.addr()},
+		Latched: [2]netip.AddrPort{a.addr(), b.addr()},
+		Signal:  [2]netip.Addr{a.addr().Addr(), b.addr().Addr()},
+	}}}
+	if err := r.Import(rec); err != nil {
+		t.Fatal(err)
+	}
+	if !hasElement(t, r, 40060, a.addr()) {
+		t.Fatal("replicated latch not in the kernel before the VIP arrived")
+	}
+	toA, toB := kAP(vip, 40060), kAP(vip, 40062)
+	a.sendRTP(toA)
+	mustNotReceive(t, b, 300*time.Millisecond) // the VIP is elsewhere
+	if out, err := exec.Command("ip", "addr", "add", vip+"/24", "dev", "v0").CombinedOutput(); err != nil {
+		t.Fatalf("add VIP: %v %s", err, out)
+	}
+	mustRelay(t, a, toA, b, toB) // retried until the phones' ARP finds the VIP
+	if n := kernelPackets(t, r, 40060, a.addr()); n == 0 {
+		t.Fatal("A's packets after the VIP arrived did not go through the kernel")
+	}
+	testkit.Eventually(t, 5*time.Second, "replica adopted from the kernel counters", func() bool {
+		r.sweepOnce()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		s := r.sessions["vip"]
+		return s != nil && !s.replica
+	})
+}
