@@ -595,3 +595,66 @@ func TestKernelDatapathFailoverVIP(t *testing.T) {
 		return s != nil && !s.replica
 	})
 }
+
+// TestKernelJoin: two calls whose PBX died are joined (join.go); the kernel
+// then forwards each phone to the other phone, from the relay port facing
+// it, and holds no element for the closed PBX legs. A joined leg whose
+// payload types need renumbering (the phones number telephone-event
+// differently) leaves the kernel and is relayed in user space.
+func TestKernelJoin(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	for _, tc := range []struct {
+		name     string
+		cEvent   string // telephone-event's payload type at phone C
+		inKernel bool
+	}{{"same payload types", "101", true}, {"renumbered", "96", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newKernelRelay(t, DatapathKernel, nil)
+			a, pbx1 := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+			c, pbx2 := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+			pa, pb1 := kernelCall(t, r, "j1", a, pbx1)
+			cOffer := strings.ReplaceAll(string(offer(c.addr(), "")), "101", tc.cEvent)
+			toPBX2, err := r.AnchorFrom("j2", true, c.addr().Addr(), []byte(cOffer))
+			if err != nil {
+				t.Fatal(err)
+			}
+			toC, err := r.AnchorFrom("j2", false, pbx2.addr().Addr(), offer(pbx2.addr(), ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc, pb2 := sdpPort(t, toC), sdpPort(t, toPBX2)
+			relayOnce(t, a, kAP(kRelay, pa), pbx1, kAP(kRelay, pb1))
+			relayOnce(t, pbx1, kAP(kRelay, pb1), a, kAP(kRelay, pa))
+			relayOnce(t, c, kAP(kRelay, pc), pbx2, kAP(kRelay, pb2))
+			relayOnce(t, pbx2, kAP(kRelay, pb2), c, kAP(kRelay, pc))
+			testkit.Eventually(t, 5*time.Second, "elements for the phones' legs", func() bool {
+				return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pc, c.addr())
+			})
+
+			if err := r.Join("j1", true, "j2", true); err != nil {
+				t.Fatal(err)
+			}
+			if hasElement(t, r, pb1, pbx1.addr()) || hasElement(t, r, pb2, pbx2.addr()) {
+				t.Fatal("the dead PBX's legs kept their kernel elements after the join")
+			}
+			if got := hasElement(t, r, pa, a.addr()) && hasElement(t, r, pc, c.addr()); got != tc.inKernel {
+				t.Fatalf("joined legs in the kernel: %v, want %v", got, tc.inKernel)
+			}
+			before := kernelPackets(t, r, pa, a.addr())
+			for range 10 {
+				relayOnce(t, a, kAP(kRelay, pa), c, kAP(kRelay, pc))
+				relayOnce(t, c, kAP(kRelay, pc), a, kAP(kRelay, pa))
+			}
+			want := uint64(0)
+			if tc.inKernel {
+				want = 10
+			}
+			if got := kernelPackets(t, r, pa, a.addr()) - before; got != want {
+				t.Fatalf("kernel counted %d of A's packets after the join, want %d", got, want)
+			}
+		})
+	}
+}
