@@ -197,7 +197,9 @@
 // forwarded without a user-space step, and the replica is adopted when the
 // kernel counters show packets.
 //
-// Requirements and fallback: CAP_NET_ADMIN, nf_tables, and
+// Requirements and fallback: CAP_NET_ADMIN, nf_tables, an IPv4 relay
+// address outside 127/8 (the kernel forwards no loopback traffic, so a
+// relay on loopback, as in the unit tests, stays in user space), and
 // net.ipv4.ip_forward=1 (checked at start; hapbx does not change sysctls);
 // another firewall's forward chain must accept the relayed packets, and one
 // hapbx per network namespace (the table has a fixed name: what a killed

@@ -90,6 +90,9 @@ type kernel struct {
 	started bool
 }
 
+// errNotForwardable: the relay address is one the kernel path cannot serve.
+var errNotForwardable = errors.New("kernel data path needs an IPv4 relay address that is not loopback")
+
 // errNoForwarding: the kernel would not forward the rewritten packets.
 var errNoForwarding = errors.New("net.ipv4.ip_forward is 0: the kernel does not forward rewritten packets to other hosts")
 
@@ -98,6 +101,11 @@ var errNoForwarding = errors.New("net.ipv4.ip_forward is 0: the kernel does not 
 // It fails without CAP_NET_ADMIN, without nf_tables, or with IPv4
 // forwarding off.
 func openKernel(addr netip.Addr, log *zap.Logger, now func() time.Time) (*kernel, error) {
+	if addr.IsLoopback() || !addr.Is4() {
+		// The kernel never forwards to or from 127/8 (martians), and the
+		// rules are IPv4 only: such a relay stays in user space.
+		return nil, fmt.Errorf("%w: relay address %s", errNotForwardable, addr)
+	}
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); err != nil || strings.TrimSpace(string(b)) != "1" {
 		if err != nil {
 			return nil, fmt.Errorf("read ip_forward: %w", err)

@@ -658,3 +658,29 @@ func TestKernelJoin(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelRefusesLoopback: the kernel does not forward 127/8, so a relay
+// on loopback never takes the kernel path: "kernel" fails at start naming
+// the address, "auto" relays in user space (also as root with forwarding
+// on, where the rules would otherwise be installed and match nothing).
+func TestKernelRefusesLoopback(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Address = "127.0.0.1"
+	cfg.Ports = "40100-40109"
+	cfg.Datapath = DatapathKernel
+	if r, err := New(cfg, zaptest.NewLogger(t), nil); err == nil || !strings.Contains(err.Error(), "127.0.0.1") {
+		if r != nil {
+			r.Close()
+		}
+		t.Fatalf("datapath kernel on loopback: err %v, want a start error naming 127.0.0.1", err)
+	}
+	cfg.Datapath = DatapathAuto
+	r, err := New(cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.KernelDatapath() {
+		t.Fatal("datapath auto on loopback took the kernel path")
+	}
+}
