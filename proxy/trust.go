@@ -33,6 +33,7 @@ const (
 	refusedForeignHop     = "foreign_hop"     // an in-dialog request towards a host that is no backend
 	refusedBadToken       = "bad_dialog_token"
 	refusedTrunk          = "trunk_not_backend" // an initial request naming a trunk, not from a backend
+	refusedBadAlias       = "bad_contact_alias" // a Request-URI with a Contact alias the pair did not make (contact.go)
 )
 
 // fromBackend returns the backend a request came from, by source address.
@@ -111,4 +112,5 @@ var refusedText = map[string]string{
 	refusedForeignHop:     "in-dialog request to a foreign host",
 	refusedBadToken:       "not in a dialog of this proxy",
 	refusedTrunk:          "only a backend may call through a trunk",
+	refusedBadAlias:       "not in a dialog of this proxy",
 }

@@ -108,8 +108,10 @@ func sippReceived(trace string) []string {
 
 // TestTrunkIncomingCalls: a call from the trunk's ACL reaches the backend
 // with X-Hapbx-Trunk naming the trunk (the provider's own value replaced);
-// a call from outside every ACL reaches it without one; a phone that names
-// a trunk gets 403, counted with the trust refusals.
+// the provider sees hapbx's address as the 200's Contact and its ACK and
+// BYE to it reach the backend at the backend's own Contact; a call from
+// outside every ACL reaches it without one; a phone that names a trunk
+// gets 403, counted with the trust refusals.
 func TestTrunkIncomingCalls(t *testing.T) {
 	testkit.RequireSIPp(t)
 	// Two backends playing Asterisk: asterisk1 is active; the trunk's calls
@@ -134,7 +136,7 @@ func TestTrunkIncomingCalls(t *testing.T) {
 	})
 
 	provider := testkit.StartSIPp(t, providerIP, testkit.FreePort(t, providerIP), "-sf", scenarioPath("trunk_provider_uac.xml"),
-		"-s", "100", "-m", "1", "-timeout", "15s", "-timeout_error", d.sip)
+		"-s", "100", "-m", "1", "-timeout", "15s", "-timeout_error", "-trace_msg", d.sip)
 	if code := provider.Wait(20 * time.Second); code != 0 {
 		t.Fatalf("the provider's call failed (exit %d)\n%s", code, provider.Output())
 	}
@@ -152,12 +154,30 @@ func TestTrunkIncomingCalls(t *testing.T) {
 		t.Errorf("trunk_not_backend refusals = %q, want 1", got)
 	}
 
+	aliased := regexp.MustCompile(`(?m)^Contact: <sip:asterisk@` + regexp.QuoteMeta(d.sip) + `;hpxc=[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+>`)
+	for _, m := range sippReceived(sippMessages(t, provider)) {
+		if strings.HasPrefix(m, "SIP/2.0 200 ") && strings.Contains(m, "INVITE") && !aliased.MatchString(m) {
+			t.Errorf("the provider's 200 does not show hapbx's address as Contact:\n%s", m)
+		}
+	}
 	var got [2][]string // the INVITEs each backend received
+	var inDialog []string
 	for i, be := range bes {
 		for _, m := range sippReceived(sippMessages(t, be)) {
 			if strings.HasPrefix(m, "INVITE ") {
 				got[i] = append(got[i], m)
 			}
+			if i == 1 && (strings.HasPrefix(m, "ACK ") || strings.HasPrefix(m, "BYE ")) {
+				inDialog = append(inDialog, m)
+			}
+		}
+	}
+	if len(inDialog) != 2 {
+		t.Errorf("asterisk2 got %d of the provider's ACK and BYE, want 2", len(inDialog))
+	}
+	for _, m := range inDialog {
+		if !strings.HasPrefix(m, strings.Fields(m)[0]+" sip:asterisk@"+addrs[1]+";transport=UDP SIP/2.0") {
+			t.Errorf("the provider's in-dialog request did not reach asterisk2 at its own Contact:\n%s", m)
 		}
 	}
 	if len(got[0]) != 1 || strings.Contains(got[0][0], `From: "4930555"`) || strings.Contains(got[0][0], "X-Hapbx-Trunk") {
@@ -178,8 +198,9 @@ func TestTrunkIncomingCalls(t *testing.T) {
 // provider's 407 with the trunk's credentials (verified by the provider),
 // so the backend never sees the challenge; the backend's ACK carries the
 // CSeq of the authorized INVITE to the provider. Media is anchored as for
-// any call: the provider is offered hapbx's address. The provider's BYE
-// reaches the backend through hapbx (its Route with the dialog token).
+// any call: the provider is offered hapbx's address, and sees it as the
+// Contact too. The provider's BYE, sent to that Contact, reaches the
+// backend through hapbx (its Route with the dialog token).
 func TestTrunkOutgoingCall(t *testing.T) {
 	testkit.RequireSIPp(t)
 	const provider2IP = "127.0.3.62"
@@ -254,7 +275,7 @@ media: {enabled: true, ports: "23200-23299"}
 	if len(invites) != 2 {
 		t.Fatalf("the provider got %d INVITEs, want 2 (challenged, authorized)", len(invites))
 	}
-	for _, want := range []string{"Via: SIP/2.0/UDP " + d.sip + ";branch=", "Record-Route: <sip:" + d.sip + ";"} {
+	for _, want := range []string{"Via: SIP/2.0/UDP " + d.sip + ";branch=", "Record-Route: <sip:" + d.sip + ";", "Contact: <sip:201@" + d.sip + ";hpxc="} {
 		if !strings.Contains(invites[0], want) {
 			t.Errorf("no %q in the INVITE the provider got:\n%s", want, invites[0])
 		}
