@@ -144,7 +144,7 @@ func TestVIPFailoverSIGKILL(t *testing.T) {
 	}
 	if err := WaitFor(10*time.Second, "the trunk registered by "+h, func() bool {
 		s, err := l.Status(h)
-		return err == nil && s.Active == "pbx1" && l.Metric(h, `hapbx_trunk_registered{trunk="provider"}`) == 1
+		return err == nil && s.Active == "pbx1" && l.Metric(h, `hapbx_trunk_registered{trunk="`+TrunkName+`"}`) == 1
 	}); err != nil {
 		t.Fatalf("%v\n%s", err, provider.Log(3000))
 	}
@@ -187,8 +187,8 @@ func trunkAfterFailover(t *testing.T, l *Lab, f Failover, provider *Proc, pbx []
 	}
 	// The twin keeps refreshing past two of the provider's expiries.
 	if err := WaitFor(2*TrunkExpires+5*time.Second, "2 expiries after the kill, registered on "+f.Twin, func() bool {
-		return l.Metric(f.Twin, `hapbx_trunk_registered{trunk="provider"}`) == 1 &&
-			l.Metric(f.Twin, `hapbx_trunk_registrations_total{result="ok",trunk="provider"}`) >= 3
+		return l.Metric(f.Twin, `hapbx_trunk_registered{trunk="`+TrunkName+`"}`) == 1 &&
+			l.Metric(f.Twin, `hapbx_trunk_registrations_total{result="ok",trunk="`+TrunkName+`"}`) >= 3
 	}); err != nil {
 		t.Error(err)
 	}

@@ -13,15 +13,20 @@ import (
 )
 
 // The lab's SIP trunk (Options.Trunk): the proxies have the trunk
-// TrunkName, whose one host is SIPp in the provider namespace
-// (provider_registrar_lab.xml: a registrar that challenges and grants
-// TrunkExpires) and whose ACL is that namespace's address; the VIP holder
-// registers there, the twin continues the registration after a VIP move.
-// TrunkCall places the same INVITE (trunk_call_lab.xml) from any host.
+// TrunkName (deploy/asterisk's dialplan calls out through "p1"), whose one
+// host is SIPp in the provider namespace and whose ACL is that namespace's
+// address. StartProvider runs a registrar there
+// (provider_registrar_lab.xml: challenges, grants TrunkExpires): the VIP
+// holder registers, the twin continues the registration after a VIP move.
+// With Options.TrunkNoRegister the trunk does not register and
+// StartProviderUAS runs the provider's UAS instead
+// (trunk_provider_uas_407.xml: challenges an INVITE with 407, answers the
+// authorized one, hangs up). TrunkCall places the same INVITE
+// (trunk_call_lab.xml) from any host.
 
 // Trunk settings of the lab.
 const (
-	TrunkName     = "provider"
+	TrunkName     = "p1"
 	TrunkUser     = "4930123"
 	TrunkPassword = "s3cret"
 	// TrunkExpires is the expiry provider_registrar_lab.xml grants.
@@ -32,14 +37,20 @@ func (l *Lab) trunkSecretFile() string { return filepath.Join(l.opt.Dir, "trunk.
 
 // trunkYAML is the proxies' trunks: section.
 func (l *Lab) trunkYAML() string {
-	return fmt.Sprintf("trunks:\n  - {name: %s, hosts: [\"%s:%d\"], credentials_file: %q, register: true, register_interval: 60s, user: %q, domain: provider.test}\n",
-		TrunkName, Hosts["provider"], SIPPort, l.trunkSecretFile(), TrunkUser)
+	return fmt.Sprintf("trunks:\n  - {name: %s, hosts: [\"%s:%d\"], credentials_file: %q, register: %v, register_interval: 60s, user: %q, domain: provider.test}\n",
+		TrunkName, Hosts["provider"], SIPPort, l.trunkSecretFile(), !l.opt.TrunkNoRegister, TrunkUser)
 }
 
 // StartProvider runs the provider's registrar (its messages traced, for
 // ReadTrace) and returns once it listens.
-func (l *Lab) StartProvider() (*Proc, error) {
-	p, err := l.Sipp("provider", "provider", SIPPort, "-sf", l.Scenario("provider_registrar_lab.xml"), "-trace_msg")
+func (l *Lab) StartProvider() (*Proc, error) { return l.startProvider("provider_registrar_lab.xml") }
+
+// StartProviderUAS runs the provider's UAS that challenges INVITEs with
+// 407 (its messages traced) and returns once it listens.
+func (l *Lab) StartProviderUAS() (*Proc, error) { return l.startProvider("trunk_provider_uas_407.xml") }
+
+func (l *Lab) startProvider(scenario string) (*Proc, error) {
+	p, err := l.Sipp("provider", "provider", SIPPort, "-sf", l.Scenario(scenario), "-trace_msg")
 	if err != nil {
 		return nil, err
 	}
