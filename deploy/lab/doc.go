@@ -68,13 +68,13 @@
 // log each message it sends and receives there (-trace_msg).
 //
 // With Options.Trunk (trunk.go) the proxies have the trunk "p1": its
-// host the provider namespace's SIPp registrar (digest, expires 6 s), its
+// host the provider namespace's SIPp (provider_lab.xml: a registrar,
+// digest, expires 6 s, and a UAS that challenges calls out with 407), its
 // ACL that address; TrunkCall places the same INVITE from any host, and
 // ReadTrace/CheckRegistration read what the provider saw (one
 // registration: one Call-ID, CSeq rising, Contact the VIP, never expired).
 // TestVIPFailoverSIGKILL kills the VIP holder while it registers;
-// TestE2EAsteriskPhones (Options.TrunkNoRegister, the provider's 407 UAS)
-// has a real Asterisk run deploy/asterisk's trunk parts on both drivers: a
+// TestE2EAsteriskPhones has a real Asterisk run deploy/asterisk's trunk parts on both drivers: a
 // provider's call reaches [from-trunk] by X-Hapbx-Trunk, the same INVITE
 // from the phones' address does not, and a phone's 0-number goes out
 // through [to-trunk] and hapbx, which answers the provider's 407.

@@ -80,9 +80,6 @@ type Options struct {
 	// provider namespace's registrar, its ACL that address; the VIP holder
 	// registers there.
 	Trunk bool
-	// TrunkNoRegister: the trunk does not register (its host plays the
-	// provider's UAS, StartProviderUAS).
-	TrunkNoRegister bool
 	// Asterisk names an asterisk binary to run as the backends instead of SIPp
 	// (with the configs of deploy/asterisk). Default: $HAPBX_ASTERISK, else
 	// `asterisk` on PATH, else SIPp.

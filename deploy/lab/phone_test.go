@@ -363,14 +363,14 @@ func requireAsterisk(t *testing.T) {
 }
 
 func asteriskPhones(t *testing.T, chanSIP bool) {
-	l := newLab(t, Options{Media: true, ChanSIP: chanSIP, Trunk: true, TrunkNoRegister: true})
+	l := newLab(t, Options{Media: true, ChanSIP: chanSIP, Trunk: true})
 	authUser := func(ext string) string {
 		if chanSIP {
 			return ext
 		}
 		return PhoneUser
 	}
-	provider, err := l.StartProviderUAS()
+	provider, err := l.StartProvider()
 	if err != nil {
 		t.Fatal(err)
 	}

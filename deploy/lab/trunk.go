@@ -15,21 +15,20 @@ import (
 // The lab's SIP trunk (Options.Trunk): the proxies have the trunk
 // TrunkName (deploy/asterisk's dialplan calls out through "p1"), whose one
 // host is SIPp in the provider namespace and whose ACL is that namespace's
-// address. StartProvider runs a registrar there
-// (provider_registrar_lab.xml: challenges, grants TrunkExpires): the VIP
-// holder registers, the twin continues the registration after a VIP move.
-// With Options.TrunkNoRegister the trunk does not register and
-// StartProviderUAS runs the provider's UAS instead
-// (trunk_provider_uas_407.xml: challenges an INVITE with 407, answers the
-// authorized one, hangs up). TrunkCall places the same INVITE
-// (trunk_call_lab.xml) from any host.
+// address. StartProvider runs the provider there (provider_lab.xml): a
+// registrar that challenges and grants TrunkExpires (the VIP holder
+// registers, the twin continues the registration after a VIP move) and a
+// UAS for calls out that challenges them with 407 and hangs up 1 s after
+// answering. TrunkCall places the same INVITE (trunk_call_lab.xml) from
+// any host, TrunkCallsOut a backend's calls out through the trunk
+// (trunk_backend_uac.xml).
 
 // Trunk settings of the lab.
 const (
 	TrunkName     = "p1"
 	TrunkUser     = "4930123"
 	TrunkPassword = "s3cret"
-	// TrunkExpires is the expiry provider_registrar_lab.xml grants.
+	// TrunkExpires is the expiry provider_lab.xml grants.
 	TrunkExpires = 6 * time.Second
 )
 
@@ -37,20 +36,14 @@ func (l *Lab) trunkSecretFile() string { return filepath.Join(l.opt.Dir, "trunk.
 
 // trunkYAML is the proxies' trunks: section.
 func (l *Lab) trunkYAML() string {
-	return fmt.Sprintf("trunks:\n  - {name: %s, hosts: [\"%s:%d\"], credentials_file: %q, register: %v, register_interval: 60s, user: %q, domain: provider.test}\n",
-		TrunkName, Hosts["provider"], SIPPort, l.trunkSecretFile(), !l.opt.TrunkNoRegister, TrunkUser)
+	return fmt.Sprintf("trunks:\n  - {name: %s, hosts: [\"%s:%d\"], credentials_file: %q, register: true, register_interval: 60s, user: %q, domain: provider.test}\n",
+		TrunkName, Hosts["provider"], SIPPort, l.trunkSecretFile(), TrunkUser)
 }
 
-// StartProvider runs the provider's registrar (its messages traced, for
-// ReadTrace) and returns once it listens.
-func (l *Lab) StartProvider() (*Proc, error) { return l.startProvider("provider_registrar_lab.xml") }
-
-// StartProviderUAS runs the provider's UAS that challenges INVITEs with
-// 407 (its messages traced) and returns once it listens.
-func (l *Lab) StartProviderUAS() (*Proc, error) { return l.startProvider("trunk_provider_uas_407.xml") }
-
-func (l *Lab) startProvider(scenario string) (*Proc, error) {
-	p, err := l.Sipp("provider", "provider", SIPPort, "-sf", l.Scenario(scenario), "-trace_msg")
+// StartProvider runs the provider (its messages traced, for ReadTrace)
+// and returns once it listens.
+func (l *Lab) StartProvider() (*Proc, error) {
+	p, err := l.Sipp("provider", "provider", SIPPort, "-sf", l.Scenario("provider_lab.xml"), "-trace_msg")
 	if err != nil {
 		return nil, err
 	}
@@ -151,4 +144,24 @@ func CheckRegistration(trace []Traced, end time.Time) (int, error) {
 		errs = append(errs, fmt.Errorf("expired at the end: last 200 %s before", gap.Round(time.Millisecond)))
 	}
 	return len(oks), errors.Join(errs...)
+}
+
+// TrunkDID is the number the provider's calls in dial: deploy/asterisk's
+// [from-trunk] rings its last three digits, the lab's phone 201.
+const TrunkDID = "4930201"
+
+// trunkCalls starts phase n's trunk calls, a tenth of the phones' at a
+// tenth of their rate (at least 1/s): the provider's calls in from its
+// ACL address to TrunkDID, and calls out through the trunk from pbx2's
+// address (a backend: whichever PBX is active, hapbx trusts the address;
+// pbx2 is never the one killed) to the provider, which challenges them
+// with 407 and hangs up 1 s after answering.
+func (l *Lab) trunkCalls(n int, o ScenarioOptions) (in, out *Proc, err error) {
+	rate, calls := strconv.Itoa(max(1, o.Rate/10)), strconv.Itoa(max(1, o.Calls/10))
+	common := []string{"-r", rate, "-m", calls, "-l", strconv.Itoa(4 * max(1, o.Rate/10)), "-timeout", "60s", "-recv_timeout", "20s", VIP + ":" + strconv.Itoa(SIPPort)}
+	if in, err = l.Sipp("provider", fmt.Sprintf("trunkin%d", n), 5090+n, append([]string{"-sf", l.Scenario("trunk_call_lab.xml"), "-s", TrunkDID}, common...)...); err != nil {
+		return nil, nil, err
+	}
+	out, err = l.Sipp("pbx2", fmt.Sprintf("trunkout%d", n), 5090+n, append([]string{"-sf", l.Scenario("trunk_backend_uac.xml"), "-s", "4930999"}, common...)...)
+	return in, out, err
 }
