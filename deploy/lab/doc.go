@@ -69,7 +69,7 @@
 //
 // With Options.Trunk (trunk.go) the proxies have the trunk "p1": its
 // host the provider namespace's SIPp (provider_lab.xml: a registrar,
-// digest, expires 6 s, and a UAS that challenges calls out with 407), its
+// digest, expires 10 s, and a UAS that challenges calls out with 407), its
 // ACL that address; TrunkCall places the same INVITE from any host, and
 // ReadTrace/CheckRegistration read what the provider saw (one
 // registration: one Call-ID, CSeq rising, Contact the VIP, never expired).

@@ -29,7 +29,7 @@ const (
 	TrunkUser     = "4930123"
 	TrunkPassword = "s3cret"
 	// TrunkExpires is the expiry provider_lab.xml grants.
-	TrunkExpires = 6 * time.Second
+	TrunkExpires = 10 * time.Second
 )
 
 func (l *Lab) trunkSecretFile() string { return filepath.Join(l.opt.Dir, "trunk.secret") }
