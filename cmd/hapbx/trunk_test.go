@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/hapbx/hapbx/internal/testkit"
 )
 
@@ -326,4 +328,77 @@ func providerSecret(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return secret
+}
+
+// TestTrunkCallsAcrossSRV: the provider's domain resolves, through a test
+// DNS server (hapbx runs in a mount namespace of its own whose
+// /etc/resolv.conf names it), to two SIPp hosts by SRV, priority 10 then
+// 20. A call out goes to the first; the first is killed; the next call
+// goes to the second, and hapbx answers its 407 as the first's.
+func TestTrunkCallsAcrossSRV(t *testing.T) {
+	testkit.RequireSIPp(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a mount namespace for hapbx's /etc/resolv.conf and a DNS server on port 53")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare (util-linux)")
+	}
+	const provider2IP, dnsIP = "127.0.3.62", "127.0.3.53"
+	var providers [2]*testkit.SIPp
+	for i, ip := range []string{providerIP, provider2IP} {
+		providers[i] = testkit.StartSIPp(t, ip, testkit.FreePort(t, ip), "-sf", scenarioPath("trunk_provider_uas_407.xml"), "-trace_msg")
+		testkit.WaitListening(t, "udp", providers[i].Addr, 3*time.Second)
+	}
+	port := func(p *testkit.SIPp) string { _, pt, _ := net.SplitHostPort(p.Addr); return pt }
+	zone := testkit.StartDNS(t, net.JoinHostPort(dnsIP, "53"))
+	zone.Set(t,
+		"_sip._udp.provider.test. 60 IN SRV 10 0 "+port(providers[0])+" a.provider.test.",
+		"_sip._udp.provider.test. 60 IN SRV 20 0 "+port(providers[1])+" b.provider.test.",
+		"a.provider.test. 60 IN A "+providerIP,
+		"b.provider.test. 60 IN A "+provider2IP,
+	)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsIP+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	be := testkit.StartOptionsUAS(t, be1IP, 0, 200, "udp")
+	d, sipPort, adminPort := newDaemon(t)
+	writeConfig(t, d.config, sipPort, adminPort, fmt.Sprintf(`trunks:
+  - name: p1
+    hosts: [provider.test]
+    acl: [%s/32, %s/32]
+    credentials_file: %s
+    user: "4930123"
+    domain: provider.test
+    keepalive: 1h
+`, providerIP, provider2IP, providerSecret(t)), be.Addr())
+	d.wrap = []string{"unshare", "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv}
+	d.start(t)
+	d.waitActive(t, "asterisk1")
+
+	call := func(n int) {
+		t.Helper()
+		asterisk := testkit.StartSIPp(t, be1IP, testkit.FreePort(t, be1IP), "-sf", scenarioPath("trunk_backend_uac.xml"),
+			"-s", "4930999", "-m", "1", "-timeout", "15s", "-timeout_error", d.sip)
+		if code := asterisk.Wait(20 * time.Second); code != 0 {
+			t.Fatalf("call %d out through the trunk failed (exit %d)\n%s", n, code, asterisk.Output())
+		}
+	}
+	call(1)
+	providers[0].Kill()
+	call(2)
+	invites := func(p *testkit.SIPp) (n int) {
+		for _, m := range sippReceived(sippMessages(t, p)) {
+			if strings.HasPrefix(m, "INVITE ") && strings.Contains(m, "Proxy-Authorization: Digest") {
+				n++
+			}
+		}
+		return n
+	}
+	if a, b := invites(providers[0]), invites(providers[1]); a != 1 || b != 1 {
+		t.Errorf("authorized INVITEs: %d at the priority-10 host, %d at the priority-20 host; want 1 each (call 1 there, call 2 after its death)", a, b)
+	}
+	if n := zone.Queries("_sip._udp.provider.test", dns.TypeSRV); n == 0 {
+		t.Errorf("hapbx never asked the test DNS server for the SRV records")
+	}
 }
