@@ -21,7 +21,10 @@ import (
 //     anyone else as above, but its initial requests carry TrunkHeader
 //     naming the trunk and go to the trunk's backends only (trunks.go);
 //     TrunkHeader from any other source is removed, and an initial request
-//     naming a trunk in it from anyone but a backend is refused.
+//     naming a trunk in it from anyone but a backend is refused; its
+//     in-dialog requests to hapbx's alias of a backend's Contact get that
+//     Contact back only when the pair signed the alias for their Call-ID
+//     (contact.go), and then pass the rules above like any other.
 //
 // A refusal is answered 403 (an ACK is dropped), counted in
 // hapbx_proxy_refused_total{reason} and sent nowhere.
