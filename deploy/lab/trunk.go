@@ -104,12 +104,12 @@ func ReadTrace(p *Proc) ([]Traced, error) {
 
 // CheckRegistration checks the provider's trace (ReadTrace) of the
 // trunk's registration up to end: one registration (one Call-ID, CSeq
-// rising, Contact the VIP), each 200 followed by the next before
+// rising, a retransmission with the same Via aside, Contact the VIP), each 200 followed by the next before
 // TrunkExpires ran out, the last still valid at end. It returns how many
 // 200s the provider sent.
 func CheckRegistration(trace []Traced, end time.Time) (int, error) {
 	var errs []error
-	callID, lastCSeq := "", 0
+	callID, lastCSeq, lastVia := "", 0, ""
 	var oks []time.Time
 	for _, m := range trace {
 		switch {
@@ -121,10 +121,11 @@ func CheckRegistration(trace []Traced, end time.Time) (int, error) {
 				errs = append(errs, fmt.Errorf("a second registration: Call-ID %s after %s", cid, callID))
 			}
 			n, _ := strconv.Atoi(strings.Fields(header(m.Msg, "CSeq", "CSeq") + " 0")[0])
-			if n <= lastCSeq {
+			via := header(m.Msg, "Via", "v")
+			if n < lastCSeq || n == lastCSeq && via != lastVia { // the same Via: a retransmission
 				errs = append(errs, fmt.Errorf("CSeq %d after %d at %s", n, lastCSeq, m.At.Format("15:04:05.000")))
 			}
-			lastCSeq = n
+			lastCSeq, lastVia = n, via
 			if c := header(m.Msg, "Contact", "m"); !strings.Contains(c, "@"+VIP+":") && !strings.Contains(c, "@"+VIP+">") {
 				errs = append(errs, fmt.Errorf("Contact %q is not the VIP", c))
 			}
