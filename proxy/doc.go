@@ -43,8 +43,14 @@
 //     failures fail over, as for backends), and the provider's 401/407 is
 //     answered with the trunk's credentials (the request sent again with
 //     CSeq plus one, the ACK of its 2xx raised to match, responses
-//     upstream carrying the caller's CSeq), never relayed; Record-Route,
-//     not Contact, keeps hapbx in the dialog;
+//     upstream carrying the caller's CSeq), never relayed; the provider
+//     sees `sip.advertise` (the VIP), never a backend, in Via,
+//     Record-Route and Contact: a backend's Contact in its requests to a
+//     provider and its 1xx/2xx to a provider's requests becomes hapbx's
+//     address with the original in a URI parameter signed with the dialog
+//     secret (contact.go, as Kamailio's add_contact_alias), given back to
+//     the provider's in-dialog requests to it (also by the twin); an
+//     alias the pair did not make for that Call-ID is refused;
 //   - sends a new request from a phone or trunk to the backends a Router
 //     names, in order: a backend that stays silent for `sip.hop_timeout`
 //     (Asterisk answers 100 Trying at once), fails at the transport, or
@@ -215,7 +221,7 @@
 // (codec, media), hapbx_proxy_joined_calls_ended_total{reason} (bye,
 // session_expired), hapbx_proxy_joined_bye_seconds,
 // hapbx_proxy_refused_total{reason} (preloaded_route, no_dialog_token,
-// foreign_hop, bad_dialog_token),
+// foreign_hop, bad_dialog_token, trunk_not_backend, bad_contact_alias),
 // hapbx_proxy_large_requests_total{how} (tcp, udp, refused),
 // hapbx_proxy_connections, hapbx_proxy_connections_refused_total{reason}
 // (max_connections, max_per_source),

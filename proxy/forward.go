@@ -194,6 +194,9 @@ func (p *Proxy) prepare(out, in *sip.Request, t target, branch string) {
 			out.PrependHeader(p.recordRoute(t.transport, tok))
 		}
 	}
+	if p.toProvider(in, t) {
+		p.aliasContacts(out, t.transport) // the provider sees the VIP (contact.go)
+	}
 	p.address(out, t)
 }
 
@@ -277,6 +280,9 @@ func (p *Proxy) upstream(req *sip.Request, res *sip.Response) {
 	res.RemoveHeader("Via")
 	if cs, rcs := res.CSeq(), req.CSeq(); cs != nil && rcs != nil {
 		cs.SeqNo = rcs.SeqNo // a trunk's challenge answered with a raised CSeq (trunks.go)
+	}
+	if res.StatusCode > 100 && res.StatusCode < 300 && p.fromTrunk(req) != "" {
+		p.aliasContacts(res, strings.ToLower(req.Transport())) // the provider sees the VIP (contact.go)
 	}
 	res.SetTransport(req.Transport())
 	if sip.IsReliable(req.Transport()) {

@@ -142,6 +142,13 @@ func (p *Proxy) decide(req *sip.Request) decision {
 	}
 
 	tok := p.takeOwnRoutes(req)
+	if !p.unaliasRequestURI(req) {
+		p.m.refused.WithLabelValues(refusedBadAlias).Inc()
+		if req.IsAck() {
+			return decision{act: actDrop}
+		}
+		return decision{act: actReply, code: 403, reason: "Forbidden (" + refusedText[refusedBadAlias] + ")"}
+	}
 	if p.looped(req) {
 		if req.IsAck() {
 			return decision{act: actDrop}

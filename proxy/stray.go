@@ -72,6 +72,9 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 		return
 	}
 	res.RemoveHeader("Via")
+	if res.IsSuccess() && p.toProviderVia(vias[1]) {
+		p.aliasContacts(res, strings.ToLower(vias[1].Transport)) // the provider sees the VIP (contact.go)
+	}
 	res.SetTransport(vias[1].Transport)
 	res.SetDestination("") // from the Via: received, rport
 	p.anchorStray(res)

@@ -21,7 +21,10 @@ import (
 //     anyone else as above, but its initial requests carry TrunkHeader
 //     naming the trunk and go to the trunk's backends only (trunks.go);
 //     TrunkHeader from any other source is removed, and an initial request
-//     naming a trunk in it from anyone but a backend is refused.
+//     naming a trunk in it from anyone but a backend is refused; its
+//     in-dialog requests to hapbx's alias of a backend's Contact get that
+//     Contact back only when the pair signed the alias for their Call-ID
+//     (contact.go), and then pass the rules above like any other.
 //
 // A refusal is answered 403 (an ACK is dropped), counted in
 // hapbx_proxy_refused_total{reason} and sent nowhere.
@@ -33,6 +36,7 @@ const (
 	refusedForeignHop     = "foreign_hop"     // an in-dialog request towards a host that is no backend
 	refusedBadToken       = "bad_dialog_token"
 	refusedTrunk          = "trunk_not_backend" // an initial request naming a trunk, not from a backend
+	refusedBadAlias       = "bad_contact_alias" // a Request-URI with a Contact alias the pair did not make (contact.go)
 )
 
 // fromBackend returns the backend a request came from, by source address.
@@ -111,4 +115,5 @@ var refusedText = map[string]string{
 	refusedForeignHop:     "in-dialog request to a foreign host",
 	refusedBadToken:       "not in a dialog of this proxy",
 	refusedTrunk:          "only a backend may call through a trunk",
+	refusedBadAlias:       "not in a dialog of this proxy",
 }

@@ -93,6 +93,8 @@ type daemon struct {
 	sip    string
 	admin  string
 	config string
+	// wrap, when set, runs hapbx through it (wrap..., hapbx, run, -c, config).
+	wrap []string
 }
 
 func writeConfig(t testing.TB, path string, sipPort, adminPort int, extra string, backends ...string) {
@@ -140,7 +142,8 @@ func newDaemon(t testing.TB) (d *daemon, sipPort, adminPort int) {
 func (d *daemon) start(t testing.TB) {
 	t.Helper()
 	d.log.Reset()
-	cmd := exec.Command(hapbxBin, "run", "-c", d.config)
+	args := append(append([]string(nil), d.wrap...), hapbxBin, "run", "-c", d.config)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stderr = &d.log
 	p, err := testkit.Watch(cmd)
 	if err != nil {

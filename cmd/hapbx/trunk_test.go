@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/hapbx/hapbx/internal/testkit"
 )
 
@@ -108,8 +110,10 @@ func sippReceived(trace string) []string {
 
 // TestTrunkIncomingCalls: a call from the trunk's ACL reaches the backend
 // with X-Hapbx-Trunk naming the trunk (the provider's own value replaced);
-// a call from outside every ACL reaches it without one; a phone that names
-// a trunk gets 403, counted with the trust refusals.
+// the provider sees hapbx's address as the 200's Contact and its ACK and
+// BYE to it reach the backend at the backend's own Contact; a call from
+// outside every ACL reaches it without one; a phone that names a trunk
+// gets 403, counted with the trust refusals.
 func TestTrunkIncomingCalls(t *testing.T) {
 	testkit.RequireSIPp(t)
 	// Two backends playing Asterisk: asterisk1 is active; the trunk's calls
@@ -134,7 +138,7 @@ func TestTrunkIncomingCalls(t *testing.T) {
 	})
 
 	provider := testkit.StartSIPp(t, providerIP, testkit.FreePort(t, providerIP), "-sf", scenarioPath("trunk_provider_uac.xml"),
-		"-s", "100", "-m", "1", "-timeout", "15s", "-timeout_error", d.sip)
+		"-s", "100", "-m", "1", "-timeout", "15s", "-timeout_error", "-trace_msg", d.sip)
 	if code := provider.Wait(20 * time.Second); code != 0 {
 		t.Fatalf("the provider's call failed (exit %d)\n%s", code, provider.Output())
 	}
@@ -152,12 +156,30 @@ func TestTrunkIncomingCalls(t *testing.T) {
 		t.Errorf("trunk_not_backend refusals = %q, want 1", got)
 	}
 
+	aliased := regexp.MustCompile(`(?m)^Contact: <sip:asterisk@` + regexp.QuoteMeta(d.sip) + `;hpxc=[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+>`)
+	for _, m := range sippReceived(sippMessages(t, provider)) {
+		if strings.HasPrefix(m, "SIP/2.0 200 ") && strings.Contains(m, "INVITE") && !aliased.MatchString(m) {
+			t.Errorf("the provider's 200 does not show hapbx's address as Contact:\n%s", m)
+		}
+	}
 	var got [2][]string // the INVITEs each backend received
+	var inDialog []string
 	for i, be := range bes {
 		for _, m := range sippReceived(sippMessages(t, be)) {
 			if strings.HasPrefix(m, "INVITE ") {
 				got[i] = append(got[i], m)
 			}
+			if i == 1 && (strings.HasPrefix(m, "ACK ") || strings.HasPrefix(m, "BYE ")) {
+				inDialog = append(inDialog, m)
+			}
+		}
+	}
+	if len(inDialog) != 2 {
+		t.Errorf("asterisk2 got %d of the provider's ACK and BYE, want 2", len(inDialog))
+	}
+	for _, m := range inDialog {
+		if !strings.HasPrefix(m, strings.Fields(m)[0]+" sip:asterisk@"+addrs[1]+";transport=UDP SIP/2.0") {
+			t.Errorf("the provider's in-dialog request did not reach asterisk2 at its own Contact:\n%s", m)
 		}
 	}
 	if len(got[0]) != 1 || strings.Contains(got[0][0], `From: "4930555"`) || strings.Contains(got[0][0], "X-Hapbx-Trunk") {
@@ -178,8 +200,9 @@ func TestTrunkIncomingCalls(t *testing.T) {
 // provider's 407 with the trunk's credentials (verified by the provider),
 // so the backend never sees the challenge; the backend's ACK carries the
 // CSeq of the authorized INVITE to the provider. Media is anchored as for
-// any call: the provider is offered hapbx's address. The provider's BYE
-// reaches the backend through hapbx (its Route with the dialog token).
+// any call: the provider is offered hapbx's address, and sees it as the
+// Contact too. The provider's BYE, sent to that Contact, reaches the
+// backend through hapbx (its Route with the dialog token).
 func TestTrunkOutgoingCall(t *testing.T) {
 	testkit.RequireSIPp(t)
 	const provider2IP = "127.0.3.62"
@@ -254,7 +277,7 @@ media: {enabled: true, ports: "23200-23299"}
 	if len(invites) != 2 {
 		t.Fatalf("the provider got %d INVITEs, want 2 (challenged, authorized)", len(invites))
 	}
-	for _, want := range []string{"Via: SIP/2.0/UDP " + d.sip + ";branch=", "Record-Route: <sip:" + d.sip + ";"} {
+	for _, want := range []string{"Via: SIP/2.0/UDP " + d.sip + ";branch=", "Record-Route: <sip:" + d.sip + ";", "Contact: <sip:201@" + d.sip + ";hpxc="} {
 		if !strings.Contains(invites[0], want) {
 			t.Errorf("no %q in the INVITE the provider got:\n%s", want, invites[0])
 		}
@@ -305,4 +328,77 @@ func providerSecret(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return secret
+}
+
+// TestTrunkCallsAcrossSRV: the provider's domain resolves, through a test
+// DNS server (hapbx runs in a mount namespace of its own whose
+// /etc/resolv.conf names it), to two SIPp hosts by SRV, priority 10 then
+// 20. A call out goes to the first; the first is killed; the next call
+// goes to the second, and hapbx answers its 407 as the first's.
+func TestTrunkCallsAcrossSRV(t *testing.T) {
+	testkit.RequireSIPp(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a mount namespace for hapbx's /etc/resolv.conf and a DNS server on port 53")
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare (util-linux)")
+	}
+	const provider2IP, dnsIP = "127.0.3.62", "127.0.3.53"
+	var providers [2]*testkit.SIPp
+	for i, ip := range []string{providerIP, provider2IP} {
+		providers[i] = testkit.StartSIPp(t, ip, testkit.FreePort(t, ip), "-sf", scenarioPath("trunk_provider_uas_407.xml"), "-trace_msg")
+		testkit.WaitListening(t, "udp", providers[i].Addr, 3*time.Second)
+	}
+	port := func(p *testkit.SIPp) string { _, pt, _ := net.SplitHostPort(p.Addr); return pt }
+	zone := testkit.StartDNS(t, net.JoinHostPort(dnsIP, "53"))
+	zone.Set(t,
+		"_sip._udp.provider.test. 60 IN SRV 10 0 "+port(providers[0])+" a.provider.test.",
+		"_sip._udp.provider.test. 60 IN SRV 20 0 "+port(providers[1])+" b.provider.test.",
+		"a.provider.test. 60 IN A "+providerIP,
+		"b.provider.test. 60 IN A "+provider2IP,
+	)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsIP+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	be := testkit.StartOptionsUAS(t, be1IP, 0, 200, "udp")
+	d, sipPort, adminPort := newDaemon(t)
+	writeConfig(t, d.config, sipPort, adminPort, fmt.Sprintf(`trunks:
+  - name: p1
+    hosts: [provider.test]
+    acl: [%s/32, %s/32]
+    credentials_file: %s
+    user: "4930123"
+    domain: provider.test
+    keepalive: 1h
+`, providerIP, provider2IP, providerSecret(t)), be.Addr())
+	d.wrap = []string{"unshare", "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv}
+	d.start(t)
+	d.waitActive(t, "asterisk1")
+
+	call := func(n int) {
+		t.Helper()
+		asterisk := testkit.StartSIPp(t, be1IP, testkit.FreePort(t, be1IP), "-sf", scenarioPath("trunk_backend_uac.xml"),
+			"-s", "4930999", "-m", "1", "-timeout", "15s", "-timeout_error", d.sip)
+		if code := asterisk.Wait(20 * time.Second); code != 0 {
+			t.Fatalf("call %d out through the trunk failed (exit %d)\n%s", n, code, asterisk.Output())
+		}
+	}
+	call(1)
+	providers[0].Kill()
+	call(2)
+	invites := func(p *testkit.SIPp) (n int) {
+		for _, m := range sippReceived(sippMessages(t, p)) {
+			if strings.HasPrefix(m, "INVITE ") && strings.Contains(m, "Proxy-Authorization: Digest") {
+				n++
+			}
+		}
+		return n
+	}
+	if a, b := invites(providers[0]), invites(providers[1]); a != 1 || b != 1 {
+		t.Errorf("authorized INVITEs: %d at the priority-10 host, %d at the priority-20 host; want 1 each (call 1 there, call 2 after its death)", a, b)
+	}
+	if n := zone.Queries("_sip._udp.provider.test", dns.TypeSRV); n == 0 {
+		t.Errorf("hapbx never asked the test DNS server for the SRV records")
+	}
 }

@@ -43,7 +43,7 @@ func main() {
 			fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		}
 	}
-	l, err := lab.New(lab.Options{Bin: *bin, Root: *root, Logf: logf, Signals: true, Cold: *cold, Dir: *dir, ChanSIP: *chanSIP})
+	l, err := lab.New(lab.Options{Bin: *bin, Root: *root, Logf: logf, Signals: true, Cold: *cold, Dir: *dir, ChanSIP: *chanSIP, Trunk: true})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)

@@ -13,7 +13,7 @@ func TestConfigsPassCheckConfig(t *testing.T) {
 	if hapbxBin == "" {
 		t.Skip("no hapbx binary: set HAPBX_BIN (make test does) or run as root with sipp and nft, where TestMain builds one")
 	}
-	for _, opt := range []Options{{}, {Media: true, Failback: true}} {
+	for _, opt := range []Options{{}, {Media: true, Failback: true, Trunk: true}} {
 		dir := t.TempDir()
 		l := &Lab{opt: opt, Key: filepath.Join(dir, "cluster.key")}
 		l.opt.Dir = dir

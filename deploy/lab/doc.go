@@ -14,6 +14,7 @@
 //	hlab-pbx1     10.214.0.11  backend pbx1 (preferred): SIPp UAS or asterisk :5060, AMI :5038, hapbx agent :7790
 //	hlab-pbx2     10.214.0.12  backend pbx2 (hot standby): the same
 //	hlab-phones   10.214.0.50  SIPp phones and callers, the OPTIONS prober
+//	hlab-provider 10.214.0.60  a SIP trunk's provider (Options.Trunk): SIPp registrar :5060, its callers
 //	VIP           10.214.0.100/24 on hlab0 of the raft leader
 //
 // Every process is started with `ip netns exec NS ...` in its own process group.
@@ -65,6 +66,18 @@
 // chan_pjsip does) and AMI from them. HLAB_KEEP=1 keeps a test's lab
 // directory (configs, PBX and SIPp logs); HLAB_SIPP_TRACE=1 has every SIPp
 // log each message it sends and receives there (-trace_msg).
+//
+// With Options.Trunk (trunk.go) the proxies have the trunk "p1": its
+// host the provider namespace's SIPp (provider_lab.xml: a registrar,
+// digest, expires 10 s, and a UAS that challenges calls out with 407), its
+// ACL that address; TrunkCall places the same INVITE from any host, and
+// ReadTrace/CheckRegistration read what the provider saw (one
+// registration: one Call-ID, CSeq rising, Contact the VIP, never expired).
+// TestVIPFailoverSIGKILL kills the VIP holder while it registers;
+// TestE2EAsteriskPhones has a real Asterisk run deploy/asterisk's trunk parts on both drivers: a
+// provider's call reaches [from-trunk] by X-Hapbx-Trunk, the same INVITE
+// from the phones' address does not, and a phone's 0-number goes out
+// through [to-trunk] and hapbx, which answers the provider's 407.
 //
 // What it does not do: fencing commands (the agents wait a safety delay);
 // a dead PBX host (only its PBX dies); TCP/TLS transports; IPv6.

@@ -11,21 +11,24 @@ import (
 // calls), the VIP holder dies (VIP on the twin within HLAB_VIP_MAX, default
 // 1s; zero failed calls), the dead proxy returns, the pair is cut apart and everything is
 // restored; never two VIP holders in any 50 ms sample; zero registrations lost.
-func TestE2E(t *testing.T) { runHot(t, Options{}) }
+// A provider trunk runs through it all (issue 14): its calls in and a
+// backend's calls out through it fail no more than the phones' calls, and
+// the provider sees one continuous registration.
+func TestE2E(t *testing.T) { runHot(t, Options{Trunk: true}) }
 
 // TestE2EChanSIP is TestE2E on the real Asterisk with chan_sip and
 // sip.conf (one SIPp per phone: chan_sip takes the peer's name as the
 // digest user).
 func TestE2EChanSIP(t *testing.T) {
 	requireAsterisk(t)
-	runHot(t, Options{ChanSIP: true})
+	runHot(t, Options{ChanSIP: true, Trunk: true})
 }
 
 // TestE2EColdChanSIP is TestE2ECold's scenario and checks on the real
 // Asterisk with chan_sip and sip.conf.
 func TestE2EColdChanSIP(t *testing.T) {
 	requireAsterisk(t)
-	runCold(t, newLab(t, Options{Cold: true, ChanSIP: true}))
+	runCold(t, newLab(t, Options{Cold: true, ChanSIP: true, Trunk: true}))
 }
 
 // runHot runs the demo's scenario in hot standby with TestE2E's checks.
@@ -56,7 +59,7 @@ func runHot(t *testing.T, opt Options) {
 // agents end with pbx2 the only DRBD primary, mounted and serving.
 // Everything else as in TestE2E.
 func TestE2ECold(t *testing.T) {
-	l := newLab(t, Options{Cold: true})
+	l := newLab(t, Options{Cold: true, Trunk: true})
 	rep := runCold(t, l)
 	if d := rep.Events[0].NewCalls; d < 0 || d > 10*time.Second {
 		t.Errorf("cold failover: first new call after %s, want <= 10s", d)
@@ -95,6 +98,9 @@ func checkScenario(t *testing.T, rep Report, vipMax time.Duration) {
 	if rep.Splits > 0 {
 		t.Errorf("two VIP holders in %d of %d samples", rep.Splits, rep.Samples)
 	}
+	if rep.TrunkErr != nil {
+		t.Errorf("trunk: %v", rep.TrunkErr)
+	}
 	for i, e := range rep.Events {
 		if e.RegsLost != 0 {
 			t.Errorf("%s: %d registrations lost", e.Name, e.RegsLost)
@@ -104,6 +110,12 @@ func checkScenario(t *testing.T, rep Report, vipMax time.Duration) {
 		}
 		if e.NewCalls < 0 {
 			t.Errorf("%s: no call started after the event succeeded", e.Name)
+		}
+		if rep.Trunk != "" && (e.TrunkIn == 0 || e.TrunkOut == 0) {
+			t.Errorf("%s: trunk calls in %d, out %d: none placed", e.Name, e.TrunkIn, e.TrunkOut)
+		}
+		if e.TrunkInFailed != 0 || e.TrunkOutFailed != 0 {
+			t.Errorf("%s: trunk calls failed: in %d of %d, out %d of %d, want 0", e.Name, e.TrunkInFailed, e.TrunkIn, e.TrunkOutFailed, e.TrunkOut)
 		}
 		switch i {
 		case 0, 2, 4: // PBX death (hot or cold), proxy return, restore: no call may fail

@@ -73,6 +73,9 @@ func (l *Lab) ProxyConfig(p string) string {
 			b.WriteString("media: {enabled: true, ports: \"20000-20999\"}\n")
 		}
 	}
+	if l.opt.Trunk {
+		b.WriteString(l.trunkYAML())
+	}
 	fmt.Fprintf(&b, "admin: {listen: %q}\nlog: {level: info, format: json}\n", AdminAddr)
 	fmt.Fprintf(&b, "cluster:\n  name: %s\n  bind: \"%s:7946\"\n", p, Hosts[p])
 	b.WriteString(l.peersYAML())
@@ -95,6 +98,11 @@ func (l *Lab) WitnessConfig() string {
 
 // WriteConfigs writes proxy1.yaml, proxy2.yaml and witness.yaml into Dir.
 func (l *Lab) WriteConfigs() error {
+	if l.opt.Trunk {
+		if err := os.WriteFile(l.trunkSecretFile(), []byte(TrunkPassword+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	if l.withAMI() {
 		if _, err := l.amiSecretFile(); err != nil {
 			return err

@@ -49,6 +49,9 @@ var Hosts = map[string]string{
 	"pbx1":    "10.214.0.11",
 	"pbx2":    "10.214.0.12",
 	"phones":  "10.214.0.50",
+	// provider plays a SIP trunk's provider (Options.Trunk): its address is
+	// the trunk's ACL.
+	"provider": "10.214.0.60",
 }
 
 // Proxies are the two VIP candidates, in priority order.
@@ -73,6 +76,10 @@ type Options struct {
 	MediaIdleTimeout time.Duration
 	// Failback makes proxy1 (priority 200) take the VIP back when it returns.
 	Failback bool
+	// Trunk gives the proxies the trunk "provider" (trunk.go): its host the
+	// provider namespace's registrar, its ACL that address; the VIP holder
+	// registers there.
+	Trunk bool
 	// Asterisk names an asterisk binary to run as the backends instead of SIPp
 	// (with the configs of deploy/asterisk). Default: $HAPBX_ASTERISK, else
 	// `asterisk` on PATH, else SIPp.
@@ -220,7 +227,7 @@ func New(opt Options) (l *Lab, err error) {
 }
 
 func sortedHosts() []string {
-	return []string{"proxy1", "proxy2", "witness", "pbx1", "pbx2", "phones"}
+	return []string{"proxy1", "proxy2", "witness", "pbx1", "pbx2", "phones", "provider"}
 }
 
 // Dir is where configs, data and logs live.

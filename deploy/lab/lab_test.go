@@ -116,9 +116,38 @@ func newProber(t testing.TB, l *Lab) *Prober {
 
 // Issue 5 (a): SIGKILL of the VIP holder; the twin has the VIP within 1.5 s and
 // answers the client's next transaction through the VIP.
+//
+// Issue 14 (6), in the same run: the VIP holder keeps a provider trunk's
+// registration (SIPp, digest, expires 10 s) and is killed while it holds:
+// the provider sees one continuous registration (one Call-ID, CSeq
+// rising, Contact the VIP, refreshed before every expiry, through the
+// twin); a call from the provider's address then reaches a backend through
+// the twin with X-Hapbx-Trunk, the same INVITE from the phones' address
+// without it.
 func TestVIPFailoverSIGKILL(t *testing.T) {
-	l := newLab(t, Options{SIPpBackends: true})
-	upWithBackends(t, l)
+	l := newLab(t, Options{SIPpBackends: true, Trunk: true})
+	var pbx []*Proc
+	for _, be := range Backends {
+		p, err := l.StartBackend(be, "-trace_msg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pbx = append(pbx, p)
+	}
+	provider, err := l.StartProvider()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := l.Up()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitFor(10*time.Second, "the trunk registered by "+h, func() bool {
+		s, err := l.Status(h)
+		return err == nil && s.Active == "pbx1" && l.Metric(h, `hapbx_trunk_registered{trunk="`+TrunkName+`"}`) == 1
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, provider.Log(3000))
+	}
 	pr := newProber(t, l)
 	f, err := l.KillHolder(pr, 5*time.Second)
 	if err != nil {
@@ -139,6 +168,61 @@ func TestVIPFailoverSIGKILL(t *testing.T) {
 		return err == nil && s.Cluster != nil && s.Cluster.VIPHeld && s.Cluster.Leader == f.Twin
 	}); err != nil {
 		t.Error(err)
+	}
+	trunkAfterFailover(t, l, f, provider, pbx)
+}
+
+// trunkAfterFailover: calls from the provider's address and from the
+// phones' through the twin, then the provider's and the backends' view.
+func trunkAfterFailover(t *testing.T, l *Lab, f Failover, provider *Proc, pbx []*Proc) {
+	t.Helper()
+	for _, c := range []struct{ host, ext string }{{"provider", "4930100"}, {"phones", "4930101"}} {
+		call, err := l.TrunkCall(c.host, "call-"+c.host, c.ext, 5062)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := call.Wait(15 * time.Second); code != 0 {
+			t.Fatalf("the call from %s through %s failed (exit %d)\n%s", c.host, f.Twin, code, call.Log(3000))
+		}
+	}
+	// The twin continues the registration and refreshes it (two rounds).
+	if err := WaitFor(TrunkExpires+5*time.Second, "2 refreshes by "+f.Twin, func() bool {
+		return l.Metric(f.Twin, `hapbx_trunk_registered{trunk="`+TrunkName+`"}`) == 1 &&
+			l.Metric(f.Twin, `hapbx_trunk_registrations_total{result="ok",trunk="`+TrunkName+`"}`) >= 2
+	}); err != nil {
+		t.Error(err)
+	}
+	end := time.Now()
+	trace, err := ReadTrace(provider)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := CheckRegistration(trace, end)
+	t.Logf("trunk: the provider granted %d REGISTERs in one registration across the failover", n)
+	if err != nil {
+		t.Errorf("the provider did not see one continuous registration: %v\n%s", err, provider.Log(3000))
+	}
+	var trunkCalls, otherCalls []string
+	for _, p := range pbx {
+		trace, err := ReadTrace(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range trace {
+			switch {
+			case !m.Received || !strings.HasPrefix(m.Msg, "INVITE "):
+			case strings.HasPrefix(m.Msg, "INVITE sip:4930100@"):
+				trunkCalls = append(trunkCalls, header(m.Msg, "X-Hapbx-Trunk", "X-Hapbx-Trunk"))
+			case strings.HasPrefix(m.Msg, "INVITE sip:4930101@"):
+				otherCalls = append(otherCalls, header(m.Msg, "X-Hapbx-Trunk", "X-Hapbx-Trunk"))
+			}
+		}
+	}
+	if !slices.Equal(trunkCalls, []string{TrunkName}) {
+		t.Errorf("the provider's call reached the backends with X-Hapbx-Trunk %q, want one with %q", trunkCalls, TrunkName)
+	}
+	if !slices.Equal(otherCalls, []string{""}) {
+		t.Errorf("the phones' INVITE reached the backends with X-Hapbx-Trunk %q, want one without", otherCalls)
 	}
 }
 

@@ -363,12 +363,16 @@ func requireAsterisk(t *testing.T) {
 }
 
 func asteriskPhones(t *testing.T, chanSIP bool) {
-	l := newLab(t, Options{Media: true, ChanSIP: chanSIP})
+	l := newLab(t, Options{Media: true, ChanSIP: chanSIP, Trunk: true})
 	authUser := func(ext string) string {
 		if chanSIP {
 			return ext
 		}
 		return PhoneUser
+	}
+	provider, err := l.StartProvider()
+	if err != nil {
+		t.Fatal(err)
 	}
 	h := upWithBackends(t, l)
 	var st Status
@@ -494,6 +498,12 @@ func asteriskPhones(t *testing.T, chanSIP bool) {
 			t.Errorf("BYE answered %d", bye.StatusCode)
 		}
 	})
+	t.Run("a provider's call reaches the trunk's dialplan", func(t *testing.T) {
+		trunkCallIn(t, l, phones[2])
+	})
+	t.Run("Asterisk calls out through the trunk", func(t *testing.T) {
+		trunkCallOut(t, l, phones[4], provider)
+	})
 	checkAsteriskLogs(t, l)
 	if t.Failed() {
 		for _, be := range Backends {
@@ -501,6 +511,89 @@ func asteriskPhones(t *testing.T, chanSIP bool) {
 				t.Logf("---- %s log ----\n%s", be, b)
 			}
 		}
+	}
+}
+
+// trunkCallIn: the provider calls 4930203 from its ACL address; the
+// shipped dialplan reads X-Hapbx-Trunk in [from-hapbx], goes to
+// [from-trunk] and dials the DID's last three digits, phone 203, which
+// answers; the provider's ACK and BYE reach Asterisk through hapbx's
+// Contact. The same INVITE from the phones' address is no trunk call: it
+// falls to [from-hapbx-other], which has no such number, and 203 does not
+// ring.
+func trunkCallIn(t *testing.T, l *Lab, callee *testPhone) {
+	invites := make(chan *sip.Request, 4)
+	callee.answer(listenRTP(t), invites)
+	call, err := l.TrunkCall("provider", "trunk-in", "4930203", 5062)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := call.Wait(20 * time.Second); code != 0 {
+		t.Fatalf("the provider's call to 4930203 failed (exit %d)\n%s", code, call.Log(4000))
+	}
+	select {
+	case inv := <-invites:
+		t.Logf("the provider's call to 4930203 rang 203 (INVITE %s): [from-trunk] reached", inv.Recipient.String())
+	default:
+		t.Errorf("the provider's call was answered but phone 203 never got an INVITE")
+	}
+	other, err := l.TrunkCall("phones", "trunk-in-other", "4930203", 5062)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := other.Wait(20 * time.Second); code == 0 {
+		t.Errorf("the provider's INVITE from the phones' address was answered: taken for a trunk call")
+	}
+	select {
+	case <-invites:
+		t.Errorf("the provider's INVITE from the phones' address rang 203: taken for a trunk call")
+	case <-time.After(time.Second):
+	}
+}
+
+// trunkCallOut: phone 205 dials 04930999; the shipped dialplan sends it to
+// hapbx naming trunk p1 ([to-trunk]); hapbx sends it to the provider,
+// answers the provider's 407 with the trunk's credentials (the provider
+// checks them) and the provider answers; it sees the VIP as Contact and
+// its BYE reaches Asterisk, which hangs up the phone.
+func trunkCallOut(t *testing.T, l *Lab, caller *testPhone, provider *Proc) {
+	res, _ := caller.call("04930999", sdpOffer(listenRTP(t)))
+	t.Logf("205 -> 04930999 through trunk %s: %d %s", TrunkName, res.StatusCode, res.Reason)
+	var bye *sip.Request
+	for deadline := time.After(10 * time.Second); bye == nil; {
+		select {
+		case m := <-caller.msgs:
+			if r, ok := m.(*sip.Request); ok && r.Method == sip.BYE {
+				bye = r
+			}
+		case <-deadline:
+			t.Fatalf("the provider hung up, but no BYE reached 205 within 10 s\n%s", provider.Log(4000))
+		}
+	}
+	ok := sip.NewResponseFromRequest(bye, 200, "OK", nil)
+	port := bye.Via().Port
+	if port == 0 {
+		port = SIPPort
+	}
+	_, _ = caller.conn.WriteTo([]byte(ok.String()), &net.UDPAddr{IP: net.ParseIP(bye.Via().Host), Port: port})
+	trace, err := ReadTrace(provider)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var invites []string
+	for _, m := range trace {
+		if m.Received && strings.HasPrefix(m.Msg, "INVITE ") {
+			invites = append(invites, m.Msg)
+		}
+	}
+	if len(invites) != 2 {
+		t.Fatalf("the provider got %d INVITEs, want 2 (challenged, authorized)", len(invites))
+	}
+	if !strings.Contains(invites[1], "Proxy-Authorization: Digest") || strings.Contains(invites[0], "X-Hapbx-Trunk") {
+		t.Errorf("the INVITE sent again carries no credentials, or X-Hapbx-Trunk reached the provider:\n%s", invites[1])
+	}
+	if c := header(invites[1], "Contact", "m"); !strings.Contains(c, "@"+VIP+":5060;hpxc=") {
+		t.Errorf("the provider sees Contact %s, want the VIP's", c)
 	}
 }
 

@@ -61,6 +61,10 @@ type Event struct {
 	// MaxSetup is the longest INVITE -> 200 of the phase.
 	MaxSetup time.Duration
 	Note     string
+	// TrunkIn, TrunkOut: with Options.Trunk, the provider's calls in (from
+	// its ACL address to a DID) and a backend's calls out through the
+	// trunk placed during the phase, and how many of each failed.
+	TrunkIn, TrunkInFailed, TrunkOut, TrunkOutFailed int
 }
 
 // Report is the outcome of RunScenario.
@@ -73,6 +77,11 @@ type Report struct {
 	Samples int
 	// Agents is the PBX agents' view at the end ("" without agents).
 	Agents string
+	// Trunk is what the provider saw of the trunk's registration over the
+	// run ("" without Options.Trunk); TrunkErr why it was not one
+	// continuous registration (CheckRegistration).
+	Trunk    string
+	TrunkErr error
 }
 
 // watcher samples the VIP holders every 50 ms until stopped.
@@ -153,6 +162,15 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 	} else {
 		o.Logf("backends pbx1, pbx2 up")
 	}
+	var provider *Proc
+	if l.opt.Trunk {
+		if provider = l.Proc("provider"); provider == nil {
+			if provider, err = l.StartProvider(); err != nil {
+				return rep, err
+			}
+		}
+		o.Logf("provider of trunk %s up on %s (SIPp: registrar with digest and expires %s, 407 to calls out)", TrunkName, Hosts["provider"], TrunkExpires)
+	}
 	if _, err := l.Up(); err != nil {
 		return rep, err
 	}
@@ -174,6 +192,27 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 	}
 	sip, ami := st.BackendChecks("pbx1")
 	o.Logf("cluster up: %s holds the VIP %s, witness voting, pbx1 active (sip: %s; ami: %s)", holder, VIP, sip, ami)
+	if provider != nil {
+		if err := WaitFor(10*time.Second, "trunk "+TrunkName+" registered by "+holder, func() bool {
+			return l.Metric(holder, `hapbx_trunk_registered{trunk="`+TrunkName+`"}`) == 1
+		}); err != nil {
+			return rep, fmt.Errorf("%w\n%s", err, provider.Log(2000))
+		}
+		o.Logf("trunk %s registered at the provider by %s, Contact the VIP", TrunkName, holder)
+		defer func() {
+			trace, terr := ReadTrace(provider)
+			if terr != nil {
+				rep.TrunkErr = terr
+				return
+			}
+			n, terr := CheckRegistration(trace, time.Now())
+			rep.TrunkErr = terr
+			rep.Trunk = fmt.Sprintf("trunk %s: the provider granted %d REGISTERs over the run in one registration (one Call-ID, CSeq rising, Contact the VIP, never expired)", TrunkName, n)
+			if terr != nil {
+				rep.Trunk = fmt.Sprintf("trunk %s: the provider granted %d REGISTERs, NOT one continuous registration: %v", TrunkName, n, terr)
+			}
+		}()
+	}
 	if l.withAgents() {
 		for _, be := range Backends {
 			if cold {
@@ -322,8 +361,8 @@ func (l *Lab) RunScenario(o ScenarioOptions) (rep Report, err error) {
 		if err != nil {
 			return rep, fmt.Errorf("%s: %w", st.name, err)
 		}
-		o.Logf("%-32s detect %-8s new calls OK %-8s calls %d failed %d regs lost %d  (%s)", ev.Name, ms(ev.Detect),
-			ms(ev.NewCalls), ev.Calls, ev.Failed, ev.RegsLost, ev.Note)
+		o.Logf("%-32s detect %-8s new calls OK %-8s calls %d failed %d regs lost %d trunk in %d/%d out %d/%d failed  (%s)", ev.Name, ms(ev.Detect),
+			ms(ev.NewCalls), ev.Calls, ev.Failed, ev.RegsLost, ev.TrunkInFailed, ev.TrunkIn, ev.TrunkOutFailed, ev.TrunkOut, ev.Note)
 	}
 	return rep, nil
 }
@@ -413,6 +452,12 @@ func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Du
 	if err != nil {
 		return ev, err
 	}
+	var trunkIn, trunkOut *Proc
+	if l.opt.Trunk {
+		if trunkIn, trunkOut, err = l.trunkCalls(n, o); err != nil {
+			return ev, err
+		}
+	}
 	time.Sleep(o.EventAfter)
 	t0 := time.Now()
 	detect, what, note, evErr := event()
@@ -421,6 +466,18 @@ func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Du
 		return ev, fmt.Errorf("caller did not finish within 90 s or died by a signal; its output: %s", caller.LogPath)
 	}
 	ev.Calls, ev.Failed = sippCounts(caller)
+	for _, c := range []struct {
+		p         *Proc
+		n, failed *int
+	}{{trunkIn, &ev.TrunkIn, &ev.TrunkInFailed}, {trunkOut, &ev.TrunkOut, &ev.TrunkOutFailed}} {
+		if c.p == nil {
+			continue
+		}
+		if code := c.p.Wait(90 * time.Second); code < 0 {
+			return ev, fmt.Errorf("trunk caller %s did not finish within 90 s or died by a signal; its output: %s", c.p.Name, c.p.LogPath)
+		}
+		*c.n, *c.failed = sippCounts(c.p)
+	}
 	for _, c := range sippRTT(caller) {
 		if c.start.Before(t0) {
 			continue
@@ -506,11 +563,18 @@ func parseRTT(r io.Reader, started time.Time) []setup {
 // Table renders the report as one table.
 func (r Report) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-30s %-10s %-20s %-13s %-10s %-13s %-10s %s\n", "event", "detection", "(what)", "new calls OK",
-		"max setup", "calls failed", "regs lost", "note")
+	fmt.Fprintf(&b, "%-30s %-10s %-20s %-13s %-10s %-13s %-10s %-17s %s\n", "event", "detection", "(what)", "new calls OK",
+		"max setup", "calls failed", "regs lost", "trunk in/out fail", "note")
 	for _, e := range r.Events {
-		fmt.Fprintf(&b, "%-30s %-10s %-20s %-13s %-10s %-13s %-10d %s\n", e.Name, ms(e.Detect), e.Detected, ms(e.NewCalls),
-			ms(e.MaxSetup), fmt.Sprintf("%d/%d", e.Failed, e.Calls), e.RegsLost, e.Note)
+		trunk := "-"
+		if e.TrunkIn+e.TrunkOut > 0 {
+			trunk = fmt.Sprintf("%d/%d %d/%d", e.TrunkInFailed, e.TrunkIn, e.TrunkOutFailed, e.TrunkOut)
+		}
+		fmt.Fprintf(&b, "%-30s %-10s %-20s %-13s %-10s %-13s %-10d %-17s %s\n", e.Name, ms(e.Detect), e.Detected, ms(e.NewCalls),
+			ms(e.MaxSetup), fmt.Sprintf("%d/%d", e.Failed, e.Calls), e.RegsLost, trunk, e.Note)
+	}
+	if r.Trunk != "" {
+		b.WriteString(r.Trunk + "\n")
 	}
 	fmt.Fprintf(&b, "VIP holders sampled every 50 ms in both proxy namespaces: %d samples, %d with two holders; sequence %v\n",
 		r.Samples, r.Splits, r.Holders)
