@@ -67,10 +67,14 @@ func (l *Lab) ProxyConfig(p string) string {
 	}
 	fmt.Fprintf(&b, "registrar: {data_dir: %q}\n", filepath.Join(data, "registrar"))
 	if l.opt.Media {
+		dp := l.opt.MediaDatapath
+		if dp == "" {
+			dp = "user"
+		}
 		if l.opt.MediaIdleTimeout > 0 {
-			fmt.Fprintf(&b, "media: {enabled: true, ports: \"20000-20999\", idle_timeout: %s}\n", l.opt.MediaIdleTimeout)
+			fmt.Fprintf(&b, "media: {enabled: true, ports: \"20000-20999\", datapath: %s, idle_timeout: %s}\n", dp, l.opt.MediaIdleTimeout)
 		} else {
-			b.WriteString("media: {enabled: true, ports: \"20000-20999\"}\n")
+			fmt.Fprintf(&b, "media: {enabled: true, ports: \"20000-20999\", datapath: %s}\n", dp)
 		}
 	}
 	if l.opt.Trunk {
@@ -184,6 +188,16 @@ func (l *Lab) StopProxy(p string) {
 func (l *Lab) Up() (holder string, err error) {
 	if err := l.WriteConfigs(); err != nil {
 		return "", err
+	}
+	if l.opt.Media && l.opt.MediaDatapath == "kernel" {
+		// The kernel path forwards (media doc); relayed packets leave by
+		// the interface they came in by: no ICMP redirects for them.
+		for _, p := range Proxies {
+			if err := run("ip", "netns", "exec", NS(p), "sysctl", "-qw", "net.ipv4.ip_forward=1",
+				"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf."+If+".send_redirects=0"); err != nil {
+				return "", err
+			}
+		}
 	}
 	if err := l.StartWitness(); err != nil {
 		return "", err

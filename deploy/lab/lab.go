@@ -74,6 +74,11 @@ type Options struct {
 	// MediaIdleTimeout is the proxies' media.idle_timeout when Media is set
 	// (0: hapbx's default, 60 s).
 	MediaIdleTimeout time.Duration
+	// MediaDatapath is the proxies' media.datapath when Media is set ("":
+	// user, so the lab does not depend on whether the host's
+	// net.ipv4.ip_forward, which new namespaces inherit, is on). "kernel"
+	// also turns forwarding on in the proxies' namespaces.
+	MediaDatapath string
 	// Failback makes proxy1 (priority 200) take the VIP back when it returns.
 	Failback bool
 	// Trunk gives the proxies the trunk "provider" (trunk.go): its host the

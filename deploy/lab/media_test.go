@@ -2,6 +2,8 @@ package lab
 
 import (
 	"encoding/json"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"testing"
 	"time"
@@ -13,13 +15,49 @@ import (
 // middle of a call while the phone plays G.711 to a backend that echoes it.
 // Audio resumes through the new holder (on the same VIP ports, from the
 // replicated session) within 1 s, and the call still hangs up normally.
-func TestMediaSurvivesVIPFailover(t *testing.T) {
+func TestMediaSurvivesVIPFailover(t *testing.T) { mediaSurvivesVIPFailover(t, "user") }
+
+// Issue 16.3: the same with the kernel data path (media.datapath kernel,
+// forwarding on in the proxies' namespaces): the twin installs the kernel
+// state of the replicated session, and the audio gap stays within 1 s.
+func TestMediaSurvivesVIPFailoverKernel(t *testing.T) { mediaSurvivesVIPFailover(t, "kernel") }
+
+// phoneRTP counts, in the phones' namespace, the relay's RTP arriving at
+// the phone's port 7000 (after the NAT's reverse mapping): the audio the
+// phone hears, whichever proxy or data path relays it.
+func phoneRTP(t *testing.T) func() uint64 {
+	t.Helper()
+	for _, args := range [][]string{
+		{"add", "table", "ip", "hlabrtp"},
+		{"add", "chain", "ip", "hlabrtp", "in", "{ type filter hook input priority 0; }"},
+		{"add", "rule", "ip", "hlabrtp", "in", "ip", "saddr", VIP, "udp", "dport", "7000", "counter"},
+	} {
+		if err := run(append([]string{"ip", "netns", "exec", NS("phones"), "nft"}, args...)...); err != nil {
+			t.Fatalf("nft %v: %v", args, err)
+		}
+	}
+	re := regexp.MustCompile(`counter packets (\d+)`)
+	return func() uint64 {
+		out, err := exec.Command("ip", "netns", "exec", NS("phones"), "nft", "list", "chain", "ip", "hlabrtp", "in").Output()
+		if err != nil {
+			t.Fatalf("nft list: %v", err)
+		}
+		m := re.FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("no counter in %s", out)
+		}
+		n, _ := strconv.ParseUint(string(m[1]), 10, 64)
+		return n
+	}
+}
+
+func mediaSurvivesVIPFailover(t *testing.T, datapath string) {
 	pcapG711a := testkit.RequirePCAP(t)
 	// A short idle_timeout, and the holder killed after the call has run
 	// longer than it: the twin's replica lives on the holder's refreshes,
 	// not on packets it cannot see before it holds the VIP.
 	const idle = 2 * time.Second
-	l := newLab(t, Options{Media: true, SIPpBackends: true, MediaIdleTimeout: idle})
+	l := newLab(t, Options{Media: true, SIPpBackends: true, MediaIdleTimeout: idle, MediaDatapath: datapath})
 	for _, be := range Backends {
 		if _, err := l.StartBackend(be, "-mi", Hosts[be], "-mp", "6000", "-rtp_echo"); err != nil {
 			t.Fatal(err)
@@ -83,29 +121,57 @@ func TestMediaSurvivesVIPFailover(t *testing.T) {
 	if s, err := l.Status(tw); err != nil || len(s.Media) != 1 {
 		t.Fatalf("%s dropped the replicated session of a call older than idle_timeout (%v): %+v", tw, err, s.Media)
 	}
-	base := l.Metric(tw, key("a_to_b")) + l.Metric(tw, key("b_to_a"))
+	heard := phoneRTP(t)
+	if err := WaitFor(3*time.Second, "the phone hearing the echo through "+h, func() bool { return heard() > 0 }); err != nil {
+		t.Fatal(err)
+	}
+	// The phone hears the backend's echo of its own audio: RTP must cross
+	// the relay both ways for the counter to move.
 	t0 := time.Now()
 	l.KillProxy(h)
+	last, lastAt := heard(), time.Now()
 	var gap time.Duration
 	for time.Since(t0) < 3*time.Second {
-		if l.Metric(tw, key("a_to_b"))+l.Metric(tw, key("b_to_a")) > base {
-			gap = time.Since(t0)
-			break
+		n, now := heard(), time.Now()
+		if n != last {
+			if d := now.Sub(lastAt); d > gap {
+				gap = d
+			}
+			last, lastAt = n, now
+			if now.Sub(t0) > gap+500*time.Millisecond {
+				break // audio has been back for a while
+			}
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if gap == 0 {
-		t.Fatalf("no RTP relayed by %s within 3 s of SIGKILL of %s", tw, h)
+	if since := time.Since(lastAt); since > gap {
+		gap = since // still silent
 	}
-	time.Sleep(500 * time.Millisecond)
-	ab, ba := l.Metric(tw, key("a_to_b")), l.Metric(tw, key("b_to_a"))
-	t.Logf("SIGKILL %s mid-call: %s relays RTP after %s (audio gap); then %v phone->backend, %v backend->phone packets in 0.5 s",
-		h, tw, gap.Round(time.Millisecond), ab, ba)
+	if err := WaitFor(3*time.Second, "RTP relayed both ways by "+tw, func() bool {
+		return l.Metric(tw, key("a_to_b")) >= 10 && l.Metric(tw, key("b_to_a")) >= 10
+	}); err != nil {
+		t.Errorf("media not flowing both ways through %s: a_to_b=%v b_to_a=%v", tw, l.Metric(tw, key("a_to_b")), l.Metric(tw, key("b_to_a")))
+	}
+	t.Logf("datapath %s: SIGKILL %s mid-call: the phone's longest silence %s (audio gap, echo through %s)",
+		datapath, h, gap.Round(time.Millisecond), tw)
 	if gap > time.Second {
 		t.Errorf("audio gap %s, want <= 1s", gap)
 	}
-	if ab < 10 || ba < 10 {
-		t.Errorf("media not flowing both ways through %s: a_to_b=%v b_to_a=%v", tw, ab, ba)
+	if datapath == "kernel" {
+		var st struct {
+			Streams []struct {
+				FromA struct{ Kernel bool } `json:"from_a"`
+				FromB struct{ Kernel bool } `json:"from_b"`
+			} `json:"streams"`
+		}
+		if err := WaitFor(3*time.Second, tw+" forwarding the call in the kernel", func() bool {
+			s, err := l.Status(tw)
+			return err == nil && len(s.Media) == 1 && json.Unmarshal(s.Media[0], &st) == nil && len(st.Streams) == 1 &&
+				st.Streams[0].FromA.Kernel && st.Streams[0].FromB.Kernel
+		}); err != nil {
+			s, _ := l.Status(tw)
+			t.Errorf("%v: %+v", err, s.Media)
+		}
 	}
 	if code := phone.Wait(30 * time.Second); code != 0 {
 		t.Fatalf("the call did not hang up normally (sipp exit %d)\n%s", code, phone.Log(3000))
