@@ -28,6 +28,17 @@ import (
 //     and the Via below, where it will send the response, for the one it was
 //     made for (stray.go). Nobody without the secret can make hapbx send a
 //     response anywhere.
+//
+// The request hapbx sends again with a trunk's credentials (trunks.go) has
+// branchPrefix + loop hash + "." + authMark + n + m: n derived from the
+// branch the provider challenged, m covering authMark + n. The twin that
+// forwards the caller's retransmission gets the same challenge for the same
+// branch and answers it with the same branch, a retransmission for the
+// provider; and the mark, which the MAC covers, tells a stray response to
+// it (its CSeq raised by one) from the others.
+
+// authMark starts the nonce of a branch sent again with credentials.
+const authMark = "c"
 
 const (
 	branchNonceLen = 8
@@ -43,21 +54,41 @@ func (p *Proxy) branchFor(in *sip.Request, t target, attempt int) string {
 	return lh + "." + n + p.branchMAC("hapbx-branch-m-v1", lh, n, below)[:branchMACLen]
 }
 
+// authBranchFor is the branch (after branchPrefix) of the request that
+// answers the challenge to in forwarded with branch challenged (whole).
+func (p *Proxy) authBranchFor(in *sip.Request, challenged string) string {
+	lh := loopHash(in)
+	below := viaKey(in.Via())
+	n := authMark + p.branchMAC("hapbx-branch-auth-v1", lh, below, challenged)[:branchNonceLen]
+	return lh + "." + n + p.branchMAC("hapbx-branch-m-v1", lh, n, below)[:branchMACLen]
+}
+
 // ownBranch reports whether branch, found in a Via of one of the pair's
 // proxies, was made by a proxy holding the dialog secret for a request
-// whose Via below it is below.
-func (p *Proxy) ownBranch(branch string, below *sip.ViaHeader) bool {
+// whose Via below it is below, and whether it was the one sent again with
+// a trunk's credentials (its CSeq raised by one).
+func (p *Proxy) ownBranch(branch string, below *sip.ViaHeader) (ours, authorized bool) {
 	rest, ok := strings.CutPrefix(branch, branchPrefix)
 	if !ok || below == nil {
-		return false
+		return false, false
 	}
 	lh, nm, ok := strings.Cut(rest, ".")
-	if !ok || len(nm) != branchNonceLen+branchMACLen {
-		return false
+	if !ok {
+		return false, false
 	}
-	n, m := nm[:branchNonceLen], nm[branchNonceLen:]
+	nlen := branchNonceLen
+	if len(nm) == len(authMark)+branchNonceLen+branchMACLen && strings.HasPrefix(nm, authMark) {
+		nlen += len(authMark)
+	}
+	if len(nm) != nlen+branchMACLen {
+		return false, false
+	}
+	n, m := nm[:nlen], nm[nlen:]
 	want := p.branchMAC("hapbx-branch-m-v1", lh, n, viaKey(below))[:branchMACLen]
-	return hmac.Equal([]byte(m), []byte(want))
+	if !hmac.Equal([]byte(m), []byte(want)) {
+		return false, false
+	}
+	return true, nlen > branchNonceLen
 }
 
 // viaKey is what of a Via a branch depends on: the hop (sent-by, transport,

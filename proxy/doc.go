@@ -42,7 +42,9 @@
 //     goes to the provider's hosts in order (hop_timeout and transport
 //     failures fail over, as for backends), and the provider's 401/407 is
 //     answered with the trunk's credentials (the request sent again with
-//     CSeq plus one, the ACK of its 2xx raised to match, responses
+//     CSeq plus one and a branch derived from the challenged one, so the
+//     twin sends the same and forwards the provider's answer to it as a
+//     stray after a VIP move; the ACK of its 2xx raised to match, responses
 //     upstream carrying the caller's CSeq), never relayed; the provider
 //     sees `sip.advertise` (the VIP), never a backend, in Via,
 //     Record-Route and Contact: a backend's Contact in its requests to a

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
@@ -33,7 +34,8 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 		return
 	}
 	b, _ := vias[0].Params.Get("branch")
-	if !p.ownBranch(b, vias[1]) {
+	ours, authorized := p.ownBranch(b, vias[1])
+	if !ours {
 		p.dropStray(res, "branch not ours")
 		return
 	}
@@ -72,6 +74,9 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 		return
 	}
 	res.RemoveHeader("Via")
+	if authorized {
+		p.lowerStrayCSeq(res)
+	}
 	if res.IsSuccess() && p.toProviderVia(vias[1]) {
 		p.aliasContacts(res, strings.ToLower(vias[1].Transport)) // the provider sees the VIP (contact.go)
 	}
@@ -113,6 +118,22 @@ func (p *Proxy) writeStray(res *sip.Response) error {
 	}
 	defer func() { _, _ = c.TryClose() }()
 	return c.WriteMsg(res)
+}
+
+// lowerStrayCSeq gives a response to a request the twin sent again to a
+// trunk with credentials (CSeq raised by one, trunks.go) the CSeq of the
+// caller's request, as upstream does for a response that matches a
+// transaction; the caller's ACK of a 2xx to an INVITE will then be raised
+// on its way to the provider (raiseAckCSeq), as the twin would have.
+func (p *Proxy) lowerStrayCSeq(res *sip.Response) {
+	cs := res.CSeq()
+	if cs == nil || cs.SeqNo == 0 {
+		return
+	}
+	cs.SeqNo--
+	if res.IsSuccess() && cs.MethodName == sip.INVITE {
+		p.cseqRaised.put(res.CallID().Value(), strconv.FormatUint(uint64(cs.SeqNo), 10))
+	}
 }
 
 func (p *Proxy) dropStray(res *sip.Response, why string) {

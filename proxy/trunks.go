@@ -171,7 +171,10 @@ func (p *Proxy) toTrunk(req *sip.Request, tx sip.ServerTransaction, trunk string
 
 // authorizeTrunk answers the provider's challenge res to b's request with
 // the trunk's credentials: the same request again, CSeq raised by one,
-// a new branch (RFC 3261 §22.2). It reports false when it cannot (no
+// a new branch (RFC 3261 §22.2), derived from the challenged one
+// (branch.go) so that the twin, forwarding the caller's retransmission
+// after a VIP move, sends the provider the same, and can forward the
+// provider's answer to it as a stray (stray.go). It reports false when it cannot (no
 // credentials, a challenge already answered once): the caller then gets
 // 403, never the challenge (Asterisk holds no provider password).
 func (rc *responseContext) authorizeTrunk(b *branch, res *sip.Response) bool {
@@ -189,7 +192,8 @@ func (rc *responseContext) authorizeTrunk(b *branch, res *sip.Response) bool {
 	out.AppendHeader(h)
 	out.CSeq().SeqNo++
 	via := out.Via()
-	via.Params.Add("branch", branchPrefix+loopHash(rc.req)+".a"+sip.GenerateTagN(8))
+	challenged, _ := via.Params.Get("branch")
+	via.Params.Add("branch", branchPrefix+p.authBranchFor(rc.req, challenged))
 	if rc.req.IsInvite() {
 		// The caller's ACK of the 2xx carries its own CSeq: raised on the
 		// way (forwardAck).
