@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/emiago/sipgo/sip"
@@ -99,7 +102,9 @@ func (p *Proxy) unaliasRequestURI(req *sip.Request) bool {
 
 // toProvider reports whether out, a backend's request forwarded to t, goes
 // to a provider: a trunk's host (an initial request naming the trunk), or
-// an address in a trunk's ACL (an in-dialog request of a trunk call).
+// an address in a trunk's ACL (an in-dialog request of a trunk call, a
+// re-INVITE or UPDATE as much as a BYE), also when the provider's Contact
+// or Record-Route names it by DNS.
 func (p *Proxy) toProvider(in *sip.Request, t target) bool {
 	if t.trunk != "" {
 		return true
@@ -107,7 +112,47 @@ func (p *Proxy) toProvider(in *sip.Request, t target) bool {
 	if p.trunks == nil || p.fromBackend(in) == "" {
 		return false
 	}
-	return p.trunkSource(sourceIP(t.addr))
+	host, _, err := net.SplitHostPort(t.addr)
+	if err != nil {
+		return false
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return p.trunkSource(ip.Unmap())
+	}
+	return slices.ContainsFunc(p.lookupHop(host, t.transport), p.trunkSource)
+}
+
+// lookupHop returns the addresses a next hop named by DNS may be reached
+// at, looked up as sipgo does to send to it (A/AAAA, else SRV), so that a
+// request to a provider's name shows it the VIP as any other does.
+func (p *Proxy) lookupHop(host, transport string) []netip.Addr {
+	r := p.resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	if ips, err := r.LookupNetIP(ctx, "ip", host); err == nil && len(ips) > 0 {
+		return unmapAll(ips)
+	}
+	_, srvs, err := r.LookupSRV(ctx, "sip", transport, host)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, s := range srvs {
+		if ips, err := r.LookupNetIP(ctx, "ip", s.Target); err == nil {
+			out = append(out, unmapAll(ips)...)
+		}
+	}
+	return out
+}
+
+func unmapAll(ips []netip.Addr) []netip.Addr {
+	for i, ip := range ips {
+		ips[i] = ip.Unmap()
+	}
+	return ips
 }
 
 // toProviderVia reports whether a response goes, by its Via v (received,

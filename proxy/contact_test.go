@@ -1,14 +1,18 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/hapbx/hapbx/internal/testkit"
 )
 
 var (
@@ -129,4 +133,65 @@ func TestTrunkContactAlias(t *testing.T) {
 		t.Fatalf("the provider's BYE reached the backend as:\n%s", bye)
 	}
 	backend.answer(bye, from, "200 OK")
+}
+
+// TestTrunkContactAliasInDialog: Asterisk's re-INVITE and UPDATE in a call
+// with a provider show the provider hapbx's address as Contact (target
+// refresh requests: with the backend's Contact the provider would send its
+// next requests past hapbx), whether the provider's Contact names it by an
+// address of the trunk's ACL, by a DNS name (A) or by an SRV domain (a real
+// DNS server); a next hop whose name resolves outside every ACL (a phone)
+// sees the backend's Contact.
+func TestTrunkContactAliasInDialog(t *testing.T) {
+	const dnsIP = "127.0.2.53"
+	backend := listenPeer(t, be1IP)
+	provider := listenPeer(t, providerIP)
+	phone := listenPeer(t, phoneIP)
+	zone := testkit.StartDNS(t, net.JoinHostPort(dnsIP, strconv.Itoa(testkit.FreePort(t, dnsIP))))
+	_, provPort, _ := net.SplitHostPort(provider.addr())
+	zone.Set(t,
+		"sbc.provider.test. 60 IN A "+providerIP,
+		"_sip._udp.provider.test. 60 IN SRV 10 0 "+provPort+" sbc.provider.test.",
+		"phone.test. 60 IN A "+phoneIP,
+	)
+	dnsAddr := zone.Addr
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dnsAddr)
+	}}
+	be := Backend{Name: "asterisk1", Address: backend.addr(), Transport: "udp"}
+	trunks := WithTrunks(&fakeTrunks{hosts: []TrunkHost{{Addr: netip.MustParseAddrPort(provider.addr()), Transport: "udp"}}})
+	pa := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{"asterisk1"}, false), nil,
+		WithDialogSecret(twinSecret), trunks, quiet, func(p *Proxy) { p.resolver = resolver })
+	_, phonePort, _ := net.SplitHostPort(phone.addr())
+
+	for _, c := range []struct {
+		name, ruri string
+		to         *peer
+		aliased    bool
+	}{
+		{"ACL address", "sip:4930999@" + provider.addr(), provider, true},
+		{"DNS name", "sip:4930999@sbc.provider.test:" + provPort, provider, true},
+		{"SRV domain", "sip:4930999@provider.test", provider, true},
+		{"a phone's DNS name", "sip:202@phone.test:" + phonePort, phone, false},
+	} {
+		for _, method := range []string{"INVITE", "UPDATE"} {
+			callID := "in-dialog-" + strings.ReplaceAll(c.name, " ", "-") + "-" + method
+			backend.send(pa.addr, sipRequest(method, c.ruri, callID, "f1", "callee", "<sip:"+pa.addr+";lr>"))
+			got, from := c.to.recv(method, 5*time.Second)
+			m := contactRE.FindStringSubmatch(got)
+			switch {
+			case m == nil:
+				t.Errorf("%s, %s: no Contact:\n%s", c.name, method, got)
+			case c.aliased && !strings.HasPrefix(m[1], "sip:201@"+pa.addr+";"+contactParam+"="):
+				t.Errorf("%s, %s: the provider sees Contact %s, want hapbx's alias", c.name, method, m[1])
+			case !c.aliased && m[1] != "sip:201@"+backend.addr():
+				t.Errorf("%s, %s: Contact %s, want the backend's own", c.name, method, m[1])
+			}
+			c.to.answer(got, from, "200 OK")
+			if res := finalResponse(t, backend, callID); !strings.HasPrefix(res, "SIP/2.0 200 ") {
+				t.Errorf("%s, %s: the backend got %q", c.name, method, statusLine(res))
+			}
+		}
+	}
 }

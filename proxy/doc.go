@@ -48,7 +48,9 @@
 //     upstream carrying the caller's CSeq), never relayed; the provider
 //     sees `sip.advertise` (the VIP), never a backend, in Via,
 //     Record-Route and Contact: a backend's Contact in its requests to a
-//     provider and its 1xx/2xx to a provider's requests becomes hapbx's
+//     provider (in-dialog ones, re-INVITE and UPDATE included, by a next
+//     hop in a trunk's ACL, also when named by DNS: A/AAAA, else SRV, as
+//     sipgo resolves it to send) and its 1xx/2xx to a provider's requests becomes hapbx's
 //     address with the original in a URI parameter signed with the dialog
 //     secret (contact.go, as Kamailio's add_contact_alias), given back to
 //     the provider's in-dialog requests to it (also by the twin); an

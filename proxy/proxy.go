@@ -45,8 +45,9 @@ type peers struct {
 	reporter FailureReporter
 	reg      Registrar
 	media    MediaAnchor
-	callers  *ttlSet // Call-ID -> caller's From tag, to tell the legs of anchored calls
-	trunks   Trunks  // nil without trunks (trunks.go)
+	callers  *ttlSet       // Call-ID -> caller's From tag, to tell the legs of anchored calls
+	trunks   Trunks        // nil without trunks (trunks.go)
+	resolver *net.Resolver // nil: net.DefaultResolver; next hops named by DNS (contact.go), and sipgo's
 }
 
 type addressing struct {
@@ -214,6 +215,9 @@ func (p *Proxy) Listen(ctx context.Context) error {
 	}
 	if tlsConf != nil {
 		uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(tlsConf))
+	}
+	if p.resolver != nil {
+		uaOpts = append(uaOpts, sipgo.WithUserAgentDNSResolver(p.resolver))
 	}
 	ua, err := sipgo.NewUA(uaOpts...)
 	if err != nil {
