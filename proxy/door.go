@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,17 +40,19 @@ import (
 // made its server transaction but before the proxy makes any state (a
 // blocked source's request is dropped by ending that transaction unanswered).
 //
-// Local overload never counts against a backend: while the limits report
-// hapbx strained (short of memory, CPU or UDP receive buffer), or when a
-// send fails for a reason of this host (no buffer space, too many open
-// files), a backend's failure is not reported to health (excused, counted).
+// Local overload never counts against a backend: when the limits report
+// hapbx strained (short of memory, CPU or UDP receive buffer) at any moment
+// between the send of a request and its failure, or when a send fails for
+// a reason of this host (no buffer space, too many open files), the
+// backend's failure is not reported to health (excused, counted).
 
 // Load is hapbx's own load (package limits' Budget).
 type Load interface {
 	// Shedding reports the in-flight state near the memory budget.
 	Shedding() bool
-	// Strained reports hapbx short of memory, CPU or socket buffers lately.
-	Strained() bool
+	// StrainedSince reports hapbx short of memory, CPU or socket buffers at
+	// any moment since t (about: the signs last a few seconds).
+	StrainedSince(t time.Time) bool
 }
 
 // FloodGuard rates requests per source address (package limits' Guard).
@@ -308,18 +311,25 @@ func (p *Proxy) exemptSource(a netip.Addr) bool {
 }
 
 // excused reports (and counts) a backend failure that is hapbx's own
-// doing, not to be held against the backend: hapbx strained, or a send
-// that failed for a reason of this host.
-func (p *Proxy) excused(reason string) bool {
+// doing, not to be held against the backend: hapbx strained at any moment
+// since the failed request was sent (a transaction sent during a flood
+// times out 32 s later, when the flood is over: the backend was as loaded
+// as hapbx let it be), or a send that failed for a reason of this host.
+func (p *Proxy) excused(sent time.Time, reason string) bool {
 	switch {
 	case strings.HasPrefix(reason, localFault):
 		p.door.excused.WithLabelValues(excusedLocalError).Inc()
 		return true
-	case p.door.Load != nil && p.door.Load.Strained():
+	case p.strainedSince(sent):
 		p.door.excused.WithLabelValues(excusedStrained).Inc()
 		return true
 	}
 	return false
+}
+
+// strainedSince reports hapbx strained at any moment since t.
+func (p *Proxy) strainedSince(t time.Time) bool {
+	return p.door.Load != nil && p.door.Load.StrainedSince(t)
 }
 
 // localFault marks the reason of a send that failed for a reason of this

@@ -30,11 +30,18 @@ var (
 	_ FloodGuard = (*limits.Guard)(nil)
 )
 
-// fakeLoad is hapbx's own load as a test sets it.
-type fakeLoad struct{ shedding, strained atomic.Bool }
+// fakeLoad is hapbx's own load as a test sets it: strained now, or at
+// strainedAt (UnixNano; 0: never).
+type fakeLoad struct {
+	shedding, strained atomic.Bool
+	strainedAt         atomic.Int64
+}
 
 func (l *fakeLoad) Shedding() bool { return l.shedding.Load() }
-func (l *fakeLoad) Strained() bool { return l.strained.Load() || l.shedding.Load() }
+func (l *fakeLoad) StrainedSince(t time.Time) bool {
+	at := l.strainedAt.Load()
+	return l.strained.Load() || l.shedding.Load() || at != 0 && at >= t.UnixNano()
+}
 
 // silentBackend is a UDP socket standing for a backend: it answers nothing
 // and counts the datagrams it gets.
@@ -181,6 +188,26 @@ func TestLocalOverloadNotHeldAgainstBackend(t *testing.T) {
 	}
 }
 
+// Issue 13.1: a request sent before or during a strain that fails after
+// it (Timer B, 32 s after a flood) is excused; one sent after it is not.
+func TestFailureAfterStrainExcusedBySendTime(t *testing.T) {
+	load := &fakeLoad{}
+	p := &Proxy{log: zap.NewNop()}
+	newDoorMetrics(&p.door, nilRegisterer{})
+	WithDoor(Door{Load: load})(p)
+	strain := time.Now()
+	load.strainedAt.Store(strain.UnixNano())
+	if !p.excused(strain.Add(-time.Second), "timeout: Timer_B timed out") {
+		t.Error("a request sent before the strain, failed after it: not excused")
+	}
+	if p.excused(strain.Add(time.Second), "timeout: Timer_B timed out") {
+		t.Error("a request sent after the strain: excused")
+	}
+	if n := testutil.ToFloat64(p.door.excused.WithLabelValues(excusedStrained)); n != 1 {
+		t.Errorf("excused{strained} = %v, want 1", n)
+	}
+}
+
 func TestTransportFailureOfThisHost(t *testing.T) {
 	p := &Proxy{log: zap.NewNop()}
 	newDoorMetrics(&p.door, nilRegisterer{})
@@ -193,7 +220,7 @@ func TestTransportFailureOfThisHost(t *testing.T) {
 		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), false},
 		{errors.New("transaction timed out"), false},
 	} {
-		if got := p.excused(transportFailure(c.err)); got != c.local {
+		if got := p.excused(time.Now(), transportFailure(c.err)); got != c.local {
 			t.Errorf("%v: excused %v, want %v", c.err, got, c.local)
 		}
 	}

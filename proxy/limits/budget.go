@@ -28,6 +28,10 @@ import (
 //     lack of receive buffer (RcvbufErrors in /proc/net/snmp grew): a
 //     backend's reply may then have been late or lost here, so its silence
 //     does not count against it.
+//   - StrainedSince: whether hapbx was strained at any moment since a
+//     given time, for a failure that shows long after its cause (a
+//     transaction sent during a flood times out 32 s later, when the
+//     flood is over).
 type Budget struct {
 	limit     int64
 	shedAt    int64
@@ -37,7 +41,7 @@ type Budget struct {
 	epoch     time.Time
 	read      func(*reading) // a test's readings
 	shedding  atomic.Bool
-	strainEnd atomic.Int64 // ns since epoch
+	strainEnd atomic.Int64 // ns since epoch: the last sign of strain plus strainHold
 
 	samples    []metrics.Sample
 	prevSched  []uint64
@@ -81,8 +85,13 @@ func NewBudget(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Budget {
 func (b *Budget) Shedding() bool { return b.shedding.Load() }
 
 // Strained reports whether hapbx itself was overloaded lately.
-func (b *Budget) Strained() bool {
-	return b.shedding.Load() || int64(time.Since(b.epoch)) < b.strainEnd.Load()
+func (b *Budget) Strained() bool { return b.StrainedSince(time.Now()) }
+
+// StrainedSince reports whether hapbx itself was overloaded at any moment
+// from t (less strainHold) until now: a failure of something started at t
+// may be hapbx's own doing.
+func (b *Budget) StrainedSince(t time.Time) bool {
+	return b.shedding.Load() || int64(t.Sub(b.epoch)) < b.strainEnd.Load()
 }
 
 // Run samples until ctx ends.
@@ -136,6 +145,9 @@ func (b *Budget) observe(r reading, now int64) {
 		b.m.shedding.Set(0)
 		b.log.Info("memory budget back in range: new requests taken again",
 			zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
+	}
+	if b.shedding.Load() {
+		b.strainEnd.Store(now + int64(strainHold)) // counted as strain by Shedding's own metric
 	}
 	if r.sched != nil {
 		if b.prevSched != nil && quantile(r.sched, b.prevSched, 0.99) > schedStrain.Seconds() {

@@ -73,6 +73,36 @@ func TestBudgetStrain(t *testing.T) {
 	}
 }
 
+// Issue 13.1: a transaction sent during a strain that fails after it (Timer
+// B, 32 s later) is still hapbx's doing; one sent after the strain is not.
+func TestBudgetStrainedSince(t *testing.T) {
+	b := testBudget()
+	start := b.epoch
+	at := func(d time.Duration) int64 { return int64(d) }
+	b.observe(reading{rcvbuf: 10}, at(time.Second))
+	b.observe(reading{rcvbuf: 11}, at(2*time.Second)) // a drop at 2 s
+	b.observe(reading{rcvbuf: 11}, at(40*time.Second))
+	if !b.StrainedSince(start.Add(time.Second)) {
+		t.Fatal("not strained since 1 s with a drop at 2 s")
+	}
+	if !b.StrainedSince(start.Add(3 * time.Second)) {
+		t.Fatal("not strained since 3 s with a drop at 2 s (within strainHold)")
+	}
+	if b.StrainedSince(start.Add(2*time.Second + strainHold + time.Millisecond)) {
+		t.Fatal("strained since a time past the drop's strainHold")
+	}
+
+	b = testBudget()
+	b.observe(reading{inUse: int64(700 * MiB)}, at(time.Second)) // shedding at 1 s
+	b.observe(reading{inUse: int64(100 * MiB)}, at(2*time.Second))
+	if b.Shedding() {
+		t.Fatal("still shedding")
+	}
+	if !b.StrainedSince(start) {
+		t.Fatal("a shedding at 1 s is not a strain since 0")
+	}
+}
+
 func TestBudgetReadsTheProcess(t *testing.T) {
 	b := testBudget()
 	var r reading
