@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,7 +30,11 @@ import (
 //     CANCEL, ACK, BYE, OPTIONS and responses pass: they end or keep what
 //     exists. A request counts as pending from the moment its handler runs,
 //     so a burst may overshoot max_transactions by the requests read
-//     meanwhile (milliseconds' worth).
+//     meanwhile (milliseconds' worth). A retransmission of a request the
+//     door let in is never shed: its transaction goes on, and a 503 to
+//     the retransmission would tell the phone the opposite of the answer
+//     its transaction is about to get (a REGISTER refused whose binding
+//     is then stored, an INVITE refused whose call is then set up).
 //
 // Over UDP both happen in the transport's read filter, on the datagram's
 // bytes, before sipgo parses it or makes a server transaction: a datagram
@@ -87,7 +92,9 @@ func WithDoor(d Door) Option {
 type door struct {
 	Door
 	exempt   map[netip.Addr]bool
-	pending  atomic.Int64               // requests being forwarded
+	pending  atomic.Int64 // requests being forwarded
+	takenMu  sync.Mutex
+	taken    map[string]struct{}        // server transaction keys of the new requests let in over UDP, until they end
 	backends atomic.Pointer[backendIPs] // the backends' addresses, by backend set
 	shed     *prometheus.CounterVec
 	excused  *prometheus.CounterVec
@@ -166,8 +173,8 @@ func (p *Proxy) udpDoor(info sip.TransportReadProps, data []byte) bool {
 	}
 	msg, err := sip.ParseMessage(data)
 	req, _ := msg.(*sip.Request)
-	if err != nil || req == nil || inDialog(req) {
-		return true // the parser refuses it, or it keeps what exists
+	if err != nil || req == nil || inDialog(req) || p.isTaken(req) {
+		return true // the parser refuses it, it keeps what exists, or its transaction goes on
 	}
 	p.door.shed.WithLabelValues(reason).Inc()
 	p.unavailableAtDoor(info, data, req)
@@ -206,6 +213,48 @@ func (p *Proxy) streamDoor(req *sip.Request, tx sip.ServerTransaction) bool {
 		return false
 	}
 	return true
+}
+
+// take remembers a new request let in over UDP until its transaction
+// ends, so that the door does not shed its retransmissions (isTaken).
+// Only with something to shed by.
+func (p *Proxy) take(req *sip.Request, tx sip.ServerTransaction) {
+	if p.door.Load == nil && p.door.MaxTransactions <= 0 || !strings.EqualFold(req.Transport(), "udp") ||
+		!sheddable(string(req.Method)) || inDialog(req) {
+		return
+	}
+	key, err := sip.ServerTxKeyMake(req)
+	if err != nil {
+		return
+	}
+	p.door.takenMu.Lock()
+	if p.door.taken == nil {
+		p.door.taken = map[string]struct{}{}
+	}
+	p.door.taken[key] = struct{}{}
+	p.door.takenMu.Unlock()
+	if !tx.OnTerminate(func(string, error) { p.untake(key) }) {
+		p.untake(key) // already over
+	}
+}
+
+func (p *Proxy) untake(key string) {
+	p.door.takenMu.Lock()
+	delete(p.door.taken, key)
+	p.door.takenMu.Unlock()
+}
+
+// isTaken reports a retransmission of a request let in (take) whose
+// transaction has not ended.
+func (p *Proxy) isTaken(req *sip.Request) bool {
+	key, err := sip.ServerTxKeyMake(req)
+	if err != nil {
+		return false
+	}
+	p.door.takenMu.Lock()
+	_, ok := p.door.taken[key]
+	p.door.takenMu.Unlock()
+	return ok
 }
 
 // shedReason says why new work must be refused now, "" when it need not.

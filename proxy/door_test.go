@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -441,5 +442,85 @@ func TestFloodGuardTCP(t *testing.T) {
 		if got := statusOf(exchangeTCP(t, p.addr, options, wait)); got != w {
 			t.Fatalf("OPTIONS %d over TCP: %q, want %q", i+1, got, w)
 		}
+	}
+}
+
+// Issue 13.3: while shedding, the retransmission of a REGISTER the door
+// let in is not answered 503: its transaction goes on and the phone gets
+// the backend's 200, the only final answer it sees.
+func TestRetransmissionOfATakenRequestNotShed(t *testing.T) {
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	bc, err := net.ListenPacket("udp", be.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bc.Close() })
+	held := make(chan *sip.Request, 4)
+	from := make(chan net.Addr, 4)
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, a, err := bc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if msg, err := sip.ParseMessage(buf[:n]); err == nil {
+				if req, ok := msg.(*sip.Request); ok && req.Method == sip.REGISTER {
+					held <- req
+					from <- a
+				}
+			}
+		}
+	}()
+	load := &fakeLoad{}
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false),
+		func(c *Config) { c.HopTimeout, c.NoBackendWait = 10*time.Second, 0 },
+		WithDoor(Door{Load: load}))
+
+	phone, err := net.ListenPacket("udp", net.JoinHostPort(phoneIP, strconv.Itoa(testkit.FreePort(t, phoneIP))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { phone.Close() })
+	msg := doorRequest("REGISTER", "sip:"+p.addr, "")
+	msg = strings.ReplaceAll(strings.ReplaceAll(msg, "PEER", phone.LocalAddr().String()), "\n", "\r\n")
+	dst, _ := net.ResolveUDPAddr("udp", p.addr)
+	if _, err := phone.WriteTo([]byte(msg), dst); err != nil {
+		t.Fatal(err)
+	}
+	var req *sip.Request
+	select {
+	case req = <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the REGISTER did not reach the backend")
+	}
+	load.shedding.Store(true)
+	if _, err := phone.WriteTo([]byte(msg), dst); err != nil { // the phone's retransmission
+		t.Fatal(err)
+	}
+	// A fresh REGISTER is still shed: the door is closed to new work.
+	if res := testkit.Exchange(t, phoneIP, p.addr, doorRequest("REGISTER", "sip:"+p.addr, ""), 2*time.Second); statusOf(res) != "SIP/2.0 503 Service Unavailable" {
+		t.Fatalf("a new REGISTER while shedding: %q, want 503", statusOf(res))
+	}
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	if _, err := bc.WriteTo([]byte(res.String()), <-from); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	_ = phone.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		n, _, err := phone.ReadFrom(buf)
+		if err != nil {
+			t.Fatal("no final response to the REGISTER")
+		}
+		if line := statusOf(string(buf[:n])); !strings.HasPrefix(line, "SIP/2.0 1") {
+			if line != "SIP/2.0 200 OK" {
+				t.Fatalf("the REGISTER's first final response: %q, want the backend's 200", line)
+			}
+			break
+		}
+	}
+	if n := testutil.ToFloat64(p.door.shed.WithLabelValues(shedMemory)); n != 1 {
+		t.Fatalf("shed{memory} = %v, want 1 (the new REGISTER only)", n)
 	}
 }

@@ -51,6 +51,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	if !p.streamDoor(req, tx) {
 		return
 	}
+	p.take(req, tx)
 	d := p.decide(req)
 	if d.act == actForward || d.act == actBackends {
 		if _, tagged := req.To().Params.Get("tag"); tagged {

@@ -74,6 +74,22 @@ shed() { curl -fs "http://$ADMIN/metrics" | awk '/^hapbx_proxy_shed_total\{/ {ma
 # transitions: hapbx_health_transitions_total by from->to, "up->suspect 3, ...".
 transitions() { curl -fs "http://$ADMIN/metrics" | awk '/^hapbx_health_transitions_total\{/ {match($1, /from="[^"]*"/); f = substr($1, RSTART + 6, RLENGTH - 7)
   match($1, /to="[^"]*"/); t = substr($1, RSTART + 4, RLENGTH - 5); printf "%s%s->%s %d", sep, f, t, $NF; sep = ", "}'; }
+# metric_with NAME LABEL...: the sum of a metric's series whose labels
+# include every LABEL (written name="value").
+metric_with() { local m=$1; shift; curl -fs "http://$ADMIN/metrics" | awk -v m="$m" -v want="$*" '
+  index($1, m "{") == 1 {n = split(want, w, " "); for (i = 1; i <= n; i++) if (index($1, w[i]) == 0) next; s += $NF} END {printf "%d", s}'; }
+# udp_drops: datagrams the kernel dropped for lack of receive buffer in
+# this network namespace (any socket: hapbx's, SIPp's, other programs').
+udp_drops() { awk '/^Udp:/ {if (!k) {for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") k = i; next} print $k; exit}' /proc/net/snmp; }
+# sock_hex IP PORT: the address as /proc/net/udp writes it.
+sock_hex() { printf '%02X%02X%02X%02X:%04X' $(echo "$1" | awk -F. '{print $4, $3, $2, $1}') "$2"; }
+# watch_drops FILE: /proc/net/udp's rows of the bench's sockets every
+# 200 ms into FILE (a socket's drop count goes with the socket);
+# sock_drops FILE IP PORT: the most datagrams dropped at that socket for
+# want of receive buffer.
+watch_drops() { local re; re="$(sock_hex "$PHONE" 5070)|$(sock_hex "$PROXY" 5060)|$(sock_hex "$BE" 5060)"
+  (while :; do grep -E " ($re) " /proc/net/udp; sleep 0.2; done >"$1") & pids+=($!); dropspid=$!; }
+sock_drops() { awk -v a="$(sock_hex "$2" "$3")" '$2 == a && $NF + 0 > m {m = $NF + 0} END {print m + 0}' "$1"; }
 bindings() { curl -fs "http://$ADMIN/api/v1/status" | awk -F': ' '/"bindings"/ {gsub(/,/, "", $2); print $2; exit}'; }
 # stat FILE COLUMN: a column of the last line of a SIPp -trace_stat file.
 stat() { awk -F';' -v c="$2" 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == c) k = i} END {print $k + 0}' "$1"; }
@@ -130,19 +146,23 @@ flood() { # $1: part name, $2: limits
 registrations() {
   local dir=$work/b
   start b "{flood: {rate: 0}}" ", max_bindings: $MAX_BINDINGS" uas_register_ok.xml
-  local t0 t1; t0=$(date +%s.%N)
+  local t0 t1 drops0 dropspid; t0=$(date +%s.%N) drops0=$(udp_drops)
+  watch_drops "$dir/udp"
   sipp_uac "$dir/phones" "$PHONE" -sf "$BENCHDIR/uac_register_many.xml" -r "$REG_RATE" -m "$REG_N" \
     -l "$REG_N" -timeout $(( REG_N / REG_RATE * 3 + 40 ))s
-  t1=$(date +%s.%N); sleep 1
+  t1=$(date +%s.%N); sleep 1; kill "$dropspid" 2>/dev/null || true
   # When SIPp had sent the last REGISTER (the rest is waiting for answers).
   local sentin; sentin=$(awk -F';' -v n="$REG_N" 'NR == 1 {for (i = 1; i <= NF; i++) {if ($i == "OutgoingCall(C)") k = i; if ($i == "ElapsedTime(C)") e = i}; next}
     $k + 0 >= n && d == "" {split($e, t, ":"); d = t[1] * 3600 + t[2] * 60 + t[3]} END {print (d == "" ? "?" : d)}' "$dir/phones/stat.csv")
   local s=$dir/phones/stat.csv
-  local sent ok refused lost held; sent=$(stat "$s" 'OutgoingCall(C)') ok=$(stat "$s" 'SuccessfulCall(C)') held=$(bindings)
+  local sent ok refused lost held sent200 drops; sent=$(stat "$s" 'OutgoingCall(C)') ok=$(stat "$s" 'SuccessfulCall(C)') held=$(bindings)
+  sent200=$(metric_with hapbx_proxy_responses_total 'method="REGISTER"' 'code="200"') drops=$(( $(udp_drops) - drops0 ))
   refused=$(stat "$s" 'FailedUnexpectedMessage(C)') lost=$(stat "$s" 'FailedMaxUDPRetrans(C)')
   printf 'b: %s phones register once each at %s/s, max_bindings %s, flood guard off\n' "$REG_N" "$REG_RATE" "$MAX_BINDINGS"
   printf '  sent %s (the last after %ss) in %.1fs; 200: %s, refused (503): %s, unanswered: %s; bindings held: %s (goal: 200s = bindings held)\n' \
     "$sent" "$sentin" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$ok" "$refused" "$lost" "$held"
+  printf '  hapbx sent %s 200s to REGISTERs; UDP datagrams dropped for want of receive buffer: %s at the phones, %s at hapbx, %s at the backend (%s on the host)\n' \
+    "$sent200" "$(sock_drops "$dir/udp" "$PHONE" 5070)" "$(sock_drops "$dir/udp" "$PROXY" 5060)" "$(sock_drops "$dir/udp" "$BE" 5060)" "$drops"
   printf '  peak RSS %s (goal < 512 MiB); shed: %s\n' "$(peak b)" "$(shed)"
   stop
 }
