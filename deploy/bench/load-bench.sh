@@ -14,7 +14,9 @@
 #   c        HOLD_RATE calls/s held HOLD_SECONDS each (10 000 up at once):
 #            RSS while they are all up
 # PARTS picks the parts ("a a-noguard b c"); SCALE multiplies every rate,
-# count and max_bindings (SCALE=0.1 to try the script). Loopback only
+# count and max_bindings (SCALE=0.1 to try the script). PROFILE=1 saves a
+# heap profile of hapbx in each part's directory (with KEEP=1 to keep it):
+# at the end of a and b, while every call is up in c. Loopback only
 # (127.0.9.x); every SIPp run is bounded by a call count and a timeout.
 # In b and c all phones send from one address, so the flood guard is off
 # there (it would rightly block 4000 REGISTERs/s from one address).
@@ -39,6 +41,10 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wa
 trap cleanup EXIT INT TERM
 
 hpid='' uaspid='' samplerpid=''
+(umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token")
+# heap PART: hapbx's heap profile (live objects at the last collection)
+# into the part's directory, when PROFILE is set.
+heap() { [ -z "${PROFILE:-}" ] || curl -fs -H "Authorization: Bearer $(cat "$work/token")" "http://$ADMIN/debug/pprof/heap?gc=1" -o "$work/$1/heap.pprof" || echo "bench: no heap profile" >&2; }
 # start PART LIMITS_YAML REGISTRAR_EXTRA: a SIPp backend (answering calls,
 # REGISTERs and probes) and a fresh hapbx, ready when the backend is up.
 start() {
@@ -50,7 +56,7 @@ sip: {listen: ["udp://$PROXY:5060"], advertise: $PROXY}
 backends: [{name: asterisk1, address: "$BE:5060", transport: udp}]
 registrar: {data_dir: "$dir/data"$3}
 limits: $2
-admin: {listen: "$ADMIN"}
+admin: {listen: "$ADMIN"$( [ -z "${PROFILE:-}" ] || echo ", token_file: \"$work/token\", pprof: true")}
 log: {level: warn, format: json}
 YAML
   "$BIN" run -c "$dir/hapbx.yaml" 2>"$dir/hapbx.log" & hpid=$!; pids+=($hpid)
@@ -140,6 +146,7 @@ flood() { # $1: part name, $2: limits
   printf '  then %s calls/s for %ss: %s ok, %s failed; successful calls by second of start:%s\n' "$AFTER_RATE" "$AFTER_SECONDS" "$aok" "$afail" "${rec#*|}"
   printf '  all calls succeed again from second %s after the flood (goal < 2 s)\n' "${rec%%|*}"
   printf '  backend state changes: %s (goal 0; since the start: %s); peak RSS overall %s\n' "$(( tr1 - tr0 ))" "$(transitions)" "$(peak "$1")"
+  heap "$1"
   stop
 }
 
@@ -164,6 +171,7 @@ registrations() {
   printf '  hapbx sent %s 200s to REGISTERs; UDP datagrams dropped for want of receive buffer: %s at the phones, %s at hapbx, %s at the backend (%s on the host)\n' \
     "$sent200" "$(sock_drops "$dir/udp" "$PHONE" 5070)" "$(sock_drops "$dir/udp" "$PROXY" 5060)" "$(sock_drops "$dir/udp" "$BE" 5060)" "$drops"
   printf '  peak RSS %s (goal < 512 MiB); shed: %s\n' "$(peak b)" "$(shed)"
+  heap b
   stop
 }
 
@@ -171,6 +179,7 @@ held_calls() {
   local dir=$work/c
   start c "{flood: {rate: 0}}" "" uas_bench.xml
   local n=$(( HOLD_RATE * HOLD_CREATE_SECONDS )) t0; t0=$(date +%s.%N)
+  (sleep $(( HOLD_SECONDS + 5 )); heap c) &
   sipp_uac "$dir/phones" "$PHONE" -sf "$BENCHDIR/uac_call_hold.xml" -s 202 -d $(( HOLD_SECONDS * 1000 )) -r "$HOLD_RATE" -m "$n" \
     -l "$n" -timeout $(( HOLD_CREATE_SECONDS + HOLD_SECONDS + 40 ))s
   sleep 1

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"testing"
 	"time"
 
@@ -164,5 +165,37 @@ func TestBudgetShedsOnTheRealHeap(t *testing.T) {
 	sample()
 	if b.Shedding() {
 		t.Fatalf("still shedding once the memory is freed (in use %v)", testutil.ToFloat64(b.m.inUse))
+	}
+}
+
+// Issue 13.7: GOGC follows the live state: 400 while it is small, down to
+// 100 as it grows (garbage room of an eighth of the budget), set again only
+// on a change of a tenth.
+func TestBudgetTunesGC(t *testing.T) {
+	b := testBudget() // 800 MiB: garbage room 100 MiB
+	var set []int
+	b.setGC = func(p int) { set = append(set, p) }
+	b.TuneGC()
+	for _, s := range []struct {
+		inUse Bytes
+		want  int
+	}{
+		{10 * MiB, 400},
+		{50 * MiB, 200},
+		{52 * MiB, 200}, // 192: within a tenth, left
+		{100 * MiB, 100},
+		{400 * MiB, 100},
+		{20 * MiB, 400},
+	} {
+		b.observe(reading{inUse: int64(s.inUse)}, 0)
+		if b.gcPercent != s.want {
+			t.Fatalf("in use %s: GOGC %d, want %d", s.inUse, b.gcPercent, s.want)
+		}
+	}
+	if want := []int{400, 200, 100, 400}; !slices.Equal(set, want) {
+		t.Fatalf("GOGC set to %v, want %v", set, want)
+	}
+	if b := testBudget(); b.gcPercent != 0 {
+		t.Fatal("GOGC tuned without TuneGC")
 	}
 }
