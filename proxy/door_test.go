@@ -47,7 +47,11 @@ func (l *fakeLoad) StrainedSince(t time.Time) bool {
 // silentBackend is a UDP socket standing for a backend: it answers nothing
 // and counts the datagrams it gets.
 func silentBackend(t *testing.T) (Backend, *atomic.Int64) {
-	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	return silentBackendAt(t, "asterisk1", be1IP)
+}
+
+func silentBackendAt(t *testing.T, name, ip string) (Backend, *atomic.Int64) {
+	be, _ := backendOn(t, name, ip, "udp")
 	c, err := net.ListenPacket("udp", be.Address)
 	if err != nil {
 		t.Fatal(err)
@@ -522,5 +526,21 @@ func TestRetransmissionOfATakenRequestNotShed(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(p.door.shed.WithLabelValues(shedMemory)); n != 1 {
 		t.Fatalf("shed{memory} = %v, want 1 (the new REGISTER only)", n)
+	}
+}
+
+// Issue 13.7: while hapbx sheds new work, a request its backends failed is
+// not held for another backend (no_backend_wait): holding it is new work
+// too, and under a storm thousands of held requests were most of the
+// memory. It gets 503 at once.
+func TestNoHoldWhileShedding(t *testing.T) {
+	be1, _ := silentBackendAt(t, "asterisk1", be1IP)
+	be2, _ := silentBackendAt(t, "asterisk2", be2IP)
+	p := startProxyWith(t, []string{"udp"}, []Backend{be1, be2}, NewStaticRouter([]string{be1.Name, be2.Name}, false),
+		func(c *Config) { c.HopTimeout, c.NoBackendWait = 50*time.Millisecond, 30*time.Second },
+		WithDoor(Door{Load: &fakeLoad{}, MaxTransactions: 1})) // the request itself fills max_transactions
+	res := testkit.Exchange(t, phoneIP, p.addr, doorRequest("REGISTER", "sip:"+p.addr, ""), 10*time.Second)
+	if statusOf(res) != "SIP/2.0 503 Service Unavailable" {
+		t.Fatalf("REGISTER both backends failed while at max_transactions: %q, want 503 without the 30 s hold", statusOf(res))
 	}
 }
