@@ -32,7 +32,10 @@ FLOOD_RATE=$(sc "${FLOOD_RATE:-8000}") FLOOD_SECONDS=${FLOOD_SECONDS:-10}
 AFTER_RATE=$(sc "${AFTER_RATE:-200}") AFTER_SECONDS=${AFTER_SECONDS:-40}
 REG_N=$(sc "${REG_N:-200000}") REG_RATE=$(sc "${REG_RATE:-4000}") MAX_BINDINGS=$(sc "${MAX_BINDINGS:-100000}")
 HOLD_RATE=$(sc "${HOLD_RATE:-500}") HOLD_SECONDS=${HOLD_SECONDS:-20} HOLD_CREATE_SECONDS=${HOLD_CREATE_SECONDS:-30}
-PROXY=127.0.9.1 BE=127.0.9.11 FLOODER=127.0.9.60 PHONE=127.0.9.50 ADMIN=127.0.0.1:19070
+# BENCH_NET and BENCH_ADMIN_PORT move the bench off 127.0.9.x and 19070
+# (two runs at once).
+NET=${BENCH_NET:-127.0.9}
+PROXY=$NET.1 BE=$NET.11 FLOODER=$NET.60 PHONE=$NET.50 ADMIN=127.0.0.1:${BENCH_ADMIN_PORT:-19070}
 
 command -v sipp >/dev/null || { echo "bench: sipp missing (apt-get install sip-tester)" >&2; exit 1; }
 work=$(mktemp -d)
@@ -41,6 +44,9 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wa
 trap cleanup EXIT INT TERM
 
 hpid='' uaspid='' samplerpid=''
+# lim LIMITS_YAML: a part's limits with EXTRA_LIMITS ("max_transactions:
+# 5000", to try another setting) added.
+lim() { if [ -z "${EXTRA_LIMITS:-}" ]; then echo "$1"; elif [ "$1" = "{}" ]; then echo "{$EXTRA_LIMITS}"; else echo "{$EXTRA_LIMITS, ${1#\{}"; fi; }
 (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token")
 # heap PART: hapbx's heap profile (live objects at the last collection)
 # into the part's directory, when PROFILE is set.
@@ -55,7 +61,7 @@ node: {name: loadbench}
 sip: {listen: ["udp://$PROXY:5060"], advertise: $PROXY}
 backends: [{name: asterisk1, address: "$BE:5060", transport: udp}]
 registrar: {data_dir: "$dir/data"$3}
-limits: $2
+limits: $(lim "$2")
 admin: {listen: "$ADMIN"$( [ -z "${PROFILE:-}" ] || echo ", token_file: \"$work/token\", pprof: true")}
 log: {level: warn, format: json}
 YAML
@@ -109,7 +115,7 @@ sipp_uac() { local dir=$1 addr=$2; shift 2; mkdir -p "$dir"
      -trace_stat -stf stat.csv -fd 1 "$@" "$PROXY:5060" >out.txt 2>&1 || true) 2>/dev/null; }
 
 echo "hapbx under load and abuse on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "SIPp phones -> hapbx (UDP, 127.0.9.1) -> one SIPp backend; one fresh hapbx per part; peak RSS is its VmHWM"
+echo "SIPp phones -> hapbx (UDP, $PROXY) -> one SIPp backend; one fresh hapbx per part; peak RSS is its VmHWM"
 
 flood() { # $1: part name, $2: limits
   local dir=$work/$1
@@ -139,7 +145,7 @@ flood() { # $1: part name, $2: limits
          line = ""; for (k = 0; k < n; k++) line = line " " (c[k] + 0)
          print rec "|" line}')
   local aok afail; aok=$(stat "$a" 'SuccessfulCall(C)') afail=$(stat "$a" 'FailedCall(C)')
-  printf '%s: flood %s calls/s for %ss from %s, limits %s\n' "$1" "$FLOOD_RATE" "$FLOOD_SECONDS" "$FLOODER" "$2"
+  printf '%s: flood %s calls/s for %ss from %s, limits %s\n' "$1" "$FLOOD_RATE" "$FLOOD_SECONDS" "$FLOODER" "$(lim "$2")"
   printf '  SIPp offered %s calls in %ss (%s calls/s); answered 200: %s, failed (503 or other): %s, no answer when it stopped: %s\n' \
     "$sent" "$el" "$(awk -v s="$sent" -v e="$el" 'BEGIN{ printf "%.0f", (e > 0 ? s / e : 0) }')" "$ok" "$failed" "$(( sent - ok - failed ))"
   printf '  peak RSS during the flood %s MB (goal < 512 MiB); shed: %s\n' "$fpeak" "$(shed)"
@@ -165,7 +171,7 @@ registrations() {
   local sent ok refused lost held sent200 drops; sent=$(stat "$s" 'OutgoingCall(C)') ok=$(stat "$s" 'SuccessfulCall(C)') held=$(bindings)
   sent200=$(metric_with hapbx_proxy_responses_total 'method="REGISTER"' 'code="200"') drops=$(( $(udp_drops) - drops0 ))
   refused=$(stat "$s" 'FailedUnexpectedMessage(C)') lost=$(stat "$s" 'FailedMaxUDPRetrans(C)')
-  printf 'b: %s phones register once each at %s/s, max_bindings %s, flood guard off\n' "$REG_N" "$REG_RATE" "$MAX_BINDINGS"
+  printf 'b: %s phones register once each at %s/s, max_bindings %s, limits %s\n' "$REG_N" "$REG_RATE" "$MAX_BINDINGS" "$(lim '{flood: {rate: 0}}')"
   printf '  sent %s (the last after %ss) in %.1fs; 200: %s, refused (503): %s, unanswered: %s; bindings held: %s (goal: 200s = bindings held)\n' \
     "$sent" "$sentin" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$ok" "$refused" "$lost" "$held"
   printf '  hapbx sent %s 200s to REGISTERs; UDP datagrams dropped for want of receive buffer: %s at the phones, %s at hapbx, %s at the backend (%s on the host)\n' \
