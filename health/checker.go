@@ -291,8 +291,8 @@ func (c *Checker) observe(b *backend, kind string, d time.Duration) {
 func (c *Checker) probe(ctx context.Context, b *backend) {
 	ok, unanswered := true, false
 	var reason, lastSIP, lastAMI string
+	start := time.Now()
 	if b.requireSIP {
-		start := time.Now()
 		code, err := sipProbe(ctx, b.t, c.cfg.Timeout)
 		d := time.Since(start)
 		c.observe(b, CheckSIP, d)
@@ -323,7 +323,7 @@ func (c *Checker) probe(ctx context.Context, b *backend) {
 	}
 	if ok {
 		reason = "probes answered"
-	} else if unanswered && c.excuse(b, reason) {
+	} else if unanswered && c.excuse(b, start, reason) {
 		return
 	}
 	c.record(b, ok, reason, lastSIP, lastAMI)

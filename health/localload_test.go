@@ -16,7 +16,7 @@ import (
 
 type strain struct{ on atomic.Bool }
 
-func (s *strain) Strained() bool { return s.on.Load() }
+func (s *strain) StrainedSince(time.Time) bool { return s.on.Load() }
 
 // Issue 13.1: while hapbx itself is strained, a backend whose answers stop
 // coming is not declared suspect or down (its answers may be waiting in

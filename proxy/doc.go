@@ -27,7 +27,12 @@
 //     the memory budget nears or max_transactions requests are pending, new
 //     INVITE, REGISTER, SUBSCRIBE and MESSAGE get 503 with Retry-After. Over
 //     UDP this runs in the transport's read filter, on the datagram's bytes;
-//     over TCP/TLS first thing in handle;
+//     over TCP/TLS first thing in handle; a retransmission of a request let
+//     in is never shed; a backend's failure is not held against it when
+//     hapbx was strained at any moment since the request was sent;
+//   - keeps finished transactions 5 s after a 2xx and 10 s after a
+//     non-INVITE's final, not sipgo's 32 s (retention.go,
+//     ShortenRetention): under load they were most of its memory;
 //   - trusts by source address (trust.go): a backend's requests go where
 //     they name; anyone else's reach the backends only: an initial request
 //     with a Route to another host gets 403, an in-dialog request is
@@ -81,7 +86,8 @@
 //   - holds a new request that finds no healthy backend for up to
 //     `sip.no_backend_wait` (100 Trying first), so calls placed during a
 //     cold failover are set up late rather than refused; the caller's
-//     CANCEL, a drain or the deadline end the wait;
+//     CANCEL, a drain or the deadline end the wait; nothing is held while
+//     the door sheds new work;
 //   - runs Timer C (`sip.timer_c`, RFC 3261 §16.8) on every proxied INVITE
 //     and fork: from the send, reset by provisionals, it cancels a call that rings too
 //     long; a CANCEL answered by no final response within 64*T1 ends the

@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,7 +30,11 @@ import (
 //     CANCEL, ACK, BYE, OPTIONS and responses pass: they end or keep what
 //     exists. A request counts as pending from the moment its handler runs,
 //     so a burst may overshoot max_transactions by the requests read
-//     meanwhile (milliseconds' worth).
+//     meanwhile (milliseconds' worth). A retransmission of a request the
+//     door let in is never shed: its transaction goes on, and a 503 to
+//     the retransmission would tell the phone the opposite of the answer
+//     its transaction is about to get (a REGISTER refused whose binding
+//     is then stored, an INVITE refused whose call is then set up).
 //
 // Over UDP both happen in the transport's read filter, on the datagram's
 // bytes, before sipgo parses it or makes a server transaction: a datagram
@@ -39,17 +45,19 @@ import (
 // made its server transaction but before the proxy makes any state (a
 // blocked source's request is dropped by ending that transaction unanswered).
 //
-// Local overload never counts against a backend: while the limits report
-// hapbx strained (short of memory, CPU or UDP receive buffer), or when a
-// send fails for a reason of this host (no buffer space, too many open
-// files), a backend's failure is not reported to health (excused, counted).
+// Local overload never counts against a backend: when the limits report
+// hapbx strained (short of memory, CPU or UDP receive buffer) at any moment
+// between the send of a request and its failure, or when a send fails for
+// a reason of this host (no buffer space, too many open files), the
+// backend's failure is not reported to health (excused, counted).
 
 // Load is hapbx's own load (package limits' Budget).
 type Load interface {
 	// Shedding reports the in-flight state near the memory budget.
 	Shedding() bool
-	// Strained reports hapbx short of memory, CPU or socket buffers lately.
-	Strained() bool
+	// StrainedSince reports hapbx short of memory, CPU or socket buffers at
+	// any moment since t (about: the signs last a few seconds).
+	StrainedSince(t time.Time) bool
 }
 
 // FloodGuard rates requests per source address (package limits' Guard).
@@ -84,7 +92,9 @@ func WithDoor(d Door) Option {
 type door struct {
 	Door
 	exempt   map[netip.Addr]bool
-	pending  atomic.Int64               // requests being forwarded
+	pending  atomic.Int64 // requests being forwarded
+	takenMu  sync.Mutex
+	taken    map[string]struct{}        // server transaction keys of the new requests let in over UDP, until they end
 	backends atomic.Pointer[backendIPs] // the backends' addresses, by backend set
 	shed     *prometheus.CounterVec
 	excused  *prometheus.CounterVec
@@ -163,8 +173,8 @@ func (p *Proxy) udpDoor(info sip.TransportReadProps, data []byte) bool {
 	}
 	msg, err := sip.ParseMessage(data)
 	req, _ := msg.(*sip.Request)
-	if err != nil || req == nil || inDialog(req) {
-		return true // the parser refuses it, or it keeps what exists
+	if err != nil || req == nil || inDialog(req) || p.isTaken(req) {
+		return true // the parser refuses it, it keeps what exists, or its transaction goes on
 	}
 	p.door.shed.WithLabelValues(reason).Inc()
 	p.unavailableAtDoor(info, data, req)
@@ -203,6 +213,48 @@ func (p *Proxy) streamDoor(req *sip.Request, tx sip.ServerTransaction) bool {
 		return false
 	}
 	return true
+}
+
+// take remembers a new request let in over UDP until its transaction
+// ends, so that the door does not shed its retransmissions (isTaken).
+// Only with something to shed by.
+func (p *Proxy) take(req *sip.Request, tx sip.ServerTransaction) {
+	if p.door.Load == nil && p.door.MaxTransactions <= 0 || !strings.EqualFold(req.Transport(), "udp") ||
+		!sheddable(string(req.Method)) || inDialog(req) {
+		return
+	}
+	key, err := sip.ServerTxKeyMake(req)
+	if err != nil {
+		return
+	}
+	p.door.takenMu.Lock()
+	if p.door.taken == nil {
+		p.door.taken = map[string]struct{}{}
+	}
+	p.door.taken[key] = struct{}{}
+	p.door.takenMu.Unlock()
+	if !tx.OnTerminate(func(string, error) { p.untake(key) }) {
+		p.untake(key) // already over
+	}
+}
+
+func (p *Proxy) untake(key string) {
+	p.door.takenMu.Lock()
+	delete(p.door.taken, key)
+	p.door.takenMu.Unlock()
+}
+
+// isTaken reports a retransmission of a request let in (take) whose
+// transaction has not ended.
+func (p *Proxy) isTaken(req *sip.Request) bool {
+	key, err := sip.ServerTxKeyMake(req)
+	if err != nil {
+		return false
+	}
+	p.door.takenMu.Lock()
+	_, ok := p.door.taken[key]
+	p.door.takenMu.Unlock()
+	return ok
 }
 
 // shedReason says why new work must be refused now, "" when it need not.
@@ -308,18 +360,25 @@ func (p *Proxy) exemptSource(a netip.Addr) bool {
 }
 
 // excused reports (and counts) a backend failure that is hapbx's own
-// doing, not to be held against the backend: hapbx strained, or a send
-// that failed for a reason of this host.
-func (p *Proxy) excused(reason string) bool {
+// doing, not to be held against the backend: hapbx strained at any moment
+// since the failed request was sent (a transaction sent during a flood
+// times out 32 s later, when the flood is over: the backend was as loaded
+// as hapbx let it be), or a send that failed for a reason of this host.
+func (p *Proxy) excused(sent time.Time, reason string) bool {
 	switch {
 	case strings.HasPrefix(reason, localFault):
 		p.door.excused.WithLabelValues(excusedLocalError).Inc()
 		return true
-	case p.door.Load != nil && p.door.Load.Strained():
+	case p.strainedSince(sent):
 		p.door.excused.WithLabelValues(excusedStrained).Inc()
 		return true
 	}
 	return false
+}
+
+// strainedSince reports hapbx strained at any moment since t.
+func (p *Proxy) strainedSince(t time.Time) bool {
+	return p.door.Load != nil && p.door.Load.StrainedSince(t)
 }
 
 // localFault marks the reason of a send that failed for a reason of this

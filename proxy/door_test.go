@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -30,16 +31,27 @@ var (
 	_ FloodGuard = (*limits.Guard)(nil)
 )
 
-// fakeLoad is hapbx's own load as a test sets it.
-type fakeLoad struct{ shedding, strained atomic.Bool }
+// fakeLoad is hapbx's own load as a test sets it: strained now, or at
+// strainedAt (UnixNano; 0: never).
+type fakeLoad struct {
+	shedding, strained atomic.Bool
+	strainedAt         atomic.Int64
+}
 
 func (l *fakeLoad) Shedding() bool { return l.shedding.Load() }
-func (l *fakeLoad) Strained() bool { return l.strained.Load() || l.shedding.Load() }
+func (l *fakeLoad) StrainedSince(t time.Time) bool {
+	at := l.strainedAt.Load()
+	return l.strained.Load() || l.shedding.Load() || at != 0 && at >= t.UnixNano()
+}
 
 // silentBackend is a UDP socket standing for a backend: it answers nothing
 // and counts the datagrams it gets.
 func silentBackend(t *testing.T) (Backend, *atomic.Int64) {
-	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	return silentBackendAt(t, "asterisk1", be1IP)
+}
+
+func silentBackendAt(t *testing.T, name, ip string) (Backend, *atomic.Int64) {
+	be, _ := backendOn(t, name, ip, "udp")
 	c, err := net.ListenPacket("udp", be.Address)
 	if err != nil {
 		t.Fatal(err)
@@ -181,6 +193,26 @@ func TestLocalOverloadNotHeldAgainstBackend(t *testing.T) {
 	}
 }
 
+// Issue 13.1: a request sent before or during a strain that fails after
+// it (Timer B, 32 s after a flood) is excused; one sent after it is not.
+func TestFailureAfterStrainExcusedBySendTime(t *testing.T) {
+	load := &fakeLoad{}
+	p := &Proxy{log: zap.NewNop()}
+	newDoorMetrics(&p.door, nilRegisterer{})
+	WithDoor(Door{Load: load})(p)
+	strain := time.Now()
+	load.strainedAt.Store(strain.UnixNano())
+	if !p.excused(strain.Add(-time.Second), "timeout: Timer_B timed out") {
+		t.Error("a request sent before the strain, failed after it: not excused")
+	}
+	if p.excused(strain.Add(time.Second), "timeout: Timer_B timed out") {
+		t.Error("a request sent after the strain: excused")
+	}
+	if n := testutil.ToFloat64(p.door.excused.WithLabelValues(excusedStrained)); n != 1 {
+		t.Errorf("excused{strained} = %v, want 1", n)
+	}
+}
+
 func TestTransportFailureOfThisHost(t *testing.T) {
 	p := &Proxy{log: zap.NewNop()}
 	newDoorMetrics(&p.door, nilRegisterer{})
@@ -193,7 +225,7 @@ func TestTransportFailureOfThisHost(t *testing.T) {
 		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), false},
 		{errors.New("transaction timed out"), false},
 	} {
-		if got := p.excused(transportFailure(c.err)); got != c.local {
+		if got := p.excused(time.Now(), transportFailure(c.err)); got != c.local {
 			t.Errorf("%v: excused %v, want %v", c.err, got, c.local)
 		}
 	}
@@ -414,5 +446,101 @@ func TestFloodGuardTCP(t *testing.T) {
 		if got := statusOf(exchangeTCP(t, p.addr, options, wait)); got != w {
 			t.Fatalf("OPTIONS %d over TCP: %q, want %q", i+1, got, w)
 		}
+	}
+}
+
+// Issue 13.3: while shedding, the retransmission of a REGISTER the door
+// let in is not answered 503: its transaction goes on and the phone gets
+// the backend's 200, the only final answer it sees.
+func TestRetransmissionOfATakenRequestNotShed(t *testing.T) {
+	be, _ := backendOn(t, "asterisk1", be1IP, "udp")
+	bc, err := net.ListenPacket("udp", be.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bc.Close() })
+	held := make(chan *sip.Request, 4)
+	from := make(chan net.Addr, 4)
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, a, err := bc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if msg, err := sip.ParseMessage(buf[:n]); err == nil {
+				if req, ok := msg.(*sip.Request); ok && req.Method == sip.REGISTER {
+					held <- req
+					from <- a
+				}
+			}
+		}
+	}()
+	load := &fakeLoad{}
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false),
+		func(c *Config) { c.HopTimeout, c.NoBackendWait = 10*time.Second, 0 },
+		WithDoor(Door{Load: load}))
+
+	phone, err := net.ListenPacket("udp", net.JoinHostPort(phoneIP, strconv.Itoa(testkit.FreePort(t, phoneIP))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { phone.Close() })
+	msg := doorRequest("REGISTER", "sip:"+p.addr, "")
+	msg = strings.ReplaceAll(strings.ReplaceAll(msg, "PEER", phone.LocalAddr().String()), "\n", "\r\n")
+	dst, _ := net.ResolveUDPAddr("udp", p.addr)
+	if _, err := phone.WriteTo([]byte(msg), dst); err != nil {
+		t.Fatal(err)
+	}
+	var req *sip.Request
+	select {
+	case req = <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the REGISTER did not reach the backend")
+	}
+	load.shedding.Store(true)
+	if _, err := phone.WriteTo([]byte(msg), dst); err != nil { // the phone's retransmission
+		t.Fatal(err)
+	}
+	// A fresh REGISTER is still shed: the door is closed to new work.
+	if res := testkit.Exchange(t, phoneIP, p.addr, doorRequest("REGISTER", "sip:"+p.addr, ""), 2*time.Second); statusOf(res) != "SIP/2.0 503 Service Unavailable" {
+		t.Fatalf("a new REGISTER while shedding: %q, want 503", statusOf(res))
+	}
+	res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+	if _, err := bc.WriteTo([]byte(res.String()), <-from); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	_ = phone.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		n, _, err := phone.ReadFrom(buf)
+		if err != nil {
+			t.Fatal("no final response to the REGISTER")
+		}
+		if line := statusOf(string(buf[:n])); !strings.HasPrefix(line, "SIP/2.0 1") {
+			if line != "SIP/2.0 200 OK" {
+				t.Fatalf("the REGISTER's first final response: %q, want the backend's 200", line)
+			}
+			break
+		}
+	}
+	if n := testutil.ToFloat64(p.door.shed.WithLabelValues(shedMemory)); n != 1 {
+		t.Fatalf("shed{memory} = %v, want 1 (the new REGISTER only)", n)
+	}
+}
+
+// Issue 13.7: while hapbx sheds new work, a request its backends failed is
+// not held for another backend (no_backend_wait): holding it is new work
+// too, and under a storm thousands of held requests were most of the
+// memory. It gets 503 at once.
+func TestNoHoldWhileShedding(t *testing.T) {
+	be1, _ := silentBackendAt(t, "asterisk1", be1IP)
+	be2, _ := silentBackendAt(t, "asterisk2", be2IP)
+	p := startProxyWith(t, []string{"udp"}, []Backend{be1, be2}, NewStaticRouter([]string{be1.Name, be2.Name}, false),
+		func(c *Config) { c.HopTimeout, c.NoBackendWait = 50*time.Millisecond, 30*time.Second },
+		WithDoor(Door{Load: &fakeLoad{}, MaxTransactions: 1})) // the request itself fills max_transactions
+	res := testkit.Exchange(t, phoneIP, p.addr, doorRequest("REGISTER", "sip:"+p.addr, ""), 10*time.Second)
+	if statusOf(res) != "SIP/2.0 503 Service Unavailable" {
+		t.Fatalf("REGISTER both backends failed while at max_transactions: %q, want 503 without the 30 s hold", statusOf(res))
 	}
 }

@@ -152,11 +152,13 @@ func (p *Proxy) onlyBackend(backend string) bool {
 // and sipgo must not add its own Via.
 func keepHeaders(*sipgo.Client, *sip.Request) error { return nil }
 
-func (p *Proxy) failed(t target, reason string) {
+// failed reports t's failure of a request sent at sent to health, unless
+// it is excused (door.go).
+func (p *Proxy) failed(t target, sent time.Time, reason string) {
 	if t.backend == "" {
 		return
 	}
-	if p.excused(reason) {
+	if p.excused(sent, reason) {
 		p.log.Debug("backend failure excused: hapbx itself was overloaded", zap.String("backend", t.backend), zap.String("reason", reason))
 		return
 	}

@@ -51,6 +51,7 @@ func (p *Proxy) handle(req *sip.Request, tx sip.ServerTransaction) {
 	if !p.streamDoor(req, tx) {
 		return
 	}
+	p.take(req, tx)
 	p.takeBridgeHeader(req)
 	d := p.decide(req)
 	if d.act == actForward || d.act == actBackends || d.act == actStateless {
@@ -404,8 +405,10 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 // placed while a cold standby starts is set up late rather than refused
 // (respond has sent an INVITE's 100 Trying: no retransmissions meanwhile);
 // the caller's CANCEL, a drain or an in-dialog request end the wait at once.
+// While the door sheds new work (shedReason) nothing is held: a held
+// request is new work too, and a storm's held requests filled the memory.
 func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool, cancelled <-chan struct{}) []target {
-	if p.cfg.NoBackendWait <= 0 || p.draining.Load() {
+	if p.cfg.NoBackendWait <= 0 || p.draining.Load() || p.shedReason() != "" {
 		return nil
 	}
 	if _, inDialog := req.To().Params.Get("tag"); inDialog {

@@ -171,7 +171,7 @@ func (rc *responseContext) send(t target) outcome {
 	case err != nil && rc.forked:
 		p.log.Debug("fork branch not sent", zap.String("to", t.addr), zap.Error(err))
 		return pending
-	case err != nil && rc.giveUp(t, "transport", transportFailure(err)):
+	case err != nil && rc.giveUp(t, time.Now(), "transport", transportFailure(err)):
 		return next
 	case err != nil:
 		return rc.settle()
@@ -272,7 +272,7 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 		rc.success(b, res)
 		return pending
 	}
-	if (res.StatusCode == 503 || res.StatusCode == 408) && rc.giveUp(b.t, itoa(res.StatusCode), "response "+itoa(res.StatusCode)) {
+	if (res.StatusCode == 503 || res.StatusCode == 408) && rc.giveUp(b.t, b.sent, itoa(res.StatusCode), "response "+itoa(res.StatusCode)) {
 		return next
 	}
 	if b.t.backend != "" && (res.StatusCode == 401 || res.StatusCode == 407) {
@@ -342,16 +342,17 @@ func (rc *responseContext) ended(b *branch, err error) outcome {
 		reason = "timeout"
 	}
 	rc.lost, rc.timedOut = true, rc.timedOut || timeout
-	if rc.giveUp(b.t, reason, reason+": "+errString(err)) {
+	if rc.giveUp(b.t, b.sent, reason, reason+": "+errString(err)) {
 		return next
 	}
 	return pending
 }
 
-// giveUp reports the failure of t (a backend is suspected at once, also
-// when none is left to try) and whether to retry the next target.
-func (rc *responseContext) giveUp(t target, label, reason string) bool {
-	rc.p.failed(t, reason)
+// giveUp reports the failure of t with a request sent at sent (a backend
+// is suspected at once, also when none is left to try) and whether to
+// retry the next target.
+func (rc *responseContext) giveUp(t target, sent time.Time, label, reason string) bool {
+	rc.p.failed(t, sent, reason)
 	if !rc.more || rc.provisional || isClosed(rc.cancelled) {
 		return false
 	}
@@ -371,19 +372,25 @@ func (rc *responseContext) hopExpired(b *branch) outcome {
 		return pending
 	}
 	_, inDialog := rc.req.To().Params.Get("tag")
-	patient := b.gotAny || inDialog || !rc.more && p.onlyBackend(b.t.backend) && time.Since(b.sent) < p.cfg.HopTimeout+p.cfg.NoBackendWait
+	// While hapbx itself is strained its own queues may hold the backend's
+	// 100 Trying: trying the next backend would double the load and may
+	// set up the call twice, so the backend gets the same patience as an
+	// only one.
+	wait := !rc.more && p.onlyBackend(b.t.backend) || p.strainedSince(b.sent)
+	patient := b.gotAny || inDialog || wait && time.Since(b.sent) < p.cfg.HopTimeout+p.cfg.NoBackendWait
 	if patient && p.routable(b.t.backend) {
 		// No other backend can take the request: an in-dialog one belongs
 		// to this backend, and a new one has nowhere else to go (a cold
 		// standby's one PBX, slow to answer the burst of requests held
-		// while it started). Wait while it is merely slow (a new request
-		// for as long as it could be held for a backend); give up once
+		// while it started) or must not go yet (hapbx strained). Wait
+		// while it is merely slow (a new request for as long as it could
+		// be held for a backend); give up once
 		// health has declared it down. Ending the branch now would leave
 		// the request to the hold, which does not try the same backend
 		// twice, so the caller would get 503 from a live PBX.
 		if !inDialog && !b.gotAny && !b.suspected {
 			b.suspected = true
-			p.failed(b.t, "no response within hop_timeout") // probe it at once
+			p.failed(b.t, b.sent, "no response within hop_timeout") // probe it at once
 		}
 		rc.hop = time.After(p.cfg.HopTimeout)
 		return pending
@@ -396,7 +403,7 @@ func (rc *responseContext) hopExpired(b *branch) outcome {
 	if b.gotAny {
 		label, reason = "down", "declared down after its 100 Trying"
 	}
-	if rc.giveUp(b.t, label, reason) || !isClosed(rc.cancelled) {
+	if rc.giveUp(b.t, b.sent, label, reason) || !isClosed(rc.cancelled) {
 		return next
 	}
 	return settled
@@ -466,7 +473,7 @@ func (rc *responseContext) terminate(reason string) {
 		b.done = true
 		rc.live--
 		if reason != "" {
-			rc.p.failed(b.t, reason)
+			rc.p.failed(b.t, b.sent, reason)
 		}
 	}
 }

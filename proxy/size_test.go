@@ -24,6 +24,7 @@ import (
 func TestMain(m *testing.M) {
 	LiftTransportLimits()
 	TakeOverTrying()
+	ShortenRetention()
 	os.Exit(m.Run())
 }
 

@@ -14,7 +14,9 @@
 #   c        HOLD_RATE calls/s held HOLD_SECONDS each (10 000 up at once):
 #            RSS while they are all up
 # PARTS picks the parts ("a a-noguard b c"); SCALE multiplies every rate,
-# count and max_bindings (SCALE=0.1 to try the script). Loopback only
+# count and max_bindings (SCALE=0.1 to try the script). PROFILE=1 saves a
+# heap profile of hapbx in each part's directory (with KEEP=1 to keep it):
+# at the end of a and b, while every call is up in c. Loopback only
 # (127.0.9.x); every SIPp run is bounded by a call count and a timeout.
 # In b and c all phones send from one address, so the flood guard is off
 # there (it would rightly block 4000 REGISTERs/s from one address).
@@ -30,7 +32,10 @@ FLOOD_RATE=$(sc "${FLOOD_RATE:-8000}") FLOOD_SECONDS=${FLOOD_SECONDS:-10}
 AFTER_RATE=$(sc "${AFTER_RATE:-200}") AFTER_SECONDS=${AFTER_SECONDS:-40}
 REG_N=$(sc "${REG_N:-200000}") REG_RATE=$(sc "${REG_RATE:-4000}") MAX_BINDINGS=$(sc "${MAX_BINDINGS:-100000}")
 HOLD_RATE=$(sc "${HOLD_RATE:-500}") HOLD_SECONDS=${HOLD_SECONDS:-20} HOLD_CREATE_SECONDS=${HOLD_CREATE_SECONDS:-30}
-PROXY=127.0.9.1 BE=127.0.9.11 FLOODER=127.0.9.60 PHONE=127.0.9.50 ADMIN=127.0.0.1:19070
+# BENCH_NET and BENCH_ADMIN_PORT move the bench off 127.0.9.x and 19070
+# (two runs at once).
+NET=${BENCH_NET:-127.0.9}
+PROXY=$NET.1 BE=$NET.11 FLOODER=$NET.60 PHONE=$NET.50 ADMIN=127.0.0.1:${BENCH_ADMIN_PORT:-19070}
 
 command -v sipp >/dev/null || { echo "bench: sipp missing (apt-get install sip-tester)" >&2; exit 1; }
 work=$(mktemp -d)
@@ -39,6 +44,13 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wa
 trap cleanup EXIT INT TERM
 
 hpid='' uaspid='' samplerpid=''
+# lim LIMITS_YAML: a part's limits with EXTRA_LIMITS ("max_transactions:
+# 5000", to try another setting) added.
+lim() { if [ -z "${EXTRA_LIMITS:-}" ]; then echo "$1"; elif [ "$1" = "{}" ]; then echo "{$EXTRA_LIMITS}"; else echo "{$EXTRA_LIMITS, ${1#\{}"; fi; }
+(umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token")
+# heap PART: hapbx's heap profile (live objects at the last collection)
+# into the part's directory, when PROFILE is set.
+heap() { [ -z "${PROFILE:-}" ] || curl -fs -H "Authorization: Bearer $(cat "$work/token")" "http://$ADMIN/debug/pprof/heap?gc=1" -o "$work/$1/heap.pprof" || echo "bench: no heap profile" >&2; }
 # start PART LIMITS_YAML REGISTRAR_EXTRA: a SIPp backend (answering calls,
 # REGISTERs and probes) and a fresh hapbx, ready when the backend is up.
 start() {
@@ -49,8 +61,8 @@ node: {name: loadbench}
 sip: {listen: ["udp://$PROXY:5060"], advertise: $PROXY}
 backends: [{name: asterisk1, address: "$BE:5060", transport: udp}]
 registrar: {data_dir: "$dir/data"$3}
-limits: $2
-admin: {listen: "$ADMIN"}
+limits: $(lim "$2")
+admin: {listen: "$ADMIN"$( [ -z "${PROFILE:-}" ] || echo ", token_file: \"$work/token\", pprof: true")}
 log: {level: warn, format: json}
 YAML
   "$BIN" run -c "$dir/hapbx.yaml" 2>"$dir/hapbx.log" & hpid=$!; pids+=($hpid)
@@ -74,6 +86,22 @@ shed() { curl -fs "http://$ADMIN/metrics" | awk '/^hapbx_proxy_shed_total\{/ {ma
 # transitions: hapbx_health_transitions_total by from->to, "up->suspect 3, ...".
 transitions() { curl -fs "http://$ADMIN/metrics" | awk '/^hapbx_health_transitions_total\{/ {match($1, /from="[^"]*"/); f = substr($1, RSTART + 6, RLENGTH - 7)
   match($1, /to="[^"]*"/); t = substr($1, RSTART + 4, RLENGTH - 5); printf "%s%s->%s %d", sep, f, t, $NF; sep = ", "}'; }
+# metric_with NAME LABEL...: the sum of a metric's series whose labels
+# include every LABEL (written name="value").
+metric_with() { local m=$1; shift; curl -fs "http://$ADMIN/metrics" | awk -v m="$m" -v want="$*" '
+  index($1, m "{") == 1 {n = split(want, w, " "); for (i = 1; i <= n; i++) if (index($1, w[i]) == 0) next; s += $NF} END {printf "%d", s}'; }
+# udp_drops: datagrams the kernel dropped for lack of receive buffer in
+# this network namespace (any socket: hapbx's, SIPp's, other programs').
+udp_drops() { awk '/^Udp:/ {if (!k) {for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") k = i; next} print $k; exit}' /proc/net/snmp; }
+# sock_hex IP PORT: the address as /proc/net/udp writes it.
+sock_hex() { printf '%02X%02X%02X%02X:%04X' $(echo "$1" | awk -F. '{print $4, $3, $2, $1}') "$2"; }
+# watch_drops FILE: /proc/net/udp's rows of the bench's sockets every
+# 200 ms into FILE (a socket's drop count goes with the socket);
+# sock_drops FILE IP PORT: the most datagrams dropped at that socket for
+# want of receive buffer.
+watch_drops() { local re; re="$(sock_hex "$PHONE" 5070)|$(sock_hex "$PROXY" 5060)|$(sock_hex "$BE" 5060)"
+  (while :; do grep -E " ($re) " /proc/net/udp; sleep 0.2; done >"$1") & pids+=($!); dropspid=$!; }
+sock_drops() { awk -v a="$(sock_hex "$2" "$3")" '$2 == a && $NF + 0 > m {m = $NF + 0} END {print m + 0}' "$1"; }
 bindings() { curl -fs "http://$ADMIN/api/v1/status" | awk -F': ' '/"bindings"/ {gsub(/,/, "", $2); print $2; exit}'; }
 # stat FILE COLUMN: a column of the last line of a SIPp -trace_stat file.
 stat() { awk -F';' -v c="$2" 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == c) k = i} END {print $k + 0}' "$1"; }
@@ -87,7 +115,7 @@ sipp_uac() { local dir=$1 addr=$2; shift 2; mkdir -p "$dir"
      -trace_stat -stf stat.csv -fd 1 "$@" "$PROXY:5060" >out.txt 2>&1 || true) 2>/dev/null; }
 
 echo "hapbx under load and abuse on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "SIPp phones -> hapbx (UDP, 127.0.9.1) -> one SIPp backend; one fresh hapbx per part; peak RSS is its VmHWM"
+echo "SIPp phones -> hapbx (UDP, $PROXY) -> one SIPp backend; one fresh hapbx per part; peak RSS is its VmHWM"
 
 flood() { # $1: part name, $2: limits
   local dir=$work/$1
@@ -117,33 +145,39 @@ flood() { # $1: part name, $2: limits
          line = ""; for (k = 0; k < n; k++) line = line " " (c[k] + 0)
          print rec "|" line}')
   local aok afail; aok=$(stat "$a" 'SuccessfulCall(C)') afail=$(stat "$a" 'FailedCall(C)')
-  printf '%s: flood %s calls/s for %ss from %s, limits %s\n' "$1" "$FLOOD_RATE" "$FLOOD_SECONDS" "$FLOODER" "$2"
+  printf '%s: flood %s calls/s for %ss from %s, limits %s\n' "$1" "$FLOOD_RATE" "$FLOOD_SECONDS" "$FLOODER" "$(lim "$2")"
   printf '  SIPp offered %s calls in %ss (%s calls/s); answered 200: %s, failed (503 or other): %s, no answer when it stopped: %s\n' \
     "$sent" "$el" "$(awk -v s="$sent" -v e="$el" 'BEGIN{ printf "%.0f", (e > 0 ? s / e : 0) }')" "$ok" "$failed" "$(( sent - ok - failed ))"
   printf '  peak RSS during the flood %s MB (goal < 512 MiB); shed: %s\n' "$fpeak" "$(shed)"
   printf '  then %s calls/s for %ss: %s ok, %s failed; successful calls by second of start:%s\n' "$AFTER_RATE" "$AFTER_SECONDS" "$aok" "$afail" "${rec#*|}"
   printf '  all calls succeed again from second %s after the flood (goal < 2 s)\n' "${rec%%|*}"
   printf '  backend state changes: %s (goal 0; since the start: %s); peak RSS overall %s\n' "$(( tr1 - tr0 ))" "$(transitions)" "$(peak "$1")"
+  heap "$1"
   stop
 }
 
 registrations() {
   local dir=$work/b
   start b "{flood: {rate: 0}}" ", max_bindings: $MAX_BINDINGS" uas_register_ok.xml
-  local t0 t1; t0=$(date +%s.%N)
+  local t0 t1 drops0 dropspid; t0=$(date +%s.%N) drops0=$(udp_drops)
+  watch_drops "$dir/udp"
   sipp_uac "$dir/phones" "$PHONE" -sf "$BENCHDIR/uac_register_many.xml" -r "$REG_RATE" -m "$REG_N" \
     -l "$REG_N" -timeout $(( REG_N / REG_RATE * 3 + 40 ))s
-  t1=$(date +%s.%N); sleep 1
+  t1=$(date +%s.%N); sleep 1; kill "$dropspid" 2>/dev/null || true
   # When SIPp had sent the last REGISTER (the rest is waiting for answers).
   local sentin; sentin=$(awk -F';' -v n="$REG_N" 'NR == 1 {for (i = 1; i <= NF; i++) {if ($i == "OutgoingCall(C)") k = i; if ($i == "ElapsedTime(C)") e = i}; next}
     $k + 0 >= n && d == "" {split($e, t, ":"); d = t[1] * 3600 + t[2] * 60 + t[3]} END {print (d == "" ? "?" : d)}' "$dir/phones/stat.csv")
   local s=$dir/phones/stat.csv
-  local sent ok refused lost held; sent=$(stat "$s" 'OutgoingCall(C)') ok=$(stat "$s" 'SuccessfulCall(C)') held=$(bindings)
+  local sent ok refused lost held sent200 drops; sent=$(stat "$s" 'OutgoingCall(C)') ok=$(stat "$s" 'SuccessfulCall(C)') held=$(bindings)
+  sent200=$(metric_with hapbx_proxy_responses_total 'method="REGISTER"' 'code="200"') drops=$(( $(udp_drops) - drops0 ))
   refused=$(stat "$s" 'FailedUnexpectedMessage(C)') lost=$(stat "$s" 'FailedMaxUDPRetrans(C)')
-  printf 'b: %s phones register once each at %s/s, max_bindings %s, flood guard off\n' "$REG_N" "$REG_RATE" "$MAX_BINDINGS"
+  printf 'b: %s phones register once each at %s/s, max_bindings %s, limits %s\n' "$REG_N" "$REG_RATE" "$MAX_BINDINGS" "$(lim '{flood: {rate: 0}}')"
   printf '  sent %s (the last after %ss) in %.1fs; 200: %s, refused (503): %s, unanswered: %s; bindings held: %s (goal: 200s = bindings held)\n' \
     "$sent" "$sentin" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$ok" "$refused" "$lost" "$held"
+  printf '  hapbx sent %s 200s to REGISTERs; UDP datagrams dropped for want of receive buffer: %s at the phones, %s at hapbx, %s at the backend (%s on the host)\n' \
+    "$sent200" "$(sock_drops "$dir/udp" "$PHONE" 5070)" "$(sock_drops "$dir/udp" "$PROXY" 5060)" "$(sock_drops "$dir/udp" "$BE" 5060)" "$drops"
   printf '  peak RSS %s (goal < 512 MiB); shed: %s\n' "$(peak b)" "$(shed)"
+  heap b
   stop
 }
 
@@ -151,6 +185,7 @@ held_calls() {
   local dir=$work/c
   start c "{flood: {rate: 0}}" "" uas_bench.xml
   local n=$(( HOLD_RATE * HOLD_CREATE_SECONDS )) t0; t0=$(date +%s.%N)
+  (sleep $(( HOLD_SECONDS + 5 )); heap c) &
   sipp_uac "$dir/phones" "$PHONE" -sf "$BENCHDIR/uac_call_hold.xml" -s 202 -d $(( HOLD_SECONDS * 1000 )) -r "$HOLD_RATE" -m "$n" \
     -l "$n" -timeout $(( HOLD_CREATE_SECONDS + HOLD_SECONDS + 40 ))s
   sleep 1

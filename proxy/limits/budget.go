@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 	"sync/atomic"
@@ -28,6 +29,17 @@ import (
 //     lack of receive buffer (RcvbufErrors in /proc/net/snmp grew): a
 //     backend's reply may then have been late or lost here, so its silence
 //     does not count against it.
+//   - StrainedSince: whether hapbx was strained at any moment since a
+//     given time, for a failure that shows long after its cause (a
+//     transaction sent during a flood times out 32 s later, when the
+//     flood is over).
+//   - TuneGC (when the wiring asks: GOGC not set): the collector's GOGC
+//     follows the live state, so that garbage between collections has
+//     about an eighth of the budget (64 MiB of 512 MiB) whatever the live
+//     state: GOGC 400 while it is small (collections are cheap to
+//     postpone: a few cycles a second would otherwise cost a third of the
+//     proxy's CPU at 3000 calls/s), down to 100 as it grows, so that memory
+//     grows with what hapbx holds and not five times as fast.
 type Budget struct {
 	limit     int64
 	shedAt    int64
@@ -37,7 +49,11 @@ type Budget struct {
 	epoch     time.Time
 	read      func(*reading) // a test's readings
 	shedding  atomic.Bool
-	strainEnd atomic.Int64 // ns since epoch
+	strainEnd atomic.Int64 // ns since epoch: the last sign of strain plus strainHold
+
+	tune      bool
+	gcPercent int
+	setGC     func(int) // debug.SetGCPercent; a test's recorder
 
 	samples    []metrics.Sample
 	prevSched  []uint64
@@ -73,16 +89,46 @@ func NewBudget(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Budget {
 		},
 	}
 	b.read = b.readProcess
+	b.setGC = func(p int) { debug.SetGCPercent(p) }
 	b.m.budget.Set(float64(limit))
 	return b
+}
+
+// GOGC's range under TuneGC.
+const (
+	gcPercentMin = 100
+	gcPercentMax = 400
+)
+
+// TuneGC makes the budget set GOGC from the live state it samples (see
+// Budget), starting at gcPercentMax; call before Run.
+func (b *Budget) TuneGC() {
+	b.tune = true
+	b.gcPercent = gcPercentMax
+	b.setGC(gcPercentMax)
+	b.m.gcPercent.Set(gcPercentMax)
+}
+
+// gcPercentFor is GOGC for inUse bytes of live state: garbage room of an
+// eighth of the budget, within [gcPercentMin, gcPercentMax].
+func (b *Budget) gcPercentFor(inUse int64) int {
+	if inUse <= 0 {
+		return gcPercentMax
+	}
+	return int(min(max(b.limit/8*100/inUse, gcPercentMin), gcPercentMax))
 }
 
 // Shedding reports whether new work must be refused to stay in the budget.
 func (b *Budget) Shedding() bool { return b.shedding.Load() }
 
 // Strained reports whether hapbx itself was overloaded lately.
-func (b *Budget) Strained() bool {
-	return b.shedding.Load() || int64(time.Since(b.epoch)) < b.strainEnd.Load()
+func (b *Budget) Strained() bool { return b.StrainedSince(time.Now()) }
+
+// StrainedSince reports whether hapbx itself was overloaded at any moment
+// from t (less strainHold) until now: a failure of something started at t
+// may be hapbx's own doing.
+func (b *Budget) StrainedSince(t time.Time) bool {
+	return b.shedding.Load() || int64(t.Sub(b.epoch)) < b.strainEnd.Load()
 }
 
 // Run samples until ctx ends.
@@ -125,6 +171,15 @@ func (b *Budget) readProcess(r *reading) {
 // observe applies one reading taken at now (ns since epoch).
 func (b *Budget) observe(r reading, now int64) {
 	b.m.inUse.Set(float64(r.inUse))
+	if b.tune {
+		// Set again only on a change of a tenth or more: each setting
+		// recomputes the collector's pacing.
+		if p := b.gcPercentFor(r.inUse); p*10 < b.gcPercent*9 || p*10 > b.gcPercent*11 {
+			b.gcPercent = p
+			b.setGC(p)
+			b.m.gcPercent.Set(float64(p))
+		}
+	}
 	switch {
 	case !b.shedding.Load() && r.inUse >= b.shedAt:
 		b.shedding.Store(true)
@@ -136,6 +191,9 @@ func (b *Budget) observe(r reading, now int64) {
 		b.m.shedding.Set(0)
 		b.log.Info("memory budget back in range: new requests taken again",
 			zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
+	}
+	if b.shedding.Load() {
+		b.strainEnd.Store(now + int64(strainHold)) // counted as strain by Shedding's own metric
 	}
 	if r.sched != nil {
 		if b.prevSched != nil && quantile(r.sched, b.prevSched, 0.99) > schedStrain.Seconds() {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"testing"
 	"time"
 
@@ -73,6 +74,36 @@ func TestBudgetStrain(t *testing.T) {
 	}
 }
 
+// Issue 13.1: a transaction sent during a strain that fails after it (Timer
+// B, 32 s later) is still hapbx's doing; one sent after the strain is not.
+func TestBudgetStrainedSince(t *testing.T) {
+	b := testBudget()
+	start := b.epoch
+	at := func(d time.Duration) int64 { return int64(d) }
+	b.observe(reading{rcvbuf: 10}, at(time.Second))
+	b.observe(reading{rcvbuf: 11}, at(2*time.Second)) // a drop at 2 s
+	b.observe(reading{rcvbuf: 11}, at(40*time.Second))
+	if !b.StrainedSince(start.Add(time.Second)) {
+		t.Fatal("not strained since 1 s with a drop at 2 s")
+	}
+	if !b.StrainedSince(start.Add(3 * time.Second)) {
+		t.Fatal("not strained since 3 s with a drop at 2 s (within strainHold)")
+	}
+	if b.StrainedSince(start.Add(2*time.Second + strainHold + time.Millisecond)) {
+		t.Fatal("strained since a time past the drop's strainHold")
+	}
+
+	b = testBudget()
+	b.observe(reading{inUse: int64(700 * MiB)}, at(time.Second)) // shedding at 1 s
+	b.observe(reading{inUse: int64(100 * MiB)}, at(2*time.Second))
+	if b.Shedding() {
+		t.Fatal("still shedding")
+	}
+	if !b.StrainedSince(start) {
+		t.Fatal("a shedding at 1 s is not a strain since 0")
+	}
+}
+
 func TestBudgetReadsTheProcess(t *testing.T) {
 	b := testBudget()
 	var r reading
@@ -134,5 +165,37 @@ func TestBudgetShedsOnTheRealHeap(t *testing.T) {
 	sample()
 	if b.Shedding() {
 		t.Fatalf("still shedding once the memory is freed (in use %v)", testutil.ToFloat64(b.m.inUse))
+	}
+}
+
+// Issue 13.7: GOGC follows the live state: 400 while it is small, down to
+// 100 as it grows (garbage room of an eighth of the budget), set again only
+// on a change of a tenth.
+func TestBudgetTunesGC(t *testing.T) {
+	b := testBudget() // 800 MiB: garbage room 100 MiB
+	var set []int
+	b.setGC = func(p int) { set = append(set, p) }
+	b.TuneGC()
+	for _, s := range []struct {
+		inUse Bytes
+		want  int
+	}{
+		{10 * MiB, 400},
+		{50 * MiB, 200},
+		{52 * MiB, 200}, // 192: within a tenth, left
+		{100 * MiB, 100},
+		{400 * MiB, 100},
+		{20 * MiB, 400},
+	} {
+		b.observe(reading{inUse: int64(s.inUse)}, 0)
+		if b.gcPercent != s.want {
+			t.Fatalf("in use %s: GOGC %d, want %d", s.inUse, b.gcPercent, s.want)
+		}
+	}
+	if want := []int{400, 200, 100, 400}; !slices.Equal(set, want) {
+		t.Fatalf("GOGC set to %v, want %v", set, want)
+	}
+	if b := testBudget(); b.gcPercent != 0 {
+		t.Fatal("GOGC tuned without TuneGC")
 	}
 }

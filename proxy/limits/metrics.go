@@ -40,10 +40,11 @@ func newFloodMetrics(reg prometheus.Registerer) *floodMetrics {
 }
 
 type budgetMetrics struct {
-	budget   prometheus.Gauge
-	inUse    prometheus.Gauge
-	shedding prometheus.Gauge
-	strained *prometheus.CounterVec
+	budget    prometheus.Gauge
+	inUse     prometheus.Gauge
+	shedding  prometheus.Gauge
+	strained  *prometheus.CounterVec
+	gcPercent prometheus.Gauge
 }
 
 func newBudgetMetrics(reg prometheus.Registerer) *budgetMetrics {
@@ -64,12 +65,16 @@ func newBudgetMetrics(reg prometheus.Registerer) *budgetMetrics {
 			Name: "hapbx_limits_strained_total",
 			Help: "Samples in which hapbx itself was short of CPU (sched: goroutine scheduling latency) or of UDP receive buffer (rcvbuf: datagrams dropped by the kernel).",
 		}, []string{"cause"}),
+		gcPercent: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_limits_gc_percent",
+			Help: "GOGC as the budget set it from the live state (0 when GOGC comes from the environment).",
+		}),
 	}
 	for _, c := range []string{"sched", "rcvbuf"} {
 		m.strained.WithLabelValues(c)
 	}
 	if reg != nil {
-		reg.MustRegister(m.budget, m.inUse, m.shedding, m.strained)
+		reg.MustRegister(m.budget, m.inUse, m.shedding, m.strained, m.gcPercent)
 	}
 	return m
 }

@@ -72,13 +72,6 @@ func runDaemon(path string, stderr io.Writer) int {
 }
 
 func (d *daemon) run() error {
-	// hapbx's live heap is small (tens of MB) while every SIP message it
-	// parses allocates: with Go's default GOGC=100 the collector took about
-	// 30% of the proxy's CPU at 3000 calls/s (pprof). GOGC in the
-	// environment still wins.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
-	}
 	// The memory budget is the soft memory limit too: the collector works
 	// harder as the process nears it, and the proxy sheds new requests
 	// before live state fills it. GOMEMLIMIT in the environment still wins.
@@ -87,6 +80,14 @@ func (d *daemon) run() error {
 	}
 	d.reg = newRegistry()
 	d.budget = limits.NewBudget(d.cfg.Limits, d.log.Named("limits"), d.reg)
+	// hapbx's live heap is small (tens of MB) while every SIP message it
+	// parses allocates: with Go's default GOGC=100 the collector took about
+	// 30% of the proxy's CPU at 3000 calls/s (pprof). The budget sets GOGC
+	// from 400 down to 100 as the live state grows. GOGC in the environment
+	// still wins.
+	if os.Getenv("GOGC") == "" {
+		d.budget.TuneGC()
+	}
 	d.flood = limits.NewGuard(d.cfg.Limits.Flood, d.log.Named("flood"), d.reg)
 	// sipgo's UDP size limits are process-wide variables (no per-transport
 	// option in v1.7.2): lift them once, before any SIP socket (health
@@ -94,6 +95,7 @@ func (d *daemon) run() error {
 	// are read and forwarded, never refused as "larger than MTU".
 	proxy.LiftTransportLimits()
 	proxy.TakeOverTrying()
+	proxy.ShortenRetention()
 
 	targets, err := healthTargets(d.cfg.Backends)
 	if err != nil {
