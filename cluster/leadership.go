@@ -156,6 +156,7 @@ type leadership struct {
 	transferring atomic.Bool
 	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
 	inflight     atomic.Int32
+	voteAsked    atomic.Int64 // unix nanos when another voter last asked us for a (pre-)vote
 }
 
 // vipHolding is the VIP on our interface and who is told when that changes.
@@ -221,8 +222,9 @@ func (c *Cluster) startRaft() error {
 		// leadership over anyway. Its first attempt still comes after H like everyone's.
 		rc.ElectionTimeout *= 4
 	}
-	// Not what protects the VIP (see "Who holds the VIP" above): the maximum raft allows.
-	rc.LeaderLeaseTimeout = c.cfg.Timing.HeartbeatTimeout
+	// Not what protects the VIP (see "Who holds the VIP" above): the maximum raft allows
+	// while checkLeaderNow may lower the heartbeat timeout by checkNudge for a moment.
+	rc.LeaderLeaseTimeout = c.cfg.Timing.HeartbeatTimeout - checkNudge
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.LogOutput = bridge
 	rc.LogLevel = "INFO"
@@ -257,8 +259,11 @@ func (c *Cluster) observe(ctx context.Context) {
 	defer c.wg.Done()
 	ch := make(chan raft.Observation, 16)
 	ob := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.RequestPreVoteRequest, raft.RequestVoteRequest:
+			return true
+		}
+		return false
 	})
 	c.lead.r.RegisterObserver(ob)
 	defer c.lead.r.DeregisterObserver(ob)
@@ -268,7 +273,12 @@ func (c *Cluster) observe(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case o := <-ch:
-			lo := o.Data.(raft.LeaderObservation)
+			lo, ok := o.Data.(raft.LeaderObservation)
+			if !ok {
+				// Another voter asks for a (pre-)vote: it has given up on the leader.
+				c.lead.voteAsked.Store(time.Now().UnixNano())
+				continue
+			}
 			if lo.LeaderID != "" && lo.LeaderID != last {
 				c.m.leaderChanges.Inc()
 				c.log.Info("raft leader", zap.String("leader", string(lo.LeaderID)))
@@ -378,6 +388,75 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 				}()
 			}
 		}
+	}
+}
+
+// checkNudge is how much checkLeaderNow lowers raft's heartbeat timeout for a moment.
+const checkNudge = time.Millisecond
+
+// electionWatch makes a follower give up on a silent leader as soon as raft allows, not
+// at raft's next randomised timer. raft checks "no contact for heartbeat_timeout" only
+// when a timer re-armed at random in [H, 2H) fires, so a dead leader was abandoned
+// between H and 3H after its last heartbeat. This loop watches raft's LastContact and,
+// once it is H old, has raft run that same check at once (checkLeaderNow): the rule
+// that protects the VIP (no vote while the leader was heard within H) is unchanged,
+// only its timing is exact.
+//
+// Order matters with two survivors: a voter refuses a (pre-)vote while it still knows
+// a leader, and two candidates at once split the vote (the retry waits
+// election_timeout). So the witness checks at H; a proxy checks at once when another
+// voter has asked it for a (pre-)vote within the last H (that voter has given up on
+// the leader and, its pre-vote refused by us, waits as a candidate that grants ours),
+// else only at H + H/4 (heartbeats to the two followers go out independently, every
+// H/10 to H/5, so the witness's last contact can be that much later than ours).
+func (c *Cluster) electionWatch(ctx context.Context) {
+	defer c.wg.Done()
+	h := c.cfg.Timing.HeartbeatTimeout
+	tick := time.NewTicker(max(h/50, time.Millisecond))
+	defer tick.Stop()
+	var kicked time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		r := c.lead.r
+		if r.State() != raft.Follower {
+			continue
+		}
+		if addr, _ := r.LeaderWithID(); addr == "" {
+			continue // raft has given up on it already, or never had one
+		}
+		now := time.Now()
+		silent := now.Sub(r.LastContact())
+		if silent < h {
+			continue
+		}
+		if c.role == RoleProxy && silent < h+h/4 && now.Sub(time.Unix(0, c.lead.voteAsked.Load())) > h {
+			continue
+		}
+		if now.Sub(kicked) < h/10 {
+			continue // raft's loop has not got to the last one yet
+		}
+		kicked = now
+		c.checkLeaderNow()
+	}
+}
+
+// checkLeaderNow makes a follower's raft run its heartbeat check now: raft does so when
+// its heartbeat timeout is lowered, so it is lowered by checkNudge and set back.
+func (c *Cluster) checkLeaderNow() {
+	rc := c.lead.r.ReloadableConfig()
+	h := rc.HeartbeatTimeout
+	rc.HeartbeatTimeout = h - checkNudge
+	if err := c.lead.r.ReloadConfig(rc); err != nil {
+		c.log.Warn("cannot have raft check the leader now", zap.Error(err))
+		return
+	}
+	rc.HeartbeatTimeout = h
+	if err := c.lead.r.ReloadConfig(rc); err != nil {
+		c.log.Error("cannot set raft's heartbeat timeout back", zap.Duration("heartbeat_timeout", h), zap.Error(err))
 	}
 }
 
