@@ -119,11 +119,15 @@ import (
 // after its last contact (raft alone does so only at its next randomised timer, H to
 // 3H after): the witness first; the surviving proxy, whose pre-vote the witness then
 // grants, when the witness asks for a vote or at H + H/4. One pre-vote and one vote
-// round trip and an fsync elect the proxy (if the witness wins instead, one leadership
-// transfer follows, a few ms); then a heartbeat round renews its lease and it adds the
-// VIP. Measured in network namespaces on a shared 2-core machine, load average 12-16
-// (TestFailoverFigures, HAPBX_BENCH=1, 20 SIGKILLs): median 0.3 s, p95 0.42 s; a run
-// under the same load had two outliers of 0.76-0.82 s.
+// round trip and an fsync elect the proxy; then a heartbeat round renews its lease and
+// it adds the VIP. The raft connections between the survivors are already open and
+// authenticated (warmConns): the handshake no longer falls in the failover. If the
+// witness wins instead (the proxy's own raft timer fired first and the witness, still
+// following the dead holder, refused it), it hands leadership to the proxy as soon as
+// the proxy accepts its first entries (transfer), a few ms more. Measured in network
+// namespaces on a shared 2-core machine, load average 17-20 from other jobs
+// (TestFailoverFigures, HAPBX_BENCH=1, 20 SIGKILLs): median 268 ms, p95 329 ms, max
+// 430 ms.
 //
 // == Failure cases ==
 //
@@ -447,12 +451,37 @@ func (c *Cluster) checkLeaderNow() {
 	}
 }
 
-// transfer hands raft leadership to the first target that answers a direct memberlist
-// ping: right after an election the previous leader is often dead but not yet declared
-// so by memberlist, and a transfer to it would only time out.
+// transfer hands raft leadership to a target proxy, best first among those known alive:
+// one that accepted an AppendEntries of ours in this term within the last
+// heartbeat_timeout, else one that answers a direct memberlist ping. Right after an
+// election the previous leader is often dead but not yet declared so by memberlist: a
+// ping to it costs a probe timeout and a transfer to it would only time out. A witness
+// that won the election after the holder died thus hands over to the surviving proxy
+// as soon as that proxy accepts its first entries (waiting up to H/2 for them), without
+// a ping round trip.
 func (c *Cluster) transfer(targets []Peer) {
+	h := c.cfg.Timing.HeartbeatTimeout
+	term := c.lead.r.CurrentTerm()
+	acked := func() (Peer, bool) {
+		for _, p := range targets {
+			if c.lead.trans.ackedWithin(raft.ServerID(p.Name), term, h) {
+				return p, true
+			}
+		}
+		return Peer{}, false
+	}
+	p, ok := acked()
+	for wait := time.Now().Add(h / 2); !ok && time.Now().Before(wait) && c.lead.r.State() == raft.Leader; p, ok = acked() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ok && c.transferTo(p) {
+		return
+	}
 	ml := c.mem.ml.Load()
 	for _, p := range targets {
+		if c.lead.r.State() != raft.Leader {
+			return
+		}
 		addr, err := net.ResolveUDPAddr("udp", p.Gossip)
 		if err != nil {
 			continue
@@ -461,16 +490,20 @@ func (c *Cluster) transfer(targets []Peer) {
 			c.log.Info("not handing leadership to an unresponsive proxy", zap.String("to", p.Name), zap.Error(err))
 			continue
 		}
-		c.log.Info("handing raft leadership over", zap.String("to", p.Name))
-		err = c.lead.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
-		if err == nil {
-			return
-		}
-		c.log.Warn("leadership transfer failed", zap.String("to", p.Name), zap.Error(err))
-		if c.lead.r.State() != raft.Leader {
+		if c.transferTo(p) {
 			return
 		}
 	}
+}
+
+// transferTo asks raft to hand leadership to p and reports whether it did.
+func (c *Cluster) transferTo(p Peer) bool {
+	c.log.Info("handing raft leadership over", zap.String("to", p.Name))
+	err := c.lead.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
+	if err != nil {
+		c.log.Warn("leadership transfer failed", zap.String("to", p.Name), zap.Error(err))
+	}
+	return err == nil
 }
 
 func b2f(b bool) float64 {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"time"
@@ -72,4 +73,45 @@ func (t *ackTransport) quorumSince(term uint64, self raft.ServerID, voters []raf
 	}
 	slices.SortFunc(sent, func(a, b time.Time) int { return b.Compare(a) }) // newest first
 	return sent[need-1]
+}
+
+// ackedWithin reports whether follower id accepted an AppendEntries of term sent less
+// than d ago.
+func (t *ackTransport) ackedWithin(id raft.ServerID, term uint64, d time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a, ok := t.acks[id]
+	return ok && a.term == term && time.Since(a.sent) < d
+}
+
+// warmConns keeps a pooled, authenticated raft connection from this node to every other
+// voter. Followers never talk to each other until an election, and the first RPC to a
+// peer dials TCP and runs the secret_file handshake: on a loaded host that took up to
+// 200 ms in the middle of a failover (or failed the RPC, the handshake being bound by
+// the RPC timeout). A stale pooled connection (the peer restarted) fails one of these
+// instead of a (pre-)vote. The probe is an AppendEntries of term 0, which every raft
+// node ignores (older than its term) without a log line or a state change.
+func (c *Cluster) warmConns(ctx context.Context) {
+	defer c.wg.Done()
+	self := c.cfg.self()
+	req := raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{
+		ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(self.Name), Addr: []byte(self.Raft),
+	}}
+	t := time.NewTicker(4 * c.cfg.Timing.HeartbeatTimeout)
+	defer t.Stop()
+	for {
+		for _, p := range c.cfg.Peers {
+			if p.Name == self.Name {
+				continue
+			}
+			var resp raft.AppendEntriesResponse
+			// An error only means no warm connection this round; the next one retries.
+			_ = c.lead.trans.NetworkTransport.AppendEntries(raft.ServerID(p.Name), raft.ServerAddress(p.Raft), &req, &resp)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
