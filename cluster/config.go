@@ -65,7 +65,7 @@ type Timing struct {
 	ElectionTimeout time.Duration `yaml:"election_timeout"`
 	// LeaderLease: the holder keeps the VIP while a majority of voters (itself counted)
 	// accepted a heartbeat sent less than this long ago. At most HeartbeatTimeout minus
-	// a tenth of it, the lease tick (HeartbeatTimeout/50, at least 5ms) and 1ms
+	// a tenth of it, the lease tick (HeartbeatTimeout/20, at least 5ms) and 1ms
 	// (leadership.go: timing argument).
 	LeaderLease time.Duration `yaml:"leader_lease"`
 	// ProbeInterval and ProbeTimeout drive memberlist's failure detector.
@@ -130,7 +130,7 @@ type Config struct {
 }
 
 // leaseTick is how often the leader re-evaluates its lease.
-func (t Timing) leaseTick() time.Duration { return max(t.HeartbeatTimeout/50, 5*time.Millisecond) }
+func (t Timing) leaseTick() time.Duration { return max(t.HeartbeatTimeout/20, 5*time.Millisecond) }
 
 // maxLease is the longest leader_lease the timing argument in leadership.go allows.
 func (t Timing) maxLease() time.Duration {

@@ -33,8 +33,9 @@
 // name, bind, advertise, raft_bind, peers[] {name, gossip, raft}, secret_file,
 // priority, failback, failback_delay, data_dir, ping_targets, ping_interval,
 // ping_timeout, timing {heartbeat_timeout, election_timeout, leader_lease (at most
-// heartbeat_timeout less a tenth of it, heartbeat_timeout/50 and 1 ms), probe_interval, probe_timeout, suspicion_mult,
-// gossip_interval, push_pull_interval, join_retry_max}, vip {address, interface,
+// heartbeat_timeout less a tenth of it, heartbeat_timeout/20 and 1 ms),
+// probe_interval, probe_timeout, suspicion_mult, gossip_interval,
+// push_pull_interval, join_retry_max}, vip {address, interface,
 // garp_count, garp_interval} (ignored by a witness).
 //
 // For a service member only name, bind, advertise (default: bind's address), peers[].gossip,

@@ -36,7 +36,7 @@ import (
 // follower, the send time of the newest AppendEntries (heartbeats included, one every
 // H/10 to H/5) that the follower accepted in the leader's current term; the lease is
 // fresh while a majority of voters, the leader counted, accepted one sent less than
-// timing.leader_lease ago. The check runs every lease tick (H/50, at least 5 ms) and on
+// timing.leader_lease ago. The check runs every lease tick (H/20, at least 5 ms) and on
 // every new acknowledgement, in its own goroutine. It needs nothing from raft's main
 // loop: a main loop stuck on a disk write keeps the VIP as long as the heartbeats flow,
 // since the followers then keep following and nobody else can be elected. raft's own
@@ -76,21 +76,21 @@ import (
 // == Timing argument (why there are never two holders) ==
 //
 // Defaults: heartbeat_timeout H = 250 ms, election_timeout = 250 ms, leader_lease
-// L = 200 ms, lease tick = H/50 = 5 ms. Validate demands L <= H - H/10 - tick - 1 ms
-// (219 ms with the defaults).
+// L = 200 ms, lease tick = H/20 = 12.5 ms. Validate demands L <= H - H/10 - tick - 1 ms
+// (211.5 ms with the defaults).
 //
 // Let s be the lease's reference time: a majority of voters (the holder included)
 // accepted an AppendEntries of the holder's current term that was sent at or after s
 // (the send time is taken before the request leaves). Each of those followers set its
 // "last contact" to a time >= s and knows the holder as leader. The holder drops the VIP
-// at the latest at s + L + tick (+ the netlink call, ~1 ms) = s + 206 ms.
+// at the latest at s + L + tick (+ the netlink call, ~1 ms) = s + 213.5 ms.
 //
 // A new leader needs (pre-)votes from a majority, which shares at least one voter X with
 // the majority that acknowledged s. X refuses (pre-)votes while it knows a leader, and
 // forgets the leader only when its heartbeat check finds no contact for H (H - 1 ms
 // while electionWatch nudges raft into checking at once); if X is the candidate
 // itself, it does not start an election before that either. So no new leader exists
-// before s + H - 1 ms = s + 249 ms, at least H/10 (25 ms, and 43 ms with the default
+// before s + H - 1 ms = s + 249 ms, at least H/10 (25 ms, and 35 ms with the default
 // L) after the old holder released the VIP, whatever the network delay: the argument
 // uses send times on the holder and contact times on the followers, never a round
 // trip. The margin absorbs scheduling delays of the holder's lease check. A holder
@@ -115,9 +115,10 @@ import (
 // ping loss, close); a witness never holds it.
 //
 // Failover time after the holder dies: its last heartbeats reached the followers up to
-// H/5 before the death. electionWatch has each follower's raft give up on it exactly H
-// after its last contact (raft alone does so only at its next randomised timer, H to
-// 3H after): the witness first; the surviving proxy, whose pre-vote the witness then
+// H/5 before the death. electionWatch has each follower's raft give up on it H after
+// its last contact once a dial to its raft port is refused (H + H/4 when unanswered:
+// host off) (raft alone does so only at its next randomised timer, H to 3H after, and
+// still does for a holder that is only late): the witness first; the surviving proxy, whose pre-vote the witness then
 // grants, when the witness asks for a vote or at H + H/4. One pre-vote and one vote
 // round trip and an fsync elect the proxy; then a heartbeat round renews its lease and
 // it adds the VIP. The raft connections between the survivors are already open and
@@ -125,9 +126,10 @@ import (
 // witness wins instead (the proxy's own raft timer fired first and the witness, still
 // following the dead holder, refused it), it hands leadership to the proxy as soon as
 // the proxy accepts its first entries (transfer), a few ms more. Measured in network
-// namespaces on a shared 2-core machine, load average 17-20 from other jobs
-// (TestFailoverFigures, HAPBX_BENCH=1, 20 SIGKILLs): median 268 ms, p95 329 ms, max
-// 430 ms.
+// namespaces on a shared 2-core machine, load average 8-20 from other jobs
+// (TestFailoverFigures, HAPBX_BENCH=1, 20 SIGKILLs): median 260-290 ms, p95 270-390
+// ms in most runs; single runs at load 15-20 had p95 0.6-0.9 s (a (pre-)vote's fsync
+// or dial taking hundreds of ms on the starved host).
 //
 // == Failure cases ==
 //
@@ -224,7 +226,7 @@ func (c *Cluster) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("cluster: raft transport on %s: %w", bind, err)
 	}
-	c.lead.trans = newAckTransport(raft.NewNetworkTransport(stream, 3, c.rpcTimeout(), bridge), c.lead.poke)
+	c.lead.trans = newAckTransport(raft.NewNetworkTransport(stream, rpcPool, c.rpcTimeout(), bridge), c.lead.poke)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.cfg.Name)
 	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
@@ -312,6 +314,9 @@ func (l *leadership) poke() {
 	}
 }
 
+// rpcPool is how many idle connections raft's transport keeps per peer.
+const rpcPool = 3
+
 // rpcTimeout bounds every raft RPC, heartbeats included. The lease does not depend on
 // it (it counts from send times, see the timing argument above); half a heartbeat
 // timeout lets a follower's answer be late under load without failing the heartbeat.
@@ -333,12 +338,16 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 	}
 	var lastTransfer time.Time
 	for {
+		// An acknowledgement (wake) only re-evaluates the lease; hand-overs are
+		// considered on the tick and on leadership changes.
+		considerTransfer := true
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		case <-leaderCh:
 		case <-c.lead.wake:
+			considerTransfer = false
 		}
 		// The term first: a term read after the state could be a newer one in which
 		// we lead no more (then no acknowledgement counts, which is safe).
@@ -360,7 +369,7 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 
 		// A leader that must not hold the VIP (witness, lost ping targets) or that should
 		// fail back hands leadership to the best proxy.
-		if isLeader && !c.lead.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
+		if considerTransfer && isLeader && !c.lead.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
 			if targets := c.transferTargets(); len(targets) > 0 {
 				lastTransfer = now
 				// Release before anyone else can be elected. A transfer while the address
@@ -393,6 +402,12 @@ const checkNudge = time.Millisecond
 // that protects the VIP (no vote while the leader was heard within H) is unchanged,
 // only its timing is exact.
 //
+// Only a leader that is gone is abandoned early: once silent for H, the follower dials
+// the leader's raft port (leaderGone, again every H/4 while the silence lasts). Refused
+// (process dead) or unanswered within H/4 (host off or cut off): early. Connected (the
+// process lives but is late, e.g. starved of CPU): raft's own timer decides, H to 3H,
+// the tolerance of a loaded holder it always had.
+//
 // Order matters with two survivors: a voter refuses a (pre-)vote while it still knows
 // a leader, and two candidates at once split the vote (the retry waits
 // election_timeout). So the witness checks at H; a proxy checks at once when another
@@ -403,9 +418,10 @@ const checkNudge = time.Millisecond
 func (c *Cluster) electionWatch(ctx context.Context) {
 	defer c.wg.Done()
 	h := c.cfg.Timing.HeartbeatTimeout
-	tick := time.NewTicker(max(h/50, time.Millisecond))
+	tick := time.NewTicker(max(h/25, time.Millisecond))
 	defer tick.Stop()
-	var kicked time.Time
+	var kicked, probed time.Time
+	gone := false // the last probe found the leader's process or host gone
 	for {
 		select {
 		case <-ctx.Done():
@@ -416,15 +432,24 @@ func (c *Cluster) electionWatch(ctx context.Context) {
 		if r.State() != raft.Follower {
 			continue
 		}
-		if addr, _ := r.LeaderWithID(); addr == "" {
+		addr, _ := r.LeaderWithID()
+		if addr == "" {
 			continue // raft has given up on it already, or never had one
 		}
 		now := time.Now()
 		silent := now.Sub(r.LastContact())
 		if silent < h {
+			gone, probed = false, time.Time{}
 			continue
 		}
-		if c.role == RoleProxy && silent < h+h/4 && now.Sub(time.Unix(0, c.lead.voteAsked.Load())) > h {
+		if now.Sub(probed) >= h/4 {
+			gone, probed = leaderGone(string(addr), h/4), now
+		}
+		if !gone {
+			continue // alive but late (starved): raft's own timer decides, as it always did
+		}
+		asked := now.Sub(time.Unix(0, c.lead.voteAsked.Load())) <= h
+		if c.role == RoleProxy && !asked && silent < h+h/4 {
 			continue
 		}
 		if now.Sub(kicked) < h/10 {
@@ -433,6 +458,19 @@ func (c *Cluster) electionWatch(ctx context.Context) {
 		kicked = now
 		c.checkLeaderNow()
 	}
+}
+
+// leaderGone tells a dead leader from a late one by dialling its raft port: a refusal
+// means its process is gone (the host answers for it), no answer within timeout that
+// its host is off or cut off. A connection means the host's kernel and the process's
+// socket live: a starved or stopped process, which keeps the old tolerance.
+func leaderGone(addr string, timeout time.Duration) bool {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return true
+	}
+	_ = conn.Close()
+	return false
 }
 
 // checkLeaderNow makes a follower's raft run its heartbeat check now: raft does so when

@@ -104,9 +104,15 @@ func (c *Cluster) warmConns(ctx context.Context) {
 			if p.Name == self.Name {
 				continue
 			}
-			var resp raft.AppendEntriesResponse
-			// An error only means no warm connection this round; the next one retries.
-			_ = c.lead.trans.NetworkTransport.AppendEntries(raft.ServerID(p.Name), raft.ServerAddress(p.Raft), &req, &resp)
+			// The pool holds up to rpcPool connections, any of them stale after the peer
+			// restarted: each failure drops one. An error after that only means no warm
+			// connection this round.
+			for range rpcPool + 1 {
+				var resp raft.AppendEntriesResponse
+				if c.lead.trans.NetworkTransport.AppendEntries(raft.ServerID(p.Name), raft.ServerAddress(p.Raft), &req, &resp) == nil {
+					break
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -83,4 +85,42 @@ func TestHolderStall(t *testing.T) {
 	t.Logf("cut off: %s removed the VIP %s after the cut, %s added it %s after that",
 		h, last.Sub(t0).Round(time.Millisecond), tw, took.Sub(last).Round(time.Millisecond))
 	l.heal(h)
+}
+
+// Figures: the trio idles for 20 s beside CPU hogs (HAPBX_BENCH_HOGS busy loops, default
+// 6, on top of whatever else runs); how often the holder removed the VIP and how often
+// raft's leader changed. HAPBX_BENCH=1 to run.
+func TestStarvedHolderFigures(t *testing.T) {
+	if os.Getenv("HAPBX_BENCH") != "1" {
+		t.Skip("figures: set HAPBX_BENCH=1")
+	}
+	hogs := 6
+	if v := os.Getenv("HAPBX_BENCH_HOGS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hogs = n
+	}
+	l := newLab(t)
+	h := l.startTrio(100, 100, false)
+	count := func(msg string) (n int) {
+		for _, node := range []string{"n1", "n2", "w"} {
+			n += len(l.logTimes(node, msg))
+		}
+		return n
+	}
+	removed, leaders := count("VIP removed"), count("raft leader")
+	for range hogs {
+		cmd := exec.Command("sh", "-c", "while :; do :; done")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	}
+	const d = 20 * time.Second
+	time.Sleep(d)
+	load, _ := os.ReadFile("/proc/loadavg")
+	t.Logf("%s idle beside %d CPU hogs (load average %s): VIP removed %d times, raft leader changes seen %d, holder at start %s, holders now %v",
+		d, hogs, strings.Fields(string(load))[0], count("VIP removed")-removed, count("raft leader")-leaders, h, l.holders())
 }
