@@ -157,9 +157,11 @@ func (c *Cluster) start(ctx context.Context) (err error) {
 	if err := c.startMemberlist(); err != nil {
 		return err
 	}
-	c.wg.Add(4)
+	c.wg.Add(6)
 	go c.joinLoop(ctx)
 	go c.leaderLoop(ctx)
+	go c.electionWatch(ctx)
+	go c.warmConns(ctx)
 	go c.observe(ctx)
 	go c.metaLoop(ctx)
 	if len(c.cfg.PingTargets) > 0 && c.role == RoleProxy {

@@ -58,13 +58,15 @@ type Peer struct {
 // Timing holds the failure-detection knobs. The defaults are tuned for a 2–3 node LAN
 // with sub-millisecond RTT; see leadership.go for why LeaderLease < HeartbeatTimeout matters.
 type Timing struct {
-	// HeartbeatTimeout: a follower that has not heard the leader for this long (raft
-	// randomises it to [1x,2x)) starts an election.
+	// HeartbeatTimeout: a follower that has not heard the leader for this long starts
+	// an election (at once: see electionWatch in leadership.go).
 	HeartbeatTimeout time.Duration `yaml:"heartbeat_timeout"`
 	// ElectionTimeout: a candidate that has not won within this long (randomised) retries.
 	ElectionTimeout time.Duration `yaml:"election_timeout"`
-	// LeaderLease: a leader that has no quorum acknowledgement for this long releases
-	// the VIP and steps down. Must be well below HeartbeatTimeout.
+	// LeaderLease: the holder keeps the VIP while a majority of voters (itself counted)
+	// accepted a heartbeat sent less than this long ago. At most HeartbeatTimeout minus
+	// a tenth of it, the lease tick (HeartbeatTimeout/20, at least 5ms) and 1ms
+	// (leadership.go: timing argument).
 	LeaderLease time.Duration `yaml:"leader_lease"`
 	// ProbeInterval and ProbeTimeout drive memberlist's failure detector.
 	ProbeInterval time.Duration `yaml:"probe_interval"`
@@ -127,6 +129,14 @@ type Config struct {
 	VIP VIPConfig `yaml:"vip"`
 }
 
+// leaseTick is how often the leader re-evaluates its lease.
+func (t Timing) leaseTick() time.Duration { return max(t.HeartbeatTimeout/20, 5*time.Millisecond) }
+
+// maxLease is the longest leader_lease the timing argument in leadership.go allows.
+func (t Timing) maxLease() time.Duration {
+	return t.HeartbeatTimeout - t.HeartbeatTimeout/10 - t.leaseTick() - checkNudge
+}
+
 // DefaultConfig returns the defaults; Peers, SecretFile and VIP must still be set.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
@@ -142,7 +152,7 @@ func DefaultConfig() Config {
 		Timing: Timing{
 			HeartbeatTimeout: 250 * time.Millisecond,
 			ElectionTimeout:  250 * time.Millisecond,
-			LeaderLease:      100 * time.Millisecond,
+			LeaderLease:      200 * time.Millisecond,
 			ProbeInterval:    200 * time.Millisecond,
 			ProbeTimeout:     100 * time.Millisecond,
 			SuspicionMult:    3,
@@ -257,9 +267,10 @@ func (c Config) validate(role Role) error {
 		add("timing.leader_lease: %s is below raft's 5ms minimum", t.LeaderLease)
 	}
 	// The safety argument (leadership.go): the old holder must drop the VIP before a new leader
-	// can exist, i.e. lease + check slack must stay clearly below the heartbeat timeout.
-	if t.LeaderLease > 0 && t.HeartbeatTimeout > 0 && t.LeaderLease*2 > t.HeartbeatTimeout {
-		add("timing.leader_lease: %s must be at most half of timing.heartbeat_timeout (%s) so a cut-off holder releases the VIP before a new leader is elected", t.LeaderLease, t.HeartbeatTimeout)
+	// can exist, i.e. lease + check slack must stay below the heartbeat timeout.
+	if t.LeaderLease > 0 && t.HeartbeatTimeout > 0 && t.LeaderLease > t.maxLease() {
+		add("timing.leader_lease: %s must be at most %s (timing.heartbeat_timeout %s less a tenth, the lease tick %s and 1ms) so a cut-off holder releases the VIP before a new leader can be elected",
+			t.LeaderLease, t.maxLease(), t.HeartbeatTimeout, t.leaseTick())
 	}
 	if role == RoleProxy {
 		if c.VIP.Address == "" {

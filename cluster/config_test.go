@@ -73,7 +73,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad port", func(c *Config) { c.Bind = "0.0.0.0:99999" }, []string{"bind: port"}},
 		{"no secret", func(c *Config) { c.SecretFile = "" }, []string{"secret_file: must be set"}},
 		{"no data dir", func(c *Config) { c.DataDir = "" }, []string{"data_dir: must be set"}},
-		{"lease too long", func(c *Config) { c.Timing.LeaderLease = 200 * time.Millisecond }, []string{"timing.leader_lease: 200ms must be at most half"}},
+		{"lease too long", func(c *Config) { c.Timing.LeaderLease = 230 * time.Millisecond }, []string{"timing.leader_lease: 230ms must be at most 211.5ms"}},
 		{"zero timing", func(c *Config) { c.Timing.ProbeInterval = 0; c.Timing.GossipInterval = 0 },
 			[]string{"timing.probe_interval: must be > 0", "timing.gossip_interval: must be > 0"}},
 		{"vip", func(c *Config) { c.VIP.Address = "192.168.1.13"; c.VIP.Interface = ""; c.VIP.GARPCount = 0 },

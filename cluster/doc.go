@@ -7,7 +7,11 @@
 //
 //   - membership.go: memberlist membership, encrypted with secret_file; node metadata.
 //   - leadership.go: raft with a static voter set, the quorum lease that decides who
-//     holds the VIP, hand-overs, why there are never two holders, the failure cases.
+//     holds the VIP, hand-overs, why there are never two holders (the timing
+//     argument: the holder's lease runs out before any follower of the majority that
+//     last acknowledged it may vote for another), the failure cases.
+//   - lease.go: raft's transport noting when each follower's acknowledged heartbeat
+//     was sent, what the lease counts from.
 //   - vip.go: adding, removing and announcing the VIP.
 //   - state.go: state channels of opaque records (RegisterState, StateSource).
 //   - publish.go: small values through the raft log (Publish, Get, RepublishOnTakeover).
@@ -29,8 +33,9 @@
 // name, bind, advertise, raft_bind, peers[] {name, gossip, raft}, secret_file,
 // priority, failback, failback_delay, data_dir, ping_targets, ping_interval,
 // ping_timeout, timing {heartbeat_timeout, election_timeout, leader_lease (at most
-// heartbeat_timeout/2), probe_interval, probe_timeout, suspicion_mult,
-// gossip_interval, push_pull_interval, join_retry_max}, vip {address, interface,
+// heartbeat_timeout less a tenth of it, heartbeat_timeout/20 and 1 ms),
+// probe_interval, probe_timeout, suspicion_mult, gossip_interval,
+// push_pull_interval, join_retry_max}, vip {address, interface,
 // garp_count, garp_interval} (ignored by a witness).
 //
 // For a service member only name, bind, advertise (default: bind's address), peers[].gossip,

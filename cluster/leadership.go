@@ -32,13 +32,16 @@ import (
 //
 // A node holds the VIP iff it is a proxy, it is the raft leader, its quorum lease is
 // fresh, it reaches at least one of ping_targets (when configured) and it is not
-// handing leadership over. The quorum lease: every timing.leader_lease/4 the leader
-// issues raft's VerifyLeader (a heartbeat round); the lease is fresh while the issue
-// time of the newest successful round is less than timing.leader_lease ago. This check
-// runs in its own goroutine, outside raft's main loop, so a raft loop stuck on a disk
-// write also drops the VIP. raft's own LeaderLeaseTimeout (which only makes raft step
-// down) is set to heartbeat_timeout, the maximum raft allows, so late acknowledgements
-// under CPU starvation cost the VIP for a moment but not a whole new election.
+// handing leadership over. The quorum lease (lease.go): raft's transport notes, per
+// follower, the send time of the newest AppendEntries (heartbeats included, one every
+// H/10 to H/5) that the follower accepted in the leader's current term; the lease is
+// fresh while a majority of voters, the leader counted, accepted one sent less than
+// timing.leader_lease ago. The check runs every lease tick (H/20, at least 5 ms) and on
+// every new acknowledgement, in its own goroutine. It needs nothing from raft's main
+// loop: a main loop stuck on a disk write keeps the VIP as long as the heartbeats flow,
+// since the followers then keep following and nobody else can be elected. raft's own
+// LeaderLeaseTimeout (which only makes raft step down) is set to heartbeat_timeout
+// less 1 ms, the maximum raft allows (see electionWatch).
 //
 // ping_targets are Heartbeat's ping nodes on top of the witness, not instead of it: a
 // proxy that cannot reach any of them may not hold the VIP, but they cast no vote. Two
@@ -73,28 +76,35 @@ import (
 // == Timing argument (why there are never two holders) ==
 //
 // Defaults: heartbeat_timeout H = 250 ms, election_timeout = 250 ms, leader_lease
-// L = 100 ms, lease check tick = L/4 = 25 ms. Validate demands L <= H/2.
+// L = 200 ms, lease tick = H/20 = 12.5 ms. Validate demands L <= H - H/10 - tick - 1 ms
+// (211.5 ms with the defaults).
 //
-// Every raft RPC, heartbeats included, has an I/O deadline of rpc = H - L - tick - H/10
-// (= 100 ms) from the moment it is sent.
-//
-// Let t be the issue time of the holder's newest successful VerifyLeader. Success means
-// a majority of voters (the holder included) acknowledged a heartbeat that was sent after
-// t, or that was already in flight at t and so was sent after t - rpc. Each of those
-// voters therefore set its "last contact" to a time >= t - rpc. The holder drops the VIP
-// at the latest at t + L + tick (+ the netlink call, ~1 ms) = t + 125 ms.
+// Let s be the lease's reference time: a majority of voters (the holder included)
+// accepted an AppendEntries of the holder's current term that was sent at or after s
+// (the send time is taken before the request leaves). Each of those followers set its
+// "last contact" to a time >= s and knows the holder as leader. The holder drops the VIP
+// at the latest at s + L + tick (+ the netlink call, ~1 ms) = s + 213.5 ms.
 //
 // A new leader needs (pre-)votes from a majority, which shares at least one voter X with
-// the majority that acknowledged t. X refuses (pre-)votes while it knows a leader, and
-// forgets the leader only when its heartbeat timer finds no contact for H; if X is the
-// candidate itself, it does not start an election before H without contact. So no new
-// leader exists before t - rpc + H = t + 150 ms, at least 25 ms after the old holder
-// released the VIP, even in the worst case of a 100 ms heartbeat round trip straddling
-// t. In the usual case (round trips well under a millisecond) t - rpc is really ~t and
-// the margin is ~125 ms, absorbing scheduling and GC pauses of the old holder. A holder
+// the majority that acknowledged s. X refuses (pre-)votes while it knows a leader, and
+// forgets the leader only when its heartbeat check finds no contact for H (H - 1 ms
+// while electionWatch nudges raft into checking at once); if X is the candidate
+// itself, it does not start an election before that either. So no new leader exists
+// before s + H - 1 ms = s + 249 ms, at least H/10 (25 ms, and 35 ms with the default
+// L) after the old holder released the VIP, whatever the network delay: the argument
+// uses send times on the holder and contact times on the followers, never a round
+// trip. The margin absorbs scheduling delays of the holder's lease check. A holder
 // whose whole process or machine is frozen longer (SIGSTOP, VM pause) cannot run its
-// lease check; this library has no fencing for that case. Validate enforces L <= H/2,
-// which keeps rpc >= 0.275 H > 0.
+// lease check; this library has no fencing for that case.
+//
+// Why this lease and not a shorter one: under CPU starvation the holder's heartbeats
+// and their answers are late. The lease lapses only when no heartbeat sent in the last
+// L was acknowledged by a majority: with heartbeats every H/10 to H/5 that is a stall of
+// more than L - H/5 = 150 ms. The earlier lease (100 ms from the issue of a
+// VerifyLeader round, which went through raft's main loop and had to allow for
+// heartbeats in flight) lapsed after stalls of about 75 ms and made the VIP flap on a
+// loaded holder. Re-added at once when the acknowledgements come back (still leader,
+// same term), a lapse costs the VIP for the length of the stall beyond L.
 //
 // A voter that restarts forgets whom it followed and would grant votes at once; start
 // therefore waits H before it starts raft, so a vote it grants comes at least H after
@@ -104,20 +114,27 @@ import (
 // (TimeoutNow). hapbx only starts a transfer after releasing the VIP itself (failback,
 // ping loss, close); a witness never holds it.
 //
-// Failover time after the holder dies: the followers' timers fire between H and 3H after
-// the last heartbeat (raft re-arms a random [H, 2H) timer), then one pre-vote and one vote
-// round trip and an fsync; if the witness wins, one leadership transfer follows (a few
-// ms). Then a VerifyLeader round and the VIP add. When the surviving proxy and the
-// witness time out within a few ms of each other, each refuses the other's pre-vote
-// (it still knows the dead leader) and the proxy retries after a random
-// [election_timeout, 2x) wait: that is the tail. Measured in network namespaces on a
-// shared, loaded 2-core machine (TestFailoverFigures, HAPBX_BENCH=1): median 0.55-0.7 s,
-// most runs' max 0.7-1.1 s, single outliers up to ~2 s.
+// Failover time after the holder dies: its last heartbeats reached the followers up to
+// H/5 before the death. electionWatch has each follower's raft give up on it H after
+// its last contact once a dial to its raft port is refused (H + H/4 when unanswered:
+// host off) (raft alone does so only at its next randomised timer, H to 3H after, and
+// still does for a holder that is only late): the witness first; the surviving proxy, whose pre-vote the witness then
+// grants, when the witness asks for a vote or at H + H/4. One pre-vote and one vote
+// round trip and an fsync elect the proxy; then a heartbeat round renews its lease and
+// it adds the VIP. The raft connections between the survivors are already open and
+// authenticated (warmConns): the handshake no longer falls in the failover. If the
+// witness wins instead (the proxy's own raft timer fired first and the witness, still
+// following the dead holder, refused it), it hands leadership to the proxy as soon as
+// the proxy accepts its first entries (transfer), a few ms more. Measured in network
+// namespaces on a shared 2-core machine, load average 8-20 from other jobs
+// (TestFailoverFigures, HAPBX_BENCH=1, 20 SIGKILLs): median 260-290 ms, p95 270-390
+// ms in most runs; single runs at load 15-20 had p95 0.6-0.9 s (a (pre-)vote's fsync
+// or dial taking hundreds of ms on the starved host).
 //
 // == Failure cases ==
 //
 //   - Holder dies (power, SIGKILL): the other proxy and the witness elect the other
-//     proxy within about 0.3–0.8 s; it adds the VIP and sends gratuitous ARP, so clients'
+//     proxy within about H + 50 ms (0.3 s); it adds the VIP and sends gratuitous ARP, so clients'
 //     ARP entries follow at once (TestFailoverSIGKILL). If only the hapbx process died and
 //     the host lives, the address stays on its interface until hapbx restarts (start
 //     removes it) — deploy the systemd unit with
@@ -147,15 +164,14 @@ import (
 // leadership is the raft voter and the quorum lease the VIP depends on.
 type leadership struct {
 	r     *raft.Raft
-	trans *raft.NetworkTransport
+	trans *ackTransport
 	store *raftboltdb.BoltStore
 	wake  chan struct{} // re-evaluates the lease at once (leaderLoop)
 
 	pingOK       atomic.Bool // ping targets reached (true without targets)
 	quorum       atomic.Bool
 	transferring atomic.Bool
-	lastAck      atomic.Int64 // unix nanos when the newest successful VerifyLeader was issued
-	inflight     atomic.Int32
+	voteAsked    atomic.Int64 // unix nanos when another voter last asked us for a (pre-)vote
 }
 
 // vipHolding is the VIP on our interface and who is told when that changes.
@@ -210,7 +226,7 @@ func (c *Cluster) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("cluster: raft transport on %s: %w", bind, err)
 	}
-	c.lead.trans = raft.NewNetworkTransport(stream, 3, c.rpcTimeout(), bridge)
+	c.lead.trans = newAckTransport(raft.NewNetworkTransport(stream, rpcPool, c.rpcTimeout(), bridge), c.lead.poke)
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.cfg.Name)
 	rc.HeartbeatTimeout = c.cfg.Timing.HeartbeatTimeout
@@ -221,8 +237,9 @@ func (c *Cluster) startRaft() error {
 		// leadership over anyway. Its first attempt still comes after H like everyone's.
 		rc.ElectionTimeout *= 4
 	}
-	// Not what protects the VIP (see "Who holds the VIP" above): the maximum raft allows.
-	rc.LeaderLeaseTimeout = c.cfg.Timing.HeartbeatTimeout
+	// Not what protects the VIP (see "Who holds the VIP" above): the maximum raft allows
+	// while checkLeaderNow may lower the heartbeat timeout by checkNudge for a moment.
+	rc.LeaderLeaseTimeout = c.cfg.Timing.HeartbeatTimeout - checkNudge
 	rc.CommitTimeout = 20 * time.Millisecond
 	rc.LogOutput = bridge
 	rc.LogLevel = "INFO"
@@ -257,8 +274,11 @@ func (c *Cluster) observe(ctx context.Context) {
 	defer c.wg.Done()
 	ch := make(chan raft.Observation, 16)
 	ob := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
+		switch o.Data.(type) {
+		case raft.LeaderObservation, raft.RequestPreVoteRequest, raft.RequestVoteRequest:
+			return true
+		}
+		return false
 	})
 	c.lead.r.RegisterObserver(ob)
 	defer c.lead.r.DeregisterObserver(ob)
@@ -268,7 +288,12 @@ func (c *Cluster) observe(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case o := <-ch:
-			lo := o.Data.(raft.LeaderObservation)
+			lo, ok := o.Data.(raft.LeaderObservation)
+			if !ok {
+				// Another voter asks for a (pre-)vote: it has given up on the leader.
+				c.lead.voteAsked.Store(time.Now().UnixNano())
+				continue
+			}
 			if lo.LeaderID != "" && lo.LeaderID != last {
 				c.m.leaderChanges.Inc()
 				c.log.Info("raft leader", zap.String("leader", string(lo.LeaderID)))
@@ -289,63 +314,48 @@ func (l *leadership) poke() {
 	}
 }
 
-func (c *Cluster) leaseTick() time.Duration {
-	return max(c.cfg.Timing.LeaderLease/4, 5*time.Millisecond)
-}
+// rpcPool is how many idle connections raft's transport keeps per peer.
+const rpcPool = 3
 
-// rpcTimeout bounds every raft RPC, heartbeats included: how much earlier than a
-// VerifyLeader round a heartbeat that satisfies it can have reached the follower (see
-// the timing argument above; the margin is kept at heartbeat_timeout/10).
-func (c *Cluster) rpcTimeout() time.Duration {
-	t := c.cfg.Timing
-	return t.HeartbeatTimeout - t.LeaderLease - c.leaseTick() - t.HeartbeatTimeout/10
-}
+// rpcTimeout bounds every raft RPC, heartbeats included. The lease does not depend on
+// it (it counts from send times, see the timing argument above); half a heartbeat
+// timeout lets a follower's answer be late under load without failing the heartbeat.
+func (c *Cluster) rpcTimeout() time.Duration { return c.cfg.Timing.HeartbeatTimeout / 2 }
 
-// leaderLoop decides, every tick and whenever raft's leadership changes, whether this
-// node may hold the VIP (see "Who holds the VIP" above).
+// leaderLoop decides, every lease tick and whenever raft's leadership changes or a
+// follower acknowledges us, whether this node may hold the VIP (see "Who holds the
+// VIP" above).
 func (c *Cluster) leaderLoop(ctx context.Context) {
 	defer c.wg.Done()
 	lease := c.cfg.Timing.LeaderLease
-	tick := time.NewTicker(c.leaseTick())
+	tick := time.NewTicker(c.cfg.Timing.leaseTick())
 	defer tick.Stop()
 	leaderCh := c.lead.r.LeaderCh()
+	self := raft.ServerID(c.cfg.Name)
+	voters := make([]raft.ServerID, 0, len(c.cfg.Peers))
+	for _, p := range c.cfg.Peers {
+		voters = append(voters, raft.ServerID(p.Name))
+	}
 	var lastTransfer time.Time
 	for {
-		// A wake (an acknowledged VerifyLeader, a finished transfer) only
-		// re-evaluates the lease. Verifying on it too made every answer
-		// start the next round at once: an idle leader spun at network round
-		// trip speed, most of a core. Verifications go out on the tick (and
-		// when leadership changes), which is what the lease is sized for.
-		verify := false
+		// An acknowledgement (wake) only re-evaluates the lease; hand-overs are
+		// considered on the tick and on leadership changes.
+		considerTransfer := true
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			verify = true
 		case <-leaderCh:
-			verify = true
 		case <-c.lead.wake:
+			considerTransfer = false
 		}
+		// The term first: a term read after the state could be a newer one in which
+		// we lead no more (then no acknowledgement counts, which is safe).
+		term := c.lead.r.CurrentTerm()
 		isLeader := c.lead.r.State() == raft.Leader
 		c.m.isLeader.Set(b2f(isLeader))
 		now := time.Now()
-		if isLeader && verify && c.lead.inflight.Load() < 4 {
-			c.lead.inflight.Add(1)
-			issued := now
-			go func() {
-				defer c.lead.inflight.Add(-1)
-				if c.lead.r.VerifyLeader().Error() == nil {
-					for {
-						old := c.lead.lastAck.Load()
-						if issued.UnixNano() <= old || c.lead.lastAck.CompareAndSwap(old, issued.UnixNano()) {
-							break
-						}
-					}
-					c.lead.poke()
-				}
-			}()
-		}
-		leaseOK := isLeader && now.Sub(time.Unix(0, c.lead.lastAck.Load())) < lease
+		leaseOK := isLeader && now.Sub(c.lead.trans.quorumSince(term, self, voters)) < lease
 		if isLeader {
 			c.lead.quorum.Store(leaseOK)
 		} else {
@@ -359,7 +369,7 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 
 		// A leader that must not hold the VIP (witness, lost ping targets) or that should
 		// fail back hands leadership to the best proxy.
-		if isLeader && !c.lead.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
+		if considerTransfer && isLeader && !c.lead.transferring.Load() && now.Sub(lastTransfer) > c.cfg.Timing.ElectionTimeout {
 			if targets := c.transferTargets(); len(targets) > 0 {
 				lastTransfer = now
 				// Release before anyone else can be elected. A transfer while the address
@@ -381,12 +391,135 @@ func (c *Cluster) leaderLoop(ctx context.Context) {
 	}
 }
 
-// transfer hands raft leadership to the first target that answers a direct memberlist
-// ping: right after an election the previous leader is often dead but not yet declared
-// so by memberlist, and a transfer to it would only time out.
+// checkNudge is how much checkLeaderNow lowers raft's heartbeat timeout for a moment.
+const checkNudge = time.Millisecond
+
+// electionWatch makes a follower give up on a silent leader as soon as raft allows, not
+// at raft's next randomised timer. raft checks "no contact for heartbeat_timeout" only
+// when a timer re-armed at random in [H, 2H) fires, so a dead leader was abandoned
+// between H and 3H after its last heartbeat. This loop watches raft's LastContact and,
+// once it is H old, has raft run that same check at once (checkLeaderNow): the rule
+// that protects the VIP (no vote while the leader was heard within H) is unchanged,
+// only its timing is exact.
+//
+// Only a leader that is gone is abandoned early: once silent for H, the follower dials
+// the leader's raft port (leaderGone, again every H/4 while the silence lasts). Refused
+// (process dead) or unanswered within H/4 (host off or cut off): early. Connected (the
+// process lives but is late, e.g. starved of CPU): raft's own timer decides, H to 3H,
+// the tolerance of a loaded holder it always had.
+//
+// Order matters with two survivors: a voter refuses a (pre-)vote while it still knows
+// a leader, and two candidates at once split the vote (the retry waits
+// election_timeout). So the witness checks at H; a proxy checks at once when another
+// voter has asked it for a (pre-)vote within the last H (that voter has given up on
+// the leader and, its pre-vote refused by us, waits as a candidate that grants ours),
+// else only at H + H/4 (heartbeats to the two followers go out independently, every
+// H/10 to H/5, so the witness's last contact can be that much later than ours).
+func (c *Cluster) electionWatch(ctx context.Context) {
+	defer c.wg.Done()
+	h := c.cfg.Timing.HeartbeatTimeout
+	tick := time.NewTicker(max(h/25, time.Millisecond))
+	defer tick.Stop()
+	var kicked, probed time.Time
+	gone := false // the last probe found the leader's process or host gone
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		r := c.lead.r
+		if r.State() != raft.Follower {
+			continue
+		}
+		addr, _ := r.LeaderWithID()
+		if addr == "" {
+			continue // raft has given up on it already, or never had one
+		}
+		now := time.Now()
+		silent := now.Sub(r.LastContact())
+		if silent < h {
+			gone, probed = false, time.Time{}
+			continue
+		}
+		if now.Sub(probed) >= h/4 {
+			gone, probed = leaderGone(string(addr), h/4), now
+		}
+		if !gone {
+			continue // alive but late (starved): raft's own timer decides, as it always did
+		}
+		asked := now.Sub(time.Unix(0, c.lead.voteAsked.Load())) <= h
+		if c.role == RoleProxy && !asked && silent < h+h/4 {
+			continue
+		}
+		if now.Sub(kicked) < h/10 {
+			continue // raft's loop has not got to the last one yet
+		}
+		kicked = now
+		c.checkLeaderNow()
+	}
+}
+
+// leaderGone tells a dead leader from a late one by dialling its raft port: a refusal
+// means its process is gone (the host answers for it), no answer within timeout that
+// its host is off or cut off. A connection means the host's kernel and the process's
+// socket live: a starved or stopped process, which keeps the old tolerance.
+func leaderGone(addr string, timeout time.Duration) bool {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return true
+	}
+	_ = conn.Close()
+	return false
+}
+
+// checkLeaderNow makes a follower's raft run its heartbeat check now: raft does so when
+// its heartbeat timeout is lowered, so it is lowered by checkNudge and set back.
+func (c *Cluster) checkLeaderNow() {
+	rc := c.lead.r.ReloadableConfig()
+	h := rc.HeartbeatTimeout
+	rc.HeartbeatTimeout = h - checkNudge
+	if err := c.lead.r.ReloadConfig(rc); err != nil {
+		c.log.Warn("cannot have raft check the leader now", zap.Error(err))
+		return
+	}
+	rc.HeartbeatTimeout = h
+	if err := c.lead.r.ReloadConfig(rc); err != nil {
+		c.log.Error("cannot set raft's heartbeat timeout back", zap.Duration("heartbeat_timeout", h), zap.Error(err))
+	}
+}
+
+// transfer hands raft leadership to a target proxy, best first among those known alive:
+// one that accepted an AppendEntries of ours in this term within the last
+// heartbeat_timeout, else one that answers a direct memberlist ping. Right after an
+// election the previous leader is often dead but not yet declared so by memberlist: a
+// ping to it costs a probe timeout and a transfer to it would only time out. A witness
+// that won the election after the holder died thus hands over to the surviving proxy
+// as soon as that proxy accepts its first entries (waiting up to H/2 for them), without
+// a ping round trip.
 func (c *Cluster) transfer(targets []Peer) {
+	h := c.cfg.Timing.HeartbeatTimeout
+	term := c.lead.r.CurrentTerm()
+	acked := func() (Peer, bool) {
+		for _, p := range targets {
+			if c.lead.trans.ackedWithin(raft.ServerID(p.Name), term, h) {
+				return p, true
+			}
+		}
+		return Peer{}, false
+	}
+	p, ok := acked()
+	for wait := time.Now().Add(h / 2); !ok && time.Now().Before(wait) && c.lead.r.State() == raft.Leader; p, ok = acked() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ok && c.transferTo(p) {
+		return
+	}
 	ml := c.mem.ml.Load()
 	for _, p := range targets {
+		if c.lead.r.State() != raft.Leader {
+			return
+		}
 		addr, err := net.ResolveUDPAddr("udp", p.Gossip)
 		if err != nil {
 			continue
@@ -395,16 +528,20 @@ func (c *Cluster) transfer(targets []Peer) {
 			c.log.Info("not handing leadership to an unresponsive proxy", zap.String("to", p.Name), zap.Error(err))
 			continue
 		}
-		c.log.Info("handing raft leadership over", zap.String("to", p.Name))
-		err = c.lead.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
-		if err == nil {
-			return
-		}
-		c.log.Warn("leadership transfer failed", zap.String("to", p.Name), zap.Error(err))
-		if c.lead.r.State() != raft.Leader {
+		if c.transferTo(p) {
 			return
 		}
 	}
+}
+
+// transferTo asks raft to hand leadership to p and reports whether it did.
+func (c *Cluster) transferTo(p Peer) bool {
+	c.log.Info("handing raft leadership over", zap.String("to", p.Name))
+	err := c.lead.r.LeadershipTransferToServer(raft.ServerID(p.Name), raft.ServerAddress(p.Raft)).Error()
+	if err != nil {
+		c.log.Warn("leadership transfer failed", zap.String("to", p.Name), zap.Error(err))
+	}
+	return err == nil
 }
 
 func b2f(b bool) float64 {

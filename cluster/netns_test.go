@@ -249,7 +249,8 @@ func TestStateSyncOnJoin(t *testing.T) {
 	}
 }
 
-// Figures: 10 × SIGKILL of the holder, VIP on the twin. HAPBX_BENCH=1 to run.
+// Figures: 20 × SIGKILL of the holder, VIP on the twin (shipped timing defaults).
+// HAPBX_BENCH=1 to run.
 func TestFailoverFigures(t *testing.T) {
 	if os.Getenv("HAPBX_BENCH") != "1" {
 		t.Skip("figures: set HAPBX_BENCH=1")
@@ -257,11 +258,12 @@ func TestFailoverFigures(t *testing.T) {
 	l := newLab(t)
 	h := l.startTrio(100, 100, false)
 	var ds []time.Duration
-	for i := 0; i < 10; i++ {
+	const reps = 20
+	for i := 0; i < reps; i++ {
 		d := l.measureKill(h)
 		ds = append(ds, d)
 		t.Logf("rep %d: SIGKILL %s -> VIP on %s in %s", i+1, h, other(h), d.Round(time.Millisecond))
-		if d > time.Second && os.Getenv("HAPBX_BENCH_DEBUG") != "" {
+		if d > 450*time.Millisecond && os.Getenv("HAPBX_BENCH_DEBUG") != "" {
 			for _, n := range []string{other(h), "w"} {
 				b, _ := os.ReadFile(filepath.Join(l.dir, n+".log"))
 				var lines []string
@@ -279,8 +281,9 @@ func TestFailoverFigures(t *testing.T) {
 		h = l.waitHolder("", 5*time.Second)
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	med := (ds[4] + ds[5]) / 2
-	t.Logf("failover over 10 SIGKILLs: median %s, max %s (target <= 1s)", med.Round(time.Millisecond), ds[9].Round(time.Millisecond))
+	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	t.Logf("failover over %d SIGKILLs: min %s, median %s, p95 %s, max %s (target p95 <= 450ms)",
+		reps, r(ds[0]), r(ds[reps/2]), r(ds[reps*95/100-1]), r(ds[reps-1]))
 }
 
 // A VIP left on the interface (a crash) is removed by Start before the node joins:

@@ -83,7 +83,10 @@ func (l *authLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Co
 	if err != nil {
 		return nil, err
 	}
-	if err := l.clientHandshake(c, timeout); err != nil {
+	// The handshake is not bound by raft's RPC timeout (timeout, H/2): on a loaded host
+	// it can take longer than that, and a handshake given up makes a failed RPC (a lost
+	// vote, or a connection warmConns could not open) for the sake of a few ms.
+	if err := l.clientHandshake(c, authTimeout); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("raft dial %s: %w", addr, err)
 	}
@@ -142,7 +145,14 @@ func (c *authConn) handshake() error {
 		_ = c.Conn.SetDeadline(time.Now().Add(authTimeout))
 		defer c.Conn.SetDeadline(time.Time{})
 		hello := make([]byte, len(authMagic)+16)
-		if _, err := io.ReadFull(c.Conn, hello); err != nil || string(hello[:len(authMagic)]) != authMagic {
+		_, err := io.ReadFull(c.Conn, hello)
+		if err == io.EOF {
+			// Closed before a byte: no attempt to authenticate, but a follower's check
+			// that this node lives (leaderGone). Not worth an error line.
+			c.err = io.EOF
+			return
+		}
+		if err != nil || string(hello[:len(authMagic)]) != authMagic {
 			c.err = errAuth
 			return
 		}

@@ -170,8 +170,8 @@ func TestStartupSettle(t *testing.T) {
 
 func TestStartupSettleDefault(t *testing.T) {
 	h := health.DefaultConfig()
-	if got, want := StartupSettle(h), 1400*time.Millisecond; got != want {
-		t.Fatalf("StartupSettle(defaults) = %s, want %s (rise 2 x 500ms + 400ms timeout)", got, want)
+	if got, want := StartupSettle(h), 450*time.Millisecond; got != want {
+		t.Fatalf("StartupSettle(defaults) = %s, want %s (rise 2 x 100ms + 250ms timeout)", got, want)
 	}
 	s, _ := New(DefaultConfig(), []string{"a"}, nil, nil)
 	if s.settle != StartupSettle(h) {

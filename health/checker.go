@@ -212,8 +212,8 @@ func (c *Checker) addLocked(t Target) *backend {
 			Address:      t.AMI.Address,
 			Username:     t.AMI.Username,
 			Secret:       t.AMI.Secret,
-			PingInterval: c.cfg.Interval,
-			Timeout:      c.cfg.Timeout,
+			PingInterval: c.cfg.AMIInterval,
+			Timeout:      c.cfg.AMITimeout,
 			BackoffMin:   min(100*time.Millisecond, c.cfg.AMIBackoffMax),
 			BackoffMax:   c.cfg.AMIBackoffMax,
 			OnPing: func(rtt time.Duration, _ error) {
@@ -248,6 +248,13 @@ func (c *Checker) startLocked(b *backend) {
 	}()
 }
 
+// loop starts a probe every interval (suspect_interval while suspect)
+// without waiting for the previous one to end: each probe has its own
+// socket and timeout, so a silent backend is down fall*interval + timeout
+// after its last answer, and a slow answer (up to timeout) still counts.
+// Verdicts are applied in the order the probes were sent: a result older
+// than one already applied (a timeout that ends after a newer probe was
+// answered) says nothing new and is dropped.
 func (c *Checker) loop(ctx context.Context, b *backend) {
 	if b.ami != nil {
 		c.wg.Add(1)
@@ -256,17 +263,36 @@ func (c *Checker) loop(ctx context.Context, b *backend) {
 			_ = b.ami.Run(ctx)
 		}()
 	}
+	results := make(chan sipResult)
+	var sent, applied uint64
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case r := <-results:
+			if r.seq > applied {
+				applied = r.seq
+				c.apply(ctx, b, r)
+			}
+			continue
 		case <-t.C:
 		case <-b.kick:
 			t.Stop()
 		}
-		c.probe(ctx, b)
+		sent++
+		seq := sent
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			r := c.probeSIP(ctx, b)
+			r.seq = seq
+			select {
+			case results <- r:
+			case <-ctx.Done():
+			}
+		}()
 		c.mu.Lock()
 		next := c.cfg.Interval
 		if b.state == StateSuspect {
@@ -287,27 +313,41 @@ func (c *Checker) observe(b *backend, kind string, d time.Duration) {
 	}
 }
 
-// probe runs the required checks once and records the verdict.
-func (c *Checker) probe(ctx context.Context, b *backend) {
-	ok, unanswered := true, false
-	var reason, lastSIP, lastAMI string
-	start := time.Now()
-	if b.requireSIP {
-		code, err := sipProbe(ctx, b.t, c.cfg.Timeout)
-		d := time.Since(start)
-		c.observe(b, CheckSIP, d)
-		unanswered = errors.Is(err, ErrProbeTimeout)
-		switch {
-		case err != nil:
-			ok, reason = false, "sip: "+err.Error()
-			lastSIP = err.Error()
-		case !c.codes.alive(code):
-			ok, reason = false, "sip: answered "+strconv.Itoa(code)
-			lastSIP = "answered " + strconv.Itoa(code)
-		default:
-			lastSIP = "answered " + strconv.Itoa(code) + " in " + d.Round(10*time.Microsecond).String()
-		}
+// sipResult is the outcome of one probe's SIP part (skipped: only AMI is
+// required).
+type sipResult struct {
+	seq     uint64
+	sent    time.Time // when the OPTIONS left: hapbx's strain since then excuses silence
+	ok      bool
+	silent  bool // no answer within the timeout
+	reason  string
+	lastSIP string
+}
+
+// probeSIP sends one OPTIONS when SIP is required.
+func (c *Checker) probeSIP(ctx context.Context, b *backend) sipResult {
+	if !b.requireSIP {
+		return sipResult{ok: true}
 	}
+	start := time.Now()
+	code, err := sipProbe(ctx, b.t, c.cfg.Timeout)
+	d := time.Since(start)
+	c.observe(b, CheckSIP, d)
+	switch {
+	case err != nil:
+		return sipResult{sent: start, silent: errors.Is(err, ErrProbeTimeout), reason: "sip: " + err.Error(), lastSIP: err.Error()}
+	case !c.codes.alive(code):
+		return sipResult{reason: "sip: answered " + strconv.Itoa(code), lastSIP: "answered " + strconv.Itoa(code)}
+	default:
+		return sipResult{ok: true, lastSIP: "answered " + strconv.Itoa(code) + " in " + d.Round(10*time.Microsecond).String()}
+	}
+}
+
+// apply joins a probe's SIP result with the AMI session's state and
+// records the verdict.
+func (c *Checker) apply(ctx context.Context, b *backend, r sipResult) {
+	ok, reason := r.ok, r.reason
+	var lastAMI string
 	if b.noAMI {
 		lastAMI = amiNotConfigured
 	}
@@ -323,10 +363,10 @@ func (c *Checker) probe(ctx context.Context, b *backend) {
 	}
 	if ok {
 		reason = "probes answered"
-	} else if unanswered && c.excuse(b, start, reason) {
+	} else if r.silent && c.excuse(b, r.sent, reason) {
 		return
 	}
-	c.record(b, ok, reason, lastSIP, lastAMI)
+	c.record(b, ok, reason, r.lastSIP, lastAMI)
 }
 
 // record applies one probe verdict to the state machine:

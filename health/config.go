@@ -16,13 +16,14 @@ const (
 
 // Config is the `health:` section.
 type Config struct {
-	// Interval between two probes of one backend.
+	// Interval between the starts of two SIP probes of one backend. A probe
+	// does not wait for the previous one to end, so it may be shorter than
+	// Timeout.
 	Interval time.Duration `yaml:"interval"`
 	// SuspectInterval is the probe interval while a backend is suspect (it
-	// failed once, or the proxy reported a failed request), so that a dead
-	// backend reaches "down" well within a second.
+	// failed once, or the proxy reported a failed request).
 	SuspectInterval time.Duration `yaml:"suspect_interval"`
-	// Timeout of one probe (SIP OPTIONS answer, AMI connect/login/ping answer).
+	// Timeout of one SIP probe: how long its OPTIONS waits for an answer.
 	Timeout time.Duration `yaml:"timeout"`
 	// Rise is the number of consecutive good probes that make a backend up.
 	Rise int `yaml:"rise"`
@@ -34,19 +35,27 @@ type Config struct {
 	// Require lists the checks that must all pass: "sip", "ami". A backend
 	// without AMI settings needs only "sip".
 	Require []string `yaml:"require"`
+	// AMIInterval is the period of the AMI session's Ping.
+	AMIInterval time.Duration `yaml:"ami_interval"`
+	// AMITimeout bounds each AMI step: connect, banner, login, Ping answer.
+	AMITimeout time.Duration `yaml:"ami_timeout"`
 	// AMIBackoffMax bounds the exponential reconnect backoff of AMI sessions.
 	AMIBackoffMax time.Duration `yaml:"ami_backoff_max"`
 }
 
-// DefaultConfig returns the defaults: 500ms interval, 100ms suspect interval,
-// 400ms timeout, rise 2, fall 2, alive codes 200-499 (Asterisk answers 404
-// to an OPTIONS for an unknown user), both checks required, AMI backoff at
-// most 2s.
+// DefaultConfig returns the defaults: a SIP probe every 100ms (50ms while
+// suspect), each waiting 250ms for its answer, rise 2, fall 2, so a silent
+// backend is down at most 2*100+250 = 450ms after its last answer while
+// each answer may take up to 250ms; alive codes 200-499 (Asterisk answers
+// 404 to an OPTIONS for an unknown user), both checks required, an AMI Ping
+// every 500ms answered within 400ms, AMI backoff at most 2s.
 func DefaultConfig() Config {
 	return Config{
-		Interval:        500 * time.Millisecond,
-		SuspectInterval: 100 * time.Millisecond,
-		Timeout:         400 * time.Millisecond,
+		Interval:        100 * time.Millisecond,
+		SuspectInterval: 50 * time.Millisecond,
+		Timeout:         250 * time.Millisecond,
+		AMIInterval:     500 * time.Millisecond,
+		AMITimeout:      400 * time.Millisecond,
 		Rise:            2,
 		Fall:            2,
 		AliveCodes:      []string{"200-499"},
@@ -75,6 +84,12 @@ func (c Config) Validate() error {
 	}
 	if c.Fall < 1 {
 		bad("fall", "must be >= 1, got %d", c.Fall)
+	}
+	if c.AMIInterval <= 0 {
+		bad("ami_interval", "must be > 0, got %s", c.AMIInterval)
+	}
+	if c.AMITimeout <= 0 {
+		bad("ami_timeout", "must be > 0, got %s", c.AMITimeout)
 	}
 	if c.AMIBackoffMax <= 0 {
 		bad("ami_backoff_max", "must be > 0, got %s", c.AMIBackoffMax)

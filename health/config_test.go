@@ -17,7 +17,7 @@ func TestConfigYAMLAndDefaults(t *testing.T) {
 	if cfg.Interval != 250*time.Millisecond || cfg.Timeout != 200*time.Millisecond || cfg.Rise != 3 || cfg.Fall != 1 {
 		t.Fatalf("decoded %+v", cfg)
 	}
-	if cfg.SuspectInterval != 100*time.Millisecond {
+	if cfg.SuspectInterval != DefaultConfig().SuspectInterval || cfg.AMIInterval != DefaultConfig().AMIInterval {
 		t.Fatalf("unset key lost its default: %+v", cfg)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -34,8 +34,11 @@ func TestConfigValidate(t *testing.T) {
 		mod  func(*Config)
 		want []string
 	}{
-		{"zero durations", func(c *Config) { c.Interval, c.Timeout, c.SuspectInterval, c.AMIBackoffMax = 0, -1, 0, 0 },
-			[]string{"interval: must be > 0", "suspect_interval: must be > 0", "timeout: must be > 0", "ami_backoff_max: must be > 0"}},
+		{"zero durations", func(c *Config) {
+			c.Interval, c.Timeout, c.SuspectInterval, c.AMIBackoffMax, c.AMIInterval, c.AMITimeout = 0, -1, 0, 0, 0, -1
+		},
+			[]string{"interval: must be > 0", "suspect_interval: must be > 0", "timeout: must be > 0",
+				"ami_interval: must be > 0", "ami_timeout: must be > 0", "ami_backoff_max: must be > 0"}},
 		{"counts", func(c *Config) { c.Rise, c.Fall = 0, -2 }, []string{"rise: must be >= 1", "fall: must be >= 1"}},
 		{"codes", func(c *Config) { c.AliveCodes = []string{"200", "9xx", "500-400", "abc", "2xx"} },
 			[]string{"alive_codes[1]:", "alive_codes[2]:", "alive_codes[3]:"}},

@@ -4,15 +4,18 @@
 // What it does:
 //
 //   - Active SIP check: an OPTIONS on a socket of its own per probe (no
-//     transaction layer, so a lost probe never blocks the next), every
-//     interval, each with its own timeout. On UDP the socket is connected,
+//     transaction layer), started every interval without waiting for the
+//     previous probe to end, each with its own timeout (longer than the
+//     interval: an answer slower than the interval still counts). Verdicts
+//     apply in the order the probes were sent; a timeout that ends after a
+//     newer probe was answered is dropped. On UDP the socket is connected,
 //     so the ICMP port-unreachable that follows a killed Asterisk counts as
 //     a failure at once instead of after the timeout. Any final answer in
 //     alive_codes counts as good (by default 200-499: Asterisk answers 404
 //     to an OPTIONS without a user part).
 //   - Active AMI check (backends with AMI settings): one persistent manager
 //     session (AMIClient) that logs in, waits for Event: FullyBooted and
-//     pings every interval; an unanswered ping ends the session, which is
+//     pings every ami_interval; an unanswered ping ends the session, which is
 //     re-opened with bounded exponential backoff. The check is good while
 //     the session is logged in, fully booted and answering.
 //   - Passive check: Checker.Suspect, called by the proxy when a forwarded
@@ -21,9 +24,12 @@
 //     unknown/down -> up after rise good probes; up -> suspect at the first
 //     bad probe (or a Suspect call); suspect -> up on the next good probe;
 //     anything -> down after fall consecutive bad probes. A suspect backend
-//     is probed every suspect_interval, so with the defaults a killed
-//     backend is down 100-600 ms after the kill. A Suspect call counts as
-//     one bad probe but never, alone, makes a backend down.
+//     is probed every suspect_interval. With the defaults a killed backend
+//     (ICMP port-unreachable) is down 50-150 ms after the kill, a silent one
+//     (frozen process, host powered off: no answer, no ICMP) at most
+//     fall*interval + timeout = 450 ms after its last answer, while one
+//     answer in time, up to 250 ms late, keeps it up. A Suspect call counts
+//     as one bad probe but never, alone, makes a backend down.
 //   - Changes go to subscribers (Subscribe), to a zap log line with the
 //     reason, to metrics, and to an event.Sink (WithEvents: the status
 //     page's last events). Snapshot feeds /api/v1/status.
@@ -37,11 +43,13 @@
 //
 // Configuration (section health:):
 //
-//	interval: 500ms          # between probes of one backend; also the AMI ping interval
-//	suspect_interval: 100ms  # between probes while a backend is suspect
-//	timeout: 400ms           # per probe: OPTIONS answer, AMI connect/banner/login/ping
+//	interval: 100ms          # between the starts of two SIP probes of one backend
+//	suspect_interval: 50ms   # the same while a backend is suspect
+//	timeout: 250ms           # per SIP probe: how long its OPTIONS waits for the answer
 //	rise: 2                  # consecutive good probes to become up
 //	fall: 2                  # consecutive bad probes to become down
+//	ami_interval: 500ms      # AMI Ping period
+//	ami_timeout: 400ms       # AMI connect, banner, login, Ping answer
 //	alive_codes: [200-499]   # "404", "2xx" or "200-499" items
 //	require: [sip, ami]      # a backend without AMI settings needs sip only:
 //	                         # warned once when it is added, status ami "not configured"

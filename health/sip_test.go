@@ -3,6 +3,8 @@ package health_test
 import (
 	"encoding/json"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -149,4 +151,41 @@ func TestSIPBlackHole(t *testing.T) {
 	port := hole.LocalAddr().(*net.UDPAddr).Port
 	testkit.StartOptionsUAS(t, ip, port, 200, "udp")
 	waitState(t, c, "hung", health.StateUp, 3*time.Second)
+}
+
+// Probes do not wait for each other: a backend that answers every OPTIONS
+// later than the next probe starts (but within the timeout) stays up and is
+// never suspect.
+func TestSIPAnswersSlowerThanInterval(t *testing.T) {
+	t.Parallel()
+	scenario, err := os.ReadFile("../internal/testkit/testdata/options-uas.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := strings.Replace(string(scenario), `<recv request="OPTIONS" />`, `<recv request="OPTIONS" />
+  <pause milliseconds="300" />`, 1)
+	file := t.TempDir() + "/slow-uas.xml"
+	if err := os.WriteFile(file, []byte(slow), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ip := testkit.RandomIP()
+	port := testkit.FreePort(t, ip)
+	testkit.StartSIPp(t, ip, port, "-sf", file, "-t", "u1")
+	cfg := sipOnly()
+	cfg.Interval, cfg.Timeout = 100*time.Millisecond, 3*time.Second
+	c, _ := run(t, cfg, []health.Target{{Name: "slow", Address: net.JoinHostPort(ip, strconv.Itoa(port))}})
+	ch := watch(t, c)
+	waitFor(t, ch, "slow", health.StateUp, 10*time.Second)
+	end := time.After(2 * time.Second) // about 20 probes, 3 in flight at a time
+	for {
+		select {
+		case ch := <-ch:
+			t.Fatalf("backend answering in 300ms changed state: %+v", ch)
+		case <-end:
+			if st, _ := c.State("slow"); st != health.StateUp {
+				t.Fatalf("state %v", st)
+			}
+			return
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/internal/testkit"
 )
 
@@ -30,7 +31,8 @@ func BenchmarkBackendFailover(b *testing.B) {
 	}
 	med, max := medMax(downs)
 	amed, amax := medMax(answers)
-	fmt.Printf("backend failover over %d SIGKILLs of the active backend (health defaults: interval 500ms, timeout 400ms, fall 2):\n", reps)
+	h := health.DefaultConfig()
+	fmt.Printf("backend failover over %d SIGKILLs of the active backend (health defaults: interval %s, timeout %s, fall %d):\n", reps, h.Interval, h.Timeout, h.Fall)
 	fmt.Printf("  SIGKILL -> backend down:                    median %v  max %v\n", med, max)
 	fmt.Printf("  SIGKILL -> first new call answered by standby: median %v  max %v\n", amed, amax)
 	fmt.Printf("  failed calls: %d\n", failed)

@@ -139,13 +139,13 @@ cluster:
 {{- end}}
   # Failure detection between the proxies: hapbx's defaults, faster than
   # Heartbeat{{with .Timing.deadtime}} ({{.At}} ` + "`{{.Text}}`" + `){{end}}: a dead VIP holder is replaced
-  # in about 0.3-1 s.{{with .Timing.initdead}} {{.At}} ` + "`{{.Text}}`" + `: nothing to wait for at
+  # in about 0.3 s.{{with .Timing.initdead}} {{.At}} ` + "`{{.Text}}`" + `: nothing to wait for at
   # boot: raft keeps its state in cluster.data_dir and peers are joined as
   # they come up.{{end}}
   timing:
     heartbeat_timeout: 250ms
     election_timeout: 250ms
-    leader_lease: 100ms
+    leader_lease: 200ms
     probe_interval: 200ms
   vip:                         # {{.VIPAt}}
     address: {{.VIP}}

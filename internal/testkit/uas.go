@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -89,6 +90,21 @@ func (u *OptionsUAS) Restart() {
 		u.Kill()
 		b, _ := os.ReadFile(out.Name())
 		u.tb.Fatalf("sipp did not bind %s/%s within 3s; output:\n%s", u.Addr(), u.Transport, b)
+	}
+}
+
+// Freeze stops sipp (SIGSTOP) as a hung process: its socket stays open, so
+// an OPTIONS gets neither an answer nor an ICMP error. Thaw resumes it.
+func (u *OptionsUAS) Freeze() { u.send(syscall.SIGSTOP) }
+
+// Thaw resumes sipp after Freeze (SIGCONT).
+func (u *OptionsUAS) Thaw() { u.send(syscall.SIGCONT) }
+
+func (u *OptionsUAS) send(sig syscall.Signal) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.proc != nil {
+		u.proc.signal(sig)
 	}
 }
 
