@@ -100,7 +100,7 @@ func TestPassiveSuspect(t *testing.T) {
 	cfg.Interval, cfg.Rise = 5*time.Second, 1
 	c, _ := run(t, cfg, []health.Target{{Name: "pbx", Address: uas.Addr()}})
 	ch := watch(t, c)
-	waitFor(t, ch, "pbx", health.StateUp, 2*time.Second)
+	waitFor(t, ch, "pbx", health.StateUp, 5*time.Second) // set-up: the first probe, on a loaded machine
 
 	// A live backend: suspect, then up again after the immediate probe.
 	c.Suspect("pbx", "INVITE timed out")
