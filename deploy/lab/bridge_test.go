@@ -21,9 +21,9 @@ import (
 // incoming leg's Call-ID); both phones play G.711 a-law from a pcap. The
 // header reaches hapbx and never a phone. Asterisk is SIGKILLed mid-call:
 // hapbx joins the two phone legs in its relay, audio goes on both ways
-// (nft counters at each phone's RTP port), and 201's hang-up, answered by
-// hapbx for the dead PBX, ends 202's side (202 gets the BYE). Both channel
-// drivers. Needs a real Asterisk ($HAPBX_ASTERISK).
+// (nft counters at each phone's RTP port); 201's hold, resume, session
+// refresh and OPTIONS are answered by hapbx for the dead PBX, and its
+// hang-up ends 202's side (202 gets the BYE). Both channel drivers. Needs a real Asterisk ($HAPBX_ASTERISK).
 func TestBridgedCallSurvivesAsterisk(t *testing.T) {
 	requireAsterisk(t)
 	for _, chanSIP := range []bool{false, true} {
@@ -74,6 +74,7 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP bool) {
 		}
 	}
 	heard201, heard202 := phoneRTP(t, callerRTPPort), phoneRTP(t, calleeRTPPort)
+	called := time.Now()
 	caller, err := l.Sipp("phones", "phone201", 5091, "-sf", scen, "-s", "202", "-m", "1",
 		"-mi", Hosts["phones"], "-mp", strconv.Itoa(callerRTPPort), "-key", "pcap", pcap, "-timeout", "40s", VIP+":5060")
 	if err != nil {
@@ -126,6 +127,9 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP bool) {
 			l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="codec"}`), l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="media"}`), logs())
 	}
 	joinedAt := time.Since(t0)
+	if since := time.Since(called); since > 3500*time.Millisecond {
+		t.Fatalf("call joined %s after 201 called: too late for its hold 4 s into the call (answered by Asterisk, not hapbx)", since.Round(time.Millisecond))
+	}
 	a, b := heard201(), heard202()
 	if err := WaitFor(3*time.Second, "audio both ways after the join", func() bool {
 		return heard201() >= a+20 && heard202() >= b+20
@@ -135,9 +139,10 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP bool) {
 		t.Logf("pbx1 SIGKILLed: call joined after %s; both phones keep hearing each other (201 +%d, 202 +%d packets)",
 			joinedAt.Round(time.Millisecond), heard201()-a, heard202()-b)
 	}
-	// 201 hangs up (6.5 s into the call): hapbx answers and sends 202 the BYE.
+	// 201 holds, resumes, refreshes the session (4 s into the call) and
+	// hangs up; hapbx answers each for the dead PBX and sends 202 the BYE.
 	if code := caller.Wait(20 * time.Second); code != 0 {
-		t.Errorf("201's call failed (exit %d): its BYE unanswered, or the call cut\n%s", code, logs())
+		t.Errorf("201's call failed (exit %d): hold, resume, session refresh or BYE not answered as expected, or the call cut\n%s", code, logs())
 	}
 	if code := callee.Wait(10 * time.Second); code != 0 {
 		t.Errorf("202's call failed (exit %d): no BYE after 201 hung up\n%s", code, logs())
