@@ -22,8 +22,8 @@ import (
 // header reaches hapbx and never a phone. Asterisk is SIGKILLed mid-call:
 // hapbx joins the two phone legs in its relay, audio goes on both ways
 // (nft counters at each phone's RTP port); 201's hold, resume, session
-// refresh and OPTIONS are answered by hapbx for the dead PBX, and its
-// hang-up ends 202's side (202 gets the BYE). Both channel drivers. Needs a real Asterisk ($HAPBX_ASTERISK).
+// refresh and OPTIONS are answered by hapbx for the dead PBX, and either
+// side's hang-up ends the other's (it gets the BYE). Both channel drivers. Needs a real Asterisk ($HAPBX_ASTERISK).
 func TestBridgedCallSurvivesAsterisk(t *testing.T) {
 	requireAsterisk(t)
 	for _, chanSIP := range []bool{false, true} {
@@ -31,7 +31,13 @@ func TestBridgedCallSurvivesAsterisk(t *testing.T) {
 		if chanSIP {
 			name = "chan_sip"
 		}
-		t.Run(name, func(t *testing.T) { bridgedCallSurvivesAsterisk(t, chanSIP) })
+		for _, calleeHangsUp := range []bool{false, true} {
+			who := "caller hangs up"
+			if calleeHangsUp {
+				who = "callee hangs up"
+			}
+			t.Run(name+"/"+who, func(t *testing.T) { bridgedCallSurvivesAsterisk(t, chanSIP, calleeHangsUp) })
+		}
 	}
 }
 
@@ -41,7 +47,7 @@ const (
 	calleeSIPPort = 5092 // phone 202 registers from it and answers on it
 )
 
-func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP bool) {
+func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 	pcap := testkit.RequirePCAP(t)
 	l := newLab(t, Options{Media: true, ChanSIP: chanSIP})
 	h := upWithBackends(t, l)
@@ -59,7 +65,12 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP bool) {
 		t.Fatalf("phone 202: REGISTER answered %d", res.StatusCode)
 	}
 	reg.conn.Close()
-	callee, err := l.Sipp("phones", "phone202", calleeSIPPort, "-sf", l.Scenario("uas_bridged_lab.xml"), "-m", "1",
+	uac, uas := l.Scenario("uac_bridged_lab.xml"), l.Scenario("uas_bridged_lab.xml")
+	if calleeHangsUp {
+		uac = scenarioCopy(t, l, uac, `<nop next="hangup"/>`, `<nop next="wait_bye"/>`)
+		uas = scenarioCopy(t, l, uas, `<nop next="wait_bye"/>`, `<nop next="hangup"/>`)
+	}
+	callee, err := l.Sipp("phones", "phone202", calleeSIPPort, "-sf", uas, "-m", "1",
 		"-mi", Hosts["phones"], "-mp", strconv.Itoa(calleeRTPPort), "-key", "pcap", pcap, "-timeout", "40s")
 	if err != nil {
 		t.Fatal(err)
@@ -67,15 +78,14 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP bool) {
 	if err := l.waitUDP("phones", calleeSIPPort, callee); err != nil {
 		t.Fatal(err)
 	}
-	scen := l.Scenario("uac_bridged_lab.xml")
 	if chanSIP {
-		if scen, err = l.ownCredentials(scen, "201"); err != nil {
+		if uac, err = l.ownCredentials(uac, "201"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	heard201, heard202 := phoneRTP(t, callerRTPPort), phoneRTP(t, calleeRTPPort)
 	called := time.Now()
-	caller, err := l.Sipp("phones", "phone201", 5091, "-sf", scen, "-s", "202", "-m", "1",
+	caller, err := l.Sipp("phones", "phone201", 5091, "-sf", uac, "-s", "202", "-m", "1",
 		"-mi", Hosts["phones"], "-mp", strconv.Itoa(callerRTPPort), "-key", "pcap", pcap, "-timeout", "40s", VIP+":5060")
 	if err != nil {
 		t.Fatal(err)
@@ -139,13 +149,18 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP bool) {
 		t.Logf("pbx1 SIGKILLed: call joined after %s; both phones keep hearing each other (201 +%d, 202 +%d packets)",
 			joinedAt.Round(time.Millisecond), heard201()-a, heard202()-b)
 	}
-	// 201 holds, resumes, refreshes the session (4 s into the call) and
-	// hangs up; hapbx answers each for the dead PBX and sends 202 the BYE.
-	if code := caller.Wait(20 * time.Second); code != 0 {
-		t.Errorf("201's call failed (exit %d): hold, resume, session refresh or BYE not answered as expected, or the call cut\n%s", code, logs())
+	// 201 holds, resumes, refreshes the session (4 s into the call), then
+	// one side hangs up; hapbx answers each for the dead PBX and sends the
+	// other side the BYE.
+	first, second, hangsUp, other := caller, callee, "201", "202"
+	if calleeHangsUp {
+		first, second, hangsUp, other = callee, caller, "202", "201"
 	}
-	if code := callee.Wait(10 * time.Second); code != 0 {
-		t.Errorf("202's call failed (exit %d): no BYE after 201 hung up\n%s", code, logs())
+	if code := first.Wait(20 * time.Second); code != 0 {
+		t.Errorf("%s's call failed (exit %d): hold, resume, session refresh or BYE not answered as expected, or the call cut\n%s", hangsUp, code, logs())
+	}
+	if code := second.Wait(10 * time.Second); code != 0 {
+		t.Errorf("%s's call failed (exit %d): no BYE after %s hung up, or a hold, resume or session refresh not answered as expected\n%s", other, code, hangsUp, logs())
 	}
 	if n := l.Metric(h, `hapbx_proxy_joined_calls_ended_total{reason="bye"}`); n != 1 {
 		t.Errorf("joined calls ended by BYE: %v, want 1", n)
@@ -221,3 +236,21 @@ func sniff(t *testing.T, h string) func() []string {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// scenarioCopy writes a copy of SIPp scenario path with old replaced by new
+// into the lab's directory and returns its path.
+func scenarioCopy(t *testing.T, l *Lab, path, old, new string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(string(b), old) != 1 {
+		t.Fatalf("%s: %q not found once", path, old)
+	}
+	out := filepath.Join(l.Dir(), "variant-"+filepath.Base(path))
+	if err := os.WriteFile(out, []byte(strings.Replace(string(b), old, new, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
