@@ -2,6 +2,7 @@ package lab
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -25,7 +26,12 @@ import (
 // refresh and OPTIONS are answered by hapbx for the dead PBX, and either
 // side's hang-up ends the other's (it gets the BYE). Both channel drivers. Needs a real Asterisk ($HAPBX_ASTERISK).
 func TestBridgedCallSurvivesAsterisk(t *testing.T) {
-	requireAsterisk(t)
+	if os.Getenv("HAPBX_ASTERISK") == "" {
+		if _, err := exec.LookPath("asterisk"); err != nil {
+			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH): the shipped dialplan's bridge mark is not tried; " +
+				"package proxy's TestBridgedCallSurvivesBackendDeath runs the same call against the test kit's B2BUA")
+		}
+	}
 	for _, chanSIP := range []bool{false, true} {
 		name := "chan_pjsip"
 		if chanSIP {
@@ -111,7 +117,13 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 		}
 	}
 	if bridge == "" {
-		t.Fatalf("Asterisk's INVITE to 202 carries no X-Hapbx-Bridge (the dialplan's mark):\n%s", strings.Join(atPBX(), "\n----\n"))
+		var invites []string
+		for _, m := range atPBX() {
+			if strings.HasPrefix(m, "INVITE ") {
+				invites = append(invites, m)
+			}
+		}
+		t.Fatalf("Asterisk's INVITE to 202 carries no X-Hapbx-Bridge (the dialplan's mark); INVITEs on pbx1's wire:\n%s", strings.Join(invites, "\n----\n"))
 	}
 	callerID := ""
 	for _, m := range atPhones() {
