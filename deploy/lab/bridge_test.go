@@ -24,7 +24,10 @@ import (
 // hapbx joins the two phone legs in its relay, audio goes on both ways
 // (nft counters at each phone's RTP port); 201's hold, resume, session
 // refresh and OPTIONS are answered by hapbx for the dead PBX, and either
-// side's hang-up ends the other's (it gets the BYE). Both channel drivers. Needs a real Asterisk ($HAPBX_ASTERISK).
+// side's hang-up ends the other's (it gets the BYE). When 202 answers
+// u-law instead (Asterisk transcodes), the call is not joined: both phones
+// get a BYE. Both channel drivers. Needs a real Asterisk ($HAPBX_ASTERISK
+// or asterisk on PATH).
 func TestBridgedCallSurvivesAsterisk(t *testing.T) {
 	if os.Getenv("HAPBX_ASTERISK") == "" {
 		if _, err := exec.LookPath("asterisk"); err != nil {
@@ -44,6 +47,7 @@ func TestBridgedCallSurvivesAsterisk(t *testing.T) {
 			}
 			t.Run(name+"/"+who, func(t *testing.T) { bridgedCallSurvivesAsterisk(t, chanSIP, calleeHangsUp) })
 		}
+		t.Run(name+"/codec mismatch", func(t *testing.T) { bridgedCallCodecMismatch(t, chanSIP) })
 	}
 }
 
@@ -53,17 +57,49 @@ const (
 	calleeSIPPort = 5092 // phone 202 registers from it and answers on it
 )
 
-func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
+// bridgedCall is a call from SIPp phone 201 to SIPp phone 202 that a real
+// Asterisk bridges, up and with audio both ways.
+type bridgedCall struct {
+	l                  *Lab
+	h                  string // the VIP holder
+	caller, callee     *Proc
+	heard201, heard202 func() uint64 // RTP from hapbx at each phone
+	atPhones           func() []string
+	called             time.Time
+}
+
+func (c *bridgedCall) logs() string {
+	return "---- 201 ----\n" + c.caller.Log(3000) + "\n---- 202 ----\n" + c.callee.Log(3000)
+}
+
+// startBridgedCall sets up the lab on a real Asterisk with media anchored,
+// registers 202, has 201 call it (uac_bridged_lab.xml, uas_bridged_lab.xml,
+// as variant edits them), waits for audio both ways (only to 202 unless
+// twoWay: 202 plays a-law whatever it answered) and checks the
+// dialplan's mark: Asterisk's INVITE to 202, on pbx1's wire, carries
+// X-Hapbx-Bridge with 201's Call-ID, and no phone sees the header.
+func startBridgedCall(t *testing.T, chanSIP bool, variant func(l *Lab, uac, uas string) (string, string), twoWay bool) *bridgedCall {
+	t.Helper()
 	pcap := testkit.RequirePCAP(t)
 	l := newLab(t, Options{Media: true, ChanSIP: chanSIP})
-	h := upWithBackends(t, l)
+	c := &bridgedCall{l: l, h: upWithBackends(t, l)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, be := range Backends {
+				if b, err := os.ReadFile(filepath.Join(l.Dir(), be+".log")); err == nil {
+					t.Logf("---- %s log ----\n%s", be, b)
+				}
+			}
+		}
+	})
 	authUser := func(ext string) string {
 		if chanSIP {
 			return ext
 		}
 		return PhoneUser
 	}
-	atPBX, atPhones := sniff(t, "pbx1"), sniff(t, "phones")
+	atPBX := sniff(t, "pbx1")
+	c.atPhones = sniff(t, "phones")
 
 	// 202 registers from the port it answers on, then SIPp takes the port.
 	reg := newTestPhone(t, "202", authUser("202"), PhoneSecret, calleeSIPPort, "<sip:202@%s>")
@@ -72,16 +108,16 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 	}
 	reg.conn.Close()
 	uac, uas := l.Scenario("uac_bridged_lab.xml"), l.Scenario("uas_bridged_lab.xml")
-	if calleeHangsUp {
-		uac = scenarioCopy(t, l, uac, `<nop next="hangup"/>`, `<nop next="wait_bye"/>`)
-		uas = scenarioCopy(t, l, uas, `<nop next="wait_bye"/>`, `<nop next="hangup"/>`)
+	if variant != nil {
+		uac, uas = variant(l, uac, uas)
 	}
-	callee, err := l.Sipp("phones", "phone202", calleeSIPPort, "-sf", uas, "-m", "1",
+	var err error
+	c.callee, err = l.Sipp("phones", "phone202", calleeSIPPort, "-sf", uas, "-m", "1",
 		"-mi", Hosts["phones"], "-mp", strconv.Itoa(calleeRTPPort), "-key", "pcap", pcap, "-timeout", "40s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.waitUDP("phones", calleeSIPPort, callee); err != nil {
+	if err := l.waitUDP("phones", calleeSIPPort, c.callee); err != nil {
 		t.Fatal(err)
 	}
 	if chanSIP {
@@ -89,20 +125,17 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 			t.Fatal(err)
 		}
 	}
-	heard201, heard202 := phoneRTP(t, callerRTPPort), phoneRTP(t, calleeRTPPort)
-	called := time.Now()
-	caller, err := l.Sipp("phones", "phone201", 5091, "-sf", uac, "-s", "202", "-m", "1",
+	c.heard201, c.heard202 = phoneRTP(t, callerRTPPort), phoneRTP(t, calleeRTPPort)
+	c.called = time.Now()
+	c.caller, err = l.Sipp("phones", "phone201", 5091, "-sf", uac, "-s", "202", "-m", "1",
 		"-mi", Hosts["phones"], "-mp", strconv.Itoa(callerRTPPort), "-key", "pcap", pcap, "-timeout", "40s", VIP+":5060")
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := func() string {
-		return "---- 201 ----\n" + caller.Log(3000) + "\n---- 202 ----\n" + callee.Log(3000)
-	}
-	if err := WaitFor(10*time.Second, "both phones hearing each other through Asterisk", func() bool {
-		return heard201() > 20 && heard202() > 20
+	if err := WaitFor(10*time.Second, "the phones hearing each other through Asterisk", func() bool {
+		return (c.heard201() > 20 || !twoWay) && c.heard202() > 20
 	}); err != nil {
-		t.Fatalf("%v (201 heard %d, 202 heard %d)\n%s", err, heard201(), heard202(), logs())
+		t.Fatalf("%v (201 heard %d, 202 heard %d)\n%s", err, c.heard201(), c.heard202(), c.logs())
 	}
 
 	// The backend-facing side: Asterisk's INVITE to 202 names the caller's
@@ -126,7 +159,7 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 		t.Fatalf("Asterisk's INVITE to 202 carries no X-Hapbx-Bridge (the dialplan's mark); INVITEs on pbx1's wire:\n%s", strings.Join(invites, "\n----\n"))
 	}
 	callerID := ""
-	for _, m := range atPhones() {
+	for _, m := range c.atPhones() {
 		if strings.Contains(strings.ToLower(m), "x-hapbx-bridge") {
 			t.Errorf("a phone saw X-Hapbx-Bridge:\n%s", m)
 		}
@@ -139,51 +172,92 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 	} else {
 		t.Logf("Asterisk's INVITE to 202 carried X-Hapbx-Bridge: %s (201's Call-ID); no phone saw the header", bridge)
 	}
+	return c
+}
 
+func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
+	var variant func(l *Lab, uac, uas string) (string, string)
+	if calleeHangsUp {
+		variant = func(l *Lab, uac, uas string) (string, string) {
+			return scenarioCopy(t, l, uac, `<nop next="hangup"/>`, `<nop next="wait_bye"/>`),
+				scenarioCopy(t, l, uas, `<nop next="wait_bye"/>`, `<nop next="hangup"/>`)
+		}
+	}
+	c := startBridgedCall(t, chanSIP, variant, true)
+	l, h := c.l, c.h
 	l.KillBackend("pbx1")
 	t0 := time.Now()
 	if err := WaitFor(5*time.Second, h+" joining the call", func() bool {
 		return l.Metric(h, "hapbx_proxy_calls_joined_total") == 1
 	}); err != nil {
 		t.Fatalf("%v: joined %v, refused codec %v media %v\n%s", err, l.Metric(h, "hapbx_proxy_calls_joined_total"),
-			l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="codec"}`), l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="media"}`), logs())
+			l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="codec"}`), l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="media"}`), c.logs())
 	}
 	joinedAt := time.Since(t0)
-	if since := time.Since(called); since > 3500*time.Millisecond {
+	if since := time.Since(c.called); since > 3500*time.Millisecond {
 		t.Fatalf("call joined %s after 201 called: too late for its hold 4 s into the call (answered by Asterisk, not hapbx)", since.Round(time.Millisecond))
 	}
-	a, b := heard201(), heard202()
+	a, b := c.heard201(), c.heard202()
 	if err := WaitFor(3*time.Second, "audio both ways after the join", func() bool {
-		return heard201() >= a+20 && heard202() >= b+20
+		return c.heard201() >= a+20 && c.heard202() >= b+20
 	}); err != nil {
-		t.Errorf("%v: 201 heard %d, 202 heard %d packets since the join", err, heard201()-a, heard202()-b)
+		t.Errorf("%v: 201 heard %d, 202 heard %d packets since the join", err, c.heard201()-a, c.heard202()-b)
 	} else {
 		t.Logf("pbx1 SIGKILLed: call joined after %s; both phones keep hearing each other (201 +%d, 202 +%d packets)",
-			joinedAt.Round(time.Millisecond), heard201()-a, heard202()-b)
+			joinedAt.Round(time.Millisecond), c.heard201()-a, c.heard202()-b)
 	}
 	// 201 holds, resumes, refreshes the session (4 s into the call), then
 	// one side hangs up; hapbx answers each for the dead PBX and sends the
 	// other side the BYE.
-	first, second, hangsUp, other := caller, callee, "201", "202"
+	first, second, hangsUp, other := c.caller, c.callee, "201", "202"
 	if calleeHangsUp {
-		first, second, hangsUp, other = callee, caller, "202", "201"
+		first, second, hangsUp, other = c.callee, c.caller, "202", "201"
 	}
 	if code := first.Wait(20 * time.Second); code != 0 {
-		t.Errorf("%s's call failed (exit %d): hold, resume, session refresh or BYE not answered as expected, or the call cut\n%s", hangsUp, code, logs())
+		t.Errorf("%s's call failed (exit %d): hold, resume, session refresh or BYE not answered as expected, or the call cut\n%s", hangsUp, code, c.logs())
 	}
 	if code := second.Wait(10 * time.Second); code != 0 {
-		t.Errorf("%s's call failed (exit %d): no BYE after %s hung up, or a hold, resume or session refresh not answered as expected\n%s", other, code, hangsUp, logs())
+		t.Errorf("%s's call failed (exit %d): no BYE after %s hung up, or a hold, resume or session refresh not answered as expected\n%s", other, code, hangsUp, c.logs())
 	}
 	if n := l.Metric(h, `hapbx_proxy_joined_calls_ended_total{reason="bye"}`); n != 1 {
 		t.Errorf("joined calls ended by BYE: %v, want 1", n)
 	}
-	if t.Failed() {
-		for _, be := range Backends {
-			if b, err := os.ReadFile(filepath.Join(l.Dir(), be+".log")); err == nil {
-				t.Logf("---- %s log ----\n%s", be, b)
-			}
+}
+
+// bridgedCallCodecMismatch: 202 answers G.711 u-law while 201 talks
+// a-law; Asterisk transcodes. Its SIGKILL cannot join the call (the relay
+// does not transcode): hapbx counts a codec refusal and sends both phones
+// a BYE, as for any call of a dead PBX.
+func bridgedCallCodecMismatch(t *testing.T, chanSIP bool) {
+	c := startBridgedCall(t, chanSIP, func(l *Lab, uac, uas string) (string, string) {
+		return uac, scenarioCopy(t, l, uas, "RTP/AVP 8\n      a=rtpmap:8 PCMA/8000", "RTP/AVP 0\n      a=rtpmap:0 PCMU/8000")
+	}, false)
+	l, h := c.l, c.h
+	l.KillBackend("pbx1")
+	byes := func() (to201, to202 bool) {
+		for _, m := range c.atPhones() {
+			to201 = to201 || strings.HasPrefix(m, "BYE sip:201@")
+			to202 = to202 || strings.HasPrefix(m, "BYE sip:202@")
 		}
+		return
 	}
+	if err := WaitFor(5*time.Second, "a BYE to each phone", func() bool { a, b := byes(); return a && b }); err != nil {
+		a, b := byes()
+		t.Errorf("%v: BYE to 201 %v, to 202 %v\n%s", err, a, b, c.logs())
+	} else {
+		t.Logf("pbx1 SIGKILLed: PCMA and PCMU legs not joined, both phones got hapbx's BYE")
+	}
+	if n := l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="codec"}`); n != 1 {
+		t.Errorf("joins refused for the codec: %v, want 1", n)
+	}
+	if n := l.Metric(h, "hapbx_proxy_calls_joined_total"); n != 0 {
+		t.Errorf("calls joined: %v, want 0 (PCMA and PCMU legs)", n)
+	}
+	// 202 takes the BYE as the end of its call; 201 was not done talking.
+	if code := c.callee.Wait(10 * time.Second); code != 0 {
+		t.Errorf("202's call failed (exit %d)\n%s", code, c.logs())
+	}
+	c.caller.Wait(10 * time.Second)
 }
 
 // sniff captures, from now until the test ends, every UDP datagram that
@@ -249,7 +323,7 @@ func sniff(t *testing.T, h string) func() []string {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// scenarioCopy writes a copy of SIPp scenario path with old replaced by new
+// scenarioCopy writes a copy of SIPp scenario path with every old replaced by new
 // into the lab's directory and returns its path.
 func scenarioCopy(t *testing.T, l *Lab, path, old, new string) string {
 	t.Helper()
@@ -257,11 +331,11 @@ func scenarioCopy(t *testing.T, l *Lab, path, old, new string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Count(string(b), old) != 1 {
-		t.Fatalf("%s: %q not found once", path, old)
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("%s: no %q", path, old)
 	}
 	out := filepath.Join(l.Dir(), "variant-"+filepath.Base(path))
-	if err := os.WriteFile(out, []byte(strings.Replace(string(b), old, new, 1)), 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(strings.ReplaceAll(string(b), old, new)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return out
