@@ -22,7 +22,8 @@ import (
 // incoming leg's Call-ID); both phones play G.711 a-law from a pcap. The
 // header reaches hapbx and never a phone. Asterisk is SIGKILLed mid-call:
 // hapbx joins the two phone legs in its relay, audio goes on both ways
-// (nft counters at each phone's RTP port); 201's hold, resume, session
+// (nft counters at each phone's RTP port; each phone's longest silence,
+// logged, stays under 1 s); 201's hold, resume, session
 // refresh and OPTIONS are answered by hapbx for the dead PBX, and either
 // side's hang-up ends the other's (it gets the BYE). When 202 answers
 // u-law instead (Asterisk transcodes), the call is not joined: both phones
@@ -191,26 +192,58 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 	}
 	c := startBridgedCall(t, chanSIP, variant, true)
 	l, h := c.l, c.h
+	// For 1.5 s from the kill: when hapbx joins the call, and each phone's
+	// longest silence (the audio gap, detection included; the pcap has a
+	// packet every 30 ms, polling adds a few ms).
 	l.KillBackend("pbx1")
 	t0 := time.Now()
-	if err := WaitFor(5*time.Second, h+" joining the call", func() bool {
-		return l.Metric(h, "hapbx_proxy_calls_joined_total") == 1
-	}); err != nil {
-		t.Fatalf("%v: joined %v, refused codec %v media %v\n%s", err, l.Metric(h, "hapbx_proxy_calls_joined_total"),
-			l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="codec"}`), l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="media"}`), c.logs())
+	heard := [2]func() uint64{c.heard201, c.heard202}
+	var (
+		joinedAt     time.Duration
+		last, atJoin [2]uint64
+		lastAt       [2]time.Time
+		gap          [2]time.Duration
+	)
+	for i := range heard {
+		last[i], lastAt[i] = heard[i](), t0
 	}
-	joinedAt := time.Since(t0)
-	if since := time.Since(c.called); since > 3500*time.Millisecond {
+	for time.Since(t0) < 1500*time.Millisecond {
+		if joinedAt == 0 && l.Metric(h, "hapbx_proxy_calls_joined_total") == 1 {
+			joinedAt = time.Since(t0)
+			atJoin = last
+		}
+		for i := range heard {
+			if n, now := heard[i](), time.Now(); n != last[i] {
+				gap[i] = max(gap[i], now.Sub(lastAt[i]))
+				last[i], lastAt[i] = n, now
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	for i := range heard {
+		gap[i] = max(gap[i], time.Since(lastAt[i])) // still silent
+	}
+	if joinedAt == 0 {
+		if err := WaitFor(3*time.Second, h+" joining the call", func() bool {
+			return l.Metric(h, "hapbx_proxy_calls_joined_total") == 1
+		}); err != nil {
+			t.Fatalf("%v: joined %v, refused codec %v media %v\n%s", err, l.Metric(h, "hapbx_proxy_calls_joined_total"),
+				l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="codec"}`), l.Metric(h, `hapbx_proxy_calls_join_refused_total{reason="media"}`), c.logs())
+		}
+		t.Fatalf("call joined more than 1.5 s after the kill: too late for 201's hold 4 s into the call (answered by Asterisk, not hapbx)")
+	}
+	if since := t0.Add(joinedAt).Sub(c.called); since > 3500*time.Millisecond {
 		t.Fatalf("call joined %s after 201 called: too late for its hold 4 s into the call (answered by Asterisk, not hapbx)", since.Round(time.Millisecond))
 	}
-	a, b := c.heard201(), c.heard202()
-	if err := WaitFor(3*time.Second, "audio both ways after the join", func() bool {
-		return c.heard201() >= a+20 && c.heard202() >= b+20
-	}); err != nil {
-		t.Errorf("%v: 201 heard %d, 202 heard %d packets since the join", err, c.heard201()-a, c.heard202()-b)
-	} else {
-		t.Logf("pbx1 SIGKILLed: call joined after %s; both phones keep hearing each other (201 +%d, 202 +%d packets)",
-			joinedAt.Round(time.Millisecond), c.heard201()-a, c.heard202()-b)
+	t.Logf("pbx1 SIGKILLed: call joined after %s; longest silence at 201 %s, at 202 %s; packets heard since the join: 201 %d, 202 %d",
+		joinedAt.Round(time.Millisecond), gap[0].Round(time.Millisecond), gap[1].Round(time.Millisecond), last[0]-atJoin[0], last[1]-atJoin[1])
+	for i, who := range []string{"201", "202"} {
+		if last[i] < atJoin[i]+20 {
+			t.Errorf("%s heard %d RTP packets in the %s after the join, want 20 or more: audio not joined both ways", who, last[i]-atJoin[i], (1500*time.Millisecond - joinedAt).Round(time.Millisecond))
+		}
+		if gap[i] > time.Second {
+			t.Errorf("%s's audio gap %s, want <= 1s", who, gap[i].Round(time.Millisecond))
+		}
 	}
 	// 201 holds, resumes, refreshes the session (4 s into the call), then
 	// one side hangs up; hapbx answers each for the dead PBX and sends the
