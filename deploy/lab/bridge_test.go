@@ -27,7 +27,8 @@ import (
 // refresh and OPTIONS are answered by hapbx for the dead PBX, and either
 // side's hang-up ends the other's (it gets the BYE). When 202 answers
 // u-law instead (Asterisk transcodes), the call is not joined: both phones
-// get a BYE. Both channel drivers. Needs a real Asterisk ($HAPBX_ASTERISK
+// get a BYE. Both channel drivers; on chan_pjsip also a provider's call
+// (trunk ACL, [from-trunk]) to 202's DID. Needs a real Asterisk ($HAPBX_ASTERISK
 // or asterisk on PATH).
 func TestBridgedCallSurvivesAsterisk(t *testing.T) {
 	if os.Getenv("HAPBX_ASTERISK") == "" {
@@ -46,7 +47,10 @@ func TestBridgedCallSurvivesAsterisk(t *testing.T) {
 			if calleeHangsUp {
 				who = "callee hangs up"
 			}
-			t.Run(name+"/"+who, func(t *testing.T) { bridgedCallSurvivesAsterisk(t, chanSIP, calleeHangsUp) })
+			t.Run(name+"/"+who, func(t *testing.T) { bridgedCallSurvivesAsterisk(t, chanSIP, calleeHangsUp, false) })
+		}
+		if !chanSIP {
+			t.Run(name+"/trunk caller", func(t *testing.T) { bridgedCallSurvivesAsterisk(t, chanSIP, false, true) })
 		}
 		t.Run(name+"/codec mismatch", func(t *testing.T) { bridgedCallCodecMismatch(t, chanSIP) })
 	}
@@ -67,10 +71,11 @@ type bridgedCall struct {
 	heard201, heard202 func() uint64 // RTP from hapbx at each phone
 	atPhones           func() []string
 	called             time.Time
+	name               string // the caller's: "201", or the provider's caller
 }
 
 func (c *bridgedCall) logs() string {
-	return "---- 201 ----\n" + c.caller.Log(3000) + "\n---- 202 ----\n" + c.callee.Log(3000)
+	return "---- " + c.name + " ----\n" + c.caller.Log(3000) + "\n---- 202 ----\n" + c.callee.Log(3000)
 }
 
 // startBridgedCall sets up the lab on a real Asterisk with media anchored,
@@ -79,11 +84,21 @@ func (c *bridgedCall) logs() string {
 // twoWay: 202 plays a-law whatever it answered) and checks the
 // dialplan's mark: Asterisk's INVITE to 202, on pbx1's wire, carries
 // X-Hapbx-Bridge with 201's Call-ID, and no phone sees the header.
-func startBridgedCall(t *testing.T, chanSIP bool, variant func(l *Lab, uac, uas string) (string, string), twoWay bool) *bridgedCall {
+func startBridgedCall(t *testing.T, chanSIP bool, variant func(l *Lab, uac, uas string) (string, string), twoWay, trunk bool) *bridgedCall {
 	t.Helper()
 	pcap := testkit.RequirePCAP(t)
-	l := newLab(t, Options{Media: true, ChanSIP: chanSIP})
-	c := &bridgedCall{l: l, h: upWithBackends(t, l)}
+	l := newLab(t, Options{Media: true, ChanSIP: chanSIP, Trunk: trunk})
+	callerHost, service := "phones", "202"
+	if trunk {
+		callerHost, service = "provider", "4930202"
+		if _, err := l.StartProvider(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := &bridgedCall{l: l, h: upWithBackends(t, l), name: "201"}
+	if trunk {
+		c.name = "the provider's caller"
+	}
 	t.Cleanup(func() {
 		checkAsteriskLogs(t, l)
 		if t.Failed() {
@@ -102,6 +117,10 @@ func startBridgedCall(t *testing.T, chanSIP bool, variant func(l *Lab, uac, uas 
 	}
 	atPBX := sniff(t, "pbx1")
 	c.atPhones = sniff(t, "phones")
+	atCaller := c.atPhones
+	if trunk {
+		atCaller = sniff(t, callerHost)
+	}
 
 	// 202 registers from the port it answers on, then SIPp takes the port.
 	reg := newTestPhone(t, "202", authUser("202"), PhoneSecret, calleeSIPPort, "<sip:202@%s>")
@@ -128,21 +147,28 @@ func startBridgedCall(t *testing.T, chanSIP bool, variant func(l *Lab, uac, uas 
 		// the answer; SIPp plays its a-law pcap whatever it says, so here
 		// 201 offers a-law only.
 		uac = scenarioCopy(t, l, uac, "RTP/AVP 8 0 101\n      a=rtpmap:8 PCMA/8000\n      a=rtpmap:0 PCMU/8000\n", "RTP/AVP 8 101\n      a=rtpmap:8 PCMA/8000\n")
-		if uac, err = l.ownCredentials(uac, "201"); err != nil {
-			t.Fatal(err)
+		if !trunk {
+			if uac, err = l.ownCredentials(uac, "201"); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-	c.heard201, c.heard202 = phoneRTP(t, callerRTPPort), phoneRTP(t, calleeRTPPort)
+	if trunk {
+		// The provider's customer: a From user that is no phone (Asterisk
+		// would take the call for phone 201's), to a DID of 202.
+		uac = scenarioCopy(t, l, uac, `"201" <sip:201@`, `<sip:+4930111@`)
+	}
+	c.heard201, c.heard202 = hostRTP(t, callerHost, callerRTPPort), phoneRTP(t, calleeRTPPort)
 	c.called = time.Now()
-	c.caller, err = l.Sipp("phones", "phone201", 5091, "-sf", uac, "-s", "202", "-m", "1",
-		"-mi", Hosts["phones"], "-mp", strconv.Itoa(callerRTPPort), "-key", "pcap", pcap, "-timeout", "40s", VIP+":5060")
+	c.caller, err = l.Sipp(callerHost, "caller", 5091, "-sf", uac, "-s", service, "-m", "1",
+		"-mi", Hosts[callerHost], "-mp", strconv.Itoa(callerRTPPort), "-key", "pcap", pcap, "-timeout", "40s", VIP+":5060")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := WaitFor(10*time.Second, "the phones hearing each other through Asterisk", func() bool {
 		return (c.heard201() > 20 || !twoWay) && c.heard202() > 20
 	}); err != nil {
-		t.Fatalf("%v (201 heard %d, 202 heard %d)\n%s", err, c.heard201(), c.heard202(), c.logs())
+		t.Fatalf("%v (%s heard %d, 202 heard %d)\n%s", err, c.name, c.heard201(), c.heard202(), c.logs())
 	}
 
 	// The backend-facing side: Asterisk's INVITE to 202 names the caller's
@@ -166,23 +192,23 @@ func startBridgedCall(t *testing.T, chanSIP bool, variant func(l *Lab, uac, uas 
 		t.Fatalf("Asterisk's INVITE to 202 carries no X-Hapbx-Bridge (the dialplan's mark); INVITEs on pbx1's wire:\n%s", strings.Join(invites, "\n----\n"))
 	}
 	callerID := ""
-	for _, m := range c.atPhones() {
+	for _, m := range append(c.atPhones(), atCaller()...) {
 		if strings.Contains(strings.ToLower(m), "x-hapbx-bridge") {
-			t.Errorf("a phone saw X-Hapbx-Bridge:\n%s", m)
+			t.Errorf("a phone or the provider saw X-Hapbx-Bridge:\n%s", m)
 		}
-		if strings.HasPrefix(m, "INVITE sip:202@"+VIP) {
+		if strings.HasPrefix(m, "INVITE sip:"+service+"@"+VIP) {
 			callerID = header(m, "Call-ID", "i")
 		}
 	}
 	if callerID != bridge {
-		t.Errorf("Asterisk marked its INVITE to 202 with X-Hapbx-Bridge %q, but 201's call has Call-ID %q", bridge, callerID)
+		t.Errorf("Asterisk marked its INVITE to 202 with X-Hapbx-Bridge %q, but %s's call has Call-ID %q", bridge, c.name, callerID)
 	} else {
-		t.Logf("Asterisk's INVITE to 202 carried X-Hapbx-Bridge: %s (201's Call-ID); no phone saw the header", bridge)
+		t.Logf("Asterisk's INVITE to 202 carried X-Hapbx-Bridge: %s (%s's Call-ID); no phone saw the header", bridge, c.name)
 	}
 	return c
 }
 
-func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
+func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp, trunk bool) {
 	var variant func(l *Lab, uac, uas string) (string, string)
 	if calleeHangsUp {
 		variant = func(l *Lab, uac, uas string) (string, string) {
@@ -190,7 +216,7 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 				scenarioCopy(t, l, uas, `<nop next="wait_bye"/>`, `<nop next="hangup"/>`)
 		}
 	}
-	c := startBridgedCall(t, chanSIP, variant, true)
+	c := startBridgedCall(t, chanSIP, variant, true, trunk)
 	l, h := c.l, c.h
 	// For 1.5 s from the kill: when hapbx joins the call, and each phone's
 	// longest silence (the audio gap, detection included; the pcap has a
@@ -235,9 +261,9 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 	if since := t0.Add(joinedAt).Sub(c.called); since > 3500*time.Millisecond {
 		t.Fatalf("call joined %s after 201 called: too late for its hold 4 s into the call (answered by Asterisk, not hapbx)", since.Round(time.Millisecond))
 	}
-	t.Logf("pbx1 SIGKILLed: call joined after %s; longest silence at 201 %s, at 202 %s; packets heard since the join: 201 %d, 202 %d",
-		joinedAt.Round(time.Millisecond), gap[0].Round(time.Millisecond), gap[1].Round(time.Millisecond), last[0]-atJoin[0], last[1]-atJoin[1])
-	for i, who := range []string{"201", "202"} {
+	t.Logf("pbx1 SIGKILLed: call joined after %[1]s; longest silence at %[2]s %[3]s, at 202 %[4]s; packets heard since the join: %[2]s %[5]d, 202 %[6]d",
+		joinedAt.Round(time.Millisecond), c.name, gap[0].Round(time.Millisecond), gap[1].Round(time.Millisecond), last[0]-atJoin[0], last[1]-atJoin[1])
+	for i, who := range []string{c.name, "202"} {
 		if last[i] < atJoin[i]+20 {
 			t.Errorf("%s heard %d RTP packets in the %s after the join, want 20 or more: audio not joined both ways", who, last[i]-atJoin[i], (1500*time.Millisecond - joinedAt).Round(time.Millisecond))
 		}
@@ -248,9 +274,9 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 	// 201 holds, resumes, refreshes the session (4 s into the call), then
 	// one side hangs up; hapbx answers each for the dead PBX and sends the
 	// other side the BYE.
-	first, second, hangsUp, other := c.caller, c.callee, "201", "202"
+	first, second, hangsUp, other := c.caller, c.callee, c.name, "202"
 	if calleeHangsUp {
-		first, second, hangsUp, other = c.callee, c.caller, "202", "201"
+		first, second, hangsUp, other = c.callee, c.caller, "202", c.name
 	}
 	if code := first.Wait(20 * time.Second); code != 0 {
 		t.Errorf("%s's call failed (exit %d): hold, resume, session refresh or BYE not answered as expected, or the call cut\n%s", hangsUp, code, c.logs())
@@ -270,7 +296,7 @@ func bridgedCallSurvivesAsterisk(t *testing.T, chanSIP, calleeHangsUp bool) {
 func bridgedCallCodecMismatch(t *testing.T, chanSIP bool) {
 	c := startBridgedCall(t, chanSIP, func(l *Lab, uac, uas string) (string, string) {
 		return uac, scenarioCopy(t, l, uas, "RTP/AVP 8 101\n      a=rtpmap:8 PCMA/8000", "RTP/AVP 0 101\n      a=rtpmap:0 PCMU/8000")
-	}, false)
+	}, false, false)
 	l, h := c.l, c.h
 	l.KillBackend("pbx1")
 	byes := func() (to201, to202 bool) {

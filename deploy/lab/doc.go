@@ -66,8 +66,9 @@
 // phone sees it, SIGKILLs Asterisk mid-call and checks that hapbx joins
 // the call: audio both ways (an nft counter per phone RTP port), hold,
 // resume and a session refresh answered by hapbx, either side's BYE
-// ending the other's; legs of different codecs (Asterisk transcoding) get
-// BYEs instead. Tests that rely on SIPp's
+// ending the other's, also for a provider's call through the trunk (on
+// chan_pjsip); legs of different codecs (Asterisk transcoding) get BYEs
+// instead. Tests that rely on SIPp's
 // behaviour set Options.SIPpBackends. Where no asterisk exists,
 // TestE2EAsteriskStandIn runs this mode against a stand-in
 // (asterisk_standin_test.go) that reads the rendered files and serves SIP

@@ -25,7 +25,11 @@ func TestMediaSurvivesVIPFailoverKernel(t *testing.T) { mediaSurvivesVIPFailover
 // phoneRTP counts, in the phones' namespace, the relay's RTP arriving at
 // the phone's port (after the NAT's reverse mapping): the audio the phone
 // hears, whichever proxy or data path relays it.
-func phoneRTP(t *testing.T, port int) func() uint64 {
+func phoneRTP(t *testing.T, port int) func() uint64 { return hostRTP(t, "phones", port) }
+
+// hostRTP counts the RTP from the VIP arriving at port in host h's
+// namespace.
+func hostRTP(t *testing.T, h string, port int) func() uint64 {
 	t.Helper()
 	table := "hlabrtp" + strconv.Itoa(port)
 	for _, args := range [][]string{
@@ -33,13 +37,13 @@ func phoneRTP(t *testing.T, port int) func() uint64 {
 		{"add", "chain", "ip", table, "in", "{ type filter hook input priority 0; }"},
 		{"add", "rule", "ip", table, "in", "ip", "saddr", VIP, "udp", "dport", strconv.Itoa(port), "counter"},
 	} {
-		if err := run(append([]string{"ip", "netns", "exec", NS("phones"), "nft"}, args...)...); err != nil {
+		if err := run(append([]string{"ip", "netns", "exec", NS(h), "nft"}, args...)...); err != nil {
 			t.Fatalf("nft %v: %v", args, err)
 		}
 	}
 	re := regexp.MustCompile(`counter packets (\d+)`)
 	return func() uint64 {
-		out, err := exec.Command("ip", "netns", "exec", NS("phones"), "nft", "list", "chain", "ip", table, "in").Output()
+		out, err := exec.Command("ip", "netns", "exec", NS(h), "nft", "list", "chain", "ip", table, "in").Output()
 		if err != nil {
 			t.Fatalf("nft list: %v", err)
 		}
