@@ -58,7 +58,17 @@
 // SIPp of pjsip mode shares a user among its phones);
 // TestE2EAsteriskPhones checks, on both drivers, what Asterisk does
 // through hapbx with Go softphones of their own credentials; all of them
-// fail on an ERROR line in Asterisk's start-up log. Tests that rely on SIPp's
+// fail on an ERROR line in Asterisk's start-up log.
+// TestBridgedCallSurvivesAsterisk (issue 15.6, both drivers) has SIPp
+// phone 201 call SIPp phone 202 through the shipped dialplan, checks on
+// pbx1's wire (an AF_PACKET capture) that Asterisk's INVITE to 202
+// carries X-Hapbx-Bridge with 201's Call-ID and on the phones' that no
+// phone sees it, SIGKILLs Asterisk mid-call and checks that hapbx joins
+// the call: audio both ways (an nft counter per phone RTP port), hold,
+// resume and a session refresh answered by hapbx, either side's BYE
+// ending the other's, also for a provider's call through the trunk (on
+// chan_pjsip); legs of different codecs (Asterisk transcoding) get BYEs
+// instead. Tests that rely on SIPp's
 // behaviour set Options.SIPpBackends. Where no asterisk exists,
 // TestE2EAsteriskStandIn runs this mode against a stand-in
 // (asterisk_standin_test.go) that reads the rendered files and serves SIP

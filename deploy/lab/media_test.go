@@ -23,22 +23,27 @@ func TestMediaSurvivesVIPFailover(t *testing.T) { mediaSurvivesVIPFailover(t, "u
 func TestMediaSurvivesVIPFailoverKernel(t *testing.T) { mediaSurvivesVIPFailover(t, "kernel") }
 
 // phoneRTP counts, in the phones' namespace, the relay's RTP arriving at
-// the phone's port 7000 (after the NAT's reverse mapping): the audio the
-// phone hears, whichever proxy or data path relays it.
-func phoneRTP(t *testing.T) func() uint64 {
+// the phone's port (after the NAT's reverse mapping): the audio the phone
+// hears, whichever proxy or data path relays it.
+func phoneRTP(t *testing.T, port int) func() uint64 { return hostRTP(t, "phones", port) }
+
+// hostRTP counts the RTP from the VIP arriving at port in host h's
+// namespace.
+func hostRTP(t *testing.T, h string, port int) func() uint64 {
 	t.Helper()
+	table := "hlabrtp" + strconv.Itoa(port)
 	for _, args := range [][]string{
-		{"add", "table", "ip", "hlabrtp"},
-		{"add", "chain", "ip", "hlabrtp", "in", "{ type filter hook input priority 0; }"},
-		{"add", "rule", "ip", "hlabrtp", "in", "ip", "saddr", VIP, "udp", "dport", "7000", "counter"},
+		{"add", "table", "ip", table},
+		{"add", "chain", "ip", table, "in", "{ type filter hook input priority 0; }"},
+		{"add", "rule", "ip", table, "in", "ip", "saddr", VIP, "udp", "dport", strconv.Itoa(port), "counter"},
 	} {
-		if err := run(append([]string{"ip", "netns", "exec", NS("phones"), "nft"}, args...)...); err != nil {
+		if err := run(append([]string{"ip", "netns", "exec", NS(h), "nft"}, args...)...); err != nil {
 			t.Fatalf("nft %v: %v", args, err)
 		}
 	}
 	re := regexp.MustCompile(`counter packets (\d+)`)
 	return func() uint64 {
-		out, err := exec.Command("ip", "netns", "exec", NS("phones"), "nft", "list", "chain", "ip", "hlabrtp", "in").Output()
+		out, err := exec.Command("ip", "netns", "exec", NS(h), "nft", "list", "chain", "ip", table, "in").Output()
 		if err != nil {
 			t.Fatalf("nft list: %v", err)
 		}
@@ -121,7 +126,7 @@ func mediaSurvivesVIPFailover(t *testing.T, datapath string) {
 	if s, err := l.Status(tw); err != nil || len(s.Media) != 1 {
 		t.Fatalf("%s dropped the replicated session of a call older than idle_timeout (%v): %+v", tw, err, s.Media)
 	}
-	heard := phoneRTP(t)
+	heard := phoneRTP(t, 7000)
 	if err := WaitFor(3*time.Second, "the phone hearing the echo through "+h, func() bool { return heard() > 0 }); err != nil {
 		t.Fatal(err)
 	}
