@@ -409,3 +409,76 @@ func scenarioCopy(t *testing.T, l *Lab, path, old, new string) string {
 	}
 	return f.Name()
 }
+
+// Issue 15.4 and the last test of 15.6: a bridged call (as in
+// TestBridgedCallSurvivesAsterisk, chan_pjsip) outlives both its Asterisk
+// and the proxy that set it up, in either order. "asterisk then proxy":
+// the VIP holder joins the call when Asterisk is SIGKILLed, then is
+// SIGKILLed itself; the twin takes the VIP and the call (its dialogs and
+// links came over the cluster's "dialogs" channel). "proxy then asterisk":
+// the VIP holder is SIGKILLed first, the twin takes the VIP, then Asterisk
+// is SIGKILLed and the twin joins the call. Either way the phones hear
+// each other through the twin, 201's hold, resume, session refresh and
+// OPTIONS are answered by it, and 201's hang-up reaches 202 as a BYE.
+func TestBridgedCallSurvivesProxyAndAsterisk(t *testing.T) {
+	if os.Getenv("HAPBX_ASTERISK") == "" {
+		if _, err := exec.LookPath("asterisk"); err != nil {
+			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH)")
+		}
+	}
+	t.Run("asterisk then proxy", func(t *testing.T) { bridgedCallOutlivesProxy(t, true) })
+	t.Run("proxy then asterisk", func(t *testing.T) { bridgedCallOutlivesProxy(t, false) })
+}
+
+func bridgedCallOutlivesProxy(t *testing.T, asteriskFirst bool) {
+	c := startBridgedCall(t, false, nil, true, false)
+	l, h := c.l, c.h
+	tw := Twin(h)
+	joined := func(p string) func() bool {
+		return func() bool { return l.Metric(p, "hapbx_proxy_calls_joined_total") == 1 }
+	}
+	killProxy := func() {
+		l.KillProxy(h)
+		if _, err := l.WaitHolder(tw, 3*time.Second); err != nil {
+			t.Fatalf("%s SIGKILLed: %v", h, err)
+		}
+	}
+	if asteriskFirst {
+		l.KillBackend("pbx1")
+		if err := WaitFor(3*time.Second, h+" joining the call", joined(h)); err != nil {
+			t.Fatalf("%v\n%s", err, c.logs())
+		}
+		killProxy()
+		t.Logf("pbx1 SIGKILLed, call joined on %s; %s SIGKILLed, %s holds the VIP", h, h, tw)
+	} else {
+		killProxy()
+		l.KillBackend("pbx1")
+		if err := WaitFor(3*time.Second, tw+" joining the call", joined(tw)); err != nil {
+			t.Fatalf("%v: joined %v, refused codec %v media %v\n%s", err, l.Metric(tw, "hapbx_proxy_calls_joined_total"),
+				l.Metric(tw, `hapbx_proxy_calls_join_refused_total{reason="codec"}`), l.Metric(tw, `hapbx_proxy_calls_join_refused_total{reason="media"}`), c.logs())
+		}
+		t.Logf("%s SIGKILLed, %s holds the VIP; pbx1 SIGKILLed, call joined on %s", h, tw, tw)
+	}
+	// The twin joins the call in its relay (again, when the holder had):
+	// the phones hear each other through it.
+	if err := WaitFor(2*time.Second, tw+" joining the call", joined(tw)); err != nil {
+		t.Errorf("%v: calls joined %v", err, l.Metric(tw, "hapbx_proxy_calls_joined_total"))
+	}
+	at201, at202, t0 := c.heard201(), c.heard202(), time.Now()
+	if err := WaitFor(2*time.Second, "the phones hearing each other through "+tw, func() bool {
+		return c.heard201() >= at201+20 && c.heard202() >= at202+20
+	}); err != nil {
+		t.Errorf("%v: 201 heard %d RTP packets, 202 %d, want 20 or more each\n%s", err, c.heard201()-at201, c.heard202()-at202, c.logs())
+	} else {
+		t.Logf("20 RTP packets or more heard by each phone through %s within %s", tw, time.Since(t0).Round(time.Millisecond))
+	}
+	if code := c.caller.Wait(20 * time.Second); code != 0 {
+		t.Errorf("201's call failed (exit %d): hold, resume, session refresh or BYE not answered by %s, or the call cut\n%s", code, tw, c.logs())
+	}
+	if code := c.callee.Wait(10 * time.Second); code != 0 {
+		t.Errorf("202's call failed (exit %d): no BYE from %s after 201 hung up\n%s", code, tw, c.logs())
+	}
+	if n := l.Metric(tw, `hapbx_proxy_joined_calls_ended_total{reason="bye"}`); n != 1 {
+		t.Errorf("%s: joined calls ended by BYE: %v, want 1", tw, n)
+	}
+}
