@@ -188,14 +188,19 @@ func (p *Proxy) udpDoor(info sip.TransportReadProps, data []byte) bool {
 	return false
 }
 
-// streamDoor is the door for a request that came over TCP or TLS, in
-// handle: whether it may go in. A refused one is answered 503 or, from a
-// blocked source, its transaction ended unanswered.
+// streamDoor is the door in handle: for a request that came over TCP or
+// TLS, all of it; over UDP (past udpDoor already) the shedding check
+// again. Under a storm the requests udpDoor let in wait for a goroutine
+// of their own for a while (hapbx short of CPU); handle is where one
+// starts to count as pending. Those that come while shedding, or past
+// max_transactions, are refused here: else they became pending after
+// the door had closed (4 196 pending at max_transactions 3 000, memory
+// growing while shedding). This is the first request of its server
+// transaction (sipgo hands a retransmission to the transaction, not to
+// handle), so its 503 contradicts no answer. A refused one is answered
+// 503 or, from a blocked source, its transaction ended unanswered.
 func (p *Proxy) streamDoor(req *sip.Request, tx sip.ServerTransaction) bool {
-	if strings.EqualFold(req.Transport(), "udp") {
-		return true // passed udpDoor
-	}
-	if p.door.Flood != nil {
+	if p.door.Flood != nil && !strings.EqualFold(req.Transport(), "udp") { // over UDP: udpDoor counted it
 		if ap, err := netip.ParseAddrPort(req.Source()); err == nil && !p.exemptSource(ap.Addr().Unmap()) {
 			if ok, answer := p.door.Flood.Allow(ap.Addr().Unmap(), !req.IsAck()); !ok {
 				if req.IsAck() {

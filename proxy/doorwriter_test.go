@@ -90,3 +90,52 @@ func TestDoorRepliesLeaveTheReadLoop(t *testing.T) {
 		<-conn.written // every 503 queued is sent once the socket frees
 	}
 }
+
+// Issue 13.7(b): a new request udpDoor let in before shedding started (or
+// below max_transactions) whose handler runs only after it (a backlog of
+// goroutines while hapbx is short of CPU) is refused 503 there, through its
+// server transaction, instead of becoming pending; an in-dialog request
+// still passes.
+func TestUDPDoorCheckedAgainInHandle(t *testing.T) {
+	be, _ := silentBackend(t)
+	load := &fakeLoad{}
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil,
+		WithDoor(Door{Load: load, MaxTransactions: 2}))
+	request := func(toTag string) *sip.Request {
+		msg := strings.ReplaceAll(strings.ReplaceAll(doorRequest("REGISTER", "sip:"+p.addr, toTag), "PEER", phoneIP+":5062"), "\n", "\r\n")
+		m, err := sip.ParseMessage([]byte(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := m.(*sip.Request)
+		req.SetTransport("UDP")
+		req.SetSource(phoneIP + ":5062")
+		return req
+	}
+	for _, c := range []struct {
+		what     string
+		shedding bool
+		pending  int64
+		toTag    string
+		in       bool
+	}{
+		{"a new REGISTER, no load", false, 0, "", true},
+		{"a new REGISTER while shedding", true, 0, "", false},
+		{"a new REGISTER at max_transactions", false, 2, "", false},
+		{"an in-dialog request while shedding", true, 2, "x", true},
+	} {
+		load.shedding.Store(c.shedding)
+		p.door.pending.Store(c.pending)
+		tx := &fakeServerTx{got: make(chan *sip.Response, 1), done: make(chan struct{})}
+		if in := p.streamDoor(request(c.toTag), tx); in != c.in {
+			t.Errorf("%s over UDP: let in %v, want %v", c.what, in, c.in)
+			continue
+		}
+		if !c.in {
+			if res := <-tx.got; res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+				t.Errorf("%s over UDP: answered %d, want 503 with Retry-After", c.what, res.StatusCode)
+			}
+		}
+	}
+	p.door.pending.Store(0)
+}
