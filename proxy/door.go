@@ -14,7 +14,6 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 )
 
 // The door: what a request must pass before the proxy makes any state for
@@ -98,6 +97,9 @@ type door struct {
 	backends atomic.Pointer[backendIPs] // the backends' addresses, by backend set
 	shed     *prometheus.CounterVec
 	excused  *prometheus.CounterVec
+	// unanswered counts the 503s not sent for a full queue (doorwriter.go).
+	unanswered *prometheus.CounterVec
+	replies    chan doorReply // the door's 503s waiting for the socket (doorwriter.go)
 }
 
 type backendIPs struct {
@@ -125,13 +127,18 @@ func newDoorMetrics(d *door, reg prometheus.Registerer) {
 		Name: "hapbx_proxy_failures_excused_total",
 		Help: "Backend failures not reported to health because hapbx itself was at fault: strained (short of memory, CPU or UDP receive buffer), local_error (a send failed for a reason of this host).",
 	}, []string{"reason"})
+	d.unanswered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hapbx_proxy_shed_unanswered_total",
+		Help: "Requests shed at the door over UDP whose 503 was not sent because the door's writer was saturated (its queue full): the caller retransmits or gives up; by the reason they were shed (as hapbx_proxy_shed_total, which counts them too).",
+	}, []string{"reason"})
 	for _, r := range []string{shedMemory, shedTransactions, shedFlood} {
 		d.shed.WithLabelValues(r)
+		d.unanswered.WithLabelValues(r)
 	}
 	for _, r := range []string{excusedStrained, excusedLocalError} {
 		d.excused.WithLabelValues(r)
 	}
-	reg.MustRegister(d.shed, d.excused)
+	reg.MustRegister(d.shed, d.excused, d.unanswered)
 }
 
 // doorFilter is the transport read filter: the door for UDP, then the
@@ -159,7 +166,7 @@ func (p *Proxy) udpDoor(info sip.TransportReadProps, data []byte) bool {
 		if ok, answer := p.door.Flood.Allow(src, method != "ACK"); !ok {
 			if answer {
 				p.door.shed.WithLabelValues(shedFlood).Inc()
-				p.unavailableAtDoor(info, data, nil)
+				p.unavailableAtDoor(info, data, nil, shedFlood)
 			}
 			return false
 		}
@@ -177,18 +184,23 @@ func (p *Proxy) udpDoor(info sip.TransportReadProps, data []byte) bool {
 		return true // the parser refuses it, it keeps what exists, or its transaction goes on
 	}
 	p.door.shed.WithLabelValues(reason).Inc()
-	p.unavailableAtDoor(info, data, req)
+	p.unavailableAtDoor(info, data, req, reason)
 	return false
 }
 
-// streamDoor is the door for a request that came over TCP or TLS, in
-// handle: whether it may go in. A refused one is answered 503 or, from a
-// blocked source, its transaction ended unanswered.
+// streamDoor is the door in handle: for a request that came over TCP or
+// TLS, all of it; over UDP (past udpDoor already) the shedding check
+// again. Under a storm the requests udpDoor let in wait for a goroutine
+// of their own for a while (hapbx short of CPU); handle is where one
+// starts to count as pending. Those that come while shedding, or past
+// max_transactions, are refused here: else they became pending after
+// the door had closed (4 196 pending at max_transactions 3 000, memory
+// growing while shedding). This is the first request of its server
+// transaction (sipgo hands a retransmission to the transaction, not to
+// handle), so its 503 contradicts no answer. A refused one is answered
+// 503 or, from a blocked source, its transaction ended unanswered.
 func (p *Proxy) streamDoor(req *sip.Request, tx sip.ServerTransaction) bool {
-	if strings.EqualFold(req.Transport(), "udp") {
-		return true // passed udpDoor
-	}
-	if p.door.Flood != nil {
+	if p.door.Flood != nil && !strings.EqualFold(req.Transport(), "udp") { // over UDP: udpDoor counted it
 		if ap, err := netip.ParseAddrPort(req.Source()); err == nil && !p.exemptSource(ap.Addr().Unmap()) {
 			if ok, answer := p.door.Flood.Allow(ap.Addr().Unmap(), !req.IsAck()); !ok {
 				if req.IsAck() {
@@ -308,9 +320,10 @@ func requestMethod(data []byte) (string, bool) {
 }
 
 // unavailableAtDoor answers a datagram 503 with Retry-After statelessly,
-// from the listener's socket; req is the datagram parsed, nil to parse it
-// here. The hop-by-hop ACK of an INVITE so answered is absorbed later.
-func (p *Proxy) unavailableAtDoor(info sip.TransportReadProps, data []byte, req *sip.Request) {
+// from the listener's socket by the door's writer (doorwriter.go); req is
+// the datagram parsed, nil to parse it here; reason is why it was shed.
+// The hop-by-hop ACK of an INVITE so answered is absorbed later.
+func (p *Proxy) unavailableAtDoor(info sip.TransportReadProps, data []byte, req *sip.Request, reason string) {
 	if req == nil {
 		msg, err := sip.ParseMessage(data)
 		if req, _ = msg.(*sip.Request); err != nil || req == nil || missingHeader(req) != "" {
@@ -326,16 +339,13 @@ func (p *Proxy) unavailableAtDoor(info sip.TransportReadProps, data []byte, req 
 	if c == nil {
 		return
 	}
-	defer c.TryClose()
-	if err := c.WriteMsg(res); err != nil {
-		p.log.Debug("503 at the door not sent", zap.Error(err))
-		return
-	}
+	r := doorReply{conn: c, res: res, method: req.Method}
 	if req.IsInvite() {
-		b, _ := req.Via().Params.Get("branch")
-		p.non2xx.put(b, "")
+		r.branch, _ = req.Via().Params.Get("branch")
 	}
-	p.m.responses.WithLabelValues(methodLabel(req.Method), "503").Inc()
+	if !p.queueDoorReply(r) {
+		p.door.unanswered.WithLabelValues(reason).Inc()
+	}
 }
 
 // exemptSource reports a source the flood guard must not count: a backend

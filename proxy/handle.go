@@ -405,8 +405,9 @@ func (p *Proxy) backendTargets(req *sip.Request) []target {
 // placed while a cold standby starts is set up late rather than refused
 // (respond has sent an INVITE's 100 Trying: no retransmissions meanwhile);
 // the caller's CANCEL, a drain or an in-dialog request end the wait at once.
-// While the door sheds new work (shedReason) nothing is held: a held
-// request is new work too, and a storm's held requests filled the memory.
+// While the door sheds new work (shedReason) nothing is held, and what is
+// held is let go when shedding starts: a held request is new work too, and
+// a storm's held requests filled the memory.
 func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried map[string]bool, cancelled <-chan struct{}) []target {
 	if p.cfg.NoBackendWait <= 0 || p.draining.Load() || p.shedReason() != "" {
 		return nil
@@ -431,8 +432,8 @@ func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried m
 				p.m.held.Inc()
 				return fresh
 			}
-			if p.draining.Load() {
-				return nil // stopping: answer 503 now, not after the wait
+			if p.draining.Load() || p.shedReason() != "" {
+				return nil // stopping or shedding: answer 503 now, not after the wait
 			}
 		case <-cancelled:
 			return nil

@@ -237,6 +237,9 @@ func (p *Proxy) Listen(ctx context.Context) error {
 		p.srv.OnRequest(m, p.handle)
 	}
 	p.srv.OnNoRoute(p.handle)
+	stopDoor := make(chan struct{})
+	p.closers = append(p.closers, func() error { close(stopDoor); return nil })
+	p.startDoorWriter(stopDoor)
 
 	for _, l := range p.listeners {
 		if err := p.listen(ctx, l, tlsConf); err != nil {
