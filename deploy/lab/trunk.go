@@ -165,6 +165,8 @@ func (l *Lab) trunkCalls(n int, o ScenarioOptions) (in, out *Proc, err error) {
 	if in, err = l.Sipp("provider", fmt.Sprintf("trunkin%d", n), 5090+n, append([]string{"-sf", l.Scenario("trunk_call_lab.xml"), "-s", TrunkDID}, common...)...); err != nil {
 		return nil, nil, err
 	}
-	out, err = l.Sipp("pbx2", fmt.Sprintf("trunkout%d", n), 5090+n, append([]string{"-sf", l.Scenario("trunk_backend_uac.xml"), "-s", "4930999"}, common...)...)
+	// Below 5000: pbx2's Asterisk takes RTP ports anywhere in its default
+	// range 5000-31000, and a SIPp that cannot bind its port places no call.
+	out, err = l.Sipp("pbx2", fmt.Sprintf("trunkout%d", n), 4090+n, append([]string{"-sf", l.Scenario("trunk_backend_uac.xml"), "-s", "4930999"}, common...)...)
 	return in, out, err
 }
