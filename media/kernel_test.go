@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/hapbx/hapbx/deploy/lab"
 	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -99,7 +98,7 @@ func inKernelNamespaces(t *testing.T) string {
 func phoneIn(t *testing.T, ns, ip string) *phone {
 	t.Helper()
 	var p *phone
-	if err := lab.InNS(ns, func() error { p = newPhone(t, ip); return nil }); err != nil {
+	if err := testkit.InNS(ns, func() error { p = newPhone(t, ip); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return p

@@ -14,13 +14,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -464,30 +464,8 @@ func (p *Proc) Log(n int) string {
 }
 
 // InNS runs f on a thread switched into namespace ns: sockets f creates stay
-// in ns for their whole life.
-func InNS(ns string, f func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", ns, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter netns %s: %w", ns, err)
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		// The thread stays locked and dies with the goroutine: never reused.
-		panic(fmt.Sprintf("cannot return to the original netns: %v", err))
-	}
-	return ferr
-}
+// in ns for their whole life (testkit.InNS, which other packages' tests use).
+func InNS(ns string, f func() error) error { return testkit.InNS(ns, f) }
 
 func (l *Lab) handle(h string) (*netlink.Handle, error) {
 	l.mu.Lock()

@@ -5,7 +5,7 @@
 // (proc.go), waiting on a condition instead of sleeping (wait.go), a
 // component's Run in the background (run.go), and the two-node fake DRBD
 // whose stand-ins for drbdadm, drbdsetup and an IPMI fence record every
-// call (drbd.go, drbd/).
+// call (drbd.go, drbd/), and running code inside a network namespace (netns.go).
 //
 // Tests of every package import it, and so does the namespace lab
 // (deploy/lab); production code does not. It imports no package of hapbx, so

@@ -27,7 +27,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hapbx/hapbx/deploy/lab"
+	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/media/relaybench"
 )
@@ -166,7 +166,7 @@ func inNS(name string, fn func() error) error {
 	if name == "" {
 		return fn()
 	}
-	return lab.InNS(name, fn)
+	return testkit.InNS(name, fn)
 }
 
 func (b *bench) ns(name string) string {
