@@ -83,6 +83,20 @@ type AMIClient struct {
 	readyCh chan struct{} // closed while ready; replaced when readiness is lost
 	stopped chan struct{} // closed when Run returns
 	nextID  uint64
+	bridges *bridgeTracker // nil: events other than FullyBooted are ignored
+}
+
+// followBridges hands every session's bridge events to t (amibridges.go).
+func (c *AMIClient) followBridges(t *bridgeTracker) {
+	c.mu.Lock()
+	c.bridges = t
+	c.mu.Unlock()
+}
+
+func (c *AMIClient) tracker() *bridgeTracker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bridges
 }
 
 // NewAMIClient returns a client; nothing happens until Run.
@@ -237,9 +251,15 @@ func (c *AMIClient) session(ctx context.Context) (loggedIn bool, err error) {
 		s.Version = strings.TrimPrefix(banner, amiBanner)
 	})
 
+	bt := c.tracker()
+	if bt != nil {
+		bt.reset()
+		defer bt.reset() // what this session told is void with it
+	}
 	s := &amiSession{conn: conn, pending: map[string]chan AMIMessage{}, done: make(chan struct{})}
-	go c.readLoop(br, s)
-	defer func() { conn.Close(); <-s.done }()
+	go c.readLoop(br, s, bt)
+	var resync sync.WaitGroup
+	defer func() { conn.Close(); <-s.done; resync.Wait() }()
 
 	res, err := c.action(s, "Login", AMIField{"Username", c.cfg.Username}, AMIField{"Secret", c.cfg.Secret})
 	if err != nil {
@@ -252,6 +272,13 @@ func (c *AMIClient) session(ctx context.Context) (loggedIn bool, err error) {
 	}
 	c.update(func(st *AMIState) { st.LoggedIn, st.Err = true, "" })
 	c.log.Debug("ami logged in", zap.String("version", c.State().Version))
+	if bt != nil {
+		resync.Add(1)
+		go func() {
+			defer resync.Done()
+			c.resyncBridges(s, bt)
+		}()
+	}
 
 	tick := time.NewTicker(c.cfg.PingInterval)
 	defer tick.Stop()
@@ -318,7 +345,7 @@ func (c *AMIClient) action(s *amiSession, name string, fields ...AMIField) (AMIM
 	}
 }
 
-func (c *AMIClient) readLoop(br *bufio.Reader, s *amiSession) {
+func (c *AMIClient) readLoop(br *bufio.Reader, s *amiSession, bt *bridgeTracker) {
 	defer close(s.done)
 	for {
 		m, err := ReadAMIMessage(br)
@@ -329,6 +356,8 @@ func (c *AMIClient) readLoop(br *bufio.Reader, s *amiSession) {
 		if ev := m.Get("Event"); ev != "" {
 			if strings.EqualFold(ev, "FullyBooted") {
 				c.update(func(st *AMIState) { st.FullyBooted = true })
+			} else if bt != nil {
+				bt.event(m)
 			}
 			continue
 		}
@@ -341,6 +370,39 @@ func (c *AMIClient) readLoop(br *bufio.Reader, s *amiSession) {
 			case ch <- m:
 			default:
 			}
+		}
+	}
+}
+
+// resyncBridges learns the bridges that exist at the start of a session
+// (those that changed while no session was up included): BridgeList, then
+// BridgeInfo for each two-channel bridge; the answers' events reach the
+// tracker through the reader. Neither action needs a write permission.
+func (c *AMIClient) resyncBridges(s *amiSession, bt *bridgeTracker) {
+	listed := bt.startList()
+	res, err := c.action(s, "BridgeList")
+	if err == nil && !strings.EqualFold(res.Get("Response"), "Success") {
+		err = fmt.Errorf("answered %q: %s: %w", res.Get("Response"), res.Get("Message"), ErrAMIProtocol)
+	}
+	if err != nil {
+		c.log.Debug("ami bridge list failed: bridges learnt from new events only", zap.Error(err))
+		return
+	}
+	n := 0
+	for {
+		select {
+		case <-s.done:
+			return
+		case id := <-listed:
+			if id == "" {
+				c.log.Debug("ami bridges resynced", zap.Int("two_party", n))
+				return
+			}
+			if _, err := c.action(s, "BridgeInfo", AMIField{"BridgeUniqueid", id}); err != nil {
+				c.log.Debug("ami bridge info failed", zap.String("bridge", id), zap.Error(err))
+				return
+			}
+			n++
 		}
 	}
 }

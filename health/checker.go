@@ -27,6 +27,9 @@ type Checker struct {
 	m      *metrics
 	load   LocalLoad  // nil: every probe counts
 	events event.Sink // see WithEvents
+	// bridgeSink and maxBridges: see FollowBridges (nil: not followed).
+	bridgeSink BridgeSink
+	maxBridges int
 
 	mu       sync.Mutex
 	order    []string
@@ -223,12 +226,35 @@ func (c *Checker) addLocked(t Target) *backend {
 			OnChange: func(AMIState) { b.poke() },
 		}, c.log.With(zap.String("backend", name)))
 	}
+	c.followLocked(b)
 	if !slices.Contains(c.order, t.Name) {
 		c.order = append(c.order, t.Name)
 	}
 	c.backends[t.Name] = b
 	c.m.up.WithLabelValues(t.Name).Set(0)
 	return b
+}
+
+// FollowBridges has every backend's AMI session tell sink which two SIP
+// calls the backend bridges (BridgeEnter, BridgeLeave, ...; amibridges.go),
+// keeping at most max bridges per backend
+// (hapbx_health_ami_bridges_untracked_total counts the others). Call it
+// before Run; backends added later follow too. Backends without AMI
+// settings report nothing.
+func (c *Checker) FollowBridges(sink BridgeSink, max int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bridgeSink, c.maxBridges = sink, max
+	for _, b := range c.backends {
+		c.followLocked(b)
+	}
+}
+
+func (c *Checker) followLocked(b *backend) {
+	if b.ami == nil || c.bridgeSink == nil {
+		return
+	}
+	b.ami.followBridges(newBridgeTracker(b.t.Name, c.bridgeSink, max(c.maxBridges, 1), c.m.bridgesFull.WithLabelValues(b.t.Name)))
 }
 
 func (b *backend) poke() {

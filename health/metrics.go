@@ -12,6 +12,9 @@ type metrics struct {
 	transitions *prometheus.CounterVec
 	// excused counts probe timeouts not held against a backend (localload.go).
 	excused prometheus.Counter
+	// bridgesFull counts bridges a backend's AMI session reported beyond
+	// the tracker's bound (amibridges.go).
+	bridgesFull *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,10 +37,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "hapbx_health_probes_excused_total",
 		Help: "SIP probes that got no answer while hapbx itself was strained, not counted against the backend (for at most excuseFor in a row).",
 	})
+	m.bridgesFull = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hapbx_health_ami_bridges_untracked_total",
+		Help: "Bridges an Asterisk's manager reported while as many as the bound (sip.max_dialogs) were followed: their calls are not linked from AMI.",
+	}, []string{"backend"})
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.up, m.duration, m.transitions, m.excused} {
+	for _, c := range []prometheus.Collector{m.up, m.duration, m.transitions, m.excused, m.bridgesFull} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics: %w", err)
 		}
@@ -50,4 +57,5 @@ func (m *metrics) forget(name string) {
 	m.up.DeleteLabelValues(name)
 	m.duration.DeletePartialMatch(prometheus.Labels{"backend": name})
 	m.transitions.DeletePartialMatch(prometheus.Labels{"backend": name})
+	m.bridgesFull.DeleteLabelValues(name)
 }

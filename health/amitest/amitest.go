@@ -40,6 +40,8 @@ type Server struct {
 	pings  int
 	closed bool
 	wg     sync.WaitGroup
+	// answers: see SetAnswer; action name lowercased.
+	answers map[string]func(actionID string, fields map[string]string) string
 }
 
 type conn struct {
@@ -101,6 +103,35 @@ func (s *Server) SetBooted(booted bool) {
 	s.mu.Unlock()
 	for _, c := range targets {
 		s.write(c, fullyBooted)
+	}
+}
+
+// SetAnswer makes the server answer action (any case) with what answer
+// returns: the raw text, CRLF-framed messages, given the ActionID and the
+// action's fields (keys lowercased). Asterisk's list actions (BridgeList,
+// BridgeInfo) answer this way: a Response, then events with the ActionID.
+func (s *Server) SetAnswer(action string, answer func(actionID string, fields map[string]string) string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.answers == nil {
+		s.answers = map[string]func(string, map[string]string) string{}
+	}
+	s.answers[strings.ToLower(action)] = answer
+}
+
+// SendEvents writes text, raw CRLF-framed messages (events as Asterisk
+// sends them), to every logged-in session.
+func (s *Server) SendEvents(text string) {
+	s.mu.Lock()
+	var cs []*conn
+	for c := range s.conns {
+		if c.loggedIn {
+			cs = append(cs, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range cs {
+		s.write(c, text)
 	}
 }
 
@@ -250,6 +281,13 @@ func (s *Server) handle(c *conn, m map[string]string) bool {
 		ts := fmt.Sprintf("%.6f", float64(time.Now().UnixMicro())/1e6)
 		s.write(c, "Response: Success\r\n"+id+"Ping: Pong\r\nTimestamp: "+ts+"\r\n\r\n")
 	default:
+		s.mu.Lock()
+		answer := s.answers[action]
+		s.mu.Unlock()
+		if answer != nil {
+			s.write(c, answer(m["actionid"], m))
+			break
+		}
 		s.write(c, "Response: Error\r\n"+id+"Message: Invalid/unknown command\r\n\r\n")
 	}
 	return true
