@@ -18,12 +18,21 @@ type bridging struct {
 	links     *linkTable     // the two legs a backend bridges
 	takeovers *takeoverTable // calls kept up after their backend died (takeover.go)
 	replica   *DialogReplica // dialogs and links sent to the twin (replicate.go)
+	// amiPending: bridges a backend's manager reported before hapbx had
+	// confirmed both their dialogs (amibridge.go).
+	amiPending *ttlSet
 }
 
 // newBridging sets up p's bridging; p.dialogs must exist.
 func newBridging(p *Proxy, cfg Config, reg prometheus.Registerer) bridging {
-	b := bridging{links: newLinkTable(cfg.MaxDialogs, cfg.DialogTTL, reg), takeovers: newTakeoverTable(reg), replica: newDialogReplica(p)}
-	p.dialogs.changed = b.replica.changed
+	b := bridging{links: newLinkTable(cfg.MaxDialogs, cfg.DialogTTL, reg), takeovers: newTakeoverTable(reg), replica: newDialogReplica(p),
+		amiPending: newTTLSet(amiPendingFor, cfg.MaxDialogs)}
+	p.dialogs.changed = func(d *dialog, released bool) {
+		if !released {
+			p.bridgePending(d) // first: the record then carries the link
+		}
+		b.replica.changed(d, released)
+	}
 	return b
 }
 
@@ -47,8 +56,16 @@ func newLinkTable(max int, ttl time.Duration, reg prometheus.Registerer) *linkTa
 	return t
 }
 
-// link records that the backend bridges call out to call in.
+// link records that the backend bridges call out to call in. Either
+// call's former link goes: a call is bridged with one other at a time.
 func (t *linkTable) link(out, in string) {
+	if other, ok := t.pairs.get(out); ok && other == in {
+		if back, ok := t.pairs.get(in); ok && back == out {
+			return
+		}
+	}
+	t.drop(out)
+	t.drop(in)
 	if !t.pairs.put(out, in) || !t.pairs.put(in, out) {
 		t.pairs.del(out)
 		t.full.Inc()
@@ -75,7 +92,9 @@ func (t *linkTable) drop(callID string) {
 		return
 	}
 	if other, ok := t.pairs.get(callID); ok {
-		t.pairs.del(other)
+		if back, ok := t.pairs.get(other); ok && back == callID {
+			t.pairs.del(other)
+		}
 	}
 	t.pairs.del(callID)
 }

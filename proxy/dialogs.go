@@ -48,10 +48,13 @@ type dialog struct {
 // without an in-dialog request (calls without session timers can outlive
 // any BYE we miss).
 type dialogTable struct {
-	mu     sync.Mutex
-	max    int
-	ttl    time.Duration
-	byID   map[string]*dialog
+	mu   sync.Mutex
+	max  int
+	ttl  time.Duration
+	byID map[string]*dialog
+	// byCall finds a dialog by Call-ID alone (AMI names calls so,
+	// amibridge.go): the last one confirmed of that Call-ID.
+	byCall map[string]*dialog
 	gauge  prometheus.Gauge
 	ended  *prometheus.CounterVec
 	full   prometheus.Counter
@@ -63,9 +66,10 @@ type dialogTable struct {
 
 func newDialogTable(max int, ttl time.Duration, reg prometheus.Registerer) *dialogTable {
 	t := &dialogTable{
-		max:  max,
-		ttl:  ttl,
-		byID: make(map[string]*dialog),
+		max:    max,
+		ttl:    ttl,
+		byID:   make(map[string]*dialog),
+		byCall: make(map[string]*dialog),
 		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hapbx_proxy_dialogs",
 			Help: "Confirmed dialogs tracked per backend, for hang-up when a backend dies.",
@@ -228,7 +232,11 @@ func (t *dialogTable) add(d *dialog) bool {
 		t.full.Inc()
 		return false // bounded: the dialog still works, it just is not hung up for us
 	}
+	if old := t.byID[key]; old != nil && t.byCall[old.callID] == old {
+		delete(t.byCall, old.callID)
+	}
 	t.byID[key] = d
+	t.byCall[d.callID] = d
 	t.gauge.Set(float64(len(t.byID)))
 	return true
 }
@@ -246,7 +254,7 @@ func (t *dialogTable) seen(req *sip.Request) {
 		return
 	}
 	if req.Method == sip.BYE {
-		delete(t.byID, key)
+		t.delLocked(key)
 		t.gauge.Set(float64(len(t.byID)))
 		t.mu.Unlock()
 		if t.changed != nil {
@@ -303,11 +311,29 @@ func (t *dialogTable) take(backend string, before time.Time) []*dialog {
 			if !d.ending {
 				out = append(out, d)
 			}
-			delete(t.byID, k)
+			t.delLocked(k)
 		}
 	}
 	t.gauge.Set(float64(len(t.byID)))
 	return out
+}
+
+// delLocked forgets the dialog of key.
+func (t *dialogTable) delLocked(key string) {
+	if d := t.byID[key]; d != nil && t.byCall[d.callID] == d {
+		delete(t.byCall, d.callID)
+	}
+	delete(t.byID, key)
+}
+
+// onBackend is the dialog of callID when backend is its backend.
+func (t *dialogTable) onBackend(callID, backend string) *dialog {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if d := t.byCall[callID]; d != nil && d.backend == backend {
+		return d
+	}
+	return nil
 }
 
 func (t *dialogTable) sweepLocked(now time.Time) {
@@ -317,7 +343,7 @@ func (t *dialogTable) sweepLocked(now time.Time) {
 	t.sweepT = now.Add(time.Minute)
 	for k, d := range t.byID {
 		if now.Sub(d.lastSeen) > t.ttl {
-			delete(t.byID, k)
+			t.delLocked(k)
 		}
 	}
 }

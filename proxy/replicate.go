@@ -207,7 +207,7 @@ func (r *DialogReplica) apply(rec dialogRecord) error {
 		r.tombs.put(key, strconv.FormatUint(rec.Version, 10))
 		t.mu.Lock()
 		if d := t.byID[key]; d != nil && d.version <= rec.Version {
-			delete(t.byID, key)
+			t.delLocked(key)
 			t.gauge.Set(float64(len(t.byID)))
 		}
 		t.mu.Unlock()
@@ -248,6 +248,9 @@ func (r *DialogReplica) apply(rec dialogRecord) error {
 	t.add(d)
 	if rec.Partner != "" {
 		r.p.links.link(rec.CallID, rec.Partner)
+	} else {
+		// The holder's link went (a bridge broke, a transfer): so does ours.
+		r.p.links.drop(rec.CallID)
 	}
 	return nil
 }
