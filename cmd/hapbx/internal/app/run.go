@@ -36,6 +36,9 @@ import (
 // proxy's tests).
 var _ proxy.Registrar = (*registrar.Registrar)(nil)
 
+// The proxy keeps the links the backends' managers report (health/amibridges.go).
+var _ health.BridgeSink = (*proxy.Proxy)(nil)
+
 // The limits are the proxy's door.
 var (
 	_ proxy.Load       = (*limits.Budget)(nil)
@@ -149,6 +152,9 @@ func (d *daemon) run() error {
 	if d.proxy, err = proxy.New(d.cfg.SIP, proxyBackends(d.cfg.Backends), d.selector, d.log.Named("proxy"), d.reg, opts...); err != nil {
 		return err
 	}
+	// The backends' managers tell the proxy which calls they bridge
+	// (transfers, re-bridges), bounded like the dialogs.
+	d.health.FollowBridges(d.proxy, d.cfg.SIP.MaxDialogs)
 	if err := d.replicateDialogs(); err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
