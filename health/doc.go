@@ -18,6 +18,18 @@
 //     pings every ami_interval; an unanswered ping ends the session, which is
 //     re-opened with bounded exponential backoff. The check is good while
 //     the session is logged in, fully booted and answering.
+//   - Bridges (FollowBridges, amibridges.go): the same session follows which
+//     two SIP calls the backend bridges, from BridgeEnter, BridgeLeave and
+//     BridgeDestroy (each channel's Call-ID in its ChanVariable
+//     HAPBX_CALLID, set by the shipped dialplan and put there by
+//     manager.conf's channelvars), and tells a BridgeSink (the proxy's
+//     links, joined in cmd) when a bridge of exactly two SIP channels
+//     appears, changes (a transfer, a re-bridge) or breaks. At each login it
+//     learns the bridges already up with BridgeList and BridgeInfo (no
+//     write permission needed). Per backend at most the bound FollowBridges
+//     is given (sip.max_dialogs) is kept; the tables go with the session
+//     (what the sink was told stays there: a dead Asterisk's bridges are
+//     what its takeover needs).
 //   - Passive check: Checker.Suspect, called by the proxy when a forwarded
 //     request timed out, drew a 503 or hit a transport error.
 //   - State machine per backend, on the verdict of all required checks:
@@ -61,6 +73,7 @@
 //	hapbx_health_probe_duration_seconds{backend,kind}       kind sip (every OPTIONS probe) or ami (every Ping)
 //	hapbx_health_transitions_total{backend,from,to}
 //	hapbx_health_probes_excused_total                       unanswered probes not counted (hapbx strained)
+//	hapbx_health_ami_bridges_untracked_total{backend}       bridges not followed: the bound was reached
 //
 // Test helpers, for tests only: health/amitest (an AMI server) and
 // internal/testkit (SIPp answering OPTIONS).

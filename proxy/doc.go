@@ -120,7 +120,14 @@
 //     takeover.go): a backend's initial INVITE carrying X-Hapbx-Bridge
 //     (the shipped dialplan puts the incoming leg's Call-ID there) links
 //     its call to that one; the header is removed from every request, so
-//     only a backend can link and no phone sees it; links are bounded by
+//     only a backend can link and no phone sees it; the backend's manager
+//     reports its bridges too (Bridged, Unbridged: package health's
+//     BridgeSink, amibridge.go), and a bridge of two calls hapbx confirmed
+//     through that backend replaces either call's link, so after a blind
+//     or attended transfer or a re-bridge the link names the two calls
+//     actually bridged, and a broken bridge's link goes (a bridge reported
+//     before a leg's 2xx waits up to 32 s for it; bounded by max_dialogs);
+//     links are bounded by
 //     max_dialogs and live as long as their dialogs (dialog_ttl, renewed by
 //     in-dialog requests, dropped on BYE). When HangUpBackend finds both
 //     dialogs of a link, and the MediaAnchor can join calls (media.Relay:

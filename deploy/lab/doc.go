@@ -68,7 +68,11 @@
 // resume and a session refresh answered by hapbx, either side's BYE
 // ending the other's, also for a provider's call through the trunk (on
 // chan_pjsip); legs of different codecs (Asterisk transcoding) get BYEs
-// instead. Tests that rely on SIPp's
+// instead. TestTransferredCallSurvivesAsterisk (issue 15.1, both
+// drivers) has 201 call a Go phone 202 that transfers it to SIPp phone
+// 203, blind (REFER) or attended (REFER with Replaces), then SIGKILLs
+// Asterisk: hapbx, which followed the transfer on the AMI session, joins
+// 201 and 203. Tests that rely on SIPp's
 // behaviour set Options.SIPpBackends. Where no asterisk exists,
 // TestE2EAsteriskStandIn runs this mode against a stand-in
 // (asterisk_standin_test.go) that reads the rendered files and serves SIP
