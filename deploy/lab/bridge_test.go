@@ -2,7 +2,6 @@ package lab
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -31,17 +30,10 @@ import (
 // (trunk ACL, [from-trunk]) to 202's DID. Needs a real Asterisk ($HAPBX_ASTERISK
 // or asterisk on PATH).
 func TestBridgedCallSurvivesAsterisk(t *testing.T) {
-	if os.Getenv("HAPBX_ASTERISK") == "" {
-		if _, err := exec.LookPath("asterisk"); err != nil {
-			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH): the shipped dialplan's bridge mark is not tried; " +
-				"package proxy's TestBridgedCallSurvivesBackendDeath runs the same call against the test kit's B2BUA")
-		}
-	}
+	requireRealAsterisk(t, "the shipped dialplan's bridge mark is not tried; "+
+		"package proxy's TestBridgedCallSurvivesBackendDeath runs the same call against the test kit's B2BUA")
 	for _, chanSIP := range []bool{false, true} {
-		name := "chan_pjsip"
-		if chanSIP {
-			name = "chan_sip"
-		}
+		name := driverName(chanSIP)
 		for _, calleeHangsUp := range []bool{false, true} {
 			who := "caller hangs up"
 			if calleeHangsUp {
@@ -99,16 +91,7 @@ func startBridgedCall(t *testing.T, chanSIP bool, variant func(l *Lab, uac, uas 
 	if trunk {
 		c.name = "the provider's caller"
 	}
-	t.Cleanup(func() {
-		checkAsteriskLogs(t, l)
-		if t.Failed() {
-			for _, be := range Backends {
-				if b, err := os.ReadFile(filepath.Join(l.Dir(), be+".log")); err == nil {
-					t.Logf("---- %s log ----\n%s", be, b)
-				}
-			}
-		}
-	})
+	checkPBXsAtEnd(t, l)
 	authUser := func(ext string) string {
 		if chanSIP {
 			return ext
@@ -421,11 +404,7 @@ func scenarioCopy(t *testing.T, l *Lab, path, old, new string) string {
 // each other through the twin, 201's hold, resume, session refresh and
 // OPTIONS are answered by it, and 201's hang-up reaches 202 as a BYE.
 func TestBridgedCallSurvivesProxyAndAsterisk(t *testing.T) {
-	if os.Getenv("HAPBX_ASTERISK") == "" {
-		if _, err := exec.LookPath("asterisk"); err != nil {
-			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH)")
-		}
-	}
+	requireRealAsterisk(t, "the shipped dialplan's bridge mark is not tried")
 	t.Run("asterisk then proxy", func(t *testing.T) { bridgedCallOutlivesProxy(t, true) })
 	t.Run("proxy then asterisk", func(t *testing.T) { bridgedCallOutlivesProxy(t, false) })
 }

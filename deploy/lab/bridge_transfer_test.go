@@ -33,17 +33,10 @@ import (
 // C. Both channel drivers. Needs a real Asterisk: the lab's stand-in (SIPp
 // and health/amitest) neither transfers nor sends bridge events.
 func TestTransferredCallSurvivesAsterisk(t *testing.T) {
-	if os.Getenv("HAPBX_ASTERISK") == "" {
-		if _, err := exec.LookPath("asterisk"); err != nil {
-			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH): transfers and AMI bridge events need one " +
-				"(the stand-in PBX transfers nothing); package health's TestBridgeTracker* replay Asterisk 20's events for both transfers")
-		}
-	}
+	requireRealAsterisk(t, "transfers and AMI bridge events need one (the stand-in PBX transfers nothing); "+
+		"package health's TestBridgeTracker* replay Asterisk 20's events for both transfers")
 	for _, chanSIP := range []bool{false, true} {
-		name := "chan_pjsip"
-		if chanSIP {
-			name = "chan_sip"
-		}
+		name := driverName(chanSIP)
 		for _, attended := range []bool{false, true} {
 			kind := "blind"
 			if attended {
@@ -63,16 +56,7 @@ func transferredCallSurvives(t *testing.T, chanSIP, attended bool) {
 	pcap := testkit.RequirePCAP(t)
 	l := newLab(t, Options{Media: true, ChanSIP: chanSIP})
 	h := upWithBackends(t, l)
-	t.Cleanup(func() {
-		checkAsteriskLogs(t, l)
-		if t.Failed() {
-			for _, be := range Backends {
-				if b, err := os.ReadFile(filepath.Join(l.Dir(), be+".log")); err == nil {
-					t.Logf("---- %s log ----\n%s", be, b)
-				}
-			}
-		}
-	})
+	checkPBXsAtEnd(t, l)
 	atPBX := sniff(t, "pbx1")
 	authUser := func(ext string) string {
 		if chanSIP {
@@ -166,6 +150,38 @@ func transferredCallSurvives(t *testing.T, chanSIP, attended bool) {
 	if n := l.Metric(h, `hapbx_proxy_joined_calls_ended_total{reason="bye"}`); n != 1 {
 		t.Errorf("joined calls ended by BYE: %v, want 1", n)
 	}
+}
+
+// requireRealAsterisk skips t, saying why, where no real Asterisk runs.
+func requireRealAsterisk(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("HAPBX_ASTERISK") == "" {
+		if _, err := exec.LookPath("asterisk"); err != nil {
+			t.Skip("no real Asterisk (HAPBX_ASTERISK unset, none on PATH): " + why)
+		}
+	}
+}
+
+func driverName(chanSIP bool) string {
+	if chanSIP {
+		return "chan_sip"
+	}
+	return "chan_pjsip"
+}
+
+// checkPBXsAtEnd checks, when t ends, that the Asterisks logged no ERROR,
+// and shows their logs if t failed.
+func checkPBXsAtEnd(t *testing.T, l *Lab) {
+	t.Cleanup(func() {
+		checkAsteriskLogs(t, l)
+		if t.Failed() {
+			for _, be := range Backends {
+				if b, err := os.ReadFile(filepath.Join(l.Dir(), be+".log")); err == nil {
+					t.Logf("---- %s log ----\n%s", be, b)
+				}
+			}
+		}
+	})
 }
 
 // phoneDialog is one dialog of a test phone, as it needs it to send a
@@ -271,22 +287,7 @@ func (p *testPhone) inDialog(req *sip.Request) {
 // returns the dialog; Asterisk's requests meanwhile are answered 200.
 func (p *testPhone) placeCall(ext, offer string) phoneDialog {
 	p.t.Helper()
-	ruri, to := "sip:"+ext+"@"+VIP, "<sip:"+ext+"@"+VIP+">"
-	p.callID, p.tag = randHex(8)+"@hlab-phone", randHex(4)
-	res := p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp"}, offer, p.inDialog)
-	p.ack(res, ruri)
-	if res.StatusCode != 401 && res.StatusCode != 407 {
-		p.t.Fatalf("INVITE %s without credentials answered %d, want a challenge", ext, res.StatusCode)
-	}
-	res = p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp", p.authorization(res, "INVITE", ruri)}, offer, p.inDialog)
-	if res.StatusCode != 200 {
-		p.t.Fatalf("INVITE %s with credentials answered %d, want 200", ext, res.StatusCode)
-	}
-	target := ruri
-	if c := res.Contact(); c != nil {
-		target = c.Address.String()
-	}
-	p.ack(res, target)
+	res, target := p.callAnswering(ext, offer, p.inDialog)
 	d := phoneDialog{callID: p.callID, localTag: p.tag, target: target, routes: routeSet(res)}
 	d.remoteTag, _ = res.To().Params.Get("tag")
 	return d

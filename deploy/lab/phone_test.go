@@ -254,14 +254,21 @@ func (p *testPhone) answer(rtp net.PacketConn, invites chan<- *sip.Request) {
 // the dialog's remote target.
 func (p *testPhone) call(ext, offer string) (*sip.Response, string) {
 	p.t.Helper()
+	return p.callAnswering(ext, offer, nil)
+}
+
+// callAnswering is call, with requests to the phone meanwhile handed to
+// answer.
+func (p *testPhone) callAnswering(ext, offer string, answer func(*sip.Request)) (*sip.Response, string) {
+	p.t.Helper()
 	ruri, to := "sip:"+ext+"@"+VIP, "<sip:"+ext+"@"+VIP+">"
 	p.callID, p.tag = randHex(8)+"@hlab-phone", randHex(4)
-	res := p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp"}, offer, nil)
+	res := p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp"}, offer, answer)
 	p.ack(res, ruri)
 	if res.StatusCode != 401 && res.StatusCode != 407 {
 		p.t.Fatalf("INVITE %s without credentials answered %d, want a challenge", ext, res.StatusCode)
 	}
-	res = p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp", p.authorization(res, "INVITE", ruri)}, offer, nil)
+	res = p.transaction("INVITE", ruri, to, []string{"Content-Type: application/sdp", p.authorization(res, "INVITE", ruri)}, offer, answer)
 	if res.StatusCode != 200 {
 		p.t.Fatalf("INVITE %s with credentials answered %d, want 200", ext, res.StatusCode)
 	}

@@ -92,17 +92,9 @@ func (s *Server) SetStuck(stuck bool) {
 func (s *Server) SetBooted(booted bool) {
 	s.mu.Lock()
 	s.booted = booted
-	var targets []*conn
-	if booted {
-		for c := range s.conns {
-			if c.loggedIn {
-				targets = append(targets, c)
-			}
-		}
-	}
 	s.mu.Unlock()
-	for _, c := range targets {
-		s.write(c, fullyBooted)
+	if booted {
+		s.SendEvents(fullyBooted)
 	}
 }
 
