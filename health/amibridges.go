@@ -30,6 +30,9 @@ type BridgeSink interface {
 const (
 	// maxCallIDLen: longer values are no Call-ID the proxy relayed.
 	maxCallIDLen = 256
+	// maxUniqueIDLen: Asterisk's channel Uniqueids are "<epoch>.<n>"; a
+	// longer one is not kept (it would make the tables' keys unbounded).
+	maxUniqueIDLen = 64
 	// maxBridgeMembers: a bridge with more channels than 2 is no link, and
 	// its members beyond these are not kept (BridgeNumChannels counts them).
 	maxBridgeMembers = 3
@@ -104,7 +107,7 @@ func (t *bridgeTracker) event(m AMIMessage) {
 		if b := t.bridgeLocked(m.Get("BridgeUniqueid"), true); b != nil {
 			b.channels = atoi(m.Get("BridgeNumChannels"))
 			if uid := m.Get("Uniqueid"); uid != "" {
-				if len(b.members) < maxBridgeMembers || hasKey(b.members, uid) {
+				if len(uid) <= maxUniqueIDLen && (len(b.members) < maxBridgeMembers || hasKey(b.members, uid)) {
 					b.members[uid] = channelCallID(m)
 				} else {
 					b.partial = true
@@ -154,8 +157,8 @@ func (t *bridgeTracker) event(m AMIMessage) {
 			chans = map[string]string{}
 			t.info[id] = chans
 		}
-		if chans != nil && len(chans) < maxBridgeMembers {
-			chans[m.Get("Uniqueid")] = channelCallID(m)
+		if uid := m.Get("Uniqueid"); chans != nil && len(chans) < maxBridgeMembers && len(uid) <= maxUniqueIDLen {
+			chans[uid] = channelCallID(m)
 		}
 	case strings.EqualFold(name, "BridgeInfoComplete"):
 		chans := t.info[m.Get("ActionID")]
