@@ -39,6 +39,10 @@ type Config struct {
 	// relay fails to start without it), "user" (the relay's sockets) or
 	// "auto" (kernel when it can be set up, else user space, logged once).
 	Datapath string `yaml:"datapath"`
+	// KernelEngine is what forwards latched legs in kernel mode: "ebpf"
+	// (a TC program; nftables when it cannot be loaded, logged once) or
+	// "nftables".
+	KernelEngine string `yaml:"kernel_engine"`
 }
 
 // DefaultConfig returns the defaults: disabled, ports 20000-30000, idle 60s.
@@ -50,6 +54,7 @@ func DefaultConfig() Config {
 		RelatchAfter: 5 * time.Second,
 		LearnWindow:  2 * time.Second,
 		Datapath:     DatapathAuto,
+		KernelEngine: EngineEBPF,
 	}
 }
 
@@ -91,6 +96,11 @@ func (c Config) Validate() error {
 	case DatapathAuto, DatapathKernel, DatapathUser, "":
 	default:
 		errs = append(errs, fmt.Errorf("datapath: %q: want kernel, user or auto", c.Datapath))
+	}
+	switch c.KernelEngine {
+	case EngineEBPF, EngineNftables, "":
+	default:
+		errs = append(errs, fmt.Errorf("kernel_engine: %q: want ebpf or nftables", c.KernelEngine))
 	}
 	return errors.Join(errs...)
 }
