@@ -3,6 +3,7 @@ module github.com/hapbx/hapbx
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.15.0
 	github.com/emiago/sipgo v1.7.2
 	github.com/google/nftables v0.1.0
 	github.com/hashicorp/memberlist v0.7.0
@@ -34,7 +35,6 @@ require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/boltdb/bolt v1.3.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/cilium/ebpf v0.15.0 // indirect
 	github.com/fatih/color v1.13.0 // indirect
 	github.com/gobwas/httphead v0.1.0 // indirect
 	github.com/gobwas/pool v0.2.1 // indirect
