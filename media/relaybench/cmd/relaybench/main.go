@@ -1,10 +1,11 @@
 // Command relaybench drives N concurrent RTP calls (two 50 packet/s
 // streams each) through a relay and prints, side by side, the relay in user
-// space, in kernel mode (nftables) and rtpengine (user space, driven over its
-// ng control protocol): CPU per relayed packet including softirq, added
+// space, in kernel mode with the nftables engine ("kernel") and with the
+// eBPF engine ("ebpf"), and rtpengine (user space, driven over its ng
+// control protocol): CPU per relayed packet including softirq, added
 // latency p50/p99, loss and the share of the load the generator offered.
 //
-//	go run ./media/relaybench/cmd/relaybench -calls 1000,2000,4000 -duration 10s -warmup 2s
+//	go run ./media/relaybench/cmd/relaybench -calls 1000,2000,4000 -duration 10s -warmup 2s -modes user,kernel,ebpf,rtpengine
 //
 // As root it builds two network namespaces joined by a veth pair, hkd-bg
 // (the generator's phones, 10.78.0.1) and hkd-br (the relay, 10.78.0.2,
@@ -15,6 +16,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -48,7 +50,7 @@ func main() {
 	calls := flag.String("calls", "1000,2000,4000", "comma-separated numbers of concurrent calls")
 	dur := flag.Duration("duration", 10*time.Second, "measured window per run")
 	warm := flag.Duration("warmup", 2*time.Second, "unmeasured start of each run")
-	modes := flag.String("modes", "user,kernel,rtpengine", "relays to measure: user, kernel, rtpengine")
+	modes := flag.String("modes", "user,kernel,ebpf,rtpengine", "relays to measure: user, kernel (nftables), ebpf, rtpengine")
 	ports := flag.String("ports", "20000-40000", "relay port range")
 	workers := flag.Int("workers", 0, "relay data-path workers (0: GOMAXPROCS)")
 	perSock := flag.Int("streams-per-socket", 250, "generator streams sharing one socket")
@@ -220,7 +222,7 @@ func (b *bench) run(n int, mode string) (outcome, error) {
 		for i := range n {
 			l.Streams = append(l.Streams, relaybench.Stream{Phone: a(i), Dst: bb(i).Addr}, relaybench.Stream{Phone: bb(i), Dst: a(i).Addr})
 		}
-	case "user", "kernel":
+	case "user", "kernel", "ebpf":
 		c, err := b.startChild(mode)
 		if err != nil {
 			return outcome{}, err
@@ -236,8 +238,8 @@ func (b *bench) run(n int, mode string) (outcome, error) {
 			l.Streams = append(l.Streams, relaybench.Stream{Phone: a(i), Dst: netip.AddrPortFrom(rip, uint16(pa))},
 				relaybench.Stream{Phone: bb(i), Dst: netip.AddrPortFrom(rip, uint16(pb))})
 		}
-		if mode == "kernel" && !c.kernel {
-			note = " (kernel data path unavailable: user space)"
+		if want := map[string]string{"kernel": media.EngineNftables, "ebpf": media.EngineEBPF}[mode]; want != "" && c.engine != want {
+			note = fmt.Sprintf(" (engine %s unavailable: %s)", want, cmp.Or(c.engine, "user space"))
 		}
 	case "rtpengine":
 		e, err := b.startRtpengine()
@@ -286,7 +288,7 @@ type relayChild struct {
 	in     *bufio.Writer
 	closer func() error
 	sc     *bufio.Scanner
-	kernel bool
+	engine string // what forwards in the kernel; "": user space
 }
 
 func (b *bench) startChild(mode string) (*relayChild, error) {
@@ -301,12 +303,15 @@ func (b *bench) startChild(mode string) (*relayChild, error) {
 	} else {
 		cmd = exec.Command("ip", "netns", "exec", relayNS, self)
 	}
-	dp := media.DatapathUser
-	if mode == "kernel" {
+	dp, engine := media.DatapathUser, media.EngineNftables
+	switch mode {
+	case "kernel":
 		dp = media.DatapathKernel
+	case "ebpf":
+		dp, engine = media.DatapathKernel, media.EngineEBPF
 	}
 	cmd.Env = append(os.Environ(), relaybench.ChildEnv+"=1", "RELAYBENCH_ADDR="+rip.String(), "RELAYBENCH_PORTS="+b.ports,
-		"RELAYBENCH_WORKERS="+strconv.Itoa(b.workers), "RELAYBENCH_DATAPATH="+dp)
+		"RELAYBENCH_WORKERS="+strconv.Itoa(b.workers), "RELAYBENCH_DATAPATH="+dp, "RELAYBENCH_ENGINE="+engine)
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outp, _ := cmd.StdoutPipe()
@@ -320,7 +325,10 @@ func (b *bench) startChild(mode string) (*relayChild, error) {
 		c.stop()
 		return nil, fmt.Errorf("relay child (%s) did not start", mode)
 	}
-	c.kernel = c.sc.Text() == "kernel"
+	c.engine = strings.TrimPrefix(c.sc.Text(), "kernel ")
+	if c.engine == media.DatapathUser {
+		c.engine = ""
+	}
 	return c, nil
 }
 
@@ -351,6 +359,9 @@ func child() {
 	cfg.Workers, _ = strconv.Atoi(os.Getenv("RELAYBENCH_WORKERS"))
 	if dp := os.Getenv("RELAYBENCH_DATAPATH"); dp != "" {
 		cfg.Datapath = dp
+	}
+	if e := os.Getenv("RELAYBENCH_ENGINE"); e != "" {
+		cfg.KernelEngine = e
 	}
 	if path := os.Getenv("RELAYBENCH_CPUPROFILE"); path != "" {
 		f, err := os.Create(path)
