@@ -35,9 +35,10 @@ type Config struct {
 	MaxSessions int `yaml:"max_sessions"`
 	// Workers is the number of data-path goroutines; 0 means GOMAXPROCS.
 	Workers int `yaml:"workers"`
-	// Datapath is where latched legs are relayed: "kernel" (nftables; the
-	// relay fails to start without it), "user" (the relay's sockets) or
-	// "auto" (kernel when it can be set up, else user space, logged once).
+	// Datapath is where latched legs are relayed: "kernel" (by the
+	// KernelEngine; the relay fails to start without a kernel path),
+	// "user" (the relay's sockets) or "auto" (kernel when it can be set
+	// up, else user space, logged once).
 	Datapath string `yaml:"datapath"`
 	// KernelEngine is what forwards latched legs in kernel mode: "ebpf"
 	// (a TC program; nftables when it cannot be loaded, logged once) or
