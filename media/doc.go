@@ -257,9 +257,11 @@
 // call). The TCX links are not pinned, so the kernel detaches the program
 // when hapbx exits, even killed; at start a program of hapbx's name still
 // attached to an interface (another live process, one attached by hand) is
-// detached, as the nftables table is replaced. It needs Linux 6.6 (TCX)
-// and CAP_BPF + CAP_NET_ADMIN (or root); without them the relay logs once
-// and uses nftables. XDP was not built: on veth (the bench, containers)
+// detached, as the nftables table is replaced (finding it by name needs
+// CAP_SYS_ADMIN; without it that step is skipped). It needs Linux 6.6
+// (TCX) and CAP_BPF + CAP_NET_ADMIN (checked: enough for a non-root user;
+// CAP_NET_ADMIN alone cannot create the map); without them the relay logs
+// once and uses nftables. XDP was not built: on veth (the bench, containers)
 // XDP_TX/redirect needs a program on the peer too, and native XDP depends
 // on the NIC driver; TC works on every Ethernet device.
 //
