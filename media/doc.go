@@ -214,10 +214,11 @@
 // shutdown). datapath kernel fails at start without them; auto logs once
 // and relays in user space; user never touches nftables.
 //
-// Measured (media/relaybench, as root: generator and relay in two network
-// namespaces joined by a veth pair, so the rewritten packets are routed and
-// leave by an interface as on a NIC; shared 2-core VM under a load average
-// of 8-16 from other jobs): the relay process spends about 0.1 us per
+// Measured with the nftables engine (media/relaybench, as root: generator
+// and relay in two network namespaces joined by a veth pair, so the
+// rewritten packets are routed and leave by an interface as on a NIC;
+// shared 2-core VM under a load average of 8-16 from other jobs): the
+// relay process spends about 0.1 us per
 // packet in kernel mode (0.47 us at 4000 calls, mostly the counter poll of
 // 8000 elements) against 4-6 us in user space, and the forwarding itself
 // runs in the softirq of the sending core (0.9-4.7 us per packet including
@@ -264,6 +265,21 @@
 // once and uses nftables. XDP was not built: on veth (the bench, containers)
 // XDP_TX/redirect needs a program on the peer too, and native XDP depends
 // on the NIC driver; TC works on every Ethernet device.
+//
+// Which engine: ebpf is the default, by measurement (relaybench -calls
+// 2000 -modes kernel,ebpf, four runs alternating the engines on the shared
+// machine, load average 14-21 from other jobs, 5 December): CPU of
+// generator, relay and ksoftirqd per relayed packet, minus the generator
+// alone, 0.7-1.25 us with the eBPF engine against 2.0-2.5 us with
+// nftables in every pair, and the generator offered 44-68% of the load
+// through it against 26-41% (the rest of the CPU went to other jobs in
+// both). The program itself runs in 0.38-0.43 us per packet on a lighter
+// load (load average 5-8; 0.54-0.61 us at 14-21; BPF_STATS_RUN_TIME),
+// in place of netfilter's prerouting chain and map, the routing decision,
+// ip_forward and the postrouting chain; counters cost the relay process
+// less too (batched map reads against a netlink dump). nftables remains
+// the choice where the kernel is older than 6.6, CAP_BPF cannot be
+// granted, or firewall rules must see the relayed packets.
 //
 // Library: github.com/cilium/ebpf v0.15.0, the newest whose requirements
 // leave go.mod's others as they are (v0.16 and later pull mdlayher/netlink
