@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ebpfName names hapbx's program and map in the kernel: the program
-// attached under this name at start is a leftover of an earlier run.
+// The names of hapbx's program and map in the kernel: a program of this
+// name attached at start is a leftover of an earlier run.
 const (
 	ebpfProgName = "hapbx_media"
 	ebpfMapName  = "hapbx_legs"
@@ -176,9 +176,8 @@ func linkDetach(l link.Link) error {
 	if !ok {
 		return errors.New("link without a descriptor")
 	}
-	const bpfLinkDetach = 34
 	attr := struct{ fd uint32 }{uint32(f.FD())}
-	_, _, e := unix.Syscall(unix.SYS_BPF, bpfLinkDetach, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	_, _, e := unix.Syscall(unix.SYS_BPF, unix.BPF_LINK_DETACH, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
 	if e != 0 {
 		return e
 	}
