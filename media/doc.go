@@ -195,7 +195,12 @@
 // (Snapshot) says so with "kernel": true. The kernel
 // path checks only the RTP/RTCP version: RTCP arriving on an RTP port from
 // the latched source, or a packet larger than 2048 bytes, is forwarded
-// where user space would drop it (not_rtp).
+// where user space would drop it (not_rtp). A datagram without a UDP
+// checksum (0) stays in user space with nftables (its port rewrites update
+// the checksum field unconditionally, which would make "none" a wrong
+// checksum; found by a test that sends complete checksums from a raw
+// socket, which the receiving stack verifies); the eBPF program forwards
+// it with the checksum left 0.
 //
 // Failover: Import installs the elements of the replicated latches at
 // once. The rules match only packets to the relay address (the VIP), which

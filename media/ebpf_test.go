@@ -145,3 +145,7 @@ func TestEBPFDatapathFallback(t *testing.T) {
 	}
 	checkFreshRelay(t, r, pns)
 }
+
+// TestEBPFDatapathChecksums: IP and UDP checksums valid after the
+// program's rewrite, a zero UDP checksum kept.
+func TestEBPFDatapathChecksums(t *testing.T) { TestKernelDatapathChecksums(t) }

@@ -231,7 +231,7 @@ func (n *nftEngine) install(relay [4]byte) error {
 		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: n}
 	}
 	// The rule: UDP, unfragmented, to the relay address, RTP/RTCP version
-	// 2, from a (relay port, source) in the map: destination and ports
+	// 2, with a UDP checksum, from a (relay port, source) in the map: destination and ports
 	// rewritten, marked for the source rewrite, not tracked.
 	c.AddRule(&nftables.Rule{Table: n.table, Chain: pre, Exprs: []expr.Any{
 		ip(9, 1, regTmp),
@@ -244,6 +244,11 @@ func (n *nftEngine) install(relay [4]byte) error {
 		udp(8, 1, regTmp),
 		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 1, Mask: []byte{0xc0}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: regTmp, Data: []byte{0x80}},
+		// A datagram without a UDP checksum (0) stays in user space: the
+		// port writes below update the checksum field unconditionally,
+		// which would turn "none" into a wrong one.
+		udp(6, 2, regTmp),
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: regTmp, Data: []byte{0, 0}},
 		udp(2, 2, regKey),
 		ip(12, 4, regKey+1),
 		udp(0, 2, regKey+2),
