@@ -154,17 +154,25 @@ func openKernel(addr netip.Addr, engine string, log *zap.Logger, now func() time
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
+	var ebpfErr error
 	if engine != EngineNftables {
 		e, err := openEBPFEngine(addr.As4())
 		if err == nil {
 			k.eng = e
 			return k, nil
 		}
-		log.Warn("eBPF data path unavailable, forwarding latched legs with nftables", zap.Error(err))
+		ebpfErr = err
 	}
 	e, err := openNft(addr.As4(), log)
 	if err != nil {
+		if ebpfErr != nil {
+			// One failure, one line (the caller's): both causes in it.
+			return nil, fmt.Errorf("eBPF: %v; nftables: %w", ebpfErr, err)
+		}
 		return nil, err
+	}
+	if ebpfErr != nil {
+		log.Warn("eBPF data path unavailable, forwarding latched legs with nftables", zap.Error(ebpfErr))
 	}
 	k.eng = e
 	return k, nil
