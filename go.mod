@@ -3,6 +3,7 @@ module github.com/hapbx/hapbx
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.15.0
 	github.com/emiago/sipgo v1.7.2
 	github.com/google/nftables v0.1.0
 	github.com/hashicorp/memberlist v0.7.0
@@ -60,6 +61,7 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/sean-/seed v0.0.0-20170313163322-e2103e2c3529 // indirect
 	go.uber.org/multierr v1.10.0 // indirect
+	golang.org/x/exp v0.0.0-20230224173230-c95f2b4c22f2 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect

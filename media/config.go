@@ -35,10 +35,15 @@ type Config struct {
 	MaxSessions int `yaml:"max_sessions"`
 	// Workers is the number of data-path goroutines; 0 means GOMAXPROCS.
 	Workers int `yaml:"workers"`
-	// Datapath is where latched legs are relayed: "kernel" (nftables; the
-	// relay fails to start without it), "user" (the relay's sockets) or
-	// "auto" (kernel when it can be set up, else user space, logged once).
+	// Datapath is where latched legs are relayed: "kernel" (by the
+	// KernelEngine; the relay fails to start without a kernel path),
+	// "user" (the relay's sockets) or "auto" (kernel when it can be set
+	// up, else user space, logged once).
 	Datapath string `yaml:"datapath"`
+	// KernelEngine is what forwards latched legs in kernel mode: "ebpf"
+	// (a TC program; nftables when it cannot be loaded, logged once) or
+	// "nftables".
+	KernelEngine string `yaml:"kernel_engine"`
 }
 
 // DefaultConfig returns the defaults: disabled, ports 20000-30000, idle 60s.
@@ -50,6 +55,7 @@ func DefaultConfig() Config {
 		RelatchAfter: 5 * time.Second,
 		LearnWindow:  2 * time.Second,
 		Datapath:     DatapathAuto,
+		KernelEngine: EngineEBPF,
 	}
 }
 
@@ -91,6 +97,11 @@ func (c Config) Validate() error {
 	case DatapathAuto, DatapathKernel, DatapathUser, "":
 	default:
 		errs = append(errs, fmt.Errorf("datapath: %q: want kernel, user or auto", c.Datapath))
+	}
+	switch c.KernelEngine {
+	case EngineEBPF, EngineNftables, "":
+	default:
+		errs = append(errs, fmt.Errorf("kernel_engine: %q: want ebpf or nftables", c.KernelEngine))
 	}
 	return errors.Join(errs...)
 }

@@ -10,11 +10,11 @@ import (
 
 func TestConfigYAMLAndDefaults(t *testing.T) {
 	cfg := DefaultConfig()
-	in := "enabled: true\naddress: 192.0.2.10\nports: \"30000-30999\"\nidle_timeout: 90s\nrelatch_after: 2s\nlearn_window: 1s\nmax_sessions: 100\ndatapath: user\n"
+	in := "enabled: true\naddress: 192.0.2.10\nports: \"30000-30999\"\nidle_timeout: 90s\nrelatch_after: 2s\nlearn_window: 1s\nmax_sessions: 100\ndatapath: user\nkernel_engine: nftables\n"
 	if err := yaml.Unmarshal([]byte(in), &cfg); err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Enabled: true, Address: "192.0.2.10", Ports: "30000-30999", IdleTimeout: 90 * time.Second, RelatchAfter: 2 * time.Second, LearnWindow: time.Second, MaxSessions: 100, Datapath: DatapathUser}
+	want := Config{Enabled: true, Address: "192.0.2.10", Ports: "30000-30999", IdleTimeout: 90 * time.Second, RelatchAfter: 2 * time.Second, LearnWindow: time.Second, MaxSessions: 100, Datapath: DatapathUser, KernelEngine: EngineNftables}
 	if cfg != want {
 		t.Fatalf("got %+v, want %+v", cfg, want)
 	}
@@ -22,7 +22,7 @@ func TestConfigYAMLAndDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := DefaultConfig()
-	if d.Enabled || d.Ports != "20000-30000" || d.IdleTimeout != time.Minute || d.Datapath != DatapathAuto {
+	if d.Enabled || d.Ports != "20000-30000" || d.IdleTimeout != time.Minute || d.Datapath != DatapathAuto || d.KernelEngine != EngineEBPF {
 		t.Fatalf("defaults %+v", d)
 	}
 	if err := d.Validate(); err != nil {
@@ -50,6 +50,7 @@ func TestConfigValidate(t *testing.T) {
 		{"ports order", func(c *Config) { c.Ports = "30000-20000" }, []string{"ports: \"30000-20000\": want 1024 <= lo <= hi <= 65535"}},
 		{"ports too small", func(c *Config) { c.Ports = "20001-20002" }, []string{"holds no even/odd RTP/RTCP pair"}},
 		{"datapath", func(c *Config) { c.Datapath = "ebpf" }, []string{`datapath: "ebpf": want kernel, user or auto`}},
+		{"kernel engine", func(c *Config) { c.KernelEngine = "xdp" }, []string{`kernel_engine: "xdp": want ebpf or nftables`}},
 		{"all at once", func(c *Config) {
 			c.IdleTimeout, c.RelatchAfter, c.LearnWindow, c.MaxSessions, c.Workers, c.Ports = 0, -1, -1, -1, -1, "x"
 		}, []string{"idle_timeout: must be > 0", "relatch_after: must be > 0", "learn_window: must be >= 0", "max_sessions: must be >= 0", "workers: must be >= 0", "ports: "}},

@@ -132,8 +132,14 @@
 // # Kernel data path (media.datapath)
 //
 // With datapath kernel, or auto when it can be set up, a latched leg is
-// forwarded by nftables, without a system call or a user-space wake-up per
-// packet. hapbx owns the table "hapbx_media" (family ip): one map, legs,
+// forwarded in the kernel, without a system call or a user-space wake-up
+// per packet, by the engine media.kernel_engine names: ebpf (the default,
+// a TC program; nftables when it cannot be loaded, logged once) or
+// nftables. Both hold one element per latched leg and share everything
+// above the engine (kernel_linux.go: which elements, when, counters,
+// hand-over); the nftables engine is described first.
+//
+// nftables: hapbx owns the table "hapbx_media" (family ip): one map, legs,
 // keyed by relay port . source address . source port, whose value is
 // destination address . relay source port . destination port, with a
 // counter in every element; and three rules. In prerouting (priority raw),
@@ -189,7 +195,12 @@
 // (Snapshot) says so with "kernel": true. The kernel
 // path checks only the RTP/RTCP version: RTCP arriving on an RTP port from
 // the latched source, or a packet larger than 2048 bytes, is forwarded
-// where user space would drop it (not_rtp).
+// where user space would drop it (not_rtp). A datagram without a UDP
+// checksum (0) stays in user space with nftables (its port rewrites update
+// the checksum field unconditionally, which would make "none" a wrong
+// checksum; found by a test that sends complete checksums from a raw
+// socket, which the receiving stack verifies); the eBPF program forwards
+// it with the checksum left 0.
 //
 // Failover: Import installs the elements of the replicated latches at
 // once. The rules match only packets to the relay address (the VIP), which
@@ -197,7 +208,8 @@
 // forwarded without a user-space step, and the replica is adopted when the
 // kernel counters show packets.
 //
-// Requirements and fallback: CAP_NET_ADMIN, nf_tables, an IPv4 relay
+// Requirements and fallback (nftables; the eBPF engine's are above):
+// CAP_NET_ADMIN, nf_tables, an IPv4 relay
 // address outside 127/8 (the kernel forwards no loopback traffic, so a
 // relay on loopback, as in the unit tests, stays in user space), and
 // net.ipv4.ip_forward=1 (checked at start; hapbx does not change sysctls);
@@ -207,10 +219,11 @@
 // shutdown). datapath kernel fails at start without them; auto logs once
 // and relays in user space; user never touches nftables.
 //
-// Measured (media/relaybench, as root: generator and relay in two network
-// namespaces joined by a veth pair, so the rewritten packets are routed and
-// leave by an interface as on a NIC; shared 2-core VM under a load average
-// of 8-16 from other jobs): the relay process spends about 0.1 us per
+// Measured with the nftables engine (media/relaybench, as root: generator
+// and relay in two network namespaces joined by a veth pair, so the
+// rewritten packets are routed and leave by an interface as on a NIC;
+// shared 2-core VM under a load average of 8-16 from other jobs): the
+// relay process spends about 0.1 us per
 // packet in kernel mode (0.47 us at 4000 calls, mostly the counter poll of
 // 8000 elements) against 4-6 us in user space, and the forwarding itself
 // runs in the softirq of the sending core (0.9-4.7 us per packet including
@@ -220,17 +233,66 @@
 // used for the kernel figures: its packets keep the route of their send and
 // are delivered locally, not forwarded.
 //
-// Why nftables and not eBPF (TC/XDP, cilium/ebpf): both forward from the
-// receiving interface's softirq. nftables needs no BPF compiler or
-// generated objects in the build (a handful of expressions over netlink),
-// has per-element counters and atomic transactions, and lets the IP stack
-// route, resolve neighbours and decrement TTL. An eBPF program at TC
-// ingress with bpf_redirect_neigh would skip routing and netfilter and is
-// likely cheaper per packet; it was not built or measured here. Library:
-// github.com/google/nftables v0.1.0 (v0.2 and later need mdlayher/socket
-// v0.5, which breaks the mdlayher/packet the cluster's ARP uses), plus a
-// raw NFT_MSG_GETSETELEM on a netlink socket for the element counters,
-// which that version does not decode.
+// eBPF (kernel_engine ebpf, ebpf_linux.go): a TC program written with
+// cilium/ebpf's asm package (instructions in Go source, loaded at start: no
+// compiler, no object file in the tree or the build), attached at clsact
+// ingress through TCX links on every Ethernet interface of the namespace
+// (loopback and L3 devices such as tun are skipped; an interface created
+// after the start is not covered), with one hash map, hapbx_legs, keyed by
+// relay address . relay port. The value holds the latched source (strict
+// latching: a packet from any other source goes on to the socket, where
+// user space counts the stranger or moves the latch), the destination and
+// the relay's other port, and the element's packets, bytes (IP length, as
+// nftables counts) and the time of its last packet (bpf_ktime_get_ns),
+// which makes the last-packet times credited at each poll exact rather
+// than the poll's time. The program takes Ethernet + IPv4 without options
+// + UDP, not a fragment, version 2; looks up the route from the relay
+// address to the destination (bpf_fib_lookup: no route, a local
+// destination or forwarding off pass the packet up unchanged); rewrites
+// addresses, ports and the next hop's MACs, updates the IP checksum and
+// the UDP checksum incrementally (bpf_l3/l4_csum_replace; a zero UDP
+// checksum stays zero); counts (atomic adds) and redirects out of the
+// route's interface (bpf_redirect, or bpf_redirect_neigh while the
+// neighbour is unresolved). It runs before netfilter: firewall rules and
+// conntrack do not see the forwarded packets, and the TTL is left as the
+// sender set it (nftables lets the stack decrement it). A re-latch replaces
+// the value under its key (the relay port) in one update, so no packet
+// meets a missing entry; updates are one system call each and not
+// transactional: a failed batch removes what it added and those legs stay
+// in user space. Counters are read with batched lookups (1024 entries a
+// call). The TCX links are not pinned, so the kernel detaches the program
+// when hapbx exits, even killed; at start a program of hapbx's name still
+// attached to an interface (another live process, one attached by hand) is
+// detached, as the nftables table is replaced (finding it by name needs
+// CAP_SYS_ADMIN; without it that step is skipped). It needs Linux 6.6
+// (TCX) and CAP_BPF + CAP_NET_ADMIN (checked: enough for a non-root user;
+// CAP_NET_ADMIN alone cannot create the map); without them the relay logs
+// once and uses nftables. XDP was not built: on veth (the bench, containers)
+// XDP_TX/redirect needs a program on the peer too, and native XDP depends
+// on the NIC driver; TC works on every Ethernet device.
+//
+// Which engine: ebpf is the default, by measurement (relaybench -calls
+// 2000 -modes kernel,ebpf, four runs alternating the engines on the shared
+// machine, load average 14-21 from other jobs, 5 December): CPU of
+// generator, relay and ksoftirqd per relayed packet, minus the generator
+// alone, 0.7-1.25 us with the eBPF engine against 2.0-2.5 us with
+// nftables in every pair, and the generator offered 44-68% of the load
+// through it against 26-41% (the rest of the CPU went to other jobs in
+// both). The program itself runs in 0.38-0.43 us per packet on a lighter
+// load (load average 5-8; 0.54-0.61 us at 14-21; BPF_STATS_RUN_TIME),
+// in place of netfilter's prerouting chain and map, the routing decision,
+// ip_forward and the postrouting chain; counters cost the relay process
+// less too (batched map reads against a netlink dump). nftables remains
+// the choice where the kernel is older than 6.6, CAP_BPF cannot be
+// granted, or firewall rules must see the relayed packets.
+//
+// Library: github.com/cilium/ebpf v0.15.0, the newest whose requirements
+// leave go.mod's others as they are (v0.16 and later pull mdlayher/netlink
+// v1.7 and mdlayher/socket v0.5, which break the mdlayher/packet v1.0 the
+// cluster's ARP uses); it lacks BPF_LINK_DETACH, which linkDetach issues.
+// github.com/google/nftables v0.1.0 for nftables (v0.2 and later need
+// mdlayher/socket v0.5 too), plus a raw NFT_MSG_GETSETELEM on a netlink
+// socket for the element counters, which that version does not decode.
 //
 // Per stream and direction the relay counts packets, bytes, RTCP packets,
 // loss from RTP sequence gaps (RFC 3550 A.1/A.3) and interarrival jitter

@@ -26,6 +26,12 @@ const (
 	DatapathUser   = "user"   // every packet through the relay's sockets
 )
 
+// Kernel engines, the values of media.kernel_engine.
+const (
+	EngineEBPF     = "ebpf"     // a TC program (ebpf_linux.go); nftables when it cannot be loaded
+	EngineNftables = "nftables" // the nftables table (kernel_linux.go)
+)
+
 // kernelTable is the nftables table hapbx owns (family ip). Whatever holds
 // this name at start is a leftover of an earlier run and is replaced.
 const kernelTable = "hapbx_media"
@@ -61,21 +67,36 @@ type kelem struct {
 	key          kkey
 	val          kval
 	pkts, octets uint64
+	// idle is how long ago, when read, the element last forwarded (0:
+	// unknown, the last read is taken as the time).
+	idle time.Duration
 }
 
-// kernel is the nftables data path of a Relay: a map from (relay port,
-// latched source) to (destination, relay source port), one element per
-// latched sock whose peer has somewhere to send. The rules do the rest.
+// kengine is what holds the elements in the kernel: nftables (nftEngine)
+// or a TC eBPF program (ebpfEngine, ebpf_linux.go). Both take the
+// nftables layout of kkey/kval. Called with kernel.mu held.
+type kengine interface {
+	name() string
+	// apply deletes the elements of del and adds those of add; a key in
+	// both is replaced with its counters starting again from 0.
+	apply(del []kkey, add []kelem) error
+	// counters reads every element with its counters.
+	counters() ([]kelem, error)
+	// get reads the elements of keys (missing ones are left out).
+	get(keys []kkey) ([]kelem, error)
+	// close removes everything the engine installed.
+	close()
+}
+
+// kernel is the kernel data path of a Relay: one element per latched
+// sock whose peer has somewhere to send, from (relay port, latched
+// source) to (destination, relay source port), held by an engine.
 // Lock order: Relay.mu, kernel.mu, worker.mu; the data path (under
 // worker.mu) only queues socks through notify.
 type kernel struct {
-	log   *zap.Logger
-	conn  *nftables.Conn
-	table *nftables.Table
-	legs  *nftables.Set // the map
-	nl    *netlink.Conn // counter reads; kernel.mu
-	netns int           // the relay's network namespace (fd), where nl is opened
-	now   func() time.Time
+	log *zap.Logger
+	eng kengine
+	now func() time.Time
 
 	mu      sync.Mutex
 	inst    map[*sock]kelem
@@ -96,11 +117,24 @@ var errNotForwardable = errors.New("kernel data path needs an IPv4 relay address
 // errNoForwarding: the kernel would not forward the rewritten packets.
 var errNoForwarding = errors.New("net.ipv4.ip_forward is 0: the kernel does not forward rewritten packets to other hosts")
 
-// openKernel replaces hapbx's nftables table (a leftover of an earlier run
-// is removed in the same transaction) with the relay's rules for addr.
-// It fails without CAP_NET_ADMIN, without nf_tables, or with IPv4
-// forwarding off.
-func openKernel(addr netip.Addr, log *zap.Logger, now func() time.Time) (*kernel, error) {
+// nftEngine is the nftables engine: hapbx's table, whose map the rules
+// look packets up in.
+type nftEngine struct {
+	log   *zap.Logger
+	conn  *nftables.Conn
+	table *nftables.Table
+	legs  *nftables.Set // the map
+	nl    *netlink.Conn // counter reads
+	netns int           // the relay's network namespace (fd), where nl is opened
+}
+
+// openKernel sets up the kernel data path for addr with engine (ebpf or
+// nftables; "" is ebpf). An eBPF program that cannot be loaded or
+// attached falls back to nftables, logged once. It fails without
+// CAP_NET_ADMIN, without kernel support for either, or with IPv4
+// forwarding off (the eBPF program's route lookup, like nftables,
+// forwards only where the kernel would).
+func openKernel(addr netip.Addr, engine string, log *zap.Logger, now func() time.Time) (*kernel, error) {
 	if addr.IsLoopback() || !addr.Is4() {
 		// The kernel never forwards to or from 127/8 (martians), and the
 		// rules are IPv4 only: such a relay stays in user space.
@@ -112,6 +146,41 @@ func openKernel(addr netip.Addr, log *zap.Logger, now func() time.Time) (*kernel
 		}
 		return nil, errNoForwarding
 	}
+	k := &kernel{
+		log: log, now: now,
+		inst:  make(map[*sock]kelem),
+		byKey: make(map[kkey]*sock),
+		wake:  make(chan struct{}, 1),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	var ebpfErr error
+	if engine != EngineNftables {
+		e, err := openEBPFEngine(addr.As4())
+		if err == nil {
+			k.eng = e
+			return k, nil
+		}
+		ebpfErr = err
+	}
+	e, err := openNft(addr.As4(), log)
+	if err != nil {
+		if ebpfErr != nil {
+			// One failure, one line (the caller's): both causes in it.
+			return nil, fmt.Errorf("eBPF: %v; nftables: %w", ebpfErr, err)
+		}
+		return nil, err
+	}
+	if ebpfErr != nil {
+		log.Warn("eBPF data path unavailable, forwarding latched legs with nftables", zap.Error(ebpfErr))
+	}
+	k.eng = e
+	return k, nil
+}
+
+// openNft replaces hapbx's nftables table (a leftover of an earlier run
+// is removed in the same transaction) with the relay's rules for relay.
+func openNft(relay [4]byte, log *zap.Logger) (*nftEngine, error) {
 	// A netlink socket talks to the network namespace of the thread that
 	// opens it: keep this thread's, so that sockets opened later, from
 	// other threads, talk to the same.
@@ -124,26 +193,20 @@ func openKernel(addr netip.Addr, log *zap.Logger, now func() time.Time) (*kernel
 		_ = unix.Close(ns)
 		return nil, fmt.Errorf("nftables netlink: %w", err)
 	}
-	k := &kernel{
-		log: log, conn: conn, now: now, netns: ns,
-		table: &nftables.Table{Name: kernelTable, Family: nftables.TableFamilyIPv4},
-		inst:  make(map[*sock]kelem),
-		byKey: make(map[kkey]*sock),
-		wake:  make(chan struct{}, 1),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
-	}
-	if err := k.install(addr.As4()); err != nil {
+	n := &nftEngine{log: log, conn: conn, netns: ns, table: &nftables.Table{Name: kernelTable, Family: nftables.TableFamilyIPv4}}
+	if err := n.install(relay); err != nil {
 		_ = conn.CloseLasting()
 		_ = unix.Close(ns)
 		return nil, err
 	}
-	if err := k.dial(); err != nil {
-		k.close()
+	if err := n.dial(); err != nil {
+		n.close()
 		return nil, err
 	}
-	return k, nil
+	return n, nil
 }
+
+func (n *nftEngine) name() string { return EngineNftables }
 
 // Registers: 32-bit registers NFT_REG32_00.. are numbered from 8.
 const (
@@ -152,22 +215,22 @@ const (
 	regTmp = 1
 )
 
-func (k *kernel) install(relay [4]byte) error {
-	c := k.conn
+func (n *nftEngine) install(relay [4]byte) error {
+	c := n.conn
 	// add + delete + add: the table is new and empty whether or not an
 	// earlier run left one, in one atomic transaction.
-	c.AddTable(k.table)
-	c.DelTable(k.table)
-	c.AddTable(k.table)
-	k.legs = &nftables.Set{
-		Table: k.table, Name: "legs", IsMap: true, Counter: true,
+	c.AddTable(n.table)
+	c.DelTable(n.table)
+	c.AddTable(n.table)
+	n.legs = &nftables.Set{
+		Table: n.table, Name: "legs", IsMap: true, Counter: true,
 		KeyType:  nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeIPAddr, nftables.TypeInetService),
 		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService),
 	}
-	if err := c.AddSet(k.legs, nil); err != nil {
+	if err := c.AddSet(n.legs, nil); err != nil {
 		return fmt.Errorf("nftables map: %w", err)
 	}
-	pre := c.AddChain(&nftables.Chain{Name: "pre", Table: k.table, Type: nftables.ChainTypeFilter,
+	pre := c.AddChain(&nftables.Chain{Name: "pre", Table: n.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw})
 	ip := func(off, n uint32, reg uint32) expr.Any {
 		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
@@ -176,9 +239,9 @@ func (k *kernel) install(relay [4]byte) error {
 		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: n}
 	}
 	// The rule: UDP, unfragmented, to the relay address, RTP/RTCP version
-	// 2, from a (relay port, source) in the map: destination and ports
+	// 2, with a UDP checksum, from a (relay port, source) in the map: destination and ports
 	// rewritten, marked for the source rewrite, not tracked.
-	c.AddRule(&nftables.Rule{Table: k.table, Chain: pre, Exprs: []expr.Any{
+	c.AddRule(&nftables.Rule{Table: n.table, Chain: pre, Exprs: []expr.Any{
 		ip(9, 1, regTmp),
 		&expr.Cmp{Op: expr.CmpOpEq, Register: regTmp, Data: []byte{unix.IPPROTO_UDP}},
 		ip(16, 4, regTmp),
@@ -189,10 +252,15 @@ func (k *kernel) install(relay [4]byte) error {
 		udp(8, 1, regTmp),
 		&expr.Bitwise{SourceRegister: regTmp, DestRegister: regTmp, Len: 1, Mask: []byte{0xc0}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: regTmp, Data: []byte{0x80}},
+		// A datagram without a UDP checksum (0) stays in user space: the
+		// port writes below update the checksum field unconditionally,
+		// which would turn "none" into a wrong one.
+		udp(6, 2, regTmp),
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: regTmp, Data: []byte{0, 0}},
 		udp(2, 2, regKey),
 		ip(12, 4, regKey+1),
 		udp(0, 2, regKey+2),
-		&expr.Lookup{SourceRegister: regKey, DestRegister: regVal, IsDestRegSet: true, SetName: k.legs.Name, SetID: k.legs.ID},
+		&expr.Lookup{SourceRegister: regKey, DestRegister: regVal, IsDestRegSet: true, SetName: n.legs.Name, SetID: n.legs.ID},
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regVal, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4,
 			CsumType: expr.CsumTypeInet, CsumOffset: 10, CsumFlags: unix.NFT_PAYLOAD_L4CSUM_PSEUDOHDR},
 		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: regVal + 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2,
@@ -222,9 +290,9 @@ func (k *kernel) install(relay [4]byte) error {
 		name string
 		hook *nftables.ChainHook
 	}{{"post", nftables.ChainHookPostrouting}, {"in", nftables.ChainHookInput}} {
-		ch := c.AddChain(&nftables.Chain{Name: h.name, Table: k.table, Type: nftables.ChainTypeFilter,
+		ch := c.AddChain(&nftables.Chain{Name: h.name, Table: n.table, Type: nftables.ChainTypeFilter,
 			Hooknum: h.hook, Priority: nftables.ChainPriorityRef(-300)})
-		c.AddRule(&nftables.Rule{Table: k.table, Chain: ch, Exprs: src})
+		c.AddRule(&nftables.Rule{Table: n.table, Chain: ch, Exprs: src})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nftables table %s: %w", kernelTable, err)
@@ -290,16 +358,21 @@ func (k *kernel) close() {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.conn.DelTable(k.table)
-	if err := k.conn.Flush(); err != nil {
-		k.log.Warn("nftables table not removed", zap.String("table", kernelTable), zap.Error(err))
+	k.eng.close()
+}
+
+// close removes the table.
+func (n *nftEngine) close() {
+	n.conn.DelTable(n.table)
+	if err := n.conn.Flush(); err != nil {
+		n.log.Warn("nftables table not removed", zap.String("table", kernelTable), zap.Error(err))
 	}
-	_ = k.conn.CloseLasting()
-	if k.nl != nil {
-		_ = k.nl.Close()
+	_ = n.conn.CloseLasting()
+	if n.nl != nil {
+		_ = n.nl.Close()
 	}
-	if k.netns > 0 {
-		_ = unix.Close(k.netns)
+	if n.netns > 0 {
+		_ = unix.Close(n.netns)
 	}
 }
 
@@ -417,19 +490,20 @@ func (k *kernel) sync(socks []*sock) {
 
 // applyChanges applies one transaction. k.mu must be held.
 func (k *kernel) applyChanges(changes []change) {
-	var del, add []nftables.SetElement
+	var del []kkey
+	var add []kelem
 	var replaced []*sock
 	for _, c := range changes {
 		if c.hadOK {
-			del = append(del, nftables.SetElement{Key: c.had.key[:]})
+			del = append(del, c.had.key)
 			replaced = append(replaced, c.s)
 		}
 		if c.ok {
-			add = append(add, nftables.SetElement{Key: c.e.key[:], Val: c.e.val[:]})
+			add = append(add, c.e)
 		}
 	}
 	k.creditBeforeDelete(replaced)
-	if err := k.apply(del, add); err != nil {
+	if err := k.eng.apply(del, add); err != nil {
 		k.failed("kernel data path not updated; these legs stay in user space", err)
 		return
 	}
@@ -455,23 +529,31 @@ const elemsPerMessage = 256
 
 // apply deletes and adds elements in one transaction (one Flush; as many
 // messages as elemsPerMessage needs).
-func (k *kernel) apply(del, add []nftables.SetElement) error {
+func (n *nftEngine) apply(dk []kkey, ae []kelem) error {
+	del := make([]nftables.SetElement, 0, len(dk))
+	for _, k := range dk {
+		del = append(del, nftables.SetElement{Key: k[:]})
+	}
+	add := make([]nftables.SetElement, 0, len(ae))
+	for _, e := range ae {
+		add = append(add, nftables.SetElement{Key: e.key[:], Val: e.val[:]})
+	}
 	for c := range slices.Chunk(del, elemsPerMessage) {
-		if err := k.conn.SetDeleteElements(k.legs, c); err != nil {
+		if err := n.conn.SetDeleteElements(n.legs, c); err != nil {
 			return err
 		}
 	}
 	for c := range slices.Chunk(add, elemsPerMessage) {
-		if err := k.conn.SetAddElements(k.legs, c); err != nil {
+		if err := n.conn.SetAddElements(n.legs, c); err != nil {
 			return err
 		}
 	}
-	if err := k.conn.Flush(); err != nil {
+	if err := n.conn.Flush(); err != nil {
 		// Acknowledgements of the failed batch may be left in the socket,
 		// where the next batch would read them as its own: start afresh.
-		_ = k.conn.CloseLasting()
-		if c, nerr := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(k.netns)); nerr == nil {
-			k.conn = c
+		_ = n.conn.CloseLasting()
+		if c, nerr := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(n.netns)); nerr == nil {
+			n.conn = c
 		}
 		return err
 	}
@@ -499,11 +581,11 @@ func (k *kernel) remove(s *session) {
 	if !k.closed {
 		k.creditBeforeDelete(socks)
 	}
-	var del []nftables.SetElement
+	var del []kkey
 	for _, so := range socks {
 		so.kgone = true
 		if e, ok := k.inst[so]; ok {
-			del = append(del, nftables.SetElement{Key: e.key[:]})
+			del = append(del, e.key)
 			delete(k.inst, so)
 			delete(k.byKey, e.key)
 		}
@@ -512,7 +594,7 @@ func (k *kernel) remove(s *session) {
 		return
 	}
 	for c := range slices.Chunk(del, changesPerBatch) {
-		if err := k.apply(c, nil); err != nil {
+		if err := k.eng.apply(c, nil); err != nil {
 			k.failed("kernel data path: elements of a released session not removed", err)
 		}
 	}
@@ -527,7 +609,7 @@ func (k *kernel) poll() {
 	if k.closed || len(k.inst) == 0 {
 		return
 	}
-	elems, err := k.counters()
+	elems, err := k.eng.counters()
 	if err != nil {
 		k.failed("kernel data path: counters not read", err)
 		return
@@ -566,7 +648,8 @@ func (k *kernel) creditLocked(s *sock, el kelem, now int64) {
 	}
 	w.pkts[s.leg] += dp
 	w.bytes += payload
-	s.lastRx, s.lastLatc = now, now
+	last := now - int64(el.idle)
+	s.lastRx, s.lastLatc = max(s.lastRx, last), max(s.lastLatc, last)
 }
 
 // creditBeforeDelete reads the counters of the elements about to be
@@ -583,7 +666,7 @@ func (k *kernel) creditBeforeDelete(socks []*sock) {
 	if len(keys) == 0 {
 		return
 	}
-	elems, err := k.get(keys)
+	elems, err := k.eng.get(keys)
 	if err != nil {
 		k.failed("kernel data path: counters of replaced elements not read", err)
 		return
@@ -607,7 +690,7 @@ func (r *Relay) openKernel() error {
 	if mode == DatapathUser {
 		return nil
 	}
-	k, err := openKernel(r.addr, r.log.Named("kernel"), r.now)
+	k, err := openKernel(r.addr, r.cfg.KernelEngine, r.log.Named("kernel"), r.now)
 	if err != nil {
 		if mode == DatapathKernel {
 			return fmt.Errorf("datapath kernel: %w", err)
@@ -619,25 +702,37 @@ func (r *Relay) openKernel() error {
 	for _, w := range r.workers {
 		w.kern = k
 	}
-	r.log.Info("kernel data path on: latched legs are forwarded by nftables", zap.String("table", kernelTable))
+	r.log.Info("kernel data path on: latched legs are forwarded in the kernel", zap.String("engine", k.eng.name()))
 	return nil
 }
 
 // KernelDatapath tells whether latched legs are forwarded in the kernel.
 func (r *Relay) KernelDatapath() bool { return r.kern != nil }
 
+// KernelEngine names what forwards latched legs in the kernel (ebpf or
+// nftables); "" in user-space mode.
+func (r *Relay) KernelEngine() string {
+	if r.kern == nil {
+		return ""
+	}
+	return r.kern.eng.name()
+}
+
+// counters reads the engine's elements with their counters. k.mu must be held.
+func (k *kernel) counters() ([]kelem, error) { return k.eng.counters() }
+
 // counters dumps the map's elements with their counters. The nftables
 // package decodes elements without their expressions, so this is a plain
 // NFT_MSG_GETSETELEM dump on a netlink socket of its own.
-func (k *kernel) counters() ([]kelem, error) { return k.get(nil) }
+func (n *nftEngine) counters() ([]kelem, error) { return n.get(nil) }
 
 // dial opens the counter socket in the relay's network namespace.
-func (k *kernel) dial() error {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: k.netns})
+func (n *nftEngine) dial() error {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: n.netns})
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
-	k.nl = c
+	n.nl = c
 	return nil
 }
 
@@ -645,29 +740,29 @@ func (k *kernel) dial() error {
 // request for several elements with several messages), or all of them
 // when keys is nil. After a failed read the socket is reopened: replies
 // left in it would answer the next request.
-func (k *kernel) get(keys []kkey) ([]kelem, error) {
-	if k.nl == nil {
-		if err := k.dial(); err != nil {
+func (n *nftEngine) get(keys []kkey) ([]kelem, error) {
+	if n.nl == nil {
+		if err := n.dial(); err != nil {
 			return nil, err
 		}
 	}
 	var out []kelem
 	if keys == nil {
-		out, err := k.request(nil)
+		out, err := n.request(nil)
 		if err != nil {
-			_ = k.nl.Close()
-			k.nl = nil
+			_ = n.nl.Close()
+			n.nl = nil
 		}
 		return out, err
 	}
 	for _, key := range keys {
-		el, err := k.request(&key)
+		el, err := n.request(&key)
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue
 			}
-			_ = k.nl.Close()
-			k.nl = nil
+			_ = n.nl.Close()
+			n.nl = nil
 			return out, err
 		}
 		out = append(out, el...)
@@ -677,10 +772,10 @@ func (k *kernel) get(keys []kkey) ([]kelem, error) {
 
 // request reads one element with its counter, or all of them (a dump)
 // when key is nil.
-func (k *kernel) request(key *kkey) ([]kelem, error) {
+func (n *nftEngine) request(key *kkey) ([]kelem, error) {
 	list := []netlink.Attribute{
 		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(kernelTable + "\x00")},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(k.legs.Name + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(n.legs.Name + "\x00")},
 	}
 	flags := netlink.Request | netlink.Dump
 	if key != nil {
@@ -703,7 +798,7 @@ func (k *kernel) request(key *kkey) ([]kelem, error) {
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := k.nl.Execute(netlink.Message{
+	msgs, err := n.nl.Execute(netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
 			Flags: flags,
@@ -711,7 +806,7 @@ func (k *kernel) request(key *kkey) ([]kelem, error) {
 		Data: append([]byte{unix.AF_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("dump map %s: %w", k.legs.Name, err)
+		return nil, fmt.Errorf("dump map %s: %w", n.legs.Name, err)
 	}
 	var out []kelem
 	for _, m := range msgs {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/hapbx/hapbx/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -104,23 +103,53 @@ func phoneIn(t *testing.T, ns, ip string) *phone {
 	return p
 }
 
-func newKernelRelay(t *testing.T, mode string, log *zap.Logger) *Relay {
-	t.Helper()
+// testEngine is the kernel engine a test exercises: the eBPF program for
+// the tests named TestEBPF..., which run the nftables tests' bodies
+// (test* functions) on the other engine, nftables for the others.
+func testEngine(t *testing.T) string {
+	if strings.HasPrefix(t.Name(), "TestEBPF") {
+		return EngineEBPF
+	}
+	return EngineNftables
+}
+
+// kernelConfig is a relay configuration on kRelay in kernel mode with the
+// test's engine.
+func kernelConfig(t *testing.T) Config {
 	cfg := DefaultConfig()
-	cfg.Address = kRelay
-	cfg.Ports = "40000-40099"
-	cfg.Workers = 1
-	cfg.Datapath = mode
+	cfg.Address, cfg.Ports, cfg.Workers = kRelay, "40000-40099", 1
+	cfg.Datapath, cfg.KernelEngine = DatapathKernel, testEngine(t)
+	return cfg
+}
+
+// startKernelRelay starts a relay of cfg, checks it forwards with the
+// engine cfg asks for (the eBPF engine falls back to nftables silently
+// for the relay, not for the test) and closes it at the end of the test.
+func startKernelRelay(t *testing.T, cfg Config, log *zap.Logger, now func() time.Time) *Relay {
+	t.Helper()
 	if log == nil {
 		log = zaptest.NewLogger(t)
 	}
-	r, err := New(cfg, log, nil)
+	if now == nil {
+		now = time.Now
+	}
+	r, err := newWithClock(cfg, log, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.start()
 	t.Cleanup(r.Close)
+	if cfg.Datapath == DatapathKernel && r.KernelEngine() != cfg.KernelEngine {
+		t.Fatalf("relay forwards with %q, want %q", r.KernelEngine(), cfg.KernelEngine)
+	}
 	return r
+}
+
+func newKernelRelay(t *testing.T, mode string, log *zap.Logger) *Relay {
+	t.Helper()
+	cfg := kernelConfig(t)
+	cfg.Datapath = mode
+	return startKernelRelay(t, cfg, log, nil)
 }
 
 func kAP(ip string, port uint16) netip.AddrPort {
@@ -310,23 +339,30 @@ func TestKernelDatapathStartCleansUp(t *testing.T) {
 		return
 	}
 	// The run that died: its table, chains and an element stay behind.
-	dead, err := openKernel(netip.MustParseAddr(kRelay), zaptest.NewLogger(t), time.Now)
+	dead, err := openKernel(netip.MustParseAddr(kRelay), EngineNftables, zaptest.NewLogger(t), time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var e kelem
 	binary.BigEndian.PutUint16(e.key[0:], 40010)
-	if err := dead.apply(nil, []nftables.SetElement{{Key: e.key[:], Val: e.val[:]}}); err != nil {
+	if err := dead.eng.apply(nil, []kelem{e}); err != nil {
 		t.Fatal(err)
 	}
-	_ = dead.conn.CloseLasting()
-	_ = dead.nl.Close()
-	_ = unix.Close(dead.netns)
+	n := dead.eng.(*nftEngine)
+	_ = n.conn.CloseLasting()
+	_ = n.nl.Close()
+	_ = unix.Close(n.netns)
 
 	r := newKernelRelay(t, DatapathKernel, nil)
 	if n := elementCount(t, r); n != 0 {
 		t.Fatalf("new relay's map holds %d elements: the leftover was not removed", n)
 	}
+	checkFreshRelay(t, r, pns)
+}
+
+// checkFreshRelay checks that a new relay's kernel path forwards a call.
+func checkFreshRelay(t *testing.T, r *Relay, pns string) {
+	t.Helper()
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
 	pa, pb := kernelCall(t, r, "fresh", a, b)
 	relayOnce(t, a, kAP(kRelay, pa), b, kAP(kRelay, pb))
@@ -407,14 +443,8 @@ func TestKernelDatapathRelatchAfterSilence(t *testing.T) {
 		return
 	}
 	clk := &fakeClock{t: time.Now()}
-	cfg := DefaultConfig()
-	cfg.Address, cfg.Ports, cfg.Workers, cfg.Datapath = kRelay, "40000-40099", 1, DatapathKernel
-	r, err := newWithClock(cfg, zaptest.NewLogger(t), nil, clk.now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.start()
-	t.Cleanup(r.Close)
+	cfg := kernelConfig(t)
+	r := startKernelRelay(t, cfg, nil, clk.now)
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
 	pa, pb := kernelCall(t, r, "relatch", a, b)
 	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
@@ -453,14 +483,9 @@ func TestKernelDatapathManyLegs(t *testing.T) {
 		return
 	}
 	const calls = 1500
-	cfg := DefaultConfig()
-	cfg.Address, cfg.Ports, cfg.Datapath = kRelay, "41000-49999", DatapathKernel
-	r, err := New(cfg, zaptest.NewLogger(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.start()
-	t.Cleanup(r.Close)
+	cfg := kernelConfig(t)
+	cfg.Ports, cfg.Workers = "41000-49999", 0
+	r := startKernelRelay(t, cfg, nil, nil)
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
 	var to []netip.AddrPort
 	for i := range calls {
@@ -555,14 +580,9 @@ func TestKernelDatapathFailoverVIP(t *testing.T) {
 		return
 	}
 	const vip = "10.77.0.100"
-	cfg := DefaultConfig()
-	cfg.Address, cfg.Ports, cfg.Workers, cfg.Datapath = vip, "40000-40099", 1, DatapathKernel
-	r, err := New(cfg, zaptest.NewLogger(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.start()
-	t.Cleanup(r.Close)
+	cfg := kernelConfig(t)
+	cfg.Address = vip
+	r := startKernelRelay(t, cfg, nil, nil)
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
 	rec := SessionRecord{CallID: "vip", State: StateAnswered, Streams: []StreamRecord{{
 		Ports:   [2]int{40060, 40062},
@@ -681,5 +701,107 @@ func TestKernelRefusesLoopback(t *testing.T) {
 	defer r.Close()
 	if r.KernelDatapath() {
 		t.Fatal("datapath auto on loopback took the kernel path")
+	}
+}
+
+// csumFold is the 16-bit one's complement sum of b, folded.
+func csumFold(sum uint32, b []byte) uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
+}
+
+// udpDatagram builds an IPv4 datagram from src to dst carrying payload,
+// its UDP checksum "valid", "bad" (valid with two bits flipped) or "zero"
+// (none).
+func udpDatagram(src, dst netip.AddrPort, payload []byte, csum string) []byte {
+	b := make([]byte, 28+len(payload))
+	b[0], b[8], b[9] = 0x45, 64, unix.IPPROTO_UDP
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	copy(b[12:16], s[:])
+	copy(b[16:20], d[:])
+	binary.BigEndian.PutUint16(b[10:], ^csumFold(0, b[:20]))
+	u := b[20:]
+	binary.BigEndian.PutUint16(u[0:], src.Port())
+	binary.BigEndian.PutUint16(u[2:], dst.Port())
+	binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+	copy(u[8:], payload)
+	if csum == "zero" {
+		return b
+	}
+	pseudo := append(append(append([]byte(nil), b[12:20]...), 0, unix.IPPROTO_UDP), u[4:6]...)
+	c := ^csumFold(uint32(csumFold(0, pseudo)), u)
+	if c == 0 {
+		c = 0xffff
+	}
+	if csum == "bad" {
+		c ^= 0x0101
+	}
+	binary.BigEndian.PutUint16(u[6:], c)
+	return b
+}
+
+// TestKernelDatapathChecksums: datagrams A sends with a complete UDP
+// checksum (from a raw socket, so no checksum offload leaves it to be
+// trusted: the phones' stack verifies what arrives) reach B through the
+// kernel, rewritten with valid IP and UDP checksums; one without a UDP
+// checksum (0) arrives too (nftables leaves it to user space); one with a
+// wrong checksum is forwarded by the kernel and dropped by B's stack,
+// which shows the check is real.
+func TestKernelDatapathChecksums(t *testing.T) {
+	pns := inKernelNamespaces(t)
+	if pns == "" {
+		return
+	}
+	r := newKernelRelay(t, DatapathKernel, nil)
+	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
+	pa, pb := kernelCall(t, r, "csum", a, b)
+	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	var raw int
+	if err := testkit.InNS(pns, func() (err error) {
+		raw, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(raw) })
+	send := func(seq uint16, csum string) {
+		t.Helper()
+		pkt := udpDatagram(a.addr(), toA, rtpPacket(seq, 1, 7, 160), csum)
+		if err := unix.Sendto(raw, pkt, 0, &unix.SockaddrInet4{Addr: toA.Addr().As4()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// nftables leaves a datagram without a UDP checksum to user space
+	// (kernel_linux.go); the eBPF program forwards it.
+	before, wantKernel := kernelPackets(t, r, pa, a.addr()), uint64(3)
+	if testEngine(t) == EngineNftables {
+		wantKernel = 2
+	}
+	for i, csum := range []string{"valid", "zero"} {
+		seq := uint16(1000 + i)
+		send(seq, csum)
+		from, body, ok := b.recv(2 * time.Second)
+		if !ok || from != toB || binary.BigEndian.Uint16(body[2:]) != seq {
+			t.Fatalf("UDP checksum %s: received %v from %s (seq %v), want seq %d from %s", csum, ok, from, body, seq, toB)
+		}
+	}
+	send(1002, "bad")
+	mustNotReceive(t, b, 300*time.Millisecond)
+	if got := kernelPackets(t, r, pa, a.addr()) - before; got != wantKernel {
+		t.Fatalf("kernel forwarded %d of the 3 crafted datagrams, want %d", got, wantKernel)
 	}
 }

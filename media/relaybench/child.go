@@ -44,7 +44,7 @@ func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
 		if len(f) == 1 && f[0] == "datapath" {
 			dp := media.DatapathUser
 			if r.KernelDatapath() {
-				dp = media.DatapathKernel
+				dp = media.DatapathKernel + " " + r.KernelEngine()
 			}
 			fmt.Fprintln(w, dp)
 			w.Flush()

@@ -13,9 +13,10 @@
 //
 // The command (media/relaybench/cmd/relaybench) runs, for each number of
 // calls, the baseline and the relays side by side: hapbx's relay in user
-// space and in kernel mode (a child process re-executing the command,
-// RELAYBENCH_CHILD=1, which reads "callID aAddr bAddr" lines on stdin,
-// anchors each call with synthetic SDP and answers "callID aPort bPort"),
+// space and in kernel mode with either engine, nftables or eBPF (a child
+// process re-executing the command, RELAYBENCH_CHILD=1, which reads
+// "callID aAddr bAddr" lines on stdin, anchors each call with synthetic
+// SDP and answers "callID aPort bPort"),
 // and rtpengine in user-space mode over its ng protocol. As root the
 // generator and the relay sit in two network namespaces joined by a veth
 // pair, so kernel forwarding takes the path it takes on a NIC.

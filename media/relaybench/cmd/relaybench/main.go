@@ -1,10 +1,11 @@
 // Command relaybench drives N concurrent RTP calls (two 50 packet/s
 // streams each) through a relay and prints, side by side, the relay in user
-// space, in kernel mode (nftables) and rtpengine (user space, driven over its
-// ng control protocol): CPU per relayed packet including softirq, added
+// space, in kernel mode with the nftables engine ("kernel") and with the
+// eBPF engine ("ebpf"), and rtpengine (user space, driven over its ng
+// control protocol): CPU per relayed packet including softirq, added
 // latency p50/p99, loss and the share of the load the generator offered.
 //
-//	go run ./media/relaybench/cmd/relaybench -calls 1000,2000,4000 -duration 10s -warmup 2s
+//	go run ./media/relaybench/cmd/relaybench -calls 1000,2000,4000 -duration 10s -warmup 2s -modes user,kernel,ebpf,rtpengine
 //
 // As root it builds two network namespaces joined by a veth pair, hkd-bg
 // (the generator's phones, 10.78.0.1) and hkd-br (the relay, 10.78.0.2,
@@ -15,6 +16,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -27,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/hapbx/hapbx/media"
 	"github.com/hapbx/hapbx/media/relaybench"
@@ -48,7 +51,7 @@ func main() {
 	calls := flag.String("calls", "1000,2000,4000", "comma-separated numbers of concurrent calls")
 	dur := flag.Duration("duration", 10*time.Second, "measured window per run")
 	warm := flag.Duration("warmup", 2*time.Second, "unmeasured start of each run")
-	modes := flag.String("modes", "user,kernel,rtpengine", "relays to measure: user, kernel, rtpengine")
+	modes := flag.String("modes", "user,kernel,ebpf,rtpengine", "relays to measure: user, kernel (nftables), ebpf, rtpengine")
 	ports := flag.String("ports", "20000-40000", "relay port range")
 	workers := flag.Int("workers", 0, "relay data-path workers (0: GOMAXPROCS)")
 	perSock := flag.Int("streams-per-socket", 250, "generator streams sharing one socket")
@@ -64,6 +67,11 @@ func main() {
 		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 		go func() { <-sig; env.teardown(); os.Exit(1) }()
 		defer env.teardown()
+		// The eBPF program's own run time per packet (BPF_STATS_RUN_TIME,
+		// on while this process holds it): robust to other jobs.
+		if st, err := ebpf.EnableStats(0); err == nil {
+			defer st.Close()
+		}
 	} else {
 		fmt.Println("relaybench: not root: no namespaces, user-space relay on loopback only")
 		env.loopback = true
@@ -220,7 +228,7 @@ func (b *bench) run(n int, mode string) (outcome, error) {
 		for i := range n {
 			l.Streams = append(l.Streams, relaybench.Stream{Phone: a(i), Dst: bb(i).Addr}, relaybench.Stream{Phone: bb(i), Dst: a(i).Addr})
 		}
-	case "user", "kernel":
+	case "user", "kernel", "ebpf":
 		c, err := b.startChild(mode)
 		if err != nil {
 			return outcome{}, err
@@ -236,8 +244,8 @@ func (b *bench) run(n int, mode string) (outcome, error) {
 			l.Streams = append(l.Streams, relaybench.Stream{Phone: a(i), Dst: netip.AddrPortFrom(rip, uint16(pa))},
 				relaybench.Stream{Phone: bb(i), Dst: netip.AddrPortFrom(rip, uint16(pb))})
 		}
-		if mode == "kernel" && !c.kernel {
-			note = " (kernel data path unavailable: user space)"
+		if want := map[string]string{"kernel": media.EngineNftables, "ebpf": media.EngineEBPF}[mode]; want != "" && c.engine != want {
+			note = fmt.Sprintf(" (engine %s unavailable: %s)", want, cmp.Or(c.engine, "user space"))
 		}
 	case "rtpengine":
 		e, err := b.startRtpengine()
@@ -259,7 +267,8 @@ func (b *bench) run(n int, mode string) (outcome, error) {
 		return outcome{}, fmt.Errorf("unknown mode %q", mode)
 	}
 	var out outcome
-	var busy0, proc0, acct0 time.Duration
+	var busy0, proc0, acct0, prog0 time.Duration
+	var runs0 uint64
 	softirqd := ksoftirqd()
 	acct := func() time.Duration {
 		t := selfCPU() + procCPU(pid)
@@ -271,9 +280,13 @@ func (b *bench) run(n int, mode string) (outcome, error) {
 	l.OnWindow = func(start bool) {
 		if start {
 			busy0, proc0, acct0 = busyCPU(), procCPU(pid), acct()
+			prog0, runs0 = ebpfRuntime()
 			return
 		}
 		out.busy, out.proc, out.acct = busyCPU()-busy0, procCPU(pid)-proc0, acct()-acct0
+		if prog, runs := ebpfRuntime(); mode == "ebpf" && runs > runs0 {
+			note += fmt.Sprintf("; eBPF program %s/run (%d runs)", ((prog - prog0) / time.Duration(runs-runs0)).Round(time.Nanosecond), runs-runs0)
+		}
 	}
 	out.res, err = relaybench.Run(l)
 	out.note = note
@@ -286,7 +299,7 @@ type relayChild struct {
 	in     *bufio.Writer
 	closer func() error
 	sc     *bufio.Scanner
-	kernel bool
+	engine string // what forwards in the kernel; "": user space
 }
 
 func (b *bench) startChild(mode string) (*relayChild, error) {
@@ -301,12 +314,15 @@ func (b *bench) startChild(mode string) (*relayChild, error) {
 	} else {
 		cmd = exec.Command("ip", "netns", "exec", relayNS, self)
 	}
-	dp := media.DatapathUser
-	if mode == "kernel" {
+	dp, engine := media.DatapathUser, media.EngineNftables
+	switch mode {
+	case "kernel":
 		dp = media.DatapathKernel
+	case "ebpf":
+		dp, engine = media.DatapathKernel, media.EngineEBPF
 	}
 	cmd.Env = append(os.Environ(), relaybench.ChildEnv+"=1", "RELAYBENCH_ADDR="+rip.String(), "RELAYBENCH_PORTS="+b.ports,
-		"RELAYBENCH_WORKERS="+strconv.Itoa(b.workers), "RELAYBENCH_DATAPATH="+dp)
+		"RELAYBENCH_WORKERS="+strconv.Itoa(b.workers), "RELAYBENCH_DATAPATH="+dp, "RELAYBENCH_ENGINE="+engine)
 	cmd.Stderr = os.Stderr
 	in, _ := cmd.StdinPipe()
 	outp, _ := cmd.StdoutPipe()
@@ -320,7 +336,10 @@ func (b *bench) startChild(mode string) (*relayChild, error) {
 		c.stop()
 		return nil, fmt.Errorf("relay child (%s) did not start", mode)
 	}
-	c.kernel = c.sc.Text() == "kernel"
+	c.engine = strings.TrimPrefix(c.sc.Text(), "kernel ")
+	if c.engine == media.DatapathUser {
+		c.engine = ""
+	}
 	return c, nil
 }
 
@@ -352,6 +371,9 @@ func child() {
 	if dp := os.Getenv("RELAYBENCH_DATAPATH"); dp != "" {
 		cfg.Datapath = dp
 	}
+	if e := os.Getenv("RELAYBENCH_ENGINE"); e != "" {
+		cfg.KernelEngine = e
+	}
 	if path := os.Getenv("RELAYBENCH_CPUPROFILE"); path != "" {
 		f, err := os.Create(path)
 		fatal(err)
@@ -360,6 +382,33 @@ func child() {
 	}
 	if err := relaybench.RunChild(cfg, os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "relay child:", err)
+	}
+}
+
+// ebpfRuntime sums the run time and run count of the loaded programs
+// named as hapbx's relay program (zero without BPF statistics).
+func ebpfRuntime() (time.Duration, uint64) {
+	var total time.Duration
+	var runs uint64
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return total, runs
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := p.Info()
+		_ = p.Close()
+		if err != nil || info.Name != "hapbx_media" {
+			continue
+		}
+		rt, _ := info.Runtime()
+		n, _ := info.RunCount()
+		total += rt
+		runs += n
 	}
 }
 
