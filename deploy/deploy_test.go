@@ -114,8 +114,8 @@ var units = []unitWant{
 	{
 		file: "hapbx.service", user: "hapbx",
 		exec:     "/usr/local/bin/hapbx run -c /etc/hapbx/hapbx.yaml",
-		caps:     []string{"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"},
-		ambient:  []string{"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"},
+		caps:     []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"},
+		ambient:  []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"},
 		families: []string{"AF_INET", "AF_INET6", "AF_NETLINK", "AF_PACKET", "AF_UNIX"},
 		sandbox:  true,
 	},
