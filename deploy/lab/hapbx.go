@@ -237,9 +237,11 @@ func (l *Lab) Scenario(name string) string {
 }
 
 // Sipp runs sipp in host h's namespace on h's address and port, with the
-// screen and errors traced into its directory.
+// screen, the unexpected messages and the messages of each failed call
+// (FailedCalls) traced into its directory.
 func (l *Lab) Sipp(h, name string, port int, args ...string) (*Proc, error) {
-	full := []string{"sipp", "-i", Hosts[h], "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen"}
+	full := []string{"sipp", "-i", Hosts[h], "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen",
+		"-trace_calldebug", "-max_log_size", strconv.Itoa(sippTraceMax)}
 	if os.Getenv("HLAB_SIPP_TRACE") != "" {
 		full = append(full, "-trace_msg")
 	}
