@@ -8,10 +8,11 @@ import (
 	"strings"
 )
 
-// Every lab SIPp dumps the messages of each call it counts failed
-// (-trace_calldebug, nothing for a successful call) and its unexpected
-// messages (-trace_err) into its directory; FailedCalls turns them into a
-// report a failing test prints.
+// Every lab SIPp traces its messages (-trace_msg), its unexpected messages
+// and aborted calls (-trace_err) and the messages of each call it aborts
+// (-trace_calldebug) into its directory; FailedCalls turns them into a
+// report a failing test prints. -trace_calldebug alone is not enough: SIPp
+// counts a call failed on an unexpected BYE without dumping it.
 
 // sippTraceMax bounds each of a SIPp's error, message and call debug files
 // (-max_log_size): a run that fails every call does not fill the disk.
@@ -22,27 +23,50 @@ var (
 	reCallDebug = regexp.MustCompile(`(?m)^Call debugging information for call (.+):$`)
 	// An event of a -trace_err file starts with its time stamp.
 	reErrEvent = regexp.MustCompile(`\d{4}-\d\d-\d\d\t\d\d:\d\d:\d\d\.\d+\t\d+\.\d+: `)
+	// The Call-ID of a -trace_err event in which SIPp aborts a call (an
+	// unexpected message or BYE, a timeout without ontimeout).
+	reAborted = regexp.MustCompile(`^[^\n]*?(?:Aborting call on unexpected message for Call-Id '([^']+)'|` +
+		`Aborting call on an unexpected BYE for call: (\S+)|Call-Id: ([^,\s]+), [^\n]*aborting call)`)
+	// A message of a -trace_msg file starts with this line.
+	reMsgStart = regexp.MustCompile(`(?m)^-{20,} \d{4}-\d\d-\d\d[ \t]\d\d:\d\d:\d\d\.\d+$`)
 )
 
 // failedCall is one call a SIPp counted failed.
 type failedCall struct {
 	callID string
-	// debug is its -trace_calldebug block: every message of the call SIPp
-	// sent and received, and why it aborted the call.
+	// debug is its -trace_calldebug block ("" when SIPp dumped none): every
+	// message of the call SIPp sent and received, and why it aborted it.
 	debug string
 }
 
-// sippFailedCalls reads the -trace_calldebug files of p, in the order
-// SIPp dumped them.
+// sippFailedCalls returns the calls p aborted, in the order SIPp dumped
+// them (-trace_calldebug), then those only its errors name.
 func sippFailedCalls(p *Proc) []failedCall {
 	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_calldebug.log"))
 	var out []failedCall
+	seen := map[string]bool{}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
-		out = append(out, parseCallDebug(string(b))...)
+		for _, c := range parseCallDebug(string(b)) {
+			if !seen[c.callID] {
+				seen[c.callID] = true
+				out = append(out, c)
+			}
+		}
+	}
+	for _, ev := range sippErrorEvents(p) {
+		m := reAborted.FindStringSubmatch(ev)
+		if m == nil {
+			continue
+		}
+		id := m[1] + m[2] + m[3]
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, failedCall{callID: id})
+		}
 	}
 	return out
 }
@@ -61,8 +85,8 @@ func parseCallDebug(s string) []failedCall {
 	return out
 }
 
-// sippErrors returns the events of p's -trace_err files that name callID.
-func sippErrors(p *Proc, callID string) []string {
+// sippErrorEvents returns the events of p's -trace_err files, time stamp first.
+func sippErrorEvents(p *Proc) []string {
 	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_errors.log"))
 	var out []string
 	for _, f := range files {
@@ -77,9 +101,54 @@ func sippErrors(p *Proc, callID string) []string {
 			if i+1 < len(starts) {
 				end = starts[i+1][0]
 			}
-			if ev := s[st[0]:end]; strings.Contains(ev, callID) {
-				out = append(out, strings.TrimRight(ev, "'\n"))
+			out = append(out, strings.TrimRight(s[st[0]:end], "'\n"))
+		}
+	}
+	return out
+}
+
+// sippMessages returns the messages of p's -trace_msg files whose Call-ID
+// is callID, each with the line saying when and which way it went.
+func sippMessages(p *Proc, callID string) string {
+	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_messages.log"))
+	var b strings.Builder
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		starts := reMsgStart.FindAllStringIndex(s, -1)
+		for i, st := range starts {
+			end := len(s)
+			if i+1 < len(starts) {
+				end = starts[i+1][0]
 			}
+			if msg := s[st[0]:end]; messageCallID(msg) == callID {
+				b.WriteString(strings.ReplaceAll(msg, "\r\n", "\n"))
+			}
+		}
+	}
+	return b.String()
+}
+
+// messageCallID is the Call-ID header (or its compact form) of a traced message.
+func messageCallID(msg string) string {
+	for line := range strings.Lines(msg) {
+		name, value, ok := strings.Cut(line, ":")
+		if ok && (strings.EqualFold(name, "Call-ID") || name == "i") {
+			return strings.TrimSpace(value)
+		}
+	}
+	return ""
+}
+
+// sippErrors returns the events of p's -trace_err files that name callID.
+func sippErrors(p *Proc, callID string) []string {
+	var out []string
+	for _, ev := range sippErrorEvents(p) {
+		if strings.Contains(ev, callID) {
+			out = append(out, ev)
 		}
 	}
 	return out
@@ -119,11 +188,12 @@ func (l *Lab) logLines(callID string, except *Proc, n int) string {
 	return b.String()
 }
 
-// FailedCalls reports the calls SIPp process p counted failed, at most
-// maxCalls of them: each call's Call-ID, SIPp's unexpected-message events
-// for it, the last perCall bytes of its messages as SIPp sent and received
-// them, and the lines of the lab's other logs (hapbx's, Asterisk's) that
-// name the Call-ID. "" when p dumped no failed call.
+// FailedCalls reports the calls SIPp process p aborted, at most maxCalls
+// of them: each call's Call-ID, SIPp's error events naming it, the last
+// perCall bytes of its messages as SIPp sent and received them (with the
+// messages that came after SIPp aborted it), and the lines of the lab's
+// other logs (hapbx's, Asterisk's) that name the Call-ID. "" when p
+// aborted no call.
 func (l *Lab) FailedCalls(p *Proc, maxCalls, perCall int) string {
 	calls := sippFailedCalls(p)
 	if len(calls) == 0 {
@@ -138,10 +208,21 @@ func (l *Lab) FailedCalls(p *Proc, maxCalls, perCall int) string {
 	b.WriteString("\n")
 	for _, c := range calls {
 		fmt.Fprintf(&b, "==== failed call %s (%s) ====\n", c.callID, p.Name)
-		for _, e := range sippErrors(p, c.callID) {
+		errs := sippErrors(p, c.callID)
+		for i, e := range errs {
+			if i == 4 {
+				fmt.Fprintf(&b, "-- %d more SIPp errors about it\n", len(errs)-i)
+				break
+			}
 			b.WriteString("-- SIPp error: " + tail(e, perCall/4) + "\n")
 		}
-		fmt.Fprintf(&b, "-- its messages (SIPp -trace_calldebug, the last %d bytes):\n%s\n", perCall, tail(c.debug, perCall))
+		if msgs := sippMessages(p, c.callID); msgs != "" {
+			fmt.Fprintf(&b, "-- its messages (SIPp -trace_msg, the last %d bytes):\n%s\n", perCall, tail(msgs, perCall))
+		} else if c.debug != "" {
+			fmt.Fprintf(&b, "-- its messages (SIPp -trace_calldebug, the last %d bytes):\n%s\n", perCall, tail(c.debug, perCall))
+		} else {
+			b.WriteString("-- SIPp traced none of its messages\n")
+		}
 		if logs := l.logLines(c.callID, p, 40); logs != "" {
 			b.WriteString("-- the lab's logs naming it:\n" + logs)
 		} else {

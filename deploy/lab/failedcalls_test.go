@@ -10,58 +10,110 @@ import (
 	"github.com/hapbx/hapbx/internal/testkit"
 )
 
-// TestFailedCalls: a SIPp caller traced as the lab's Sipp traces, whose
-// second call a real SIPp UAS answers 486, is reported with that call's
-// Call-ID, its messages, SIPp's error and the lab log line naming it, and
-// nothing of the successful first call. Loopback only: no lab needed.
+// uasHangsUp answers a call and hangs it up at once, while SIPp's built-in
+// uac pauses: the uac aborts the call on the unexpected BYE (and, unlike on
+// an unexpected response, dumps no -trace_calldebug block).
+const uasHangsUp = `<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uas hangs up">
+  <recv request="INVITE">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/>
+    </action>
+  </recv>
+  <send retrans="500"><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:uas@[local_ip]:[local_port]>
+      Content-Length: 0
+
+    ]]></send>
+  <recv request="ACK"/>
+  <send retrans="500"><![CDATA[
+      BYE sip:sipp@[local_ip] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:service@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+      To: [$caller]
+      [last_Call-ID:]
+      CSeq: 1 BYE
+      Reason: SIP;cause=503;text="backend down"
+      Content-Length: 0
+
+    ]]></send>
+  <recv response="200"/>
+</scenario>
+`
+
+// TestFailedCalls: SIPp callers traced as the lab's Sipp traces them, whose
+// calls real SIPp UASs answer, hang up or refuse: a successful call is not
+// reported; a call refused 486 (SIPp dumps it) and a call aborted on a BYE
+// that came while SIPp's uac waited (SIPp dumps nothing, its errors name
+// it) are, each with its Call-ID, SIPp's error, its messages and the lab
+// log line naming it. Loopback only: no lab needed.
 func TestFailedCalls(t *testing.T) {
 	testdata, err := filepath.Abs(filepath.Join("..", "..", "proxy", "testdata"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	uasPort := testkit.FreePort(t, "127.0.0.1")
-	uacPort := testkit.FreePort(t, "127.0.0.1")
-	uas := testkit.StartSIPp(t, "127.0.0.1", uasPort, "-sf", filepath.Join(testdata, "uas_call.xml"), "-m", "1")
-	testkit.WaitListening(t, "udp", uas.Addr, 5*time.Second)
-	uac := testkit.StartSIPp(t, "127.0.0.1", uacPort, "-sn", "uac", "-m", "1", "-d", "10",
-		"-trace_calldebug", "-max_log_size", "1000000", uas.Addr)
-	if code := uac.Wait(20 * time.Second); code != 0 {
-		t.Fatalf("the successful call: sipp exit %d\n%s", code, uac.Output())
+	hangsUp := filepath.Join(t.TempDir(), "uas_hangs_up.xml")
+	if err := os.WriteFile(hangsUp, []byte(uasHangsUp), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	busy := testkit.StartSIPp(t, "127.0.0.1", testkit.FreePort(t, "127.0.0.1"), "-sf", filepath.Join(testdata, "uas_486.xml"), "-m", "1")
-	testkit.WaitListening(t, "udp", busy.Addr, 5*time.Second)
-	uac2 := testkit.StartSIPp(t, "127.0.0.1", testkit.FreePort(t, "127.0.0.1"), "-sn", "uac", "-m", "1",
-		"-trace_calldebug", "-max_log_size", "1000000", busy.Addr)
-	if code := uac2.Wait(20 * time.Second); code == 0 {
-		t.Fatalf("the call answered 486 counted successful\n%s", uac2.Output())
+	// call runs SIPp's uac once against a UAS playing scenario and returns
+	// the uac's directory.
+	call := func(scenario string, ok bool) string {
+		t.Helper()
+		uas := testkit.StartSIPp(t, "127.0.0.1", testkit.FreePort(t, "127.0.0.1"), "-sf", scenario, "-m", "1")
+		testkit.WaitListening(t, "udp", uas.Addr, 5*time.Second)
+		uac := testkit.StartSIPp(t, "127.0.0.1", testkit.FreePort(t, "127.0.0.1"), "-sn", "uac", "-m", "1", "-d", "2000",
+			"-trace_msg", "-trace_calldebug", "-max_log_size", "1000000", uas.Addr)
+		if code := uac.Wait(20 * time.Second); (code == 0) != ok {
+			t.Fatalf("uac against %s: sipp exit %d, want success %v\n%s", filepath.Base(scenario), code, ok, uac.Output())
+		}
+		return uac.Dir
 	}
+	okDir := call(filepath.Join(testdata, "uas_call.xml"), true)
+	busyDir := call(filepath.Join(testdata, "uas_486.xml"), false)
+	byeDir := call(hangsUp, false)
 
 	dir := t.TempDir()
 	l := &Lab{opt: Options{Dir: dir}}
-	if r := l.FailedCalls(&Proc{Name: "ok", Dir: uac.Dir}, 3, 4096); r != "" {
+	if r := l.FailedCalls(&Proc{Name: "ok", Dir: okDir}, 3, 4096); r != "" {
 		t.Errorf("a successful call reported failed:\n%s", r)
 	}
-	calls := sippFailedCalls(&Proc{Dir: uac2.Dir})
-	if len(calls) != 1 {
-		t.Fatalf("failed calls dumped: %d, want 1", len(calls))
-	}
-	id := calls[0].callID
-	if err := os.WriteFile(filepath.Join(dir, "proxy1.log"), []byte("{\"msg\":\"other\"}\n{\"msg\":\"x\",\"call_id\":\""+id+"\"}\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r := l.FailedCalls(&Proc{Name: "calls1", Dir: uac2.Dir}, 3, 4096)
-	for _, want := range []string{
-		"calls1: 1 failed call(s)",
-		"==== failed call " + id + " (calls1) ====",
-		"-- SIPp error: ", "Aborting call on unexpected message",
-		"INVITE sip:", "SIP/2.0 486 Busy Here",
-		"proxy1.log:\n{\"msg\":\"x\",\"call_id\":\"" + id + "\"}",
+	for _, c := range []struct {
+		dir  string
+		want []string
+	}{
+		{busyDir, []string{"Aborting call on unexpected message", "SIP/2.0 486 Busy Here", "UDP message received"}},
+		{byeDir, []string{"Aborting call on an unexpected BYE", "Reason: SIP;cause=503", "SIP/2.0 200 OK", "UDP message sent"}},
 	} {
-		if !strings.Contains(r, want) {
-			t.Errorf("report lacks %q:\n%s", want, r)
+		calls := sippFailedCalls(&Proc{Dir: c.dir})
+		if len(calls) != 1 {
+			t.Errorf("%s: failed calls found: %d, want 1", c.want[0], len(calls))
+			continue
 		}
-	}
-	if strings.Contains(r, "other") {
-		t.Errorf("report has a log line not naming the call:\n%s", r)
+		id := calls[0].callID
+		if err := os.WriteFile(filepath.Join(dir, "proxy1.log"), []byte("{\"msg\":\"other\"}\n{\"msg\":\"x\",\"call_id\":\""+id+"\"}\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := l.FailedCalls(&Proc{Name: "calls1", Dir: c.dir}, 3, 4096)
+		want := append([]string{
+			"calls1: 1 failed call(s)",
+			"==== failed call " + id + " (calls1) ====",
+			"-- SIPp error: ", "-- its messages (SIPp -trace_msg", "INVITE sip:",
+			"proxy1.log:\n{\"msg\":\"x\",\"call_id\":\"" + id + "\"}",
+		}, c.want...)
+		for _, w := range want {
+			if !strings.Contains(r, w) {
+				t.Errorf("report lacks %q:\n%s", w, r)
+			}
+		}
+		if strings.Contains(r, "other") {
+			t.Errorf("report has a log line not naming the call:\n%s", r)
+		}
 	}
 }
