@@ -1,11 +1,15 @@
 package lab
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Every lab SIPp traces its messages (-trace_msg), its unexpected messages
@@ -27,6 +31,8 @@ var (
 	// unexpected message or BYE, a timeout without ontimeout).
 	reAborted = regexp.MustCompile(`^[^\n]*?(?:Aborting call on unexpected message for Call-Id '([^']+)'|` +
 		`Aborting call on an unexpected BYE for call: (\S+)|Call-Id: ([^,\s]+), [^\n]*aborting call)`)
+	// The epoch time of a -trace_err event.
+	reErrEpoch = regexp.MustCompile(`^\S+\t\S+\t(\d+\.\d+): `)
 	// A message of a -trace_msg file starts with this line.
 	reMsgStart = regexp.MustCompile(`(?m)^-{20,} \d{4}-\d\d-\d\d[ \t]\d\d:\d\d:\d\d\.\d+$`)
 )
@@ -188,12 +194,59 @@ func (l *Lab) logLines(callID string, except *Proc, n int) string {
 	return b.String()
 }
 
+// abortedAt is when SIPp aborted the call its errors errs name (Unix
+// seconds), or 0.
+func abortedAt(errs []string) float64 {
+	for _, e := range errs {
+		if !reAborted.MatchString(e) {
+			continue
+		}
+		if m := reErrEpoch.FindStringSubmatch(e); m != nil {
+			t, _ := strconv.ParseFloat(m[1], 64)
+			return t
+		}
+	}
+	return 0
+}
+
+// proxyLinesAround returns the proxies' log lines (not the cluster's)
+// from a second before at to half a second after, at most n of each.
+func (l *Lab) proxyLinesAround(at float64, n int) string {
+	var b strings.Builder
+	for _, p := range Proxies {
+		data, err := os.ReadFile(filepath.Join(l.opt.Dir, p+".log"))
+		if err != nil {
+			continue
+		}
+		var hits []string
+		for line := range strings.Lines(string(data)) {
+			var e struct {
+				TS     float64 `json:"ts"`
+				Logger string  `json:"logger"`
+			}
+			if json.Unmarshal([]byte(line), &e) != nil || strings.HasPrefix(e.Logger, "cluster") ||
+				e.TS < at-1 || e.TS > at+0.5 {
+				continue
+			}
+			hits = append(hits, tail(strings.TrimRight(line, "\n"), 400))
+		}
+		if len(hits) > n {
+			hits = hits[:n]
+		}
+		if len(hits) > 0 {
+			fmt.Fprintf(&b, "%s:\n%s\n", p+".log", strings.Join(hits, "\n"))
+		}
+	}
+	return b.String()
+}
+
 // FailedCalls reports the calls SIPp process p aborted, at most maxCalls
 // of them: each call's Call-ID, SIPp's error events naming it, the last
 // perCall bytes of its messages as SIPp sent and received them (with the
-// messages that came after SIPp aborted it), and the lines of the lab's
-// other logs (hapbx's, Asterisk's) that name the Call-ID. "" when p
-// aborted no call.
+// messages that came after SIPp aborted it), the lines of the lab's other
+// logs (hapbx's, Asterisk's) that name the Call-ID, and the proxies' log
+// lines around the abort (hapbx logs few Call-IDs at level info). "" when
+// p aborted no call.
 func (l *Lab) FailedCalls(p *Proc, maxCalls, perCall int) string {
 	calls := sippFailedCalls(p)
 	if len(calls) == 0 {
@@ -227,6 +280,13 @@ func (l *Lab) FailedCalls(p *Proc, maxCalls, perCall int) string {
 			b.WriteString("-- the lab's logs naming it:\n" + logs)
 		} else {
 			b.WriteString("-- no lab log names it\n")
+		}
+		if at := abortedAt(errs); at > 0 {
+			if logs := l.proxyLinesAround(at, 20); logs != "" {
+				sec, frac := math.Modf(at)
+				fmt.Fprintf(&b, "-- hapbx's log from 1 s before SIPp aborted it (%s) to 0.5 s after:\n%s",
+					time.Unix(int64(sec), int64(frac*1e9)).UTC().Format("15:04:05.000"), logs)
+			}
 		}
 	}
 	return b.String()

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,8 +52,9 @@ const uasHangsUp = `<?xml version="1.0" encoding="ISO-8859-1" ?>
 // calls real SIPp UASs answer, hang up or refuse: a successful call is not
 // reported; a call refused 486 (SIPp dumps it) and a call aborted on a BYE
 // that came while SIPp's uac waited (SIPp dumps nothing, its errors name
-// it) are, each with its Call-ID, SIPp's error, its messages and the lab
-// log line naming it. Loopback only: no lab needed.
+// it) are, each with its Call-ID, SIPp's error, its messages, the lab log
+// line naming it and hapbx's lines from just before the abort. Loopback
+// only: no lab needed.
 func TestFailedCalls(t *testing.T) {
 	testdata, err := filepath.Abs(filepath.Join("..", "..", "proxy", "testdata"))
 	if err != nil {
@@ -97,7 +99,14 @@ func TestFailedCalls(t *testing.T) {
 			continue
 		}
 		id := calls[0].callID
-		if err := os.WriteFile(filepath.Join(dir, "proxy1.log"), []byte("{\"msg\":\"other\"}\n{\"msg\":\"x\",\"call_id\":\""+id+"\"}\n"), 0o644); err != nil {
+		at := abortedAt(sippErrors(&Proc{Dir: c.dir}, id))
+		if at == 0 {
+			t.Errorf("%s: no abort time in SIPp's errors", c.want[0])
+		}
+		log := fmt.Sprintf("{\"msg\":\"other\"}\n{\"msg\":\"x\",\"call_id\":%q}\n"+
+			"{\"ts\":%f,\"logger\":\"proxy\",\"msg\":\"near\"}\n{\"ts\":%f,\"logger\":\"proxy\",\"msg\":\"farther\"}\n"+
+			"{\"ts\":%f,\"logger\":\"cluster.raft\",\"msg\":\"raft\"}\n", id, at-0.2, at-5, at)
+		if err := os.WriteFile(filepath.Join(dir, "proxy1.log"), []byte(log), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		r := l.FailedCalls(&Proc{Name: "calls1", Dir: c.dir}, 3, 4096)
@@ -106,14 +115,17 @@ func TestFailedCalls(t *testing.T) {
 			"==== failed call " + id + " (calls1) ====",
 			"-- SIPp error: ", "-- its messages (SIPp -trace_msg", "INVITE sip:",
 			"proxy1.log:\n{\"msg\":\"x\",\"call_id\":\"" + id + "\"}",
+			"-- hapbx's log from 1 s before SIPp aborted it", "\"msg\":\"near\"",
 		}, c.want...)
 		for _, w := range want {
 			if !strings.Contains(r, w) {
 				t.Errorf("report lacks %q:\n%s", w, r)
 			}
 		}
-		if strings.Contains(r, "other") {
-			t.Errorf("report has a log line not naming the call:\n%s", r)
+		for _, bad := range []string{"other", "farther", "raft"} {
+			if strings.Contains(r, bad) {
+				t.Errorf("report has a log line neither naming the call nor of hapbx near its abort (%s):\n%s", bad, r)
+			}
 		}
 	}
 }
