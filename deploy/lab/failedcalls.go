@@ -93,7 +93,17 @@ func parseCallDebug(s string) []failedCall {
 
 // sippErrorEvents returns the events of p's -trace_err files, time stamp first.
 func sippErrorEvents(p *Proc) []string {
-	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_errors.log"))
+	var out []string
+	for _, ev := range splitTraces(p, "*_errors.log", reErrEvent) {
+		out = append(out, strings.TrimRight(ev, "'\n"))
+	}
+	return out
+}
+
+// splitTraces returns the entries of p's trace files matching glob, each
+// starting where start matches.
+func splitTraces(p *Proc, glob string, start *regexp.Regexp) []string {
+	files, _ := filepath.Glob(filepath.Join(p.Dir, glob))
 	var out []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -101,13 +111,13 @@ func sippErrorEvents(p *Proc) []string {
 			continue
 		}
 		s := string(b)
-		starts := reErrEvent.FindAllStringIndex(s, -1)
+		starts := start.FindAllStringIndex(s, -1)
 		for i, st := range starts {
 			end := len(s)
 			if i+1 < len(starts) {
 				end = starts[i+1][0]
 			}
-			out = append(out, strings.TrimRight(s[st[0]:end], "'\n"))
+			out = append(out, s[st[0]:end])
 		}
 	}
 	return out
@@ -116,23 +126,10 @@ func sippErrorEvents(p *Proc) []string {
 // sippMessages returns the messages of p's -trace_msg files whose Call-ID
 // is callID, each with the line saying when and which way it went.
 func sippMessages(p *Proc, callID string) string {
-	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_messages.log"))
 	var b strings.Builder
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		s := string(data)
-		starts := reMsgStart.FindAllStringIndex(s, -1)
-		for i, st := range starts {
-			end := len(s)
-			if i+1 < len(starts) {
-				end = starts[i+1][0]
-			}
-			if msg := s[st[0]:end]; messageCallID(msg) == callID {
-				b.WriteString(strings.ReplaceAll(msg, "\r\n", "\n"))
-			}
+	for _, msg := range splitTraces(p, "*_messages.log", reMsgStart) {
+		if messageCallID(msg) == callID {
+			b.WriteString(strings.ReplaceAll(msg, "\r\n", "\n"))
 		}
 	}
 	return b.String()

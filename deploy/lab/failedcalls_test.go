@@ -11,48 +11,10 @@ import (
 	"github.com/hapbx/hapbx/internal/testkit"
 )
 
-// uasHangsUp answers a call and hangs it up at once, while SIPp's built-in
-// uac pauses: the uac aborts the call on the unexpected BYE (and, unlike on
-// an unexpected response, dumps no -trace_calldebug block).
-const uasHangsUp = `<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uas hangs up">
-  <recv request="INVITE">
-    <action>
-      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/>
-    </action>
-  </recv>
-  <send retrans="500"><![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:uas@[local_ip]:[local_port]>
-      Content-Length: 0
-
-    ]]></send>
-  <recv request="ACK"/>
-  <send retrans="500"><![CDATA[
-      BYE sip:sipp@[local_ip] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:service@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
-      To: [$caller]
-      [last_Call-ID:]
-      CSeq: 1 BYE
-      Reason: SIP;cause=503;text="backend down"
-      Content-Length: 0
-
-    ]]></send>
-  <recv response="200"/>
-</scenario>
-`
-
 // TestFailedCalls: SIPp callers traced as the lab's Sipp traces them, whose
 // calls real SIPp UASs answer, hang up or refuse: a successful call is not
 // reported; a call refused 486 (SIPp dumps it) and a call aborted on a BYE
-// that came while SIPp's uac waited (SIPp dumps nothing, its errors name
-// it) are, each with its Call-ID, SIPp's error, its messages, the lab log
+// that crossed the uac's own (SIPp dumps nothing, its errors name it) are, each with its Call-ID, SIPp's error, its messages, the lab log
 // line naming it and hapbx's lines from just before the abort. Loopback
 // only: no lab needed.
 func TestFailedCalls(t *testing.T) {
@@ -60,10 +22,9 @@ func TestFailedCalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hangsUp := filepath.Join(t.TempDir(), "uas_hangs_up.xml")
-	if err := os.WriteFile(hangsUp, []byte(uasHangsUp), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// The built-in uac takes a BYE that crosses its own for an unexpected
+	// message: it aborts the call without a -trace_calldebug dump.
+	hangsUp := writeGlareUAS(t, t.TempDir(), true, "200 OK")
 	// call runs SIPp's uac once against a UAS playing scenario and returns
 	// the uac's directory.
 	call := func(scenario string, ok bool) string {

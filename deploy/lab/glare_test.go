@@ -77,6 +77,22 @@ const uasOwnBye = `  <send><![CDATA[
     ]]></send>
   <recv response="200"/>`
 
+// writeGlareUAS writes uasGlare, with its own BYE or not and answering
+// the caller's BYE code, into dir and returns its path.
+func writeGlareUAS(t *testing.T, dir string, ownBye bool, code string) string {
+	t.Helper()
+	own := ""
+	if ownBye {
+		own = uasOwnBye
+	}
+	path := filepath.Join(dir, "uas_glare.xml")
+	scen := strings.Replace(strings.Replace(uasGlare, "CODE", code, 1), "GLARE\n", own+"\n", 1)
+	if err := os.WriteFile(path, []byte(scen), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // TestCallersAcceptByeGlare: the lab's callers (uac_call_lab.xml, the
 // phones'; trunk_call_lab.xml, the provider's) hang up 200 ms after the
 // answer. A BYE of the far end crossing theirs is a legitimate end of the
@@ -100,16 +116,7 @@ func TestCallersAcceptByeGlare(t *testing.T) {
 		{"no glare, own BYE answered 200", false, "200 OK", true},
 		{"no glare, own BYE answered 481", false, "481 Call/Transaction Does Not Exist", false},
 	} {
-		scen := strings.Replace(uasGlare, "CODE", c.code, 1)
-		own := ""
-		if c.glare {
-			own = uasOwnBye
-		}
-		scen = strings.Replace(scen, "GLARE\n", own+"\n", 1)
-		uasFile := filepath.Join(dir, "uas_glare.xml")
-		if err := os.WriteFile(uasFile, []byte(scen), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		uasFile := writeGlareUAS(t, dir, c.glare, c.code)
 		for _, caller := range [][]string{
 			{"-sf", filepath.Join(testdata, "uac_call_lab.xml"), "-inf", filepath.Join(testdata, "calls.csv")},
 			{"-sf", filepath.Join(testdata, "trunk_call_lab.xml"), "-s", TrunkDID},
