@@ -96,9 +96,10 @@ func writeGlareUAS(t *testing.T, dir string, ownBye bool, code string) string {
 // TestCallersAcceptByeGlare: the lab's callers (uac_call_lab.xml, the
 // phones'; trunk_call_lab.xml, the provider's) hang up 200 ms after the
 // answer. A BYE of the far end crossing theirs is a legitimate end of the
-// call (RFC 3261 15.1.2): answered 200, their own BYE answered 200 or 481.
-// A 481 to their BYE without such a BYE (the far end did not know the
-// dialog) still fails the call. Loopback SIPp only: no lab needed.
+// call (RFC 3261 15.1.2): answered 200, their own BYE answered 200, 481 or
+// 408 (hapbx's when the backend is gone). A 481 to their BYE without such
+// a BYE (the far end did not know the dialog) still fails the call.
+// Loopback SIPp only: no lab needed.
 func TestCallersAcceptByeGlare(t *testing.T) {
 	testdata, err := filepath.Abs("testdata")
 	if err != nil {
@@ -113,6 +114,7 @@ func TestCallersAcceptByeGlare(t *testing.T) {
 	}{
 		{"glare, own BYE answered 200", true, "200 OK", true},
 		{"glare, own BYE answered 481", true, "481 Call/Transaction Does Not Exist", true},
+		{"glare, own BYE answered 408", true, "408 Request Timeout", true},
 		{"no glare, own BYE answered 200", false, "200 OK", true},
 		{"no glare, own BYE answered 481", false, "481 Call/Transaction Does Not Exist", false},
 	} {
