@@ -77,6 +77,44 @@ const uasOwnBye = `  <send><![CDATA[
     ]]></send>
   <recv response="200"/>`
 
+// uasByeAtOnce answers a call 200 and hangs it up as soon as the ACK
+// comes (as chan_pjsip does a call whose callee answered without SDP).
+var uasByeAtOnce = strings.Replace(strings.Replace(uasGlare, "CODE", "200 OK", 1),
+	`  <recv request="BYE">`, uasOwnBye+"\n  <recv request=\"BYE\">", 1)
+
+// uasByeInSetup answers a call 100 and then sends a BYE, before any 200:
+// no dialog exists, the caller must count the call failed.
+const uasByeInSetup = `<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uas bye in set-up">
+  <recv request="INVITE">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+      SIP/2.0 100 Trying
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]></send>
+  <send><![CDATA[
+      BYE sip:caller@[local_ip] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:uas@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+      To: [$caller]
+      [last_Call-ID:]
+      CSeq: 1 BYE
+      Content-Length: 0
+
+    ]]></send>
+  <recv response="200" timeout="3000"/>
+</scenario>
+`
+
 // writeGlareUAS writes uasGlare, with its own BYE or not and answering
 // the caller's BYE code, into dir and returns its path.
 func writeGlareUAS(t *testing.T, dir string, ownBye bool, code string) string {
@@ -98,7 +136,8 @@ func writeGlareUAS(t *testing.T, dir string, ownBye bool, code string) string {
 // answer. A BYE of the far end crossing theirs is a legitimate end of the
 // call (RFC 3261 15.1.2): answered 200, their own BYE answered 200, 481 or
 // 408 (hapbx's when the backend is gone). A 481 to their BYE without such
-// a BYE (the far end did not know the dialog) still fails the call.
+// a BYE (the far end did not know the dialog) and a BYE during the set-up
+// (before any dialog) still fail the call.
 // Loopback SIPp only: no lab needed.
 func TestCallersAcceptByeGlare(t *testing.T) {
 	testdata, err := filepath.Abs("testdata")
@@ -106,19 +145,32 @@ func TestCallersAcceptByeGlare(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	inSetup := filepath.Join(dir, "uas_bye_in_setup.xml")
+	atOnce := filepath.Join(dir, "uas_bye_at_once.xml")
+	for p, scen := range map[string]string{inSetup: uasByeInSetup, atOnce: strings.Replace(uasByeAtOnce, "GLARE\n", "", 1)} {
+		if err := os.WriteFile(p, []byte(scen), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, c := range []struct {
 		name  string
 		glare bool
 		code  string
 		ok    bool
+		uas   string // instead of uasGlare
 	}{
-		{"glare, own BYE answered 200", true, "200 OK", true},
-		{"glare, own BYE answered 481", true, "481 Call/Transaction Does Not Exist", true},
-		{"glare, own BYE answered 408", true, "408 Request Timeout", true},
-		{"no glare, own BYE answered 200", false, "200 OK", true},
-		{"no glare, own BYE answered 481", false, "481 Call/Transaction Does Not Exist", false},
+		{name: "BYE during the set-up", uas: inSetup, ok: false},
+		{name: "BYE right after the ACK", uas: atOnce, ok: true},
+		{name: "glare, own BYE answered 200", glare: true, code: "200 OK", ok: true},
+		{name: "glare, own BYE answered 481", glare: true, code: "481 Call/Transaction Does Not Exist", ok: true},
+		{name: "glare, own BYE answered 408", glare: true, code: "408 Request Timeout", ok: true},
+		{name: "no glare, own BYE answered 200", code: "200 OK", ok: true},
+		{name: "no glare, own BYE answered 481", code: "481 Call/Transaction Does Not Exist", ok: false},
 	} {
-		uasFile := writeGlareUAS(t, dir, c.glare, c.code)
+		uasFile := c.uas
+		if uasFile == "" {
+			uasFile = writeGlareUAS(t, dir, c.glare, c.code)
+		}
 		for _, caller := range [][]string{
 			{"-sf", filepath.Join(testdata, "uac_call_lab.xml"), "-inf", filepath.Join(testdata, "calls.csv")},
 			{"-sf", filepath.Join(testdata, "trunk_call_lab.xml"), "-s", TrunkDID},
