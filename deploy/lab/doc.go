@@ -78,8 +78,11 @@
 // (asterisk_standin_test.go) that reads the rendered files and serves SIP
 // (SIPp, challenging REGISTERs and INVITEs, rewriting Contacts as
 // chan_pjsip does) and AMI from them. HLAB_KEEP=1 keeps a test's lab
-// directory (configs, PBX and SIPp logs); HLAB_SIPP_TRACE=1 has every SIPp
-// log each message it sends and receives there (-trace_msg).
+// directory (configs, PBX and SIPp logs). Every SIPp traces the messages
+// it sends and receives there (-trace_msg, -trace_err, -trace_calldebug,
+// each file bounded); a scenario phase with failed calls prints each failed
+// call's Call-ID, SIPp's errors about it, its messages and the lab logs'
+// lines naming it (FailedCalls).
 //
 // With Options.Trunk (trunk.go) the proxies have the trunk "p1": its
 // host the provider namespace's SIPp (provider_lab.xml: a registrar,

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -237,10 +238,12 @@ func (l *Lab) Scenario(name string) string {
 }
 
 // Sipp runs sipp in host h's namespace on h's address and port, with the
-// screen and errors traced into its directory.
+// screen, its messages, the unexpected ones and those of each aborted call
+// traced into its directory (FailedCalls reads them), each file bounded.
 func (l *Lab) Sipp(h, name string, port int, args ...string) (*Proc, error) {
-	full := []string{"sipp", "-i", Hosts[h], "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen"}
-	if os.Getenv("HLAB_SIPP_TRACE") != "" {
+	full := []string{"sipp", "-i", Hosts[h], "-p", strconv.Itoa(port), "-nostdin", "-trace_err", "-trace_screen",
+		"-trace_calldebug", "-max_log_size", strconv.Itoa(sippTraceMax)}
+	if !slices.Contains(args, "-trace_msg") {
 		full = append(full, "-trace_msg")
 	}
 	full = append(full, args...)

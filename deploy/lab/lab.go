@@ -445,12 +445,15 @@ func (p *Proc) Exited() bool {
 	}
 }
 
-// Log returns the last n bytes of p's output and of sipp's error and screen traces.
+// Log returns the last n bytes of p's output and of sipp's error, message,
+// failed calls' and screen traces.
 func (p *Proc) Log(n int) string {
 	var out strings.Builder
 	errs, _ := filepath.Glob(filepath.Join(p.Dir, "*_errors.log"))
 	msgs, _ := filepath.Glob(filepath.Join(p.Dir, "*_messages.log"))
 	errs = append(errs, msgs...)
+	debug, _ := filepath.Glob(filepath.Join(p.Dir, "*_calldebug.log"))
+	errs = append(errs, debug...)
 	screens, _ := filepath.Glob(filepath.Join(p.Dir, "*_screen.log"))
 	files := append(errs, screens...)
 	for _, f := range append([]string{p.LogPath}, files...) {

@@ -466,6 +466,9 @@ func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Du
 		return ev, fmt.Errorf("caller did not finish within 90 s or died by a signal; its output: %s", caller.LogPath)
 	}
 	ev.Calls, ev.Failed = sippCounts(caller)
+	if ev.Failed > 0 {
+		o.Logf("%s: %d of %d calls failed\n%s", name, ev.Failed, ev.Calls, l.failedReport(caller))
+	}
 	for _, c := range []struct {
 		p         *Proc
 		n, failed *int
@@ -476,7 +479,9 @@ func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Du
 		if code := c.p.Wait(90 * time.Second); code < 0 {
 			return ev, fmt.Errorf("trunk caller %s did not finish within 90 s or died by a signal; its output: %s", c.p.Name, c.p.LogPath)
 		}
-		*c.n, *c.failed = sippCounts(c.p)
+		if *c.n, *c.failed = sippCounts(c.p); *c.failed > 0 {
+			o.Logf("%s: %d of %d trunk calls failed (%s)\n%s", name, *c.failed, *c.n, c.p.Name, l.failedReport(c.p))
+		}
 	}
 	for _, c := range sippRTT(caller) {
 		if c.start.Before(t0) {
@@ -496,6 +501,15 @@ func (l *Lab) phase(n int, name string, o ScenarioOptions, event func() (time.Du
 		}
 	}
 	return ev, evErr
+}
+
+// failedReport is FailedCalls of a phase's caller, bounded for a test's
+// output, or why there is none.
+func (l *Lab) failedReport(p *Proc) string {
+	if r := l.FailedCalls(p, 3, 8<<10); r != "" {
+		return r
+	}
+	return p.Name + ": SIPp dumped no failed call's messages\n" + p.Log(4000)
 }
 
 var (
