@@ -71,7 +71,11 @@
 //     it stays routable, as for in-dialog requests; one given up as down
 //     is tried again by the hold if it comes back. A backend declared
 //     down after only a 100 Trying is given up the same way (the 100 has
-//     stopped Timer B). A 408/503 or silence always marks the backend suspect
+//     stopped Timer B), and so is one declared down while the call rings
+//     (after its 180/183): a dead PBX sends no final response, so the call
+//     goes on to the next backend (or the hold) and the caller hears the
+//     new backend's answer under another To-tag, as from a forking proxy,
+//     instead of ringing until Timer C. A 408/503 or silence always marks the backend suspect
 //     (an immediate probe), unless hapbx itself was strained or the send
 //     failed for a reason of this host (door.go: excused, counted). A request re-sent after a 401/407 challenge goes
 //     to the backend that issued the challenge (it holds the nonce) while

@@ -259,6 +259,12 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 		if res.StatusCode > 100 && !rc.over() {
 			rc.provisional, rc.st.up = true, true
 			rc.hop = nil
+			if req.IsInvite() && b.t.backend != "" && !rc.forked {
+				// A ringing call keeps watching its backend's health
+				// (hopExpired): a PBX that dies now sends no final
+				// response, and the caller would ring until Timer C.
+				rc.hop = time.After(p.cfg.HopTimeout)
+			}
 			if req.IsInvite() && rc.guard == nil {
 				rc.ringing = time.After(p.cfg.TimerC)
 			}
@@ -400,7 +406,14 @@ func (rc *responseContext) hopExpired(b *branch) outcome {
 	rc.down = !p.routable(b.t.backend)
 	rc.terminate("")
 	label, reason := "hop_timeout", "no response within hop_timeout"
-	if b.gotAny {
+	switch {
+	case rc.provisional:
+		// The caller has heard it ring, but a dead PBX's ringing is no
+		// answer: the call goes on to the next backend, whose answer comes
+		// with another To-tag, as from a forking proxy (RFC 3261 §16.7).
+		label, reason = "down_ringing", "declared down while the call rang"
+		rc.provisional = false
+	case b.gotAny:
 		label, reason = "down", "declared down after its 100 Trying"
 	}
 	if rc.giveUp(b.t, b.sent, label, reason) || !isClosed(rc.cancelled) {

@@ -210,6 +210,16 @@ func onlyBackend(p *Proxy) {
 	p.cfg.HopTimeout, p.cfg.NoBackendWait = time.Millisecond, 30*time.Second
 }
 
+// bothBackends: the router offers asterisk1 then asterisk2; hop_timeout
+// leaves the play time to answer before a silent backend is skipped.
+func bothBackends(p *Proxy) {
+	p.router = NewStaticRouter([]string{"asterisk1", "asterisk2"}, false)
+	p.cfg.HopTimeout = time.Second
+}
+
+// pause lets the proxy's timers (hop_timeout) run meanwhile.
+func pause(d time.Duration) step { return func(*harness) { time.Sleep(d) } }
+
 // suspects: the proxy reports backend to health.
 func suspects(backend string) step {
 	return func(h *harness) {
@@ -351,6 +361,14 @@ func TestResponseContext(t *testing.T) {
 			tune: onlyBackend, play: []step{suspects("asterisk1"), routes(), terminated(0), caller(100), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
 		{name: "a backend down after its 100 Trying is given up", targets: bes[:1], retry: true, tune: onlyBackend,
 			play: []step{answer(0, 100), caller(100), routes(), terminated(0), routes("asterisk1"), answer(1, 100, 200), caller(200), ends}},
+		{name: "a backend down while the call rings is given up: the next backend answers", targets: bes, retry: true, tune: bothBackends,
+			play: []step{answer(0, 100, 180), caller(100, 180), routes("asterisk2"), terminated(0), answer(1, 100, 180, 200), caller(180, 200), ends,
+				counts(func(p *Proxy) prometheus.Collector { return p.m.retries.WithLabelValues("asterisk1", "down_ringing") }, 1)}},
+		{name: "the only backend, down while the call rings, is tried again by the hold", targets: bes[:1], retry: true, tune: onlyBackend,
+			play: []step{suspects("asterisk1"), answerLive(0, 180), caller(180), routes(), terminated(0), routes("asterisk1"),
+				answer(1, 100, 200), caller(200), ends}},
+		{name: "a ringing backend that stays up is waited for", targets: bes[:1], retry: true, tune: onlyBackend,
+			play: []step{suspects("asterisk1"), answerLive(0, 180), caller(180), pause(20 * time.Millisecond), answerLive(0, 200), caller(200), ends}},
 		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
 		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), caller(100), timesOut(0), caller(408), ends}},
 	}
