@@ -75,7 +75,10 @@
 //     (after its 180/183): a dead PBX sends no final response, so the call
 //     goes on to the next backend (or the hold) and the caller hears the
 //     new backend's answer under another To-tag, as from a forking proxy,
-//     instead of ringing until Timer C. A 408/503 or silence always marks the backend suspect
+//     instead of ringing until Timer C. A call a backend places (to a
+//     phone or provider) is cancelled once that backend is declared down
+//     while it rings (hapbx_proxy_placer_down_cancels_total): the dead PBX
+//     would never end it. A 408/503 or silence always marks the backend suspect
 //     (an immediate probe), unless hapbx itself was strained or the send
 //     failed for a reason of this host (door.go: excused, counted). A request re-sent after a 401/407 challenge goes
 //     to the backend that issued the challenge (it holds the nonce) while

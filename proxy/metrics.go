@@ -15,6 +15,7 @@ type metrics struct {
 	forks        prometheus.Counter
 	held         prometheus.Counter
 	timerC       prometheus.Counter
+	placerDown   prometheus.Counter
 	// refused counts requests the trust rules sent nowhere (trust.go).
 	refused *prometheus.CounterVec
 	// large counts requests over the UDP budget to a UDP next hop (size.go).
@@ -75,6 +76,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hapbx_proxy_timer_c_total",
 			Help: "Proxied INVITEs cancelled because they rang longer than sip.timer_c (RFC 3261 Timer C).",
 		}),
+		placerDown: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hapbx_proxy_placer_down_cancels_total",
+			Help: "Ringing calls a backend placed (to a phone or provider) cancelled by hapbx because that backend was declared down.",
+		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_proxy_refused_total",
 			Help: "Requests refused (403, or an ACK dropped) because their sender may not make hapbx send them where they lead, by reason.",
@@ -106,7 +111,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"read_timeout", "idle_timeout", "tls_handshake", "unframed", "too_large"} {
 		m.connClosed.WithLabelValues(r)
 	}
-	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.refused, m.large,
+	reg.MustRegister(m.requests, m.responses, m.inflight, m.latency, m.selected, m.retries, m.malformed, m.storeRefresh, m.forks, m.held, m.timerC, m.placerDown, m.refused, m.large,
 		m.conns, m.connRefused, m.connClosed, m.strays)
 	return m
 }

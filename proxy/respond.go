@@ -75,11 +75,34 @@ func (rc *responseContext) run(targets []target) outcome {
 			return o
 		}
 	}
+	// A call a backend places (to a phone, a provider) is watched like the
+	// backend's own calls: should that PBX die while it rings, nobody
+	// would ever end it, and the phone would ring on.
+	var placer string
+	var placerWatch <-chan time.Time
+	if req.IsInvite() && !inDialog(req) {
+		if placer = p.fromBackend(req); placer != "" {
+			placerWatch = time.After(p.cfg.HopTimeout)
+		}
+	}
 	for rc.live > 0 {
 		o := pending
 		select {
 		case news := <-rc.events:
 			o = news()
+		case <-placerWatch:
+			placerWatch = nil
+			if rc.over() {
+				break
+			}
+			if p.routable(placer) {
+				placerWatch = time.After(p.cfg.HopTimeout)
+				break
+			}
+			p.m.placerDown.Inc()
+			p.log.Info("the backend that placed a ringing call is down: cancelling it", zap.String("backend", placer),
+				zap.String("call_id", callID(req)))
+			rc.cancelAll(nil) // a branch without a response yet ends at the guard
 		case <-rc.hop:
 			o = rc.hopExpired(rc.branches[0]) // backends are tried one at a time
 		case <-rc.st.timer:

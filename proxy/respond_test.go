@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -217,6 +218,13 @@ func bothBackends(p *Proxy) {
 	p.cfg.HopTimeout = time.Second
 }
 
+// placedBy1: the router offers asterisk1 (at 127.0.0.11), which places
+// the call; its health is watched every millisecond.
+func placedBy1(p *Proxy) {
+	p.router = NewStaticRouter([]string{"asterisk1"}, false)
+	p.cfg.HopTimeout = time.Millisecond
+}
+
 // pause lets the proxy's timers (hop_timeout) run meanwhile.
 func pause(d time.Duration) step { return func(*harness) { time.Sleep(d) } }
 
@@ -325,6 +333,7 @@ func TestResponseContext(t *testing.T) {
 		targets []target // several without retry: a fork
 		retry   bool
 		tune    func(*Proxy)
+		from    string // the request's source; default a phone's
 		play    []step
 	}{
 		{name: "180 then 200", targets: bes[:1], play: []step{answer(0, 100, 180, 200), caller(100, 180, 200), ends,
@@ -369,6 +378,12 @@ func TestResponseContext(t *testing.T) {
 				answer(1, 100, 200), caller(200), ends}},
 		{name: "a ringing backend that stays up is waited for", targets: bes[:1], retry: true, tune: onlyBackend,
 			play: []step{suspects("asterisk1"), answerLive(0, 180), caller(180), pause(20 * time.Millisecond), answerLive(0, 200), caller(200), ends}},
+		{name: "a call its backend placed is cancelled when that backend is down", targets: phones[:1], from: "127.0.0.11:5060", tune: placedBy1,
+			play: []step{answer(0, 180), caller(180), routes(), cancelled(0), answer(0, 487), caller(487), ends,
+				counts(func(p *Proxy) prometheus.Collector { return p.m.placerDown }, 1)}},
+		{name: "a call its backend placed rings on while that backend is up", targets: phones[:1], from: "127.0.0.11:5060", tune: placedBy1,
+			play: []step{answer(0, 180), caller(180), pause(20 * time.Millisecond), answerLive(0, 200), caller(200), ends,
+				counts(func(p *Proxy) prometheus.Collector { return p.m.placerDown }, 0)}},
 		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
 		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), caller(100), timesOut(0), caller(408), ends}},
 	}
@@ -389,7 +404,7 @@ func TestResponseContext(t *testing.T) {
 			p.wire = w
 			h := &harness{t: t, p: p, w: w, caller: &fakeServerTx{got: make(chan *sip.Response, 8), done: make(chan struct{})}, finished: make(chan struct{})}
 			req := parseRequest(t, "INVITE", "caller", "")
-			req.SetSource("127.0.0.9:5060")
+			req.SetSource(cmp.Or(tc.from, "127.0.0.9:5060"))
 			go func() {
 				defer close(h.finished)
 				p.forward(req, h.caller, slices.Clone(tc.targets), tc.retry)
