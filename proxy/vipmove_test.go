@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -442,5 +443,64 @@ func TestJoinedCallsFollowTheVIP(t *testing.T) {
 		return b.dialogs.len() == 0 && !joined
 	})
 	pr.caller.check(t)
+	pr.callee.check(t)
+}
+
+// TestJoinedCallTakesTheTwinsRecords: records of the twin reach a proxy
+// answering for a joined call (both held the VIP for a moment, or they
+// were sent before it took the VIP back): a newer record of a joined
+// dialog raises the CSeq hapbx refreshes the phone with, and is not
+// tracked as a second dialog; a released one ends the call here without a
+// BYE from this proxy (the twin sent them) and releases its relay join.
+func TestJoinedCallTakesTheTwinsRecords(t *testing.T) {
+	pr := newVIPPair(t)
+	a, b := pr.a, pr.b
+	c := pr.call(t, 1)
+	testkit.Eventually(t, 10*time.Second, "B has A's dialogs", func() bool { return b.dialogs.len() == 2 })
+	if n := a.HangUpBackend(pr.pbx.Name, HangUpReasonBackendDown); n != 0 || a.takeovers.len() != 2 {
+		t.Fatalf("A hung up %d dialogs and joined %d legs, want 0 and 2", n, a.takeovers.len())
+	}
+	twinRecord := func(callID string, released bool, change func(*dialogRecord)) [][]byte {
+		d := b.dialogs.onBackend(callID, pr.pbx.Name)
+		if d == nil {
+			t.Fatalf("B has no dialog of %s", callID)
+		}
+		rec := b.DialogReplica().record(d, released)
+		if change != nil {
+			change(&rec)
+		}
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return [][]byte{raw}
+	}
+	a.DialogReplica().ApplyState(twinRecord(c.y, false, func(r *dialogRecord) { r.CSeq = 100 }))
+	if n := a.dialogs.len(); n != 0 {
+		t.Fatalf("A tracks %d dialogs besides its joined call, want 0", n)
+	}
+	for i := 0; ; i++ {
+		r := pr.callee.next(t)
+		if r.method != sip.UPDATE || r.port != a.port || i == 3 {
+			t.Fatalf("callee got %s of %s from port %d (CSeq %d), want A's refresh above the twin's CSeq 100", r.method, r.callID, r.port, r.cseq)
+		}
+		if r.cseq > 100 {
+			break // earlier ones were sent before the record came
+		}
+	}
+	a.DialogReplica().ApplyState(twinRecord(c.x, true, nil))
+	if n := a.takeovers.len(); n != 0 {
+		t.Fatalf("A still answers for %d legs of the call the twin ended", n)
+	}
+	for _, id := range []string{c.x, c.y} {
+		if _, ok := pr.ra.Record(id); ok {
+			t.Errorf("A's relay kept the session of %s", id)
+		}
+	}
+	for _, reason := range []string{joinEndBye, joinEndExpired} {
+		if got := testutil.ToFloat64(a.takeovers.ended.WithLabelValues(reason)); got != 0 {
+			t.Errorf("A ended %v joined calls (%s) itself, want 0: the twin did", got, reason)
+		}
+	}
 	pr.callee.check(t)
 }
