@@ -324,6 +324,27 @@ Max-Forwards: 70
 `, method, pr.pbx.Address, pr.caller.addr, x, cseq, time.Now().UnixNano(), p.addr, tok, phoneIP, phoneTag(x), proxyIP, pbxTag(x), x, cseq, method, pr.caller.addr, ctype, len(sdp)) + sdp
 }
 
+// hangUp has the caller of c hang up through p (the VIP holder): p
+// answers, and the callee gets the BYE from p and nothing from the other.
+func (pr *vipPair) hangUp(t *testing.T, p *testProxy, c bridged, cseq int) {
+	t.Helper()
+	if res := pr.request(t, p, sip.BYE, c.x, cseq, ""); res.StatusCode != 200 {
+		t.Fatalf("BYE of %s through %s: %d", c.x, p.addr, res.StatusCode)
+	}
+	for {
+		r := pr.callee.next(t)
+		if r.port != p.port {
+			t.Fatalf("callee got %s of %s from port %d, not from the VIP holder (%d)", r.method, r.callID, r.port, p.port)
+		}
+		if r.method == sip.BYE {
+			if r.callID != c.y {
+				t.Fatalf("BYE of %s, want %s", r.callID, c.y)
+			}
+			return
+		}
+	}
+}
+
 // TestJoinedCallsFollowTheVIP: A joined two calls of a dead PBX and
 // refreshes their callee's session for it; A loses the VIP to B: A stops
 // (no refresh, no BYE from A while B refreshes), B answers for both; the
@@ -382,21 +403,7 @@ func TestJoinedCallsFollowTheVIP(t *testing.T) {
 	}
 
 	// The first call's caller hangs up: B answers and passes it on.
-	if res := pr.request(t, b, sip.BYE, c1.x, 2, ""); res.StatusCode != 200 {
-		t.Fatalf("BYE through B: %d", res.StatusCode)
-	}
-	for {
-		r := pr.callee.next(t)
-		if r.port != b.port {
-			t.Fatalf("callee got %s of %s from A", r.method, r.callID)
-		}
-		if r.method == sip.BYE {
-			if r.callID != c1.y {
-				t.Fatalf("BYE of %s, want %s", r.callID, c1.y)
-			}
-			break
-		}
-	}
+	pr.hangUp(t, b, c1, 2)
 	testkit.Eventually(t, 10*time.Second, "A's replica of the first call released", func() bool {
 		_, joined := pr.ra.Joined(c1.x)
 		_, kept := pr.ra.Record(c1.y)
@@ -426,18 +433,7 @@ func TestJoinedCallsFollowTheVIP(t *testing.T) {
 	if r := pr.callee.next(t); r.method != sip.UPDATE || r.callID != c2.y || r.port != a.port {
 		t.Fatalf("callee got %s of %s from port %d, want A's (%d) refresh of %s", r.method, r.callID, r.port, a.port, c2.y)
 	}
-	if res := pr.request(t, a, sip.BYE, c2.x, 4, ""); res.StatusCode != 200 {
-		t.Fatalf("BYE through A: %d", res.StatusCode)
-	}
-	for {
-		r := pr.callee.next(t)
-		if r.port != a.port {
-			t.Fatalf("callee got %s of %s from B after it lost the VIP", r.method, r.callID)
-		}
-		if r.method == sip.BYE {
-			break
-		}
-	}
+	pr.hangUp(t, a, c2, 4)
 	testkit.Eventually(t, 10*time.Second, "B's parked second call released", func() bool {
 		_, joined := pr.rb.Joined(c2.x)
 		return b.dialogs.len() == 0 && !joined
