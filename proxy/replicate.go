@@ -38,8 +38,9 @@ type dialogRecord struct {
 // DialogReplica carries the proxy's confirmed dialogs and the links between
 // bridged legs to the twin proxy: it is a state channel of package cluster
 // (StateSnapshot, ApplyState, StateChanges). Only the VIP holder hangs up
-// or keeps up the calls of a dead backend; a standby keeps them and acts
-// only if it takes the VIP (Run).
+// or keeps up the calls of a dead backend and answers for joined calls; a
+// standby keeps them and acts only if it takes the VIP, and a holder that
+// loses it parks its joined calls (Run).
 type DialogReplica struct {
 	p *Proxy
 
