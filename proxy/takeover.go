@@ -41,6 +41,7 @@ type joinedCall struct {
 	d      [2]*dialog
 	timers [2]*time.Timer // RFC 4028 session timers, nil without one
 	ended  bool           // under takeoverTable.mu: ended, or parked
+	parked bool           // under takeoverTable.mu: left to the twin
 }
 
 // side is the index of the dialog of c with key, -1 if none.
@@ -302,9 +303,8 @@ func sessionTimerHeaders(req *sip.Request) []sip.Header {
 
 // refreshed restarts the session timer of side after the phone refreshed
 // the session: it is the refresher from now on unless it named hapbx
-// (refresher=uas).
-// A new interval or refresher is replicated, so the twin arms the same
-// timer should it answer for the call.
+// (refresher=uas). A new interval or refresher is replicated, so the twin
+// arms the same timer should it answer for the call.
 func (p *Proxy) refreshed(c *joinedCall, side int, req *sip.Request) {
 	p.takeovers.mu.Lock()
 	if c.ended {
@@ -439,22 +439,26 @@ func (p *Proxy) parkJoined() int {
 	t.mu.Lock()
 	var calls []*joinedCall
 	for _, c := range t.byID {
-		if t.finishLocked(c) {
-			calls = append(calls, c)
+		if !t.finishLocked(c) {
+			continue
+		}
+		c.parked = true
+		calls = append(calls, c)
+		// Under t.mu: a twin's record of the dialog waits (joinedRecord),
+		// then updates the table's.
+		for _, d := range c.d {
+			if !p.dialogs.add(d) {
+				p.log.Warn("parked joined call not kept: sip.max_dialogs reached", zap.String("call_id", d.callID))
+			}
 		}
 	}
 	t.gauge.Set(float64(len(t.byID)))
 	t.mu.Unlock()
 	for _, c := range calls {
 		// Every dialog of its backend confirmed before then is over.
-		var last time.Time
-		for _, d := range c.d {
-			if !p.dialogs.add(d) {
-				p.log.Warn("parked joined call not kept: sip.max_dialogs reached", zap.String("call_id", d.callID))
-			}
-			if d.confirmed.After(last) {
-				last = d.confirmed
-			}
+		last := c.d[0].confirmed
+		if c.d[1].confirmed.After(last) {
+			last = c.d[1].confirmed
 		}
 		p.links.link(c.d[0].callID, c.d[1].callID)
 		p.replica.deadBefore(c.d[0].backend, last.Add(time.Nanosecond))
@@ -511,7 +515,9 @@ func (p *Proxy) joinedRecord(rec *dialogRecord) bool {
 	p.takeovers.mu.Lock()
 	defer p.takeovers.mu.Unlock()
 	if c.ended {
-		return true
+		// Parked since: the record updates the table's dialog. Ended
+		// here: the twin has or will have the released record.
+		return !c.parked
 	}
 	d := c.d[i]
 	p.dialogs.mu.Lock()
