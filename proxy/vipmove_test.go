@@ -123,7 +123,7 @@ Content-Length: 0
 	inv.SetTransport("UDP")
 	res := sip.NewResponseFromRequest(inv, 200, "OK", nil)
 	res.To().Params.Add("tag", pbxTag(c.x))
-	res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "asterisk", Host: be1IP, Port: pbxPort(pr.pbx)}})
+	res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "asterisk", Host: be1IP, Port: portOf(pr.pbx.Address)}})
 	a.dialogs.confirm(inv, res, pr.pbx.Name, a.isLocal)
 
 	out := vipMessage(t, fmt.Sprintf(`INVITE sip:202@%s SIP/2.0
@@ -164,8 +164,6 @@ Content-Length: 0
 // phoneTag and pbxTag are the tags of a call's phone and PBX sides.
 func phoneTag(callID string) string { return "ph-" + strings.TrimSuffix(callID, "@vip") }
 func pbxTag(callID string) string   { return "pbx-" + strings.TrimSuffix(callID, "@vip") }
-
-func pbxPort(be Backend) int { return portOf(be.Address) }
 
 func portOf(addr string) int {
 	_, p, _ := net.SplitHostPort(addr)
