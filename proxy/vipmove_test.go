@@ -377,7 +377,8 @@ func TestJoinedCallsFollowTheVIP(t *testing.T) {
 		seen[r.callID] = true
 	}
 
-	// The VIP moves to B with A alive.
+	// The VIP moves to B with A alive, right after A refreshed both
+	// sessions (their timers run in step: the next fire is a second away).
 	pr.holdA.Store(false)
 	pr.holdB.Store(true)
 	testkit.Eventually(t, 10*time.Second, "B answers for the joined calls", func() bool { return b.takeovers.len() == 4 })
@@ -408,7 +409,14 @@ func TestJoinedCallsFollowTheVIP(t *testing.T) {
 		return a.dialogs.len() == 2 && a.dialogs.onBackend(c1.x, pr.pbx.Name) == nil && !joined && !kept
 	})
 
-	// A takes the VIP back.
+	// A takes the VIP back, right after B refreshed the callee's session
+	// (so no refresh of B's is under way: the next is a second away).
+	pr.callee.drain()
+	for {
+		if r := pr.callee.next(t); r.method == sip.UPDATE && r.callID == c2.y && r.port == b.port {
+			break
+		}
+	}
 	pr.holdB.Store(false)
 	pr.holdA.Store(true)
 	testkit.Eventually(t, 10*time.Second, "A answers for the second call again, B parked it", func() bool {
