@@ -153,16 +153,22 @@
 //   - replicates its confirmed dialogs and their links to the twin proxy
 //     (replicate.go, DialogReplica: a state channel of package cluster):
 //     a record on confirm, on a change of the backend's CSeq or of the
-//     session interval, a released record on BYE, on hang-up and when a
-//     joined call ends; records carry a version and released ones leave a
-//     tombstone for a minute, so duplicates and reordering do no harm. Only
-//     the VIP holder hangs up or keeps up the calls of a dead backend; a
+//     session interval (a joined call's too), a released record on BYE, on
+//     hang-up and when a joined call ends; records carry a version and
+//     released ones leave a tombstone for a minute, so duplicates and
+//     reordering do no harm. Only the VIP holder hangs up or keeps up the
+//     calls of a dead backend, and only it answers for a joined call; a
 //     standby notes the death and, should it take the VIP later
 //     (DialogReplica.Run), acts then on the dialogs confirmed before it:
 //     a call set up through a proxy that has since died still gets its BYE
 //     or is kept up, and a call the dead holder had joined is joined again
-//     (its dialogs stay replicated until it ends; the relay's records carry
-//     the legs' SDP);
+//     (its dialogs, naming the other leg, stay replicated until it ends;
+//     the relay's records carry the legs' SDP). A proxy that loses the VIP
+//     alive parks its joined calls, sending the phones nothing (timers
+//     stopped; the dialogs kept as a standby keeps them, the relay's join
+//     kept); the twin's records update them, its released records end them
+//     and release the join (also of a call joined here: no BYE from this
+//     proxy), so taking the VIP back joins again only the calls still up;
 //   - anchors media when given a MediaAnchor (package media): the SDP of
 //     every request and response is rewritten through the relay, the legs
 //     told apart by the caller's From tag; a new call with no relay ports

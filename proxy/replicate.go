@@ -38,8 +38,9 @@ type dialogRecord struct {
 // DialogReplica carries the proxy's confirmed dialogs and the links between
 // bridged legs to the twin proxy: it is a state channel of package cluster
 // (StateSnapshot, ApplyState, StateChanges). Only the VIP holder hangs up
-// or keeps up the calls of a dead backend; a standby keeps them and acts
-// only if it takes the VIP (Run).
+// or keeps up the calls of a dead backend and answers for joined calls; a
+// standby keeps them and acts only if it takes the VIP, and a holder that
+// loses it parks its joined calls (Run).
 type DialogReplica struct {
 	p *Proxy
 
@@ -63,42 +64,53 @@ func newDialogReplica(p *Proxy) *DialogReplica {
 // did not hold the VIP: every dialog confirmed before its latest death is
 // over on it.
 func (r *DialogReplica) deadWhileStandby(backend string) {
+	r.deadBefore(backend, time.Now())
+}
+
+// deadBefore notes that every dialog of backend confirmed before at is
+// over (a later note covers an earlier one).
+func (r *DialogReplica) deadBefore(backend string, at time.Time) {
 	r.mu.Lock()
-	r.dead[backend] = time.Now()
+	if at.After(r.dead[backend]) {
+		r.dead[backend] = at
+	}
 	r.mu.Unlock()
 }
 
-// holderPoll is how often Run checks whether this proxy took the VIP.
+// holderPoll is how often Run checks whether this proxy holds the VIP.
 const holderPoll = 100 * time.Millisecond
 
-// Run watches for this proxy taking the VIP: it then hangs up (or keeps
-// up) the calls of the backends that died while the twin held it, among
-// the dialogs confirmed before the death (the holder replicates a joined
-// call's dialogs until the call ends, so a joined call is joined again
-// here when the holder died). It returns when ctx ends.
+// Run follows the VIP. Holding it, it hangs up (or keeps up) the calls of
+// the backends that died while the twin held it, among the dialogs
+// confirmed before the death (the holder replicates a joined call's
+// dialogs until the call ends, so a joined call is joined again here when
+// the holder died or lost the VIP). Without it, it parks the joined calls
+// (parkJoined): exactly one proxy, the VIP holder, answers for a joined
+// call. It returns when ctx ends.
 func (r *DialogReplica) Run(ctx context.Context) error {
 	t := time.NewTicker(holderPoll)
 	defer t.Stop()
-	held := r.holds()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		h := r.holds()
-		if h && !held {
-			r.mu.Lock()
-			dead := r.dead
+		if !r.holds() {
+			r.p.parkJoined()
+			continue
+		}
+		r.mu.Lock()
+		dead := r.dead
+		if len(dead) > 0 {
 			r.dead = map[string]time.Time{}
-			r.mu.Unlock()
-			for b, at := range dead {
-				if n := r.p.hangUp(b, at, HangUpReasonBackendDown); n > 0 {
-					r.p.log.Warn("took the VIP: hung up calls of a backend that died meanwhile", zap.String("backend", b), zap.Int("dialogs", n))
-				}
+		}
+		r.mu.Unlock()
+		for b, at := range dead {
+			if n := r.p.hangUp(b, at, HangUpReasonBackendDown); n > 0 {
+				r.p.log.Warn("took the VIP: hung up calls of a backend that died meanwhile", zap.String("backend", b), zap.Int("dialogs", n))
 			}
 		}
-		held = h
 	}
 }
 
@@ -119,11 +131,21 @@ func (r *DialogReplica) StateChanges(send func([]byte) error, holder func() bool
 	r.mu.Unlock()
 }
 
-// StateSnapshot returns every dialog's record, for a proxy that joins.
+// StateSnapshot returns every dialog's record, joined calls' included, for
+// a proxy that joins.
 func (r *DialogReplica) StateSnapshot() [][]byte {
+	var ds []*dialog
+	if j := r.p.takeovers; j != nil {
+		j.mu.Lock()
+		for id, c := range j.byID {
+			if c.d[0].callID == id {
+				ds = append(ds, c.d[:]...)
+			}
+		}
+		j.mu.Unlock()
+	}
 	t := r.p.dialogs
 	t.mu.Lock()
-	ds := make([]*dialog, 0, len(t.byID))
 	for _, d := range t.byID {
 		ds = append(ds, d)
 	}
@@ -158,6 +180,14 @@ func (r *DialogReplica) changed(d *dialog, released bool) {
 }
 
 func (r *DialogReplica) record(d *dialog, released bool) dialogRecord {
+	var partner string
+	if !released {
+		// A joined call's link went from the table at the join: the record
+		// still names its other leg, so the twin joins it again.
+		if partner, _ = r.p.links.partner(d.callID); partner == "" {
+			partner = r.p.takeovers.partner(d.callID)
+		}
+	}
 	t := r.p.dialogs
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -176,12 +206,16 @@ func (r *DialogReplica) record(d *dialog, released bool) dialogRecord {
 	for _, u := range d.routes {
 		rec.Routes = append(rec.Routes, u.String())
 	}
-	rec.Partner, _ = r.p.links.partner(d.callID)
+	rec.Partner = partner
 	return rec
 }
 
 // ApplyState takes the holder's dialog records: a newer record replaces
-// the dialog, a released one removes it; undecodable ones are skipped.
+// the dialog, a released one removes it; undecodable ones are skipped. A
+// record of a call joined here updates the joined dialog; a released one
+// ends the call here without a word to the phones (the holder sent the
+// BYEs) and releases the relay's join of its media, also of a call parked
+// when this proxy lost the VIP, so taking the VIP back does not revive it.
 func (r *DialogReplica) ApplyState(raw [][]byte) {
 	for _, b := range raw {
 		var rec dialogRecord
@@ -212,6 +246,10 @@ func (r *DialogReplica) apply(rec dialogRecord) error {
 		}
 		t.mu.Unlock()
 		r.p.links.drop(rec.CallID)
+		r.p.joinedReleased(rec.CallID, key)
+		return nil
+	}
+	if r.p.joinedRecord(&rec) {
 		return nil
 	}
 	d := &dialog{callID: rec.CallID, fromTag: rec.FromTag, toTag: rec.ToTag, backend: rec.Backend, backendTag: rec.BackendTag,

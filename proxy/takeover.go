@@ -22,6 +22,9 @@ type mediaJoiner interface {
 	// AnswerJoined answers a joined phone's re-offer (nil: none, the 200
 	// carries the offer) that came from signal; an error: answer 488.
 	AnswerJoined(callID string, signal netip.Addr, offer []byte) ([]byte, error)
+	// Joined is the call whose phone callID's phone is joined with, if
+	// any: a join kept while this proxy did not hold the VIP.
+	Joined(callID string) (partner string, ok bool)
 }
 
 // Reasons of hapbx_proxy_joined_calls_ended_total.
@@ -31,11 +34,24 @@ const (
 )
 
 // joinedCall is a two-party call whose PBX died: hapbx answers for it in
-// both dialogs until one side hangs up.
+// both dialogs until one side hangs up, or until this proxy loses the VIP
+// (parkJoined). The dialogs' expires, phoneRefreshes and lastSeen change
+// under takeoverTable.mu and the dialog table's mutex, in that order.
 type joinedCall struct {
 	d      [2]*dialog
 	timers [2]*time.Timer // RFC 4028 session timers, nil without one
-	ended  bool           // under takeoverTable.mu
+	ended  bool           // under takeoverTable.mu: ended, or parked
+	parked bool           // under takeoverTable.mu: left to the twin
+}
+
+// side is the index of the dialog of c with key, -1 if none.
+func (c *joinedCall) side(key string) int {
+	for i, d := range c.d {
+		if dialogKey(d.callID, d.fromTag, d.toTag) == key {
+			return i
+		}
+	}
+	return -1
 }
 
 // takeoverTable holds the joined calls by the Call-ID of each leg.
@@ -85,15 +101,39 @@ func newTakeoverTable(reg prometheus.Registerer) *takeoverTable {
 }
 
 func (t *takeoverTable) get(callID string) *joinedCall {
+	if t == nil {
+		return nil
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.byID[callID]
+}
+
+// partner is the Call-ID of the call joined with callID's, "" if none.
+func (t *takeoverTable) partner(callID string) string {
+	c := t.get(callID)
+	if c == nil {
+		return ""
+	}
+	if c.d[0].callID == callID {
+		return c.d[1].callID
+	}
+	return c.d[0].callID
 }
 
 // finish removes c; false when it was already ended.
 func (t *takeoverTable) finish(c *joinedCall) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !t.finishLocked(c) {
+		return false
+	}
+	t.gauge.Set(float64(len(t.byID)))
+	return true
+}
+
+// finishLocked is finish without the gauge; t.mu must be held.
+func (t *takeoverTable) finishLocked(c *joinedCall) bool {
 	if c.ended {
 		return false
 	}
@@ -106,7 +146,6 @@ func (t *takeoverTable) finish(c *joinedCall) bool {
 			tm.Stop()
 		}
 	}
-	t.gauge.Set(float64(len(t.byID)))
 	return true
 }
 
@@ -144,15 +183,19 @@ func (p *Proxy) takeOver(ds []*dialog) []*dialog {
 			continue
 		}
 		done[d.callID], done[other] = true, true
-		if err := j.Join(d.callID, !d.phoneCalled(), o.callID, !o.phoneCalled()); err != nil {
-			why := "media"
-			if is[CodecMismatchError](err) {
-				why = "codec"
+		// The relay may still join them: this proxy joined the call, lost
+		// the VIP (parkJoined) and has taken it back.
+		if partner, joined := j.Joined(d.callID); !joined || partner != o.callID {
+			if err := j.Join(d.callID, !d.phoneCalled(), o.callID, !o.phoneCalled()); err != nil {
+				why := "media"
+				if is[CodecMismatchError](err) {
+					why = "codec"
+				}
+				p.takeovers.refuse.WithLabelValues(why).Inc()
+				p.log.Info("bridged call not joined: hung up", zap.String("call_id", d.callID), zap.String("other_call_id", other), zap.Error(err))
+				rest = append(rest, d, o)
+				continue
 			}
-			p.takeovers.refuse.WithLabelValues(why).Inc()
-			p.log.Info("bridged call not joined: hung up", zap.String("call_id", d.callID), zap.String("other_call_id", other), zap.Error(err))
-			rest = append(rest, d, o)
-			continue
 		}
 		p.links.drop(d.callID)
 		c := &joinedCall{d: [2]*dialog{d, o}}
@@ -260,40 +303,67 @@ func sessionTimerHeaders(req *sip.Request) []sip.Header {
 
 // refreshed restarts the session timer of side after the phone refreshed
 // the session: it is the refresher from now on unless it named hapbx
-// (refresher=uas).
+// (refresher=uas). A new interval or refresher is replicated, so the twin
+// arms the same timer should it answer for the call.
 func (p *Proxy) refreshed(c *joinedCall, side int, req *sip.Request) {
 	p.takeovers.mu.Lock()
-	defer p.takeovers.mu.Unlock()
+	if c.ended {
+		p.takeovers.mu.Unlock()
+		return
+	}
 	d := c.d[side]
+	changed := false
+	p.dialogs.mu.Lock()
 	if iv := sessionInterval(req); iv > 0 {
-		d.expires = iv
-		d.phoneRefreshes = sessionRefresher(req) != "uas"
+		refr := sessionRefresher(req) != "uas"
+		changed = iv != d.expires || refr != d.phoneRefreshes
+		d.expires, d.phoneRefreshes = iv, refr
 	}
 	d.lastSeen = time.Now()
+	p.dialogs.mu.Unlock()
 	p.armTimer(c, side, false)
+	p.takeovers.mu.Unlock()
+	if changed {
+		p.replica.changed(d, false)
+	}
 }
 
 // armTimer sets the RFC 4028 timer of side i: when the phone refreshes,
 // the call ends with BYEs if no refresh came within the interval; when the
 // dead backend was the refresher, hapbx refreshes the phone's session
-// itself (an UPDATE at half the interval). first counts from the dialog's
-// last request rather than from now. p.takeovers.mu must be held.
+// itself (an UPDATE at half the interval). first counts hapbx's refresh
+// from the dialog's last request (the backend's last refresh, replicated
+// with its CSeq) rather than from now; a refreshing phone always gets a
+// whole interval from now, as its last refresh may have been answered by
+// the twin, unknown here. The timer does nothing on a proxy that has lost
+// the VIP but park the calls. p.takeovers.mu must be held.
 func (p *Proxy) armTimer(c *joinedCall, i int, first bool) {
 	d := c.d[i]
-	if c.ended || d.expires <= 0 {
+	if c.ended {
 		return
 	}
 	if c.timers[i] != nil {
 		c.timers[i].Stop()
 	}
+	if d.expires <= 0 {
+		return
+	}
 	wait, fire := d.expires, func() { p.endJoined(c, -1, joinEndExpired) }
 	if !d.phoneRefreshes {
 		wait, fire = d.expires/2, func() { p.refreshPhone(c, i) }
+		if first {
+			wait = max(time.Until(d.lastSeen.Add(wait)), 0)
+		}
 	}
-	if first {
-		wait = max(time.Until(d.lastSeen.Add(wait)), 0)
-	}
-	c.timers[i] = time.AfterFunc(wait, fire)
+	c.timers[i] = time.AfterFunc(wait, func() {
+		// The VIP may have moved since the last check of Run: the twin
+		// answers for the call now.
+		if !p.replica.holds() {
+			p.parkJoined()
+			return
+		}
+		fire()
+	})
 }
 
 // refreshPhone refreshes side i's session for the dead backend, which was
@@ -318,7 +388,12 @@ func (p *Proxy) refreshPhone(c *joinedCall, i int) {
 		}
 		p.takeovers.mu.Lock()
 		defer p.takeovers.mu.Unlock()
+		if c.ended {
+			return
+		}
+		p.dialogs.mu.Lock()
 		d.lastSeen = time.Now()
+		p.dialogs.mu.Unlock()
 		p.armTimer(c, i, false)
 	}, sip.NewHeader("Session-Expires", strconv.Itoa(secs)+";refresher=uac"), sip.NewHeader("Supported", "timer"), contact)
 }
@@ -345,4 +420,117 @@ func (p *Proxy) endJoined(c *joinedCall, from int, reason string) {
 	}
 	p.takeovers.ended.WithLabelValues(reason).Inc()
 	p.log.Info("joined call ended", zap.String("call_id", c.d[0].callID), zap.String("other_call_id", c.d[1].callID), zap.String("reason", reason))
+}
+
+// parkJoined stops answering for the joined calls, without a word to the
+// phones: this proxy no longer holds the VIP, the twin answers for them
+// now (it has their dialogs, replicated until they end). Their timers stop
+// and their dialogs go back to the dialog table, linked, with their backend
+// noted dead (as by a standby): the twin's records update or release them
+// and, should this proxy take the VIP back, it joins again those still up
+// (DialogReplica.Run). The relay keeps their media joined: no media
+// reaches a proxy without the VIP, and takeOver finds the join again.
+// It returns how many calls it parked.
+func (p *Proxy) parkJoined() int {
+	t := p.takeovers
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	var calls []*joinedCall
+	for _, c := range t.byID {
+		if !t.finishLocked(c) {
+			continue
+		}
+		c.parked = true
+		calls = append(calls, c)
+		// Under t.mu: a twin's record of the dialog waits (joinedRecord),
+		// then updates the table's.
+		for _, d := range c.d {
+			if !p.dialogs.add(d) {
+				p.log.Warn("parked joined call not kept: sip.max_dialogs reached", zap.String("call_id", d.callID))
+			}
+		}
+	}
+	t.gauge.Set(float64(len(t.byID)))
+	t.mu.Unlock()
+	for _, c := range calls {
+		// Every dialog of its backend confirmed before then is over.
+		last := c.d[0].confirmed
+		if c.d[1].confirmed.After(last) {
+			last = c.d[1].confirmed
+		}
+		p.links.link(c.d[0].callID, c.d[1].callID)
+		p.replica.deadBefore(c.d[0].backend, last.Add(time.Nanosecond))
+		p.log.Warn("VIP lost: joined call left to the twin", zap.String("call_id", c.d[0].callID), zap.String("other_call_id", c.d[1].callID))
+	}
+	return len(calls)
+}
+
+// joinedReleased takes the twin's word that the dialog of callID and key
+// ended: the call it answered for after this proxy lost the VIP, or joined
+// again here since, is over (a BYE it answered, its session expired). The
+// phones had their BYEs from the twin: this proxy only stops answering for
+// the call and releases the relay's join of its media.
+func (p *Proxy) joinedReleased(callID, key string) {
+	j, ok := p.media.(mediaJoiner)
+	if !ok {
+		return
+	}
+	if c := p.takeovers.get(callID); c != nil && c.side(key) >= 0 {
+		if p.takeovers.finish(c) {
+			for _, d := range c.d {
+				_ = p.media.Release(d.callID, "joined call ended on the twin")
+				p.callers.del(d.callID)
+			}
+			p.log.Info("joined call ended on the twin", zap.String("call_id", c.d[0].callID), zap.String("other_call_id", c.d[1].callID))
+		}
+		return
+	}
+	// Parked here: its dialogs are in the table, its media still joined.
+	if other, joined := j.Joined(callID); joined {
+		for _, id := range []string{callID, other} {
+			_ = p.media.Release(id, "joined call ended on the twin")
+			p.callers.del(id)
+		}
+		p.log.Info("parked joined call ended on the twin", zap.String("call_id", callID), zap.String("other_call_id", other))
+	}
+}
+
+// joinedRecord applies the twin's record of a dialog of a call joined here
+// (both proxies held the VIP for a moment, or a record the twin sent while
+// it held the VIP came after this proxy took it back): the dialog stays
+// answered here, with the twin's CSeq (never lowered) and session
+// interval, instead of being tracked a second time. False when no joined
+// call has the dialog.
+func (p *Proxy) joinedRecord(rec *dialogRecord) bool {
+	c := p.takeovers.get(rec.CallID)
+	if c == nil {
+		return false
+	}
+	i := c.side(dialogKey(rec.CallID, rec.FromTag, rec.ToTag))
+	if i < 0 {
+		return false
+	}
+	p.takeovers.mu.Lock()
+	defer p.takeovers.mu.Unlock()
+	if c.ended {
+		// Parked since: the record updates the table's dialog. Ended
+		// here: the twin has or will have the released record.
+		return !c.parked
+	}
+	d := c.d[i]
+	p.dialogs.mu.Lock()
+	if d.version >= rec.Version {
+		p.dialogs.mu.Unlock()
+		return true
+	}
+	d.version, d.cseq = rec.Version, max(d.cseq, rec.CSeq)
+	changed := d.expires != time.Duration(rec.Expires) || d.phoneRefreshes != rec.PhoneRefr
+	d.expires, d.phoneRefreshes, d.lastSeen = time.Duration(rec.Expires), rec.PhoneRefr, time.Now()
+	p.dialogs.mu.Unlock()
+	if changed {
+		p.armTimer(c, i, false)
+	}
+	return true
 }
