@@ -15,8 +15,9 @@
 #            RSS while they are all up
 # PARTS picks the parts ("a a-noguard b c"); SCALE multiplies every rate,
 # count and max_bindings (SCALE=0.1 to try the script). PROFILE=1 saves a
-# heap profile of hapbx in each part's directory (with KEEP=1 to keep it):
-# at the end of a and b, while every call is up in c. Loopback only
+# heap and a goroutine profile of hapbx in each part's directory (with
+# KEEP=1 to keep them): at the end of a and b, while every call is up in
+# c, and during the storm in b (PROFILE_AT seconds into it, "35"). Loopback only
 # (127.0.9.x); every SIPp run is bounded by a call count and a timeout.
 # In b and c all phones send from one address, so the flood guard is off
 # there (it would rightly block 4000 REGISTERs/s from one address).
@@ -48,9 +49,12 @@ hpid='' uaspid='' samplerpid=''
 # 5000", to try another setting) added.
 lim() { if [ -z "${EXTRA_LIMITS:-}" ]; then echo "$1"; elif [ "$1" = "{}" ]; then echo "{$EXTRA_LIMITS}"; else echo "{$EXTRA_LIMITS, ${1#\{}"; fi; }
 (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token")
-# heap PART: hapbx's heap profile (live objects at the last collection)
-# into the part's directory, when PROFILE is set.
-heap() { [ -z "${PROFILE:-}" ] || curl -fs -H "Authorization: Bearer $(cat "$work/token")" "http://$ADMIN/debug/pprof/heap?gc=1" -o "$work/$1/heap.pprof" || echo "bench: no heap profile" >&2; }
+# heap PART [NAME]: hapbx's heap profile (live objects at the last
+# collection) into the part's directory as NAME (heap) .pprof, with its
+# goroutine profile as NAME-goroutine.pprof, when PROFILE is set.
+heap() { [ -z "${PROFILE:-}" ] && return; local n=${2:-heap} auth="Authorization: Bearer $(cat "$work/token")"
+  curl -fs -H "$auth" "http://$ADMIN/debug/pprof/heap?gc=1" -o "$work/$1/$n.pprof" || echo "bench: no heap profile" >&2
+  curl -fs -H "$auth" "http://$ADMIN/debug/pprof/goroutine" -o "$work/$1/$n-goroutine.pprof" || echo "bench: no goroutine profile" >&2; }
 # start PART LIMITS_YAML REGISTRAR_EXTRA: a SIPp backend (answering calls,
 # REGISTERs and probes) and a fresh hapbx, ready when the backend is up.
 start() {
@@ -161,6 +165,9 @@ registrations() {
   start b "{flood: {rate: 0}}" ", max_bindings: $MAX_BINDINGS" uas_register_ok.xml
   local t0 t1 drops0 dropspid; t0=$(date +%s.%N) drops0=$(udp_drops)
   watch_drops "$dir/udp"
+  # PROFILE_AT: seconds into the storm for profiles taken during it (a
+  # list: "20 35").
+  [ -z "${PROFILE:-}" ] || for at in ${PROFILE_AT:-35}; do (sleep "$at"; heap b "storm-$at") & pids+=($!); done
   sipp_uac "$dir/phones" "$PHONE" -sf "$BENCHDIR/uac_register_many.xml" -r "$REG_RATE" -m "$REG_N" \
     -l "$REG_N" -timeout $(( REG_N / REG_RATE * 3 + 40 ))s
   t1=$(date +%s.%N); sleep 1; kill "$dropspid" 2>/dev/null || true
