@@ -29,17 +29,20 @@ type responseContext struct {
 
 	branches    []*branch
 	live        int
-	events      chan func() outcome // a branch's news, handled on the context's goroutine
-	quit        chan struct{}       // closed when the context is over
-	gotAny      bool                // any response, 100 included
-	provisional bool                // a provisional beyond 100 went up: no retry
-	took        bool                // a 2xx went up
-	best        *sip.Response       // the best final so far (RFC 3261 §16.7 step 6)
-	lost        bool                // a branch ended without a final response
-	timedOut    bool                // ... by a timeout
-	ringing     <-chan time.Time    // Timer C (RFC 3261 §16.6 step 11, §16.8): from the send, reset by provisionals
-	guard       <-chan time.Time    // after a CANCEL: the downstream's time to end the INVITE
-	hop         <-chan time.Time    // a backend's time to show a sign of life
+	direct      *branch              // the branch run itself reads (watch); nil when none
+	directRes   <-chan *sip.Response // direct's responses until its final one; nil without
+	directDone  <-chan struct{}      // direct's end; nil without
+	events      chan func() outcome  // the other branches' news (report), handled on the context's goroutine
+	quit        chan struct{}        // closed when the context is over
+	gotAny      bool                 // any response, 100 included
+	provisional bool                 // a provisional beyond 100 went up: no retry
+	took        bool                 // a 2xx went up
+	best        *sip.Response        // the best final so far (RFC 3261 §16.7 step 6)
+	lost        bool                 // a branch ended without a final response
+	timedOut    bool                 // ... by a timeout
+	ringing     <-chan time.Time     // Timer C (RFC 3261 §16.6 step 11, §16.8): from the send, reset by provisionals
+	guard       <-chan time.Time     // after a CANCEL: the downstream's time to end the INVITE
+	hop         <-chan time.Time     // a backend's time to show a sign of life
 }
 
 // branch is one client transaction of a response context.
@@ -88,6 +91,16 @@ func (rc *responseContext) run(targets []target) outcome {
 	for rc.live > 0 {
 		o := pending
 		select {
+		case res := <-rc.directRes:
+			b := rc.direct
+			if !res.IsProvisional() {
+				rc.unwatch()
+			}
+			o = rc.response(b, res)
+		case <-rc.directDone:
+			b := rc.direct
+			rc.unwatch()
+			o = rc.ended(b, b.clTx.Err())
 		case news := <-rc.events:
 			o = news()
 		case <-placerWatch:
@@ -212,7 +225,7 @@ func (rc *responseContext) send(t target) outcome {
 		// otherwise leave the caller without a final response for good.
 		rc.ringing = time.After(p.cfg.TimerC)
 	}
-	go rc.report(b)
+	rc.watch(b)
 	return pending
 }
 
@@ -228,6 +241,27 @@ func (rc *responseContext) oversize(t target, err error) outcome {
 	}
 	rc.p.tooLarge(rc.tx, rc.req, t, err)
 	return settled
+}
+
+// watch has b's responses and its end handled by the context until its
+// final response: read by run itself while no other branch is (one
+// goroutine per pending request: a request sent to one backend at a time
+// is the common case, and under a storm thousands wait at once), by a
+// goroutine of b's own (report) when another branch is (a fork's other
+// contacts, a trunk's challenge answered while the first branch still
+// runs).
+func (rc *responseContext) watch(b *branch) {
+	if rc.direct != nil {
+		go rc.report(b)
+		return
+	}
+	rc.direct, rc.directRes, rc.directDone = b, b.clTx.Responses(), b.clTx.Done()
+}
+
+// unwatch stops run reading its direct branch: after its final response
+// or its end.
+func (rc *responseContext) unwatch() {
+	rc.direct, rc.directRes, rc.directDone = nil, nil, nil
 }
 
 // report hands b's responses and its end to the context until its final
@@ -297,6 +331,7 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 	}
 	b.done = true
 	rc.live--
+	endLater(b)
 	if res.IsSuccess() {
 		rc.success(b, res)
 		return pending

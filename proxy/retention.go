@@ -27,6 +27,14 @@ import (
 //     a new transaction, forwarded with the same branch (branch.go: hapbx's
 //     client transaction, Timer K = T4, is gone by then), which the
 //     backend's own transaction answers again.
+//
+// A non-INVITE client transaction (a REGISTER, BYE or OPTIONS hapbx
+// forwarded) ends Timer K (T4, 5 s over UDP) after its final response
+// (RFC 3261 §17.1.2.2), long enough for a final response retransmitted
+// because a request retransmission crossed it. sipgo v1.7.2 keeps it for
+// Timer D (32 s, the INVITE's) instead, with the request hapbx sent and the
+// response: in a storm of REGISTERs that was most of the heap (72 000
+// finished ones held for 7 000 pending). hapbx ends it itself (endLater).
 const (
 	acceptedRetention  = 5 * time.Second
 	completedRetention = 10 * time.Second
@@ -40,4 +48,15 @@ func ShortenRetention() {
 	sip.Timer_L = acceptedRetention
 	sip.Timer_M = acceptedRetention
 	sip.Timer_J = completedRetention
+}
+
+// endLater ends the client transaction of b, a branch that has its final
+// response, Timer K after it when sipgo would keep it longer: a
+// non-INVITE over UDP (sipgo ends one over TCP or TLS at once, and an
+// INVITE's Timers D and M are right).
+func endLater(b *branch) {
+	if b.out.IsInvite() || sip.IsReliable(b.out.Transport()) {
+		return
+	}
+	time.AfterFunc(sip.Timer_K, b.clTx.Terminate)
 }

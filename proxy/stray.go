@@ -48,6 +48,16 @@ func (p *Proxy) strayResponse(res *sip.Response) {
 		p.dropStray(res, "provisional")
 		return
 	}
+	if res.IsSuccess() && res.CSeq() != nil && res.CSeq().MethodName == sip.REGISTER {
+		// Its binding was not stored (the transaction that would have
+		// stored it was given up, or the twin died before it could): a
+		// phone told 200 would believe hapbx reaches it. The phone
+		// retransmits its REGISTER until it has a final response, and that
+		// is forwarded with the same branch: the backend's answer to it
+		// matches a transaction and is stored.
+		p.dropStray(res, "REGISTER binding not stored")
+		return
+	}
 	if res.StatusCode == 487 {
 		// The caller's CANCEL is answered 200 and its INVITE 487 by hapbx
 		// itself (sipgo): a 487 from downstream answers a CANCEL hapbx sent

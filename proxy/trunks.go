@@ -209,7 +209,7 @@ func (rc *responseContext) authorizeTrunk(b *branch, res *sip.Response) bool {
 	nb := &branch{t: b.t, out: out, clTx: clTx, sent: time.Now(), authorized: true}
 	rc.branches = append(rc.branches, nb)
 	rc.live++
-	go rc.report(nb)
+	rc.watch(nb)
 	return true
 }
 

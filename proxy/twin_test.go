@@ -205,7 +205,8 @@ func (a *fakeAnchor) CallerTag(callID string) (string, bool) {
 // reaches the twin, which has no transaction for it and forwards its
 // retransmission statelessly (the first copy is held), its SDP anchored on the session replicated from the dead
 // proxy. A response whose branch the pair did not make is dropped, and so
-// are a 487 (the caller has its 487 from hapbx itself) and a provisional.
+// are a 487 (the caller has its 487 from hapbx itself), a provisional and
+// a 2xx to a REGISTER.
 func TestTwinForwardsStrayResponses(t *testing.T) {
 	tw, phone, backend, first, _, sent := callInFlight(t)
 	trying, to := backendResponse(sent, 100, "")
@@ -230,6 +231,16 @@ func TestTwinForwardsStrayResponses(t *testing.T) {
 		backend.send(to, res)
 		testkit.Eventually(t, 5*time.Second, fmt.Sprintf("stray %d dropped", code), func() bool {
 			return testutil.ToFloat64(twin.m.strays.WithLabelValues("dropped")) == float64(2+i)
+		})
+	}
+	// A stray 2xx to a REGISTER is never forwarded, not even its
+	// retransmission: its binding was not stored (issue 13.3).
+	reg, _ := backendResponse(sent, 200, "")
+	reg = strings.Replace(reg, "CSeq: "+sent.CSeq().Value(), fmt.Sprintf("CSeq: %d REGISTER", sent.CSeq().SeqNo), 1)
+	for i := range 2 {
+		backend.send(to, reg)
+		testkit.Eventually(t, 5*time.Second, "stray 200 to a REGISTER dropped", func() bool {
+			return testutil.ToFloat64(twin.m.strays.WithLabelValues("dropped")) == float64(4+i)
 		})
 	}
 	ok, _ := backendResponse(sent, 200, "")

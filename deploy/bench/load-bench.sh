@@ -15,8 +15,9 @@
 #            RSS while they are all up
 # PARTS picks the parts ("a a-noguard b c"); SCALE multiplies every rate,
 # count and max_bindings (SCALE=0.1 to try the script). PROFILE=1 saves a
-# heap profile of hapbx in each part's directory (with KEEP=1 to keep it):
-# at the end of a and b, while every call is up in c. Loopback only
+# heap and a goroutine profile of hapbx in each part's directory (with
+# KEEP=1 to keep them): at the end of a and b, while every call is up in
+# c, and during the storm in b (PROFILE_AT seconds into it, "35"). Loopback only
 # (127.0.9.x); every SIPp run is bounded by a call count and a timeout.
 # In b and c all phones send from one address, so the flood guard is off
 # there (it would rightly block 4000 REGISTERs/s from one address).
@@ -48,9 +49,12 @@ hpid='' uaspid='' samplerpid=''
 # 5000", to try another setting) added.
 lim() { if [ -z "${EXTRA_LIMITS:-}" ]; then echo "$1"; elif [ "$1" = "{}" ]; then echo "{$EXTRA_LIMITS}"; else echo "{$EXTRA_LIMITS, ${1#\{}"; fi; }
 (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token")
-# heap PART: hapbx's heap profile (live objects at the last collection)
-# into the part's directory, when PROFILE is set.
-heap() { [ -z "${PROFILE:-}" ] || curl -fs -H "Authorization: Bearer $(cat "$work/token")" "http://$ADMIN/debug/pprof/heap?gc=1" -o "$work/$1/heap.pprof" || echo "bench: no heap profile" >&2; }
+# heap PART [NAME]: hapbx's heap profile (live objects at the last
+# collection) into the part's directory as NAME (heap) .pprof, with its
+# goroutine profile as NAME-goroutine.pprof, when PROFILE is set.
+heap() { [ -z "${PROFILE:-}" ] && return; local n=${2:-heap} auth="Authorization: Bearer $(cat "$work/token")"
+  curl -fs -H "$auth" "http://$ADMIN/debug/pprof/heap?gc=1" -o "$work/$1/$n.pprof" || echo "bench: no heap profile" >&2
+  curl -fs -H "$auth" "http://$ADMIN/debug/pprof/goroutine" -o "$work/$1/$n-goroutine.pprof" || echo "bench: no goroutine profile" >&2; }
 # start PART LIMITS_YAML REGISTRAR_EXTRA: a SIPp backend (answering calls,
 # REGISTERs and probes) and a fresh hapbx, ready when the backend is up.
 start() {
@@ -102,6 +106,17 @@ sock_hex() { printf '%02X%02X%02X%02X:%04X' $(echo "$1" | awk -F. '{print $4, $3
 watch_drops() { local re; re="$(sock_hex "$PHONE" 5070)|$(sock_hex "$PROXY" 5060)|$(sock_hex "$BE" 5060)"
   (while :; do grep -E " ($re) " /proc/net/udp; sleep 0.2; done >"$1") & pids+=($!); dropspid=$!; }
 sock_drops() { awk -v a="$(sock_hex "$2" "$3")" '$2 == a && $NF + 0 > m {m = $NF + 0} END {print m + 0}' "$1"; }
+# watch_memory FILE: every second, seconds since the start and hapbx's
+# memory figures in MiB (RSS, the door's in-flight estimate, live heap in
+# use, goroutine stacks, the next collection's goal), GOGC, goroutines,
+# pending transactions and whether it sheds.
+watch_memory() { local t0; t0=$(date +%s.%N)
+  echo "s rss in_use heap_inuse stacks next_gc gogc goroutines pending shedding" >"$1"
+  (while m=$(curl -fs "http://$ADMIN/metrics"); do echo "$m" | awk -v t="$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.0f", b - a}')" '
+     {v[$1] = $NF} END {m = 1048576; printf "%s %.0f %.0f %.0f %.0f %.0f %s %s %s %s\n", t, v["process_resident_memory_bytes"] / m,
+       v["hapbx_limits_memory_in_use_bytes"] / m, v["go_memstats_heap_inuse_bytes"] / m, v["go_memstats_stack_inuse_bytes"] / m,
+       v["go_memstats_next_gc_bytes"] / m, v["hapbx_limits_gc_percent"], v["go_goroutines"], v["hapbx_proxy_transactions_in_flight"], v["hapbx_limits_shedding"]}' >>"$1"
+     sleep 1; done) & pids+=($!); }
 bindings() { curl -fs "http://$ADMIN/api/v1/status" | awk -F': ' '/"bindings"/ {gsub(/,/, "", $2); print $2; exit}'; }
 # stat FILE COLUMN: a column of the last line of a SIPp -trace_stat file.
 stat() { awk -F';' -v c="$2" 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == c) k = i} END {print $k + 0}' "$1"; }
@@ -161,9 +176,15 @@ registrations() {
   start b "{flood: {rate: 0}}" ", max_bindings: $MAX_BINDINGS" uas_register_ok.xml
   local t0 t1 drops0 dropspid; t0=$(date +%s.%N) drops0=$(udp_drops)
   watch_drops "$dir/udp"
+  # PROFILE_AT: seconds into the storm for profiles taken during it (a
+  # list: "20 35"); hapbx's memory figures every second into b/memory.
+  [ -z "${PROFILE:-}" ] || { for at in ${PROFILE_AT:-35}; do (sleep "$at"; heap b "storm-$at") & pids+=($!); done; watch_memory "$dir/memory"; }
   sipp_uac "$dir/phones" "$PHONE" -sf "$BENCHDIR/uac_register_many.xml" -r "$REG_RATE" -m "$REG_N" \
     -l "$REG_N" -timeout $(( REG_N / REG_RATE * 3 + 40 ))s
   t1=$(date +%s.%N); sleep 1; kill "$dropspid" 2>/dev/null || true
+  # 200s and bindings are read once hapbx has nothing pending (up to 40 s):
+  # read while it still answers, they are read at different moments.
+  for _ in $(seq 400); do [ "$(metric hapbx_proxy_transactions_in_flight)" = 0 ] && break; sleep 0.1; done
   # When SIPp had sent the last REGISTER (the rest is waiting for answers).
   local sentin; sentin=$(awk -F';' -v n="$REG_N" 'NR == 1 {for (i = 1; i <= NF; i++) {if ($i == "OutgoingCall(C)") k = i; if ($i == "ElapsedTime(C)") e = i}; next}
     $k + 0 >= n && d == "" {split($e, t, ":"); d = t[1] * 3600 + t[2] * 60 + t[3]} END {print (d == "" ? "?" : d)}' "$dir/phones/stat.csv")
@@ -174,9 +195,16 @@ registrations() {
   printf 'b: %s phones register once each at %s/s, max_bindings %s, limits %s\n' "$REG_N" "$REG_RATE" "$MAX_BINDINGS" "$(lim '{flood: {rate: 0}}')"
   printf '  sent %s (the last after %ss) in %.1fs; 200: %s, refused (503): %s, unanswered: %s; bindings held: %s (goal: 200s = bindings held)\n' \
     "$sent" "$sentin" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$ok" "$refused" "$lost" "$held"
-  printf '  hapbx sent %s 200s to REGISTERs; UDP datagrams dropped for want of receive buffer: %s at the phones, %s at hapbx, %s at the backend (%s on the host)\n' \
-    "$sent200" "$(sock_drops "$dir/udp" "$PHONE" 5070)" "$(sock_drops "$dir/udp" "$PROXY" 5060)" "$(sock_drops "$dir/udp" "$BE" 5060)" "$drops"
-  printf '  peak RSS %s (goal < 512 MiB); shed: %s\n' "$(peak b)" "$(shed)"
+  # A phone whose 200 was lost retransmits; one that reaches hapbx after
+  # its transaction ended (Timer J) is a new one: forwarded again, its
+  # binding refreshed and a second 200 sent. So: 200s = bindings added +
+  # refreshed + answered from the store.
+  printf '  hapbx sent %s 200s to REGISTERs: bindings added %s, refreshed %s, answered from the store %s\n' "$sent200" \
+    "$(metric_with hapbx_registrar_changes_total 'op="add"')" "$(metric_with hapbx_registrar_changes_total 'op="refresh"')" "$(metric hapbx_proxy_register_store_answers_total)"
+  printf '  UDP datagrams dropped for want of receive buffer: %s at the phones, %s at hapbx, %s at the backend (%s on the host)\n' \
+    "$(sock_drops "$dir/udp" "$PHONE" 5070)" "$(sock_drops "$dir/udp" "$PROXY" 5060)" "$(sock_drops "$dir/udp" "$BE" 5060)" "$drops"
+  printf '  peak RSS %s (goal < 512 MiB); shed: %s; stray final responses forwarded statelessly: %s\n' "$(peak b)" "$(shed)" \
+    "$(metric_with hapbx_proxy_stray_responses_total 'outcome="forwarded"')"
   heap b
   stop
 }

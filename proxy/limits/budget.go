@@ -17,12 +17,16 @@ import (
 
 // Budget watches hapbx's own load, sampled on a ticker so that asking costs
 // an atomic load on the request path:
-//   - Shedding: the in-flight state (live heap after the last collection
-//     plus goroutine stacks) has reached 3/4 of the memory budget; it stops
-//     at 5/8. The quarter left is room for garbage between collections: the
-//     soft memory limit (set by the wiring to the same budget) makes the
-//     collector run as often as needed to stay under it, which it can only
-//     do while live state leaves such room.
+//   - Shedding: the memory hapbx will reach before its next collection
+//     (the collector's heap goal plus goroutine stacks, at least the live
+//     state) has reached 3/4 of the memory budget; it stops at 5/8. The
+//     live state alone under-counts by the garbage the collector lets
+//     grow between collections (as much again at GOGC 100): shed on it,
+//     the process sat at the soft memory limit (set by the wiring to the
+//     same budget), the collector running without pause and still
+//     overshooting (550 MiB RSS in the REGISTER storm with the live state
+//     at 230 MiB). The quarter left is for what the runtime holds besides
+//     (freed memory not yet returned, its own metadata) and the binary.
 //   - Strained: shedding, or within the last strainHold hapbx was short of
 //     CPU (the 99th percentile of goroutine scheduling latency over a
 //     sample above schedStrain) or the kernel dropped UDP datagrams for
@@ -68,7 +72,8 @@ const (
 
 // reading is one sample of the process.
 type reading struct {
-	inUse  int64
+	inUse  int64                     // live heap after the last collection plus goroutine stacks
+	peak   int64                     // the heap goal plus goroutine stacks; 0 when unknown
 	sched  *metrics.Float64Histogram // cumulative
 	rcvbuf uint64                    // cumulative; 0 when unknown
 }
@@ -86,6 +91,7 @@ func NewBudget(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Budget {
 			{Name: "/gc/heap/live:bytes"},
 			{Name: "/memory/classes/heap/stacks:bytes"},
 			{Name: "/sched/latencies:seconds"},
+			{Name: "/gc/heap/goal:bytes"},
 		},
 	}
 	b.read = b.readProcess
@@ -165,12 +171,16 @@ func (b *Budget) readProcess(r *reading) {
 	if s := b.samples[2]; s.Value.Kind() == metrics.KindFloat64Histogram {
 		r.sched = s.Value.Float64Histogram()
 	}
+	if s := b.samples[3]; s.Value.Kind() == metrics.KindUint64 && b.samples[1].Value.Kind() == metrics.KindUint64 {
+		r.peak = int64(s.Value.Uint64() + b.samples[1].Value.Uint64())
+	}
 	r.rcvbuf = udpRcvbufErrors()
 }
 
 // observe applies one reading taken at now (ns since epoch).
 func (b *Budget) observe(r reading, now int64) {
 	b.m.inUse.Set(float64(r.inUse))
+	b.m.peak.Set(float64(max(r.inUse, r.peak)))
 	if b.tune {
 		// Set again only on a change of a tenth or more: each setting
 		// recomputes the collector's pacing.
@@ -180,17 +190,18 @@ func (b *Budget) observe(r reading, now int64) {
 			b.m.gcPercent.Set(float64(p))
 		}
 	}
+	peak := max(r.inUse, r.peak)
 	switch {
-	case !b.shedding.Load() && r.inUse >= b.shedAt:
+	case !b.shedding.Load() && peak >= b.shedAt:
 		b.shedding.Store(true)
 		b.m.shedding.Set(1)
 		b.log.Warn("memory budget nearly used: new requests get 503",
-			zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
-	case b.shedding.Load() && r.inUse < b.resumeAt:
+			zap.Int64("peak_bytes", peak), zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
+	case b.shedding.Load() && peak < b.resumeAt:
 		b.shedding.Store(false)
 		b.m.shedding.Set(0)
 		b.log.Info("memory budget back in range: new requests taken again",
-			zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
+			zap.Int64("peak_bytes", peak), zap.Int64("in_use_bytes", r.inUse), zap.Int64("budget_bytes", b.limit))
 	}
 	if b.shedding.Load() {
 		b.strainEnd.Store(now + int64(strainHold)) // counted as strain by Shedding's own metric

@@ -44,6 +44,29 @@ func TestBudgetShedsNearTheBudgetWithHysteresis(t *testing.T) {
 	}
 }
 
+// The door sheds on the memory the process will reach before its next
+// collection, not only on the live state: garbage the collector lets grow
+// counts (the heap goal), and stacks with it.
+func TestBudgetShedsOnThePeakBeforeTheNextCollection(t *testing.T) {
+	b := testBudget()
+	steps := []struct {
+		inUse, peak Bytes
+		shed        bool
+	}{
+		{300 * MiB, 599 * MiB, false},
+		{300 * MiB, 600 * MiB, true}, // live state half of 3/4 of 800, GOGC 100
+		{300 * MiB, 501 * MiB, true},
+		{300 * MiB, 499 * MiB, false},
+		{600 * MiB, 0, true}, // goal unknown: the live state
+	}
+	for _, s := range steps {
+		b.observe(reading{inUse: int64(s.inUse), peak: int64(s.peak)}, 0)
+		if got := b.Shedding(); got != s.shed {
+			t.Fatalf("in use %s, peak %s: shedding %v, want %v", s.inUse, s.peak, got, s.shed)
+		}
+	}
+}
+
 func TestBudgetStrain(t *testing.T) {
 	hist := func(counts ...uint64) *metrics.Float64Histogram {
 		return &metrics.Float64Histogram{Counts: counts, Buckets: []float64{0, 0.001, 0.01, 0.1, 1}}
@@ -108,8 +131,8 @@ func TestBudgetReadsTheProcess(t *testing.T) {
 	b := testBudget()
 	var r reading
 	b.read(&r)
-	if r.inUse <= 0 || r.sched == nil {
-		t.Fatalf("reading %+v: no heap or no scheduling latencies", r)
+	if r.inUse <= 0 || r.peak < r.inUse || r.sched == nil {
+		t.Fatalf("reading %+v: no heap, no heap goal or no scheduling latencies", r)
 	}
 }
 

@@ -3,8 +3,8 @@
 // What it does:
 //   - Budget samples the process (runtime/metrics and /proc/net/snmp) on a
 //     ticker and answers two questions at the cost of an atomic load:
-//     Shedding (the in-flight state is near the memory budget: refuse new
-//     work) and Strained (hapbx itself was short of memory, CPU or UDP
+//     Shedding (the memory hapbx will reach before its next collection is
+//     near the memory budget: refuse new work) and Strained (hapbx itself was short of memory, CPU or UDP
 //     receive buffer lately: a backend's silence may be hapbx's own fault),
 //     and, when asked (TuneGC), sets GOGC from the live state: 400 while
 //     it is small, down to 100 as it grows, so that the garbage between
@@ -25,6 +25,7 @@
 // flood.window (2s), flood.cooldown (30s), flood.max_sources (50000).
 //
 // Metrics: hapbx_limits_memory_budget_bytes, hapbx_limits_memory_in_use_bytes,
+// hapbx_limits_memory_peak_bytes,
 // hapbx_limits_shedding, hapbx_limits_strained_total{cause} (sched, rcvbuf),
 // hapbx_limits_gc_percent,
 // hapbx_limits_flood_blocked_total, hapbx_limits_flood_dropped_total,

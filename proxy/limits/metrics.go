@@ -42,6 +42,7 @@ func newFloodMetrics(reg prometheus.Registerer) *floodMetrics {
 type budgetMetrics struct {
 	budget    prometheus.Gauge
 	inUse     prometheus.Gauge
+	peak      prometheus.Gauge
 	shedding  prometheus.Gauge
 	strained  *prometheus.CounterVec
 	gcPercent prometheus.Gauge
@@ -57,9 +58,13 @@ func newBudgetMetrics(reg prometheus.Registerer) *budgetMetrics {
 			Name: "hapbx_limits_memory_in_use_bytes",
 			Help: "In-flight state: live heap after the last collection plus goroutine stacks.",
 		}),
+		peak: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hapbx_limits_memory_peak_bytes",
+			Help: "Memory hapbx will reach before its next collection: the collector's heap goal plus goroutine stacks (at least the in-flight state); what the door sheds on.",
+		}),
 		shedding: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hapbx_limits_shedding",
-			Help: "1 while the in-flight state is near the memory budget and new requests get 503.",
+			Help: "1 while the memory hapbx will reach before its next collection is near the memory budget and new requests get 503.",
 		}),
 		strained: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hapbx_limits_strained_total",
@@ -74,7 +79,7 @@ func newBudgetMetrics(reg prometheus.Registerer) *budgetMetrics {
 		m.strained.WithLabelValues(c)
 	}
 	if reg != nil {
-		reg.MustRegister(m.budget, m.inUse, m.shedding, m.strained, m.gcPercent)
+		reg.MustRegister(m.budget, m.inUse, m.peak, m.shedding, m.strained, m.gcPercent)
 	}
 	return m
 }
