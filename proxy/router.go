@@ -21,6 +21,16 @@ type Router interface {
 	Candidates(key string) []string
 }
 
+// ChangeNotifier is a Router that says when its candidates may have
+// changed (failover.Selector is one): a request held for a backend
+// (awaitBackend) then waits for that instead of asking the router again
+// every few milliseconds, which under overload, with many requests held,
+// cost more than the calls themselves.
+type ChangeNotifier interface {
+	// Changed returns a channel closed at the next change.
+	Changed() <-chan struct{}
+}
+
 // FailureReporter is told when a backend fails a forwarded request
 // (timeout, 503, transport error), so health can probe it at once.
 type FailureReporter interface {
