@@ -88,7 +88,7 @@ func (p *Proxy) refusal(req *sip.Request, tok string) string {
 	if be == "" {
 		return refusedForeignHop
 	}
-	if !tokenAllows(p.secret, tok, req, be) {
+	if !p.tokenAllows(tok, req, be) {
 		return refusedBadToken
 	}
 	return ""
@@ -105,7 +105,7 @@ func (p *Proxy) recordRouteToken(in *sip.Request, t target) string {
 	if be == "" {
 		return ""
 	}
-	return dialogToken(p.secret, in.CallID().Value(), tagOf(in.From().Params), be)
+	return p.dialogToken(in.CallID().Value(), tagOf(in.From().Params), be)
 }
 
 // refusedText is the reason phrase of each refusal's 403.
