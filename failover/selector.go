@@ -407,6 +407,28 @@ func (s *Selector) Candidates(key string) []string {
 	return out
 }
 
+// Routable reports whether Candidates lists backend (up or suspect),
+// without building the list: the proxy asks it for every request held by
+// a slow backend.
+func (s *Selector) Routable(backend string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.states[backend].Routable()
+}
+
+// OnlyRoutable reports whether backend is the one backend Candidates lists.
+func (s *Selector) OnlyRoutable(backend string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, b := range s.order {
+		if s.states[b].Routable() {
+			n++
+		}
+	}
+	return n == 1 && s.states[backend].Routable()
+}
+
 // moveFirst moves name to the front of list, keeping the others' order.
 func moveFirst(list []string, name string) {
 	i := slices.Index(list, name)

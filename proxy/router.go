@@ -31,6 +31,16 @@ type ChangeNotifier interface {
 	Changed() <-chan struct{}
 }
 
+// RoutableReporter is a Router that answers whether it offers a backend
+// without building its candidate list (failover.Selector is one): a
+// request waiting on a slow backend asks it every hop_timeout.
+type RoutableReporter interface {
+	// Routable reports whether Candidates lists backend.
+	Routable(backend string) bool
+	// OnlyRoutable reports whether backend is the one backend Candidates lists.
+	OnlyRoutable(backend string) bool
+}
+
 // FailureReporter is told when a backend fails a forwarded request
 // (timeout, 503, transport error), so health can probe it at once.
 type FailureReporter interface {
