@@ -193,7 +193,7 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		}
 		return decision{act: actTrunk, trunk: toTrunk}
 	}
-	if req.Route() == nil && p.fromBackend(req) != "" {
+	if route(req) == nil && p.fromBackend(req) != "" {
 		// From Asterisk towards a phone: its AOR on our host, or a Contact
 		// the registrar knows (then sent to where the phone really is).
 		if targets, code, reason, ok := p.locate(req); ok {
@@ -209,7 +209,7 @@ func (p *Proxy) decide(req *sip.Request) decision {
 			return decision{act: actFork, targets: targets}
 		}
 	}
-	if req.Route() != nil || toTagged {
+	if route(req) != nil || toTagged {
 		if t, ok := p.nextHop(req); ok {
 			t.backend = p.backendAt(t.addr)
 			return decision{act: actForward, target: t}
