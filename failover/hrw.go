@@ -22,8 +22,12 @@ func hrwScore(key, backend string) uint64 {
 		x ^= uint64(backend[i])
 		x *= prime
 	}
-	// FNV mixes the tail poorly for keys that differ in their last bytes;
-	// finish with splitmix64.
+	return splitmixFinish(x)
+}
+
+// splitmixFinish mixes an FNV hash, which mixes the tail poorly for keys
+// that differ in their last bytes, with splitmix64's finaliser.
+func splitmixFinish(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27

@@ -16,13 +16,7 @@ func hrwScoreFNV(key, backend string) uint64 {
 	h.Write([]byte(key))
 	h.Write([]byte{0})
 	h.Write([]byte(backend))
-	x := h.Sum64()
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
+	return splitmixFinish(h.Sum64())
 }
 
 func TestHRWScoreIsFNV(t *testing.T) {

@@ -125,21 +125,20 @@ func (c *benchUAC) call(b *testing.B, n int) {
 	to, routes, target := header(ok, "To"), routeSet(ok), header(ok, "Contact")
 	target = strings.Trim(target, "<>")
 
-	m = m[:0]
-	m = append(m, "ACK "+target+" SIP/2.0\r\n"...)
-	m = append(m, routes...)
-	m = c.common(m, id, "a", to, "1 ACK")
-	m = append(m, "Content-Length: 0\r\n\r\n"...)
+	m = c.inDialog(m[:0], "ACK", target, routes, id, to, "1")
 	c.send(b, m)
-
-	m = m[:0]
-	m = append(m, "BYE "+target+" SIP/2.0\r\n"...)
-	m = append(m, routes...)
-	m = c.common(m, id, "b", to, "2 BYE")
-	m = append(m, "Content-Length: 0\r\n\r\n"...)
+	m = c.inDialog(m[:0], "BYE", target, routes, id, to, "2")
 	c.send(b, m)
 	c.await(b, "200", "BYE")
 	c.out = m
+}
+
+// inDialog appends to m an in-dialog request (no body) along routes.
+func (c *benchUAC) inDialog(m []byte, method, target, routes, id, to, cseq string) []byte {
+	m = append(m, method+" "+target+" SIP/2.0\r\n"...)
+	m = append(m, routes...)
+	m = c.common(m, id, method, to, cseq+" "+method)
+	return append(m, "Content-Length: 0\r\n\r\n"...)
 }
 
 func (c *benchUAC) common(m []byte, id, branch, to, cseq string) []byte {
