@@ -8,6 +8,10 @@
 //     chosen one, then the other up backends (for retry on 408/503/transport
 //     error), then suspect ones. Down and unknown backends are never listed;
 //     an empty list means "answer 503".
+//   - Routable(name), OnlyRoutable(name): whether Candidates lists name
+//     (alone), without building the list.
+//   - Changed(): a channel closed at the next health change or reload, for
+//     a request held for a backend to wait on instead of polling.
 //   - Active(): the active backend in active-standby mode.
 //   - Subscribe(ctx): BackendDown events (health lost a routable backend;
 //     the proxy ends its dialogs), BackendRemoved events (a reload dropped

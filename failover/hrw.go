@@ -1,7 +1,6 @@
 package failover
 
 import (
-	"hash/fnv"
 	"slices"
 )
 
@@ -10,13 +9,25 @@ import (
 // given Call-ID to the same backend, and a key only moves when its
 // backend leaves the set.
 func hrwScore(key, backend string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(key))
-	h.Write([]byte{0})
-	h.Write([]byte(backend))
-	// FNV mixes the tail poorly for keys that differ in their last bytes;
-	// finish with splitmix64.
-	x := h.Sum64()
+	// FNV-1a over key, a zero byte and backend, written out so that a
+	// request's routing allocates nothing (hash/fnv's digest escapes).
+	const prime = 1099511628211
+	x := uint64(14695981039346656037)
+	for i := 0; i < len(key); i++ {
+		x ^= uint64(key[i])
+		x *= prime
+	}
+	x *= prime // the zero byte: x ^= 0
+	for i := 0; i < len(backend); i++ {
+		x ^= uint64(backend[i])
+		x *= prime
+	}
+	return splitmixFinish(x)
+}
+
+// splitmixFinish mixes an FNV hash, which mixes the tail poorly for keys
+// that differ in their last bytes, with splitmix64's finaliser.
+func splitmixFinish(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27
@@ -27,13 +38,20 @@ func hrwScore(key, backend string) uint64 {
 
 // hrwOrder sorts names by descending score for key (ties by name).
 func hrwOrder(key string, names []string) {
+	if len(names) < 2 {
+		return
+	}
 	type scored struct {
 		name  string
 		score uint64
 	}
-	s := make([]scored, len(names))
-	for i, n := range names {
-		s[i] = scored{n, hrwScore(key, n)}
+	var small [8]scored // the usual handful of backends: no allocation
+	s := small[:0]
+	if len(names) > len(small) {
+		s = make([]scored, 0, len(names))
+	}
+	for _, n := range names {
+		s = append(s, scored{n, hrwScore(key, n)})
 	}
 	slices.SortFunc(s, func(a, b scored) int {
 		switch {

@@ -81,6 +81,7 @@ type Selector struct {
 	active   string
 	lastReal string // last non-empty active, to count switches
 	subs     map[*health.Queue[Event]]struct{}
+	changed  chan struct{} // closed at the next state or list change, see Changed
 	// Startup: the settling window opens at the first Run or Apply and
 	// ends (settled) once every backend has a first verdict or the window
 	// has passed. Until then the active role goes to the preferred up
@@ -142,15 +143,16 @@ func New(cfg Config, backends []string, log *zap.Logger, reg prometheus.Register
 		log = zap.NewNop()
 	}
 	s := &Selector{
-		cfg:    cfg,
-		log:    log,
-		m:      m,
-		order:  slices.Clone(backends),
-		states: map[string]health.State{},
-		subs:   map[*health.Queue[Event]]struct{}{},
-		settle: StartupSettle(health.DefaultConfig()),
-		now:    time.Now,
-		events: event.Discard{},
+		cfg:     cfg,
+		log:     log,
+		m:       m,
+		order:   slices.Clone(backends),
+		states:  map[string]health.State{},
+		subs:    map[*health.Queue[Event]]struct{}{},
+		changed: make(chan struct{}),
+		settle:  StartupSettle(health.DefaultConfig()),
+		now:     time.Now,
+		events:  event.Discard{},
 	}
 	for _, o := range opts {
 		o(s)
@@ -209,6 +211,7 @@ func (s *Selector) Apply(c health.Change) {
 		to = health.StateDown
 	}
 	s.states[c.Name] = to
+	s.signalLocked() // also the active backend may move (electLocked)
 	if prev.Routable() && !to.Routable() {
 		kind := BackendDown
 		if c.Removed {
@@ -248,8 +251,25 @@ func (s *Selector) SetBackends(backends []string) error {
 		s.m.active.DeleteLabelValues(b)
 	}
 	s.order, s.states = slices.Clone(backends), states
+	s.signalLocked() // a reload: what the proxy offers around the backends may have changed too
 	s.electLocked("configuration reloaded")
 	return nil
+}
+
+// Changed returns a channel closed at the next change that may change what
+// Candidates returns (a backend's state, the backend list, a reload), so
+// that a request held for a backend waits for one instead of polling. Call
+// it again for the change after.
+func (s *Selector) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// signalLocked wakes the waiters of Changed.
+func (s *Selector) signalLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
 // openSettleLocked starts the startup settling window, once.
@@ -363,15 +383,20 @@ func (s *Selector) Active() string {
 func (s *Selector) Candidates(key string) []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var up, suspect []string
+	// One slice: the up backends, then the suspect ones behind them.
+	out := make([]string, 0, len(s.order))
 	for _, b := range s.order {
-		switch s.states[b] {
-		case health.StateUp:
-			up = append(up, b)
-		case health.StateSuspect:
-			suspect = append(suspect, b)
+		if s.states[b] == health.StateUp {
+			out = append(out, b)
 		}
 	}
+	nUp := len(out)
+	for _, b := range s.order {
+		if s.states[b] == health.StateSuspect {
+			out = append(out, b)
+		}
+	}
+	up, suspect := out[:nUp], out[nUp:]
 	if s.cfg.Routing == RoutingBalance {
 		hrwOrder(key, up)
 		hrwOrder(key, suspect)
@@ -379,7 +404,29 @@ func (s *Selector) Candidates(key string) []string {
 		moveFirst(up, s.active)
 		moveFirst(suspect, s.active)
 	}
-	return append(up, suspect...)
+	return out
+}
+
+// Routable reports whether Candidates lists backend (up or suspect),
+// without building the list: the proxy asks it for every request held by
+// a slow backend.
+func (s *Selector) Routable(backend string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.states[backend].Routable()
+}
+
+// OnlyRoutable reports whether backend is the one backend Candidates lists.
+func (s *Selector) OnlyRoutable(backend string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, b := range s.order {
+		if s.states[b].Routable() {
+			n++
+		}
+	}
+	return n == 1 && s.states[backend].Routable()
 }
 
 // moveFirst moves name to the front of list, keeping the others' order.

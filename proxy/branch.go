@@ -4,8 +4,10 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"hash"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -101,14 +103,47 @@ func viaKey(v *sip.ViaHeader) string {
 	b, _ := v.Params.Get("branch")
 	rcv, _ := v.Params.Get("received")
 	rport, _ := v.Params.Get("rport")
-	return strings.Join([]string{strings.ToUpper(v.Transport), strings.ToLower(v.Host), strconv.Itoa(v.Port), b, rcv, rport}, "\x00")
+	var port [20]byte
+	return strings.Join([]string{strings.ToUpper(v.Transport), strings.ToLower(v.Host), string(strconv.AppendInt(port[:0], int64(v.Port), 10)), b, rcv, rport}, "\x00")
 }
 
-func (p *Proxy) branchMAC(parts ...string) string {
-	m := hmac.New(sha256.New, p.secret)
-	for _, s := range parts {
-		m.Write([]byte(s))
-		m.Write([]byte{0})
+// macPool keeps HMAC-SHA256 states keyed with the proxy's secret and
+// buffers for their input: every call forwarded computes several MACs
+// (branches, dialog tokens), and a new HMAC each time was a tenth of a
+// call's allocations.
+type macPool struct{ pool sync.Pool }
+
+type pooledMAC struct {
+	h   hash.Hash
+	buf []byte
+}
+
+// sum appends to dst the HMAC-SHA256 keyed with secret (always the same
+// for one pool) of parts, each followed by a zero byte.
+func (mp *macPool) sum(secret, dst []byte, parts ...string) []byte {
+	m, _ := mp.pool.Get().(*pooledMAC)
+	if m == nil {
+		m = &pooledMAC{h: hmac.New(sha256.New, secret), buf: make([]byte, 0, 256)}
 	}
-	return hex.EncodeToString(m.Sum(nil))
+	buf := m.buf[:0]
+	for _, s := range parts {
+		buf = append(buf, s...)
+		buf = append(buf, 0)
+	}
+	m.h.Reset()
+	m.h.Write(buf)
+	dst = m.h.Sum(dst)
+	if cap(buf) <= 4096 { // one long input must not stay pooled
+		m.buf = buf[:0]
+		mp.pool.Put(m)
+	}
+	return dst
+}
+
+// branchMAC is the hex HMAC-SHA256 of parts, each followed by a zero byte.
+func (p *Proxy) branchMAC(parts ...string) string {
+	var sum [sha256.Size]byte
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], p.macs.sum(p.secret, sum[:0], parts...))
+	return string(out[:])
 }

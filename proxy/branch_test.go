@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
 	"testing"
 )
@@ -37,6 +40,35 @@ func TestOwnBranchAuthorized(t *testing.T) {
 		ours, auth := c.p.ownBranch(c.branch, below)
 		if ours != c.ours || auth != c.auth {
 			t.Errorf("%s (%s): ours %v authorized %v, want %v %v", c.name, c.branch, ours, auth, c.ours, c.auth)
+		}
+	}
+}
+
+// TestBranchMACIsHMAC: the pooled MAC is HMAC-SHA256 of the parts, each
+// followed by a zero byte, whatever was computed before with the same
+// pooled state: the twin, of whatever version, must make the same
+// branches.
+func TestBranchMACIsHMAC(t *testing.T) {
+	p := &Proxy{}
+	WithDialogSecret(twinSecret)(p)
+	want := func(parts ...string) string {
+		m := hmac.New(sha256.New, twinSecret)
+		for _, s := range parts {
+			m.Write([]byte(s))
+			m.Write([]byte{0})
+		}
+		return hex.EncodeToString(m.Sum(nil))
+	}
+	long := strings.Repeat("x", 5000) // not kept in the pool
+	for _, parts := range [][]string{
+		{"hapbx-branch-n-v1", "lh", "UDP\x00host\x005060\x00z9hG4bK1\x00\x00", "10.0.0.1:5060", "udp", "", "0"},
+		{"hapbx-branch-m-v1", "lh", "abcdef01", "below"},
+		{long, "a"},
+		{},
+		{"hapbx-branch-m-v1", "lh", "abcdef01", "below"},
+	} {
+		if got := p.branchMAC(parts...); got != want(parts...) {
+			t.Fatalf("branchMAC(%q) = %s, want %s", parts, got, want(parts...))
 		}
 	}
 }

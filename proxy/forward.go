@@ -135,6 +135,9 @@ func (p *Proxy) routable(backend string) bool {
 	if p.router == nil {
 		return true
 	}
+	if r, ok := p.router.(RoutableReporter); ok {
+		return r.Routable(backend)
+	}
 	return slices.Contains(p.router.Candidates(""), backend)
 }
 
@@ -143,6 +146,9 @@ func (p *Proxy) routable(backend string) bool {
 func (p *Proxy) onlyBackend(backend string) bool {
 	if p.router == nil {
 		return false
+	}
+	if r, ok := p.router.(RoutableReporter); ok {
+		return r.OnlyRoutable(backend)
 	}
 	c := p.router.Candidates("")
 	return len(c) == 1 && c[0] == backend

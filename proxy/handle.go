@@ -193,7 +193,7 @@ func (p *Proxy) decide(req *sip.Request) decision {
 		}
 		return decision{act: actTrunk, trunk: toTrunk}
 	}
-	if req.Route() == nil && p.fromBackend(req) != "" {
+	if route(req) == nil && p.fromBackend(req) != "" {
 		// From Asterisk towards a phone: its AOR on our host, or a Contact
 		// the registrar knows (then sent to where the phone really is).
 		if targets, code, reason, ok := p.locate(req); ok {
@@ -209,7 +209,7 @@ func (p *Proxy) decide(req *sip.Request) decision {
 			return decision{act: actFork, targets: targets}
 		}
 	}
-	if req.Route() != nil || toTagged {
+	if route(req) != nil || toTagged {
 		if t, ok := p.nextHop(req); ok {
 			t.backend = p.backendAt(t.addr)
 			return decision{act: actForward, target: t}
@@ -423,9 +423,34 @@ func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried m
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	// With a router that announces its changes, the router is asked again
+	// when it has changed, and every recheckTicks ticks for what it does
+	// not announce (a trunk's backends reloaded); the ticks still watch
+	// drain and shedding.
+	notifier, _ := p.router.(ChangeNotifier)
+	var changed <-chan struct{}
+	if notifier != nil {
+		changed = notifier.Changed()
+	}
+	const recheckTicks = 20
+	for ticks := 1; ; ticks++ {
+		check := false
 		select {
+		case <-changed:
+			changed, check = notifier.Changed(), true
+			ticks = 0
 		case <-tick.C:
+			check = notifier == nil || ticks%recheckTicks == 0
+		case <-cancelled:
+			return nil
+		case <-tx.Done():
+			return nil
+		case <-p.abort:
+			return nil
+		case <-deadline.C:
+			return nil
+		}
+		if check {
 			var fresh []target
 			for _, t := range p.backendTargets(req) {
 				if !tried[t.backend] {
@@ -436,17 +461,9 @@ func (p *Proxy) awaitBackend(tx sip.ServerTransaction, req *sip.Request, tried m
 				p.m.held.Inc()
 				return fresh
 			}
-			if p.draining.Load() || p.shedReason() != "" {
-				return nil // stopping or shedding: answer 503 now, not after the wait
-			}
-		case <-cancelled:
-			return nil
-		case <-tx.Done():
-			return nil
-		case <-p.abort:
-			return nil
-		case <-deadline.C:
-			return nil
+		}
+		if p.draining.Load() || p.shedReason() != "" {
+			return nil // stopping or shedding: answer 503 now, not after the wait
 		}
 	}
 }

@@ -64,6 +64,7 @@ type memory struct {
 	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
 	strays     *ttlSet // branches of the stray finals seen once (stray.go)
 	secret     []byte  // key of the dialog tokens (token.go)
+	macs       macPool // HMACs keyed with secret (branch.go)
 	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
 	markTag    string  // tag of the marks intake writes (sanity.go)
 	cseqRaised *ttlSet // Call-ID -> CSeq of an INVITE sent again to a trunk with credentials

@@ -21,6 +21,26 @@ type Router interface {
 	Candidates(key string) []string
 }
 
+// ChangeNotifier is a Router that says when its candidates may have
+// changed (failover.Selector is one): a request held for a backend
+// (awaitBackend) then waits for that instead of asking the router again
+// every few milliseconds, which under overload, with many requests held,
+// cost more than the calls themselves.
+type ChangeNotifier interface {
+	// Changed returns a channel closed at the next change.
+	Changed() <-chan struct{}
+}
+
+// RoutableReporter is a Router that answers whether it offers a backend
+// without building its candidate list (failover.Selector is one): a
+// request waiting on a slow backend asks it every hop_timeout.
+type RoutableReporter interface {
+	// Routable reports whether Candidates lists backend.
+	Routable(backend string) bool
+	// OnlyRoutable reports whether backend is the one backend Candidates lists.
+	OnlyRoutable(backend string) bool
+}
+
 // FailureReporter is told when a backend fails a forwarded request
 // (timeout, 503, transport error), so health can probe it at once.
 type FailureReporter interface {

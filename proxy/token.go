@@ -40,30 +40,34 @@ func WithDialogSecret(secret []byte) Option {
 // backend its non-backend side may send in-dialog requests to. The phone
 // side's address is not bound: phones move behind NAT within a call, and
 // requests from a backend are trusted whatever their target.
-func dialogToken(secret []byte, callID, fromTag, backend string) string {
-	m := hmac.New(sha256.New, secret)
-	for _, s := range []string{"hapbx-dialog-v1", callID, fromTag, backend} {
-		m.Write([]byte(s))
-		m.Write([]byte{0})
-	}
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:tokenLen])
+func (p *Proxy) dialogToken(callID, fromTag, backend string) string {
+	var sum [sha256.Size]byte
+	return base64.RawURLEncoding.EncodeToString(p.dialogMAC(sum[:0], callID, fromTag, backend))
 }
 
-// tokenAllows reports whether tok was issued by a proxy holding secret for
-// the dialog of req and backend: either tag of req may be the one bound
-// (the caller's tag is the To tag of a request the callee sends).
-func tokenAllows(secret []byte, tok string, req *sip.Request, backend string) bool {
-	got, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil || len(got) != tokenLen || backend == "" {
+// dialogMAC appends to dst the MAC of a dialog token (tokenLen bytes).
+func (p *Proxy) dialogMAC(dst []byte, callID, fromTag, backend string) []byte {
+	return p.macs.sum(p.secret, dst, "hapbx-dialog-v1", callID, fromTag, backend)[:len(dst)+tokenLen]
+}
+
+// tokenAllows reports whether tok was issued by a proxy holding the same
+// secret for the dialog of req and backend: either tag of req may be the
+// one bound (the caller's tag is the To tag of a request the callee sends).
+func (p *Proxy) tokenAllows(tok string, req *sip.Request, backend string) bool {
+	var got [tokenLen]byte
+	if backend == "" || base64.RawURLEncoding.DecodedLen(len(tok)) != tokenLen {
+		return false
+	}
+	if n, err := base64.RawURLEncoding.Decode(got[:], []byte(tok)); err != nil || n != tokenLen {
 		return false
 	}
 	cid := req.CallID().Value()
-	for _, tag := range []string{tagOf(req.From().Params), tagOf(req.To().Params)} {
+	for _, tag := range [2]string{tagOf(req.From().Params), tagOf(req.To().Params)} {
 		if tag == "" {
 			continue
 		}
-		want, _ := base64.RawURLEncoding.DecodeString(dialogToken(secret, cid, tag, backend))
-		if hmac.Equal(got, want) {
+		var sum [sha256.Size]byte
+		if hmac.Equal(got[:], p.dialogMAC(sum[:0], cid, tag, backend)) {
 			return true
 		}
 	}

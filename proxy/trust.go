@@ -48,11 +48,20 @@ func (p *Proxy) fromBackend(req *sip.Request) string {
 	return p.backends.Load().byHost[host]
 }
 
+// route is req.Route() without its cost when req has no Route: sipgo
+// allocates a header to parse into at every call that finds none.
+func route(req *sip.Request) *sip.RouteHeader {
+	if req.GetHeader("route") == nil {
+		return nil
+	}
+	return req.Route()
+}
+
 // takeOwnRoutes removes the Route entries naming this proxy from the top of
 // req (RFC 3261 §16.4) and returns the dialog token they carried.
 func (p *Proxy) takeOwnRoutes(req *sip.Request) string {
 	tok := ""
-	for r := req.Route(); r != nil && p.isLocal(&r.Address); r = req.Route() {
+	for r := route(req); r != nil && p.isLocal(&r.Address); r = route(req) {
 		if v, ok := r.Address.UriParams.Get(tokenParam); ok && tok == "" {
 			tok = v
 		}
@@ -69,7 +78,7 @@ func (p *Proxy) refusal(req *sip.Request, tok string) string {
 		return ""
 	}
 	if _, inDialog := req.To().Params.Get("tag"); !inDialog {
-		if req.Route() != nil {
+		if route(req) != nil {
 			return refusedPreloadedRoute
 		}
 		return "" // to the backends, or answered here
@@ -88,7 +97,7 @@ func (p *Proxy) refusal(req *sip.Request, tok string) string {
 	if be == "" {
 		return refusedForeignHop
 	}
-	if !tokenAllows(p.secret, tok, req, be) {
+	if !p.tokenAllows(tok, req, be) {
 		return refusedBadToken
 	}
 	return ""
@@ -105,7 +114,7 @@ func (p *Proxy) recordRouteToken(in *sip.Request, t target) string {
 	if be == "" {
 		return ""
 	}
-	return dialogToken(p.secret, in.CallID().Value(), tagOf(in.From().Params), be)
+	return p.dialogToken(in.CallID().Value(), tagOf(in.From().Params), be)
 }
 
 // refusedText is the reason phrase of each refusal's 403.

@@ -155,7 +155,7 @@ func TestNoOpenRelay(t *testing.T) {
 	p := startProxyWith(t, []string{"udp", "tcp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false), nil, quiet)
 	f := foreign.addr()
 	own := "<sip:" + p.addr + ";lr>"
-	valid := dialogToken(p.secret, "dlg@test", "f1", "asterisk1")
+	valid := p.dialogToken("dlg@test", "f1", "asterisk1")
 
 	cases := []struct {
 		name, msg, reason string

@@ -29,13 +29,13 @@ func TakeOverTrying() {
 
 // txState is what the response contexts of one server transaction share.
 type txState struct {
-	sends map[string]int // requests sent so far per target (branch.go's attempt)
-	up    bool           // a provisional went up: the caller stops retransmitting
+	sends []targetSends // requests sent so far per target (branch.go's attempt)
+	up    bool          // a provisional went up: the caller stops retransmitting
 	timer <-chan time.Time
 }
 
 func (p *Proxy) newTxState(req *sip.Request) *txState {
-	st := &txState{sends: map[string]int{}}
+	st := &txState{}
 	if req.IsInvite() {
 		st.timer = time.After(p.tryingAfter)
 	}
@@ -53,8 +53,20 @@ func (st *txState) trying(p *Proxy, tx sip.ServerTransaction, req *sip.Request) 
 
 // attempt counts a send to t and returns how many went before it.
 func (st *txState) attempt(t target) int {
-	k := t.addr + " " + t.ruri
-	n := st.sends[k]
-	st.sends[k] = n + 1
-	return n
+	for i := range st.sends {
+		if s := &st.sends[i]; s.addr == t.addr && s.ruri == t.ruri {
+			s.n++
+			return s.n - 1
+		}
+	}
+	st.sends = append(st.sends, targetSends{addr: t.addr, ruri: t.ruri, n: 1})
+	return 0
+}
+
+// targetSends counts the sends to one target (address and Request-URI) of
+// a server transaction: a handful of targets at most (backends, a fork's
+// contacts), so a slice, not a map per transaction.
+type targetSends struct {
+	addr, ruri string
+	n          int
 }
