@@ -303,7 +303,7 @@ func (pr *vipPair) request(t *testing.T, p *testProxy, method sip.RequestMethod,
 
 // inDialog is the caller's request in call x to proxy p.
 func (pr *vipPair) inDialog(p *testProxy, method sip.RequestMethod, x string, cseq int, sdp string) string {
-	tok := dialogToken(twinSecret, x, phoneTag(x), pr.pbx.Name)
+	tok := p.dialogToken(x, phoneTag(x), pr.pbx.Name) // both proxies of the pair share twinSecret
 	ctype := ""
 	if sdp != "" {
 		ctype = "Content-Type: application/sdp\n"

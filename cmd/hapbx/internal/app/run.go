@@ -39,6 +39,13 @@ var _ proxy.Registrar = (*registrar.Registrar)(nil)
 // The proxy keeps the links the backends' managers report (health/amibridges.go).
 var _ health.BridgeSink = (*proxy.Proxy)(nil)
 
+// The selector wakes held requests and answers "still routable?" without a
+// candidate list: without these the proxy silently falls back to polling.
+var (
+	_ proxy.ChangeNotifier   = (*failover.Selector)(nil)
+	_ proxy.RoutableReporter = (*failover.Selector)(nil)
+)
+
 // The limits are the proxy's door.
 var (
 	_ proxy.Load       = (*limits.Budget)(nil)
