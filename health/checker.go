@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +48,7 @@ type backend struct {
 	ami        *AMIClient // nil unless AMI is required
 	noAMI      bool       // require lists ami but the target has no AMI settings
 	kick       chan struct{}
+	heard      atomic.Int64 // unix ns of the last answer to a forwarded request (busy.go)
 
 	state            State
 	reason           string
@@ -389,7 +391,7 @@ func (c *Checker) apply(ctx context.Context, b *backend, r sipResult) {
 	}
 	if ok {
 		reason = "probes answered"
-	} else if r.silent && c.excuse(b, r.sent, reason) {
+	} else if r.silent && (c.busy(b, r.sent, reason) || c.excuse(b, r.sent, reason)) {
 		return
 	}
 	c.record(b, ok, reason, r.lastSIP, lastAMI)

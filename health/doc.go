@@ -49,6 +49,12 @@
 //     is strained (package limits) counts neither way, for up to 10 s in a
 //     row: hapbx's own overload never makes a backend suspect or down; a
 //     refusal or a bad answer still counts, and so does silence after that.
+//   - Heard (the proxy's LifeReporter): a SIP probe left unanswered while
+//     the backend answered requests hapbx forwarded to it (anything but
+//     100, 408, 503) counts neither way: it is busy, not dead (a
+//     cold-started Asterisk taking the burst of held calls); a killed,
+//     frozen or powered-off backend answers nothing and is detected as
+//     before.
 //
 // What it does not do: pick the active backend (package failover), read
 // secret files (the caller passes the AMI secret), or retry requests.
@@ -73,6 +79,7 @@
 //	hapbx_health_probe_duration_seconds{backend,kind}       kind sip (every OPTIONS probe) or ami (every Ping)
 //	hapbx_health_transitions_total{backend,from,to}
 //	hapbx_health_probes_excused_total                       unanswered probes not counted (hapbx strained)
+//	hapbx_health_probes_busy_total                          unanswered probes not counted (backend answering calls)
 //	hapbx_health_ami_bridges_untracked_total{backend}       bridges not followed: the bound was reached
 //
 // Test helpers, for tests only: health/amitest (an AMI server) and

@@ -12,6 +12,9 @@ type metrics struct {
 	transitions *prometheus.CounterVec
 	// excused counts probe timeouts not held against a backend (localload.go).
 	excused prometheus.Counter
+	// busy counts probe timeouts of a backend that answered calls
+	// meanwhile (busy.go).
+	busy prometheus.Counter
 	// bridgesFull counts bridges a backend's AMI session reported beyond
 	// the tracker's bound (amibridges.go).
 	bridgesFull *prometheus.CounterVec
@@ -37,6 +40,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "hapbx_health_probes_excused_total",
 		Help: "SIP probes that got no answer while hapbx itself was strained, not counted against the backend (for at most excuseFor in a row).",
 	})
+	m.busy = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hapbx_health_probes_busy_total",
+		Help: "SIP probes that got no answer while the backend answered the requests hapbx forwarded to it (busy, not dead): not counted against it.",
+	})
 	m.bridgesFull = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "hapbx_health_ami_bridges_untracked_total",
 		Help: "Bridges an Asterisk's manager reported while as many as the bound (sip.max_dialogs) were followed: their calls are not linked from AMI.",
@@ -44,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.up, m.duration, m.transitions, m.excused, m.bridgesFull} {
+	for _, c := range []prometheus.Collector{m.up, m.duration, m.transitions, m.excused, m.busy, m.bridgesFull} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register health metrics: %w", err)
 		}

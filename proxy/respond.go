@@ -300,6 +300,11 @@ func (rc *responseContext) response(b *branch, res *sip.Response) outcome {
 		p.m.latency.WithLabelValues(methodLabel(req.Method)).Observe(time.Since(rc.start).Seconds())
 	}
 	b.gotAny = true
+	if b.t.backend != "" && res.StatusCode != 100 && res.StatusCode != 408 && res.StatusCode != 503 {
+		if h, ok := p.reporter.(LifeReporter); ok {
+			h.Heard(b.t.backend)
+		}
+	}
 	if res.StatusCode == 100 && !rc.over() && req.IsInvite() {
 		rc.st.trying(p, rc.tx, req) // the next hop has the INVITE
 	}

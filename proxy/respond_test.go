@@ -225,6 +225,36 @@ func placedBy1(p *Proxy) {
 	p.cfg.HopTimeout = time.Millisecond
 }
 
+// lifeRecorder is the health side of a proxy's LifeReporter: the backends
+// heard from, in order.
+type lifeRecorder struct {
+	mu    sync.Mutex
+	heard []string
+}
+
+func (r *lifeRecorder) Suspect(string, string) {}
+
+func (r *lifeRecorder) Heard(backend string) {
+	r.mu.Lock()
+	r.heard = append(r.heard, backend)
+	r.mu.Unlock()
+}
+
+// hearing: the proxy reports its backends' answers to a lifeRecorder.
+func hearing(p *Proxy) { p.reporter = &lifeRecorder{} }
+
+// heardFrom: the proxy reported exactly these answers as evidence of life.
+func heardFrom(backends ...string) step {
+	return func(h *harness) {
+		r := h.p.reporter.(*lifeRecorder)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if !slices.Equal(r.heard, backends) {
+			h.t.Errorf("heard from %v, want %v", r.heard, backends)
+		}
+	}
+}
+
 // pause lets the proxy's timers (hop_timeout) run meanwhile.
 func pause(d time.Duration) step { return func(*harness) { time.Sleep(d) } }
 
@@ -384,6 +414,8 @@ func TestResponseContext(t *testing.T) {
 		{name: "a call its backend placed rings on while that backend is up", targets: phones[:1], from: "127.0.0.11:5060", tune: placedBy1,
 			play: []step{answer(0, 180), caller(180), pause(20 * time.Millisecond), answerLive(0, 200), caller(200), ends,
 				counts(func(p *Proxy) prometheus.Collector { return p.m.placerDown }, 0)}},
+		{name: "a backend's answers are evidence of life, its 503 is not", targets: bes, retry: true, tune: hearing,
+			play: []step{answer(0, 503), answer(1, 180, 200), caller(180, 200), ends, heardFrom("asterisk2", "asterisk2")}},
 		{name: "drain", targets: bes[:1], play: []step{answer(0, 180), caller(180), drainAborts, cancelled(0), caller(503), ends}},
 		{name: "transaction timeout", targets: bes[:1], play: []step{answer(0, 100), caller(100), timesOut(0), caller(408), ends}},
 	}

@@ -47,6 +47,13 @@ type FailureReporter interface {
 	Suspect(backend, reason string)
 }
 
+// LifeReporter is a FailureReporter also told when a backend answers a
+// forwarded request, so health does not take a busy backend's late probe
+// answers for death.
+type LifeReporter interface {
+	Heard(backend string)
+}
+
 // ttlSet remembers keys for a while: the backend that challenged a Call-ID
 // (so the authenticated re-send goes to the same Asterisk, which holds the
 // nonce) and INVITE branches answered with a non-2xx final (so their ACKs are

@@ -39,6 +39,9 @@ var _ proxy.Registrar = (*registrar.Registrar)(nil)
 // The proxy keeps the links the backends' managers report (health/amibridges.go).
 var _ health.BridgeSink = (*proxy.Proxy)(nil)
 
+// Health takes the backends' answers to forwarded requests as evidence of life.
+var _ proxy.LifeReporter = (*health.Checker)(nil)
+
 // The selector wakes held requests and answers "still routable?" without a
 // candidate list: without these the proxy silently falls back to polling.
 var (
