@@ -71,7 +71,15 @@ func sipStackOn(t *testing.T, port int) (Sender, func()) {
 			t.Errorf("listen %s: %v", addr, err)
 		}
 	}()
-	testkit.WaitListening(t, "udp", addr, 5*time.Second)
+	// The client sends from the server's socket once sipgo has it in its
+	// pool, which follows the bind: a REGISTER sent in between makes the
+	// client bind the same port itself and fail (EADDRINUSE).
+	if !testkit.Poll(5*time.Second, func() bool {
+		c, err := ua.TransportLayer().GetConnection("udp", addr)
+		return err == nil && c != nil
+	}) {
+		t.Fatalf("sipgo never served udp %s", addr)
+	}
 	var once sync.Once
 	return sipgoSender{cl, sip.Addr{IP: net.IPv4(127, 0, 0, 1), Port: port}}, func() { once.Do(func() { cancel(); <-done; ua.Close() }) }
 }
