@@ -1,12 +1,9 @@
 package health_test
 
 import (
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
@@ -20,31 +17,9 @@ import (
 // down.
 func TestProbeSilenceExcusedWhileBusy(t *testing.T) {
 	t.Parallel()
-	conn, err := net.ListenPacket("udp", net.JoinHostPort(testkit.RandomIP(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	var answer atomic.Bool
-	answer.Store(true)
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			msg, err := sip.ParseMessage(buf[:n])
-			req, _ := msg.(*sip.Request)
-			if err != nil || req == nil || !answer.Load() {
-				continue
-			}
-			res := sip.NewResponseFromRequest(req, 200, "OK", nil)
-			conn.WriteTo([]byte(res.String()), from)
-		}
-	}()
+	addr, answer := optionsAnswerer(t)
 	reg := prometheus.NewRegistry()
-	c, err := health.New(sipOnly(), []health.Target{{Name: "pbx1", Address: conn.LocalAddr().String()}}, zaptest.NewLogger(t), reg)
+	c, err := health.New(sipOnly(), []health.Target{{Name: "pbx1", Address: addr}}, zaptest.NewLogger(t), reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,12 @@ package health_test
 
 import (
 	"context"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/hapbx/hapbx/health"
 	"github.com/hapbx/hapbx/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,4 +115,34 @@ func waitState(t testing.TB, c *health.Checker, name string, want health.State, 
 	if !testkit.Poll(d, func() bool { st, _ = c.State(name); return st == want }) {
 		t.Fatalf("%s is %v, not %v, after %s", name, st, want, d)
 	}
+}
+
+// optionsAnswerer is a SIP backend on UDP that answers every request 200
+// while answer is set, and nothing otherwise (a silent backend).
+func optionsAnswerer(t *testing.T) (string, *atomic.Bool) {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", net.JoinHostPort(testkit.RandomIP(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	answer := &atomic.Bool{}
+	answer.Store(true)
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			msg, err := sip.ParseMessage(buf[:n])
+			req, _ := msg.(*sip.Request)
+			if err != nil || req == nil || !answer.Load() {
+				continue
+			}
+			res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+			conn.WriteTo([]byte(res.String()), from)
+		}
+	}()
+	return conn.LocalAddr().String(), answer
 }
