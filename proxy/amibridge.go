@@ -20,15 +20,17 @@ const amiPendingFor = 32 * time.Second
 // X-Hapbx-Bridge, or a bridge since broken): after a transfer or a
 // re-bridge the link names the two calls actually bridged. Otherwise the
 // pair waits (amiPendingFor) for the dialogs to be confirmed. The Call-IDs
-// come from the network: nothing is kept for calls hapbx does not know.
+// come from a configured backend's manager, not from phones; what waits is
+// bounded (sip.max_dialogs entries, amiPendingFor each) and links nothing
+// until both legs are dialogs hapbx confirmed through that backend.
 func (p *Proxy) Bridged(backend, callID1, callID2 string) {
 	if callID1 == callID2 || callID1 == "" || callID2 == "" {
 		return
 	}
 	d1, d2 := p.dialogs.onBackend(callID1, backend), p.dialogs.onBackend(callID2, backend)
 	if d1 == nil || d2 == nil {
-		// One leg's 2xx may still be on its way: wait for it, keyed by a
-		// call hapbx knows only (at most max_dialogs waiting).
+		// One leg's 2xx may still be on its way: wait for it, keyed by
+		// the leg not confirmed yet (at most max_dialogs waiting).
 		v := backend + "\x00" + callID1 + "\x00" + callID2
 		if d1 == nil {
 			p.amiPending.put(callID1, v)
