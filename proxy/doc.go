@@ -94,7 +94,10 @@
 //     `sip.no_backend_wait` (100 Trying first), so calls placed during a
 //     cold failover are set up late rather than refused; the caller's
 //     CANCEL, a drain or the deadline end the wait; nothing is held while
-//     the door sheds new work;
+//     the door sheds new work, nor while hapbx is strained when a backend
+//     that failed the request is still routable (its failure was excused:
+//     no other comes up); a request whose backends are down is held even
+//     while strained (a cold failover's burst strains hapbx itself);
 //   - runs Timer C (`sip.timer_c`, RFC 3261 §16.8) on every proxied INVITE
 //     and fork: from the send, reset by provisionals, it cancels a call that rings too
 //     long; a CANCEL answered by no final response within 64*T1 ends the

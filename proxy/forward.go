@@ -141,6 +141,16 @@ func (p *Proxy) routable(backend string) bool {
 	return slices.Contains(p.router.Candidates(""), backend)
 }
 
+// anyRoutable reports whether the router still offers one of backends.
+func (p *Proxy) anyRoutable(backends map[string]bool) bool {
+	for b := range backends {
+		if p.routable(b) {
+			return true
+		}
+	}
+	return false
+}
+
 // onlyBackend reports whether backend is the one backend the router offers
 // for new calls.
 func (p *Proxy) onlyBackend(backend string) bool {

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/hapbx/hapbx/internal/testkit"
@@ -68,4 +70,70 @@ func TestHeldCallWakesOnRouterChange(t *testing.T) {
 		t.Errorf("router asked %d times while the call was held for %v, want at most %d", router.asked.Load(), held, limit)
 	}
 	backend.Wait(5 * time.Second)
+}
+
+// TestStrainedProxyHoldsForAColdStandby: while hapbx is strained (the
+// burst of a failover itself), a call with no backend up is still held for
+// the cold standby being started, not answered 503 at once (the lab's cold
+// failover under -race lost 57 of 120 calls so).
+func TestStrainedProxyHoldsForAColdStandby(t *testing.T) {
+	testkit.RequireSIPp(t)
+	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
+	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
+	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
+	router := &notifyingRouter{switchRouter: switchRouter{name: be.Name}, changed: make(chan struct{})}
+	load := &fakeLoad{}
+	load.strained.Store(true)
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, router, nil, WithDoor(Door{Load: load}))
+	time.AfterFunc(300*time.Millisecond, router.switchOn)
+	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
+		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
+	if code := phone.Wait(15 * time.Second); code != 0 {
+		t.Fatalf("call held for a cold standby while strained failed (exit %d)\n%s", code, phone.Output())
+	}
+	if got := testutil.ToFloat64(p.m.held); got != 1 {
+		t.Errorf("hapbx_proxy_held_requests_total = %v, want 1", got)
+	}
+	backend.Wait(5 * time.Second)
+}
+
+// TestStrainedProxyDoesNotHoldForALiveBackend: while hapbx is strained, a
+// request that a still routable backend failed is not held for another
+// backend (none will come: the failure was excused), so it is answered at
+// once instead of after no_backend_wait; at ease it is held.
+func TestStrainedProxyDoesNotHoldForALiveBackend(t *testing.T) {
+	be, _ := silentBackend(t)
+	load := &fakeLoad{}
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, NewStaticRouter([]string{be.Name}, false),
+		func(c *Config) { c.NoBackendWait = 30 * time.Second }, WithDoor(Door{Load: load}))
+	m, err := sip.NewParser().ParseSIP([]byte(strings.ReplaceAll(request("INVITE", "sip:202@"+proxyIP, 70, ""), "\n", "\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := m.(*sip.Request)
+	tried := map[string]bool{be.Name: true}
+	tx := &fakeServerTx{done: make(chan struct{})}
+	await := func() <-chan []target {
+		c := make(chan []target, 1)
+		go func() { c <- p.awaitBackend(tx, req, tried, nil) }()
+		return c
+	}
+	load.strained.Store(true)
+	select {
+	case got := <-await():
+		if len(got) != 0 {
+			t.Fatalf("awaitBackend: %v, want nothing (the one backend already failed it)", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a request failed by a routable backend while hapbx was strained was held for another backend")
+	}
+	load.strained.Store(false)
+	held := await()
+	select {
+	case got := <-held:
+		t.Fatalf("awaitBackend at ease returned at once (%v), want the request held", got)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(tx.done)
+	<-held
 }
