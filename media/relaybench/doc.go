@@ -17,7 +17,13 @@
 // process re-executing the command, RELAYBENCH_CHILD=1, which reads
 // "callID aAddr bAddr" lines on stdin, anchors each call with synthetic
 // SDP and answers "callID aPort bPort"),
-// and rtpengine in user-space mode over its ng protocol. As root the
+// and rtpengine in user-space mode over its ng protocol.
+//
+// Latency is from the send (a wall-clock stamp written just before the
+// datagram's sendmmsg) to the kernel's receive stamp (SO_TIMESTAMPNS) on
+// the phones' host, the moment it arrives there, as a phone's NIC would
+// see it; "app" latency runs on to the generator's read and adds its own
+// wait for a CPU, which on a busy two-core machine is most of it. As root the
 // generator and the relay sit in two network namespaces joined by a veth
 // pair, so kernel forwarding takes the path it takes on a NIC.
 //

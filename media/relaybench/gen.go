@@ -35,6 +35,13 @@ func NewPhone(ip netip.Addr) (*Phone, error) {
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 8<<20)
 	}
+	// The kernel stamps each datagram as it arrives at the phone's host
+	// (netif_rx on its interface): latency up to there is the path's, not
+	// the generator's own wait for a CPU to read it.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("relaybench: SO_TIMESTAMPNS: %w", err)
+	}
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: ip.As4()}); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -84,11 +91,18 @@ type Load struct {
 	OnWindow func(start bool)
 }
 
-// Result are the figures of one run, over the measured window.
+// Result are the figures of one run, over the measured window. Latency is
+// from the send (the timestamp written just before the datagram's
+// sendmmsg) to its arrival: P50, P99 and Max at the phone's host (the
+// kernel's receive timestamp, SO_TIMESTAMPNS), AppP50 and AppP99 when the
+// generator read it (adds the generator's own wait for a CPU, which on a
+// loaded two-core machine dominates).
 type Result struct {
 	Sent, Received uint64
 	Elapsed        time.Duration
 	P50, P99, Max  time.Duration
+	AppP50, AppP99 time.Duration
+	Stamped        uint64 // received with the kernel's stamp (the rest count at the read)
 }
 
 const bucket = 10 * time.Microsecond
@@ -98,8 +112,33 @@ const nBuckets = 20000 // up to 200 ms
 const genBatch = 64
 
 type recvStats struct {
-	count uint64
-	hist  [nBuckets]uint64
+	count   uint64
+	stamped uint64
+	hist    [nBuckets]uint64 // to the kernel's receive timestamp
+	app     [nBuckets]uint64 // to the generator's read
+}
+
+// cmsgSpace is room for one SCM_TIMESTAMPNS control message.
+const cmsgSpace = unix.SizeofCmsghdr + 16
+
+// rxStamp returns the SCM_TIMESTAMPNS of a datagram's control data in
+// UnixNano, or 0 when there is none.
+func rxStamp(ctl []byte) int64 {
+	msgs, err := unix.ParseSocketControlMessage(ctl)
+	if err != nil {
+		return 0
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= 16 {
+			ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+			return ts.Nano()
+		}
+	}
+	return 0
+}
+
+func bucketOf(d int64) int {
+	return int(min(max(d/int64(bucket), 0), nBuckets-1))
 }
 
 type stream struct {
@@ -136,7 +175,6 @@ func Run(l Load) (Result, error) {
 	}
 	var measuring, stop atomic.Bool
 	var sent atomic.Uint64
-	epoch := time.Now()
 	nRecv := 2
 	stats := make([]*recvStats, nRecv)
 	var wg sync.WaitGroup
@@ -160,9 +198,11 @@ func Run(l Load) (Result, error) {
 			var hdr [genBatch]unix.Mmsghdr
 			var iov [genBatch]unix.Iovec
 			var bufs [genBatch][2048]byte
+			var ctl [genBatch][cmsgSpace]byte
 			for k := range hdr {
 				iov[k] = unix.Iovec{Base: &bufs[k][0], Len: 2048}
 				hdr[k].Hdr.Iov, hdr[k].Hdr.Iovlen = &iov[k], 1
+				hdr[k].Hdr.Control = &ctl[k][0]
 			}
 			for !stop.Load() {
 				n, err := unix.EpollWait(epfd, events, 50)
@@ -172,21 +212,29 @@ func Run(l Load) (Result, error) {
 				for _, ev := range events[:n] {
 					// One batch per ready socket and wake-up; the
 					// level-triggered epoll reports a socket that still has more.
+					for k := range hdr {
+						hdr[k].Hdr.SetControllen(cmsgSpace)
+					}
 					r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(ev.Fd), uintptr(unsafe.Pointer(&hdr[0])), genBatch, unix.MSG_DONTWAIT, 0, 0)
 					if e != 0 {
 						continue
 					}
-					at := int64(time.Since(epoch))
+					at := time.Now().UnixNano()
 					for k := range int(r) {
 						b := bufs[k][:hdr[k].Len]
 						if len(b) < 21 || b[20] == 0 { // short, or sent outside the window
 							continue
 						}
 						sentAt := int64(binary.BigEndian.Uint64(b[12:]))
-						d := (at - sentAt) / int64(bucket)
-						d = min(max(d, 0), nBuckets-1)
+						rx := rxStamp(ctl[k][:hdr[k].Hdr.Controllen])
+						if rx == 0 {
+							rx = at
+						} else {
+							st.stamped++
+						}
 						st.count++
-						st.hist[d]++
+						st.hist[bucketOf(rx-sentAt)]++
+						st.app[bucketOf(at-sentAt)]++
 					}
 				}
 			}
@@ -253,7 +301,8 @@ func Run(l Load) (Result, error) {
 					binary.BigEndian.PutUint16(p[2:], st.seq)
 					binary.BigEndian.PutUint32(p[4:], st.ts)
 					binary.BigEndian.PutUint32(p[8:], st.ssrc)
-					binary.BigEndian.PutUint64(p[12:], uint64(time.Since(epoch)))
+					// Wall clock, as the kernel's receive stamp.
+					binary.BigEndian.PutUint64(p[12:], uint64(time.Now().UnixNano()))
 					p[20] = flag
 					hdr[n].Hdr.Name = (*byte)(unsafe.Pointer(&st.dst))
 					n++
@@ -287,14 +336,17 @@ func Run(l Load) (Result, error) {
 	wg.Wait()
 	var res Result
 	res.Sent, res.Elapsed = sent.Load(), el
-	var hist [nBuckets]uint64
+	var hist, app [nBuckets]uint64
 	for _, st := range stats {
 		res.Received += st.count
-		for i, c := range st.hist {
-			hist[i] += c
+		res.Stamped += st.stamped
+		for i := range st.hist {
+			hist[i] += st.hist[i]
+			app[i] += st.app[i]
 		}
 	}
 	res.P50, res.P99, res.Max = quantile(&hist, res.Received, 0.50), quantile(&hist, res.Received, 0.99), quantile(&hist, res.Received, 1)
+	res.AppP50, res.AppP99 = quantile(&app, res.Received, 0.50), quantile(&app, res.Received, 0.99)
 	return res, nil
 }
 
@@ -329,6 +381,6 @@ func (r Result) Loss() float64 {
 
 // String formats the figures on one line.
 func (r Result) String() string {
-	return fmt.Sprintf("sent=%d recv=%d rx_pps=%.0f loss=%.4f%% lat_p50=%s lat_p99=%s lat_max=%s",
-		r.Sent, r.Received, float64(r.Received)/r.Elapsed.Seconds(), 100*r.Loss(), r.P50, r.P99, r.Max)
+	return fmt.Sprintf("sent=%d recv=%d rx_pps=%.0f loss=%.4f%% lat_p50=%s lat_p99=%s lat_max=%s app_p50=%s app_p99=%s",
+		r.Sent, r.Received, float64(r.Received)/r.Elapsed.Seconds(), 100*r.Loss(), r.P50, r.P99, r.Max, r.AppP50, r.AppP99)
 }
