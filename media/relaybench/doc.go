@@ -7,7 +7,7 @@
 // The generator offers thousands of calls on two cores: many streams share
 // one socket (250 by default; the relay latches each of its ports to the
 // socket's address), each 1 ms slot's datagrams of a socket leave with one
-// sendmmsg, and receivers drain ready sockets with recvmmsg. offered is the
+// sendmmsg, and receivers drain the sockets with recvmmsg every millisecond. offered is the
 // share of the nominal load (calls x 2 x pps) it managed to send; below 100%
 // loss and latency describe a lighter load.
 //
