@@ -50,6 +50,23 @@ func RunChild(cfg media.Config, in io.Reader, out io.Writer) error {
 			w.Flush()
 			continue
 		}
+		if len(f) == 1 && f[0] == "inkernel" {
+			// How many legs the kernel forwards: the measured window
+			// waits for all, so that it does not measure the hand-over.
+			n := 0
+			for _, ss := range r.Snapshot() {
+				for _, st := range ss.Streams {
+					for _, k := range []bool{st.FromA.Kernel, st.FromB.Kernel} {
+						if k {
+							n++
+						}
+					}
+				}
+			}
+			fmt.Fprintln(w, n)
+			w.Flush()
+			continue
+		}
 		if len(f) == 1 && f[0] == "sync" {
 			fmt.Fprintln(w, "ok")
 			w.Flush()
