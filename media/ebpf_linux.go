@@ -21,24 +21,21 @@ const (
 	ebpfMapName  = "hapbx_legs"
 )
 
-// ebpfMaxLegs bounds the map: one element per relay port. Elements are
-// allocated as they are added (BPF_F_NO_PREALLOC), so the bound costs no
-// memory.
+// ebpfMaxLegs sizes the array map: one entry per possible relay port
+// (2.5 MiB allocated at start).
 const ebpfMaxLegs = 65536
 
-// bpfKey is the map key: the relay address and port a packet is sent to,
-// in network byte order as in the packet.
-type bpfKey struct {
-	Addr [4]byte
-	Port [2]byte
-	_    [2]byte
-}
+// bpfKey is the map key: the relay port a packet is sent to (host order);
+// the program checks the relay address itself.
+type bpfKey uint32
 
 // bpfVal is the map value: the only source the kernel takes (strict
 // latching; any other passes up to the relay's socket), what the packet
 // becomes (destination, and the relay's other port as its source; the
 // source address becomes the relay address the packet was sent to), and
-// what the program counts. Offsets are the program's (bv*).
+// what the program counts. Offsets are the program's (bv*). All zero: a
+// free port. The first two 8-byte words are the halves the program reads
+// in one load each (see apply).
 type bpfVal struct {
 	Src      [4]byte
 	SrcPort  [2]byte
@@ -83,15 +80,15 @@ type ebpfEngine struct {
 // removes its table.
 func openEBPF(relay [4]byte) (*ebpfEngine, error) {
 	legs, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: ebpfMapName, Type: ebpf.Hash, KeySize: 8, ValueSize: bvSize,
-		MaxEntries: ebpfMaxLegs, Flags: unix.BPF_F_NO_PREALLOC,
+		Name: ebpfMapName, Type: ebpf.Array, KeySize: 4, ValueSize: bvSize,
+		MaxEntries: ebpfMaxLegs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("eBPF map: %w", err)
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: ebpfProgName, Type: ebpf.SchedCLS, License: "GPL",
-		Instructions: ebpfProgram(legs.FD()),
+		Instructions: ebpfProgram(legs.FD(), relay),
 	})
 	if err != nil {
 		_ = legs.Close()
@@ -197,11 +194,14 @@ func (e *ebpfEngine) close() {
 }
 
 // The program's frame: the map key at fp-8, the bpf_fib_lookup
-// parameters at fp-72 (64 bytes), the old ports word at fp-80.
+// parameters at fp-72 (64 bytes), the old ports word at fp-80, the map
+// entry's halves at fp-88 and fp-96.
 const (
 	fpKey   = -8
 	fpFib   = -72
 	fpPorts = -80
+	fpSrc   = -88 // the entry's first half: latched source and port
+	fpDst   = -96 // its second half: destination, new ports
 	// struct bpf_fib_lookup offsets
 	fibFamily  = 0
 	fibL4      = 1
@@ -252,7 +252,7 @@ func be16(v uint16) int32 {
 // (no compiler needed at build or run time). R6 holds the context, R7 the
 // map value, R8 the packet start (bounds checked once for the 43 bytes
 // read or written), R9 the fib lookup's result.
-func ebpfProgram(legsFD int) asm.Instructions {
+func ebpfProgram(legsFD int, relay [4]byte) asm.Instructions {
 	const pass = "pass"
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
@@ -276,23 +276,33 @@ func ebpfProgram(legsFD int) asm.Instructions {
 		asm.JNE.Imm(asm.R2, 0x80, pass),
 		// Look up (destination address, destination port).
 		asm.LoadMem(asm.R2, asm.R8, pktDst, asm.Word),
-		asm.StoreMem(asm.RFP, fpKey, asm.R2, asm.Word),
+		asm.JNE.Imm32(asm.R2, int32(binary.NativeEndian.Uint32(relay[:])), pass),
 		asm.LoadMem(asm.R2, asm.R8, pktDport, asm.Half),
-		asm.StoreMem(asm.RFP, fpKey+4, asm.R2, asm.Half),
-		asm.StoreImm(asm.RFP, fpKey+6, 0, asm.Half),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.StoreMem(asm.RFP, fpKey, asm.R2, asm.Word),
 		asm.LoadMapPtr(asm.R1, legsFD),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, fpKey),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, pass),
 		asm.Mov.Reg(asm.R7, asm.R0),
-		// Only the latched source: a stranger goes up to user space.
+		// Only the latched source: a stranger, or any packet to a free
+		// port (a zero entry), goes up to user space. The entry's two
+		// halves are read with one 8-byte load each and used from the
+		// stack: user space rewrites an entry in place, and a half read
+		// in two loads could mix an old and a new address.
+		asm.LoadMem(asm.R3, asm.R7, bvSrc, asm.DWord),
+		asm.JEq.Imm(asm.R3, 0, pass),
 		asm.LoadMem(asm.R2, asm.R8, pktSrc, asm.Word),
-		asm.LoadMem(asm.R3, asm.R7, bvSrc, asm.Word),
+		asm.LoadMem(asm.R4, asm.R8, pktSport, asm.Half),
+		asm.LSh.Imm(asm.R4, 32),
+		asm.Or.Reg(asm.R2, asm.R4),
 		asm.JNE.Reg(asm.R2, asm.R3, pass),
-		asm.LoadMem(asm.R2, asm.R8, pktSport, asm.Half),
-		asm.LoadMem(asm.R3, asm.R7, bvSrcPort, asm.Half),
-		asm.JNE.Reg(asm.R2, asm.R3, pass),
+		asm.StoreMem(asm.RFP, fpSrc, asm.R3, asm.DWord),
+		asm.LoadMem(asm.R3, asm.R7, bvDst, asm.DWord),
+		asm.Mov.Reg32(asm.R4, asm.R3),
+		asm.JEq.Imm(asm.R4, 0, pass),
+		asm.StoreMem(asm.RFP, fpDst, asm.R3, asm.DWord),
 		// Route to the new destination from the relay address.
 		asm.StoreImm(asm.RFP, fpFib, 0, asm.DWord),
 		asm.StoreImm(asm.RFP, fpFib+8, 0, asm.DWord),
@@ -304,9 +314,9 @@ func ebpfProgram(legsFD int) asm.Instructions {
 		asm.StoreImm(asm.RFP, fpFib+56, 0, asm.DWord),
 		asm.StoreImm(asm.RFP, fpFib+fibFamily, unix.AF_INET, asm.Byte),
 		asm.StoreImm(asm.RFP, fpFib+fibL4, unix.IPPROTO_UDP, asm.Byte),
-		asm.LoadMem(asm.R2, asm.R7, bvPorts, asm.Half),
+		asm.LoadMem(asm.R2, asm.RFP, fpDst+4, asm.Half),
 		asm.StoreMem(asm.RFP, fpFib+fibSport, asm.R2, asm.Half),
-		asm.LoadMem(asm.R2, asm.R7, bvPorts+2, asm.Half),
+		asm.LoadMem(asm.R2, asm.RFP, fpDst+6, asm.Half),
 		asm.StoreMem(asm.RFP, fpFib+fibDport, asm.R2, asm.Half),
 		asm.LoadMem(asm.R2, asm.R6, skbIfindex, asm.Word),
 		asm.StoreMem(asm.RFP, fpFib+fibIfindex, asm.R2, asm.Word),
@@ -314,7 +324,7 @@ func ebpfProgram(legsFD int) asm.Instructions {
 		asm.StoreMem(asm.RFP, fpFib+fibTos, asm.R2, asm.Byte),
 		asm.LoadMem(asm.R2, asm.R8, pktDst, asm.Word),
 		asm.StoreMem(asm.RFP, fpFib+fibSrc, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R7, bvDst, asm.Word),
+		asm.LoadMem(asm.R2, asm.RFP, fpDst, asm.Word),
 		asm.StoreMem(asm.RFP, fpFib+fibDst, asm.R2, asm.Word),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -327,17 +337,17 @@ func ebpfProgram(legsFD int) asm.Instructions {
 		asm.JEq.Imm(asm.R9, fibRetSuccess, "rewrite"),
 		asm.JNE.Imm(asm.R9, fibRetNoNeigh, pass),
 		// The old ports word (source port . relay port) for the checksum.
-		asm.LoadMem(asm.R2, asm.R7, bvSrcPort, asm.Half).WithSymbol("rewrite"),
+		asm.LoadMem(asm.R2, asm.RFP, fpSrc+4, asm.Half).WithSymbol("rewrite"),
 		asm.StoreMem(asm.RFP, fpPorts, asm.R2, asm.Half),
-		asm.LoadMem(asm.R2, asm.RFP, fpKey+4, asm.Half),
+		asm.LoadMem(asm.R2, asm.R8, pktDport, asm.Half),
 		asm.StoreMem(asm.RFP, fpPorts+2, asm.R2, asm.Half),
 		// Rewrite: source the relay address (the old destination),
 		// destination and ports from the map.
 		asm.LoadMem(asm.R2, asm.R8, pktDst, asm.Word),
 		asm.StoreMem(asm.R8, pktSrc, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R7, bvDst, asm.Word),
+		asm.LoadMem(asm.R2, asm.RFP, fpDst, asm.Word),
 		asm.StoreMem(asm.R8, pktDst, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R7, bvPorts, asm.Word),
+		asm.LoadMem(asm.R2, asm.RFP, fpDst+4, asm.Word),
 		asm.StoreMem(asm.R8, pktSport, asm.R2, asm.Word),
 		asm.JNE.Imm(asm.R9, fibRetSuccess, "csum"),
 		// MACs of the next hop (fp-relative loads stay 2-byte aligned).
@@ -357,20 +367,20 @@ func ebpfProgram(legsFD int) asm.Instructions {
 		// ports word changes in the UDP checksum.
 		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("csum"),
 		asm.Mov.Imm(asm.R2, pktIPCsum),
-		asm.LoadMem(asm.R3, asm.R7, bvSrc, asm.Word),
-		asm.LoadMem(asm.R4, asm.R7, bvDst, asm.Word),
+		asm.LoadMem(asm.R3, asm.RFP, fpSrc, asm.Word),
+		asm.LoadMem(asm.R4, asm.RFP, fpDst, asm.Word),
 		asm.Mov.Imm(asm.R5, 4),
 		asm.FnL3CsumReplace.Call(),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, pktUDPCsum),
-		asm.LoadMem(asm.R3, asm.R7, bvSrc, asm.Word),
-		asm.LoadMem(asm.R4, asm.R7, bvDst, asm.Word),
+		asm.LoadMem(asm.R3, asm.RFP, fpSrc, asm.Word),
+		asm.LoadMem(asm.R4, asm.RFP, fpDst, asm.Word),
 		asm.Mov.Imm(asm.R5, csumPseudoHdr|csumMangled0|4),
 		asm.FnL4CsumReplace.Call(),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, pktUDPCsum),
 		asm.LoadMem(asm.R3, asm.RFP, fpPorts, asm.Word),
-		asm.LoadMem(asm.R4, asm.R7, bvPorts, asm.Word),
+		asm.LoadMem(asm.R4, asm.RFP, fpDst+4, asm.Word),
 		asm.Mov.Imm(asm.R5, csumMangled0|4),
 		asm.FnL4CsumReplace.Call(),
 		// Count (atomically: several CPUs may carry one leg) and stamp.
@@ -408,7 +418,7 @@ func xadd(dst asm.Register, off int16, src asm.Register) asm.Instruction {
 // keyOf and valOf translate a kernel element (kkey/kval, the nftables
 // layout) into the map's.
 func (e *ebpfEngine) keyOf(k kkey) bpfKey {
-	return bpfKey{Addr: e.relay, Port: [2]byte(k[0:2])}
+	return bpfKey(binary.BigEndian.Uint16(k[0:2]))
 }
 
 func valOf(el kelem) bpfVal {
@@ -422,7 +432,7 @@ func valOf(el kelem) bpfVal {
 // and how long ago (by the kernel's clock, mono) it last forwarded.
 func elemOf(k bpfKey, v *bpfVal, mono uint64) kelem {
 	var el kelem
-	copy(el.key[0:2], k.Port[:])
+	binary.BigEndian.PutUint16(el.key[0:2], uint16(k))
 	copy(el.key[4:8], v.Src[:])
 	copy(el.key[8:10], v.SrcPort[:])
 	el.pkts, el.octets = v.Packets, v.Bytes
@@ -432,33 +442,42 @@ func elemOf(k bpfKey, v *bpfVal, mono uint64) kelem {
 	return el
 }
 
-// apply deletes and adds map entries. A sock whose element is replaced
-// keeps its key (its relay port): the update replaces the value in one
-// step, so no packet meets a missing entry. Unlike an nftables
+// apply deletes (zeroes) and adds map entries. The map is an array
+// indexed by relay port, and user space rewrites an entry in place, not
+// in one atomic step as a hash map's update would; the program reads each
+// 8-byte half of an entry (latched source; destination and new ports) in
+// one load, so a packet sees each half either old or new. An entry whose
+// source stays (a new destination: the peer re-latched, hold, resume, a
+// codec change, a join) is rewritten in place, so no packet meets a
+// missing entry; one whose source changes is zeroed first (its packets
+// reach user space meanwhile, which keeps the socket), so a packet never
+// pairs one leg's source with another's destination. Unlike an nftables
 // transaction the entries change one by one; on a failed update the
-// entries added by this call are taken out again (their packets reach
-// user space) and the error returned.
+// entries added by this call are zeroed again (their packets reach user
+// space) and the error returned.
 func (e *ebpfEngine) apply(del []kkey, add []kelem) error {
-	adding := make(map[bpfKey]bool, len(add))
+	// A kernel key is the relay port and the latched source: the same
+	// key deleted and added is the same source with a new destination.
+	keep := make(map[kkey]bool, len(add))
 	for _, el := range add {
-		adding[e.keyOf(el.key)] = true
+		keep[el.key] = true
 	}
 	for _, k := range del {
 		bk := e.keyOf(k)
-		if adding[bk] {
+		if keep[k] {
 			continue
 		}
-		if err := e.legs.Delete(bk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete eBPF map entry for port %d: %w", binary.BigEndian.Uint16(k[0:2]), err)
+		if err := e.legs.Update(bk, &bpfVal{}, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("zero eBPF map entry for port %d: %w", uint16(bk), err)
 		}
 	}
 	for i, el := range add {
 		bk, v := e.keyOf(el.key), valOf(el)
 		if err := e.legs.Update(bk, &v, ebpf.UpdateAny); err != nil {
 			for _, done := range add[:i] {
-				_ = e.legs.Delete(e.keyOf(done.key))
+				_ = e.legs.Update(e.keyOf(done.key), &bpfVal{}, ebpf.UpdateAny)
 			}
-			return fmt.Errorf("update eBPF map entry for port %d: %w", binary.BigEndian.Uint16(el.key[0:2]), err)
+			return fmt.Errorf("update eBPF map entry for port %d: %w", uint16(bk), err)
 		}
 	}
 	return nil
@@ -467,9 +486,9 @@ func (e *ebpfEngine) apply(del []kkey, add []kelem) error {
 // ebpfBatch is the number of entries one BPF_MAP_LOOKUP_BATCH reads.
 const ebpfBatch = 1024
 
-// counters reads every entry, in batches (one system call per
-// ebpfBatch entries: at thousands of legs polled every second, an
-// entry-by-entry walk would cost two calls each).
+// counters reads the entries in use, in batches over the whole array (64
+// system calls of ebpfBatch entries, 2.5 MiB copied: at thousands of legs
+// polled every second, an entry-by-entry walk would cost two calls each).
 func (e *ebpfEngine) counters() ([]kelem, error) {
 	mono := monotonic()
 	var out []kelem
@@ -479,7 +498,9 @@ func (e *ebpfEngine) counters() ([]kelem, error) {
 	for {
 		n, err := e.legs.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {
-			out = append(out, elemOf(keys[i], &vals[i], mono))
+			if vals[i].Src != [4]byte{} {
+				out = append(out, elemOf(keys[i], &vals[i], mono))
+			}
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return out, nil
