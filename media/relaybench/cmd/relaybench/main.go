@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -57,7 +58,11 @@ func main() {
 	perSock := flag.Int("streams-per-socket", 250, "generator streams sharing one socket")
 	pps := flag.Int("pps", 50, "packets per second per stream")
 	size := flag.Int("size", 172, "datagram size")
+	repeat := flag.Int("repeat", 1, "runs of the baseline and each relay per number of calls, alternating; with more than one the CPU figures' medians are printed too")
 	flag.Parse()
+	if *repeat < 1 {
+		fatal(fmt.Errorf("bad -repeat %d: at least 1", *repeat))
+	}
 
 	env := &bench{ports: *ports, workers: *workers, perSock: *perSock,
 		load: relaybench.Load{PPS: *pps, Size: *size, Warmup: *warm, Duration: *dur}}
@@ -84,24 +89,61 @@ func main() {
 		if err != nil || n <= 0 {
 			fatal(fmt.Errorf("bad -calls %q", cs))
 		}
-		base, err := env.run(n, "baseline")
-		fatal(err)
-		basePkt := perPacket(base.busy, base.res.Sent)
-		baseAcct := perPacket(base.acct, base.res.Sent)
-		fmt.Printf("%-6d %-10s %10s %10s %10s %10s %10s %7.3f%% %8.0f%% generator alone: %s/pkt (all CPUs), %s/pkt (accounted)\n", n, "baseline", "-", "-",
-			base.res.P50, base.res.P99, base.res.AppP99, 100*base.res.Loss(), offered(base.res, n, *pps), basePkt, baseAcct)
-		for _, m := range strings.Split(*modes, ",") {
-			r, err := env.run(n, strings.TrimSpace(m))
-			if err != nil {
-				fmt.Printf("%-6d %-10s failed: %v\n", n, m, err)
-				continue
+		per := map[string]*[2][]time.Duration{} // mode: cpu/pkt, acct/pkt of each repetition
+		for rep := range *repeat {
+			base, err := env.run(n, "baseline")
+			fatal(err)
+			basePkt := perPacket(base.busy, base.res.Sent)
+			baseAcct := perPacket(base.acct, base.res.Sent)
+			fmt.Printf("%-6d %-10s %10s %10s %10s %10s %10s %7.3f%% %8.0f%% generator alone: %s/pkt (all CPUs), %s/pkt (accounted)%s\n", n, "baseline", "-", "-",
+				base.res.P50, base.res.P99, base.res.AppP99, 100*base.res.Loss(), offered(base.res, n, *pps), basePkt, baseAcct, repNote(rep, *repeat))
+			for _, m := range strings.Split(*modes, ",") {
+				m = strings.TrimSpace(m)
+				r, err := env.run(n, m)
+				if err != nil {
+					fmt.Printf("%-6d %-10s failed: %v\n", n, m, err)
+					continue
+				}
+				cpu := perPacket(r.busy, r.res.Sent) - basePkt
+				acc := perPacket(r.acct, r.res.Sent) - baseAcct
+				if per[m] == nil {
+					per[m] = &[2][]time.Duration{}
+				}
+				per[m][0], per[m][1] = append(per[m][0], cpu), append(per[m][1], acc)
+				fmt.Printf("%-6d %-10s %10s %10s %10s %10s %10s %7.3f%% %8.0f%% relay process %s/pkt%s%s\n", n, m, cpu.Round(10*time.Nanosecond), acc.Round(10*time.Nanosecond),
+					r.res.P50, r.res.P99, r.res.AppP99, 100*r.res.Loss(), offered(r.res, n, *pps), perPacket(r.proc, r.res.Sent), r.note, repNote(rep, *repeat))
 			}
-			cpu := perPacket(r.busy, r.res.Sent) - basePkt
-			acc := perPacket(r.acct, r.res.Sent) - baseAcct
-			fmt.Printf("%-6d %-10s %10s %10s %10s %10s %10s %7.3f%% %8.0f%% relay process %s/pkt%s\n", n, m, cpu.Round(10*time.Nanosecond), acc.Round(10*time.Nanosecond),
-				r.res.P50, r.res.P99, r.res.AppP99, 100*r.res.Loss(), offered(r.res, n, *pps), perPacket(r.proc, r.res.Sent), r.note)
+		}
+		if *repeat > 1 {
+			for _, m := range strings.Split(*modes, ",") {
+				if d := per[strings.TrimSpace(m)]; d != nil {
+					fmt.Printf("%-6d %-10s %10s %10s   median of %d (all CPUs %s, accounted %s)\n", n, strings.TrimSpace(m),
+						median(d[0]), median(d[1]), len(d[0]), span(d[0]), span(d[1]))
+				}
+			}
 		}
 	}
+}
+
+// repNote names the repetition when there are several.
+func repNote(rep, of int) string {
+	if of <= 1 {
+		return ""
+	}
+	return fmt.Sprintf(" [run %d of %d]", rep+1, of)
+}
+
+// median of the figures of the repetitions: a run's per-packet figure is
+// the difference of two runs' totals, and the generator's own cost varies
+// between runs by more than a kernel relay's whole cost.
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2].Round(10 * time.Nanosecond)
+}
+
+func span(d []time.Duration) string {
+	return fmt.Sprintf("%s..%s", slices.Min(d).Round(10*time.Nanosecond), slices.Max(d).Round(10*time.Nanosecond))
 }
 
 type bench struct {
