@@ -92,7 +92,7 @@ bench: build
 	HAPBX_BIN=$(CURDIR)/bin/hapbx $(GO) test -run '^$$' -bench VIPFailover -benchtime 1x ./deploy/lab
 	$(GO) test -run '^$$' -bench DetectDown -benchtime 1x ./health/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./registrar/
-	$(GO) run ./media/relaybench/cmd/relaybench -calls 1000,2000,4000 -duration 10s -warmup 2s -modes user,kernel,ebpf,rtpengine
+	$(GO) run ./media/relaybench/cmd/relaybench -calls 1000,2000,4000 -duration 10s -warmup 2s -modes user,kernel,ebpf,rtpengine -repeat 3
 
 ## bench-load: issue 13's figures under load and abuse (a flood, a registration
 ## storm, 10 000 calls up at once; about 4 minutes; PARTS="a a-noguard b c",

@@ -124,9 +124,10 @@ func openEBPF(relay [4]byte) (*ebpfEngine, error) {
 	return e, nil
 }
 
-// openEBPFEngine is openEBPF; tests replace it to make loading fail.
-var openEBPFEngine = openEBPFKengine
+// ebpfOpener loads and attaches the eBPF engine for a relay address.
+type ebpfOpener func(relay [4]byte) (kengine, error)
 
+// openEBPFKengine is the ebpfOpener of a running relay: openEBPF.
 func openEBPFKengine(relay [4]byte) (kengine, error) {
 	e, err := openEBPF(relay)
 	if err != nil {

@@ -86,7 +86,7 @@ func TestEBPFDatapathStartCleansUp(t *testing.T) {
 		return
 	}
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
-	dead, err := openKernel(netip.MustParseAddr(kRelay), EngineEBPF, zaptest.NewLogger(t), time.Now)
+	dead, err := openKernel(netip.MustParseAddr(kRelay), EngineEBPF, zaptest.NewLogger(t), time.Now, openEBPFKengine)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,12 +129,11 @@ func TestEBPFDatapathFallback(t *testing.T) {
 	if pns == "" {
 		return
 	}
-	openEBPFEngine = func([4]byte) (kengine, error) { return nil, errors.New("no BPF here") }
-	t.Cleanup(func() { openEBPFEngine = openEBPFKengine })
 	core, logs := observer.New(zap.WarnLevel)
 	cfg := kernelConfig(t)
 	cfg.KernelEngine = EngineEBPF
-	r, err := New(cfg, zap.New(core), nil)
+	noBPF := func([4]byte) (kengine, error) { return nil, errors.New("no BPF here") }
+	r, err := newRelay(cfg, zap.New(core), nil, time.Now, noBPF)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -134,7 +134,7 @@ type nftEngine struct {
 // CAP_NET_ADMIN, without kernel support for either, or with IPv4
 // forwarding off (the eBPF program's route lookup, like nftables,
 // forwards only where the kernel would).
-func openKernel(addr netip.Addr, engine string, log *zap.Logger, now func() time.Time) (*kernel, error) {
+func openKernel(addr netip.Addr, engine string, log *zap.Logger, now func() time.Time, openEBPF ebpfOpener) (*kernel, error) {
 	if addr.IsLoopback() || !addr.Is4() {
 		// The kernel never forwards to or from 127/8 (martians), and the
 		// rules are IPv4 only: such a relay stays in user space.
@@ -156,7 +156,7 @@ func openKernel(addr netip.Addr, engine string, log *zap.Logger, now func() time
 	}
 	var ebpfErr error
 	if engine != EngineNftables {
-		e, err := openEBPFEngine(addr.As4())
+		e, err := openEBPF(addr.As4())
 		if err == nil {
 			k.eng = e
 			return k, nil
@@ -690,7 +690,7 @@ func (r *Relay) openKernel() error {
 	if mode == DatapathUser {
 		return nil
 	}
-	k, err := openKernel(r.addr, r.cfg.KernelEngine, r.log.Named("kernel"), r.now)
+	k, err := openKernel(r.addr, r.cfg.KernelEngine, r.log.Named("kernel"), r.now, r.openEBPF)
 	if err != nil {
 		if mode == DatapathKernel {
 			return fmt.Errorf("datapath kernel: %w", err)

@@ -339,7 +339,7 @@ func TestKernelDatapathStartCleansUp(t *testing.T) {
 		return
 	}
 	// The run that died: its table, chains and an element stay behind.
-	dead, err := openKernel(netip.MustParseAddr(kRelay), EngineNftables, zaptest.NewLogger(t), time.Now)
+	dead, err := openKernel(netip.MustParseAddr(kRelay), EngineNftables, zaptest.NewLogger(t), time.Now, openEBPFKengine)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -113,6 +113,8 @@ type Relay struct {
 	m    *metrics
 	now  func() time.Time // time.Now; a settable clock in tests
 
+	openEBPF ebpfOpener // loads the eBPF engine (openEBPFKengine)
+
 	mu       sync.Mutex
 	pool     *portPool
 	sessions map[string]*session
@@ -148,12 +150,18 @@ const replicaRefreshes = 4
 // New validates cfg (cfg.Address must already hold the address to use),
 // registers the metrics on reg and returns a Relay; Run relays.
 func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Relay, error) {
-	return newWithClock(cfg, log, reg, time.Now)
+	return newRelay(cfg, log, reg, time.Now, openEBPFKengine)
 }
 
 // newWithClock is New reading the time from now (the relay's timers and
 // the data path's packet times).
 func newWithClock(cfg Config, log *zap.Logger, reg prometheus.Registerer, now func() time.Time) (*Relay, error) {
+	return newRelay(cfg, log, reg, now, openEBPFKengine)
+}
+
+// newRelay is New with the clock and the eBPF engine's loader given (a
+// test's loader makes loading fail).
+func newRelay(cfg Config, log *zap.Logger, reg prometheus.Registerer, now func() time.Time, openEBPF ebpfOpener) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -166,7 +174,7 @@ func newWithClock(cfg Config, log *zap.Logger, reg prometheus.Registerer, now fu
 		log = zap.NewNop()
 	}
 	r := &Relay{
-		cfg: cfg, addr: addr, log: log, now: now,
+		cfg: cfg, addr: addr, log: log, now: now, openEBPF: openEBPF,
 		pool:        newPortPool(first, last),
 		sessions:    make(map[string]*session),
 		stop:        make(chan struct{}),

@@ -42,34 +42,45 @@ func (r *notifyingRouter) switchOn() {
 	r.mu.Unlock()
 }
 
-// TestHeldCallWakesOnRouterChange: a call held for a backend behind a
-// router that announces its changes is set up when the router says so,
-// and the router is not polled meanwhile (it used to be asked every 50 ms
-// by every held request, which under overload cost more than the calls).
-func TestHeldCallWakesOnRouterChange(t *testing.T) {
+// heldCall places one call (SIPp phone to a SIPp backend, asterisk1)
+// through a proxy whose router offers no backend until switchOn is called,
+// 300 ms after the INVITE leaves: a cold standby started meanwhile. It
+// fails the test unless the call is set up, held exactly once, and returns
+// the proxy and how long the call took.
+func heldCall(t *testing.T, router Router, switchOn func(), opts ...Option) (*testProxy, time.Duration) {
+	t.Helper()
 	testkit.RequireSIPp(t)
 	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
 	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
 	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
-	router := &notifyingRouter{switchRouter: switchRouter{name: be.Name}, changed: make(chan struct{})}
-	p := startProxyWith(t, []string{"udp"}, []Backend{be}, router, nil)
+	p := startProxyWith(t, []string{"udp"}, []Backend{be}, router, nil, opts...)
 	start := time.Now()
-	time.AfterFunc(300*time.Millisecond, router.switchOn)
+	time.AfterFunc(300*time.Millisecond, switchOn)
 	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
 		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
 	if code := phone.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("held call failed (exit %d)\n%s", code, phone.Output())
 	}
-	held := time.Since(start)
+	took := time.Since(start)
 	if got := testutil.ToFloat64(p.m.held); got != 1 {
 		t.Errorf("hapbx_proxy_held_requests_total = %v, want 1", got)
 	}
+	backend.Wait(5 * time.Second)
+	return p, took
+}
+
+// TestHeldCallWakesOnRouterChange: a call held for a backend behind a
+// router that announces its changes is set up when the router says so,
+// and the router is not polled meanwhile (it used to be asked every 50 ms
+// by every held request, which under overload cost more than the calls).
+func TestHeldCallWakesOnRouterChange(t *testing.T) {
+	router := &notifyingRouter{switchRouter: switchRouter{name: "asterisk1"}, changed: make(chan struct{})}
+	_, held := heldCall(t, router, router.switchOn)
 	// Asked when the INVITE came, when the router changed, and at most once
 	// a second besides; a 50 ms poll would have asked held/50ms times.
 	if limit := 3 + int64(held/time.Second); router.asked.Load() > limit {
 		t.Errorf("router asked %d times while the call was held for %v, want at most %d", router.asked.Load(), held, limit)
 	}
-	backend.Wait(5 * time.Second)
 }
 
 // TestStrainedProxyHoldsForAColdStandby: while hapbx is strained (the
@@ -77,24 +88,10 @@ func TestHeldCallWakesOnRouterChange(t *testing.T) {
 // the cold standby being started, not answered 503 at once (the lab's cold
 // failover under -race lost 57 of 120 calls so).
 func TestStrainedProxyHoldsForAColdStandby(t *testing.T) {
-	testkit.RequireSIPp(t)
-	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
-	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
-	router := &notifyingRouter{switchRouter: switchRouter{name: be.Name}, changed: make(chan struct{})}
+	router := &notifyingRouter{switchRouter: switchRouter{name: "asterisk1"}, changed: make(chan struct{})}
 	load := &fakeLoad{}
 	load.strained.Store(true)
-	p := startProxyWith(t, []string{"udp"}, []Backend{be}, router, nil, WithDoor(Door{Load: load}))
-	time.AfterFunc(300*time.Millisecond, router.switchOn)
-	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
-		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
-	if code := phone.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("call held for a cold standby while strained failed (exit %d)\n%s", code, phone.Output())
-	}
-	if got := testutil.ToFloat64(p.m.held); got != 1 {
-		t.Errorf("hapbx_proxy_held_requests_total = %v, want 1", got)
-	}
-	backend.Wait(5 * time.Second)
+	heldCall(t, router, router.switchOn, WithDoor(Door{Load: load}))
 }
 
 // TestStrainedProxyDoesNotHoldForALiveBackend: while hapbx is strained, a

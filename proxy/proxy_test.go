@@ -592,23 +592,8 @@ func (r *switchRouter) Candidates(string) []string {
 // TestNoBackendWaitHoldsNewCall: a call placed while no backend is healthy
 // is held and set up once one comes up (here 300 ms later), not refused.
 func TestNoBackendWaitHoldsNewCall(t *testing.T) {
-	testkit.RequireSIPp(t)
-	be, bePort := backendOn(t, "asterisk1", be1IP, "udp")
-	backend := testkit.StartSIPp(t, be1IP, bePort, "-sf", scenario("uas_call.xml"), "-m", "1")
-	testkit.WaitListening(t, "udp", be.Address, 3*time.Second)
-	router := &switchRouter{name: be.Name}
-	p := startProxyWith(t, []string{"udp"}, []Backend{be}, router, nil)
-	time.AfterFunc(300*time.Millisecond, func() { router.on.Store(true) })
-	phone := testkit.StartSIPp(t, phoneIP, testkit.FreePort(t, phoneIP), "-sf", scenario("uac_call.xml"),
-		"-s", "202", "-m", "1", "-timeout", "10s", "-timeout_error", p.addr)
-	if code := phone.Wait(15 * time.Second); code != 0 {
-		t.Fatalf("held call failed (exit %d)\n%s", code, phone.Output())
-	}
-	if got := testutil.ToFloat64(p.m.held); got != 1 {
-		t.Errorf("hapbx_proxy_held_requests_total = %v, want 1", got)
-	}
-	backend.Wait(5 * time.Second)
-
+	router := &switchRouter{name: "asterisk1"}
+	p, _ := heldCall(t, router, func() { router.on.Store(true) })
 	// With the wait off, a call with no backend is refused at once.
 	router.on.Store(false)
 	p.cfg.NoBackendWait = 0

@@ -55,6 +55,12 @@ func randHex(n int) string {
 
 // Send sends one OPTIONS (a new transaction) and returns its send time.
 func (p *Prober) Send() (time.Time, error) {
+	at, _, err := p.send()
+	return at, err
+}
+
+// send sends one OPTIONS and returns its send time and bytes.
+func (p *Prober) send() (time.Time, []byte, error) {
 	local := p.conn.LocalAddr().String()
 	cid := randHex(8) + "@hlab"
 	msg := "OPTIONS sip:" + VIP + " SIP/2.0\r\n" +
@@ -67,7 +73,7 @@ func (p *Prober) Send() (time.Time, error) {
 	p.sent[cid] = now
 	p.mu.Unlock()
 	_, err := p.conn.WriteTo([]byte(msg), p.dst)
-	return now, err
+	return now, []byte(msg), err
 }
 
 func (p *Prober) read() {
@@ -133,14 +139,25 @@ func (p *Prober) FirstAnswerAfter(t0 time.Time, interval, d time.Duration) (time
 	return time.Time{}, fmt.Errorf("no OPTIONS sent after %s answered through the VIP within %s", t0.Format("15:04:05.000"), d)
 }
 
-// Ask sends one OPTIONS and waits up to d for its answer.
+// Ask sends one OPTIONS transaction and waits up to d for its answer,
+// retransmitting it as a UA does over UDP (RFC 3261 Timer A: 500 ms, then
+// doubling): a datagram sent as the VIP moves may reach the old holder,
+// or leave before the phones' ARP entry names the new one, and a phone
+// would not give up on it.
 func (p *Prober) Ask(d time.Duration) (int, error) {
-	s, err := p.Send()
+	s, msg, err := p.send()
 	if err != nil {
 		return 0, err
 	}
 	end := time.Now().Add(d)
+	timerA := 500 * time.Millisecond
+	resend := s.Add(timerA)
 	for time.Now().Before(end) {
+		if time.Now().After(resend) {
+			_, _ = p.conn.WriteTo(msg, p.dst)
+			timerA *= 2
+			resend = resend.Add(timerA)
+		}
 		p.mu.Lock()
 		for _, a := range p.ans {
 			if a.Sent.Equal(s) {

@@ -32,5 +32,11 @@
 // (softirq included; exact only on an otherwise idle machine), and the CPU
 // of the generator, the relay process and the ksoftirqd threads (robust to
 // other jobs; tick accounting charges softirq to the task it interrupted,
-// which for veth traffic is mostly the sender).
+// which for veth traffic is mostly the sender). Each is the difference of
+// two runs' totals, and the generator's own cost varies from run to run by
+// more than a kernel relay's whole cost: -repeat runs the baseline and the
+// relays several times, alternating, and prints the medians. With a
+// kernel engine the measured window starts once the relay has settled
+// (every leg handed to the kernel, its process quiet), so that it measures
+// the forwarding, not the hand-over.
 package relaybench
