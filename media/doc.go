@@ -281,7 +281,10 @@
 // CAP_NET_ADMIN alone cannot create the map); without them the relay logs
 // once and uses nftables. XDP was not built: on veth (the bench, containers)
 // XDP_TX/redirect needs a program on the peer too, and native XDP depends
-// on the NIC driver; TC works on every Ethernet device.
+// on the NIC driver; TC works on every Ethernet device, and with the array
+// map it meets issue 16's goals at 4000 calls (median 0.79 us per packet
+// from /proc/stat, 0.59 us accounted, p99 50 us at the phones' host, no
+// loss; README, Performance).
 //
 // Which engine: ebpf is the default, by measurement (relaybench -calls
 // 2000 -modes kernel,ebpf, four runs alternating the engines on the shared
@@ -294,7 +297,10 @@
 // load (load average 5-8; 0.54-0.61 us at 14-21; BPF_STATS_RUN_TIME),
 // in place of netfilter's prerouting chain and map, the routing decision,
 // ip_forward and the postrouting chain; counters cost the relay process
-// less too (batched map reads against a netlink dump). nftables remains
+// less too (batched map reads against a netlink dump). On a quiet machine
+// with the array map (relaybench -repeat 3, medians): 0.55-0.59 us
+// accounted at 2000 and 4000 calls against nftables' 1.07-1.76 us.
+// nftables remains
 // the choice where the kernel is older than 6.6, CAP_BPF cannot be
 // granted, or firewall rules must see the relayed packets.
 //
