@@ -115,6 +115,19 @@ const uasByeInSetup = `<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 `
 
+// uasByeLost answers a call 200 and loses the caller's BYE (SIPp's lost:
+// as to a proxy being killed), sends its own, and answers CODE to the
+// caller's BYE only when the caller sends it again. SIPp stops
+// retransmitting a request once any message of the call arrives (here the
+// crossing BYE), so the caller must send it again itself, as a phone's
+// transaction does.
+var uasByeLost = strings.Replace(strings.Replace(uasGlare, "GLARE\n", "", 1), `  <recv request="BYE">
+    <action>`, `  <recv request="BYE" lost="100" timeout="1000" ontimeout="own"/>
+  <label id="own"/>
+`+uasOwnBye+`
+  <recv request="BYE">
+    <action>`, 1)
+
 // writeGlareUAS writes uasGlare, with its own BYE or not and answering
 // the caller's BYE code, into dir and returns its path.
 func writeGlareUAS(t *testing.T, dir string, ownBye bool, code string) string {
@@ -135,7 +148,9 @@ func writeGlareUAS(t *testing.T, dir string, ownBye bool, code string) string {
 // phones'; trunk_call_lab.xml, the provider's) hang up 200 ms after the
 // answer. A BYE of the far end crossing theirs is a legitimate end of the
 // call (RFC 3261 15.1.2): answered 200, their own BYE answered 200, 481 or
-// 408 (hapbx's when the backend is gone). A 481 to their BYE without such
+// 408 (hapbx's when the backend is gone); their own BYE, if lost on the
+// way (sent to a proxy as it was killed), is sent again after a second,
+// as a phone's transaction would. A 481 to their BYE without such
 // a BYE (the far end did not know the dialog) and a BYE during the set-up
 // (before any dialog) still fail the call.
 // Loopback SIPp only: no lab needed.
@@ -155,6 +170,7 @@ func TestCallersAcceptByeGlare(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		glare bool
+		lost  bool // the caller's first BYE unanswered: only its retransmission is
 		code  string
 		ok    bool
 		uas   string // instead of uasGlare
@@ -164,12 +180,20 @@ func TestCallersAcceptByeGlare(t *testing.T) {
 		{name: "glare, own BYE answered 200", glare: true, code: "200 OK", ok: true},
 		{name: "glare, own BYE answered 481", glare: true, code: "481 Call/Transaction Does Not Exist", ok: true},
 		{name: "glare, own BYE answered 408", glare: true, code: "408 Request Timeout", ok: true},
+		{name: "glare, own BYE lost once, answered 481", glare: true, lost: true, code: "481 Call/Transaction Does Not Exist", ok: true},
+		{name: "glare, own BYE lost once, answered 200", glare: true, lost: true, code: "200 OK", ok: true},
 		{name: "no glare, own BYE answered 200", code: "200 OK", ok: true},
 		{name: "no glare, own BYE answered 481", code: "481 Call/Transaction Does Not Exist", ok: false},
 	} {
 		uasFile := c.uas
 		if uasFile == "" {
 			uasFile = writeGlareUAS(t, dir, c.glare, c.code)
+			if c.lost {
+				uasFile = filepath.Join(dir, "uas_bye_lost.xml")
+				if err := os.WriteFile(uasFile, []byte(strings.Replace(uasByeLost, "CODE", c.code, 1)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		for _, caller := range [][]string{
 			{"-sf", filepath.Join(testdata, "uac_call_lab.xml"), "-inf", filepath.Join(testdata, "calls.csv")},
