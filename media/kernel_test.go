@@ -221,6 +221,22 @@ func kernelCall(t *testing.T, r *Relay, id string, a, b *phone) (pa, pb uint16) 
 
 // relayOnce sends one RTP packet and checks it arrives rewritten: from
 // the relay's port facing dst, payload unchanged.
+// latchedCall sets up call id between a and b and relays one packet each
+// way through user space, which latches both legs, until the kernel
+// holds an element for each; it returns the relay's ports facing a and
+// b and the addresses a and b send to.
+func latchedCall(t *testing.T, r *Relay, id string, a, b *phone) (pa, pb uint16, toA, toB netip.AddrPort) {
+	t.Helper()
+	pa, pb = kernelCall(t, r, id, a, b)
+	toA, toB = kAP(kRelay, pa), kAP(kRelay, pb)
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
+		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
+	})
+	return pa, pb, toA, toB
+}
+
 func relayOnce(t *testing.T, src *phone, to netip.AddrPort, dst *phone, wantFrom netip.AddrPort) {
 	t.Helper()
 	src.sendRTP(to)
@@ -250,15 +266,8 @@ func TestKernelDatapath(t *testing.T) {
 	}
 	r := newKernelRelay(t, DatapathKernel, nil)
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
-	pa, pb := kernelCall(t, r, "k1", a, b)
-	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
-
 	// User space relays until both latches are in the kernel.
-	relayOnce(t, a, toA, b, toB)
-	relayOnce(t, b, toB, a, toA)
-	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
-		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
-	})
+	pa, pb, toA, toB := latchedCall(t, r, "k1", a, b)
 	before := kernelPackets(t, r, pa, a.addr())
 	for range 10 {
 		relayOnce(t, a, toA, b, toB)
@@ -446,13 +455,7 @@ func TestKernelDatapathRelatchAfterSilence(t *testing.T) {
 	cfg := kernelConfig(t)
 	r := startKernelRelay(t, cfg, nil, clk.now)
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
-	pa, pb := kernelCall(t, r, "relatch", a, b)
-	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
-	relayOnce(t, a, toA, b, toB)
-	relayOnce(t, b, toB, a, toA)
-	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
-		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
-	})
+	pa, _, toA, toB := latchedCall(t, r, "relatch", a, b)
 	relayOnce(t, a, toA, b, toB)
 	testkit.Eventually(t, 5*time.Second, "kernel packet credited", func() bool {
 		return r.Snapshot()[0].Streams[0].FromA.Packets >= 2
@@ -529,13 +532,7 @@ func TestKernelDatapathHoldResumeCodec(t *testing.T) {
 	}
 	r := newKernelRelay(t, DatapathKernel, nil)
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
-	pa, pb := kernelCall(t, r, "hold", a, b)
-	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
-	relayOnce(t, a, toA, b, toB)
-	relayOnce(t, b, toB, a, toA)
-	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
-		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
-	})
+	pa, pb, toA, toB := latchedCall(t, r, "hold", a, b)
 	inKernel := func(what string) {
 		t.Helper()
 		if !hasElement(t, r, pa, a.addr()) || !hasElement(t, r, pb, b.addr()) {
@@ -763,13 +760,7 @@ func TestKernelDatapathChecksums(t *testing.T) {
 	}
 	r := newKernelRelay(t, DatapathKernel, nil)
 	a, b := phoneIn(t, pns, kPhoneA), phoneIn(t, pns, kPhoneB)
-	pa, pb := kernelCall(t, r, "csum", a, b)
-	toA, toB := kAP(kRelay, pa), kAP(kRelay, pb)
-	relayOnce(t, a, toA, b, toB)
-	relayOnce(t, b, toB, a, toA)
-	testkit.Eventually(t, 5*time.Second, "elements for both legs", func() bool {
-		return hasElement(t, r, pa, a.addr()) && hasElement(t, r, pb, b.addr())
-	})
+	pa, _, toA, toB := latchedCall(t, r, "csum", a, b)
 	var raw int
 	if err := testkit.InNS(pns, func() (err error) {
 		raw, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
