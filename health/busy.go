@@ -1,6 +1,7 @@
 package health
 
 import (
+	"maps"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,12 +16,17 @@ import (
 // it. A killed, frozen or powered-off backend answers nothing, so its
 // detection is unchanged; a hung one that still answers calls is not down.
 func (c *Checker) Heard(backend string) {
-	c.mu.Lock()
-	b := c.backends[backend]
-	c.mu.Unlock()
-	if b != nil {
-		b.heard.Store(time.Now().UnixNano())
+	if m := c.heardBy.Load(); m != nil {
+		if b := (*m)[backend]; b != nil {
+			b.heard.Store(time.Now().UnixNano())
+		}
 	}
+}
+
+// publishLocked gives Heard a copy of the backends (c.mu held).
+func (c *Checker) publishLocked() {
+	m := maps.Clone(c.backends)
+	c.heardBy.Store(&m)
 }
 
 // busy reports whether b answered a forwarded request after the unanswered

@@ -35,6 +35,9 @@ type Checker struct {
 	mu       sync.Mutex
 	order    []string
 	backends map[string]*backend
+	// heardBy is a copy of backends for Heard, which the proxy calls on
+	// every backend response: read without c.mu, replaced under it.
+	heardBy  atomic.Pointer[map[string]*backend]
 	subs     map[*Queue[Change]]struct{}
 	runCtx   context.Context // set while Run runs
 	finished bool            // Run has returned
@@ -162,6 +165,7 @@ func (c *Checker) SetTargets(targets []Target) error {
 			b.cancel()
 		}
 		delete(c.backends, name)
+		c.publishLocked()
 		c.m.forget(name)
 		c.emitLocked(Change{Name: name, From: b.state, To: StateDown, Reason: "removed from configuration", At: time.Now(), Removed: true})
 		c.log.Info("backend removed from health checks", zap.String("backend", name))
@@ -233,6 +237,7 @@ func (c *Checker) addLocked(t Target) *backend {
 		c.order = append(c.order, t.Name)
 	}
 	c.backends[t.Name] = b
+	c.publishLocked()
 	c.m.up.WithLabelValues(t.Name).Set(0)
 	return b
 }

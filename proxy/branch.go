@@ -110,21 +110,26 @@ func viaKey(v *sip.ViaHeader) string {
 // macPool keeps HMAC-SHA256 states keyed with the proxy's secret and
 // buffers for their input: every call forwarded computes several MACs
 // (branches, dialog tokens), and a new HMAC each time was a tenth of a
-// call's allocations.
+// call's allocations. The key is the pool's, set once (newMACPool): a
+// pooled state keeps the key it was made with.
 type macPool struct{ pool sync.Pool }
+
+// newMACPool makes the pool of states keyed with secret.
+func newMACPool(secret []byte) *macPool {
+	return &macPool{pool: sync.Pool{New: func() any {
+		return &pooledMAC{h: hmac.New(sha256.New, secret), buf: make([]byte, 0, 256)}
+	}}}
+}
 
 type pooledMAC struct {
 	h   hash.Hash
 	buf []byte
 }
 
-// sum appends to dst the HMAC-SHA256 keyed with secret (always the same
-// for one pool) of parts, each followed by a zero byte.
-func (mp *macPool) sum(secret, dst []byte, parts ...string) []byte {
-	m, _ := mp.pool.Get().(*pooledMAC)
-	if m == nil {
-		m = &pooledMAC{h: hmac.New(sha256.New, secret), buf: make([]byte, 0, 256)}
-	}
+// sum appends to dst the HMAC-SHA256 of parts, each followed by a zero
+// byte.
+func (mp *macPool) sum(dst []byte, parts ...string) []byte {
+	m := mp.pool.Get().(*pooledMAC)
 	buf := m.buf[:0]
 	for _, s := range parts {
 		buf = append(buf, s...)
@@ -144,6 +149,6 @@ func (mp *macPool) sum(secret, dst []byte, parts ...string) []byte {
 func (p *Proxy) branchMAC(parts ...string) string {
 	var sum [sha256.Size]byte
 	var out [2 * sha256.Size]byte
-	hex.Encode(out[:], p.macs.sum(p.secret, sum[:0], parts...))
+	hex.Encode(out[:], p.macs.sum(sum[:0], parts...))
 	return string(out[:])
 }

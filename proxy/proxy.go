@@ -60,14 +60,14 @@ type addressing struct {
 
 type memory struct {
 	dialogs    *dialogTable
-	challenged *ttlSet // Call-ID -> backend that answered 401/407
-	non2xx     *ttlSet // INVITE branch answered with a non-2xx final
-	strays     *ttlSet // branches of the stray finals seen once (stray.go)
-	secret     []byte  // key of the dialog tokens (token.go)
-	macs       macPool // HMACs keyed with secret (branch.go)
-	rfc2543    string  // prefix of the synthetic branches (rfc2543.go)
-	markTag    string  // tag of the marks intake writes (sanity.go)
-	cseqRaised *ttlSet // Call-ID -> CSeq of an INVITE sent again to a trunk with credentials
+	challenged *ttlSet  // Call-ID -> backend that answered 401/407
+	non2xx     *ttlSet  // INVITE branch answered with a non-2xx final
+	strays     *ttlSet  // branches of the stray finals seen once (stray.go)
+	secret     []byte   // key of the dialog tokens (token.go)
+	macs       *macPool // HMACs keyed with secret (branch.go)
+	rfc2543    string   // prefix of the synthetic branches (rfc2543.go)
+	markTag    string   // tag of the marks intake writes (sanity.go)
+	cseqRaised *ttlSet  // Call-ID -> CSeq of an INVITE sent again to a trunk with credentials
 }
 
 type stack struct {
@@ -160,6 +160,7 @@ func New(cfg Config, backends []Backend, router Router, log *zap.Logger, reg pro
 			return nil, err
 		}
 	}
+	p.macs = newMACPool(p.secret)
 	p.rfc2543 = branch2543Prefix(p.secret)
 	p.markTag = markTag(p.secret)
 	p.conns.intake, p.conns.maxMessage, p.conns.viaMark = p.streamIntake, cfg.MaxMessageSize, []byte(";branch="+p.rfc2543)

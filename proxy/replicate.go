@@ -102,9 +102,11 @@ func (r *DialogReplica) Run(ctx context.Context) error {
 		}
 		r.mu.Lock()
 		dead := r.dead
-		if len(dead) > 0 {
-			r.dead = map[string]time.Time{}
+		if len(dead) == 0 {
+			r.mu.Unlock()
+			continue // the empty map stays shared: not read without the lock
 		}
+		r.dead = map[string]time.Time{}
 		r.mu.Unlock()
 		for b, at := range dead {
 			if n := r.p.hangUp(b, at, HangUpReasonBackendDown); n > 0 {

@@ -430,11 +430,10 @@ func (p *Proxy) endJoined(c *joinedCall, from int, reason string) {
 // and, should this proxy take the VIP back, it joins again those still up
 // (DialogReplica.Run). The relay keeps their media joined: no media
 // reaches a proxy without the VIP, and takeOver finds the join again.
-// It returns how many calls it parked.
-func (p *Proxy) parkJoined() int {
+func (p *Proxy) parkJoined() {
 	t := p.takeovers
 	if t == nil {
-		return 0
+		return
 	}
 	t.mu.Lock()
 	var calls []*joinedCall
@@ -464,7 +463,6 @@ func (p *Proxy) parkJoined() int {
 		p.replica.deadBefore(c.d[0].backend, last.Add(time.Nanosecond))
 		p.log.Warn("VIP lost: joined call left to the twin", zap.String("call_id", c.d[0].callID), zap.String("other_call_id", c.d[1].callID))
 	}
-	return len(calls)
 }
 
 // joinedReleased takes the twin's word that the dialog of callID and key

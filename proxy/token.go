@@ -32,7 +32,7 @@ const minSecretLen = 16
 // VIP accepts the dialogs of the proxy that died. Without it New draws a
 // random key: dialogs then survive neither a restart nor a failover.
 func WithDialogSecret(secret []byte) Option {
-	return func(p *Proxy) { p.secret = bytes.Clone(secret) }
+	return func(p *Proxy) { p.secret = bytes.Clone(secret); p.macs = newMACPool(p.secret) }
 }
 
 // dialogToken binds a dialog set up through this proxy, as it is known when
@@ -47,7 +47,7 @@ func (p *Proxy) dialogToken(callID, fromTag, backend string) string {
 
 // dialogMAC appends to dst the MAC of a dialog token (tokenLen bytes).
 func (p *Proxy) dialogMAC(dst []byte, callID, fromTag, backend string) []byte {
-	return p.macs.sum(p.secret, dst, "hapbx-dialog-v1", callID, fromTag, backend)[:len(dst)+tokenLen]
+	return p.macs.sum(dst, "hapbx-dialog-v1", callID, fromTag, backend)[:len(dst)+tokenLen]
 }
 
 // tokenAllows reports whether tok was issued by a proxy holding the same

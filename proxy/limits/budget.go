@@ -179,8 +179,9 @@ func (b *Budget) readProcess(r *reading) {
 
 // observe applies one reading taken at now (ns since epoch).
 func (b *Budget) observe(r reading, now int64) {
+	peak := max(r.inUse, r.peak)
 	b.m.inUse.Set(float64(r.inUse))
-	b.m.peak.Set(float64(max(r.inUse, r.peak)))
+	b.m.peak.Set(float64(peak))
 	if b.tune {
 		// Set again only on a change of a tenth or more: each setting
 		// recomputes the collector's pacing.
@@ -190,7 +191,6 @@ func (b *Budget) observe(r reading, now int64) {
 			b.m.gcPercent.Set(float64(p))
 		}
 	}
-	peak := max(r.inUse, r.peak)
 	switch {
 	case !b.shedding.Load() && peak >= b.shedAt:
 		b.shedding.Store(true)
