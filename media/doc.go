@@ -270,8 +270,9 @@
 // written in place, so no packet meets a missing entry; a new source is
 // written after the entry is zeroed (its packets reach the socket
 // meanwhile), so no packet pairs one leg's source with another's
-// destination. Updates are one system call each and not transactional: a failed batch removes what it added and those legs stay
-// in user space. Counters are read with batched lookups (1024 entries a
+// destination. Updates are one system call each and not transactional: a
+// failed one zeroes every entry of its batch, so those legs' packets reach
+// the sockets and user space relays them. Counters are read with batched lookups (1024 entries a
 // call). The TCX links are not pinned, so the kernel detaches the program
 // when hapbx exits, even killed; at start a program of hapbx's name still
 // attached to an interface (another live process, one attached by hand) is

@@ -79,6 +79,10 @@ type ebpfEngine struct {
 // attachment by hand), but the start removes it as the nftables path
 // removes its table.
 func openEBPF(relay [4]byte) (*ebpfEngine, error) {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		// The program compares an entry's halves as little-endian words.
+		return nil, errors.New("eBPF engine: big-endian host not supported")
+	}
 	legs, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name: ebpfMapName, Type: ebpf.Array, KeySize: 4, ValueSize: bvSize,
 		MaxEntries: ebpfMaxLegs,
@@ -199,6 +203,7 @@ func (e *ebpfEngine) close() {
 // entry's halves at fp-88 and fp-96.
 const (
 	fpKey   = -8
+	fpLen   = -4 // the IP total length, host order, for the byte counter
 	fpFib   = -72
 	fpPorts = -80
 	fpSrc   = -88 // the entry's first half: latched source and port
@@ -216,7 +221,7 @@ const (
 	fibDmac    = 58
 	fibSize    = 64
 	// struct __sk_buff offsets
-	skbLen     = 0
+	skbVLAN    = 20 // vlan_present
 	skbIfindex = 40
 	skbData    = 76
 	skbDataEnd = 80
@@ -224,6 +229,7 @@ const (
 	pktEthType = 12
 	pktVerIHL  = 14
 	pktTos     = 15
+	pktTotLen  = 16
 	pktFrag    = 20
 	pktProto   = 23
 	pktIPCsum  = 24
@@ -233,7 +239,6 @@ const (
 	pktDport   = 36
 	pktUDPCsum = 40
 	pktPayload = 42
-	ethHdr     = 14
 
 	fibRetSuccess = 0 // BPF_FIB_LKUP_RET_SUCCESS
 	fibRetNoNeigh = 7 // BPF_FIB_LKUP_RET_NO_NEIGH: the route is known, the neighbour not yet
@@ -257,6 +262,12 @@ func ebpfProgram(legsFD int, relay [4]byte) asm.Instructions {
 	const pass = "pass"
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
+		// A VLAN-tagged packet (on the parent interface, its tag moved
+		// into the metadata) goes on to its VLAN device, whose own
+		// program forwards it: redirected from here it would keep its
+		// tag on the way out, onto a network not of that VLAN.
+		asm.LoadMem(asm.R2, asm.R6, skbVLAN, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, pass),
 		asm.LoadMem(asm.R8, asm.R6, skbData, asm.Word),
 		asm.LoadMem(asm.R9, asm.R6, skbDataEnd, asm.Word),
 		asm.Mov.Reg(asm.R2, asm.R8),
@@ -337,8 +348,13 @@ func ebpfProgram(legsFD int, relay [4]byte) asm.Instructions {
 		asm.Mov.Reg(asm.R9, asm.R0),
 		asm.JEq.Imm(asm.R9, fibRetSuccess, "rewrite"),
 		asm.JNE.Imm(asm.R9, fibRetNoNeigh, pass),
+		// The IP length, for the byte counter (not the frame's: a short
+		// frame's Ethernet padding is no part of it, as nftables counts).
+		asm.LoadMem(asm.R2, asm.R8, pktTotLen, asm.Half).WithSymbol("rewrite"),
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.StoreMem(asm.RFP, fpLen, asm.R2, asm.Half),
 		// The old ports word (source port . relay port) for the checksum.
-		asm.LoadMem(asm.R2, asm.RFP, fpSrc+4, asm.Half).WithSymbol("rewrite"),
+		asm.LoadMem(asm.R2, asm.RFP, fpSrc+4, asm.Half),
 		asm.StoreMem(asm.RFP, fpPorts, asm.R2, asm.Half),
 		asm.LoadMem(asm.R2, asm.R8, pktDport, asm.Half),
 		asm.StoreMem(asm.RFP, fpPorts+2, asm.R2, asm.Half),
@@ -387,8 +403,7 @@ func ebpfProgram(legsFD int, relay [4]byte) asm.Instructions {
 		// Count (atomically: several CPUs may carry one leg) and stamp.
 		asm.Mov.Imm(asm.R2, 1),
 		xadd(asm.R7, bvPackets, asm.R2),
-		asm.LoadMem(asm.R2, asm.R6, skbLen, asm.Word),
-		asm.Add.Imm(asm.R2, -ethHdr),
+		asm.LoadMem(asm.R2, asm.RFP, fpLen, asm.Half),
 		xadd(asm.R7, bvBytes, asm.R2),
 		asm.FnKtimeGetNs.Call(),
 		asm.StoreMem(asm.R7, bvSeen, asm.R0, asm.DWord),
@@ -453,9 +468,9 @@ func elemOf(k bpfKey, v *bpfVal, mono uint64) kelem {
 // missing entry; one whose source changes is zeroed first (its packets
 // reach user space meanwhile, which keeps the socket), so a packet never
 // pairs one leg's source with another's destination. Unlike an nftables
-// transaction the entries change one by one; on a failed update the
-// entries added by this call are zeroed again (their packets reach user
-// space) and the error returned.
+// transaction the entries change one by one; on a failed update (short
+// of memory: an in-range key of an array cannot fail otherwise) every
+// entry the call touched is zeroed and the error returned.
 func (e *ebpfEngine) apply(del []kkey, add []kelem) error {
 	// A kernel key is the relay port and the latched source: the same
 	// key deleted and added is the same source with a new destination.
@@ -472,16 +487,26 @@ func (e *ebpfEngine) apply(del []kkey, add []kelem) error {
 			return fmt.Errorf("zero eBPF map entry for port %d: %w", uint16(bk), err)
 		}
 	}
-	for i, el := range add {
+	for _, el := range add {
 		bk, v := e.keyOf(el.key), valOf(el)
 		if err := e.legs.Update(bk, &v, ebpf.UpdateAny); err != nil {
-			for _, done := range add[:i] {
-				_ = e.legs.Update(e.keyOf(done.key), &bpfVal{}, ebpf.UpdateAny)
-			}
+			e.zero(del, add)
 			return fmt.Errorf("update eBPF map entry for port %d: %w", uint16(bk), err)
 		}
 	}
 	return nil
+}
+
+// zero clears every entry a failed apply touched: their legs' packets go
+// up to the relay's sockets, which user space keeps and relays from,
+// whatever the kernel layer believes installed until their next change.
+func (e *ebpfEngine) zero(del []kkey, add []kelem) {
+	for _, k := range del {
+		_ = e.legs.Update(e.keyOf(k), &bpfVal{}, ebpf.UpdateAny)
+	}
+	for _, el := range add {
+		_ = e.legs.Update(e.keyOf(el.key), &bpfVal{}, ebpf.UpdateAny)
+	}
 }
 
 // ebpfBatch is the number of entries one BPF_MAP_LOOKUP_BATCH reads.

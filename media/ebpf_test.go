@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -35,6 +36,46 @@ func TestEBPFDatapathHoldResumeCodec(t *testing.T) { TestKernelDatapathHoldResum
 // TestEBPFJoin: joined legs are forwarded phone to phone, the dead PBX's
 // entries removed, renumbered payload types kept in user space.
 func TestEBPFJoin(t *testing.T) { TestKernelJoin(t) }
+
+// TestEBPFDatapathVLAN: a phone on a voice VLAN (802.1Q, tag 100) calls
+// one on the untagged LAN. The program on the parent interface sees the
+// tagged packet with its tag moved into the packet's metadata: it must
+// leave it to the VLAN device (whose own program forwards it), or the
+// redirect would carry the tag onto the untagged LAN. The phones' host
+// filters strictly by reverse path, as a phone on one network would drop
+// a frame on a VLAN it is not on.
+func TestEBPFDatapathVLAN(t *testing.T) {
+	const vlanRelay, vlanPhone = "10.77.100.1", "10.77.100.2"
+	pns := inKernelNamespacesWith(t, func(run func(args ...string), rns, pns string) {
+		if out, err := exec.Command("ip", "-n", rns, "link", "add", "link", "v0", "name", "v0.100", "type", "vlan", "id", "100").CombinedOutput(); err != nil {
+			t.Skipf("no 802.1Q VLAN devices in this kernel (CONFIG_VLAN_8021Q): %v %s", err, out)
+		}
+		run("ip", "-n", rns, "addr", "add", vlanRelay+"/24", "dev", "v0.100")
+		run("ip", "-n", rns, "link", "set", "v0.100", "up")
+		run("ip", "-n", pns, "link", "add", "link", "v1", "name", "v1.100", "type", "vlan", "id", "100")
+		run("ip", "-n", pns, "addr", "add", vlanPhone+"/24", "dev", "v1.100")
+		run("ip", "-n", pns, "link", "set", "v1.100", "up")
+		// The VLAN phone reaches the relay through its VLAN's gateway.
+		run("ip", "-n", pns, "rule", "add", "from", vlanPhone, "table", "100")
+		run("ip", "-n", pns, "route", "add", "default", "via", vlanRelay, "dev", "v1.100", "table", "100")
+		run("ip", "netns", "exec", pns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.v1.rp_filter=1")
+	})
+	if pns == "" {
+		return
+	}
+	r := newKernelRelay(t, DatapathKernel, nil)
+	a, b := phoneIn(t, pns, vlanPhone), phoneIn(t, pns, kPhoneB)
+	pa, pb, toA, toB := latchedCall(t, r, "vlan", a, b)
+	before := kernelPackets(t, r, pa, a.addr())
+	relayOnce(t, a, toA, b, toB)
+	relayOnce(t, b, toB, a, toA)
+	if got := kernelPackets(t, r, pa, a.addr()); got <= before {
+		t.Fatalf("kernel forwarded %d packets from the VLAN phone, want more than %d", got, before)
+	}
+	if got := kernelPackets(t, r, pb, b.addr()); got == 0 {
+		t.Fatal("kernel forwarded nothing from the LAN phone to the VLAN phone")
+	}
+}
 
 // TestEBPFDatapathImport: a replicated session's latches are installed at
 // Import.

@@ -37,7 +37,11 @@ const (
 // inKernelNamespaces runs the calling test in the relay's namespace and
 // returns the phones' namespace; in the parent it sets both up, runs the
 // child and returns "" (the caller returns).
-func inKernelNamespaces(t *testing.T) string {
+func inKernelNamespaces(t *testing.T) string { return inKernelNamespacesWith(t, nil) }
+
+// inKernelNamespacesWith is inKernelNamespaces with more set-up of the two
+// namespaces (rns the relay's, pns the phones') before the test runs.
+func inKernelNamespacesWith(t *testing.T, setup func(run func(args ...string), rns, pns string)) string {
 	if ns := os.Getenv(kChildEnv); ns != "" {
 		return ns
 	}
@@ -79,6 +83,9 @@ func inKernelNamespaces(t *testing.T) string {
 	// packets it sends back out of the interface they came in by.
 	run("ip", "netns", "exec", rns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
 		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.v0.send_redirects=0")
+	if setup != nil {
+		setup(run, rns, pns)
+	}
 	args := []string{"netns", "exec", rns, os.Args[0], "-test.run", "^" + t.Name() + "$", "-test.count=1", "-test.v"}
 	cmd := exec.Command("ip", args...)
 	cmd.Env = append(os.Environ(), kChildEnv+"="+pns)
