@@ -48,19 +48,13 @@ type failedCall struct {
 // sippFailedCalls returns the calls p aborted, in the order SIPp dumped
 // them (-trace_calldebug), then those only its errors name.
 func sippFailedCalls(p *Proc) []failedCall {
-	files, _ := filepath.Glob(filepath.Join(p.Dir, "*_calldebug.log"))
 	var out []failedCall
 	seen := map[string]bool{}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, c := range parseCallDebug(string(b)) {
-			if !seen[c.callID] {
-				seen[c.callID] = true
-				out = append(out, c)
-			}
+	for _, block := range splitTraces(p, "*_calldebug.log", reCallDebug) {
+		id := reCallDebug.FindStringSubmatch(block)[1]
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, failedCall{callID: id, debug: strings.TrimRight(block, "-\n")})
 		}
 	}
 	for _, ev := range sippErrorEvents(p) {
@@ -73,20 +67,6 @@ func sippFailedCalls(p *Proc) []failedCall {
 			seen[id] = true
 			out = append(out, failedCall{callID: id})
 		}
-	}
-	return out
-}
-
-func parseCallDebug(s string) []failedCall {
-	idx := reCallDebug.FindAllStringSubmatchIndex(s, -1)
-	out := make([]failedCall, 0, len(idx))
-	for i, m := range idx {
-		end := len(s)
-		if i+1 < len(idx) {
-			end = idx[i+1][0]
-		}
-		block := strings.TrimRight(s[m[0]:end], "-\n")
-		out = append(out, failedCall{callID: s[m[2]:m[3]], debug: block})
 	}
 	return out
 }
@@ -128,22 +108,11 @@ func splitTraces(p *Proc, glob string, start *regexp.Regexp) []string {
 func sippMessages(p *Proc, callID string) string {
 	var b strings.Builder
 	for _, msg := range splitTraces(p, "*_messages.log", reMsgStart) {
-		if messageCallID(msg) == callID {
+		if header(msg, "Call-ID", "i") == callID {
 			b.WriteString(strings.ReplaceAll(msg, "\r\n", "\n"))
 		}
 	}
 	return b.String()
-}
-
-// messageCallID is the Call-ID header (or its compact form) of a traced message.
-func messageCallID(msg string) string {
-	for line := range strings.Lines(msg) {
-		name, value, ok := strings.Cut(line, ":")
-		if ok && (strings.EqualFold(name, "Call-ID") || name == "i") {
-			return strings.TrimSpace(value)
-		}
-	}
-	return ""
 }
 
 // sippErrors returns the events of p's -trace_err files that name callID.
