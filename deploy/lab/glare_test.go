@@ -183,6 +183,7 @@ func TestCallersAcceptByeGlare(t *testing.T) {
 		{name: "glare, own BYE lost once, answered 481", glare: true, lost: true, code: "481 Call/Transaction Does Not Exist", ok: true},
 		{name: "glare, own BYE lost once, answered 200", glare: true, lost: true, code: "200 OK", ok: true},
 		{name: "no glare, own BYE answered 200", code: "200 OK", ok: true},
+		{name: "no glare, own BYE answered 408", code: "408 Request Timeout", ok: true},
 		{name: "no glare, own BYE answered 481", code: "481 Call/Transaction Does Not Exist", ok: false},
 	} {
 		uasFile := c.uas
@@ -206,6 +207,15 @@ func TestCallersAcceptByeGlare(t *testing.T) {
 			code := uac.Wait(30 * time.Second)
 			if (code == 0) != c.ok {
 				t.Errorf("%s, %s: sipp exit %d, want success %v\n%s", c.name, filepath.Base(caller[1]), code, c.ok, uac.Output())
+			}
+			// The far end's side too, where it plays a whole call (uasGlare,
+			// uasByeLost): its BYE answered as it expects (SIPp would answer
+			// an unexpected BYE itself, and the caller's global BYE receive
+			// take any later one).
+			if c.ok && c.uas == "" {
+				if code := uas.Wait(10 * time.Second); code != 0 {
+					t.Errorf("%s, %s: the far end's sipp exit %d, want 0\n%s", c.name, filepath.Base(caller[1]), code, uas.Output())
+				}
 			}
 			uas.Kill()
 		}

@@ -294,8 +294,8 @@ func TestFailback(t *testing.T) {
 		t.Fatalf("proxy1 did not take the VIP back within 15 s; seen %v", slices.Compact(seq))
 	}
 	t.Logf("failback to proxy1 %s after its restart; holders seen %v", time.Since(t0).Round(time.Millisecond), slices.Compact(seq))
-	// Two sends (Timer A's retransmission at 500 ms) within the 2 s: one
-	// datagram left as the VIP moved was once unanswered.
+	// Sent at 0, 0.5 and 1.5 s (Timer E) within the 2 s: one datagram
+	// left as the VIP moved was once unanswered.
 	if code, err := pr.Ask(2 * time.Second); err != nil || code != 200 {
 		t.Errorf("OPTIONS through the VIP after the failback: %d %v", code, err)
 	}

@@ -140,8 +140,8 @@ func (p *Prober) FirstAnswerAfter(t0 time.Time, interval, d time.Duration) (time
 }
 
 // Ask sends one OPTIONS transaction and waits up to d for its answer,
-// retransmitting it as a UA does over UDP (RFC 3261 Timer A: 500 ms, then
-// doubling): a datagram sent as the VIP moves may reach the old holder,
+// retransmitting it as a UA does over UDP (RFC 3261 Timer E, a non-INVITE's:
+// 500 ms, then doubling): a datagram sent as the VIP moves may reach the old holder,
 // or leave before the phones' ARP entry names the new one, and a phone
 // would not give up on it.
 func (p *Prober) Ask(d time.Duration) (int, error) {
@@ -150,13 +150,13 @@ func (p *Prober) Ask(d time.Duration) (int, error) {
 		return 0, err
 	}
 	end := time.Now().Add(d)
-	timerA := 500 * time.Millisecond
-	resend := s.Add(timerA)
+	timerE := 500 * time.Millisecond
+	resend := s.Add(timerE)
 	for time.Now().Before(end) {
 		if time.Now().After(resend) {
 			_, _ = p.conn.WriteTo(msg, p.dst)
-			timerA *= 2
-			resend = resend.Add(timerA)
+			timerE *= 2
+			resend = resend.Add(timerE)
 		}
 		p.mu.Lock()
 		for _, a := range p.ans {
