@@ -107,14 +107,15 @@ watch_drops() { local re; re="$(sock_hex "$PHONE" 5070)|$(sock_hex "$PROXY" 5060
   (while :; do grep -E " ($re) " /proc/net/udp; sleep 0.2; done >"$1") & pids+=($!); dropspid=$!; }
 sock_drops() { awk -v a="$(sock_hex "$2" "$3")" '$2 == a && $NF + 0 > m {m = $NF + 0} END {print m + 0}' "$1"; }
 # watch_memory FILE: every second, seconds since the start and hapbx's
-# memory figures in MiB (RSS, the door's in-flight estimate, live heap in
-# use, goroutine stacks, the next collection's goal), GOGC, goroutines,
+# memory figures in MiB (RSS, the door's estimate it sheds on: heap goal
+# plus stacks, the live state, heap in use, goroutine stacks, the next
+# collection's goal), GOGC, goroutines,
 # pending transactions and whether it sheds.
 watch_memory() { local t0; t0=$(date +%s.%N)
-  echo "s rss in_use heap_inuse stacks next_gc gogc goroutines pending shedding" >"$1"
+  echo "s rss peak live heap_inuse stacks next_gc gogc goroutines pending shedding" >"$1"
   (while m=$(curl -fs "http://$ADMIN/metrics"); do echo "$m" | awk -v t="$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.0f", b - a}')" '
-     {v[$1] = $NF} END {m = 1048576; printf "%s %.0f %.0f %.0f %.0f %.0f %s %s %s %s\n", t, v["process_resident_memory_bytes"] / m,
-       v["hapbx_limits_memory_in_use_bytes"] / m, v["go_memstats_heap_inuse_bytes"] / m, v["go_memstats_stack_inuse_bytes"] / m,
+     {v[$1] = $NF} END {m = 1048576; printf "%s %.0f %.0f %.0f %.0f %.0f %.0f %s %s %s %s\n", t, v["process_resident_memory_bytes"] / m,
+       v["hapbx_limits_memory_peak_bytes"] / m, v["hapbx_limits_memory_in_use_bytes"] / m, v["go_memstats_heap_inuse_bytes"] / m, v["go_memstats_stack_inuse_bytes"] / m,
        v["go_memstats_next_gc_bytes"] / m, v["hapbx_limits_gc_percent"], v["go_goroutines"], v["hapbx_proxy_transactions_in_flight"], v["hapbx_limits_shedding"]}' >>"$1"
      sleep 1; done) & pids+=($!); }
 bindings() { curl -fs "http://$ADMIN/api/v1/status" | awk -F': ' '/"bindings"/ {gsub(/,/, "", $2); print $2; exit}'; }
